@@ -1,0 +1,1 @@
+"""Per-node agent daemon and the training runtime that user scripts import."""

@@ -1,0 +1,21 @@
+"""``python -m agent``: run the node agent (configuration from ``AGENT_*`` variables)."""
+
+import logging
+import sys
+
+from agent.config import ConfigError, load_config
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        sys.exit(f"agent: {exc}")
+    from agent.daemon import run
+
+    run(config)
+
+
+if __name__ == "__main__":
+    main()

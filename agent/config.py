@@ -1,0 +1,75 @@
+"""The agent's configuration, read once from ``AGENT_*`` environment variables.
+
+A bad value stops the agent at start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str                 # control plane base URL, e.g. http://127.0.0.1:8000
+    join_token: str | None      # exchanged for a node credential on first start
+    name: str
+    address: str                # host the node's workers listen on (reachable by peers)
+    slots: int
+    state_dir: Path             # holds the node credential and worker logs
+    heartbeat_s: float
+    metrics_flush_s: float
+    python: str                 # interpreter that runs training workers
+
+    @property
+    def ws_url(self) -> str:
+        u = urlparse(self.server)
+        scheme = "wss" if u.scheme == "https" else "ws"
+        return f"{scheme}://{u.netloc}{u.path.rstrip('/')}/ws/agent/"
+
+    @property
+    def credential_file(self) -> Path:
+        return self.state_dir / "credential"
+
+
+def _positive(env: dict, name: str, default: float, cast=float):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return cast(default)
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {cast.__name__}.") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive.")
+    return value
+
+
+def load_config(env: dict | None = None) -> AgentConfig:
+    import sys
+
+    env = dict(os.environ if env is None else env)
+    server = env.get("AGENT_SERVER", "http://127.0.0.1:8000").rstrip("/")
+    parsed = urlparse(server)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"AGENT_SERVER={server!r} must be an http(s) URL such as http://127.0.0.1:8000.")
+    name = env.get("AGENT_NAME") or socket.gethostname()
+    state_dir = Path(env.get("AGENT_STATE_DIR") or Path.home() / ".adaptrain-agent" / name)
+    return AgentConfig(
+        server=server,
+        join_token=env.get("AGENT_JOIN_TOKEN") or None,
+        name=name,
+        address=env.get("AGENT_ADDRESS", "127.0.0.1"),
+        slots=_positive(env, "AGENT_SLOTS", os.cpu_count() or 1, int),
+        state_dir=state_dir,
+        heartbeat_s=_positive(env, "AGENT_HEARTBEAT_S", 5.0),
+        metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.5),
+        python=env.get("AGENT_PYTHON") or sys.executable,
+    )

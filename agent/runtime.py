@@ -1,0 +1,349 @@
+"""The training runtime a worker's script imports: synchronous data-parallel training
+for Keras models, with knobs that change while training runs.
+
+    from agent import runtime
+    session = runtime.init()
+    trainer = runtime.Trainer(session, model, optimizer, loss_fn)
+    trainer.fit(x_train, y_train, steps=session.hyperparameters["steps"])
+
+What it does each step:
+
+1. **Control consensus.** Commands from the agent (``set_batch_size``, ``set_lr``,
+   ``stop``) arrive on stdin with a per-job sequence number, possibly at different
+   times on different workers. Before computing, the workers allreduce(min) the
+   highest sequence number each has received without gaps; every worker then applies
+   exactly the commands up to that number. All workers therefore apply a command at
+   the same step, whatever the arrival order.
+2. **Sharded global batch.** An epoch is a permutation (the same on every worker,
+   seeded by the epoch); the global batch is the next ``batch_size`` samples of it and
+   worker *r* takes every *n*-th of them from offset *r*. Within an epoch no sample is
+   skipped or seen twice, and the split is exact for any batch size and worker count.
+3. **S-SGD.** Each worker computes the gradient of ``sum(loss) / global_batch`` over
+   its share; the gradients, fused into one buffer with the loss and correct-count
+   sums, are allreduced (sum) by the native library. The result is exactly the
+   gradient of the mean loss over the global batch, as in single-process training.
+
+Without the agent's environment (``ADAPTRAIN_*``) a script runs as a single worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent import protocol
+
+
+@dataclass
+class Session:
+    """One worker's view of the job: who it is, its peers, its parameters, its inbox."""
+
+    job: int
+    rank: int
+    size: int
+    peers: list[str]
+    params: dict[str, Any]
+    first_seq: int
+    communicator: Any = None
+    _inbox: dict[int, dict] = field(default_factory=dict)
+    _contiguous_seq: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _out_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        return self.params.get("hyperparameters", {})
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.params.get("batch_size") or self.hyperparameters.get("batch_size", 32))
+
+    @property
+    def lr(self) -> float:
+        return float(self.params.get("lr") or self.hyperparameters.get("lr", 0.01))
+
+    # -- messages to the agent --------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        line = protocol.PREFIX + json.dumps(message, separators=(",", ":"))
+        with self._out_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def report(self, metrics: dict[str, float], *, step: int, per_rank: bool = False) -> None:
+        """Report metric values at ``step``: whole-job series, or this worker's when per_rank."""
+        now = time.time()
+        points = [
+            {"name": name, "step": int(step), "value": float(value), "time": now,
+             **({"rank": self.rank} if per_rank else {})}
+            for name, value in metrics.items()
+        ]
+        self.send({"type": "metrics", "points": points})
+
+    # -- commands from the agent -------------------------------------------------------
+    def _receive(self, command: dict) -> None:
+        with self._lock:
+            self._inbox[int(command["seq"])] = command
+            while self._contiguous_seq + 1 in self._inbox:
+                self._contiguous_seq += 1
+
+    def _read_stdin(self) -> None:
+        for line in sys.stdin:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"ignoring malformed command line: {line[:200]!r}", file=sys.stderr)
+                continue
+            if message.get("type") == "command" and isinstance(message.get("seq"), int):
+                self._receive(message)
+
+    def received_seq(self) -> int:
+        with self._lock:
+            return self._contiguous_seq
+
+    def take_commands(self, up_to_seq: int) -> list[dict]:
+        """Remove and return, in order, the commands with seq ≤ up_to_seq."""
+        with self._lock:
+            ready = sorted(s for s in self._inbox if s <= up_to_seq)
+            return [self._inbox.pop(s) for s in ready]
+
+
+def init() -> Session:
+    """Join the job described by the agent's environment (or run alone without it)."""
+    env = os.environ
+    if protocol.ENV_RANK not in env:
+        session = Session(job=0, rank=0, size=1, peers=[], params=json.loads(
+            env.get(protocol.ENV_PARAMS, "{}")), first_seq=0)
+        return session
+    peers = [p for p in env[protocol.ENV_PEERS].split(",") if p]
+    rank = int(env[protocol.ENV_RANK])
+    first_seq = int(env.get(protocol.ENV_FIRST_SEQ, "0"))
+    session = Session(
+        job=int(env[protocol.ENV_JOB]), rank=rank, size=len(peers), peers=peers,
+        params=json.loads(env.get(protocol.ENV_PARAMS, "{}")), first_seq=first_seq,
+    )
+    session._contiguous_seq = first_seq
+    threading.Thread(target=session._read_stdin, name="adaptrain-commands", daemon=True).start()
+    if session.size > 1:
+        from agent.native import Communicator
+
+        session.communicator = Communicator(rank=rank, peers=peers, timeout_s=None)
+    return session
+
+
+def configure_tensorflow_threads(threads: int = 1) -> None:
+    """Keep each worker to ``threads`` CPU threads so co-located workers do not fight."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+class Trainer:
+    """Synchronous data-parallel (S-SGD) training of a Keras model with live knobs.
+
+    ``loss_fn`` maps (labels, logits) to per-sample losses (use ``reduction="none"``).
+    """
+
+    def __init__(self, session: Session, model, optimizer, loss_fn, *, seed: int = 0):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.session = session
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.seed = seed
+        self.step = 0
+        self.batch_size = session.batch_size
+        self.lr = session.lr
+        self.stopped = False
+        self._epoch = 0
+        self._position = 0
+        self._perm: np.ndarray | None = None
+        self._variables = None
+        self._sizes: list[int] = []
+        self._shapes: list = []
+        self.optimizer.learning_rate.assign(self.lr)
+        self._compute = None
+        self._apply = None
+
+    # -- setup ---------------------------------------------------------------------------
+    def _build(self, x_sample: np.ndarray) -> None:
+        tf = self.tf
+        self.model(x_sample[:1])  # create the variables
+        variables = self.model.trainable_variables
+        self._variables = variables
+        self._shapes = [v.shape for v in variables]
+        self._sizes = [int(np.prod(v.shape)) for v in variables]
+        # Make every worker start from rank 0's weights.
+        self._broadcast_weights()
+        loss_fn, model = self.loss_fn, self.model
+        feature_shape = [None, *x_sample.shape[1:]]
+
+        @tf.function(input_signature=[
+            tf.TensorSpec(feature_shape, tf.float32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([], tf.float32),
+        ])
+        def compute(x, y, inv_global_batch):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss_sum = tf.reduce_sum(loss_fn(y, logits))
+                scaled = loss_sum * inv_global_batch
+            grads = tape.gradient(scaled, variables)
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+            correct = tf.reduce_sum(tf.cast(
+                tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
+            # Fuse every gradient and the two counters into one flat buffer.
+            flat = tf.concat([tf.reshape(g, [-1]) for g in grads] + [
+                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1])], axis=0)
+            return flat
+
+        sizes, shapes = self._sizes, self._shapes
+        optimizer = self.optimizer
+
+        @tf.function(input_signature=[tf.TensorSpec([sum(sizes)], tf.float32)])
+        def apply(flat):
+            parts = tf.split(flat, sizes)
+            grads = [tf.reshape(p, s) for p, s in zip(parts, shapes)]
+            optimizer.apply_gradients(zip(grads, variables))
+
+        self._compute = compute
+        self._apply = apply
+
+    def _broadcast_weights(self) -> None:
+        comm = self.session.communicator
+        if comm is None:
+            return
+        flat = np.concatenate([np.asarray(v.numpy(), np.float32).ravel() for v in self._variables])
+        if self.session.rank != 0:
+            flat[:] = 0.0
+        comm.allreduce(flat, op="sum")
+        offset = 0
+        for v, n, shape in zip(self._variables, self._sizes, self._shapes):
+            v.assign(flat[offset:offset + n].reshape(shape))
+            offset += n
+
+    # -- data ----------------------------------------------------------------------------
+    def _next_global_batch(self, n_samples: int) -> np.ndarray:
+        """Indices of the next global batch, never crossing an epoch boundary."""
+        if self._perm is None or self._position >= n_samples:
+            if self._perm is not None:
+                self._epoch += 1
+            self._perm = np.random.default_rng(self.seed + self._epoch).permutation(n_samples)
+            self._position = 0
+        end = min(self._position + self.batch_size, n_samples)
+        batch = self._perm[self._position:end]
+        self._position = end
+        return batch
+
+    # -- control -------------------------------------------------------------------------
+    def _agree_on_commands(self) -> list[dict]:
+        received = float(self.session.received_seq())
+        comm = self.session.communicator
+        if comm is not None:
+            buf = np.array([received], dtype=np.float32)
+            comm.allreduce(buf, op="min")
+            received = float(buf[0])
+        if received <= self.session.first_seq:
+            return []
+        return self.session.take_commands(int(received))
+
+    def _apply_command(self, command: dict) -> None:
+        action = command.get("action")
+        value = (command.get("payload") or {}).get("value")
+        try:
+            if action == "set_batch_size":
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"batch size must be a positive integer, got {value!r}")
+                self.batch_size = value
+                self.session.report({"batch_size": value}, step=self.step, per_rank=True)
+            elif action == "set_lr":
+                if not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(f"learning rate must be positive, got {value!r}")
+                self.lr = float(value)
+                self.optimizer.learning_rate.assign(self.lr)
+            elif action == "stop":
+                self.stopped = True
+            else:
+                raise ValueError(f"action {action!r} is not supported by this runtime yet")
+        except ValueError as exc:
+            self.session.send({"type": "failed", "id": command.get("id"), "seq": command.get("seq"),
+                               "error": str(exc)})
+            return
+        self.session.send({"type": "applied", "id": command.get("id"), "seq": command.get("seq"),
+                           "step": self.step})
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, x: np.ndarray, y: np.ndarray, *, steps: int, log_every: int = 10) -> None:
+        tf = self.tf
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.ascontiguousarray(y, dtype=np.int32)
+        if self._compute is None:
+            self._build(x)
+        session, comm = self.session, self.session.communicator
+        rank, size = session.rank, session.size
+        window_start, window_samples = time.perf_counter(), 0
+        compute_time = comm_time = 0.0
+        loss_sum = correct_sum = 0.0
+        seen = 0
+        session.report({"batch_size": self.batch_size}, step=0, per_rank=True)
+        while self.step < steps and not self.stopped:
+            for command in self._agree_on_commands():
+                self._apply_command(command)
+            if self.stopped:
+                break
+            batch = self._next_global_batch(len(x))
+            mine = batch[rank::size]
+            t0 = time.perf_counter()
+            flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
+                                 tf.constant(1.0 / len(batch), tf.float32)).numpy()
+            t1 = time.perf_counter()
+            if comm is not None:
+                comm.allreduce(flat, op="sum")
+            t2 = time.perf_counter()
+            self._apply(tf.constant(flat[:-2]))
+            compute_time += (t1 - t0) + (time.perf_counter() - t2)
+            comm_time += t2 - t1
+            loss_sum += float(flat[-2])
+            correct_sum += float(flat[-1])
+            seen += len(batch)
+            window_samples += len(batch)
+            self.step += 1
+            if self.step % log_every == 0 or self.step == steps:
+                elapsed = time.perf_counter() - window_start
+                session.report({"batch_size": self.batch_size}, step=self.step, per_rank=True)
+                if rank == 0:
+                    steps_in_window = log_every if self.step % log_every == 0 else self.step % log_every
+                    session.report({
+                        "loss": loss_sum / max(seen, 1),
+                        "accuracy": correct_sum / max(seen, 1),
+                        "throughput": window_samples / elapsed if elapsed > 0 else 0.0,
+                        "batch_size": self.batch_size,
+                        "lr": self.lr,
+                        "workers": size,
+                        "step_time": elapsed / steps_in_window,
+                        "comm_time": comm_time / steps_in_window,
+                    }, step=self.step)
+                window_start, window_samples = time.perf_counter(), 0
+                compute_time = comm_time = 0.0
+                loss_sum = correct_sum = 0.0
+                seen = 0
+
+
+def evaluate_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    logits = model(np.asarray(x, np.float32), training=False)
+    return float(np.mean(np.argmax(np.asarray(logits), axis=1) == y))
+
+
+__all__ = ["Session", "Trainer", "init", "configure_tensorflow_threads", "evaluate_accuracy"]

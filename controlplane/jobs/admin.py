@@ -1,0 +1,21 @@
+from django.contrib import admin
+
+from controlplane.jobs.models import Command, Event, Job, JoinToken, Node, Worker
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "owner", "status", "batch_size", "workers_current", "last_step", "created_at")
+    list_filter = ("status",)
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = ("name", "address", "slots", "status", "last_heartbeat")
+    exclude = ("credential_hash",)
+
+
+admin.site.register(Worker)
+admin.site.register(Command)
+admin.site.register(Event)
+admin.site.register(JoinToken)

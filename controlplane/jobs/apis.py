@@ -1,0 +1,306 @@
+"""REST endpoints for jobs, their commands, metrics and events, nodes, and the agent side.
+
+Each API parses input, checks permission, makes one service or selector call and
+serialises the result.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from controlplane.errors import InvalidInput
+from controlplane.jobs import selectors, services
+from controlplane.jobs.auth import IsNode, NodeCredentialAuthentication
+from controlplane.jobs.models import Command, Job
+from controlplane.live import selectors as live_selectors
+from controlplane.live import services as live_services
+from controlplane.policies.models import Policy
+
+HYPERPARAMETER_LIMITS = {
+    # name: (type, minimum, maximum, default or None when required)
+    "batch_size": (int, 1, 65536, None),
+    "lr": (float, 1e-9, 10.0, None),
+    "steps": (int, 1, 10_000_000, 1000),
+    "log_every": (int, 1, 10_000, 10),
+    "seed": (int, 0, 2**31 - 1, 0),
+}
+
+
+def validate_hyperparameters(raw: dict) -> dict:
+    if not isinstance(raw, dict):
+        raise serializers.ValidationError("Must be an object such as {\"batch_size\": 32, \"lr\": 0.05}.")
+    unknown = sorted(set(raw) - set(HYPERPARAMETER_LIMITS))
+    if unknown:
+        raise serializers.ValidationError(
+            f"Unknown hyper-parameter(s) {', '.join(unknown)}; known: {', '.join(HYPERPARAMETER_LIMITS)}."
+        )
+    clean = {}
+    for name, (kind, low, high, default) in HYPERPARAMETER_LIMITS.items():
+        if name not in raw:
+            if default is None:
+                raise serializers.ValidationError(f"{name} is required.")
+            clean[name] = default
+            continue
+        value = raw[name]
+        ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+        if isinstance(value, bool) or not ok_type:
+            raise serializers.ValidationError(f"{name} must be {'an integer' if kind is int else 'a number'}.")
+        if not low <= value <= high:
+            raise serializers.ValidationError(f"{name} must be between {low} and {high}; got {value}.")
+        clean[name] = kind(value)
+    return clean
+
+
+class WorkersSerializer(serializers.Serializer):
+    initial = serializers.IntegerField(min_value=1, max_value=64)
+    min = serializers.IntegerField(min_value=1, max_value=64, required=False)
+    max = serializers.IntegerField(min_value=1, max_value=64, required=False)
+
+
+class JobOutputSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username")
+    workers = serializers.SerializerMethodField()
+    parameters = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["id", "name", "owner", "entrypoint", "status", "status_reason", "hyperparameters",
+                  "strategy", "topology", "policy", "parameters", "workers", "last_step",
+                  "created_at", "started_at", "finished_at"]
+
+    def get_parameters(self, job: Job) -> dict:
+        return {"batch_size": job.batch_size, "lr": job.learning_rate, "workers": job.workers_current,
+                "workers_min": job.workers_min, "workers_max": job.workers_max,
+                "strategy": job.strategy, "topology": job.topology}
+
+    def get_workers(self, job: Job) -> list[dict]:
+        return [{"rank": w.rank, "node": w.node.name, "port": w.port, "state": w.state}
+                for w in job.workers.all()]
+
+
+class JobListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        entrypoint = serializers.ChoiceField(choices=sorted(services.ENTRYPOINTS))
+        hyperparameters = serializers.JSONField()
+        workers = WorkersSerializer()
+        strategy = serializers.ChoiceField(choices=Job.Strategy.values, default=Job.Strategy.SSGD)
+        topology = serializers.ChoiceField(choices=Job.Topology.values, default=Job.Topology.RING)
+        policy = serializers.IntegerField(required=False, allow_null=True)
+
+        def validate_hyperparameters(self, value):
+            return validate_hyperparameters(value)
+
+    def get(self, request):
+        qs = selectors.jobs_visible_to(request.user)
+        wanted = request.query_params.get("status")
+        if wanted:
+            bad = sorted(set(wanted.split(",")) - set(Job.Status.values))
+            if bad:
+                raise InvalidInput(f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}.")
+            qs = qs.filter(status__in=wanted.split(","))
+        from rest_framework.pagination import LimitOffsetPagination
+
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        policy = None
+        if v.get("policy") is not None:
+            policy = Policy.objects.filter(id=v["policy"]).first()
+            if policy is None or (policy.owner_id != request.user.id and not request.user.is_staff):
+                raise InvalidInput(f"Policy {v['policy']} does not exist or is not yours.",
+                                   details={"policy": v["policy"]})
+        workers = v["workers"]
+        job = services.job_create(
+            owner=request.user, name=v["name"], entrypoint=v["entrypoint"],
+            hyperparameters=v["hyperparameters"], workers_initial=workers["initial"],
+            workers_min=workers.get("min", workers["initial"]),
+            workers_max=workers.get("max", workers["initial"]),
+            strategy=v["strategy"], topology=v["topology"], policy=policy,
+        )
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailApi(APIView):
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+
+class JobCancelApi(APIView):
+    def post(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        services.job_cancel(job=job, actor=f"user:{request.user.username}")
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+
+class CommandOutputSerializer(serializers.ModelSerializer):
+    node = serializers.CharField(source="node.name")
+    action = serializers.CharField(source="type")
+
+    class Meta:
+        model = Command
+        fields = ["id", "seq", "action", "payload", "state", "node", "issued_by", "applied_step",
+                  "error", "created_at", "acked_at", "finished_at"]
+
+
+class JobCommandsApi(APIView):
+    MANUAL_ACTIONS = [t for t in Command.Type.values if t != Command.Type.START]
+
+    class InputSerializer(serializers.Serializer):
+        action = serializers.ChoiceField(choices=[t for t in Command.Type.values if t != "start"])
+        value = serializers.JSONField(required=False, allow_null=True)
+        idempotency_key = serializers.CharField(max_length=100, required=False)
+
+        def validate(self, attrs):
+            action, value = attrs["action"], attrs.get("value")
+            if action == "set_batch_size":
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+                    raise serializers.ValidationError({"value": "set_batch_size needs an integer from 1 to 65536."})
+            elif action == "set_lr":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10:
+                    raise serializers.ValidationError({"value": "set_lr needs a number in (0, 10]."})
+            elif action in ("scale_workers", "set_strategy", "set_topology", "checkpoint", "pause", "resume"):
+                raise serializers.ValidationError(
+                    {"action": f"{action} is not supported by the runtime yet; "
+                               "supported now: set_batch_size, set_lr, stop."})
+            return attrs
+
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(CommandOutputSerializer(selectors.job_commands(job), many=True).data)
+
+    def post(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        commands = services.command_issue(
+            job=job, type=v["action"], value=v.get("value"), issued_by=f"user:{request.user.username}",
+            idempotency_key=v.get("idempotency_key"),
+        )
+        return Response(CommandOutputSerializer(commands, many=True).data, status=status.HTTP_201_CREATED)
+
+
+def _int_param(request, name: str, *, default=None, low=None, high=None):
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer; got {raw!r}.") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InvalidInput(f"{name} must be between {low} and {high}; got {value}.")
+    return value
+
+
+class JobMetricsApi(APIView):
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        names_raw = request.query_params.get("names", "")
+        names = [n for n in names_raw.split(",") if n] or None
+        series = live_selectors.job_metric_series(
+            job_id=job.id, names=names,
+            since=_int_param(request, "since", low=0),
+            until=_int_param(request, "until", low=0),
+            max_points=_int_param(request, "max_points", default=1000, low=2, high=100_000),
+            per_rank=request.query_params.get("per_rank", "true").lower() != "false",
+        )
+        job.refresh_from_db(fields=["live_seq"])
+        return Response({"job": job.id, "seq": job.live_seq, "series": series})
+
+
+class JobEventsApi(APIView):
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        events = selectors.job_events(job, after_id=_int_param(request, "after", low=0))[:1000]
+        return Response([
+            {"id": e.id, "kind": e.kind, "actor": e.actor, "message": e.message, "data": e.data,
+             "step": e.step, "time": e.created_at.isoformat()} for e in events
+        ])
+
+
+class NodeListApi(APIView):
+    def get(self, request):
+        return Response([
+            {"id": n.id, "name": n.name, "address": n.address, "slots": n.slots, "labels": n.labels,
+             "status": n.status, "last_heartbeat": n.last_heartbeat} for n in selectors.nodes_all()
+        ])
+
+
+# --- agent side ----------------------------------------------------------------------------
+
+class AgentEnrolApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        join_token = serializers.CharField(max_length=200)
+        name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", max_length=100)
+        address = serializers.CharField(max_length=255)
+        slots = serializers.IntegerField(min_value=1, max_value=1024)
+        labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        node, credential = services.node_enrol(
+            join_token=v["join_token"], name=v["name"], address=v["address"], slots=v["slots"],
+            labels=v.get("labels", {}),
+        )
+        return Response({"node": node.id, "name": node.name, "credential": credential},
+                        status=status.HTTP_201_CREATED)
+
+
+class AgentApi(APIView):
+    authentication_classes = [NodeCredentialAuthentication]
+    permission_classes = [IsNode]
+
+
+class AgentHeartbeatApi(AgentApi):
+    def post(self, request):
+        services.node_heartbeat(node=request.auth)
+        return Response({"ok": True, "heartbeat_timeout_s": settings.AGENT_HEARTBEAT_TIMEOUT_S})
+
+
+class AgentMetricsApi(AgentApi):
+    def post(self, request):
+        if not isinstance(request.data, dict):
+            raise InvalidInput("Send an object {\"batch_id\": ..., \"points\": [...]}.")
+        stored = live_services.metrics_ingest(
+            node=request.auth, batch_id=request.data.get("batch_id"),
+            points=request.data.get("points"),
+        )
+        return Response({"stored": stored}, status=status.HTTP_201_CREATED if stored else status.HTTP_200_OK)
+
+
+class AgentJobReportApi(AgentApi):
+    class InputSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=["running", "succeeded", "failed", "stopped"])
+        reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+        workers = serializers.ListField(child=serializers.DictField(), required=False)
+
+    def post(self, request, job_id: int):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        try:
+            services.job_report(node=request.auth, job_id=job_id, status=v["status"],
+                                reason=v.get("reason", ""), workers=v.get("workers"))
+        except KeyError as exc:
+            raise InvalidInput(f"each worker needs {exc.args[0]!r}") from None
+        return Response({"ok": True})
+
+

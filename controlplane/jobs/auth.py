@@ -1,0 +1,40 @@
+"""Authentication of agents by their node credential (``Authorization: Node <credential>``)."""
+
+from django.contrib.auth.models import AnonymousUser
+from rest_framework import authentication, exceptions, permissions
+
+from controlplane.jobs.models import Node
+from controlplane.jobs.services import node_authenticate
+
+SCHEME = "Node"
+
+
+def credential_from_header(value: str) -> str | None:
+    parts = value.split()
+    if len(parts) == 2 and parts[0] == SCHEME:
+        return parts[1]
+    return None
+
+
+class NodeCredentialAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        credential = credential_from_header(header)
+        if credential is None:
+            return None
+        node = node_authenticate(credential)
+        if node is None:
+            raise exceptions.AuthenticationFailed(
+                "Unknown node credential: re-enrol the agent with a join token."
+            )
+        return AnonymousUser(), node
+
+    def authenticate_header(self, request):
+        return SCHEME
+
+
+class IsNode(permissions.BasePermission):
+    message = "This endpoint is for agents: send 'Authorization: Node <credential>'."
+
+    def has_permission(self, request, view):
+        return isinstance(request.auth, Node)

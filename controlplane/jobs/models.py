@@ -1,0 +1,195 @@
+"""Jobs, the nodes (agents) that run them, their workers, commands and audit events."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Node(models.Model):
+    class Status(models.TextChoices):
+        ONLINE = "online"
+        OFFLINE = "offline"
+        LOST = "lost"
+
+    name = models.CharField(max_length=100, unique=True)
+    address = models.CharField(max_length=255, help_text="Host the node's workers listen on.")
+    slots = models.PositiveIntegerField(default=1)
+    labels = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OFFLINE)
+    credential_hash = models.CharField(max_length=64, unique=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JoinToken(models.Model):
+    """A token an admin creates; an agent exchanges it once per node for a node credential."""
+
+    label = models.CharField(max_length=100, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked = models.BooleanField(default=False)
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SCHEDULING = "scheduling"
+        RUNNING = "running"
+        RESCALING = "rescaling"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    class Strategy(models.TextChoices):
+        SSGD = "ssgd"
+        SMA = "sma"
+        PAIR = "pair"
+
+    class Topology(models.TextChoices):
+        RING = "ring"
+        TREE = "tree"
+        STAR = "star"
+        AUTO = "auto"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=200)
+    entrypoint = models.CharField(max_length=200)
+    hyperparameters = models.JSONField(default=dict)
+    workers_initial = models.PositiveIntegerField(default=1)
+    workers_min = models.PositiveIntegerField(default=1)
+    workers_max = models.PositiveIntegerField(default=1)
+    strategy = models.CharField(max_length=8, choices=Strategy.choices, default=Strategy.SSGD)
+    topology = models.CharField(max_length=8, choices=Topology.choices, default=Topology.RING)
+    policy = models.ForeignKey(
+        "policies.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status_reason = models.TextField(blank=True)
+    # Current values of the knobs a policy or a user can change while the job runs.
+    batch_size = models.PositiveIntegerField()
+    learning_rate = models.FloatField()
+    workers_current = models.PositiveIntegerField(default=0)
+    # Highest step any worker has reported; policies read it.
+    last_step = models.BigIntegerField(default=0)
+    # Per-job counters: commands are ordered by ``command_seq``, live messages by ``live_seq``.
+    command_seq = models.BigIntegerField(default=0)
+    live_seq = models.BigIntegerField(default=0)
+    # Per-rule evaluation memory of the job's policy (hysteresis counters).
+    policy_state = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.pk})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class Worker(models.Model):
+    class State(models.TextChoices):
+        STARTING = "starting"
+        RUNNING = "running"
+        EXITED = "exited"
+        FAILED = "failed"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="workers")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="workers")
+    rank = models.PositiveIntegerField()
+    # Chosen by the agent when it starts the worker (free port on the node).
+    port = models.PositiveIntegerField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING)
+
+    class Meta:
+        ordering = ["job_id", "rank"]
+        constraints = [models.UniqueConstraint(fields=["job", "rank"], name="worker_unique_rank")]
+
+
+class Command(models.Model):
+    """A change to a running job. A row first (durable), then pushed to the node."""
+
+    class Type(models.TextChoices):
+        START = "start"
+        SET_BATCH_SIZE = "set_batch_size"
+        SET_LR = "set_lr"
+        SCALE_WORKERS = "scale_workers"
+        SET_STRATEGY = "set_strategy"
+        SET_TOPOLOGY = "set_topology"
+        CHECKPOINT = "checkpoint"
+        PAUSE = "pause"
+        RESUME = "resume"
+        STOP = "stop"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        ACKED = "acked"
+        APPLIED = "applied"
+        FAILED = "failed"
+        EXPIRED = "expired"
+
+    IN_FLIGHT = (State.PENDING, State.SENT, State.ACKED)
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="commands")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="commands")
+    seq = models.BigIntegerField(help_text="Order of this command within its job.")
+    type = models.CharField(max_length=32, choices=Type.choices)
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    issued_by = models.CharField(max_length=200, help_text="user:<name> or policy:<policy>/<rule>")
+    idempotency_key = models.CharField(max_length=100, null=True, blank=True)
+    applied_step = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    acked_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "node", "seq"], name="command_unique_seq"),
+            models.UniqueConstraint(
+                fields=["job", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="command_unique_idempotency_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["node", "state"])]
+
+
+class Event(models.Model):
+    """Append-only audit log of what happened to a job, who did it and why."""
+
+    class Kind(models.TextChoices):
+        STATE = "state"
+        COMMAND = "command"
+        DECISION = "decision"
+        NODE = "node"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    actor = models.CharField(max_length=200)
+    message = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+    step = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]

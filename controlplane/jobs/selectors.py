@@ -1,0 +1,32 @@
+"""Read-only queries over jobs and nodes, scoped to what a user may see."""
+
+from django.db.models import QuerySet
+
+from controlplane.errors import NotFound
+from controlplane.jobs.models import Command, Event, Job, Node
+
+
+def jobs_visible_to(user) -> QuerySet[Job]:
+    qs = Job.objects.select_related("owner", "policy").prefetch_related("workers__node")
+    return qs if user.is_staff else qs.filter(owner=user)
+
+
+def job_get_for_user(*, user, job_id: int) -> Job:
+    job = jobs_visible_to(user).filter(id=job_id).first()
+    if job is None:
+        # Someone else's job answers exactly like a missing one: ids leak nothing.
+        raise NotFound(f"Job {job_id} does not exist or is not yours.")
+    return job
+
+
+def job_commands(job: Job) -> QuerySet[Command]:
+    return Command.objects.filter(job=job).select_related("node").order_by("seq", "id")
+
+
+def job_events(job: Job, *, after_id: int | None = None) -> QuerySet[Event]:
+    qs = Event.objects.filter(job=job).order_by("id")
+    return qs.filter(id__gt=after_id) if after_id else qs
+
+
+def nodes_all() -> QuerySet[Node]:
+    return Node.objects.order_by("name")

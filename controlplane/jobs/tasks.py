@@ -1,0 +1,34 @@
+"""Celery tasks for placement and node liveness. Each task is idempotent: it checks
+that its work is still needed and calls one service."""
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from controlplane.jobs import services
+from controlplane.jobs.models import Job
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="jobs.place_job", acks_late=True, time_limit=60)
+def place_job(job_id: int) -> None:
+    if not Job.objects.filter(id=job_id, status=Job.Status.PENDING).exists():
+        log.info("job %s is not pending; nothing to place", job_id)
+        return
+    if not services.job_place(job_id=job_id):
+        log.info("job %s does not fit on any online node yet; it stays queued", job_id)
+
+
+@shared_task(name="jobs.place_pending_jobs", acks_late=True, time_limit=120)
+def place_pending_jobs() -> None:
+    for job_id in Job.objects.filter(status=Job.Status.PENDING).order_by("id").values_list("id", flat=True):
+        services.job_place(job_id=job_id)
+
+
+@shared_task(name="jobs.mark_lost_nodes", acks_late=True, time_limit=60)
+def mark_lost_nodes() -> None:
+    lost = services.nodes_mark_lost(timeout_s=settings.AGENT_HEARTBEAT_TIMEOUT_S)
+    if lost:
+        log.warning("nodes lost: %s", lost)

@@ -1,0 +1,92 @@
+"""WebSocket consumers: they translate between channel-layer messages and frames.
+
+* :class:`JobStreamConsumer` — ``/ws/jobs/{id}/``: numbered ``metrics``, ``event`` and
+  ``job`` frames for one job, to its owner (or staff).
+* :class:`AgentCommandConsumer` — ``/ws/agent/``: commands to an agent; the agent
+  answers ``ack`` on receipt and ``applied``/``failed`` once its workers acted.
+  Commands not yet acked are sent again whenever the agent (re)connects.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from controlplane.errors import ApiError
+from controlplane.jobs import selectors, services
+from controlplane.live import channels
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+class JobStreamConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            await database_sync_to_async(selectors.job_get_for_user)(user=user, job_id=self.job_id)
+        except ApiError:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        await self.channel_layer.group_add(channels.job_group(self.job_id), self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if hasattr(self, "job_id"):
+            await self.channel_layer.group_discard(channels.job_group(self.job_id), self.channel_name)
+
+    async def job_message(self, message):
+        await self.send_json(message["frame"])
+
+
+class AgentCommandConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        self.node = self.scope.get("node")
+        if self.node is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self.channel_layer.group_add(channels.agent_group(self.node.id), self.channel_name)
+        await self.accept()
+        await database_sync_to_async(services.node_heartbeat)(node=self.node)
+        pending = await database_sync_to_async(services.commands_unfinished_for_node)(self.node)
+        for command in pending:
+            await self._deliver(services.command_frame(command))
+
+    async def disconnect(self, code):
+        if getattr(self, "node", None) is not None:
+            await self.channel_layer.group_discard(channels.agent_group(self.node.id), self.channel_name)
+
+    async def _deliver(self, frame: dict) -> None:
+        await self.send_json(frame)
+        await database_sync_to_async(services.command_mark_sent)(command_id=frame["id"])
+
+    async def command_push(self, message):
+        await self._deliver(message["command"])
+
+    async def receive_json(self, content, **kwargs):
+        kind = content.get("type") if isinstance(content, dict) else None
+        command_id = content.get("id") if isinstance(content, dict) else None
+        if kind not in ("ack", "applied", "failed") or not isinstance(command_id, int):
+            await self.send_json({"type": "error", "message":
+                                  "Expected {\"type\": \"ack\"|\"applied\"|\"failed\", \"id\": <int>}."})
+            return
+        try:
+            if kind == "ack":
+                await database_sync_to_async(services.command_ack)(node=self.node, command_id=command_id)
+            else:
+                step = content.get("step")
+                await database_sync_to_async(services.command_finish)(
+                    node=self.node, command_id=command_id, ok=kind == "applied",
+                    step=step if isinstance(step, int) else None,
+                    error=str(content.get("error", ""))[:2000],
+                )
+        except ApiError as exc:
+            await self.send_json({"type": "error", "id": command_id, "message": exc.message})

@@ -1,0 +1,98 @@
+"""Metric ingest: validate a batch from an agent, store it in bulk, push it live."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone as dt_timezone
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from controlplane.errors import InvalidInput, NotFound, PayloadTooLarge
+from controlplane.jobs.models import Job, Node, Worker
+from controlplane.live import channels
+from controlplane.live.models import MetricBatch, MetricPoint
+
+MAX_NAME_LENGTH = 64
+
+
+def _point_error(index: int, message: str) -> InvalidInput:
+    return InvalidInput(f"points[{index}]: {message}", details={"index": index})
+
+
+def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -> int:
+    """Store one batch; returns the number of points stored (0 for a batch seen before).
+
+    A point is ``{"job", "name", "step", "value", "rank" (optional), "time" (unix s)}``.
+    The whole batch is checked before anything is written.
+    """
+    if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64:
+        raise InvalidInput("batch_id must be a string of 1 to 64 characters.")
+    if not isinstance(points, list):
+        raise InvalidInput("points must be a list.")
+    if len(points) > settings.METRIC_BATCH_MAX_POINTS:
+        raise PayloadTooLarge(
+            f"A batch holds at most {settings.METRIC_BATCH_MAX_POINTS} points; "
+            f"this one has {len(points)}. Split it.",
+            details={"max_points": settings.METRIC_BATCH_MAX_POINTS},
+        )
+    job_ids = set()
+    rows = []
+    for i, p in enumerate(points):
+        if not isinstance(p, dict):
+            raise _point_error(i, "must be an object")
+        name, step, value = p.get("name"), p.get("step"), p.get("value")
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH:
+            raise _point_error(i, f"name must be a string of 1 to {MAX_NAME_LENGTH} characters")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise _point_error(i, "step must be a non-negative integer")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _point_error(i, "value must be a finite number")
+        rank = p.get("rank")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise _point_error(i, "rank must be a non-negative integer or null")
+        job_id = p.get("job")
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise _point_error(i, "job must be an integer id")
+        t = p.get("time")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise _point_error(i, "time must be a unix timestamp in seconds")
+        job_ids.add(job_id)
+        rows.append(MetricPoint(
+            job_id=job_id, name=name, rank=rank, step=step, value=float(value),
+            time=datetime.fromtimestamp(t, tz=dt_timezone.utc),
+        ))
+    known = set(Worker.objects.filter(node=node, job_id__in=job_ids).values_list("job_id", flat=True))
+    unknown = job_ids - known
+    if unknown:
+        raise NotFound(f"No workers of job(s) {sorted(unknown)} run on node {node.name}.",
+                       details={"jobs": sorted(unknown)})
+    try:
+        with transaction.atomic():
+            MetricBatch.objects.create(batch_id=batch_id, node=node, points=len(rows))
+            MetricPoint.objects.bulk_create(rows, batch_size=2000)
+            for job_id in job_ids:
+                top = max(r.step for r in rows if r.job_id == job_id)
+                Job.objects.filter(id=job_id, last_step__lt=top).update(last_step=top)
+            transaction.on_commit(lambda: _publish_batch(rows))
+    except IntegrityError:
+        if MetricBatch.objects.filter(batch_id=batch_id).exists():
+            return 0  # a retry of a batch already stored
+        raise
+    return len(rows)
+
+
+def _publish_batch(rows: list[MetricPoint]) -> None:
+    by_job: dict[int, dict[tuple[str, int | None], dict[str, list]]] = {}
+    for r in rows:
+        series = by_job.setdefault(r.job_id, {}).setdefault(
+            (r.name, r.rank), {"step": [], "value": [], "time": []}
+        )
+        series["step"].append(r.step)
+        series["value"].append(r.value)
+        series["time"].append(r.time.timestamp())
+    for job_id, series in by_job.items():
+        channels.publish_to_job(job_id, channels.FRAME_METRICS, {"series": [
+            {"name": name, "rank": rank, **cols} for (name, rank), cols in series.items()
+        ]})

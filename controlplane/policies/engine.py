@@ -1,0 +1,284 @@
+"""Policy evaluation: a pure function from (policy, job state, rule history) to actions.
+
+No ORM here, so it is tested without a database and reused for replay. A policy is
+data (JSON) whose conditions and action values are CEL expressions evaluated by
+``cel-python``; nothing in a policy is ever run as Python.
+
+CEL variables available to a rule: the job's knobs (``step``, ``batch_size``, ``lr``,
+``workers``), the latest value of every reported whole-job metric by name (``loss``,
+``accuracy``, ``throughput``, ``gns``, … — a name not reported yet is absent), the
+map ``metrics`` holding the same values, and for the rule itself
+``steps_since_fired`` / ``seconds_since_fired`` (counted from the job's start when it
+never fired).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import celpy
+
+ACTION_TYPES = (
+    "set_batch_size", "set_lr", "scale_workers", "set_strategy", "set_topology",
+    "checkpoint", "pause", "resume", "stop",
+)
+NUMERIC_ACTIONS = {"set_batch_size": int, "set_lr": float, "scale_workers": int}
+CHOICE_ACTIONS = {
+    "set_strategy": ("ssgd", "sma", "pair"),
+    "set_topology": ("ring", "tree", "star", "auto"),
+}
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_cel_env = celpy.Environment()
+
+
+class PolicyError(ValueError):
+    """A policy document that cannot be used; ``path`` says where (e.g. ``rules[0].when``)."""
+
+    def __init__(self, message: str, *, path: str, position: int | None = None):
+        super().__init__(f"{path}: {message}")
+        self.message = message
+        self.path = path
+        self.position = position
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: str
+    action_type: str
+    value: str | None
+    for_evaluations: int = 1
+    cooldown_s: float = 0.0
+    bound_min: float | None = None
+    bound_max: float | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    rules: tuple[Rule, ...]
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RuleHistory:
+    """What the engine needs to know about a rule's past on one job."""
+
+    last_fired_step: int | None = None
+    last_fired_age_s: float | None = None
+    consecutive_true: int = 0
+
+
+@dataclass(frozen=True)
+class JobState:
+    step: int
+    batch_size: int
+    lr: float
+    workers: int
+    seconds_running: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One rule whose condition held: the action it asks for and the inputs it saw."""
+
+    rule: str
+    action_type: str
+    value: Any
+    inputs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    rule: str
+    condition: bool
+    firing: Firing | None
+    consecutive_true: int
+
+
+def _compile(expression: Any, path: str):
+    if not isinstance(expression, str) or not expression.strip():
+        raise PolicyError("must be a non-empty CEL expression", path=path)
+    try:
+        return _cel_env.program(_cel_env.compile(expression))
+    except celpy.CELParseError as exc:
+        position = getattr(exc, "column", None)
+        first_line = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise PolicyError(f"CEL syntax error: {first_line}", path=path, position=position) from None
+
+
+def _number(value: Any, path: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PolicyError("must be a finite number", path=path)
+    return float(value)
+
+
+def parse_policy(document: Any) -> Policy:
+    """Check a policy document and return it as dataclasses; raise PolicyError on the first problem."""
+    if not isinstance(document, dict):
+        raise PolicyError("a policy must be a JSON object", path="$")
+    name = document.get("name", "")
+    if not isinstance(name, str) or not name.strip():
+        raise PolicyError("must be a non-empty string", path="name")
+    dry_run = document.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise PolicyError("must be true or false", path="dry_run")
+    raw_rules = document.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        raise PolicyError("must be a non-empty list of rules", path="rules")
+    if len(raw_rules) > 50:
+        raise PolicyError("at most 50 rules per policy", path="rules")
+    rules = []
+    seen = set()
+    for i, raw in enumerate(raw_rules):
+        where = f"rules[{i}]"
+        if not isinstance(raw, dict):
+            raise PolicyError("a rule must be a JSON object", path=where)
+        rule_name = raw.get("name")
+        if not isinstance(rule_name, str) or not rule_name.strip():
+            raise PolicyError("must be a non-empty string", path=f"{where}.name")
+        if rule_name in seen:
+            raise PolicyError(f"duplicate rule name {rule_name!r}", path=f"{where}.name")
+        seen.add(rule_name)
+        _compile(raw.get("when"), f"{where}.when")
+        action = raw.get("action")
+        if not isinstance(action, dict):
+            raise PolicyError("must be an object with a type", path=f"{where}.action")
+        action_type = action.get("type")
+        if action_type not in ACTION_TYPES:
+            raise PolicyError(
+                f"unknown action {action_type!r}; use one of {', '.join(ACTION_TYPES)}",
+                path=f"{where}.action.type",
+            )
+        value = action.get("value")
+        if action_type in NUMERIC_ACTIONS or action_type in CHOICE_ACTIONS:
+            if value is None:
+                raise PolicyError(f"{action_type} needs a value", path=f"{where}.action.value")
+            if isinstance(value, bool):
+                raise PolicyError("must be a CEL expression or a literal", path=f"{where}.action.value")
+            if isinstance(value, (int, float)):
+                value = repr(value)
+            elif action_type in CHOICE_ACTIONS and value in CHOICE_ACTIONS[action_type]:
+                value = f'"{value}"'
+            _compile(value, f"{where}.action.value")
+        else:
+            value = None
+        for_n = raw.get("for", 1)
+        if isinstance(for_n, bool) or not isinstance(for_n, int) or not 1 <= for_n <= 1000:
+            raise PolicyError("must be an integer from 1 to 1000", path=f"{where}.for")
+        cooldown = _number(raw.get("cooldown_s", 0), f"{where}.cooldown_s") or 0.0
+        if cooldown < 0:
+            raise PolicyError("must not be negative", path=f"{where}.cooldown_s")
+        bounds = raw.get("bounds") or {}
+        if not isinstance(bounds, dict):
+            raise PolicyError("must be an object with min and/or max", path=f"{where}.bounds")
+        bound_min = _number(bounds.get("min"), f"{where}.bounds.min")
+        bound_max = _number(bounds.get("max"), f"{where}.bounds.max")
+        if bound_min is not None and bound_max is not None and bound_min > bound_max:
+            raise PolicyError("min is larger than max", path=f"{where}.bounds")
+        rules.append(Rule(
+            name=rule_name, when=raw["when"], action_type=action_type, value=value,
+            for_evaluations=for_n, cooldown_s=cooldown, bound_min=bound_min, bound_max=bound_max,
+        ))
+    return Policy(name=name, rules=tuple(rules), dry_run=dry_run)
+
+
+def _activation(state: JobState, history: RuleHistory) -> dict[str, Any]:
+    variables: dict[str, Any] = {
+        name: value for name, value in state.metrics.items() if _IDENTIFIER.match(name)
+    }
+    variables.update(
+        metrics=dict(state.metrics),
+        step=state.step,
+        batch_size=state.batch_size,
+        lr=float(state.lr),
+        workers=state.workers,
+        steps_since_fired=(
+            state.step - history.last_fired_step
+            if history.last_fired_step is not None else state.step
+        ),
+        seconds_since_fired=float(
+            history.last_fired_age_s
+            if history.last_fired_age_s is not None else state.seconds_running
+        ),
+    )
+    return variables
+
+
+def _evaluate(expression: str, variables: dict[str, Any]) -> Any:
+    """Evaluate CEL; a missing metric or a type error counts as 'cannot say' (None)."""
+    program = _cel_env.program(_cel_env.compile(expression))
+    try:
+        result = program.evaluate(celpy.json_to_cel(variables))
+    except (celpy.CELEvalError, KeyError, TypeError, ZeroDivisionError):
+        return None
+    if isinstance(result, celpy.CELEvalError):
+        return None
+    # cel-python's types subclass int/float/str (BoolType is an int): map them back.
+    if isinstance(result, celpy.celtypes.BoolType):
+        return bool(result)
+    if isinstance(result, int):
+        return int(result)
+    if isinstance(result, float):
+        return float(result)
+    if isinstance(result, str):
+        return str(result)
+    return None
+
+
+def _clamp(rule: Rule, value: float) -> float:
+    if rule.bound_min is not None:
+        value = max(rule.bound_min, value)
+    if rule.bound_max is not None:
+        value = min(rule.bound_max, value)
+    return value
+
+
+def _current(action_type: str, state: JobState) -> Any:
+    return {"set_batch_size": state.batch_size, "set_lr": state.lr, "scale_workers": state.workers}.get(
+        action_type
+    )
+
+
+def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutcome:
+    """Evaluate one rule once. It fires when its condition held for ``for`` evaluations in a
+    row, its cooldown has passed, and its action would change something."""
+    variables = _activation(state, history)
+    condition = _evaluate(rule.when, variables) is True
+    consecutive = history.consecutive_true + 1 if condition else 0
+    if not condition or consecutive < rule.for_evaluations:
+        return RuleOutcome(rule.name, condition, None, consecutive)
+    if history.last_fired_age_s is not None and history.last_fired_age_s < rule.cooldown_s:
+        return RuleOutcome(rule.name, condition, None, consecutive)
+    value: Any = None
+    if rule.value is not None:
+        raw = _evaluate(rule.value, variables)
+        if rule.action_type in NUMERIC_ACTIONS:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+                return RuleOutcome(rule.name, condition, None, consecutive)
+            value = NUMERIC_ACTIONS[rule.action_type](_clamp(rule, float(raw)))
+            if rule.action_type != "set_lr" and value < 1:
+                return RuleOutcome(rule.name, condition, None, consecutive)
+            if value == _current(rule.action_type, state):
+                # Already there (often: clamped at a bound) — nothing to do.
+                return RuleOutcome(rule.name, condition, None, consecutive)
+        else:
+            if raw not in CHOICE_ACTIONS[rule.action_type]:
+                return RuleOutcome(rule.name, condition, None, consecutive)
+            value = raw
+    inputs = {k: v for k, v in variables.items() if k != "metrics"}
+    firing = Firing(rule=rule.name, action_type=rule.action_type, value=value, inputs=inputs)
+    return RuleOutcome(rule.name, condition, firing, 0)
+
+
+def evaluate_policy(
+    policy: Policy, state: JobState, histories: dict[str, RuleHistory]
+) -> list[RuleOutcome]:
+    return [evaluate_rule(rule, state, histories.get(rule.name, RuleHistory())) for rule in policy.rules]

@@ -1,0 +1,128 @@
+"""Writes for policies: create, and evaluate a job's policy into decisions and commands."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from controlplane.errors import InvalidInput
+from controlplane.jobs import services as job_services
+from controlplane.jobs.models import Command, Event, Job
+from controlplane.live.models import MetricPoint
+from controlplane.policies import engine
+from controlplane.policies.models import Decision, Policy
+
+log = logging.getLogger(__name__)
+
+
+def policy_validate(document: Any) -> engine.Policy:
+    try:
+        return engine.parse_policy(document)
+    except engine.PolicyError as exc:
+        details = {"path": exc.path}
+        if exc.position is not None:
+            details["position"] = exc.position
+        raise InvalidInput(str(exc), details=details) from None
+
+
+def policy_create(*, owner, definition: dict[str, Any]) -> Policy:
+    parsed = policy_validate(definition)
+    return Policy.objects.create(
+        owner=owner, name=parsed.name, description=str(definition.get("description", "")),
+        definition=definition,
+    )
+
+
+def _latest_job_metrics(job: Job) -> dict[str, float]:
+    """Latest value of each whole-job series (one index scan per name)."""
+    names = (
+        MetricPoint.objects.filter(job=job, rank__isnull=True).values_list("name", flat=True).distinct()
+    )
+    latest = {}
+    for name in names:
+        point = (
+            MetricPoint.objects.filter(job=job, name=name, rank__isnull=True)
+            .order_by("-step", "-id").values_list("value", flat=True).first()
+        )
+        if point is not None:
+            latest[name] = point
+    return latest
+
+
+def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
+    now = timezone.now()
+    histories = {}
+    for rule in policy.definition.get("rules", []):
+        name = rule.get("name")
+        last = (
+            Decision.objects.filter(job=job, policy=policy, rule=name)
+            .exclude(outcome=Decision.Outcome.SKIPPED).order_by("-id").first()
+        )
+        histories[name] = engine.RuleHistory(
+            last_fired_step=last.step if last else None,
+            last_fired_age_s=(now - last.created_at).total_seconds() if last else None,
+            consecutive_true=int(job.policy_state.get(name, {}).get("consecutive_true", 0)),
+        )
+    return histories
+
+
+def job_policy_evaluate(*, job_id: int) -> list[Decision]:
+    """Evaluate a running job's policy once; a firing rule becomes a decision and a command.
+
+    Skipped while a command of the job is still in flight, so that a rule never acts
+    twice on a value the workers have not applied yet.
+    """
+    job = Job.objects.select_related("policy").filter(id=job_id).first()
+    if job is None or job.policy is None or job.status != Job.Status.RUNNING:
+        return []
+    if Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).exists():
+        return []
+    policy = job.policy
+    parsed = engine.parse_policy(policy.definition)
+    state = engine.JobState(
+        step=job.last_step, batch_size=job.batch_size, lr=job.learning_rate,
+        workers=job.workers_current,
+        seconds_running=(timezone.now() - (job.started_at or job.created_at)).total_seconds(),
+        metrics=_latest_job_metrics(job),
+    )
+    outcomes = engine.evaluate_policy(parsed, state, _histories(job, policy))
+    decisions = []
+    with transaction.atomic():
+        Job.objects.filter(id=job.id).update(policy_state={
+            o.rule: {"consecutive_true": o.consecutive_true} for o in outcomes
+        })
+        for outcome in outcomes:
+            firing = outcome.firing
+            if firing is None:
+                continue
+            action = {"type": firing.action_type, "value": firing.value}
+            actor = f"policy:{policy.name}/{firing.rule}"
+            command = None
+            if parsed.dry_run:
+                result = Decision.Outcome.DRY_RUN
+            else:
+                commands = job_services.command_issue(
+                    job=job, type=firing.action_type, value=firing.value, issued_by=actor,
+                    idempotency_key=f"policy-{policy.id}-{firing.rule}-{job.last_step}",
+                )
+                command = commands[0]
+                result = Decision.Outcome.COMMANDED
+            decision = Decision.objects.create(
+                job=job, policy=policy, policy_version=policy.version, rule=firing.rule,
+                step=job.last_step, inputs=firing.inputs, action=action, outcome=result,
+                command=command,
+            )
+            job_services.event_record(
+                job=job, kind=Event.Kind.DECISION, actor=actor,
+                message=f"rule {firing.rule!r} fired: {firing.action_type} → {firing.value}"
+                        + (" (dry run)" if parsed.dry_run else ""),
+                data={"decision": decision.id, "rule": firing.rule, "inputs": firing.inputs,
+                      "action": action, "outcome": result}, step=job.last_step,
+            )
+            decisions.append(decision)
+            # One action per evaluation: the next waits until this one is applied.
+            break
+    return decisions

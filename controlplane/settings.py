@@ -1,0 +1,233 @@
+"""Django settings, read from the environment once at start-up.
+
+Two profiles, chosen by ``DJANGO_ENV``:
+
+* ``development`` (default): convenient defaults so the demo and the tests run on a
+  machine with nothing configured.
+* ``production``: every setting that matters must be set explicitly and safely;
+  :func:`check_production_settings` refuses to start otherwise and says what to fix.
+
+Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
+(comma-separated), ``DEBUG`` (true/false), ``DJANGO_ENV``, ``CSRF_TRUSTED_ORIGINS``,
+``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/adaptrain"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean: use true or false.")
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+
+
+def check_production_settings(
+    *, secret_key: str, debug: bool, allowed_hosts: list[str], database_url: str | None,
+    redis_url: str | None,
+) -> list[str]:
+    """Return what makes these settings unsafe for production (empty when they are fine)."""
+    problems = []
+    if not secret_key or secret_key == DEVELOPMENT_SECRET_KEY:
+        problems.append("SECRET_KEY is not set: set it to a long random string "
+                        "(python -c 'import secrets; print(secrets.token_urlsafe(50))').")
+    elif len(secret_key) < 32 or len(set(secret_key)) < 8:
+        problems.append("SECRET_KEY is too short or too simple: use at least 32 random characters.")
+    if debug:
+        problems.append("DEBUG is true: set DEBUG=false (debug pages leak settings and code).")
+    if not allowed_hosts:
+        problems.append("ALLOWED_HOSTS is empty: list the host names the site is served under.")
+    elif "*" in allowed_hosts:
+        problems.append("ALLOWED_HOSTS contains '*': list the host names explicitly.")
+    if not database_url:
+        problems.append("DATABASE_URL is not set: point it at the PostgreSQL database.")
+    if not redis_url:
+        problems.append("REDIS_URL is not set: point it at the Redis server.")
+    return problems
+
+
+DJANGO_ENV = os.environ.get("DJANGO_ENV", "development").strip().lower()
+if DJANGO_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured(f"DJANGO_ENV={DJANGO_ENV!r}: use development or production.")
+PRODUCTION = DJANGO_ENV == "production"
+
+if PRODUCTION:
+    SECRET_KEY = os.environ.get("SECRET_KEY", "")
+    DEBUG = env_bool("DEBUG", False)
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
+    _database_url = os.environ.get("DATABASE_URL")
+    _redis_url = os.environ.get("REDIS_URL")
+    _problems = check_production_settings(
+        secret_key=SECRET_KEY, debug=DEBUG, allowed_hosts=ALLOWED_HOSTS,
+        database_url=_database_url, redis_url=_redis_url,
+    )
+    if _problems:
+        raise ImproperlyConfigured(
+            "Refusing to start with DJANGO_ENV=production:\n  - " + "\n  - ".join(_problems)
+        )
+else:
+    SECRET_KEY = os.environ.get("SECRET_KEY") or DEVELOPMENT_SECRET_KEY
+    DEBUG = env_bool("DEBUG", True)
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+    _database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    _redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+DATABASE_URL = _database_url
+REDIS_URL = _redis_url
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "channels",
+    "controlplane.jobs",
+    "controlplane.policies",
+    "controlplane.live",
+    "frontend",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "controlplane.urls"
+ASGI_APPLICATION = "controlplane.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNELS_PREFIX", "adaptrain")},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "adaptrain")
+
+POLICY_EVAL_INTERVAL_S = env_float("POLICY_EVAL_INTERVAL_S", 2.0)
+AGENT_HEARTBEAT_TIMEOUT_S = env_float("AGENT_HEARTBEAT_TIMEOUT_S", 30.0)
+# Bounds on one metric batch from an agent; larger batches get a 413 that says so.
+METRIC_BATCH_MAX_POINTS = 10_000
+
+CELERY_BEAT_SCHEDULE = {
+    "evaluate-policies": {
+        "task": "policies.evaluate_running_jobs",
+        "schedule": POLICY_EVAL_INTERVAL_S,
+    },
+    "place-pending-jobs": {"task": "jobs.place_pending_jobs", "schedule": 5.0},
+    "mark-lost-nodes": {"task": "jobs.mark_lost_nodes", "schedule": 10.0},
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token first: an unauthenticated API call then gets 401 with WWW-Authenticate.
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "controlplane.errors.exception_handler",
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve straight from the apps' static folders too, so the demo needs no collectstatic.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,29 @@
+"""URL map: the REST API under /api/v1/, the agent endpoints, the browser UI, admin."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+from controlplane.jobs import apis as job_apis
+from controlplane.policies import apis as policy_apis
+
+api_v1 = [
+    path("jobs/", job_apis.JobListCreateApi.as_view(), name="job-list"),
+    path("jobs/<int:job_id>/", job_apis.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<int:job_id>/cancel/", job_apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<int:job_id>/commands/", job_apis.JobCommandsApi.as_view(), name="job-commands"),
+    path("jobs/<int:job_id>/metrics/", job_apis.JobMetricsApi.as_view(), name="job-metrics"),
+    path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
+    path("nodes/", job_apis.NodeListApi.as_view(), name="node-list"),
+    path("policies/", policy_apis.PolicyListCreateApi.as_view(), name="policy-list"),
+    path("policies/validate/", policy_apis.PolicyValidateApi.as_view(), name="policy-validate"),
+    path("agent/enrol/", job_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
+    path("agent/heartbeat/", job_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
+    path("agent/metrics/", job_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
+    path("agent/jobs/<int:job_id>/report/", job_apis.AgentJobReportApi.as_view(), name="agent-job-report"),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("admin/", admin.site.urls),
+    path("", include("frontend.urls")),
+]

@@ -1,0 +1,1 @@
+"""Training scripts that use only the public runtime API (:mod:`agent.runtime`)."""

@@ -1,0 +1,98 @@
+/* The job page: load the stored series once, then apply live frames from /ws/jobs/{id}/.
+ *
+ * Frames carry a per-job sequence number; the page remembers the last one it applied
+ * and asks for what it missed (?after=) when it reconnects.
+ */
+(function () {
+  "use strict";
+  const root = document.getElementById("job");
+  const jobId = root.dataset.jobId;
+  const charts = {};
+  document.querySelectorAll("canvas[data-metric]").forEach((c) => {
+    charts[c.dataset.metric] = new window.LiveChart(c);
+  });
+  const names = Object.keys(charts);
+  let lastSeq = 0;
+
+  function seriesKey(s) { return s.rank === null || s.rank === undefined ? "job" : "rank " + s.rank; }
+
+  // Whole-job series where there is one, otherwise each worker's.
+  function wanted(s, present) {
+    if (!charts[s.name]) return false;
+    return s.rank === null || s.rank === undefined ? true : !present.has(s.name);
+  }
+
+  function setText(id, value) {
+    const el = document.getElementById(id);
+    if (el && value !== undefined && value !== null) el.textContent = value;
+  }
+
+  function applyJob(d) {
+    const status = document.getElementById("job-status");
+    status.textContent = d.status;
+    status.className = "status status-" + d.status;
+    setText("job-batch-size", d.batch_size);
+    setText("job-lr", d.lr);
+    setText("job-workers", d.workers);
+    setText("job-reason", d.status_reason);
+  }
+
+  function addEvent(e) {
+    const li = document.createElement("li");
+    const when = new Date(e.time).toLocaleTimeString();
+    li.textContent = `${when} · ${e.actor} · ${e.message}` + (e.step !== null && e.step !== undefined ? ` (step ${e.step})` : "");
+    li.className = "event event-" + e.kind;
+    document.getElementById("events").prepend(li);
+  }
+
+  function applyMetrics(data, present) {
+    let top = 0;
+    for (const s of data.series) {
+      if (s.step.length) top = Math.max(top, s.step[s.step.length - 1]);
+      if (wanted(s, present)) charts[s.name].append(seriesKey(s), seriesKey(s), s.step, s.value);
+    }
+    const stepEl = document.getElementById("job-step");
+    if (top > Number(stepEl.textContent || 0)) stepEl.textContent = top;
+  }
+
+  const wholeJob = new Set();
+
+  async function loadHistory() {
+    const url = `/api/v1/jobs/${jobId}/metrics/?names=${names.join(",")}&max_points=2000`;
+    const resp = await fetch(url, { credentials: "same-origin" });
+    if (!resp.ok) return;
+    const body = await resp.json();
+    for (const s of body.series) if (s.rank === null) wholeJob.add(s.name);
+    for (const s of body.series) {
+      if (wanted(s, wholeJob)) charts[s.name].set(seriesKey(s), seriesKey(s), s.step, s.value);
+    }
+    lastSeq = Math.max(lastSeq, body.seq || 0);
+    const ev = await fetch(`/api/v1/jobs/${jobId}/events/`, { credentials: "same-origin" });
+    if (ev.ok) (await ev.json()).forEach(addEvent);
+  }
+
+  let retry = 500;
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${proto}://${location.host}/ws/jobs/${jobId}/?after=${lastSeq}`);
+    const state = document.getElementById("live-state");
+    ws.onopen = () => { state.textContent = "live"; state.className = "live-on"; retry = 500; };
+    ws.onmessage = (msg) => {
+      const frame = JSON.parse(msg.data);
+      if (frame.seq <= lastSeq) return;
+      lastSeq = frame.seq;
+      if (frame.type === "metrics") {
+        for (const s of frame.data.series) if (s.rank === null) wholeJob.add(s.name);
+        applyMetrics(frame.data, wholeJob);
+      } else if (frame.type === "event") addEvent(frame.data);
+      else if (frame.type === "job") applyJob(frame.data);
+    };
+    ws.onclose = () => {
+      state.textContent = "reconnecting…"; state.className = "live-off";
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 10000);
+    };
+  }
+
+  loadHistory().finally(connect);
+})();

@@ -1,0 +1,1 @@
+"""Launchers for the demo and the tests (not part of the installed package)."""

@@ -1,0 +1,30 @@
+# Sourced by scripts/demo and scripts/test: make .venv with the project installed.
+# Installs only what is missing; re-runs are quick. Set ADAPTRAIN_PYTHON to choose the
+# interpreter (default python3, 3.10-3.13).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${ADAPTRAIN_PYTHON:-python3}"
+step() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+if ! command -v "$PY" >/dev/null; then
+  echo "error: $PY not found; install Python 3.10-3.13 or set ADAPTRAIN_PYTHON" >&2; exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating the virtual environment in .venv"
+  "$PY" -m venv "$VENV"
+fi
+# Rebuild when the project definition or the native sources changed since the last install.
+stamp="$VENV/.adaptrain-installed"
+extras="${1:-}"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT"/agent/native/CMakeLists.txt "$ROOT"/agent/native/src/* 2>/dev/null | sha256sum | cut -c1-16)$extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  step "installing Python packages (TensorFlow is ~600 MB to download the first time; pip shows progress)"
+  "$VENV/bin/python" -m pip install --upgrade --quiet pip
+  "$VENV/bin/python" -m pip install --progress-bar on scikit-build-core nanobind cmake ninja
+  step "building the native collective library and installing the project"
+  "$VENV/bin/python" -m pip install --progress-bar on --no-build-isolation -e "$ROOT${extras:+[$extras]}"
+  echo "$want" > "$stamp"
+else
+  step "Python packages are up to date"
+fi

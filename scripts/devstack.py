@@ -1,0 +1,213 @@
+"""Start the whole system on one machine: web (ASGI), Celery worker and beat, agents.
+
+Used by the demo (``scripts/demo``) and by the end-to-end tests, so both exercise the
+same start-up path. Every process runs in its own process group with its output in
+``<log_dir>/<name>.log``; :meth:`Stack.stop` terminates them all (then kills what is
+left after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]                 # DATABASE_URL, REDIS_URL and any overrides
+    log_dir: Path
+    port: int = 8000
+    agents: int = 1
+    agent_slots: int = 4
+    python: str = sys.executable
+    progress: Callable[[str], None] = print
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(extra)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def manage(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(
+            [self.python, str(ROOT / "manage.py"), *args], env=self._env(), cwd=ROOT,
+            capture_output=True, text=True,
+        )
+        if check and result.returncode != 0:
+            raise StackError(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        return result.stdout
+
+    def _spawn(self, name: str, argv: list[str], **extra_env: str) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, env=self._env(**extra_env), cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def migrate(self) -> None:
+        self.progress("applying database migrations …")
+        self.manage("migrate", "--noinput")
+
+    def start_web(self) -> None:
+        if not port_is_free(self.port):
+            raise StackError(f"port {self.port} is in use; pass another port (e.g. PORT=8001).")
+        self.progress(f"starting the web server on {self.url} …")
+        self._spawn("web", [self.python, "-m", "uvicorn", "controlplane.asgi:application",
+                            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"])
+        self._wait_http(self.url + "/login/", "web", timeout_s=60)
+
+    def start_celery(self) -> None:
+        self.progress("starting the Celery worker and beat …")
+        self._spawn("celery-worker", [self.python, "-m", "celery", "-A", "controlplane", "worker",
+                                      "--pool", "threads", "--concurrency", "4", "--loglevel", "INFO",
+                                      "-Q", self._env().get("CELERY_QUEUE", "adaptrain")])
+        schedule = self.log_dir / "celerybeat-schedule"
+        self._spawn("celery-beat", [self.python, "-m", "celery", "-A", "controlplane", "beat",
+                                    "--loglevel", "INFO", "--schedule", str(schedule)])
+
+    def start_agents(self, join_token: str, state_root: Path) -> None:
+        for i in range(self.agents):
+            name = f"node-{i + 1}"
+            self.progress(f"starting agent {name} ({self.agent_slots} slots) …")
+            self._spawn(f"agent-{name}", [self.python, "-m", "agent"], AGENT_SERVER=self.url,
+                        AGENT_JOIN_TOKEN=join_token, AGENT_NAME=name,
+                        AGENT_SLOTS=str(self.agent_slots), AGENT_STATE_DIR=str(state_root / name))
+
+    def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status < 500:
+                        return
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise StackError(f"{name} did not answer at {url} within {timeout_s:.0f} s; see "
+                         f"{self.log_dir / (name + '.log')}")
+
+    def check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise StackError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace_s
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.processes.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.processes.clear()
+
+
+class ApiClient:
+    """A tiny REST client with an API token (used by the demo and the tests)."""
+
+    def __init__(self, base_url: str, token: str):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def request(self, method: str, path: str, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        req.add_header("Authorization", f"Token {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=15) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post(self, path: str, body):
+        return self.request("POST", path, body)
+
+
+DEMO_POLICY = {
+    "name": "double batch size",
+    "description": "Double the global batch size every 1500 steps, up to 512.",
+    "rules": [{
+        "name": "grow batch",
+        "when": "steps_since_fired >= 1500",
+        "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+        "bounds": {"max": 512},
+    }],
+}
+
+
+def demo_job(policy_id: int | None, *, steps: int = 12000, workers: int = 2) -> dict:
+    return {
+        "name": "digits (adaptive batch size)",
+        "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": steps, "log_every": 20},
+        "workers": {"initial": workers, "min": 1, "max": workers},
+        "strategy": "ssgd",
+        "topology": "ring",
+        "policy": policy_id,
+    }
+
+
+def ensure_user(stack: Stack, username: str, password: str) -> str:
+    """Create (or reset) a staff user; return its API token."""
+    return stack.manage("ensure_user", "--username", username, "--password", password,
+                        "--staff").strip().splitlines()[-1]
