@@ -55,7 +55,7 @@ class WorkerGroup:
         self.ports: dict[int, int] = {}
         self.pending: dict[int, PendingCommand] = {}
         self.stop_requested = False
-        self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._tail: collections.deque[str] = collections.deque(maxlen=300)
         self._readers: list[asyncio.Task] = []
 
     @property
@@ -163,9 +163,19 @@ class WorkerGroup:
         await asyncio.gather(*self._readers, return_exceptions=True)
         self._log.close()
         if failure:
-            tail = "\n".join(list(self._tail)[-12:])
+            tail = self._failure_excerpt()
             return False, f"{failure}; last output:\n{tail}" if tail else failure
         return True, ""
+
+    def _failure_excerpt(self) -> str:
+        """The first traceback of the failed run if there is one, else the last lines."""
+        lines = list(self._tail)
+        start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
+        if start is None:
+            return "\n".join(lines[-12:])
+        end = next((j + 1 for j in range(start + 1, len(lines))
+                    if lines[j].split("] ", 1)[-1][:1] not in (" ", "^", "") or j - start > 40), len(lines))
+        return "\n".join(lines[start:end])
 
     async def terminate(self, grace_s: float = 5.0) -> None:
         for proc in self.processes.values():

@@ -161,7 +161,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNELS_PREFIX", "adaptrain")},
+        "CONFIG": {
+            # redis-py 8 times socket reads out after 5 s by default, exactly the length of
+            # channels-redis's blocking receive (BZPOPMIN, 5 s): an idle WebSocket would
+            # then fail every 5 s. Give reads headroom over the blocking timeout.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            "prefix": os.environ.get("CHANNELS_PREFIX", "adaptrain"),
+        },
     }
 }
 

@@ -1,7 +1,8 @@
 /* The job page: load the stored series once, then apply live frames from /ws/jobs/{id}/.
  *
- * Frames carry a per-job sequence number; the page remembers the last one it applied
- * and asks for what it missed (?after=) when it reconnects.
+ * Frames carry a per-job sequence number; the page ignores frames it has already
+ * applied. After a dropped connection it reloads the stored series over REST (which
+ * fills the gap) before it subscribes again.
  */
 (function () {
   "use strict";
@@ -37,7 +38,10 @@
     setText("job-reason", d.status_reason);
   }
 
+  const seenEvents = new Set();
   function addEvent(e) {
+    if (seenEvents.has(e.id)) return;
+    seenEvents.add(e.id);
     const li = document.createElement("li");
     const when = new Date(e.time).toLocaleTimeString();
     li.textContent = `${when} · ${e.actor} · ${e.message}` + (e.step !== null && e.step !== undefined ? ` (step ${e.step})` : "");
@@ -89,7 +93,8 @@
     };
     ws.onclose = () => {
       state.textContent = "reconnecting…"; state.className = "live-off";
-      setTimeout(connect, retry);
+      // Fill whatever was missed while disconnected from the stored series, then resume.
+      setTimeout(() => loadHistory().catch(() => {}).finally(connect), retry);
       retry = Math.min(retry * 2, 10000);
     };
   }

@@ -1,0 +1,98 @@
+"""The whole stack for end-to-end tests: web, Celery worker and beat, one agent.
+
+Runs on a database of its own (dropped and re-created per session) and the Redis
+database and Celery queue that scripts/run_tests chose, through the same launcher
+as the demo (scripts/devstack.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from scripts.devstack import ApiClient, Stack, StackError, ensure_user, free_port
+
+E2E_DATABASE = "adaptrain_e2e"
+
+
+def _recreate_database(database_url: str, name: str) -> str:
+    parts = urlsplit(database_url)
+    maintenance = urlunsplit(parts._replace(path="/postgres"))
+    conn = psycopg2.connect(maintenance, connect_timeout=5)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from django.conf import settings
+
+    database_url = _recreate_database(settings.DATABASE_URL, E2E_DATABASE)
+    log_dir = tmp_path_factory.mktemp("stack-logs")
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_QUEUE": os.environ.get("CELERY_QUEUE", "adaptrain-e2e"),
+        "CHANNELS_PREFIX": os.environ.get("CHANNELS_PREFIX", "adaptrain-e2e"),
+        "POLICY_EVAL_INTERVAL_S": "1",
+        "COLLECTIVE_TIMEOUT": "60",
+    }
+    s = Stack(env=env, log_dir=log_dir, port=free_port(), agents=1, agent_slots=4,
+              progress=lambda m: print(f"[stack] {m}", flush=True))
+    try:
+        s.migrate()
+        s.token = ensure_user(s, "e2e", "e2e-password")
+        s.password = "e2e-password"
+        join_token = s.manage("create_join_token", "--label", "e2e").strip()
+        s.start_web()
+        s.start_celery()
+        s.start_agents(join_token, log_dir / "agents")
+        s.api = ApiClient(s.url, s.token)
+        wait_for(lambda: any(n["status"] == "online" for n in s.api.get("/api/v1/nodes/")[1]),
+                 timeout_s=60, what="the agent to come online", stack=s)
+        yield s
+    finally:
+        s.stop()
+        print(f"[stack] logs kept in {log_dir}")
+
+
+def wait_for(predicate, *, timeout_s: float, what: str, stack: Stack | None = None, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    last_error = None
+    while time.monotonic() < deadline:
+        if stack is not None:
+            try:
+                stack.check_alive()
+            except StackError as exc:
+                pytest.fail(str(exc))
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (KeyError, IndexError, TypeError) as exc:
+            last_error = exc
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f" ({last_error!r})" if last_error else ""))
+
+
+def wait_for_job(api, job_id: int, predicate, *, timeout_s: float, what: str, stack: Stack):
+    """Wait until predicate(job detail) holds; fail at once if the job fails instead."""
+
+    def check():
+        status, job = api.get(f"/api/v1/jobs/{job_id}/")
+        assert status == 200, job
+        if job["status"] == "failed":
+            pytest.fail(f"job {job_id} failed while waiting for {what}: {job['status_reason']}")
+        return predicate(job)
+
+    return wait_for(check, timeout_s=timeout_s, what=what, stack=stack)
