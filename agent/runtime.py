@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sys
 import threading
 import time
@@ -201,7 +200,7 @@ class Trainer:
                 loss_sum = tf.reduce_sum(loss_fn(y, logits))
                 scaled = loss_sum * inv_global_batch
             grads = tape.gradient(scaled, variables)
-            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)]
             correct = tf.reduce_sum(tf.cast(
                 tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
             # Fuse every gradient and the two counters into one flat buffer.
@@ -215,8 +214,8 @@ class Trainer:
         @tf.function(input_signature=[tf.TensorSpec([sum(sizes)], tf.float32)])
         def apply(flat):
             parts = tf.split(flat, sizes)
-            grads = [tf.reshape(p, s) for p, s in zip(parts, shapes)]
-            optimizer.apply_gradients(zip(grads, variables))
+            grads = [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
 
         self._compute = compute
         self._apply = apply
@@ -230,7 +229,7 @@ class Trainer:
             flat[:] = 0.0
         comm.allreduce(flat, op="sum")
         offset = 0
-        for v, n, shape in zip(self._variables, self._sizes, self._shapes):
+        for v, n, shape in zip(self._variables, self._sizes, self._shapes, strict=True):
             v.assign(flat[offset:offset + n].reshape(shape))
             offset += n
 

@@ -18,8 +18,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from controlplane.live.consumers import AgentCommandConsumer, JobStreamConsumer  # noqa: E402
 from controlplane.live.auth import NodeCredentialMiddleware  # noqa: E402
+from controlplane.live.consumers import AgentCommandConsumer, JobStreamConsumer  # noqa: E402
 
 websocket_routes = URLRouter(
     [

@@ -28,7 +28,7 @@ def series(api: ApiClient, job_id: int, name: str) -> dict:
 
 
 def first_step_with(s: dict, value: float) -> int | None:
-    return next((step for step, v in zip(s["step"], s["value"]) if v == value), None)
+    return next((step for step, v in zip(s["step"], s["value"], strict=True) if v == value), None)
 
 
 def test_policy_changes_batch_size_on_every_worker_at_the_same_step(stack):

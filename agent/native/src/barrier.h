@@ -1,0 +1,18 @@
+// Ring barrier; see barrier.cc.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+#include "transport.h"
+
+namespace adaptrain::collective {
+
+struct BarrierOptions {
+  uint64_t sequence = 0;
+  std::chrono::milliseconds timeout{60000};  // longest time without progress
+};
+
+void ring_barrier(Transport& transport, const BarrierOptions& options);
+
+}  // namespace adaptrain::collective

@@ -1,0 +1,69 @@
+// The transport interface every collective algorithm is written against.
+//
+// As in gloo's transport/ directory, algorithms never see sockets: they see a
+// Connection per peer that moves bytes without blocking, and a Transport that
+// waits until some connection can make progress. That is exactly what a
+// pipelined algorithm needs (keep sending to one peer while receiving from
+// another, never block on one direction while the other could move), and it
+// lets a later shared-memory or RDMA transport slot in without touching the
+// ring, tree or star code.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "deadline.h"
+
+namespace adaptrain::collective {
+
+// A reliable, ordered byte stream to one peer, usable in both directions.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+
+  virtual int peer_rank() const = 0;
+  virtual const std::string& peer_address() const = 0;
+  // "rank 2 (10.0.0.3:41002)" for messages.
+  std::string describe_peer() const;
+
+  // Hand up to `length` bytes to the transport without blocking; returns how
+  // many were taken (0 when it is full). Throws IoError if the peer is gone.
+  virtual size_t send_some(const void* data, size_t length) = 0;
+  // Take up to `length` bytes that have arrived, without blocking; returns how
+  // many (0 when none are waiting). Throws IoError on end of stream.
+  virtual size_t recv_some(void* data, size_t length) = 0;
+};
+
+// One direction of one connection that a caller wants to make progress on.
+struct WaitRequest {
+  Connection* connection;
+  bool send;
+  bool recv;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // The connection to `peer`; the algorithm must have asked for it when the
+  // transport was set up. Throws IoError if there is none.
+  virtual Connection& connection(int peer) = 0;
+
+  // Block until at least one requested direction can make progress. Throws
+  // TimeoutError naming the peers when the deadline passes first.
+  virtual void wait(const WaitRequest* requests, size_t count, const Deadline& deadline) = 0;
+
+  // Close every connection so peers see end-of-stream at once instead of
+  // waiting for their timeout. Idempotent.
+  virtual void shutdown() = 0;
+};
+
+// Blocking transfers of a whole buffer, built on the non-blocking interface.
+// Used for small control messages (handshakes, barrier tokens, headers).
+void send_all(Transport& transport, Connection& connection, const void* data, size_t length, Deadline& deadline);
+void recv_all(Transport& transport, Connection& connection, void* data, size_t length, Deadline& deadline);
+
+}  // namespace adaptrain::collective

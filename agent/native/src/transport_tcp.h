@@ -1,0 +1,92 @@
+// TCP implementation of the transport interface.
+//
+// Rendezvous: every rank listens on its own address from the peer list, then
+// for each peer its algorithm needs, the lower rank connects and the higher
+// rank accepts, so each pair shares exactly one full-duplex connection. The
+// connecting side sends a hello (magic, protocol version, both ranks, group
+// size and a hash of the peer list) and the accepting side answers accepted or
+// a reason; a process from another job, another cluster version or a wrong
+// peer list is refused with a message that says which of those it was.
+//
+// The three phases run in an order that cannot deadlock: (1) connect to all
+// higher peers and send hellos, which needs nothing from them but a listening
+// socket; (2) accept lower peers and answer their hellos; (3) read the answers
+// to our own hellos, which every peer sends in its phase 2.
+//
+// Sockets are non-blocking, TCP_NODELAY (control messages and pipelined
+// blocks must not wait for Nagle), with large send/receive buffers so a ring
+// hop keeps the link busy while the receiver is reducing.
+#pragma once
+
+#include <poll.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "transport.h"
+
+namespace adaptrain::collective {
+
+struct HostPort {
+  std::string host;  // without IPv6 brackets
+  std::string port;
+};
+
+// "10.0.0.2:41000", "[::1]:41000", "node-3:41000". Throws InvalidArgumentError.
+HostPort parse_host_port(const std::string& address);
+
+struct TcpOptions {
+  int rank = 0;
+  std::vector<std::string> peers;            // "host:port" of every rank, by rank
+  std::vector<int> needed_peers;             // ranks this rank exchanges data with
+  std::chrono::milliseconds timeout{60000};  // budget for the whole rendezvous
+  size_t socket_buffer_bytes = 0;            // 0: kernel autotuning
+  int connect_retry_ms = 200;
+  // Called when a system call was interrupted by a signal; may throw
+  // InterruptedError so that Ctrl-C stops a blocked call.
+  std::function<void()> interrupt_check;
+};
+
+class TcpConnection;
+
+class TcpTransport final : public Transport {
+ public:
+  // Blocks until every needed peer is connected and has passed the handshake.
+  static std::unique_ptr<TcpTransport> connect(const TcpOptions& options);
+  ~TcpTransport() override;
+
+  int rank() const override { return options_.rank; }
+  int size() const override { return static_cast<int>(options_.peers.size()); }
+  Connection& connection(int peer) override;
+  void wait(const WaitRequest* requests, size_t count, const Deadline& deadline) override;
+  void shutdown() override;
+
+ private:
+  explicit TcpTransport(TcpOptions options);
+  void rendezvous();
+  int connect_with_retry(int peer, Deadline& deadline);
+  // Waits up to `poll_until` for a connection on the listener and, if one
+  // comes, runs the accepting side of the handshake on it. Connect retries
+  // wait here too, so a misdirected peer hears why it was refused at once
+  // rather than after this rank has given up on its own connects.
+  void accept_pending(const Deadline& poll_until, Deadline& deadline);
+  std::string rejections_text() const;
+  // poll() that retries on EINTR after giving interrupt_check a chance to throw.
+  int poll_retrying(::pollfd* fds, unsigned long count, const Deadline& deadline);
+  std::string who() const;
+
+  TcpOptions options_;
+  uint64_t group_id_ = 0;
+  std::map<int, std::unique_ptr<TcpConnection>> connections_;
+
+  // Rendezvous state.
+  int listener_ = -1;
+  std::vector<int> expected_;            // lower ranks that have not connected yet
+  std::vector<std::string> rejections_;  // why strangers were turned away, for timeout messages
+};
+
+}  // namespace adaptrain::collective

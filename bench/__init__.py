@@ -1,0 +1,1 @@
+"""Benchmarks that print JSON lines (one per measurement) for side-by-side comparison."""

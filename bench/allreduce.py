@@ -1,0 +1,158 @@
+"""Allreduce throughput of agent.native on one host, one JSON line per size.
+
+    python -m bench.allreduce --np 4 --sizes 4K,256K,4M,32M --json
+
+spawns N local ranks connected over loopback TCP, runs float32 sum allreduce
+and prints {"op","backend","np","bytes","median_s","algbw_GBps","busbw_GBps"}
+per size, with busbw = algbw * 2(n-1)/n as in nccl-tests. The warm-up and
+repeat rules match ../shared/bench/peer_allreduce.py (Gloo and Open MPI), so
+the lines compare side by side: 3 warm-up calls, then a barrier before every
+timed call and rank 0's median. Without --json it prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import socket
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+WARMUP_CALLS = 3
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    text = text.strip()
+    unit = _UNITS.get(text[-1:].upper())
+    value = int(text[:-1]) * unit if unit else int(text)
+    if value <= 0 or value % 4:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r} must be a positive multiple of 4 bytes (float32)"
+        )
+    return value
+
+
+def repeats_for(nbytes: int) -> int:
+    """Enough calls to move ~64 MiB per size, at least 5 and at most 200."""
+    return max(5, min(200, (64 << 20) // max(nbytes, 1)))
+
+
+def figures(n: int, nbytes: int, times: list[float]) -> dict[str, Any]:
+    median = statistics.median(times)
+    algbw = nbytes / median / 1e9
+    return {
+        "op": "allreduce",
+        "backend": "adaptrain",
+        "np": n,
+        "bytes": nbytes,
+        "median_s": round(median, 7),
+        "algbw_GBps": round(algbw, 4),
+        "busbw_GBps": round(algbw * 2 * (n - 1) / n, 4),
+    }
+
+
+def free_peers(n: int) -> list[str]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_rank(
+    rank: int, peers: list[str], sizes: list[int], repeats: int | None, results: Any
+) -> None:
+    from agent.native import Communicator
+
+    n = len(peers)
+    with Communicator(rank, peers, timeout_s=60) as comm:
+        for nbytes in sizes:
+            x = np.ones(nbytes // 4, dtype=np.float32)
+            for _ in range(WARMUP_CALLS):
+                comm.allreduce(x)
+            times = []
+            for _ in range(repeats or repeats_for(nbytes)):
+                comm.barrier()
+                started = time.perf_counter()
+                comm.allreduce(x)
+                times.append(time.perf_counter() - started)
+            if rank == 0:
+                results.put(figures(n, nbytes, times))
+    if rank == 0:
+        results.put(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--np", type=int, default=2, help="number of local ranks (default 2)")
+    parser.add_argument(
+        "--sizes", default="4K,256K,4M,32M", help="comma-separated byte counts, K/M/G allowed"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed calls per size (default: ~64 MiB worth, 5..200)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON line per size")
+    args = parser.parse_args(argv)
+    if args.np < 1:
+        parser.error("--np must be at least 1")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    peers = free_peers(args.np)
+    processes = [
+        context.Process(
+            target=run_rank, args=(rank, peers, sizes, args.repeats, results), daemon=True
+        )
+        for rank in range(args.np)
+    ]
+    for process in processes:
+        process.start()
+    if not args.json:
+        print(f"{'bytes':>12} {'median_s':>12} {'algbw_GBps':>11} {'busbw_GBps':>11}")
+    failed = False
+    while True:
+        try:
+            line = results.get(timeout=5)
+        except Exception:  # queue.Empty: check whether a rank died
+            if any(p.exitcode not in (None, 0) for p in processes):
+                failed = True
+                break
+            continue
+        if line is None:
+            break
+        if args.json:
+            print(json.dumps(line), flush=True)
+        else:
+            print(
+                f"{line['bytes']:>12} {line['median_s']:>12.6f} {line['algbw_GBps']:>11.4f} {line['busbw_GBps']:>11.4f}"
+            )
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+        failed = failed or process.exitcode != 0
+    if failed:
+        print("a rank failed; see its traceback above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
