@@ -148,6 +148,36 @@ def configure_tensorflow_threads(threads: int = 1) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+class GlobalBatchSampler:
+    """Global batches over epochs: each epoch is a permutation seeded by (seed + epoch), the
+    same on every worker; a batch never crosses an epoch boundary, so within an epoch every
+    sample is used exactly once whatever the batch size, even when it changes mid-epoch."""
+
+    def __init__(self, n_samples: int, seed: int = 0):
+        if n_samples < 1:
+            raise ValueError("the training set is empty")
+        self.n_samples = n_samples
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._perm = np.random.default_rng(seed).permutation(n_samples)
+
+    def next(self, batch_size: int) -> np.ndarray:
+        if self.position >= self.n_samples:
+            self.epoch += 1
+            self.position = 0
+            self._perm = np.random.default_rng(self.seed + self.epoch).permutation(self.n_samples)
+        end = min(self.position + batch_size, self.n_samples)
+        batch = self._perm[self.position:end]
+        self.position = end
+        return batch
+
+    @staticmethod
+    def shard(batch: np.ndarray, rank: int, size: int) -> np.ndarray:
+        """This worker's share of a global batch: every size-th sample from offset rank."""
+        return batch[rank::size]
+
+
 class Trainer:
     """Synchronous data-parallel (S-SGD) training of a Keras model with live knobs.
 
@@ -167,9 +197,7 @@ class Trainer:
         self.batch_size = session.batch_size
         self.lr = session.lr
         self.stopped = False
-        self._epoch = 0
-        self._position = 0
-        self._perm: np.ndarray | None = None
+        self._sampler: GlobalBatchSampler | None = None
         self._variables = None
         self._sizes: list[int] = []
         self._shapes: list = []
@@ -233,19 +261,6 @@ class Trainer:
             v.assign(flat[offset:offset + n].reshape(shape))
             offset += n
 
-    # -- data ----------------------------------------------------------------------------
-    def _next_global_batch(self, n_samples: int) -> np.ndarray:
-        """Indices of the next global batch, never crossing an epoch boundary."""
-        if self._perm is None or self._position >= n_samples:
-            if self._perm is not None:
-                self._epoch += 1
-            self._perm = np.random.default_rng(self.seed + self._epoch).permutation(n_samples)
-            self._position = 0
-        end = min(self._position + self.batch_size, n_samples)
-        batch = self._perm[self._position:end]
-        self._position = end
-        return batch
-
     # -- control -------------------------------------------------------------------------
     def _agree_on_commands(self) -> list[dict]:
         received = float(self.session.received_seq())
@@ -290,6 +305,8 @@ class Trainer:
         y = np.ascontiguousarray(y, dtype=np.int32)
         if self._compute is None:
             self._build(x)
+        if self._sampler is None or self._sampler.n_samples != len(x):
+            self._sampler = GlobalBatchSampler(len(x), self.seed)
         session, comm = self.session, self.session.communicator
         rank, size = session.rank, session.size
         window_start, window_samples = time.perf_counter(), 0
@@ -302,8 +319,8 @@ class Trainer:
                 self._apply_command(command)
             if self.stopped:
                 break
-            batch = self._next_global_batch(len(x))
-            mine = batch[rank::size]
+            batch = self._sampler.next(self.batch_size)
+            mine = GlobalBatchSampler.shard(batch, rank, size)
             t0 = time.perf_counter()
             flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
                                  tf.constant(1.0 / len(batch), tf.float32)).numpy()
@@ -345,4 +362,4 @@ def evaluate_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(np.asarray(logits), axis=1) == y))
 
 
-__all__ = ["Session", "Trainer", "init", "configure_tensorflow_threads", "evaluate_accuracy"]
+__all__ = ["GlobalBatchSampler", "Session", "Trainer", "init", "configure_tensorflow_threads", "evaluate_accuracy"]

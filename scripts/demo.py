@@ -17,7 +17,16 @@ import time
 from pathlib import Path
 
 from controlplane.backing_services import ensure_backing_services
-from scripts.devstack import DEMO_POLICY, ROOT, ApiClient, Stack, StackError, demo_job, ensure_user
+from scripts.devstack import (
+    DEMO_POLICY,
+    ROOT,
+    ApiClient,
+    Stack,
+    StackError,
+    demo_job,
+    embedded_requested,
+    ensure_user,
+)
 
 
 def say(message: str) -> None:
@@ -46,7 +55,8 @@ def main() -> int:
     args = parser.parse_args()
 
     data_dir = ROOT / ".data"
-    services = ensure_backing_services(data_dir=data_dir, database_name="adaptrain", log=say)
+    services = ensure_backing_services(prefer_embedded=embedded_requested(), data_dir=data_dir,
+                                       database_name="adaptrain", log=say)
     stack = Stack(env=services.env(), log_dir=data_dir / "logs", port=args.port, progress=say,
                   agent_slots=max(args.workers, 2))
 

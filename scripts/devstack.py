@@ -39,6 +39,15 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def embedded_requested() -> bool:
+    """ADAPTRAIN_SERVICES=embedded skips local servers and starts embedded PostgreSQL and
+    Redis, as on a machine with nothing installed (a URL in the environment still wins)."""
+    value = os.environ.get("ADAPTRAIN_SERVICES", "auto").strip().lower()
+    if value not in ("auto", "embedded"):
+        raise SystemExit(f"ADAPTRAIN_SERVICES={value!r}: use auto or embedded.")
+    return value == "embedded"
+
+
 class StackError(RuntimeError):
     pass
 

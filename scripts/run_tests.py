@@ -14,13 +14,14 @@ import sys
 import pytest
 
 from controlplane.backing_services import ensure_backing_services
-from scripts.devstack import ROOT
+from scripts.devstack import ROOT, embedded_requested
 
 TEST_REDIS_DB = 7
 
 
 def main(argv: list[str]) -> int:
     services = ensure_backing_services(
+        prefer_embedded=embedded_requested(),
         data_dir=ROOT / ".data", database_name="adaptrain", redis_db=TEST_REDIS_DB,
         log=lambda line: print(f"[services] {line}", flush=True),
     )

@@ -17,10 +17,9 @@
 
   function seriesKey(s) { return s.rank === null || s.rank === undefined ? "job" : "rank " + s.rank; }
 
-  // Whole-job series where there is one, otherwise each worker's.
-  function wanted(s, present) {
-    if (!charts[s.name]) return false;
-    return s.rank === null || s.rank === undefined ? true : !present.has(s.name);
+  // The charts show whole-job series (reported by rank 0); per-worker series are in the API.
+  function wanted(s) {
+    return Boolean(charts[s.name]) && (s.rank === null || s.rank === undefined);
   }
 
   function setText(id, value) {
@@ -49,26 +48,23 @@
     document.getElementById("events").prepend(li);
   }
 
-  function applyMetrics(data, present) {
+  function applyMetrics(data) {
     let top = 0;
     for (const s of data.series) {
       if (s.step.length) top = Math.max(top, s.step[s.step.length - 1]);
-      if (wanted(s, present)) charts[s.name].append(seriesKey(s), seriesKey(s), s.step, s.value);
+      if (wanted(s)) charts[s.name].append(seriesKey(s), seriesKey(s), s.step, s.value);
     }
     const stepEl = document.getElementById("job-step");
     if (top > Number(stepEl.textContent || 0)) stepEl.textContent = top;
   }
 
-  const wholeJob = new Set();
-
   async function loadHistory() {
-    const url = `/api/v1/jobs/${jobId}/metrics/?names=${names.join(",")}&max_points=2000`;
+    const url = `/api/v1/jobs/${jobId}/metrics/?names=${names.join(",")}&max_points=2000&per_rank=false`;
     const resp = await fetch(url, { credentials: "same-origin" });
     if (!resp.ok) return;
     const body = await resp.json();
-    for (const s of body.series) if (s.rank === null) wholeJob.add(s.name);
     for (const s of body.series) {
-      if (wanted(s, wholeJob)) charts[s.name].set(seriesKey(s), seriesKey(s), s.step, s.value);
+      if (wanted(s)) charts[s.name].set(seriesKey(s), seriesKey(s), s.step, s.value);
     }
     lastSeq = Math.max(lastSeq, body.seq || 0);
     const ev = await fetch(`/api/v1/jobs/${jobId}/events/`, { credentials: "same-origin" });
@@ -85,10 +81,8 @@
       const frame = JSON.parse(msg.data);
       if (frame.seq <= lastSeq) return;
       lastSeq = frame.seq;
-      if (frame.type === "metrics") {
-        for (const s of frame.data.series) if (s.rank === null) wholeJob.add(s.name);
-        applyMetrics(frame.data, wholeJob);
-      } else if (frame.type === "event") addEvent(frame.data);
+      if (frame.type === "metrics") applyMetrics(frame.data);
+      else if (frame.type === "event") addEvent(frame.data);
       else if (frame.type === "job") applyJob(frame.data);
     };
     ws.onclose = () => {
