@@ -49,7 +49,8 @@ def demo_password(data_dir: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
-    parser.add_argument("--steps", type=int, default=12000, help="training steps of the demo job")
+    parser.add_argument("--steps", type=int, default=150_000,
+                        help="training steps of the demo job (default 150000: a few minutes)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-job", action="store_true", help="start the system but submit no job")
     args = parser.parse_args()
@@ -84,7 +85,7 @@ def main() -> int:
                 raise StackError(f"creating the demo job failed: {job}")
             job_url = f"{stack.url}/jobs/{job['id']}/"
             say(f"submitted job #{job['id']}: {args.workers} workers on digits; the policy doubles "
-                "the batch size every 1500 steps up to 512")
+                "the batch size every 10000 steps up to 512")
         print(flush=True)
         print("=" * 72)
         print(f"  Watch it:  {job_url}")

@@ -194,21 +194,21 @@ class ApiClient:
 
 DEMO_POLICY = {
     "name": "double batch size",
-    "description": "Double the global batch size every 1500 steps, up to 512.",
+    "description": "Double the global batch size every 10000 steps, up to 512.",
     "rules": [{
         "name": "grow batch",
-        "when": "steps_since_fired >= 1500",
+        "when": "steps_since_fired >= 10000",
         "action": {"type": "set_batch_size", "value": "batch_size * 2"},
         "bounds": {"max": 512},
     }],
 }
 
 
-def demo_job(policy_id: int | None, *, steps: int = 12000, workers: int = 2) -> dict:
+def demo_job(policy_id: int | None, *, steps: int = 150_000, workers: int = 2) -> dict:
     return {
         "name": "digits (adaptive batch size)",
         "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": steps, "log_every": 20},
+        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": steps, "log_every": 50},
         "workers": {"initial": workers, "min": 1, "max": workers},
         "strategy": "ssgd",
         "topology": "ring",

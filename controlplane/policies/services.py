@@ -100,28 +100,26 @@ def job_policy_evaluate(*, job_id: int) -> list[Decision]:
                 continue
             action = {"type": firing.action_type, "value": firing.value}
             actor = f"policy:{policy.name}/{firing.rule}"
-            command = None
-            if parsed.dry_run:
-                result = Decision.Outcome.DRY_RUN
-            else:
-                commands = job_services.command_issue(
-                    job=job, type=firing.action_type, value=firing.value, issued_by=actor,
-                    idempotency_key=f"policy-{policy.id}-{firing.rule}-{job.last_step}",
-                )
-                command = commands[0]
-                result = Decision.Outcome.COMMANDED
             decision = Decision.objects.create(
                 job=job, policy=policy, policy_version=policy.version, rule=firing.rule,
-                step=job.last_step, inputs=firing.inputs, action=action, outcome=result,
-                command=command,
+                step=job.last_step, inputs=firing.inputs, action=action,
+                outcome=Decision.Outcome.DRY_RUN if parsed.dry_run else Decision.Outcome.COMMANDED,
             )
+            # The decision is logged before the command it causes, so the audit log reads
+            # in cause-and-effect order.
             job_services.event_record(
                 job=job, kind=Event.Kind.DECISION, actor=actor,
                 message=f"rule {firing.rule!r} fired: {firing.action_type} → {firing.value}"
                         + (" (dry run)" if parsed.dry_run else ""),
                 data={"decision": decision.id, "rule": firing.rule, "inputs": firing.inputs,
-                      "action": action, "outcome": result}, step=job.last_step,
+                      "action": action, "outcome": decision.outcome}, step=job.last_step,
             )
+            if not parsed.dry_run:
+                commands = job_services.command_issue(
+                    job=job, type=firing.action_type, value=firing.value, issued_by=actor,
+                    idempotency_key=f"policy-{policy.id}-{firing.rule}-{job.last_step}",
+                )
+                Decision.objects.filter(id=decision.id).update(command=commands[0])
             decisions.append(decision)
             # One action per evaluation: the next waits until this one is applied.
             break

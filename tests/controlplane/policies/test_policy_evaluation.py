@@ -1,0 +1,90 @@
+"""Evaluating a running job's policy records a decision and issues one command at a time;
+applying the command updates the job exactly once."""
+
+import pytest
+
+from controlplane.jobs import services
+from controlplane.jobs.models import Command, Event, Job
+from controlplane.policies.models import Decision
+from controlplane.policies.services import job_policy_evaluate, policy_create
+
+pytestmark = pytest.mark.django_db
+
+RULE = {"name": "grow", "when": "steps_since_fired >= 100",
+        "action": {"type": "set_batch_size", "value": "batch_size * 2"}, "bounds": {"max": 128}}
+
+
+@pytest.fixture
+def node():
+    token = services.join_token_create()
+    node, _ = services.node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
+    return node
+
+
+def running_job(user, node, *, dry_run=False):
+    policy = policy_create(owner=user, definition={"name": "p", "dry_run": dry_run, "rules": [RULE]})
+    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
+                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=2,
+                              workers_min=2, workers_max=2, strategy="ssgd", topology="ring",
+                              policy=policy)
+    services.job_place(job_id=job.id)
+    start = Command.objects.get(job=job, type="start")
+    services.command_finish(node=node, command_id=start.id, ok=True, step=0)
+    services.job_report(node=node, job_id=job.id, status="running",
+                        workers=[{"rank": 0, "port": 1}, {"rank": 1, "port": 2}])
+    Job.objects.filter(id=job.id).update(last_step=150)
+    return Job.objects.get(id=job.id)
+
+
+def test_firing_rule_records_decision_then_command(user, node):
+    job = running_job(user, node)
+    [decision] = job_policy_evaluate(job_id=job.id)
+    decision.refresh_from_db()
+    command = decision.command
+    assert command.type == "set_batch_size" and command.payload == {"value": 64}
+    assert command.issued_by == "policy:p/grow" and command.state == "pending"
+    assert decision.inputs["batch_size"] == 32 and decision.step == 150
+    kinds = list(Event.objects.filter(job=job, kind__in=["decision", "command"]).values_list("kind", flat=True))
+    assert kinds == ["decision", "command"]
+
+
+def test_no_new_decision_while_a_command_is_in_flight(user, node):
+    job = running_job(user, node)
+    job_policy_evaluate(job_id=job.id)
+    Job.objects.filter(id=job.id).update(last_step=1000)
+    assert job_policy_evaluate(job_id=job.id) == []
+    assert Decision.objects.count() == 1
+
+
+def test_applied_command_updates_the_job_once_and_the_rule_counts_from_it(user, node):
+    job = running_job(user, node)
+    [decision] = job_policy_evaluate(job_id=job.id)
+    command_id = Decision.objects.get(id=decision.id).command_id
+    services.command_ack(node=node, command_id=command_id)
+    services.command_finish(node=node, command_id=command_id, ok=True, step=160)
+    services.command_finish(node=node, command_id=command_id, ok=True, step=999)  # redelivered
+    command = Command.objects.get(id=command_id)
+    assert command.state == "applied" and command.applied_step == 160
+    assert Job.objects.get(id=job.id).batch_size == 64
+    # Only 50 steps since the rule fired at step 150: no new decision yet.
+    Job.objects.filter(id=job.id).update(last_step=200)
+    assert job_policy_evaluate(job_id=job.id) == []
+    Job.objects.filter(id=job.id).update(last_step=251)
+    [second] = job_policy_evaluate(job_id=job.id)
+    assert second.action == {"type": "set_batch_size", "value": 128}
+
+
+def test_dry_run_records_decisions_without_commands(user, node):
+    job = running_job(user, node, dry_run=True)
+    [decision] = job_policy_evaluate(job_id=job.id)
+    assert decision.outcome == "dry_run" and decision.command is None
+    assert not Command.objects.filter(job=job, type="set_batch_size").exists()
+
+
+def test_failed_command_leaves_the_job_unchanged(user, node):
+    job = running_job(user, node)
+    [decision] = job_policy_evaluate(job_id=job.id)
+    command_id = Decision.objects.get(id=decision.id).command_id
+    services.command_finish(node=node, command_id=command_id, ok=False, error="rank 1: boom")
+    assert Command.objects.get(id=command_id).error == "rank 1: boom"
+    assert Job.objects.get(id=job.id).batch_size == 32
