@@ -122,7 +122,10 @@ class BackingServices:
             children, self._children = self._children, []
         atexit.unregister(self.stop)
         for child in reversed(children):
-            self._log(f"{child.name}: stopping embedded server (pid {child.process.pid})")
+            try:
+                self._log(f"{child.name}: stopping embedded server (pid {child.process.pid})")
+            except Exception:  # noqa: BLE001 - a broken log (closed pipe) must not keep a server running
+                pass
             child.stop()
 
     def _exited_children(self) -> list[_ChildProcess]:

@@ -30,7 +30,10 @@ from scripts.devstack import (
 
 
 def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    try:
+        print(f"[demo] {message}", flush=True)
+    except OSError:
+        pass  # the terminal or pipe is gone (e.g. Ctrl-C hit a pipeline): keep shutting down
 
 
 def demo_password(data_dir: Path) -> str:
@@ -113,9 +116,12 @@ def main() -> int:
         say(f"error: {exc}")
         return 1
     finally:
-        stack.stop()
-        services.stop()
-        say("stopped every process the demo started")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        try:
+            stack.stop()
+        finally:
+            services.stop()
+            say("stopped every process the demo started")
 
 
 if __name__ == "__main__":
