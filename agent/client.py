@@ -47,8 +47,9 @@ class ControlPlaneClient:
             "join_token": join_token, "name": name, "address": address, "slots": slots,
         })
 
-    async def heartbeat(self) -> dict:
-        return await self.post("/api/v1/agent/heartbeat/", {})
+    async def heartbeat(self, running_jobs: list[int] | None = None) -> dict:
+        body = {} if running_jobs is None else {"jobs": running_jobs}
+        return await self.post("/api/v1/agent/heartbeat/", body)
 
     async def send_metrics(self, batch_id: str, points: list[dict]) -> dict:
         return await self.post("/api/v1/agent/metrics/", {"batch_id": batch_id, "points": points})

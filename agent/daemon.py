@@ -77,8 +77,11 @@ class Agent:
             asyncio.create_task(self._metrics_loop(), name="metrics"),
         ]
         await self.stopping.wait()
-        for group in list(self.groups.values()):
+        log.info("shutting down: stopping %d job(s)", len(self.groups))
+        for job_id, group in list(self.groups.items()):
+            group.shutting_down = True
             await group.terminate()
+            await self._report(job_id, "failed", reason=f"the agent on node {self.config.name} shut down")
         await self._flush_metrics()
         for task in self._tasks:
             task.cancel()
@@ -87,7 +90,7 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                await self.client.heartbeat()
+                await self.client.heartbeat(sorted(self.groups))
             except (ControlPlaneError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_s)
@@ -167,14 +170,17 @@ class Agent:
         await self.outbox.put({"type": "applied", "id": frame["id"], "step": 0})
         await self._report(job_id, "running", workers=workers)
         ok, reason = await group.wait()
-        self.groups.pop(job_id, None)
+        if group.shutting_down:
+            return  # run() reports it
         await self._flush_metrics()
         if group.stop_requested:
             status = "stopped"
         else:
             status = "succeeded" if ok else "failed"
         log.info("job %s: workers finished (%s)", job_id, status)
+        # Report before forgetting the job: a heartbeat in between must still list it.
         await self._report(job_id, status, reason=reason)
+        self.groups.pop(job_id, None)
 
     async def _report(self, job_id: int, status: str, **kwargs) -> None:
         for attempt in range(5):

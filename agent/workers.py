@@ -55,6 +55,7 @@ class WorkerGroup:
         self.ports: dict[int, int] = {}
         self.pending: dict[int, PendingCommand] = {}
         self.stop_requested = False
+        self.shutting_down = False
         self._tail: collections.deque[str] = collections.deque(maxlen=300)
         self._readers: list[asyncio.Task] = []
 

@@ -270,8 +270,14 @@ class AgentApi(APIView):
 
 
 class AgentHeartbeatApi(AgentApi):
+    class InputSerializer(serializers.Serializer):
+        jobs = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False,
+                                     max_length=10_000)
+
     def post(self, request):
-        services.node_heartbeat(node=request.auth)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.node_heartbeat(node=request.auth, running_jobs=data.validated_data.get("jobs"))
         return Response({"ok": True, "heartbeat_timeout_s": settings.AGENT_HEARTBEAT_TIMEOUT_S})
 
 

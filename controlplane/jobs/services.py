@@ -335,13 +335,33 @@ def node_authenticate(credential: str) -> Node | None:
     return Node.objects.filter(credential_hash=credentials.digest(credential)).first()
 
 
-def node_heartbeat(*, node: Node) -> None:
+def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None:
+    """Record that the node is alive. ``running_jobs``, when given, is the set of jobs whose
+    workers the agent runs now: a job the agent started (its start command applied) but no
+    longer runs lost its workers — the agent restarted — and fails with that reason."""
     now = timezone.now()
     Node.objects.filter(id=node.id).update(last_heartbeat=now, status=Node.Status.ONLINE)
     if node.status != Node.Status.ONLINE:
         from controlplane.jobs.tasks import place_pending_jobs
 
         transaction.on_commit(place_pending_jobs.delay)
+    if running_jobs is None:
+        return
+    orphaned = (
+        Job.objects.filter(workers__node=node, commands__node=node,
+                           commands__type=Command.Type.START, commands__state=Command.State.APPLIED)
+        .exclude(status__in=Job.TERMINAL).exclude(id__in=running_jobs).distinct()
+    )
+    for job in orphaned:
+        with transaction.atomic():
+            moved = _transition(
+                job, to=Job.Status.FAILED, allowed_from=tuple(s for s in Job.Status.values if s not in Job.TERMINAL),
+                actor=f"node:{node.name}", finished_at=timezone.now(),
+                reason=f"the agent on node {node.name} no longer runs this job's workers (it restarted)",
+            )
+            if moved:
+                Worker.objects.filter(job=job, node=node).exclude(state=Worker.State.EXITED).update(
+                    state=Worker.State.FAILED)
 
 
 def nodes_mark_lost(*, timeout_s: float) -> list[int]:

@@ -138,3 +138,22 @@ def test_metrics_query_returns_columnar_downsampled_series(api, node_client, pla
     assert series["name"] == "loss" and series["points"] == 500
     assert len(series["step"]) <= 50 and series["step"][-1] == 499
     assert api.get(f"/api/v1/jobs/{placed_job.id}/metrics/?max_points=1").status_code == 400
+
+
+def test_heartbeat_without_a_started_job_fails_it_as_lost_by_a_restarted_agent(node_client, placed_job):
+    # Start not yet applied: the agent may simply not have started it yet.
+    assert node_client.post("/api/v1/agent/heartbeat/", {"jobs": []}, format="json").status_code == 200
+    assert Job.objects.get(id=placed_job.id).status == "scheduling"
+    start = placed_job.commands.get(type="start")
+    services.command_finish(node=node_client.node, command_id=start.id, ok=True, step=0)
+    node_client.post("/api/v1/agent/heartbeat/", {"jobs": [placed_job.id]}, format="json")
+    assert Job.objects.get(id=placed_job.id).status == "scheduling"
+    node_client.post("/api/v1/agent/heartbeat/", {"jobs": []}, format="json")
+    job = Job.objects.get(id=placed_job.id)
+    assert job.status == "failed" and "restarted" in job.status_reason
+    assert set(job.workers.values_list("state", flat=True)) == {"failed"}
+
+
+def test_heartbeat_with_malformed_job_list_is_a_400(node_client):
+    response = node_client.post("/api/v1/agent/heartbeat/", {"jobs": ["x"]}, format="json")
+    assert response.status_code == 400
