@@ -2,8 +2,11 @@
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+import controlplane.schema  # noqa: F401  (registers the OpenAPI auth schemes)
 from controlplane.jobs import apis as job_apis
+from controlplane.live.prometheus import metrics_view
 from controlplane.policies import apis as policy_apis
 
 api_v1 = [
@@ -14,6 +17,8 @@ api_v1 = [
     path("jobs/<int:job_id>/metrics/", job_apis.JobMetricsApi.as_view(), name="job-metrics"),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
     path("nodes/", job_apis.NodeListApi.as_view(), name="node-list"),
+    path("tokens/", job_apis.TokenListCreateApi.as_view(), name="token-list"),
+    path("tokens/<int:token_id>/", job_apis.TokenDetailApi.as_view(), name="token-detail"),
     path("policies/", policy_apis.PolicyListCreateApi.as_view(), name="policy-list"),
     path("policies/validate/", policy_apis.PolicyValidateApi.as_view(), name="policy-validate"),
     path("agent/enrol/", job_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
@@ -24,6 +29,9 @@ api_v1 = [
 
 urlpatterns = [
     path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("metrics", metrics_view, name="prometheus-metrics"),
     path("admin/", admin.site.urls),
     path("", include("frontend.urls")),
 ]

@@ -1,8 +1,9 @@
 """Shared fixtures: users and API clients for the control-plane tests."""
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from controlplane.jobs.tokens import token_create
 
 
 @pytest.fixture
@@ -18,12 +19,12 @@ def other_user(django_user_model):
 @pytest.fixture
 def api(user):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(user=user, name='test')[1]}")
     return client
 
 
 @pytest.fixture
 def other_api(other_user):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=other_user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_create(user=other_user, name='test')[1]}")
     return client

@@ -7,18 +7,20 @@ serialises the result.
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.errors import InvalidInput
-from controlplane.jobs import selectors, services
+from controlplane.jobs import selectors, services, tokens
 from controlplane.jobs.auth import IsNode, NodeCredentialAuthentication
 from controlplane.jobs.models import Command, Job
 from controlplane.live import selectors as live_selectors
 from controlplane.live import services as live_services
 from controlplane.policies.models import Policy
+from controlplane.schema import ERRORS
 
 HYPERPARAMETER_LIMITS = {
     # name: (type, minimum, maximum, default or None when required)
@@ -82,6 +84,51 @@ class JobOutputSerializer(serializers.ModelSerializer):
                 for w in job.workers.all()]
 
 
+class JobPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = JobOutputSerializer(many=True)
+
+
+class SeriesSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    rank = serializers.IntegerField(allow_null=True, help_text="null for a whole-job series")
+    points = serializers.IntegerField(help_text="points stored, before downsampling")
+    step = serializers.ListField(child=serializers.IntegerField())
+    value = serializers.ListField(child=serializers.FloatField())
+    time = serializers.ListField(child=serializers.FloatField(), help_text="unix seconds")
+
+
+class MetricsOutputSerializer(serializers.Serializer):
+    job = serializers.IntegerField()
+    seq = serializers.IntegerField(help_text="the job's live sequence number when this was read")
+    series = SeriesSerializer(many=True)
+
+
+class EventOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    actor = serializers.CharField()
+    message = serializers.CharField()
+    data = serializers.JSONField()
+    step = serializers.IntegerField(allow_null=True)
+    time = serializers.DateTimeField()
+
+
+class NodeOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    address = serializers.CharField()
+    slots = serializers.IntegerField()
+    labels = serializers.DictField(child=serializers.CharField())
+    status = serializers.CharField()
+    last_heartbeat = serializers.DateTimeField(allow_null=True)
+
+
+OK = inline_serializer("Ok", {"ok": serializers.BooleanField()})
+
+
 class JobListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
@@ -95,6 +142,9 @@ class JobListCreateApi(APIView):
         def validate_hyperparameters(self, value):
             return validate_hyperparameters(value)
 
+    @extend_schema(responses={200: JobPageSerializer, **ERRORS}, parameters=[
+        OpenApiParameter("status", str, description="comma-separated statuses"),
+        OpenApiParameter("limit", int), OpenApiParameter("offset", int)])
     def get(self, request):
         qs = selectors.jobs_visible_to(request.user)
         wanted = request.query_params.get("status")
@@ -109,6 +159,7 @@ class JobListCreateApi(APIView):
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
 
+    @extend_schema(request=InputSerializer, responses={201: JobOutputSerializer, **ERRORS})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -131,12 +182,14 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
+    @extend_schema(responses={200: JobOutputSerializer, **ERRORS})
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         return Response(JobOutputSerializer(job).data)
 
 
 class JobCancelApi(APIView):
+    @extend_schema(request=None, responses={200: JobOutputSerializer, 409: ERRORS[400], **ERRORS})
     def post(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         services.job_cancel(job=job, actor=f"user:{request.user.username}")
@@ -176,10 +229,13 @@ class JobCommandsApi(APIView):
                                "supported now: set_batch_size, set_lr, stop."})
             return attrs
 
+    @extend_schema(responses={200: CommandOutputSerializer(many=True), **ERRORS})
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         return Response(CommandOutputSerializer(selectors.job_commands(job), many=True).data)
 
+    @extend_schema(request=InputSerializer,
+                   responses={201: CommandOutputSerializer(many=True), 409: ERRORS[400], **ERRORS})
     def post(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         data = self.InputSerializer(data=request.data)
@@ -206,6 +262,11 @@ def _int_param(request, name: str, *, default=None, low=None, high=None):
 
 
 class JobMetricsApi(APIView):
+    @extend_schema(responses={200: MetricsOutputSerializer, **ERRORS}, parameters=[
+        OpenApiParameter("names", str, description="comma-separated metric names (default: all)"),
+        OpenApiParameter("since", int, description="first step"), OpenApiParameter("until", int, description="last step"),
+        OpenApiParameter("max_points", int, description="points per series after downsampling (2-100000, default 1000)"),
+        OpenApiParameter("per_rank", bool, description="include per-worker series (default true)")])
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         names_raw = request.query_params.get("names", "")
@@ -222,6 +283,8 @@ class JobMetricsApi(APIView):
 
 
 class JobEventsApi(APIView):
+    @extend_schema(responses={200: EventOutputSerializer(many=True), **ERRORS},
+                   parameters=[OpenApiParameter("after", int, description="only events with a larger id")])
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         events = selectors.job_events(job, after_id=_int_param(request, "after", low=0))[:1000]
@@ -232,6 +295,7 @@ class JobEventsApi(APIView):
 
 
 class NodeListApi(APIView):
+    @extend_schema(responses={200: NodeOutputSerializer(many=True), **ERRORS})
     def get(self, request):
         return Response([
             {"id": n.id, "name": n.name, "address": n.address, "slots": n.slots, "labels": n.labels,
@@ -252,6 +316,9 @@ class AgentEnrolApi(APIView):
         slots = serializers.IntegerField(min_value=1, max_value=1024)
         labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
 
+    @extend_schema(request=InputSerializer, responses={201: inline_serializer("Enrolment", {
+        "node": serializers.IntegerField(), "name": serializers.CharField(),
+        "credential": serializers.CharField()}), **ERRORS})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -274,6 +341,8 @@ class AgentHeartbeatApi(AgentApi):
         jobs = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False,
                                      max_length=10_000)
 
+    @extend_schema(request=InputSerializer, responses={200: inline_serializer("HeartbeatReply", {
+        "ok": serializers.BooleanField(), "heartbeat_timeout_s": serializers.FloatField()}), **ERRORS})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -282,6 +351,16 @@ class AgentHeartbeatApi(AgentApi):
 
 
 class AgentMetricsApi(AgentApi):
+    @extend_schema(request=inline_serializer("MetricBatch", {
+        "batch_id": serializers.CharField(max_length=64),
+        "points": serializers.ListField(child=inline_serializer("MetricPointIn", {
+            "job": serializers.IntegerField(), "name": serializers.CharField(max_length=64),
+            "step": serializers.IntegerField(min_value=0), "value": serializers.FloatField(),
+            "rank": serializers.IntegerField(required=False, allow_null=True),
+            "time": serializers.FloatField()}))}),
+        responses={200: inline_serializer("MetricBatchReply", {"stored": serializers.IntegerField()}),
+                   201: inline_serializer("MetricBatchStored", {"stored": serializers.IntegerField()}),
+                   413: ERRORS[400], **ERRORS})
     def post(self, request):
         if not isinstance(request.data, dict):
             raise InvalidInput("Send an object {\"batch_id\": ..., \"points\": [...]}.")
@@ -298,6 +377,7 @@ class AgentJobReportApi(AgentApi):
         reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
         workers = serializers.ListField(child=serializers.DictField(), required=False)
 
+    @extend_schema(request=InputSerializer, responses={200: OK, **ERRORS})
     def post(self, request, job_id: int):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -310,3 +390,42 @@ class AgentJobReportApi(AgentApi):
         return Response({"ok": True})
 
 
+
+
+# --- API tokens ----------------------------------------------------------------------------
+
+class TokenOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+class TokenListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        expires_in_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+
+    class CreatedSerializer(TokenOutputSerializer):
+        token = serializers.CharField(help_text="The secret: shown only now, store it safely.")
+
+    @extend_schema(responses={200: TokenOutputSerializer(many=True), **ERRORS})
+    def get(self, request):
+        return Response(TokenOutputSerializer(request.user.api_tokens.all(), many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: CreatedSerializer, **ERRORS})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, secret = tokens.token_create(user=request.user, **data.validated_data)
+        return Response({**TokenOutputSerializer(token).data, "token": secret}, status=status.HTTP_201_CREATED)
+
+
+class TokenDetailApi(APIView):
+    @extend_schema(responses={200: TokenOutputSerializer, **ERRORS})
+    def delete(self, request, token_id: int):
+        token = tokens.token_revoke(user=request.user, token_id=token_id)
+        return Response(TokenOutputSerializer(token).data)

@@ -2,16 +2,19 @@
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from rest_framework.authtoken.models import Token
+
+from controlplane.jobs.tokens import token_create, tokens_revoke_named
 
 
 class Command(BaseCommand):
-    help = "Create the user if missing, set its password, and print its API token."
+    help = "Create the user if missing, set its password, and print a new API token."
 
     def add_arguments(self, parser):
         parser.add_argument("--username", required=True)
         parser.add_argument("--password", required=True)
         parser.add_argument("--staff", action="store_true", help="Make the user staff and superuser.")
+        parser.add_argument("--token-name", default="ensure_user",
+                            help="Name of the API token to (re)create (default: ensure_user).")
 
     def handle(self, *args, username, password, staff, **options):
         if len(password) < 8:
@@ -21,5 +24,7 @@ class Command(BaseCommand):
             user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()
-        token, _ = Token.objects.get_or_create(user=user)
-        self.stdout.write(token.key)
+        # A fresh token per run; earlier ones made by this command stop working.
+        tokens_revoke_named(user=user, name=options["token_name"])
+        _, secret = token_create(user=user, name=options["token_name"])
+        self.stdout.write(secret)
