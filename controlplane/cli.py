@@ -1,0 +1,259 @@
+"""``adaptrain``: drive the control plane from a terminal over its REST API.
+
+    adaptrain login --server http://127.0.0.1:8000 --token tok_...
+    adaptrain jobs create --name digits --batch-size 32 --lr 0.05 --steps 5000 --workers 2
+    adaptrain jobs list [--status running]
+    adaptrain jobs watch 7
+    adaptrain command 7 set_batch_size 64
+    adaptrain jobs cancel 7
+    adaptrain tokens create laptop --expires-in-days 30
+
+The server and token come from ``--server``/``--token``, else ``ADAPTRAIN_SERVER`` /
+``ADAPTRAIN_TOKEN``, else the file ``adaptrain login`` wrote
+(``~/.config/adaptrain/cli.json``, mode 0600). Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "adaptrain" / "cli.json"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class CliError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, server: str, token: str):
+        self.server = server.rstrip("/")
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.server + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Authorization", f"Token {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())
+                message = error.get("message") or str(error)
+            except ValueError:
+                message = exc.reason
+            raise CliError(f"{method} {path} failed ({exc.code}): {message}") from None
+        except urllib.error.URLError as exc:
+            raise CliError(f"cannot reach {self.server}: {exc.reason}") from None
+        return json.loads(raw) if raw else None
+
+
+def _load_config() -> dict:
+    try:
+        return json.loads(CONFIG_PATH.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _client(args) -> Client:
+    config = _load_config()
+    server = args.server or os.environ.get("ADAPTRAIN_SERVER") or config.get("server")
+    token = args.token or os.environ.get("ADAPTRAIN_TOKEN") or config.get("token")
+    if not server or not token:
+        raise CliError("no server or token: run `adaptrain login --server URL --token TOKEN` "
+                       "or set ADAPTRAIN_SERVER and ADAPTRAIN_TOKEN")
+    return Client(server, token)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_login(args) -> None:
+    client = Client(args.server, args.token)
+    client.call("GET", "/api/v1/jobs/?limit=1")  # proves both server and token
+    CONFIG_PATH.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(CONFIG_PATH, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"server": args.server, "token": args.token}, f)
+    print(f"logged in to {args.server}; settings saved in {CONFIG_PATH}")
+
+
+def _job_row(job: dict) -> dict:
+    p = job["parameters"]
+    return {"id": job["id"], "name": job["name"], "status": job["status"], "step": job["last_step"],
+            "batch_size": p["batch_size"], "lr": p["lr"], "workers": p["workers"]}
+
+
+def cmd_jobs_list(args) -> None:
+    path = "/api/v1/jobs/?limit=200" + (f"&status={args.status}" if args.status else "")
+    jobs = _client(args).call("GET", path)["results"]
+    print(_table([_job_row(j) for j in jobs], ["id", "name", "status", "step", "batch_size", "lr", "workers"]))
+
+
+def cmd_jobs_show(args) -> None:
+    print(json.dumps(_client(args).call("GET", f"/api/v1/jobs/{args.job}/"), indent=2))
+
+
+def cmd_jobs_create(args) -> None:
+    if args.file:
+        body = json.loads(Path(args.file).read_text())
+    else:
+        if args.name is None or args.batch_size is None or args.lr is None:
+            raise CliError("give --file, or at least --name, --batch-size and --lr")
+        hyper = {"batch_size": args.batch_size, "lr": args.lr}
+        if args.steps is not None:
+            hyper["steps"] = args.steps
+        body = {"name": args.name, "entrypoint": args.entrypoint, "hyperparameters": hyper,
+                "workers": {"initial": args.workers}, "policy": args.policy}
+    job = _client(args).call("POST", "/api/v1/jobs/", body)
+    print(f"created job {job['id']} ({job['status']})")
+
+
+def cmd_jobs_cancel(args) -> None:
+    job = _client(args).call("POST", f"/api/v1/jobs/{args.job}/cancel/", {})
+    print(f"job {job['id']} is {job['status']}")
+
+
+def cmd_jobs_watch(args) -> int:
+    client = _client(args)
+    last_line, seen_events = None, 0
+    while True:
+        job = client.call("GET", f"/api/v1/jobs/{args.job}/")
+        events = client.call("GET", f"/api/v1/jobs/{args.job}/events/?after={seen_events}")
+        for e in events:
+            seen_events = max(seen_events, e["id"])
+            print(f"  event: {e['actor']}: {e['message']}", flush=True)
+        metrics = client.call("GET", f"/api/v1/jobs/{args.job}/metrics/?names=loss,accuracy&per_rank=false&max_points=2")
+        latest = {s["name"]: s["value"][-1] for s in metrics["series"] if s["value"]}
+        row = _job_row(job)
+        line = (f"job {row['id']} {row['status']}: step {row['step']}, batch size {row['batch_size']}, "
+                f"lr {row['lr']}, workers {row['workers']}"
+                + "".join(f", {k} {v:.4g}" for k, v in sorted(latest.items())))
+        if line != last_line:
+            print(line, flush=True)
+            last_line = line
+        if job["status"] in TERMINAL:
+            return 0 if job["status"] == "succeeded" else 1
+        time.sleep(args.interval)
+
+
+def _parse_value(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def cmd_command(args) -> None:
+    body = {"action": args.action}
+    if args.value is not None:
+        body["value"] = _parse_value(args.value)
+    commands = _client(args).call("POST", f"/api/v1/jobs/{args.job}/commands/", body)
+    print(f"issued {args.action} as command {commands[0]['id']} (seq {commands[0]['seq']})")
+
+
+def cmd_tokens_list(args) -> None:
+    tokens = _client(args).call("GET", "/api/v1/tokens/")
+    print(_table(tokens, ["id", "name", "prefix", "created_at", "expires_at", "revoked_at"]))
+
+
+def cmd_tokens_create(args) -> None:
+    body = {"name": args.name}
+    if args.expires_in_days:
+        body["expires_in_days"] = args.expires_in_days
+    token = _client(args).call("POST", "/api/v1/tokens/", body)
+    print(token["token"])
+    print(f"(token {token['id']} '{token['name']}': shown only now)", file=sys.stderr)
+
+
+def cmd_tokens_revoke(args) -> None:
+    token = _client(args).call("DELETE", f"/api/v1/tokens/{args.id}/")
+    print(f"token {token['id']} revoked")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", help="control plane URL (or ADAPTRAIN_SERVER)")
+    parser.add_argument("--token", help="API token (or ADAPTRAIN_TOKEN)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("login", help="check and save the server URL and token")
+    p.add_argument("--server", required=True)
+    p.add_argument("--token", required=True)
+    p.set_defaults(func=cmd_login)
+
+    jobs = sub.add_parser("jobs", help="create, list, show, watch and cancel jobs").add_subparsers(
+        dest="jobs_command", required=True)
+    p = jobs.add_parser("list")
+    p.add_argument("--status", help="comma-separated statuses")
+    p.set_defaults(func=cmd_jobs_list)
+    p = jobs.add_parser("show")
+    p.add_argument("job", type=int)
+    p.set_defaults(func=cmd_jobs_show)
+    p = jobs.add_parser("create")
+    p.add_argument("--file", help="a JSON job definition, as POST /api/v1/jobs/ takes")
+    p.add_argument("--name")
+    p.add_argument("--entrypoint", default="examples.digits")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--policy", type=int)
+    p.set_defaults(func=cmd_jobs_create)
+    p = jobs.add_parser("cancel")
+    p.add_argument("job", type=int)
+    p.set_defaults(func=cmd_jobs_cancel)
+    p = jobs.add_parser("watch", help="follow a job until it ends (exit 0 if it succeeded)")
+    p.add_argument("job", type=int)
+    p.add_argument("--interval", type=float, default=2.0)
+    p.set_defaults(func=cmd_jobs_watch)
+
+    p = sub.add_parser("command", help="issue a command to a running job")
+    p.add_argument("job", type=int)
+    p.add_argument("action", help="set_batch_size, set_lr, stop, ...")
+    p.add_argument("value", nargs="?", help="the value (JSON: 64, 0.01, \"ring\")")
+    p.set_defaults(func=cmd_command)
+
+    tokens = sub.add_parser("tokens", help="manage your API tokens").add_subparsers(
+        dest="tokens_command", required=True)
+    p = tokens.add_parser("list")
+    p.set_defaults(func=cmd_tokens_list)
+    p = tokens.add_parser("create")
+    p.add_argument("name")
+    p.add_argument("--expires-in-days", type=int)
+    p.set_defaults(func=cmd_tokens_create)
+    p = tokens.add_parser("revoke")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_tokens_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except CliError as exc:
+        print(f"adaptrain: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The CLI drives the REST API of a running server (pytest-django's live server)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from controlplane.jobs.models import ApiToken, Job
+from controlplane.jobs.tokens import token_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def cli(live_server, user, tmp_path):
+    _, secret = token_create(user=user, name="cli")
+
+    def run(*args, token=secret):
+        env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "ADAPTRAIN_SERVER": live_server.url,
+               "ADAPTRAIN_TOKEN": token}
+        return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    return run
+
+
+def test_create_list_show_and_cancel_a_job(cli):
+    created = cli("jobs", "create", "--name", "from-cli", "--batch-size", "16", "--lr", "0.1", "--workers", "2")
+    assert created.returncode == 0, created.stderr
+    job = Job.objects.get(name="from-cli")
+    assert f"created job {job.id}" in created.stdout
+    listed = cli("jobs", "list")
+    assert "from-cli" in listed.stdout and "pending" in listed.stdout
+    shown = json.loads(cli("jobs", "show", str(job.id)).stdout)
+    assert shown["hyperparameters"]["batch_size"] == 16
+    cancelled = cli("jobs", "cancel", str(job.id))
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    watched = cli("jobs", "watch", str(job.id), "--interval", "0.1")
+    assert watched.returncode == 1 and "cancelled" in watched.stdout
+
+
+def test_api_errors_are_printed_with_their_message_and_exit_1(cli):
+    bad = cli("jobs", "create", "--name", "x", "--batch-size", "0", "--lr", "0.1")
+    assert bad.returncode == 1
+    assert "batch_size must be between 1" in bad.stderr
+    running = cli("command", "999", "set_batch_size", "64")
+    assert running.returncode == 1 and "does not exist" in running.stderr
+
+
+def test_tokens_can_be_created_and_revoked(cli, user):
+    made = cli("tokens", "create", "laptop", "--expires-in-days", "7")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert cli("jobs", "list", token=secret).returncode == 0
+    token_id = ApiToken.objects.get(name="laptop").id
+    assert cli("tokens", "revoke", str(token_id)).returncode == 0
+    refused = cli("jobs", "list", token=secret)
+    assert refused.returncode == 1 and "revoked" in refused.stderr
+
+
+def test_missing_credentials_say_how_to_log_in(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTRAIN_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "controlplane.cli", "jobs", "list"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "adaptrain login" in result.stderr
