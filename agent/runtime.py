@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from agent import protocol
+from agent.monitors import GradientNoiseMonitor
 
 
 @dataclass
@@ -231,9 +232,11 @@ class Trainer:
             grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)]
             correct = tf.reduce_sum(tf.cast(
                 tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
-            # Fuse every gradient and the two counters into one flat buffer.
+            # Fuse every gradient and three scalars into one flat buffer: the loss and
+            # correct-count sums, and a slot for this worker's squared local gradient norm
+            # (filled in afterwards, only on monitoring steps).
             flat = tf.concat([tf.reshape(g, [-1]) for g in grads] + [
-                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1])], axis=0)
+                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1]), tf.zeros([1])], axis=0)
             return flat
 
         sizes, shapes = self._sizes, self._shapes
@@ -299,7 +302,10 @@ class Trainer:
                            "step": self.step})
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, x: np.ndarray, y: np.ndarray, *, steps: int, log_every: int = 10) -> None:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, steps: int, log_every: int = 10,
+            monitor_every: int = 1) -> None:
+        """Train for ``steps`` steps, reporting metrics every ``log_every`` steps and updating
+        the gradient-noise monitor every ``monitor_every`` steps (0 turns it off)."""
         tf = self.tf
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.ascontiguousarray(y, dtype=np.int32)
@@ -313,6 +319,7 @@ class Trainer:
         compute_time = comm_time = 0.0
         loss_sum = correct_sum = 0.0
         seen = 0
+        noise = GradientNoiseMonitor()
         session.report({"batch_size": self.batch_size}, step=0, per_rank=True)
         while self.step < steps and not self.stopped:
             for command in self._agree_on_commands():
@@ -324,15 +331,23 @@ class Trainer:
             t0 = time.perf_counter()
             flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
                                  tf.constant(1.0 / len(batch), tf.float32)).numpy()
+            grads = flat[:-3]
+            monitoring = monitor_every > 0 and size > 1 and self.step % monitor_every == 0
+            if monitoring and len(mine):
+                # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
+                flat[-1] = float(np.dot(grads, grads)) * (len(batch) / len(mine)) ** 2
             t1 = time.perf_counter()
             if comm is not None:
                 comm.allreduce(flat, op="sum")
             t2 = time.perf_counter()
-            self._apply(tf.constant(flat[:-2]))
+            self._apply(tf.constant(grads))
+            if monitoring:
+                noise.update(small_sq_norm=float(flat[-1]) / size, small_batch=len(batch) / size,
+                             big_sq_norm=float(np.dot(grads, grads)), big_batch=len(batch))
             compute_time += (t1 - t0) + (time.perf_counter() - t2)
             comm_time += t2 - t1
-            loss_sum += float(flat[-2])
-            correct_sum += float(flat[-1])
+            loss_sum += float(flat[-3])
+            correct_sum += float(flat[-2])
             seen += len(batch)
             window_samples += len(batch)
             self.step += 1
@@ -349,7 +364,9 @@ class Trainer:
                         "lr": self.lr,
                         "workers": size,
                         "step_time": elapsed / steps_in_window,
+                        "compute_time": compute_time / steps_in_window,
                         "comm_time": comm_time / steps_in_window,
+                        **noise.values(),
                     }, step=self.step)
                 window_start, window_samples = time.perf_counter(), 0
                 compute_time = comm_time = 0.0

@@ -29,6 +29,7 @@ HYPERPARAMETER_LIMITS = {
     "steps": (int, 1, 10_000_000, 1000),
     "log_every": (int, 1, 10_000, 10),
     "seed": (int, 0, 2**31 - 1, 0),
+    "monitor_every": (int, 0, 10_000, 1),
 }
 
 

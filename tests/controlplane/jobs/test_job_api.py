@@ -19,7 +19,8 @@ def test_creating_a_job_stores_it_pending_with_defaults(api):
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["status"] == "pending"
-    assert body["hyperparameters"] == {"batch_size": 32, "lr": 0.05, "steps": 1000, "log_every": 10, "seed": 0}
+    assert body["hyperparameters"] == {"batch_size": 32, "lr": 0.05, "steps": 1000, "log_every": 10, "seed": 0,
+                                      "monitor_every": 1}
     assert body["parameters"]["batch_size"] == 32
     job = Job.objects.get(id=body["id"])
     assert (job.workers_initial, job.workers_min, job.workers_max) == (2, 1, 4)
