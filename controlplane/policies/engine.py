@@ -5,15 +5,18 @@ data (JSON) whose conditions and action values are CEL expressions evaluated by
 ``cel-python``; nothing in a policy is ever run as Python.
 
 CEL variables available to a rule: the job's knobs (``step``, ``batch_size``, ``lr``,
-``workers``), the latest value of every reported whole-job metric by name (``loss``,
-``accuracy``, ``throughput``, ``gns``, … — a name not reported yet is absent), the
-map ``metrics`` holding the same values, and for the rule itself
-``steps_since_fired`` / ``seconds_since_fired`` (counted from the job's start when it
-never fired).
+``workers``, ``strategy``, ``topology``), the latest value of every reported whole-job
+metric by name (``loss``, ``accuracy``, ``throughput``, ``gns``, … — a name not
+reported yet is absent), the maps ``metrics`` (the same values) and ``peak`` (each
+metric's highest value so far), and for the rule itself ``steps_since_fired`` /
+``seconds_since_fired`` (counted from the job's start when it never fired) and the map
+``last_fire`` of the scalar inputs it saw when it last fired (empty if never; test with
+``has(last_fire.throughput)``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -71,6 +74,7 @@ class RuleHistory:
     last_fired_step: int | None = None
     last_fired_age_s: float | None = None
     consecutive_true: int = 0
+    last_fire: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class JobState:
     workers: int
     seconds_running: float
     metrics: dict[str, float] = field(default_factory=dict)
+    strategy: str = "ssgd"
+    topology: str = "ring"
+    peak: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,11 +108,22 @@ class RuleOutcome:
     consecutive_true: int
 
 
+MAX_EXPRESSION_LENGTH = 2000
+
+
+@functools.lru_cache(maxsize=1024)
+def _program(expression: str):
+    """Compiled CEL, cached: compiling costs far more than evaluating."""
+    return _cel_env.program(_cel_env.compile(expression))
+
+
 def _compile(expression: Any, path: str):
     if not isinstance(expression, str) or not expression.strip():
         raise PolicyError("must be a non-empty CEL expression", path=path)
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise PolicyError(f"is longer than {MAX_EXPRESSION_LENGTH} characters", path=path)
     try:
-        return _cel_env.program(_cel_env.compile(expression))
+        return _program(expression)
     except celpy.CELParseError as exc:
         position = getattr(exc, "column", None)
         first_line = str(exc).splitlines()[0] if str(exc) else "syntax error"
@@ -196,10 +214,14 @@ def _activation(state: JobState, history: RuleHistory) -> dict[str, Any]:
     }
     variables.update(
         metrics=dict(state.metrics),
+        peak=dict(state.peak),
+        last_fire=dict(history.last_fire),
         step=state.step,
         batch_size=state.batch_size,
         lr=float(state.lr),
         workers=state.workers,
+        strategy=state.strategy,
+        topology=state.topology,
         steps_since_fired=(
             state.step - history.last_fired_step
             if history.last_fired_step is not None else state.step
@@ -214,7 +236,7 @@ def _activation(state: JobState, history: RuleHistory) -> dict[str, Any]:
 
 def _evaluate(expression: str, variables: dict[str, Any]) -> Any:
     """Evaluate CEL; a missing metric or a type error counts as 'cannot say' (None)."""
-    program = _cel_env.program(_cel_env.compile(expression))
+    program = _program(expression)
     try:
         result = program.evaluate(celpy.json_to_cel(variables))
     except (celpy.CELEvalError, KeyError, TypeError, ZeroDivisionError):
@@ -273,7 +295,7 @@ def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutc
             if raw not in CHOICE_ACTIONS[rule.action_type]:
                 return RuleOutcome(rule.name, condition, None, consecutive)
             value = raw
-    inputs = {k: v for k, v in variables.items() if k != "metrics"}
+    inputs = {k: v for k, v in variables.items() if not isinstance(v, dict)}
     firing = Firing(rule=rule.name, action_type=rule.action_type, value=value, inputs=inputs)
     return RuleOutcome(rule.name, condition, firing, 0)
 

@@ -6,13 +6,14 @@ import logging
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.errors import InvalidInput
 from controlplane.jobs import services as job_services
 from controlplane.jobs.models import Command, Event, Job
 from controlplane.live.models import MetricPoint
-from controlplane.policies import engine
+from controlplane.policies import engine, replay
 from controlplane.policies.models import Decision, Policy
 
 log = logging.getLogger(__name__)
@@ -36,20 +37,19 @@ def policy_create(*, owner, definition: dict[str, Any]) -> Policy:
     )
 
 
-def _latest_job_metrics(job: Job) -> dict[str, float]:
-    """Latest value of each whole-job series (one index scan per name)."""
+def _latest_job_metrics(job: Job) -> tuple[dict[str, float], dict[str, float]]:
+    """Latest and highest value of each whole-job series (index scans per name)."""
     names = (
         MetricPoint.objects.filter(job=job, rank__isnull=True).values_list("name", flat=True).distinct()
     )
-    latest = {}
+    latest, peak = {}, {}
     for name in names:
-        point = (
-            MetricPoint.objects.filter(job=job, name=name, rank__isnull=True)
-            .order_by("-step", "-id").values_list("value", flat=True).first()
-        )
+        series = MetricPoint.objects.filter(job=job, name=name, rank__isnull=True)
+        point = series.order_by("-step", "-id").values_list("value", flat=True).first()
         if point is not None:
             latest[name] = point
-    return latest
+            peak[name] = series.aggregate(m=Max("value"))["m"]
+    return latest, peak
 
 
 def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
@@ -65,6 +65,7 @@ def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
             last_fired_step=last.step if last else None,
             last_fired_age_s=(now - last.created_at).total_seconds() if last else None,
             consecutive_true=int(job.policy_state.get(name, {}).get("consecutive_true", 0)),
+            last_fire=dict(last.inputs) if last else {},
         )
     return histories
 
@@ -82,11 +83,12 @@ def job_policy_evaluate(*, job_id: int) -> list[Decision]:
         return []
     policy = job.policy
     parsed = engine.parse_policy(policy.definition)
+    latest, peak = _latest_job_metrics(job)
     state = engine.JobState(
         step=job.last_step, batch_size=job.batch_size, lr=job.learning_rate,
         workers=job.workers_current,
         seconds_running=(timezone.now() - (job.started_at or job.created_at)).total_seconds(),
-        metrics=_latest_job_metrics(job),
+        metrics=latest, peak=peak, strategy=job.strategy, topology=job.topology,
     )
     outcomes = engine.evaluate_policy(parsed, state, _histories(job, policy))
     decisions = []
@@ -124,3 +126,31 @@ def job_policy_evaluate(*, job_id: int) -> list[Decision]:
             # One action per evaluation: the next waits until this one is applied.
             break
     return decisions
+
+
+MAX_REPLAY_TICKS = 20_000
+
+
+def policy_replay(*, policy: Policy, job: Job) -> dict[str, Any]:
+    """What ``policy`` would have decided on ``job``'s recorded whole-job metrics.
+
+    The job's knobs at each tick are the recorded ones (``batch_size``, ``lr``,
+    ``workers`` series when present, else the job's current values): a replay shows when
+    and what the policy would have asked, given what actually happened.
+    """
+    parsed = policy_validate(policy.definition)
+    rows = (MetricPoint.objects.filter(job=job, rank__isnull=True)
+            .order_by("step", "id").values_list("step", "name", "value", "time"))
+    ticks: list[replay.Tick] = []
+    for step, name, value, time in rows.iterator(chunk_size=5000):
+        if not ticks or ticks[-1].step != step:
+            ticks.append(replay.Tick(step=step, time=time.timestamp(), values={}))
+        ticks[-1].values[name] = value
+    start = (job.started_at or job.created_at).timestamp()
+    result = replay.replay(
+        parsed, ticks, start_time=start, defaults=replay.Knobs(
+            batch_size=job.batch_size, lr=job.learning_rate, workers=job.workers_current or job.workers_initial,
+            strategy=job.strategy, topology=job.topology),
+        max_ticks=MAX_REPLAY_TICKS,
+    )
+    return {"policy": policy.id, "version": policy.version, "job": job.id, **result}

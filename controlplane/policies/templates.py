@@ -1,0 +1,77 @@
+"""Built-in policy templates: KungFu's adaptation policies, ready to copy and edit.
+
+Each is a policy document as ``POST /api/v1/policies/`` takes it. Which ones the
+runtime can act on today is stated in each description.
+"""
+
+from __future__ import annotations
+
+TEMPLATES: list[dict] = [
+    {
+        "id": "gns-adaptive-batch",
+        "name": "GNS-driven adaptive batch size",
+        "description": (
+            "KungFu's adaptive batch size: when the gradient noise scale (the batch size at "
+            "which gradient noise and signal balance) stays above twice the current global "
+            "batch, double the batch, up to 1024. Needs 2+ workers (gns is estimated from "
+            "local vs global gradients)."),
+        "dry_run": False,
+        "rules": [{
+            "name": "grow batch with noise scale",
+            "when": "has(metrics.gns) && gns > 2.0 * double(batch_size)",
+            "for": 3,
+            "cooldown_s": 20,
+            "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+            "bounds": {"max": 1024},
+        }],
+    },
+    {
+        "id": "sma-to-ssgd",
+        "name": "Switch SMA → S-SGD",
+        "description": (
+            "KungFu's AdaptiveSGD: start with synchronous model averaging, which explores "
+            "well early on, and switch to S-SGD once the loss has dropped below half of its "
+            "peak (the runtime does not switch strategies yet: the command is refused)."),
+        "dry_run": False,
+        "rules": [{
+            "name": "switch to ssgd",
+            "when": "strategy == 'sma' && has(metrics.loss) && loss < 0.5 * peak.loss",
+            "action": {"type": "set_strategy", "value": "ssgd"},
+        }],
+    },
+    {
+        "id": "scale-out-while-efficient",
+        "name": "Scale out while each added worker pays",
+        "description": (
+            "Add a worker every minute while the throughput gained by the last added worker "
+            "stays above 50 % of the per-worker throughput before it (the runtime does not "
+            "rescale yet: the command is refused)."),
+        "dry_run": False,
+        "rules": [{
+            "name": "add a worker",
+            "when": (
+                "has(metrics.throughput) && (size(last_fire) == 0 || "
+                "throughput - last_fire.throughput >= 0.5 * last_fire.throughput / double(last_fire.workers))"
+            ),
+            "cooldown_s": 60,
+            "action": {"type": "scale_workers", "value": "workers + 1"},
+            "bounds": {"max": 16},
+        }],
+    },
+    {
+        "id": "topology-on-interference",
+        "name": "Switch topology under interference",
+        "description": (
+            "KungFu's interference check: when throughput stays under 80 % of its best for "
+            "5 evaluations, switch the allreduce topology (the runtime does not switch "
+            "topologies yet: the command is refused)."),
+        "dry_run": False,
+        "rules": [{
+            "name": "switch topology",
+            "when": "has(metrics.throughput) && throughput < 0.8 * peak.throughput && topology != 'tree'",
+            "for": 5,
+            "cooldown_s": 120,
+            "action": {"type": "set_topology", "value": "tree"},
+        }],
+    },
+]
