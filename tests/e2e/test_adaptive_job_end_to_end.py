@@ -104,3 +104,24 @@ def test_job_that_runs_to_completion_succeeds_with_good_accuracy(stack):
     assert detail["status"] == "succeeded", detail["status_reason"]
     accuracy = series(api, job["id"], "val_accuracy")[None]["value"][-1]
     assert accuracy >= 0.9
+
+
+def test_gns_template_grows_the_batch_live_on_digits(stack):
+    api = stack.api
+    status, templates = api.get("/api/v1/policies/templates/")
+    assert status == 200
+    definition = next(t["definition"] for t in templates if t["id"] == "gns-adaptive-batch")
+    status, policy = api.post("/api/v1/policies/", {"definition": definition})
+    assert status == 201, policy
+    status, job = api.post("/api/v1/jobs/", {
+        "name": "e2e gns", "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 20},
+        "workers": {"initial": 2}, "policy": policy["id"],
+    })
+    assert status == 201, job
+    wait_for_job(api, job["id"], lambda j: j["parameters"]["batch_size"] >= 32, timeout_s=180,
+                 what="the noise-scale rule to grow the batch", stack=stack)
+    decisions = [e for e in api.get(f"/api/v1/jobs/{job['id']}/events/")[1] if e["kind"] == "decision"]
+    inputs = decisions[0]["data"]["inputs"]
+    assert inputs["gns"] > 2 * inputs["batch_size"] == 32
+    api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
