@@ -1,6 +1,6 @@
 """The whole stack for end-to-end tests: web, Celery worker and beat, one agent.
 
-Runs on a database of its own (dropped and re-created per session) and the Redis
+Runs on a database of its own (``<configured name>_e2e``, dropped and re-created per session) and the Redis
 database and Celery queue that scripts/run_tests chose, through the same launcher
 as the demo (scripts/devstack.py).
 """
@@ -16,8 +16,6 @@ import pytest
 from psycopg2 import sql
 
 from scripts.devstack import ApiClient, Stack, StackError, ensure_user, free_port
-
-E2E_DATABASE = "adaptrain_e2e"
 
 
 def _recreate_database(database_url: str, name: str) -> str:
@@ -37,7 +35,10 @@ def _recreate_database(database_url: str, name: str) -> str:
 def stack(tmp_path_factory):
     from django.conf import settings
 
-    database_url = _recreate_database(settings.DATABASE_URL, E2E_DATABASE)
+    # A database of its own, named after the configured one so parallel runs with
+    # different DATABASE_URLs do not collide.
+    base_name = urlsplit(settings.DATABASE_URL).path.lstrip("/") or "adaptrain"
+    database_url = _recreate_database(settings.DATABASE_URL, f"{base_name}_e2e")
     log_dir = tmp_path_factory.mktemp("stack-logs")
     env = {
         "DATABASE_URL": database_url,
