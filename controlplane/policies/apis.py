@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from controlplane.errors import NotFound
 from controlplane.jobs import selectors as job_selectors
 from controlplane.policies import services
-from controlplane.policies.models import Policy
+from controlplane.policies.models import Decision, Policy, PolicyVersion
 from controlplane.policies.templates import TEMPLATES
 from controlplane.schema import ERRORS
 
@@ -18,7 +18,8 @@ class PolicyOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Policy
-        fields = ["id", "name", "description", "owner", "version", "definition", "created_at", "updated_at"]
+        fields = ["id", "name", "description", "owner", "version", "enabled", "definition", "created_at",
+                  "updated_at"]
 
 
 class PolicyListCreateApi(APIView):
@@ -38,6 +39,100 @@ class PolicyListCreateApi(APIView):
         data.is_valid(raise_exception=True)
         policy = services.policy_create(owner=request.user, definition=data.validated_data["definition"])
         return Response(PolicyOutputSerializer(policy).data, status=status.HTTP_201_CREATED)
+
+
+def _policy_for_user(user, policy_id: int) -> Policy:
+    qs = Policy.objects.select_related("owner")
+    policy = (qs if user.is_staff else qs.filter(owner=user)).filter(id=policy_id).first()
+    if policy is None:
+        raise NotFound(f"Policy {policy_id} does not exist or is not yours.")
+    return policy
+
+
+class PolicyDetailApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        definition = serializers.JSONField(required=False)
+        enabled = serializers.BooleanField(required=False)
+
+        def validate(self, attrs):
+            if not attrs:
+                raise serializers.ValidationError("Send a definition (saved as a new version) and/or enabled.")
+            return attrs
+
+    @extend_schema(responses={200: PolicyOutputSerializer, **ERRORS})
+    def get(self, request, policy_id: int):
+        return Response(PolicyOutputSerializer(_policy_for_user(request.user, policy_id)).data)
+
+    @extend_schema(request=InputSerializer, responses={200: PolicyOutputSerializer, **ERRORS})
+    def put(self, request, policy_id: int):
+        policy = _policy_for_user(request.user, policy_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        if "definition" in v:
+            policy = services.policy_update(policy=policy, definition=v["definition"], user=request.user)
+        if "enabled" in v:
+            policy = services.policy_set_enabled(policy=policy, enabled=v["enabled"])
+        return Response(PolicyOutputSerializer(policy).data)
+
+    @extend_schema(responses={204: None, **ERRORS})
+    def delete(self, request, policy_id: int):
+        services.policy_delete(policy=_policy_for_user(request.user, policy_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PolicyVersionOutputSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+
+    class Meta:
+        model = PolicyVersion
+        fields = ["version", "definition", "created_by", "created_at"]
+
+
+class PolicyVersionListApi(APIView):
+    @extend_schema(responses={200: PolicyVersionOutputSerializer(many=True), **ERRORS})
+    def get(self, request, policy_id: int):
+        policy = _policy_for_user(request.user, policy_id)
+        versions = policy.versions.select_related("created_by")
+        return Response(PolicyVersionOutputSerializer(versions, many=True).data)
+
+
+class DecisionOutputSerializer(serializers.ModelSerializer):
+    policy = serializers.CharField(source="policy.name")
+
+    class Meta:
+        model = Decision
+        fields = ["id", "policy", "policy_version", "rule", "step", "inputs", "action", "outcome", "command",
+                  "decided_by", "created_at"]
+
+
+class JobDecisionListApi(APIView):
+    @extend_schema(responses={200: DecisionOutputSerializer(many=True), **ERRORS})
+    def get(self, request, job_id: int):
+        job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(DecisionOutputSerializer(
+            job.decisions.select_related("policy").order_by("id"), many=True).data)
+
+
+class DecisionResolveApi(APIView):
+    approve = True
+
+    @extend_schema(request=None, responses={200: DecisionOutputSerializer, 409: ERRORS[400], **ERRORS})
+    def post(self, request, job_id: int, decision_id: int):
+        job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
+        decision = job.decisions.filter(id=decision_id).first()
+        if decision is None:
+            raise NotFound(f"Job {job_id} has no decision {decision_id}.")
+        decision = services.decision_resolve(decision=decision, approve=self.approve, user=request.user)
+        return Response(DecisionOutputSerializer(decision).data)
+
+
+class DecisionApproveApi(DecisionResolveApi):
+    approve = True
+
+
+class DecisionRejectApi(DecisionResolveApi):
+    approve = False
 
 
 class PolicyValidateApi(APIView):
@@ -72,10 +167,7 @@ class PolicyReplayApi(APIView):
         "job": serializers.IntegerField(), "ticks": serializers.IntegerField(),
         "evaluations": serializers.IntegerField(), "decisions": serializers.JSONField()}), **ERRORS})
     def post(self, request, policy_id: int):
-        qs = Policy.objects.all() if request.user.is_staff else Policy.objects.filter(owner=request.user)
-        policy = qs.filter(id=policy_id).first()
-        if policy is None:
-            raise NotFound(f"Policy {policy_id} does not exist or is not yours.")
+        policy = _policy_for_user(request.user, policy_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job = job_selectors.job_get_for_user(user=request.user, job_id=data.validated_data["job"])

@@ -35,6 +35,18 @@ CHOICE_ACTIONS = {
 }
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Names a CEL expression may use directly. A metric of the user's own is read through
+# the map: metrics.my_metric (or has(metrics.my_metric) to test for it).
+CONTEXT_NAMES = frozenset({
+    "step", "batch_size", "lr", "workers", "strategy", "topology", "metrics", "peak",
+    "last_fire", "steps_since_fired", "seconds_since_fired",
+})
+METRIC_NAMES = frozenset({
+    "loss", "accuracy", "val_accuracy", "throughput", "step_time", "compute_time", "comm_time",
+    "batch_size", "lr", "workers", "gns", "grad_variance", "grad_snr",
+})
+KNOWN_NAMES = CONTEXT_NAMES | METRIC_NAMES
+
 _cel_env = celpy.Environment()
 
 
@@ -58,6 +70,9 @@ class Rule:
     cooldown_s: float = 0.0
     bound_min: float | None = None
     bound_max: float | None = None
+    max_per_hour: int | None = None
+    requires_approval: bool = False
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class RuleHistory:
     last_fired_age_s: float | None = None
     consecutive_true: int = 0
     last_fire: dict[str, Any] = field(default_factory=dict)
+    fired_last_hour: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,11 +139,19 @@ def _compile(expression: Any, path: str):
     if len(expression) > MAX_EXPRESSION_LENGTH:
         raise PolicyError(f"is longer than {MAX_EXPRESSION_LENGTH} characters", path=path)
     try:
-        return _program(expression)
+        program = _program(expression)
     except celpy.CELParseError as exc:
         position = getattr(exc, "column", None)
         first_line = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise PolicyError(f"CEL syntax error: {first_line}", path=path, position=position) from None
+    for node in _cel_env.compile(expression).iter_subtrees():
+        if node.data == "ident" and node.children and str(node.children[0]) not in KNOWN_NAMES:
+            token = node.children[0]
+            raise PolicyError(
+                f"unknown name {str(token)!r}; use a job variable ({', '.join(sorted(CONTEXT_NAMES))}), "
+                f"a metric ({', '.join(sorted(METRIC_NAMES))}) or metrics.<name> for a metric of your own",
+                path=path, position=getattr(token, "column", None))
+    return program
 
 
 def _number(value: Any, path: str) -> float | None:
@@ -194,6 +218,16 @@ def parse_policy(document: Any) -> Policy:
         cooldown = _number(raw.get("cooldown_s", 0), f"{where}.cooldown_s") or 0.0
         if cooldown < 0:
             raise PolicyError("must not be negative", path=f"{where}.cooldown_s")
+        max_per_hour = raw.get("max_per_hour")
+        if max_per_hour is not None and (isinstance(max_per_hour, bool) or not isinstance(max_per_hour, int)
+                                         or not 1 <= max_per_hour <= 3600):
+            raise PolicyError("must be an integer from 1 to 3600, or null", path=f"{where}.max_per_hour")
+        flags = {}
+        for flag, default in (("requires_approval", False), ("enabled", True)):
+            flag_value = raw.get(flag, default)
+            if not isinstance(flag_value, bool):
+                raise PolicyError("must be true or false", path=f"{where}.{flag}")
+            flags[flag] = flag_value
         bounds = raw.get("bounds") or {}
         if not isinstance(bounds, dict):
             raise PolicyError("must be an object with min and/or max", path=f"{where}.bounds")
@@ -204,6 +238,7 @@ def parse_policy(document: Any) -> Policy:
         rules.append(Rule(
             name=rule_name, when=raw["when"], action_type=action_type, value=value,
             for_evaluations=for_n, cooldown_s=cooldown, bound_min=bound_min, bound_max=bound_max,
+            max_per_hour=max_per_hour, **flags,
         ))
     return Policy(name=name, rules=tuple(rules), dry_run=dry_run)
 
@@ -272,12 +307,16 @@ def _current(action_type: str, state: JobState) -> Any:
 def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutcome:
     """Evaluate one rule once. It fires when its condition held for ``for`` evaluations in a
     row, its cooldown has passed, and its action would change something."""
+    if not rule.enabled:
+        return RuleOutcome(rule.name, False, None, 0)
     variables = _activation(state, history)
     condition = _evaluate(rule.when, variables) is True
     consecutive = history.consecutive_true + 1 if condition else 0
     if not condition or consecutive < rule.for_evaluations:
         return RuleOutcome(rule.name, condition, None, consecutive)
     if history.last_fired_age_s is not None and history.last_fired_age_s < rule.cooldown_s:
+        return RuleOutcome(rule.name, condition, None, consecutive)
+    if rule.max_per_hour is not None and history.fired_last_hour >= rule.max_per_hour:
         return RuleOutcome(rule.name, condition, None, consecutive)
     value: Any = None
     if rule.value is not None:

@@ -10,6 +10,7 @@ class Policy(models.Model):
     description = models.TextField(blank=True)
     definition = models.JSONField(help_text="The policy document: name, rules, dry_run, ...")
     version = models.PositiveIntegerField(default=1)
+    enabled = models.BooleanField(default=True, help_text="A disabled policy is not evaluated.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -21,6 +22,20 @@ class Policy(models.Model):
         return f"{self.name} v{self.version}"
 
 
+class PolicyVersion(models.Model):
+    """Every saved definition of a policy; a PUT adds one, none is ever changed."""
+
+    policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    definition = models.JSONField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [models.UniqueConstraint(fields=["policy", "version"], name="policy_version_unique")]
+
+
 class Decision(models.Model):
     """A rule that fired on a job: its inputs, the action it chose and what became of it."""
 
@@ -28,6 +43,9 @@ class Decision(models.Model):
         COMMANDED = "commanded"
         DRY_RUN = "dry_run"
         SKIPPED = "skipped"
+        PENDING_APPROVAL = "pending_approval"
+        APPROVED = "approved"
+        REJECTED = "rejected"
 
     job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="decisions")
     policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="decisions")
@@ -38,6 +56,7 @@ class Decision(models.Model):
     action = models.JSONField(default=dict)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     command = models.ForeignKey("jobs.Command", null=True, blank=True, on_delete=models.SET_NULL)
+    decided_by = models.CharField(max_length=200, blank=True, help_text="who approved or rejected it")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from controlplane.errors import InvalidInput
+from controlplane.errors import Conflict, InvalidInput
 from controlplane.jobs import services as job_services
 from controlplane.jobs.models import Command, Event, Job
 from controlplane.live.models import MetricPoint
 from controlplane.policies import engine, replay
-from controlplane.policies.models import Decision, Policy
+from controlplane.policies.models import Decision, Policy, PolicyVersion
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,73 @@ def policy_validate(document: Any) -> engine.Policy:
         raise InvalidInput(str(exc), details=details) from None
 
 
+@transaction.atomic
 def policy_create(*, owner, definition: dict[str, Any]) -> Policy:
     parsed = policy_validate(definition)
-    return Policy.objects.create(
+    policy = Policy.objects.create(
         owner=owner, name=parsed.name, description=str(definition.get("description", "")),
         definition=definition,
     )
+    PolicyVersion.objects.create(policy=policy, version=1, definition=definition, created_by=owner)
+    return policy
+
+
+@transaction.atomic
+def policy_set_enabled(*, policy: Policy, enabled: bool) -> Policy:
+    Policy.objects.filter(id=policy.id).update(enabled=enabled)
+    policy.refresh_from_db()
+    return policy
+
+
+@transaction.atomic
+def policy_update(*, policy: Policy, definition: dict[str, Any], user) -> Policy:
+    """Save a new version; earlier versions stay readable. Running jobs use it from their
+    next evaluation (each decision records the version it came from)."""
+    parsed = policy_validate(definition)
+    policy = Policy.objects.select_for_update().get(id=policy.id)
+    policy.version += 1
+    policy.definition = definition
+    policy.name = parsed.name
+    policy.description = str(definition.get("description", ""))
+    policy.save()
+    PolicyVersion.objects.create(policy=policy, version=policy.version, definition=definition,
+                                 created_by=user)
+    # Hysteresis counters belong to the old rules.
+    Job.objects.filter(policy=policy).update(policy_state={})
+    return policy
+
+
+def policy_delete(*, policy: Policy) -> None:
+    """Jobs that used it keep running without a policy; their decisions go with it."""
+    policy.delete()
+
+
+@transaction.atomic
+def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
+    """Approve (issue the command now) or reject a decision that waits for approval."""
+    decision = Decision.objects.select_for_update().select_related("job", "policy").get(id=decision.id)
+    if decision.outcome != Decision.Outcome.PENDING_APPROVAL:
+        raise Conflict(f"Decision {decision.id} is {decision.outcome}, not waiting for approval.")
+    actor = f"user:{user.username}"
+    if approve:
+        commands = job_services.command_issue(
+            job=decision.job, type=decision.action["type"], value=decision.action.get("value"),
+            issued_by=f"policy:{decision.policy.name}/{decision.rule} (approved by {user.username})",
+            idempotency_key=f"decision-{decision.id}",
+        )
+        decision.command = commands[0]
+        decision.outcome = Decision.Outcome.APPROVED
+    else:
+        decision.outcome = Decision.Outcome.REJECTED
+    decision.decided_by = actor
+    decision.save(update_fields=["command", "outcome", "decided_by"])
+    job_services.event_record(
+        job=decision.job, kind=Event.Kind.DECISION, actor=actor,
+        message=f"{'approved' if approve else 'rejected'} rule {decision.rule!r}: "
+                f"{decision.action['type']} → {decision.action.get('value')}",
+        data={"decision": decision.id, "rule": decision.rule, "action": decision.action,
+              "outcome": decision.outcome}, step=decision.step)
+    return decision
 
 
 def _latest_job_metrics(job: Job) -> tuple[dict[str, float], dict[str, float]]:
@@ -57,11 +119,11 @@ def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
     histories = {}
     for rule in policy.definition.get("rules", []):
         name = rule.get("name")
-        last = (
-            Decision.objects.filter(job=job, policy=policy, rule=name)
-            .exclude(outcome=Decision.Outcome.SKIPPED).order_by("-id").first()
-        )
+        fired = Decision.objects.filter(job=job, policy=policy, rule=name).exclude(
+            outcome__in=[Decision.Outcome.SKIPPED, Decision.Outcome.REJECTED])
+        last = fired.order_by("-id").first()
         histories[name] = engine.RuleHistory(
+            fired_last_hour=fired.filter(created_at__gte=now - timedelta(hours=1)).count(),
             last_fired_step=last.step if last else None,
             last_fired_age_s=(now - last.created_at).total_seconds() if last else None,
             consecutive_true=int(job.policy_state.get(name, {}).get("consecutive_true", 0)),
@@ -77,10 +139,12 @@ def job_policy_evaluate(*, job_id: int) -> list[Decision]:
     twice on a value the workers have not applied yet.
     """
     job = Job.objects.select_related("policy").filter(id=job_id).first()
-    if job is None or job.policy is None or job.status != Job.Status.RUNNING:
+    if job is None or job.policy is None or not job.policy.enabled or job.status != Job.Status.RUNNING:
         return []
     if Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).exists():
         return []
+    if Decision.objects.filter(job=job, outcome=Decision.Outcome.PENDING_APPROVAL).exists():
+        return []  # one question to the user at a time
     policy = job.policy
     parsed = engine.parse_policy(policy.definition)
     latest, peak = _latest_job_metrics(job)
@@ -102,21 +166,29 @@ def job_policy_evaluate(*, job_id: int) -> list[Decision]:
                 continue
             action = {"type": firing.action_type, "value": firing.value}
             actor = f"policy:{policy.name}/{firing.rule}"
+            rule = next(r for r in parsed.rules if r.name == firing.rule)
+            if parsed.dry_run:
+                outcome = Decision.Outcome.DRY_RUN
+            elif rule.requires_approval:
+                outcome = Decision.Outcome.PENDING_APPROVAL
+            else:
+                outcome = Decision.Outcome.COMMANDED
             decision = Decision.objects.create(
                 job=job, policy=policy, policy_version=policy.version, rule=firing.rule,
-                step=job.last_step, inputs=firing.inputs, action=action,
-                outcome=Decision.Outcome.DRY_RUN if parsed.dry_run else Decision.Outcome.COMMANDED,
+                step=job.last_step, inputs=firing.inputs, action=action, outcome=outcome,
             )
+            suffix = {Decision.Outcome.DRY_RUN: " (dry run)",
+                      Decision.Outcome.PENDING_APPROVAL: " (waiting for approval)"}.get(outcome, "")
             # The decision is logged before the command it causes, so the audit log reads
             # in cause-and-effect order.
             job_services.event_record(
                 job=job, kind=Event.Kind.DECISION, actor=actor,
-                message=f"rule {firing.rule!r} fired: {firing.action_type} → {firing.value}"
-                        + (" (dry run)" if parsed.dry_run else ""),
+                message=f"rule {firing.rule!r} fired: {firing.action_type} → {firing.value}{suffix}",
                 data={"decision": decision.id, "rule": firing.rule, "inputs": firing.inputs,
-                      "action": action, "outcome": decision.outcome}, step=job.last_step,
+                      "action": action, "outcome": outcome, "policy_version": policy.version},
+                step=job.last_step,
             )
-            if not parsed.dry_run:
+            if outcome == Decision.Outcome.COMMANDED:
                 commands = job_services.command_issue(
                     job=job, type=firing.action_type, value=firing.value, issued_by=actor,
                     idempotency_key=f"policy-{policy.id}-{firing.rule}-{job.last_step}",
