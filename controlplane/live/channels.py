@@ -6,11 +6,34 @@ channel-layer messages into WebSocket frames.
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import connection
+
+log = logging.getLogger(__name__)
+
+# Recent frames of each job are kept in a Redis list so a browser that reconnects with
+# ?after=<seq> receives exactly what it missed (within this window).
+FRAME_LOG_LENGTH = 5000
+FRAME_LOG_TTL_S = 24 * 3600
+_redis_client: redis.Redis | None = None
+
+
+def frame_log_key(job_id: int) -> str:
+    return f"{settings.CHANNEL_LAYERS['default']['CONFIG'].get('prefix', 'adaptrain')}:frames:{job_id}"
+
+
+def _redis() -> redis.Redis:
+    global _redis_client
+    if _redis_client is None:
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    return _redis_client
 
 # Message types on the channel layer (Channels maps "a.b" to the consumer method a_b).
 JOB_MESSAGE = "job.message"
@@ -41,11 +64,28 @@ def next_live_seq(job_id: int) -> int:
 
 
 def publish_to_job(job_id: int, frame_type: str, data: dict[str, Any]) -> None:
-    """Send one numbered frame to every browser watching the job."""
+    """Send one numbered frame to every browser watching the job, and log it for replay."""
     seq = next_live_seq(job_id)
-    async_to_sync(get_channel_layer().group_send)(
-        job_group(job_id), {"type": JOB_MESSAGE, "frame": {"seq": seq, "type": frame_type, "data": data}}
-    )
+    frame = {"seq": seq, "type": frame_type, "data": data}
+    try:
+        key = frame_log_key(job_id)
+        pipe = _redis().pipeline()
+        pipe.rpush(key, json.dumps(frame, separators=(",", ":")))
+        pipe.ltrim(key, -FRAME_LOG_LENGTH, -1)
+        pipe.expire(key, FRAME_LOG_TTL_S)
+        pipe.execute()
+    except redis.RedisError as exc:  # the live push still goes out; only replay suffers
+        log.warning("could not log frame %s of job %s for replay: %s", seq, job_id, exc)
+    async_to_sync(get_channel_layer().group_send)(job_group(job_id), {"type": JOB_MESSAGE, "frame": frame})
+
+
+def frames_after(job_id: int, after: int) -> tuple[list[dict[str, Any]], bool]:
+    """Logged frames with seq > after, in order, and whether the log still reaches back that
+    far (False: some were trimmed; the client should reload history over REST)."""
+    raw = _redis().lrange(frame_log_key(job_id), 0, -1)
+    frames = [json.loads(item) for item in raw]
+    complete = not frames or frames[0]["seq"] <= after + 1
+    return [f for f in frames if f["seq"] > after], complete
 
 
 def push_command_to_agent(node_id: int, frame: dict[str, Any]) -> None:

@@ -1,7 +1,10 @@
 """WebSocket consumers: they translate between channel-layer messages and frames.
 
 * :class:`JobStreamConsumer` — ``/ws/jobs/{id}/``: numbered ``metrics``, ``event`` and
-  ``job`` frames for one job, to its owner (or staff).
+  ``job`` frames for one job, to its owner (or staff). With ``?after=<seq>`` the frames
+  logged since that number are sent first, then live ones, without gaps or repeats; if
+  the log no longer reaches back that far, a ``resync`` frame tells the client to reload
+  the stored series over REST.
 * :class:`AgentCommandConsumer` — ``/ws/agent/``: commands to an agent; the agent
   answers ``ack`` on receipt and ``applied``/``failed`` once its workers acted.
   Commands not yet acked are sent again whenever the agent (re)connects.
@@ -10,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -24,6 +28,16 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 
 
+def _after_param(scope) -> int | None:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    raw = (query.get("after") or [None])[0]
+    try:
+        value = int(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 else None
+
+
 class JobStreamConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
@@ -36,15 +50,31 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
         except ApiError:
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        after = _after_param(self.scope)
+        # Join first, then replay: a frame published in between arrives both ways and the
+        # duplicate is dropped by sequence number below.
         await self.channel_layer.group_add(channels.job_group(self.job_id), self.channel_name)
         await self.accept()
+        self.last_seq = after or 0
+        if after is not None:
+            frames, complete = await database_sync_to_async(channels.frames_after)(self.job_id, after)
+            if not complete:
+                await self.send_json({"seq": self.last_seq, "type": "resync", "data": {}})
+            for frame in frames:
+                await self._send_frame(frame)
 
     async def disconnect(self, code):
         if hasattr(self, "job_id"):
             await self.channel_layer.group_discard(channels.job_group(self.job_id), self.channel_name)
 
+    async def _send_frame(self, frame: dict) -> None:
+        if frame["seq"] <= self.last_seq:
+            return
+        self.last_seq = frame["seq"]
+        await self.send_json(frame)
+
     async def job_message(self, message):
-        await self.send_json(message["frame"])
+        await self._send_frame(message["frame"])
 
 
 class AgentCommandConsumer(AsyncJsonWebsocketConsumer):

@@ -1,0 +1,83 @@
+"""/ws/jobs/{id}/: live frames are numbered, and a client that reconnects with ?after=
+receives exactly the frames it missed, then live ones."""
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from controlplane.jobs import services
+from controlplane.live import channels
+from controlplane.live.consumers import JobStreamConsumer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def job(user):
+    return services.job_create(owner=user, name="j", entrypoint="examples.digits",
+                               hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
+                               workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+
+
+def communicator(user, job_id, query=""):
+    c = WebsocketCommunicator(JobStreamConsumer.as_asgi(), f"/ws/jobs/{job_id}/{query}")
+    c.scope["user"] = user
+    c.scope["url_route"] = {"kwargs": {"job_id": job_id}}
+    c.scope["query_string"] = query.lstrip("?").encode()
+    return c
+
+
+def publish(job_id, n):
+    for i in range(n):
+        channels.publish_to_job(job_id, channels.FRAME_METRICS, {"series": [{"name": "loss", "rank": None,
+                                                                            "step": [i], "value": [1.0 / (i + 1)]}]})
+
+
+def test_reconnecting_client_gets_exactly_what_it_missed_then_live_frames(user, job):
+    async def scenario():
+        first = communicator(user, job.id)
+        connected, _ = await first.connect()
+        assert connected
+        await sync_to_async(publish)(job.id, 3)
+        seen = [(await first.receive_json_from(timeout=5))["seq"] for _ in range(3)]
+        await first.disconnect()
+        await sync_to_async(publish)(job.id, 4)  # missed while away
+        second = communicator(user, job.id, f"?after={seen[-1]}")
+        assert (await second.connect())[0]
+        replayed = [(await second.receive_json_from(timeout=5))["seq"] for _ in range(4)]
+        await sync_to_async(publish)(job.id, 1)
+        live = await second.receive_json_from(timeout=5)
+        assert await second.receive_nothing(timeout=0.3)
+        await second.disconnect()
+        return seen, replayed, live["seq"]
+
+    seen, replayed, live = async_to_sync(scenario)()
+    assert replayed == list(range(seen[-1] + 1, seen[-1] + 5))
+    assert live == replayed[-1] + 1
+
+
+def test_a_client_too_far_behind_is_told_to_resync(user, job, monkeypatch):
+    monkeypatch.setattr(channels, "FRAME_LOG_LENGTH", 3)
+    publish(job.id, 6)
+
+    async def scenario():
+        c = communicator(user, job.id, "?after=1")
+        assert (await c.connect())[0]
+        frames = [await c.receive_json_from(timeout=5) for _ in range(4)]
+        await c.disconnect()
+        return frames
+
+    frames = async_to_sync(scenario)()
+    job.refresh_from_db()
+    assert frames[0]["type"] == "resync"
+    assert [f["seq"] for f in frames[1:]] == [job.live_seq - 2, job.live_seq - 1, job.live_seq]
+
+
+def test_other_users_are_refused(other_user, job):
+    async def scenario():
+        c = communicator(other_user, job.id)
+        connected, code = await c.connect()
+        return connected, code
+
+    connected, code = async_to_sync(scenario)()
+    assert not connected and code == 4403
