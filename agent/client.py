@@ -42,6 +42,15 @@ class ControlPlaneClient:
     async def post(self, path: str, body: Any) -> Any:
         return await asyncio.to_thread(self._request, "POST", path, body)
 
+    async def get(self, path: str) -> Any:
+        return await asyncio.to_thread(self._request, "GET", path)
+
+    async def register_workers(self, job_id: int, workers: list[dict]) -> dict:
+        return await self.post(f"/api/v1/agent/jobs/{job_id}/workers/", {"workers": workers})
+
+    async def cluster_spec(self, job_id: int) -> dict:
+        return await self.get(f"/api/v1/agent/jobs/{job_id}/cluster/")
+
     async def enrol(self, *, join_token: str, name: str, address: str, slots: int) -> dict:
         return await self.post("/api/v1/agent/enrol/", {
             "join_token": join_token, "name": name, "address": address, "slots": slots,

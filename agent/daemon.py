@@ -30,6 +30,7 @@ log = logging.getLogger("agent")
 
 MAX_BUFFERED_POINTS = 200_000
 MAX_BATCH_POINTS = 5_000
+RENDEZVOUS_TIMEOUT_S = 120.0
 
 
 class Agent:
@@ -160,8 +161,17 @@ class Agent:
         )
         self.groups[job_id] = group
         try:
-            workers = await group.spawn()
-        except (OSError, ValueError) as exc:
+            # Rendezvous: report this node's ports, then wait until every node has.
+            spec = await self.client.register_workers(job_id, group.choose_ports())
+            deadline = asyncio.get_running_loop().time() + RENDEZVOUS_TIMEOUT_S
+            while not spec["complete"]:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ValueError(f"the other nodes' workers did not register within "
+                                     f"{RENDEZVOUS_TIMEOUT_S:.0f} s")
+                await asyncio.sleep(0.2)
+                spec = await self.client.cluster_spec(job_id)
+            workers = await group.spawn(spec["members"])
+        except (OSError, ValueError, ControlPlaneError) as exc:
             self.groups.pop(job_id, None)
             await self.outbox.put({"type": "failed", "id": frame["id"], "error": str(exc)})
             await self._report(job_id, "failed", reason=f"could not start workers: {exc}")

@@ -63,12 +63,16 @@ class WorkerGroup:
     def ranks(self) -> list[int]:
         return list(self.start["ranks"])
 
-    async def spawn(self) -> list[dict]:
-        world = int(self.start["world_size"])
-        if sorted(self.ranks) != list(range(world)):
-            raise ValueError("first cut: all ranks of a job must run on one node")
-        self.ports = {r: free_port(self.address) for r in range(world)}
-        peers = ",".join(f"{self.address}:{self.ports[r]}" for r in range(world))
+    def choose_ports(self) -> list[dict]:
+        """Free ports on this node for the local ranks (reported to the control plane)."""
+        self.ports = {r: free_port(self.address) for r in self.ranks}
+        return [{"rank": r, "port": p} for r, p in self.ports.items()]
+
+    async def spawn(self, members: list[str]) -> list[dict]:
+        """Start the local ranks; ``members`` is the cluster spec: every rank's host:port."""
+        if len(members) != int(self.start["world_size"]) or not all(members):
+            raise ValueError(f"incomplete cluster spec {members!r}")
+        peers = ",".join(members)
         params = {k: self.start[k] for k in ("hyperparameters", "batch_size", "lr", "strategy", "topology")}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "a", buffering=1)

@@ -34,6 +34,8 @@ api_v1 = [
     path("agent/heartbeat/", job_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
     path("agent/metrics/", job_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
     path("agent/jobs/<int:job_id>/report/", job_apis.AgentJobReportApi.as_view(), name="agent-job-report"),
+    path("agent/jobs/<int:job_id>/workers/", job_apis.AgentJobWorkersApi.as_view(), name="agent-job-workers"),
+    path("agent/jobs/<int:job_id>/cluster/", job_apis.AgentClusterSpecApi.as_view(), name="agent-cluster-spec"),
 ]
 
 urlpatterns = [

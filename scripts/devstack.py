@@ -114,12 +114,15 @@ class Stack:
         self._spawn("celery-beat", [self.python, "-m", "celery", "-A", "controlplane", "beat",
                                     "--loglevel", "INFO", "--schedule", str(schedule)])
 
-    def start_agents(self, join_token: str, state_root: Path) -> None:
+    def start_agents(self, join_token: str, state_root: Path, *, distinct_addresses: bool = False) -> None:
+        """Start the agents; with ``distinct_addresses`` agent i's workers listen on
+        127.0.0.(i+2), so each agent is a host of its own as far as the workers can tell."""
         for i in range(self.agents):
             name = f"node-{i + 1}"
-            self.progress(f"starting agent {name} ({self.agent_slots} slots) …")
+            address = f"127.0.0.{i + 2}" if distinct_addresses else "127.0.0.1"
+            self.progress(f"starting agent {name} ({self.agent_slots} slots, workers on {address}) …")
             self._spawn(f"agent-{name}", [self.python, "-m", "agent"], AGENT_SERVER=self.url,
-                        AGENT_JOIN_TOKEN=join_token, AGENT_NAME=name,
+                        AGENT_JOIN_TOKEN=join_token, AGENT_NAME=name, AGENT_ADDRESS=address,
                         AGENT_SLOTS=str(self.agent_slots), AGENT_STATE_DIR=str(state_root / name))
 
     def _wait_http(self, url: str, name: str, timeout_s: float) -> None:

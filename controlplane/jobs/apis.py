@@ -13,7 +13,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.errors import InvalidInput
+from controlplane.errors import InvalidInput, NotFound
 from controlplane.jobs import selectors, services, tokens
 from controlplane.jobs.auth import IsNode, NodeCredentialAuthentication
 from controlplane.jobs.models import Command, Job
@@ -370,6 +370,33 @@ class AgentMetricsApi(AgentApi):
             points=request.data.get("points"),
         )
         return Response({"stored": stored}, status=status.HTTP_201_CREATED if stored else status.HTTP_200_OK)
+
+
+ClusterSpecSerializer = inline_serializer("ClusterSpec", {
+    "job": serializers.IntegerField(), "version": serializers.IntegerField(),
+    "world_size": serializers.IntegerField(), "complete": serializers.BooleanField(),
+    "members": serializers.ListField(child=serializers.CharField(allow_null=True))})
+
+
+class AgentJobWorkersApi(AgentApi):
+    class InputSerializer(serializers.Serializer):
+        workers = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1024)
+
+    @extend_schema(request=InputSerializer, responses={200: ClusterSpecSerializer, **ERRORS})
+    def post(self, request, job_id: int):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = services.workers_register(node=request.auth, job_id=job_id, workers=data.validated_data["workers"])
+        return Response(services.cluster_spec(job=job))
+
+
+class AgentClusterSpecApi(AgentApi):
+    @extend_schema(responses={200: ClusterSpecSerializer, **ERRORS})
+    def get(self, request, job_id: int):
+        job = Job.objects.filter(id=job_id, workers__node=request.auth).distinct().first()
+        if job is None:
+            raise NotFound(f"Job {job_id} has no workers on this node.")
+        return Response(services.cluster_spec(job=job))
 
 
 class AgentJobReportApi(AgentApi):

@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
-from controlplane.jobs import credentials
+from controlplane.jobs import credentials, placement
 from controlplane.jobs.models import Command, Event, Job, JoinToken, Node, Worker
 from controlplane.live import channels
 
@@ -107,24 +107,27 @@ def _free_slots(node: Node) -> int:
 
 
 def job_place(*, job_id: int) -> bool:
-    """Place a pending job's workers on one online node with enough free slots.
-
-    First cut: all of a job's workers go to one node. Returns whether the job was placed;
-    a job that fits nowhere stays pending and the periodic sweep retries it.
-    """
+    """Place a pending job's workers on online nodes with free slots (see placement.py)
+    and send each node a start command for its ranks. Returns whether the job was placed;
+    a job that fits nowhere stays pending and the periodic sweep retries it."""
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(id=job_id).first()
         if job is None or job.status != Job.Status.PENDING:
             return False
-        nodes = Node.objects.select_for_update().filter(status=Node.Status.ONLINE).order_by("id")
-        target = next((n for n in nodes if _free_slots(n) >= job.workers_initial), None)
-        if target is None:
+        nodes = {n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)}
+        plan = placement.plan_placement(
+            [placement.NodeCapacity(node_id=n.id, free_slots=_free_slots(n)) for n in nodes.values()],
+            job.workers_initial,
+        )
+        if plan is None:
             return False
         Worker.objects.bulk_create(
-            [Worker(job=job, node=target, rank=r) for r in range(job.workers_initial)]
+            [Worker(job=job, node=nodes[node_id], rank=r) for node_id, ranks in plan.items() for r in ranks]
         )
+        where = ", ".join(f"{nodes[node_id].name} (ranks {ranks[0]}–{ranks[-1]})" if len(ranks) > 1
+                          else f"{nodes[node_id].name} (rank {ranks[0]})" for node_id, ranks in plan.items())
         _transition(job, to=Job.Status.SCHEDULING, allowed_from=(Job.Status.PENDING,),
-                    actor="scheduler", reason=f"placed {job.workers_initial} worker(s) on {target.name}",
+                    actor="scheduler", reason=f"placed {job.workers_initial} worker(s) on {where}",
                     workers_current=job.workers_initial)
         payload = {
             "job": job.id,
@@ -135,11 +138,39 @@ def job_place(*, job_id: int) -> bool:
             "strategy": job.strategy,
             "topology": job.topology,
             "world_size": job.workers_initial,
-            "ranks": list(range(job.workers_initial)),
+            "cluster_version": 1,
         }
-        _command_create(job=job, nodes=[target], type=Command.Type.START, payload=payload,
-                        issued_by="scheduler")
+        _command_create(job=job, nodes=[nodes[node_id] for node_id in plan], type=Command.Type.START,
+                        payload=payload, issued_by="scheduler",
+                        payload_for=lambda node: {**payload, "ranks": plan[node.id]})
     return True
+
+
+def cluster_spec(*, job: Job) -> dict[str, Any]:
+    """The rendezvous: every worker's address by rank, once all have reported a port."""
+    workers = list(Worker.objects.filter(job=job).select_related("node").order_by("rank"))
+    ready = all(w.port for w in workers) and len(workers) == job.workers_current
+    return {
+        "job": job.id, "version": 1, "world_size": len(workers), "complete": ready,
+        "members": [f"{w.node.address}:{w.port}" if w.port else None for w in workers],
+    }
+
+
+def workers_register(*, node: Node, job_id: int, workers: list[dict]) -> Job:
+    """An agent reports the ports its workers of a job will listen on."""
+    job = Job.objects.filter(id=job_id, workers__node=node).distinct().first()
+    if job is None:
+        raise NotFound(f"Job {job_id} has no workers on node {node.name}.")
+    mine = set(Worker.objects.filter(job=job, node=node).values_list("rank", flat=True))
+    for w in workers:
+        if w.get("rank") not in mine:
+            raise InvalidInput(f"Rank {w.get('rank')!r} of job {job_id} is not placed on node {node.name}.")
+        port = w.get("port")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InvalidInput(f"Port {port!r} of rank {w['rank']} is not a TCP port.")
+    for w in workers:
+        Worker.objects.filter(job=job, node=node, rank=w["rank"]).update(port=w["port"])
+    return job
 
 
 def job_cancel(*, job: Job, actor: str) -> Job:
@@ -201,12 +232,17 @@ def command_frame(command: Command) -> dict[str, Any]:
 
 
 def _command_create(*, job: Job, nodes: list[Node], type: str, payload: dict, issued_by: str,
-                    idempotency_key: str | None = None) -> list[Command]:
-    """Rows first, push after commit. The caller holds the job row lock."""
+                    idempotency_key: str | None = None, payload_for=None) -> list[Command]:
+    """Rows first, push after commit. The caller holds the job row lock.
+
+    Every node gets the same sequence number: workers agree on commands by it, across
+    nodes. ``payload_for(node)``, when given, makes a node's own payload.
+    """
     seq = Job.objects.filter(id=job.id).values_list("command_seq", flat=True).get() + 1
     Job.objects.filter(id=job.id).update(command_seq=seq)
     commands = [
-        Command.objects.create(job=job, node=node, seq=seq, type=type, payload=payload,
+        Command.objects.create(job=job, node=node, seq=seq, type=type,
+                               payload=payload_for(node) if payload_for else payload,
                                issued_by=issued_by, idempotency_key=idempotency_key if i == 0 else None)
         for i, node in enumerate(nodes)
     ]

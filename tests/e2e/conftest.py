@@ -33,22 +33,32 @@ def _recreate_database(database_url: str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
+    yield from _stack(tmp_path_factory, suffix="e2e", agents=1, slots=4)
+
+
+@pytest.fixture(scope="module")
+def multinode_stack(tmp_path_factory):
+    """Three agents with one slot each, their workers on 127.0.0.2, .3 and .4."""
+    yield from _stack(tmp_path_factory, suffix="multinode", agents=3, slots=1, distinct_addresses=True)
+
+
+def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int, distinct_addresses: bool = False):
     from django.conf import settings
 
     # A database of its own, named after the configured one so parallel runs with
     # different DATABASE_URLs do not collide.
     base_name = urlsplit(settings.DATABASE_URL).path.lstrip("/") or "adaptrain"
-    database_url = _recreate_database(settings.DATABASE_URL, f"{base_name}_e2e")
-    log_dir = tmp_path_factory.mktemp("stack-logs")
+    database_url = _recreate_database(settings.DATABASE_URL, f"{base_name}_{suffix}")
+    log_dir = tmp_path_factory.mktemp(f"{suffix}-logs")
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": settings.REDIS_URL,
-        "CELERY_QUEUE": os.environ.get("CELERY_QUEUE", "adaptrain-e2e"),
-        "CHANNELS_PREFIX": os.environ.get("CHANNELS_PREFIX", "adaptrain-e2e"),
+        "CELERY_QUEUE": os.environ.get("CELERY_QUEUE", "adaptrain-e2e") + f"-{suffix}",
+        "CHANNELS_PREFIX": os.environ.get("CHANNELS_PREFIX", "adaptrain-e2e") + f"-{suffix}",
         "POLICY_EVAL_INTERVAL_S": "1",
         "COLLECTIVE_TIMEOUT": "60",
     }
-    s = Stack(env=env, log_dir=log_dir, port=free_port(), agents=1, agent_slots=4,
+    s = Stack(env=env, log_dir=log_dir, port=free_port(), agents=agents, agent_slots=slots,
               progress=lambda m: print(f"[stack] {m}", flush=True))
     try:
         s.migrate()
@@ -57,10 +67,10 @@ def stack(tmp_path_factory):
         join_token = s.manage("create_join_token", "--label", "e2e").strip()
         s.start_web()
         s.start_celery()
-        s.start_agents(join_token, log_dir / "agents")
+        s.start_agents(join_token, log_dir / "agents", distinct_addresses=distinct_addresses)
         s.api = ApiClient(s.url, s.token)
-        wait_for(lambda: any(n["status"] == "online" for n in s.api.get("/api/v1/nodes/")[1]),
-                 timeout_s=60, what="the agent to come online", stack=s)
+        wait_for(lambda: sum(n["status"] == "online" for n in s.api.get("/api/v1/nodes/")[1]) == agents,
+                 timeout_s=60, what=f"{agents} agent(s) to come online", stack=s)
         yield s
     finally:
         s.stop()
