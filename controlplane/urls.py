@@ -46,3 +46,18 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("frontend.urls")),
 ]
+
+
+def _not_found(request, exception=None):
+    """JSON 404s under /api/ (in the error shape), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        from django.http import JsonResponse
+
+        return JsonResponse({"code": "not_found", "message": f"No API endpoint at {request.path}.",
+                             "details": {}}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+handler404 = _not_found

@@ -16,6 +16,10 @@ from controlplane.live import channels
 from controlplane.live.models import MetricBatch, MetricPoint
 
 MAX_NAME_LENGTH = 64
+MAX_STEP = 2**62
+MAX_RANK = 2**31 - 1
+MAX_ID = 2**63 - 1
+MAX_TIME = 32503680000.0  # year 3000: later timestamps are bugs, not measurements
 
 
 def _point_error(index: int, message: str) -> InvalidInput:
@@ -46,19 +50,19 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
         name, step, value = p.get("name"), p.get("step"), p.get("value")
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH:
             raise _point_error(i, f"name must be a string of 1 to {MAX_NAME_LENGTH} characters")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise _point_error(i, "step must be a non-negative integer")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+            raise _point_error(i, f"step must be an integer from 0 to {MAX_STEP}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _point_error(i, "value must be a finite number")
         rank = p.get("rank")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= MAX_RANK):
             raise _point_error(i, "rank must be a non-negative integer or null")
         job_id = p.get("job")
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= MAX_ID:
             raise _point_error(i, "job must be an integer id")
         t = p.get("time")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise _point_error(i, "time must be a unix timestamp in seconds")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= MAX_TIME:
+            raise _point_error(i, "time must be a unix timestamp in seconds (1970 to 3000)")
         job_ids.add(job_id)
         rows.append(MetricPoint(
             job_id=job_id, name=name, rank=rank, step=step, value=float(value),

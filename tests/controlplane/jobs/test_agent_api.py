@@ -94,7 +94,9 @@ def test_metric_batch_is_stored_once_even_when_retried(node_client, placed_job):
 
 @pytest.mark.parametrize("bad, fragment", [
     ({"value": "high"}, "value must be a finite number"),
-    ({"step": -1}, "step must be a non-negative integer"),
+    ({"step": -1}, "step must be an integer from 0"),
+    ({"step": 2**70}, "step must be an integer from 0"),
+    ({"time": 1e30}, "time must be a unix timestamp"),
     ({"name": ""}, "name must be a string"),
     ({"rank": -2}, "rank must be a non-negative integer"),
 ])
