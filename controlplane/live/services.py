@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 from datetime import datetime
 from datetime import timezone as dt_timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from controlplane.errors import InvalidInput, NotFound, PayloadTooLarge
 from controlplane.jobs.models import Job, Node, Worker
@@ -48,7 +49,7 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
         if not isinstance(p, dict):
             raise _point_error(i, "must be an object")
         name, step, value = p.get("name"), p.get("step"), p.get("value")
-        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH:
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH or "\x00" in name:
             raise _point_error(i, f"name must be a string of 1 to {MAX_NAME_LENGTH} characters")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
             raise _point_error(i, f"step must be an integer from 0 to {MAX_STEP}")
@@ -64,10 +65,7 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= MAX_TIME:
             raise _point_error(i, "time must be a unix timestamp in seconds (1970 to 3000)")
         job_ids.add(job_id)
-        rows.append(MetricPoint(
-            job_id=job_id, name=name, rank=rank, step=step, value=float(value),
-            time=datetime.fromtimestamp(t, tz=dt_timezone.utc),
-        ))
+        rows.append(_Row(job_id, name, rank, step, float(value), float(t)))
     known = set(Worker.objects.filter(node=node, job_id__in=job_ids).values_list("job_id", flat=True))
     unknown = job_ids - known
     if unknown:
@@ -76,7 +74,7 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
     try:
         with transaction.atomic():
             MetricBatch.objects.create(batch_id=batch_id, node=node, points=len(rows))
-            MetricPoint.objects.bulk_create(rows, batch_size=2000)
+            _copy_rows(rows)
             for job_id in job_ids:
                 top = max(r.step for r in rows if r.job_id == job_id)
                 Job.objects.filter(id=job_id, last_step__lt=top).update(last_step=top)
@@ -88,7 +86,33 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
     return len(rows)
 
 
-def _publish_batch(rows: list[MetricPoint]) -> None:
+class _Row(NamedTuple):
+    job_id: int
+    name: str
+    rank: int | None
+    step: int
+    value: float
+    time: float
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_rows(rows: list[_Row]) -> None:
+    """Bulk insert with COPY: several times faster than INSERTs built by the ORM."""
+    buffer = io.StringIO()
+    write = buffer.write
+    for r in rows:
+        when = datetime.fromtimestamp(r.time, tz=dt_timezone.utc).isoformat()
+        rank = "\\N" if r.rank is None else str(r.rank)
+        write(f"{r.job_id}\t{r.name.translate(_COPY_ESCAPES)}\t{rank}\t{r.step}\t{r.value!r}\t{when}\n")
+    buffer.seek(0)
+    with connection.cursor() as cursor:
+        cursor.copy_expert(
+            f"COPY {MetricPoint._meta.db_table} (job_id, name, rank, step, value, time) FROM STDIN", buffer)
+
+
+def _publish_batch(rows: list[_Row]) -> None:
     by_job: dict[int, dict[tuple[str, int | None], dict[str, list]]] = {}
     for r in rows:
         series = by_job.setdefault(r.job_id, {}).setdefault(
@@ -96,7 +120,7 @@ def _publish_batch(rows: list[MetricPoint]) -> None:
         )
         series["step"].append(r.step)
         series["value"].append(r.value)
-        series["time"].append(r.time.timestamp())
+        series["time"].append(r.time)
     for job_id, series in by_job.items():
         channels.publish_to_job(job_id, channels.FRAME_METRICS, {"series": [
             {"name": name, "rank": rank, **cols} for (name, rank), cols in series.items()

@@ -1,0 +1,83 @@
+"""Start the control plane as in production (web, Celery worker and beat, PostgreSQL,
+Redis) for the control-plane benchmarks, on a database of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+from controlplane.backing_services import ensure_backing_services
+from scripts.devstack import ROOT, ApiClient, Stack, ensure_user, free_port
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _fresh_database(database_url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(database_url)
+    conn = psycopg2.connect(urllib.parse.urlunsplit(parts._replace(path="/postgres")), connect_timeout=5)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn.close()
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def running_stack(*, agents: int = 0, slots: int = 4, name: str = "bench"):
+    services = ensure_backing_services(data_dir=ROOT / ".data", database_name="adaptrain", redis_db=6, log=log)
+    log_dir = Path(tempfile.mkdtemp(prefix=f"adaptrain-{name}-"))
+    env = {"DATABASE_URL": _fresh_database(services.database_url, f"adaptrain_{name}"),
+           "REDIS_URL": services.redis_url, "CELERY_QUEUE": f"adaptrain-{name}",
+           "CHANNELS_PREFIX": f"adaptrain-{name}", "POLICY_EVAL_INTERVAL_S": "1", "LOG_LEVEL": "WARNING"}
+    stack = Stack(env=env, log_dir=log_dir, port=free_port(), agents=agents, agent_slots=slots, progress=log)
+    try:
+        stack.migrate()
+        stack.password = "bench-password"
+        stack.token = ensure_user(stack, "bench", stack.password)
+        stack.join_token = stack.manage("create_join_token", "--label", name).strip()
+        stack.start_web()
+        stack.start_celery()
+        if agents:
+            stack.start_agents(stack.join_token, log_dir / "agents")
+        stack.api = ApiClient(stack.url, stack.token)
+        yield stack
+    finally:
+        stack.stop()
+        services.stop()
+        log(f"logs in {log_dir}")
+
+
+def session_cookie(stack) -> str:
+    """Log in through the login form as a browser would; return the Cookie header."""
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(f"{stack.url}/login/").read()
+    csrf = next(c.value for c in jar if c.name == "csrftoken")
+    body = urllib.parse.urlencode({"username": "bench", "password": stack.password,
+                                   "csrfmiddlewaretoken": csrf, "next": "/"}).encode()
+    request = urllib.request.Request(f"{stack.url}/login/", data=body, headers={"Referer": f"{stack.url}/login/"})
+    opener.open(request).read()
+    return "; ".join(f"{c.name}={c.value}" for c in jar)
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))]
