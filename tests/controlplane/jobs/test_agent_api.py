@@ -159,3 +159,17 @@ def test_heartbeat_without_a_started_job_fails_it_as_lost_by_a_restarted_agent(n
 def test_heartbeat_with_malformed_job_list_is_a_400(node_client):
     response = node_client.post("/api/v1/agent/heartbeat/", {"jobs": ["x"]}, format="json")
     assert response.status_code == 400
+
+
+def test_metric_names_with_tabs_newlines_and_backslashes_are_stored_exactly(node_client, placed_job):
+    name = "odd\tname\\with\nbreaks ünïcode"
+    body = {"batch_id": "b-odd", "points": [point(placed_job, name=name, rank=None, value=1.5),
+                                            point(placed_job, name="x", rank=3, step=7)]}
+    assert node_client.post("/api/v1/agent/metrics/", body, format="json").status_code == 201
+    stored = {(p.name, p.rank, p.step, p.value) for p in MetricPoint.objects.filter(job=placed_job)}
+    assert stored == {(name, None, 1, 1.5), ("x", 3, 7, 0.5)}
+
+
+def test_nul_in_a_metric_name_is_a_400(node_client, placed_job):
+    body = {"batch_id": "b-nul", "points": [point(placed_job, name="a\x00b")]}
+    assert node_client.post("/api/v1/agent/metrics/", body, format="json").status_code == 400
