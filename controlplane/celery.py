@@ -11,4 +11,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["controlplane.jobs", "controlplane.policies"])
+app.autodiscover_tasks(["controlplane.jobs", "controlplane.policies", "controlplane.live"])

@@ -184,6 +184,10 @@ POLICY_EVAL_INTERVAL_S = env_float("POLICY_EVAL_INTERVAL_S", 2.0)
 AGENT_HEARTBEAT_TIMEOUT_S = env_float("AGENT_HEARTBEAT_TIMEOUT_S", 30.0)
 # Bounds on one metric batch from an agent; larger batches get a 413 that says so.
 METRIC_BATCH_MAX_POINTS = 10_000
+# Metric points of jobs that ended more than this many days ago are deleted (0 keeps all).
+METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0)
+# A command nobody acknowledged within this many seconds expires (its job is told).
+COMMAND_TTL_S = env_float("COMMAND_TTL_S", 600.0)
 
 CELERY_BEAT_SCHEDULE = {
     "evaluate-policies": {
@@ -192,6 +196,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     "place-pending-jobs": {"task": "jobs.place_pending_jobs", "schedule": 5.0},
     "mark-lost-nodes": {"task": "jobs.mark_lost_nodes", "schedule": 10.0},
+    "expire-commands": {"task": "jobs.expire_commands", "schedule": 30.0},
+    "apply-metric-retention": {"task": "live.apply_retention", "schedule": 3600.0},
 }
 
 REST_FRAMEWORK = {

@@ -419,3 +419,23 @@ def nodes_mark_lost(*, timeout_s: float) -> list[int]:
             Worker.objects.filter(node=node).exclude(state=Worker.State.EXITED).update(
                 state=Worker.State.FAILED)
     return lost
+
+
+def commands_expire(*, ttl_s: float) -> int:
+    """Commands still pending or unacknowledged after ``ttl_s`` expire: the node never
+    took them (it is gone, or its job ended). Returns how many expired."""
+    cutoff = timezone.now() - timedelta(seconds=ttl_s)
+    expired = 0
+    stale = Command.objects.filter(state__in=[Command.State.PENDING, Command.State.SENT], created_at__lt=cutoff)
+    for command in stale.select_related("job", "node"):
+        with transaction.atomic():
+            if Command.objects.filter(id=command.id, state__in=[Command.State.PENDING, Command.State.SENT]).update(
+                    state=Command.State.EXPIRED, finished_at=timezone.now(),
+                    error=f"not acknowledged by node {command.node.name} within {ttl_s:.0f} s") != 1:
+                continue
+            expired += 1
+            if command.type != Command.Type.START:
+                event_record(job=command.job, kind=Event.Kind.COMMAND, actor="scheduler",
+                             message=f"{command.type} expired: node {command.node.name} never acknowledged it",
+                             data={"command": command.id, "type": command.type, "state": Command.State.EXPIRED})
+    return expired

@@ -32,3 +32,10 @@ def mark_lost_nodes() -> None:
     lost = services.nodes_mark_lost(timeout_s=settings.AGENT_HEARTBEAT_TIMEOUT_S)
     if lost:
         log.warning("nodes lost: %s", lost)
+
+
+@shared_task(name="jobs.expire_commands", acks_late=True, time_limit=60)
+def expire_commands() -> None:
+    expired = services.commands_expire(ttl_s=settings.COMMAND_TTL_S)
+    if expired:
+        log.warning("%d command(s) expired unacknowledged", expired)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from controlplane.errors import InvalidInput, NotFound, PayloadTooLarge
 from controlplane.jobs.models import Job, Node, Worker
@@ -125,3 +126,18 @@ def _publish_batch(rows: list[_Row]) -> None:
         channels.publish_to_job(job_id, channels.FRAME_METRICS, {"series": [
             {"name": name, "rank": rank, **cols} for (name, rank), cols in series.items()
         ]})
+
+
+def metrics_apply_retention(*, days: float, chunk: int = 50_000) -> int:
+    """Delete the metric points of jobs that ended more than ``days`` ago, in chunks so
+    no single statement holds locks for long. Running jobs keep everything."""
+    cutoff = timezone.now() - timedelta(days=days)
+    job_ids = list(Job.objects.filter(status__in=Job.TERMINAL, finished_at__lt=cutoff).values_list("id", flat=True))
+    deleted = 0
+    for job_id in job_ids:
+        while True:
+            ids = list(MetricPoint.objects.filter(job_id=job_id).values_list("id", flat=True)[:chunk])
+            if not ids:
+                break
+            deleted += MetricPoint.objects.filter(id__in=ids).delete()[0]
+    return deleted
