@@ -55,11 +55,14 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
         # duplicate is dropped by sequence number below.
         await self.channel_layer.group_add(channels.job_group(self.job_id), self.channel_name)
         await self.accept()
-        self.last_seq = after or 0
+        # Frames can reach this consumer out of order (two ingests publish concurrently),
+        # so duplicates are dropped by set membership, never by "lower than the last".
+        self.after = after or 0
+        self.sent: set[int] = set()
         if after is not None:
             frames, complete = await database_sync_to_async(channels.frames_after)(self.job_id, after)
             if not complete:
-                await self.send_json({"seq": self.last_seq, "type": "resync", "data": {}})
+                await self.send_json({"seq": self.after, "type": "resync", "data": {}})
             for frame in frames:
                 await self._send_frame(frame)
 
@@ -68,9 +71,12 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(channels.job_group(self.job_id), self.channel_name)
 
     async def _send_frame(self, frame: dict) -> None:
-        if frame["seq"] <= self.last_seq:
+        seq = frame["seq"]
+        if seq <= self.after or seq in self.sent:
             return
-        self.last_seq = frame["seq"]
+        self.sent.add(seq)
+        if len(self.sent) > 20_000:  # forget the oldest half; they will not come again
+            self.sent = set(sorted(self.sent)[10_000:])
         await self.send_json(frame)
 
     async def job_message(self, message):

@@ -81,3 +81,22 @@ def test_other_users_are_refused(other_user, job):
 
     connected, code = async_to_sync(scenario)()
     assert not connected and code == 4403
+
+
+def test_frames_arriving_out_of_order_are_all_delivered_once(user, job):
+    async def scenario():
+        c = communicator(user, job.id, "?after=0")
+        assert (await c.connect())[0]
+        created = await c.receive_json_from(timeout=5)  # the job's "created" event
+        consumer_input = [{"seq": 9, "type": "metrics", "data": {}}, {"seq": 8, "type": "metrics", "data": {}},
+                          {"seq": 9, "type": "metrics", "data": {}}]
+        for frame in consumer_input:
+            await c.send_input({"type": "job.message", "frame": frame})
+        got = [(await c.receive_json_from(timeout=5))["seq"] for _ in range(2)]
+        assert await c.receive_nothing(timeout=0.3)
+        await c.disconnect()
+        return created, got
+
+    created, got = async_to_sync(scenario)()
+    assert created["type"] == "event"
+    assert got == [9, 8]
