@@ -5,7 +5,14 @@ from frontend import views
 
 urlpatterns = [
     path("", views.job_list, name="job-list-page"),
+    path("jobs/new/", views.job_new, name="job-new-page"),
     path("jobs/<int:job_id>/", views.job_detail, name="job-detail-page"),
+    path("jobs/<int:job_id>/audit/", views.job_audit, name="job-audit-page"),
+    path("policies/", views.policy_list, name="policy-list-page"),
+    path("policies/new/", views.policy_edit, name="policy-new-page"),
+    path("policies/<int:policy_id>/", views.policy_edit, name="policy-edit-page"),
+    path("nodes/", views.node_list, name="node-list-page"),
+    path("tokens/", views.token_list, name="token-list-page"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -36,6 +36,15 @@ def browser():
         b.close()
 
 
+def log_in(page, stack, path: str = "/") -> None:
+    """Log in as the e2e user through the login form, landing on ``path``."""
+    page.goto(f"{stack.url}/login/?next={path}")
+    page.fill("#id_username", "e2e")
+    page.fill("#id_password", stack.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{path}")
+
+
 def test_job_page_chart_grows_while_the_job_trains(stack, browser):
     api = stack.api
     status, job = api.post("/api/v1/jobs/", {

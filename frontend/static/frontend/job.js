@@ -1,97 +1,341 @@
-/* The job page: load the stored series once, then apply live frames from /ws/jobs/{id}/.
+/* The job page: live charts, event log, workers, manual commands, approvals.
  *
- * Frames carry a per-job sequence number; the page ignores frames it has already
- * applied. After a dropped connection it reloads the stored series over REST (which
- * fills the gap) before it subscribes again.
+ * Data flow: stored series and events over REST first, then numbered frames from
+ * /ws/jobs/{id}/. Every way data arrives is idempotent (series merge by step, events by
+ * id), so after a dropped connection the page reloads what it missed from REST
+ * (`since=` the last step it has, `after=` the last event id) and merges it, and it does
+ * so again once the new socket is open — the window between those two is covered too.
  */
-(function () {
-  "use strict";
-  const root = document.getElementById("job");
-  const jobId = root.dataset.jobId;
-  const charts = {};
-  document.querySelectorAll("canvas[data-metric]").forEach((c) => {
-    charts[c.dataset.metric] = new window.LiveChart(c);
+
+import { el, errorMessage, every, formatNumber, get, missing, post } from "./api.js";
+import { JobCharts } from "./jobcharts.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const root = document.getElementById("job");
+const jobId = Number(root.dataset.jobId);
+const charts = new JobCharts(document.getElementById("charts"), jobId);
+window.adaptrain = Object.assign(window.adaptrain || {}, { charts });
+
+let lastEventId = 0;
+
+function setText(id, value) {
+  const node = document.getElementById(id);
+  if (!node || value === undefined || value === null) return;
+  const s = String(value);
+  if (node.textContent !== s) node.textContent = s;
+}
+
+function setStatus(status, reason) {
+  const badge = document.getElementById("job-status");
+  if (badge.textContent !== status) {
+    badge.textContent = status;
+    badge.className = `status status-${status}`;
+  }
+  root.dataset.status = status;
+  if (reason !== undefined) setText("job-reason", reason);
+  const terminal = TERMINAL.has(status);
+  document.querySelectorAll("#commands button, #commands input, #commands select").forEach((c) => { c.disabled = terminal; });
+}
+
+function setStep(step) {
+  if (step !== undefined && step !== null && step > Number(document.getElementById("job-step").textContent || 0)) {
+    setText("job-step", step);
+  }
+}
+
+/* A `job` frame from the WebSocket. */
+function applyJobFrame(d) {
+  setStatus(d.status, d.status_reason);
+  setText("job-batch-size", d.batch_size);
+  setText("job-lr", d.lr);
+  setText("job-workers", d.workers);
+  setText("job-strategy", d.strategy);
+  setText("job-topology", d.topology);
+  setStep(d.step);
+}
+
+/* The job detail from REST (polled): parameters and workers. */
+function applyJobDetail(j) {
+  setStatus(j.status, j.status_reason);
+  const p = j.parameters;
+  setText("job-batch-size", p.batch_size);
+  setText("job-lr", p.lr);
+  setText("job-workers", p.workers);
+  setText("job-strategy", p.strategy);
+  setText("job-topology", p.topology);
+  setStep(j.last_step);
+  const body = document.querySelector("#workers tbody");
+  const rows = new Map([...body.rows].map((r) => [r.dataset.rank, r]));
+  for (const w of j.workers) {
+    let row = rows.get(String(w.rank));
+    if (!row) {
+      row = el("tr", { dataset: { rank: String(w.rank) } }, el("td"), el("td"), el("td"), el("td", {}, el("span")));
+      body.append(row);
+    }
+    rows.delete(String(w.rank));
+    const cells = row.cells;
+    if (cells[0].textContent !== String(w.rank)) cells[0].textContent = w.rank;
+    if (cells[1].textContent !== w.node) cells[1].textContent = w.node;
+    if (cells[2].textContent !== String(w.port ?? "—")) cells[2].textContent = w.port ?? "—";
+    const badge = cells[3].firstChild;
+    if (badge.textContent !== w.state) { badge.textContent = w.state; badge.className = `status status-${w.state}`; }
+  }
+  for (const stale of rows.values()) stale.remove();
+  if (!j.workers.length && !body.rows.length) {
+    body.append(el("tr", { class: "empty" }, el("td", { colspan: "4", text: "No workers placed yet." })));
+  } else if (j.workers.length) {
+    body.querySelectorAll("tr.empty").forEach((r) => r.remove());
+  }
+}
+
+/* --- events ------------------------------------------------------------------------ */
+
+const eventList = document.getElementById("events");
+const MAX_LOG = 400;
+
+function addEvent(e) {
+  if (eventList.querySelector(`li[data-id="${e.id}"]`)) return;
+  lastEventId = Math.max(lastEventId, e.id);
+  const li = el("li", { class: `event event-${e.kind}`, dataset: { id: String(e.id), kind: e.kind } },
+    el("time", { datetime: e.time, text: new Date(e.time).toLocaleTimeString() }), " ",
+    el("span", { class: "kind", text: e.kind }), " ",
+    el("span", { class: "actor", text: e.actor }), " ",
+    el("span", { class: "msg", text: e.message }),
+    e.step !== null && e.step !== undefined ? el("span", { class: "muted", text: ` (step ${e.step})` }) : null);
+  // Newest first; an event that arrives late (REST catch-up) still lands in id order.
+  let before = eventList.firstElementChild;
+  while (before && Number(before.dataset.id) > e.id) before = before.nextElementSibling;
+  eventList.insertBefore(li, before);
+  while (eventList.children.length > MAX_LOG) eventList.lastElementChild.remove();
+  charts.addEventMarker(e);
+  if (e.kind === "decision") loadApprovals();
+}
+
+async function loadEvents() {
+  // The API returns up to 1000 per call, oldest first; page until we are current.
+  for (let page = 0; page < 50; page++) {
+    const r = await get(`/api/v1/jobs/${jobId}/events/?after=${lastEventId}`);
+    if (!r.ok || !r.body.length) return;
+    r.body.forEach(addEvent);
+    if (r.body.length < 1000) return;
+  }
+}
+
+/* --- live stream --------------------------------------------------------------------- */
+
+const liveState = document.getElementById("live-state");
+const trace = []; // recent connection events, for debugging (window.adaptrain.trace)
+window.adaptrain.trace = trace;
+function note(text) { trace.push(`${new Date().toISOString().slice(11, 23)} ${text}`); if (trace.length > 200) trace.shift(); }
+
+function setLive(on, text) {
+  liveState.textContent = text;
+  liveState.className = on ? "live-on" : "live-off";
+}
+
+/* Reload stored series from `fromStep` (default: the last step shown) and merge them. */
+async function catchUp(fromStep = null) {
+  const since = fromStep ?? (charts.lastStep >= 0 ? charts.lastStep : null);
+  await charts.load({ since, maxPoints: since === null ? 2000 : 5000 });
+  note(`catch-up since ${since} → last step ${charts.lastStep}`);
+  setStep(charts.lastStep);
+  await loadEvents();
+}
+
+/* Frames are numbered. A number skipped (a frame lost on the way, or one that arrives
+ * after a later one) leaves a hole in what the charts show; if it is still missing a
+ * moment later, the series are reloaded from the last step shown before the hole. */
+let lastSeq = 0;
+const seen = new Set();
+const missingSeqs = new Set();
+let gapStep = null;
+let gapTimer = null;
+
+function trackSeq(seq) {
+  if (seen.has(seq)) return false;
+  seen.add(seq);
+  if (seen.size > 4000) for (const old of seen) { if (seen.size <= 2000) break; seen.delete(old); }
+  missingSeqs.delete(seq);
+  if (lastSeq && seq > lastSeq + 1) {
+    for (let s = Math.max(lastSeq + 1, seq - 1000); s < seq; s++) if (!seen.has(s)) missingSeqs.add(s);
+    if (gapStep === null) gapStep = Math.max(charts.lastStep, 0);
+    note(`frames ${lastSeq + 1}..${seq - 1} not received yet`);
+    clearTimeout(gapTimer);
+    gapTimer = setTimeout(fillGap, 1500);
+  }
+  lastSeq = Math.max(lastSeq, seq);
+  return true;
+}
+
+function fillGap() {
+  if (!missingSeqs.size) { gapStep = null; return; }
+  const from = gapStep;
+  missingSeqs.clear();
+  gapStep = null;
+  catchUp(from).catch(() => {});
+}
+
+let retryMs = 500;
+let lastJobSeq = 0;
+function connect() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${proto}://${location.host}/ws/jobs/${jobId}/` + (lastSeq ? `?after=${lastSeq}` : "");
+  const ws = new WebSocket(url);
+  window.adaptrain.socket = ws;
+  note(`connect ${url}`);
+  ws.onopen = () => {
+    setLive(true, "live");
+    retryMs = 500;
+    // Anything stored between the last REST read and this subscription.
+    catchUp().catch(() => {});
+  };
+  ws.onmessage = (msg) => {
+    const frame = JSON.parse(msg.data);
+    if (frame.type === "resync") {
+      // The server's frame log no longer reaches back to what we last saw.
+      note("resync");
+      catchUp(stepAtDisconnect).catch(() => {});
+      return;
+    }
+    if (typeof frame.seq === "number" && !trackSeq(frame.seq)) return; // a repeat
+    if (frame.type === "metrics") setStep(charts.applySeries(frame.data.series));
+    else if (frame.type === "event") addEvent(frame.data);
+    else if (frame.type === "job" && !(frame.seq < lastJobSeq)) { lastJobSeq = frame.seq || 0; applyJobFrame(frame.data); }
+  };
+  ws.onclose = (ev) => {
+    note(`closed (${ev.code})`);
+    stepAtDisconnect = Math.max(charts.lastStep, 0);
+    setLive(false, "reconnecting…");
+    setTimeout(() => { catchUp().catch(() => {}).finally(connect); }, retryMs);
+    retryMs = Math.min(retryMs * 2, 10000);
+  };
+}
+let stepAtDisconnect = null;
+
+/* --- commands ------------------------------------------------------------------------ */
+
+const result = document.getElementById("command-result");
+
+function showResult(text, ok) {
+  result.textContent = text;
+  result.className = `result ${ok ? "ok" : "error"}`;
+}
+
+async function sendCommand(action, value, origin) {
+  const body = value === undefined ? { action } : { action, value };
+  const r = await post(`/api/v1/jobs/${jobId}/commands/`, body);
+  const fieldError = origin && origin.querySelector(".field-error");
+  const input = origin && origin.querySelector("input, select");
+  if (r.ok) {
+    const c = r.body[0];
+    showResult(`${action}${value !== undefined ? " " + value : ""} sent (command #${c ? c.id : "?"}, ${c ? c.state : "pending"}).`, true);
+    if (fieldError) fieldError.textContent = "";
+    if (input) input.removeAttribute("aria-invalid");
+  } else {
+    const message = errorMessage(r);
+    showResult(`${action} refused: ${message}`, false);
+    if (fieldError) fieldError.textContent = message;
+    if (input) input.setAttribute("aria-invalid", "true");
+  }
+  return r;
+}
+
+document.querySelectorAll("form.cmd").forEach((form) => {
+  const input = form.querySelector("input, select");
+  const err = el("p", { class: "field-error", id: `${input.id}-error`, "aria-live": "polite" });
+  form.append(err);
+  input.setAttribute("aria-describedby", err.id);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const action = form.dataset.action;
+    let value = input.value;
+    if (input.type === "number") {
+      value = action === "set_lr" ? parseFloat(value) : parseInt(value, 10);
+      if (!isFinite(value)) { err.textContent = "Enter a number."; input.setAttribute("aria-invalid", "true"); input.focus(); return; }
+    }
+    sendCommand(action, value, form);
   });
-  const names = Object.keys(charts);
-  let lastSeq = 0;
+});
 
-  function seriesKey(s) { return s.rank === null || s.rank === undefined ? "job" : "rank " + s.rank; }
-
-  // The charts show whole-job series (reported by rank 0); per-worker series are in the API.
-  function wanted(s) {
-    return Boolean(charts[s.name]) && (s.rank === null || s.rank === undefined);
-  }
-
-  function setText(id, value) {
-    const el = document.getElementById(id);
-    if (el && value !== undefined && value !== null) el.textContent = value;
-  }
-
-  function applyJob(d) {
-    const status = document.getElementById("job-status");
-    status.textContent = d.status;
-    status.className = "status status-" + d.status;
-    setText("job-batch-size", d.batch_size);
-    setText("job-lr", d.lr);
-    setText("job-workers", d.workers);
-    setText("job-reason", d.status_reason);
-  }
-
-  const seenEvents = new Set();
-  function addEvent(e) {
-    if (seenEvents.has(e.id)) return;
-    seenEvents.add(e.id);
-    const li = document.createElement("li");
-    const when = new Date(e.time).toLocaleTimeString();
-    li.textContent = `${when} · ${e.actor} · ${e.message}` + (e.step !== null && e.step !== undefined ? ` (step ${e.step})` : "");
-    li.className = "event event-" + e.kind;
-    document.getElementById("events").prepend(li);
-  }
-
-  function applyMetrics(data) {
-    let top = 0;
-    for (const s of data.series) {
-      if (s.step.length) top = Math.max(top, s.step[s.step.length - 1]);
-      if (wanted(s)) charts[s.name].append(seriesKey(s), seriesKey(s), s.step, s.value);
+document.querySelectorAll(".cmd-buttons button").forEach((button) => {
+  const label = button.textContent;
+  button.addEventListener("click", () => {
+    const action = button.dataset.action;
+    if (action === "stop" && button.dataset.armed !== "1") {
+      // Two clicks to stop: a stray click or keypress must not end a training run.
+      button.dataset.armed = "1";
+      button.textContent = "Click again to stop";
+      setTimeout(() => { button.dataset.armed = ""; button.textContent = label; }, 5000);
+      return;
     }
-    const stepEl = document.getElementById("job-step");
-    if (top > Number(stepEl.textContent || 0)) stepEl.textContent = top;
-  }
+    button.dataset.armed = "";
+    button.textContent = label;
+    sendCommand(action, undefined, null);
+  });
+});
 
-  async function loadHistory() {
-    const url = `/api/v1/jobs/${jobId}/metrics/?names=${names.join(",")}&max_points=2000&per_rank=false`;
-    const resp = await fetch(url, { credentials: "same-origin" });
-    if (!resp.ok) return;
-    const body = await resp.json();
-    for (const s of body.series) {
-      if (wanted(s)) charts[s.name].set(seriesKey(s), seriesKey(s), s.step, s.value);
-    }
-    lastSeq = Math.max(lastSeq, body.seq || 0);
-    const ev = await fetch(`/api/v1/jobs/${jobId}/events/`, { credentials: "same-origin" });
-    if (ev.ok) (await ev.json()).forEach(addEvent);
-  }
+/* --- approvals ----------------------------------------------------------------------- */
 
-  let retry = 500;
-  function connect() {
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/ws/jobs/${jobId}/?after=${lastSeq}`);
-    const state = document.getElementById("live-state");
-    ws.onopen = () => { state.textContent = "live"; state.className = "live-on"; retry = 500; };
-    ws.onmessage = (msg) => {
-      const frame = JSON.parse(msg.data);
-      if (frame.seq <= lastSeq) return;
-      lastSeq = frame.seq;
-      if (frame.type === "metrics") applyMetrics(frame.data);
-      else if (frame.type === "event") addEvent(frame.data);
-      else if (frame.type === "job") applyJob(frame.data);
-    };
-    ws.onclose = () => {
-      state.textContent = "reconnecting…"; state.className = "live-off";
-      // Fill whatever was missed while disconnected from the stored series, then resume.
-      setTimeout(() => loadHistory().catch(() => {}).finally(connect), retry);
-      retry = Math.min(retry * 2, 10000);
-    };
-  }
+let approvalsSupported = true;
+let approvalsKey = "";
+const approvals = document.getElementById("approvals");
 
-  loadHistory().finally(connect);
-})();
+async function loadApprovals() {
+  if (!approvalsSupported) return;
+  const r = await get(`/api/v1/jobs/${jobId}/decisions/`);
+  if (!r.ok) { if (missing(r)) approvalsSupported = false; return; }
+  const pending = r.body.filter((d) => d.outcome === "pending_approval");
+  const key = pending.map((d) => d.id).join(",");
+  approvals.hidden = pending.length === 0;
+  if (key === approvalsKey) return;
+  approvalsKey = key;
+  const list = document.getElementById("approval-list");
+  list.replaceChildren(...pending.map((d) => el("li", { class: "approval", dataset: { id: String(d.id) } },
+    el("div", {}, el("strong", { text: d.rule }), ` wants ${d.action.type} → ${d.action.value} at step ${d.step}`),
+    el("div", { class: "muted small", text: Object.entries(d.inputs || {}).filter(([, v]) => typeof v !== "object")
+      .map(([k, v]) => `${k}=${formatNumber(v)}`).join(", ") }),
+    el("div", { class: "row" },
+      el("button", { type: "button", class: "small", onclick: () => decide(d.id, "approve") }, "Approve"),
+      el("button", { type: "button", class: "small secondary", onclick: () => decide(d.id, "reject") }, "Reject")))));
+}
+
+async function decide(id, verb) {
+  const r = await post(`/api/v1/jobs/${jobId}/decisions/${id}/${verb}/`);
+  const out = document.getElementById("approval-result");
+  out.textContent = r.ok ? `Decision ${id} ${verb === "approve" ? "approved" : "rejected"}.` : errorMessage(r);
+  out.className = `result ${r.ok ? "ok" : "error"}`;
+  approvalsKey = "";
+  loadApprovals();
+}
+
+/* --- replay overlay (?replay=<policy id>, linked from the policy editor) -------------- */
+
+async function showReplayFromQuery() {
+  const policyId = new URLSearchParams(location.search).get("replay");
+  if (!policyId) return;
+  const banner = document.getElementById("replay-banner");
+  const text = document.getElementById("replay-text");
+  banner.hidden = false;
+  text.textContent = "Replaying policy…";
+  const r = await post(`/api/v1/policies/${encodeURIComponent(policyId)}/replay/`, { job: jobId });
+  if (!r.ok) { text.textContent = `Replay failed: ${errorMessage(r)}`; return; }
+  const name = `policy #${policyId}`;
+  charts.showReplay(name, r.body.decisions);
+  text.textContent = `Replay of ${name} (version ${r.body.version ?? "?"}): ${r.body.decisions.length} decision(s) over ${r.body.evaluations} evaluations, drawn as orange markers.`;
+  document.getElementById("replay-clear").onclick = () => { charts.clearReplay(); banner.hidden = true; };
+}
+
+/* --- start ------------------------------------------------------------------------- */
+
+const zoomReset = document.getElementById("zoom-reset");
+charts.group.onZoom((range) => { zoomReset.hidden = !range; });
+zoomReset.addEventListener("click", () => charts.group.setZoom(null));
+
+setStatus(root.dataset.status);
+charts.load().catch(() => {}).then(() => { setStep(charts.lastStep); return loadEvents(); })
+  .catch(() => {}).finally(() => { connect(); showReplayFromQuery(); });
+every(4000, async () => {
+  const r = await get(`/api/v1/jobs/${jobId}/`);
+  if (r.ok) applyJobDetail(r.body);
+  if (!TERMINAL.has(root.dataset.status)) await loadApprovals();
+});
