@@ -34,12 +34,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent import protocol
 from agent.monitors import GradientNoiseMonitor
+from agent.scaling import scaled_lr
 
 
 @dataclass
@@ -173,6 +175,12 @@ class GlobalBatchSampler:
         self.position = end
         return batch
 
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue from a saved point (a checkpoint's data position)."""
+        self.epoch = epoch
+        self.position = position
+        self._perm = np.random.default_rng(self.seed + epoch).permutation(self.n_samples)
+
     @staticmethod
     def shard(batch: np.ndarray, rank: int, size: int) -> np.ndarray:
         """This worker's share of a global batch: every size-th sample from offset rank."""
@@ -198,6 +206,7 @@ class Trainer:
         self.batch_size = session.batch_size
         self.lr = session.lr
         self.stopped = False
+        self.paused = False
         self._sampler: GlobalBatchSampler | None = None
         self._variables = None
         self._sizes: list[int] = []
@@ -211,6 +220,7 @@ class Trainer:
         tf = self.tf
         self.model(x_sample[:1])  # create the variables
         variables = self.model.trainable_variables
+        self.optimizer.build(variables)  # create the slots now, so checkpoints see them
         self._variables = variables
         self._shapes = [v.shape for v in variables]
         self._sizes = [int(np.prod(v.shape)) for v in variables]
@@ -283,7 +293,12 @@ class Trainer:
             if action == "set_batch_size":
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"batch size must be a positive integer, got {value!r}")
+                rule = self.session.hyperparameters.get("lr_scaling", "none")
+                new_lr = scaled_lr(self.lr, old_batch=self.batch_size, new_batch=value, rule=rule)
                 self.batch_size = value
+                if new_lr != self.lr:
+                    self.lr = new_lr
+                    self.optimizer.learning_rate.assign(self.lr)
                 self.session.report({"batch_size": value}, step=self.step, per_rank=True)
             elif action == "set_lr":
                 if not isinstance(value, (int, float)) or value <= 0:
@@ -292,6 +307,12 @@ class Trainer:
                 self.optimizer.learning_rate.assign(self.lr)
             elif action == "stop":
                 self.stopped = True
+            elif action == "pause":
+                self.paused = True
+            elif action == "resume":
+                self.paused = False
+            elif action == "checkpoint":
+                self.checkpoint()
             else:
                 raise ValueError(f"action {action!r} is not supported by this runtime yet")
         except ValueError as exc:
@@ -301,11 +322,61 @@ class Trainer:
         self.session.send({"type": "applied", "id": command.get("id"), "seq": command.get("seq"),
                            "step": self.step})
 
+    # -- checkpoints ---------------------------------------------------------------------
+    def _state_arrays(self) -> list:
+        return list(self.model.weights) + list(self.optimizer.variables)
+
+    def checkpoint(self) -> Path | None:
+        """Write weights, optimizer slots, step, batch size, lr and data position to
+        ``<checkpoint_dir>/step-<N>/`` (rank 0 writes; all ranks hold the same state).
+        Written to a temporary folder and renamed, so a crash never leaves half a checkpoint."""
+        directory = self.session.hyperparameters.get("checkpoint_dir")
+        if not directory:
+            raise ValueError("the job names no checkpoint_dir (a hyper-parameter)")
+        if self.session.rank != 0:
+            return None
+        target = Path(directory) / f"step-{self.step:09d}"
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp / "state.npz", *[np.asarray(v.numpy()) for v in self._state_arrays()])
+        meta = {"step": self.step, "batch_size": self.batch_size, "lr": self.lr,
+                "epoch": self._sampler.epoch if self._sampler else 0,
+                "position": self._sampler.position if self._sampler else 0}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        tmp.rename(target)
+        self.session.report({"checkpoint_step": self.step}, step=self.step)
+        return target
+
+    def restore(self, path: str | Path, n_samples: int) -> None:
+        """Resume from a checkpoint folder (every rank reads it; it must be reachable
+        from every node, or the job must run on the node that wrote it)."""
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        with np.load(path / "state.npz") as state:
+            arrays = [state[f"arr_{i}"] for i in range(len(state.files))]
+        targets = self._state_arrays()
+        if len(arrays) != len(targets):
+            raise ValueError(f"checkpoint {path} holds {len(arrays)} arrays; this model and optimizer "
+                             f"have {len(targets)}")
+        for variable, value in zip(targets, arrays, strict=True):
+            variable.assign(value)
+        self.step = int(meta["step"])
+        self.batch_size = int(meta["batch_size"])
+        self.lr = float(meta["lr"])
+        self.optimizer.learning_rate.assign(self.lr)
+        self._sampler = GlobalBatchSampler(n_samples, self.seed)
+        self._sampler.seek(int(meta["epoch"]), int(meta["position"]))
+
     # -- the loop ------------------------------------------------------------------------
     def fit(self, x: np.ndarray, y: np.ndarray, *, steps: int, log_every: int = 10,
-            monitor_every: int = 1) -> None:
-        """Train for ``steps`` steps, reporting metrics every ``log_every`` steps and updating
-        the gradient-noise monitor every ``monitor_every`` steps (0 turns it off)."""
+            monitor_every: int = 1, resume_from: str | None = None) -> None:
+        """Train until step ``steps``, reporting metrics every ``log_every`` steps and updating
+        the gradient-noise monitor every ``monitor_every`` steps (0 turns it off); with
+        ``resume_from``, continue from that checkpoint folder."""
         tf = self.tf
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.ascontiguousarray(y, dtype=np.int32)
@@ -313,6 +384,8 @@ class Trainer:
             self._build(x)
         if self._sampler is None or self._sampler.n_samples != len(x):
             self._sampler = GlobalBatchSampler(len(x), self.seed)
+        if resume_from:
+            self.restore(resume_from, len(x))
         session, comm = self.session, self.session.communicator
         rank, size = session.rank, session.size
         window_start, window_samples = time.perf_counter(), 0
@@ -321,11 +394,20 @@ class Trainer:
         seen = 0
         noise = GradientNoiseMonitor()
         session.report({"batch_size": self.batch_size}, step=0, per_rank=True)
+        checkpoint_every = int(session.hyperparameters.get("checkpoint_every", 0) or 0)
         while self.step < steps and not self.stopped:
             for command in self._agree_on_commands():
                 self._apply_command(command)
+            while self.paused and not self.stopped:
+                # Paused at a step boundary: keep agreeing on commands (resume, stop, …).
+                time.sleep(0.05)
+                for command in self._agree_on_commands():
+                    self._apply_command(command)
+                window_start, window_samples = time.perf_counter(), 0
             if self.stopped:
                 break
+            if checkpoint_every and self.step and self.step % checkpoint_every == 0:
+                self.checkpoint()
             batch = self._sampler.next(self.batch_size)
             mine = GlobalBatchSampler.shard(batch, rank, size)
             t0 = time.perf_counter()

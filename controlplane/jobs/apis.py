@@ -30,18 +30,35 @@ HYPERPARAMETER_LIMITS = {
     "log_every": (int, 1, 10_000, 10),
     "seed": (int, 0, 2**31 - 1, 0),
     "monitor_every": (int, 0, 10_000, 1),
+    "checkpoint_every": (int, 0, 10_000_000, 0),
+}
+# Text hyper-parameters: name → (allowed values, or None for a path), default.
+TEXT_HYPERPARAMETERS = {
+    "lr_scaling": (("none", "linear", "sqrt"), "none"),
+    "checkpoint_dir": (None, None),
+    "resume_from": (None, None),
 }
 
 
 def validate_hyperparameters(raw: dict) -> dict:
     if not isinstance(raw, dict):
         raise serializers.ValidationError("Must be an object such as {\"batch_size\": 32, \"lr\": 0.05}.")
-    unknown = sorted(set(raw) - set(HYPERPARAMETER_LIMITS))
+    known = [*HYPERPARAMETER_LIMITS, *TEXT_HYPERPARAMETERS]
+    unknown = sorted(set(raw) - set(known))
     if unknown:
         raise serializers.ValidationError(
-            f"Unknown hyper-parameter(s) {', '.join(unknown)}; known: {', '.join(HYPERPARAMETER_LIMITS)}."
+            f"Unknown hyper-parameter(s) {', '.join(unknown)}; known: {', '.join(known)}."
         )
     clean = {}
+    for name, (choices, default) in TEXT_HYPERPARAMETERS.items():
+        value = raw.get(name, default)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not 1 <= len(value) <= 500 or "\x00" in value:
+            raise serializers.ValidationError(f"{name} must be a string of 1 to 500 characters.")
+        if choices is not None and value not in choices:
+            raise serializers.ValidationError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+        clean[name] = value
     for name, (kind, low, high, default) in HYPERPARAMETER_LIMITS.items():
         if name not in raw:
             if default is None:
@@ -224,10 +241,10 @@ class JobCommandsApi(APIView):
             elif action == "set_lr":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10:
                     raise serializers.ValidationError({"value": "set_lr needs a number in (0, 10]."})
-            elif action in ("scale_workers", "set_strategy", "set_topology", "checkpoint", "pause", "resume"):
+            elif action in ("scale_workers", "set_strategy", "set_topology"):
                 raise serializers.ValidationError(
                     {"action": f"{action} is not supported by the runtime yet; "
-                               "supported now: set_batch_size, set_lr, stop."})
+                               "supported now: set_batch_size, set_lr, pause, resume, checkpoint, stop."})
             return attrs
 
     @extend_schema(responses={200: CommandOutputSerializer(many=True), **ERRORS})

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agent.scaling import scaled_lr
 from controlplane.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
 from controlplane.jobs import credentials, placement
 from controlplane.jobs.models import Command, Event, Job, JoinToken, Node, Worker
@@ -320,7 +321,14 @@ def command_finish(*, node: Node, command_id: int, ok: bool, step: int | None = 
     job = command.job
     if ok and command.type in _APPLIED_FIELDS and "value" in command.payload:
         field, cast = _APPLIED_FIELDS[command.type]
-        Job.objects.filter(id=job.id).update(**{field: cast(command.payload["value"])})
+        changes = {field: cast(command.payload["value"])}
+        rule = job.hyperparameters.get("lr_scaling", "none")
+        if command.type == Command.Type.SET_BATCH_SIZE and rule != "none":
+            # The workers scaled their learning rate by the job's rule; record the same value.
+            current = Job.objects.filter(id=job.id).values_list("batch_size", "learning_rate").get()
+            changes["learning_rate"] = scaled_lr(current[1], old_batch=current[0],
+                                                 new_batch=changes["batch_size"], rule=rule)
+        Job.objects.filter(id=job.id).update(**changes)
         transaction.on_commit(lambda: _publish_job(job.id))
     if command.type != Command.Type.START:
         verb = f"applied at step {step}" if ok else f"failed: {error}"

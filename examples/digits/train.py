@@ -52,7 +52,7 @@ def main() -> None:
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     trainer = runtime.Trainer(session, model, optimizer, loss_fn, seed=seed)
     trainer.fit(x_train, y_train, steps=int(hp.get("steps", 1000)), log_every=int(hp.get("log_every", 10)),
-                monitor_every=int(hp.get("monitor_every", 1)))
+                monitor_every=int(hp.get("monitor_every", 1)), resume_from=hp.get("resume_from"))
     if session.rank == 0:
         accuracy = runtime.evaluate_accuracy(model, x_test, y_test)
         session.report({"val_accuracy": accuracy}, step=trainer.step)

@@ -63,3 +63,13 @@ def test_failed_command_leaves_the_job_unchanged(user, node):
     services.command_finish(node=node, command_id=command_id, ok=False, error="rank 1: boom")
     assert Command.objects.get(id=command_id).error == "rank 1: boom"
     assert Job.objects.get(id=job.id).batch_size == 32
+
+
+def test_applied_batch_size_change_records_the_scaled_learning_rate(user, node):
+    job = running_job(user, node)
+    Job.objects.filter(id=job.id).update(hyperparameters={**job.hyperparameters, "lr_scaling": "sqrt"})
+    [decision] = job_policy_evaluate(job_id=job.id)
+    command_id = Decision.objects.get(id=decision.id).command_id
+    services.command_finish(node=node, command_id=command_id, ok=True, step=160)
+    job.refresh_from_db()
+    assert job.batch_size == 64 and job.learning_rate == pytest.approx(0.1 * 2**0.5)

@@ -1,0 +1,138 @@
+"""Live commands on real worker processes: batch size with the linear lr rule, pause,
+checkpoint, resume and stop are applied by both workers at the same step; a new run
+resumes from the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import protocol
+from tests.agent.test_runtime_ssgd import ROOT, free_port
+
+
+class Workers:
+    def __init__(self, n: int, hyperparameters: dict):
+        peers = ",".join(f"127.0.0.1:{free_port()}" for _ in range(n))
+        self.messages: queue.Queue = queue.Queue()
+        self.procs = []
+        for rank in range(n):
+            env = {**os.environ, protocol.ENV_JOB: "1", protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers,
+                   protocol.ENV_PARAMS: json.dumps({"hyperparameters": hyperparameters}),
+                   protocol.ENV_FIRST_SEQ: "0", "TF_CPP_MIN_LOG_LEVEL": "3", "COLLECTIVE_TIMEOUT": "60"}
+            proc = subprocess.Popen([sys.executable, "-m", "examples.digits.train"], cwd=ROOT, env=env, text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            threading.Thread(target=self._read, args=(rank, proc), daemon=True).start()
+            self.procs.append(proc)
+        self.seq = 0
+
+    def _read(self, rank, proc):
+        for line in proc.stdout:
+            if line.startswith(protocol.PREFIX):
+                self.messages.put((rank, json.loads(line[len(protocol.PREFIX):])))
+
+    def command(self, action, value=None):
+        self.seq += 1
+        line = json.dumps({"type": "command", "id": 100 + self.seq, "seq": self.seq, "action": action,
+                           "payload": {} if value is None else {"value": value}}) + "\n"
+        for proc in self.procs:
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        return 100 + self.seq
+
+    def wait_for(self, predicate, timeout=60):
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                rank, message = self.messages.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen.append((rank, message))
+            if predicate(seen):
+                return seen
+        raise AssertionError(f"timed out; last messages: {seen[-5:]}")
+
+    def applied_steps(self, command_id, timeout=60) -> dict[int, int]:
+        seen = self.wait_for(lambda s: sum(m.get("type") == "applied" and m["id"] == command_id for _, m in s)
+                             == len(self.procs), timeout)
+        return {r: m["step"] for r, m in seen if m.get("type") == "applied" and m["id"] == command_id}
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def job_metric(seen, name):
+    return [(p["step"], p["value"]) for _, m in seen if m.get("type") == "metrics"
+            for p in m["points"] if p["name"] == name and "rank" not in p]
+
+
+@pytest.fixture
+def workers(tmp_path):
+    w = Workers(2, {"batch_size": 32, "lr": 0.05, "steps": 10_000_000, "log_every": 10, "seed": 1,
+                    "lr_scaling": "linear", "checkpoint_dir": str(tmp_path / "ckpt")})
+    yield w
+    w.close()
+
+
+def test_commands_apply_at_the_same_step_and_a_checkpoint_resumes(workers, tmp_path):
+    workers.wait_for(lambda s: any(job_metric([x], "loss") for x in s))
+    steps = workers.applied_steps(workers.command("set_batch_size", 64))
+    assert steps[0] == steps[1]
+    seen = workers.wait_for(lambda s: any(v == pytest.approx(0.1) for _, v in job_metric(s, "lr")))
+    assert job_metric(seen, "lr")  # the linear rule doubled the learning rate
+
+    paused_at = workers.applied_steps(workers.command("pause"))
+    assert paused_at[0] == paused_at[1]
+    time.sleep(1.0)
+    while not workers.messages.empty():  # nothing but what was in flight before the pause
+        _, message = workers.messages.get()
+        assert all(p["step"] <= paused_at[0] for p in message.get("points", []))
+
+    checkpoint_at = workers.applied_steps(workers.command("checkpoint"))
+    assert checkpoint_at[0] == checkpoint_at[1] == paused_at[0]
+    folder = tmp_path / "ckpt" / f"step-{paused_at[0]:09d}"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["step"] == paused_at[0] and meta["batch_size"] == 64 and meta["lr"] == pytest.approx(0.1)
+
+    workers.applied_steps(workers.command("resume"))
+    workers.wait_for(lambda s: any(step > paused_at[0] for step, _ in job_metric(s, "loss")))
+    workers.applied_steps(workers.command("stop"))
+    assert [p.wait(timeout=60) for p in workers.procs] == [0, 0]
+
+    resumed = Workers(1, {"batch_size": 32, "lr": 0.05, "steps": paused_at[0] + 20, "log_every": 10,
+                          "seed": 1, "resume_from": str(folder)})
+    try:
+        assert resumed.procs[0].wait(timeout=120) == 0
+        seen = resumed.wait_for(lambda s: any(m.get("type") == "metrics" and any(
+            p["name"] == "val_accuracy" for p in m["points"]) for _, m in s))
+        loss_steps = [step for step, _ in job_metric(seen, "loss")]
+        assert loss_steps and min(loss_steps) > paused_at[0]
+        assert all(v == 64 for _, v in job_metric(seen, "batch_size"))
+        assert all(v == pytest.approx(0.1) for _, v in job_metric(seen, "lr"))
+    finally:
+        resumed.close()
+
+
+def test_checkpoint_without_a_directory_fails_cleanly(tmp_path):
+    w = Workers(2, {"batch_size": 32, "lr": 0.05, "steps": 10_000_000, "log_every": 10})
+    try:
+        w.wait_for(lambda s: any(job_metric([x], "loss") for x in s))
+        command_id = w.command("checkpoint")
+        seen = w.wait_for(lambda s: sum(m.get("type") == "failed" and m["id"] == command_id for _, m in s) == 2)
+        errors = {m["error"] for _, m in seen if m.get("type") == "failed"}
+        assert errors == {"the job names no checkpoint_dir (a hyper-parameter)"}
+        w.applied_steps(w.command("stop"))
+        assert [p.wait(timeout=60) for p in w.procs] == [0, 0]
+    finally:
+        w.close()
