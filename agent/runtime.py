@@ -151,6 +151,13 @@ def configure_tensorflow_threads(threads: int = 1) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+# S-SGD: fused, averaged gradients (every worker holds the same model). SMA: synchronous
+# model averaging (KungFu's SynchronousAveragingOptimizer): each worker applies its own
+# gradient, and every step the models are averaged and each is pulled a fraction
+# ``sma_alpha`` towards the average — more exploration early in training.
+STRATEGIES = ("ssgd", "sma")
+
+
 class GlobalBatchSampler:
     """Global batches over epochs: each epoch is a permutation seeded by (seed + epoch), the
     same on every worker; a batch never crosses an epoch boundary, so within an epoch every
@@ -207,6 +214,11 @@ class Trainer:
         self.lr = session.lr
         self.stopped = False
         self.paused = False
+        self.strategy = session.params.get("strategy") or "ssgd"
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy {self.strategy!r} is not supported by this runtime; use "
+                             f"{' or '.join(STRATEGIES)}")
+        self.sma_alpha = float(session.hyperparameters.get("sma_alpha", 0.1))
         self._sampler: GlobalBatchSampler | None = None
         self._variables = None
         self._sizes: list[int] = []
@@ -305,6 +317,16 @@ class Trainer:
                     raise ValueError(f"learning rate must be positive, got {value!r}")
                 self.lr = float(value)
                 self.optimizer.learning_rate.assign(self.lr)
+            elif action == "set_strategy":
+                if value not in STRATEGIES:
+                    raise ValueError(f"strategy {value!r} is not supported by this runtime; use "
+                                     f"{' or '.join(STRATEGIES)}")
+                if value == "ssgd" and self.strategy != "ssgd":
+                    # S-SGD needs identical models and optimizer slots (momentum):
+                    # finish SMA with a full average of both.
+                    self._average_weights(alpha=1.0)
+                    self._average_optimizer_state()
+                self.strategy = value
             elif action == "stop":
                 self.stopped = True
             elif action == "pause":
@@ -321,6 +343,44 @@ class Trainer:
             return
         self.session.send({"type": "applied", "id": command.get("id"), "seq": command.get("seq"),
                            "step": self.step})
+
+    # -- model averaging (SMA) ---------------------------------------------------------
+    def _weights_flat(self) -> np.ndarray:
+        return np.concatenate([np.asarray(v.numpy(), np.float32).ravel() for v in self._variables])
+
+    def _set_weights_flat(self, flat: np.ndarray) -> None:
+        offset = 0
+        for v, n, shape in zip(self._variables, self._sizes, self._shapes, strict=True):
+            v.assign(flat[offset:offset + n].reshape(shape))
+            offset += n
+
+    def _average_weights(self, *, alpha: float, extra: np.ndarray | None = None) -> np.ndarray | None:
+        """Pull every worker's model ``alpha`` of the way to the average of all models.
+        ``extra`` values ride along in the same allreduce and come back summed."""
+        comm = self.session.communicator
+        if comm is None:
+            return extra
+        weights = self._weights_flat()
+        tail = extra if extra is not None else np.zeros(0, np.float32)
+        buffer = np.concatenate([weights, tail.astype(np.float32)])
+        comm.allreduce(buffer, op="sum")
+        average = buffer[:weights.size] / self.session.size
+        self._set_weights_flat((1.0 - alpha) * weights + alpha * average)
+        return buffer[weights.size:]
+
+    def _average_optimizer_state(self) -> None:
+        comm = self.session.communicator
+        slots = [v for v in self.optimizer.variables if str(v.dtype).endswith("float32")]
+        if comm is None or not slots:
+            return
+        flat = np.concatenate([np.asarray(v.numpy(), np.float32).ravel() for v in slots])
+        comm.allreduce(flat, op="sum")
+        flat /= self.session.size
+        offset = 0
+        for v in slots:
+            n = int(np.prod(v.shape))
+            v.assign(flat[offset:offset + n].reshape(v.shape))
+            offset += n
 
     # -- checkpoints ---------------------------------------------------------------------
     def _state_arrays(self) -> list:
@@ -419,10 +479,20 @@ class Trainer:
                 # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
                 flat[-1] = float(np.dot(grads, grads)) * (len(batch) / len(mine)) ** 2
             t1 = time.perf_counter()
-            if comm is not None:
-                comm.allreduce(flat, op="sum")
-            t2 = time.perf_counter()
-            self._apply(tf.constant(grads))
+            if self.strategy == "sma" and comm is not None:
+                # Average the models (and sum the loss counters in the same call), then
+                # take this worker's own step: its gradient is scaled by 1/B, so B/n
+                # times it is the mean gradient of its own samples.
+                monitoring = False
+                flat[-3:-1] = self._average_weights(alpha=self.sma_alpha, extra=flat[-3:-1].copy())
+                t2 = time.perf_counter()
+                local_scale = len(batch) / len(mine) if len(mine) else 0.0
+                self._apply(tf.constant(grads * local_scale))
+            else:
+                if comm is not None:
+                    comm.allreduce(flat, op="sum")
+                t2 = time.perf_counter()
+                self._apply(tf.constant(grads))
             if monitoring:
                 noise.update(small_sq_norm=float(flat[-1]) / size, small_batch=len(batch) / size,
                              big_sq_norm=float(np.dot(grads, grads)), big_batch=len(batch))
@@ -435,7 +505,11 @@ class Trainer:
             self.step += 1
             if self.step % log_every == 0 or self.step == steps:
                 elapsed = time.perf_counter() - window_start
-                session.report({"batch_size": self.batch_size}, step=self.step, per_rank=True)
+                per_rank = {"batch_size": self.batch_size}
+                if size > 1:
+                    # Lets anyone check that workers hold the same model where the strategy says so.
+                    per_rank["param_checksum"] = float(np.sum(self._weights_flat(), dtype=np.float64))
+                session.report(per_rank, step=self.step, per_rank=True)
                 if rank == 0:
                     steps_in_window = log_every if self.step % log_every == 0 else self.step % log_every
                     session.report({

@@ -30,6 +30,7 @@ HYPERPARAMETER_LIMITS = {
     "log_every": (int, 1, 10_000, 10),
     "seed": (int, 0, 2**31 - 1, 0),
     "monitor_every": (int, 0, 10_000, 1),
+    "sma_alpha": (float, 1e-6, 1.0, 0.1),
     "checkpoint_every": (int, 0, 10_000_000, 0),
 }
 # Text hyper-parameters: name → (allowed values, or None for a path), default.
@@ -154,6 +155,11 @@ class JobListCreateApi(APIView):
         hyperparameters = serializers.JSONField()
         workers = WorkersSerializer()
         strategy = serializers.ChoiceField(choices=Job.Strategy.values, default=Job.Strategy.SSGD)
+
+        def validate_strategy(self, value):
+            if value == Job.Strategy.PAIR:
+                raise serializers.ValidationError("pair averaging is not supported by the runtime yet; use ssgd or sma.")
+            return value
         topology = serializers.ChoiceField(choices=Job.Topology.values, default=Job.Topology.RING)
         policy = serializers.IntegerField(required=False, allow_null=True)
 
@@ -241,10 +247,14 @@ class JobCommandsApi(APIView):
             elif action == "set_lr":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10:
                     raise serializers.ValidationError({"value": "set_lr needs a number in (0, 10]."})
-            elif action in ("scale_workers", "set_strategy", "set_topology"):
+            elif action == "set_strategy":
+                if value not in ("ssgd", "sma"):
+                    raise serializers.ValidationError(
+                        {"value": "set_strategy needs \"ssgd\" or \"sma\" (pair averaging is not supported yet)."})
+            elif action in ("scale_workers", "set_topology"):
                 raise serializers.ValidationError(
-                    {"action": f"{action} is not supported by the runtime yet; "
-                               "supported now: set_batch_size, set_lr, pause, resume, checkpoint, stop."})
+                    {"action": f"{action} is not supported by the runtime yet; supported now: set_batch_size, "
+                               "set_lr, set_strategy, pause, resume, checkpoint, stop."})
             return attrs
 
     @extend_schema(responses={200: CommandOutputSerializer(many=True), **ERRORS})

@@ -302,6 +302,7 @@ def command_ack(*, node: Node, command_id: int) -> None:
 _APPLIED_FIELDS = {
     Command.Type.SET_BATCH_SIZE: ("batch_size", int),
     Command.Type.SET_LR: ("learning_rate", float),
+    Command.Type.SET_STRATEGY: ("strategy", str),
 }
 
 

@@ -31,7 +31,8 @@ TEMPLATES: list[dict] = [
         "description": (
             "KungFu's AdaptiveSGD: start with synchronous model averaging, which explores "
             "well early on, and switch to S-SGD once the loss has dropped below half of its "
-            "peak (the runtime does not switch strategies yet: the command is refused)."),
+            "peak; the switch averages the models and optimizer slots once so S-SGD starts "
+            "from one model."),
         "dry_run": False,
         "rules": [{
             "name": "switch to ssgd",

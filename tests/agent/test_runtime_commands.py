@@ -19,13 +19,13 @@ from tests.agent.test_runtime_ssgd import ROOT, free_port
 
 
 class Workers:
-    def __init__(self, n: int, hyperparameters: dict):
+    def __init__(self, n: int, hyperparameters: dict, **params):
         peers = ",".join(f"127.0.0.1:{free_port()}" for _ in range(n))
         self.messages: queue.Queue = queue.Queue()
         self.procs = []
         for rank in range(n):
             env = {**os.environ, protocol.ENV_JOB: "1", protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers,
-                   protocol.ENV_PARAMS: json.dumps({"hyperparameters": hyperparameters}),
+                   protocol.ENV_PARAMS: json.dumps({"hyperparameters": hyperparameters, **params}),
                    protocol.ENV_FIRST_SEQ: "0", "TF_CPP_MIN_LOG_LEVEL": "3", "COLLECTIVE_TIMEOUT": "60"}
             proc = subprocess.Popen([sys.executable, "-m", "examples.digits.train"], cwd=ROOT, env=env, text=True,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -131,6 +131,37 @@ def test_checkpoint_without_a_directory_fails_cleanly(tmp_path):
         seen = w.wait_for(lambda s: sum(m.get("type") == "failed" and m["id"] == command_id for _, m in s) == 2)
         errors = {m["error"] for _, m in seen if m.get("type") == "failed"}
         assert errors == {"the job names no checkpoint_dir (a hyper-parameter)"}
+        w.applied_steps(w.command("stop"))
+        assert [p.wait(timeout=60) for p in w.procs] == [0, 0]
+    finally:
+        w.close()
+
+
+def rank_metric(seen, name):
+    out: dict[int, dict[int, float]] = {}
+    for rank, m in seen:
+        for p in m.get("points", []):
+            if p["name"] == name and p.get("rank") is not None:
+                out.setdefault(p["rank"], {})[p["step"]] = p["value"]
+    return out
+
+
+def test_sma_learns_and_switching_to_ssgd_makes_the_models_identical():
+    w = Workers(2, {"batch_size": 64, "lr": 0.05, "steps": 10_000_000, "log_every": 10, "seed": 2},
+                strategy="sma")
+    try:
+        seen = w.wait_for(lambda s: any(step >= 300 for step, _ in job_metric(s, "loss")), timeout=120)
+        losses = job_metric(seen, "loss")
+        assert losses[-1][1] < 0.5 * losses[0][1]  # SMA learns
+        sums = rank_metric(seen, "param_checksum")
+        assert any(sums[0][s] != sums[1][s] for s in sums[0] if s in sums[1])  # models differ under SMA
+        switched = w.applied_steps(w.command("set_strategy", "ssgd"))
+        assert switched[0] == switched[1]
+        seen = w.wait_for(lambda s: sum(1 for r, m in s for p in m.get("points", [])
+                                        if p["name"] == "param_checksum" and p["step"] > switched[0]) >= 10)
+        after = rank_metric(seen, "param_checksum")
+        common = [s for s in after[0] if s in after.get(1, {}) and s > switched[0]]
+        assert common and all(after[0][s] == after[1][s] for s in common)
         w.applied_steps(w.command("stop"))
         assert [p.wait(timeout=60) for p in w.procs] == [0, 0]
     finally:

@@ -20,7 +20,7 @@ def test_creating_a_job_stores_it_pending_with_defaults(api):
     body = response.json()
     assert body["status"] == "pending"
     assert body["hyperparameters"] == {"batch_size": 32, "lr": 0.05, "steps": 1000, "log_every": 10, "seed": 0,
-                                      "monitor_every": 1, "checkpoint_every": 0, "lr_scaling": "none"}
+                                      "monitor_every": 1, "sma_alpha": 0.1, "checkpoint_every": 0, "lr_scaling": "none"}
     assert body["parameters"]["batch_size"] == 32
     job = Job.objects.get(id=body["id"])
     assert (job.workers_initial, job.workers_min, job.workers_max) == (2, 1, 4)
@@ -63,6 +63,7 @@ def test_unauthenticated_request_gets_401_in_error_shape(client):
     ({"entrypoint": "rm -rf /"}, "entrypoint"),
     ({"workers": {"initial": 3, "min": 1, "max": 2}}, "min ≤ initial ≤ max"),
     ({"strategy": "magic"}, "strategy"),
+    ({"strategy": "pair"}, "pair averaging is not supported"),
     ({"hyperparameters": {"batch_size": 32, "lr": 0.1, "lr_scaling": "cubic"}}, "lr_scaling must be one of"),
     ({"hyperparameters": {"batch_size": 32, "lr": 0.1, "checkpoint_dir": 7}}, "checkpoint_dir must be a string"),
 ])
