@@ -139,7 +139,7 @@ def test_checkpoint_without_a_directory_fails_cleanly(tmp_path):
 
 def rank_metric(seen, name):
     out: dict[int, dict[int, float]] = {}
-    for rank, m in seen:
+    for _rank, m in seen:
         for p in m.get("points", []):
             if p["name"] == name and p.get("rank") is not None:
                 out.setdefault(p["rank"], {})[p["step"]] = p["value"]
