@@ -1,10 +1,10 @@
 """Allreduce throughput of agent.native on one host, one JSON line per size.
 
-    python -m bench.allreduce --np 4 --sizes 4K,256K,4M,32M --json
+    python -m bench.allreduce --np 4 --sizes 4K,256K,4M,32M --json [--algo ring|tree|star|auto]
 
 spawns N local ranks connected over loopback TCP, runs float32 sum allreduce
-and prints {"op","backend","np","bytes","median_s","algbw_GBps","busbw_GBps"}
-per size, with busbw = algbw * 2(n-1)/n as in nccl-tests. The warm-up and
+with the chosen algorithm (default auto) and prints
+{"op","backend","algo","np","bytes","median_s","algbw_GBps","busbw_GBps"} per size, with busbw = algbw * 2(n-1)/n as in nccl-tests. The warm-up and
 repeat rules match ../shared/bench/peer_allreduce.py (Gloo and Open MPI), so
 the lines compare side by side: 3 warm-up calls, then a barrier before every
 timed call and rank 0's median. Without --json it prints a table.
@@ -43,12 +43,16 @@ def repeats_for(nbytes: int) -> int:
     return max(5, min(200, (64 << 20) // max(nbytes, 1)))
 
 
-def figures(n: int, nbytes: int, times: list[float]) -> dict[str, Any]:
+ALGORITHMS = ("ring", "tree", "star", "auto")
+
+
+def figures(n: int, nbytes: int, times: list[float], algo: str = "auto") -> dict[str, Any]:
     median = statistics.median(times)
     algbw = nbytes / median / 1e9
     return {
         "op": "allreduce",
         "backend": "adaptrain",
+        "algo": algo,
         "np": n,
         "bytes": nbytes,
         "median_s": round(median, 7),
@@ -69,12 +73,17 @@ def free_peers(n: int) -> list[str]:
 
 
 def run_rank(
-    rank: int, peers: list[str], sizes: list[int], repeats: int | None, results: Any
+    rank: int,
+    peers: list[str],
+    sizes: list[int],
+    repeats: int | None,
+    results: Any,
+    algo: str = "auto",
 ) -> None:
     from agent.native import Communicator
 
     n = len(peers)
-    with Communicator(rank, peers, timeout_s=60) as comm:
+    with Communicator(rank, peers, timeout_s=60, algorithm=algo) as comm:
         for nbytes in sizes:
             x = np.ones(nbytes // 4, dtype=np.float32)
             for _ in range(WARMUP_CALLS):
@@ -86,7 +95,7 @@ def run_rank(
                 comm.allreduce(x)
                 times.append(time.perf_counter() - started)
             if rank == 0:
-                results.put(figures(n, nbytes, times))
+                results.put(figures(n, nbytes, times, algo))
     if rank == 0:
         results.put(None)
 
@@ -105,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="timed calls per size (default: ~64 MiB worth, 5..200)",
     )
+    parser.add_argument(
+        "--algo", choices=ALGORITHMS, default="auto", help="allreduce algorithm (default auto)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line per size")
     args = parser.parse_args(argv)
     if args.np < 1:
@@ -118,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     peers = free_peers(args.np)
     processes = [
         context.Process(
-            target=run_rank, args=(rank, peers, sizes, args.repeats, results), daemon=True
+            target=run_rank,
+            args=(rank, peers, sizes, args.repeats, results, args.algo),
+            daemon=True,
         )
         for rank in range(args.np)
     ]

@@ -1,24 +1,29 @@
-// Ring allreduce: reduce-scatter followed by all-gather.
+// Ring algorithms: reduce-scatter, all-gather, and allreduce as the two in a
+// row.
 //
 // The buffer is cut into n segments, one per rank (segment sizes differ by at
-// most one element when n does not divide the count). In 2(n-1) steps every
-// rank r sends one segment to rank r+1 and receives one from rank r-1:
+// most one row when n does not divide the row count). In each step every rank
+// r sends one segment to rank r+1 and receives one from rank r-1:
 //
-//   step t        sends segment (r - t) mod n, receives segment (r - t - 1) mod n
-//   t <  n-1      reduce-scatter: the received segment is reduced into ours;
-//                 after the last of these steps rank r owns the full result
-//                 of segment (r + 1) mod n
-//   t >= n-1      all-gather: the received segment is final and is copied in
+//   step t        sends segment (r + s - t) mod n, receives (r + s - t - 1) mod n
+//   t <  R        reduce steps: the received segment is reduced into ours
+//   R <= t < R+C  copy steps: the received segment is final and is copied in
 //
-// Each rank sends and receives 2(n-1)/n of the buffer, the lower bound for any
-// allreduce, whatever n is; the price is 2(n-1) latency hops, which is why a
-// tree is better for small buffers (a later algorithm, chosen at run time).
+//   allreduce       R = n-1, C = n-1, s = 0: after the reduce steps rank r
+//                   owns the full result of segment r+1, which the copy steps
+//                   pass around
+//   reduce-scatter  R = n-1, C = 0, s = -1: rank r ends owning segment r
+//   all-gather      R = 0, C = n-1, s = 0: rank r starts by sending its own
+//
+// An allreduce sends and receives 2(n-1)/n of the buffer per rank, the lower
+// bound for any allreduce whatever n is; the price is 2(n-1) latency hops,
+// which is why the tree and the star beat it on small buffers.
 //
 // Pipelining. What rank r sends at step t is exactly the segment it received
 // at step t-1. Rather than waiting for the whole segment, the sender may
 // forward any prefix of it that has already been received and reduced. Seen
-// as two byte streams, the outgoing stream is segment r followed by the
-// incoming stream (minus its last segment), so the rule is simply
+// as two byte streams, the outgoing stream is the first segment followed by
+// the incoming stream (minus its last segment), so the rule is simply
 //
 //   bytes sendable in step t >= 1 = bytes of step t-1 already processed.
 //
@@ -32,23 +37,29 @@
 // polls only when neither direction can move.
 //
 // Why reusing segment memory is safe: a receive at step t writes segment
-// (r-t-1); the only sends that read it are step t+1 (gated by the rule above)
-// and, in the all-gather, step t+1-n, whose bytes must have left this rank
-// before rank r-1 could even produce the step-t bytes (the data dependency
-// runs all the way around the ring).
+// (r+s-t-1); the only sends that read it are step t+1 (gated by the rule
+// above) and, in the all-gather, step t+1-n, whose bytes must have left this
+// rank before rank r-1 could even produce the step-t bytes (the data
+// dependency runs all the way around the ring).
 //
 // Mean is a sum whose owner divides its fully reduced segment by n at the
-// last reduce-scatter step, before forwarding it; every rank then receives
-// the same bits, so all ranks end with bit-identical results (true for every
-// op, since the all-gather only copies).
+// last reduce step, before forwarding it; every rank then receives the same
+// bits, so all ranks end with bit-identical results (true for every op, since
+// the copy steps only copy).
+//
+// The header check: each rank checks the header of the rank before it, and a
+// rank only forwards reduced data after that check. If every check passes,
+// every rank made the same call; if one fails, that rank never forwards and
+// closes its connections, so no rank can complete a reduction that needs its
+// data (the communicator only uses the ring when every segment is non-empty).
 #include "allreduce_ring.h"
 
 #include <algorithm>
 #include <cstring>
 
 #include "errors.h"
-#include "protocol.h"
 #include "reduce.h"
+#include "segments.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -58,22 +69,24 @@ struct Segment {
   size_t bytes;
 };
 
-class RingAllreduce {
+class Ring {
  public:
-  RingAllreduce(Transport& transport, const RingAllreduceOptions& options)
+  Ring(Transport& transport, const RingOptions& options, size_t reduce_steps, size_t copy_steps, long long shift)
       : transport_(transport),
         options_(options),
         rank_(transport.rank()),
         size_(transport.size()),
         element_size_(element_size(options.dtype)),
-        steps_(2 * (static_cast<size_t>(size_) - 1)),
-        reduce_(reduce_kernel(options.dtype, options.op)),
+        reduce_steps_(reduce_steps),
+        steps_(reduce_steps + copy_steps),
+        shift_(shift),
+        reduce_(reduce_steps > 0 ? reduce_kernel(options.dtype, options.op) : nullptr),
         next_(transport.connection((rank_ + 1) % size_)),
         prev_(transport.connection((rank_ + size_ - 1) % size_)),
         data_(static_cast<char*>(options.data)),
-        header_out_(make_header(CollectiveKind::kAllreduce, options.sequence, options.count,
-                                static_cast<uint32_t>(options.dtype), static_cast<uint32_t>(options.op))),
-        deadline_(Deadline::inactivity(options.timeout)) {
+        header_out_(encode_header(options.header)),
+        deadline_(Deadline::inactivity(options.timeout)),
+        stray_(transport, options.header, {next_.peer_rank(), prev_.peer_rank()}) {
     // The block is a whole number of elements so that every reduce call sees
     // whole elements except for a partial tail carried to the next receive.
     block_bytes_ = std::max(options.block_bytes / element_size_, size_t{2}) * element_size_;
@@ -93,33 +106,32 @@ class RingAllreduce {
       // Neither direction can move: sleep until one can. Only ask to send
       // when the pipeline rule allows it, or poll would spin on a writable
       // socket with nothing to write.
-      WaitRequest requests[2];
-      size_t count = 0;
-      if (!send_done() && can_send_now()) requests[count++] = WaitRequest{&next_, true, false};
-      if (!recv_done()) requests[count++] = WaitRequest{&prev_, false, true};
-      if (count == 0) throw IoError("ring allreduce stalled with nothing to wait for (internal error)");
-      transport_.wait(requests, count, deadline_);
+      requests_.clear();
+      if (!send_done() && can_send_now()) requests_.push_back(WaitRequest{&next_, true, false});
+      if (!recv_done()) requests_.push_back(WaitRequest{&prev_, false, true});
+      if (requests_.empty()) throw IoError("ring stalled with nothing to wait for (internal error)");
+      stray_.add_requests(requests_);
+      transport_.wait(requests_.data(), requests_.size(), deadline_, options_.spin_us);
+      stray_.check();
     }
   }
 
  private:
   Segment segment(size_t index) const {
-    const size_t base = options_.count / size_;
-    const size_t extra = options_.count % size_;  // the first `extra` segments get one more element
-    const size_t first = index * base + std::min(index, extra);
-    const size_t elements = base + (index < extra ? 1 : 0);
-    return Segment{first * element_size_, elements * element_size_};
+    const size_t row_bytes = options_.row_elements * element_size_;
+    const RowRange rows = segment_rows(options_.count / options_.row_elements, size_, index);
+    return Segment{rows.first * row_bytes, rows.rows * row_bytes};
   }
-  size_t ring_index(long long value) const {
-    long long n = size_;
-    return static_cast<size_t>(((value % n) + n) % n);
+  Segment send_segment(size_t step) const {
+    return segment(ring_index(rank_ + shift_ - static_cast<long long>(step), size_));
   }
-  Segment send_segment(size_t step) const { return segment(ring_index(rank_ - static_cast<long long>(step))); }
-  Segment recv_segment(size_t step) const { return segment(ring_index(rank_ - static_cast<long long>(step) - 1)); }
-  bool reduces(size_t step) const { return step < static_cast<size_t>(size_) - 1; }
+  Segment recv_segment(size_t step) const {
+    return segment(ring_index(rank_ + shift_ - static_cast<long long>(step) - 1, size_));
+  }
+  bool reduces(size_t step) const { return step < reduce_steps_; }
 
-  bool send_done() const { return header_sent_ == sizeof(MessageHeader) && send_step_ == steps_; }
-  bool recv_done() const { return header_received_ == sizeof(MessageHeader) && recv_step_ == steps_; }
+  bool send_done() const { return header_sent_ == kHeaderBytes && send_step_ == steps_; }
+  bool recv_done() const { return header_received_ == kHeaderBytes && recv_step_ == steps_; }
 
   // How many bytes of the current send step may go out (the pipeline rule).
   size_t send_limit() const {
@@ -129,10 +141,10 @@ class RingAllreduce {
     return 0;
   }
   bool can_send_now() const {
-    return header_sent_ < sizeof(MessageHeader) || (send_step_ < steps_ && send_offset_ < send_limit());
+    return header_sent_ < kHeaderBytes || (send_step_ < steps_ && send_offset_ < send_limit());
   }
 
-  // Steps whose segment is empty (count < n) complete without any bytes.
+  // Steps whose segment is empty complete without any bytes.
   void skip_empty_send_steps() {
     while (send_step_ < steps_ && send_segment(send_step_).bytes == 0) ++send_step_;
   }
@@ -141,9 +153,8 @@ class RingAllreduce {
   }
 
   bool progress_send() {
-    if (header_sent_ < sizeof(MessageHeader)) {
-      size_t moved = next_.send_some(reinterpret_cast<const char*>(&header_out_) + header_sent_,
-                                     sizeof(MessageHeader) - header_sent_);
+    if (header_sent_ < kHeaderBytes) {
+      size_t moved = next_.send_some(header_out_.data() + header_sent_, kHeaderBytes - header_sent_);
       header_sent_ += moved;
       return moved > 0;
     }
@@ -162,11 +173,10 @@ class RingAllreduce {
   }
 
   bool progress_recv() {
-    if (header_received_ < sizeof(MessageHeader)) {
-      size_t moved = prev_.recv_some(reinterpret_cast<char*>(&header_in_) + header_received_,
-                                     sizeof(MessageHeader) - header_received_);
+    if (header_received_ < kHeaderBytes) {
+      size_t moved = prev_.recv_some(header_in_.data() + header_received_, kHeaderBytes - header_received_);
       header_received_ += moved;
-      if (header_received_ == sizeof(MessageHeader)) check_header(header_out_, header_in_, prev_);
+      if (header_received_ == kHeaderBytes) check_header(options_.header, header_in_.data(), prev_);
       return moved > 0;
     }
     skip_empty_recv_steps();
@@ -183,8 +193,8 @@ class RingAllreduce {
       if (whole > 0) {
         char* target = data_ + seg.offset + recv_processed_;
         reduce_(target, scratch_, whole / element_size_);
-        if (options_.op == ReduceOp::kMean && recv_step_ + 2 == static_cast<size_t>(size_)) {
-          // Last reduce-scatter step: this range is now the full sum.
+        if (options_.op == ReduceOp::kMean && recv_step_ + 1 == reduce_steps_) {
+          // Last reduce step: this range is now the full sum.
           finish_mean(target, whole / element_size_, options_.dtype, static_cast<size_t>(size_));
         }
         recv_processed_ += whole;
@@ -192,7 +202,7 @@ class RingAllreduce {
         if (scratch_fill_ > 0) std::memmove(scratch_, scratch_ + whole, scratch_fill_);
       }
     } else {
-      // All-gather: the incoming bytes are final, so land them in place.
+      // Copy step: the incoming bytes are final, so land them in place.
       const size_t room = std::min(block_bytes_, seg.bytes - recv_processed_);
       moved = prev_.recv_some(data_ + seg.offset + recv_processed_, room);
       recv_processed_ += moved;
@@ -206,18 +216,22 @@ class RingAllreduce {
   }
 
   Transport& transport_;
-  const RingAllreduceOptions& options_;
+  const RingOptions& options_;
   const int rank_;
   const int size_;
   const size_t element_size_;
+  const size_t reduce_steps_;
   const size_t steps_;
+  const long long shift_;
   const ReduceFn reduce_;
   Connection& next_;
   Connection& prev_;
   char* const data_;
-  const MessageHeader header_out_;
-  MessageHeader header_in_{};
+  const HeaderBytes header_out_;
+  HeaderBytes header_in_{};
   Deadline deadline_;
+  StrayHeaderWatch stray_;
+  std::vector<WaitRequest> requests_;
   size_t block_bytes_ = 0;
   char* scratch_ = nullptr;
 
@@ -231,12 +245,34 @@ class RingAllreduce {
   size_t scratch_fill_ = 0;    // bytes in scratch not reduced yet (< one element after a reduce)
 };
 
+void check(const RingOptions& options) {
+  if (options.scratch == nullptr) throw InvalidArgumentError("the ring needs a scratch buffer");
+  if (options.row_elements == 0 || options.count % options.row_elements != 0) {
+    throw InvalidArgumentError("the ring's row size must divide the element count");
+  }
+}
+
 }  // namespace
 
-void ring_allreduce(Transport& transport, const RingAllreduceOptions& options) {
+void ring_allreduce(Transport& transport, const RingOptions& options) {
   if (transport.size() == 1) return;
-  if (options.scratch == nullptr) throw InvalidArgumentError("ring_allreduce needs a scratch buffer");
-  RingAllreduce(transport, options).run();
+  check(options);
+  const size_t n = static_cast<size_t>(transport.size());
+  Ring(transport, options, n - 1, n - 1, 0).run();
+}
+
+void ring_reduce_scatter(Transport& transport, const RingOptions& options) {
+  if (transport.size() == 1) return;
+  check(options);
+  const size_t n = static_cast<size_t>(transport.size());
+  Ring(transport, options, n - 1, 0, -1).run();
+}
+
+void ring_allgather(Transport& transport, const RingOptions& options) {
+  if (transport.size() == 1) return;
+  check(options);
+  const size_t n = static_cast<size_t>(transport.size());
+  Ring(transport, options, 0, n - 1, 0).run();
 }
 
 }  // namespace adaptrain::collective

@@ -1,4 +1,4 @@
-// Barrier: a token sent around the ring twice, reusing the allreduce links.
+// Barrier: a token sent around the ring twice, reusing the ring's links.
 //
 // Round one starts at rank 0; every other rank forwards it only after it has
 // itself arrived, so when the token is back at rank 0 every rank has arrived.
@@ -7,9 +7,9 @@
 // once it has forwarded it. Rank 0 leaves when the release token returns,
 // which also keeps the byte streams aligned for the next collective.
 //
-// Cost is 2n hops of a 32-byte message. A dissemination barrier would need
-// log2(n) rounds but a connection to every rank at distance 2^k; on the ring
-// links this is the cheapest choice, and barriers are rare next to allreduce.
+// Cost is 2n hops of a 48-byte header. A dissemination barrier would need
+// log2(n) rounds; barriers are rare next to allreduce, and the token ring
+// doubles as a check that every rank is in the same barrier.
 #include "barrier.h"
 
 #include "protocol.h"
@@ -25,18 +25,21 @@ void ring_barrier(Transport& transport, const BarrierOptions& options) {
   Deadline deadline = Deadline::inactivity(options.timeout);
 
   for (uint64_t round = 0; round < 2; ++round) {
-    const MessageHeader token = make_header(CollectiveKind::kBarrier, options.sequence, round);
-    MessageHeader received{};
+    MessageHeader token;
+    token.kind = static_cast<uint32_t>(CollectiveKind::kBarrier);
+    token.sequence = options.sequence;
+    token.count = round;
+    const HeaderBytes out = encode_header(token);
+    HeaderBytes in{};
     if (rank == 0) {
-      send_all(transport, next, &token, sizeof(token), deadline);
-      recv_all(transport, prev, &received, sizeof(received), deadline);
+      send_all(transport, next, out.data(), out.size(), deadline, options.spin_us);
+      recv_all(transport, prev, in.data(), in.size(), deadline, options.spin_us);
+      check_header(token, in.data(), prev);
     } else {
-      recv_all(transport, prev, &received, sizeof(received), deadline);
-      check_header(token, received, prev);
-      send_all(transport, next, &token, sizeof(token), deadline);
-      continue;
+      recv_all(transport, prev, in.data(), in.size(), deadline, options.spin_us);
+      check_header(token, in.data(), prev);
+      send_all(transport, next, out.data(), out.size(), deadline, options.spin_us);
     }
-    check_header(token, received, prev);
   }
 }
 

@@ -11,6 +11,7 @@ namespace adaptrain::collective {
 struct BarrierOptions {
   uint64_t sequence = 0;
   std::chrono::milliseconds timeout{60000};  // longest time without progress
+  int spin_us = 0;                           // see Transport::wait
 };
 
 void ring_barrier(Transport& transport, const BarrierOptions& options);

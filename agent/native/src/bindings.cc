@@ -1,15 +1,18 @@
 // Python bindings: the private module agent.native._collective.
 //
-// Kept thin on purpose: argument checks that need numpy knowledge and the
-// public docstrings live in the typed facade (agent/native/__init__.py). This
-// file converts arguments, releases the GIL around everything that may block,
-// and maps the C++ error kinds to Python exceptions:
+// Kept thin on purpose: argument checks that need numpy knowledge, output
+// allocation and the public docstrings live in the typed facade
+// (agent/native/__init__.py). This file converts arguments, checks them again
+// (other callers may skip the facade, and nothing may crash or copy
+// silently), releases the GIL around everything that may block, and maps the
+// C++ error kinds to Python exceptions:
 //   InvalidArgumentError -> ValueError
 //   IoError              -> CollectiveError (subclass of OSError)
 //   TimeoutError         -> CollectiveTimeout (TimeoutError and CollectiveError)
 //   InterruptedError     -> whatever the signal handler raised (KeyboardInterrupt)
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -17,8 +20,11 @@
 #include <cmath>
 #include <new>
 
+#include "algorithm.h"
 #include "communicator.h"
 #include "errors.h"
+#include "protocol.h"
+#include "segments.h"
 #include "types.h"
 
 namespace nb = nanobind;
@@ -35,6 +41,8 @@ using CpuArray = nb::ndarray<nb::device::cpu>;
 PyObject* collective_error = nullptr;
 PyObject* collective_timeout = nullptr;
 
+constexpr const char* kSupported = "float32, float64, float16, int32 or int64";
+
 // Runs with the GIL released, on EINTR: lets Python signal handlers run, so
 // Ctrl-C interrupts a blocked collective instead of waiting for the timeout.
 void check_python_signals() {
@@ -49,22 +57,50 @@ std::chrono::milliseconds to_milliseconds(double seconds) {
   return std::chrono::milliseconds(static_cast<long long>(std::ceil(seconds * 1000.0)));
 }
 
-col::DataType data_type_of(const CpuArray& array) {
-  if (array.dtype() == nb::dtype<float>()) return col::DataType::kFloat32;
-  throw col::InvalidArgumentError("allreduce supports float32 arrays only: convert with x.astype(numpy.float32)");
+col::Algorithm algorithm_of(const std::string& name) {
+  return name.empty() ? col::Algorithm::kDefault : col::parse_algorithm(name);
 }
 
-void check_c_contiguous(const CpuArray& array) {
+col::DataType data_type_of(const CpuArray& array, const char* operation) {
+  const nb::dlpack::dtype type = array.dtype();
+  if (type.lanes == 1) {
+    if (type.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float)) {
+      if (type.bits == 32) return col::DataType::kFloat32;
+      if (type.bits == 64) return col::DataType::kFloat64;
+      if (type.bits == 16) return col::DataType::kFloat16;
+    } else if (type.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Int)) {
+      if (type.bits == 32) return col::DataType::kInt32;
+      if (type.bits == 64) return col::DataType::kInt64;
+    }
+  }
+  throw col::InvalidArgumentError(std::string(operation) + " supports " + kSupported +
+                                  " arrays: convert with x.astype(...)");
+}
+
+void check_c_contiguous(const CpuArray& array, const char* operation) {
   if (array.size() == 0) return;  // strides of an empty array mean nothing
   int64_t expected = 1;           // stride in elements
   for (size_t i = array.ndim(); i-- > 0;) {
     if (array.shape(i) != 1 && array.stride(i) != expected) {
-      throw col::InvalidArgumentError(
-          "allreduce needs a C-contiguous array (it works in place): pass numpy.ascontiguousarray(x) "
-          "and use the returned array");
+      throw col::InvalidArgumentError(std::string(operation) +
+                                      " needs a C-contiguous array: pass numpy.ascontiguousarray(x) "
+                                      "and use the returned array");
     }
     expected *= static_cast<int64_t>(array.shape(i));
   }
+}
+
+std::vector<size_t> shape_of(const CpuArray& array) {
+  std::vector<size_t> shape;
+  for (size_t i = 0; i < array.ndim(); ++i) shape.push_back(array.shape(i));
+  return shape;
+}
+
+// Checks an array the caller passes in and returns its element type.
+col::DataType checked(const CpuArray& array, const char* operation) {
+  const col::DataType dtype = data_type_of(array, operation);
+  check_c_contiguous(array, operation);
+  return dtype;
 }
 
 }  // namespace
@@ -101,35 +137,131 @@ NB_MODULE(_collective, m) {
     }
   });
 
+  m.def(
+      "segment_rows",
+      [](size_t rows, size_t parts, size_t index) {
+        if (parts == 0 || index >= parts) throw col::InvalidArgumentError("segment index out of range");
+        const col::RowRange range = col::segment_rows(rows, parts, index);
+        return std::make_pair(range.first, range.rows);
+      },
+      "rows"_a, "parts"_a, "index"_a, "First row and row count of segment `index` (numpy.array_split's cut).");
+
   nb::class_<col::Communicator>(m, "Communicator")
       .def(
           "__init__",
-          [](col::Communicator* self, int rank, std::vector<std::string> peers, double timeout_s) {
+          [](col::Communicator* self, int rank, std::vector<std::string> peers, double timeout_s,
+             const std::string& algorithm) {
             col::CommunicatorOptions options;
             options.rank = rank;
             options.peers = std::move(peers);
             options.timeout = to_milliseconds(timeout_s);
+            options.algorithm = col::parse_algorithm(algorithm);
             options.interrupt_check = check_python_signals;
             nb::gil_scoped_release release;
             new (self) col::Communicator(std::move(options));
           },
-          "rank"_a, "peers"_a, "timeout_s"_a)
+          "rank"_a, "peers"_a, "timeout_s"_a, "algorithm"_a = "auto")
       .def_prop_ro("rank", &col::Communicator::rank)
       .def_prop_ro("size", &col::Communicator::size)
       .def_prop_ro("timeout_s", &col::Communicator::timeout_seconds)
       .def_prop_ro("closed", &col::Communicator::closed)
+      .def_prop_ro("algorithm", [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })
       .def(
           "allreduce",
-          [](col::Communicator& self, CpuArray array, const std::string& op) {
-            const col::DataType dtype = data_type_of(array);
-            check_c_contiguous(array);
+          [](col::Communicator& self, CpuArray array, const std::string& op, const std::string& algorithm) {
+            const col::DataType dtype = checked(array, "allreduce");
             const col::ReduceOp reduce_op = col::parse_reduce_op(op);
+            const col::Algorithm chosen = algorithm_of(algorithm);
+            const uint64_t shape_hash = col::hash_shape(shape_of(array));
             void* data = array.data();
             const size_t count = array.size();
             nb::gil_scoped_release release;
-            self.allreduce(data, count, dtype, reduce_op);
+            self.allreduce(data, count, dtype, reduce_op, chosen, shape_hash);
           },
-          "array"_a, "op"_a = "sum")
+          "array"_a, "op"_a = "sum", "algorithm"_a = "")
+      .def(
+          "broadcast",
+          [](col::Communicator& self, CpuArray array, int root, const std::string& algorithm) {
+            const col::DataType dtype = checked(array, "broadcast");
+            const col::Algorithm chosen = algorithm_of(algorithm);
+            const uint64_t shape_hash = col::hash_shape(shape_of(array));
+            void* data = array.data();
+            const size_t count = array.size();
+            nb::gil_scoped_release release;
+            self.broadcast(data, count, dtype, root, chosen, shape_hash);
+          },
+          "array"_a, "root"_a = 0, "algorithm"_a = "")
+      .def(
+          "allgather",
+          [](col::Communicator& self, CpuArray input, CpuArray output, const std::string& algorithm) {
+            const col::DataType dtype = checked(input, "allgather");
+            if (checked(output, "allgather") != dtype ||
+                output.size() != input.size() * static_cast<size_t>(self.size())) {
+              throw col::InvalidArgumentError("allgather: the output must have size * input.size elements of the "
+                                              "input's dtype");
+            }
+            const col::Algorithm chosen = algorithm_of(algorithm);
+            const uint64_t shape_hash = col::hash_shape(shape_of(input));
+            const void* in = input.data();
+            void* out = output.data();
+            const size_t count = input.size();
+            nb::gil_scoped_release release;
+            self.allgather(in, count, dtype, out, chosen, shape_hash);
+          },
+          "input"_a, "output"_a, "algorithm"_a = "")
+      .def(
+          "reduce_scatter",
+          [](col::Communicator& self, CpuArray input, CpuArray output, const std::string& op,
+             const std::string& algorithm) {
+            const col::DataType dtype = checked(input, "reduce_scatter");
+            if (input.ndim() == 0) throw col::InvalidArgumentError("reduce_scatter needs an array of at least 1 dimension");
+            const col::ReduceOp reduce_op = col::parse_reduce_op(op);
+            const size_t rows = input.shape(0);
+            const size_t row_elements = rows == 0 ? 0 : input.size() / rows;
+            const col::RowRange own = col::segment_rows(rows, self.size(), self.rank());
+            if (checked(output, "reduce_scatter") != dtype || output.size() != own.rows * row_elements) {
+              throw col::InvalidArgumentError("reduce_scatter: the output must hold this rank's segment (" +
+                                              std::to_string(own.rows * row_elements) + " elements of the input's dtype)");
+            }
+            const col::Algorithm chosen = algorithm_of(algorithm);
+            const uint64_t shape_hash = col::hash_shape(shape_of(input));
+            const void* in = input.data();
+            void* out = output.data();
+            nb::gil_scoped_release release;
+            self.reduce_scatter(in, rows, row_elements, dtype, reduce_op, out, chosen, shape_hash);
+          },
+          "input"_a, "output"_a, "op"_a = "sum", "algorithm"_a = "")
+      .def(
+          "consensus",
+          [](col::Communicator& self, nb::bytes data) {
+            std::string copy(data.c_str(), data.size());
+            nb::gil_scoped_release release;
+            return self.consensus(copy.data(), copy.size());
+          },
+          "data"_a)
+      .def(
+          "set_algorithm",
+          [](col::Communicator& self, const std::string& name) {
+            const col::Algorithm algorithm = col::parse_algorithm(name);
+            nb::gil_scoped_release release;
+            self.set_algorithm(algorithm);
+          },
+          "name"_a)
+      .def(
+          "grouped_allreduce",
+          [](col::Communicator& self, std::vector<CpuArray> arrays, const std::string& op,
+             const std::string& algorithm) {
+            const col::ReduceOp reduce_op = col::parse_reduce_op(op);
+            const col::Algorithm chosen = algorithm_of(algorithm);
+            std::vector<col::Buffer> buffers;
+            buffers.reserve(arrays.size());
+            for (CpuArray& array : arrays) {
+              buffers.push_back(col::Buffer{array.data(), array.size(), checked(array, "grouped_allreduce")});
+            }
+            nb::gil_scoped_release release;
+            self.grouped_allreduce(buffers, reduce_op, chosen);
+          },
+          "arrays"_a, "op"_a = "sum", "algorithm"_a = "")
       .def("barrier", &col::Communicator::barrier, nb::call_guard<nb::gil_scoped_release>())
       .def("close", &col::Communicator::close, nb::call_guard<nb::gil_scoped_release>());
 }

@@ -1,12 +1,15 @@
 #include "communicator.h"
 
-#include <set>
+#include <algorithm>
+#include <cstring>
 
 #include "allreduce_ring.h"
+#include "allreduce_star.h"
+#include "allreduce_tree.h"
 #include "barrier.h"
 #include "errors.h"
+#include "segments.h"
 #include "transport_tcp.h"
-#include "tunables.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -19,45 +22,30 @@ int checked_size(const CommunicatorOptions& options) {
                                " peers: use 0.." + std::to_string(size - 1));
   }
   if (options.timeout.count() <= 0) throw InvalidArgumentError("timeout must be positive");
+  if (options.algorithm == Algorithm::kDefault) throw InvalidArgumentError("a communicator needs an algorithm");
   for (const std::string& peer : options.peers) parse_host_port(peer);
   return size;
 }
 
+TreeTopology topology_for(Algorithm algorithm, int rank, int size, int root) {
+  switch (algorithm) {
+    case Algorithm::kRing:
+      return chain(rank, size, root);
+    case Algorithm::kStar:
+      return star(rank, size, root);
+    default:
+      return binary_tree(rank, size, root);
+  }
+}
+
+void check_data(const void* data, size_t count, const char* what) {
+  if (count > 0 && data == nullptr) throw InvalidArgumentError(std::string(what) + " is null");
+}
+
 }  // namespace
 
-Communicator::Communicator(CommunicatorOptions options)
-    : rank_(options.rank), size_(checked_size(options)), timeout_(options.timeout) {
-  const Tunables& knobs = tunables();
-  ring_block_bytes_ = knobs.ring_block_bytes;
-  if (size_ == 1) return;
-  // The ring only talks to its two neighbours (one peer when size is 2).
-  std::set<int> neighbours{(rank_ + 1) % size_, (rank_ + size_ - 1) % size_};
-  TcpOptions tcp;
-  tcp.rank = rank_;
-  tcp.peers = std::move(options.peers);
-  tcp.needed_peers.assign(neighbours.begin(), neighbours.end());
-  tcp.timeout = timeout_;
-  tcp.socket_buffer_bytes = knobs.socket_buffer_bytes;
-  tcp.connect_retry_ms = knobs.connect_retry_ms;
-  tcp.interrupt_check = std::move(options.interrupt_check);
-  transport_ = TcpTransport::connect(tcp);
-}
-
-Communicator::~Communicator() { close(); }
-
-bool Communicator::closed() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return closed_;
-}
-
-void Communicator::close() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  closed_ = true;
-  if (transport_) transport_->shutdown();
-}
-
 template <typename Body>
-void Communicator::run(const char* operation, Body&& body) {
+auto Communicator::run(const char* operation, Body&& body) {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string context =
       std::string(operation) + " on rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": ";
@@ -66,17 +54,16 @@ void Communicator::run(const char* operation, Body&& body) {
                                               : "the communicator was closed by an earlier failure (" + failure_ +
                                                     "); create a new one"));
   }
-  const uint64_t sequence = sequence_++;
   // Any failure after the first byte leaves the streams out of step, so the
   // communicator closes itself; shutting the sockets down also tells the
-  // neighbours at once instead of after their timeout.
+  // peers at once instead of after their timeout.
   auto fail = [&](const std::exception& e) {
     closed_ = true;
     failure_ = e.what();
     if (transport_) transport_->shutdown();
   };
   try {
-    body(sequence);
+    return body();
   } catch (const TimeoutError& e) {
     fail(e);
     throw TimeoutError(context + e.what());
@@ -89,29 +76,329 @@ void Communicator::run(const char* operation, Body&& body) {
   }
 }
 
-void Communicator::allreduce(void* data, size_t count, DataType dtype, ReduceOp op) {
+Communicator::Communicator(CommunicatorOptions options)
+    : rank_(options.rank),
+      size_(checked_size(options)),
+      timeout_(options.timeout),
+      tunables_(tunables()),
+      algorithm_(options.algorithm) {
+  if (size_ == 1) return;
+  // Every rank connects to every other: the ring, the trees rooted anywhere
+  // and the star all find their links, and the algorithm can change per call.
+  TcpOptions tcp;
+  tcp.rank = rank_;
+  tcp.peers = std::move(options.peers);
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer != rank_) tcp.needed_peers.push_back(peer);
+  }
+  tcp.timeout = timeout_;
+  tcp.socket_buffer_bytes = tunables_.socket_buffer_bytes;
+  tcp.connect_retry_ms = tunables_.connect_retry_ms;
+  tcp.interrupt_check = std::move(options.interrupt_check);
+  transport_ = TcpTransport::connect(tcp);
+
+  // "auto" must pick the same algorithm on every rank, so the ranks check
+  // that they were started alike before the first collective.
+  const std::string settings = std::string("algorithm=") + name_of(algorithm_) + "\n" + tunables_.describe();
+  const bool agreed = run("forming the group", [&] { return consensus_locked(settings.data(), settings.size()); });
+  if (!agreed) {
+    throw InvalidArgumentError("rank " + std::to_string(rank_) +
+                               ": the ranks were started with different settings; this rank has algorithm=\"" +
+                               name_of(algorithm_) + "\" and " + tunables_.describe() +
+                               "every rank must use the same algorithm and COLLECTIVE_AUTO_* values");
+  }
+}
+
+Communicator::~Communicator() { close(); }
+
+bool Communicator::closed() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return closed_;
+}
+
+Algorithm Communicator::algorithm() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return algorithm_;
+}
+
+void Communicator::close() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  closed_ = true;
+  if (transport_) transport_->shutdown();
+}
+
+MessageHeader Communicator::next_header(CollectiveKind kind, uint64_t count, DataType dtype, uint32_t op,
+                                        Algorithm algorithm, uint64_t shape_hash) {
+  MessageHeader header;
+  header.kind = static_cast<uint32_t>(kind);
+  header.sequence = sequence_++;
+  header.count = count;
+  header.shape_hash = shape_hash;
+  header.dtype = static_cast<uint32_t>(dtype);
+  header.op = op;
+  header.algorithm = static_cast<uint32_t>(algorithm);
+  return header;
+}
+
+int Communicator::spin_for(size_t bytes) const {
+  // Spinning pays off when the answer comes back within microseconds; on a
+  // bandwidth-bound call it would only take CPU from ranks sharing the core.
+  return bytes < tunables_.auto_ring_min_bytes ? tunables_.spin_us : 0;
+}
+
+Algorithm Communicator::resolve(Algorithm requested, size_t bytes, size_t count) const {
+  if (requested == Algorithm::kDefault) requested = algorithm_;
+  return choose_algorithm(requested, bytes, count, size_, tunables_);
+}
+
+void Communicator::reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
+                                 const MessageHeader& header) {
+  if (algorithm == Algorithm::kRing) {
+    RingOptions ring;
+    ring.data = data;
+    ring.count = count;
+    ring.dtype = dtype;
+    ring.op = op;
+    ring.header = header;
+    ring.timeout = timeout_;
+    ring.block_bytes = tunables_.block_bytes;
+    ring.scratch = &scratch_;
+    ring.spin_us = spin_for(count * element_size(dtype));
+    ring_allreduce(*transport_, ring);
+    return;
+  }
+  RootedOptions rooted;
+  rooted.data = data;
+  rooted.count = count;
+  rooted.dtype = dtype;
+  rooted.op = op;
+  rooted.header = header;
+  rooted.timeout = timeout_;
+  rooted.block_bytes = tunables_.block_bytes;
+  rooted.scratch = &child_scratch_;
+  rooted.spin_us = spin_for(count * element_size(dtype));
+  if (algorithm == Algorithm::kStar) {
+    star_allreduce(*transport_, rooted);
+  } else {
+    tree_allreduce(*transport_, rooted);
+  }
+}
+
+void Communicator::allreduce(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
+                             uint64_t shape_hash) {
   // Validate before any byte moves: a bad argument must leave the group usable.
-  (void)element_size(dtype);
-  if (count > 0 && data == nullptr) throw InvalidArgumentError("allreduce: data is null");
-  run("allreduce", [&](uint64_t sequence) {
+  check_op_supported(dtype, op);
+  check_data(data, count, "allreduce: data");
+  run("allreduce", [&] {
     if (size_ == 1) return;  // already the result (mean of one value is itself)
-    RingAllreduceOptions options;
-    options.data = data;
-    options.count = count;
-    options.dtype = dtype;
-    options.op = op;
-    options.sequence = sequence;
-    options.timeout = timeout_;
-    options.block_bytes = ring_block_bytes_;
-    options.scratch = &scratch_;
-    ring_allreduce(*transport_, options);
+    const Algorithm chosen = resolve(algorithm, count * element_size(dtype), count);
+    const MessageHeader header = next_header(CollectiveKind::kAllreduce, count, dtype, static_cast<uint32_t>(op),
+                                             chosen, shape_hash);
+    reduce_locked(data, count, dtype, op, chosen, header);
+  });
+}
+
+void Communicator::broadcast(void* data, size_t count, DataType dtype, int root, Algorithm algorithm,
+                             uint64_t shape_hash) {
+  (void)element_size(dtype);
+  check_data(data, count, "broadcast: data");
+  if (root < 0 || root >= size_) {
+    throw InvalidArgumentError("broadcast: root " + std::to_string(root) + " is out of range: use 0.." +
+                               std::to_string(size_ - 1));
+  }
+  run("broadcast", [&] {
+    if (size_ == 1) return;
+    // Any count suits a chain, so "ring" (a pipelined chain from the root)
+    // never falls back here.
+    const Algorithm chosen = resolve(algorithm, count * element_size(dtype), std::max<size_t>(count, size_));
+    MessageHeader header = next_header(CollectiveKind::kBroadcast, count, dtype, 0, chosen, shape_hash);
+    header.root = static_cast<uint32_t>(root);
+    RootedOptions rooted;
+    rooted.data = data;
+    rooted.count = count;
+    rooted.dtype = dtype;
+    rooted.reduce = false;
+    rooted.broadcast = true;
+    rooted.topology = topology_for(chosen, rank_, size_, root);
+    rooted.header = header;
+    rooted.timeout = timeout_;
+    rooted.block_bytes = tunables_.block_bytes;
+    rooted.spin_us = spin_for(count * element_size(dtype));
+    rooted_collective(*transport_, rooted);
+  });
+}
+
+void Communicator::allgather(const void* input, size_t count, DataType dtype, void* output, Algorithm algorithm,
+                             uint64_t shape_hash) {
+  const size_t bytes = count * element_size(dtype);
+  check_data(input, count, "allgather: input");
+  check_data(output, count, "allgather: output");
+  run("allgather", [&] {
+    char* out = static_cast<char*>(output);
+    if (bytes > 0 && out + rank_ * bytes != static_cast<const char*>(input)) std::memmove(out + rank_ * bytes, input, bytes);
+    if (size_ == 1) return;
+    // The ring needs a non-empty block per rank to check every call.
+    const Algorithm chosen = resolve(algorithm, bytes * size_, count > 0 ? size_ : 0);
+    const MessageHeader header = next_header(CollectiveKind::kAllgather, count, dtype, 0, chosen, shape_hash);
+    if (chosen == Algorithm::kRing) {
+      RingOptions ring;
+      ring.data = output;
+      ring.count = count * size_;
+      ring.row_elements = count;
+      ring.dtype = dtype;
+      ring.header = header;
+      ring.timeout = timeout_;
+      ring.block_bytes = tunables_.block_bytes;
+      ring.scratch = &scratch_;
+      ring.spin_us = spin_for(bytes * size_);
+      ring_allgather(*transport_, ring);
+      return;
+    }
+    // Tree and star: every rank contributes its block into zeros and the
+    // bytes are OR-ed together, which reproduces each block exactly; small
+    // buffers are all these algorithms are chosen for, so moving n blocks
+    // per link costs little.
+    for (int r = 0; r < size_; ++r) {
+      if (r != rank_) std::memset(out + r * bytes, 0, bytes);
+    }
+    reduce_locked(output, bytes * size_, DataType::kUint8, ReduceOp::kBitOr, chosen, header);
+  });
+}
+
+void Communicator::reduce_scatter(const void* input, size_t rows, size_t row_elements, DataType dtype, ReduceOp op,
+                                  void* output, Algorithm algorithm, uint64_t shape_hash) {
+  check_op_supported(dtype, op);
+  const size_t count = rows * row_elements;
+  const size_t row_bytes = row_elements * element_size(dtype);
+  check_data(input, count, "reduce_scatter: input");
+  const RowRange own = segment_rows(rows, size_, rank_);
+  check_data(output, own.rows * row_elements, "reduce_scatter: output");
+  run("reduce_scatter", [&] {
+    if (size_ == 1) {
+      if (count > 0) std::memmove(output, input, count * element_size(dtype));
+      return;
+    }
+    // The input stays untouched: the algorithms work on a copy.
+    work_.resize(count * element_size(dtype));
+    if (count > 0) std::memcpy(work_.data(), input, work_.size());
+    const Algorithm chosen = resolve(algorithm, work_.size(), row_elements > 0 ? rows : 0);
+    const MessageHeader header =
+        next_header(CollectiveKind::kReduceScatter, count, dtype, static_cast<uint32_t>(op), chosen, shape_hash);
+    if (chosen == Algorithm::kRing) {
+      RingOptions ring;
+      ring.data = work_.data();
+      ring.count = count;
+      ring.row_elements = std::max<size_t>(row_elements, 1);
+      ring.dtype = dtype;
+      ring.op = op;
+      ring.header = header;
+      ring.timeout = timeout_;
+      ring.block_bytes = tunables_.block_bytes;
+      ring.scratch = &scratch_;
+      ring.spin_us = spin_for(work_.size());
+      ring_reduce_scatter(*transport_, ring);
+    } else {
+      // Small buffers: a full allreduce on the tree or star, then keep ours.
+      reduce_locked(work_.data(), count, dtype, op, chosen, header);
+    }
+    if (own.rows > 0 && row_bytes > 0) {
+      std::memcpy(output, work_.data() + own.first * row_bytes, own.rows * row_bytes);
+    }
+  });
+}
+
+bool Communicator::consensus_locked(const void* data, size_t bytes) {
+  if (size_ == 1) return true;
+  // Two allreduces on the tree (which checks every rank's call even for an
+  // empty buffer): first max(length) and max(-length), which differ unless
+  // every length is equal; then max over every byte and over its complement,
+  // i.e. max and ~min, which agree exactly where every rank has the same
+  // byte. Exact, unlike comparing hashes, and the same answer everywhere.
+  int64_t lengths[2] = {static_cast<int64_t>(bytes), -static_cast<int64_t>(bytes)};
+  MessageHeader header = next_header(CollectiveKind::kConsensus, 2, DataType::kInt64,
+                                     static_cast<uint32_t>(ReduceOp::kMax), Algorithm::kTree, 0);
+  reduce_locked(lengths, 2, DataType::kInt64, ReduceOp::kMax, Algorithm::kTree, header);
+  if (lengths[0] != -lengths[1]) return false;
+  std::vector<uint8_t> both(2 * bytes);
+  if (bytes > 0) std::memcpy(both.data(), data, bytes);
+  for (size_t i = 0; i < bytes; ++i) both[bytes + i] = static_cast<uint8_t>(~both[i]);
+  header = next_header(CollectiveKind::kConsensus, both.size(), DataType::kUint8,
+                       static_cast<uint32_t>(ReduceOp::kMax), Algorithm::kTree, 0);
+  reduce_locked(both.data(), both.size(), DataType::kUint8, ReduceOp::kMax, Algorithm::kTree, header);
+  for (size_t i = 0; i < bytes; ++i) {
+    if (both[i] != static_cast<uint8_t>(~both[bytes + i])) return false;
+  }
+  return true;
+}
+
+bool Communicator::consensus(const void* data, size_t bytes) {
+  check_data(data, bytes, "consensus: data");
+  return run("consensus", [&] { return consensus_locked(data, bytes); });
+}
+
+void Communicator::set_algorithm(Algorithm algorithm) {
+  if (algorithm == Algorithm::kDefault) throw InvalidArgumentError("set_algorithm needs an algorithm");
+  const std::string name = name_of(algorithm);
+  const bool agreed = run("set_algorithm", [&] {
+    const bool same = consensus_locked(name.data(), name.size());
+    if (same) algorithm_ = algorithm;
+    return same;
+  });
+  if (!agreed) {
+    throw InvalidArgumentError("set_algorithm on rank " + std::to_string(rank_) + ": the ranks asked for different " +
+                               "algorithms (this rank: \"" + name + "\"); the algorithm is unchanged");
+  }
+}
+
+void Communicator::grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op, Algorithm algorithm) {
+  for (const Buffer& buffer : buffers) {
+    check_op_supported(buffer.dtype, op);
+    check_data(buffer.data, buffer.count, "grouped_allreduce: an array");
+  }
+  // Dtypes in order of first appearance: the same order on every rank.
+  std::vector<DataType> dtypes;
+  for (const Buffer& buffer : buffers) {
+    if (std::find(dtypes.begin(), dtypes.end(), buffer.dtype) == dtypes.end()) dtypes.push_back(buffer.dtype);
+  }
+  run("grouped_allreduce", [&] {
+    if (size_ == 1) return;
+    for (DataType dtype : dtypes) {
+      const size_t item = element_size(dtype);
+      size_t total = 0;
+      std::vector<size_t> counts;
+      for (const Buffer& buffer : buffers) {
+        if (buffer.dtype != dtype) continue;
+        counts.push_back(buffer.count);
+        total += buffer.count;
+      }
+      // The list of array sizes goes into the header, so ranks that pass
+      // differently cut lists of the same total size are caught too.
+      const uint64_t layout = hash_shape(counts);
+      work_.resize(total * item);
+      size_t offset = 0;
+      for (const Buffer& buffer : buffers) {
+        if (buffer.dtype != dtype || buffer.count == 0) continue;
+        std::memcpy(work_.data() + offset, buffer.data, buffer.count * item);
+        offset += buffer.count * item;
+      }
+      const Algorithm chosen = resolve(algorithm, total * item, total);
+      const MessageHeader header =
+          next_header(CollectiveKind::kAllreduce, total, dtype, static_cast<uint32_t>(op), chosen, layout);
+      reduce_locked(work_.data(), total, dtype, op, chosen, header);
+      offset = 0;
+      for (const Buffer& buffer : buffers) {
+        if (buffer.dtype != dtype || buffer.count == 0) continue;
+        std::memcpy(buffer.data, work_.data() + offset, buffer.count * item);
+        offset += buffer.count * item;
+      }
+    }
   });
 }
 
 void Communicator::barrier() {
-  run("barrier", [&](uint64_t sequence) {
+  run("barrier", [&] {
     if (size_ == 1) return;
-    ring_barrier(*transport_, BarrierOptions{sequence, timeout_});
+    ring_barrier(*transport_, BarrierOptions{sequence_++, timeout_, tunables_.spin_us});
   });
 }
 

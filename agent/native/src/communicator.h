@@ -1,6 +1,7 @@
 // A group of ranks that run collectives together: owns the transport, the
-// per-call sequence number and reusable buffers, and turns any failure into a
-// closed communicator so that no later call runs on out-of-step streams.
+// per-call sequence number, the current algorithm and reusable buffers, and
+// turns any failure into a closed communicator so that no later call runs on
+// out-of-step streams.
 #pragma once
 
 #include <chrono>
@@ -11,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "algorithm.h"
+#include "protocol.h"
 #include "transport.h"
+#include "tunables.h"
 #include "types.h"
 
 namespace adaptrain::collective {
@@ -22,13 +26,24 @@ struct CommunicatorOptions {
   // Budget for forming the group, and the longest a collective may go
   // without any data moving.
   std::chrono::milliseconds timeout{60000};
+  // Used by calls that do not name one; every rank must start with the same.
+  Algorithm algorithm = Algorithm::kAuto;
   std::function<void()> interrupt_check;  // see TcpOptions
+};
+
+// One array of a grouped (fused) allreduce.
+struct Buffer {
+  void* data;
+  size_t count;  // elements
+  DataType dtype;
 };
 
 class Communicator {
  public:
-  // Blocks until connected to the peers the algorithms need (nothing for a
-  // single rank). Throws InvalidArgumentError, IoError or TimeoutError.
+  // Blocks until connected to every peer (nothing for a single rank) and the
+  // ranks have agreed on the algorithm and the COLLECTIVE_AUTO_* tunables.
+  // Throws InvalidArgumentError (also when the ranks disagree), IoError or
+  // TimeoutError.
   explicit Communicator(CommunicatorOptions options);
   ~Communicator();
   Communicator(const Communicator&) = delete;
@@ -38,30 +53,71 @@ class Communicator {
   int size() const { return size_; }
   double timeout_seconds() const { return timeout_.count() / 1000.0; }
   bool closed() const;
+  Algorithm algorithm() const;
 
-  // In place. `data` holds `count` elements of `dtype`. Thread-safe: calls
-  // from several threads run one after another.
-  void allreduce(void* data, size_t count, DataType dtype, ReduceOp op);
+  // Every call is collective: all ranks make the same calls in the same order
+  // with the same counts, dtypes, ops, roots, shapes (shape_hash, see
+  // protocol.h) and algorithms; a difference raises IoError. `algorithm`
+  // kDefault uses the communicator's. Calls from several threads run one
+  // after another.
+
+  // In place. `data` holds `count` elements of `dtype`.
+  void allreduce(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm = Algorithm::kDefault,
+                 uint64_t shape_hash = 0);
+  // In place: every rank ends with root's `count` elements.
+  void broadcast(void* data, size_t count, DataType dtype, int root, Algorithm algorithm = Algorithm::kDefault,
+                 uint64_t shape_hash = 0);
+  // `output` (size * count elements) ends with rank r's `input` at r * count.
+  void allgather(const void* input, size_t count, DataType dtype, void* output,
+                 Algorithm algorithm = Algorithm::kDefault, uint64_t shape_hash = 0);
+  // `input` is `rows` rows of `row_elements`; `output` receives this rank's
+  // segment of the reduction, segment_rows(rows, size, rank) (numpy's
+  // array_split along axis 0). `input` is not modified.
+  void reduce_scatter(const void* input, size_t rows, size_t row_elements, DataType dtype, ReduceOp op, void* output,
+                      Algorithm algorithm = Algorithm::kDefault, uint64_t shape_hash = 0);
+  // True on every rank when every rank passed the same bytes, false on every
+  // rank otherwise (lengths may differ).
+  bool consensus(const void* data, size_t bytes);
+  // Collective: the algorithm for later calls that name none. Every rank
+  // must ask for the same one; otherwise every rank raises
+  // InvalidArgumentError and the algorithm stays as it was.
+  void set_algorithm(Algorithm algorithm);
+  // Tensor fusion: the buffers of each dtype are packed into one, reduced in
+  // one allreduce (per dtype, in order of first appearance) and unpacked.
+  void grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op, Algorithm algorithm = Algorithm::kDefault);
   void barrier();
   void close();
 
  private:
-  // Runs one collective; on failure closes the communicator and rethrows
-  // with the operation and this rank in the message.
+  // Runs one collective under the lock; on failure closes the communicator
+  // and rethrows with the operation and this rank in the message.
   template <typename Body>
-  void run(const char* operation, Body&& body);
+  auto run(const char* operation, Body&& body);
+
+  // The pieces run() bodies are made of; the lock is held.
+  MessageHeader next_header(CollectiveKind kind, uint64_t count, DataType dtype, uint32_t op, Algorithm algorithm,
+                            uint64_t shape_hash);
+  Algorithm resolve(Algorithm requested, size_t bytes, size_t count) const;
+  // COLLECTIVE_SPIN_US for a latency-bound call of `bytes`, else 0.
+  int spin_for(size_t bytes) const;
+  void reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
+                     const MessageHeader& header);
+  bool consensus_locked(const void* data, size_t bytes);
 
   const int rank_;
   const int size_;
   const std::chrono::milliseconds timeout_;
-  size_t ring_block_bytes_;
+  const Tunables tunables_;
 
   mutable std::mutex mutex_;
   std::unique_ptr<Transport> transport_;  // null for a single rank
+  Algorithm algorithm_;
   bool closed_ = false;
   std::string failure_;  // why the communicator closed itself
   uint64_t sequence_ = 0;
-  std::vector<char> scratch_;
+  std::vector<char> scratch_;                     // the ring's receive buffer
+  std::vector<std::vector<char>> child_scratch_;  // the tree's, one per child
+  std::vector<char> work_;                        // fusion buffer, reduce-scatter copy, consensus
 };
 
 }  // namespace adaptrain::collective

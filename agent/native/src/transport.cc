@@ -7,7 +7,8 @@ std::string Connection::describe_peer() const {
   return "rank " + std::to_string(peer_rank()) + " (" + peer_address() + ")";
 }
 
-void send_all(Transport& transport, Connection& connection, const void* data, size_t length, Deadline& deadline) {
+void send_all(Transport& transport, Connection& connection, const void* data, size_t length, Deadline& deadline,
+              int spin_us) {
   const char* cursor = static_cast<const char*>(data);
   while (length > 0) {
     size_t moved = connection.send_some(cursor, length);
@@ -18,11 +19,12 @@ void send_all(Transport& transport, Connection& connection, const void* data, si
       continue;
     }
     WaitRequest request{&connection, true, false};
-    transport.wait(&request, 1, deadline);
+    transport.wait(&request, 1, deadline, spin_us);
   }
 }
 
-void recv_all(Transport& transport, Connection& connection, void* data, size_t length, Deadline& deadline) {
+void recv_all(Transport& transport, Connection& connection, void* data, size_t length, Deadline& deadline,
+              int spin_us) {
   char* cursor = static_cast<char*>(data);
   while (length > 0) {
     size_t moved = connection.recv_some(cursor, length);
@@ -33,7 +35,7 @@ void recv_all(Transport& transport, Connection& connection, void* data, size_t l
       continue;
     }
     WaitRequest request{&connection, false, true};
-    transport.wait(&request, 1, deadline);
+    transport.wait(&request, 1, deadline, spin_us);
   }
 }
 

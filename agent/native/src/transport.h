@@ -32,6 +32,10 @@ class Connection {
   // Take up to `length` bytes that have arrived, without blocking; returns how
   // many (0 when none are waiting). Throws IoError on end of stream.
   virtual size_t recv_some(void* data, size_t length) = 0;
+  // Copy up to `length` bytes that have arrived without consuming them;
+  // returns how many. Sets *closed (and returns 0) when the peer has closed
+  // the stream or it broke: peeking never throws.
+  virtual size_t peek_some(void* data, size_t length, bool* closed) = 0;
 };
 
 // One direction of one connection that a caller wants to make progress on.
@@ -51,10 +55,13 @@ class Transport {
   // The connection to `peer`; the algorithm must have asked for it when the
   // transport was set up. Throws IoError if there is none.
   virtual Connection& connection(int peer) = 0;
+  virtual bool has_connection(int peer) const = 0;
 
   // Block until at least one requested direction can make progress. Throws
-  // TimeoutError naming the peers when the deadline passes first.
-  virtual void wait(const WaitRequest* requests, size_t count, const Deadline& deadline) = 0;
+  // TimeoutError naming the peers when the deadline passes first. With
+  // spin_us > 0 it first checks without sleeping for that long
+  // (COLLECTIVE_SPIN_US; worth it only for latency-bound calls).
+  virtual void wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) = 0;
 
   // Close every connection so peers see end-of-stream at once instead of
   // waiting for their timeout. Idempotent.
@@ -63,7 +70,9 @@ class Transport {
 
 // Blocking transfers of a whole buffer, built on the non-blocking interface.
 // Used for small control messages (handshakes, barrier tokens, headers).
-void send_all(Transport& transport, Connection& connection, const void* data, size_t length, Deadline& deadline);
-void recv_all(Transport& transport, Connection& connection, void* data, size_t length, Deadline& deadline);
+void send_all(Transport& transport, Connection& connection, const void* data, size_t length, Deadline& deadline,
+              int spin_us = 0);
+void recv_all(Transport& transport, Connection& connection, void* data, size_t length, Deadline& deadline,
+              int spin_us = 0);
 
 }  // namespace adaptrain::collective

@@ -226,12 +226,30 @@ class TcpConnection final : public Connection {
       ssize_t received = ::recv(fd_, data, length, MSG_DONTWAIT);
       if (received > 0) return static_cast<size_t>(received);
       if (received == 0) {
-        throw IoError(describe_peer() + " closed the connection; it has probably exited or failed");
+        throw IoError(describe_peer() +
+                      " closed the connection; it has probably exited or failed, or found that the ranks' calls "
+                      "differ (see its error)");
       }
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
       throw IoError("the connection to " + describe_peer() + " broke while receiving: " + errno_text(errno) +
                     "; the peer has probably exited or failed");
+    }
+  }
+
+  size_t peek_some(void* data, size_t length, bool* closed) override {
+    *closed = false;
+    if (fd_ < 0 || length == 0) {
+      *closed = fd_ < 0;
+      return 0;
+    }
+    for (;;) {
+      ssize_t received = ::recv(fd_, data, length, MSG_PEEK | MSG_DONTWAIT);
+      if (received > 0) return static_cast<size_t>(received);
+      if (received < 0 && errno == EINTR) continue;
+      if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+      *closed = true;
+      return 0;
     }
   }
 
@@ -301,7 +319,7 @@ int TcpTransport::poll_retrying(pollfd* fds, unsigned long count, const Deadline
   }
 }
 
-void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadline& deadline) {
+void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) {
   // One pollfd per connection even when both directions are wanted (a
   // two-rank ring sends and receives on the same socket).
   std::vector<pollfd> fds;
@@ -314,6 +332,16 @@ void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadlin
       same->events |= events;
     } else {
       fds.push_back(pollfd{connection->fd(), events, 0});
+    }
+  }
+  // Spin briefly first (see Tunables::spin_us): poll() with a zero timeout
+  // never sleeps, so a quick answer is seen without a wake-up.
+  if (spin_us > 0) {
+    const auto spin_until = Deadline::Clock::now() + std::chrono::microseconds(spin_us);
+    while (Deadline::Clock::now() < spin_until) {
+      int ready = ::poll(fds.data(), static_cast<nfds_t>(fds.size()), 0);
+      if (ready > 0) break;
+      if (ready < 0 && errno != EINTR) break;  // poll_retrying below reports it
     }
   }
   for (;;) {

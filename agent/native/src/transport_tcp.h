@@ -62,7 +62,8 @@ class TcpTransport final : public Transport {
   int rank() const override { return options_.rank; }
   int size() const override { return static_cast<int>(options_.peers.size()); }
   Connection& connection(int peer) override;
-  void wait(const WaitRequest* requests, size_t count, const Deadline& deadline) override;
+  bool has_connection(int peer) const override { return connections_.count(peer) > 0; }
+  void wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) override;
   void shutdown() override;
 
  private:

@@ -7,11 +7,8 @@
 #include "errors.h"
 
 namespace adaptrain::collective {
-namespace {
 
-// Accepts "262144", "256K", "4M", "1G".
-size_t read_bytes(const char* name, size_t fallback, size_t min_value, size_t max_value) {
-  const char* raw = std::getenv(name);
+size_t parse_byte_count(const char* name, const char* raw, size_t fallback, size_t min_value, size_t max_value) {
   if (raw == nullptr || *raw == '\0') return fallback;
   std::string text(raw);
   size_t multiplier = 1;
@@ -32,30 +29,39 @@ size_t read_bytes(const char* name, size_t fallback, size_t min_value, size_t ma
       break;
   }
   char* end = nullptr;
-  unsigned long long value = std::strtoull(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || text[0] == '-' || value > max_value / multiplier ||
-      value * multiplier < min_value) {
-    throw InvalidArgumentError(std::string(name) + "=" + raw + " is not valid: expected a byte count between " +
+  unsigned long long value = text.empty() ? 0 : std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0])) || *end != '\0' ||
+      value > max_value / multiplier || value * multiplier < min_value) {
+    throw InvalidArgumentError(std::string(name) + "=" + raw + " is not valid: expected a number between " +
                                std::to_string(min_value) + " and " + std::to_string(max_value) +
                                " (suffixes K, M, G allowed)");
   }
   return static_cast<size_t>(value * multiplier);
 }
 
-Tunables read_tunables() {
+Tunables parse_tunables(const std::function<const char*(const char*)>& lookup) {
+  auto read = [&](const char* name, size_t fallback, size_t min_value, size_t max_value) {
+    return parse_byte_count(name, lookup(name), fallback, min_value, max_value);
+  };
   Tunables t{};
-  t.ring_block_bytes = read_bytes("COLLECTIVE_RING_BLOCK_BYTES", 256 << 10, 4 << 10, size_t{1} << 30);
-  t.socket_buffer_bytes = read_bytes("COLLECTIVE_SOCKET_BUFFER_BYTES", 4 << 20, 0, size_t{1} << 30);
-  t.connect_retry_ms = static_cast<int>(read_bytes("COLLECTIVE_CONNECT_RETRY_MS", 200, 1, 60000));
+  t.block_bytes = read("COLLECTIVE_RING_BLOCK_BYTES", 256 << 10, 4 << 10, size_t{1} << 30);
+  t.socket_buffer_bytes = read("COLLECTIVE_SOCKET_BUFFER_BYTES", 4 << 20, 0, size_t{1} << 30);
+  t.connect_retry_ms = static_cast<int>(read("COLLECTIVE_CONNECT_RETRY_MS", 200, 1, 60000));
+  t.spin_us = static_cast<int>(read("COLLECTIVE_SPIN_US", 50, 0, 1000000));
+  t.auto_ring_min_bytes = read("COLLECTIVE_AUTO_RING_MIN_BYTES", 512 << 10, 0, size_t{1} << 40);
+  t.auto_star_max_ranks = read("COLLECTIVE_AUTO_STAR_MAX_RANKS", 4, 1, 1 << 20);
   return t;
 }
 
-}  // namespace
+std::string Tunables::describe() const {
+  return "COLLECTIVE_AUTO_RING_MIN_BYTES=" + std::to_string(auto_ring_min_bytes) +
+         "\nCOLLECTIVE_AUTO_STAR_MAX_RANKS=" + std::to_string(auto_star_max_ranks) + "\n";
+}
 
 const Tunables& tunables() {
   // A throwing initialiser leaves the static uninitialised, so the next call
   // reads the environment again.
-  static const Tunables value = read_tunables();
+  static const Tunables value = parse_tunables([](const char* name) { return std::getenv(name); });
   return value;
 }
 

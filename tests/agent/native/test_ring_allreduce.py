@@ -8,98 +8,22 @@ raised) through a queue, so a failure on any rank shows up in the test report.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
-import queue
 import signal
-import socket
 import threading
 import time
-import traceback
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
+from native_ranks import run_ranks
 
 from agent.native import CollectiveError, CollectiveTimeout, Communicator
 
-SPAWN = multiprocessing.get_context("spawn")
 OPS = ("sum", "mean", "min", "max")
 SIXTEEN_MIB = (16 << 20) // 4
 # 1001 = 7 * 11 * 13 is divisible by none of 2, 3, 4; 7 is smaller than nothing
 # but larger than n, 1 is smaller than n (empty segments).
 SIZES = (0, 1, 7, 1000, 1001, SIXTEEN_MIB)
-
-
-def free_peers(n: int) -> list[str]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _rank_main(
-    target: Callable[..., Any], rank: int, peers: list[str], results: Any, args: tuple
-) -> None:
-    try:
-        results.put((rank, "ok", target(rank, peers, *args)))
-    except BaseException:  # noqa: BLE001 - the parent reports it
-        results.put((rank, "error", traceback.format_exc()))
-
-
-def run_ranks(
-    target: Callable[..., Any], n: int, *args: Any, timeout_s: float = 60.0
-) -> dict[int, Any]:
-    """Run target(rank, peers, *args) in n processes; return {rank: result}.
-
-    A rank that raised fails the test with its traceback. A rank that exited
-    without a result (on purpose, in the failure tests) is simply absent.
-    """
-    peers = free_peers(n)
-    results = SPAWN.Queue()
-    processes = [
-        SPAWN.Process(target=_rank_main, args=(target, rank, peers, results, args), daemon=True)
-        for rank in range(n)
-    ]
-    for process in processes:
-        process.start()
-    collected: dict[int, tuple[str, Any]] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(collected) < n and time.monotonic() < deadline:
-            try:
-                rank, status, value = results.get(timeout=0.1)
-                collected[rank] = (status, value)
-            except queue.Empty:
-                if all(not p.is_alive() for p in processes):
-                    # Let the queue's feeder threads of exited ranks flush.
-                    try:
-                        while True:
-                            rank, status, value = results.get(timeout=0.5)
-                            collected[rank] = (status, value)
-                    except queue.Empty:
-                        break
-    finally:
-        for process in processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    if (
-        time.monotonic() >= deadline
-        and len(collected) < n
-        and any(p.exitcode is None for p in processes)
-    ):
-        pytest.fail(f"ranks {sorted(set(range(n)) - set(collected))} hung for {timeout_s} s")
-    errors = {rank: value for rank, (status, value) in collected.items() if status == "error"}
-    if errors:
-        pytest.fail("\n".join(f"rank {rank} raised:\n{tb}" for rank, tb in sorted(errors.items())))
-    return {rank: value for rank, (status, value) in collected.items()}
 
 
 def inputs_for(count: int, size: int) -> np.ndarray:
@@ -156,7 +80,9 @@ def _bad_inputs_then_good_one(rank: int, peers: list[str]) -> dict[str, str]:
     messages = {}
     with Communicator(rank, peers, timeout_s=10) as comm:
         bad_calls = {
-            "float64": lambda: comm.allreduce(np.ones(8, dtype=np.float64)),
+            "complex64": lambda: comm.allreduce(np.ones(8, dtype=np.complex64)),
+            "int_mean": lambda: comm.allreduce(np.ones(8, dtype=np.int32), op="mean"),
+            "bad_algorithm": lambda: comm.allreduce(np.ones(8, dtype=np.float32), algorithm="mesh"),
             "non_contiguous": lambda: comm.allreduce(np.ones(16, dtype=np.float32)[::2]),
             "fortran_order": lambda: comm.allreduce(np.ones((4, 3), dtype=np.float32, order="F")),
             "bad_op": lambda: comm.allreduce(np.ones(8, dtype=np.float32), op="avg"),
@@ -273,7 +199,9 @@ def test_barrier_releases_nobody_before_the_last_rank_arrives() -> None:
 def test_bad_input_raises_value_error_on_the_calling_rank_and_keeps_the_group_usable() -> None:
     results = run_ranks(_bad_inputs_then_good_one, 2)
     for messages in results.values():
-        assert "float32" in messages["float64"]
+        assert "float32" in messages["complex64"] and "complex64" in messages["complex64"]
+        assert "mean" in messages["int_mean"] and "int32" in messages["int_mean"]
+        assert "'mesh'" in messages["bad_algorithm"] and "ring" in messages["bad_algorithm"]
         assert "contiguous" in messages["non_contiguous"]
         assert "contiguous" in messages["fortran_order"]
         assert "'avg'" in messages["bad_op"] and "sum" in messages["bad_op"]
@@ -373,7 +301,11 @@ def test_native_module_checks_arguments_itself() -> None:
 
     native = _collective.Communicator(0, ["127.0.0.1:1"], 1.0)
     with pytest.raises(ValueError, match="float32"):
-        native.allreduce(np.ones(4, dtype=np.float64), "sum")
+        native.allreduce(np.ones(4, dtype=np.complex128), "sum")
+    with pytest.raises(ValueError, match="mean"):
+        native.allreduce(np.ones(4, dtype=np.int64), "mean")
+    with pytest.raises(ValueError, match="algorithm"):
+        native.allreduce(np.ones(4, dtype=np.float32), "sum", "mesh")
     with pytest.raises(ValueError, match="contiguous"):
         native.allreduce(np.ones(8, dtype=np.float32)[::2], "sum")
     with pytest.raises(ValueError, match="sum"):
