@@ -139,7 +139,9 @@ def init() -> Session:
     if session.size > 1:
         from agent.native import Communicator
 
-        session.communicator = Communicator(rank=rank, peers=peers, timeout_s=None)
+        topology = session.params.get("topology") or "auto"
+        session.communicator = Communicator(rank=rank, peers=peers, timeout_s=None,
+                                            algorithm=topology if topology in TOPOLOGIES else "auto")
     return session
 
 
@@ -156,6 +158,8 @@ def configure_tensorflow_threads(threads: int = 1) -> None:
 # gradient, and every step the models are averaged and each is pulled a fraction
 # ``sma_alpha`` towards the average — more exploration early in training.
 STRATEGIES = ("ssgd", "sma")
+# Allreduce algorithms of the native library, switched collectively at a step boundary.
+TOPOLOGIES = ("ring", "tree", "star", "auto")
 
 
 class GlobalBatchSampler:
@@ -327,6 +331,12 @@ class Trainer:
                     self._average_weights(alpha=1.0)
                     self._average_optimizer_state()
                 self.strategy = value
+            elif action == "set_topology":
+                if value not in TOPOLOGIES:
+                    raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {value!r}")
+                if self.session.communicator is not None:
+                    # Every worker reaches this at the same step, so the collective switch lines up.
+                    self.session.communicator.set_algorithm(value)
             elif action == "stop":
                 self.stopped = True
             elif action == "pause":

@@ -251,10 +251,14 @@ class JobCommandsApi(APIView):
                 if value not in ("ssgd", "sma"):
                     raise serializers.ValidationError(
                         {"value": "set_strategy needs \"ssgd\" or \"sma\" (pair averaging is not supported yet)."})
-            elif action in ("scale_workers", "set_topology"):
+            elif action == "set_topology":
+                if value not in Job.Topology.values:
+                    raise serializers.ValidationError(
+                        {"value": f"set_topology needs one of {', '.join(Job.Topology.values)}."})
+            elif action == "scale_workers":
                 raise serializers.ValidationError(
-                    {"action": f"{action} is not supported by the runtime yet; supported now: set_batch_size, "
-                               "set_lr, set_strategy, pause, resume, checkpoint, stop."})
+                    {"action": "scale_workers is not supported by the runtime yet; supported now: set_batch_size, "
+                               "set_lr, set_strategy, set_topology, pause, resume, checkpoint, stop."})
             return attrs
 
     @extend_schema(responses={200: CommandOutputSerializer(many=True), **ERRORS})

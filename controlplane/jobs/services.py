@@ -303,6 +303,7 @@ _APPLIED_FIELDS = {
     Command.Type.SET_BATCH_SIZE: ("batch_size", int),
     Command.Type.SET_LR: ("learning_rate", float),
     Command.Type.SET_STRATEGY: ("strategy", str),
+    Command.Type.SET_TOPOLOGY: ("topology", str),
 }
 
 

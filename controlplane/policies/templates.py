@@ -64,8 +64,8 @@ TEMPLATES: list[dict] = [
         "name": "Switch topology under interference",
         "description": (
             "KungFu's interference check: when throughput stays under 80 % of its best for "
-            "5 evaluations, switch the allreduce topology (the runtime does not switch "
-            "topologies yet: the command is refused)."),
+            "5 evaluations, switch the allreduce algorithm to the binary tree (all workers "
+            "switch together at one step)."),
         "dry_run": False,
         "rules": [{
             "name": "switch topology",

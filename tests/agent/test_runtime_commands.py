@@ -166,3 +166,22 @@ def test_sma_learns_and_switching_to_ssgd_makes_the_models_identical():
         assert [p.wait(timeout=60) for p in w.procs] == [0, 0]
     finally:
         w.close()
+
+
+def test_topology_switch_is_applied_by_every_worker_and_training_goes_on():
+    w = Workers(3, {"batch_size": 48, "lr": 0.05, "steps": 10_000_000, "log_every": 10, "seed": 4},
+                topology="ring")
+    try:
+        w.wait_for(lambda s: any(job_metric([x], "loss") for x in s), timeout=120)
+        for topology in ("tree", "star"):
+            steps = w.applied_steps(w.command("set_topology", topology))
+            assert len(set(steps.values())) == 1
+            after = steps[0]
+            seen = w.wait_for(lambda s, after=after: any(step > after + 20 for step, _ in job_metric(s, "loss")))
+            sums = rank_metric(seen, "param_checksum")
+            common = [s for s in sums[0] if s > after and all(s in sums[r] for r in (1, 2))]
+            assert common and all(sums[0][s] == sums[1][s] == sums[2][s] for s in common)
+        w.applied_steps(w.command("stop"))
+        assert [p.wait(timeout=60) for p in w.procs] == [0, 0, 0]
+    finally:
+        w.close()
