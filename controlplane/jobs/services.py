@@ -92,6 +92,8 @@ def job_create(
         strategy=strategy, topology=topology, policy=policy,
         batch_size=int(hyperparameters["batch_size"]), learning_rate=float(hyperparameters["lr"]),
     )
+    # Before the first frame of the job is published (event_record's push runs on commit too).
+    transaction.on_commit(lambda: channels.frame_log_reset(job.id))
     event_record(job=job, kind=Event.Kind.STATE, actor=f"user:{owner.username}", message="created",
                  data={"status": job.status})
     from controlplane.jobs.tasks import place_job

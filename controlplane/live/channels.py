@@ -79,6 +79,15 @@ def publish_to_job(job_id: int, frame_type: str, data: dict[str, Any]) -> None:
     async_to_sync(get_channel_layer().group_send)(job_group(job_id), {"type": JOB_MESSAGE, "frame": frame})
 
 
+def frame_log_reset(job_id: int) -> None:
+    """Forget logged frames under this job id: a new job starts numbering at 1, and a log
+    left by an earlier database (tests, a re-created demo) must not be replayed as its."""
+    try:
+        _redis().delete(frame_log_key(job_id))
+    except redis.RedisError as exc:
+        log.warning("could not reset the frame log of job %s: %s", job_id, exc)
+
+
 def frames_after(job_id: int, after: int) -> tuple[list[dict[str, Any]], bool]:
     """Logged frames with seq > after, in order, and whether the log still reaches back that
     far (False: some were trimmed; the client should reload history over REST)."""

@@ -103,15 +103,16 @@ def test_create_job_form_shows_errors_beside_the_fields_then_the_new_jobs_chart_
         missing = [s for s in stored_steps if s not in shown]
         assert not missing, f"steps missing from the chart after the reconnect: {missing[:10]}"
 
-        # Manual commands: a batch size is sent; a strategy switch is refused with the reason.
+        # Manual commands: a batch size is sent; scaling (not in the runtime yet) is refused
+        # with the reason shown beside the field.
         page.fill("#cmd-batch-size", "48")
         page.press("#cmd-batch-size", "Enter")
         page.wait_for_selector("#command-result.ok")
         assert "set_batch_size 48 sent" in page.inner_text("#command-result")
-        page.select_option("#cmd-strategy", "sma")
-        page.click("form[data-action=set_strategy] button")
+        page.fill("#cmd-workers", "3")
+        page.click("form[data-action=scale_workers] button")
         page.wait_for_selector("#command-result.error")
-        assert "not supported" in page.inner_text("#cmd-strategy-error")
+        assert "not supported" in page.inner_text("#cmd-workers-error")
         page.wait_for_function("document.querySelector('#job-batch-size').textContent === '48'", timeout=30_000)
 
         page.goto(f"{stack.url}/")

@@ -1,6 +1,8 @@
 """/ws/jobs/{id}/: live frames are numbered, and a client that reconnects with ?after=
 receives exactly the frames it missed, then live ones."""
 
+import json
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -100,3 +102,19 @@ def test_frames_arriving_out_of_order_are_all_delivered_once(user, job):
     created, got = async_to_sync(scenario)()
     assert created["type"] == "event"
     assert got == [9, 8]
+
+
+def test_a_new_job_does_not_inherit_frames_logged_under_its_id(user, job):
+    # Frames left in Redis under the next id (as by an earlier, since re-created database).
+    stale_id = job.id + 1
+    key = channels.frame_log_key(stale_id)
+    channels._redis().delete(key)
+    for seq in (1, 2, 3):
+        channels._redis().rpush(key, json.dumps({"seq": seq, "type": "metrics", "data": {"series": []}}))
+    assert len(channels.frames_after(stale_id, 0)[0]) == 3
+    again = services.job_create(owner=user, name="again", entrypoint="examples.digits",
+                                hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
+                                workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    assert again.id == stale_id
+    frames, _ = channels.frames_after(again.id, 0)
+    assert [(f["seq"], f["type"]) for f in frames] == [(1, "event")]  # only its own "created"
