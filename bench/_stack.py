@@ -81,3 +81,25 @@ def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))]
+
+
+async def agent_with_job(stack, *, name: str, timeout_credential_s: float = 60.0):
+    """Enrol a simulated agent and place a 1-worker job on it; return (client, job id).
+    The client posts metric batches exactly as a real agent does."""
+    import asyncio
+
+    from agent.client import ControlPlaneClient
+
+    enrol = await ControlPlaneClient(stack.url).enrol(join_token=stack.join_token, name="bench-node",
+                                                      address="127.0.0.1", slots=4)
+    client = ControlPlaneClient(stack.url, enrol["credential"], timeout_s=timeout_credential_s)
+    status, job = stack.api.post("/api/v1/jobs/", {"name": name, "entrypoint": "examples.digits",
+                                                   "hyperparameters": {"batch_size": 32, "lr": 0.1},
+                                                   "workers": {"initial": 1}})
+    if status != 201:
+        raise SystemExit(f"creating the benchmark job failed: {job}")
+    for _ in range(100):  # Celery places it on the enrolled node
+        if stack.api.get(f"/api/v1/jobs/{job['id']}/")[1]["workers"]:
+            break
+        await asyncio.sleep(0.1)
+    return client, job["id"]

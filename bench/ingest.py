@@ -17,7 +17,7 @@ import uuid
 import psycopg2
 
 from agent.client import ControlPlaneClient
-from bench._stack import emit, log, running_stack
+from bench._stack import agent_with_job, emit, log, running_stack
 
 BATCH = 5000
 
@@ -35,24 +35,14 @@ async def sender(client: ControlPlaneClient, job_id: int, deadline: float, sent:
 
 
 async def run(stack, *, seconds: float, concurrency: int) -> dict:
-    enrol = await ControlPlaneClient(stack.url).enrol(join_token=stack.join_token, name="bench-node",
-                                                      address="127.0.0.1", slots=4)
-    client = ControlPlaneClient(stack.url, enrol["credential"], timeout_s=60)
-    status, job = stack.api.post("/api/v1/jobs/", {
-        "name": "ingest", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 32, "lr": 0.1}, "workers": {"initial": 1}})
-    assert status == 201, job
-    for _ in range(100):  # Celery places it on the enrolled node
-        if stack.api.get(f"/api/v1/jobs/{job['id']}/")[1]["workers"]:
-            break
-        await asyncio.sleep(0.1)
-    await sender(client, job["id"], time.monotonic() + 1.0, [0])  # warm-up
+    client, job_id = await agent_with_job(stack, name="ingest")
+    await sender(client, job_id, time.monotonic() + 1.0, [0])  # warm-up
     sent = [0]
     start = time.monotonic()
-    await asyncio.gather(*(sender(client, job["id"], start + seconds, sent) for _ in range(concurrency)))
+    await asyncio.gather(*(sender(client, job_id, start + seconds, sent) for _ in range(concurrency)))
     elapsed = time.monotonic() - start
     with psycopg2.connect(stack.env["DATABASE_URL"]) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM live_metricpoint WHERE job_id = %s", [job["id"]])
+        cur.execute("SELECT count(*) FROM live_metricpoint WHERE job_id = %s", [job_id])
         stored = cur.fetchone()[0]
     return {"bench": "ingest", "seconds": round(elapsed, 2), "concurrency": concurrency, "batch_points": BATCH,
             "points_sent": sent[0], "points_stored_total": stored,

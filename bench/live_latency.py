@@ -16,24 +16,13 @@ import uuid
 
 import websockets
 
-from agent.client import ControlPlaneClient
-from bench._stack import emit, log, percentile, running_stack, session_cookie
+from bench._stack import agent_with_job, emit, log, percentile, running_stack, session_cookie
 
 
 async def run(stack, *, points: int, rate_hz: float) -> dict:
-    enrol = await ControlPlaneClient(stack.url).enrol(join_token=stack.join_token, name="bench-node",
-                                                      address="127.0.0.1", slots=4)
-    client = ControlPlaneClient(stack.url, enrol["credential"])
-    status, job = stack.api.post("/api/v1/jobs/", {"name": "latency", "entrypoint": "examples.digits",
-                                                   "hyperparameters": {"batch_size": 32, "lr": 0.1},
-                                                   "workers": {"initial": 1}})
-    assert status == 201, job
-    for _ in range(100):
-        if stack.api.get(f"/api/v1/jobs/{job['id']}/")[1]["workers"]:
-            break
-        await asyncio.sleep(0.1)
+    client, job_id = await agent_with_job(stack, name="latency")
     latencies: list[float] = []
-    ws_url = stack.url.replace("http://", "ws://") + f"/ws/jobs/{job['id']}/"
+    ws_url = stack.url.replace("http://", "ws://") + f"/ws/jobs/{job_id}/"
     headers = {"Cookie": session_cookie(stack)}
     async with websockets.connect(ws_url, additional_headers=headers, origin=stack.url) as ws:
         async def receive() -> None:
@@ -48,7 +37,7 @@ async def run(stack, *, points: int, rate_hz: float) -> dict:
 
         receiver = asyncio.create_task(receive())
         for step in range(points + 5):  # the first few warm up connections
-            await client.send_metrics(uuid.uuid4().hex, [{"job": job["id"], "name": "sent_at" if step >= 5 else "warm",
+            await client.send_metrics(uuid.uuid4().hex, [{"job": job_id, "name": "sent_at" if step >= 5 else "warm",
                                                           "step": step, "value": time.time(), "time": time.time()}])
             await asyncio.sleep(1.0 / rate_hz)
         await asyncio.wait_for(receiver, timeout=30)
