@@ -15,7 +15,7 @@ import time
 import pytest
 
 from agent import protocol
-from tests.agent.test_runtime_ssgd import ROOT, free_port
+from agent.local import ROOT, free_port
 
 
 class Workers:

@@ -4,50 +4,9 @@ gradient noise scale."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from agent import protocol
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_workers(n: int, hyperparameters: dict) -> dict[int, list[dict]]:
-    """Run n digits workers to completion; return each rank's protocol messages."""
-    peers = ",".join(f"127.0.0.1:{free_port()}" for _ in range(n))
-    params = {"hyperparameters": hyperparameters}
-    procs = []
-    for rank in range(n):
-        env = {**os.environ, protocol.ENV_JOB: "1", protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers,
-               protocol.ENV_PARAMS: json.dumps(params), protocol.ENV_FIRST_SEQ: "0",
-               "TF_CPP_MIN_LOG_LEVEL": "3", "COLLECTIVE_TIMEOUT": "60"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "examples.digits.train"], cwd=ROOT, env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    messages = {}
-    for rank, proc in enumerate(procs):
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-3000:]
-        messages[rank] = [json.loads(line[len(protocol.PREFIX):]) for line in out.splitlines()
-                          if line.startswith(protocol.PREFIX)]
-    return messages
-
-
-def job_series(messages: list[dict], name: str) -> dict[int, float]:
-    return {p["step"]: p["value"] for m in messages if m["type"] == "metrics"
-            for p in m["points"] if p["name"] == name and "rank" not in p}
+from agent.local import job_series, run_workers
 
 
 @pytest.fixture(scope="module")
