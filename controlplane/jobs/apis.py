@@ -32,6 +32,7 @@ HYPERPARAMETER_LIMITS = {
     "monitor_every": (int, 0, 10_000, 1),
     "sma_alpha": (float, 1e-6, 1.0, 0.1),
     "checkpoint_every": (int, 0, 10_000_000, 0),
+    "samples": (int, 10, 1_000_000, "optional"),  # examples.synthetic_cnn: data set size
 }
 # Text hyper-parameters: name → (allowed values, or None for a path), default.
 TEXT_HYPERPARAMETERS = {
@@ -64,7 +65,8 @@ def validate_hyperparameters(raw: dict) -> dict:
         if name not in raw:
             if default is None:
                 raise serializers.ValidationError(f"{name} is required.")
-            clean[name] = default
+            if default != "optional":
+                clean[name] = default
             continue
         value = raw[name]
         ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))

@@ -24,7 +24,10 @@ from controlplane.live import channels
 log = logging.getLogger(__name__)
 
 # Entrypoints the agent knows how to start (module run with ``python -m``).
-ENTRYPOINTS = {"examples.digits": "examples.digits.train"}
+ENTRYPOINTS = {
+    "examples.digits": "examples.digits.train",
+    "examples.synthetic_cnn": "examples.synthetic_cnn.train",
+}
 
 
 def job_snapshot(job: Job) -> dict[str, Any]:
