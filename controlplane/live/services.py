@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
@@ -16,6 +17,8 @@ from controlplane.errors import InvalidInput, NotFound, PayloadTooLarge
 from controlplane.jobs.models import Job, Node, Worker
 from controlplane.live import channels
 from controlplane.live.models import MetricBatch, MetricPoint
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 64
 MAX_STEP = 2**62
@@ -80,6 +83,7 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
                 top = max(r.step for r in rows if r.job_id == job_id)
                 Job.objects.filter(id=job_id, last_step__lt=top).update(last_step=top)
             transaction.on_commit(lambda: _publish_batch(rows))
+            transaction.on_commit(lambda: _schedule_policy_evaluation(job_ids))
     except IntegrityError:
         if MetricBatch.objects.filter(batch_id=batch_id).exists():
             return 0  # a retry of a batch already stored
@@ -111,6 +115,27 @@ def _copy_rows(rows: list[_Row]) -> None:
     with connection.cursor() as cursor:
         cursor.copy_expert(
             f"COPY {MetricPoint._meta.db_table} (job_id, name, rank, step, value, time) FROM STDIN", buffer)
+
+
+POLICY_DEBOUNCE_S = 0.5
+
+
+def _schedule_policy_evaluation(job_ids: set[int]) -> None:
+    """Fresh metrics → evaluate the job's policy soon, at most once per debounce window
+    per job (Celery beat still evaluates every POLICY_EVAL_INTERVAL_S as a backstop)."""
+    from controlplane.policies.tasks import evaluate_job
+
+    with_policy = Job.objects.filter(id__in=job_ids, policy__isnull=False, policy__enabled=True,
+                                     status=Job.Status.RUNNING).values_list("id", flat=True)
+    for job_id in with_policy:
+        try:
+            first = channels._redis().set(f"{channels.frame_log_key(job_id)}:eval", 1, nx=True,
+                                          px=int(POLICY_DEBOUNCE_S * 1000))
+        except Exception:  # noqa: BLE001 - Redis trouble: the beat evaluates anyway
+            log.warning("could not debounce policy evaluation of job %s", job_id)
+            continue
+        if first:
+            evaluate_job.apply_async((job_id,), countdown=POLICY_DEBOUNCE_S)
 
 
 def _publish_batch(rows: list[_Row]) -> None:

@@ -136,8 +136,16 @@ def job_policy_evaluate(*, job_id: int) -> list[Decision]:
     """Evaluate a running job's policy once; a firing rule becomes a decision and a command.
 
     Skipped while a command of the job is still in flight, so that a rule never acts
-    twice on a value the workers have not applied yet.
+    twice on a value the workers have not applied yet. Evaluations of one job are
+    serialised by its row lock (the beat and fresh metrics may trigger two at once).
     """
+    with transaction.atomic():
+        if not list(Job.objects.select_for_update().filter(id=job_id).values_list("id", flat=True)):
+            return []
+        return _job_policy_evaluate_locked(job_id)
+
+
+def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
     job = Job.objects.select_related("policy").filter(id=job_id).first()
     if job is None or job.policy is None or not job.policy.enabled or job.status != Job.Status.RUNNING:
         return []
