@@ -8,7 +8,9 @@ CEL variables available to a rule: the job's knobs (``step``, ``batch_size``, ``
 ``workers``, ``strategy``, ``topology``), the latest value of every reported whole-job
 metric by name (``loss``, ``accuracy``, ``throughput``, ``gns``, … — a name not
 reported yet is absent), the maps ``metrics`` (the same values) and ``peak`` (each
-metric's highest value so far), and for the rule itself ``steps_since_fired`` /
+metric's highest value so far), ``window_mean`` / ``window_min`` / ``window_max`` /
+``slope`` (over each metric's last ``window`` values; ``window`` is a policy setting,
+default 10; slope is the least-squares change per step), and for the rule itself ``steps_since_fired`` /
 ``seconds_since_fired`` (counted from the job's start when it never fired) and the map
 ``last_fire`` of the scalar inputs it saw when it last fired (empty if never; test with
 ``has(last_fire.throughput)``).
@@ -40,7 +42,10 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTEXT_NAMES = frozenset({
     "step", "batch_size", "lr", "workers", "strategy", "topology", "metrics", "peak",
     "last_fire", "steps_since_fired", "seconds_since_fired",
+    "window_mean", "window_min", "window_max", "slope",
 })
+# Aggregates over each metric's last ``window`` reported values (a policy-level setting).
+DEFAULT_WINDOW = 10
 METRIC_NAMES = frozenset({
     "loss", "accuracy", "val_accuracy", "throughput", "step_time", "compute_time", "comm_time",
     "batch_size", "lr", "workers", "gns", "grad_variance", "grad_snr",
@@ -80,6 +85,7 @@ class Policy:
     name: str
     rules: tuple[Rule, ...]
     dry_run: bool = False
+    window: int = DEFAULT_WINDOW
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,8 @@ class JobState:
     strategy: str = "ssgd"
     topology: str = "ring"
     peak: dict[str, float] = field(default_factory=dict)
+    # name → the last ``window`` (step, value) pairs, oldest first
+    recent: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,9 @@ def parse_policy(document: Any) -> Policy:
     dry_run = document.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise PolicyError("must be true or false", path="dry_run")
+    window = document.get("window", DEFAULT_WINDOW)
+    if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= 1000:
+        raise PolicyError("must be an integer from 2 to 1000 (points per aggregate window)", path="window")
     raw_rules = document.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
         raise PolicyError("must be a non-empty list of rules", path="rules")
@@ -240,7 +251,26 @@ def parse_policy(document: Any) -> Policy:
             for_evaluations=for_n, cooldown_s=cooldown, bound_min=bound_min, bound_max=bound_max,
             max_per_hour=max_per_hour, **flags,
         ))
-    return Policy(name=name, rules=tuple(rules), dry_run=dry_run)
+    return Policy(name=name, rules=tuple(rules), dry_run=dry_run, window=window)
+
+
+def window_aggregates(recent: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, float]]:
+    """Mean, min, max and least-squares slope (change per step) of each metric's window."""
+    out: dict[str, dict[str, float]] = {"window_mean": {}, "window_min": {}, "window_max": {}, "slope": {}}
+    for name, points in recent.items():
+        if not points:
+            continue
+        values = [v for _, v in points]
+        out["window_mean"][name] = sum(values) / len(values)
+        out["window_min"][name] = min(values)
+        out["window_max"][name] = max(values)
+        if len(points) >= 2:
+            steps = [float(s) for s, _ in points]
+            mean_s, mean_v = sum(steps) / len(steps), out["window_mean"][name]
+            var = sum((s - mean_s) ** 2 for s in steps)
+            if var > 0:
+                out["slope"][name] = sum((s - mean_s) * (v - mean_v) for s, v in points) / var
+    return out
 
 
 def _activation(state: JobState, history: RuleHistory) -> dict[str, Any]:
@@ -250,6 +280,7 @@ def _activation(state: JobState, history: RuleHistory) -> dict[str, Any]:
     variables.update(
         metrics=dict(state.metrics),
         peak=dict(state.peak),
+        **window_aggregates(state.recent),
         last_fire=dict(history.last_fire),
         step=state.step,
         batch_size=state.batch_size,

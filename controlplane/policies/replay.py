@@ -8,6 +8,7 @@ change, so the knobs at each tick are the recorded ones.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ def replay(policy: engine.Policy, ticks: list[Tick], *, start_time: float, defau
     stride = max(1, -(-len(ticks) // max_ticks))  # ceil: evaluate at most max_ticks ticks
     latest: dict[str, float] = {}
     peak: dict[str, float] = {}
+    recent: dict[str, deque[tuple[int, float]]] = {}
     histories = {rule.name: engine.RuleHistory() for rule in policy.rules}
     fired_at: dict[str, float] = {}
     decisions = []
@@ -43,6 +45,7 @@ def replay(policy: engine.Policy, ticks: list[Tick], *, start_time: float, defau
         for name, value in tick.values.items():
             latest[name] = value
             peak[name] = max(value, peak.get(name, value))
+            recent.setdefault(name, deque(maxlen=policy.window)).append((tick.step, value))
         if index % stride and index != len(ticks) - 1:
             continue
         evaluations += 1
@@ -52,7 +55,7 @@ def replay(policy: engine.Policy, ticks: list[Tick], *, start_time: float, defau
             lr=float(latest.get("lr", defaults.lr)),
             workers=int(latest.get("workers", defaults.workers)),
             seconds_running=max(0.0, tick.time - start_time),
-            metrics=dict(latest), peak=dict(peak),
+            metrics=dict(latest), peak=dict(peak), recent={k: list(v) for k, v in recent.items()},
             strategy=defaults.strategy, topology=defaults.topology,
         )
         for rule in policy.rules:

@@ -99,19 +99,21 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
     return decision
 
 
-def _latest_job_metrics(job: Job) -> tuple[dict[str, float], dict[str, float]]:
-    """Latest and highest value of each whole-job series (index scans per name)."""
+def _latest_job_metrics(job: Job, window: int) -> tuple[dict, dict, dict]:
+    """Latest value, highest value and last ``window`` (step, value) points of each
+    whole-job series (index scans per name)."""
     names = (
         MetricPoint.objects.filter(job=job, rank__isnull=True).values_list("name", flat=True).distinct()
     )
-    latest, peak = {}, {}
+    latest, peak, recent = {}, {}, {}
     for name in names:
         series = MetricPoint.objects.filter(job=job, name=name, rank__isnull=True)
-        point = series.order_by("-step", "-id").values_list("value", flat=True).first()
-        if point is not None:
-            latest[name] = point
+        points = list(series.order_by("-step", "-id").values_list("step", "value")[:window])
+        if points:
+            latest[name] = points[0][1]
+            recent[name] = points[::-1]
             peak[name] = series.aggregate(m=Max("value"))["m"]
-    return latest, peak
+    return latest, peak, recent
 
 
 def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
@@ -155,12 +157,12 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         return []  # one question to the user at a time
     policy = job.policy
     parsed = engine.parse_policy(policy.definition)
-    latest, peak = _latest_job_metrics(job)
+    latest, peak, recent = _latest_job_metrics(job, parsed.window)
     state = engine.JobState(
         step=job.last_step, batch_size=job.batch_size, lr=job.learning_rate,
         workers=job.workers_current,
         seconds_running=(timezone.now() - (job.started_at or job.created_at)).total_seconds(),
-        metrics=latest, peak=peak, strategy=job.strategy, topology=job.topology,
+        metrics=latest, peak=peak, recent=recent, strategy=job.strategy, topology=job.topology,
     )
     outcomes = engine.evaluate_policy(parsed, state, _histories(job, policy))
     decisions = []
