@@ -24,16 +24,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 right now."""
+    return free_peers(1)[0][1]
+
+
+def free_peers(n: int) -> list[tuple[str, int]]:
+    """``n`` distinct free (host, port) pairs on 127.0.0.1: the sockets stay bound until
+    all are chosen, so no port is handed out twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname() for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def peer_list(n: int) -> list[str]:
+    """``n`` distinct free ``127.0.0.1:port`` addresses, as a communicator takes them."""
+    return [f"{host}:{port}" for host, port in free_peers(n)]
 
 
 def run_workers(n: int, hyperparameters: dict, *, module: str = "examples.digits.train",
                 timeout_s: float = 600, **params) -> dict[int, list[dict]]:
     """Run ``module`` as ``n`` workers to completion; return each rank's protocol messages.
     Raises RuntimeError with the worker's last output if one fails."""
-    peers = ",".join(f"127.0.0.1:{free_port()}" for _ in range(n))
+    peers = ",".join(peer_list(n))
     procs = []
     for rank in range(n):
         env = {**os.environ, protocol.ENV_JOB: "1", protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers,

@@ -15,8 +15,9 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
+from agent.local import free_port
 from controlplane.backing_services import ensure_backing_services
-from scripts.devstack import ROOT, ApiClient, Stack, ensure_user, free_port
+from scripts.devstack import ROOT, ApiClient, Stack, ensure_user
 
 
 def log(message: str) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import socket
 import statistics
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from agent.local import peer_list
 
 WARMUP_CALLS = 3
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -59,17 +60,6 @@ def figures(n: int, nbytes: int, times: list[float], algo: str = "auto") -> dict
         "algbw_GBps": round(algbw, 4),
         "busbw_GBps": round(algbw * 2 * (n - 1) / n, 4),
     }
-
-
-def free_peers(n: int) -> list[str]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def run_rank(
@@ -127,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    peers = free_peers(args.np)
+    peers = peer_list(args.np)
     processes = [
         context.Process(
             target=run_rank,

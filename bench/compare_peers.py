@@ -30,12 +30,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from agent.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "peer_allreduce.py"
@@ -44,12 +45,6 @@ The peer baselines need their own virtual environment and Open MPI:
     apt-get install -y openmpi-bin libopenmpi-dev
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0 mpi4py numpy
 then pass --peers-python /tmp/peers/bin/python (the default)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def json_lines(command: list[str], env: dict[str, str] | None = None) -> list[dict[str, Any]]:

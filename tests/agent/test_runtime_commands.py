@@ -15,12 +15,12 @@ import time
 import pytest
 
 from agent import protocol
-from agent.local import ROOT, free_port
+from agent.local import ROOT, peer_list
 
 
 class Workers:
     def __init__(self, n: int, hyperparameters: dict, **params):
-        peers = ",".join(f"127.0.0.1:{free_port()}" for _ in range(n))
+        peers = ",".join(peer_list(n))
         self.messages: queue.Queue = queue.Queue()
         self.procs = []
         for rank in range(n):

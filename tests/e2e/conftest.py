@@ -15,7 +15,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from scripts.devstack import ApiClient, Stack, StackError, ensure_user, free_port
+from agent.local import free_port
+from scripts.devstack import ApiClient, Stack, StackError, ensure_user
 
 
 def _recreate_database(database_url: str, name: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -18,18 +17,13 @@ from typing import Any
 
 import pytest
 
+from agent.local import peer_list
+
 SPAWN = multiprocessing.get_context("spawn")
 
 
 def free_peers(n: int) -> list[str]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    return peer_list(n)
 
 
 def _rank_main(
