@@ -19,6 +19,7 @@ from controlplane.jobs.auth import IsNode, NodeCredentialAuthentication
 from controlplane.jobs.models import Command, Job
 from controlplane.live import selectors as live_selectors
 from controlplane.live import services as live_services
+from controlplane.live.downsample import DEFAULT_DOWNSAMPLE, DOWNSAMPLE_METHODS
 from controlplane.policies.models import Policy
 from controlplane.schema import ERRORS
 
@@ -295,12 +296,24 @@ def _int_param(request, name: str, *, default=None, low=None, high=None):
     return value
 
 
+def _downsample_param(request) -> str:
+    raw = request.query_params.get("downsample") or DEFAULT_DOWNSAMPLE
+    if raw not in DOWNSAMPLE_METHODS:
+        raise InvalidInput(f"downsample must be one of {', '.join(DOWNSAMPLE_METHODS)}; got {raw!r}.",
+                           details={"downsample": raw, "allowed": list(DOWNSAMPLE_METHODS)})
+    return raw
+
+
 class JobMetricsApi(APIView):
     @extend_schema(responses={200: MetricsOutputSerializer, **ERRORS}, parameters=[
         OpenApiParameter("names", str, description="comma-separated metric names (default: all)"),
         OpenApiParameter("since", int, description="first step"), OpenApiParameter("until", int, description="last step"),
         OpenApiParameter("max_points", int, description="points per series after downsampling (2-100000, default 1000)"),
-        OpenApiParameter("per_rank", bool, description="include per-worker series (default true)")])
+        OpenApiParameter("per_rank", bool, description="include per-worker series (default true)"),
+        OpenApiParameter("downsample", str, enum=list(DOWNSAMPLE_METHODS), default=DEFAULT_DOWNSAMPLE, description=(
+            "how a series longer than max_points is cut: minmax keeps each bucket's lowest and highest "
+            "point (exact extremes); lttb (Largest-Triangle-Three-Buckets) keeps one point per bucket "
+            "that best preserves the line's shape, exactly max_points points"))])
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         names_raw = request.query_params.get("names", "")
@@ -311,6 +324,7 @@ class JobMetricsApi(APIView):
             until=_int_param(request, "until", low=0),
             max_points=_int_param(request, "max_points", default=1000, low=2, high=100_000),
             per_rank=request.query_params.get("per_rank", "true").lower() != "false",
+            downsample=_downsample_param(request),
         )
         job.refresh_from_db(fields=["live_seq"])
         return Response({"job": job.id, "seq": job.live_seq, "series": series})

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from controlplane.live.downsample import min_max_buckets
+from controlplane.live.downsample import DEFAULT_DOWNSAMPLE, downsample_indices
 from controlplane.live.models import MetricPoint
 
 
 def job_metric_series(
     *, job_id: int, names: list[str] | None, since: int | None, until: int | None, max_points: int,
-    per_rank: bool = True,
+    per_rank: bool = True, downsample: str = DEFAULT_DOWNSAMPLE,
 ) -> list[dict[str, Any]]:
-    """Series of a job as ``[{"name", "rank", "step": [...], "value": [...], "time": [...]}]``."""
+    """Series of a job as ``[{"name", "rank", "step": [...], "value": [...], "time": [...]}]``,
+    each cut to ``max_points`` with the ``downsample`` method (see ``live.downsample``)."""
     qs = MetricPoint.objects.filter(job_id=job_id)
     if names:
         qs = qs.filter(name__in=names)
@@ -32,7 +33,7 @@ def job_metric_series(
     for (name, rank), points in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)):
         steps = [p[0] for p in points]
         values = [p[1] for p in points]
-        keep = min_max_buckets(steps, values, max_points)
+        keep = downsample_indices(downsample, steps, values, max_points)
         series.append({
             "name": name, "rank": rank, "points": len(points),
             "step": [steps[i] for i in keep], "value": [values[i] for i in keep],
