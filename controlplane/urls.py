@@ -22,6 +22,7 @@ api_v1 = [
     path("policies/", policy_apis.PolicyListCreateApi.as_view(), name="policy-list"),
     path("policies/validate/", policy_apis.PolicyValidateApi.as_view(), name="policy-validate"),
     path("policies/templates/", policy_apis.PolicyTemplateListApi.as_view(), name="policy-templates"),
+    path("policies/replay/", policy_apis.PolicyDefinitionReplayApi.as_view(), name="policy-definition-replay"),
     path("policies/<int:policy_id>/", policy_apis.PolicyDetailApi.as_view(), name="policy-detail"),
     path("policies/<int:policy_id>/versions/", policy_apis.PolicyVersionListApi.as_view(), name="policy-versions"),
     path("policies/<int:policy_id>/replay/", policy_apis.PolicyReplayApi.as_view(), name="policy-replay"),

@@ -1,4 +1,5 @@
-"""REST endpoints for adaptation policies (first cut: list, create, validate)."""
+"""REST endpoints for adaptation policies: CRUD with versions, enable/disable, validation,
+templates, replays (of a saved policy or of an unsaved definition) and approvals."""
 
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -75,7 +76,10 @@ class PolicyDetailApi(APIView):
             policy = services.policy_set_enabled(policy=policy, enabled=v["enabled"])
         return Response(PolicyOutputSerializer(policy).data)
 
-    @extend_schema(responses={204: None, **ERRORS})
+    @extend_schema(
+        responses={204: None, 409: ERRORS[400], **ERRORS},
+        description="Refused (409, with the job ids in details.jobs) while an unfinished job uses the "
+                    "policy: disable it instead (PUT {\"enabled\": false}), or delete it once those jobs end.")
     def delete(self, request, policy_id: int):
         services.policy_delete(policy=_policy_for_user(request.user, policy_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -158,17 +162,51 @@ class PolicyTemplateListApi(APIView):
                           "definition": {k: v for k, v in t.items() if k != "id"}} for t in TEMPLATES])
 
 
+class ReplayDecisionSerializer(serializers.Serializer):
+    step = serializers.IntegerField()
+    time = serializers.FloatField(help_text="Unix seconds of the recorded step.")
+    rule = serializers.CharField()
+    action = serializers.JSONField(help_text='{"type": <action>, "value": <value or null>}')
+    inputs = serializers.JSONField(help_text="The scalar CEL inputs the rule saw.")
+    dry_run = serializers.BooleanField()
+
+
+class PolicyReplayOutputSerializer(serializers.Serializer):
+    policy = serializers.IntegerField(allow_null=True, help_text="null for an unsaved definition")
+    version = serializers.IntegerField(allow_null=True, help_text="null for an unsaved definition")
+    job = serializers.IntegerField()
+    ticks = serializers.IntegerField(help_text="Recorded steps with whole-job metrics.")
+    evaluations = serializers.IntegerField()
+    decisions = ReplayDecisionSerializer(many=True)
+
+
 class PolicyReplayApi(APIView):
     class InputSerializer(serializers.Serializer):
         job = serializers.IntegerField(min_value=1)
 
-    @extend_schema(request=InputSerializer, responses={200: inline_serializer("PolicyReplay", {
-        "policy": serializers.IntegerField(), "version": serializers.IntegerField(),
-        "job": serializers.IntegerField(), "ticks": serializers.IntegerField(),
-        "evaluations": serializers.IntegerField(), "decisions": serializers.JSONField()}), **ERRORS})
+    @extend_schema(request=InputSerializer, responses={200: PolicyReplayOutputSerializer, **ERRORS})
     def post(self, request, policy_id: int):
         policy = _policy_for_user(request.user, policy_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job = job_selectors.job_get_for_user(user=request.user, job_id=data.validated_data["job"])
         return Response(services.policy_replay(policy=policy, job=job))
+
+
+class PolicyDefinitionReplayApi(APIView):
+    """Replay a definition that is not saved (the editor's draft) on a job's recorded metrics."""
+
+    class InputSerializer(serializers.Serializer):
+        definition = serializers.JSONField()
+        job = serializers.IntegerField(min_value=1)
+
+    @extend_schema(
+        request=InputSerializer, responses={200: PolicyReplayOutputSerializer, **ERRORS},
+        description="The definition is checked first, with the errors of /policies/validate/ (400, "
+                    "details.path and details.position); then the job, which must be yours (404 otherwise).")
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        parsed = services.policy_validate(data.validated_data["definition"])
+        job = job_selectors.job_get_for_user(user=request.user, job_id=data.validated_data["job"])
+        return Response(services.definition_replay(policy=parsed, job=job))

@@ -1,4 +1,5 @@
-"""Writes for policies: create, and evaluate a job's policy into decisions and commands."""
+"""Writes for policies (create, new versions, enable/disable, delete, approvals), the
+evaluation of a job's policy into decisions and commands, and replays on recorded metrics."""
 
 from __future__ import annotations
 
@@ -41,9 +42,15 @@ def policy_create(*, owner, definition: dict[str, Any]) -> Policy:
     return policy
 
 
-@transaction.atomic
 def policy_set_enabled(*, policy: Policy, enabled: bool) -> Policy:
-    Policy.objects.filter(id=policy.id).update(enabled=enabled)
+    """Turn a policy on or off. A disabled policy is not evaluated (jobs keep running with
+    the knobs they have); its jobs' hysteresis counters restart, since conditions seen
+    before the pause say nothing about the metrics after it."""
+    with transaction.atomic():
+        changed = Policy.objects.filter(id=policy.id).exclude(enabled=enabled).update(
+            enabled=enabled, updated_at=timezone.now())
+        if changed:
+            Job.objects.filter(policy_id=policy.id).update(policy_state={})
     policy.refresh_from_db()
     return policy
 
@@ -66,9 +73,27 @@ def policy_update(*, policy: Policy, definition: dict[str, Any], user) -> Policy
     return policy
 
 
+@transaction.atomic
 def policy_delete(*, policy: Policy) -> None:
-    """Jobs that used it keep running without a policy; their decisions go with it."""
-    policy.delete()
+    """Delete a policy that no unfinished job uses; finished jobs keep their record
+    without it (their decisions go with it; their audit events stay).
+
+    Deleting a policy from under a job that is still running would change what that job
+    does without anyone asking it to, so it is refused: disable the policy, or wait
+    for (or cancel) the job first. The policy's row is locked first, so a job created
+    with it at the same time either is seen here or waits for the delete.
+    """
+    locked = Policy.objects.select_for_update().filter(id=policy.id).first()
+    if locked is None:
+        return
+    active = list(Job.objects.filter(policy_id=policy.id).exclude(status__in=Job.TERMINAL)
+                  .order_by("id").values_list("id", flat=True))
+    if active:
+        jobs = ", ".join(f"#{job_id}" for job_id in active)
+        raise Conflict(
+            f"Policy {locked.name!r} is used by unfinished job(s) {jobs}; disable the policy instead, "
+            f"or delete it once those jobs have ended.", details={"jobs": active})
+    locked.delete()
 
 
 @transaction.atomic
@@ -214,13 +239,24 @@ MAX_REPLAY_TICKS = 20_000
 
 
 def policy_replay(*, policy: Policy, job: Job) -> dict[str, Any]:
+    """What the saved ``policy`` (its current version) would have decided on ``job``."""
+    parsed = policy_validate(policy.definition)
+    return {"policy": policy.id, "version": policy.version, **replay_on_job(policy=parsed, job=job)}
+
+
+def definition_replay(*, policy: engine.Policy, job: Job) -> dict[str, Any]:
+    """The same for a definition that is not saved (the editor's draft): already parsed,
+    so that a bad definition is refused before the job is looked at."""
+    return {"policy": None, "version": None, **replay_on_job(policy=policy, job=job)}
+
+
+def replay_on_job(*, policy: engine.Policy, job: Job) -> dict[str, Any]:
     """What ``policy`` would have decided on ``job``'s recorded whole-job metrics.
 
     The job's knobs at each tick are the recorded ones (``batch_size``, ``lr``,
     ``workers`` series when present, else the job's current values): a replay shows when
     and what the policy would have asked, given what actually happened.
     """
-    parsed = policy_validate(policy.definition)
     rows = (MetricPoint.objects.filter(job=job, rank__isnull=True)
             .order_by("step", "id").values_list("step", "name", "value", "time"))
     ticks: list[replay.Tick] = []
@@ -230,9 +266,9 @@ def policy_replay(*, policy: Policy, job: Job) -> dict[str, Any]:
         ticks[-1].values[name] = value
     start = (job.started_at or job.created_at).timestamp()
     result = replay.replay(
-        parsed, ticks, start_time=start, defaults=replay.Knobs(
+        policy, ticks, start_time=start, defaults=replay.Knobs(
             batch_size=job.batch_size, lr=job.learning_rate, workers=job.workers_current or job.workers_initial,
             strategy=job.strategy, topology=job.topology),
         max_ticks=MAX_REPLAY_TICKS,
     )
-    return {"policy": policy.id, "version": policy.version, "job": job.id, **result}
+    return {"job": job.id, **result}
