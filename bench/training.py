@@ -1,0 +1,168 @@
+"""Training throughput, ours vs TensorFlow's MultiWorkerMirroredStrategy: ``python -m bench.training --json``.
+
+For each model (``examples.synthetic_cnn`` at global batch 128, ``examples.digits`` at
+global batch 64) and each worker count, three systems train the same model on the same
+data with the same global batch, each worker a process with one TensorFlow thread:
+
+- ``adaptrain``: the example itself, run by ``agent.local.run_workers`` (our runtime,
+  S-SGD over the native ring allreduce, gradient-noise monitor at its job default);
+  the per-step figures are the ``step_time`` it reports every ``log_every`` steps
+  (the mean over that window), taken after warm-up.
+- ``tf_mwms``: ``bench/_mwms_worker.py`` as N processes with ``TF_CONFIG`` on free
+  loopback ports (``tf.distribute.MultiWorkerMirroredStrategy``, Keras custom loop).
+- ``plain``: the same loop in one process without distribution, with 2 intra-op
+  threads (the whole machine); printed once per model, with ``workers`` 1.
+
+``median_step_s`` is the median over post-warm-up windows of ``log_every`` steps of
+the mean step time in the window (the same windows for every system), and
+``samples_per_s`` is ``global_batch / median_step_s``. Lines are JSON with ``--json``;
+otherwise a table. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.local import job_series, peer_list, run_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    module: str
+    global_batch: int
+    steps: int  # default steps per run
+    log_every: int  # window of the reported step_time
+    lr: float
+
+
+MODELS = {
+    "synthetic_cnn": ModelSetup("examples.synthetic_cnn.train", 128, 40, 5, 0.01),
+    "digits": ModelSetup("examples.digits.train", 64, 600, 20, 0.05),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def windows(step_times: list[float], size: int) -> list[float]:
+    """Mean step time of each full window of ``size`` consecutive steps (as the runtime reports)."""
+    return [statistics.fmean(step_times[i:i + size]) for i in range(0, len(step_times) - size + 1, size)]
+
+
+def warmup_steps(steps: int, log_every: int) -> int:
+    """Steps left out at the start: tracing, first allocations, rendezvous. A fifth of
+    the run, rounded up to a whole window, and at least one window."""
+    return max(log_every, -(-steps // 5 // log_every) * log_every)
+
+
+def run_ours(setup: ModelSetup, workers: int, steps: int, monitor_every: int) -> list[float]:
+    hp = {"batch_size": setup.global_batch, "lr": setup.lr, "steps": steps, "log_every": setup.log_every,
+          "monitor_every": monitor_every, "seed": 0}
+    messages = run_workers(workers, hp, module=setup.module, timeout_s=1200)
+    series = job_series(messages[0], "step_time")
+    skip = warmup_steps(steps, setup.log_every)
+    return [t for step, t in sorted(series.items()) if step > skip and step % setup.log_every == 0]
+
+
+def run_reference(system: str, model: str, setup: ModelSetup, workers: int, steps: int,
+                  threads: int) -> list[float]:
+    command = [sys.executable, "-m", "bench._mwms_worker", "--system", system, "--model", model,
+               "--global-batch", str(setup.global_batch), "--steps", str(steps), "--threads", str(threads),
+               "--lr", str(setup.lr)]
+    peers = peer_list(workers)
+    procs = []
+    for rank in range(workers):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        if system == "tf_mwms":
+            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": peers}, "task": {"type": "worker", "index": rank}})
+        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for rank, proc in enumerate(procs):
+            out, err = proc.communicate(timeout=1200)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{system} worker {rank} exited with {proc.returncode}:\n{err[-3000:]}")
+            outputs.append(out)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    result = json.loads(outputs[0].strip().splitlines()[-1])
+    skip = warmup_steps(steps, setup.log_every)
+    return windows(result["step_times"][skip:], setup.log_every)
+
+
+def record(system: str, model: str, setup: ModelSetup, workers: int, window_times: list[float]) -> dict:
+    if not window_times:
+        raise RuntimeError(f"{system}/{model}/{workers}: no step times after warm-up; raise --steps")
+    median = statistics.median(window_times)
+    return {"system": system, "model": model, "workers": workers, "global_batch": setup.global_batch,
+            "samples_per_s": round(setup.global_batch / median, 2), "median_step_s": round(median, 6)}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':<14}{'workers':>8}{'system':>11}{'samples/s':>12}{'step s':>11}{'vs tf_mwms':>12}")
+    by_key = {(r["model"], r["workers"], r["system"]): r for r in rows}
+    for r in rows:
+        mwms = by_key.get((r["model"], r["workers"], "tf_mwms"))
+        ratio = f"{r['samples_per_s'] / mwms['samples_per_s']:.2f}x" if mwms and r["system"] != "tf_mwms" else ""
+        print(f"{r['model']:<14}{r['workers']:>8}{r['system']:>11}{r['samples_per_s']:>12.1f}"
+              f"{r['median_step_s']:>11.4f}{ratio:>12}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    parser.add_argument("--models", default="synthetic_cnn,digits", help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per run (default: 40 for synthetic_cnn, 600 for digits); "
+                             "the first fifth is warm-up")
+    parser.add_argument("--monitor-every", type=int, default=1,
+                        help="our gradient-noise monitor interval (1, the job default; 0 turns it off)")
+    parser.add_argument("--plain-threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",") if w]
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not worker_counts or min(worker_counts) < 1:
+        parser.error(f"models must be among {', '.join(MODELS)} and worker counts positive")
+    rows = []
+    started = time.perf_counter()
+    for model in models:
+        setup = MODELS[model]
+        steps = args.steps or setup.steps
+        if steps < warmup_steps(steps, setup.log_every) + setup.log_every:
+            parser.error(f"--steps {steps} leaves no measured window after warm-up for {model}")
+        runs = [("plain", 1)] + [(system, n) for n in worker_counts for system in ("adaptrain", "tf_mwms")]
+        for system, workers in runs:
+            log(f"{model}: {system} with {workers} worker(s), {steps} steps "
+                f"({time.perf_counter() - started:.0f} s so far)")
+            if system == "adaptrain":
+                times = run_ours(setup, workers, steps, args.monitor_every)
+            elif system == "tf_mwms":
+                times = run_reference("tf_mwms", model, setup, workers, steps, threads=1)
+            else:
+                times = run_reference("plain", model, setup, 1, steps, threads=args.plain_threads)
+            row = record(system, model, setup, workers, times)
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+    if not args.json:
+        print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
