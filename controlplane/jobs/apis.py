@@ -93,7 +93,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = ["id", "name", "owner", "entrypoint", "status", "status_reason", "hyperparameters",
-                  "strategy", "topology", "policy", "parameters", "workers", "last_step",
+                  "strategy", "topology", "policy", "parameters", "workers", "cluster_version", "last_step",
                   "created_at", "started_at", "finished_at"]
 
     def get_parameters(self, job: Job) -> dict:
@@ -102,7 +102,11 @@ class JobOutputSerializer(serializers.ModelSerializer):
                 "strategy": job.strategy, "topology": job.topology}
 
     def get_workers(self, job: Job) -> list[dict]:
-        return [{"rank": w.rank, "node": w.node.name, "port": w.port, "state": w.state}
+        """``rank`` is the worker's fixed number in the job; ``cluster_rank`` its rank in the
+        job's latest cluster version (null when it is not a member)."""
+        members = selectors.job_cluster_members(job)
+        return [{"rank": w.rank, "cluster_rank": members.index(w.rank) if w.rank in members else None,
+                 "node": w.node.name, "port": w.port, "state": w.state, "cluster_version": w.cluster_version}
                 for w in job.workers.all()]
 
 
@@ -259,9 +263,10 @@ class JobCommandsApi(APIView):
                     raise serializers.ValidationError(
                         {"value": f"set_topology needs one of {', '.join(Job.Topology.values)}."})
             elif action == "scale_workers":
-                raise serializers.ValidationError(
-                    {"action": "scale_workers is not supported by the runtime yet; supported now: set_batch_size, "
-                               "set_lr, set_strategy, set_topology, pause, resume, checkpoint, stop."})
+                # The job's own bounds (workers min and max) are checked by the service.
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                    raise serializers.ValidationError(
+                        {"value": "scale_workers needs an integer number of workers (the job's new size)."})
             return attrs
 
     @extend_schema(responses={200: CommandOutputSerializer(many=True), **ERRORS})
@@ -422,6 +427,7 @@ class AgentMetricsApi(AgentApi):
 ClusterSpecSerializer = inline_serializer("ClusterSpec", {
     "job": serializers.IntegerField(), "version": serializers.IntegerField(),
     "world_size": serializers.IntegerField(), "complete": serializers.BooleanField(),
+    "workers_min": serializers.IntegerField(),
     "members": serializers.ListField(child=serializers.CharField(allow_null=True))})
 
 
@@ -438,6 +444,9 @@ class AgentJobWorkersApi(AgentApi):
 
 
 class AgentClusterSpecApi(AgentApi):
+    """The job's latest cluster version (members in rank order); changes are also pushed
+    on /ws/agent/ as ``cluster`` frames."""
+
     @extend_schema(responses={200: ClusterSpecSerializer, **ERRORS})
     def get(self, request, job_id: int):
         job = Job.objects.filter(id=job_id, workers__node=request.auth).distinct().first()

@@ -79,6 +79,9 @@ class Job(models.Model):
     batch_size = models.PositiveIntegerField()
     learning_rate = models.FloatField()
     workers_current = models.PositiveIntegerField(default=0)
+    # The latest cluster-spec version written (see ClusterVersion); 0 until every initial
+    # worker has registered its port.
+    cluster_version = models.PositiveIntegerField(default=0)
     # Highest step any worker has reported; policies read it.
     last_step = models.BigIntegerField(default=0)
     # Per-job counters: commands are ordered by ``command_seq``, live messages by ``live_seq``.
@@ -101,13 +104,30 @@ class Job(models.Model):
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
 
+    @property
+    def is_elastic(self) -> bool:
+        return self.workers_min < self.workers_max
+
 
 class Worker(models.Model):
+    """One training process of a job.
+
+    ``rank`` is the worker's number in the job, fixed for its life: the initial workers
+    are 0..n-1 (their ranks in cluster version 1) and joiners are numbered on from the
+    highest so far. Its rank in a later version is its index in that version's members
+    (a crash in the middle shifts the ranks above it down; the numbers stay).
+    """
+
     class State(models.TextChoices):
         STARTING = "starting"
+        JOINING = "joining"      # a joiner the agent is starting (warm standby to be)
+        STANDBY = "standby"      # a joiner that built its model and waits to be let in
         RUNNING = "running"
+        LEFT = "left"            # removed from the cluster (shrink) and exited cleanly
         EXITED = "exited"
         FAILED = "failed"
+
+    ACTIVE = (State.STARTING, State.JOINING, State.STANDBY, State.RUNNING)
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="workers")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="workers")
@@ -115,10 +135,38 @@ class Worker(models.Model):
     # Chosen by the agent when it starts the worker (free port on the node).
     port = models.PositiveIntegerField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING)
+    # The highest cluster version this worker reported training in (``rescaled``).
+    cluster_version = models.PositiveIntegerField(default=0)
+
+    @property
+    def address(self) -> str | None:
+        return f"{self.node.address}:{self.port}" if self.port else None
 
     class Meta:
         ordering = ["job_id", "rank"]
         constraints = [models.UniqueConstraint(fields=["job", "rank"], name="worker_unique_rank")]
+
+
+class ClusterVersion(models.Model):
+    """One version of a job's cluster spec: its members in rank order, and who made it
+    and why. Versions of a job are numbered 1, 2, … and never change once written."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="cluster_versions")
+    version = models.PositiveIntegerField()
+    members = models.JSONField(help_text="host:port of each member, index = rank")
+    workers = models.JSONField(help_text="Worker.rank (worker number) of each member")
+    actor = models.CharField(max_length=200)
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "version"], name="cluster_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} v{self.version}: {len(self.members)} member(s)"
 
 
 class Command(models.Model):

@@ -3,7 +3,7 @@
 from django.db.models import QuerySet
 
 from controlplane.errors import NotFound
-from controlplane.jobs.models import Command, Event, Job, Node
+from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node
 
 
 def jobs_visible_to(user) -> QuerySet[Job]:
@@ -30,3 +30,15 @@ def job_events(job: Job, *, after_id: int | None = None) -> QuerySet[Event]:
 
 def nodes_all() -> QuerySet[Node]:
     return Node.objects.order_by("name")
+
+
+def job_cluster_members(job: Job) -> list[int]:
+    """Worker numbers of the job's latest cluster version, in rank order."""
+    if not job.cluster_version:
+        return []
+    row = ClusterVersion.objects.filter(job=job, version=job.cluster_version).values_list("workers", flat=True)
+    return list(row.first() or [])
+
+
+def job_cluster_versions(job: Job) -> QuerySet[ClusterVersion]:
+    return ClusterVersion.objects.filter(job=job).order_by("version")

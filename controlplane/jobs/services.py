@@ -12,13 +12,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from agent.scaling import scaled_lr
 from controlplane.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
 from controlplane.jobs import credentials, placement
-from controlplane.jobs.models import Command, Event, Job, JoinToken, Node, Worker
+from controlplane.jobs.models import ClusterVersion, Command, Event, Job, JoinToken, Node, Worker
 from controlplane.live import channels
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def job_snapshot(job: Job) -> dict[str, Any]:
         "id": job.id, "status": job.status, "status_reason": job.status_reason,
         "batch_size": job.batch_size, "lr": job.learning_rate, "workers": job.workers_current,
         "strategy": job.strategy, "topology": job.topology, "step": job.last_step,
+        "cluster_version": job.cluster_version,
     }
 
 
@@ -106,9 +107,7 @@ def job_create(
 
 
 def _free_slots(node: Node) -> int:
-    busy = Worker.objects.filter(
-        node=node, state__in=[Worker.State.STARTING, Worker.State.RUNNING]
-    ).count()
+    busy = Worker.objects.filter(node=node, state__in=Worker.ACTIVE).count()
     return node.slots - busy
 
 
@@ -145,6 +144,7 @@ def job_place(*, job_id: int) -> bool:
             "topology": job.topology,
             "world_size": job.workers_initial,
             "cluster_version": 1,
+            "workers_min": job.workers_min,
         }
         _command_create(job=job, nodes=[nodes[node_id] for node_id in plan], type=Command.Type.START,
                         payload=payload, issued_by="scheduler",
@@ -153,20 +153,27 @@ def job_place(*, job_id: int) -> bool:
 
 
 def cluster_spec(*, job: Job) -> dict[str, Any]:
-    """The rendezvous: every worker's address by rank, once all have reported a port."""
-    workers = list(Worker.objects.filter(job=job).select_related("node").order_by("rank"))
-    ready = all(w.port for w in workers) and len(workers) == job.workers_current
+    """The rendezvous and the membership: the job's latest cluster version, or — before
+    every initial worker has reported its port — the addresses known so far."""
+    current = _current_version(job)
+    if current is not None:
+        return {"job": job.id, "version": current.version, "world_size": len(current.members),
+                "complete": True, "members": list(current.members), "workers_min": job.workers_min}
+    workers = list(Worker.objects.filter(job=job, rank__lt=job.workers_initial)
+                   .select_related("node").order_by("rank"))
     return {
-        "job": job.id, "version": 1, "world_size": len(workers), "complete": ready,
-        "members": [f"{w.node.address}:{w.port}" if w.port else None for w in workers],
+        "job": job.id, "version": 0, "world_size": len(workers), "complete": False,
+        "members": [w.address for w in workers], "workers_min": job.workers_min,
     }
 
 
+@transaction.atomic
 def workers_register(*, node: Node, job_id: int, workers: list[dict]) -> Job:
-    """An agent reports the ports its workers of a job will listen on."""
-    job = Job.objects.filter(id=job_id, workers__node=node).distinct().first()
-    if job is None:
+    """An agent reports the ports its workers of a job will listen on. Once every initial
+    worker has one, cluster version 1 is written: the initial workers in rank order."""
+    if not Worker.objects.filter(job_id=job_id, node=node).exists():
         raise NotFound(f"Job {job_id} has no workers on node {node.name}.")
+    job = Job.objects.select_for_update().get(id=job_id)
     mine = set(Worker.objects.filter(job=job, node=node).values_list("rank", flat=True))
     for w in workers:
         if w.get("rank") not in mine:
@@ -176,7 +183,331 @@ def workers_register(*, node: Node, job_id: int, workers: list[dict]) -> Job:
             raise InvalidInput(f"Port {port!r} of rank {w['rank']} is not a TCP port.")
     for w in workers:
         Worker.objects.filter(job=job, node=node, rank=w["rank"]).update(port=w["port"])
+    if job.cluster_version == 0:
+        initial = list(Worker.objects.filter(job=job, rank__lt=job.workers_initial)
+                       .select_related("node").order_by("rank"))
+        if len(initial) == job.workers_initial and all(w.port for w in initial):
+            _version_write(job, initial, actor="scheduler",
+                           reason=f"the {len(initial)} initial worker(s) registered their ports")
     return job
+
+
+# --- cluster versions and rescaling -----------------------------------------------------
+
+def _current_version(job: Job) -> ClusterVersion | None:
+    if not job.cluster_version:
+        return None
+    return ClusterVersion.objects.filter(job=job, version=job.cluster_version).first()
+
+
+def _members(job: Job) -> list[Worker]:
+    """The workers of the job's latest cluster version, in rank order."""
+    current = _current_version(job)
+    if current is None:
+        return []
+    by_rank = {w.rank: w for w in Worker.objects.filter(job=job, rank__in=current.workers).select_related("node")}
+    return [by_rank[r] for r in current.workers]
+
+
+def _active_nodes(job: Job) -> list[Node]:
+    """Nodes that run (or are starting) workers of the job."""
+    return list(Node.objects.filter(workers__job=job, workers__state__in=Worker.ACTIVE).distinct().order_by("id"))
+
+
+def cluster_frame(version: ClusterVersion, *, workers_min: int) -> dict[str, Any]:
+    """What an agent receives on /ws/agent/ when a job's membership changes; it forwards
+    ``{"type": "cluster", "version", "members"}`` to the job's workers (agent.protocol)."""
+    return {"type": "cluster", "job": version.job_id, "version": version.version,
+            "members": list(version.members), "workers": list(version.workers),
+            "workers_min": workers_min}
+
+
+def _push_cluster(job_id: int) -> None:
+    job = Job.objects.get(id=job_id)
+    current = _current_version(job)
+    if current is None or job.is_terminal:
+        return
+    frame = cluster_frame(current, workers_min=job.workers_min)
+    for node in _active_nodes(job):
+        channels.push_command_to_agent(node.id, frame)
+
+
+def cluster_frames_for_node(node: Node) -> list[dict[str, Any]]:
+    """The latest version of every live job with workers on the node (sent again when its
+    agent reconnects; agents ignore versions they already have)."""
+    jobs = (Job.objects.filter(workers__node=node, workers__state__in=Worker.ACTIVE, cluster_version__gte=2)
+            .exclude(status__in=Job.TERMINAL).distinct())
+    frames = []
+    for job in jobs:
+        current = _current_version(job)
+        if current is not None:
+            frames.append(cluster_frame(current, workers_min=job.workers_min))
+    return frames
+
+
+def _version_write(job: Job, workers: list[Worker], *, actor: str, reason: str) -> ClusterVersion:
+    """Write the job's next cluster version (``workers`` in rank order) and, after commit,
+    push it to every agent of the job. The caller holds the job row lock."""
+    version = job.cluster_version + 1
+    current = ClusterVersion.objects.create(
+        job=job, version=version, members=[w.address for w in workers], workers=[w.rank for w in workers],
+        actor=actor, reason=reason,
+    )
+    Job.objects.filter(id=job.id).update(cluster_version=version, workers_current=len(workers))
+    job.cluster_version, job.workers_current = version, len(workers)
+    event_record(job=job, kind=Event.Kind.STATE, actor=actor,
+                 message=f"cluster version {version}: {len(workers)} worker(s) — {reason}",
+                 data={"cluster_version": version, "members": current.members, "workers": current.workers,
+                       "reason": reason})
+    if version > 1:
+        transaction.on_commit(lambda: _push_cluster(job.id))
+    transaction.on_commit(lambda: _publish_job(job.id))
+    return current
+
+
+def _start_rescaling(job: Job, *, actor: str, reason: str) -> None:
+    if job.status == Job.Status.RUNNING:
+        _transition(job, to=Job.Status.RESCALING, allowed_from=(Job.Status.RUNNING,), actor=actor, reason=reason)
+
+
+def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | None) -> list[Command]:
+    """``scale_workers``: grow by warm standbys or shrink by the highest ranks. The caller
+    holds the job row lock. See job_worker_report for how a grow completes."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"scale_workers needs an integer number of workers; got {value!r}.")
+    if not job.is_elastic:
+        raise InvalidInput(
+            f"Job {job.id} is not elastic: it was created with workers min = max = {job.workers_min}. "
+            "Create it with workers.min < workers.max to scale it.",
+            details={"workers": {"min": job.workers_min, "max": job.workers_max}})
+    if job.status == Job.Status.RESCALING:
+        raise Conflict(f"Job {job.id} is rescaling (cluster version {job.cluster_version}); "
+                       "scale it again once it is running.")
+    if job.status != Job.Status.RUNNING:
+        raise Conflict(f"Job {job.id} is {job.status}; scale_workers needs a running job.")
+    if not job.workers_min <= value <= job.workers_max:
+        raise InvalidInput(
+            f"scale_workers needs a value from {job.workers_min} to {job.workers_max} (the job's workers "
+            f"min and max); got {value}.",
+            details={"value": value, "workers": {"min": job.workers_min, "max": job.workers_max}})
+    members = _members(job)
+    if not members:
+        raise Conflict(f"Job {job.id} has no cluster version yet; scale it once it is running.")
+    if value == len(members):
+        raise InvalidInput(f"Job {job.id} already has {value} worker(s).")
+    busy = Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).order_by("seq").first()
+    if busy is not None:
+        raise Conflict(f"Command {busy.id} ({busy.type}) of job {job.id} is still in flight; "
+                       "scale the job once it is applied.")
+    size = len(members)
+    if value < size:
+        leaving = members[value:]
+        _start_rescaling(job, actor=issued_by, reason=f"shrinking from {size} to {value} workers")
+        commands = _command_create(job=job, nodes=_active_nodes(job), type=Command.Type.SCALE_WORKERS,
+                                   payload={"value": value}, issued_by=issued_by,
+                                   idempotency_key=idempotency_key)
+        _version_write(job, members[:value], actor=issued_by,
+                       reason=f"scale_workers {value}: worker(s) {', '.join(str(w.rank) for w in leaving)} "
+                              f"leave (the highest ranks)")
+        return commands
+
+    needed = value - size
+    nodes = {n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)}
+    capacities = [placement.NodeCapacity(node_id=n.id, free_slots=_free_slots(n)) for n in nodes.values()]
+    plan = placement.plan_placement(capacities, needed)
+    if plan is None:
+        free = sum(max(c.free_slots, 0) for c in capacities)
+        raise Conflict(
+            f"Not enough free slots to grow job {job.id} from {size} to {value} workers: {needed} more "
+            f"needed, {free} free on online nodes. Add nodes or free slots, then try again.",
+            details={"needed": needed, "free_slots": free})
+    next_rank = (Worker.objects.filter(job=job).aggregate(m=Max("rank"))["m"] or 0) + 1
+    joiners: dict[int, list[dict]] = {}
+    rows = []
+    for node_id, indexes in plan.items():
+        for i in indexes:
+            rows.append(Worker(job=job, node=nodes[node_id], rank=next_rank + i, state=Worker.State.JOINING))
+            joiners.setdefault(node_id, []).append({"rank": next_rank + i, "cluster_rank": size + i})
+    Worker.objects.bulk_create(rows)
+    where = ", ".join(f"{nodes[node_id].name} ({len(ws)})" for node_id, ws in joiners.items())
+    _start_rescaling(job, actor=issued_by,
+                     reason=f"growing from {size} to {value} workers: starting {needed} standby worker(s) on {where}")
+    current = _current_version(job)
+    join = {
+        "cluster_version": current.version, "members": list(current.members), "workers_min": job.workers_min,
+        "entrypoint": ENTRYPOINTS[job.entrypoint], "hyperparameters": job.hyperparameters,
+        "batch_size": job.batch_size, "lr": job.learning_rate, "strategy": job.strategy,
+        "topology": job.topology,
+    }
+    return _command_create(
+        job=job, nodes=_active_nodes(job), type=Command.Type.SCALE_WORKERS, payload={"value": value},
+        issued_by=issued_by, idempotency_key=idempotency_key,
+        payload_for=lambda node: ({"value": value, "join": {**join, "workers": joiners[node.id]}}
+                                  if node.id in joiners else {"value": value}),
+    )
+
+
+def _grow_maybe_admit(job: Job) -> None:
+    """When no joiner is still starting, let the warm standbys in: a new version with the
+    current members in order, then the standbys by number."""
+    workers = Worker.objects.filter(job=job)
+    if workers.filter(state=Worker.State.JOINING).exists():
+        return
+    standbys = list(workers.filter(state=Worker.State.STANDBY).select_related("node").order_by("rank"))
+    if not standbys or job.is_terminal:
+        return
+    command = (Command.objects.filter(job=job, type=Command.Type.SCALE_WORKERS, state__in=Command.IN_FLIGHT)
+               .order_by("-seq").first())
+    actor = command.issued_by if command else "scheduler"
+    members = _members(job)
+    Worker.objects.filter(id__in=[w.id for w in standbys]).update(state=Worker.State.RUNNING)
+    _version_write(job, members + standbys, actor=actor,
+                   reason=f"worker(s) {', '.join(str(w.rank) for w in standbys)} join as warm standbys "
+                          f"(growing from {len(members)} to {len(members) + len(standbys)})")
+
+
+def _scale_commands_finish(job: Job, *, step: int | None, paused_s: float | None) -> None:
+    size = job.workers_current
+    commands = list(Command.objects.filter(job=job, type=Command.Type.SCALE_WORKERS,
+                                           state__in=Command.IN_FLIGHT).order_by("seq", "id"))
+    by_seq: dict[int, list[Command]] = {}
+    for command in commands:
+        by_seq.setdefault(command.seq, []).append(command)
+    for rows in by_seq.values():
+        target = rows[0].payload.get("value")
+        ok = target == size
+        error = "" if ok else f"the job has {size} worker(s), not {target}: a worker failed during the change"
+        Command.objects.filter(id__in=[c.id for c in rows]).update(
+            state=Command.State.APPLIED if ok else Command.State.FAILED, applied_step=step if ok else None,
+            error=error, finished_at=timezone.now())
+        pause = f" (training paused {paused_s:.2f} s)" if ok and paused_s is not None else ""
+        event_record(job=job, kind=Event.Kind.COMMAND, actor="scheduler",
+                     message=(f"scale_workers {target} applied at step {step}{pause}" if ok
+                              else f"scale_workers {target} failed: {error}"),
+                     data={"command": rows[0].id, "type": Command.Type.SCALE_WORKERS, "payload": rows[0].payload,
+                           "state": Command.State.APPLIED if ok else Command.State.FAILED,
+                           "paused_s": paused_s}, step=step if ok else None)
+
+
+def _rescale_maybe_finish(job: Job, *, step: int | None = None, paused_s: float | None = None) -> None:
+    """Back to running once no joiner is pending and every member of the latest version
+    reported training in it."""
+    if job.status != Job.Status.RESCALING:
+        return
+    if Worker.objects.filter(job=job, state__in=[Worker.State.JOINING, Worker.State.STANDBY]).exists():
+        return
+    members = _members(job)
+    if any(w.cluster_version < job.cluster_version for w in members):
+        return
+    _transition(job, to=Job.Status.RUNNING, allowed_from=(Job.Status.RESCALING,), actor="scheduler",
+                reason=f"{len(members)} worker(s) train in cluster version {job.cluster_version}")
+    _scale_commands_finish(job, step=step, paused_s=paused_s)
+
+
+def _job_fail_and_stop(job: Job, *, actor: str, reason: str) -> None:
+    """Fail the job and have every agent still running its workers terminate them (they
+    may be waiting for a cluster version that will not come)."""
+    moved = _transition(job, to=Job.Status.FAILED,
+                        allowed_from=tuple(s for s in Job.Status.values if s not in Job.TERMINAL),
+                        actor=actor, reason=reason, finished_at=timezone.now())
+    if moved:
+        nodes = _active_nodes(job)
+        if nodes:
+            _command_create(job=job, nodes=nodes, type=Command.Type.STOP,
+                            payload={"terminate": True, "reason": reason}, issued_by=actor)
+        _scale_commands_finish(job, step=None, paused_s=None)
+
+
+def _members_lost(job: Job, lost: list[Worker], *, actor: str, reason: str) -> None:
+    """Members of the job died (worker crash, node lost). An elastic job that keeps at
+    least workers_min continues in a new version without them; otherwise it fails."""
+    lost_ids = {w.id for w in lost}
+    Worker.objects.filter(id__in=lost_ids).update(state=Worker.State.FAILED)
+    if job.is_terminal:
+        return
+    survivors = [w for w in _members(job) if w.id not in lost_ids]
+    if job.status not in (Job.Status.RUNNING, Job.Status.RESCALING) or not survivors:
+        _job_fail_and_stop(job, actor=actor, reason=reason)
+        return
+    if not job.is_elastic:
+        _job_fail_and_stop(job, actor=actor, reason=f"{reason}; the job is not elastic (workers min = max)")
+        return
+    if len(survivors) < job.workers_min:
+        _job_fail_and_stop(job, actor=actor, reason=f"{reason}; only {len(survivors)} worker(s) would remain, "
+                                                    f"below the job's workers min of {job.workers_min}")
+        return
+    _start_rescaling(job, actor=actor, reason=f"{reason}; continuing with {len(survivors)} worker(s)")
+    _version_write(job, survivors, actor=actor,
+                   reason=f"{reason}; the {len(survivors)} survivor(s) continue without it")
+
+
+WORKER_EVENTS = ("standby", "rescaled", "left", "peer_failed", "exited")
+
+
+@transaction.atomic
+def job_worker_report(*, node: Node, job_id: int, rank: Any, event: str, data: dict[str, Any]) -> None:
+    """An agent relays what one of its workers said or did (agent → control plane):
+
+    * ``standby`` (``address``): a joiner is ready; once every joiner is, they are let in
+      by a new cluster version;
+    * ``rescaled`` (``version``, ``step``, ``paused_s``): it trains in that version; once
+      every member does, the job is running again and ``scale_workers`` is applied;
+    * ``left`` (``version``, ``step``): it was removed and exited cleanly;
+    * ``peer_failed`` (``version``, ``error``): it waits for a version without a dead peer;
+    * ``exited`` (``code``, ``error``): it died while the job is elastic — the job goes on
+      without it if it can (see _members_lost).
+    """
+    if event not in WORKER_EVENTS:
+        raise InvalidInput(f"Unknown worker event {event!r}; use {', '.join(WORKER_EVENTS)}.")
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise InvalidInput(f"A worker event needs an integer rank (the worker's number); got {rank!r}.")
+    if not Worker.objects.filter(job_id=job_id, node=node, rank=rank).exists():
+        raise NotFound(f"Job {job_id} has no worker {rank} on node {node.name}.")
+    job = Job.objects.select_for_update().get(id=job_id)
+    worker = Worker.objects.select_related("node").get(job=job, rank=rank)
+    actor = f"node:{node.name}"
+    version = data.get("version") if isinstance(data.get("version"), int) else None
+    step = data.get("step") if isinstance(data.get("step"), int) else None
+    if event == "standby":
+        if worker.state != Worker.State.JOINING:
+            return  # a repeat, or a joiner given up on
+        if data.get("address") not in (None, worker.address):
+            raise InvalidInput(f"Worker {rank} of job {job_id} listens on {worker.address}, "
+                               f"not {data.get('address')!r}.")
+        Worker.objects.filter(id=worker.id).update(state=Worker.State.STANDBY)
+        _grow_maybe_admit(job)
+        _rescale_maybe_finish(job, step=step)
+    elif event == "rescaled":
+        if version is None:
+            raise InvalidInput("A rescaled report needs the version the worker trains in.")
+        if version > worker.cluster_version:
+            Worker.objects.filter(id=worker.id).update(cluster_version=version)
+        paused = data.get("paused_s")
+        _rescale_maybe_finish(job, step=step, paused_s=float(paused) if isinstance(paused, (int, float)) else None)
+    elif event == "left":
+        Worker.objects.filter(id=worker.id, state__in=Worker.ACTIVE).update(state=Worker.State.LEFT)
+        _rescale_maybe_finish(job, step=step)
+    elif event == "peer_failed":
+        event_record(job=job, kind=Event.Kind.STATE, actor=actor,
+                     message=f"worker {rank}: a peer failed in cluster version {version}; waiting for the next "
+                             f"version ({str(data.get('error', ''))[:300]})",
+                     data={"worker": rank, "cluster_version": version, "event": event})
+    elif event == "exited":
+        code = data.get("code")
+        error = str(data.get("error", ""))[:1500]
+        reason = f"worker {rank} on node {node.name} exited with code {code}" + (f": {error}" if error else "")
+        if worker.state not in Worker.ACTIVE:
+            return
+        if worker.state in (Worker.State.JOINING, Worker.State.STANDBY):
+            Worker.objects.filter(id=worker.id).update(state=Worker.State.FAILED)
+            event_record(job=job, kind=Event.Kind.STATE, actor=actor,
+                         message=f"joiner {reason}; the others join without it", data={"worker": rank})
+            _grow_maybe_admit(job)
+            _rescale_maybe_finish(job, step=step)
+        elif any(w.id == worker.id for w in _members(job)):
+            _members_lost(job, [worker], actor=actor, reason=reason)
+        else:  # removed already; it died on its way out
+            Worker.objects.filter(id=worker.id).update(state=Worker.State.FAILED)
 
 
 def job_cancel(*, job: Job, actor: str) -> Job:
@@ -189,13 +520,11 @@ def job_cancel(*, job: Job, actor: str) -> Job:
             s for s in Job.Status.values if s not in Job.TERMINAL), actor=actor,
             reason="cancelled", finished_at=timezone.now())
         if was_placed:
-            _command_create(job=job, nodes=_job_nodes(job), type=Command.Type.STOP, payload={},
-                            issued_by=actor)
+            nodes = _active_nodes(job)
+            if nodes:
+                _command_create(job=job, nodes=nodes, type=Command.Type.STOP, payload={}, issued_by=actor)
+            _scale_commands_finish(job, step=None, paused_s=None)
     return job
-
-
-def _job_nodes(job: Job) -> list[Node]:
-    return list(Node.objects.filter(workers__job=job).distinct())
 
 
 def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
@@ -210,22 +539,25 @@ def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
                 port=w.get("port"), state=w.get("state", Worker.State.RUNNING)
             )
         actor = f"node:{node.name}"
+        mine = Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE)
         if status == "running":
             _transition(job, to=Job.Status.RUNNING, allowed_from=(Job.Status.SCHEDULING,),
                         actor=actor, started_at=timezone.now())
         elif status == "succeeded":
-            Worker.objects.filter(job=job, node=node).update(state=Worker.State.EXITED)
+            mine.update(state=Worker.State.EXITED)
             _transition(job, to=Job.Status.SUCCEEDED,
                         allowed_from=(Job.Status.SCHEDULING, Job.Status.RUNNING, Job.Status.RESCALING),
                         actor=actor, reason=reason, finished_at=timezone.now())
         elif status == "failed":
-            Worker.objects.filter(job=job, node=node).exclude(state=Worker.State.EXITED).update(
-                state=Worker.State.FAILED)
+            mine.update(state=Worker.State.FAILED)
             _transition(job, to=Job.Status.FAILED,
                         allowed_from=(Job.Status.SCHEDULING, Job.Status.RUNNING, Job.Status.RESCALING),
                         actor=actor, reason=reason or "a worker failed", finished_at=timezone.now())
         elif status == "stopped":
-            Worker.objects.filter(job=job, node=node).update(state=Worker.State.EXITED)
+            # Workers that left or failed keep saying so.
+            mine.update(state=Worker.State.EXITED)
+            _grow_maybe_admit(job)
+            _rescale_maybe_finish(job)
         else:
             raise InvalidInput(f"Unknown job status {status!r}; use running, succeeded, failed or stopped.")
 
@@ -274,9 +606,14 @@ def command_issue(*, job: Job, type: str, value: Any = None, issued_by: str,
         existing = list(Command.objects.filter(job=job, idempotency_key=idempotency_key))
         if existing:
             return existing
-    if job.status not in (Job.Status.RUNNING, Job.Status.SCHEDULING):
+    if type == Command.Type.SCALE_WORKERS:
+        return _job_scale(job, value=value, issued_by=issued_by, idempotency_key=idempotency_key)
+    if job.status == Job.Status.RESCALING and type != Command.Type.STOP:
+        raise Conflict(f"Job {job.id} is rescaling (cluster version {job.cluster_version}); only stop is "
+                       f"accepted until it is running again.")
+    if job.status not in (Job.Status.RUNNING, Job.Status.SCHEDULING, Job.Status.RESCALING):
         raise Conflict(f"Job {job.id} is {job.status}; commands need a running job.")
-    nodes = _job_nodes(job)
+    nodes = _active_nodes(job)
     if not nodes:
         raise Conflict(f"Job {job.id} has no workers to command.")
     payload = {} if value is None else {"value": value}
@@ -398,10 +735,15 @@ def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None
         transaction.on_commit(place_pending_jobs.delay)
     if running_jobs is None:
         return
+    # The agent took the job on once it applied the start command or reported workers
+    # (a joiner's standby); workers that left or failed no longer tie the job to this node.
+    active = Worker.objects.filter(node=node, state__in=Worker.ACTIVE).values("job_id")
+    started = Command.objects.filter(node=node, type=Command.Type.START,
+                                     state=Command.State.APPLIED).values("job_id")
+    reported = Worker.objects.filter(node=node, state__in=[Worker.State.RUNNING, Worker.State.STANDBY]).values("job_id")
     orphaned = (
-        Job.objects.filter(workers__node=node, commands__node=node,
-                           commands__type=Command.Type.START, commands__state=Command.State.APPLIED)
-        .exclude(status__in=Job.TERMINAL).exclude(id__in=running_jobs).distinct()
+        Job.objects.filter(id__in=active).filter(Q(id__in=started) | Q(id__in=reported))
+        .exclude(status__in=Job.TERMINAL).exclude(id__in=running_jobs)
     )
     for job in orphaned:
         with transaction.atomic():
@@ -411,12 +753,13 @@ def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None
                 reason=f"the agent on node {node.name} no longer runs this job's workers (it restarted)",
             )
             if moved:
-                Worker.objects.filter(job=job, node=node).exclude(state=Worker.State.EXITED).update(
+                Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE).update(
                     state=Worker.State.FAILED)
 
 
 def nodes_mark_lost(*, timeout_s: float) -> list[int]:
-    """Nodes silent for longer than ``timeout_s`` become lost; jobs running there fail."""
+    """Nodes silent for longer than ``timeout_s`` become lost. An elastic job running there
+    shrinks by that node's workers when at least workers_min remain; other jobs fail."""
     cutoff = timezone.now() - timedelta(seconds=timeout_s)
     lost = []
     for node in Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat__lt=cutoff):
@@ -425,14 +768,21 @@ def nodes_mark_lost(*, timeout_s: float) -> list[int]:
                                    last_heartbeat__lt=cutoff).update(status=Node.Status.LOST) != 1:
                 continue
             lost.append(node.id)
-            jobs = Job.objects.filter(workers__node=node).exclude(status__in=Job.TERMINAL).distinct()
-            for job in jobs:
-                _transition(job, to=Job.Status.FAILED, allowed_from=tuple(
-                    s for s in Job.Status.values if s not in Job.TERMINAL), actor="scheduler",
-                    reason=f"node {node.name} lost (no heartbeat for {timeout_s:.0f} s)",
-                    finished_at=timezone.now())
-            Worker.objects.filter(node=node).exclude(state=Worker.State.EXITED).update(
-                state=Worker.State.FAILED)
+            reason = f"node {node.name} lost (no heartbeat for {timeout_s:.0f} s)"
+            job_ids = (Job.objects.filter(workers__node=node, workers__state__in=Worker.ACTIVE)
+                       .exclude(status__in=Job.TERMINAL).values_list("id", flat=True).distinct())
+            for job_id in sorted(job_ids):
+                job = Job.objects.select_for_update().get(id=job_id)
+                gone = list(Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE))
+                member_ids = {w.id for w in _members(job)}
+                members_gone = [w for w in gone if w.id in member_ids]
+                Worker.objects.filter(id__in=[w.id for w in gone]).update(state=Worker.State.FAILED)
+                if members_gone or job.cluster_version == 0:
+                    _members_lost(job, members_gone, actor="scheduler", reason=reason)
+                else:  # only joiners were there
+                    _grow_maybe_admit(job)
+                    _rescale_maybe_finish(job)
+            Worker.objects.filter(node=node, state__in=Worker.ACTIVE).update(state=Worker.State.FAILED)
     return lost
 
 

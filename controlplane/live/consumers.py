@@ -7,7 +7,13 @@
   the stored series over REST.
 * :class:`AgentCommandConsumer` — ``/ws/agent/``: commands to an agent; the agent
   answers ``ack`` on receipt and ``applied``/``failed`` once its workers acted.
-  Commands not yet acked are sent again whenever the agent (re)connects.
+  Commands not yet acked are sent again whenever the agent (re)connects. Membership
+  changes arrive as ``{"type": "cluster", "job", "version", "members", "workers",
+  "workers_min"}`` (no ack: the latest version of each job is sent again on connect, and
+  agents ignore versions they have). The agent relays what its workers say about
+  membership as ``{"type": "worker", "job", "rank", "event", ...}`` with event
+  ``standby``, ``rescaled``, ``left``, ``peer_failed`` or ``exited`` (see
+  ``services.job_worker_report``).
 """
 
 from __future__ import annotations
@@ -95,6 +101,8 @@ class AgentCommandConsumer(AsyncJsonWebsocketConsumer):
         pending = await database_sync_to_async(services.commands_unfinished_for_node)(self.node)
         for command in pending:
             await self._deliver(services.command_frame(command))
+        for frame in await database_sync_to_async(services.cluster_frames_for_node)(self.node):
+            await self.send_json(frame)
 
     async def disconnect(self, code):
         if getattr(self, "node", None) is not None:
@@ -102,13 +110,17 @@ class AgentCommandConsumer(AsyncJsonWebsocketConsumer):
 
     async def _deliver(self, frame: dict) -> None:
         await self.send_json(frame)
-        await database_sync_to_async(services.command_mark_sent)(command_id=frame["id"])
+        if frame.get("type") == "command":
+            await database_sync_to_async(services.command_mark_sent)(command_id=frame["id"])
 
     async def command_push(self, message):
         await self._deliver(message["command"])
 
     async def receive_json(self, content, **kwargs):
         kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "worker":
+            await self._worker_report(content)
+            return
         command_id = content.get("id") if isinstance(content, dict) else None
         if kind not in ("ack", "applied", "failed") or not isinstance(command_id, int):
             await self.send_json({"type": "error", "message":
@@ -126,3 +138,17 @@ class AgentCommandConsumer(AsyncJsonWebsocketConsumer):
                 )
         except ApiError as exc:
             await self.send_json({"type": "error", "id": command_id, "message": exc.message})
+
+    async def _worker_report(self, content: dict) -> None:
+        job_id, event = content.get("job"), content.get("event")
+        if not isinstance(job_id, int) or not isinstance(event, str):
+            await self.send_json({"type": "error", "message":
+                                  "Expected {\"type\": \"worker\", \"job\": <int>, \"rank\": <int>, "
+                                  "\"event\": <str>, ...}."})
+            return
+        data = {k: v for k, v in content.items() if k not in ("type", "job", "rank", "event")}
+        try:
+            await database_sync_to_async(services.job_worker_report)(
+                node=self.node, job_id=job_id, rank=content.get("rank"), event=event, data=data)
+        except ApiError as exc:
+            await self.send_json({"type": "error", "job": job_id, "message": exc.message})
