@@ -1,6 +1,8 @@
 """Policies in headless Chromium: a live decision shows as a chart marker whose hover
 names the rule, and the batch size changes; the editor shows a CEL syntax error at the
-field it is in and refuses to save it; a replay on a finished job draws its markers.
+field it is in and refuses to save it; a replay on a finished job draws its markers, and
+so does a replay of unsaved edits; a policy is switched off and on, and deleted after a
+confirmation (refused while a job uses it).
 
 Saves docs/screenshots/job.png and policy-editor.png (1280×800) for the README.
 """
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for_job
+from tests.e2e.conftest import wait_for, wait_for_job
 from tests.e2e.test_job_page_browser import browser, log_in  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -34,6 +36,8 @@ DOUBLING = {
 @pytest.fixture(scope="module")
 def page(stack, browser):  # noqa: F811
     page = browser.new_page(viewport={"width": 1280, "height": 800})
+    # Leaving the editor with unsaved edits asks (beforeunload); a test just leaves.
+    page.on("dialog", lambda dialog: dialog.accept())
     log_in(page, stack, "/policies/")
     yield page
     page.close()
@@ -189,3 +193,149 @@ def test_a_decision_that_needs_approval_waits_for_a_click_then_acts(stack, page)
         page.wait_for_function("document.querySelector('#job-batch-size').textContent === '32'", timeout=60_000)
     finally:
         api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
+
+
+@pytest.fixture(scope="module")
+def finished_job(stack):
+    """A short job without a policy, run to the end: recorded metrics to replay on."""
+    status, job = stack.api.post("/api/v1/jobs/", {
+        "name": "ui replay digits", "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 300, "log_every": 10},
+        "workers": {"initial": 1},
+    })
+    assert status == 201, job
+    wait_for_job(stack.api, job["id"], lambda j: j["status"] == "succeeded", timeout_s=180,
+                 what="the short job to finish", stack=stack)
+    return job
+
+
+def create_policy(api, name: str, when: str = "steps_since_fired >= 200") -> dict:
+    status, policy = api.post("/api/v1/policies/", {"definition": {
+        **DOUBLING, "name": name, "rules": [{**DOUBLING["rules"][0], "when": when}]}})
+    assert status == 201, policy
+    return policy
+
+
+def test_replaying_an_unsaved_edit_on_a_finished_job_shows_its_decisions(stack, page, finished_job):
+    api, job_id = stack.api, finished_job["id"]
+    policy = create_policy(api, "ui draft replay")
+    edited = {**policy["definition"], "rules": [{**policy["definition"]["rules"][0], "when": "steps_since_fired >= 50"}]}
+    _, saved_replay = api.post(f"/api/v1/policies/{policy['id']}/replay/", {"job": job_id})
+    status, expected = api.post("/api/v1/policies/replay/", {"definition": edited, "job": job_id})
+    assert status == 200, expected
+    fired = len(expected["decisions"])
+    assert fired > len(saved_replay["decisions"]) >= 1
+
+    page.goto(f"{stack.url}/policies/{policy['id']}/")
+    page.wait_for_selector("#validation.good")
+    page.fill("#rule-0-when", "steps_since_fired >= 50")  # not saved
+    page.wait_for_selector(f"#replay-job option[value='{job_id}']", state="attached")
+    page.select_option("#replay-job", str(job_id))
+    page.click("#replay-run")
+    page.wait_for_function(
+        f"Number(document.querySelector('#replay-charts canvas[data-metric=batch_size]')?.dataset.markers) === {fired}",
+        timeout=30_000)
+    summary = page.inner_text("#replay-summary")
+    assert "Unsaved edits of v1" in summary and f"{fired} decision(s)" in summary
+    assert page.locator("#replay-decisions tbody tr").count() == fired
+    steps = [int(s) for s in page.locator("#replay-decisions tbody tr td:first-child").all_inner_texts()]
+    assert steps == [d["step"] for d in expected["decisions"]]
+    stored = api.get(f"/api/v1/policies/{policy['id']}/")[1]
+    assert stored["version"] == 1 and stored["definition"]["rules"][0]["when"] == "steps_since_fired >= 200"
+
+    # The job page draws the same draft, not the saved version.
+    page.click("#replay-summary a")
+    page.wait_for_url(f"**/jobs/{job_id}/?replay=draft")
+    page.wait_for_function(
+        f"[...window.adaptrain.charts.charts.loss.markers.values()].filter((m) => m.kind === 'replay').length === {fired}",
+        timeout=30_000)
+    assert "(unsaved)" in page.inner_text("#replay-text")
+
+    # An invalid edit is not replayed; the error is shown at its field.
+    page.go_back()
+    page.wait_for_selector("#validation.good")
+    page.fill("#rule-0-when", "steps_since_fired >=")
+    page.select_option("#replay-job", str(job_id))
+    page.click("#replay-run")
+    page.wait_for_selector("#replay-summary.error")
+    assert "invalid" in page.inner_text("#replay-summary")
+    page.wait_for_selector("#rule-0-when-error:not(:empty)")
+
+
+def test_a_policy_is_disabled_from_the_list_and_enabled_again_from_the_editor(stack, page):
+    api = stack.api
+    policy = create_policy(api, "ui switch")
+    page.goto(f"{stack.url}/policies/")
+    row = page.locator(f"#policies tbody tr[data-id='{policy['id']}']")
+    row.get_by_role("button", name="Disable policy ui switch").click()
+    page.wait_for_selector("#policy-action-result.ok")
+    assert row.locator("td.mode").inner_text() == "disabled"
+    assert api.get(f"/api/v1/policies/{policy['id']}/")[1]["enabled"] is False
+    # Focus stays on the switch, which now enables.
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Enable policy ui switch"
+
+    page.goto(f"{stack.url}/policies/{policy['id']}/")
+    page.wait_for_selector("#policy-mode:text-is('disabled')")
+    # Keyboard only: Tab reaches the switch, its focus is visible, Enter enables.
+    page.focus("main")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "policy-toggle":
+            break
+    assert page.evaluate("document.activeElement.id") == "policy-toggle"
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#policy-mode:text-is('acting')")
+    assert api.get(f"/api/v1/policies/{policy['id']}/")[1]["enabled"] is True
+    assert page.inner_text("#policy-toggle") == "Disable"
+
+
+def test_deleting_a_policy_asks_first_and_is_refused_while_a_job_uses_it(stack, page):
+    api = stack.api
+    doomed = create_policy(api, "ui delete me")
+    in_use = create_policy(api, "ui in use")
+    from_editor = create_policy(api, "ui delete from editor")
+    status, job = api.post("/api/v1/jobs/", {
+        "name": "ui policy in use", "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 10},
+        "workers": {"initial": 1}, "policy": in_use["id"],
+    })
+    assert status == 201, job
+    dialog = page.locator("#confirm-delete")
+    try:
+        page.goto(f"{stack.url}/policies/")
+        page.get_by_role("button", name="Delete policy ui in use", exact=True).click()
+        dialog.wait_for(state="visible")
+        page.click("#confirm-delete-yes")
+        page.wait_for_selector("#policy-action-result.error")
+        assert f"#{job['id']}" in page.inner_text("#policy-action-result")
+        assert api.get(f"/api/v1/policies/{in_use['id']}/")[0] == 200
+    finally:
+        api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
+
+    # Escape (or Cancel) keeps it; focus starts on Cancel and comes back to the button.
+    row = page.locator(f"#policies tbody tr[data-id='{doomed['id']}']")
+    row.get_by_role("button", name="Delete policy ui delete me", exact=True).click()
+    dialog.wait_for(state="visible")
+    assert "ui delete me" in dialog.inner_text()
+    assert page.evaluate("document.activeElement.id") == "confirm-delete-no"
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Delete policy ui delete me"
+    assert api.get(f"/api/v1/policies/{doomed['id']}/")[0] == 200
+
+    row.get_by_role("button", name="Delete policy ui delete me", exact=True).click()
+    page.click("#confirm-delete-yes")
+    row.wait_for(state="detached")
+    assert "Deleted policy ui delete me" in page.inner_text("#policy-action-result")
+    assert api.get(f"/api/v1/policies/{doomed['id']}/")[0] == 404
+
+    # From the editor: confirmed, it goes back to the list.
+    page.goto(f"{stack.url}/policies/{from_editor['id']}/")
+    page.wait_for_selector("#policy-mode:text-is('acting')")
+    page.click("#policy-delete")
+    page.click("#confirm-delete-yes")
+    page.wait_for_url("**/policies/?deleted=*")
+    page.wait_for_selector("#policy-action-result:has-text('Deleted policy ui delete from editor')")
+    wait_for(lambda: api.get(f"/api/v1/policies/{from_editor['id']}/")[0] == 404, timeout_s=5,
+             what="the policy to be gone")

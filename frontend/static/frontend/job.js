@@ -308,7 +308,8 @@ async function decide(id, verb) {
   loadApprovals();
 }
 
-/* --- replay overlay (?replay=<policy id>, linked from the policy editor) -------------- */
+/* --- replay overlay (?replay=<policy id>, or ?replay=draft for the editor's unsaved
+ * definition handed over in sessionStorage; linked from the policy editor) ------------ */
 
 async function showReplayFromQuery() {
   const policyId = new URLSearchParams(location.search).get("replay");
@@ -317,11 +318,17 @@ async function showReplayFromQuery() {
   const text = document.getElementById("replay-text");
   banner.hidden = false;
   text.textContent = "Replaying policy…";
-  const r = await post(`/api/v1/policies/${encodeURIComponent(policyId)}/replay/`, { job: jobId });
+  let draft = null;
+  if (policyId === "draft") {
+    try { draft = JSON.parse(sessionStorage.getItem("adaptrain.replayDraft") || "null"); } catch (err) { draft = null; }
+    if (!draft) { text.textContent = "The unsaved policy to replay is gone (it lives in the editor's tab); replay it from the editor again."; return; }
+  }
+  const r = draft ? await post("/api/v1/policies/replay/", { definition: draft.definition, job: jobId })
+    : await post(`/api/v1/policies/${encodeURIComponent(policyId)}/replay/`, { job: jobId });
   if (!r.ok) { text.textContent = `Replay failed: ${errorMessage(r)}`; return; }
-  const name = `policy #${policyId}`;
+  const name = draft ? draft.name : `policy #${policyId}`;
   charts.showReplay(name, r.body.decisions);
-  text.textContent = `Replay of ${name} (version ${r.body.version ?? "?"}): ${r.body.decisions.length} decision(s) over ${r.body.evaluations} evaluations, drawn as orange markers.`;
+  text.textContent = `Replay of ${name}${draft ? "" : ` (version ${r.body.version ?? "?"})`}: ${r.body.decisions.length} decision(s) over ${r.body.evaluations} evaluations, drawn as orange markers.`;
   document.getElementById("replay-clear").onclick = () => { charts.clearReplay(); banner.hidden = true; };
 }
 

@@ -1,6 +1,7 @@
 /* The policy editor: a form per rule (with an "advanced JSON" view of the same
  * document), inline validation against the server, templates, version history with a
- * diff, and a replay preview on a job's charts.
+ * diff, a replay preview on a job's charts of the definition as it is in the editor
+ * (unsaved edits included), and switching the saved policy on/off or deleting it.
  *
  * The form is the source of truth. It is rebuilt only when the document's shape
  * changes (template, JSON view, add/remove/move a rule, loading a version), never while
@@ -12,6 +13,7 @@ import { el, errorMessage, formatNumber, formatTime, get, missing, post, put } f
 import { canonicalJson, lineDiff } from "./diff.js";
 import { clearErrors } from "./forms.js";
 import { JobCharts } from "./jobcharts.js";
+import { confirmDelete, deletePolicy, policyMode, setPolicyEnabled } from "./policy_actions.js";
 
 const ACTION_TYPES = ["set_batch_size", "set_lr", "scale_workers", "set_strategy", "set_topology",
   "checkpoint", "pause", "resume", "stop"];
@@ -331,8 +333,49 @@ function showPolicy(p) {
   document.title = `${p.name} · policy · adaptrain`;
   $("policy-use").hidden = false;
   $("policy-use").href = `/jobs/new/?policy=${p.id}`;
-  $("replay-run").disabled = false;
+  showState(p);
 }
+
+/* --- enable/disable and delete (the saved policy, not the draft) ---------------------------- */
+
+function showState(p) {
+  $("policy-state").hidden = false;
+  const mode = policyMode(p);
+  $("policy-mode").textContent = mode;
+  $("policy-mode").className = `status status-${mode === "disabled" ? "cancelled" : "active"}`;
+  const on = p.enabled !== false;
+  $("policy-toggle").textContent = on ? "Disable" : "Enable";
+  $("policy-toggle").setAttribute("aria-label", `${on ? "Disable" : "Enable"} this policy`);
+}
+
+function sayAction(message, ok) {
+  const out = $("policy-action-result");
+  out.textContent = message;
+  out.className = `result ${ok ? "ok" : "error"}`;
+}
+
+$("policy-toggle").addEventListener("click", async () => {
+  if (!policy) return;
+  const enable = policy.enabled === false;
+  const button = $("policy-toggle");
+  button.disabled = true;
+  const r = await setPolicyEnabled(policy.id, enable);
+  button.disabled = false;
+  button.focus();
+  if (!r.ok) { sayAction(`Could not ${enable ? "enable" : "disable"} the policy: ${errorMessage(r)}`, false); return; }
+  policy = { ...policy, enabled: r.body.enabled, updated_at: r.body.updated_at };
+  showState(policy);
+  sayAction(enable ? "Enabled: the policy is evaluated again on its jobs."
+    : "Disabled: its jobs keep running, and it makes no decisions until enabled again.", true);
+});
+
+$("policy-delete").addEventListener("click", async () => {
+  if (!policy || !(await confirmDelete(policy))) return;
+  const r = await deletePolicy(policy.id);
+  if (!r.ok) { sayAction(`Not deleted: ${errorMessage(r)}`, false); $("policy-delete").focus(); return; }
+  dirty = false;
+  location.assign(`/policies/?deleted=${encodeURIComponent(policy.name)}`);
+});
 
 async function loadPolicy() {
   let r = await get(`/api/v1/policies/${policyId}/`);
@@ -475,26 +518,51 @@ async function loadJobs() {
   if (!jobs.length) select.add(new Option("no jobs yet", ""));
 }
 
+/* Replays what the editor holds now (saved or not) through POST /api/v1/policies/replay/. */
 async function replay() {
   const out = $("replay-summary");
   const jobId = Number($("replay-job").value);
-  if (!policyId) { out.textContent = "Save the policy first: replay runs a saved version."; return; }
-  if (!jobId) { out.textContent = "Choose a job."; return; }
+  if (!jobId) { out.textContent = "Choose a job."; out.className = "error"; return; }
+  const { doc, error } = currentDoc();
+  if (error) {
+    showError({ path: "$json", message: error }, { focus: true });
+    out.textContent = `Cannot replay: ${error}`;
+    out.className = "error";
+    return;
+  }
   out.textContent = "Replaying…";
-  const r = await post(`/api/v1/policies/${policyId}/replay/`, { job: jobId });
-  if (!r.ok) { out.textContent = `Replay failed: ${errorMessage(r)}`; out.className = "error"; return; }
   out.className = "";
+  const r = await post("/api/v1/policies/replay/", { definition: doc, job: jobId });
+  if (!r.ok) {
+    const invalid = r.status === 400 && typeof (r.body.details || {}).path === "string";
+    if (invalid) showError(errorFromResult(r));
+    out.textContent = invalid ? `Cannot replay an invalid policy: ${errorMessage(r)} (shown at the field).`
+      : `Replay failed: ${errorMessage(r)}`;
+    out.className = "error";
+    return;
+  }
   const res = r.body;
+  // A draft when anything was edited since loading or saving: the job page then replays
+  // the same document (handed over in sessionStorage), not the saved version.
+  const draft = !policy || dirty;
+  const label = draft ? (policy ? `Unsaved edits of v${policy.version}` : "Unsaved policy") : `v${policy.version}`;
+  const name = `${doc.name || "policy"}${draft ? " (unsaved)" : ""}`;
+  let jobPage = `/jobs/${jobId}/?replay=${policyId}`;
+  if (draft) {
+    try { sessionStorage.setItem("adaptrain.replayDraft", JSON.stringify({ name, definition: doc })); } catch (err) { /* private mode */ }
+    jobPage = `/jobs/${jobId}/?replay=draft`;
+  }
+  out.className = "";
+  out.dataset.draft = String(draft);
   out.replaceChildren(
-    `v${res.version ?? policy.version} on job #${jobId}: ${res.decisions.length} decision(s) in ${res.evaluations} evaluations over ${res.ticks} recorded steps`
-    + (dirty ? " (unsaved edits are not included)" : "") + ". ",
-    el("a", { href: `/jobs/${jobId}/?replay=${policyId}` }, "Open on the job page"));
+    `${label} on job #${jobId}: ${res.decisions.length} decision(s) in ${res.evaluations} evaluations over ${res.ticks} recorded steps. `,
+    el("a", { href: jobPage }, "Open on the job page"));
   const box = $("replay-charts");
   box.replaceChildren();
   const charts = new JobCharts(box, jobId, { metrics: REPLAY_METRICS });
   window.adaptrain = Object.assign(window.adaptrain || {}, { replayCharts: charts });
   await charts.load().catch(() => {});
-  charts.showReplay(policy ? policy.name : `policy #${policyId}`, res.decisions);
+  charts.showReplay(name, res.decisions);
   const table = $("replay-decisions");
   table.hidden = !res.decisions.length;
   table.tBodies[0].replaceChildren(...res.decisions.slice(0, 200).map((d) => el("tr", {},
@@ -511,8 +579,6 @@ if (policyId) {
   loadPolicy();
 } else {
   writeForm({ name: "", description: "", dry_run: false, rules: [{ name: "rule 1", when: "", action: { type: "set_batch_size", value: "batch_size * 2" } }] });
-  $("replay-run").disabled = true;
-  $("replay-summary").textContent = "Save the policy to replay it on a job.";
 }
 if (new URLSearchParams(location.search).get("saved")) {
   validation.textContent = "Saved.";
