@@ -46,7 +46,7 @@ class ModelSetup:
 
 
 MODELS = {
-    "synthetic_cnn": ModelSetup("examples.synthetic_cnn.train", 128, 40, 5, 0.01),
+    "synthetic_cnn": ModelSetup("examples.synthetic_cnn.train", 128, 30, 5, 0.01),
     "digits": ModelSetup("examples.digits.train", 64, 600, 20, 0.05),
 }
 
@@ -127,39 +127,48 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
     parser.add_argument("--models", default="synthetic_cnn,digits", help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--steps", type=int, default=None,
-                        help="steps per run (default: 40 for synthetic_cnn, 600 for digits); "
+                        help="steps per run (default: 30 for synthetic_cnn, 600 for digits); "
                              "the first fifth is warm-up")
     parser.add_argument("--monitor-every", type=int, default=1,
                         help="our gradient-noise monitor interval (1, the job default; 0 turns it off)")
     parser.add_argument("--plain-threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions, windows pooled")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",") if w]
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
-    if unknown or not worker_counts or min(worker_counts) < 1:
-        parser.error(f"models must be among {', '.join(MODELS)} and worker counts positive")
-    rows = []
-    started = time.perf_counter()
+    if unknown or not worker_counts or min(worker_counts) < 1 or args.rounds < 1:
+        parser.error(f"models must be among {', '.join(MODELS)}; worker counts and rounds positive")
     for model in models:
-        setup = MODELS[model]
-        steps = args.steps or setup.steps
-        if steps < warmup_steps(steps, setup.log_every) + setup.log_every:
+        steps = args.steps or MODELS[model].steps
+        if steps < warmup_steps(steps, MODELS[model].log_every) + MODELS[model].log_every:
             parser.error(f"--steps {steps} leaves no measured window after warm-up for {model}")
-        runs = [("plain", 1)] + [(system, n) for n in worker_counts for system in ("adaptrain", "tf_mwms")]
-        for system, workers in runs:
-            log(f"{model}: {system} with {workers} worker(s), {steps} steps "
-                f"({time.perf_counter() - started:.0f} s so far)")
-            if system == "adaptrain":
-                times = run_ours(setup, workers, steps, args.monitor_every)
-            elif system == "tf_mwms":
-                times = run_reference("tf_mwms", model, setup, workers, steps, threads=1)
-            else:
-                times = run_reference("plain", model, setup, 1, steps, threads=args.plain_threads)
-            row = record(system, model, setup, workers, times)
-            rows.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
+    started = time.perf_counter()
+    # Rounds interleave the systems, so a burst of load from elsewhere on the machine
+    # lands on all of them rather than on one; the windows of all rounds are pooled.
+    pooled: dict[tuple[str, str, int], list[float]] = {}
+    for round_index in range(args.rounds):
+        for model in models:
+            setup = MODELS[model]
+            steps = args.steps or setup.steps
+            runs = [("plain", 1)] + [(system, n) for n in worker_counts for system in ("adaptrain", "tf_mwms")]
+            for system, workers in runs:
+                log(f"round {round_index + 1}/{args.rounds}, {model}: {system} with {workers} worker(s), "
+                    f"{steps} steps ({time.perf_counter() - started:.0f} s so far)")
+                if system == "adaptrain":
+                    times = run_ours(setup, workers, steps, args.monitor_every)
+                elif system == "tf_mwms":
+                    times = run_reference("tf_mwms", model, setup, workers, steps, threads=1)
+                else:
+                    times = run_reference("plain", model, setup, 1, steps, threads=args.plain_threads)
+                pooled.setdefault((model, system, workers), []).extend(times)
+    rows = [record(system, model, MODELS[model], workers, times)
+            for (model, system, workers), times in pooled.items()]
+    log(f"done in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
     if not args.json:
         print_table(rows)
 
