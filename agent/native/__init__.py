@@ -2,14 +2,19 @@
 
 A typed facade over the private C++ extension ``agent.native._collective``.
 Workers build one :class:`Communicator` per cluster version from the peer list
-the control plane hands out, then call collectives on NumPy arrays (float32,
-float64, float16, int32, int64): :meth:`Communicator.allreduce` (in place;
-ring, binary tree or star, chosen by size), :meth:`~Communicator.broadcast`,
+the control plane hands out (``cluster_version=``; see
+:mod:`agent.native.elastic` for joining through a :mod:`~agent.native.store`),
+then call collectives on NumPy arrays (float32, float64, float16, int32,
+int64): :meth:`Communicator.allreduce` (in place; ring, binary tree or star,
+chosen by size), :meth:`~Communicator.broadcast`,
 :meth:`~Communicator.allgather`, :meth:`~Communicator.reduce_scatter`,
 :meth:`~Communicator.grouped_allreduce` (tensor fusion),
-:meth:`~Communicator.consensus` and :meth:`~Communicator.barrier`. Every
-blocking call releases the GIL and has a timeout: a peer that dies raises
-:class:`CollectiveError`, a peer that goes silent raises
+:meth:`~Communicator.consensus` and :meth:`~Communicator.barrier`, or their
+``*_async`` forms, which return a :class:`Handle` at once. Ranks also share
+named arrays peer to peer (:meth:`~Communicator.publish` and
+:meth:`~Communicator.request`, for pair averaging), without the owner making
+a matching call. Every blocking call releases the GIL and has a timeout: a
+peer that dies raises :class:`CollectiveError`, a peer that goes silent raises
 :class:`CollectiveTimeout`, and neither ever hangs the worker.
 After such a failure the communicator is closed; form a new one.
 
@@ -24,9 +29,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,13 +47,17 @@ __all__ = [
     "CollectiveError",
     "CollectiveTimeout",
     "Communicator",
+    "Handle",
     "ReduceOpName",
 ]
 
 ReduceOpName = Literal["sum", "mean", "min", "max"]
 AlgorithmName = Literal["auto", "ring", "tree", "star"]
 
+T = TypeVar("T")
+
 DEFAULT_TIMEOUT_S = 60.0
+_MAX_CLUSTER_VERSION = 2**63 - 1
 _REDUCE_OPS: tuple[str, ...] = ("sum", "mean", "min", "max")
 _ALGORITHMS: tuple[str, ...] = ("auto", "ring", "tree", "star")
 _DTYPES: tuple[np.dtype, ...] = tuple(
@@ -101,6 +112,30 @@ def _check_peers(rank: int, peers: Sequence[str]) -> list[str]:
     return peer_list
 
 
+def _check_cluster_version(cluster_version: object) -> int:
+    if isinstance(cluster_version, bool) or not isinstance(cluster_version, (int, np.integer)):
+        raise ValueError(f"cluster_version must be an int, not {type(cluster_version).__name__}")
+    if not 0 <= cluster_version <= _MAX_CLUSTER_VERSION:
+        raise ValueError(f"cluster_version={cluster_version} is not valid: use 0..2**63-1")
+    return int(cluster_version)
+
+
+def _check_peer(peer: object, size: int) -> int:
+    if isinstance(peer, bool) or not isinstance(peer, (int, np.integer)):
+        raise ValueError(f"peer must be an int rank, not {type(peer).__name__}")
+    if not 0 <= peer < size:
+        raise ValueError(f"peer {peer} is out of range: use 0..{size - 1}")
+    return int(peer)
+
+
+def _check_blob_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a blob name must be a non-empty str, not {name!r}")
+    if len(name.encode()) > 1024:
+        raise ValueError("a blob name must be at most 1024 bytes (UTF-8)")
+    return name
+
+
 def _check_op(op: object, dtype: np.dtype) -> str:
     if op not in _REDUCE_OPS:
         raise ValueError(
@@ -148,6 +183,102 @@ def _check_array(x: object, operation: str) -> np.ndarray:
     return x
 
 
+class Handle(Generic[T]):
+    """The pending result of an asynchronous call (``Communicator.*_async``).
+
+    :meth:`wait` returns what the synchronous call would have returned, or
+    raises what it would have raised. Until then the arrays the call was given
+    belong to it: do not read or write them.
+    """
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+        self._finished = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """True once the call has finished (successfully or not)."""
+        return self._finished.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> T:
+        """The call's result, waiting up to ``timeout_s`` seconds (None: as long as it takes).
+
+        Raises the call's own exception if it failed, and the built-in
+        ``TimeoutError`` if it is still running after ``timeout_s`` (it keeps
+        running; wait again). The call itself is bounded by the
+        communicator's timeout either way.
+        """
+        if timeout_s is not None:
+            _check_timeout(timeout_s)
+        if not self._finished.wait(timeout_s):
+            raise TimeoutError(
+                f"{self._description} is still running after {timeout_s} s; call wait() again"
+            )
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self._finished.set()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<Handle {self._description} {state}>"
+
+
+class _CallQueue:
+    """One background thread that runs a communicator's asynchronous calls in submission order.
+
+    One thread is enough: the native calls release the GIL, so Python keeps
+    computing while they move bytes, and one-at-a-time in submission order is
+    exactly what keeps every rank's sequence of collectives the same.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Handle[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._unfinished = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[], T], description: str) -> Handle[T]:
+        handle: Handle[T] = Handle(description)
+        with self._idle:
+            self._unfinished += 1
+        self._calls.put((call, handle))
+        return handle
+
+    def drain(self) -> None:
+        """Wait until every call submitted so far has finished."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._unfinished == 0)
+
+    def stop(self) -> None:
+        """Let the calls already queued finish (or fail), then end the thread."""
+        self._calls.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            call, handle = item
+            try:
+                result, error = call(), None
+            except BaseException as caught:  # noqa: BLE001 - handed to wait()
+                result, error = None, caught
+            handle._finish(result, error)
+            with self._idle:
+                self._unfinished -= 1
+                self._idle.notify_all()
+
+
 class Communicator:
     """One rank's membership in a group that runs collectives together.
 
@@ -162,10 +293,23 @@ class Communicator:
     check that (and their ``COLLECTIVE_AUTO_*`` settings) before construction
     returns, raising ``ValueError`` on every rank otherwise.
 
+    ``cluster_version`` (elastic sessions): ranks only connect to processes
+    built with the same version; a connection from another version is refused
+    and never joins the group, and a rank that keeps meeting one retries until
+    ``timeout_s``, then raises :class:`CollectiveTimeout` saying that peers at
+    another cluster version were seen. To resize, close this communicator and
+    build the next version's from the next member list (survivors reconnect;
+    they may keep their addresses: the listening port is free again once the
+    group has formed, and is reused with ``SO_REUSEADDR``).
+
     All ranks must call the same collectives in the same order with arrays of
     the same shape and dtype, the same op, root and algorithm; a mismatch
     raises :class:`CollectiveError` rather than producing wrong numbers.
-    Calls from several threads run one at a time.
+    Calls from several threads run one at a time. The ``*_async`` forms run
+    on one background thread in submission order: every rank must submit them
+    in the same order, and a synchronous collective first waits for the
+    asynchronous ones submitted before it. :meth:`publish` and
+    :meth:`request` are not collective and never wait for a collective.
     """
 
     def __init__(
@@ -174,6 +318,7 @@ class Communicator:
         peers: Sequence[str],
         timeout_s: float | None = None,
         algorithm: AlgorithmName = "auto",
+        cluster_version: int = 0,
     ) -> None:
         peer_list = _check_peers(rank, peers)
         self._native = _NativeCommunicator(
@@ -181,8 +326,11 @@ class Communicator:
             peer_list,
             _check_timeout(timeout_s),
             _check_algorithm(algorithm, allow_none=False),
+            _check_cluster_version(cluster_version),
         )
         self._peers = tuple(peer_list)
+        self._calls: _CallQueue | None = None
+        self._calls_lock = threading.Lock()
 
     @property
     def rank(self) -> int:
@@ -195,6 +343,11 @@ class Communicator:
     @property
     def peers(self) -> tuple[str, ...]:
         return self._peers
+
+    @property
+    def cluster_version(self) -> int:
+        """The cluster version this group was formed at."""
+        return self._native.cluster_version
 
     @property
     def timeout_s(self) -> float:
@@ -222,23 +375,29 @@ class Communicator:
         bit-identical results. ``algorithm`` overrides the communicator's for
         this call (every rank must pass the same).
         """
-        _check_array(x, "allreduce")
-        self._native.allreduce(
-            x, _check_op(op, x.dtype), _check_algorithm(algorithm, allow_none=True)
-        )
-        return x
+        return self._run_now(self._allreduce_call(x, op, algorithm))
+
+    def allreduce_async(
+        self, x: npt.NDArray[Any], op: ReduceOpName = "sum", algorithm: AlgorithmName | None = None
+    ) -> Handle[npt.NDArray[Any]]:
+        """:meth:`allreduce` in the background: returns at once; ``wait()`` returns ``x``.
+
+        Arguments are checked now (``ValueError`` raises here); ``x`` belongs
+        to the call until it has finished.
+        """
+        return self._submit(self._allreduce_call(x, op, algorithm), "allreduce")
 
     def broadcast(
         self, x: npt.NDArray[Any], root: int = 0, algorithm: AlgorithmName | None = None
     ) -> npt.NDArray[Any]:
         """Overwrite ``x`` on every rank with rank ``root``'s ``x``, in place; return ``x``."""
-        _check_array(x, "broadcast")
-        if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
-            raise ValueError(f"root must be an int, not {type(root).__name__}")
-        if not 0 <= root < self.size:
-            raise ValueError(f"root {root} is out of range: use 0..{self.size - 1}")
-        self._native.broadcast(x, int(root), _check_algorithm(algorithm, allow_none=True))
-        return x
+        return self._run_now(self._broadcast_call(x, root, algorithm))
+
+    def broadcast_async(
+        self, x: npt.NDArray[Any], root: int = 0, algorithm: AlgorithmName | None = None
+    ) -> Handle[npt.NDArray[Any]]:
+        """:meth:`broadcast` in the background: returns at once; ``wait()`` returns ``x``."""
+        return self._submit(self._broadcast_call(x, root, algorithm), "broadcast")
 
     def allgather(
         self, x: npt.NDArray[Any], algorithm: AlgorithmName | None = None
@@ -247,11 +406,13 @@ class Communicator:
 
         Row ``r`` is rank ``r``'s ``x``. ``x`` is not modified.
         """
-        x = _check_dtype(x, "allgather")
-        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)  # keeps 0-d arrays 0-d
-        out = np.empty((self.size, *x.shape), dtype=x.dtype)
-        self._native.allgather(x, out, _check_algorithm(algorithm, allow_none=True))
-        return out
+        return self._run_now(self._allgather_call(x, algorithm))
+
+    def allgather_async(
+        self, x: npt.NDArray[Any], algorithm: AlgorithmName | None = None
+    ) -> Handle[npt.NDArray[Any]]:
+        """:meth:`allgather` in the background: ``wait()`` returns the stacked array."""
+        return self._submit(self._allgather_call(x, algorithm), "allgather")
 
     def reduce_scatter(
         self, x: npt.NDArray[Any], op: ReduceOpName = "sum", algorithm: AlgorithmName | None = None
@@ -269,9 +430,9 @@ class Communicator:
         x = np.ascontiguousarray(x)
         _, rows = _segment_rows(x.shape[0], self.size, self.rank)
         out = np.empty((rows, *x.shape[1:]), dtype=x.dtype)
-        self._native.reduce_scatter(
-            x, out, checked_op, _check_algorithm(algorithm, allow_none=True)
-        )
+        checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+        self._drain()
+        self._native.reduce_scatter(x, out, checked_op, checked_algorithm)
         return out
 
     def grouped_allreduce(
@@ -287,15 +448,23 @@ class Communicator:
         latency instead of one each. Every rank must pass arrays of the same
         shapes in the same order. Returns the list of the same arrays.
         """
-        if isinstance(arrays, np.ndarray) or not isinstance(arrays, Sequence):
-            raise ValueError("grouped_allreduce needs a list of numpy arrays")
-        checked = [_check_array(a, f"grouped_allreduce (array {i})") for i, a in enumerate(arrays)]
-        for array in checked:
-            _check_op(op, array.dtype)
-        self._native.grouped_allreduce(
-            checked, str(op), _check_algorithm(algorithm, allow_none=True)
+        return self._run_now(self._grouped_allreduce_call(arrays, op, algorithm))
+
+    def grouped_allreduce_async(
+        self,
+        arrays: Sequence[npt.NDArray[Any]],
+        op: ReduceOpName = "sum",
+        algorithm: AlgorithmName | None = None,
+    ) -> Handle[list[npt.NDArray[Any]]]:
+        """:meth:`grouped_allreduce` in the background: ``wait()`` returns the list.
+
+        This is how a training step overlaps communication with computation:
+        submit each bucket of gradients as soon as backward has produced it,
+        and wait for all handles before the optimizer step.
+        """
+        return self._submit(
+            self._grouped_allreduce_call(arrays, op, algorithm), "grouped_allreduce"
         )
-        return checked
 
     def consensus(self, data: bytes) -> bool:
         """True on every rank if every rank passed the same bytes, else False on every rank.
@@ -304,7 +473,9 @@ class Communicator:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValueError(f"consensus needs bytes, not {type(data).__name__}")
-        return self._native.consensus(bytes(data))
+        payload = bytes(data)
+        self._drain()
+        return self._native.consensus(payload)
 
     def set_algorithm(self, name: AlgorithmName) -> None:
         """Switch the default algorithm from the next call on; collective.
@@ -313,15 +484,144 @@ class Communicator:
         consensus first, and if they disagree every rank raises ``ValueError``
         and the algorithm stays as it was.
         """
-        self._native.set_algorithm(_check_algorithm(name, allow_none=False))
+        checked = _check_algorithm(name, allow_none=False)
+        self._drain()
+        self._native.set_algorithm(checked)
 
     def barrier(self) -> None:
         """Return once every rank has called barrier()."""
+        self._drain()
         self._native.barrier()
 
+    def publish(self, name: str, array: npt.NDArray[Any]) -> int:
+        """Store a copy of ``array`` under ``name`` for other ranks to :meth:`request`.
+
+        Not collective: no other rank calls anything. Replaces the previous
+        copy of ``name`` (a request already being answered finishes with the
+        copy it started with) and returns the name's new version (1, 2, ...).
+        Any shape of a supported dtype; names are non-empty strings of at most
+        1024 bytes. Never waits for a collective.
+        """
+        _check_blob_name(name)
+        array = _check_dtype(array, "publish")
+        array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+        return self._native.publish(name, array)
+
+    def request(self, peer: int, name: str, out: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Fill ``out`` with rank ``peer``'s latest published copy of ``name``; return ``out``.
+
+        Not collective: ``peer`` answers from a background thread whatever it
+        is doing (computing, or in a collective), so it makes no matching
+        call. ``out`` must have the blob's dtype and number of elements (its
+        shape is up to the caller); otherwise, or if ``peer`` never published
+        ``name``, ``ValueError`` names the blob and the peer. A peer that is
+        gone raises :class:`CollectiveError`, one that stalls for
+        ``timeout_s`` :class:`CollectiveTimeout`; neither closes the
+        communicator. ``peer`` may be this rank. Requests from several threads
+        are safe and never wait for a collective on this communicator.
+        """
+        _check_array(out, "request")
+        checked_peer = _check_peer(peer, self.size)
+        self._native.request(checked_peer, _check_blob_name(name), out)
+        return out
+
     def close(self) -> None:
-        """Close the connections; idempotent. Peers' next collective fails."""
+        """Close the connections and stop the blob service; idempotent. Peers' next collective fails.
+
+        Asynchronous calls still queued fail with :class:`CollectiveError`.
+        """
         self._native.close()
+        with self._calls_lock:
+            calls, self._calls = self._calls, None
+        if calls is not None:
+            calls.stop()
+
+    # -- how calls run --------------------------------------------------------
+
+    def _allreduce_call(
+        self, x: npt.NDArray[Any], op: object, algorithm: object
+    ) -> Callable[[], npt.NDArray[Any]]:
+        _check_array(x, "allreduce")
+        checked_op = _check_op(op, x.dtype)
+        checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+
+        def call() -> npt.NDArray[Any]:
+            self._native.allreduce(x, checked_op, checked_algorithm)
+            return x
+
+        return call
+
+    def _broadcast_call(
+        self, x: npt.NDArray[Any], root: object, algorithm: object
+    ) -> Callable[[], npt.NDArray[Any]]:
+        _check_array(x, "broadcast")
+        if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+            raise ValueError(f"root must be an int, not {type(root).__name__}")
+        if not 0 <= root < self.size:
+            raise ValueError(f"root {root} is out of range: use 0..{self.size - 1}")
+        checked_root = int(root)
+        checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+
+        def call() -> npt.NDArray[Any]:
+            self._native.broadcast(x, checked_root, checked_algorithm)
+            return x
+
+        return call
+
+    def _allgather_call(
+        self, x: npt.NDArray[Any], algorithm: object
+    ) -> Callable[[], npt.NDArray[Any]]:
+        x = _check_dtype(x, "allgather")
+        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)  # keeps 0-d arrays 0-d
+        out = np.empty((self.size, *x.shape), dtype=x.dtype)
+        checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+
+        def call() -> npt.NDArray[Any]:
+            self._native.allgather(x, out, checked_algorithm)
+            return out
+
+        return call
+
+    def _grouped_allreduce_call(
+        self, arrays: Sequence[npt.NDArray[Any]], op: object, algorithm: object
+    ) -> Callable[[], list[npt.NDArray[Any]]]:
+        if isinstance(arrays, np.ndarray) or not isinstance(arrays, Sequence):
+            raise ValueError("grouped_allreduce needs a list of numpy arrays")
+        checked = [_check_array(a, f"grouped_allreduce (array {i})") for i, a in enumerate(arrays)]
+        for array in checked:
+            _check_op(op, array.dtype)
+        checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+
+        def call() -> list[npt.NDArray[Any]]:
+            self._native.grouped_allreduce(checked, str(op), checked_algorithm)
+            return checked
+
+        return call
+
+    def _run_now(self, call: Callable[[], T]) -> T:
+        self._drain()
+        return call()
+
+    def _drain(self) -> None:
+        # A synchronous collective must not overtake asynchronous ones
+        # submitted before it: every rank's sequence of calls must match.
+        calls = self._calls
+        if calls is not None:
+            calls.drain()
+
+    def _submit(self, call: Callable[[], T], operation: str) -> Handle[T]:
+        with self._calls_lock:
+            if self._native.closed:
+                # No thread for a closed communicator: the call fails at once.
+                handle: Handle[T] = Handle(f"{operation} on rank {self.rank}")
+                try:
+                    handle._finish(call(), None)
+                except BaseException as error:  # noqa: BLE001 - handed to wait()
+                    handle._finish(None, error)
+                return handle
+            if self._calls is None:
+                self._calls = _CallQueue(f"collective-async-rank{self.rank}")
+            return self._calls.submit(call, f"{operation} on rank {self.rank}")
 
     def __enter__(self) -> Communicator:
         return self
@@ -336,4 +636,7 @@ class Communicator:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"<Communicator rank={self.rank} size={self.size} {state}>"
+        return (
+            f"<Communicator rank={self.rank} size={self.size} "
+            f"cluster_version={self.cluster_version} {state}>"
+        )

@@ -37,6 +37,8 @@ namespace {
 // messages that say what to fix, rather than by nanobind's overload matching
 // (which would report a TypeError and might copy a non-contiguous input).
 using CpuArray = nb::ndarray<nb::device::cpu>;
+// What a call only reads (publish): read-only arrays are fine.
+using ReadOnlyCpuArray = nb::ndarray<nb::ro, nb::device::cpu>;
 
 PyObject* collective_error = nullptr;
 PyObject* collective_timeout = nullptr;
@@ -61,7 +63,8 @@ col::Algorithm algorithm_of(const std::string& name) {
   return name.empty() ? col::Algorithm::kDefault : col::parse_algorithm(name);
 }
 
-col::DataType data_type_of(const CpuArray& array, const char* operation) {
+template <typename Array>
+col::DataType data_type_of(const Array& array, const char* operation) {
   const nb::dlpack::dtype type = array.dtype();
   if (type.lanes == 1) {
     if (type.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float)) {
@@ -77,7 +80,8 @@ col::DataType data_type_of(const CpuArray& array, const char* operation) {
                                   " arrays: convert with x.astype(...)");
 }
 
-void check_c_contiguous(const CpuArray& array, const char* operation) {
+template <typename Array>
+void check_c_contiguous(const Array& array, const char* operation) {
   if (array.size() == 0) return;  // strides of an empty array mean nothing
   int64_t expected = 1;           // stride in elements
   for (size_t i = array.ndim(); i-- > 0;) {
@@ -97,7 +101,8 @@ std::vector<size_t> shape_of(const CpuArray& array) {
 }
 
 // Checks an array the caller passes in and returns its element type.
-col::DataType checked(const CpuArray& array, const char* operation) {
+template <typename Array>
+col::DataType checked(const Array& array, const char* operation) {
   const col::DataType dtype = data_type_of(array, operation);
   check_c_contiguous(array, operation);
   return dtype;
@@ -150,9 +155,10 @@ NB_MODULE(_collective, m) {
       .def(
           "__init__",
           [](col::Communicator* self, int rank, std::vector<std::string> peers, double timeout_s,
-             const std::string& algorithm) {
+             const std::string& algorithm, uint64_t cluster_version) {
             col::CommunicatorOptions options;
             options.rank = rank;
+            options.cluster_version = cluster_version;
             options.peers = std::move(peers);
             options.timeout = to_milliseconds(timeout_s);
             options.algorithm = col::parse_algorithm(algorithm);
@@ -160,9 +166,10 @@ NB_MODULE(_collective, m) {
             nb::gil_scoped_release release;
             new (self) col::Communicator(std::move(options));
           },
-          "rank"_a, "peers"_a, "timeout_s"_a, "algorithm"_a = "auto")
+          "rank"_a, "peers"_a, "timeout_s"_a, "algorithm"_a = "auto", "cluster_version"_a = 0)
       .def_prop_ro("rank", &col::Communicator::rank)
       .def_prop_ro("size", &col::Communicator::size)
+      .def_prop_ro("cluster_version", &col::Communicator::cluster_version)
       .def_prop_ro("timeout_s", &col::Communicator::timeout_seconds)
       .def_prop_ro("closed", &col::Communicator::closed)
       .def_prop_ro("algorithm", [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })
@@ -262,6 +269,26 @@ NB_MODULE(_collective, m) {
             self.grouped_allreduce(buffers, reduce_op, chosen);
           },
           "arrays"_a, "op"_a = "sum", "algorithm"_a = "")
+      .def(
+          "publish",
+          [](col::Communicator& self, const std::string& name, ReadOnlyCpuArray array) {
+            const col::DataType dtype = checked(array, "publish");
+            const void* data = array.data();
+            const size_t count = array.size();
+            nb::gil_scoped_release release;
+            return self.publish(name, data, count, dtype);
+          },
+          "name"_a, "array"_a)
+      .def(
+          "request",
+          [](col::Communicator& self, int peer, const std::string& name, CpuArray out) {
+            const col::DataType dtype = checked(out, "request");
+            void* data = out.data();
+            const size_t count = out.size();
+            nb::gil_scoped_release release;
+            return self.request(peer, name, data, count, dtype);
+          },
+          "peer"_a, "name"_a, "out"_a)
       .def("barrier", &col::Communicator::barrier, nb::call_guard<nb::gil_scoped_release>())
       .def("close", &col::Communicator::close, nb::call_guard<nb::gil_scoped_release>());
 }

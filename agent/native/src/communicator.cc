@@ -61,6 +61,7 @@ auto Communicator::run(const char* operation, Body&& body) {
     closed_ = true;
     failure_ = e.what();
     if (transport_) transport_->shutdown();
+    stop_blob_service();
   };
   try {
     return body();
@@ -81,6 +82,8 @@ Communicator::Communicator(CommunicatorOptions options)
       size_(checked_size(options)),
       timeout_(options.timeout),
       tunables_(tunables()),
+      cluster_version_(options.cluster_version),
+      peers_(options.peers),
       algorithm_(options.algorithm) {
   if (size_ == 1) return;
   // Every rank connects to every other: the ring, the trees rooted anywhere
@@ -94,7 +97,8 @@ Communicator::Communicator(CommunicatorOptions options)
   tcp.timeout = timeout_;
   tcp.socket_buffer_bytes = tunables_.socket_buffer_bytes;
   tcp.connect_retry_ms = tunables_.connect_retry_ms;
-  tcp.interrupt_check = std::move(options.interrupt_check);
+  tcp.interrupt_check = options.interrupt_check;
+  tcp.cluster_version = cluster_version_;
   transport_ = TcpTransport::connect(tcp);
 
   // "auto" must pick the same algorithm on every rank, so the ranks check
@@ -107,9 +111,98 @@ Communicator::Communicator(CommunicatorOptions options)
                                name_of(algorithm_) + "\" and " + tunables_.describe() +
                                "every rank must use the same algorithm and COLLECTIVE_AUTO_* values");
   }
+  start_blob_service(peers_, hash_peers(peers_), std::move(options.interrupt_check));
 }
 
 Communicator::~Communicator() { close(); }
+
+void Communicator::start_blob_service(const std::vector<std::string>& peers, uint64_t group_id,
+                                      std::function<void()> interrupt_check) {
+  BlobIdentity identity;
+  identity.rank = rank_;
+  identity.group_id = group_id;
+  identity.cluster_version = cluster_version_;
+  identity.timeout = timeout_;
+  identity.socket_buffer_bytes = tunables_.socket_buffer_bytes;
+  // On the host this rank listens on for collectives: the peers can reach it.
+  const std::string host = parse_host_port(peers[rank_]).host;
+  blob_server_ = std::make_unique<BlobServer>(host, identity, blobs_);
+  // An all-gather of the ports (bitwise OR of zeros and one's own slot, as
+  // allgather does on the tree): the last step of forming the group.
+  std::vector<int64_t> ports(size_, 0);
+  ports[rank_] = blob_server_->port();
+  run("forming the group", [&] {
+    const MessageHeader header =
+        next_header(CollectiveKind::kAllgather, 1, DataType::kInt64, 0, Algorithm::kTree, 0);
+    reduce_locked(ports.data(), ports.size() * sizeof(int64_t), DataType::kUint8, ReduceOp::kBitOr, Algorithm::kTree,
+                  header);
+  });
+  std::vector<std::string> addresses;
+  for (int r = 0; r < size_; ++r) {
+    const std::string peer_host = parse_host_port(peers[r]).host;
+    const bool ipv6 = peer_host.find(':') != std::string::npos;
+    addresses.push_back((ipv6 ? "[" + peer_host + "]" : peer_host) + ":" + std::to_string(ports[r]));
+  }
+  blob_client_ = std::make_unique<BlobClient>(identity, std::move(addresses), peers, std::move(interrupt_check));
+}
+
+void Communicator::stop_blob_service() {
+  blobs_closed_ = true;
+  if (blob_client_) blob_client_->close();
+  if (blob_server_) blob_server_->stop();
+}
+
+uint64_t Communicator::publish(const std::string& name, const void* data, size_t count, DataType dtype) {
+  (void)element_size(dtype);
+  check_data(data, count, "publish: data");
+  check_blob_name(name);
+  if (blobs_closed_) {
+    throw IoError("publish of blob \"" + name + "\" on rank " + std::to_string(rank_) + " of " +
+                  std::to_string(size_) + ": the communicator is closed");
+  }
+  return blobs_.publish(name, data, count, dtype);
+}
+
+uint64_t Communicator::request(int peer, const std::string& name, void* out, size_t count, DataType dtype) {
+  (void)element_size(dtype);
+  check_data(out, count, "request: out");
+  check_blob_name(name);
+  if (peer < 0 || peer >= size_) {
+    throw InvalidArgumentError("request: peer " + std::to_string(peer) + " is out of range: use 0.." +
+                               std::to_string(size_ - 1));
+  }
+  const std::string context = "request of blob \"" + name + "\" from rank " + std::to_string(peer) + " on rank " +
+                              std::to_string(rank_) + " of " + std::to_string(size_) + ": ";
+  if (blobs_closed_) throw IoError(context + "the communicator is closed");
+  if (peer == rank_) {
+    // Our own blob: the same checks as a remote request, then a copy.
+    const std::shared_ptr<const Blob> blob = blobs_.find(name);
+    BlobRequest own;
+    own.cluster_version = cluster_version_;
+    own.dtype = static_cast<uint32_t>(dtype);
+    own.count = count;
+    own.name_bytes = static_cast<uint32_t>(name.size());
+    const BlobReply reply = answer_blob_request(own, 0, cluster_version_, static_cast<uint32_t>(rank_),
+                                                blob != nullptr, blob ? blob->dtype : DataType::kUint8,
+                                                blob ? blob->count : 0, blob ? blob->version : 0);
+    try {
+      check_blob_reply(reply, name, dtype, count, "rank " + std::to_string(rank_) + " (this rank)");
+    } catch (const InvalidArgumentError& e) {
+      throw InvalidArgumentError(context + e.what());
+    }
+    if (!blob->bytes.empty()) std::memcpy(out, blob->bytes.data(), blob->bytes.size());
+    return blob->version;
+  }
+  try {
+    return blob_client_->request(peer, name, out, count, dtype);
+  } catch (const InvalidArgumentError& e) {
+    throw InvalidArgumentError(context + e.what());
+  } catch (const TimeoutError& e) {
+    throw TimeoutError(context + e.what());
+  } catch (const IoError& e) {
+    throw IoError(context + e.what());
+  }
+}
 
 bool Communicator::closed() const {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -122,6 +215,8 @@ Algorithm Communicator::algorithm() const {
 }
 
 void Communicator::close() {
+  // The blob service first: it must not wait behind a collective in flight.
+  stop_blob_service();
   std::lock_guard<std::mutex> lock(mutex_);
   closed_ = true;
   if (transport_) transport_->shutdown();

@@ -1,11 +1,19 @@
 // A group of ranks that run collectives together: owns the transport, the
 // per-call sequence number, the current algorithm and reusable buffers, and
 // turns any failure into a closed communicator so that no later call runs on
-// out-of-step streams.
+// out-of-step streams. It also owns this rank's peer-to-peer blob service
+// (blobs.h), which runs beside the collectives on connections of its own.
+//
+// Elastic sessions: a communicator belongs to one cluster version and only
+// connects to processes at that version (transport_tcp.h). Resizing means
+// closing it and building the next version's communicator from the next
+// member list; survivors reconnect over TCP, on the same addresses if they
+// like (the listening port is free again once the group has formed).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -13,6 +21,7 @@
 #include <vector>
 
 #include "algorithm.h"
+#include "blobs.h"
 #include "protocol.h"
 #include "transport.h"
 #include "tunables.h"
@@ -28,6 +37,8 @@ struct CommunicatorOptions {
   std::chrono::milliseconds timeout{60000};
   // Used by calls that do not name one; every rank must start with the same.
   Algorithm algorithm = Algorithm::kAuto;
+  // Elastic sessions: ranks connect only to processes at the same version.
+  uint64_t cluster_version = 0;
   std::function<void()> interrupt_check;  // see TcpOptions
 };
 
@@ -51,6 +62,7 @@ class Communicator {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
+  uint64_t cluster_version() const { return cluster_version_; }
   double timeout_seconds() const { return timeout_.count() / 1000.0; }
   bool closed() const;
   Algorithm algorithm() const;
@@ -86,6 +98,21 @@ class Communicator {
   // one allreduce (per dtype, in order of first appearance) and unpacked.
   void grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op, Algorithm algorithm = Algorithm::kDefault);
   void barrier();
+
+  // Peer to peer, not collective: no other rank makes a matching call, and
+  // neither call waits for (or blocks) a collective running in another
+  // thread. publish() stores a copy of `count` elements under `name`,
+  // replacing the previous copy, and returns the name's new version (1, 2,
+  // ...). request() fills `out` with `peer`'s latest copy of `name` (answered
+  // by that rank's server thread, whatever it is doing) and returns its
+  // version; `peer` may be this rank. An unknown name or a dtype or count
+  // that differs from the blob's throws InvalidArgumentError; a peer that is
+  // gone throws IoError, one that stalls TimeoutError. Neither closes the
+  // communicator.
+  uint64_t publish(const std::string& name, const void* data, size_t count, DataType dtype);
+  uint64_t request(int peer, const std::string& name, void* out, size_t count, DataType dtype);
+
+  // Stops the blob service and closes the connections; idempotent.
   void close();
 
  private:
@@ -103,11 +130,17 @@ class Communicator {
   void reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
                      const MessageHeader& header);
   bool consensus_locked(const void* data, size_t bytes);
+  // Starts the blob server and learns every rank's blob port (collective).
+  void start_blob_service(const std::vector<std::string>& peers, uint64_t group_id,
+                          std::function<void()> interrupt_check);
+  void stop_blob_service();
 
   const int rank_;
   const int size_;
   const std::chrono::milliseconds timeout_;
   const Tunables tunables_;
+  const uint64_t cluster_version_;
+  const std::vector<std::string> peers_;
 
   mutable std::mutex mutex_;
   std::unique_ptr<Transport> transport_;  // null for a single rank
@@ -118,6 +151,12 @@ class Communicator {
   std::vector<char> scratch_;                     // the ring's receive buffer
   std::vector<std::vector<char>> child_scratch_;  // the tree's, one per child
   std::vector<char> work_;                        // fusion buffer, reduce-scatter copy, consensus
+
+  // Peer-to-peer blobs: their own locks, never mutex_.
+  BlobStore blobs_;
+  std::unique_ptr<BlobServer> blob_server_;  // null for a single rank
+  std::unique_ptr<BlobClient> blob_client_;  // null for a single rank
+  std::atomic<bool> blobs_closed_{false};
 };
 
 }  // namespace adaptrain::collective

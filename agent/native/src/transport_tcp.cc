@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "errors.h"
+#include "sockets.h"
 
 namespace adaptrain::collective {
 
@@ -26,7 +27,7 @@ namespace adaptrain::collective {
 namespace {
 
 constexpr uint32_t kHelloMagic = 0x4C4F4341;  // "ACOL" on the wire
-constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kProtocolVersion = 2;  // 2: the cluster version joined the hello
 
 struct Hello {
   uint32_t magic;
@@ -36,6 +37,7 @@ struct Hello {
   uint32_t world_size;
   uint32_t reserved;
   uint64_t group_id;
+  uint64_t cluster_version;
 };
 
 enum HelloStatus : uint32_t {
@@ -46,6 +48,7 @@ enum HelloStatus : uint32_t {
   kGroupMismatch = 4,
   kWrongReceiver = 5,
   kUnexpectedSender = 6,
+  kClusterVersionMismatch = 7,
 };
 
 struct HelloReply {
@@ -55,6 +58,7 @@ struct HelloReply {
   uint32_t responder_rank;
   uint32_t world_size;
   uint32_t reserved;
+  uint64_t cluster_version;
 };
 
 const char* status_reason(uint32_t status) {
@@ -71,13 +75,15 @@ const char* status_reason(uint32_t status) {
       return "it is a different rank than the peer list says";
     case kUnexpectedSender:
       return "it did not expect a connection from this rank (duplicate rank?)";
+    case kClusterVersionMismatch:
+      return "it belongs to another cluster version";
     default:
       return "unknown reason";
   }
 }
 
-// FNV-1a over the peer list: two processes only form a group when they were
-// given the same list, in the same order.
+}  // namespace
+
 uint64_t hash_peers(const std::vector<std::string>& peers) {
   uint64_t hash = 1469598103934665603ull;
   for (const std::string& peer : peers) {
@@ -88,82 +94,6 @@ uint64_t hash_peers(const std::vector<std::string>& peers) {
   }
   return hash;
 }
-
-// Owns a file descriptor until released.
-class Socket {
- public:
-  explicit Socket(int fd = -1) : fd_(fd) {}
-  Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Socket& operator=(Socket&& other) noexcept {
-    reset(std::exchange(other.fd_, -1));
-    return *this;
-  }
-  Socket(const Socket&) = delete;
-  Socket& operator=(const Socket&) = delete;
-  ~Socket() { reset(); }
-
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_;
-};
-
-void set_int_option(int fd, int level, int name, int value) {
-  // Best effort: a refused buffer size or NODELAY degrades speed, not correctness.
-  (void)::setsockopt(fd, level, name, &value, sizeof(value));
-}
-
-// Buffer sizes must be set before connect()/listen() so that the TCP window
-// scale negotiated in the SYN can use them; accepted sockets inherit them
-// from the listener.
-void set_buffer_sizes(int fd, size_t bytes) {
-  if (bytes == 0) return;
-  int value = static_cast<int>(std::min<size_t>(bytes, 1u << 30));
-  set_int_option(fd, SOL_SOCKET, SO_SNDBUF, value);
-  set_int_option(fd, SOL_SOCKET, SO_RCVBUF, value);
-}
-
-struct AddrInfoList {
-  addrinfo* head = nullptr;
-  ~AddrInfoList() {
-    if (head != nullptr) freeaddrinfo(head);
-  }
-};
-
-// Returns 0 or a getaddrinfo error code.
-int resolve(const HostPort& address, bool passive, AddrInfoList& out) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = passive ? AI_PASSIVE : 0;
-  const char* host = address.host.empty() ? nullptr : address.host.c_str();
-  return getaddrinfo(host, address.port.c_str(), &hints, &out.head);
-}
-
-std::string text_of(const sockaddr_storage& addr) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  unsigned port = 0;
-  if (addr.ss_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(&addr);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-    port = ntohs(in->sin_port);
-    return std::string(host) + ":" + std::to_string(port);
-  }
-  if (addr.ss_family == AF_INET6) {
-    auto* in6 = reinterpret_cast<const sockaddr_in6*>(&addr);
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-    port = ntohs(in6->sin6_port);
-    return "[" + std::string(host) + "]:" + std::to_string(port);
-  }
-  return "an unknown address";
-}
-
-}  // namespace
 
 // ---------------------------------------------------------------------------
 
@@ -379,7 +309,7 @@ int TcpTransport::connect_with_retry(int peer, Deadline& deadline) {
   int backoff_ms = 10;
   while (!deadline.expired()) {
     AddrInfoList resolved;
-    int gai = resolve(address, false, resolved);
+    int gai = resolve_address(address.host, address.port, false, resolved);
     if (gai != 0) {
       last_error = std::string("cannot resolve host: ") + gai_strerror(gai);
     } else {
@@ -423,6 +353,10 @@ int TcpTransport::connect_with_retry(int peer, Deadline& deadline) {
 
 std::string TcpTransport::rejections_text() const {
   std::string text;
+  if (saw_other_cluster_version_) {
+    text += "; peers at another cluster version were seen (a member of an older or newer version is still "
+            "running at an address of this version's list, or this rank's version is stale)";
+  }
   for (const std::string& rejection : rejections_) text += "; " + rejection;
   return text;
 }
@@ -449,7 +383,7 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
     throw TimeoutError(who() + ": a connection from " + remote_text + " sent no handshake within the " +
                        deadline.budget_text() + " timeout");
   } catch (const IoError&) {
-    rejections_.push_back("a connection from " + remote_text + " hung up during the handshake");
+    note_rejection("a connection from " + remote_text + " hung up during the handshake");
     return;
   }
 
@@ -459,6 +393,11 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
     status = kBadMagic;
   } else if (hello.version != kProtocolVersion) {
     status = kVersionMismatch;
+  } else if (hello.cluster_version != options_.cluster_version) {
+    // First: a member of another version has another peer list and size too,
+    // and those differences say nothing useful.
+    status = kClusterVersionMismatch;
+    saw_other_cluster_version_ = true;
   } else if (hello.world_size != static_cast<uint32_t>(size)) {
     status = kSizeMismatch;
   } else if (hello.group_id != group_id_) {
@@ -469,25 +408,88 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
     status = kUnexpectedSender;
   }
 
-  HelloReply reply{
-      kHelloMagic, kProtocolVersion, status, static_cast<uint32_t>(options_.rank), static_cast<uint32_t>(size), 0};
+  HelloReply reply{kHelloMagic,
+                   kProtocolVersion,
+                   status,
+                   static_cast<uint32_t>(options_.rank),
+                   static_cast<uint32_t>(size),
+                   0,
+                   options_.cluster_version};
   try {
     send_all(*this, *connection, &reply, sizeof(reply), deadline);
   } catch (const IoError&) {
-    rejections_.push_back("a connection from " + remote_text + " hung up during the handshake");
+    note_rejection("a connection from " + remote_text + " hung up during the handshake");
     return;
   }
   if (status != kAccepted) {
     std::string claimed = hello.magic == kHelloMagic ? " claiming to be rank " + std::to_string(hello.sender_rank) +
                                                            " of " + std::to_string(hello.world_size)
                                                      : "";
-    rejections_.push_back("refused a connection from " + remote_text + claimed + " because " + status_reason(status));
+    if (status == kClusterVersionMismatch) {
+      claimed += " at cluster version " + std::to_string(hello.cluster_version) + " (this rank is at " +
+                 std::to_string(options_.cluster_version) + ")";
+    }
+    note_rejection("refused a connection from " + remote_text + claimed + " because " + status_reason(status));
     return;
   }
   const int sender = static_cast<int>(hello.sender_rank);
   connection->identify(sender, options_.peers[sender]);
   connections_[sender] = std::move(connection);
   expected_.erase(std::find(expected_.begin(), expected_.end(), sender));
+}
+
+std::unique_ptr<TcpConnection> TcpTransport::open_with_hello(int peer, Deadline& deadline) {
+  int fd = connect_with_retry(peer, deadline);
+  auto connection = std::make_unique<TcpConnection>(fd, peer, options_.peers[peer]);
+  Hello hello{kHelloMagic,
+              kProtocolVersion,
+              static_cast<uint32_t>(options_.rank),
+              static_cast<uint32_t>(peer),
+              static_cast<uint32_t>(size()),
+              0,
+              group_id_,
+              options_.cluster_version};
+  send_all(*this, *connection, &hello, sizeof(hello), deadline);
+  return connection;
+}
+
+bool TcpTransport::read_reply(TcpConnection& connection, Deadline& deadline) {
+  HelloReply reply{};
+  try {
+    recv_all(*this, connection, &reply, sizeof(reply), deadline);
+  } catch (const TimeoutError&) {
+    throw TimeoutError(who() + ": " + connection.describe_peer() + " accepted the connection but did not answer " +
+                       "the handshake within the " + deadline.budget_text() + " timeout" + rejections_text());
+  } catch (const IoError& e) {
+    throw IoError(who() + ": " + connection.describe_peer() + " hung up during the handshake; " +
+                  "is the process at that address a member of this group?");
+  }
+  if (reply.magic != kHelloMagic || reply.version != kProtocolVersion) {
+    throw IoError(who() + ": the process at " + connection.peer_address() + " (rank " +
+                  std::to_string(connection.peer_rank()) +
+                  " in the peer list) did not answer with the collective handshake; check the peer list");
+  }
+  if (reply.status == kClusterVersionMismatch) {
+    saw_other_cluster_version_ = true;
+    note_rejection("the process at " + connection.peer_address() + " (rank " + std::to_string(connection.peer_rank()) +
+                   " in the peer list) answered from cluster version " + std::to_string(reply.cluster_version) +
+                   ", this rank is at " + std::to_string(options_.cluster_version));
+    return false;
+  }
+  if (reply.status != kAccepted) {
+    std::string detail = reply.status == kSizeMismatch ? " (it has " + std::to_string(reply.world_size) +
+                                                             " ranks, this group " + std::to_string(size()) + ")"
+                                                       : "";
+    throw IoError(who() + ": " + connection.describe_peer() + " refused the connection because " +
+                  status_reason(reply.status) + detail);
+  }
+  return true;
+}
+
+void TcpTransport::note_rejection(std::string text) {
+  // Retries repeat the same story; keep each distinct one once, and only a few.
+  if (std::find(rejections_.begin(), rejections_.end(), text) != rejections_.end()) return;
+  if (rejections_.size() < 8) rejections_.push_back(std::move(text));
 }
 
 void TcpTransport::rendezvous() {
@@ -497,33 +499,8 @@ void TcpTransport::rendezvous() {
   group_id_ = hash_peers(options_.peers);
 
   // Listen first: peers retry their connects until we are up.
-  Socket listener;
-  {
-    const HostPort address = parse_host_port(own_address);
-    AddrInfoList resolved;
-    int gai = resolve(address, true, resolved);
-    if (gai != 0) {
-      throw IoError(who() + " cannot resolve its own listen address: " + gai_strerror(gai));
-    }
-    int last_errno = 0;
-    for (addrinfo* ai = resolved.head; ai != nullptr && listener.get() < 0; ai = ai->ai_next) {
-      Socket socket(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
-      if (socket.get() < 0) {
-        last_errno = errno;
-        continue;
-      }
-      set_int_option(socket.get(), SOL_SOCKET, SO_REUSEADDR, 1);
-      set_buffer_sizes(socket.get(), options_.socket_buffer_bytes);
-      if (::bind(socket.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(socket.get(), 128) != 0) {
-        last_errno = errno;
-        continue;
-      }
-      listener = std::move(socket);
-    }
-    if (listener.get() < 0) {
-      throw IoError(who() + " cannot listen on " + own_address + ": " + errno_text(last_errno));
-    }
-  }
+  const HostPort address = parse_host_port(own_address);
+  Socket listener = listen_on(address.host, address.port, options_.socket_buffer_bytes, deadline, who());
 
   listener_ = listener.get();
   for (int peer : options_.needed_peers) {
@@ -539,16 +516,7 @@ void TcpTransport::rendezvous() {
     bool already = std::any_of(awaiting_reply.begin(), awaiting_reply.end(),
                                [&](const auto& c) { return c->peer_rank() == peer; });
     if (already) continue;
-    int fd = connect_with_retry(peer, deadline);
-    auto connection = std::make_unique<TcpConnection>(fd, peer, options_.peers[peer]);
-    Hello hello{kHelloMagic,
-                kProtocolVersion,
-                static_cast<uint32_t>(rank),
-                static_cast<uint32_t>(peer),
-                static_cast<uint32_t>(size()),
-                0,
-                group_id_};
-    send_all(*this, *connection, &hello, sizeof(hello), deadline);
+    auto connection = open_with_hello(peer, deadline);
     awaiting_reply.push_back(std::move(connection));
   }
 
@@ -565,29 +533,25 @@ void TcpTransport::rendezvous() {
     accept_pending(deadline, deadline);
   }
 
-  // Phase 3: read the answers to our hellos.
+  // Phase 3: read the answers to our hellos. A peer address that answers
+  // from another cluster version is not our peer yet (the previous version's
+  // process may still be there, or ours has not started): hang up and try
+  // again until it is, or until the timeout.
   for (auto& connection : awaiting_reply) {
-    HelloReply reply{};
-    try {
-      recv_all(*this, *connection, &reply, sizeof(reply), deadline);
-    } catch (const TimeoutError&) {
-      throw TimeoutError(who() + ": " + connection->describe_peer() + " accepted the connection but did not answer " +
-                         "the handshake within the " + deadline.budget_text() + " timeout");
-    } catch (const IoError& e) {
-      throw IoError(who() + ": " + connection->describe_peer() + " hung up during the handshake; " +
-                    "is the process at that address a member of this group?");
-    }
-    if (reply.magic != kHelloMagic || reply.version != kProtocolVersion) {
-      throw IoError(who() + ": the process at " + connection->peer_address() + " (rank " +
-                    std::to_string(connection->peer_rank()) +
-                    " in the peer list) did not answer with the collective handshake; check the peer list");
-    }
-    if (reply.status != kAccepted) {
-      std::string detail = reply.status == kSizeMismatch ? " (it has " + std::to_string(reply.world_size) +
-                                                               " ranks, this group " + std::to_string(size()) + ")"
-                                                         : "";
-      throw IoError(who() + ": " + connection->describe_peer() + " refused the connection because " +
-                    status_reason(reply.status) + detail);
+    int backoff_ms = 10;
+    while (!read_reply(*connection, deadline)) {
+      const int peer = connection->peer_rank();
+      connection.reset();
+      const Deadline retry_at = Deadline::absolute(std::chrono::milliseconds(backoff_ms));
+      while (!retry_at.expired() && !deadline.expired()) accept_pending(retry_at, deadline);
+      backoff_ms = std::min(backoff_ms * 2, options_.connect_retry_ms);
+      if (deadline.expired()) {
+        throw TimeoutError(who() + " could not connect to rank " + std::to_string(peer) + " at " +
+                           options_.peers[peer] + " within the " + deadline.budget_text() +
+                           " timeout: the process there kept answering from another cluster version" +
+                           rejections_text());
+      }
+      connection = open_with_hello(peer, deadline);
     }
     const int peer = connection->peer_rank();
     connections_[peer] = std::move(connection);

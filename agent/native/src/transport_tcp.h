@@ -4,9 +4,17 @@
 // for each peer its algorithm needs, the lower rank connects and the higher
 // rank accepts, so each pair shares exactly one full-duplex connection. The
 // connecting side sends a hello (magic, protocol version, both ranks, group
-// size and a hash of the peer list) and the accepting side answers accepted or
+// size, a hash of the peer list and the cluster version) and the accepting
+// side answers accepted or
 // a reason; a process from another job, another cluster version or a wrong
 // peer list is refused with a message that says which of those it was.
+//
+// Cluster versions (elastic resizing): a connection from another version is
+// refused and never becomes a link. The connecting side of such a refusal
+// hangs up and keeps retrying until its timeout, because during a resize the
+// address in its list may still belong to the previous version's process for
+// a moment; if the timeout runs out, the error says that peers at another
+// version were seen.
 //
 // The three phases run in an order that cannot deadlock: (1) connect to all
 // higher peers and send hellos, which needs nothing from them but a listening
@@ -39,6 +47,10 @@ struct HostPort {
 // "10.0.0.2:41000", "[::1]:41000", "node-3:41000". Throws InvalidArgumentError.
 HostPort parse_host_port(const std::string& address);
 
+// FNV-1a over the peer list: two processes only form a group when they were
+// given the same list, in the same order.
+uint64_t hash_peers(const std::vector<std::string>& peers);
+
 struct TcpOptions {
   int rank = 0;
   std::vector<std::string> peers;            // "host:port" of every rank, by rank
@@ -46,6 +58,8 @@ struct TcpOptions {
   std::chrono::milliseconds timeout{60000};  // budget for the whole rendezvous
   size_t socket_buffer_bytes = 0;            // 0: kernel autotuning
   int connect_retry_ms = 200;
+  // Elastic sessions: only processes at the same cluster version connect.
+  uint64_t cluster_version = 0;
   // Called when a system call was interrupted by a signal; may throw
   // InterruptedError so that Ctrl-C stops a blocked call.
   std::function<void()> interrupt_check;
@@ -70,6 +84,12 @@ class TcpTransport final : public Transport {
   explicit TcpTransport(TcpOptions options);
   void rendezvous();
   int connect_with_retry(int peer, Deadline& deadline);
+  // Connects to a higher rank and sends the hello.
+  std::unique_ptr<TcpConnection> open_with_hello(int peer, Deadline& deadline);
+  // Reads the answer to our hello: true when accepted, false when the process
+  // there is at another cluster version (retry); throws on any other refusal.
+  bool read_reply(TcpConnection& connection, Deadline& deadline);
+  void note_rejection(std::string text);
   // Waits up to `poll_until` for a connection on the listener and, if one
   // comes, runs the accepting side of the handshake on it. Connect retries
   // wait here too, so a misdirected peer hears why it was refused at once
@@ -88,6 +108,7 @@ class TcpTransport final : public Transport {
   int listener_ = -1;
   std::vector<int> expected_;            // lower ranks that have not connected yet
   std::vector<std::string> rejections_;  // why strangers were turned away, for timeout messages
+  bool saw_other_cluster_version_ = false;
 };
 
 }  // namespace adaptrain::collective
