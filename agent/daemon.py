@@ -8,6 +8,12 @@ Three loops run side by side:
   command redelivered after a reconnect is acked again but applied once;
 * **metrics** — points from workers are buffered and posted in batches; a batch keeps
   its id until the control plane stored it, so a retry is never counted twice.
+
+Elastic jobs: a ``scale_workers`` command whose payload has ``join`` starts warm
+standbys here; ``cluster`` frames (new cluster versions) are forwarded to the job's
+workers; what workers say about membership (``standby``, ``rescaled``, ``left``,
+``peer_failed``) and the death of a worker the job can do without (``exited``) go back
+as ``{"type": "worker", "job", "rank", "event", ...}`` frames.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import websockets
 
 from agent.client import ControlPlaneClient, ControlPlaneError
 from agent.config import AgentConfig
-from agent.workers import WorkerGroup
+from agent.workers import CRASHED, LEFT, WorkerGroup
 
 log = logging.getLogger("agent")
 
@@ -130,6 +136,13 @@ class Agent:
         if frame.get("type") == "error":
             log.warning("control plane says: %s", frame.get("message"))
             return
+        if frame.get("type") == "cluster":
+            group = self.groups.get(frame.get("job"))
+            if group is not None and await group.apply_cluster(
+                    int(frame["version"]), list(frame["members"]), workers_min=frame.get("workers_min")):
+                log.info("job %s: cluster version %s with %d member(s)", frame["job"], frame["version"],
+                         len(frame["members"]))
+            return
         if frame.get("type") != "command":
             return
         command_id = frame["id"]
@@ -142,6 +155,13 @@ class Agent:
             asyncio.create_task(self._start_job(frame))
             return
         group = self.groups.get(job_id)
+        if frame["action"] == "scale_workers":
+            # The control plane carries it out: this node only starts the joiners placed here.
+            if group is not None:
+                await group.send_command(frame)
+            if (frame.get("payload") or {}).get("join"):
+                asyncio.create_task(self._add_joiners(frame))
+            return
         if group is None:
             await self.outbox.put({"type": "failed", "id": command_id,
                                    "error": f"job {job_id} has no running workers on this node"})
@@ -149,17 +169,24 @@ class Agent:
         await group.send_command(frame)
 
     # -- jobs --------------------------------------------------------------------------
+    def _new_group(self, job_id: int, start: dict, first_seq: int) -> WorkerGroup:
+        async def on_worker_event(rank: int, event: str, data: dict) -> None:
+            await self.outbox.put({**data, "type": "worker", "job": job_id, "rank": rank, "event": event})
+
+        group = WorkerGroup(
+            job_id=job_id, start=start, python=self.config.python,
+            address=self.config.address, log_dir=self.config.state_dir / "logs",
+            first_seq=first_seq, on_metrics=self._buffer_points,
+            on_command_done=self._command_done, on_worker_event=on_worker_event,
+        )
+        self.groups[job_id] = group
+        return group
+
     async def _start_job(self, frame: dict) -> None:
         job_id = frame["job"]
         if job_id in self.groups:
             return
-        group = WorkerGroup(
-            job_id=job_id, start=frame["payload"], python=self.config.python,
-            address=self.config.address, log_dir=self.config.state_dir / "logs",
-            first_seq=frame["seq"], on_metrics=self._buffer_points,
-            on_command_done=self._command_done,
-        )
-        self.groups[job_id] = group
+        group = self._new_group(job_id, frame["payload"], frame["seq"])
         try:
             # Rendezvous: report this node's ports, then wait until every node has.
             spec = await self.client.register_workers(job_id, group.choose_ports())
@@ -170,7 +197,7 @@ class Agent:
                                      f"{RENDEZVOUS_TIMEOUT_S:.0f} s")
                 await asyncio.sleep(0.2)
                 spec = await self.client.cluster_spec(job_id)
-            workers = await group.spawn(spec["members"])
+            workers = await group.spawn(spec["members"], int(spec.get("version") or 1))
         except (OSError, ValueError, ControlPlaneError) as exc:
             self.groups.pop(job_id, None)
             await self.outbox.put({"type": "failed", "id": frame["id"], "error": str(exc)})
@@ -179,17 +206,57 @@ class Agent:
         log.info("job %s: started %d worker(s)", job_id, len(workers))
         await self.outbox.put({"type": "applied", "id": frame["id"], "step": 0})
         await self._report(job_id, "running", workers=workers)
+        await self._supervise(job_id, group)
+
+    async def _add_joiners(self, frame: dict) -> None:
+        """Start the warm standbys of a grow placed on this node (a new group if the job has
+        no workers here yet); report their ports; they report ``standby`` themselves."""
+        job_id, join = frame["job"], frame["payload"]["join"]
+        group = self.groups.get(job_id)
+        new = group is None
+        if new:
+            start = {k: join[k] for k in ("entrypoint", "hyperparameters", "batch_size", "lr", "strategy",
+                                          "topology")}
+            group = self._new_group(job_id, {**start, "ranks": [], "world_size": 0,
+                                             "workers_min": join.get("workers_min", 1)}, frame["seq"])
+        ranks = [int(w["rank"]) for w in join["workers"] if int(w["rank"]) not in group.workers]
+        try:
+            await self.client.register_workers(job_id, group.choose_ports(ranks))
+            started = await group.add_joiners(join, seq=frame["seq"])
+        except (OSError, ValueError, KeyError, ControlPlaneError) as exc:
+            log.error("job %s: could not start joiners %s: %s", job_id, ranks, exc)
+            for rank in ranks:
+                if rank not in group.workers:
+                    await self.outbox.put({"type": "worker", "job": job_id, "rank": rank, "event": "exited",
+                                           "code": None, "error": f"could not start: {exc}"})
+            if new and not group.workers:
+                self.groups.pop(job_id, None)
+                return
+            started = []
+        log.info("job %s: started %d standby worker(s)", job_id, len(started))
+        if new:
+            await self._supervise(job_id, group)
+
+    async def _supervise(self, job_id: int, group: WorkerGroup) -> None:
         ok, reason = await group.wait()
         if group.shutting_down:
             return  # run() reports it
         await self._flush_metrics()
         if group.stop_requested:
             status = "stopped"
+        elif not ok:
+            status = "failed"
+        elif group.finished_training:
+            status = "succeeded"
         else:
-            status = "succeeded" if ok else "failed"
+            status = "stopped"  # every worker here left the cluster or died while the job goes on
+        outcomes = [{"rank": w.rank, "state": "left"} if w.outcome == LEFT else
+                    {"rank": w.rank, "state": "failed", "code": w.process.returncode,
+                     "error": group.failure_excerpt(w.rank)}
+                    for w in group.workers.values() if w.outcome in (LEFT, CRASHED)]
         log.info("job %s: workers finished (%s)", job_id, status)
         # Report before forgetting the job: a heartbeat in between must still list it.
-        await self._report(job_id, status, reason=reason)
+        await self._report(job_id, status, reason=reason, workers=outcomes or None)
         self.groups.pop(job_id, None)
 
     async def _report(self, job_id: int, status: str, **kwargs) -> None:

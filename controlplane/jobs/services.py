@@ -529,21 +529,37 @@ def job_cancel(*, job: Job, actor: str) -> Job:
 
 def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
                workers: list[dict] | None = None) -> None:
-    """An agent reports its part of a job: running (with worker ports), succeeded or failed."""
-    job = Job.objects.filter(id=job_id, workers__node=node).distinct().first()
-    if job is None:
+    """An agent reports its part of a job: running (with worker ports), succeeded, failed or
+    stopped. With ``stopped`` or ``succeeded``, ``workers`` may tell what became of workers
+    that left (``{"rank", "state": "left"}``) or died while the job went on
+    (``{"rank", "state": "failed", "code", "error"}``); they count as the ``left`` and
+    ``exited`` worker events, which the agent may also have relayed on /ws/agent/ (this
+    report comes after them either way, before the agent forgets the job)."""
+    if not Worker.objects.filter(job_id=job_id, node=node).exists():
         raise NotFound(f"Job {job_id} has no workers on node {node.name}.")
+    if status not in ("running", "succeeded", "failed", "stopped"):
+        raise InvalidInput(f"Unknown job status {status!r}; use running, succeeded, failed or stopped.")
     with transaction.atomic():
-        for w in workers or []:
-            Worker.objects.filter(job=job, node=node, rank=w["rank"]).update(
-                port=w.get("port"), state=w.get("state", Worker.State.RUNNING)
-            )
+        job = Job.objects.select_for_update().get(id=job_id)
         actor = f"node:{node.name}"
-        mine = Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE)
         if status == "running":
+            for w in workers or []:
+                Worker.objects.filter(job=job, node=node, rank=w["rank"]).update(
+                    port=w.get("port"), state=w.get("state", Worker.State.RUNNING)
+                )
             _transition(job, to=Job.Status.RUNNING, allowed_from=(Job.Status.SCHEDULING,),
                         actor=actor, started_at=timezone.now())
-        elif status == "succeeded":
+            return
+        for w in workers or []:
+            outcome = w.get("state")
+            if outcome == Worker.State.LEFT:
+                job_worker_report(node=node, job_id=job.id, rank=w["rank"], event="left", data={})
+            elif outcome == Worker.State.FAILED:
+                job_worker_report(node=node, job_id=job.id, rank=w["rank"], event="exited",
+                                  data={"code": w.get("code"), "error": w.get("error", "")})
+        job.refresh_from_db()
+        mine = Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE)
+        if status == "succeeded":
             mine.update(state=Worker.State.EXITED)
             _transition(job, to=Job.Status.SUCCEEDED,
                         allowed_from=(Job.Status.SCHEDULING, Job.Status.RUNNING, Job.Status.RESCALING),
@@ -553,13 +569,10 @@ def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
             _transition(job, to=Job.Status.FAILED,
                         allowed_from=(Job.Status.SCHEDULING, Job.Status.RUNNING, Job.Status.RESCALING),
                         actor=actor, reason=reason or "a worker failed", finished_at=timezone.now())
-        elif status == "stopped":
-            # Workers that left or failed keep saying so.
+        else:  # stopped
             mine.update(state=Worker.State.EXITED)
             _grow_maybe_admit(job)
             _rescale_maybe_finish(job)
-        else:
-            raise InvalidInput(f"Unknown job status {status!r}; use running, succeeded, failed or stopped.")
 
 
 # --- commands ----------------------------------------------------------------------------

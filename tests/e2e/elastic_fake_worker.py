@@ -1,0 +1,99 @@
+"""A stand-in for a training worker that speaks the agent protocol (agent.protocol),
+elastic membership included, without TensorFlow: the agent and control plane are
+tested for real while training is outside the system.
+
+It "trains" a step every 20 ms while it is a member; applies commands at a step that
+depends only on their sequence number (so workers agree); answers ``cluster`` messages
+with ``rescaled`` or ``left`` (then exits 0); started with ADAPTRAIN_JOINING=1 it reports
+``standby`` after a pretend start-up and waits for a version listing its address. It
+exits with status 3 when ``$FAKE_WORKER_DIR/crash-<host>_<port>`` appears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+PREFIX = "@@adaptrain "
+
+
+def send(message: dict) -> None:
+    sys.stdout.write(PREFIX + json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    env = os.environ
+    peers = [p for p in env.get("ADAPTRAIN_PEERS", "").split(",") if p]
+    joining = env.get("ADAPTRAIN_JOINING") == "1"
+    address = env.get("ADAPTRAIN_ADDRESS") or peers[int(env["ADAPTRAIN_RANK"])]
+    version = int(env.get("ADAPTRAIN_CLUSTER_VERSION", "0"))
+    members = [] if joining else peers
+    crash_file = Path(env.get("FAKE_WORKER_DIR", "/nonexistent")) / f"crash-{address.replace(':', '_')}"
+    lock = threading.Lock()
+    inbox: list[dict] = []
+    clusters: dict[int, list[str]] = {}
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            with lock:
+                if message.get("type") == "command":
+                    inbox.append(message)
+                elif message.get("type") == "cluster":
+                    clusters[int(message["version"])] = list(message["members"])
+        os._exit(0)  # the agent went away
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    print(f"fake worker at {address}, joining={joining}, version {version}", flush=True)
+    if joining:
+        time.sleep(0.5)  # a pretend TensorFlow start-up
+        send({"type": "standby", "address": address})
+    step = 0
+    while True:
+        if crash_file.exists():
+            print(f"crashing as asked by {crash_file}", file=sys.stderr, flush=True)
+            sys.exit(3)
+        with lock:
+            newer = sorted(v for v in clusters if v > version)
+            commands, inbox[:] = list(inbox), []
+        if newer:
+            version = newer[-1]
+            with lock:
+                latest = clusters[version]
+            if address in latest:
+                members = latest
+                send({"type": "rescaled", "version": version, "rank": members.index(address),
+                      "size": len(members), "step": step, "paused_s": 0.01})
+            elif not joining:
+                send({"type": "left", "version": version, "step": step})
+                sys.exit(0)
+            joining = joining and address not in latest
+        for command in commands:
+            if joining:
+                continue
+            at = 1000 * int(command["seq"])
+            if command["action"] in ("set_batch_size", "set_lr", "stop", "checkpoint", "pause", "resume"):
+                send({"type": "applied", "id": command["id"], "seq": command["seq"], "step": at})
+                if command["action"] == "stop":
+                    sys.exit(0)
+            else:
+                send({"type": "failed", "id": command["id"], "seq": command["seq"],
+                      "error": f"action {command['action']!r} is not supported by this runtime"})
+        if not joining:
+            step += 1
+            if step % 25 == 0 and members and members[0] == address:
+                send({"type": "metrics", "points": [{"name": "workers", "step": step, "value": len(members),
+                                                     "time": time.time()}]})
+        time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    main()

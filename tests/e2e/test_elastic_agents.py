@@ -1,0 +1,138 @@
+"""Elastic membership through the real agents and control plane: two agents with two
+slots each, workers played by a protocol-speaking stand-in (elastic_fake_worker.py) in
+place of TensorFlow. One job grows by warm standbys onto the second node, shrinks,
+survives a worker crash, shrinks off a node entirely, and fails only when a crash would
+take it below its minimum."""
+
+from __future__ import annotations
+
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import _stack, wait_for, wait_for_job
+
+pytestmark = pytest.mark.e2e
+
+FAKE_WORKER = Path(__file__).with_name("elastic_fake_worker.py")
+
+
+@pytest.fixture(scope="module")
+def elastic_stack(tmp_path_factory):
+    fake_dir = tmp_path_factory.mktemp("fake-workers")
+    python = fake_dir / "python"
+    # The agents start "python -m <entrypoint>"; this interpreter runs the stand-in instead.
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_WORKER}"\n')
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AGENT_PYTHON", str(python))
+        mp.setenv("FAKE_WORKER_DIR", str(fake_dir))
+        mp.setenv("AGENT_HEARTBEAT_S", "1")
+        for stack in _stack(tmp_path_factory, suffix="elastic", agents=2, slots=2, distinct_addresses=True):
+            stack.fake_dir = fake_dir
+            yield stack
+
+
+def _job(api, job_id):
+    status, job = api.get(f"/api/v1/jobs/{job_id}/")
+    assert status == 200, job
+    return job
+
+
+def _members(job):
+    """(node, worker number) of the latest version's members, by cluster rank."""
+    ranked = sorted((w for w in job["workers"] if w["cluster_rank"] is not None), key=lambda w: w["cluster_rank"])
+    return [(w["node"], w["rank"]) for w in ranked]
+
+
+def _address(job, rank):
+    w = next(w for w in job["workers"] if w["rank"] == rank)
+    host = {"node-1": "127.0.0.2", "node-2": "127.0.0.3"}[w["node"]]
+    return f"{host}_{w['port']}"
+
+
+def _scale(stack, job_id, value):
+    status, commands = stack.api.post(f"/api/v1/jobs/{job_id}/commands/", {"action": "scale_workers", "value": value})
+    assert status == 201, commands
+    wait_for(lambda: all(c["state"] == "applied" for c in stack.api.get(f"/api/v1/jobs/{job_id}/commands/")[1]
+                         if c["action"] == "scale_workers"),
+             timeout_s=60, what=f"scale_workers {value} to be applied", stack=stack)
+    return wait_for_job(stack.api, job_id, lambda j: j["status"] == "running" and j, timeout_s=30,
+                        what="the job to run again", stack=stack)
+
+
+def test_elastic_job_grows_shrinks_and_survives_a_crash_through_real_agents(elastic_stack):
+    stack, api = elastic_stack, elastic_stack.api
+    status, job = api.post("/api/v1/jobs/", {
+        "name": "elastic", "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
+        "workers": {"initial": 2, "min": 1, "max": 4},
+    })
+    assert status == 201, job
+    job_id = job["id"]
+    job = wait_for_job(api, job_id, lambda j: j["status"] == "running" and j, timeout_s=60,
+                       what="the job to run", stack=stack)
+    a = job["workers"][0]["node"]  # best fit put both on one node; the other is b
+    b = {"node-1": "node-2", "node-2": "node-1"}[a]
+    assert job["cluster_version"] == 1 and _members(job) == [(a, 0), (a, 1)]
+
+    # Grow: the second node starts two warm standbys; they are let in by version 2.
+    job = _scale(stack, job_id, 4)
+    assert job["cluster_version"] == 2 and job["parameters"]["workers"] == 4
+    assert _members(job) == [(a, 0), (a, 1), (b, 2), (b, 3)]
+    assert all(w["state"] == "running" and w["cluster_version"] == 2 for w in job["workers"])
+
+    # Shrink: the highest rank leaves cleanly.
+    job = _scale(stack, job_id, 3)
+    assert job["cluster_version"] == 3 and _members(job) == [(a, 0), (a, 1), (b, 2)]
+    wait_for(lambda: {w["rank"]: w["state"] for w in _job(api, job_id)["workers"]}[3] == "left",
+             timeout_s=30, what="worker 3 to be marked left", stack=stack)
+
+    # A crash: the agent keeps the others running, the job goes on without the dead worker.
+    (stack.fake_dir / f"crash-{_address(job, 1)}").touch()
+    job = wait_for_job(api, job_id, lambda j: j["cluster_version"] == 4 and j["status"] == "running" and j,
+                       timeout_s=60, what="version 4 without the crashed worker", stack=stack)
+    assert _members(job) == [(a, 0), (b, 2)]
+    assert {w["rank"]: w["state"] for w in job["workers"]}[1] == "failed"
+
+    # A command in between counts only the current members.
+    status, commands = api.post(f"/api/v1/jobs/{job_id}/commands/", {"action": "set_lr", "value": 0.01})
+    assert status == 201 and len(commands) == 2
+    wait_for(lambda: all(c["state"] == "applied" for c in api.get(f"/api/v1/jobs/{job_id}/commands/")[1]
+                         if c["action"] == "set_lr"), timeout_s=30, what="set_lr to be applied", stack=stack)
+
+    # Shrink off the second node altogether: its agent has nothing left there, and that is no failure.
+    job = _scale(stack, job_id, 1)
+    assert _members(job) == [(a, 0)]
+    time.sleep(3)  # several heartbeats without the job from the second node
+    job = _job(api, job_id)
+    assert job["status"] == "running", job["status_reason"]
+    assert {w["rank"]: w["state"] for w in job["workers"]}[2] in ("left", "exited")
+
+    # Below the minimum a crash fails the job, with the reason.
+    (stack.fake_dir / f"crash-{_address(job, 0)}").touch()
+    job = wait_for(lambda: (j := _job(api, job_id))["status"] == "failed" and j, timeout_s=30,
+                   what="the job to fail", stack=stack)
+    assert "exited with code 3" in job["status_reason"]
+
+    status, events = api.get(f"/api/v1/jobs/{job_id}/events/")
+    versions = [e for e in events if "cluster_version" in e["data"]]
+    assert [e["data"]["cluster_version"] for e in versions] == [1, 2, 3, 4, 5]
+    assert versions[1]["actor"] == "user:e2e" and "standby" in versions[1]["message"]
+    assert versions[3]["actor"] == f"node:{a}" and "exited with code 3" in versions[3]["message"]
+
+
+def test_scale_workers_refusals_say_why(elastic_stack):
+    api = elastic_stack.api
+    status, job = api.post("/api/v1/jobs/", {
+        "name": "fixed", "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000}, "workers": {"initial": 1},
+    })
+    wait_for_job(api, job["id"], lambda j: j["status"] == "running", timeout_s=60, what="the job to run",
+                 stack=elastic_stack)
+    status, body = api.post(f"/api/v1/jobs/{job['id']}/commands/", {"action": "scale_workers", "value": 2})
+    assert status == 400 and "not elastic" in body["message"]
+    api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
