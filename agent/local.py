@@ -6,6 +6,11 @@ Each worker gets the same environment the agent would give it (rank, peers on fr
 loopback ports, parameters); their protocol lines (metrics, command replies) are
 collected and returned per rank. Used by the tests and benchmarks, and handy for trying
 a script before submitting it as a job.
+
+:class:`LocalJob` drives workers the way the agent and the control plane do, for tests
+and benchmarks of elasticity: it sends commands, announces cluster versions to grow or
+shrink the job (with warm standby workers), and when a worker dies it announces a
+version without it, so the survivors carry on.
 """
 
 from __future__ import annotations
@@ -13,9 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent import protocol
@@ -67,6 +77,177 @@ def run_workers(n: int, hyperparameters: dict, *, module: str = "examples.digits
         messages[rank] = [json.loads(line[len(protocol.PREFIX):]) for line in out.splitlines()
                           if line.startswith(protocol.PREFIX)]
     return messages
+
+
+class LocalJob:
+    """Workers of ``module`` on this machine with elastic membership, driven like the agent.
+
+    ``members`` is the current cluster version's list of worker addresses (rank order).
+    Every protocol message is kept in ``messages[address]`` and also queued for
+    :meth:`wait_for`. With ``replace_failed`` (the default) a worker that exits with a
+    non-zero status is dropped from the job by announcing a version without it."""
+
+    def __init__(self, module: str, hyperparameters: dict, *, workers: int, replace_failed: bool = True,
+                 env: dict[str, str] | None = None, **params):
+        self.module = module
+        self.params = {"hyperparameters": hyperparameters, **params}
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+        self.env.setdefault("COLLECTIVE_TIMEOUT", "30")
+        self.version = 0
+        self.members = peer_list(workers)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.messages: dict[str, list[dict]] = {}
+        self.stderr: dict[str, list[str]] = {}
+        self.exit_codes: dict[str, int] = {}
+        self.replace_failed = replace_failed
+        self.seq = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.RLock()
+        self._closed = False
+        for rank, address in enumerate(self.members):
+            self._spawn(address, {protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: ",".join(self.members)})
+        threading.Thread(target=self._watch, name="local-job-watch", daemon=True).start()
+
+    # -- processes ---------------------------------------------------------------------
+    def _spawn(self, address: str, extra: dict[str, str]) -> None:
+        env = {**self.env, protocol.ENV_JOB: "1", protocol.ENV_ADDRESS: address,
+               protocol.ENV_CLUSTER_VERSION: str(self.version), protocol.ENV_PARAMS: json.dumps(self.params),
+               protocol.ENV_FIRST_SEQ: "0", **extra}
+        proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs[address] = proc
+        self.messages[address] = []
+        self.stderr[address] = []
+        threading.Thread(target=self._read, args=(address, proc), daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(address, proc), daemon=True).start()
+
+    def _read(self, address: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            if line.startswith(protocol.PREFIX):
+                message = json.loads(line[len(protocol.PREFIX):])
+                self.messages[address].append(message)
+                self._queue.put((address, message))
+
+    def _read_stderr(self, address: str, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            self.stderr[address].append(line.rstrip("\n"))
+            del self.stderr[address][:-200]
+
+    def _watch(self) -> None:
+        while not self._closed:
+            time.sleep(0.05)
+            with self._lock:
+                for address, proc in list(self.procs.items()):
+                    code = proc.poll()
+                    if code is None or address in self.exit_codes:
+                        continue
+                    self.exit_codes[address] = code
+                    self._queue.put((address, {"type": "exited", "code": code}))
+                    if code != 0 and self.replace_failed and address in self.members \
+                            and len(self.members) > 1:
+                        self.announce([m for m in self.members if m != address])
+
+    def _write(self, address: str, message: dict) -> None:
+        proc = self.procs[address]
+        if proc.poll() is not None:
+            return
+        try:
+            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    # -- driving the job ---------------------------------------------------------------
+    def command(self, action: str, value=None) -> int:
+        """Send a command to every worker; returns its id."""
+        with self._lock:
+            self.seq += 1
+            message = {"type": "command", "id": 1000 + self.seq, "seq": self.seq, "action": action,
+                       "payload": {} if value is None else {"value": value}}
+            for address in list(self.procs):
+                self._write(address, message)
+            return message["id"]
+
+    def announce(self, members: list[str]) -> int:
+        """Make ``members`` the next cluster version; returns its number."""
+        with self._lock:
+            self.version += 1
+            message = {"type": "cluster", "version": self.version, "members": list(members)}
+            for address in set(self.members) | set(members):
+                self._write(address, message)
+            self.members = list(members)
+            return self.version
+
+    def start_standby(self, count: int) -> list[str]:
+        """Start ``count`` warm standby workers (not members yet); returns their addresses."""
+        with self._lock:
+            addresses = peer_list(count)
+            for address in addresses:
+                self._spawn(address, {protocol.ENV_JOINING: "1"})
+            return addresses
+
+    def wait_standby(self, addresses: list[str], timeout_s: float = 120) -> None:
+        pending = set(addresses)
+        self.wait_for(lambda address, message: message["type"] == "standby"
+                      and not pending.discard(address) and not pending, timeout_s,
+                      already=True)
+
+    def grow(self, count: int, *, standby: bool = True, timeout_s: float = 120) -> int:
+        """Add ``count`` workers. With ``standby`` they are started and made ready before
+        the new version is announced, so training pauses only for the switch."""
+        addresses = self.start_standby(count)
+        if standby:
+            self.wait_standby(addresses, timeout_s)
+        return self.announce(self.members + addresses)
+
+    def shrink(self, count: int) -> int:
+        """Remove the ``count`` highest ranks."""
+        return self.announce(self.members[:len(self.members) - count])
+
+    def kill(self, address: str, sig: int = signal.SIGKILL) -> None:
+        self.procs[address].send_signal(sig)
+
+    def wait_for(self, predicate: Callable[[str, dict], bool], timeout_s: float = 120, *,
+                 already: bool = False) -> tuple[str, dict]:
+        """Block until a protocol message satisfies ``predicate(address, message)``
+        (with ``already``, messages received before the call count too)."""
+        if already:
+            for address, messages in list(self.messages.items()):
+                for message in list(messages):
+                    if predicate(address, message):
+                        return address, message
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                address, message = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if predicate(address, message):
+                return address, message
+        raise TimeoutError(f"no matching worker message within {timeout_s:.0f} s; last errors: "
+                           + " | ".join(f"{a}: {' / '.join(e[-3:])}" for a, e in self.stderr.items() if e))
+
+    def wait(self, timeout_s: float = 600) -> dict[str, int]:
+        """Wait for every worker to exit; returns their exit codes by address."""
+        deadline = time.monotonic() + timeout_s
+        for proc in list(self.procs.values()):
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        time.sleep(0.1)
+        return {address: proc.returncode for address, proc in self.procs.items()}
+
+    def close(self) -> None:
+        self._closed = True
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs.values():
+            proc.wait()
+
+    def __enter__(self) -> LocalJob:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def job_series(messages: list[dict], name: str) -> dict[int, float]:

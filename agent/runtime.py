@@ -55,10 +55,17 @@ class Session:
     params: dict[str, Any]
     first_seq: int
     communicator: Any = None
+    address: str = ""  # host:port this worker listens on: its identity across cluster versions
+    cluster_version: int = 0
+    joining: bool = False  # started as a warm standby, not yet a member
+    left: bool = False  # removed from the job by a newer cluster version
     _inbox: dict[int, dict] = field(default_factory=dict)
     _contiguous_seq: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _out_lock: threading.Lock = field(default_factory=threading.Lock)
+    _clusters: dict[int, list[str]] = field(default_factory=dict)
+    _cluster_changed: threading.Condition = field(default_factory=threading.Condition)
+    _stdin_closed: bool = False
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -108,6 +115,83 @@ class Session:
                 continue
             if message.get("type") == "command" and isinstance(message.get("seq"), int):
                 self._receive(message)
+            elif message.get("type") == "cluster":
+                self._receive_cluster(message)
+        with self._cluster_changed:
+            self._stdin_closed = True
+            self._cluster_changed.notify_all()
+
+    def _receive_cluster(self, message: dict) -> None:
+        version, members = message.get("version"), message.get("members")
+        if (not isinstance(version, int) or isinstance(version, bool) or not isinstance(members, list)
+                or not members or not all(isinstance(m, str) and m for m in members)):
+            print(f"ignoring malformed cluster message: {str(message)[:200]!r}", file=sys.stderr)
+            return
+        with self._cluster_changed:
+            self._clusters[version] = list(members)
+            self._cluster_changed.notify_all()
+
+    def latest_cluster_version(self) -> int:
+        """The highest cluster version announced to this worker (its own if none newer)."""
+        with self._cluster_changed:
+            return max([self.cluster_version, *self._clusters])
+
+    def cluster_members(self, version: int) -> list[str]:
+        with self._cluster_changed:
+            return list(self._clusters[version])
+
+    def wait_for_cluster(self, *, min_version: int, timeout_s: float | None,
+                         member: str | None = None) -> tuple[int, list[str]] | None:
+        """The newest announced version ≥ ``min_version`` (listing ``member`` if given);
+        None when none came within ``timeout_s`` or the agent closed our stdin."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def found() -> tuple[int, list[str]] | None:
+            for version in sorted(self._clusters, reverse=True):
+                if version >= min_version and (member is None or member in self._clusters[version]):
+                    return version, list(self._clusters[version])
+            return None
+
+        with self._cluster_changed:
+            while True:
+                result = found()
+                if result is not None or self._stdin_closed:
+                    return result
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cluster_changed.wait(remaining if remaining is not None else 1.0)
+
+    def form_communicator(self, version: int, members: list[str], algorithm: str = "auto") -> None:
+        """Leave the current communicator and build the one of cluster ``version``
+        (blocks until every member connected)."""
+        if self.communicator is not None:
+            self.communicator.close()
+            self.communicator = None
+        self.rank = members.index(self.address)
+        self.size = len(members)
+        self.peers = list(members)
+        self.cluster_version = version
+        self.joining = False
+        if self.size > 1:
+            self.communicator = _new_communicator(self.rank, self.peers, version, algorithm)
+
+    def close_communicator(self) -> None:
+        if self.communicator is not None:
+            try:
+                self.communicator.close()
+            except Exception:  # noqa: BLE001 - already failed; closing is best effort
+                pass
+            self.communicator = None
+
+    def discard_commands(self, up_to_seq: int) -> None:
+        """Forget commands already applied (by the members a joiner caught up with)."""
+        with self._lock:
+            for seq in [s for s in self._inbox if s <= up_to_seq]:
+                del self._inbox[seq]
+            self._contiguous_seq = max(self._contiguous_seq, up_to_seq)
+            while self._contiguous_seq + 1 in self._inbox:
+                self._contiguous_seq += 1
 
     def received_seq(self) -> int:
         with self._lock:
@@ -120,28 +204,44 @@ class Session:
             return [self._inbox.pop(s) for s in ready]
 
 
+def _new_communicator(rank: int, peers: list[str], version: int, algorithm: str):
+    from agent.native import Communicator
+
+    algorithm = algorithm if algorithm in TOPOLOGIES else "auto"
+    try:
+        return Communicator(rank=rank, peers=peers, timeout_s=None, algorithm=algorithm,
+                            cluster_version=version)
+    except TypeError:  # a native library without cluster versions
+        return Communicator(rank=rank, peers=peers, timeout_s=None, algorithm=algorithm)
+
+
 def init() -> Session:
-    """Join the job described by the agent's environment (or run alone without it)."""
+    """Join the job described by the agent's environment (or run alone without it).
+
+    A worker started as a warm standby (``ADAPTRAIN_JOINING=1``) is not a member yet:
+    :meth:`Trainer.fit` builds the model, reports ``standby`` and waits to be let in."""
     env = os.environ
-    if protocol.ENV_RANK not in env:
+    if protocol.ENV_RANK not in env and env.get(protocol.ENV_JOINING) != "1":
         session = Session(job=0, rank=0, size=1, peers=[], params=json.loads(
             env.get(protocol.ENV_PARAMS, "{}")), first_seq=0)
         return session
-    peers = [p for p in env[protocol.ENV_PEERS].split(",") if p]
-    rank = int(env[protocol.ENV_RANK])
+    peers = [p for p in env.get(protocol.ENV_PEERS, "").split(",") if p]
+    joining = env.get(protocol.ENV_JOINING) == "1"
+    rank = -1 if joining else int(env[protocol.ENV_RANK])
+    address = env.get(protocol.ENV_ADDRESS) or (peers[rank] if 0 <= rank < len(peers) else "")
+    if not address:
+        raise ValueError(f"{protocol.ENV_ADDRESS} must name this worker's host:port")
     first_seq = int(env.get(protocol.ENV_FIRST_SEQ, "0"))
     session = Session(
-        job=int(env[protocol.ENV_JOB]), rank=rank, size=len(peers), peers=peers,
-        params=json.loads(env.get(protocol.ENV_PARAMS, "{}")), first_seq=first_seq,
+        job=int(env.get(protocol.ENV_JOB, "0")), rank=rank, size=0 if joining else len(peers), peers=peers,
+        params=json.loads(env.get(protocol.ENV_PARAMS, "{}")), first_seq=first_seq, address=address,
+        cluster_version=int(env.get(protocol.ENV_CLUSTER_VERSION, "0")), joining=joining,
     )
     session._contiguous_seq = first_seq
     threading.Thread(target=session._read_stdin, name="adaptrain-commands", daemon=True).start()
-    if session.size > 1:
-        from agent.native import Communicator
-
-        topology = session.params.get("topology") or "auto"
-        session.communicator = Communicator(rank=rank, peers=peers, timeout_s=None,
-                                            algorithm=topology if topology in TOPOLOGIES else "auto")
+    if not joining and session.size > 1:
+        session.communicator = _new_communicator(rank, peers, session.cluster_version,
+                                                 session.params.get("topology") or "auto")
     return session
 
 
@@ -186,6 +286,10 @@ class GlobalBatchSampler:
         self.position = end
         return batch
 
+    def state(self) -> tuple[int, int]:
+        """(epoch, position): where the next global batch starts."""
+        return self.epoch, self.position
+
     def seek(self, epoch: int, position: int) -> None:
         """Continue from a saved point (a checkpoint's data position)."""
         self.epoch = epoch
@@ -223,6 +327,13 @@ class Trainer:
             raise ValueError(f"strategy {self.strategy!r} is not supported by this runtime; use "
                              f"{' or '.join(STRATEGIES)}")
         self.sma_alpha = float(session.hyperparameters.get("sma_alpha", 0.1))
+        self.topology = session.params.get("topology") or "auto"
+        self.applied_seq = session.first_seq  # the last command applied
+        # How long survivors wait for the next cluster version after a peer died.
+        self.rejoin_timeout_s = float(session.hyperparameters.get("rejoin_timeout_s", 120))
+        # Called as on_batch(step, epoch, indices) with this worker's share of each global
+        # batch it trains on (tests use it to check data coverage across resizes).
+        self.on_batch = None
         self._sampler: GlobalBatchSampler | None = None
         self._variables = None
         self._sizes: list[int] = []
@@ -240,8 +351,9 @@ class Trainer:
         self._variables = variables
         self._shapes = [v.shape for v in variables]
         self._sizes = [int(np.prod(v.shape)) for v in variables]
-        # Make every worker start from rank 0's weights.
-        self._broadcast_weights()
+        if not self.session.joining:
+            # Make every worker start from rank 0's weights (a joiner gets them when let in).
+            self._broadcast_weights()
         loss_fn, model = self.loss_fn, self.model
         feature_shape = [None, *x_sample.shape[1:]]
 
@@ -291,16 +403,125 @@ class Trainer:
             offset += n
 
     # -- control -------------------------------------------------------------------------
-    def _agree_on_commands(self) -> list[dict]:
-        received = float(self.session.received_seq())
-        comm = self.session.communicator
+    def _agree(self) -> tuple[list[dict], int]:
+        """The commands every worker has received (to apply now, in order) and the newest
+        cluster version every worker has been told about."""
+        session = self.session
+        received = [float(session.received_seq()), float(session.latest_cluster_version())]
+        comm = session.communicator
         if comm is not None:
-            buf = np.array([received], dtype=np.float32)
+            buf = np.array(received, dtype=np.float64)
             comm.allreduce(buf, op="min")
-            received = float(buf[0])
-        if received <= self.session.first_seq:
-            return []
-        return self.session.take_commands(int(received))
+            received = [float(v) for v in buf]
+        seq, version = int(received[0]), int(received[1])
+        commands = session.take_commands(seq) if seq > self.applied_seq else []
+        self.applied_seq = max(self.applied_seq, seq)
+        return commands, version
+
+    def _agree_on_commands(self) -> list[dict]:
+        return self._agree()[0]
+
+    # -- elasticity ----------------------------------------------------------------------
+    def _state_variables(self) -> tuple[list, list]:
+        """Everything a joiner needs, split into float32 variables and the rest."""
+        variables = list(self.model.weights) + list(self.optimizer.variables)
+        floats = [v for v in variables if str(v.dtype).endswith("float32")]
+        others = [v for v in variables if not str(v.dtype).endswith("float32")]
+        return floats, others
+
+    def _sync_state(self) -> None:
+        """Make every member hold rank 0's model, optimizer state, step, parameters and
+        data position (rank 0 of a new version is always a worker that was training)."""
+        comm = self.session.communicator
+        if comm is None:
+            return
+        floats, others = self._state_variables()
+        n_floats = sum(int(np.prod(v.shape)) for v in floats)
+        epoch, position = self._sampler.state() if self._sampler else (0, 0)
+        meta = np.array([self.step, self.batch_size, self.lr, epoch, position, self.applied_seq,
+                         STRATEGIES.index(self.strategy), TOPOLOGIES.index(self.topology),
+                         float(self.paused), n_floats, len(others)], dtype=np.float64)
+        comm.broadcast(meta, root=0)
+        if int(meta[9]) != n_floats or int(meta[10]) != len(others):
+            raise RuntimeError(f"rank 0's model has {int(meta[9])} float32 state values, this worker's "
+                               f"{n_floats}: every worker must build the same model and optimizer")
+        flat = np.concatenate([np.asarray(v.numpy(), np.float32).ravel() for v in floats]) \
+            if floats else np.zeros(0, np.float32)
+        comm.broadcast(flat, root=0)
+        rest = np.array([float(np.asarray(v.numpy()).ravel()[0]) if int(np.prod(v.shape)) == 1 else 0.0
+                         for v in others], dtype=np.float64)
+        comm.broadcast(rest, root=0)
+        if self.session.rank != 0:
+            offset = 0
+            for v in floats:
+                n = int(np.prod(v.shape))
+                v.assign(flat[offset:offset + n].reshape(v.shape))
+                offset += n
+            for v, value in zip(others, rest, strict=True):
+                if int(np.prod(v.shape)) == 1:
+                    v.assign(np.asarray(value).astype(str(v.dtype)).reshape(v.shape))
+            self.step = int(meta[0])
+            self.batch_size = int(meta[1])
+            self.lr = float(meta[2])
+            self.optimizer.learning_rate.assign(self.lr)
+            if self._sampler is not None:
+                self._sampler.seek(int(meta[3]), int(meta[4]))
+            self.applied_seq = int(meta[5])
+            self.session.discard_commands(self.applied_seq)
+            self.strategy = STRATEGIES[int(meta[6])]
+            self.topology = TOPOLOGIES[int(meta[7])]
+            self.paused = bool(meta[8])
+        if comm.algorithm != self.topology:
+            comm.set_algorithm(self.topology)
+
+    def _enter_version(self, version: int, members: list[str], *, since: float) -> bool:
+        """Switch to cluster ``version``: leave (False) when not a member, else connect to
+        its members and take rank 0's state (True). ``since``: when training stopped."""
+        session = self.session
+        if session.address not in members:
+            session.close_communicator()
+            session.send({"type": "left", "version": version, "step": self.step})
+            session.left = True
+            session.rank = -1
+            self.stopped = True
+            return False
+        session.form_communicator(version, members, self.topology)
+        self._sync_state()
+        session.send({"type": "rescaled", "version": version, "rank": session.rank, "size": session.size,
+                      "step": self.step, "paused_s": time.perf_counter() - since})
+        return True
+
+    def _recover(self, error: Exception) -> bool:
+        """A collective failed (a peer died or went silent): wait for the next cluster
+        version and continue in it. False when this worker was left out of it."""
+        session = self.session
+        failed_at = time.perf_counter()
+        failed_version = session.cluster_version
+        from agent.native import CollectiveError
+
+        while True:
+            session.send({"type": "peer_failed", "version": failed_version, "error": str(error)[:1000]})
+            session.close_communicator()
+            found = session.wait_for_cluster(min_version=failed_version + 1, timeout_s=self.rejoin_timeout_s)
+            if found is None:
+                raise RuntimeError(f"a collective failed ({error}) and no new cluster version came within "
+                                   f"{self.rejoin_timeout_s:.0f} s") from error
+            try:
+                return self._enter_version(*found, since=failed_at)
+            except CollectiveError as again:  # a member of the new version failed too
+                error, failed_version = again, found[0]
+
+    def _join(self) -> None:
+        """A warm standby: wait until a cluster version lists this worker, then take over
+        the members' state."""
+        session = self.session
+        session.send({"type": "standby", "address": session.address})
+        found = session.wait_for_cluster(min_version=session.cluster_version, timeout_s=None,
+                                         member=session.address)
+        if found is None:
+            raise SystemExit("the agent went away before this standby worker was let in")
+        version, members = found
+        self._enter_version(version, members, since=time.perf_counter())
 
     def _apply_command(self, command: dict) -> None:
         action = command.get("action")
@@ -337,6 +558,7 @@ class Trainer:
                 if self.session.communicator is not None:
                     # Every worker reaches this at the same step, so the collective switch lines up.
                     self.session.communicator.set_algorithm(value)
+                self.topology = value
             elif action == "stop":
                 self.stopped = True
             elif action == "pause":
@@ -442,6 +664,22 @@ class Trainer:
         self._sampler.seek(int(meta["epoch"]), int(meta["position"]))
 
     # -- the loop ------------------------------------------------------------------------
+    def _boundary(self) -> bool:
+        """A step boundary: apply the commands every worker has, switch to a newer cluster
+        version every worker knows of, and stay here while paused. False: stop training."""
+        while True:
+            commands, version = self._agree()
+            for command in commands:
+                self._apply_command(command)
+            if version > self.session.cluster_version and not self.stopped:
+                members = self.session.cluster_members(version)
+                if not self._enter_version(version, members, since=time.perf_counter()):
+                    return False
+                continue  # agree again in the new version, as joiners do first of all
+            if not self.paused or self.stopped:
+                return not self.stopped
+            time.sleep(0.05)  # paused: keep agreeing on commands (resume, stop, a resize)
+
     def fit(self, x: np.ndarray, y: np.ndarray, *, steps: int, log_every: int = 10,
             monitor_every: int = 1, resume_from: str | None = None) -> None:
         """Train until step ``steps``, reporting metrics every ``log_every`` steps and updating
@@ -454,90 +692,104 @@ class Trainer:
             self._build(x)
         if self._sampler is None or self._sampler.n_samples != len(x):
             self._sampler = GlobalBatchSampler(len(x), self.seed)
-        if resume_from:
+        if resume_from and not self.session.joining:
             self.restore(resume_from, len(x))
-        session, comm = self.session, self.session.communicator
-        rank, size = session.rank, session.size
+        session = self.session
+        if session.joining:
+            self._join()
         window_start, window_samples = time.perf_counter(), 0
         compute_time = comm_time = 0.0
         loss_sum = correct_sum = 0.0
         seen = 0
         noise = GradientNoiseMonitor()
-        session.report({"batch_size": self.batch_size}, step=0, per_rank=True)
+        session.report({"batch_size": self.batch_size}, step=self.step, per_rank=True)
         checkpoint_every = int(session.hyperparameters.get("checkpoint_every", 0) or 0)
+        from agent.native import CollectiveError
+
         while self.step < steps and not self.stopped:
-            for command in self._agree_on_commands():
-                self._apply_command(command)
-            while self.paused and not self.stopped:
-                # Paused at a step boundary: keep agreeing on commands (resume, stop, …).
-                time.sleep(0.05)
-                for command in self._agree_on_commands():
-                    self._apply_command(command)
-                window_start, window_samples = time.perf_counter(), 0
-            if self.stopped:
-                break
-            if checkpoint_every and self.step and self.step % checkpoint_every == 0:
-                self.checkpoint()
-            batch = self._sampler.next(self.batch_size)
-            mine = GlobalBatchSampler.shard(batch, rank, size)
-            t0 = time.perf_counter()
-            flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
-                                 tf.constant(1.0 / len(batch), tf.float32)).numpy()
-            grads = flat[:-3]
-            monitoring = monitor_every > 0 and size > 1 and self.step % monitor_every == 0
-            if monitoring and len(mine):
-                # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
-                flat[-1] = float(np.dot(grads, grads)) * (len(batch) / len(mine)) ** 2
-            t1 = time.perf_counter()
-            if self.strategy == "sma" and comm is not None:
-                # Average the models (and sum the loss counters in the same call), then
-                # take this worker's own step: its gradient is scaled by 1/B, so B/n
-                # times it is the mean gradient of its own samples.
-                monitoring = False
-                flat[-3:-1] = self._average_weights(alpha=self.sma_alpha, extra=flat[-3:-1].copy())
-                t2 = time.perf_counter()
-                local_scale = len(batch) / len(mine) if len(mine) else 0.0
-                self._apply(tf.constant(grads * local_scale))
-            else:
-                if comm is not None:
-                    comm.allreduce(flat, op="sum")
-                t2 = time.perf_counter()
-                self._apply(tf.constant(grads))
-            if monitoring:
-                noise.update(small_sq_norm=float(flat[-1]) / size, small_batch=len(batch) / size,
-                             big_sq_norm=float(np.dot(grads, grads)), big_batch=len(batch))
-            compute_time += (t1 - t0) + (time.perf_counter() - t2)
-            comm_time += t2 - t1
-            loss_sum += float(flat[-3])
-            correct_sum += float(flat[-2])
-            seen += len(batch)
-            window_samples += len(batch)
-            self.step += 1
-            if self.step % log_every == 0 or self.step == steps:
-                elapsed = time.perf_counter() - window_start
-                per_rank = {"batch_size": self.batch_size}
-                if size > 1:
-                    # Lets anyone check that workers hold the same model where the strategy says so.
-                    per_rank["param_checksum"] = float(np.sum(self._weights_flat(), dtype=np.float64))
-                session.report(per_rank, step=self.step, per_rank=True)
-                if rank == 0:
-                    steps_in_window = log_every if self.step % log_every == 0 else self.step % log_every
-                    session.report({
-                        "loss": loss_sum / max(seen, 1),
-                        "accuracy": correct_sum / max(seen, 1),
-                        "throughput": window_samples / elapsed if elapsed > 0 else 0.0,
-                        "batch_size": self.batch_size,
-                        "lr": self.lr,
-                        "workers": size,
-                        "step_time": elapsed / steps_in_window,
-                        "compute_time": compute_time / steps_in_window,
-                        "comm_time": comm_time / steps_in_window,
-                        **noise.values(),
-                    }, step=self.step)
+            data_position = self._sampler.state()
+            version = session.cluster_version
+            try:
+                if not self._boundary():
+                    break
+                if session.cluster_version != version:
+                    window_start, window_samples = time.perf_counter(), 0
+                    compute_time = comm_time = 0.0
+                comm, rank, size = session.communicator, session.rank, session.size
+                if checkpoint_every and self.step and self.step % checkpoint_every == 0:
+                    self.checkpoint()
+                batch = self._sampler.next(self.batch_size)
+                batch_epoch = self._sampler.epoch
+                mine = GlobalBatchSampler.shard(batch, rank, size)
+                t0 = time.perf_counter()
+                flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
+                                     tf.constant(1.0 / len(batch), tf.float32)).numpy()
+                grads = flat[:-3]
+                monitoring = monitor_every > 0 and size > 1 and self.step % monitor_every == 0
+                if monitoring and len(mine):
+                    # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
+                    flat[-1] = float(np.dot(grads, grads)) * (len(batch) / len(mine)) ** 2
+                t1 = time.perf_counter()
+                if self.strategy == "sma" and comm is not None:
+                    # Average the models (and sum the loss counters in the same call), then
+                    # take this worker's own step: its gradient is scaled by 1/B, so B/n
+                    # times it is the mean gradient of its own samples.
+                    monitoring = False
+                    flat[-3:-1] = self._average_weights(alpha=self.sma_alpha, extra=flat[-3:-1].copy())
+                    t2 = time.perf_counter()
+                    local_scale = len(batch) / len(mine) if len(mine) else 0.0
+                    self._apply(tf.constant(grads * local_scale))
+                else:
+                    if comm is not None:
+                        comm.allreduce(flat, op="sum")
+                    t2 = time.perf_counter()
+                    self._apply(tf.constant(grads))
+                if monitoring:
+                    noise.update(small_sq_norm=float(flat[-1]) / size, small_batch=len(batch) / size,
+                                 big_sq_norm=float(np.dot(grads, grads)), big_batch=len(batch))
+                compute_time += (t1 - t0) + (time.perf_counter() - t2)
+                comm_time += t2 - t1
+                loss_sum += float(flat[-3])
+                correct_sum += float(flat[-2])
+                seen += len(batch)
+                window_samples += len(batch)
+                if self.on_batch is not None:
+                    self.on_batch(self.step, batch_epoch, mine)
+                self.step += 1
+                if self.step % log_every == 0 or self.step == steps:
+                    elapsed = time.perf_counter() - window_start
+                    per_rank = {"batch_size": self.batch_size}
+                    if size > 1:
+                        # Lets anyone check that workers hold the same model where the strategy says so.
+                        per_rank["param_checksum"] = float(np.sum(self._weights_flat(), dtype=np.float64))
+                    session.report(per_rank, step=self.step, per_rank=True)
+                    if rank == 0:
+                        steps_in_window = log_every if self.step % log_every == 0 else self.step % log_every
+                        session.report({
+                            "loss": loss_sum / max(seen, 1),
+                            "accuracy": correct_sum / max(seen, 1),
+                            "throughput": window_samples / elapsed if elapsed > 0 else 0.0,
+                            "batch_size": self.batch_size,
+                            "lr": self.lr,
+                            "workers": size,
+                            "step_time": elapsed / steps_in_window,
+                            "compute_time": compute_time / steps_in_window,
+                            "comm_time": comm_time / steps_in_window,
+                            **noise.values(),
+                        }, step=self.step)
+                    window_start, window_samples = time.perf_counter(), 0
+                    compute_time = comm_time = 0.0
+                    loss_sum = correct_sum = 0.0
+                    seen = 0
+            except CollectiveError as exc:
+                # Nothing of this step was applied (every collective comes before the
+                # update): take its batch again in the next version.
+                self._sampler.seek(*data_position)
+                if not self._recover(exc):
+                    break
                 window_start, window_samples = time.perf_counter(), 0
                 compute_time = comm_time = 0.0
-                loss_sum = correct_sum = 0.0
-                seen = 0
+                continue
 
 
 def evaluate_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
