@@ -1,5 +1,9 @@
 """Every collective × algorithm × dtype × size against a NumPy reference, on 1–4 (and 8) ranks.
 
+Sizes: 0, 1, 7 and 1001 elements (some ranks without a segment; divisible by
+no rank count), 16 MiB on the ring, and a 64 MiB allreduce on the ring and
+"auto" at np=2 and 4.
+
 Starting processes is the slow part, so one spawned group per rank count runs
 every case with one communicator, checks each result against NumPy itself
 (every rank can rebuild every rank's input from the case's seed) and returns,
@@ -30,6 +34,11 @@ OPS = ("sum", "mean", "min", "max")
 # makes "auto" pick the ring.
 SIZES = (0, 1, 7, 1001)
 LARGE = (16 << 20) // 4  # 16 MiB of float32, ring only
+# 64 MiB of float32 for ring and auto at np=2 and 4: the size a real model's
+# gradients reach. Its inputs are small integers times (rank + 1), so the sum
+# is exact in float32 and checked without a float64 copy of every rank's input.
+HUGE = (64 << 20) // 4
+HUGE_RANK_COUNTS = (2, 4)
 RANK_COUNTS = (1, 2, 3, 4, 8)
 
 
@@ -68,6 +77,9 @@ def case_list(n: int) -> list[tuple[Any, ...]]:
     cases.append(("broadcast", "ring", "float32", n - 1, LARGE))
     cases.append(("allgather", "ring", "float32", None, LARGE // 4))
     cases.append(("reduce_scatter", "ring", "float32", "sum", LARGE // 3))
+    if n in HUGE_RANK_COUNTS:
+        for algorithm in ("ring", "auto"):
+            cases.append(("allreduce", algorithm, "float32", "sum", HUGE))
     return cases
 
 
@@ -110,6 +122,14 @@ def run_case(comm: Communicator, case: tuple[Any, ...]) -> np.ndarray:
     """Runs one case on this rank, checks it, and returns what to compare across ranks."""
     collective, algorithm, dtype, op, size = case
     n, rank = comm.size, comm.rank
+    if collective == "allreduce" and size == HUGE:
+        base = np.random.default_rng(zlib.crc32(case_id(case).encode())).integers(
+            -1000, 1000, size=size, dtype=np.int32
+        )
+        x = base.astype(np.float32) * (rank + 1)
+        assert comm.allreduce(x, op=op, algorithm=algorithm) is x
+        np.testing.assert_array_equal(x, base.astype(np.float32) * (n * (n + 1) // 2))
+        return x
     if collective == "allreduce":
         everyone = inputs(case, n, dtype, size)
         x = everyone[rank].copy()
