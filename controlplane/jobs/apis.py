@@ -264,7 +264,7 @@ class JobCommandsApi(APIView):
                         {"value": f"set_topology needs one of {', '.join(Job.Topology.values)}."})
             elif action == "scale_workers":
                 # The job's own bounds (workers min and max) are checked by the service.
-                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1024:
                     raise serializers.ValidationError(
                         {"value": "scale_workers needs an integer number of workers (the job's new size)."})
             return attrs

@@ -277,8 +277,8 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
         raise InvalidInput(f"scale_workers needs an integer number of workers; got {value!r}.")
     if not job.is_elastic:
         raise InvalidInput(
-            f"Job {job.id} is not elastic: it was created with workers min = max = {job.workers_min}. "
-            "Create it with workers.min < workers.max to scale it.",
+            f"Job {job.id} is not elastic (workers min = max = {job.workers_min}), so scale_workers is not "
+            "supported for it; create the job with workers.min < workers.max to scale it.",
             details={"workers": {"min": job.workers_min, "max": job.workers_max}})
     if job.status == Job.Status.RESCALING:
         raise Conflict(f"Job {job.id} is rescaling (cluster version {job.cluster_version}); "
