@@ -256,8 +256,11 @@ def configure_tensorflow_threads(threads: int = 1) -> None:
 # S-SGD: fused, averaged gradients (every worker holds the same model). SMA: synchronous
 # model averaging (KungFu's SynchronousAveragingOptimizer): each worker applies its own
 # gradient, and every step the models are averaged and each is pulled a fraction
-# ``sma_alpha`` towards the average — more exploration early in training.
-STRATEGIES = ("ssgd", "sma")
+# ``sma_alpha`` towards the average — more exploration early in training. Pair averaging
+# (AD-PSGD, Lian et al. 2018; KungFu's PairAveragingOptimizer): each worker publishes its
+# model, fetches one random peer's latest model without that peer taking part, averages
+# the two and applies its own gradient — no collective over the model at all.
+STRATEGIES = ("ssgd", "sma", "pair")
 # Allreduce algorithms of the native library, switched collectively at a step boundary.
 TOPOLOGIES = ("ring", "tree", "star", "auto")
 
@@ -334,6 +337,7 @@ class Trainer:
         # Called as on_batch(step, epoch, indices) with this worker's share of each global
         # batch it trains on (tests use it to check data coverage across resizes).
         self.on_batch = None
+        self._pair_version = -1  # cluster version in which this worker last published its model
         self._sampler: GlobalBatchSampler | None = None
         self._variables = None
         self._sizes: list[int] = []
@@ -548,7 +552,7 @@ class Trainer:
                                      f"{' or '.join(STRATEGIES)}")
                 if value == "ssgd" and self.strategy != "ssgd":
                     # S-SGD needs identical models and optimizer slots (momentum):
-                    # finish SMA with a full average of both.
+                    # finish SMA or pair averaging with a full average of both.
                     self._average_weights(alpha=1.0)
                     self._average_optimizer_state()
                 self.strategy = value
@@ -613,6 +617,22 @@ class Trainer:
             n = int(np.prod(v.shape))
             v.assign(flat[offset:offset + n].reshape(v.shape))
             offset += n
+
+    def _pair_average(self, comm, rank: int, size: int) -> None:
+        """Average this worker's model with a random peer's latest published one."""
+        weights = self._weights_flat()
+        if self._pair_version != self.session.cluster_version:
+            # First pair step in this version: everyone publishes before anyone asks.
+            comm.publish("model", weights)
+            comm.barrier()
+            self._pair_version = self.session.cluster_version
+        rng = np.random.default_rng([self.seed, self.step, rank])
+        peer = (rank + 1 + int(rng.integers(size - 1))) % size
+        theirs = np.empty_like(weights)
+        comm.request(peer, "model", theirs)
+        weights = 0.5 * (weights + theirs)
+        self._set_weights_flat(weights)
+        comm.publish("model", weights)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _state_arrays(self) -> list:
@@ -730,7 +750,14 @@ class Trainer:
                     # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
                     flat[-1] = float(np.dot(grads, grads)) * (len(batch) / len(mine)) ** 2
                 t1 = time.perf_counter()
-                if self.strategy == "sma" and comm is not None:
+                if self.strategy == "pair" and comm is not None:
+                    monitoring = False
+                    self._pair_average(comm, rank, size)
+                    comm.allreduce(flat[-3:-1], op="sum")  # the loss counters, for reporting
+                    t2 = time.perf_counter()
+                    local_scale = len(batch) / len(mine) if len(mine) else 0.0
+                    self._apply(tf.constant(grads * local_scale))
+                elif self.strategy == "sma" and comm is not None:
                     # Average the models (and sum the loss counters in the same call), then
                     # take this worker's own step: its gradient is scaled by 1/B, so B/n
                     # times it is the mean gradient of its own samples.
