@@ -163,10 +163,6 @@ class JobListCreateApi(APIView):
         workers = WorkersSerializer()
         strategy = serializers.ChoiceField(choices=Job.Strategy.values, default=Job.Strategy.SSGD)
 
-        def validate_strategy(self, value):
-            if value == Job.Strategy.PAIR:
-                raise serializers.ValidationError("pair averaging is not supported by the runtime yet; use ssgd or sma.")
-            return value
         topology = serializers.ChoiceField(choices=Job.Topology.values, default=Job.Topology.RING)
         policy = serializers.IntegerField(required=False, allow_null=True)
 
@@ -255,9 +251,9 @@ class JobCommandsApi(APIView):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10:
                     raise serializers.ValidationError({"value": "set_lr needs a number in (0, 10]."})
             elif action == "set_strategy":
-                if value not in ("ssgd", "sma"):
+                if value not in Job.Strategy.values:
                     raise serializers.ValidationError(
-                        {"value": "set_strategy needs \"ssgd\" or \"sma\" (pair averaging is not supported yet)."})
+                        {"value": f"set_strategy needs one of {', '.join(Job.Strategy.values)}."})
             elif action == "set_topology":
                 if value not in Job.Topology.values:
                     raise serializers.ValidationError(

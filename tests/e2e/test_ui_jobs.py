@@ -103,8 +103,8 @@ def test_create_job_form_shows_errors_beside_the_fields_then_the_new_jobs_chart_
         missing = [s for s in stored_steps if s not in shown]
         assert not missing, f"steps missing from the chart after the reconnect: {missing[:10]}"
 
-        # Manual commands: a batch size is sent; scaling (not in the runtime yet) is refused
-        # with the reason shown beside the field.
+        # Manual commands: a batch size is sent; scaling a job whose min = max workers (not
+        # elastic) is refused with the reason shown beside the field.
         page.fill("#cmd-batch-size", "48")
         page.press("#cmd-batch-size", "Enter")
         page.wait_for_selector("#command-result.ok")

@@ -63,7 +63,6 @@ def test_unauthenticated_request_gets_401_in_error_shape(client):
     ({"entrypoint": "rm -rf /"}, "entrypoint"),
     ({"workers": {"initial": 3, "min": 1, "max": 2}}, "min ≤ initial ≤ max"),
     ({"strategy": "magic"}, "strategy"),
-    ({"strategy": "pair"}, "pair averaging is not supported"),
     ({"hyperparameters": {"batch_size": 32, "lr": 0.1, "lr_scaling": "cubic"}}, "lr_scaling must be one of"),
     ({"hyperparameters": {"batch_size": 32, "lr": 0.1, "checkpoint_dir": 7}}, "checkpoint_dir must be a string"),
 ])
@@ -104,3 +103,10 @@ def test_policy_validation_points_at_the_rule(api):
         "name": "p", "rules": [{"name": "r", "when": "loss <", "action": {"type": "stop"}}]}}, format="json")
     assert response.status_code == 400
     assert response.json()["details"]["path"] == "rules[0].when"
+
+
+@pytest.mark.parametrize("strategy", ["ssgd", "sma", "pair"])
+def test_every_synchronisation_strategy_of_the_runtime_is_accepted(api, strategy):
+    response = api.post("/api/v1/jobs/", {**VALID, "strategy": strategy}, format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["strategy"] == strategy
