@@ -507,7 +507,9 @@ class Communicator:
         array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
         return self._native.publish(name, array)
 
-    def request(self, peer: int, name: str, out: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    def request(
+        self, peer: int, name: str, out: npt.NDArray[Any], timeout_s: float | None = None
+    ) -> npt.NDArray[Any]:
         """Fill ``out`` with rank ``peer``'s latest published copy of ``name``; return ``out``.
 
         Not collective: ``peer`` answers from a background thread whatever it
@@ -516,13 +518,15 @@ class Communicator:
         shape is up to the caller); otherwise, or if ``peer`` never published
         ``name``, ``ValueError`` names the blob and the peer. A peer that is
         gone raises :class:`CollectiveError`, one that stalls for
-        ``timeout_s`` :class:`CollectiveTimeout`; neither closes the
+        ``timeout_s`` (default: the communicator's) without moving a byte
+        :class:`CollectiveTimeout`; neither closes the
         communicator. ``peer`` may be this rank. Requests from several threads
         are safe and never wait for a collective on this communicator.
         """
         _check_array(out, "request")
         checked_peer = _check_peer(peer, self.size)
-        self._native.request(checked_peer, _check_blob_name(name), out)
+        wait_s = 0.0 if timeout_s is None else _check_timeout(timeout_s)
+        self._native.request(checked_peer, _check_blob_name(name), out, wait_s)
         return out
 
     def close(self) -> None:

@@ -281,14 +281,17 @@ NB_MODULE(_collective, m) {
           "name"_a, "array"_a)
       .def(
           "request",
-          [](col::Communicator& self, int peer, const std::string& name, CpuArray out) {
+          [](col::Communicator& self, int peer, const std::string& name, CpuArray out, double timeout_s) {
             const col::DataType dtype = checked(out, "request");
+            // 0: the communicator's timeout.
+            const std::chrono::milliseconds timeout =
+                timeout_s == 0 ? std::chrono::milliseconds(0) : to_milliseconds(timeout_s);
             void* data = out.data();
             const size_t count = out.size();
             nb::gil_scoped_release release;
-            return self.request(peer, name, data, count, dtype);
+            return self.request(peer, name, data, count, dtype, timeout);
           },
-          "peer"_a, "name"_a, "out"_a)
+          "peer"_a, "name"_a, "out"_a, "timeout_s"_a = 0.0)
       .def("barrier", &col::Communicator::barrier, nb::call_guard<nb::gil_scoped_release>())
       .def("close", &col::Communicator::close, nb::call_guard<nb::gil_scoped_release>());
 }

@@ -281,7 +281,8 @@ void BlobClient::close() {
   }
 }
 
-uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_t count, DataType dtype) {
+uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_t count, DataType dtype,
+                             std::chrono::milliseconds timeout) {
   Link& link = *links_.at(static_cast<size_t>(peer));
   std::lock_guard<std::mutex> lock(link.mutex);
   const std::string who = describe(peer);
@@ -292,7 +293,7 @@ uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_
     std::lock_guard<std::mutex> fds_lock(fds_mutex_);
     check_open();
   }
-  Deadline deadline = Deadline::inactivity(identity_.timeout);
+  Deadline deadline = Deadline::inactivity(timeout.count() > 0 ? timeout : identity_.timeout);
   try {
     if (link.fd < 0) {
       std::string error;

@@ -104,7 +104,9 @@ class BlobClient {
   // Fills `out` with `peer`'s latest blob `name` and returns its version.
   // Throws InvalidArgumentError (unknown name, dtype or count mismatch),
   // TimeoutError or IoError. Requests to different peers run in parallel.
-  uint64_t request(int peer, const std::string& name, void* out, size_t count, DataType dtype);
+  // `timeout` (inactivity) defaults to the identity's.
+  uint64_t request(int peer, const std::string& name, void* out, size_t count, DataType dtype,
+                   std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
   // Wakes requests in flight (they fail) and closes every connection. Idempotent.
   void close();
 

@@ -163,7 +163,8 @@ uint64_t Communicator::publish(const std::string& name, const void* data, size_t
   return blobs_.publish(name, data, count, dtype);
 }
 
-uint64_t Communicator::request(int peer, const std::string& name, void* out, size_t count, DataType dtype) {
+uint64_t Communicator::request(int peer, const std::string& name, void* out, size_t count, DataType dtype,
+                               std::chrono::milliseconds timeout) {
   (void)element_size(dtype);
   check_data(out, count, "request: out");
   check_blob_name(name);
@@ -194,7 +195,7 @@ uint64_t Communicator::request(int peer, const std::string& name, void* out, siz
     return blob->version;
   }
   try {
-    return blob_client_->request(peer, name, out, count, dtype);
+    return blob_client_->request(peer, name, out, count, dtype, timeout);
   } catch (const InvalidArgumentError& e) {
     throw InvalidArgumentError(context + e.what());
   } catch (const TimeoutError& e) {

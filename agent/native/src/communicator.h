@@ -108,9 +108,11 @@ class Communicator {
   // version; `peer` may be this rank. An unknown name or a dtype or count
   // that differs from the blob's throws InvalidArgumentError; a peer that is
   // gone throws IoError, one that stalls TimeoutError. Neither closes the
-  // communicator.
+  // communicator. `timeout` bounds the request's inactivity (0: the
+  // communicator's timeout).
   uint64_t publish(const std::string& name, const void* data, size_t count, DataType dtype);
-  uint64_t request(int peer, const std::string& name, void* out, size_t count, DataType dtype);
+  uint64_t request(int peer, const std::string& name, void* out, size_t count, DataType dtype,
+                   std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
 
   // Stops the blob service and closes the connections; idempotent.
   void close();

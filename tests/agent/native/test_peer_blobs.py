@@ -5,21 +5,25 @@ busy in pure Python (holding the GIL), blocked in a collective, and idle,
 while ranks 1 and 2 request its blobs; each answer must be the latest
 published copy. Then the error cases: a wrong dtype or size, an unknown name
 (ValueError naming blob and peer, connection still usable), and a peer that
-has closed its communicator (CollectiveError). Requests run in threads
-beside a large allreduce on the same communicator, which neither blocks.
+has closed its communicator (CollectiveError), and one that is frozen
+(SIGSTOP: CollectiveTimeout, then a later request succeeds). Requests run in
+threads beside a large allreduce on the same communicator, which neither
+blocks.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
 
 import numpy as np
 import pytest
-from native_ranks import run_ranks
+from native_ranks import SPAWN, run_ranks
 
-from agent.native import CollectiveError, Communicator
+from agent.native import CollectiveError, CollectiveTimeout, Communicator
 
 TIMEOUT_S = 20.0
 BIG = (8 << 20) // 4  # an 8 MiB model
@@ -176,3 +180,50 @@ def test_single_rank_serves_its_own_blobs() -> None:
             comm.request(0, "r", readonly)
     with pytest.raises(CollectiveError, match="closed"):
         comm.request(0, "w", np.empty(4))
+
+
+def _wait_until_stopped(pid: int) -> None:
+    """SIGSTOP takes effect asynchronously: wait until every thread of ``pid`` is stopped."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                states.append(stat.read().rsplit(")", 1)[1].split()[0])
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
+
+
+def _stalled_owner(rank: int, peers: list[str], released: Any) -> dict[str, Any]:
+    comm = Communicator(rank, peers, timeout_s=TIMEOUT_S)
+    comm.publish("w", np.full(5, float(rank)))
+    pids = comm.allgather(np.array([os.getpid()]))
+    report: dict[str, Any] = {}
+    if rank == 1:
+        released.wait()  # frozen by rank 0 meanwhile (SIGSTOP): no collective may run
+    else:
+        out = np.empty(5)
+        comm.request(1, "w", out, timeout_s=1.0)  # connected, answered
+        os.kill(int(pids[1, 0]), signal.SIGSTOP)
+        _wait_until_stopped(int(pids[1, 0]))
+        try:
+            comm.request(1, "w", out, timeout_s=0.5)
+        except CollectiveTimeout as error:
+            report["stalled"] = str(error)
+        finally:
+            os.kill(int(pids[1, 0]), signal.SIGCONT)
+        np.testing.assert_array_equal(comm.request(1, "w", out), np.full(5, 1.0))  # reconnects
+        assert not comm.closed
+        released.set()
+    comm.barrier()
+    comm.close()
+    return report
+
+
+def test_a_stalled_owner_makes_the_request_time_out_and_a_later_one_succeed() -> None:
+    results = run_ranks(_stalled_owner, 2, SPAWN.Event(), timeout_s=60)
+    message = results[0]["stalled"]
+    assert 'request of blob "w" from rank 1 on rank 0 of 2' in message
+    assert "0.5 s timeout" in message
