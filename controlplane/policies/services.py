@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from controlplane.errors import Conflict, InvalidInput
+from controlplane.errors import ApiError, Conflict, InvalidInput
 from controlplane.jobs import services as job_services
 from controlplane.jobs.models import Command, Event, Job
 from controlplane.live.models import MetricPoint
@@ -224,11 +224,29 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
                 step=job.last_step,
             )
             if outcome == Decision.Outcome.COMMANDED:
-                commands = job_services.command_issue(
-                    job=job, type=firing.action_type, value=firing.value, issued_by=actor,
-                    idempotency_key=f"policy-{policy.id}-{firing.rule}-{job.last_step}",
-                )
-                Decision.objects.filter(id=decision.id).update(command=commands[0])
+                try:
+                    with transaction.atomic():
+                        commands = job_services.command_issue(
+                            job=job, type=firing.action_type, value=firing.value, issued_by=actor,
+                            idempotency_key=f"policy-{policy.id}-{firing.rule}-{job.last_step}",
+                        )
+                except ApiError as exc:
+                    # The job cannot take this action now (a scale beyond its bounds or the
+                    # free slots, a job that is not elastic, …): record why, act on nothing.
+                    decision.outcome = Decision.Outcome.SKIPPED
+                    decision.decided_by = f"control plane: {exc.message}"[:200]
+                    Decision.objects.filter(id=decision.id).update(
+                        outcome=decision.outcome, decided_by=decision.decided_by)
+                    job_services.event_record(
+                        job=job, kind=Event.Kind.DECISION, actor=actor,
+                        message=f"rule {firing.rule!r}: {firing.action_type} → {firing.value} was not "
+                                f"carried out: {exc.message}",
+                        data={"decision": decision.id, "rule": firing.rule, "action": action,
+                              "outcome": decision.outcome, "error": exc.message},
+                        step=job.last_step,
+                    )
+                else:
+                    Decision.objects.filter(id=decision.id).update(command=commands[0])
             decisions.append(decision)
             # One action per evaluation: the next waits until this one is applied.
             break

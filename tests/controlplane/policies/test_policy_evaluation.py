@@ -73,3 +73,19 @@ def test_applied_batch_size_change_records_the_scaled_learning_rate(user, node):
     services.command_finish(node=node, command_id=command_id, ok=True, step=160)
     job.refresh_from_db()
     assert job.batch_size == 64 and job.learning_rate == pytest.approx(0.1 * 2**0.5)
+
+
+def test_action_the_job_cannot_take_is_recorded_as_skipped_with_the_reason(user, node):
+    job = running_job(user, node)  # two workers, min = max = 2: not elastic
+    policy = job.policy
+    policy.definition = {"name": "p", "rules": [{"name": "out", "when": "true",
+                                                 "action": {"type": "scale_workers", "value": "3"}}]}
+    policy.save()
+    [decision] = job_policy_evaluate(job_id=job.id)
+    decision.refresh_from_db()
+    assert decision.outcome == "skipped" and decision.command is None
+    assert "elastic" in decision.decided_by or "workers" in decision.decided_by
+    assert not Command.objects.filter(job=job, type="scale_workers").exists()
+    event = Event.objects.filter(job=job, kind="decision").last()
+    assert "was not carried out" in event.message and event.data["error"]
+    assert Job.objects.get(id=job.id).status == "running"
