@@ -9,7 +9,8 @@ Two profiles, chosen by ``DJANGO_ENV``:
 
 Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
 (comma-separated), ``DEBUG`` (true/false), ``DJANGO_ENV``, ``CSRF_TRUSTED_ORIGINS``,
-``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``.
+``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``, ``COMMAND_TTL_S``,
+``RESCALE_JOIN_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ METRIC_BATCH_MAX_POINTS = 10_000
 METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0)
 # A command nobody acknowledged within this many seconds expires (its job is told).
 COMMAND_TTL_S = env_float("COMMAND_TTL_S", 600.0)
+# A joiner of a grow that has not reported standby this many seconds after it was placed
+# is given up on (jobs.expire_joiners); the job goes back to running.
+RESCALE_JOIN_TIMEOUT_S = env_float("RESCALE_JOIN_TIMEOUT_S", 180.0)
 
 CELERY_BEAT_SCHEDULE = {
     "evaluate-policies": {
@@ -197,6 +201,7 @@ CELERY_BEAT_SCHEDULE = {
     "place-pending-jobs": {"task": "jobs.place_pending_jobs", "schedule": 5.0},
     "mark-lost-nodes": {"task": "jobs.mark_lost_nodes", "schedule": 10.0},
     "expire-commands": {"task": "jobs.expire_commands", "schedule": 30.0},
+    "expire-joiners": {"task": "jobs.expire_joiners", "schedule": 10.0},
     "apply-metric-retention": {"task": "live.apply_retention", "schedule": 3600.0},
 }
 

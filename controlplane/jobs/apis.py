@@ -7,7 +7,12 @@ serialises the result.
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -79,6 +84,25 @@ def validate_hyperparameters(raw: dict) -> dict:
     return clean
 
 
+NODE_SELECTOR_SCHEMA = {
+    "type": "object", "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 200},
+    "maxProperties": services.NODE_SELECTOR_MAX_ENTRIES, "example": {"gpu": "a100"},
+    "description": "Node labels the job's workers need: only nodes whose labels contain every "
+                   "label → value pair run them (initial placement and scale_workers). Empty: any node.",
+}
+
+
+@extend_schema_field(NODE_SELECTOR_SCHEMA)
+class NodeSelectorField(serializers.JSONField):
+    """A flat object of label → value strings; the service says what is wrong with others."""
+
+    def to_internal_value(self, data):
+        try:
+            return services.node_selector_clean(super().to_internal_value(data))
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.message) from None
+
+
 class WorkersSerializer(serializers.Serializer):
     initial = serializers.IntegerField(min_value=1, max_value=64)
     min = serializers.IntegerField(min_value=1, max_value=64, required=False)
@@ -89,12 +113,13 @@ class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     workers = serializers.SerializerMethodField()
     parameters = serializers.SerializerMethodField()
+    node_selector = NodeSelectorField(read_only=True)
 
     class Meta:
         model = Job
         fields = ["id", "name", "owner", "entrypoint", "status", "status_reason", "hyperparameters",
-                  "strategy", "topology", "policy", "parameters", "workers", "cluster_version", "last_step",
-                  "created_at", "started_at", "finished_at"]
+                  "strategy", "topology", "policy", "node_selector", "parameters", "workers", "cluster_version",
+                  "last_step", "created_at", "started_at", "finished_at"]
 
     def get_parameters(self, job: Job) -> dict:
         return {"batch_size": job.batch_size, "lr": job.learning_rate, "workers": job.workers_current,
@@ -165,6 +190,7 @@ class JobListCreateApi(APIView):
 
         topology = serializers.ChoiceField(choices=Job.Topology.values, default=Job.Topology.RING)
         policy = serializers.IntegerField(required=False, allow_null=True)
+        node_selector = NodeSelectorField(required=False, default=dict)
 
         def validate_hyperparameters(self, value):
             return validate_hyperparameters(value)
@@ -203,7 +229,7 @@ class JobListCreateApi(APIView):
             hyperparameters=v["hyperparameters"], workers_initial=workers["initial"],
             workers_min=workers.get("min", workers["initial"]),
             workers_max=workers.get("max", workers["initial"]),
-            strategy=v["strategy"], topology=v["topology"], policy=policy,
+            strategy=v["strategy"], topology=v["topology"], policy=policy, node_selector=v["node_selector"],
         )
         return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
 

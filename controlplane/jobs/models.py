@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Node(models.Model):
@@ -73,6 +74,9 @@ class Job(models.Model):
     policy = models.ForeignKey(
         "policies.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
+    # Label → value pairs a node's labels must all contain for the job's workers to go there
+    # (initial placement and every grow); empty: any node.
+    node_selector = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_reason = models.TextField(blank=True)
     # Current values of the knobs a policy or a user can change while the job runs.
@@ -137,6 +141,9 @@ class Worker(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING)
     # The highest cluster version this worker reported training in (``rescaled``).
     cluster_version = models.PositiveIntegerField(default=0)
+    # When the worker was placed; a joiner that has not reported standby within
+    # RESCALE_JOIN_TIMEOUT_S of it is given up on (services.joiners_expire).
+    created_at = models.DateTimeField(default=timezone.now)
 
     @property
     def address(self) -> str | None:

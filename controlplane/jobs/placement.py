@@ -1,28 +1,41 @@
 """Placement of a job's workers on nodes (pure; no ORM).
 
-A job goes on one node when one has room (best fit: the node with the fewest free
-slots that still holds all workers, so large holes stay free for large jobs), since
-workers on one host talk over loopback. Otherwise it is spread over the nodes with the
-most free slots first, in rank order, so each node holds a contiguous range of ranks
-and a ring crosses between hosts as few times as possible.
+Only nodes whose labels contain every pair of the job's node selector are eligible
+(``{"gpu": "a100"}`` matches a node labelled ``{"gpu": "a100", "zone": "b"}``; an empty
+selector matches every node), as Kubernetes' ``nodeSelector`` does.
+
+Among the eligible nodes, a job goes on one node when one has room (best fit: the node
+with the fewest free slots that still holds all workers, so large holes stay free for
+large jobs), since workers on one host talk over loopback. Otherwise it is spread over
+the nodes with the most free slots first, in rank order, so each node holds a
+contiguous range of ranks and a ring crosses between hosts as few times as possible.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class NodeCapacity:
     node_id: int
     free_slots: int
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def plan_placement(nodes: list[NodeCapacity], workers: int) -> dict[int, list[int]] | None:
-    """Map node id → ranks for ``workers`` workers, or None when they do not fit."""
+def labels_match(labels: Mapping[str, str], node_selector: Mapping[str, str] | None) -> bool:
+    """Whether a node with ``labels`` may run workers of a job with ``node_selector``."""
+    return all(key in labels and labels[key] == value for key, value in (node_selector or {}).items())
+
+
+def plan_placement(nodes: list[NodeCapacity], workers: int,
+                   node_selector: Mapping[str, str] | None = None) -> dict[int, list[int]] | None:
+    """Map node id → ranks for ``workers`` workers on nodes matching ``node_selector``, or
+    None when they do not fit there."""
     if workers < 1:
         raise ValueError("a job needs at least one worker")
-    usable = [n for n in nodes if n.free_slots > 0]
+    usable = [n for n in nodes if n.free_slots > 0 and labels_match(n.labels, node_selector)]
     fitting = [n for n in usable if n.free_slots >= workers]
     if fitting:
         best = min(fitting, key=lambda n: (n.free_slots, n.node_id))

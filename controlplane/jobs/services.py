@@ -75,10 +75,60 @@ def _transition(job: Job, *, to: str, allowed_from: tuple[str, ...], actor: str,
 
 # --- jobs --------------------------------------------------------------------------------
 
+NODE_SELECTOR_MAX_ENTRIES = 20
+NODE_SELECTOR_MAX_KEY = 100
+NODE_SELECTOR_MAX_VALUE = 200  # as a node label's value at enrolment
+
+
+def node_selector_clean(raw: Any) -> dict[str, str]:
+    """A job's node selector: a flat object of label → value (strings), at most
+    NODE_SELECTOR_MAX_ENTRIES pairs. Raises InvalidInput saying what to fix."""
+    if raw is None:
+        return {}
+    example = 'such as {"gpu": "a100", "zone": "eu-1"}'
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"node_selector must be an object of label → value strings, {example}; "
+                           f"got {type(raw).__name__}.", details={"node_selector": raw})
+    if len(raw) > NODE_SELECTOR_MAX_ENTRIES:
+        raise InvalidInput(f"node_selector may have at most {NODE_SELECTOR_MAX_ENTRIES} labels; got {len(raw)}.",
+                           details={"node_selector": sorted(raw)})
+    for key, value in raw.items():
+        if not 1 <= len(key) <= NODE_SELECTOR_MAX_KEY or not key.isprintable():
+            raise InvalidInput(f"node_selector label names must be 1 to {NODE_SELECTOR_MAX_KEY} printable "
+                               f"characters; got {key!r}.", details={"node_selector": key})
+        if not isinstance(value, str):
+            raise InvalidInput(f"node_selector[{key!r}] must be a string (labels are flat label → value "
+                               f"strings, {example}); got {json_type(value)}.", details={"node_selector": key})
+        if not 1 <= len(value) <= NODE_SELECTOR_MAX_VALUE or not value.isprintable():
+            raise InvalidInput(f"node_selector[{key!r}] must be 1 to {NODE_SELECTOR_MAX_VALUE} printable "
+                               f"characters; got {value!r}.", details={"node_selector": key})
+    return dict(raw)
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _selector_text(node_selector: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(node_selector.items()))
+
+
 @transaction.atomic
 def job_create(
     *, owner, name: str, entrypoint: str, hyperparameters: dict[str, Any], workers_initial: int,
     workers_min: int, workers_max: int, strategy: str, topology: str, policy=None,
+    node_selector: dict[str, str] | None = None,
 ) -> Job:
     if entrypoint not in ENTRYPOINTS:
         raise InvalidInput(
@@ -90,10 +140,11 @@ def job_create(
             "Workers must satisfy min ≤ initial ≤ max.",
             details={"workers": {"min": workers_min, "initial": workers_initial, "max": workers_max}},
         )
+    node_selector = node_selector_clean(node_selector)
     job = Job.objects.create(
         owner=owner, name=name, entrypoint=entrypoint, hyperparameters=hyperparameters,
         workers_initial=workers_initial, workers_min=workers_min, workers_max=workers_max,
-        strategy=strategy, topology=topology, policy=policy,
+        strategy=strategy, topology=topology, policy=policy, node_selector=node_selector,
         batch_size=int(hyperparameters["batch_size"]), learning_rate=float(hyperparameters["lr"]),
     )
     # Before the first frame of the job is published (event_record's push runs on commit too).
@@ -111,20 +162,57 @@ def _free_slots(node: Node) -> int:
     return node.slots - busy
 
 
+def _capacities(nodes: dict[int, Node]) -> list[placement.NodeCapacity]:
+    return [placement.NodeCapacity(node_id=n.id, free_slots=_free_slots(n), labels=n.labels or {})
+            for n in nodes.values()]
+
+
+def _pending_reason(job: Job) -> str:
+    """Why a job with a node selector is not placed: no enrolled node (in any status) could
+    ever hold it, or the nodes that could are offline or busy now."""
+    selector = _selector_text(job.node_selector)
+    matching = [n for n in Node.objects.all() if placement.labels_match(n.labels or {}, job.node_selector)]
+    if not matching:
+        return (f"no enrolled node has labels matching node_selector {selector}; the job stays pending "
+                f"until a node with those labels enrols")
+    slots = sum(n.slots for n in matching)
+    if slots < job.workers_initial:
+        return (f"the nodes whose labels match node_selector {selector} have {slots} slot(s) in all, fewer "
+                f"than the {job.workers_initial} worker(s) the job starts with; the job stays pending until "
+                f"more such nodes enrol")
+    return (f"waiting for {job.workers_initial} free slot(s) on online nodes matching node_selector "
+            f"{selector}")
+
+
+def _pending_reason_record(job: Job) -> None:
+    """Record why a job with a node selector waits, once per change of reason (the sweep
+    retries every few seconds). A job without a selector waits silently as before."""
+    if not job.node_selector:
+        return
+    reason = _pending_reason(job)
+    if reason == job.status_reason:
+        return
+    if Job.objects.filter(id=job.id, status=Job.Status.PENDING).update(status_reason=reason) != 1:
+        return
+    job.status_reason = reason
+    event_record(job=job, kind=Event.Kind.STATE, actor="scheduler", message=f"pending: {reason}",
+                 data={"status": job.status, "reason": reason, "node_selector": job.node_selector})
+    transaction.on_commit(lambda: _publish_job(job.id))
+
+
 def job_place(*, job_id: int) -> bool:
-    """Place a pending job's workers on online nodes with free slots (see placement.py)
-    and send each node a start command for its ranks. Returns whether the job was placed;
-    a job that fits nowhere stays pending and the periodic sweep retries it."""
+    """Place a pending job's workers on online nodes with free slots whose labels match the
+    job's node selector (see placement.py) and send each node a start command for its
+    ranks. Returns whether the job was placed; a job that fits nowhere stays pending (with
+    the reason recorded when it has a node selector) and the periodic sweep retries it."""
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(id=job_id).first()
         if job is None or job.status != Job.Status.PENDING:
             return False
         nodes = {n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)}
-        plan = placement.plan_placement(
-            [placement.NodeCapacity(node_id=n.id, free_slots=_free_slots(n)) for n in nodes.values()],
-            job.workers_initial,
-        )
+        plan = placement.plan_placement(_capacities(nodes), job.workers_initial, job.node_selector)
         if plan is None:
+            _pending_reason_record(job)
             return False
         Worker.objects.bulk_create(
             [Worker(job=job, node=nodes[node_id], rank=r) for node_id, ranks in plan.items() for r in ranks]
@@ -295,7 +383,9 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
         raise Conflict(f"Job {job.id} has no cluster version yet; scale it once it is running.")
     if value == len(members):
         raise InvalidInput(f"Job {job.id} already has {value} worker(s).")
-    busy = Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).order_by("seq").first()
+    # A stop that ends abandoned joiners (joiners_expire) does not hold the job up.
+    busy = (Command.objects.filter(job=job, state__in=Command.IN_FLIGHT)
+            .exclude(type=Command.Type.STOP, payload__has_key="joiners").order_by("seq").first())
     if busy is not None:
         raise Conflict(f"Command {busy.id} ({busy.type}) of job {job.id} is still in flight; "
                        "scale the job once it is applied.")
@@ -313,14 +403,17 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
 
     needed = value - size
     nodes = {n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)}
-    capacities = [placement.NodeCapacity(node_id=n.id, free_slots=_free_slots(n)) for n in nodes.values()]
-    plan = placement.plan_placement(capacities, needed)
+    capacities = _capacities(nodes)
+    plan = placement.plan_placement(capacities, needed, job.node_selector)
     if plan is None:
-        free = sum(max(c.free_slots, 0) for c in capacities)
+        free = sum(max(c.free_slots, 0) for c in capacities
+                   if placement.labels_match(c.labels, job.node_selector))
+        where = (f"online nodes matching the job's node_selector {_selector_text(job.node_selector)}"
+                 if job.node_selector else "online nodes")
         raise Conflict(
             f"Not enough free slots to grow job {job.id} from {size} to {value} workers: {needed} more "
-            f"needed, {free} free on online nodes. Add nodes or free slots, then try again.",
-            details={"needed": needed, "free_slots": free})
+            f"needed, {free} free on {where}. Add nodes or free slots, then try again.",
+            details={"needed": needed, "free_slots": free, "node_selector": job.node_selector})
     next_rank = (Worker.objects.filter(job=job).aggregate(m=Max("rank"))["m"] or 0) + 1
     joiners: dict[int, list[dict]] = {}
     rows = []
@@ -366,8 +459,11 @@ def _grow_maybe_admit(job: Job) -> None:
                           f"(growing from {len(members)} to {len(members) + len(standbys)})")
 
 
-def _scale_commands_finish(job: Job, *, step: int | None, paused_s: float | None) -> None:
+def _scale_commands_finish(job: Job, *, step: int | None, paused_s: float | None, error: str = "") -> None:
+    """Finish the job's in-flight scale_workers commands: applied when the job has the size
+    they asked for, failed otherwise (with ``error`` when given, which also fails them)."""
     size = job.workers_current
+    reason = error
     commands = list(Command.objects.filter(job=job, type=Command.Type.SCALE_WORKERS,
                                            state__in=Command.IN_FLIGHT).order_by("seq", "id"))
     by_seq: dict[int, list[Command]] = {}
@@ -375,8 +471,8 @@ def _scale_commands_finish(job: Job, *, step: int | None, paused_s: float | None
         by_seq.setdefault(command.seq, []).append(command)
     for rows in by_seq.values():
         target = rows[0].payload.get("value")
-        ok = target == size
-        error = "" if ok else f"the job has {size} worker(s), not {target}: a worker failed during the change"
+        ok = target == size and not reason
+        error = "" if ok else reason or f"the job has {size} worker(s), not {target}: a worker failed during the change"
         Command.objects.filter(id__in=[c.id for c in rows]).update(
             state=Command.State.APPLIED if ok else Command.State.FAILED, applied_step=step if ok else None,
             error=error, finished_at=timezone.now())
@@ -397,7 +493,10 @@ def _rescale_maybe_finish(job: Job, *, step: int | None = None, paused_s: float 
     if Worker.objects.filter(job=job, state__in=[Worker.State.JOINING, Worker.State.STANDBY]).exists():
         return
     members = _members(job)
-    if any(w.cluster_version < job.cluster_version for w in members):
+    # The initial workers train in version 1 without reporting ``rescaled`` (0 means 1
+    # for them; a joiner is never a member of version 1), so a grow from version 1 whose
+    # joiners all failed ends here too.
+    if any(max(w.cluster_version, 1) < job.cluster_version for w in members):
         return
     _transition(job, to=Job.Status.RUNNING, allowed_from=(Job.Status.RESCALING,), actor="scheduler",
                 reason=f"{len(members)} worker(s) train in cluster version {job.cluster_version}")
@@ -583,11 +682,13 @@ def command_frame(command: Command) -> dict[str, Any]:
 
 
 def _command_create(*, job: Job, nodes: list[Node], type: str, payload: dict, issued_by: str,
-                    idempotency_key: str | None = None, payload_for=None) -> list[Command]:
+                    idempotency_key: str | None = None, payload_for=None,
+                    message: str | None = None) -> list[Command]:
     """Rows first, push after commit. The caller holds the job row lock.
 
     Every node gets the same sequence number: workers agree on commands by it, across
-    nodes. ``payload_for(node)``, when given, makes a node's own payload.
+    nodes. ``payload_for(node)``, when given, makes a node's own payload; ``message``
+    replaces the event's default text (the type and value).
     """
     seq = Job.objects.filter(id=job.id).values_list("command_seq", flat=True).get() + 1
     Job.objects.filter(id=job.id).update(command_seq=seq)
@@ -599,7 +700,7 @@ def _command_create(*, job: Job, nodes: list[Node], type: str, payload: dict, is
     ]
     if type != Command.Type.START:
         event_record(job=job, kind=Event.Kind.COMMAND, actor=issued_by,
-                     message=f"{type} {payload.get('value', '')}".strip(),
+                     message=message or f"{type} {payload.get('value', '')}".strip(),
                      data={"command": commands[0].id if commands else None, "type": type,
                            "payload": payload, "state": Command.State.PENDING})
     for command in commands:
@@ -797,6 +898,70 @@ def nodes_mark_lost(*, timeout_s: float) -> list[int]:
                     _rescale_maybe_finish(job)
             Worker.objects.filter(node=node, state__in=Worker.ACTIVE).update(state=Worker.State.FAILED)
     return lost
+
+
+def joiners_expire(*, timeout_s: float) -> list[int]:
+    """Give up on joiners of a grow that have not reported ``standby`` within ``timeout_s``
+    of being placed (their node never started them, or they hang). They are marked failed;
+    the joiners that are ready join without them, or, when none is, the grow is abandoned
+    and the job runs on at its size. The grow's scale_workers command fails with the
+    reason. A node where the job has no other workers gets a ``stop`` (terminate) that
+    ends the abandoned processes; on a node that also runs members of the job they cannot
+    be stopped alone and run on, ignored, until the job's workers there stop.
+    Returns the ids of the jobs concerned."""
+    cutoff = timezone.now() - timedelta(seconds=timeout_s)
+    job_ids = sorted(set(Worker.objects.filter(state=Worker.State.JOINING, created_at__lt=cutoff)
+                         .values_list("job_id", flat=True)))
+    concerned = []
+    for job_id in job_ids:
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(id=job_id)
+            stale = list(Worker.objects.filter(job=job, state=Worker.State.JOINING, created_at__lt=cutoff)
+                         .select_related("node").order_by("rank"))
+            if not stale:
+                continue  # they reported meanwhile
+            Worker.objects.filter(id__in=[w.id for w in stale]).update(state=Worker.State.FAILED)
+            concerned.append(job.id)
+            if job.is_terminal:
+                continue
+            _joiners_abandon(job, stale, timeout_s=timeout_s)
+    return concerned
+
+
+def _joiners_abandon(job: Job, stale: list[Worker], *, timeout_s: float) -> None:
+    """The rest of joiners_expire for one job; the caller holds its row lock and marked
+    ``stale`` failed."""
+    ranks = ", ".join(str(w.rank) for w in stale)
+    on = ", ".join(sorted({w.node.name for w in stale}))
+    reason = f"joiner(s) {ranks} on node(s) {on} did not report standby within {timeout_s:.0f} s"
+    ready = Worker.objects.filter(job=job, state=Worker.State.STANDBY).count()
+    still_joining = Worker.objects.filter(job=job, state=Worker.State.JOINING).count()
+    size = len(_members(job))
+    if ready or still_joining:
+        outcome = f"the other {ready + still_joining} joiner(s) join without them"
+    else:
+        outcome = f"the grow is abandoned; the job runs on with its {size} worker(s)"
+    event_record(job=job, kind=Event.Kind.STATE, actor="scheduler", message=f"{reason}; {outcome}",
+                 data={"workers": [w.rank for w in stale], "event": "join_timeout", "timeout_s": timeout_s})
+    # Let the ready ones in first: the new version names the grow's issuer as its actor.
+    _grow_maybe_admit(job)
+    job.refresh_from_db()
+    _scale_commands_finish(job, step=None, paused_s=None, error=f"{reason}; {outcome}")
+    _rescale_maybe_finish(job)
+    by_node: dict[int, list[Worker]] = {}
+    for w in stale:
+        by_node.setdefault(w.node_id, []).append(w)
+    busy_nodes = set(Worker.objects.filter(job=job, node_id__in=by_node, state__in=Worker.ACTIVE)
+                     .values_list("node_id", flat=True))
+    for node_id, workers in by_node.items():
+        node = workers[0].node
+        if node_id in busy_nodes or node.status != Node.Status.ONLINE:
+            continue  # see the docstring of joiners_expire; an agent that is gone took them with it
+        stopped = [w.rank for w in workers]
+        _command_create(
+            job=job, nodes=[node], type=Command.Type.STOP, issued_by="scheduler",
+            payload={"terminate": True, "joiners": stopped, "reason": reason},
+            message=f"stop the abandoned joiner(s) {', '.join(map(str, stopped))} on node {node.name}")
 
 
 def commands_expire(*, ttl_s: float) -> int:

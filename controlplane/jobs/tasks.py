@@ -39,3 +39,10 @@ def expire_commands() -> None:
     expired = services.commands_expire(ttl_s=settings.COMMAND_TTL_S)
     if expired:
         log.warning("%d command(s) expired unacknowledged", expired)
+
+
+@shared_task(name="jobs.expire_joiners", acks_late=True, time_limit=60)
+def expire_joiners() -> None:
+    concerned = services.joiners_expire(timeout_s=settings.RESCALE_JOIN_TIMEOUT_S)
+    if concerned:
+        log.warning("gave up on joiners that never reported standby in job(s) %s", concerned)
