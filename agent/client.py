@@ -51,9 +51,11 @@ class ControlPlaneClient:
     async def cluster_spec(self, job_id: int) -> dict:
         return await self.get(f"/api/v1/agent/jobs/{job_id}/cluster/")
 
-    async def enrol(self, *, join_token: str, name: str, address: str, slots: int) -> dict:
+    async def enrol(self, *, join_token: str, name: str, address: str, slots: int,
+                    labels: dict[str, str] | None = None) -> dict:
         return await self.post("/api/v1/agent/enrol/", {
             "join_token": join_token, "name": name, "address": address, "slots": slots,
+            "labels": labels or {},
         })
 
     async def heartbeat(self, running_jobs: list[int] | None = None) -> dict:

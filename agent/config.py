@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,6 +27,7 @@ class AgentConfig:
     heartbeat_s: float
     metrics_flush_s: float
     python: str                 # interpreter that runs training workers
+    labels: dict[str, str] = field(default_factory=dict)  # sent at enrolment; jobs select nodes by them
 
     @property
     def ws_url(self) -> str:
@@ -52,6 +53,26 @@ def _positive(env: dict, name: str, default: float, cast=float):
     return value
 
 
+def _labels(env: dict) -> dict[str, str]:
+    """``AGENT_LABELS="gpu=a100,zone=eu-1"``: the node's labels, which a job's node_selector
+    matches. Entries are comma-separated ``key=value``; blanks around them are ignored."""
+    raw = env.get("AGENT_LABELS") or ""
+    labels: dict[str, str] = {}
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        key, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or not key or not value:
+            raise ConfigError(f"AGENT_LABELS={raw!r}: {entry!r} is not key=value (use e.g. gpu=a100,zone=eu-1).")
+        if len(key) > 100 or len(value) > 200:
+            raise ConfigError(f"AGENT_LABELS={raw!r}: {entry!r} is too long (names up to 100, values up to "
+                              f"200 characters).")
+        if key in labels:
+            raise ConfigError(f"AGENT_LABELS={raw!r}: label {key!r} is given twice.")
+        labels[key] = value
+    return labels
+
+
 def load_config(env: dict | None = None) -> AgentConfig:
     import sys
 
@@ -72,4 +93,5 @@ def load_config(env: dict | None = None) -> AgentConfig:
         heartbeat_s=_positive(env, "AGENT_HEARTBEAT_S", 5.0),
         metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.5),
         python=env.get("AGENT_PYTHON") or sys.executable,
+        labels=_labels(env),
     )

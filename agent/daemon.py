@@ -67,7 +67,8 @@ class Agent:
             raise SystemExit("This node is not enrolled: set AGENT_JOIN_TOKEN to a join token "
                              "(create one with: python manage.py create_join_token).")
         reply = await self.client.enrol(join_token=self.config.join_token, name=self.config.name,
-                                        address=self.config.address, slots=self.config.slots)
+                                        address=self.config.address, slots=self.config.slots,
+                                        labels=self.config.labels)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -21,3 +21,23 @@ def test_defaults_and_derived_urls():
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         load_config(env)
+
+
+def test_labels_are_parsed_from_key_value_pairs():
+    config = load_config({"AGENT_LABELS": " gpu=a100 , zone=eu-1,,"})
+    assert config.labels == {"gpu": "a100", "zone": "eu-1"}
+    assert load_config({}).labels == {}
+    assert load_config({"AGENT_LABELS": "path=a=b"}).labels == {"path": "a=b"}
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ("gpu", "'gpu' is not key=value"),
+    ("gpu=", "'gpu=' is not key=value"),
+    ("=a100", "'=a100' is not key=value"),
+    ("gpu=a100,gpu=v100", "label 'gpu' is given twice"),
+    ("gpu=" + "x" * 201, "is too long"),
+])
+def test_bad_labels_name_the_variable_and_the_entry(raw, fragment):
+    with pytest.raises(ConfigError, match="AGENT_LABELS") as caught:
+        load_config({"AGENT_LABELS": raw})
+    assert fragment in str(caught.value)
