@@ -66,3 +66,12 @@ class GradientNoiseMonitor:
             "grad_variance": noise,
             "grad_snr": signal / (noise / self._big_batch),
         }
+
+    def state(self) -> list[float]:
+        """The smoothed estimates, for a joiner to continue from (see load_state)."""
+        return [self._signal.value, self._signal.weight, self._noise.value, self._noise.weight,
+                self._big_batch]
+
+    def load_state(self, state: list[float]) -> None:
+        (self._signal.value, self._signal.weight, self._noise.value, self._noise.weight,
+         self._big_batch) = (float(v) for v in state)

@@ -338,6 +338,7 @@ class Trainer:
         # batch it trains on (tests use it to check data coverage across resizes).
         self.on_batch = None
         self._pair_version = -1  # cluster version in which this worker last published its model
+        self.noise = GradientNoiseMonitor()  # also read by the adascale lr rule
         self._sampler: GlobalBatchSampler | None = None
         self._variables = None
         self._sizes: list[int] = []
@@ -444,7 +445,8 @@ class Trainer:
         epoch, position = self._sampler.state() if self._sampler else (0, 0)
         meta = np.array([self.step, self.batch_size, self.lr, epoch, position, self.applied_seq,
                          STRATEGIES.index(self.strategy), TOPOLOGIES.index(self.topology),
-                         float(self.paused), n_floats, len(others)], dtype=np.float64)
+                         float(self.paused), n_floats, len(others), *self.noise.state()],
+                        dtype=np.float64)
         comm.broadcast(meta, root=0)
         if int(meta[9]) != n_floats or int(meta[10]) != len(others):
             raise RuntimeError(f"rank 0's model has {int(meta[9])} float32 state values, this worker's "
@@ -475,13 +477,21 @@ class Trainer:
             self.strategy = STRATEGIES[int(meta[6])]
             self.topology = TOPOLOGIES[int(meta[7])]
             self.paused = bool(meta[8])
+            # The noise estimate too: the adascale rule must give every worker the same lr.
+            self.noise.load_state(list(meta[11:16]))
         if comm.algorithm != self.topology:
             comm.set_algorithm(self.topology)
 
-    def _enter_version(self, version: int, members: list[str], *, since: float) -> bool:
+    def _enter_version(self, version: int, members: list[str], *, since: float,
+                       recovering: bool = False) -> bool:
         """Switch to cluster ``version``: leave (False) when not a member, else connect to
-        its members and take rank 0's state (True). ``since``: when training stopped."""
+        its members and take rank 0's state (True). ``since``: when training stopped.
+
+        A planned shrink skips the state transfer: the members all come from the previous
+        version and stopped at the same step boundary, so they already agree. Every
+        member reaches the same decision (a joiner is never in the previous version)."""
         session = self.session
+        previous = set(session.peers) if not session.joining else set()
         if session.address not in members:
             session.close_communicator()
             session.send({"type": "left", "version": version, "step": self.step})
@@ -490,7 +500,8 @@ class Trainer:
             self.stopped = True
             return False
         session.form_communicator(version, members, self.topology)
-        self._sync_state()
+        if recovering or not set(members) <= previous:
+            self._sync_state()
         session.send({"type": "rescaled", "version": version, "rank": session.rank, "size": session.size,
                       "step": self.step, "paused_s": time.perf_counter() - since})
         return True
@@ -511,14 +522,19 @@ class Trainer:
                 raise RuntimeError(f"a collective failed ({error}) and no new cluster version came within "
                                    f"{self.rejoin_timeout_s:.0f} s") from error
             try:
-                return self._enter_version(*found, since=failed_at)
+                return self._enter_version(*found, since=failed_at, recovering=True)
             except CollectiveError as again:  # a member of the new version failed too
                 error, failed_version = again, found[0]
 
-    def _join(self) -> None:
-        """A warm standby: wait until a cluster version lists this worker, then take over
-        the members' state."""
+    def _join(self, x: np.ndarray, y: np.ndarray) -> None:
+        """A warm standby: trace the training step (one throw-away step on a few samples:
+        the members' state replaces its effect), wait until a cluster version lists this
+        worker, then take over the members' state."""
         session = self.session
+        tf = self.tf
+        few = np.arange(min(len(x), max(1, self.batch_size // max(session.size, 2))))
+        flat = self._compute(tf.constant(x[few]), tf.constant(y[few]), tf.constant(1.0 / len(few), tf.float32))
+        self._apply(tf.constant(flat.numpy()[:-3]))
         session.send({"type": "standby", "address": session.address})
         found = session.wait_for_cluster(min_version=session.cluster_version, timeout_s=None,
                                          member=session.address)
@@ -535,7 +551,8 @@ class Trainer:
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"batch size must be a positive integer, got {value!r}")
                 rule = self.session.hyperparameters.get("lr_scaling", "none")
-                new_lr = scaled_lr(self.lr, old_batch=self.batch_size, new_batch=value, rule=rule)
+                new_lr = scaled_lr(self.lr, old_batch=self.batch_size, new_batch=value, rule=rule,
+                                   gns=self.noise.values().get("gns"))
                 self.batch_size = value
                 if new_lr != self.lr:
                     self.lr = new_lr
@@ -716,12 +733,12 @@ class Trainer:
             self.restore(resume_from, len(x))
         session = self.session
         if session.joining:
-            self._join()
+            self._join(x, y)
         window_start, window_samples = time.perf_counter(), 0
         compute_time = comm_time = 0.0
         loss_sum = correct_sum = 0.0
         seen = 0
-        noise = GradientNoiseMonitor()
+        noise = self.noise
         session.report({"batch_size": self.batch_size}, step=self.step, per_rank=True)
         checkpoint_every = int(session.hyperparameters.get("checkpoint_every", 0) or 0)
         from agent.native import CollectiveError
