@@ -836,9 +836,97 @@ class Trainer:
                 continue
 
 
+# -- building blocks for a custom training step ------------------------------------------
+def broadcast_variables(variables, session: Session, root: int = 0) -> None:
+    """Give every worker rank ``root``'s values of ``variables`` (call eagerly, once every
+    worker created them: e.g. the model's and the optimizer's after a first build)."""
+    comm = session.communicator
+    if comm is None:
+        return
+    for group in _by_dtype(list(variables)).values():
+        flat = np.concatenate([np.asarray(v.numpy()).ravel() for v in group])
+        comm.broadcast(flat, root=root)
+        offset = 0
+        for v in group:
+            n = int(np.prod(v.shape))
+            v.assign(flat[offset:offset + n].reshape(v.shape))
+            offset += n
+
+
+def allreduce_gradients(gradients: list, session: Session, op: str = "mean") -> list:
+    """Average (or sum, …) a list of gradient tensors across workers, fused into one
+    native allreduce per dtype. Works eagerly and inside ``tf.function`` (the reduction
+    runs as a ``tf.numpy_function``, with the GIL released during the transfer)."""
+    import tensorflow as tf
+
+    if session.communicator is None:
+        return list(gradients)
+    out = list(gradients)
+    groups: dict[str, list[int]] = {}
+    for index, g in enumerate(gradients):
+        groups.setdefault(g.dtype.name, []).append(index)
+
+    def reduce(flat: np.ndarray) -> np.ndarray:
+        flat = np.array(flat, copy=True)
+        session.communicator.allreduce(flat, op=op)
+        return flat
+
+    for indices in groups.values():
+        parts = [tf.reshape(gradients[i], [-1]) for i in indices]
+        flat = tf.concat(parts, axis=0)
+        reduced = tf.numpy_function(reduce, [flat], flat.dtype, stateful=True)
+        reduced.set_shape(flat.shape)
+        pieces = tf.split(reduced, [tf.size(p) for p in parts]) if len(parts) > 1 else [reduced]
+        for i, piece in zip(indices, pieces, strict=True):
+            out[i] = tf.reshape(piece, tf.shape(gradients[i]))
+    return out
+
+
+class DistributedOptimizer:
+    """A Keras optimizer whose ``apply_gradients`` first averages the gradients across
+    the job's workers (S-SGD), for scripts that write their own (``tf.function``)
+    training step instead of using :class:`Trainer`::
+
+        optimizer = runtime.DistributedOptimizer(keras.optimizers.SGD(0.05), session)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    Build the model and the optimizer, then call :func:`broadcast_variables` so every
+    worker starts from rank 0's weights. Each worker feeds its own shard of the global
+    batch (``GlobalBatchSampler.shard``) and computes the mean loss of its shard; with
+    equal shards the averaged gradient is the global batch's. Live commands, elasticity
+    and monitors are :class:`Trainer`'s; this wrapper only synchronises gradients.
+    Every other attribute is the wrapped optimizer's."""
+
+    def __init__(self, optimizer, session: Session):
+        self._optimizer = optimizer
+        self._session = session
+
+    def apply_gradients(self, grads_and_vars):
+        pairs = list(grads_and_vars)
+        grads = allreduce_gradients([g for g, _ in pairs], self._session)
+        return self._optimizer.apply_gradients(zip(grads, [v for _, v in pairs], strict=True))
+
+    def __getattr__(self, name):
+        return getattr(self._optimizer, name)
+
+
+def _by_dtype(variables: list) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for v in variables:
+        groups.setdefault(str(v.dtype), []).append(v)
+    return groups
+
+
 def evaluate_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     logits = model(np.asarray(x, np.float32), training=False)
     return float(np.mean(np.argmax(np.asarray(logits), axis=1) == y))
 
 
-__all__ = ["GlobalBatchSampler", "Session", "Trainer", "init", "configure_tensorflow_threads", "evaluate_accuracy"]
+__all__ = ["DistributedOptimizer", "GlobalBatchSampler", "Session", "Trainer", "allreduce_gradients",
+           "broadcast_variables", "configure_tensorflow_threads", "evaluate_accuracy", "init"]
