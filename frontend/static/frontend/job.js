@@ -63,26 +63,30 @@ function applyJobDetail(j) {
   setText("job-workers", p.workers);
   setText("job-strategy", p.strategy);
   setText("job-topology", p.topology);
+  if (j.cluster_version !== undefined) setText("job-cluster-version", j.cluster_version);
   setStep(j.last_step);
   const body = document.querySelector("#workers tbody");
   const rows = new Map([...body.rows].map((r) => [r.dataset.rank, r]));
   for (const w of j.workers) {
     let row = rows.get(String(w.rank));
     if (!row) {
-      row = el("tr", { dataset: { rank: String(w.rank) } }, el("td"), el("td"), el("td"), el("td", {}, el("span")));
+      row = el("tr", { dataset: { rank: String(w.rank) } }, el("td"), el("td"), el("td"), el("td"),
+               el("td", {}, el("span")));
       body.append(row);
     }
     rows.delete(String(w.rank));
     const cells = row.cells;
+    const clusterRank = String(w.cluster_rank ?? "—");
     if (cells[0].textContent !== String(w.rank)) cells[0].textContent = w.rank;
-    if (cells[1].textContent !== w.node) cells[1].textContent = w.node;
-    if (cells[2].textContent !== String(w.port ?? "—")) cells[2].textContent = w.port ?? "—";
-    const badge = cells[3].firstChild;
+    if (cells[1].textContent !== clusterRank) cells[1].textContent = clusterRank;
+    if (cells[2].textContent !== w.node) cells[2].textContent = w.node;
+    if (cells[3].textContent !== String(w.port ?? "—")) cells[3].textContent = w.port ?? "—";
+    const badge = cells[4].firstChild;
     if (badge.textContent !== w.state) { badge.textContent = w.state; badge.className = `status status-${w.state}`; }
   }
   for (const stale of rows.values()) stale.remove();
   if (!j.workers.length && !body.rows.length) {
-    body.append(el("tr", { class: "empty" }, el("td", { colspan: "4", text: "No workers placed yet." })));
+    body.append(el("tr", { class: "empty" }, el("td", { colspan: "5", text: "No workers placed yet." })));
   } else if (j.workers.length) {
     body.querySelectorAll("tr.empty").forEach((r) => r.remove());
   }
