@@ -271,10 +271,13 @@ class Agent:
                     return
                 await asyncio.sleep(0.5 * 2 ** attempt)
 
-    async def _command_done(self, command_id: int, ok: bool, step: int | None, error: str) -> None:
+    async def _command_done(self, command_id: int, ok: bool, step: int | None, error: str,
+                            lr: float | None = None) -> None:
         frame = {"type": "applied" if ok else "failed", "id": command_id}
         if ok:
             frame["step"] = step
+            if lr is not None:
+                frame["lr"] = lr
         else:
             frame["error"] = error
         await self.outbox.put(frame)

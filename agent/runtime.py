@@ -594,8 +594,10 @@ class Trainer:
             self.session.send({"type": "failed", "id": command.get("id"), "seq": command.get("seq"),
                                "error": str(exc)})
             return
+        # The learning rate in force, so the control plane records exactly what the workers
+        # use (a batch-size change may have scaled it, e.g. by the adascale gain).
         self.session.send({"type": "applied", "id": command.get("id"), "seq": command.get("seq"),
-                           "step": self.step})
+                           "step": self.step, "lr": self.lr})
 
     # -- model averaging (SMA) ---------------------------------------------------------
     def _weights_flat(self) -> np.ndarray:

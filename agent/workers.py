@@ -50,6 +50,7 @@ class PendingCommand:
     action: str
     expected: set[int] = field(default_factory=set)  # workers that must reply
     steps: dict[int, int] = field(default_factory=dict)  # worker -> step applied at
+    lrs: dict[int, float] = field(default_factory=dict)  # worker -> learning rate after applying
     errors: dict[int, str] = field(default_factory=dict)
 
 
@@ -227,6 +228,8 @@ class WorkerGroup:
                 return  # not ours to count (e.g. the inert scale_workers line)
             if kind == "applied":
                 command.steps[rank] = int(message.get("step", -1))
+                if isinstance(message.get("lr"), (int, float)):
+                    command.lrs[rank] = float(message["lr"])
             else:
                 command.errors[rank] = str(message.get("error", "failed"))
             await self._command_maybe_done(command)
@@ -262,7 +265,9 @@ class WorkerGroup:
             await self.on_command_done(command.id, False, None,
                                        "this node's workers of the job left before applying it")
         else:
-            await self.on_command_done(command.id, True, steps.pop(), "")
+            lrs = set(command.lrs.values())
+            await self.on_command_done(command.id, True, steps.pop(), "",
+                                       lr=lrs.pop() if len(lrs) == 1 else None)
 
     async def _write(self, workers, line: bytes) -> None:
         for worker in workers:

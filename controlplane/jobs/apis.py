@@ -42,7 +42,7 @@ HYPERPARAMETER_LIMITS = {
 }
 # Text hyper-parameters: name → (allowed values, or None for a path), default.
 TEXT_HYPERPARAMETERS = {
-    "lr_scaling": (("none", "linear", "sqrt"), "none"),
+    "lr_scaling": (("none", "linear", "sqrt", "adascale"), "none"),
     "checkpoint_dir": (None, None),
     "resume_from": (None, None),
 }

@@ -765,8 +765,9 @@ _APPLIED_FIELDS = {
 
 @transaction.atomic
 def command_finish(*, node: Node, command_id: int, ok: bool, step: int | None = None,
-                   error: str = "") -> None:
-    """The node's workers applied the command (at ``step``) or could not."""
+                   error: str = "", lr: float | None = None) -> None:
+    """The node's workers applied the command (at ``step``) or could not. ``lr``: the
+    learning rate the workers report using afterwards (recorded for batch-size changes)."""
     command = Command.objects.select_for_update().filter(id=command_id, node=node).first()
     if command is None:
         raise NotFound(f"Command {command_id} is not addressed to node {node.name}.")
@@ -784,8 +785,8 @@ def command_finish(*, node: Node, command_id: int, ok: bool, step: int | None = 
         if command.type == Command.Type.SET_BATCH_SIZE and rule != "none":
             # The workers scaled their learning rate by the job's rule; record the same value.
             current = Job.objects.filter(id=job.id).values_list("batch_size", "learning_rate").get()
-            changes["learning_rate"] = scaled_lr(current[1], old_batch=current[0],
-                                                 new_batch=changes["batch_size"], rule=rule)
+            changes["learning_rate"] = lr if lr is not None else scaled_lr(
+                current[1], old_batch=current[0], new_batch=changes["batch_size"], rule=rule)
         Job.objects.filter(id=job.id).update(**changes)
         transaction.on_commit(lambda: _publish_job(job.id))
     if command.type != Command.Type.START:

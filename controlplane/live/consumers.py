@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -130,11 +131,13 @@ class AgentCommandConsumer(AsyncJsonWebsocketConsumer):
             if kind == "ack":
                 await database_sync_to_async(services.command_ack)(node=self.node, command_id=command_id)
             else:
-                step = content.get("step")
+                step, lr = content.get("step"), content.get("lr")
                 await database_sync_to_async(services.command_finish)(
                     node=self.node, command_id=command_id, ok=kind == "applied",
                     step=step if isinstance(step, int) else None,
                     error=str(content.get("error", ""))[:2000],
+                    lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool)
+                    and math.isfinite(lr) and lr > 0 else None,
                 )
         except ApiError as exc:
             await self.send_json({"type": "error", "id": command_id, "message": exc.message})

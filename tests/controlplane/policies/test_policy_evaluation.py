@@ -89,3 +89,15 @@ def test_action_the_job_cannot_take_is_recorded_as_skipped_with_the_reason(user,
     event = Event.objects.filter(job=job, kind="decision").last()
     assert "was not carried out" in event.message and event.data["error"]
     assert Job.objects.get(id=job.id).status == "running"
+
+
+def test_batch_size_change_records_the_learning_rate_the_workers_report(user, node):
+    # With lr_scaling "adascale" the gain depends on the workers' noise estimate: the
+    # control plane records the value they report with "applied".
+    job = running_job(user, node)
+    Job.objects.filter(id=job.id).update(hyperparameters={**job.hyperparameters, "lr_scaling": "adascale"})
+    [decision] = job_policy_evaluate(job_id=job.id)
+    command_id = Decision.objects.get(id=decision.id).command_id
+    services.command_finish(node=node, command_id=command_id, ok=True, step=160, lr=0.1734)
+    job.refresh_from_db()
+    assert job.batch_size == 64 and job.learning_rate == pytest.approx(0.1734)
