@@ -67,7 +67,9 @@ def main() -> None:
     switches: dict[tuple[str, bool], list[float]] = {k: [] for k in keys}
     # log_every=1: rank 0 timestamps every step, which is what the pause is read from.
     hp = {"steps": 10**9, "log_every": 1, "monitor_every": 0, "seed": 0}
-    with LocalJob(module, hp, workers=2, batch_size=batch, lr=0.01) as job:
+    # Without a standby the members wait in the new version for a cold joiner, whose start
+    # (TensorFlow import, model build, first trace) must fit in the collective timeout.
+    with LocalJob(module, hp, workers=2, batch_size=batch, lr=0.01, env={"COLLECTIVE_TIMEOUT": "180"}) as job:
         job.wait_for(_reached(10), 600)
         for repeat in range(args.repeats):
             for standby in (True, False):
