@@ -1,8 +1,7 @@
 """Each built-in policy template (besides GNS, in test_adaptive_job_end_to_end) run live on
 the digits example through the whole stack: REST → Celery placement → agent → TensorFlow
 workers → metrics → policy evaluation (Celery) → decision → command applied by every
-worker at one step. The templates are used as the API serves them; where a test needs
-something else of a rule, it says so.
+worker at one step. The templates are used unchanged, as the API serves them.
 """
 
 from __future__ import annotations
@@ -17,13 +16,11 @@ from tests.e2e.conftest import wait_for, wait_for_job
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=False)]
 
 
-def template_policy(api, template_id: str, **rule_changes) -> tuple[dict, dict]:
-    """Save the built-in template as a policy (its one rule changed by ``rule_changes``);
-    return the policy and its rule."""
+def template_policy(api, template_id: str) -> tuple[dict, dict]:
+    """Save the built-in template as a policy; return the policy and its (only) rule."""
     status, templates = api.get("/api/v1/policies/templates/")
     assert status == 200, templates
     definition = next(t["definition"] for t in templates if t["id"] == template_id)
-    definition["rules"][0].update(rule_changes)
     status, policy = api.post("/api/v1/policies/", {"definition": definition})
     assert status == 201, policy
     return policy, definition["rules"][0]
@@ -115,8 +112,8 @@ def test_sma_to_ssgd_template_switches_strategy_once_loss_halves_and_models_agre
 def test_scale_out_template_adds_a_worker_to_an_elastic_job(stack):
     api = stack.api
     policy, _ = template_policy(api, "scale-out-while-efficient")
-    # One worker alone runs hundreds of steps a second: report less often, or the metric
-    # stream keeps the machine's two cores from starting the joiner.
+    # One worker alone runs hundreds of steps a second: report less often, so that ingesting
+    # its metrics takes less of the CPU the joiner needs to start.
     job = start_job(stack, "template scale out", policy, workers={"initial": 1, "min": 1, "max": 3},
                     hyperparameters={"batch_size": 32, "lr": 0.05, "steps": 1_000_000, "log_every": 50})
     job_id = job["id"]
@@ -181,7 +178,7 @@ def test_topology_template_switches_to_tree_when_interference_cuts_throughput(st
         assert decision["rule"] == rule["name"]
         assert decision["action"] == {"type": "set_topology", "value": "tree"}
         assert decision["inputs"]["topology"] == "ring"
-        assert event["step"] > interfered_from
+        assert event["step"] >= interfered_from
         throughput = series(api, job_id, "throughput")[None]
         peak_then = max(v for s, v in throughput.items() if s <= event["step"])
         assert decision["inputs"]["throughput"] < 0.8 * peak_then
