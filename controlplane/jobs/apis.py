@@ -118,7 +118,8 @@ class JobOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = ["id", "name", "owner", "entrypoint", "status", "status_reason", "hyperparameters",
-                  "strategy", "topology", "policy", "node_selector", "parameters", "workers", "cluster_version",
+                  "strategy", "topology", "policy", "policy_version", "node_selector", "parameters", "workers",
+                  "cluster_version",
                   "last_step", "created_at", "started_at", "finished_at"]
 
     def get_parameters(self, job: Job) -> dict:

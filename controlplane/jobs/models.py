@@ -74,6 +74,9 @@ class Job(models.Model):
     policy = models.ForeignKey(
         "policies.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
+    # The policy version the job runs with now (a PUT of the policy makes a new version,
+    # which running jobs take up at their next evaluation; an event records the change).
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
     # Label → value pairs a node's labels must all contain for the job's workers to go there
     # (initial placement and every grow); empty: any node.
     node_selector = models.JSONField(default=dict, blank=True)

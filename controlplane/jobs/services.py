@@ -145,6 +145,7 @@ def job_create(
         owner=owner, name=name, entrypoint=entrypoint, hyperparameters=hyperparameters,
         workers_initial=workers_initial, workers_min=workers_min, workers_max=workers_max,
         strategy=strategy, topology=topology, policy=policy, node_selector=node_selector,
+        policy_version=policy.version if policy is not None else None,
         batch_size=int(hyperparameters["batch_size"]), learning_rate=float(hyperparameters["lr"]),
     )
     # Before the first frame of the job is published (event_record's push runs on commit too).

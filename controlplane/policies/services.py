@@ -181,6 +181,17 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
     if Decision.objects.filter(job=job, outcome=Decision.Outcome.PENDING_APPROVAL).exists():
         return []  # one question to the user at a time
     policy = job.policy
+    if job.policy_version != policy.version:
+        # The policy was edited (or the job predates version tracking): record which version
+        # the job runs with from now on.
+        Job.objects.filter(id=job.id).update(policy_version=policy.version)
+        job_services.event_record(
+            job=job, kind=Event.Kind.STATE, actor=f"policy:{policy.name}",
+            message=f"now evaluated with policy {policy.name!r} version {policy.version}"
+                    + (f" (was {job.policy_version})" if job.policy_version else ""),
+            data={"policy": policy.id, "policy_version": policy.version, "previous": job.policy_version},
+            step=job.last_step)
+        job.policy_version = policy.version
     parsed = engine.parse_policy(policy.definition)
     latest, peak, recent = _latest_job_metrics(job, parsed.window)
     state = engine.JobState(

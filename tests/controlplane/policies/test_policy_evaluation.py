@@ -101,3 +101,19 @@ def test_batch_size_change_records_the_learning_rate_the_workers_report(user, no
     services.command_finish(node=node, command_id=command_id, ok=True, step=160, lr=0.1734)
     job.refresh_from_db()
     assert job.batch_size == 64 and job.learning_rate == pytest.approx(0.1734)
+
+
+def test_job_records_the_policy_version_it_runs_with_and_takes_up_an_edit(user, node):
+    from controlplane.policies.services import policy_update
+    from tests.controlplane.policies.conftest import RULE
+
+    job = running_job(user, node)
+    assert job.policy_version == 1
+    policy_update(policy=job.policy, definition={"name": "p", "rules": [{**RULE, "bounds": {"max": 256}}]},
+                  user=user)
+    job_policy_evaluate(job_id=job.id)
+    job.refresh_from_db()
+    assert job.policy_version == 2
+    event = Event.objects.filter(job=job, message__contains="version 2").get()
+    assert event.data == {"policy": job.policy_id, "policy_version": 2, "previous": 1}
+    assert Decision.objects.get(job=job).policy_version == 2
