@@ -45,8 +45,8 @@ TEMPLATES: list[dict] = [
         "name": "Scale out while each added worker pays",
         "description": (
             "Add a worker every minute while the throughput gained by the last added worker "
-            "stays above 50 % of the per-worker throughput before it (the runtime does not "
-            "rescale yet: the command is refused)."),
+            "stays above 50 % of the per-worker throughput before it (the job must be elastic: "
+            "workers min < max; a scale beyond max or the free slots is skipped with the reason)."),
         "dry_run": False,
         "rules": [{
             "name": "add a worker",
