@@ -1,10 +1,14 @@
 """Allreduce throughput of agent.native on one host, one JSON line per size.
 
     python -m bench.allreduce --np 4 --sizes 4K,256K,4M,32M --json [--algo ring|tree|star|auto]
+                              [--transport auto|shm|tcp]
 
-spawns N local ranks connected over loopback TCP, runs float32 sum allreduce
-with the chosen algorithm (default auto) and prints
-{"op","backend","algo","np","bytes","median_s","algbw_GBps","busbw_GBps"} per size, with busbw = algbw * 2(n-1)/n as in nccl-tests. The warm-up and
+spawns N local ranks on this host (their pairs use shared memory or TCP
+loopback, as COLLECTIVE_LOCAL_TRANSPORT or --transport says), runs float32
+sum allreduce with the chosen algorithm (default auto) and prints
+{"op","backend","algo","transport","np","bytes","median_s","algbw_GBps","busbw_GBps"}
+per size, with busbw = algbw * 2(n-1)/n as in nccl-tests; "transport" is
+what rank 0's links really use ("shm", "tcp" or "mixed"). The warm-up and
 repeat rules match ../shared/bench/peer_allreduce.py (Gloo and Open MPI), so
 the lines compare side by side: 3 warm-up calls, then a barrier before every
 timed call and rank 0's median. Without --json it prints a table.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -47,13 +52,16 @@ def repeats_for(nbytes: int) -> int:
 ALGORITHMS = ("ring", "tree", "star", "auto")
 
 
-def figures(n: int, nbytes: int, times: list[float], algo: str = "auto") -> dict[str, Any]:
+def figures(
+    n: int, nbytes: int, times: list[float], algo: str = "auto", transport: str = "tcp"
+) -> dict[str, Any]:
     median = statistics.median(times)
     algbw = nbytes / median / 1e9
     return {
         "op": "allreduce",
         "backend": "adaptrain",
         "algo": algo,
+        "transport": transport,
         "np": n,
         "bytes": nbytes,
         "median_s": round(median, 7),
@@ -74,6 +82,8 @@ def run_rank(
 
     n = len(peers)
     with Communicator(rank, peers, timeout_s=60, algorithm=algo) as comm:
+        kinds = {kind for kind in comm.links if kind != "self"}
+        transport = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "self")
         for nbytes in sizes:
             x = np.ones(nbytes // 4, dtype=np.float32)
             for _ in range(WARMUP_CALLS):
@@ -85,7 +95,7 @@ def run_rank(
                 comm.allreduce(x)
                 times.append(time.perf_counter() - started)
             if rank == 0:
-                results.put(figures(n, nbytes, times, algo))
+                results.put(figures(n, nbytes, times, algo, transport))
     if rank == 0:
         results.put(None)
 
@@ -107,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--algo", choices=ALGORITHMS, default="auto", help="allreduce algorithm (default auto)"
     )
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "shm", "tcp"),
+        default=None,
+        help="COLLECTIVE_LOCAL_TRANSPORT for the ranks (default: the environment's, else auto)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line per size")
     args = parser.parse_args(argv)
     if args.np < 1:
@@ -115,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
 
+    if args.transport is not None:
+        os.environ["COLLECTIVE_LOCAL_TRANSPORT"] = args.transport  # inherited by the ranks
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     peers = peer_list(args.np)

@@ -1,20 +1,29 @@
-"""Our allreduce side by side with Gloo, Open MPI over TCP and the TCP loopback ceiling, in one run.
+"""Our allreduce side by side with Gloo, Open MPI and the TCP loopback ceiling, in one run.
 
     python -m bench.compare_peers [--nps 2,4] [--sizes 4K,256K,4M,32M] [--algo auto]
                                   [--rounds 3] [--peers-python /tmp/peers/bin/python]
 
-For each rank count it runs ``python -m bench.allreduce`` (this library) and
-``../shared/bench/peer_allreduce.py`` for Gloo (torch.distributed) and for
-Open MPI under ``mpirun --mca btl tcp,self`` (the TCP path: the fair peer for
-a TCP library), plus the one-way TCP loopback ceiling. The three backends run
-``--rounds`` times, interleaved (ours, MPI, Gloo, ours, ...), and each figure
-is the median over the rounds of each run's median, so that a burst of load
-from elsewhere on the machine does not land on one backend only; the ceiling
-is measured before the first and after every round, and its median used.
-Every run's figures are printed as the JSON lines its benchmark printed,
-then the medians as JSON lines with "rounds", then a table of same-run ratios: ours/MPI-TCP and
-ours/Gloo (busbw), ours/ceiling (busbw against one-way loopback throughput),
-and the 4 KiB latency ratio (ours/MPI-TCP median time; lower is better).
+Like is compared with like. For each rank count it runs, per round:
+
+* ours over TCP (``python -m bench.allreduce --transport tcp``) and ours over
+  shared memory (``--transport shm``; ranks on one host);
+* Open MPI under ``mpirun --mca btl tcp,self`` (its TCP path, the peer for
+  ours over TCP) and Open MPI with its defaults (shared memory between ranks
+  on one host, the peer for ours over shared memory), both through
+  ``../shared/bench/peer_allreduce.py``;
+* Gloo (torch.distributed over loopback TCP);
+
+plus the one-way TCP loopback ceiling. The five backends run ``--rounds``
+times, interleaved and rotated each round, and each figure is the median
+over the rounds of each run's median, so that a burst of load from elsewhere
+on the machine does not land on one backend only; the ceiling is measured
+before the first and after every round, and its median used. Every run's
+figures are printed as the JSON lines its benchmark printed (backends
+relabelled adaptrain-tcp / adaptrain-shm / mpi-tcp / mpi-default), then the
+medians as JSON lines with "rounds", then two tables of busbw and same-run
+ratios: ours-TCP against MPI-TCP, Gloo and the ceiling, and ours-shm against
+MPI-default and ours-TCP; 4 KiB latency ratios are median times (lower is
+better).
 
 The peers live in a virtual environment of their own (not the project's):
 
@@ -47,8 +56,10 @@ The peer baselines need their own virtual environment and Open MPI:
 then pass --peers-python /tmp/peers/bin/python (the default)."""
 
 
-def json_lines(command: list[str], env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Runs a benchmark; returns its JSON lines, echoing them as they are parsed."""
+def json_lines(
+    command: list[str], env: dict[str, str] | None = None, label: str | None = None
+) -> list[dict[str, Any]]:
+    """Runs a benchmark; returns its JSON lines (backend set to `label`), echoing them."""
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=900, env=env, check=False
     )
@@ -56,8 +67,11 @@ def json_lines(command: list[str], env: dict[str, str] | None = None) -> list[di
     for raw in completed.stdout.splitlines():
         raw = raw.strip()
         if raw.startswith("{"):
-            lines.append(json.loads(raw))
-            print(raw, flush=True)
+            line = json.loads(raw)
+            if label is not None:
+                line["backend"] = label
+            lines.append(line)
+            print(json.dumps(line), flush=True)
     if completed.returncode != 0 or not lines:
         sys.stderr.write(
             f"{' '.join(command)} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}\n"
@@ -97,24 +111,57 @@ def table(
     nps: list[int],
     sizes: list[int],
 ) -> str:
-    rows = [
-        "| np | size | ours busbw GB/s | MPI-TCP | Gloo | ours/MPI-TCP | ours/Gloo "
-        "| ours/ceiling | latency ours/MPI-TCP |",
+    def get(backend: str, n: int, nbytes: int, key: str) -> float | None:
+        return results.get((backend, n, nbytes), {}).get(key)
+
+    tcp_rows = [
+        "TCP path (busbw GB/s; ratios of busbw):",
+        "",
+        "| np | size | ours-TCP | MPI-TCP | Gloo | ours-TCP/MPI-TCP | ours-TCP/Gloo "
+        "| ours-TCP/ceiling | 4K latency ours-TCP/MPI-TCP |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    shm_rows = [
+        "Local fast path (busbw GB/s; ratios of busbw):",
+        "",
+        "| np | size | ours-shm | MPI-default (shm) | ours-shm/MPI-default | ours-shm/ours-TCP "
+        "| ours-shm/ceiling | 4K latency ours-shm/MPI-default |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in nps:
         for nbytes in sizes:
-            ours = results.get(("adaptrain", n, nbytes), {})
-            mpi = results.get(("mpi", n, nbytes), {})
-            gloo = results.get(("gloo", n, nbytes), {})
-            bus = [r.get("busbw_GBps") for r in (ours, mpi, gloo)]
-            latency = ratio(ours.get("median_s"), mpi.get("median_s")) if nbytes <= 4096 else ""
-            rows.append(
-                f"| {n} | {human(nbytes)} | {fmt(bus[0])} | {fmt(bus[1])} | {fmt(bus[2])} "
-                f"| {ratio(bus[0], bus[1])} | {ratio(bus[0], bus[2])} "
-                f"| {ratio(bus[0], ceiling)} | {latency} |"
+            ours_tcp, ours_shm, mpi_tcp, mpi_default, gloo = (
+                get(b, n, nbytes, "busbw_GBps")
+                for b in ("adaptrain-tcp", "adaptrain-shm", "mpi-tcp", "mpi-default", "gloo")
             )
-    return "\n".join(rows)
+            small = nbytes <= 4096
+            tcp_latency = (
+                ratio(
+                    get("adaptrain-tcp", n, nbytes, "median_s"),
+                    get("mpi-tcp", n, nbytes, "median_s"),
+                )
+                if small
+                else ""
+            )
+            shm_latency = (
+                ratio(
+                    get("adaptrain-shm", n, nbytes, "median_s"),
+                    get("mpi-default", n, nbytes, "median_s"),
+                )
+                if small
+                else ""
+            )
+            tcp_rows.append(
+                f"| {n} | {human(nbytes)} | {fmt(ours_tcp)} | {fmt(mpi_tcp)} | {fmt(gloo)} "
+                f"| {ratio(ours_tcp, mpi_tcp)} | {ratio(ours_tcp, gloo)} "
+                f"| {ratio(ours_tcp, ceiling)} | {tcp_latency} |"
+            )
+            shm_rows.append(
+                f"| {n} | {human(nbytes)} | {fmt(ours_shm)} | {fmt(mpi_default)} "
+                f"| {ratio(ours_shm, mpi_default)} | {ratio(ours_shm, ours_tcp)} "
+                f"| {ratio(ours_shm, ceiling)} | {shm_latency} |"
+            )
+    return "\n".join([*tcp_rows, "", *shm_rows])
 
 
 def fmt(value: float | None) -> str:
@@ -165,39 +212,26 @@ def main(argv: list[str] | None = None) -> int:
         ceilings.append(json_lines([*peer, "tcp"])[0]["GBps"])
 
     def run_round(n: int, round_index: int) -> None:
-        commands = [
-            [
-                sys.executable,
-                "-m",
-                "bench.allreduce",
-                "--np",
-                str(n),
-                "--sizes",
-                args.sizes,
-                "--algo",
-                args.algo,
-                "--json",
-            ],
-            [
-                args.mpirun,
-                "--oversubscribe",
-                "--mca",
-                "btl",
-                "tcp,self",
-                "-n",
-                str(n),
-                *peer,
-                "mpi",
-                "--sizes",
-                args.sizes,
-            ],
-            [*peer, "gloo", str(n), "--sizes", args.sizes, "--port", str(free_port())],
+        ours = [sys.executable, "-m", "bench.allreduce", "--np", str(n), "--sizes", args.sizes]
+        ours += ["--algo", args.algo, "--json"]
+        mpi = [args.mpirun, "--oversubscribe"]
+        mpi_args = ["-n", str(n), *peer, "mpi", "--sizes", args.sizes]
+        # (label, command, environment)
+        commands: list[tuple[str, list[str], dict[str, str] | None]] = [
+            ("adaptrain-tcp", [*ours, "--transport", "tcp"], None),
+            ("mpi-tcp", [*mpi, "--mca", "btl", "tcp,self", *mpi_args], mpi_env),
+            (
+                "gloo",
+                [*peer, "gloo", str(n), "--sizes", args.sizes, "--port", str(free_port())],
+                None,
+            ),
+            ("adaptrain-shm", [*ours, "--transport", "shm"], None),
+            ("mpi-default", [*mpi, *mpi_args], mpi_env),
         ]
         # Rotate the order each round so no backend always runs first or last.
         shift = round_index % len(commands)
-        for command in commands[shift:] + commands[:shift]:
-            env = mpi_env if command[0] == args.mpirun else None
-            for line in json_lines(command, env=env):
+        for label, command, env in commands[shift:] + commands[:shift]:
+            for line in json_lines(command, env=env, label=label):
                 runs.setdefault((line["backend"], line["np"], line["bytes"]), []).append(line)
 
     measure_ceiling()

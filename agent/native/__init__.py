@@ -358,6 +358,15 @@ class Communicator:
         return self._native.closed
 
     @property
+    def links(self) -> tuple[str, ...]:
+        """Per rank, how data reaches it from this rank: "self", "shm" or "tcp".
+
+        Ranks whose peer addresses share the host part use shared memory
+        unless COLLECTIVE_LOCAL_TRANSPORT=tcp (see docs/native.md).
+        """
+        return tuple(self._native.links)
+
+    @property
     def algorithm(self) -> str:
         """The algorithm used by calls that name none (see set_algorithm)."""
         return self._native.algorithm

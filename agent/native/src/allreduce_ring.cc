@@ -55,6 +55,7 @@
 #include "allreduce_ring.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "errors.h"
@@ -183,7 +184,9 @@ class Ring {
     if (recv_step_ == steps_) return false;
     const Segment seg = recv_segment(recv_step_);
     size_t moved = 0;
-    if (reduces(recv_step_)) {
+    if (reduces(recv_step_) && scratch_fill_ == 0 && reduce_in_place(seg, &moved)) {
+      // Reduced straight from the transport's memory (shared memory).
+    } else if (reduces(recv_step_)) {
       const size_t room = std::min(block_bytes_ - scratch_fill_, seg.bytes - recv_received_);
       moved = prev_.recv_some(scratch_ + scratch_fill_, room);
       if (moved == 0) return false;
@@ -213,6 +216,30 @@ class Ring {
       recv_processed_ = recv_received_ = 0;
     }
     return moved > 0;
+  }
+
+  // Reduces whole elements that sit in the connection's own memory into
+  // place, without the copy into scratch; false when the transport cannot
+  // lend its memory, or the bytes there are misaligned or less than one
+  // element before the ring wraps (then the copying path takes them).
+  bool reduce_in_place(const Segment& seg, size_t* moved) {
+    const char* view = nullptr;
+    size_t available = 0;
+    if (!prev_.recv_view(&view, &available)) return false;
+    if (available == 0) return true;  // nothing yet: no progress, like recv_some
+    const size_t want = std::min({available, seg.bytes - recv_received_, block_bytes_});
+    const size_t whole = want / element_size_ * element_size_;
+    if (whole == 0 || reinterpret_cast<uintptr_t>(view) % element_size_ != 0) return false;
+    char* target = data_ + seg.offset + recv_processed_;
+    reduce_(target, view, whole / element_size_);
+    if (options_.op == ReduceOp::kMean && recv_step_ + 1 == reduce_steps_) {
+      finish_mean(target, whole / element_size_, options_.dtype, static_cast<size_t>(size_));
+    }
+    prev_.recv_consume(whole);
+    recv_received_ += whole;
+    recv_processed_ += whole;
+    *moved = whole;
+    return true;
   }
 
   Transport& transport_;

@@ -172,6 +172,7 @@ NB_MODULE(_collective, m) {
       .def_prop_ro("cluster_version", &col::Communicator::cluster_version)
       .def_prop_ro("timeout_s", &col::Communicator::timeout_seconds)
       .def_prop_ro("closed", &col::Communicator::closed)
+      .def_prop_ro("links", [](const col::Communicator& self) { return self.link_kinds(); })
       .def_prop_ro("algorithm", [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })
       .def(
           "allreduce",

@@ -9,6 +9,7 @@
 #include "barrier.h"
 #include "errors.h"
 #include "segments.h"
+#include "transport_shm.h"
 #include "transport_tcp.h"
 
 namespace adaptrain::collective {
@@ -84,7 +85,8 @@ Communicator::Communicator(CommunicatorOptions options)
       tunables_(tunables()),
       cluster_version_(options.cluster_version),
       peers_(options.peers),
-      algorithm_(options.algorithm) {
+      algorithm_(options.algorithm),
+      link_kinds_(1, "self") {
   if (size_ == 1) return;
   // Every rank connects to every other: the ring, the trees rooted anywhere
   // and the star all find their links, and the algorithm can change per call.
@@ -99,7 +101,9 @@ Communicator::Communicator(CommunicatorOptions options)
   tcp.connect_retry_ms = tunables_.connect_retry_ms;
   tcp.interrupt_check = options.interrupt_check;
   tcp.cluster_version = cluster_version_;
-  transport_ = TcpTransport::connect(tcp);
+  std::unique_ptr<TcpTransport> connected = TcpTransport::connect(tcp);
+  TcpTransport& sockets = *connected;
+  transport_ = std::move(connected);
 
   // "auto" must pick the same algorithm on every rank, so the ranks check
   // that they were started alike before the first collective.
@@ -109,8 +113,16 @@ Communicator::Communicator(CommunicatorOptions options)
     throw InvalidArgumentError("rank " + std::to_string(rank_) +
                                ": the ranks were started with different settings; this rank has algorithm=\"" +
                                name_of(algorithm_) + "\" and " + tunables_.describe() +
-                               "every rank must use the same algorithm and COLLECTIVE_AUTO_* values");
+                               "every rank must use the same algorithm, COLLECTIVE_AUTO_* and "
+                               "COLLECTIVE_LOCAL_TRANSPORT values");
   }
+  // Ranks on one host move their pairs to shared memory (transport_shm.h);
+  // the settings above are agreed, so every pair decides alike.
+  ShmOptions shm;
+  shm.mode = tunables_.local_transport;
+  shm.buffer_bytes = tunables_.shm_buffer_bytes;
+  Deadline setup = Deadline::absolute(timeout_);
+  link_kinds_ = run("forming the group", [&] { return use_shared_memory(sockets, shm, setup); });
   start_blob_service(peers_, hash_peers(peers_), std::move(options.interrupt_check));
 }
 

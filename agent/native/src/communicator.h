@@ -66,6 +66,8 @@ class Communicator {
   double timeout_seconds() const { return timeout_.count() / 1000.0; }
   bool closed() const;
   Algorithm algorithm() const;
+  // Per rank, how this rank's data reaches it: "self", "shm" or "tcp".
+  const std::vector<std::string>& link_kinds() const { return link_kinds_; }
 
   // Every call is collective: all ranks make the same calls in the same order
   // with the same counts, dtypes, ops, roots, shapes (shape_hash, see
@@ -147,6 +149,7 @@ class Communicator {
   mutable std::mutex mutex_;
   std::unique_ptr<Transport> transport_;  // null for a single rank
   Algorithm algorithm_;
+  std::vector<std::string> link_kinds_;
   bool closed_ = false;
   std::string failure_;  // why the communicator closed itself
   uint64_t sequence_ = 0;

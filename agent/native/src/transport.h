@@ -9,6 +9,8 @@
 // ring, tree or star code.
 #pragma once
 
+#include <poll.h>
+
 #include <cstddef>
 #include <string>
 
@@ -36,6 +38,34 @@ class Connection {
   // returns how many. Sets *closed (and returns 0) when the peer has closed
   // the stream or it broke: peeking never throws.
   virtual size_t peek_some(void* data, size_t length, bool* closed) = 0;
+  // Zero-copy receive, for transports whose bytes sit in memory this process
+  // can read (shared memory). recv_view() returns false when unsupported;
+  // otherwise true with *data and *length (0 when nothing has arrived; it
+  // throws like recv_some when the peer has closed) naming bytes that
+  // have arrived and stay valid until recv_consume(n), which consumes the
+  // first n <= *length of them.
+  virtual bool recv_view(const char** /*data*/, size_t* /*length*/) { return false; }
+  virtual void recv_consume(size_t /*bytes*/) {}
+  // End of stream for the peer, at once; idempotent. Later calls throw.
+  virtual void close() = 0;
+
+  // How Transport::wait sleeps on this connection. Every connection can be
+  // slept on with poll(): poll_target() names the descriptor and events
+  // (TCP: the socket, for the wanted directions; shared memory: its TCP
+  // liveness socket, which carries doorbells and end-of-stream).
+  virtual void poll_target(bool send, bool recv, pollfd* target) const = 0;
+  // True when the direction can move now and finding out needs no system
+  // call (shared memory: bytes or room in the ring, or the peer gone). TCP
+  // answers false: only poll() knows.
+  virtual bool ready(bool /*send*/, bool /*recv*/) { return false; }
+  // Called just before sleeping in poll(): arranges to be woken (shared
+  // memory: asks the peer to ring the doorbell) and returns false when the
+  // direction became ready meanwhile, so the caller must not sleep.
+  virtual bool arm(bool /*send*/, bool /*recv*/) { return true; }
+  // After poll() returned events for poll_target()'s descriptor.
+  virtual void woke(short /*revents*/) {}
+  // Connections in memory are spun on by ready(), not by poll(fd, 0).
+  virtual bool memory_backed() const { return false; }
 };
 
 // One direction of one connection that a caller wants to make progress on.

@@ -121,84 +121,72 @@ HostPort parse_host_port(const std::string& address) {
 
 // ---------------------------------------------------------------------------
 
-class TcpConnection final : public Connection {
- public:
-  TcpConnection(int fd, int peer_rank, std::string peer_address)
-      : fd_(fd), peer_rank_(peer_rank), peer_address_(std::move(peer_address)) {}
-  ~TcpConnection() override { close(); }
+void TcpConnection::identify(int peer_rank, std::string peer_address) {
+  peer_rank_ = peer_rank;
+  peer_address_ = std::move(peer_address);
+}
 
-  int peer_rank() const override { return peer_rank_; }
-  const std::string& peer_address() const override { return peer_address_; }
-  int fd() const { return fd_; }
-
-  void identify(int peer_rank, std::string peer_address) {
-    peer_rank_ = peer_rank;
-    peer_address_ = std::move(peer_address);
+size_t TcpConnection::send_some(const void* data, size_t length) {
+  check_open();
+  for (;;) {
+    // MSG_NOSIGNAL: a dead peer must become an exception, not SIGPIPE.
+    ssize_t sent = ::send(fd_, data, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent >= 0) return static_cast<size_t>(sent);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    throw IoError("the connection to " + describe_peer() + " broke while sending: " + errno_text(errno) +
+                  "; the peer has probably exited or failed");
   }
+}
 
-  size_t send_some(const void* data, size_t length) override {
-    check_open();
-    for (;;) {
-      // MSG_NOSIGNAL: a dead peer must become an exception, not SIGPIPE.
-      ssize_t sent = ::send(fd_, data, length, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (sent >= 0) return static_cast<size_t>(sent);
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      throw IoError("the connection to " + describe_peer() + " broke while sending: " + errno_text(errno) +
-                    "; the peer has probably exited or failed");
+size_t TcpConnection::recv_some(void* data, size_t length) {
+  check_open();
+  if (length == 0) return 0;
+  for (;;) {
+    ssize_t received = ::recv(fd_, data, length, MSG_DONTWAIT);
+    if (received > 0) return static_cast<size_t>(received);
+    if (received == 0) {
+      throw IoError(describe_peer() +
+                    " closed the connection; it has probably exited or failed, or found that the ranks' calls "
+                    "differ (see its error)");
     }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    throw IoError("the connection to " + describe_peer() + " broke while receiving: " + errno_text(errno) +
+                  "; the peer has probably exited or failed");
   }
+}
 
-  size_t recv_some(void* data, size_t length) override {
-    check_open();
-    if (length == 0) return 0;
-    for (;;) {
-      ssize_t received = ::recv(fd_, data, length, MSG_DONTWAIT);
-      if (received > 0) return static_cast<size_t>(received);
-      if (received == 0) {
-        throw IoError(describe_peer() +
-                      " closed the connection; it has probably exited or failed, or found that the ranks' calls "
-                      "differ (see its error)");
-      }
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      throw IoError("the connection to " + describe_peer() + " broke while receiving: " + errno_text(errno) +
-                    "; the peer has probably exited or failed");
-    }
+size_t TcpConnection::peek_some(void* data, size_t length, bool* closed) {
+  *closed = false;
+  if (fd_ < 0 || length == 0) {
+    *closed = fd_ < 0;
+    return 0;
   }
-
-  size_t peek_some(void* data, size_t length, bool* closed) override {
-    *closed = false;
-    if (fd_ < 0 || length == 0) {
-      *closed = fd_ < 0;
-      return 0;
-    }
-    for (;;) {
-      ssize_t received = ::recv(fd_, data, length, MSG_PEEK | MSG_DONTWAIT);
-      if (received > 0) return static_cast<size_t>(received);
-      if (received < 0 && errno == EINTR) continue;
-      if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
-      *closed = true;
-      return 0;
-    }
+  for (;;) {
+    ssize_t received = ::recv(fd_, data, length, MSG_PEEK | MSG_DONTWAIT);
+    if (received > 0) return static_cast<size_t>(received);
+    if (received < 0 && errno == EINTR) continue;
+    if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    *closed = true;
+    return 0;
   }
+}
 
-  void close() {
-    if (fd_ < 0) return;
-    ::shutdown(fd_, SHUT_RDWR);
-    ::close(fd_);
-    fd_ = -1;
-  }
+void TcpConnection::close() {
+  if (fd_ < 0) return;
+  ::shutdown(fd_, SHUT_RDWR);
+  ::close(fd_);
+  fd_ = -1;
+}
 
- private:
-  void check_open() const {
-    if (fd_ < 0) throw IoError("the connection to " + describe_peer() + " is closed");
-  }
+void TcpConnection::poll_target(bool send, bool recv, pollfd* target) const {
+  *target = pollfd{fd_, static_cast<short>((send ? POLLOUT : 0) | (recv ? POLLIN : 0)), 0};
+}
 
-  int fd_;
-  int peer_rank_;
-  std::string peer_address_;
-};
+void TcpConnection::check_open() const {
+  if (fd_ < 0) throw IoError("the connection to " + describe_peer() + " is closed");
+}
 
 // ---------------------------------------------------------------------------
 
@@ -249,39 +237,78 @@ int TcpTransport::poll_retrying(pollfd* fds, unsigned long count, const Deadline
   }
 }
 
+std::unique_ptr<Connection> TcpTransport::release_connection(int peer) {
+  auto found = connections_.find(peer);
+  if (found == connections_.end()) throw IoError(who() + " has no connection to rank " + std::to_string(peer));
+  std::unique_ptr<Connection> connection = std::move(found->second);
+  connections_.erase(found);
+  return connection;
+}
+
+void TcpTransport::adopt_connection(int peer, std::unique_ptr<Connection> connection) {
+  connections_[peer] = std::move(connection);
+}
+
 void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) {
+  // Ready without a system call (a shared-memory ring with bytes or room)?
+  auto any_ready = [&] {
+    for (size_t i = 0; i < count; ++i) {
+      if (requests[i].connection->ready(requests[i].send, requests[i].recv)) return true;
+    }
+    return false;
+  };
+  if (any_ready()) return;
   // One pollfd per connection even when both directions are wanted (a
   // two-rank ring sends and receives on the same socket).
   std::vector<pollfd> fds;
+  std::vector<Connection*> owners;
   fds.reserve(count);
+  owners.reserve(count);
+  bool memory_backed = false;
   for (size_t i = 0; i < count; ++i) {
-    auto* connection = static_cast<TcpConnection*>(requests[i].connection);
-    short events = static_cast<short>((requests[i].send ? POLLOUT : 0) | (requests[i].recv ? POLLIN : 0));
-    auto same = std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == connection->fd(); });
+    Connection* connection = requests[i].connection;
+    pollfd target{};
+    connection->poll_target(requests[i].send, requests[i].recv, &target);
+    memory_backed = memory_backed || connection->memory_backed();
+    auto same = std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == target.fd; });
     if (same != fds.end()) {
-      same->events |= events;
+      same->events |= target.events;
     } else {
-      fds.push_back(pollfd{connection->fd(), events, 0});
+      fds.push_back(target);
+      owners.push_back(connection);
     }
   }
-  // Spin briefly first (see Tunables::spin_us): poll() with a zero timeout
-  // never sleeps, so a quick answer is seen without a wake-up.
+  auto report = [&] {
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].revents & POLLNVAL) throw IoError(who() + ": a connection was closed while in use");
+      if (fds[i].revents != 0) owners[i]->woke(fds[i].revents);
+    }
+  };
+  // Spin briefly first (see Tunables::spin_us): rings are checked in memory
+  // and sockets with a zero-timeout poll(), so a quick answer is seen
+  // without a wake-up.
   if (spin_us > 0) {
     const auto spin_until = Deadline::Clock::now() + std::chrono::microseconds(spin_us);
     while (Deadline::Clock::now() < spin_until) {
+      if (memory_backed && any_ready()) return;
       int ready = ::poll(fds.data(), static_cast<nfds_t>(fds.size()), 0);
-      if (ready > 0) break;
+      if (ready > 0) {
+        report();
+        return;
+      }
       if (ready < 0 && errno != EINTR) break;  // poll_retrying below reports it
     }
+  }
+  // Ask to be woken; a ring that became ready while arming needs no sleep.
+  for (size_t i = 0; i < count; ++i) {
+    if (!requests[i].connection->arm(requests[i].send, requests[i].recv)) return;
   }
   for (;;) {
     int ready = poll_retrying(fds.data(), fds.size(), deadline);
     if (ready > 0) {
       // POLLERR/POLLHUP are reported by the next send/recv with a precise
       // message; only a descriptor that is not open at all is an error here.
-      for (const pollfd& p : fds) {
-        if (p.revents & POLLNVAL) throw IoError(who() + ": a connection was closed while in use");
-      }
+      report();
       return;
     }
     if (deadline.expired()) {

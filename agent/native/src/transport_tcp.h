@@ -21,6 +21,11 @@
 // socket; (2) accept lower peers and answer their hellos; (3) read the answers
 // to our own hellos, which every peer sends in its phase 2.
 //
+// Pairs of ranks on one host may move their data to shared memory after the
+// rendezvous (transport_shm.h): their TcpConnection is then wrapped by a
+// ShmConnection and stays open as the pair's liveness channel; wait() sleeps
+// on both kinds alike through Connection's poll hooks.
+//
 // Sockets are non-blocking, TCP_NODELAY (control messages and pipelined
 // blocks must not wait for Nagle), with large send/receive buffers so a ring
 // hop keeps the link busy while the receiver is reducing.
@@ -33,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "transport.h"
@@ -65,7 +71,31 @@ struct TcpOptions {
   std::function<void()> interrupt_check;
 };
 
-class TcpConnection;
+// One socket to one peer (non-blocking; see the file comment).
+class TcpConnection final : public Connection {
+ public:
+  TcpConnection(int fd, int peer_rank, std::string peer_address)
+      : fd_(fd), peer_rank_(peer_rank), peer_address_(std::move(peer_address)) {}
+  ~TcpConnection() override { close(); }
+
+  int peer_rank() const override { return peer_rank_; }
+  const std::string& peer_address() const override { return peer_address_; }
+  int fd() const { return fd_; }
+  void identify(int peer_rank, std::string peer_address);
+
+  size_t send_some(const void* data, size_t length) override;
+  size_t recv_some(void* data, size_t length) override;
+  size_t peek_some(void* data, size_t length, bool* closed) override;
+  void close() override;
+  void poll_target(bool send, bool recv, pollfd* target) const override;
+
+ private:
+  void check_open() const;
+
+  int fd_;
+  int peer_rank_;
+  std::string peer_address_;
+};
 
 class TcpTransport final : public Transport {
  public:
@@ -79,6 +109,16 @@ class TcpTransport final : public Transport {
   bool has_connection(int peer) const override { return connections_.count(peer) > 0; }
   void wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) override;
   void shutdown() override;
+
+  // Swapping a pair's link for another kind (transport_shm.h): the TCP
+  // connection to `peer` leaves the transport, and `connection` (which may
+  // own it) takes its place.
+  std::unique_ptr<Connection> release_connection(int peer);
+  void adopt_connection(int peer, std::unique_ptr<Connection> connection);
+  const std::vector<std::string>& peers() const { return options_.peers; }
+  uint64_t group_id() const { return group_id_; }
+  uint64_t cluster_version() const { return options_.cluster_version; }
+  std::string who() const;
 
  private:
   explicit TcpTransport(TcpOptions options);
@@ -98,11 +138,10 @@ class TcpTransport final : public Transport {
   std::string rejections_text() const;
   // poll() that retries on EINTR after giving interrupt_check a chance to throw.
   int poll_retrying(::pollfd* fds, unsigned long count, const Deadline& deadline);
-  std::string who() const;
 
   TcpOptions options_;
   uint64_t group_id_ = 0;
-  std::map<int, std::unique_ptr<TcpConnection>> connections_;
+  std::map<int, std::unique_ptr<Connection>> connections_;
 
   // Rendezvous state.
   int listener_ = -1;

@@ -50,12 +50,41 @@ Tunables parse_tunables(const std::function<const char*(const char*)>& lookup) {
   t.spin_us = static_cast<int>(read("COLLECTIVE_SPIN_US", 50, 0, 1000000));
   t.auto_ring_min_bytes = read("COLLECTIVE_AUTO_RING_MIN_BYTES", 512 << 10, 0, size_t{1} << 40);
   t.auto_star_max_ranks = read("COLLECTIVE_AUTO_STAR_MAX_RANKS", 4, 1, 1 << 20);
+  const char* local = lookup("COLLECTIVE_LOCAL_TRANSPORT");
+  const std::string local_text = local == nullptr ? "" : local;
+  if (local_text.empty() || local_text == "auto") {
+    t.local_transport = LocalTransport::kAuto;
+  } else if (local_text == "shm") {
+    t.local_transport = LocalTransport::kShm;
+  } else if (local_text == "tcp") {
+    t.local_transport = LocalTransport::kTcp;
+  } else {
+    throw InvalidArgumentError("COLLECTIVE_LOCAL_TRANSPORT=" + local_text +
+                               " is not valid: expected auto, shm or tcp");
+  }
+  t.shm_buffer_bytes = read("COLLECTIVE_SHM_BUFFER_BYTES", 1 << 20, 64 << 10, size_t{1} << 30);
+  if ((t.shm_buffer_bytes & (t.shm_buffer_bytes - 1)) != 0) {
+    throw InvalidArgumentError("COLLECTIVE_SHM_BUFFER_BYTES=" + std::to_string(t.shm_buffer_bytes) +
+                               " is not valid: expected a power of two (e.g. 1M, 4M)");
+  }
   return t;
 }
 
 std::string Tunables::describe() const {
   return "COLLECTIVE_AUTO_RING_MIN_BYTES=" + std::to_string(auto_ring_min_bytes) +
-         "\nCOLLECTIVE_AUTO_STAR_MAX_RANKS=" + std::to_string(auto_star_max_ranks) + "\n";
+         "\nCOLLECTIVE_AUTO_STAR_MAX_RANKS=" + std::to_string(auto_star_max_ranks) +
+         "\nCOLLECTIVE_LOCAL_TRANSPORT=" + name_of(local_transport) + "\n";
+}
+
+const char* name_of(LocalTransport transport) {
+  switch (transport) {
+    case LocalTransport::kShm:
+      return "shm";
+    case LocalTransport::kTcp:
+      return "tcp";
+    default:
+      return "auto";
+  }
 }
 
 const Tunables& tunables() {

@@ -13,6 +13,15 @@
 
 namespace adaptrain::collective {
 
+// COLLECTIVE_LOCAL_TRANSPORT: how ranks whose peer addresses have the same
+// host part exchange data (transport_shm.h).
+enum class LocalTransport {
+  kAuto,  // shared memory where the segment can be set up, else TCP
+  kShm,   // shared memory; failing to set it up is an error
+  kTcp,   // always TCP loopback
+};
+const char* name_of(LocalTransport transport);
+
 struct Tunables {
   // COLLECTIVE_RING_BLOCK_BYTES: the pipelining unit of every algorithm.
   // Received data is reduced and made available for forwarding in pieces of
@@ -44,6 +53,13 @@ struct Tunables {
   // star (2 hops, but the root handles every message) up to this many ranks
   // and the binary tree (2 log2 n hops, load spread) above. Default 4.
   size_t auto_star_max_ranks;
+  // COLLECTIVE_LOCAL_TRANSPORT: auto | shm | tcp (see LocalTransport).
+  // Default auto. Must match across ranks (checked like COLLECTIVE_AUTO_*).
+  LocalTransport local_transport;
+  // COLLECTIVE_SHM_BUFFER_BYTES: the ring of each direction of each
+  // shared-memory pair, a power of two from 64 KiB to 1 GiB. The lower rank
+  // of a pair creates the segment, so its value counts. Default 1 MiB.
+  size_t shm_buffer_bytes;
 
   // The values as "NAME=value" lines, for the cross-rank agreement check.
   std::string describe() const;

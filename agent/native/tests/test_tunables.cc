@@ -87,3 +87,16 @@ TEST(algorithm_names_parse_and_print) {
   }
   CHECK_THROWS(parse_algorithm("mesh"), InvalidArgumentError, "\"ring\"");
 }
+
+TEST(local_transport_is_auto_shm_or_tcp_and_is_agreed) {
+  CHECK_EQ(parse({}).local_transport, LocalTransport::kAuto);
+  CHECK_EQ(parse({}).shm_buffer_bytes, size_t{1} << 20);
+  CHECK_EQ(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "shm"}}).local_transport, LocalTransport::kShm);
+  CHECK_EQ(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "tcp"}}).local_transport, LocalTransport::kTcp);
+  CHECK(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "tcp"}}).describe().find("COLLECTIVE_LOCAL_TRANSPORT=tcp\n") !=
+        std::string::npos);
+  CHECK_THROWS(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "fast"}}), InvalidArgumentError, "auto, shm or tcp");
+  CHECK_EQ(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "256K"}}).shm_buffer_bytes, size_t{256} << 10);
+  CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "96K"}}), InvalidArgumentError, "power of two");
+  CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "4K"}}), InvalidArgumentError, "COLLECTIVE_SHM_BUFFER_BYTES");
+}

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 from native_ranks import SPAWN, free_peers, run_ranks
 
 from agent.native import CollectiveTimeout, Communicator
@@ -61,13 +62,19 @@ def _member(rank: int, peers: list[str], store_url: str, plan: dict[int, list[in
         comm.allreduce(x)
         expected = sum(contribution(member) for member in specs[version].members)
         np.testing.assert_array_equal(x, expected)
-        seen.append((comm.cluster_version, comm.rank, comm.size, list(comm.peers)))
+        seen.append((comm.cluster_version, comm.rank, comm.size, list(comm.peers), comm.links))
         comm.close()
         store.set(f"done/{version}/{address}", b"1")
     return seen
 
 
-def test_group_grows_from_2_to_3_and_shrinks_to_2_through_the_store() -> None:
+@pytest.mark.parametrize("local_transport", ["shm", "tcp"])
+def test_group_grows_from_2_to_3_and_shrinks_to_2_through_the_store(
+    local_transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Survivors of one version set up fresh segments for the next
+    # (shared memory), or fresh sockets (tcp).
+    monkeypatch.setenv("COLLECTIVE_LOCAL_TRANSPORT", local_transport)
     # Version 1: ranks 0 and 1; version 2 adds 2; version 3 drops 1 and puts 2 first.
     plan = {1: [0, 1], 2: [0, 1, 2], 3: [2, 0]}
     with StoreServer() as server:
@@ -76,8 +83,11 @@ def test_group_grows_from_2_to_3_and_shrinks_to_2_through_the_store() -> None:
     for rank, seen in results.items():
         versions = [entry[0] for entry in seen]
         assert versions == [v for v in sorted(plan) if rank in plan[v]], (rank, seen)
-        for version, comm_rank, size, peers in seen:
+        for version, comm_rank, size, peers, links in seen:
             assert size == len(plan[version])
+            assert links == tuple(
+                "self" if r == comm_rank else local_transport for r in range(size)
+            )
             assert comm_rank == plan[version].index(rank)
             peers_by_version.setdefault(version, peers)
             assert peers_by_version[version] == peers

@@ -4,7 +4,9 @@ For each algorithm, one of three ranks SIGKILLs itself while large
 allreduces are in flight (no close, no goodbye: like a crash or an OOM kill).
 The survivors must raise CollectiveError naming the operation, within the
 communicator's timeout, and report how long it took; their communicators
-are closed afterwards.
+are closed afterwards. Run over shared memory and over TCP
+(COLLECTIVE_LOCAL_TRANSPORT): on shared memory the pair's TCP connection is
+what tells the survivors, since the kernel closes it.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ def _killed_mid_allreduce(
             raise AssertionError("allreduce kept working after a rank was killed")
 
 
+@pytest.mark.parametrize("local_transport", ["shm", "tcp"])
 @pytest.mark.parametrize("algorithm", ["ring", "tree", "star"])
 @pytest.mark.parametrize("victim", [0, 2], ids=["root-dies", "leaf-dies"])
 def test_killed_rank_makes_every_survivor_fail_within_the_timeout(
-    algorithm: str, victim: int
+    algorithm: str, victim: int, local_transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLLECTIVE_LOCAL_TRANSPORT", local_transport)
     results = run_ranks(_killed_mid_allreduce, 3, algorithm, victim, timeout_s=60)
     survivors = sorted(set(range(3)) - {victim})
     assert sorted(results) == survivors
@@ -61,5 +65,7 @@ def test_killed_rank_makes_every_survivor_fail_within_the_timeout(
         # Detection time, for the record (pytest -rA shows it): a crash
         # closes the sockets, so it is normally milliseconds, never more
         # than the timeout.
-        print(f"{algorithm}: rank {rank} failed {elapsed * 1000:.0f} ms into the call: {kind}")
+        print(
+            f"{algorithm}/{local_transport}: rank {rank} failed {elapsed * 1000:.0f} ms into the call: {kind}"
+        )
         assert elapsed < TIMEOUT_S + 1.0
