@@ -91,7 +91,7 @@ def load_config(env: dict | None = None) -> AgentConfig:
         slots=_positive(env, "AGENT_SLOTS", os.cpu_count() or 1, int),
         state_dir=state_dir,
         heartbeat_s=_positive(env, "AGENT_HEARTBEAT_S", 5.0),
-        metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.5),
+        metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.25),
         python=env.get("AGENT_PYTHON") or sys.executable,
         labels=_labels(env),
     )

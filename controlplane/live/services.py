@@ -121,8 +121,11 @@ POLICY_DEBOUNCE_S = 0.5
 
 
 def _schedule_policy_evaluation(job_ids: set[int]) -> None:
-    """Fresh metrics → evaluate the job's policy soon, at most once per debounce window
-    per job (Celery beat still evaluates every POLICY_EVAL_INTERVAL_S as a backstop)."""
+    """Fresh metrics → evaluate the job's policy now (leading edge) and once more at the
+    end of the debounce window (trailing edge, for the metrics that arrive meanwhile): at
+    most two evaluations per window per job, and a condition that just became true is
+    acted on without waiting out the window. Celery beat still evaluates every
+    POLICY_EVAL_INTERVAL_S as a backstop."""
     from controlplane.policies.tasks import evaluate_job
 
     with_policy = Job.objects.filter(id__in=job_ids, policy__isnull=False, policy__enabled=True,
@@ -135,6 +138,7 @@ def _schedule_policy_evaluation(job_ids: set[int]) -> None:
             log.warning("could not debounce policy evaluation of job %s", job_id)
             continue
         if first:
+            evaluate_job.apply_async((job_id,))
             evaluate_job.apply_async((job_id,), countdown=POLICY_DEBOUNCE_S)
 
 

@@ -14,7 +14,7 @@ from controlplane.policies.services import policy_create
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_ingest_enqueues_one_evaluation_per_debounce_window(user):
+def test_ingest_enqueues_a_leading_and_a_trailing_evaluation_per_debounce_window(user):
     token = services.join_token_create()
     node, _ = services.node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
     policy = policy_create(owner=user, definition={"name": "p", "rules": [{
@@ -34,9 +34,9 @@ def test_ingest_enqueues_one_evaluation_per_debounce_window(user):
     for i in range(3):
         metrics_ingest(node=node, batch_id=f"b{i}", points=[
             {"job": job.id, "name": "loss", "step": i, "value": 1.0, "time": time.time()}])
-    assert queued_evaluations() == before + 1
+    assert queued_evaluations() == before + 2  # now, and at the end of the window
     time.sleep(0.6)  # the window has passed
     metrics_ingest(node=node, batch_id="b9", points=[
         {"job": job.id, "name": "loss", "step": 9, "value": 1.0, "time": time.time()}])
-    assert queued_evaluations() == before + 2
+    assert queued_evaluations() == before + 4
     broker.delete(queue)
