@@ -133,10 +133,12 @@ def _mixed_hosts(rank: int, peers: list[str]) -> dict[str, Any]:
         return {"links": comm.links, "sums": sums, "segments": segments}
 
 
+@pytest.mark.parametrize("mode", ["auto", "shm"])
 def test_pairs_on_another_host_part_stay_on_tcp_beside_shared_memory(
-    monkeypatch: pytest.MonkeyPatch,
+    mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("COLLECTIVE_LOCAL_TRANSPORT", "auto")
+    # "shm" insists on shared memory only where the host parts match.
+    monkeypatch.setenv("COLLECTIVE_LOCAL_TRANSPORT", mode)
     results = run_ranks(_mixed_hosts, 3, timeout_s=60)
     assert results[0]["links"] == ("self", "shm", "tcp")
     assert results[1]["links"] == ("shm", "self", "tcp")
