@@ -148,7 +148,7 @@ uint32_t create_segment(const std::string& name, size_t capacity, uint64_t nonce
     *error = result;
     stage = kReserve;
   } else {
-    mapping.base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    mapping.base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (mapping.base == MAP_FAILED) {
       *error = errno;
       stage = kMap;
@@ -188,7 +188,7 @@ uint32_t open_segment(const std::string& name, uint64_t nonce, Mapping& mapping,
     stage = kCheck;
   } else {
     const size_t bytes = static_cast<size_t>(info.st_size);
-    mapping.base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    mapping.base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (mapping.base == MAP_FAILED) {
       *error = errno;
       stage = kMap;
