@@ -495,6 +495,12 @@ class Trainer:
         if session.address not in members:
             session.close_communicator()
             session.send({"type": "left", "version": version, "step": self.step})
+            try:
+                # What remains (TensorFlow's teardown) must not take CPU from the members
+                # that go on training on this node.
+                os.nice(19)
+            except OSError:
+                pass
             session.left = True
             session.rank = -1
             self.stopped = True
