@@ -72,12 +72,18 @@ def test_decision_marker_appears_and_batch_size_changes_then_replay_draws_marker
         step = page.evaluate("""() => [...window.adaptrain.charts.charts.batch_size.markers.values()]
                                       .find((m) => m.kind === 'decision').step""")
         page.wait_for_function(f"window.adaptrain.charts.charts.batch_size.lastStep() > {step}")
-        x = page.evaluate(f"window.adaptrain.charts.charts.batch_size.stepToPx({step})")
         box = page.locator("#chart-batch_size").bounding_box()
-        page.mouse.move(box["x"] + x, box["y"] + box["height"] / 2)
         tooltip = page.locator("#chart-batch_size + .tooltip")
-        tooltip.wait_for(state="visible")
-        text = tooltip.inner_text()
+        # The chart keeps streaming: new steps rescale x between reading the marker's
+        # position and the pointer arriving there, so aim again until it is under it.
+        for _ in range(10):
+            x = page.evaluate(f"window.adaptrain.charts.charts.batch_size.stepToPx({step})")
+            page.mouse.move(box["x"] + x, box["y"] + box["height"] / 2)
+            tooltip.wait_for(state="visible")
+            text = tooltip.inner_text()
+            if 'rule "grow batch"' in text:
+                break
+            page.mouse.move(0, 0)
         assert 'rule "grow batch"' in text
         assert "set_batch_size" in text and "steps_since_fired=" in text
         assert "policy:ui doubling/grow batch" in text
