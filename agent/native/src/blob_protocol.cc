@@ -1,6 +1,7 @@
 #include "blob_protocol.h"
 
 #include "errors.h"
+#include "wire.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -8,22 +9,10 @@ namespace {
 constexpr uint32_t kRequestMagic = 0x51524C42;  // "BLRQ" on the wire
 constexpr uint32_t kReplyMagic = 0x53524C42;    // "BLRS" on the wire
 
-void put32(uint8_t* out, uint32_t value) {
-  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-void put64(uint8_t* out, uint64_t value) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-uint32_t get32(const uint8_t* in) {
-  uint32_t value = 0;
-  for (int i = 0; i < 4; ++i) value |= static_cast<uint32_t>(in[i]) << (8 * i);
-  return value;
-}
-uint64_t get64(const uint8_t* in) {
-  uint64_t value = 0;
-  for (int i = 0; i < 8; ++i) value |= static_cast<uint64_t>(in[i]) << (8 * i);
-  return value;
-}
+using wire::get32;
+using wire::get64;
+using wire::put32;
+using wire::put64;
 
 // "float32[1001]", tolerating a dtype code this build does not know.
 std::string describe_array(uint32_t dtype, uint64_t count) {

@@ -4,6 +4,7 @@
 
 #include "algorithm.h"
 #include "errors.h"
+#include "wire.h"
 #include "types.h"
 
 namespace adaptrain::collective {
@@ -11,22 +12,10 @@ namespace {
 
 constexpr uint32_t kMessageMagic = 0x4D4C4F43;  // "COLM" on the wire
 
-void put32(uint8_t* out, uint32_t value) {
-  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-void put64(uint8_t* out, uint64_t value) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-uint32_t get32(const uint8_t* in) {
-  uint32_t value = 0;
-  for (int i = 0; i < 4; ++i) value |= static_cast<uint32_t>(in[i]) << (8 * i);
-  return value;
-}
-uint64_t get64(const uint8_t* in) {
-  uint64_t value = 0;
-  for (int i = 0; i < 8; ++i) value |= static_cast<uint64_t>(in[i]) << (8 * i);
-  return value;
-}
+using wire::get32;
+using wire::get64;
+using wire::put32;
+using wire::put64;
 
 }  // namespace
 
