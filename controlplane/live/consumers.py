@@ -61,6 +61,7 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
         # Join first, then replay: a frame published in between arrives both ways and the
         # duplicate is dropped by sequence number below.
         await self.channel_layer.group_add(channels.job_group(self.job_id), self.channel_name)
+        self.joined = True
         await self.accept()
         # Frames can reach this consumer out of order (two ingests publish concurrently),
         # so duplicates are dropped by set membership, never by "lower than the last".
@@ -74,7 +75,7 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
                 await self._send_frame(frame)
 
     async def disconnect(self, code):
-        if hasattr(self, "job_id"):
+        if getattr(self, "joined", False):  # a refused client never joined the group
             await self.channel_layer.group_discard(channels.job_group(self.job_id), self.channel_name)
 
     async def _send_frame(self, frame: dict) -> None:

@@ -78,7 +78,11 @@ def test_a_client_too_far_behind_is_told_to_resync(user, job, monkeypatch):
 def test_other_users_are_refused(other_user, job):
     async def scenario():
         c = communicator(other_user, job.id)
-        connected, code = await c.connect()
+        connected, code = await c.connect(timeout=5)
+        # Let the refused consumer finish (it is waiting for the disconnect) rather than leave
+        # it to be cancelled, with its channel-layer receive, when the event loop closes.
+        await c.disconnect()
+        await c.wait(timeout=5)
         return connected, code
 
     connected, code = async_to_sync(scenario)()
