@@ -9,7 +9,9 @@ for Keras models, with knobs that change while training runs.
 What it does each step:
 
 1. **Control consensus.** Commands from the agent (``set_batch_size``, ``set_lr``,
-   ``stop``) arrive on stdin with a per-job sequence number, possibly at different
+   ``stop``) arrive over the agent channel (a Unix socket the worker listens on, see
+   :mod:`agent.channel`; stdin without one) with a per-job sequence number, each
+   taken once whatever the agent redelivers, possibly at different
    times on different workers. Before computing, the workers allreduce(min) the
    highest sequence number each has received without gaps; every worker then applies
    exactly the commands up to that number. All workers therefore apply a command at
@@ -43,6 +45,8 @@ from agent import protocol
 from agent.monitors import GradientNoiseMonitor
 from agent.scaling import scaled_lr
 
+MAX_KEPT_REPLIES = 1000  # command replies a worker keeps to answer redeliveries
+
 
 @dataclass
 class Session:
@@ -65,7 +69,9 @@ class Session:
     _out_lock: threading.Lock = field(default_factory=threading.Lock)
     _clusters: dict[int, list[str]] = field(default_factory=dict)
     _cluster_changed: threading.Condition = field(default_factory=threading.Condition)
-    _stdin_closed: bool = False
+    _stdin_closed: bool = False  # the agent is gone for good (stdin closed, or orphaned)
+    _channel: Any = None  # agent.channel.AgentChannel when the agent gave us a socket
+    _replies: dict[int, dict] = field(default_factory=dict)  # seq -> applied/failed sent for it
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -81,6 +87,16 @@ class Session:
 
     # -- messages to the agent --------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
+        if message.get("type") in ("applied", "failed") and isinstance(message.get("seq"), int):
+            # Kept so that a command redelivered after an agent restart is answered again
+            # (the reply may have died with the old agent) without being applied twice.
+            with self._lock:
+                self._replies[message["seq"]] = message
+                if len(self._replies) > MAX_KEPT_REPLIES:
+                    del self._replies[min(self._replies)]
+        if self._channel is not None:
+            self._channel.send(message)
+            return
         line = protocol.PREFIX + json.dumps(message, separators=(",", ":"))
         with self._out_lock:
             sys.stdout.write(line + "\n")
@@ -98,10 +114,25 @@ class Session:
 
     # -- commands from the agent -------------------------------------------------------
     def _receive(self, command: dict) -> None:
+        """Take a command into the inbox, once: one whose seq was received before (still
+        waiting, or applied) is a redelivery; an applied one is answered again."""
+        seq = int(command["seq"])
         with self._lock:
-            self._inbox[int(command["seq"])] = command
-            while self._contiguous_seq + 1 in self._inbox:
-                self._contiguous_seq += 1
+            duplicate = seq <= self._contiguous_seq or seq in self._inbox
+            if not duplicate:
+                self._inbox[seq] = command
+                while self._contiguous_seq + 1 in self._inbox:
+                    self._contiguous_seq += 1
+            reply = self._replies.get(seq) if duplicate else None
+        if reply is not None and reply.get("id") == command.get("id"):
+            self.send(reply)
+
+    def _on_agent_message(self, message: dict) -> None:
+        if message.get("type") == "command" and isinstance(message.get("seq"), int) \
+                and not isinstance(message.get("seq"), bool):
+            self._receive(message)
+        elif message.get("type") == "cluster":
+            self._receive_cluster(message)
 
     def _read_stdin(self) -> None:
         for line in sys.stdin:
@@ -113,13 +144,35 @@ class Session:
             except json.JSONDecodeError:
                 print(f"ignoring malformed command line: {line[:200]!r}", file=sys.stderr)
                 continue
-            if message.get("type") == "command" and isinstance(message.get("seq"), int):
-                self._receive(message)
-            elif message.get("type") == "cluster":
-                self._receive_cluster(message)
+            if isinstance(message, dict):
+                self._on_agent_message(message)
+        self._agent_gone()
+
+    def _agent_gone(self) -> None:
+        """No agent will send anything any more: waits for a cluster version end."""
         with self._cluster_changed:
             self._stdin_closed = True
             self._cluster_changed.notify_all()
+
+    def _orphaned(self) -> None:
+        """No agent connected for the grace period: stop this worker (the main thread gets
+        KeyboardInterrupt at its next Python instruction; a worker stuck in native code for
+        another minute is ended outright)."""
+        grace = self._channel.grace_s if self._channel is not None else 0
+        print(f"adaptrain: no agent connected for {grace:.0f} s ({protocol.ENV_AGENT_GRACE_S}); "
+              f"this worker stops", file=sys.stderr, flush=True)
+        self._agent_gone()
+        import _thread
+
+        _thread.interrupt_main()
+
+        def hard_stop() -> None:
+            time.sleep(60)
+            print("adaptrain: the worker did not stop within 60 s of being orphaned; exiting",
+                  file=sys.stderr, flush=True)
+            os._exit(1)
+
+        threading.Thread(target=hard_stop, name="adaptrain-orphan-exit", daemon=True).start()
 
     def _receive_cluster(self, message: dict) -> None:
         version, members = message.get("version"), message.get("members")
@@ -128,6 +181,8 @@ class Session:
             print(f"ignoring malformed cluster message: {str(message)[:200]!r}", file=sys.stderr)
             return
         with self._cluster_changed:
+            if version in self._clusters or version < self.cluster_version:
+                return  # known already (redelivered after an agent restart) or superseded
             self._clusters[version] = list(members)
             self._cluster_changed.notify_all()
 
@@ -143,7 +198,8 @@ class Session:
     def wait_for_cluster(self, *, min_version: int, timeout_s: float | None,
                          member: str | None = None) -> tuple[int, list[str]] | None:
         """The newest announced version ≥ ``min_version`` (listing ``member`` if given);
-        None when none came within ``timeout_s`` or the agent closed our stdin."""
+        None when none came within ``timeout_s`` or the agent is gone for good (it closed
+        our stdin, or no agent connected to our socket within the grace period)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
         def found() -> tuple[int, list[str]] | None:
@@ -238,7 +294,16 @@ def init() -> Session:
         cluster_version=int(env.get(protocol.ENV_CLUSTER_VERSION, "0")), joining=joining,
     )
     session._contiguous_seq = first_seq
-    threading.Thread(target=session._read_stdin, name="adaptrain-commands", daemon=True).start()
+    socket_path = env.get(protocol.ENV_AGENT_SOCKET)
+    if socket_path:
+        from agent.channel import AgentChannel
+
+        session._channel = AgentChannel(socket_path, on_message=session._on_agent_message,
+                                        on_orphaned=session._orphaned,
+                                        grace_s=float(env.get(protocol.ENV_AGENT_GRACE_S) or 600))
+        session._channel.start()
+    else:
+        threading.Thread(target=session._read_stdin, name="adaptrain-commands", daemon=True).start()
     if not joining and session.size > 1:
         session.communicator = _new_communicator(rank, peers, session.cluster_version,
                                                  session.params.get("topology") or "auto")
