@@ -231,6 +231,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Jobs and their runs share one status state machine, so one enum.
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "controlplane.jobs.models.Job.Status"},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

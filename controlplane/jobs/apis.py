@@ -1,4 +1,4 @@
-"""REST endpoints for jobs, their commands, metrics and events, nodes, and the agent side.
+"""REST endpoints for jobs, their runs, commands, metrics and events, nodes, and the agent side.
 
 Each API parses input, checks permission, makes one service or selector call and
 serialises the result.
@@ -14,6 +14,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,7 +22,7 @@ from rest_framework.views import APIView
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.jobs import selectors, services, tokens
 from controlplane.jobs.auth import IsNode, NodeCredentialAuthentication
-from controlplane.jobs.models import Command, Job
+from controlplane.jobs.models import Command, Job, Run
 from controlplane.live import selectors as live_selectors
 from controlplane.live import services as live_services
 from controlplane.live.downsample import DEFAULT_DOWNSAMPLE, DOWNSAMPLE_METHODS
@@ -109,17 +110,59 @@ class WorkersSerializer(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, max_value=64, required=False)
 
 
+class RunOutputSerializer(serializers.ModelSerializer):
+    resumed_from = serializers.CharField(allow_null=True, help_text=(
+        "the checkpoint folder the run's workers restore before training; null: from scratch"))
+    workers_min_seen = serializers.IntegerField(allow_null=True, help_text=(
+        "the fewest workers any of the run's cluster versions had (null before version 1)"))
+    workers_max_seen = serializers.IntegerField(allow_null=True, help_text=(
+        "the most workers any of the run's cluster versions had (null before version 1)"))
+
+    class Meta:
+        model = Run
+        fields = ["id", "number", "status", "status_reason", "created_by", "reason", "resumed_from",
+                  "resumed_from_step", "resume_note", "cluster_version", "workers_min_seen", "workers_max_seen",
+                  "last_step", "created_at", "started_at", "finished_at"]
+        extra_kwargs = {
+            "created_by": {"help_text": "scheduler (the job's first placement) or user:<name> (a restart)"},
+            "cluster_version": {"help_text": "the run's latest cluster version (0 until every initial worker "
+                                             "registered)"},
+            "last_step": {"help_text": "the job's step when the run's status last changed"},
+        }
+
+    def to_representation(self, run: Run) -> dict:
+        data = super().to_representation(run)
+        data["resumed_from"] = run.resumed_from or None
+        return data
+
+
+class CurrentRunSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Run.Status.choices)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class RunPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = RunOutputSerializer(many=True)
+
+
 class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     workers = serializers.SerializerMethodField()
     parameters = serializers.SerializerMethodField()
     node_selector = NodeSelectorField(read_only=True)
+    current_run = CurrentRunSerializer(read_only=True, allow_null=True, help_text=(
+        "the run (attempt) the job's status and workers are about; null until the job is first placed"))
 
     class Meta:
         model = Job
         fields = ["id", "name", "owner", "entrypoint", "status", "status_reason", "hyperparameters",
                   "strategy", "topology", "policy", "policy_version", "node_selector", "parameters", "workers",
-                  "cluster_version",
+                  "cluster_version", "current_run",
                   "last_step", "created_at", "started_at", "finished_at"]
 
     def get_parameters(self, job: Job) -> dict:
@@ -128,12 +171,13 @@ class JobOutputSerializer(serializers.ModelSerializer):
                 "strategy": job.strategy, "topology": job.topology}
 
     def get_workers(self, job: Job) -> list[dict]:
-        """``rank`` is the worker's fixed number in the job; ``cluster_rank`` its rank in the
-        job's latest cluster version (null when it is not a member)."""
+        """The workers of the job's current run. ``rank`` is the worker's fixed number in the
+        run; ``cluster_rank`` its rank in the run's latest cluster version (null when it is
+        not a member)."""
         members = selectors.job_cluster_members(job)
         return [{"rank": w.rank, "cluster_rank": members.index(w.rank) if w.rank in members else None,
                  "node": w.node.name, "port": w.port, "state": w.state, "cluster_version": w.cluster_version}
-                for w in job.workers.all()]
+                for w in job.workers.all() if w.run_id == job.current_run_id]
 
 
 class JobPageSerializer(serializers.Serializer):
@@ -207,8 +251,6 @@ class JobListCreateApi(APIView):
             if bad:
                 raise InvalidInput(f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}.")
             qs = qs.filter(status__in=wanted.split(","))
-        from rest_framework.pagination import LimitOffsetPagination
-
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
@@ -249,6 +291,53 @@ class JobCancelApi(APIView):
         services.job_cancel(job=job, actor=f"user:{request.user.username}")
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         return Response(JobOutputSerializer(job).data)
+
+
+class CheckpointPathField(serializers.CharField):
+    """A checkpoint folder: a string only (a number is not a path), or null for none."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            raise serializers.ValidationError(
+                f"must be a string: the path of a checkpoint folder on the job's nodes, such as "
+                f"\"/data/ckpt/step-000000500\" (or null to start from scratch); got {services.json_type(data)}.")
+        if "\x00" in data:
+            raise serializers.ValidationError("must not contain NUL characters.")
+        return super().to_internal_value(data)
+
+
+class JobRunListApi(APIView):
+    @extend_schema(responses={200: RunPageSerializer, **ERRORS},
+                   parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)])
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(selectors.job_runs(job), request, view=self)
+        return paginator.get_paginated_response(RunOutputSerializer(page, many=True).data)
+
+
+class JobRestartApi(APIView):
+    """Start a new run of a finished job; returns the run (pending until it is placed)."""
+
+    class InputSerializer(serializers.Serializer):
+        resume_from = CheckpointPathField(
+            max_length=500, required=False, allow_null=True, trim_whitespace=False, help_text=(
+                "checkpoint folder to resume from; omitted: the job's latest checkpoint if it recorded "
+                "one, else from scratch; null: from scratch"))
+        reason = serializers.CharField(max_length=500, required=False, allow_blank=True,
+                                       help_text="why, for the run's record and the audit trail")
+
+    @extend_schema(request=InputSerializer, responses={201: RunOutputSerializer, 409: ERRORS[400], **ERRORS})
+    def post(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        run = services.job_restart(
+            job=job, actor=f"user:{request.user.username}",
+            resume_from=v["resume_from"] if "resume_from" in v else services.LATEST_CHECKPOINT,
+            reason=v.get("reason", ""))
+        return Response(RunOutputSerializer(run).data, status=status.HTTP_201_CREATED)
 
 
 class CommandOutputSerializer(serializers.ModelSerializer):

@@ -1,4 +1,5 @@
-"""Jobs, the nodes (agents) that run them, their workers, commands and audit events."""
+"""Jobs and their runs (attempts), the nodes (agents) that run them, their workers,
+commands and audit events."""
 
 from __future__ import annotations
 
@@ -96,6 +97,11 @@ class Job(models.Model):
     live_seq = models.BigIntegerField(default=0)
     # Per-rule evaluation memory of the job's policy (hysteresis counters).
     policy_state = models.JSONField(default=dict, blank=True)
+    # The run (attempt) the job's status, workers and cluster versions are about now; null
+    # until the job is first placed. The job's status changes are mirrored onto it.
+    current_run = models.ForeignKey(
+        "Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="current_of"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -116,10 +122,59 @@ class Job(models.Model):
         return self.workers_min < self.workers_max
 
 
-class Worker(models.Model):
-    """One training process of a job.
+class Run(models.Model):
+    """One attempt at executing a job, numbered 1, 2, … per job.
 
-    ``rank`` is the worker's number in the job, fixed for its life: the initial workers
+    The first placement of a job makes run 1; restarting a finished job makes the next
+    one (pending until it is placed). A run's status follows the job's while it is the
+    job's current run (services._transition mirrors every change) and stays as it ended
+    afterwards. Workers, cluster versions and commands belong to the run they were made
+    for, so a restart starts again from worker number 0 and cluster version 1.
+    """
+
+    Status = Job.Status
+    TERMINAL = Job.TERMINAL
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Job.Status.choices, default=Job.Status.PENDING)
+    status_reason = models.TextField(blank=True)
+    # Who started the run and why: "scheduler" for a job's first placement, "user:<name>"
+    # for a restart (with the reason the user gave, if any).
+    created_by = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+    # The checkpoint folder the run's workers restore before training (the ``resume_from``
+    # they are started with); empty: the run trains from scratch. ``resume_note`` says
+    # where it came from (asked for, the job's latest checkpoint, or why there is none).
+    resumed_from = models.CharField(max_length=500, blank=True)
+    resumed_from_step = models.BigIntegerField(null=True, blank=True)
+    resume_note = models.TextField(blank=True)
+    # What the run saw: its latest cluster version, the fewest and most workers any of
+    # its cluster versions had, and the job's step when its status last changed.
+    cluster_version = models.PositiveIntegerField(default=0)
+    workers_min_seen = models.PositiveIntegerField(null=True, blank=True)
+    workers_max_seen = models.PositiveIntegerField(null=True, blank=True)
+    last_step = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="run_unique_number")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} run {self.number} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class Worker(models.Model):
+    """One training process of a job's run.
+
+    ``rank`` is the worker's number in the run, fixed for its life: the initial workers
     are 0..n-1 (their ranks in cluster version 1) and joiners are numbered on from the
     highest so far. Its rank in a later version is its index in that version's members
     (a crash in the middle shifts the ranks above it down; the numbers stay).
@@ -137,6 +192,7 @@ class Worker(models.Model):
     ACTIVE = (State.STARTING, State.JOINING, State.STANDBY, State.RUNNING)
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="workers")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="workers")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="workers")
     rank = models.PositiveIntegerField()
     # Chosen by the agent when it starts the worker (free port on the node).
@@ -153,15 +209,16 @@ class Worker(models.Model):
         return f"{self.node.address}:{self.port}" if self.port else None
 
     class Meta:
-        ordering = ["job_id", "rank"]
-        constraints = [models.UniqueConstraint(fields=["job", "rank"], name="worker_unique_rank")]
+        ordering = ["job_id", "run_id", "rank"]
+        constraints = [models.UniqueConstraint(fields=["run", "rank"], name="worker_unique_rank_in_run")]
 
 
 class ClusterVersion(models.Model):
-    """One version of a job's cluster spec: its members in rank order, and who made it
-    and why. Versions of a job are numbered 1, 2, … and never change once written."""
+    """One version of a run's cluster spec: its members in rank order, and who made it
+    and why. Versions of a run are numbered 1, 2, … and never change once written."""
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="cluster_versions")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="cluster_versions")
     version = models.PositiveIntegerField()
     members = models.JSONField(help_text="host:port of each member, index = rank")
     workers = models.JSONField(help_text="Worker.rank (worker number) of each member")
@@ -170,13 +227,13 @@ class ClusterVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["job_id", "version"]
+        ordering = ["job_id", "run_id", "version"]
         constraints = [
-            models.UniqueConstraint(fields=["job", "version"], name="cluster_version_unique"),
+            models.UniqueConstraint(fields=["run", "version"], name="cluster_version_unique_in_run"),
         ]
 
     def __str__(self) -> str:
-        return f"job {self.job_id} v{self.version}: {len(self.members)} member(s)"
+        return f"job {self.job_id} run {self.run_id} v{self.version}: {len(self.members)} member(s)"
 
 
 class Command(models.Model):
@@ -205,6 +262,7 @@ class Command(models.Model):
     IN_FLIGHT = (State.PENDING, State.SENT, State.ACKED)
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="commands")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="commands")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="commands")
     seq = models.BigIntegerField(help_text="Order of this command within its job.")
     type = models.CharField(max_length=32, choices=Type.choices)
@@ -223,10 +281,11 @@ class Command(models.Model):
         ordering = ["job_id", "seq"]
         constraints = [
             models.UniqueConstraint(fields=["job", "node", "seq"], name="command_unique_seq"),
+            # Per run: a policy's key names the step, and a restarted run counts steps again.
             models.UniqueConstraint(
-                fields=["job", "idempotency_key"],
+                fields=["run", "idempotency_key"],
                 condition=models.Q(idempotency_key__isnull=False),
-                name="command_unique_idempotency_key",
+                name="command_unique_idempotency_key_in_run",
             ),
         ]
         indexes = [models.Index(fields=["node", "state"])]

@@ -3,11 +3,11 @@
 from django.db.models import QuerySet
 
 from controlplane.errors import NotFound
-from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node
+from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run
 
 
 def jobs_visible_to(user) -> QuerySet[Job]:
-    qs = Job.objects.select_related("owner", "policy").prefetch_related("workers__node")
+    qs = Job.objects.select_related("owner", "policy", "current_run").prefetch_related("workers__node")
     return qs if user.is_staff else qs.filter(owner=user)
 
 
@@ -23,6 +23,11 @@ def job_commands(job: Job) -> QuerySet[Command]:
     return Command.objects.filter(job=job).select_related("node").order_by("seq", "id")
 
 
+def job_runs(job: Job) -> QuerySet[Run]:
+    """The job's runs, newest first."""
+    return Run.objects.filter(job=job).order_by("-number")
+
+
 def job_events(job: Job, *, after_id: int | None = None) -> QuerySet[Event]:
     qs = Event.objects.filter(job=job).order_by("id")
     return qs.filter(id__gt=after_id) if after_id else qs
@@ -33,12 +38,14 @@ def nodes_all() -> QuerySet[Node]:
 
 
 def job_cluster_members(job: Job) -> list[int]:
-    """Worker numbers of the job's latest cluster version, in rank order."""
+    """Worker numbers of the latest cluster version of the job's current run, in rank order."""
     if not job.cluster_version:
         return []
-    row = ClusterVersion.objects.filter(job=job, version=job.cluster_version).values_list("workers", flat=True)
+    row = (ClusterVersion.objects.filter(run_id=job.current_run_id, version=job.cluster_version)
+           .values_list("workers", flat=True))
     return list(row.first() or [])
 
 
 def job_cluster_versions(job: Job) -> QuerySet[ClusterVersion]:
-    return ClusterVersion.objects.filter(job=job).order_by("version")
+    """The cluster versions of the job's current run."""
+    return ClusterVersion.objects.filter(run_id=job.current_run_id).order_by("version")

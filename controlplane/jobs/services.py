@@ -1,8 +1,12 @@
-"""Every write to jobs, nodes, workers, commands and events.
+"""Every write to jobs and their runs, nodes, workers, commands and events.
 
 State transitions are guarded by conditional updates so that concurrent callers
 (web requests, Celery tasks, agent messages) cannot both win; pushes to browsers and
 agents run after the transaction commits.
+
+A job executes as runs (attempts): workers, cluster versions and commands belong to the
+job's current run, and what agents report about a run that is no longer current (a
+straggler of a restarted job) only updates that run's workers, never the job.
 """
 
 from __future__ import annotations
@@ -12,14 +16,25 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from agent.scaling import scaled_lr
 from controlplane.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
 from controlplane.jobs import credentials, placement
-from controlplane.jobs.models import ClusterVersion, Command, Event, Job, JoinToken, Node, Worker
+from controlplane.jobs.models import (
+    ClusterVersion,
+    Command,
+    Event,
+    Job,
+    JoinToken,
+    Node,
+    Run,
+    Worker,
+)
 from controlplane.live import channels
+from controlplane.live.models import MetricPoint
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +52,15 @@ def job_snapshot(job: Job) -> dict[str, Any]:
         "strategy": job.strategy, "topology": job.topology, "step": job.last_step,
         "cluster_version": job.cluster_version,
     }
+
+
+def _run_workers(job: Job) -> QuerySet[Worker]:
+    """The workers of the job's current run (none before the job is first placed)."""
+    return Worker.objects.filter(run_id=job.current_run_id)
+
+
+def _run_commands(job: Job) -> QuerySet[Command]:
+    return Command.objects.filter(run_id=job.current_run_id)
 
 
 def _publish_job(job_id: int) -> None:
@@ -60,14 +84,25 @@ def event_record(
 
 def _transition(job: Job, *, to: str, allowed_from: tuple[str, ...], actor: str, reason: str = "",
                 **fields: Any) -> bool:
-    """Move a job to ``to`` if it is in one of ``allowed_from``; return whether it moved."""
+    """Move a job to ``to`` if it is in one of ``allowed_from``; return whether it moved.
+
+    This is the one place a job's status changes, so it is also where the change is
+    mirrored onto the job's current run (after the update, so a transition that makes a
+    new run current — a restart — mirrors onto the new run): its status and reason, the
+    start and finish times the transition sets, and the job's step at that moment."""
     updated = Job.objects.filter(id=job.id, status__in=allowed_from).update(
         status=to, status_reason=reason, **fields
     )
     if updated != 1:
         return False
+    run_fields = {name: fields[name] for name in ("started_at", "finished_at") if name in fields}
+    Run.objects.filter(current_of__id=job.id).update(
+        status=to, status_reason=reason, **run_fields,
+        last_step=Subquery(Job.objects.filter(id=job.id).values("last_step")[:1]))
     message = f"{job.status} → {to}" + (f": {reason}" if reason else "")
     job.status = to
+    for name, value in fields.items():
+        setattr(job, name, value)
     event_record(job=job, kind=Event.Kind.STATE, actor=actor, message=message, data={"status": to})
     transaction.on_commit(lambda: _publish_job(job.id))
     return True
@@ -185,12 +220,17 @@ def _pending_reason(job: Job) -> str:
             f"{selector}")
 
 
-def _pending_reason_record(job: Job) -> None:
-    """Record why a job with a node selector waits, once per change of reason (the sweep
-    retries every few seconds). A job without a selector waits silently as before."""
-    if not job.node_selector:
+def _pending_reason_record(job: Job, *, busy_nodes: dict[str, int] | None = None) -> None:
+    """Record why a job with a node selector, or a restarted job whose earlier run still
+    holds nodes, waits, once per change of reason (the sweep retries every few seconds).
+    Another job waits silently as before."""
+    if not job.node_selector and not busy_nodes:
         return
-    reason = _pending_reason(job)
+    reason = _pending_reason(job) if job.node_selector else (
+        f"waiting for {job.workers_initial} free slot(s) on online nodes")
+    if busy_nodes:
+        held = ", ".join(f"{name} (run {number})" for name, number in sorted(busy_nodes.items()))
+        reason += f"; not on {held}, which still run(s) workers of an earlier run of the job"
     if reason == job.status_reason:
         return
     if Job.objects.filter(id=job.id, status=Job.Status.PENDING).update(status_reason=reason) != 1:
@@ -201,32 +241,71 @@ def _pending_reason_record(job: Job) -> None:
     transaction.on_commit(lambda: _publish_job(job.id))
 
 
+def _run_hyperparameters(job: Job, run: Run) -> dict[str, Any]:
+    """The hyper-parameters a run's workers start with: the job's, with ``resume_from``
+    the checkpoint the run resumes from (none: from scratch)."""
+    hyperparameters = {k: v for k, v in job.hyperparameters.items() if k != "resume_from"}
+    if run.resumed_from:
+        hyperparameters["resume_from"] = run.resumed_from
+    return hyperparameters
+
+
+def _run_first(job: Job) -> Run:
+    """Run 1, made by the job's first placement; the caller holds the job row lock."""
+    resumed_from = job.hyperparameters.get("resume_from") or ""
+    number = (Run.objects.filter(job=job).aggregate(m=Max("number"))["m"] or 0) + 1
+    return Run.objects.create(
+        job=job, number=number, created_by="scheduler", reason="the job's first placement",
+        resumed_from=resumed_from,
+        resume_note=("resumes from the checkpoint the job names (hyper-parameter resume_from)"
+                     if resumed_from else "trains from scratch"))
+
+
+def _nodes_busy_with_earlier_runs(job: Job) -> dict[int, int]:
+    """Node id → run number, for nodes that still run workers of an earlier run of the
+    job. Their agents know the job by its id only and ignore a start for a job they still
+    run, so a new run waits for them to finish rather than go there."""
+    rows = (Worker.objects.filter(job=job, state__in=Worker.ACTIVE).exclude(run_id=job.current_run_id)
+            .values_list("node_id", "run__number"))
+    return dict(rows)
+
+
 def job_place(*, job_id: int) -> bool:
     """Place a pending job's workers on online nodes with free slots whose labels match the
     job's node selector (see placement.py) and send each node a start command for its
     ranks. Returns whether the job was placed; a job that fits nowhere stays pending (with
-    the reason recorded when it has a node selector) and the periodic sweep retries it."""
+    the reason recorded when it has a node selector) and the periodic sweep retries it.
+
+    The first placement makes run 1; a restarted job (job_restart) already has its new
+    run, pending, and that run is placed. Nodes still running workers of an earlier run
+    of the job are left out (see _nodes_busy_with_earlier_runs)."""
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(id=job_id).first()
         if job is None or job.status != Job.Status.PENDING:
             return False
         nodes = {n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)}
-        plan = placement.plan_placement(_capacities(nodes), job.workers_initial, job.node_selector)
+        busy = _nodes_busy_with_earlier_runs(job)
+        capacities = [c for c in _capacities(nodes) if c.node_id not in busy]
+        plan = placement.plan_placement(capacities, job.workers_initial, job.node_selector)
         if plan is None:
-            _pending_reason_record(job)
+            _pending_reason_record(job, busy_nodes={nodes[n].name: r for n, r in busy.items() if n in nodes})
             return False
+        run = job.current_run if job.current_run_id else None
+        first = run is None or run.status != Run.Status.PENDING
+        if first:
+            run = _run_first(job)
         Worker.objects.bulk_create(
-            [Worker(job=job, node=nodes[node_id], rank=r) for node_id, ranks in plan.items() for r in ranks]
+            [Worker(job=job, run=run, node=nodes[node_id], rank=r) for node_id, ranks in plan.items() for r in ranks]
         )
         where = ", ".join(f"{nodes[node_id].name} (ranks {ranks[0]}–{ranks[-1]})" if len(ranks) > 1
                           else f"{nodes[node_id].name} (rank {ranks[0]})" for node_id, ranks in plan.items())
         _transition(job, to=Job.Status.SCHEDULING, allowed_from=(Job.Status.PENDING,),
-                    actor="scheduler", reason=f"placed {job.workers_initial} worker(s) on {where}",
-                    workers_current=job.workers_initial)
+                    actor="scheduler", reason=f"run {run.number}: placed {job.workers_initial} worker(s) on {where}",
+                    workers_current=job.workers_initial, **({"current_run": run} if first else {}))
         payload = {
             "job": job.id,
             "entrypoint": ENTRYPOINTS[job.entrypoint],
-            "hyperparameters": job.hyperparameters,
+            "hyperparameters": _run_hyperparameters(job, run),
             "batch_size": job.batch_size,
             "lr": job.learning_rate,
             "strategy": job.strategy,
@@ -248,7 +327,7 @@ def cluster_spec(*, job: Job) -> dict[str, Any]:
     if current is not None:
         return {"job": job.id, "version": current.version, "world_size": len(current.members),
                 "complete": True, "members": list(current.members), "workers_min": job.workers_min}
-    workers = list(Worker.objects.filter(job=job, rank__lt=job.workers_initial)
+    workers = list(_run_workers(job).filter(rank__lt=job.workers_initial)
                    .select_related("node").order_by("rank"))
     return {
         "job": job.id, "version": 0, "world_size": len(workers), "complete": False,
@@ -263,7 +342,10 @@ def workers_register(*, node: Node, job_id: int, workers: list[dict]) -> Job:
     if not Worker.objects.filter(job_id=job_id, node=node).exists():
         raise NotFound(f"Job {job_id} has no workers on node {node.name}.")
     job = Job.objects.select_for_update().get(id=job_id)
-    mine = set(Worker.objects.filter(job=job, node=node).values_list("rank", flat=True))
+    if not _run_workers(job).filter(node=node).exists():
+        raise Conflict(f"Job {job_id} has no workers on node {node.name} in its current run "
+                       f"(run {job.current_run.number if job.current_run_id else '—'}); these are an earlier run's.")
+    mine = set(_run_workers(job).filter(node=node).values_list("rank", flat=True))
     for w in workers:
         if w.get("rank") not in mine:
             raise InvalidInput(f"Rank {w.get('rank')!r} of job {job_id} is not placed on node {node.name}.")
@@ -271,9 +353,9 @@ def workers_register(*, node: Node, job_id: int, workers: list[dict]) -> Job:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise InvalidInput(f"Port {port!r} of rank {w['rank']} is not a TCP port.")
     for w in workers:
-        Worker.objects.filter(job=job, node=node, rank=w["rank"]).update(port=w["port"])
+        _run_workers(job).filter(node=node, rank=w["rank"]).update(port=w["port"])
     if job.cluster_version == 0:
-        initial = list(Worker.objects.filter(job=job, rank__lt=job.workers_initial)
+        initial = list(_run_workers(job).filter(rank__lt=job.workers_initial)
                        .select_related("node").order_by("rank"))
         if len(initial) == job.workers_initial and all(w.port for w in initial):
             _version_write(job, initial, actor="scheduler",
@@ -286,7 +368,7 @@ def workers_register(*, node: Node, job_id: int, workers: list[dict]) -> Job:
 def _current_version(job: Job) -> ClusterVersion | None:
     if not job.cluster_version:
         return None
-    return ClusterVersion.objects.filter(job=job, version=job.cluster_version).first()
+    return ClusterVersion.objects.filter(run_id=job.current_run_id, version=job.cluster_version).first()
 
 
 def _members(job: Job) -> list[Worker]:
@@ -294,13 +376,14 @@ def _members(job: Job) -> list[Worker]:
     current = _current_version(job)
     if current is None:
         return []
-    by_rank = {w.rank: w for w in Worker.objects.filter(job=job, rank__in=current.workers).select_related("node")}
+    by_rank = {w.rank: w for w in _run_workers(job).filter(rank__in=current.workers).select_related("node")}
     return [by_rank[r] for r in current.workers]
 
 
 def _active_nodes(job: Job) -> list[Node]:
-    """Nodes that run (or are starting) workers of the job."""
-    return list(Node.objects.filter(workers__job=job, workers__state__in=Worker.ACTIVE).distinct().order_by("id"))
+    """Nodes that run (or are starting) workers of the job's current run."""
+    return list(Node.objects.filter(workers__run_id=job.current_run_id, workers__state__in=Worker.ACTIVE)
+                .distinct().order_by("id"))
 
 
 def cluster_frame(version: ClusterVersion, *, workers_min: int) -> dict[str, Any]:
@@ -324,7 +407,8 @@ def _push_cluster(job_id: int) -> None:
 def cluster_frames_for_node(node: Node) -> list[dict[str, Any]]:
     """The latest version of every live job with workers on the node (sent again when its
     agent reconnects; agents ignore versions they already have)."""
-    jobs = (Job.objects.filter(workers__node=node, workers__state__in=Worker.ACTIVE, cluster_version__gte=2)
+    jobs = (Job.objects.filter(workers__node=node, workers__state__in=Worker.ACTIVE, cluster_version__gte=2,
+                               workers__run_id=F("current_run_id"))
             .exclude(status__in=Job.TERMINAL).distinct())
     frames = []
     for job in jobs:
@@ -335,14 +419,19 @@ def cluster_frames_for_node(node: Node) -> list[dict[str, Any]]:
 
 
 def _version_write(job: Job, workers: list[Worker], *, actor: str, reason: str) -> ClusterVersion:
-    """Write the job's next cluster version (``workers`` in rank order) and, after commit,
-    push it to every agent of the job. The caller holds the job row lock."""
+    """Write the next cluster version of the job's current run (``workers`` in rank order)
+    and, after commit, push it to every agent of the job. The caller holds the job row
+    lock. The run counts its versions and the fewest and most workers they had."""
     version = job.cluster_version + 1
+    size = len(workers)
     current = ClusterVersion.objects.create(
-        job=job, version=version, members=[w.address for w in workers], workers=[w.rank for w in workers],
-        actor=actor, reason=reason,
+        job=job, run_id=job.current_run_id, version=version, members=[w.address for w in workers],
+        workers=[w.rank for w in workers], actor=actor, reason=reason,
     )
-    Job.objects.filter(id=job.id).update(cluster_version=version, workers_current=len(workers))
+    Job.objects.filter(id=job.id).update(cluster_version=version, workers_current=size)
+    Run.objects.filter(id=job.current_run_id).update(
+        cluster_version=version, workers_min_seen=Least(Coalesce("workers_min_seen", size), size),
+        workers_max_seen=Greatest(Coalesce("workers_max_seen", size), size))
     job.cluster_version, job.workers_current = version, len(workers)
     event_record(job=job, kind=Event.Kind.STATE, actor=actor,
                  message=f"cluster version {version}: {len(workers)} worker(s) — {reason}",
@@ -385,7 +474,7 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
     if value == len(members):
         raise InvalidInput(f"Job {job.id} already has {value} worker(s).")
     # A stop that ends abandoned joiners (joiners_expire) does not hold the job up.
-    busy = (Command.objects.filter(job=job, state__in=Command.IN_FLIGHT)
+    busy = (_run_commands(job).filter(state__in=Command.IN_FLIGHT)
             .exclude(type=Command.Type.STOP, payload__has_key="joiners").order_by("seq").first())
     if busy is not None:
         raise Conflict(f"Command {busy.id} ({busy.type}) of job {job.id} is still in flight; "
@@ -415,12 +504,13 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
             f"Not enough free slots to grow job {job.id} from {size} to {value} workers: {needed} more "
             f"needed, {free} free on {where}. Add nodes or free slots, then try again.",
             details={"needed": needed, "free_slots": free, "node_selector": job.node_selector})
-    next_rank = (Worker.objects.filter(job=job).aggregate(m=Max("rank"))["m"] or 0) + 1
+    next_rank = (_run_workers(job).aggregate(m=Max("rank"))["m"] or 0) + 1
     joiners: dict[int, list[dict]] = {}
     rows = []
     for node_id, indexes in plan.items():
         for i in indexes:
-            rows.append(Worker(job=job, node=nodes[node_id], rank=next_rank + i, state=Worker.State.JOINING))
+            rows.append(Worker(job=job, run_id=job.current_run_id, node=nodes[node_id], rank=next_rank + i,
+                               state=Worker.State.JOINING))
             joiners.setdefault(node_id, []).append({"rank": next_rank + i, "cluster_rank": size + i})
     Worker.objects.bulk_create(rows)
     where = ", ".join(f"{nodes[node_id].name} ({len(ws)})" for node_id, ws in joiners.items())
@@ -429,7 +519,7 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
     current = _current_version(job)
     join = {
         "cluster_version": current.version, "members": list(current.members), "workers_min": job.workers_min,
-        "entrypoint": ENTRYPOINTS[job.entrypoint], "hyperparameters": job.hyperparameters,
+        "entrypoint": ENTRYPOINTS[job.entrypoint], "hyperparameters": _run_hyperparameters(job, job.current_run),
         "batch_size": job.batch_size, "lr": job.learning_rate, "strategy": job.strategy,
         "topology": job.topology,
     }
@@ -444,13 +534,13 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
 def _grow_maybe_admit(job: Job) -> None:
     """When no joiner is still starting, let the warm standbys in: a new version with the
     current members in order, then the standbys by number."""
-    workers = Worker.objects.filter(job=job)
+    workers = _run_workers(job)
     if workers.filter(state=Worker.State.JOINING).exists():
         return
     standbys = list(workers.filter(state=Worker.State.STANDBY).select_related("node").order_by("rank"))
     if not standbys or job.is_terminal:
         return
-    command = (Command.objects.filter(job=job, type=Command.Type.SCALE_WORKERS, state__in=Command.IN_FLIGHT)
+    command = (_run_commands(job).filter(type=Command.Type.SCALE_WORKERS, state__in=Command.IN_FLIGHT)
                .order_by("-seq").first())
     actor = command.issued_by if command else "scheduler"
     members = _members(job)
@@ -465,8 +555,8 @@ def _scale_commands_finish(job: Job, *, step: int | None, paused_s: float | None
     they asked for, failed otherwise (with ``error`` when given, which also fails them)."""
     size = job.workers_current
     reason = error
-    commands = list(Command.objects.filter(job=job, type=Command.Type.SCALE_WORKERS,
-                                           state__in=Command.IN_FLIGHT).order_by("seq", "id"))
+    commands = list(_run_commands(job).filter(type=Command.Type.SCALE_WORKERS,
+                                              state__in=Command.IN_FLIGHT).order_by("seq", "id"))
     by_seq: dict[int, list[Command]] = {}
     for command in commands:
         by_seq.setdefault(command.seq, []).append(command)
@@ -491,7 +581,7 @@ def _rescale_maybe_finish(job: Job, *, step: int | None = None, paused_s: float 
     reported training in it."""
     if job.status != Job.Status.RESCALING:
         return
-    if Worker.objects.filter(job=job, state__in=[Worker.State.JOINING, Worker.State.STANDBY]).exists():
+    if _run_workers(job).filter(state__in=[Worker.State.JOINING, Worker.State.STANDBY]).exists():
         return
     members = _members(job)
     # The initial workers train in version 1 without reporting ``rescaled`` (0 means 1
@@ -564,7 +654,10 @@ def job_worker_report(*, node: Node, job_id: int, rank: Any, event: str, data: d
     if not Worker.objects.filter(job_id=job_id, node=node, rank=rank).exists():
         raise NotFound(f"Job {job_id} has no worker {rank} on node {node.name}.")
     job = Job.objects.select_for_update().get(id=job_id)
-    worker = Worker.objects.select_related("node").get(job=job, rank=rank)
+    worker = _run_workers(job).select_related("node").filter(node=node, rank=rank).first()
+    if worker is None:
+        _earlier_run_worker_report(job, node=node, rank=rank, event=event)
+        return
     actor = f"node:{node.name}"
     version = data.get("version") if isinstance(data.get("version"), int) else None
     step = data.get("step") if isinstance(data.get("step"), int) else None
@@ -610,6 +703,15 @@ def job_worker_report(*, node: Node, job_id: int, rank: Any, event: str, data: d
             Worker.objects.filter(id=worker.id).update(state=Worker.State.FAILED)
 
 
+def _earlier_run_worker_report(job: Job, *, node: Node, rank: int, event: str) -> None:
+    """A worker of an earlier run of the job (a straggler the agent still runs after a
+    restart) left or exited: note it on the worker; the job's current run is unaffected."""
+    outcome = {"left": Worker.State.LEFT, "exited": Worker.State.FAILED}.get(event)
+    if outcome is not None:
+        (Worker.objects.filter(job=job, node=node, rank=rank, state__in=Worker.ACTIVE)
+         .exclude(run_id=job.current_run_id).update(state=outcome))
+
+
 def job_cancel(*, job: Job, actor: str) -> Job:
     with transaction.atomic():
         job = Job.objects.select_for_update().get(id=job.id)
@@ -627,6 +729,98 @@ def job_cancel(*, job: Job, actor: str) -> Job:
     return job
 
 
+# --- runs ------------------------------------------------------------------------------
+
+# job_restart's ``resume_from`` when the caller gave none: the job's latest checkpoint.
+LATEST_CHECKPOINT = object()
+
+
+def checkpoint_path(checkpoint_dir: str, step: int) -> str:
+    """Where the runtime writes the checkpoint of ``step`` (agent.runtime.Trainer.checkpoint)."""
+    return f"{checkpoint_dir.rstrip('/')}/step-{step:09d}"
+
+
+def job_latest_checkpoint(job: Job) -> tuple[str, int] | None:
+    """The checkpoint the job's workers wrote last, as (folder, step), or None. The runtime
+    reports a ``checkpoint_step`` metric each time rank 0 has written one under the job's
+    ``checkpoint_dir`` hyper-parameter; the newest report wins (a run restarted from
+    scratch writes lower steps than the one before it, and its are the ones to use)."""
+    directory = job.hyperparameters.get("checkpoint_dir")
+    if not directory:
+        return None
+    point = (MetricPoint.objects.filter(job=job, name="checkpoint_step")
+             .order_by("-time", "-id").values_list("value", flat=True).first())
+    if point is None:
+        return None
+    return checkpoint_path(directory, int(point)), int(point)
+
+
+def _restart_resume(job: Job, resume_from: Any) -> tuple[str, int | None, str]:
+    """(folder, step, note) for a restarted run: what it resumes from and why."""
+    if resume_from is None:
+        return "", None, "trains from scratch, as asked (resume_from: null)"
+    if resume_from is not LATEST_CHECKPOINT:
+        latest = job_latest_checkpoint(job)
+        step = latest[1] if latest and latest[0] == resume_from else None
+        return resume_from, step, "resumes from the checkpoint asked for (resume_from)"
+    latest = job_latest_checkpoint(job)
+    if latest is not None:
+        return latest[0], latest[1], f"resumes from the job's latest checkpoint (step {latest[1]})"
+    if job.hyperparameters.get("resume_from"):
+        return (job.hyperparameters["resume_from"], None,
+                "resumes from the checkpoint the job names (hyper-parameter resume_from): the job has "
+                "recorded no checkpoint of its own")
+    how = ("set checkpoint_every, or issue a checkpoint command, to have one" if job.hyperparameters.get(
+        "checkpoint_dir") else "set the hyper-parameters checkpoint_dir and checkpoint_every to have one")
+    return "", None, f"trains from scratch: the job has recorded no checkpoint ({how})"
+
+
+def job_restart(*, job: Job, actor: str, resume_from: Any = LATEST_CHECKPOINT, reason: str = "") -> Run:
+    """Start a new run of a finished job (succeeded, failed or cancelled). It resumes from
+    ``resume_from`` (a checkpoint folder the job's nodes can read), from scratch when it
+    is None, and by default from the job's latest checkpoint if it recorded one (else
+    from scratch; the run's ``resume_note`` says which). The job goes back to pending with
+    the new run as its current one, and is placed again by the placement task.
+
+    A run trained from scratch starts with the job's hyper-parameters (batch size and
+    learning rate as created); a resumed one with the values the job had last (the
+    workers restore the checkpoint's own). Start commands of the run before that no node
+    took any more expire, so no agent starts it late."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(id=job.id)
+        if not job.is_terminal:
+            raise Conflict(f"Job {job.id} is {job.status}; only a finished job (succeeded, failed or cancelled) "
+                           f"can be restarted. Cancel it first to restart it.",
+                           details={"status": job.status})
+        previous = job.current_run
+        folder, step, note = _restart_resume(job, resume_from)
+        number = (Run.objects.filter(job=job).aggregate(m=Max("number"))["m"] or 0) + 1
+        run = Run.objects.create(job=job, number=number, created_by=actor, reason=reason,
+                                 resumed_from=folder, resumed_from_step=step, resume_note=note)
+        if previous is not None:
+            Command.objects.filter(run=previous, type=Command.Type.START, state__in=Command.IN_FLIGHT).update(
+                state=Command.State.EXPIRED, finished_at=timezone.now(),
+                error=f"run {previous.number} ended before the node took it (run {number} replaces it)")
+        fresh = {} if folder else {"batch_size": int(job.hyperparameters["batch_size"]),
+                                   "learning_rate": float(job.hyperparameters["lr"])}
+        why = f" ({reason})" if reason else ""
+        _transition(job, to=Job.Status.PENDING, allowed_from=Job.TERMINAL, actor=actor,
+                    reason=f"restarted as run {number}{why}: {note}", current_run=run,
+                    cluster_version=0, workers_current=0, last_step=0, policy_state={},
+                    started_at=None, finished_at=None, **fresh)
+        event_record(job=job, kind=Event.Kind.STATE, actor=actor,
+                     message=f"run {number} started by {actor}{why}; "
+                             + (f"run {previous.number} ended {previous.status}; " if previous else "") + note,
+                     data={"event": "restart", "run": number, "reason": reason,
+                           "previous_run": previous.number if previous else None,
+                           "resumed_from": folder or None, "resumed_from_step": step})
+        from controlplane.jobs.tasks import place_job
+
+        transaction.on_commit(lambda: place_job.delay(job.id))
+    run.refresh_from_db()
+    return run
+
+
 def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
                workers: list[dict] | None = None) -> None:
     """An agent reports its part of a job: running (with worker ports), succeeded, failed or
@@ -642,9 +836,16 @@ def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
     with transaction.atomic():
         job = Job.objects.select_for_update().get(id=job_id)
         actor = f"node:{node.name}"
+        if not _run_workers(job).filter(node=node).exists():
+            # The node's workers are an earlier run's (a report that crossed a restart):
+            # they are done with, and the job's current run is not this node's business.
+            if status != "running":
+                (Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE)
+                 .update(state=Worker.State.FAILED if status == "failed" else Worker.State.EXITED))
+            return
         if status == "running":
             for w in workers or []:
-                Worker.objects.filter(job=job, node=node, rank=w["rank"]).update(
+                _run_workers(job).filter(node=node, rank=w["rank"]).update(
                     port=w.get("port"), state=w.get("state", Worker.State.RUNNING)
                 )
             _transition(job, to=Job.Status.RUNNING, allowed_from=(Job.Status.SCHEDULING,),
@@ -658,7 +859,7 @@ def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
                 job_worker_report(node=node, job_id=job.id, rank=w["rank"], event="exited",
                                   data={"code": w.get("code"), "error": w.get("error", "")})
         job.refresh_from_db()
-        mine = Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE)
+        mine = _run_workers(job).filter(node=node, state__in=Worker.ACTIVE)
         if status == "succeeded":
             mine.update(state=Worker.State.EXITED)
             _transition(job, to=Job.Status.SUCCEEDED,
@@ -691,10 +892,11 @@ def _command_create(*, job: Job, nodes: list[Node], type: str, payload: dict, is
     nodes. ``payload_for(node)``, when given, makes a node's own payload; ``message``
     replaces the event's default text (the type and value).
     """
-    seq = Job.objects.filter(id=job.id).values_list("command_seq", flat=True).get() + 1
+    seq, run_id = Job.objects.filter(id=job.id).values_list("command_seq", "current_run_id").get()
+    seq += 1
     Job.objects.filter(id=job.id).update(command_seq=seq)
     commands = [
-        Command.objects.create(job=job, node=node, seq=seq, type=type,
+        Command.objects.create(job=job, run_id=run_id, node=node, seq=seq, type=type,
                                payload=payload_for(node) if payload_for else payload,
                                issued_by=issued_by, idempotency_key=idempotency_key if i == 0 else None)
         for i, node in enumerate(nodes)
@@ -718,7 +920,7 @@ def command_issue(*, job: Job, type: str, value: Any = None, issued_by: str,
     """Issue a change to a running job (from a user or a policy decision)."""
     job = Job.objects.select_for_update().get(id=job.id)
     if idempotency_key:
-        existing = list(Command.objects.filter(job=job, idempotency_key=idempotency_key))
+        existing = list(_run_commands(job).filter(idempotency_key=idempotency_key))
         if existing:
             return existing
     if type == Command.Type.SCALE_WORKERS:
@@ -737,9 +939,12 @@ def command_issue(*, job: Job, type: str, value: Any = None, issued_by: str,
 
 
 def commands_unfinished_for_node(node: Node) -> list[Command]:
+    """What to (re)deliver to a node that connects: its unfinished commands, but no start
+    of a job that ended or of a run that is no longer its job's current one."""
     return list(
         Command.objects.filter(node=node, state__in=[Command.State.PENDING, Command.State.SENT])
         .exclude(job__status__in=Job.TERMINAL, type=Command.Type.START)
+        .exclude(~Q(run_id=F("job__current_run_id")), type=Command.Type.START)
         .order_by("job_id", "seq")
     )
 
@@ -851,12 +1056,19 @@ def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None
         transaction.on_commit(place_pending_jobs.delay)
     if running_jobs is None:
         return
+    # Workers of an earlier run of a job the agent no longer runs are gone with it (the
+    # agent finished them without a report that reached us, or restarted).
+    (Worker.objects.filter(node=node, state__in=Worker.ACTIVE).exclude(run_id=F("job__current_run_id"))
+     .exclude(job_id__in=running_jobs).update(state=Worker.State.FAILED))
     # The agent took the job on once it applied the start command or reported workers
     # (a joiner's standby); workers that left or failed no longer tie the job to this node.
-    active = Worker.objects.filter(node=node, state__in=Worker.ACTIVE).values("job_id")
-    started = Command.objects.filter(node=node, type=Command.Type.START,
+    # Only the job's current run counts.
+    current = Q(run_id=F("job__current_run_id"))
+    active = Worker.objects.filter(current, node=node, state__in=Worker.ACTIVE).values("job_id")
+    started = Command.objects.filter(current, node=node, type=Command.Type.START,
                                      state=Command.State.APPLIED).values("job_id")
-    reported = Worker.objects.filter(node=node, state__in=[Worker.State.RUNNING, Worker.State.STANDBY]).values("job_id")
+    reported = Worker.objects.filter(current, node=node,
+                                     state__in=[Worker.State.RUNNING, Worker.State.STANDBY]).values("job_id")
     orphaned = (
         Job.objects.filter(id__in=active).filter(Q(id__in=started) | Q(id__in=reported))
         .exclude(status__in=Job.TERMINAL).exclude(id__in=running_jobs)
@@ -869,8 +1081,7 @@ def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None
                 reason=f"the agent on node {node.name} no longer runs this job's workers (it restarted)",
             )
             if moved:
-                Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE).update(
-                    state=Worker.State.FAILED)
+                _run_workers(job).filter(node=node, state__in=Worker.ACTIVE).update(state=Worker.State.FAILED)
 
 
 def nodes_mark_lost(*, timeout_s: float) -> list[int]:
@@ -889,10 +1100,13 @@ def nodes_mark_lost(*, timeout_s: float) -> list[int]:
                        .exclude(status__in=Job.TERMINAL).values_list("id", flat=True).distinct())
             for job_id in sorted(job_ids):
                 job = Job.objects.select_for_update().get(id=job_id)
-                gone = list(Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE))
+                gone_all = list(Worker.objects.filter(job=job, node=node, state__in=Worker.ACTIVE))
+                Worker.objects.filter(id__in=[w.id for w in gone_all]).update(state=Worker.State.FAILED)
+                gone = [w for w in gone_all if w.run_id == job.current_run_id]
+                if not gone:
+                    continue  # only an earlier run's workers were there
                 member_ids = {w.id for w in _members(job)}
                 members_gone = [w for w in gone if w.id in member_ids]
-                Worker.objects.filter(id__in=[w.id for w in gone]).update(state=Worker.State.FAILED)
                 if members_gone or job.cluster_version == 0:
                     _members_lost(job, members_gone, actor="scheduler", reason=reason)
                 else:  # only joiners were there
@@ -924,7 +1138,8 @@ def joiners_expire(*, timeout_s: float) -> list[int]:
                 continue  # they reported meanwhile
             Worker.objects.filter(id__in=[w.id for w in stale]).update(state=Worker.State.FAILED)
             concerned.append(job.id)
-            if job.is_terminal:
+            stale = [w for w in stale if w.run_id == job.current_run_id]
+            if job.is_terminal or not stale:
                 continue
             _joiners_abandon(job, stale, timeout_s=timeout_s)
     return concerned
@@ -936,8 +1151,8 @@ def _joiners_abandon(job: Job, stale: list[Worker], *, timeout_s: float) -> None
     ranks = ", ".join(str(w.rank) for w in stale)
     on = ", ".join(sorted({w.node.name for w in stale}))
     reason = f"joiner(s) {ranks} on node(s) {on} did not report standby within {timeout_s:.0f} s"
-    ready = Worker.objects.filter(job=job, state=Worker.State.STANDBY).count()
-    still_joining = Worker.objects.filter(job=job, state=Worker.State.JOINING).count()
+    ready = _run_workers(job).filter(state=Worker.State.STANDBY).count()
+    still_joining = _run_workers(job).filter(state=Worker.State.JOINING).count()
     size = len(_members(job))
     if ready or still_joining:
         outcome = f"the other {ready + still_joining} joiner(s) join without them"
