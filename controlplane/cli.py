@@ -128,6 +128,25 @@ def cmd_jobs_cancel(args) -> None:
     print(f"job {job['id']} is {job['status']}")
 
 
+def cmd_jobs_runs(args) -> None:
+    runs = _client(args).call("GET", f"/api/v1/jobs/{args.job}/runs/?limit=200")["results"]
+    rows = [{**r, "resumed_from": r["resumed_from"] or "-", "started_at": r["started_at"] or "-",
+             "finished_at": r["finished_at"] or "-", "reason": r["status_reason"]} for r in runs]
+    print(_table(rows, ["number", "status", "started_at", "finished_at", "resumed_from", "reason"]))
+
+
+def cmd_jobs_restart(args) -> None:
+    body: dict[str, Any] = {}
+    if args.from_scratch:
+        body["resume_from"] = None
+    elif args.resume_from:
+        body["resume_from"] = args.resume_from
+    if args.reason:
+        body["reason"] = args.reason
+    run = _client(args).call("POST", f"/api/v1/jobs/{args.job}/restart/", body)
+    print(f"job {args.job}: run {run['number']} {run['status']}; {run['resume_note']}")
+
+
 def cmd_jobs_watch(args) -> int:
     client = _client(args)
     last_line, seen_events = None, 0
@@ -198,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", required=True)
     p.set_defaults(func=cmd_login)
 
-    jobs = sub.add_parser("jobs", help="create, list, show, watch and cancel jobs").add_subparsers(
+    jobs = sub.add_parser("jobs", help="create, list, show, watch, cancel and restart jobs").add_subparsers(
         dest="jobs_command", required=True)
     p = jobs.add_parser("list")
     p.add_argument("--status", help="comma-separated statuses")
@@ -219,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs.add_parser("cancel")
     p.add_argument("job", type=int)
     p.set_defaults(func=cmd_jobs_cancel)
+    p = jobs.add_parser("runs", help="a job's runs (attempts), newest first")
+    p.add_argument("job", type=int)
+    p.set_defaults(func=cmd_jobs_runs)
+    p = jobs.add_parser("restart", help="start a new run of a finished job (default: from its latest checkpoint)")
+    p.add_argument("job", type=int)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--resume-from", help="checkpoint folder to resume from (on the job's nodes)")
+    where.add_argument("--from-scratch", action="store_true", help="ignore any checkpoint")
+    p.add_argument("--reason", help="why, for the run's record and the audit trail")
+    p.set_defaults(func=cmd_jobs_restart)
     p = jobs.add_parser("watch", help="follow a job until it ends (exit 0 if it succeeded)")
     p.add_argument("job", type=int)
     p.add_argument("--interval", type=float, default=2.0)

@@ -66,3 +66,20 @@ def test_missing_credentials_say_how_to_log_in(tmp_path):
     result = subprocess.run([sys.executable, "-m", "controlplane.cli", "jobs", "list"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "adaptrain login" in result.stderr
+
+
+def test_restart_a_cancelled_job_and_list_its_runs(cli, user):
+    created = cli("jobs", "create", "--name", "again", "--batch-size", "16", "--lr", "0.1")
+    job = Job.objects.get(name="again")
+    assert created.returncode == 0
+    refused = cli("jobs", "restart", str(job.id))
+    assert refused.returncode == 1 and "only a finished job" in refused.stderr
+    assert cli("jobs", "cancel", str(job.id)).returncode == 0
+    restarted = cli("jobs", "restart", str(job.id), "--from-scratch", "--reason", "try again")
+    assert restarted.returncode == 0, restarted.stderr
+    assert f"job {job.id}: run 1 pending; trains from scratch, as asked" in restarted.stdout
+    listed = cli("jobs", "runs", str(job.id))
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:2] == ["NUMBER", "STATUS"] and row.split()[:2] == ["1", "pending"]
+    assert "restarted as run 1 (try again)" in row
