@@ -23,11 +23,13 @@ class AgentConfig:
     name: str
     address: str                # host the node's workers listen on (reachable by peers)
     slots: int
-    state_dir: Path             # holds the node credential and worker logs
+    state_dir: Path             # holds the node credential, jobs' state, worker sockets and logs
     heartbeat_s: float
     metrics_flush_s: float
     python: str                 # interpreter that runs training workers
     labels: dict[str, str] = field(default_factory=dict)  # sent at enrolment; jobs select nodes by them
+    on_exit: str = "detach"     # on SIGTERM/SIGINT: "detach" (workers train on) or "stop" them
+    orphan_grace_s: float = 600.0  # a worker without an agent this long stops itself
 
     @property
     def ws_url(self) -> str:
@@ -73,6 +75,16 @@ def _labels(env: dict) -> dict[str, str]:
     return labels
 
 
+def _on_exit(env: dict) -> str:
+    """``AGENT_ON_EXIT``: what SIGTERM/SIGINT does to the workers. ``detach`` (default)
+    leaves them training, for a restarted agent to re-attach to; ``stop`` stops them and
+    reports their jobs failed."""
+    value = (env.get("AGENT_ON_EXIT") or "detach").strip().lower()
+    if value not in ("detach", "stop"):
+        raise ConfigError(f"AGENT_ON_EXIT={env.get('AGENT_ON_EXIT')!r} must be detach or stop.")
+    return value
+
+
 def load_config(env: dict | None = None) -> AgentConfig:
     import sys
 
@@ -94,4 +106,6 @@ def load_config(env: dict | None = None) -> AgentConfig:
         metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.25),
         python=env.get("AGENT_PYTHON") or sys.executable,
         labels=_labels(env),
+        on_exit=_on_exit(env),
+        orphan_grace_s=_positive(env, "AGENT_ORPHAN_GRACE_S", 600.0),
     )

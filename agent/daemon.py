@@ -14,6 +14,22 @@ standbys here; ``cluster`` frames (new cluster versions) are forwarded to the jo
 workers; what workers say about membership (``standby``, ``rescaled``, ``left``,
 ``peer_failed``) and the death of a worker the job can do without (``exited``) go back
 as ``{"type": "worker", "job", "rank", "event", ...}`` frames.
+
+Restarts. Workers run in sessions of their own and talk to the agent over Unix sockets
+(:mod:`agent.workers`), so they outlive it. Each job's state is kept on disk under
+``AGENT_STATE_DIR/jobs/`` and a command is written there *before* it is acked, so a
+restarted agent (same state directory) re-attaches to the workers still running,
+forwards the commands they have not answered and reports them when they do; the
+control plane learns from the heartbeat's job list that the jobs still run here, and a
+redelivered ``start`` for such a job is acked without starting anything. Reports to the
+control plane (``applied``, ``failed``, ``worker``) carry a ``ref`` and stay in
+``AGENT_STATE_DIR/outbox.json`` until the control plane confirms them (``{"type":
+"received", "ref"}``); they are sent again on every reconnection until then.
+
+On SIGTERM/SIGINT the agent by default *detaches* (``AGENT_ON_EXIT=detach``): its
+workers go on training and a restarted agent takes them over; ``AGENT_ON_EXIT=stop``
+stops them and reports their jobs failed, as an agent that goes away for good should.
+Workers left without an agent for ``AGENT_ORPHAN_GRACE_S`` stop themselves.
 """
 
 from __future__ import annotations
@@ -30,13 +46,14 @@ import websockets
 
 from agent.client import ControlPlaneClient, ControlPlaneError
 from agent.config import AgentConfig
-from agent.workers import CRASHED, LEFT, WorkerGroup
+from agent.workers import CRASHED, LEFT, WorkerGroup, write_json_atomically
 
 log = logging.getLogger("agent")
 
 MAX_BUFFERED_POINTS = 200_000
 MAX_BATCH_POINTS = 5_000
 RENDEZVOUS_TIMEOUT_S = 120.0
+MAX_UNCONFIRMED_REPORTS = 10_000
 
 
 class Agent:
@@ -45,7 +62,9 @@ class Agent:
         self.client = ControlPlaneClient(config.server)
         self.groups: dict[int, WorkerGroup] = {}
         self.seen_commands: set[int] = set()
-        self.outbox: asyncio.Queue[dict] = asyncio.Queue()
+        # Reports not yet confirmed by the control plane, by ref, in order (kept on disk).
+        self.reports: dict[str, dict] = {}
+        self._report_added = asyncio.Event()
         self.points: list[dict] = []
         self.stopping = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -79,21 +98,115 @@ class Agent:
     # -- loops -------------------------------------------------------------------------
     async def run(self) -> None:
         await self.ensure_credential()
+        self._load_reports()
+        restored = self._load_jobs()
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._command_loop(), name="commands"),
             asyncio.create_task(self._metrics_loop(), name="metrics"),
         ]
+        for group in restored:
+            self._resume_job(group)
         await self.stopping.wait()
-        log.info("shutting down: stopping %d job(s)", len(self.groups))
-        for job_id, group in list(self.groups.items()):
-            group.shutting_down = True
-            await group.terminate()
-            await self._report(job_id, "failed", reason=f"the agent on node {self.config.name} shut down")
+        if self.config.on_exit == "stop":
+            log.info("shutting down: stopping %d job(s)", len(self.groups))
+            for job_id, group in list(self.groups.items()):
+                group.shutting_down = True
+                await group.terminate()
+                await self._report(job_id, "failed", reason=f"the agent on node {self.config.name} shut down")
+                group.forget()
+        else:
+            log.info("shutting down: leaving %d job(s) running for the next agent to re-attach "
+                     "(AGENT_ON_EXIT=detach)", len(self.groups))
+            for group in self.groups.values():
+                group.shutting_down = True
+                group.detach()
         await self._flush_metrics()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- state kept across restarts ----------------------------------------------------
+    @property
+    def _reports_path(self):
+        return self.config.state_dir / "outbox.json"
+
+    def _load_reports(self) -> None:
+        try:
+            frames = json.loads(self._reports_path.read_text())
+        except FileNotFoundError:
+            return
+        except ValueError as exc:
+            log.error("ignoring %s: %s", self._reports_path, exc)
+            return
+        self.reports = {f["ref"]: f for f in frames if isinstance(f, dict) and "ref" in f}
+        if self.reports:
+            log.info("%d report(s) from before the restart to send again", len(self.reports))
+
+    def _save_reports(self) -> None:
+        write_json_atomically(self._reports_path, list(self.reports.values()))
+
+    async def _put_report(self, frame: dict) -> None:
+        """Send ``frame`` to the control plane at least once, across reconnections and
+        restarts: it is kept until the control plane confirms it."""
+        frame = {**frame, "ref": uuid.uuid4().hex}
+        self.reports[frame["ref"]] = frame
+        if len(self.reports) > MAX_UNCONFIRMED_REPORTS:
+            del self.reports[next(iter(self.reports))]
+        self._save_reports()
+        self._report_added.set()
+
+    def _group_kwargs(self) -> dict:
+        return dict(python=self.config.python, address=self.config.address, state_dir=self.config.state_dir,
+                    on_metrics=self._buffer_points, on_command_done=self._command_done,
+                    grace_s=self.config.orphan_grace_s)
+
+    def _load_jobs(self) -> list[WorkerGroup]:
+        """The jobs a previous agent left in the state directory."""
+        restored = []
+        for path in sorted((self.config.state_dir / "jobs").glob("job-*.json")):
+            try:
+                state = json.loads(path.read_text())
+                job_id = int(state["job"])
+                group = WorkerGroup.restore(state, **self._group_kwargs(),
+                                            on_worker_event=self._worker_event_sender(job_id))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("cannot read %s (%s); moving it aside", path, exc)
+                path.rename(path.with_name(path.name + ".unreadable"))
+                continue
+            self.groups[job_id] = group
+            self.seen_commands |= group.seen
+            restored.append(group)
+        return restored
+
+    def _resume_job(self, group: WorkerGroup) -> None:
+        """Carry on with a job a previous agent ran (or was starting) here."""
+        job_id = group.job_id
+        if group.workers:
+            alive = group.reattach()
+            log.info("job %s: re-attached to %d running worker(s) (%s)", job_id, len(alive),
+                     ", ".join(f"rank {r} pid {group.workers[r].pid}" for r in alive) or "none left")
+            start = group.meta.get("start")
+            if start is not None and not group.meta.get("started"):
+                asyncio.create_task(self._job_started(group, start))
+            for frame in list(group.meta.get("joins", [])):
+                asyncio.create_task(self._add_joiners(frame, supervise=False))
+            if group.meta.get("terminate") is not None:
+                asyncio.create_task(group.send_command({"id": group.meta["terminate"], "action": "stop",
+                                                        "seq": 0, "payload": {"terminate": True}}))
+            asyncio.create_task(group.resume_commands())
+            asyncio.create_task(self._supervise(job_id, group))
+        elif group.meta.get("start") is not None:
+            log.info("job %s: starting its workers again (the agent restarted while starting them)", job_id)
+            asyncio.create_task(self._start_job(group.meta["start"], group))
+        else:
+            joins = list(group.meta.get("joins", []))
+            if not joins:
+                group.forget()
+                self.groups.pop(job_id, None)
+                return
+            for i, frame in enumerate(joins):
+                asyncio.create_task(self._add_joiners(frame, supervise=i == 0))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -112,7 +225,7 @@ class Agent:
                                               open_timeout=10, ping_interval=20) as ws:
                     log.info("command channel connected")
                     delay = 0.5
-                    sender = asyncio.create_task(self._send_outbox(ws))
+                    sender = asyncio.create_task(self._send_reports(ws))
                     try:
                         async for raw in ws:
                             await self._on_frame(ws, json.loads(raw))
@@ -123,17 +236,25 @@ class Agent:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 15.0)
 
-    async def _send_outbox(self, ws) -> None:
+    async def _send_reports(self, ws) -> None:
+        """Send every unconfirmed report once per connection, in order, then new ones as
+        they come (a report stays until the control plane confirms it)."""
+        sent: set[str] = set()
         while True:
-            frame = await self.outbox.get()
-            try:
+            todo = [f for ref, f in self.reports.items() if ref not in sent]
+            if not todo:
+                self._report_added.clear()
+                await self._report_added.wait()
+                continue
+            for frame in todo:
                 await ws.send(json.dumps(frame))
-            except Exception:
-                # Keep it for the next connection: an 'applied' report must not be lost.
-                self.outbox.put_nowait(frame)
-                raise
+                sent.add(frame["ref"])
 
     async def _on_frame(self, ws, frame: dict) -> None:
+        if frame.get("type") == "received":
+            if self.reports.pop(frame.get("ref"), None) is not None:
+                self._save_reports()
+            return
         if frame.get("type") == "error":
             log.warning("control plane says: %s", frame.get("message"))
             return
@@ -147,47 +268,72 @@ class Agent:
         if frame.get("type") != "command":
             return
         command_id = frame["id"]
-        await ws.send(json.dumps({"type": "ack", "id": command_id}))
+
+        async def ack() -> None:
+            await ws.send(json.dumps({"type": "ack", "id": command_id}))
+
         if command_id in self.seen_commands:
+            await ack()
             return  # redelivered: acked again, applied once
         self.seen_commands.add(command_id)
         job_id = frame["job"]
+        # Each command is on disk (the job's state) before it is acked: an agent that
+        # restarts after the ack still carries it out.
         if frame["action"] == "start":
-            asyncio.create_task(self._start_job(frame))
+            if job_id in self.groups:
+                await ack()  # its workers run here already (re-attached after a restart)
+                return
+            group = self._new_group(job_id, frame["payload"], frame["seq"])
+            group.seen.add(command_id)
+            group.meta["start"] = frame
+            group.save()
+            await ack()
+            asyncio.create_task(self._start_job(frame, group))
             return
         group = self.groups.get(job_id)
         if frame["action"] == "scale_workers":
             # The control plane carries it out: this node only starts the joiners placed here.
+            join = (frame.get("payload") or {}).get("join")
+            new = group is None and bool(join)
+            if new:
+                start = {k: join[k] for k in ("entrypoint", "hyperparameters", "batch_size", "lr", "strategy",
+                                              "topology")}
+                group = self._new_group(job_id, {**start, "ranks": [], "world_size": 0,
+                                                 "workers_min": join.get("workers_min", 1)}, frame["seq"])
+            if group is not None:
+                if join:
+                    group.meta.setdefault("joins", []).append(frame)
+                group.record_command(frame)
+            await ack()
             if group is not None:
                 await group.send_command(frame)
-            if (frame.get("payload") or {}).get("join"):
-                asyncio.create_task(self._add_joiners(frame))
+            if join:
+                asyncio.create_task(self._add_joiners(frame, supervise=new))
             return
         if group is None:
-            await self.outbox.put({"type": "failed", "id": command_id,
-                                   "error": f"job {job_id} has no running workers on this node"})
+            await ack()
+            await self._put_report({"type": "failed", "id": command_id,
+                                    "error": f"job {job_id} has no running workers on this node"})
             return
+        group.record_command(frame)
+        await ack()
         await group.send_command(frame)
 
     # -- jobs --------------------------------------------------------------------------
-    def _new_group(self, job_id: int, start: dict, first_seq: int) -> WorkerGroup:
+    def _worker_event_sender(self, job_id: int):
         async def on_worker_event(rank: int, event: str, data: dict) -> None:
-            await self.outbox.put({**data, "type": "worker", "job": job_id, "rank": rank, "event": event})
+            await self._put_report({**data, "type": "worker", "job": job_id, "rank": rank, "event": event})
 
-        group = WorkerGroup(
-            job_id=job_id, start=start, python=self.config.python,
-            address=self.config.address, log_dir=self.config.state_dir / "logs",
-            first_seq=first_seq, on_metrics=self._buffer_points,
-            on_command_done=self._command_done, on_worker_event=on_worker_event,
-        )
+        return on_worker_event
+
+    def _new_group(self, job_id: int, start: dict, first_seq: int) -> WorkerGroup:
+        group = WorkerGroup(job_id=job_id, start=start, first_seq=first_seq, **self._group_kwargs(),
+                            on_worker_event=self._worker_event_sender(job_id))
         self.groups[job_id] = group
         return group
 
-    async def _start_job(self, frame: dict) -> None:
+    async def _start_job(self, frame: dict, group: WorkerGroup) -> None:
         job_id = frame["job"]
-        if job_id in self.groups:
-            return
-        group = self._new_group(job_id, frame["payload"], frame["seq"])
         try:
             # Rendezvous: report this node's ports, then wait until every node has.
             spec = await self.client.register_workers(job_id, group.choose_ports())
@@ -198,28 +344,31 @@ class Agent:
                                      f"{RENDEZVOUS_TIMEOUT_S:.0f} s")
                 await asyncio.sleep(0.2)
                 spec = await self.client.cluster_spec(job_id)
-            workers = await group.spawn(spec["members"], int(spec.get("version") or 1))
+            await group.spawn(spec["members"], int(spec.get("version") or 1))
         except (OSError, ValueError, ControlPlaneError) as exc:
             self.groups.pop(job_id, None)
-            await self.outbox.put({"type": "failed", "id": frame["id"], "error": str(exc)})
+            group.forget()
+            await self._put_report({"type": "failed", "id": frame["id"], "error": str(exc)})
             await self._report(job_id, "failed", reason=f"could not start workers: {exc}")
             return
-        log.info("job %s: started %d worker(s)", job_id, len(workers))
-        await self.outbox.put({"type": "applied", "id": frame["id"], "step": 0})
-        await self._report(job_id, "running", workers=workers)
+        log.info("job %s: started %d worker(s)", job_id, len(group.ranks))
+        await self._job_started(group, frame)
         await self._supervise(job_id, group)
 
-    async def _add_joiners(self, frame: dict) -> None:
-        """Start the warm standbys of a grow placed on this node (a new group if the job has
-        no workers here yet); report their ports; they report ``standby`` themselves."""
+    async def _job_started(self, group: WorkerGroup, frame: dict) -> None:
+        await self._put_report({"type": "applied", "id": frame["id"], "step": 0})
+        await self._report(group.job_id, "running", workers=[
+            {"rank": r, "port": group.ports[r], "state": "running"} for r in group.ranks])
+        group.meta["started"] = True
+        group.save()
+
+    async def _add_joiners(self, frame: dict, *, supervise: bool) -> None:
+        """Start the warm standbys of a grow placed on this node (``supervise``: the group
+        is new, started for them); report their ports; they report ``standby`` themselves."""
         job_id, join = frame["job"], frame["payload"]["join"]
         group = self.groups.get(job_id)
-        new = group is None
-        if new:
-            start = {k: join[k] for k in ("entrypoint", "hyperparameters", "batch_size", "lr", "strategy",
-                                          "topology")}
-            group = self._new_group(job_id, {**start, "ranks": [], "world_size": 0,
-                                             "workers_min": join.get("workers_min", 1)}, frame["seq"])
+        if group is None:
+            return
         ranks = [int(w["rank"]) for w in join["workers"] if int(w["rank"]) not in group.workers]
         try:
             await self.client.register_workers(job_id, group.choose_ports(ranks))
@@ -228,20 +377,23 @@ class Agent:
             log.error("job %s: could not start joiners %s: %s", job_id, ranks, exc)
             for rank in ranks:
                 if rank not in group.workers:
-                    await self.outbox.put({"type": "worker", "job": job_id, "rank": rank, "event": "exited",
-                                           "code": None, "error": f"could not start: {exc}"})
-            if new and not group.workers:
-                self.groups.pop(job_id, None)
-                return
+                    await self._put_report({"type": "worker", "job": job_id, "rank": rank, "event": "exited",
+                                            "code": None, "error": f"could not start: {exc}"})
             started = []
+        group.meta["joins"] = [f for f in group.meta.get("joins", []) if f["id"] != frame["id"]]
+        group.save()
+        if supervise and not group.workers:
+            self.groups.pop(job_id, None)
+            group.forget()
+            return
         log.info("job %s: started %d standby worker(s)", job_id, len(started))
-        if new:
+        if supervise:
             await self._supervise(job_id, group)
 
     async def _supervise(self, job_id: int, group: WorkerGroup) -> None:
         ok, reason = await group.wait()
         if group.shutting_down:
-            return  # run() reports it
+            return  # run() reports it (or leaves it to the next agent)
         await self._flush_metrics()
         if group.stop_requested:
             status = "stopped"
@@ -252,16 +404,18 @@ class Agent:
         else:
             status = "stopped"  # every worker here left the cluster or died while the job goes on
         outcomes = [{"rank": w.rank, "state": "left"} if w.outcome == LEFT else
-                    {"rank": w.rank, "state": "failed", "code": w.process.returncode,
+                    {"rank": w.rank, "state": "failed", "code": w.code,
                      "error": group.failure_excerpt(w.rank)}
                     for w in group.workers.values() if w.outcome in (LEFT, CRASHED)]
         log.info("job %s: workers finished (%s)", job_id, status)
         # Report before forgetting the job: a heartbeat in between must still list it.
         await self._report(job_id, status, reason=reason, workers=outcomes or None)
         self.groups.pop(job_id, None)
+        group.forget()
 
     async def _report(self, job_id: int, status: str, **kwargs) -> None:
-        for attempt in range(5):
+        # Retried for about two minutes: long enough for the control plane to restart.
+        for attempt in range(16):
             try:
                 await self.client.report_job(job_id, status, **kwargs)
                 return
@@ -269,7 +423,7 @@ class Agent:
                 log.warning("reporting job %s %s failed (%s)", job_id, status, exc)
                 if isinstance(exc, ControlPlaneError) and 400 <= exc.status < 500:
                     return
-                await asyncio.sleep(0.5 * 2 ** attempt)
+                await asyncio.sleep(min(0.5 * 2 ** attempt, 10.0))
 
     async def _command_done(self, command_id: int, ok: bool, step: int | None, error: str,
                             lr: float | None = None) -> None:
@@ -280,7 +434,7 @@ class Agent:
                 frame["lr"] = lr
         else:
             frame["error"] = error
-        await self.outbox.put(frame)
+        await self._put_report(frame)
 
     # -- metrics -----------------------------------------------------------------------
     def _buffer_points(self, points: list[dict]) -> None:

@@ -411,6 +411,14 @@ class Trainer:
         self.optimizer.learning_rate.assign(self.lr)
         self._compute = None
         self._apply = None
+        self._fused = {}
+        # Set by the fused S-SGD step: (cluster version, min received seq, min known version).
+        self._agreed_ahead: tuple[int, int, int] | None = None
+        self._step_error: Exception | None = None
+        self._step_comm_s = 0.0
+        # S-SGD as one compiled call per step (hyper-parameter ``fused_step``; false keeps
+        # the two-call path SMA and pair averaging use, for comparison).
+        self.fused_step = bool(session.hyperparameters.get("fused_step", True))
 
     # -- setup ---------------------------------------------------------------------------
     def _build(self, x_sample: np.ndarray) -> None:
@@ -425,6 +433,7 @@ class Trainer:
             # Make every worker start from rank 0's weights (a joiner gets them when let in).
             self._broadcast_weights()
         loss_fn, model = self.loss_fn, self.model
+        self._feature_shape = list(x_sample.shape[1:])
         feature_shape = [None, *x_sample.shape[1:]]
 
         @tf.function(input_signature=[
@@ -458,6 +467,93 @@ class Trainer:
 
         self._compute = compute
         self._apply = apply
+        self._fused = {}  # S-SGD's one-call step, with and without the allreduce (built on first use)
+
+    def _fused_step(self, distributed: bool):
+        """S-SGD's whole step as one compiled call: gradients, the fused allreduce (the
+        native library called from the graph, with the command agreement riding in the
+        same buffer), the update, and the numbers the monitors need. One call instead of
+        two plus NumPy copies between them: on a small model that overhead is most of a step.
+
+        Returns [loss sum, correct count, the workers' summed squared local gradient
+        norms, squared norm of the averaged gradient]."""
+        if distributed in self._fused:
+            return self._fused[distributed]
+        tf = self.tf
+        model, loss_fn, variables, optimizer = self.model, self.loss_fn, self._variables, self.optimizer
+        sizes, shapes = self._sizes, self._shapes
+        feature_shape = [None, *self._feature_shape]
+
+        @tf.function(input_signature=[
+            tf.TensorSpec(feature_shape, tf.float32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32),
+        ])
+        def step(x, y, inv_global_batch, local_scale_sq):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss_sum = tf.reduce_sum(loss_fn(y, logits))
+                scaled = loss_sum * inv_global_batch
+            grads = tape.gradient(scaled, variables)
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)]
+            correct = tf.reduce_sum(tf.cast(
+                tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
+            # This worker's own mean gradient is B/n times its share (scaled by 1/B).
+            local_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]) * local_scale_sq
+            flat = tf.concat([tf.reshape(g, [-1]) for g in grads] + [
+                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1]), tf.reshape(local_sq, [1])], axis=0)
+            if distributed:
+                flat = tf.ensure_shape(
+                    tf.numpy_function(self._allreduce_in_step, [flat], tf.float32, stateful=True), flat.shape)
+            parts = tf.split(flat[:-3], sizes)
+            averaged = [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
+            optimizer.apply_gradients(zip(averaged, variables, strict=True))
+            big_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in averaged])
+            return tf.concat([flat[-3:], tf.reshape(big_sq, [1])], axis=0)
+
+        self._fused[distributed] = step
+        return step
+
+    def _allreduce_in_step(self, flat: np.ndarray) -> np.ndarray:
+        """The allreduce of the fused step (called from the graph). Each worker's received
+        command seq and known cluster version go in per-rank slots after the gradients,
+        so the sum carries every worker's values and the minimum (what ``_agree`` needs at
+        the next step boundary) costs no collective of its own. Each value is split into
+        two 20-bit halves, which float32 holds exactly. Without a communicator (a standby
+        tracing its step) the gradients come back as they are."""
+        session, comm = self.session, self.session.communicator
+        if comm is None:
+            return flat
+        t0 = time.perf_counter()
+        n, size, rank = flat.size, session.size, session.rank
+        buf = np.zeros(n + 4 * size, np.float32)
+        buf[:n] = flat
+        seq, version = session.received_seq(), session.latest_cluster_version()
+        buf[n + 4 * rank:n + 4 * rank + 4] = (seq >> 20, seq & 0xFFFFF, version >> 20, version & 0xFFFFF)
+        try:
+            comm.allreduce(buf, op="sum")
+        except Exception as exc:  # noqa: BLE001 - carried out of the graph by _run_fused
+            self._step_error = exc
+            raise
+        slots = buf[n:].reshape(size, 4).astype(np.int64)
+        seqs, versions = (slots[:, 0] << 20) | slots[:, 1], (slots[:, 2] << 20) | slots[:, 3]
+        self._agreed_ahead = (session.cluster_version, int(seqs.min()), int(versions.min()))
+        self._step_comm_s = time.perf_counter() - t0
+        return buf[:n]
+
+    def _run_fused(self, x: np.ndarray, y: np.ndarray, global_batch: int, local_scale_sq: float,
+                   distributed: bool) -> np.ndarray:
+        tf = self.tf
+        self._step_error = None
+        self._step_comm_s = 0.0
+        try:
+            return self._fused_step(distributed)(
+                tf.constant(x), tf.constant(y), tf.constant(1.0 / global_batch, tf.float32),
+                tf.constant(local_scale_sq, tf.float32)).numpy()
+        except tf.errors.OpError as exc:
+            error, self._step_error = self._step_error, None
+            if error is not None:  # the collective failed: the update did not happen
+                raise error from exc
+            raise
 
     def _broadcast_weights(self) -> None:
         comm = self.session.communicator
@@ -479,7 +575,12 @@ class Trainer:
         session = self.session
         received = [float(session.received_seq()), float(session.latest_cluster_version())]
         comm = session.communicator
-        if comm is not None:
+        ahead, self._agreed_ahead = self._agreed_ahead, None
+        if ahead is not None and ahead[0] == session.cluster_version:
+            # Agreed in the last step's gradient allreduce (same version, so every member
+            # carried the same slots and reads the same minimum).
+            received = [float(ahead[1]), float(ahead[2])]
+        elif comm is not None:
             buf = np.array(received, dtype=np.float64)
             comm.allreduce(buf, op="min")
             received = [float(v) for v in buf]
@@ -606,6 +707,8 @@ class Trainer:
         few = np.arange(min(len(x), max(1, self.batch_size // max(session.size, 2))))
         flat = self._compute(tf.constant(x[few]), tf.constant(y[few]), tf.constant(1.0 / len(few), tf.float32))
         self._apply(tf.constant(flat.numpy()[:-3]))
+        if self.fused_step:  # and the one-call S-SGD step a member runs
+            self._run_fused(x[few], y[few], len(few), 0.0, True)
         session.send({"type": "standby", "address": session.address})
         found = session.wait_for_cluster(min_version=session.cluster_version, timeout_s=None,
                                          member=session.address)
@@ -832,38 +935,46 @@ class Trainer:
                 batch_epoch = self._sampler.epoch
                 mine = GlobalBatchSampler.shard(batch, rank, size)
                 t0 = time.perf_counter()
-                flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
-                                     tf.constant(1.0 / len(batch), tf.float32)).numpy()
-                grads = flat[:-3]
                 monitoring = monitor_every > 0 and size > 1 and self.step % monitor_every == 0
-                if monitoring and len(mine):
-                    # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
-                    flat[-1] = float(np.dot(grads, grads)) * (len(batch) / len(mine)) ** 2
-                t1 = time.perf_counter()
-                if self.strategy == "pair" and comm is not None:
-                    monitoring = False
-                    self._pair_average(comm, rank, size)
-                    comm.allreduce(flat[-3:-1], op="sum")  # the loss counters, for reporting
+                # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
+                local_scale = len(batch) / len(mine) if len(mine) else 0.0
+                if self.fused_step and (self.strategy == "ssgd" or comm is None):
+                    out = self._run_fused(x[mine], y[mine], len(batch),
+                                          local_scale ** 2 if monitoring else 0.0, comm is not None)
                     t2 = time.perf_counter()
-                    local_scale = len(batch) / len(mine) if len(mine) else 0.0
-                    self._apply(tf.constant(grads * local_scale))
-                elif self.strategy == "sma" and comm is not None:
-                    # Average the models (and sum the loss counters in the same call), then
-                    # take this worker's own step: its gradient is scaled by 1/B, so B/n
-                    # times it is the mean gradient of its own samples.
-                    monitoring = False
-                    flat[-3:-1] = self._average_weights(alpha=self.sma_alpha, extra=flat[-3:-1].copy())
-                    t2 = time.perf_counter()
-                    local_scale = len(batch) / len(mine) if len(mine) else 0.0
-                    self._apply(tf.constant(grads * local_scale))
+                    t1 = t2 - self._step_comm_s
+                    flat = out[:3]  # loss sum, correct count, summed squared local norms
+                    big_sq = float(out[3])
                 else:
-                    if comm is not None:
-                        comm.allreduce(flat, op="sum")
-                    t2 = time.perf_counter()
-                    self._apply(tf.constant(grads))
+                    flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
+                                         tf.constant(1.0 / len(batch), tf.float32)).numpy()
+                    grads = flat[:-3]
+                    if monitoring and len(mine):
+                        flat[-1] = float(np.dot(grads, grads)) * local_scale ** 2
+                    t1 = time.perf_counter()
+                    if self.strategy == "pair" and comm is not None:
+                        monitoring = False
+                        self._pair_average(comm, rank, size)
+                        comm.allreduce(flat[-3:-1], op="sum")  # the loss counters, for reporting
+                        t2 = time.perf_counter()
+                        self._apply(tf.constant(grads * local_scale))
+                    elif self.strategy == "sma" and comm is not None:
+                        # Average the models (and sum the loss counters in the same call), then
+                        # take this worker's own step: B/n times its gradient is the mean
+                        # gradient of its own samples.
+                        monitoring = False
+                        flat[-3:-1] = self._average_weights(alpha=self.sma_alpha, extra=flat[-3:-1].copy())
+                        t2 = time.perf_counter()
+                        self._apply(tf.constant(grads * local_scale))
+                    else:
+                        if comm is not None:
+                            comm.allreduce(flat, op="sum")
+                        t2 = time.perf_counter()
+                        self._apply(tf.constant(grads))
+                    big_sq = float(np.dot(grads, grads)) if monitoring else 0.0
                 if monitoring:
                     noise.update(small_sq_norm=float(flat[-1]) / size, small_batch=len(batch) / size,
-                                 big_sq_norm=float(np.dot(grads, grads)), big_batch=len(batch))
+                                 big_sq_norm=big_sq, big_batch=len(batch))
                 compute_time += (t1 - t0) + (time.perf_counter() - t2)
                 comm_time += t2 - t1
                 loss_sum += float(flat[-3])

@@ -1,9 +1,27 @@
 """A job's training workers on this node: spawn them, relay commands and membership
-changes, collect output.
+changes, collect output — and find them again after the agent restarted.
 
-Each worker is a child process (``python -m <entrypoint>``) with the job described in
-its environment. Its protocol lines (see :mod:`agent.protocol`) are parsed here; every
-other line goes to the job's log file, whose tail explains a failure.
+Each worker is a process of its own session (``python -m agent.launcher <entrypoint>``,
+so it outlives the agent) with the job described in its environment. It listens on a
+Unix socket under the agent's state directory (:mod:`agent.channel`); the agent connects
+to it, and reconnects whenever the connection drops while the worker lives. Protocol
+messages (see :mod:`agent.protocol`) travel over that socket; the worker's stdout and
+stderr go straight to its log file (``logs/job-<id>.rank-<n>.log``), whose tail explains
+a failure.
+
+Everything needed to take the workers over again is kept in ``jobs/job-<id>.json``
+(rewritten atomically whenever it changes): the start parameters, the cluster version
+and members, each worker's number, pid and start time, address, port and socket, the
+commands forwarded and not yet answered, and the ids of commands already taken. A
+restarted agent rebuilds the group from it (:meth:`WorkerGroup.restore`), checks which
+pids still are the processes it started, reconnects to them, and sends them the latest
+cluster version and the commands they have not answered; the workers take each command
+once and answer again the ones they already applied.
+
+An agent that restarted is not the parent of the workers it found: it learns that one
+exited from the end of its connection plus its pid being gone, and its exit status from
+the worker's last message (``exit``); a worker that died without one (killed) is
+handled like a crash.
 
 Workers are keyed by their number in the job (the control plane's ``Worker.rank``):
 the initial workers are 0..n-1, joiners are numbered on. A worker's rank in a cluster
@@ -16,16 +34,19 @@ that leave, or die while the job can go on without them, do not end the group.
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import protocol
+from agent.channel import process_alive, process_start_time, unix_path
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +57,25 @@ CRASHED = "crashed"        # died, reported to the control plane; the others go 
 FAILED = "failed"          # died, and the job fails with it
 TERMINATED = "terminated"  # killed by the agent (stop, shutdown, the job failed)
 
+MAX_KEPT_COMMANDS = 1000   # forwarded commands kept to send again to workers that reconnect
+EXIT_POLL_S = 0.1
+
 
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def write_json_atomically(path: Path, data) -> None:
+    """Replace ``path`` with ``data``: a crash leaves the old file or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -53,6 +88,17 @@ class PendingCommand:
     lrs: dict[int, float] = field(default_factory=dict)  # worker -> learning rate after applying
     errors: dict[int, str] = field(default_factory=dict)
 
+    def state(self) -> dict:
+        return {"id": self.id, "seq": self.seq, "action": self.action, "expected": sorted(self.expected),
+                "steps": self.steps, "lrs": self.lrs, "errors": self.errors}
+
+    @classmethod
+    def from_state(cls, d: dict) -> PendingCommand:
+        return cls(int(d["id"]), int(d["seq"]), d["action"], expected={int(r) for r in d["expected"]},
+                   steps={int(r): int(v) for r, v in d["steps"].items()},
+                   lrs={int(r): float(v) for r, v in d["lrs"].items()},
+                   errors={int(r): str(v) for r, v in d["errors"].items()})
+
 
 @dataclass
 class LocalWorker:
@@ -60,13 +106,50 @@ class LocalWorker:
     port: int
     address: str             # host:port it listens on
     joining: bool = False    # a warm standby not yet in a cluster version
-    process: asyncio.subprocess.Process | None = None
+    pid: int | None = None
+    start_time: int | None = None  # /proc/<pid>/stat start time: tells a reused pid apart
+    socket_path: str = ""
+    log_path: str = ""
+    process: subprocess.Popen | None = None  # None when re-attached: another agent started it
     outcome: str = ""        # set when the process has exited (see the constants above)
     left_reported: bool = False
+    exit_code: int | None = None   # from its "exit" message
+    code: int | None = None        # how it ended, when known
+    replied_seq: int = 0           # highest command seq it answered
+    writer: asyncio.StreamWriter | None = None
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and not self.outcome
+        return self.pid is not None and not self.outcome
+
+    def gone(self) -> bool:
+        """Whether the process has exited (reaping it when it is our child)."""
+        if self.process is not None:
+            return self.process.poll() is not None
+        return self.pid is None or not process_alive(self.pid, self.start_time)
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(sig)
+        elif self.pid is not None and process_alive(self.pid, self.start_time):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def state(self) -> dict:
+        return {"rank": self.rank, "port": self.port, "address": self.address, "joining": self.joining,
+                "pid": self.pid, "start_time": self.start_time, "socket": self.socket_path,
+                "log": self.log_path, "outcome": self.outcome, "left_reported": self.left_reported,
+                "code": self.code, "replied_seq": self.replied_seq}
+
+    @classmethod
+    def from_state(cls, d: dict) -> LocalWorker:
+        return cls(rank=int(d["rank"]), port=int(d["port"]), address=d["address"], joining=bool(d["joining"]),
+                   pid=d.get("pid"), start_time=d.get("start_time"), socket_path=d.get("socket", ""),
+                   log_path=d.get("log", ""), outcome=d.get("outcome", ""),
+                   left_reported=bool(d.get("left_reported")), code=d.get("code"),
+                   replied_seq=int(d.get("replied_seq", 0)))
 
 
 WorkerEvent = Callable[[int, str, dict], Awaitable[None]]
@@ -75,22 +158,29 @@ WorkerEvent = Callable[[int, str, dict], Awaitable[None]]
 class WorkerGroup:
     """The workers of one job on this node."""
 
-    def __init__(self, *, job_id: int, start: dict, python: str, address: str, log_dir: Path,
+    def __init__(self, *, job_id: int, start: dict, python: str, address: str, state_dir: Path,
                  first_seq: int, on_metrics: Callable[[list[dict]], None],
                  on_command_done: Callable[[int, bool, int | None, str], Awaitable[None]],
-                 on_worker_event: WorkerEvent | None = None):
+                 on_worker_event: WorkerEvent | None = None, grace_s: float = 600.0,
+                 persist: bool = True):
         self.job_id = job_id
         self.start = start
         self.python = python
         self.address = address
         self.first_seq = first_seq
-        self.log_path = log_dir / f"job-{job_id}.log"
+        self.state_dir = state_dir
+        self.log_dir = state_dir / "logs"
+        self.state_path = state_dir / "jobs" / f"job-{job_id}.json" if persist else None
+        self.grace_s = grace_s
         self.on_metrics = on_metrics
         self.on_command_done = on_command_done
         self.on_worker_event = on_worker_event
         self.workers: dict[int, LocalWorker] = {}
         self.ports: dict[int, int] = {}
         self.pending: dict[int, PendingCommand] = {}
+        self.commands: list[dict] = []  # forwarded command lines, to send again on reconnect
+        self.seen: set[int] = set()     # ids of commands this group took
+        self.meta: dict = {}            # the daemon's own notes (kept with the state)
         # The latest cluster version this group knows, and the job's lower bound on size.
         self.version = 0
         self.members: list[str] = []
@@ -99,11 +189,81 @@ class WorkerGroup:
         self.stop_requested = False
         self.shutting_down = False
         self.failure = ""
-        self._tail: collections.deque[str] = collections.deque(maxlen=300)
-        self._readers: list[asyncio.Task] = []
+        self.failed_rank: int | None = None
+        self._connections: dict[int, asyncio.Task] = {}
         self._watchers: list[asyncio.Task] = []
-        self._log = None
         self._changed = asyncio.Event()
+
+    # -- state kept on disk -------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "job": self.job_id, "start": self.start, "first_seq": self.first_seq, "version": self.version,
+            "members": self.members, "workers_min": self.workers_min, "dead": sorted(self.dead),
+            "stop_requested": self.stop_requested, "failure": self.failure, "failed_rank": self.failed_rank,
+            "ports": {str(r): p for r, p in self.ports.items()},
+            "workers": [w.state() for w in self.workers.values()],
+            "pending": [c.state() for c in self.pending.values()],
+            "commands": self.commands, "seen": sorted(self.seen), "meta": self.meta,
+        }
+
+    def save(self) -> None:
+        if self.state_path is not None:
+            write_json_atomically(self.state_path, self.state())
+
+    def forget(self) -> None:
+        """The job is over here: remove its state file and sockets."""
+        if self.state_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
+        for worker in self.workers.values():
+            if worker.socket_path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(worker.socket_path)
+
+    @classmethod
+    def restore(cls, state: dict, **kwargs) -> WorkerGroup:
+        """The group as a previous agent left it (call :meth:`reattach` to take its workers on)."""
+        group = cls(job_id=int(state["job"]), start=state["start"], first_seq=int(state["first_seq"]), **kwargs)
+        group.version, group.members = int(state["version"]), list(state["members"])
+        group.workers_min = int(state["workers_min"])
+        group.dead = set(state["dead"])
+        group.stop_requested = bool(state["stop_requested"])
+        group.failure, group.failed_rank = state.get("failure", ""), state.get("failed_rank")
+        group.ports = {int(r): int(p) for r, p in state["ports"].items()}
+        for d in state["workers"]:
+            worker = LocalWorker.from_state(d)
+            group.workers[worker.rank] = worker
+        group.pending = {int(c["id"]): PendingCommand.from_state(c) for c in state["pending"]}
+        group.commands = list(state["commands"])
+        group.seen = {int(i) for i in state["seen"]}
+        group.meta = dict(state.get("meta") or {})
+        return group
+
+    def reattach(self) -> list[int]:
+        """Take over the workers a previous agent started: reconnect to those still alive
+        (the same processes: pid and start time); the others died meanwhile and are
+        handled as exits. Returns the numbers of those found alive."""
+        found = []
+        for worker in self.workers.values():
+            if worker.outcome or worker.pid is None:
+                continue
+            if process_alive(worker.pid, worker.start_time):
+                found.append(worker.rank)
+            self._connections[worker.rank] = asyncio.create_task(self._serve(worker))
+            self._watchers.append(asyncio.create_task(self._watch(worker)))
+        self._changed.set()
+        return found
+
+    def detach(self) -> None:
+        """Let go of the workers without stopping them (the agent is exiting; a restarted
+        agent re-attaches): close the connections, keep the state."""
+        for task in [*self._connections.values(), *self._watchers]:
+            task.cancel()
+        for worker in self.workers.values():
+            if worker.writer is not None:
+                worker.writer.close()
+                worker.writer = None
+        self.save()
 
     # -- the processes ------------------------------------------------------------------
     @property
@@ -111,41 +271,45 @@ class WorkerGroup:
         """The initial workers placed on this node (from the start command)."""
         return list(self.start.get("ranks") or [])
 
-    @property
-    def processes(self) -> dict[int, asyncio.subprocess.Process]:
-        return {r: w.process for r, w in self.workers.items() if w.process is not None}
-
     def choose_ports(self, ranks: list[int] | None = None) -> list[dict]:
-        """Free ports on this node for ``ranks`` (default: the initial ones), reported to
-        the control plane."""
-        chosen = {r: free_port(self.address) for r in (self.ranks if ranks is None else ranks)}
-        self.ports.update(chosen)
-        return [{"rank": r, "port": p} for r, p in chosen.items()]
+        """Ports on this node for ``ranks`` (default: the initial ones), reported to the
+        control plane. Ports chosen before (by this agent or the one before a restart) are
+        kept: the other nodes may already know them."""
+        ranks = self.ranks if ranks is None else ranks
+        for r in ranks:
+            if r not in self.ports:
+                self.ports[r] = free_port(self.address)
+        self.save()
+        return [{"rank": r, "port": self.ports[r]} for r in ranks]
 
     def _params(self, source: dict) -> dict:
         return {k: source[k] for k in ("hyperparameters", "batch_size", "lr", "strategy", "topology")}
 
-    def _open_log(self) -> None:
-        if self._log is None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "a", buffering=1)
-
     async def _launch(self, worker: LocalWorker, env_extra: dict[str, str], entrypoint: str) -> None:
+        run_dir = self.state_dir / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        worker.socket_path = str(run_dir / f"job-{self.job_id}-{worker.rank}.sock")
+        worker.log_path = str(self.log_dir / f"job-{self.job_id}.rank-{worker.rank}.log")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(worker.socket_path)
         env = dict(os.environ)
         env.update({
             protocol.ENV_JOB: str(self.job_id), protocol.ENV_ADDRESS: worker.address,
+            protocol.ENV_AGENT_SOCKET: worker.socket_path, protocol.ENV_AGENT_GRACE_S: str(self.grace_s),
             "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
             **env_extra,
         })
-        proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", entrypoint, env=env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, limit=1 << 22,
-        )
-        worker.process = proc
+        with open(worker.log_path, "ab") as log_file:
+            # Its own session: the worker outlives the agent (and a Ctrl-C meant for it).
+            proc = subprocess.Popen([self.python, "-m", "agent.launcher", entrypoint], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        worker.process, worker.pid = proc, proc.pid
+        worker.start_time = process_start_time(proc.pid)
         self.workers[worker.rank] = worker
-        self._readers.append(asyncio.create_task(self._read(worker.rank, proc.stdout, parse=True)))
-        self._readers.append(asyncio.create_task(self._read(worker.rank, proc.stderr, parse=False)))
+        self.save()
+        self._connections[worker.rank] = asyncio.create_task(self._serve(worker))
         self._watchers.append(asyncio.create_task(self._watch(worker)))
         self._changed.set()
 
@@ -157,8 +321,9 @@ class WorkerGroup:
         self.version, self.members = version, list(members)
         peers = ",".join(members)
         params = json.dumps(self._params(self.start))
-        self._open_log()
         for rank in self.ranks:
+            if rank in self.workers:
+                continue  # started before the agent restarted
             worker = LocalWorker(rank=rank, port=self.ports[rank], address=members[rank])
             await self._launch(worker, {
                 protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers, protocol.ENV_PARAMS: params,
@@ -175,7 +340,6 @@ class WorkerGroup:
             self.version, self.members = int(join["cluster_version"]), list(join["members"])
         self.workers_min = int(join.get("workers_min", self.workers_min))
         params = json.dumps(self._params(join))
-        self._open_log()
         started = []
         for spec in join["workers"]:
             rank = int(spec["rank"])
@@ -192,55 +356,122 @@ class WorkerGroup:
             started.append(rank)
         return started
 
-    # -- output -------------------------------------------------------------------------
-    async def _read(self, rank: int, stream: asyncio.StreamReader, *, parse: bool) -> None:
-        while True:
-            raw = await stream.readline()
-            if not raw:
-                return
-            line = raw.decode(errors="replace").rstrip("\n")
-            if parse and line.startswith(protocol.PREFIX):
-                try:
-                    message = json.loads(line[len(protocol.PREFIX):])
-                except json.JSONDecodeError:
-                    log.warning("job %s worker %s: malformed protocol line", self.job_id, rank)
-                    continue
-                await self._handle(rank, message)
-            else:
-                self._tail.append(f"[rank {rank}] {line}")
-                if self._log is not None:
-                    self._log.write(f"[rank {rank}] {line}\n")
+    # -- the connection to each worker --------------------------------------------------
+    def _hello_lines(self, worker: LocalWorker) -> list[bytes]:
+        """What a worker is sent on every (re)connection: the latest cluster version and,
+        to a member, the commands not known to be answered by every member (it takes each
+        once, and answers again those it applied)."""
+        lines = []
+        if self.version >= 1 and self.members:
+            lines.append(self._cluster_line())
+        if not worker.joining and worker.address in self.members:
+            lines.extend((json.dumps(frame) + "\n").encode() for frame in self.commands
+                         if frame["seq"] > worker.replied_seq)
+        return lines
 
+    def _cluster_line(self) -> bytes:
+        return (json.dumps({"type": "cluster", "version": self.version, "members": list(self.members)}) + "\n").encode()
+
+    async def _connect(self, worker: LocalWorker) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Connect to the worker's socket, retrying while it starts up; None once it is gone."""
+        delay = 0.02
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with unix_path(worker.socket_path) as name:
+                    sock.connect(name)
+                return await asyncio.open_unix_connection(sock=sock, limit=1 << 22)
+            except OSError:
+                sock.close()
+            if worker.gone():
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _serve(self, worker: LocalWorker) -> None:
+        """Keep a connection to the worker while it lives: read its messages; on every
+        (re)connection first send what it may have missed."""
+        while worker.alive:
+            connected = await self._connect(worker)
+            if connected is None:
+                return
+            reader, writer = connected
+            for line in self._hello_lines(worker):
+                writer.write(line)
+            worker.writer = writer
+            try:
+                await writer.drain()
+                while True:
+                    raw = await reader.readline()
+                    if not raw:
+                        break
+                    if not raw.endswith(b"\n"):
+                        break  # cut off: the worker sends it again to the next connection
+                    try:
+                        message = json.loads(raw)
+                    except json.JSONDecodeError:
+                        log.warning("job %s worker %s: malformed protocol line", self.job_id, worker.rank)
+                        continue
+                    if isinstance(message, dict):
+                        await self._handle(worker.rank, message)
+            except (OSError, ValueError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                worker.writer = None
+                writer.close()
+            if worker.gone():
+                return
+            await asyncio.sleep(0.1)
+
+    # -- output -------------------------------------------------------------------------
     async def _emit(self, rank: int, event: str, data: dict) -> None:
         if self.on_worker_event is not None:
             await self.on_worker_event(rank, event, data)
 
     async def _handle(self, rank: int, message: dict) -> None:
         kind = message.get("type")
+        worker = self.workers.get(rank)
         if kind == "metrics":
             points = message.get("points") or []
             for p in points:
                 p["job"] = self.job_id
             self.on_metrics(points)
         elif kind in ("applied", "failed"):
+            if worker is not None and isinstance(message.get("seq"), int) and message["seq"] > worker.replied_seq:
+                worker.replied_seq = message["seq"]
+                self._trim_commands()
             command = self.pending.get(message.get("id"))
             if command is None or rank not in command.expected:
-                return  # not ours to count (e.g. the inert scale_workers line)
+                return  # not ours to count (e.g. the inert scale_workers line, or answered again)
             if kind == "applied":
                 command.steps[rank] = int(message.get("step", -1))
                 if isinstance(message.get("lr"), (int, float)):
                     command.lrs[rank] = float(message["lr"])
             else:
                 command.errors[rank] = str(message.get("error", "failed"))
-            await self._command_maybe_done(command)
+            if not await self._command_maybe_done(command):
+                self.save()
         elif kind in ("standby", "rescaled", "left", "peer_failed"):
-            worker = self.workers.get(rank)
             data = {k: v for k, v in message.items() if k != "type"}
             if "rank" in data:  # its rank in the version; "rank" names the worker's number upstream
                 data["cluster_rank"] = data.pop("rank")
             if kind == "left" and worker is not None:
                 worker.left_reported = True
+                self.save()
             await self._emit(rank, kind, data)
+        elif kind == "exit" and worker is not None:
+            worker.exit_code = message.get("code") if isinstance(message.get("code"), int) else None
+        elif kind == "dropped":
+            log.warning("job %s worker %s: dropped %s metric message(s) while no agent was connected",
+                        self.job_id, rank, message.get("metrics"))
+
+    def _trim_commands(self) -> None:
+        """Forget forwarded commands every member here answered (and none waits on)."""
+        members = [w for w in self.workers.values() if w.alive and not w.joining and w.address in self.members]
+        if not members:
+            return
+        answered = min(w.replied_seq for w in members)
+        self.commands = [f for f in self.commands if f["seq"] > answered or f["id"] in self.pending]
 
     # -- commands -------------------------------------------------------------------------
     def _current_members(self) -> set[int]:
@@ -248,11 +479,12 @@ class WorkerGroup:
         members = set(self.members)
         return {r for r, w in self.workers.items() if w.alive and w.address in members}
 
-    async def _command_maybe_done(self, command: PendingCommand) -> None:
+    async def _command_maybe_done(self, command: PendingCommand) -> bool:
+        """Report the command once every expected worker answered; True when it was."""
         if command.id not in self.pending:
-            return
+            return False
         if not command.expected.issubset(set(command.steps) | set(command.errors)):
-            return
+            return False
         del self.pending[command.id]
         steps = set(command.steps.values())
         if command.errors:
@@ -268,22 +500,47 @@ class WorkerGroup:
             lrs = set(command.lrs.values())
             await self.on_command_done(command.id, True, steps.pop(), "",
                                        lr=lrs.pop() if len(lrs) == 1 else None)
+        # The report is safe in the agent's outbox before the command leaves the state.
+        self.save()
+        return True
 
     async def _write(self, workers, line: bytes) -> None:
+        """Send to the connected ones; a worker connecting later is sent what it missed
+        (see :meth:`_hello_lines`)."""
         for worker in workers:
-            proc = worker.process
-            if proc is not None and proc.stdin is not None and proc.returncode is None:
+            writer = worker.writer
+            if writer is not None and not writer.is_closing():
                 try:
-                    proc.stdin.write(line)
-                    await proc.stdin.drain()
-                except (BrokenPipeError, ConnectionResetError):
+                    writer.write(line)
+                    await writer.drain()
+                except (OSError, ConnectionResetError):
                     pass
 
-    async def send_command(self, frame: dict) -> None:
-        """Forward a command to the job's workers on this node; it is done once every
-        worker that is a member of the current version replied (or is gone)."""
+    def record_command(self, frame: dict) -> None:
+        """Take a command on before it is acknowledged: keep it (and, unless it is the
+        inert scale_workers line, who must answer it) in the state on disk, so that an
+        agent restarting after the ack still forwards it and reports it."""
+        self.seen.add(frame["id"])
         if frame["action"] == "stop":
             self.stop_requested = True
+            if (frame.get("payload") or {}).get("terminate"):
+                self.meta["terminate"] = frame["id"]  # a restarted agent carries it out
+        if frame["action"] != "stop" or not (frame.get("payload") or {}).get("terminate"):
+            self.commands.append({"type": "command", "id": frame["id"], "seq": frame["seq"],
+                                  "action": frame["action"], "payload": frame.get("payload") or {}})
+            del self.commands[:-MAX_KEPT_COMMANDS]
+            if frame["action"] != "scale_workers":
+                self.pending[frame["id"]] = PendingCommand(frame["id"], frame["seq"], frame["action"],
+                                                           expected=self._current_members())
+        self.save()
+
+    async def send_command(self, frame: dict) -> None:
+        """Forward a command (taken on with :meth:`record_command`) to the job's workers on
+        this node; it is done once every worker that is a member of the current version
+        replied (or is gone)."""
+        if frame["id"] not in self.seen:
+            self.record_command(frame)
+        if frame["action"] == "stop":
             if (frame.get("payload") or {}).get("terminate"):
                 # The job failed; its workers may be waiting for a version that will not come.
                 await self.terminate()
@@ -291,19 +548,20 @@ class WorkerGroup:
                 return
             for worker in self.workers.values():
                 if worker.joining and worker.alive:
-                    worker.process.terminate()  # a standby holds no state worth a clean stop
-        expected = self._current_members()
+                    worker.signal(signal.SIGTERM)  # a standby holds no state worth a clean stop
         line = (json.dumps({"type": "command", "id": frame["id"], "seq": frame["seq"],
                             "action": frame["action"], "payload": frame.get("payload") or {}}) + "\n").encode()
-        if frame["action"] == "scale_workers":
-            # The control plane carries out scale_workers; the line only keeps the workers'
-            # command sequence without gaps (they agree on commands by it). Replies are ignored.
-            await self._write([w for r, w in self.workers.items() if r in expected], line)
-            return
-        command = PendingCommand(frame["id"], frame["seq"], frame["action"], expected=expected)
-        self.pending[frame["id"]] = command
+        command = self.pending.get(frame["id"])
+        expected = command.expected if command is not None else self._current_members()
         await self._write([w for r, w in self.workers.items() if r in expected], line)
-        if not expected:
+        if command is not None and not command.expected:
+            await self._command_maybe_done(command)
+
+    async def resume_commands(self) -> None:
+        """After a restart: commands whose every expected worker is gone are done now."""
+        for command in list(self.pending.values()):
+            command.expected = {r for r in command.expected if self.workers.get(r) and self.workers[r].alive} \
+                | set(command.steps) | set(command.errors)
             await self._command_maybe_done(command)
 
     # -- membership -----------------------------------------------------------------------
@@ -320,8 +578,8 @@ class WorkerGroup:
         for worker in self.workers.values():
             if worker.joining and worker.address in member_set:
                 worker.joining = False
-        line = (json.dumps({"type": "cluster", "version": version, "members": list(members)}) + "\n").encode()
-        await self._write(list(self.workers.values()), line)
+        self.save()
+        await self._write(list(self.workers.values()), self._cluster_line())
         # Workers that are no longer members owe no reply to commands in flight.
         for command in list(self.pending.values()):
             command.expected &= self._current_members() | set(command.steps) | set(command.errors)
@@ -337,9 +595,26 @@ class WorkerGroup:
         remaining = [m for m in self.members if m != worker.address and m not in self.dead]
         return bool(remaining) and len(remaining) >= self.workers_min
 
+    def _describe_exit(self, worker: LocalWorker, code: int | None) -> str:
+        if code is not None:
+            return f"worker rank {worker.rank} exited with code {code}"
+        return (f"worker rank {worker.rank} is gone (exit status unknown: it ended while no agent "
+                f"was its parent, without reporting one)")
+
     async def _watch(self, worker: LocalWorker) -> None:
-        code = await worker.process.wait()
+        while not worker.gone():
+            await asyncio.sleep(EXIT_POLL_S)
+        # Let the connection take what the worker wrote last (final replies, its exit status).
+        connection = self._connections.get(worker.rank)
+        if connection is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(connection), 3.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                connection.cancel()
+        code = worker.process.returncode if worker.process is not None else worker.exit_code
+        worker.code = code
         member = worker.address in self.members and not worker.joining
+        exited = {"code": code, "error": self.failure_excerpt(worker.rank)}
         if self.stop_requested or self.shutting_down or self.failure:
             worker.outcome = TERMINATED if code != 0 else (FINISHED if member else LEFT)
         elif code == 0:
@@ -348,23 +623,26 @@ class WorkerGroup:
                 await self._emit(worker.rank, "left", {"version": self.version})
         elif worker.joining:
             worker.outcome = CRASHED
-            await self._emit(worker.rank, "exited", {"code": code, "error": self.failure_excerpt(worker.rank)})
+            await self._emit(worker.rank, "exited", exited)
         elif not member:
             worker.outcome = CRASHED  # it died on its way out
-            await self._emit(worker.rank, "exited", {"code": code, "error": self.failure_excerpt(worker.rank)})
+            await self._emit(worker.rank, "exited", exited)
         elif self._can_continue_without(worker):
             worker.outcome = CRASHED
             self.dead.add(worker.address)
-            log.warning("job %s: worker %s exited with code %s; the job is elastic, the others go on",
-                        self.job_id, worker.rank, code)
-            await self._emit(worker.rank, "exited", {"code": code, "error": self.failure_excerpt(worker.rank)})
+            log.warning("job %s: %s; the job is elastic, the others go on", self.job_id,
+                        self._describe_exit(worker, code))
+            await self._emit(worker.rank, "exited", exited)
         else:
             worker.outcome = FAILED
-            self.failure = f"worker rank {worker.rank} exited with code {code}"
+            self.failure = self._describe_exit(worker, code)
+            self.failed_rank = worker.rank
+            self.save()
             await self.terminate()
         for command in list(self.pending.values()):
             command.expected.discard(worker.rank)
             await self._command_maybe_done(command)
+        self.save()
         self._changed.set()
 
     async def wait(self) -> tuple[bool, str]:
@@ -375,12 +653,9 @@ class WorkerGroup:
             if self.workers and not any(w.alive for w in self.workers.values()):
                 break
             await self._changed.wait()
-        await asyncio.gather(*self._watchers, *self._readers, return_exceptions=True)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        await asyncio.gather(*self._watchers, *self._connections.values(), return_exceptions=True)
         if self.failure:
-            tail = self.failure_excerpt()
+            tail = self.failure_excerpt(self.failed_rank) if self.failed_rank is not None else ""
             return False, f"{self.failure}; last output:\n{tail}" if tail else self.failure
         return True, ""
 
@@ -389,11 +664,30 @@ class WorkerGroup:
         """Whether a member of the job finished training here (vs. all left or crashed)."""
         return any(w.outcome == FINISHED for w in self.workers.values())
 
+    def _log_lines(self, rank: int, max_bytes: int = 64 * 1024) -> list[str]:
+        worker = self.workers.get(rank)
+        if worker is None or not worker.log_path:
+            return []
+        try:
+            with open(worker.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - max_bytes))
+                raw = f.read()
+        except OSError:
+            return []
+        lines = raw.decode(errors="replace").splitlines()
+        if size > max_bytes:
+            lines = lines[1:]  # the first one is probably cut
+        return [f"[rank {rank}] {line}" for line in lines[-300:]]
+
     def failure_excerpt(self, rank: int | None = None) -> str:
-        """The first traceback of the failed run if there is one, else the last lines."""
-        lines = list(self._tail)
+        """The first traceback of the failed run if there is one, else the last lines
+        (from the worker's log file; every worker's when ``rank`` is None)."""
         if rank is not None:
-            lines = [line for line in lines if line.startswith(f"[rank {rank}] ")]
+            lines = self._log_lines(rank)
+        else:
+            lines = [line for r in sorted(self.workers) for line in self._log_lines(r)]
         start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
         if start is None:
             return "\n".join(lines[-12:])
@@ -402,16 +696,15 @@ class WorkerGroup:
         return "\n".join(lines[start:end])
 
     async def terminate(self, grace_s: float = 5.0) -> None:
-        procs = [p for p in self.processes.values()]
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-        try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace_s)
-        except asyncio.TimeoutError:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.kill()
+        workers = [w for w in self.workers.values() if w.pid is not None and not w.gone()]
+        for worker in workers:
+            worker.signal(signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while any(not w.gone() for w in workers) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(EXIT_POLL_S)
+        for worker in workers:
+            if not worker.gone():
+                worker.signal(signal.SIGKILL)
 
 
-__all__ = ["WorkerGroup", "free_port"]
+__all__ = ["WorkerGroup", "free_port", "write_json_atomically"]

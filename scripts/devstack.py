@@ -8,6 +8,7 @@ left after a grace period).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +57,7 @@ class Stack:
     python: str = sys.executable
     progress: Callable[[str], None] = print
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    agent_env: dict[str, dict[str, str]] = field(default_factory=dict)  # by process name
 
     @property
     def url(self) -> str:
@@ -115,9 +117,38 @@ class Stack:
             name = f"node-{i + 1}"
             address = f"127.0.0.{i + 2}" if distinct_addresses else "127.0.0.1"
             self.progress(f"starting agent {name} ({self.agent_slots} slots, workers on {address}) …")
-            self._spawn(f"agent-{name}", [self.python, "-m", "agent"], AGENT_SERVER=self.url,
-                        AGENT_JOIN_TOKEN=join_token, AGENT_NAME=name, AGENT_ADDRESS=address,
-                        AGENT_SLOTS=str(self.agent_slots), AGENT_STATE_DIR=str(state_root / name))
+            # Everything here stops together (Ctrl-C, the end of a test run): the agents stop
+            # their workers instead of leaving them to a restarted agent.
+            self.agent_env[f"agent-{name}"] = {
+                "AGENT_SERVER": self.url, "AGENT_JOIN_TOKEN": join_token, "AGENT_NAME": name,
+                "AGENT_ADDRESS": address, "AGENT_SLOTS": str(self.agent_slots),
+                "AGENT_STATE_DIR": str(state_root / name),
+                "AGENT_ON_EXIT": self._env().get("AGENT_ON_EXIT", "stop"),
+            }
+            self.restart_agent(f"agent-{name}")
+
+    def restart_agent(self, name: str) -> subprocess.Popen:
+        """Start agent process ``name`` (e.g. ``agent-node-1``) again, with the same state
+        directory, after it stopped or was killed."""
+        old = self.processes.get(name)
+        if old is not None and old.poll() is None:
+            raise StackError(f"{name} is still running (pid {old.pid})")
+        return self._spawn(name, [self.python, "-m", "agent"], **self.agent_env[name])
+
+    def restart_web(self, grace_s: float = 10.0) -> None:
+        """Stop the web server and start it again on the same port."""
+        proc = self.processes.pop("web")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        deadline = time.monotonic() + 30
+        while not port_is_free(self.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.start_web()
 
     def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

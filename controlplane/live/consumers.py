@@ -13,7 +13,10 @@
   agents ignore versions they have). The agent relays what its workers say about
   membership as ``{"type": "worker", "job", "rank", "event", ...}`` with event
   ``standby``, ``rescaled``, ``left``, ``peer_failed`` or ``exited`` (see
-  ``services.job_worker_report``).
+  ``services.job_worker_report``). An agent frame (``applied``, ``failed``, ``worker``)
+  that carries a ``ref`` is confirmed with ``{"type": "received", "ref"}`` once handled
+  (or refused with an ``error``): the agent keeps sending it, across reconnections and
+  its own restarts, until then.
 """
 
 from __future__ import annotations
@@ -119,6 +122,12 @@ class AgentCommandConsumer(AsyncJsonWebsocketConsumer):
         await self._deliver(message["command"])
 
     async def receive_json(self, content, **kwargs):
+        await self._receive(content)
+        ref = content.get("ref") if isinstance(content, dict) else None
+        if isinstance(ref, str) and ref:
+            await self.send_json({"type": "received", "ref": ref})
+
+    async def _receive(self, content):
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "worker":
             await self._worker_report(content)

@@ -10,6 +10,8 @@ def test_defaults_and_derived_urls():
     assert config.server == "https://cp.example.org"
     assert config.ws_url == "wss://cp.example.org/ws/agent/"
     assert config.name == "n1" and config.slots >= 1 and config.join_token is None
+    assert config.on_exit == "detach" and config.orphan_grace_s == 600.0
+    assert load_config({"AGENT_ON_EXIT": " Stop "}).on_exit == "stop"
 
 
 @pytest.mark.parametrize("env, fragment", [
@@ -17,6 +19,8 @@ def test_defaults_and_derived_urls():
     ({"AGENT_SLOTS": "many"}, "AGENT_SLOTS='many' is not a valid int"),
     ({"AGENT_SLOTS": "0"}, "AGENT_SLOTS='0' must be positive"),
     ({"AGENT_HEARTBEAT_S": "-1"}, "AGENT_HEARTBEAT_S"),
+    ({"AGENT_ON_EXIT": "kill"}, "AGENT_ON_EXIT='kill' must be detach or stop"),
+    ({"AGENT_ORPHAN_GRACE_S": "0"}, "AGENT_ORPHAN_GRACE_S='0' must be positive"),
 ])
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):

@@ -21,7 +21,14 @@ from pathlib import Path
 PREFIX = "@@adaptrain "
 
 
+ROOT = Path(__file__).resolve().parents[2]
+channel = None  # agent.channel.AgentChannel when the agent gave us a socket
+
+
 def send(message: dict) -> None:
+    if channel is not None:
+        channel.send(message)
+        return
     sys.stdout.write(PREFIX + json.dumps(message) + "\n")
     sys.stdout.flush()
 
@@ -38,20 +45,36 @@ def main() -> None:
     inbox: list[dict] = []
     clusters: dict[int, list[str]] = {}
 
+    taken: set[int] = set()
+
+    def receive(message: dict) -> None:
+        with lock:
+            if message.get("type") == "command" and message["seq"] not in taken:
+                taken.add(message["seq"])  # each command once, however often it is delivered
+                inbox.append(message)
+            elif message.get("type") == "cluster":
+                clusters[int(message["version"])] = list(message["members"])
+
     def read_stdin() -> None:
         for line in sys.stdin:
             try:
                 message = json.loads(line)
             except ValueError:
                 continue
-            with lock:
-                if message.get("type") == "command":
-                    inbox.append(message)
-                elif message.get("type") == "cluster":
-                    clusters[int(message["version"])] = list(message["members"])
+            receive(message)
         os._exit(0)  # the agent went away
 
-    threading.Thread(target=read_stdin, daemon=True).start()
+    global channel
+    if env.get("ADAPTRAIN_AGENT_SOCKET"):
+        sys.path.insert(0, str(ROOT))
+        from agent.channel import AgentChannel
+
+        channel = AgentChannel(env["ADAPTRAIN_AGENT_SOCKET"], on_message=receive,
+                               grace_s=float(env.get("ADAPTRAIN_AGENT_GRACE_S", "600")),
+                               on_orphaned=lambda: os._exit(0))
+        channel.start()
+    else:
+        threading.Thread(target=read_stdin, daemon=True).start()
     print(f"fake worker at {address}, joining={joining}, version {version}", flush=True)
     if joining:
         time.sleep(0.5)  # a pretend TensorFlow start-up
