@@ -1,4 +1,5 @@
-/* The job page: live charts, event log, workers, manual commands, approvals.
+/* The job page: live charts, event log, workers, runs (with restart), manual commands,
+ * approvals.
  *
  * Data flow: stored series and events over REST first, then numbered frames from
  * /ws/jobs/{id}/. Every way data arrives is idempotent (series merge by step, events by
@@ -35,6 +36,7 @@ function setStatus(status, reason) {
   if (reason !== undefined) setText("job-reason", reason);
   const terminal = TERMINAL.has(status);
   document.querySelectorAll("#commands button, #commands input, #commands select").forEach((c) => { c.disabled = terminal; });
+  document.getElementById("restart").hidden = !terminal;
 }
 
 function setStep(step) {
@@ -90,7 +92,58 @@ function applyJobDetail(j) {
   } else if (j.workers.length) {
     body.querySelectorAll("tr.empty").forEach((r) => r.remove());
   }
+  const run = j.current_run;
+  const runKey = run ? `${run.number}:${run.status}:${run.started_at}:${run.finished_at}` : "";
+  if (runKey !== lastRunKey) { lastRunKey = runKey; loadRuns(); }
 }
+
+/* --- runs ---------------------------------------------------------------------------- */
+
+let lastRunKey = null;
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "—";
+}
+
+/* The job's runs, newest first (reloaded when the current run changes). */
+async function loadRuns() {
+  const r = await get(`/api/v1/jobs/${jobId}/runs/?limit=100`);
+  if (!r.ok) return;
+  const body = document.querySelector("#runs tbody");
+  if (!r.body.results.length) {
+    body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "6", text: "No run yet: the job has not been placed." })));
+    return;
+  }
+  body.replaceChildren(...r.body.results.map((run) => el("tr", { dataset: { run: String(run.number) } },
+    el("td", { text: `#${run.number}` }),
+    el("td", {}, el("span", { class: `status status-${run.status}`, text: run.status })),
+    el("td", { text: when(run.started_at) }),
+    el("td", { text: when(run.finished_at) }),
+    el("td", { title: run.resume_note, text: run.resumed_from ? `${run.resumed_from}${run.resumed_from_step !== null ? ` (step ${run.resumed_from_step})` : ""}` : "scratch" }),
+    el("td", { class: "reason-cell", text: run.status_reason }))));
+}
+
+document.getElementById("restart").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const button = document.getElementById("restart-button");
+  const out = document.getElementById("restart-result");
+  const body = {};
+  if (document.getElementById("restart-from").value === "scratch") body.resume_from = null;
+  const reason = document.getElementById("restart-reason").value.trim();
+  if (reason) body.reason = reason;
+  button.disabled = true;
+  const r = await post(`/api/v1/jobs/${jobId}/restart/`, body);
+  button.disabled = false;
+  if (r.ok) {
+    out.textContent = `Run ${r.body.number} started (${r.body.status}): ${r.body.resume_note}.`;
+    out.className = "result ok";
+    setStatus("pending", `restarted as run ${r.body.number}`);
+    loadRuns();
+  } else {
+    out.textContent = `Restart refused: ${errorMessage(r)}`;
+    out.className = "result error";
+  }
+});
 
 /* --- events ------------------------------------------------------------------------ */
 
