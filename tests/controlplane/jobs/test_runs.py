@@ -285,3 +285,13 @@ def test_idempotency_keys_are_per_run(user, nodes):
     again = services.command_issue(job=job, type="set_lr", value=0.2, issued_by="policy:p/r",
                                    idempotency_key="policy-1-r-0")
     assert again[0].id != first[0].id and again[0].run_id == job.current_run_id
+
+
+def test_the_job_page_has_the_runs_table_and_offers_restart_only_for_a_finished_job(client, user, nodes):
+    client.force_login(user)
+    job = _start(_job(user))
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    assert 'id="runs"' in page and '<form id="restart" class="row wrap" hidden>' in page
+    job = _fail(job)
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    assert '<form id="restart" class="row wrap" >' in page
