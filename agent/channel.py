@@ -10,6 +10,12 @@ that is not a metric are never dropped; metric messages beyond
 ``MAX_BUFFERED_METRICS`` are dropped oldest first and counted (the count goes to the
 next agent as ``{"type": "dropped", "metrics": n}``).
 
+Every message but metrics carries a number ``n`` (1, 2, …) and stays with the worker
+after it was written until the agent acknowledges it (``{"type": "ack", "n"}``, which
+acknowledges everything up to ``n``): a message written into the socket of an agent that
+died before reading it is written again to the next agent, which skips numbers it has
+seen. Metrics are not acknowledged: those in flight when an agent dies are lost.
+
 A worker with no agent for longer than ``ADAPTRAIN_AGENT_GRACE_S`` seconds is an
 orphan: :attr:`AgentChannel.orphaned` is set and the ``on_orphaned`` callback runs (the
 runtime stops the worker), so workers whose agent never comes back do not run forever.
@@ -98,7 +104,9 @@ class AgentChannel:
         self.dropped_metrics = 0       # metric messages dropped while no agent was connected
         self.connections = 0           # agent connections accepted so far
         self.orphaned = threading.Event()
-        self._buffer: collections.deque[tuple[bool, bytes]] = collections.deque()
+        self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()  # (n or 0, line)
+        self._unacked: collections.deque[tuple[int, bytes]] = collections.deque()  # written, not acked
+        self._last_n = 0
         self._buffered_metrics = 0
         self._unreported_drops = 0
         self._conn: socket.socket | None = None
@@ -147,23 +155,25 @@ class AgentChannel:
 
     # -- sending ----------------------------------------------------------------------
     def send(self, message: dict) -> None:
-        line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-        is_metric = message.get("type") == "metrics"
         with self._lock:
-            if self._conn is not None and not self._buffer and self._sendall(line):
-                return
-            self._append(is_metric, line)
+            n = 0
+            if message.get("type") != "metrics":
+                self._last_n += 1
+                n = self._last_n
+                message = {**message, "n": n}
+            line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+            self._append(n, line)
             if self._conn is not None:
                 self._flush()
 
-    def _append(self, is_metric: bool, line: bytes) -> None:
+    def _append(self, n: int, line: bytes) -> None:
         """Buffer a line (lock held); beyond the limit drop the oldest metric message."""
-        self._buffer.append((is_metric, line))
-        if is_metric:
+        self._buffer.append((n, line))
+        if not n:
             self._buffered_metrics += 1
             if self._buffered_metrics > self.max_buffered_metrics:
-                for i, (metric, _) in enumerate(self._buffer):
-                    if metric:
+                for i, (number, _) in enumerate(self._buffer):
+                    if not number:
                         del self._buffer[i]
                         break
                 self._buffered_metrics -= 1
@@ -179,6 +189,12 @@ class AgentChannel:
             self._drop_connection(self._conn)
             return False
 
+    def _acked(self, n: int) -> None:
+        with self._lock:
+            while self._unacked and self._unacked[0][0] <= n:
+                self._unacked.popleft()
+            self._flushed.notify_all()
+
     def _drop_connection(self, conn: socket.socket) -> None:
         """(lock held) The agent went away: buffer from now on."""
         if self._conn is conn:
@@ -190,24 +206,27 @@ class AgentChannel:
     def _flush(self) -> None:
         """(lock held) Send the buffer in order to the connected agent."""
         if self._unreported_drops:
-            self._buffer.append((False, (json.dumps({"type": "dropped", "metrics": self._unreported_drops})
-                                         + "\n").encode()))
+            self._last_n += 1
+            self._buffer.append((self._last_n, (json.dumps({"type": "dropped", "metrics": self._unreported_drops,
+                                                            "n": self._last_n}) + "\n").encode()))
             self._unreported_drops = 0
         while self._buffer and self._conn is not None:
-            is_metric, line = self._buffer[0]
+            n, line = self._buffer[0]
             if not self._sendall(line):
                 return
             self._buffer.popleft()
-            if is_metric:
+            if n:
+                self._unacked.append((n, line))
+            else:
                 self._buffered_metrics -= 1
         self._flushed.notify_all()
 
     def wait_flushed(self, timeout_s: float) -> bool:
-        """Block until an agent is connected and has been sent everything buffered, or the
+        """Block until an agent is connected and has acknowledged everything, or the
         timeout passed, or the worker was orphaned. True when flushed."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            while self._conn is None or self._buffer:
+            while self._conn is None or self._buffer or self._unacked:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.orphaned.is_set() or self._closed:
                     return False
@@ -236,7 +255,12 @@ class AgentChannel:
                 self._conn = conn
                 self._agent_since = time.monotonic()
                 self.connections += 1
-                self._flush()
+                # What the previous agent may not have read comes first, in order.
+                for _, line in list(self._unacked):
+                    if not self._sendall(line):
+                        break
+                else:
+                    self._flush()
             threading.Thread(target=self._read, args=(conn,), name="adaptrain-agent-reader",
                              daemon=True).start()
 
@@ -257,7 +281,12 @@ class AgentChannel:
                     except ValueError:
                         print(f"ignoring malformed line from the agent: {raw[:200]!r}", file=sys.stderr)
                         continue
-                    if isinstance(message, dict):
+                    if not isinstance(message, dict):
+                        continue
+                    if message.get("type") == "ack":
+                        if isinstance(message.get("n"), int):
+                            self._acked(message["n"])
+                    else:
                         self.on_message(message)
         except OSError:
             pass

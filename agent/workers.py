@@ -116,6 +116,7 @@ class LocalWorker:
     exit_code: int | None = None   # from its "exit" message
     code: int | None = None        # how it ended, when known
     replied_seq: int = 0           # highest command seq it answered
+    acked_n: int = 0               # its numbered messages handled (and acknowledged) so far
     writer: asyncio.StreamWriter | None = None
 
     @property
@@ -141,7 +142,7 @@ class LocalWorker:
         return {"rank": self.rank, "port": self.port, "address": self.address, "joining": self.joining,
                 "pid": self.pid, "start_time": self.start_time, "socket": self.socket_path,
                 "log": self.log_path, "outcome": self.outcome, "left_reported": self.left_reported,
-                "code": self.code, "replied_seq": self.replied_seq}
+                "code": self.code, "replied_seq": self.replied_seq, "acked_n": self.acked_n}
 
     @classmethod
     def from_state(cls, d: dict) -> LocalWorker:
@@ -149,7 +150,7 @@ class LocalWorker:
                    pid=d.get("pid"), start_time=d.get("start_time"), socket_path=d.get("socket", ""),
                    log_path=d.get("log", ""), outcome=d.get("outcome", ""),
                    left_reported=bool(d.get("left_reported")), code=d.get("code"),
-                   replied_seq=int(d.get("replied_seq", 0)))
+                   replied_seq=int(d.get("replied_seq", 0)), acked_n=int(d.get("acked_n", 0)))
 
 
 WorkerEvent = Callable[[int, str, dict], Awaitable[None]]
@@ -412,8 +413,17 @@ class WorkerGroup:
                     except json.JSONDecodeError:
                         log.warning("job %s worker %s: malformed protocol line", self.job_id, worker.rank)
                         continue
-                    if isinstance(message, dict):
-                        await self._handle(worker.rank, message)
+                    if not isinstance(message, dict):
+                        continue
+                    n = message.get("n")
+                    if isinstance(n, int) and n <= worker.acked_n:
+                        continue  # written again after a reconnection; handled before
+                    await self._handle(worker.rank, message)
+                    if isinstance(n, int):
+                        # Its effect is on disk (state, outbox) before the worker lets go of it.
+                        worker.acked_n = n
+                        self.save()
+                        writer.write(b'{"type":"ack","n":%d}\n' % n)
             except (OSError, ValueError, asyncio.IncompleteReadError):
                 pass
             finally:
@@ -429,6 +439,7 @@ class WorkerGroup:
             await self.on_worker_event(rank, event, data)
 
     async def _handle(self, rank: int, message: dict) -> None:
+        message.pop("n", None)
         kind = message.get("type")
         worker = self.workers.get(rank)
         if kind == "metrics":

@@ -93,8 +93,8 @@ class Stack:
         self.progress("applying database migrations …")
         self.manage("migrate", "--noinput")
 
-    def start_web(self) -> None:
-        if not port_is_free(self.port):
+    def start_web(self, *, check_port: bool = True) -> None:
+        if check_port and not port_is_free(self.port):
             raise StackError(f"port {self.port} is in use; pass another port (e.g. PORT=8001).")
         self.progress(f"starting the web server on {self.url} …")
         self._spawn("web", [self.python, "-m", "uvicorn", "controlplane.asgi:application",
@@ -145,10 +145,9 @@ class Stack:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        deadline = time.monotonic() + 30
-        while not port_is_free(self.port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.start_web()
+        # Connections of the old server may linger in TIME_WAIT on the port: the server
+        # binds it anyway (SO_REUSEADDR), a plain bind as in port_is_free would not.
+        self.start_web(check_port=False)
 
     def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

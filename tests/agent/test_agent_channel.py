@@ -19,13 +19,17 @@ from agent.channel import AgentChannel, process_alive, process_start_time, unix_
 
 
 class FakeAgent:
-    """A client end of the worker's socket, as the agent holds it."""
+    """A client end of the worker's socket, as the agent holds it. It acknowledges the
+    numbered messages it reads (unless ``ack`` is off) and hands them over without their
+    number; ``numbers`` keeps the numbers seen."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, ack: bool = True):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with unix_path(path) as name:
             self.sock.connect(name)
         self.sock.settimeout(10)
+        self.ack = ack
+        self.numbers: list[int] = []
         self._pending = b""
 
     def read(self, n: int) -> list[dict]:
@@ -37,7 +41,13 @@ class FakeAgent:
                     raise EOFError(f"connection closed after {len(messages)} of {n} messages")
                 self._pending += chunk
             line, self._pending = self._pending.split(b"\n", 1)
-            messages.append(json.loads(line))
+            message = json.loads(line)
+            if "n" in message:
+                number = message.pop("n")
+                self.numbers.append(number)
+                if self.ack:
+                    self.write({"type": "ack", "n": number})
+            messages.append(message)
         return messages
 
     def write(self, message: dict) -> None:
@@ -122,6 +132,28 @@ def test_a_new_agent_gets_what_was_sent_while_none_was_connected_and_replaces_th
     second.close()
 
 
+def test_messages_the_agent_did_not_acknowledge_are_written_again_to_the_next_one(channel):
+    """A message written into the socket of an agent that died before handling it is not
+    lost: the next agent gets it again (and skips numbers it has seen); metrics are not
+    kept."""
+    first = FakeAgent(channel.path, ack=False)
+    wait_until(lambda: channel.connected)
+    channel.send({"type": "standby", "address": "a:1"})
+    channel.send({"type": "metrics", "points": []})
+    channel.send({"type": "applied", "id": 5, "seq": 1, "step": 3})
+    assert [m["type"] for m in first.read(3)] == ["standby", "metrics", "applied"]
+    first.write({"type": "ack", "n": first.numbers[0]})  # it handled only the first
+    wait_until(lambda: len(channel._unacked) == 1)
+    first.close()
+    wait_until(lambda: not channel.connected)
+    channel.send({"type": "left", "version": 2, "step": 4})
+    second = FakeAgent(channel.path)
+    assert [m["type"] for m in second.read(2)] == ["applied", "left"]
+    assert second.numbers == [first.numbers[1], first.numbers[1] + 1]
+    assert channel.wait_flushed(5)
+    second.close()
+
+
 def test_lines_from_the_agent_reach_the_worker(channel):
     agent = FakeAgent(channel.path)
     agent.write({"type": "command", "id": 7, "seq": 1, "action": "set_lr", "payload": {"value": 0.1}})
@@ -131,16 +163,18 @@ def test_lines_from_the_agent_reach_the_worker(channel):
     agent.close()
 
 
-def test_wait_flushed_waits_for_an_agent_to_take_the_last_messages(channel):
+def test_wait_flushed_waits_for_an_agent_to_acknowledge_the_last_messages(channel):
     channel.send({"type": "exit", "code": 0})
     assert not channel.wait_flushed(0.2)
     result = {}
     waiter = threading.Thread(target=lambda: result.setdefault("ok", channel.wait_flushed(10)))
     waiter.start()
     agent = FakeAgent(channel.path)
+    time.sleep(0.3)
+    assert waiter.is_alive()  # written, but not acknowledged yet
+    assert agent.read(1) == [{"type": "exit", "code": 0}]  # read and acknowledged
     waiter.join(10)
     assert result == {"ok": True}
-    assert agent.read(1) == [{"type": "exit", "code": 0}]
     agent.close()
 
 
