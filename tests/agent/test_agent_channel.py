@@ -294,3 +294,19 @@ def test_a_failing_worker_reports_its_exit_status_to_the_agent(tmp_path):
             proc.kill()
         out = proc.communicate()[0]
     assert "RuntimeError: failing as asked" in out
+
+
+def test_a_worker_left_without_an_agent_stops_itself_after_the_grace_period(tmp_path):
+    path = str(tmp_path / "w.sock")
+    env = {**os.environ, "ADAPTRAIN_JOB": "1", "ADAPTRAIN_RANK": "0", "ADAPTRAIN_PEERS": "127.0.0.1:1",
+           "ADAPTRAIN_AGENT_SOCKET": path, "ADAPTRAIN_AGENT_GRACE_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "no agent connected for 1 s" in out and "Traceback" not in out
+    assert not os.path.exists(path)

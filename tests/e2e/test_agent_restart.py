@@ -5,7 +5,8 @@ web, Celery, one agent and two TensorFlow workers.
   down, and a new agent starts on the same state directory: it re-attaches to the same
   worker processes, which trained on meanwhile; the metrics they reported while no
   agent listened arrive (only those the killed agent held unposted in memory may be
-  lost); the command is applied once, at the same step on both workers; the job then
+  lost); the command is applied once, at the same step on both workers. A SIGTERM in
+  detach mode (the default) leaves the workers running for a third agent; the job then
   finishes and succeeds.
 * The web process restarts while a job trains: the agent reconnects, a command issued
   afterwards is applied, and the job succeeds.
@@ -139,6 +140,24 @@ def test_killed_agent_is_restarted_and_reattaches_to_the_running_workers(restart
     now = _last_step(api, job_id)
     wait_for(lambda: _last_step(api, job_id) > now, timeout_s=60, what="new metrics after the restart",
              stack=stack)
+
+    # SIGTERM with AGENT_ON_EXIT=detach (the default; the stack's agents use stop): the agent
+    # exits at once and leaves the workers training for the next one.
+    agent = stack.processes.pop(AGENT)
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(timeout=10)
+    stack.agent_env[AGENT]["AGENT_ON_EXIT"] = "detach"
+    try:
+        detaching = stack.restart_agent(AGENT)
+        wait_for(lambda: (stack.log_dir / f"{AGENT}.log").read_text().count("re-attached to 2 running") == 2,
+                 timeout_s=60, what="the second agent to re-attach")
+        stack.processes.pop(AGENT)
+        detaching.send_signal(signal.SIGTERM)
+        assert detaching.wait(timeout=20) == 0
+    finally:
+        stack.agent_env[AGENT]["AGENT_ON_EXIT"] = "stop"
+    assert all(_alive(pid) for pid in pids.values())
+    stack.restart_agent(AGENT)
 
     job = wait_for_job(api, job_id, lambda j: j["status"] in ("succeeded", "failed") and j, timeout_s=400,
                        what="the job to finish", stack=stack)
