@@ -486,9 +486,9 @@ class Trainer:
 
         @tf.function(input_signature=[
             tf.TensorSpec(feature_shape, tf.float32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32),
         ])
-        def step(x, y, inv_global_batch, local_scale_sq):
+        def step(x, y, inv_global_batch, local_scale_sq, agree_slots):
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 loss_sum = tf.reduce_sum(loss_fn(y, logits))
@@ -499,16 +499,20 @@ class Trainer:
                 tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
             # This worker's own mean gradient is B/n times its share (scaled by 1/B).
             local_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]) * local_scale_sq
+            # Room for the command agreement at the end (see _allreduce_in_step), so the
+            # allreduce works on this buffer in place.
             flat = tf.concat([tf.reshape(g, [-1]) for g in grads] + [
-                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1]), tf.reshape(local_sq, [1])], axis=0)
+                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1]), tf.reshape(local_sq, [1]),
+                tf.zeros([agree_slots])], axis=0)
             if distributed:
                 flat = tf.ensure_shape(
                     tf.numpy_function(self._allreduce_in_step, [flat], tf.float32, stateful=True), flat.shape)
-            parts = tf.split(flat[:-3], sizes)
+            n = sum(sizes)
+            parts = tf.split(flat[:n], sizes)
             averaged = [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
             optimizer.apply_gradients(zip(averaged, variables, strict=True))
             big_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in averaged])
-            return tf.concat([flat[-3:], tf.reshape(big_sq, [1])], axis=0)
+            return tf.concat([flat[n:n + 3], tf.reshape(big_sq, [1])], axis=0)
 
         self._fused[distributed] = step
         return step
@@ -524,21 +528,24 @@ class Trainer:
         if comm is None:
             return flat
         t0 = time.perf_counter()
-        n, size, rank = flat.size, session.size, session.rank
-        buf = np.zeros(n + 4 * size, np.float32)
-        buf[:n] = flat
+        size, rank = session.size, session.rank
+        if flat.size < 4 * size:
+            raise RuntimeError("the fused step was called without room for the command agreement")
+        buf = flat if flat.flags.writeable and flat.flags.c_contiguous else flat.copy()
+        slots = buf[buf.size - 4 * size:]
         seq, version = session.received_seq(), session.latest_cluster_version()
-        buf[n + 4 * rank:n + 4 * rank + 4] = (seq >> 20, seq & 0xFFFFF, version >> 20, version & 0xFFFFF)
+        slots[:] = 0.0
+        slots[4 * rank:4 * rank + 4] = (seq >> 20, seq & 0xFFFFF, version >> 20, version & 0xFFFFF)
         try:
             comm.allreduce(buf, op="sum")
         except Exception as exc:  # noqa: BLE001 - carried out of the graph by _run_fused
             self._step_error = exc
             raise
-        slots = buf[n:].reshape(size, 4).astype(np.int64)
-        seqs, versions = (slots[:, 0] << 20) | slots[:, 1], (slots[:, 2] << 20) | slots[:, 3]
+        agreed = slots.reshape(size, 4).astype(np.int64)
+        seqs, versions = (agreed[:, 0] << 20) | agreed[:, 1], (agreed[:, 2] << 20) | agreed[:, 3]
         self._agreed_ahead = (session.cluster_version, int(seqs.min()), int(versions.min()))
         self._step_comm_s = time.perf_counter() - t0
-        return buf[:n]
+        return buf
 
     def _run_fused(self, x: np.ndarray, y: np.ndarray, global_batch: int, local_scale_sq: float,
                    distributed: bool) -> np.ndarray:
@@ -546,9 +553,10 @@ class Trainer:
         self._step_error = None
         self._step_comm_s = 0.0
         try:
+            slots = 4 * self.session.size if distributed and self.session.communicator is not None else 0
             return self._fused_step(distributed)(
                 tf.constant(x), tf.constant(y), tf.constant(1.0 / global_batch, tf.float32),
-                tf.constant(local_scale_sq, tf.float32)).numpy()
+                tf.constant(local_scale_sq, tf.float32), tf.constant(slots, tf.int32)).numpy()
         except tf.errors.OpError as exc:
             error, self._step_error = self._step_error, None
             if error is not None:  # the collective failed: the update did not happen
