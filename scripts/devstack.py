@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -47,6 +47,84 @@ class StackError(RuntimeError):
     pass
 
 
+class NetworkNamespaces:
+    """Hosts of their own on one machine: a Linux network namespace per agent, each joined
+    by a veth pair to a private bridge in the machine's own namespace, where the control
+    plane listens on the bridge's address. Workers in different namespaces reach each
+    other only over that virtual network (no loopback, no shared memory between them).
+    Needs root (CAP_NET_ADMIN) and iproute2; :meth:`available` says whether both are
+    there. Names carry ``tag`` so that parallel stacks do not collide."""
+
+    def __init__(self, count: int, tag: str):
+        self.count = count
+        self.tag = tag[:6]
+        self.subnet = self._free_subnet()
+        self.bridge = f"atb{self.tag}"
+        self.names = [f"adaptrain-{self.tag}-{i + 1}" for i in range(count)]
+        self.host = f"10.{self.subnet}.1"
+        self.addresses = [f"10.{self.subnet}.{i + 2}" for i in range(count)]
+        self.created = False
+
+    @staticmethod
+    def available() -> bool:
+        if os.geteuid() != 0 or not _which("ip"):
+            return False
+        probe = f"adaptrain-probe-{os.getpid()}"
+        ok = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+        if ok:
+            subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+        return ok
+
+    @staticmethod
+    def _free_subnet() -> str:
+        used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        for third in range(200, 250):
+            for fourth in range(0, 256, 1):
+                candidate = f"{third}.{fourth}"
+                if f" 10.{candidate}." not in used:
+                    return candidate
+        raise StackError("no free 10.x.y.0/24 subnet for the agents' network namespaces")
+
+    def _ip(self, *args: str, namespace: str | None = None) -> None:
+        argv = ["ip", *(["netns", "exec", namespace, "ip"] if namespace else []), *args]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise StackError(f"`{' '.join(argv)}` failed: {result.stderr.strip()}")
+
+    def create(self) -> None:
+        self.created = True
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._ip("addr", "add", f"{self.host}/24", "dev", self.bridge)
+        self._ip("link", "set", self.bridge, "up")
+        for i, name in enumerate(self.names):
+            outside, inside = f"atv{self.tag}{i}", f"atv{self.tag}{i}n"
+            self._ip("netns", "add", name)
+            self._ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+            self._ip("link", "set", inside, "netns", name)
+            self._ip("link", "set", outside, "master", self.bridge, "up")
+            self._ip("addr", "add", f"{self.addresses[i]}/24", "dev", inside, namespace=name)
+            self._ip("link", "set", inside, "up", namespace=name)
+            self._ip("link", "set", "lo", "up", namespace=name)
+
+    def wrap(self, index: int, argv: list[str]) -> list[str]:
+        """``argv`` run inside namespace ``index``."""
+        return ["ip", "netns", "exec", self.names[index], *argv]
+
+    def delete(self) -> None:
+        if not self.created:
+            return
+        for name in self.names:  # takes the veth pairs with it
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        self.created = False
+
+
+def _which(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
 @dataclass
 class Stack:
     env: dict[str, str]                 # DATABASE_URL, REDIS_URL and any overrides
@@ -58,14 +136,25 @@ class Stack:
     progress: Callable[[str], None] = print
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     agent_env: dict[str, dict[str, str]] = field(default_factory=dict)  # by process name
+    # Agents in network namespaces of their own (see NetworkNamespaces); the web server
+    # then listens on the namespaces' bridge address.
+    namespaces: NetworkNamespaces | None = None
+    agent_argv: dict[str, list[str]] = field(default_factory=dict)  # by process name
+
+    @property
+    def host(self) -> str:
+        return self.namespaces.host if self.namespaces is not None else "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
+        if self.namespaces is not None and "ALLOWED_HOSTS" not in self.env:
+            # The agents (and the tests) reach the web server by the bridge's address.
+            env["ALLOWED_HOSTS"] = f"localhost,127.0.0.1,{self.namespaces.host}"
         env.update(extra)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
@@ -94,11 +183,11 @@ class Stack:
         self.manage("migrate", "--noinput")
 
     def start_web(self, *, check_port: bool = True) -> None:
-        if check_port and not port_is_free(self.port):
+        if check_port and not port_is_free(self.port, self.host):
             raise StackError(f"port {self.port} is in use; pass another port (e.g. PORT=8001).")
         self.progress(f"starting the web server on {self.url} …")
         self._spawn("web", [self.python, "-m", "uvicorn", "controlplane.asgi:application",
-                            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"])
+                            "--host", self.host, "--port", str(self.port), "--log-level", "warning"])
         self._wait_http(self.url + "/login/", "web", timeout_s=60)
 
     def start_celery(self) -> None:
@@ -111,12 +200,22 @@ class Stack:
                                     "--loglevel", "INFO", "--schedule", str(schedule)])
 
     def start_agents(self, join_token: str, state_root: Path, *, distinct_addresses: bool = False) -> None:
-        """Start the agents; with ``distinct_addresses`` agent i's workers listen on
-        127.0.0.(i+2), so each agent is a host of its own as far as the workers can tell."""
+        """Start the agents. With :attr:`namespaces` each agent (and so its workers) runs in
+        a network namespace of its own, a host on a virtual network; otherwise, with
+        ``distinct_addresses``, agent i's workers listen on 127.0.0.(i+2), so each agent is
+        a host of its own as far as the workers can tell."""
+        if self.namespaces is not None and self.namespaces.count < self.agents:
+            raise StackError(f"{self.agents} agents need as many network namespaces")
         for i in range(self.agents):
             name = f"node-{i + 1}"
-            address = f"127.0.0.{i + 2}" if distinct_addresses else "127.0.0.1"
-            self.progress(f"starting agent {name} ({self.agent_slots} slots, workers on {address}) …")
+            if self.namespaces is not None:
+                address = self.namespaces.addresses[i]
+                self.agent_argv[f"agent-{name}"] = self.namespaces.wrap(i, [self.python, "-m", "agent"])
+                where = f"network namespace {self.namespaces.names[i]}, address {address}"
+            else:
+                address = f"127.0.0.{i + 2}" if distinct_addresses else "127.0.0.1"
+                where = f"workers on {address}"
+            self.progress(f"starting agent {name} ({self.agent_slots} slots, {where}) …")
             # Everything here stops together (Ctrl-C, the end of a test run): the agents stop
             # their workers instead of leaving them to a restarted agent.
             self.agent_env[f"agent-{name}"] = {
@@ -133,7 +232,7 @@ class Stack:
         old = self.processes.get(name)
         if old is not None and old.poll() is None:
             raise StackError(f"{name} is still running (pid {old.pid})")
-        return self._spawn(name, [self.python, "-m", "agent"], **self.agent_env[name])
+        return self._spawn(name, self.agent_argv.get(name, [self.python, "-m", "agent"]), **self.agent_env[name])
 
     def restart_web(self, grace_s: float = 10.0) -> None:
         """Stop the web server and start it again on the same port."""

@@ -16,7 +16,7 @@ import pytest
 from psycopg2 import sql
 
 from agent.local import free_port
-from scripts.devstack import ApiClient, Stack, StackError, ensure_user
+from scripts.devstack import ApiClient, NetworkNamespaces, Stack, StackError, ensure_user
 
 
 def _recreate_database(database_url: str, name: str) -> str:
@@ -39,11 +39,20 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multinode_stack(tmp_path_factory):
-    """Three agents with one slot each, their workers on 127.0.0.2, .3 and .4."""
-    yield from _stack(tmp_path_factory, suffix="multinode", agents=3, slots=1, distinct_addresses=True)
+    """Three agents with one slot each, each in a network namespace of its own (a host on a
+    virtual network: veth pairs on a private bridge, the control plane on the bridge's
+    address). Where namespaces cannot be made (not root, no iproute2) their workers
+    listen on 127.0.0.2, .3 and .4 instead; ``stack.namespaces`` says which it got.
+    ADAPTRAIN_TEST_NETNS=0 asks for the loopback addresses."""
+    use_namespaces = os.environ.get("ADAPTRAIN_TEST_NETNS", "1") != "0" and NetworkNamespaces.available()
+    if not use_namespaces:
+        print("[stack] network namespaces unavailable: agents on 127.0.0.2-4 instead", flush=True)
+    yield from _stack(tmp_path_factory, suffix="multinode", agents=3, slots=1, distinct_addresses=True,
+                      namespaces=use_namespaces)
 
 
-def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int, distinct_addresses: bool = False):
+def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int, distinct_addresses: bool = False,
+           namespaces: bool = False):
     from django.conf import settings
 
     # A database of its own, named after the configured one so parallel runs with
@@ -62,6 +71,9 @@ def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int, distinct_a
     s = Stack(env=env, log_dir=log_dir, port=free_port(), agents=agents, agent_slots=slots,
               progress=lambda m: print(f"[stack] {m}", flush=True))
     try:
+        if namespaces:
+            s.namespaces = NetworkNamespaces(agents, tag=f"{os.getpid() % 10000:04d}")
+            s.namespaces.create()
         s.migrate()
         s.token = ensure_user(s, "e2e", "e2e-password")
         s.password = "e2e-password"
@@ -75,6 +87,8 @@ def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int, distinct_a
         yield s
     finally:
         s.stop()
+        if s.namespaces is not None:
+            s.namespaces.delete()
         print(f"[stack] logs kept in {log_dir}")
 
 

@@ -1,6 +1,7 @@
-"""One job trained across three agents whose workers listen on distinct addresses
-(127.0.0.2, .3, .4): placement spreads it, the control plane serves the cluster spec,
-and a command reaches every node's workers at the same step."""
+"""One job trained across three agents, each in a network namespace of its own (a host on
+a virtual network; distinct loopback addresses where namespaces cannot be made):
+placement spreads it, the control plane serves the cluster spec, the workers' ring runs
+over the virtual network, and a command reaches every node's workers at the same step."""
 
 import pytest
 
@@ -20,6 +21,11 @@ def test_job_spans_three_nodes_and_applies_a_command_in_lock_step(multinode_stac
     detail = wait_for_job(api, job["id"], lambda j: j["status"] == "running" and j, timeout_s=120,
                           what="the job to run on three nodes", stack=multinode_stack)
     assert sorted(w["node"] for w in detail["workers"]) == ["node-1", "node-2", "node-3"]
+    if multinode_stack.namespaces is not None:
+        # Each worker listens on its own namespace's address: every link is the veth network.
+        nodes = {n["name"]: n for n in api.get("/api/v1/nodes/")[1]}
+        hosts = sorted(nodes[f"node-{i + 1}"]["address"] for i in range(3))
+        assert hosts == sorted(multinode_stack.namespaces.addresses), nodes
     wait_for_job(api, job["id"], lambda j: j["last_step"] >= 50, timeout_s=60,
                  what="training to make progress", stack=multinode_stack)
 
