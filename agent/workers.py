@@ -212,10 +212,12 @@ class WorkerGroup:
             write_json_atomically(self.state_path, self.state())
 
     def forget(self) -> None:
-        """The job is over here: remove its state file and sockets."""
+        """The job is over here: remove its state file and sockets (for good: a watcher
+        finishing later must not write the file again)."""
         if self.state_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.state_path.unlink()
+            self.state_path = None
         for worker in self.workers.values():
             if worker.socket_path:
                 with contextlib.suppress(FileNotFoundError):
