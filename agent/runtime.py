@@ -328,6 +328,10 @@ def configure_tensorflow_threads(threads: int = 1) -> None:
 STRATEGIES = ("ssgd", "sma", "pair")
 # Allreduce algorithms of the native library, switched collectively at a step boundary.
 TOPOLOGIES = ("ring", "tree", "star", "auto")
+# Commands that reach the workers only to keep the job's command sequence gap-free: the
+# control plane and the agents carry them out. (So is a ``stop`` listing ``joiners``: the
+# agents end those abandoned standbys, the members train on.)
+AGENT_ACTIONS = ("scale_workers",)
 
 
 class GlobalBatchSampler:
@@ -728,6 +732,10 @@ class Trainer:
     def _apply_command(self, command: dict) -> None:
         action = command.get("action")
         value = (command.get("payload") or {}).get("value")
+        if action in AGENT_ACTIONS or (action == "stop" and "joiners" in (command.get("payload") or {})):
+            # Carried out by the control plane and the agents (a resize; ending abandoned
+            # standbys): only its sequence number counts here.
+            return
         try:
             if action == "set_batch_size":
                 if not isinstance(value, int) or value < 1:

@@ -61,6 +61,11 @@ MAX_KEPT_COMMANDS = 1000   # forwarded commands kept to send again to workers th
 EXIT_POLL_S = 0.1
 
 
+def _ends_joiners(frame: dict) -> bool:
+    """A ``stop`` that ends only the standbys it lists (services.joiners_expire)."""
+    return frame.get("action") == "stop" and isinstance((frame.get("payload") or {}).get("joiners"), list)
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -118,6 +123,7 @@ class LocalWorker:
     replied_seq: int = 0           # highest command seq it answered
     acked_n: int = 0               # its numbered messages handled (and acknowledged) so far
     writer: asyncio.StreamWriter | None = None
+    abandoned: bool = False        # a standby the control plane gave up on: ended, not a crash
 
     @property
     def alive(self) -> bool:
@@ -534,7 +540,8 @@ class WorkerGroup:
         inert scale_workers line, who must answer it) in the state on disk, so that an
         agent restarting after the ack still forwards it and reports it."""
         self.seen.add(frame["id"])
-        if frame["action"] == "stop":
+        ends_joiners = _ends_joiners(frame)
+        if frame["action"] == "stop" and not ends_joiners:
             self.stop_requested = True
             if (frame.get("payload") or {}).get("terminate"):
                 self.meta["terminate"] = frame["id"]  # a restarted agent carries it out
@@ -542,7 +549,7 @@ class WorkerGroup:
             self.commands.append({"type": "command", "id": frame["id"], "seq": frame["seq"],
                                   "action": frame["action"], "payload": frame.get("payload") or {}})
             del self.commands[:-MAX_KEPT_COMMANDS]
-            if frame["action"] != "scale_workers":
+            if frame["action"] != "scale_workers" and not ends_joiners:
                 self.pending[frame["id"]] = PendingCommand(frame["id"], frame["seq"], frame["action"],
                                                            expected=self._current_members())
         self.save()
@@ -553,6 +560,20 @@ class WorkerGroup:
         replied (or is gone)."""
         if frame["id"] not in self.seen:
             self.record_command(frame)
+        if _ends_joiners(frame):
+            # Standbys the control plane gave up on (the grow timed out): end those listed
+            # for this node. The members train on; the line only keeps their command
+            # sequence gap-free (the runtime does nothing else with it).
+            listed = {int(r) for r in frame["payload"]["joiners"]}
+            for rank, worker in self.workers.items():
+                if rank in listed and worker.joining and worker.alive:
+                    worker.abandoned = True
+                    worker.signal(signal.SIGTERM)
+            line = (json.dumps({"type": "command", "id": frame["id"], "seq": frame["seq"],
+                                "action": frame["action"], "payload": frame["payload"]}) + "\n").encode()
+            await self._write([w for r, w in self.workers.items() if r in self._current_members()], line)
+            await self.on_command_done(frame["id"], True, None, "")
+            return
         if frame["action"] == "stop":
             if (frame.get("payload") or {}).get("terminate"):
                 # The job failed; its workers may be waiting for a version that will not come.
@@ -628,7 +649,9 @@ class WorkerGroup:
         worker.code = code
         member = worker.address in self.members and not worker.joining
         exited = {"code": code, "error": self.failure_excerpt(worker.rank)}
-        if self.stop_requested or self.shutting_down or self.failure:
+        if worker.abandoned:
+            worker.outcome = TERMINATED  # the control plane already counts it failed
+        elif self.stop_requested or self.shutting_down or self.failure:
             worker.outcome = TERMINATED if code != 0 else (FINISHED if member else LEFT)
         elif code == 0:
             worker.outcome = FINISHED if member else LEFT

@@ -131,7 +131,7 @@ class Stack:
     log_dir: Path
     port: int = 8000
     agents: int = 1
-    agent_slots: int = 4
+    agent_slots: int | list[int] = 4  # every agent's, or each agent's in order
     python: str = sys.executable
     progress: Callable[[str], None] = print
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -215,12 +215,13 @@ class Stack:
             else:
                 address = f"127.0.0.{i + 2}" if distinct_addresses else "127.0.0.1"
                 where = f"workers on {address}"
-            self.progress(f"starting agent {name} ({self.agent_slots} slots, {where}) …")
+            slots = self.agent_slots[i] if isinstance(self.agent_slots, list) else self.agent_slots
+            self.progress(f"starting agent {name} ({slots} slots, {where}) …")
             # Everything here stops together (Ctrl-C, the end of a test run): the agents stop
             # their workers instead of leaving them to a restarted agent.
             self.agent_env[f"agent-{name}"] = {
                 "AGENT_SERVER": self.url, "AGENT_JOIN_TOKEN": join_token, "AGENT_NAME": name,
-                "AGENT_ADDRESS": address, "AGENT_SLOTS": str(self.agent_slots),
+                "AGENT_ADDRESS": address, "AGENT_SLOTS": str(slots),
                 "AGENT_STATE_DIR": str(state_root / name),
                 "AGENT_ON_EXIT": self._env().get("AGENT_ON_EXIT", "stop"),
             }

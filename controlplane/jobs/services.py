@@ -1121,9 +1121,9 @@ def joiners_expire(*, timeout_s: float) -> list[int]:
     of being placed (their node never started them, or they hang). They are marked failed;
     the joiners that are ready join without them, or, when none is, the grow is abandoned
     and the job runs on at its size. The grow's scale_workers command fails with the
-    reason. A node where the job has no other workers gets a ``stop`` (terminate) that
-    ends the abandoned processes; on a node that also runs members of the job they cannot
-    be stopped alone and run on, ignored, until the job's workers there stop.
+    reason. A ``stop`` with the abandoned joiners' numbers ends their processes: every
+    node of the job gets it (the command sequence must have no gap), and each agent ends
+    only the joiners listed for it.
     Returns the ids of the jobs concerned."""
     cutoff = timezone.now() - timedelta(seconds=timeout_s)
     job_ids = sorted(set(Worker.objects.filter(state=Worker.State.JOINING, created_at__lt=cutoff)
@@ -1165,20 +1165,25 @@ def _joiners_abandon(job: Job, stale: list[Worker], *, timeout_s: float) -> None
     job.refresh_from_db()
     _scale_commands_finish(job, step=None, paused_s=None, error=f"{reason}; {outcome}")
     _rescale_maybe_finish(job)
-    by_node: dict[int, list[Worker]] = {}
+    # Every node of the job gets the stop, with the joiners it should end (maybe none):
+    # workers agree on commands by a gap-free sequence, so a command only some nodes
+    # received would hold up every later command on the others. Agents end just the
+    # listed standby processes and pass the sequence number on to their members.
+    by_node: dict[int, list[int]] = {}
     for w in stale:
-        by_node.setdefault(w.node_id, []).append(w)
-    busy_nodes = set(Worker.objects.filter(job=job, node_id__in=by_node, state__in=Worker.ACTIVE)
-                     .values_list("node_id", flat=True))
-    for node_id, workers in by_node.items():
-        node = workers[0].node
-        if node_id in busy_nodes or node.status != Node.Status.ONLINE:
-            continue  # see the docstring of joiners_expire; an agent that is gone took them with it
-        stopped = [w.rank for w in workers]
-        _command_create(
-            job=job, nodes=[node], type=Command.Type.STOP, issued_by="scheduler",
-            payload={"terminate": True, "joiners": stopped, "reason": reason},
-            message=f"stop the abandoned joiner(s) {', '.join(map(str, stopped))} on node {node.name}")
+        if w.node.status == Node.Status.ONLINE:  # an agent that is gone took them with it
+            by_node.setdefault(w.node_id, []).append(w.rank)
+    if not by_node:
+        return
+    nodes = {n.id: n for n in _active_nodes(job)}
+    nodes.update({w.node_id: w.node for w in stale if w.node_id in by_node})
+    stopping = "; ".join(f"{', '.join(map(str, ranks))} on node {nodes[node_id].name}"
+                         for node_id, ranks in sorted(by_node.items()))
+    _command_create(
+        job=job, nodes=[nodes[i] for i in sorted(nodes)], type=Command.Type.STOP, issued_by="scheduler",
+        payload={"joiners": [w.rank for w in stale if w.node_id in by_node], "reason": reason},
+        payload_for=lambda node: {"joiners": by_node.get(node.id, []), "reason": reason},
+        message=f"stop the abandoned joiner(s) {stopping}")
 
 
 def commands_expire(*, ttl_s: float) -> int:

@@ -51,7 +51,7 @@ def multinode_stack(tmp_path_factory):
                       namespaces=use_namespaces)
 
 
-def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int, distinct_addresses: bool = False,
+def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int | list[int], distinct_addresses: bool = False,
            namespaces: bool = False):
     from django.conf import settings
 

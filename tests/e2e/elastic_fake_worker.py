@@ -103,6 +103,8 @@ def main() -> None:
             if joining:
                 continue
             at = 1000 * int(command["seq"])
+            if command["action"] == "stop" and "joiners" in (command.get("payload") or {}):
+                continue  # the agents end the abandoned standbys; as the runtime, only its seq counts
             if command["action"] in ("set_batch_size", "set_lr", "stop", "checkpoint", "pause", "resume"):
                 send({"type": "applied", "id": command["id"], "seq": command["seq"], "step": at})
                 if command["action"] == "stop":

@@ -53,6 +53,15 @@ def _age(job, ranks, seconds=600):
     Worker.objects.filter(job=job, rank__in=ranks).update(created_at=timezone.now() - timedelta(seconds=seconds))
 
 
+def _stops(job) -> dict[str, list[int]]:
+    """The joiner stops issued for ``job``: node name → the joiners it is to end. They
+    share one sequence number (one command, every node of the job)."""
+    stops = list(Command.objects.filter(job=job, type="stop").select_related("node"))
+    assert len({c.seq for c in stops}) == 1, [c.seq for c in stops]
+    assert all("terminate" not in c.payload and "did not report standby" in c.payload["reason"] for c in stops)
+    return {c.node.name: c.payload["joiners"] for c in stops}
+
+
 def _grow(job, value):
     services.command_issue(job=job, type="scale_workers", value=value, issued_by="user:alice")
     job.refresh_from_db()
@@ -81,9 +90,13 @@ def test_a_grow_whose_joiners_never_report_is_abandoned_and_the_job_runs_again(u
                and "the grow is abandoned" in c.error for c in scale)
     assert Event.objects.filter(job=job, data__event="join_timeout").count() == 1
     assert Event.objects.filter(job=job, message__startswith="scale_workers 4 failed: joiner(s) 2, 3").exists()
-    # The joiners' node runs nothing else of the job: its agent is told to end them.
-    stop = Command.objects.get(job=job, type="stop")
-    assert stop.node == joiner_node and stop.payload["terminate"] is True and stop.payload["joiners"] == [2, 3]
+    # The joiners' agent is told to end them; every node of the job gets the stop (with
+    # nothing to end where no joiner ran), so the command sequence stays gap-free.
+    stops = _stops(job)
+    assert stops[joiner_node.name] == [2, 3]
+    member_nodes = {w.node.name for w in Worker.objects.filter(job=job, rank__in=[0, 1]).select_related("node")}
+    assert set(stops) == member_nodes | {joiner_node.name}
+    assert all(ranks == [] for name, ranks in stops.items() if name != joiner_node.name)
     assert Event.objects.filter(job=job, message=f"stop the abandoned joiner(s) 2, 3 on node {joiner_node.name}")
     assert services.joiners_expire(timeout_s=180) == []  # given up on once
 
@@ -107,15 +120,17 @@ def test_the_ready_joiners_join_without_the_late_one(user, nodes):
     assert {c.state for c in scale} == {"failed"}
     assert all("joiner(s) 3 on node(s)" in c.error and "the other 1 joiner(s) join without them" in c.error
                for c in scale)
-    # Joiner 2 runs on the same node as the abandoned one: that node gets no stop.
-    assert not Command.objects.filter(job=job, type="stop").exists()
+    # Joiner 2 runs on the same node as the abandoned one: that node ends joiner 3 only.
+    stops = _stops(job)
+    assert stops[Worker.objects.get(job=job, rank=3).node.name] == [3]
+    assert sorted(r for ranks in stops.values() for r in ranks) == [3]
     for rank in (0, 1, 2):
         _report(job, rank, "rescaled", version=2, step=40)
     job.refresh_from_db()
     assert job.status == "running" and job.workers_current == 3
 
 
-def test_a_joiner_on_a_node_that_runs_members_is_not_stopped_with_them(user):
+def test_a_joiner_on_a_node_that_runs_members_is_stopped_alone(user):
     big = _enrol("big", 3)
     job = _running_job(user, initial=2)
     assert set(Worker.objects.filter(job=job).values_list("node", flat=True)) == {big.id}
@@ -125,7 +140,8 @@ def test_a_joiner_on_a_node_that_runs_members_is_not_stopped_with_them(user):
     services.joiners_expire(timeout_s=180)
     job.refresh_from_db()
     assert job.status == "running"
-    assert not Command.objects.filter(job=job, type="stop").exists()
+    # Its agent ends that one process; the members there train on.
+    assert _stops(job) == {"big": [2]}
 
 
 def test_the_periodic_task_uses_the_rescale_join_timeout_setting(user, nodes, settings):
