@@ -121,7 +121,10 @@ def test_a_new_agent_gets_what_was_sent_while_none_was_connected_and_replaces_th
     channel.send({"type": "rescaled", "version": 2, "rank": 0, "size": 1, "step": 5, "paused_s": 0.1})
     second = FakeAgent(channel.path)
     assert [m["type"] for m in second.read(2)] == ["applied", "rescaled"]
-    # A third agent connecting takes over; the second's connection is closed.
+    # Once the worker has read the second agent's acks (until then they would be sent
+    # again: at least once), a third agent connecting takes over; the second's connection
+    # is closed.
+    assert channel.wait_flushed(10)
     third = FakeAgent(channel.path)
     wait_until(lambda: channel.connections == 3)
     with pytest.raises(EOFError):
