@@ -211,10 +211,25 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                await self.client.heartbeat(sorted(self.groups))
+                reply = await self.client.heartbeat(sorted(self.groups))
+                for job_id in reply.get("release") or []:
+                    await self._release(int(job_id))
             except (ControlPlaneError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _release(self, job_id: int) -> None:
+        """The control plane no longer counts on this node's workers of the job (it took
+        the node for lost while this agent was away, or the job moved on to a new run):
+        end them, as a stop would."""
+        group = self.groups.get(job_id)
+        if group is None or group.stop_requested:
+            return
+        log.warning("job %s: the control plane no longer counts on this node's workers of it "
+                    "(the node was taken for lost, or the job restarted); ending them", job_id)
+        group.stop_requested = True
+        group.save()
+        await group.terminate()
 
     async def _command_loop(self) -> None:
         delay = 0.5

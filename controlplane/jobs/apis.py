@@ -507,12 +507,16 @@ class AgentHeartbeatApi(AgentApi):
                                      max_length=10_000)
 
     @extend_schema(request=InputSerializer, responses={200: inline_serializer("HeartbeatReply", {
-        "ok": serializers.BooleanField(), "heartbeat_timeout_s": serializers.FloatField()}), **ERRORS})
+        "ok": serializers.BooleanField(), "heartbeat_timeout_s": serializers.FloatField(),
+        "release": serializers.ListField(child=serializers.IntegerField(), help_text=(
+            "Jobs among those listed whose workers the agent should end: finished, or no longer "
+            "counting on this node (it was taken for lost meanwhile)."))}), **ERRORS})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        services.node_heartbeat(node=request.auth, running_jobs=data.validated_data.get("jobs"))
-        return Response({"ok": True, "heartbeat_timeout_s": settings.AGENT_HEARTBEAT_TIMEOUT_S})
+        release = services.node_heartbeat(node=request.auth, running_jobs=data.validated_data.get("jobs"))
+        return Response({"ok": True, "heartbeat_timeout_s": settings.AGENT_HEARTBEAT_TIMEOUT_S,
+                         "release": release})
 
 
 class AgentMetricsApi(AgentApi):

@@ -1044,10 +1044,16 @@ def node_authenticate(credential: str) -> Node | None:
     return Node.objects.filter(credential_hash=credentials.digest(credential)).first()
 
 
-def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None:
+def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> list[int]:
     """Record that the node is alive. ``running_jobs``, when given, is the set of jobs whose
     workers the agent runs now: a job the agent started (its start command applied) but no
-    longer runs lost its workers — the agent restarted — and fails with that reason."""
+    longer runs lost its workers — the agent restarted — and fails with that reason.
+
+    Returns the jobs among ``running_jobs`` the agent should end there: those whose
+    current run has no worker on this node that is not failed — the node was taken for
+    lost while its agent was away and the job shrank without it or failed, or the job was
+    restarted as a new run. Nothing else would stop those workers (durable stop commands
+    go to nodes with active workers); they would train on, unseen."""
     now = timezone.now()
     Node.objects.filter(id=node.id).update(last_heartbeat=now, status=Node.Status.ONLINE)
     if node.status != Node.Status.ONLINE:
@@ -1055,7 +1061,8 @@ def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None
 
         transaction.on_commit(place_pending_jobs.delay)
     if running_jobs is None:
-        return
+        return []
+    release = _jobs_to_release(node, running_jobs)
     # Workers of an earlier run of a job the agent no longer runs are gone with it (the
     # agent finished them without a report that reached us, or restarted).
     (Worker.objects.filter(node=node, state__in=Worker.ACTIVE).exclude(run_id=F("job__current_run_id"))
@@ -1082,6 +1089,18 @@ def node_heartbeat(*, node: Node, running_jobs: list[int] | None = None) -> None
             )
             if moved:
                 _run_workers(job).filter(node=node, state__in=Worker.ACTIVE).update(state=Worker.State.FAILED)
+    return release
+
+
+def _jobs_to_release(node: Node, running_jobs: list[int]) -> list[int]:
+    """See node_heartbeat. A job with a current worker here in any state but failed is
+    kept: active ones, and those that left or exited, whose processes may still be on
+    their way out (a finished or cancelled job's end is the agent's, or a stop command's)."""
+    if not running_jobs:
+        return []
+    kept = set(Worker.objects.filter(node=node, job_id__in=running_jobs, run_id=F("job__current_run_id"))
+               .exclude(state=Worker.State.FAILED).values_list("job_id", flat=True))
+    return sorted(set(running_jobs) - kept)
 
 
 def nodes_mark_lost(*, timeout_s: float) -> list[int]:

@@ -6,6 +6,9 @@ take it below its minimum."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import stat
 import sys
 import time
@@ -31,6 +34,7 @@ def elastic_stack(tmp_path_factory):
         mp.setenv("AGENT_PYTHON", str(python))
         mp.setenv("FAKE_WORKER_DIR", str(fake_dir))
         mp.setenv("AGENT_HEARTBEAT_S", "1")
+        mp.setenv("AGENT_HEARTBEAT_TIMEOUT_S", "6")  # a killed agent's node is lost within ~16 s
         for stack in _stack(tmp_path_factory, suffix="elastic", agents=2, slots=2, distinct_addresses=True):
             stack.fake_dir = fake_dir
             yield stack
@@ -136,3 +140,51 @@ def test_scale_workers_refusals_say_why(elastic_stack):
     status, body = api.post(f"/api/v1/jobs/{job['id']}/commands/", {"action": "scale_workers", "value": 2})
     assert status == 400 and "not elastic" in body["message"]
     api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_an_agent_back_after_its_node_was_lost_ends_the_workers_the_job_went_on_without(elastic_stack):
+    # The agent on the joiners' node dies; its workers (own sessions) train on. The node is
+    # taken for lost and the elastic job shrinks without them. A new agent re-attaches to
+    # them, and its first heartbeat's reply tells it the job no longer counts on them: it
+    # ends them, and the job trains on where it is.
+    stack, api = elastic_stack, elastic_stack.api
+    status, job = api.post("/api/v1/jobs/", {
+        "name": "lost and back", "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
+        "workers": {"initial": 2, "min": 1, "max": 4},
+    })
+    assert status == 201, job
+    job_id = job["id"]
+    wait_for_job(api, job_id, lambda j: j["status"] == "running", timeout_s=60, what="the job to run", stack=stack)
+    job = _scale(stack, job_id, 4)
+    b = next(w["node"] for w in job["workers"] if w["rank"] == 2)
+    state = json.loads((stack.log_dir / "agents" / b / "jobs" / f"job-{job_id}.json").read_text())
+    pids = [w["pid"] for w in state["workers"]]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+
+    agent = stack.processes.pop(f"agent-{b}")
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(timeout=10)
+    job = wait_for_job(api, job_id, lambda j: j["cluster_version"] == 3 and j["status"] == "running" and j,
+                       timeout_s=60, what=f"the job to shrink without lost node {b}", stack=stack)
+    assert len(_members(job)) == 2 and all(node != b for node, _ in _members(job))
+    assert all(_alive(p) for p in pids), "the dead agent's workers should have trained on unseen"
+
+    stack.restart_agent(f"agent-{b}")
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=30,
+             what=f"the agent back on {b} to end the workers the job went on without", stack=stack)
+    wait_for(lambda: next(n for n in api.get("/api/v1/nodes/")[1] if n["name"] == b)["status"] == "online",
+             timeout_s=30, what=f"node {b} to be online again", stack=stack)
+    job = _job(api, job_id)
+    assert job["status"] == "running" and job["cluster_version"] == 3, job["status_reason"]
+    assert {w["rank"]: w["state"] for w in job["workers"]}[2] == "failed"
+    api.post(f"/api/v1/jobs/{job_id}/cancel/", {})

@@ -259,3 +259,38 @@ def test_heartbeat_without_a_job_whose_workers_here_all_left_does_not_fail_it(us
     job.refresh_from_db()
     assert job.status == "rescaling" and job.cluster_version == 3
     assert _rescaled_all(job).status == "running"
+
+
+def test_an_agent_back_from_a_node_taken_for_lost_is_told_to_end_those_workers(user, nodes):
+    # Its agent was away past the heartbeat timeout: the job shrank without the node's
+    # workers. When the agent comes back (re-attached to them, they trained on unseen),
+    # its heartbeat reply releases the job there; the other node keeps it.
+    job = _running_job(user, initial=2, low=1, high=4)
+    services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
+    joiner_node = _worker(job, 2).node
+    member_node = _worker(job, 0).node
+    assert joiner_node != member_node
+    _report(job, 2, "standby")
+    _report(job, 3, "standby")
+    job = _rescaled_all(job)
+    assert services.node_heartbeat(node=joiner_node, running_jobs=[job.id]) == []
+    Node.objects.filter(id=joiner_node.id).update(last_heartbeat=timezone.now() - timedelta(seconds=600))
+    services.nodes_mark_lost(timeout_s=30)
+
+    reply = _node_client(joiner_node).post("/api/v1/agent/heartbeat/", {"jobs": [job.id, 999_999]},
+                                           format="json")
+    assert reply.status_code == 200 and reply.json()["release"] == [job.id, 999_999]
+    assert services.node_heartbeat(node=member_node, running_jobs=[job.id]) == []
+    job.refresh_from_db()
+    assert job.status in ("rescaling", "running") and job.workers_current == 2
+
+
+def test_a_finished_job_whose_workers_exit_here_is_not_released_early(user, nodes):
+    # Exited (not failed) workers may still be finishing (final metrics, evaluation):
+    # their end is the agent's, not the heartbeat's.
+    job = _running_job(user, initial=2, low=1, high=2)
+    node = _worker(job, 0).node
+    services.job_report(node=node, job_id=job.id, status="succeeded")
+    job.refresh_from_db()
+    assert job.status == "succeeded"
+    assert services.node_heartbeat(node=node, running_jobs=[job.id]) == []
