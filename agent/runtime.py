@@ -473,16 +473,17 @@ class Trainer:
         self._apply = apply
         self._fused = {}  # S-SGD's one-call step, with and without the allreduce (built on first use)
 
-    def _fused_step(self, distributed: bool):
+    def _fused_step(self, distributed: bool, monitor: bool):
         """S-SGD's whole step as one compiled call: gradients, the fused allreduce (the
         native library called from the graph, with the command agreement riding in the
         same buffer), the update, and the numbers the monitors need. One call instead of
         two plus NumPy copies between them: on a small model that overhead is most of a step.
 
         Returns [loss sum, correct count, the workers' summed squared local gradient
-        norms, squared norm of the averaged gradient]."""
-        if distributed in self._fused:
-            return self._fused[distributed]
+        norms, squared norm of the averaged gradient]; the norms are 0 unless ``monitor``
+        (each of the four variants is traced once)."""
+        if (distributed, monitor) in self._fused:
+            return self._fused[distributed, monitor]
         tf = self.tf
         model, loss_fn, variables, optimizer = self.model, self.loss_fn, self._variables, self.optimizer
         sizes, shapes = self._sizes, self._shapes
@@ -502,7 +503,10 @@ class Trainer:
             correct = tf.reduce_sum(tf.cast(
                 tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
             # This worker's own mean gradient is B/n times its share (scaled by 1/B).
-            local_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]) * local_scale_sq
+            # The monitors' two squared norms cost a pass over the gradients: only in the
+            # variant that monitors (a graph branch would cost more than the norms on a small model).
+            local_sq = (tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]) * local_scale_sq
+                        if monitor else tf.constant(0.0))
             # Room for the command agreement at the end (see _allreduce_in_step), so the
             # allreduce works on this buffer in place.
             flat = tf.concat([tf.reshape(g, [-1]) for g in grads] + [
@@ -515,10 +519,10 @@ class Trainer:
             parts = tf.split(flat[:n], sizes)
             averaged = [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
             optimizer.apply_gradients(zip(averaged, variables, strict=True))
-            big_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in averaged])
+            big_sq = tf.add_n([tf.reduce_sum(tf.square(g)) for g in averaged]) if monitor else tf.constant(0.0)
             return tf.concat([flat[n:n + 3], tf.reshape(big_sq, [1])], axis=0)
 
-        self._fused[distributed] = step
+        self._fused[distributed, monitor] = step
         return step
 
     def _allreduce_in_step(self, flat: np.ndarray) -> np.ndarray:
@@ -551,14 +555,14 @@ class Trainer:
         self._step_comm_s = time.perf_counter() - t0
         return buf
 
-    def _run_fused(self, x: np.ndarray, y: np.ndarray, global_batch: int, local_scale_sq: float,
-                   distributed: bool) -> np.ndarray:
+    def _run_fused(self, x: np.ndarray, y: np.ndarray, global_batch: int, monitor: bool,
+                   local_scale_sq: float, distributed: bool) -> np.ndarray:
         tf = self.tf
         self._step_error = None
         self._step_comm_s = 0.0
         try:
             slots = 4 * self.session.size if distributed and self.session.communicator is not None else 0
-            return self._fused_step(distributed)(
+            return self._fused_step(distributed, monitor)(
                 tf.constant(x), tf.constant(y), tf.constant(1.0 / global_batch, tf.float32),
                 tf.constant(local_scale_sq, tf.float32), tf.constant(slots, tf.int32)).numpy()
         except tf.errors.OpError as exc:
@@ -720,7 +724,8 @@ class Trainer:
         flat = self._compute(tf.constant(x[few]), tf.constant(y[few]), tf.constant(1.0 / len(few), tf.float32))
         self._apply(tf.constant(flat.numpy()[:-3]))
         if self.fused_step:  # and the one-call S-SGD step a member runs
-            self._run_fused(x[few], y[few], len(few), 0.0, True)
+            for monitor in (True, False):
+                self._run_fused(x[few], y[few], len(few), monitor, 1.0, True)
         session.send({"type": "standby", "address": session.address})
         found = session.wait_for_cluster(min_version=session.cluster_version, timeout_s=None,
                                          member=session.address)
@@ -955,8 +960,8 @@ class Trainer:
                 # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
                 local_scale = len(batch) / len(mine) if len(mine) else 0.0
                 if self.fused_step and (self.strategy == "ssgd" or comm is None):
-                    out = self._run_fused(x[mine], y[mine], len(batch),
-                                          local_scale ** 2 if monitoring else 0.0, comm is not None)
+                    out = self._run_fused(x[mine], y[mine], len(batch), monitoring, local_scale ** 2,
+                                          comm is not None)
                     t2 = time.perf_counter()
                     t1 = t2 - self._step_comm_s
                     flat = out[:3]  # loss sum, correct count, summed squared local norms
