@@ -10,7 +10,7 @@ Two profiles, chosen by ``DJANGO_ENV``:
 Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
 (comma-separated), ``DEBUG`` (true/false), ``DJANGO_ENV``, ``CSRF_TRUSTED_ORIGINS``,
 ``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``, ``COMMAND_TTL_S``,
-``RESCALE_JOIN_TIMEOUT_S``.
+``RESCALE_JOIN_TIMEOUT_S``, ``AUTO_GROW_DELAY_S``.
 """
 
 from __future__ import annotations
@@ -192,6 +192,9 @@ COMMAND_TTL_S = env_float("COMMAND_TTL_S", 600.0)
 # A joiner of a grow that has not reported standby this many seconds after it was placed
 # is given up on (jobs.expire_joiners); the job goes back to running.
 RESCALE_JOIN_TIMEOUT_S = env_float("RESCALE_JOIN_TIMEOUT_S", 180.0)
+# An elastic job below its wanted size is grown back once its membership has been still
+# this long (doubled after each failed grow of the scheduler's, up to 10 minutes).
+AUTO_GROW_DELAY_S = env_float("AUTO_GROW_DELAY_S", 30.0)
 
 CELERY_BEAT_SCHEDULE = {
     "evaluate-policies": {

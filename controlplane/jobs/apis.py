@@ -168,6 +168,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
     def get_parameters(self, job: Job) -> dict:
         return {"batch_size": job.batch_size, "lr": job.learning_rate, "workers": job.workers_current,
                 "workers_min": job.workers_min, "workers_max": job.workers_max,
+                "workers_wanted": job.wanted_workers,
                 "strategy": job.strategy, "topology": job.topology}
 
     def get_workers(self, job: Job) -> list[dict]:

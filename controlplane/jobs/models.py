@@ -87,6 +87,11 @@ class Job(models.Model):
     batch_size = models.PositiveIntegerField()
     learning_rate = models.FloatField()
     workers_current = models.PositiveIntegerField(default=0)
+    # The size an elastic job should have: set by every scale_workers a user or a policy
+    # issues; null means workers_initial. A job below it (placed with fewer workers than
+    # wanted when slots were short, or shrunk by a crash or a lost node) is grown back by
+    # the scheduler when slots are free (services.jobs_grow_to_wanted).
+    workers_wanted = models.PositiveIntegerField(null=True, blank=True)
     # The latest cluster-spec version written (see ClusterVersion); 0 until every initial
     # worker has registered its port.
     cluster_version = models.PositiveIntegerField(default=0)
@@ -120,6 +125,10 @@ class Job(models.Model):
     @property
     def is_elastic(self) -> bool:
         return self.workers_min < self.workers_max
+
+    @property
+    def wanted_workers(self) -> int:
+        return self.workers_wanted or self.workers_initial
 
 
 class Run(models.Model):

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from agent.scaling import scaled_lr
-from controlplane.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
+from controlplane.errors import ApiError, AuthenticationFailed, Conflict, InvalidInput, NotFound
 from controlplane.jobs import credentials, placement
 from controlplane.jobs.models import (
     ClusterVersion,
@@ -39,6 +39,9 @@ from controlplane.live.models import MetricPoint
 log = logging.getLogger(__name__)
 
 # Entrypoints the agent knows how to start (module run with ``python -m``).
+# The actor of what the control plane does on its own (placement, grows back, give-ups).
+SCHEDULER = "scheduler"
+
 ENTRYPOINTS = {
     "examples.digits": "examples.digits.train",
     "examples.synthetic_cnn": "examples.synthetic_cnn.train",
@@ -212,12 +215,25 @@ def _pending_reason(job: Job) -> str:
         return (f"no enrolled node has labels matching node_selector {selector}; the job stays pending "
                 f"until a node with those labels enrols")
     slots = sum(n.slots for n in matching)
-    if slots < job.workers_initial:
+    needed = _fewest_to_start(job)
+    if slots < needed:
         return (f"the nodes whose labels match node_selector {selector} have {slots} slot(s) in all, fewer "
-                f"than the {job.workers_initial} worker(s) the job starts with; the job stays pending until "
+                f"than the {needed} worker(s) the job starts with at least; the job stays pending until "
                 f"more such nodes enrol")
-    return (f"waiting for {job.workers_initial} free slot(s) on online nodes matching node_selector "
-            f"{selector}")
+    return f"waiting for {_slots_text(job)} on online nodes matching node_selector {selector}"
+
+
+def _slots_text(job: Job) -> str:
+    needed = _fewest_to_start(job)
+    if needed < job.workers_initial:
+        return f"{needed} free slot(s) (it starts with up to {job.workers_initial} worker(s), at least {needed})"
+    return f"{needed} free slot(s)"
+
+
+def _fewest_to_start(job: Job) -> int:
+    """An elastic job starts with as many of its initial workers as fit, at least its
+    minimum (and grows to the rest later); any other job with all of them."""
+    return job.workers_min if job.is_elastic else job.workers_initial
 
 
 def _pending_reason_record(job: Job, *, busy_nodes: dict[str, int] | None = None) -> None:
@@ -227,7 +243,7 @@ def _pending_reason_record(job: Job, *, busy_nodes: dict[str, int] | None = None
     if not job.node_selector and not busy_nodes:
         return
     reason = _pending_reason(job) if job.node_selector else (
-        f"waiting for {job.workers_initial} free slot(s) on online nodes")
+        f"waiting for {_slots_text(job)} on online nodes")
     if busy_nodes:
         held = ", ".join(f"{name} (run {number})" for name, number in sorted(busy_nodes.items()))
         reason += f"; not on {held}, which still run(s) workers of an earlier run of the job"
@@ -286,7 +302,12 @@ def job_place(*, job_id: int) -> bool:
         nodes = {n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)}
         busy = _nodes_busy_with_earlier_runs(job)
         capacities = [c for c in _capacities(nodes) if c.node_id not in busy]
-        plan = placement.plan_placement(capacities, job.workers_initial, job.node_selector)
+        # All the initial workers; an elastic job short of room starts with as many as fit,
+        # at least its minimum, and is grown to the rest when slots free up.
+        size, plan = job.workers_initial, None
+        while plan is None and size >= _fewest_to_start(job):
+            plan = placement.plan_placement(capacities, size, job.node_selector)
+            size -= plan is None
         if plan is None:
             _pending_reason_record(job, busy_nodes={nodes[n].name: r for n, r in busy.items() if n in nodes})
             return False
@@ -299,9 +320,11 @@ def job_place(*, job_id: int) -> bool:
         )
         where = ", ".join(f"{nodes[node_id].name} (ranks {ranks[0]}–{ranks[-1]})" if len(ranks) > 1
                           else f"{nodes[node_id].name} (rank {ranks[0]})" for node_id, ranks in plan.items())
+        short = (f" ({job.workers_initial} wanted; there was no room for more, it grows when slots free up)"
+                 if size < job.workers_initial else "")
         _transition(job, to=Job.Status.SCHEDULING, allowed_from=(Job.Status.PENDING,),
-                    actor="scheduler", reason=f"run {run.number}: placed {job.workers_initial} worker(s) on {where}",
-                    workers_current=job.workers_initial, **({"current_run": run} if first else {}))
+                    actor="scheduler", reason=f"run {run.number}: placed {size} worker(s) on {where}{short}",
+                    workers_current=size, **({"current_run": run} if first else {}))
         payload = {
             "job": job.id,
             "entrypoint": ENTRYPOINTS[job.entrypoint],
@@ -310,7 +333,7 @@ def job_place(*, job_id: int) -> bool:
             "lr": job.learning_rate,
             "strategy": job.strategy,
             "topology": job.topology,
-            "world_size": job.workers_initial,
+            "world_size": size,
             "cluster_version": 1,
             "workers_min": job.workers_min,
         }
@@ -327,8 +350,8 @@ def cluster_spec(*, job: Job) -> dict[str, Any]:
     if current is not None:
         return {"job": job.id, "version": current.version, "world_size": len(current.members),
                 "complete": True, "members": list(current.members), "workers_min": job.workers_min}
-    workers = list(_run_workers(job).filter(rank__lt=job.workers_initial)
-                   .select_related("node").order_by("rank"))
+    # Before version 1 the run's workers are all initial ones (a grow needs a version).
+    workers = list(_run_workers(job).select_related("node").order_by("rank"))
     return {
         "job": job.id, "version": 0, "world_size": len(workers), "complete": False,
         "members": [w.address for w in workers], "workers_min": job.workers_min,
@@ -355,9 +378,10 @@ def workers_register(*, node: Node, job_id: int, workers: list[dict]) -> Job:
     for w in workers:
         _run_workers(job).filter(node=node, rank=w["rank"]).update(port=w["port"])
     if job.cluster_version == 0:
-        initial = list(_run_workers(job).filter(rank__lt=job.workers_initial)
-                       .select_related("node").order_by("rank"))
-        if len(initial) == job.workers_initial and all(w.port for w in initial):
+        # Before version 1 the run's workers are all initial ones (a grow needs a version);
+        # an elastic job may have been placed with fewer than workers_initial.
+        initial = list(_run_workers(job).select_related("node").order_by("rank"))
+        if initial and all(w.port for w in initial):
             _version_write(job, initial, actor="scheduler",
                            reason=f"the {len(initial)} initial worker(s) registered their ports")
     return job
@@ -480,6 +504,11 @@ def _job_scale(job: Job, *, value: Any, issued_by: str, idempotency_key: str | N
         raise Conflict(f"Command {busy.id} ({busy.type}) of job {job.id} is still in flight; "
                        "scale the job once it is applied.")
     size = len(members)
+    if issued_by != SCHEDULER:
+        # What a user or a policy asks for is the size the scheduler keeps the job at (it
+        # grows it back after a crash or a lost node). A scale refused below (409) rolls
+        # back with the rest of command_issue's transaction, so it changes nothing.
+        Job.objects.filter(id=job.id).update(workers_wanted=value)
     if value < size:
         leaving = members[value:]
         _start_rescaling(job, actor=issued_by, reason=f"shrinking from {size} to {value} workers")
@@ -806,7 +835,7 @@ def job_restart(*, job: Job, actor: str, resume_from: Any = LATEST_CHECKPOINT, r
         why = f" ({reason})" if reason else ""
         _transition(job, to=Job.Status.PENDING, allowed_from=Job.TERMINAL, actor=actor,
                     reason=f"restarted as run {number}{why}: {note}", current_run=run,
-                    cluster_version=0, workers_current=0, last_step=0, policy_state={},
+                    cluster_version=0, workers_current=0, workers_wanted=None, last_step=0, policy_state={},
                     started_at=None, finished_at=None, **fresh)
         event_record(job=job, kind=Event.Kind.STATE, actor=actor,
                      message=f"run {number} started by {actor}{why}; "
@@ -1203,6 +1232,63 @@ def _joiners_abandon(job: Job, stale: list[Worker], *, timeout_s: float) -> None
         payload={"joiners": [w.rank for w in stale if w.node_id in by_node], "reason": reason},
         payload_for=lambda node: {"joiners": by_node.get(node.id, []), "reason": reason},
         message=f"stop the abandoned joiner(s) {stopping}")
+
+
+def jobs_grow_to_wanted(*, delay_s: float, max_delay_s: float = 600.0) -> list[int]:
+    """Grow running elastic jobs that have fewer workers than wanted (placed short of room,
+    or shrunk by a crashed worker or a lost node) by as many as the free slots allow, with a
+    ``scale_workers`` issued by the scheduler. Only when no job is pending (queued jobs get
+    free slots first), the job's membership has not changed for ``delay_s`` and no command
+    of it is in flight; after grows of the scheduler's that failed in a row (e.g. joiners
+    that never came) it waits ``delay_s`` · 2^failures, at most ``max_delay_s``, so a
+    worker that cannot start is not retried in a tight loop. Returns the grown job ids."""
+    if Job.objects.filter(status=Job.Status.PENDING).exists():
+        return []
+    grown = []
+    now = timezone.now()
+    candidates = (Job.objects.filter(status=Job.Status.RUNNING, workers_min__lt=F("workers_max"))
+                  .order_by("id").values_list("id", flat=True))
+    for job_id in candidates:
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(id=job_id)
+            if job.status != Job.Status.RUNNING or job.workers_current >= min(job.wanted_workers, job.workers_max):
+                continue
+            latest = _current_version(job)
+            if latest is None or now - latest.created_at < timedelta(seconds=delay_s):
+                continue
+            # A command has one row per node (same seq): count commands, newest first.
+            rows = (_run_commands(job).filter(type=Command.Type.SCALE_WORKERS).order_by("-seq")
+                    .values_list("seq", "issued_by", "state", "created_at"))
+            failed_in_a_row, last_try, seen = 0, None, set()
+            for seq, issued_by, state, created_at in rows:
+                if seq in seen:
+                    continue
+                seen.add(seq)
+                last_try = last_try or created_at
+                if issued_by != SCHEDULER or state != Command.State.FAILED:
+                    break
+                failed_in_a_row += 1
+            wait = min(delay_s * 2 ** failed_in_a_row, max_delay_s)
+            if last_try is not None and now - last_try < timedelta(seconds=wait):
+                continue
+            nodes = {n.id: n for n in Node.objects.filter(status=Node.Status.ONLINE)}
+            free = sum(max(c.free_slots, 0) for c in _capacities(nodes)
+                       if placement.labels_match(c.labels, job.node_selector))
+            value = min(job.wanted_workers, job.workers_max, job.workers_current + free)
+            if value <= job.workers_current:
+                continue
+            try:
+                _job_scale(job, value=value, issued_by=SCHEDULER, idempotency_key=None)
+            except ApiError as exc:  # e.g. a command still in flight: try again at the next sweep
+                log.info("job %s: not grown to %s now: %s", job.id, value, exc)
+                continue
+            event_record(job=job, kind=Event.Kind.STATE, actor=SCHEDULER,
+                         message=f"growing back towards the {job.wanted_workers} worker(s) wanted: "
+                                 f"{job.workers_current} → {value} ({free} free slot(s))",
+                         data={"event": "grow_to_wanted", "from": job.workers_current, "to": value,
+                               "wanted": job.wanted_workers})
+            grown.append(job.id)
+    return grown
 
 
 def commands_expire(*, ttl_s: float) -> int:

@@ -35,6 +35,8 @@ def elastic_stack(tmp_path_factory):
         mp.setenv("FAKE_WORKER_DIR", str(fake_dir))
         mp.setenv("AGENT_HEARTBEAT_S", "1")
         mp.setenv("AGENT_HEARTBEAT_TIMEOUT_S", "6")  # a killed agent's node is lost within ~16 s
+        # The scenarios here shrink jobs on purpose; growing back is test_elastic_self_healing's.
+        mp.setenv("AUTO_GROW_DELAY_S", "3600")
         for stack in _stack(tmp_path_factory, suffix="elastic", agents=2, slots=2, distinct_addresses=True):
             stack.fake_dir = fake_dir
             yield stack

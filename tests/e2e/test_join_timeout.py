@@ -39,6 +39,7 @@ def hang_stack(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AGENT_PYTHON", str(python))
         mp.setenv("RESCALE_JOIN_TIMEOUT_S", str(JOIN_TIMEOUT_S))
+        mp.setenv("AUTO_GROW_DELAY_S", "3600")  # no retry of the abandoned grow during the test
         for stack in _stack(tmp_path_factory, suffix="jointimeout", agents=2, slots=[3, 1],
                             distinct_addresses=True):
             stack.hang_dir = hang_dir

@@ -137,10 +137,14 @@ def test_a_job_no_enrolled_node_matches_stays_pending_and_says_why_once(user):
 def test_matching_nodes_too_small_in_all_are_reported_as_such(user):
     _enrol("gpu", slots=1, labels={"gpu": "a100"})
     _enrol("plain", slots=8)
-    job = _job(user, selector={"gpu": "a100"}, initial=2)
+    job = _job(user, selector={"gpu": "a100"}, initial=2, low=2)
     assert not services.job_place(job_id=job.id)
     job.refresh_from_db()
-    assert "have 1 slot(s) in all, fewer than the 2 worker(s)" in job.status_reason
+    assert "have 1 slot(s) in all, fewer than the 2 worker(s) the job starts with at least" in job.status_reason
+    # An elastic job whose minimum fits starts there with what fits.
+    small = _job(user, selector={"gpu": "a100"}, initial=2, low=1)
+    assert services.job_place(job_id=small.id)
+    assert _nodes_of(small) == {"gpu"} and Job.objects.get(id=small.id).workers_current == 1
 
 
 def test_a_job_whose_matching_nodes_are_busy_or_offline_waits_for_them(user):
@@ -152,7 +156,8 @@ def test_a_job_whose_matching_nodes_are_busy_or_offline_waits_for_them(user):
     assert not services.job_place(job_id=second.id)
     second.refresh_from_db()
     assert second.status == "pending"
-    assert second.status_reason == "waiting for 2 free slot(s) on online nodes matching node_selector gpu=a100"
+    assert second.status_reason == ("waiting for 1 free slot(s) (it starts with up to 2 worker(s), at least 1) "
+                                    "on online nodes matching node_selector gpu=a100")
 
     services.job_cancel(job=first, actor="user:alice")
     Worker.objects.filter(job=first).update(state=Worker.State.EXITED)
