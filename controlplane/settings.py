@@ -10,7 +10,7 @@ Two profiles, chosen by ``DJANGO_ENV``:
 Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
 (comma-separated), ``DEBUG`` (true/false), ``DJANGO_ENV``, ``CSRF_TRUSTED_ORIGINS``,
 ``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``, ``COMMAND_TTL_S``,
-``RESCALE_JOIN_TIMEOUT_S``, ``AUTO_GROW_DELAY_S``.
+``RESCALE_JOIN_TIMEOUT_S``, ``AUTO_GROW_DELAY_S``, ``CHANNEL_REFRESH_S``.
 """
 
 from __future__ import annotations
@@ -189,6 +189,10 @@ METRIC_BATCH_MAX_POINTS = 10_000
 METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0)
 # A command nobody acknowledged within this many seconds expires (its job is told).
 COMMAND_TTL_S = env_float("COMMAND_TTL_S", 600.0)
+# WebSocket consumers join their channel-layer group again this often (a restarted Redis
+# forgets groups), and a connected agent is sent again what it has not acknowledged
+# within this many seconds (a push made while Redis was down reached nobody).
+CHANNEL_REFRESH_S = env_float("CHANNEL_REFRESH_S", 5.0)
 # A joiner of a grow that has not reported standby this many seconds after it was placed
 # is given up on (jobs.expire_joiners); the job goes back to running.
 RESCALE_JOIN_TIMEOUT_S = env_float("RESCALE_JOIN_TIMEOUT_S", 180.0)

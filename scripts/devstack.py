@@ -119,6 +119,56 @@ class NetworkNamespaces:
         self.created = False
 
 
+class RedisServer:
+    """A redis-server of its own on ``port``, without persistence, that can be stopped and
+    started again (the end-to-end tests take Redis away under a running job). Each start
+    is an empty Redis, as a restarted server without persistence is."""
+
+    def __init__(self, port: int, log_dir: Path, program: str = "redis-server"):
+        self.port = port
+        self.log_dir = log_dir
+        self.program = program
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def available(program: str = "redis-server") -> bool:
+        return _which(program)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            raise StackError(f"redis-server on port {self.port} is running already")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.program, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.log_dir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise StackError(f"redis-server exited with code {self.proc.returncode}; see "
+                                 f"{self.log_dir / 'redis.log'}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise StackError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f} s")
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the server (SIGKILL by default: nothing is saved either way)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+
 def _which(program: str) -> bool:
     import shutil
 
@@ -235,19 +285,35 @@ class Stack:
             raise StackError(f"{name} is still running (pid {old.pid})")
         return self._spawn(name, self.agent_argv.get(name, [self.python, "-m", "agent"]), **self.agent_env[name])
 
-    def restart_web(self, grace_s: float = 10.0) -> None:
-        """Stop the web server and start it again on the same port."""
-        proc = self.processes.pop("web")
+    def _end(self, name: str, sig: int = signal.SIGTERM, grace_s: float = 10.0) -> None:
+        """End process ``name`` (and its process group) with ``sig``, then SIGKILL after
+        ``grace_s``; it is no longer one of :attr:`processes`."""
+        proc = self.processes.pop(name)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+    def restart_web(self, grace_s: float = 10.0) -> None:
+        """Stop the web server and start it again on the same port."""
+        self._end("web", grace_s=grace_s)
         # Connections of the old server may linger in TIME_WAIT on the port: the server
         # binds it anyway (SO_REUSEADDR), a plain bind as in port_is_free would not.
         self.start_web(check_port=False)
+
+    def stop_celery(self, *, kill: bool = False, grace_s: float = 10.0) -> None:
+        """Stop the Celery worker and beat: SIGTERM (a warm shutdown), or SIGKILL with
+        ``kill``, as a crash or a lost machine would."""
+        for name in ("celery-worker", "celery-beat"):
+            self._end(name, signal.SIGKILL if kill else signal.SIGTERM, grace_s)
+
+    def restart_celery(self, *, kill: bool = False, grace_s: float = 10.0) -> None:
+        """Stop the Celery worker and beat (see :meth:`stop_celery`) and start them again."""
+        self.stop_celery(kill=kill, grace_s=grace_s)
+        self.start_celery()
 
     def _wait_http(self, url: str, name: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -21,6 +21,7 @@ from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from agent.scaling import scaled_lr
+from controlplane.celery import enqueue
 from controlplane.errors import ApiError, AuthenticationFailed, Conflict, InvalidInput, NotFound
 from controlplane.jobs import credentials, placement
 from controlplane.jobs.models import (
@@ -192,7 +193,7 @@ def job_create(
                  data={"status": job.status})
     from controlplane.jobs.tasks import place_job
 
-    transaction.on_commit(lambda: place_job.delay(job.id))
+    transaction.on_commit(lambda: enqueue(place_job, job.id))
     return job
 
 
@@ -845,7 +846,7 @@ def job_restart(*, job: Job, actor: str, resume_from: Any = LATEST_CHECKPOINT, r
                            "resumed_from": folder or None, "resumed_from_step": step})
         from controlplane.jobs.tasks import place_job
 
-        transaction.on_commit(lambda: place_job.delay(job.id))
+        transaction.on_commit(lambda: enqueue(place_job, job.id))
     run.refresh_from_db()
     return run
 
@@ -967,11 +968,20 @@ def command_issue(*, job: Job, type: str, value: Any = None, issued_by: str,
                            idempotency_key=idempotency_key)
 
 
-def commands_unfinished_for_node(node: Node) -> list[Command]:
+def commands_unfinished_for_node(node: Node, *, unacked_for_s: float | None = None) -> list[Command]:
     """What to (re)deliver to a node that connects: its unfinished commands, but no start
-    of a job that ended or of a run that is no longer its job's current one."""
+    of a job that ended or of a run that is no longer its job's current one.
+
+    With ``unacked_for_s``: only those still unacknowledged that long after they were
+    created (pending) or last sent — what a connected agent should have acked by now, so
+    the push was lost (Redis down, or the agent's group gone with a restarted Redis)."""
+    unfinished = Command.objects.filter(node=node, state__in=[Command.State.PENDING, Command.State.SENT])
+    if unacked_for_s is not None:
+        cutoff = timezone.now() - timedelta(seconds=unacked_for_s)
+        unfinished = unfinished.filter(Q(state=Command.State.PENDING, created_at__lt=cutoff)
+                                       | Q(state=Command.State.SENT, sent_at__lt=cutoff))
     return list(
-        Command.objects.filter(node=node, state__in=[Command.State.PENDING, Command.State.SENT])
+        unfinished
         .exclude(job__status__in=Job.TERMINAL, type=Command.Type.START)
         .exclude(~Q(run_id=F("job__current_run_id")), type=Command.Type.START)
         .order_by("job_id", "seq")
@@ -979,7 +989,8 @@ def commands_unfinished_for_node(node: Node) -> list[Command]:
 
 
 def command_mark_sent(*, command_id: int) -> None:
-    Command.objects.filter(id=command_id, state=Command.State.PENDING).update(
+    """The command went out on an agent's WebSocket (again: ``sent_at`` is the latest)."""
+    Command.objects.filter(id=command_id, state__in=[Command.State.PENDING, Command.State.SENT]).update(
         state=Command.State.SENT, sent_at=timezone.now()
     )
 

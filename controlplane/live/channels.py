@@ -2,6 +2,12 @@
 
 Services call these after their transaction commits; consumers translate the
 channel-layer messages into WebSocket frames.
+
+A push is best effort: with Redis down it is logged and dropped, never raised into the
+request or task that made it (its rows are committed by then). What is lost is made up
+for elsewhere: an agent is sent its unacknowledged commands again (on connect and
+periodically, see ``consumers.AgentCommandConsumer``), and a browser that reconnects
+past a gap in the frame log is told to ``resync``.
 """
 
 from __future__ import annotations
@@ -76,7 +82,17 @@ def publish_to_job(job_id: int, frame_type: str, data: dict[str, Any]) -> None:
         pipe.execute()
     except redis.RedisError as exc:  # the live push still goes out; only replay suffers
         log.warning("could not log frame %s of job %s for replay: %s", seq, job_id, exc)
-    async_to_sync(get_channel_layer().group_send)(job_group(job_id), {"type": JOB_MESSAGE, "frame": frame})
+    _group_send(job_group(job_id), {"type": JOB_MESSAGE, "frame": frame})
+
+
+def _group_send(group: str, message: dict[str, Any]) -> bool:
+    """Send to a group; False (logged) when the channel layer cannot be reached."""
+    try:
+        async_to_sync(get_channel_layer().group_send)(group, message)
+    except Exception as exc:  # noqa: BLE001 - redis, socket or channel-layer errors alike
+        log.warning("could not push %s to %s (channel layer unavailable: %s)", message["type"], group, exc)
+        return False
+    return True
 
 
 def frame_log_reset(job_id: int) -> None:
@@ -89,15 +105,21 @@ def frame_log_reset(job_id: int) -> None:
 
 
 def frames_after(job_id: int, after: int) -> tuple[list[dict[str, Any]], bool]:
-    """Logged frames with seq > after, in order, and whether the log still reaches back that
-    far (False: some were trimmed; the client should reload history over REST)."""
+    """Logged frames with seq > after, in order, and whether they are all the job's frames
+    since ``after`` (False: some were trimmed, or never logged because Redis was down or
+    restarted empty; the client should reload history over REST)."""
+    # The newest number first: a frame numbered before it is logged by now (or lost).
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT live_seq FROM jobs_job WHERE id = %s", [job_id])
+        row = cursor.fetchone()
+    newest = int(row[0]) if row else 0
     raw = _redis().lrange(frame_log_key(job_id), 0, -1)
-    frames = [json.loads(item) for item in raw]
-    complete = not frames or frames[0]["seq"] <= after + 1
-    return [f for f in frames if f["seq"] > after], complete
+    frames = [f for f in (json.loads(item) for item in raw) if f["seq"] > after]
+    logged = {f["seq"] for f in frames if f["seq"] <= newest}
+    return frames, len(logged) >= newest - after
 
 
-def push_command_to_agent(node_id: int, frame: dict[str, Any]) -> None:
-    async_to_sync(get_channel_layer().group_send)(
-        agent_group(node_id), {"type": COMMAND_PUSH, "command": frame}
-    )
+def push_command_to_agent(node_id: int, frame: dict[str, Any]) -> bool:
+    """Push a command (or cluster) frame to the node's agent; False when it could not be
+    pushed (it is sent again from its row, see the module docstring)."""
+    return _group_send(agent_group(node_id), {"type": COMMAND_PUSH, "command": frame})

@@ -17,16 +17,27 @@
   that carries a ``ref`` is confirmed with ``{"type": "received", "ref"}`` once handled
   (or refused with an ``error``): the agent keeps sending it, across reconnections and
   its own restarts, until then.
+
+Redis (the channel layer) may fail or restart under a connected consumer. A failed
+channel layer ends the consumer and closes its socket: the client reconnects, and is
+refused until Redis answers again. A restarted Redis is empty: group memberships are
+gone while sockets stay open, so every ``CHANNEL_REFRESH_S`` each consumer joins its
+group again, and an agent's consumer sends again, from the rows, the commands its agent
+has not acknowledged that long and cluster versions newer than it sent (a push made
+while Redis was down or the group was gone reached nobody). The agent acks a repeat and
+applies it once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from controlplane.errors import ApiError
 from controlplane.jobs import selectors, services
@@ -48,7 +59,50 @@ def _after_param(scope) -> int | None:
     return value if value is not None and value >= 0 else None
 
 
-class JobStreamConsumer(AsyncJsonWebsocketConsumer):
+class _GroupConsumer(AsyncJsonWebsocketConsumer):
+    """A consumer in one channel-layer group that calls :meth:`refresh` every
+    ``CHANNEL_REFRESH_S`` while connected (see the module docstring)."""
+
+    group = ""
+
+    async def __call__(self, scope, receive, send):
+        self._refresher: asyncio.Task | None = None
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # also when the channel layer failed, which skips disconnect()
+            if self._refresher is not None:
+                self._refresher.cancel()
+
+    async def join(self) -> bool:
+        """Join :attr:`group` and start refreshing; False (logged) if the channel layer
+        cannot be reached: the caller refuses the client, who tries again later."""
+        try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except Exception as exc:  # noqa: BLE001 - redis, socket or channel-layer errors alike
+            log.warning("refusing a client of %s: the channel layer is unavailable (%s)", self.group, exc)
+            return False
+        self.joined = True
+        self._refresher = asyncio.create_task(self._refresh_loop())
+        return True
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(settings.CHANNEL_REFRESH_S)
+            try:
+                await self.refresh()
+                await self.channel_layer.group_add(self.group, self.channel_name)
+            except Exception as exc:  # noqa: BLE001 - tried again next time
+                log.warning("refreshing %s failed: %s", self.group, exc)
+
+    async def refresh(self) -> None:
+        """Make up for pushes that may have been lost (before the group is joined again)."""
+
+    async def disconnect(self, code):
+        if getattr(self, "joined", False):  # a refused client never joined the group
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+
+class JobStreamConsumer(_GroupConsumer):
     async def connect(self):
         user = self.scope.get("user")
         self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
@@ -63,8 +117,10 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
         after = _after_param(self.scope)
         # Join first, then replay: a frame published in between arrives both ways and the
         # duplicate is dropped by sequence number below.
-        await self.channel_layer.group_add(channels.job_group(self.job_id), self.channel_name)
-        self.joined = True
+        self.group = channels.job_group(self.job_id)
+        if not await self.join():
+            await self.close()
+            return
         await self.accept()
         # Frames can reach this consumer out of order (two ingests publish concurrently),
         # so duplicates are dropped by set membership, never by "lower than the last".
@@ -76,10 +132,6 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"seq": self.after, "type": "resync", "data": {}})
             for frame in frames:
                 await self._send_frame(frame)
-
-    async def disconnect(self, code):
-        if getattr(self, "joined", False):  # a refused client never joined the group
-            await self.channel_layer.group_discard(channels.job_group(self.job_id), self.channel_name)
 
     async def _send_frame(self, frame: dict) -> None:
         seq = frame["seq"]
@@ -94,29 +146,42 @@ class JobStreamConsumer(AsyncJsonWebsocketConsumer):
         await self._send_frame(message["frame"])
 
 
-class AgentCommandConsumer(AsyncJsonWebsocketConsumer):
+class AgentCommandConsumer(_GroupConsumer):
     async def connect(self):
         self.node = self.scope.get("node")
         if self.node is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        await self.channel_layer.group_add(channels.agent_group(self.node.id), self.channel_name)
+        self.group = channels.agent_group(self.node.id)
+        self.cluster_sent: dict[int, int] = {}  # the newest cluster version sent, by job
+        if not await self.join():
+            await self.close()
+            return
         await self.accept()
         await database_sync_to_async(services.node_heartbeat)(node=self.node)
         pending = await database_sync_to_async(services.commands_unfinished_for_node)(self.node)
         for command in pending:
             await self._deliver(services.command_frame(command))
         for frame in await database_sync_to_async(services.cluster_frames_for_node)(self.node):
-            await self.send_json(frame)
+            await self._deliver(frame)
 
-    async def disconnect(self, code):
-        if getattr(self, "node", None) is not None:
-            await self.channel_layer.group_discard(channels.agent_group(self.node.id), self.channel_name)
+    async def refresh(self) -> None:
+        unacked = await database_sync_to_async(services.commands_unfinished_for_node)(
+            self.node, unacked_for_s=settings.CHANNEL_REFRESH_S)
+        for command in unacked:
+            log.info("sending command %s to node %s again: not acknowledged within %.0f s", command.id,
+                     self.node.name, settings.CHANNEL_REFRESH_S)
+            await self._deliver(services.command_frame(command))
+        for frame in await database_sync_to_async(services.cluster_frames_for_node)(self.node):
+            if frame["version"] > self.cluster_sent.get(frame["job"], 0):
+                await self._deliver(frame)
 
     async def _deliver(self, frame: dict) -> None:
         await self.send_json(frame)
         if frame.get("type") == "command":
             await database_sync_to_async(services.command_mark_sent)(command_id=frame["id"])
+        elif frame.get("type") == "cluster":
+            self.cluster_sent[frame["job"]] = max(self.cluster_sent.get(frame["job"], 0), frame["version"])
 
     async def command_push(self, message):
         await self._deliver(message["command"])

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from controlplane.celery import enqueue
 from controlplane.errors import InvalidInput, NotFound, PayloadTooLarge
 from controlplane.jobs.models import Job, Node, Worker
 from controlplane.live import channels
@@ -137,9 +138,8 @@ def _schedule_policy_evaluation(job_ids: set[int]) -> None:
         except Exception:  # noqa: BLE001 - Redis trouble: the beat evaluates anyway
             log.warning("could not debounce policy evaluation of job %s", job_id)
             continue
-        if first:
-            evaluate_job.apply_async((job_id,))
-            evaluate_job.apply_async((job_id,), countdown=POLICY_DEBOUNCE_S)
+        if first and enqueue(evaluate_job, job_id):
+            enqueue(evaluate_job, job_id, countdown=POLICY_DEBOUNCE_S)
 
 
 def _publish_batch(rows: list[_Row]) -> None:

@@ -52,7 +52,9 @@ def multinode_stack(tmp_path_factory):
 
 
 def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int | list[int], distinct_addresses: bool = False,
-           namespaces: bool = False):
+           namespaces: bool = False, redis_url: str | None = None):
+    """The stack, on ``redis_url`` when given (a Redis of the test's own), else on the
+    configured one."""
     from django.conf import settings
 
     # A database of its own, named after the configured one so parallel runs with
@@ -62,7 +64,7 @@ def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int | list[int]
     log_dir = tmp_path_factory.mktemp(f"{suffix}-logs")
     env = {
         "DATABASE_URL": database_url,
-        "REDIS_URL": settings.REDIS_URL,
+        "REDIS_URL": redis_url or settings.REDIS_URL,
         "CELERY_QUEUE": os.environ.get("CELERY_QUEUE", "adaptrain-e2e") + f"-{suffix}",
         "CHANNELS_PREFIX": os.environ.get("CHANNELS_PREFIX", "adaptrain-e2e") + f"-{suffix}",
         "POLICY_EVAL_INTERVAL_S": "1",
