@@ -31,10 +31,12 @@ applies it once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from urllib.parse import parse_qs
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_CHANNEL_LAYER_FAILED = 1011  # "internal error": the client should reconnect
 
 
 def _after_param(scope) -> int | None:
@@ -69,6 +72,13 @@ class _GroupConsumer(AsyncJsonWebsocketConsumer):
         self._refresher: asyncio.Task | None = None
         try:
             await super().__call__(scope, receive, send)
+        except (redis.RedisError, OSError) as exc:
+            # The channel layer failed (Redis is down): end the connection; the client
+            # reconnects, and is refused until Redis answers again.
+            if getattr(self, "joined", False):  # a refused client was logged already
+                log.warning("closing a WebSocket of %s: the channel layer failed (%s)", self.group, exc)
+            with contextlib.suppress(Exception):  # it may be closed already
+                await self.close(code=CLOSE_CHANNEL_LAYER_FAILED)
         finally:  # also when the channel layer failed, which skips disconnect()
             if self._refresher is not None:
                 self._refresher.cancel()

@@ -122,3 +122,31 @@ def test_a_new_job_does_not_inherit_frames_logged_under_its_id(user, job):
     assert again.id == stale_id
     frames, _ = channels.frames_after(again.id, 0)
     assert [(f["seq"], f["type"]) for f in frames] == [(1, "event")]  # only its own "created"
+
+
+
+def test_a_client_is_told_to_resync_when_frames_were_lost_with_redis(user, job):
+    publish(job.id, 3)  # logged: 1 (the "created" event) to 4
+    for _ in range(2):  # numbered, but neither logged nor pushed: Redis was down
+        channels.next_live_seq(job.id)
+    assert channels.frames_after(job.id, 1)[1] is False
+    publish(job.id, 2)
+    job.refresh_from_db()
+    frames, complete = channels.frames_after(job.id, job.live_seq - 2)
+    assert complete and [f["seq"] for f in frames] == [job.live_seq - 1, job.live_seq]
+    channels._redis().delete(channels.frame_log_key(job.id))  # a restarted Redis is empty
+    assert channels.frames_after(job.id, job.live_seq - 1) == ([], False)
+    assert channels.frames_after(job.id, job.live_seq) == ([], True)
+    publish(job.id, 1)
+
+    async def scenario():
+        c = communicator(user, job.id, "?after=4")
+        assert (await c.connect())[0]
+        got = [await c.receive_json_from(timeout=5) for _ in range(2)]
+        await c.disconnect()
+        return got
+
+    got = async_to_sync(scenario)()
+    job.refresh_from_db()
+    assert got[0]["type"] == "resync"
+    assert got[1]["seq"] == job.live_seq
