@@ -61,11 +61,10 @@ def test_a_command_issued_while_the_channel_layer_is_down_is_accepted_and_kept(a
 
 
 def test_a_task_that_cannot_be_queued_is_logged_not_raised(caplog):
-    app = Celery("dead-broker", broker=_dead_redis_url())
-    app.conf.broker_connection_retry = False
-    app.conf.broker_transport_options = {"max_retries": 0}
+    # Not the current app, and its task not shared: the control plane's app stays as it is.
+    app = Celery("dead-broker", broker=_dead_redis_url(), set_as_current=False)
 
-    @app.task(name="tests.nothing")
+    @app.task(name="tests.nothing", shared=False)
     def nothing(x):
         return x
 
