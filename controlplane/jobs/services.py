@@ -904,6 +904,27 @@ def job_report(*, node: Node, job_id: int, status: str, reason: str = "",
             mine.update(state=Worker.State.EXITED)
             _grow_maybe_admit(job)
             _rescale_maybe_finish(job)
+            _stopped_maybe_succeed(job, actor=actor)
+
+
+def _stopped_maybe_succeed(job: Job, *, actor: str) -> None:
+    """A job a user or a policy stopped (the ``stop`` action; not a cancel, not the stop
+    that ends abandoned joiners) ends ``succeeded`` once none of its workers is left: its
+    workers stopped training cleanly at the step they agreed on (e.g. a policy's early
+    stop). Without this it would stay ``running`` with nothing running."""
+    job.refresh_from_db()
+    if job.is_terminal or _run_workers(job).filter(state__in=Worker.ACTIVE).exists():
+        return
+    stop = (_run_commands(job).filter(type=Command.Type.STOP).exclude(payload__has_key="joiners")
+            .order_by("seq").first())
+    if stop is None:
+        return
+    applied = (_run_commands(job).filter(seq=stop.seq, state=Command.State.APPLIED)
+               .exclude(applied_step=None).values_list("applied_step", flat=True).first())
+    at = f" at step {applied}" if applied is not None else ""
+    _transition(job, to=Job.Status.SUCCEEDED,
+                allowed_from=(Job.Status.SCHEDULING, Job.Status.RUNNING, Job.Status.RESCALING),
+                actor=actor, reason=f"stopped by {stop.issued_by}{at}", finished_at=timezone.now())
 
 
 # --- commands ----------------------------------------------------------------------------

@@ -294,3 +294,35 @@ def test_a_finished_job_whose_workers_exit_here_is_not_released_early(user, node
     job.refresh_from_db()
     assert job.status == "succeeded"
     assert services.node_heartbeat(node=node, running_jobs=[job.id]) == []
+
+
+def _stop_everywhere(job, *, issued_by="user:alice", step=50):
+    services.command_issue(job=job, type="stop", issued_by=issued_by)
+    for command in Command.objects.filter(job=job, type="stop"):
+        services.command_finish(node=command.node, command_id=command.id, ok=True, step=step)
+    for node in {w.node for w in Worker.objects.filter(job=job).select_related("node")}:
+        services.job_report(node=node, job_id=job.id, status="stopped")
+    job.refresh_from_db()
+    return job
+
+
+def test_a_stop_action_ends_the_job_succeeded_once_its_workers_are_gone(user, nodes):
+    # The `stop` action (manual or a policy's early stop): the workers stop training at one
+    # step and exit cleanly; the job then succeeds, saying who stopped it and where.
+    job = _stop_everywhere(_running_job(user, initial=2, low=2, high=2), issued_by="policy:early-stop")
+    assert job.status == "succeeded" and job.finished_at is not None
+    assert job.status_reason == "stopped by policy:early-stop at step 50"
+    assert set(Worker.objects.filter(job=job).values_list("state", flat=True)) == {"exited"}
+
+
+def test_a_node_that_stops_while_others_still_run_does_not_end_the_job(user, nodes):
+    job = _running_job(user, initial=2, low=1, high=4)
+    services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
+    _report(job, 2, "standby")
+    _report(job, 3, "standby")
+    job = _rescaled_all(job)
+    services.command_issue(job=job, type="stop", issued_by="user:alice")
+    joiner_node = _worker(job, 2).node
+    services.job_report(node=joiner_node, job_id=job.id, status="stopped")
+    job.refresh_from_db()
+    assert job.status == "running"  # node 1's workers have not exited yet
