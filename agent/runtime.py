@@ -436,7 +436,6 @@ class Trainer:
         if not self.session.joining:
             # Make every worker start from rank 0's weights (a joiner gets them when let in).
             self._broadcast_weights()
-        loss_fn, model = self.loss_fn, self.model
         self._feature_shape = list(x_sample.shape[1:])
         feature_shape = [None, *x_sample.shape[1:]]
 
@@ -445,14 +444,7 @@ class Trainer:
             tf.TensorSpec([], tf.float32),
         ])
         def compute(x, y, inv_global_batch):
-            with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                loss_sum = tf.reduce_sum(loss_fn(y, logits))
-                scaled = loss_sum * inv_global_batch
-            grads = tape.gradient(scaled, variables)
-            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)]
-            correct = tf.reduce_sum(tf.cast(
-                tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
+            grads, loss_sum, correct = self._gradients(x, y, inv_global_batch)
             # Fuse every gradient and three scalars into one flat buffer: the loss and
             # correct-count sums, and a slot for this worker's squared local gradient norm
             # (filled in afterwards, only on monitoring steps).
@@ -473,6 +465,20 @@ class Trainer:
         self._apply = apply
         self._fused = {}  # S-SGD's one-call step, with and without the allreduce (built on first use)
 
+    def _gradients(self, x, y, inv_global_batch):
+        """(Traced inside a compiled step.) This worker's gradients of the batch's summed
+        loss scaled by ``inv_global_batch`` (1/B: summed over the workers they are the mean
+        gradient), and the loss and correct-prediction sums of its samples."""
+        tf = self.tf
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True)
+            loss_sum = tf.reduce_sum(self.loss_fn(y, logits))
+            scaled = loss_sum * inv_global_batch
+        grads = tape.gradient(scaled, self._variables)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self._variables, strict=True)]
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
+        return grads, loss_sum, correct
+
     def _fused_step(self, distributed: bool, monitor: bool):
         """S-SGD's whole step as one compiled call: gradients, the fused allreduce (the
         native library called from the graph, with the command agreement riding in the
@@ -485,7 +491,7 @@ class Trainer:
         if (distributed, monitor) in self._fused:
             return self._fused[distributed, monitor]
         tf = self.tf
-        model, loss_fn, variables, optimizer = self.model, self.loss_fn, self._variables, self.optimizer
+        variables, optimizer = self._variables, self.optimizer
         sizes, shapes = self._sizes, self._shapes
         feature_shape = [None, *self._feature_shape]
 
@@ -494,14 +500,7 @@ class Trainer:
             tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32),
         ])
         def step(x, y, inv_global_batch, local_scale_sq, agree_slots):
-            with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                loss_sum = tf.reduce_sum(loss_fn(y, logits))
-                scaled = loss_sum * inv_global_batch
-            grads = tape.gradient(scaled, variables)
-            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)]
-            correct = tf.reduce_sum(tf.cast(
-                tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
+            grads, loss_sum, correct = self._gradients(x, y, inv_global_batch)
             # This worker's own mean gradient is B/n times its share (scaled by 1/B).
             # The monitors' two squared norms cost a pass over the gradients: only in the
             # variant that monitors (a graph branch would cost more than the norms on a small model).
