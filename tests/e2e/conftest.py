@@ -94,6 +94,19 @@ def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int | list[int]
         print(f"[stack] logs kept in {log_dir}")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_for(predicate, *, timeout_s: float, what: str, stack: Stack | None = None, interval_s: float = 0.5):
     deadline = time.monotonic() + timeout_s
     last_error = None

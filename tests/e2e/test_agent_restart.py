@@ -17,13 +17,12 @@ web, Celery, one agent and two TensorFlow workers.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
 import pytest
 
-from tests.e2e.conftest import _stack, wait_for, wait_for_job
+from tests.e2e.conftest import _stack, process_alive, wait_for, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -53,15 +52,6 @@ def _last_step(api, job_id: int) -> int:
 def _worker_pids(stack, job_id: int) -> dict[int, int]:
     state = json.loads((stack.log_dir / "agents" / "node-1" / "jobs" / f"job-{job_id}.json").read_text())
     return {w["rank"]: w["pid"] for w in state["workers"]}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _create_job(api, name: str) -> int:
@@ -114,7 +104,7 @@ def _missing_metric_steps(api, job_id: int, up_to: int) -> list[int]:
 def _cancel(stack, job_id: int, pids: dict[int, int]) -> None:
     status, body = stack.api.post(f"/api/v1/jobs/{job_id}/cancel/", {})
     assert status == 200 and body["status"] == "cancelled", body
-    wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout_s=30,
+    wait_for(lambda: not any(process_alive(pid) for pid in pids.values()), timeout_s=30,
              what="the workers to exit", stack=stack)
 
 
@@ -134,7 +124,7 @@ def test_killed_agent_is_restarted_and_reattaches_to_the_running_workers(restart
     step_at_kill = _last_step(api, job_id)
     command_id = _command(api, job_id, "set_batch_size", 64)
     time.sleep(3)
-    assert all(_alive(pid) for pid in pids.values()), pids
+    assert all(process_alive(pid) for pid in pids.values()), pids
     assert _command_detail(api, job_id, command_id)["state"] in ("pending", "sent")
 
     # A new agent on the same state directory takes them over.
@@ -142,7 +132,7 @@ def test_killed_agent_is_restarted_and_reattaches_to_the_running_workers(restart
     wait_for(lambda: _command_detail(api, job_id, command_id)["state"] == "applied", timeout_s=60,
              what="the command issued while the agent was down to be applied", stack=stack)
     assert _worker_pids(stack, job_id) == pids
-    assert all(_alive(pid) for pid in pids.values())
+    assert all(process_alive(pid) for pid in pids.values())
     applied = _assert_applied_once_at_the_same_step(api, job_id, command_id, 64)
     assert applied > step_at_kill
     # Metrics keep coming through the new agent.
@@ -166,7 +156,7 @@ def test_killed_agent_is_restarted_and_reattaches_to_the_running_workers(restart
         assert detaching.wait(timeout=20) == 0
     finally:
         stack.agent_env[AGENT]["AGENT_ON_EXIT"] = "stop"
-    assert all(_alive(pid) for pid in pids.values())
+    assert all(process_alive(pid) for pid in pids.values())
     stack.restart_agent(AGENT)
 
     # The third agent supervises them: metrics keep coming, the job is still running.

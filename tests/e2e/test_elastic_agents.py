@@ -7,7 +7,6 @@ take it below its minimum."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import _stack, wait_for, wait_for_job
+from tests.e2e.conftest import _stack, process_alive, wait_for, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -144,15 +143,6 @@ def test_scale_workers_refusals_say_why(elastic_stack):
     api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_an_agent_back_after_its_node_was_lost_ends_the_workers_the_job_went_on_without(elastic_stack):
     # The agent on the joiners' node dies; its workers (own sessions) train on. The node is
     # taken for lost and the elastic job shrinks without them. A new agent re-attaches to
@@ -171,7 +161,7 @@ def test_an_agent_back_after_its_node_was_lost_ends_the_workers_the_job_went_on_
     b = next(w["node"] for w in job["workers"] if w["rank"] == 2)
     state = json.loads((stack.log_dir / "agents" / b / "jobs" / f"job-{job_id}.json").read_text())
     pids = [w["pid"] for w in state["workers"]]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 2 and all(process_alive(p) for p in pids)
 
     agent = stack.processes.pop(f"agent-{b}")
     agent.send_signal(signal.SIGKILL)
@@ -179,10 +169,10 @@ def test_an_agent_back_after_its_node_was_lost_ends_the_workers_the_job_went_on_
     job = wait_for_job(api, job_id, lambda j: j["cluster_version"] == 3 and j["status"] == "running" and j,
                        timeout_s=60, what=f"the job to shrink without lost node {b}", stack=stack)
     assert len(_members(job)) == 2 and all(node != b for node, _ in _members(job))
-    assert all(_alive(p) for p in pids), "the dead agent's workers should have trained on unseen"
+    assert all(process_alive(p) for p in pids), "the dead agent's workers should have trained on unseen"
 
     stack.restart_agent(f"agent-{b}")
-    wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=30,
+    wait_for(lambda: not any(process_alive(p) for p in pids), timeout_s=30,
              what=f"the agent back on {b} to end the workers the job went on without", stack=stack)
     wait_for(lambda: next(n for n in api.get("/api/v1/nodes/")[1] if n["name"] == b)["status"] == "online",
              timeout_s=30, what=f"node {b} to be online again", stack=stack)

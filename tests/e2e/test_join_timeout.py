@@ -11,13 +11,12 @@ while ``$HANG_DIR/hang`` exists, records its pid and sleeps instead of starting.
 
 from __future__ import annotations
 
-import os
 import stat
 import sys
 
 import pytest
 
-from tests.e2e.conftest import _stack, wait_for, wait_for_job
+from tests.e2e.conftest import _stack, process_alive, wait_for, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -46,15 +45,6 @@ def hang_stack(tmp_path_factory):
             yield stack
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purpose
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_abandoned_standbys_are_ended_and_the_members_go_on(hang_stack):
     api = hang_stack.api
     status, job = api.post("/api/v1/jobs/", {
@@ -78,7 +68,7 @@ def test_abandoned_standbys_are_ended_and_the_members_go_on(hang_stack):
     hung = wait_for(lambda: (pids := sorted(hang_stack.hang_dir.glob("joiner-*"))) and len(pids) == 2 and pids,
                     timeout_s=60, what="both joiners to start (and hang)", stack=hang_stack)
     pids = [int(p.read_text()) for p in hung]
-    assert all(_alive(pid) for pid in pids)
+    assert all(process_alive(pid) for pid in pids)
 
     # Given up on after the timeout (the beat task runs every 10 s): the grow fails, the
     # job runs on with its 2 members.
@@ -86,7 +76,7 @@ def test_abandoned_standbys_are_ended_and_the_members_go_on(hang_stack):
                                    if c["action"] == "scale_workers" and c["state"] == "failed"), None),
                      timeout_s=JOIN_TIMEOUT_S + 40, what="the grow to be given up on", stack=hang_stack)
     assert "did not report standby" in scale["error"], scale
-    wait_for(lambda: not any(_alive(pid) for pid in pids), timeout_s=30,
+    wait_for(lambda: not any(process_alive(pid) for pid in pids), timeout_s=30,
              what="both agents to end their abandoned standby", stack=hang_stack)
     stops = [c for c in api.get(f"/api/v1/jobs/{job_id}/commands/")[1] if c["action"] == "stop"]
     assert sorted(c["node"] for c in stops) == ["node-1", "node-2"] and len({c["seq"] for c in stops}) == 1
