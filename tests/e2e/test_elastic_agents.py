@@ -22,23 +22,30 @@ pytestmark = pytest.mark.e2e
 FAKE_WORKER = Path(__file__).with_name("elastic_fake_worker.py")
 
 
-@pytest.fixture(scope="module")
-def elastic_stack(tmp_path_factory):
+def fake_worker_stack(tmp_path_factory, *, suffix: str, env: dict[str, str]):
+    """Two agents with two slots each whose workers are the stand-in (no TensorFlow), with
+    ``env`` for the whole stack; yields it with ``fake_dir`` (the crash-file folder)."""
     fake_dir = tmp_path_factory.mktemp("fake-workers")
     python = fake_dir / "python"
     # The agents start "python -m <entrypoint>"; this interpreter runs the stand-in instead.
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_WORKER}"\n')
     python.chmod(python.stat().st_mode | stat.S_IXUSR)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENT_PYTHON", str(python))
-        mp.setenv("FAKE_WORKER_DIR", str(fake_dir))
-        mp.setenv("AGENT_HEARTBEAT_S", "1")
-        mp.setenv("AGENT_HEARTBEAT_TIMEOUT_S", "6")  # a killed agent's node is lost within ~16 s
-        # The scenarios here shrink jobs on purpose; growing back is test_elastic_self_healing's.
-        mp.setenv("AUTO_GROW_DELAY_S", "3600")
-        for stack in _stack(tmp_path_factory, suffix="elastic", agents=2, slots=2, distinct_addresses=True):
+        for name, value in {"AGENT_PYTHON": str(python), "FAKE_WORKER_DIR": str(fake_dir),
+                            "AGENT_HEARTBEAT_S": "1", **env}.items():
+            mp.setenv(name, value)
+        for stack in _stack(tmp_path_factory, suffix=suffix, agents=2, slots=2, distinct_addresses=True):
             stack.fake_dir = fake_dir
             yield stack
+
+
+@pytest.fixture(scope="module")
+def elastic_stack(tmp_path_factory):
+    yield from fake_worker_stack(tmp_path_factory, suffix="elastic", env={
+        "AGENT_HEARTBEAT_TIMEOUT_S": "6",  # a killed agent's node is lost within ~16 s
+        # The scenarios here shrink jobs on purpose; growing back is test_elastic_self_healing's.
+        "AUTO_GROW_DELAY_S": "3600",
+    })
 
 
 def _job(api, job_id):

@@ -6,32 +6,19 @@ protocol-speaking stand-in of test_elastic_agents (no TensorFlow)."""
 
 from __future__ import annotations
 
-import stat
-import sys
 import time
 
 import pytest
 
-from tests.e2e.conftest import _stack, wait_for_job
-from tests.e2e.test_elastic_agents import FAKE_WORKER, _address, _job, _members, _scale
+from tests.e2e.conftest import wait_for_job
+from tests.e2e.test_elastic_agents import _address, _job, _members, _scale, fake_worker_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def healing_stack(tmp_path_factory):
-    fake_dir = tmp_path_factory.mktemp("fake-workers")
-    python = fake_dir / "python"
-    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_WORKER}"\n')
-    python.chmod(python.stat().st_mode | stat.S_IXUSR)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENT_PYTHON", str(python))
-        mp.setenv("FAKE_WORKER_DIR", str(fake_dir))
-        mp.setenv("AGENT_HEARTBEAT_S", "1")
-        mp.setenv("AUTO_GROW_DELAY_S", "3")
-        for stack in _stack(tmp_path_factory, suffix="healing", agents=2, slots=2, distinct_addresses=True):
-            stack.fake_dir = fake_dir
-            yield stack
+    yield from fake_worker_stack(tmp_path_factory, suffix="healing", env={"AUTO_GROW_DELAY_S": "3"})
 
 
 def test_a_crashed_worker_is_replaced_and_a_users_shrink_is_kept(healing_stack):
