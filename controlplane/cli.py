@@ -156,10 +156,12 @@ def cmd_jobs_watch(args) -> int:
         for e in events:
             seen_events = max(seen_events, e["id"])
             print(f"  event: {e['actor']}: {e['message']}", flush=True)
+        # The current run's (the metrics endpoint's default): a restart counts steps again.
         metrics = client.call("GET", f"/api/v1/jobs/{args.job}/metrics/?names=loss,accuracy&per_rank=false&max_points=2")
         latest = {s["name"]: s["value"][-1] for s in metrics["series"] if s["value"]}
         row = _job_row(job)
-        line = (f"job {row['id']} {row['status']}: step {row['step']}, batch size {row['batch_size']}, "
+        run = f" (run {metrics['run']})" if metrics.get("run") else ""
+        line = (f"job {row['id']} {row['status']}{run}: step {row['step']}, batch size {row['batch_size']}, "
                 f"lr {row['lr']}, workers {row['workers']}"
                 + "".join(f", {k} {v:.4g}" for k, v in sorted(latest.items())))
         if line != last_line:

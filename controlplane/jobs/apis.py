@@ -199,6 +199,8 @@ class SeriesSerializer(serializers.Serializer):
 
 class MetricsOutputSerializer(serializers.Serializer):
     job = serializers.IntegerField()
+    run = serializers.IntegerField(allow_null=True, help_text=(
+        "the number of the run these series are of (null: the job has no run yet, and no series)"))
     seq = serializers.IntegerField(help_text="the job's live sequence number when this was read")
     series = SeriesSerializer(many=True)
 
@@ -401,16 +403,20 @@ class JobCommandsApi(APIView):
         return Response(CommandOutputSerializer(commands, many=True).data, status=status.HTTP_201_CREATED)
 
 
-def _int_param(request, name: str, *, default=None, low=None, high=None):
+def int_query_param(request, name: str, *, default=None, low=None, high=None):
+    """An integer query parameter, or ``default`` when absent; a 400 naming the parameter
+    when it is not an integer or out of bounds."""
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInput(f"{name} must be an integer; got {raw!r}.") from None
+        raise InvalidInput(f"{name} must be an integer; got {raw!r}.", details={name: raw}) from None
     if (low is not None and value < low) or (high is not None and value > high):
-        raise InvalidInput(f"{name} must be between {low} and {high}; got {value}.")
+        limits = (f"between {low} and {high}" if low is not None and high is not None
+                  else f"at least {low}" if low is not None else f"at most {high}")
+        raise InvalidInput(f"{name} must be {limits}; got {value}.", details={name: raw})
     return value
 
 
@@ -425,6 +431,10 @@ def _downsample_param(request) -> str:
 class JobMetricsApi(APIView):
     @extend_schema(responses={200: MetricsOutputSerializer, **ERRORS}, parameters=[
         OpenApiParameter("names", str, description="comma-separated metric names (default: all)"),
+        OpenApiParameter("run", int, description=(
+            "the run's number within the job (1, 2, …; default: the job's current run). Each run "
+            "counts its steps from its own start, so runs are read one at a time. An unknown number "
+            "is a 404 whose details.runs lists the job's runs")),
         OpenApiParameter("since", int, description="first step"), OpenApiParameter("until", int, description="last step"),
         OpenApiParameter("max_points", int, description="points per series after downsampling (2-100000, default 1000)"),
         OpenApiParameter("per_rank", bool, description="include per-worker series (default true)"),
@@ -436,16 +446,20 @@ class JobMetricsApi(APIView):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         names_raw = request.query_params.get("names", "")
         names = [n for n in names_raw.split(",") if n] or None
-        series = live_selectors.job_metric_series(
-            job_id=job.id, names=names,
-            since=_int_param(request, "since", low=0),
-            until=_int_param(request, "until", low=0),
-            max_points=_int_param(request, "max_points", default=1000, low=2, high=100_000),
+        run = selectors.job_run_get(job, int_query_param(request, "run", low=1))
+        if run is None:  # never placed: nothing recorded yet
+            job.refresh_from_db(fields=["live_seq"])
+            return Response({"job": job.id, "run": None, "seq": job.live_seq, "series": []})
+        series = live_selectors.run_metric_series(
+            run_id=run.id, names=names,
+            since=int_query_param(request, "since", low=0),
+            until=int_query_param(request, "until", low=0),
+            max_points=int_query_param(request, "max_points", default=1000, low=2, high=100_000),
             per_rank=request.query_params.get("per_rank", "true").lower() != "false",
             downsample=_downsample_param(request),
         )
         job.refresh_from_db(fields=["live_seq"])
-        return Response({"job": job.id, "seq": job.live_seq, "series": series})
+        return Response({"job": job.id, "run": run.number, "seq": job.live_seq, "series": series})
 
 
 class JobEventsApi(APIView):
@@ -453,7 +467,7 @@ class JobEventsApi(APIView):
                    parameters=[OpenApiParameter("after", int, description="only events with a larger id")])
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
-        events = selectors.job_events(job, after_id=_int_param(request, "after", low=0))[:1000]
+        events = selectors.job_events(job, after_id=int_query_param(request, "after", low=0))[:1000]
         return Response([
             {"id": e.id, "kind": e.kind, "actor": e.actor, "message": e.message, "data": e.data,
              "step": e.step, "time": e.created_at.isoformat()} for e in events

@@ -28,6 +28,21 @@ def job_runs(job: Job) -> QuerySet[Run]:
     return Run.objects.filter(job=job).order_by("-number")
 
 
+def job_run_get(job: Job, number: int | None) -> Run | None:
+    """Run ``number`` of the job (1-based), or its current run when ``number`` is None
+    (None: the job has not been placed yet). An unknown number is a 404 that lists the
+    runs there are."""
+    if number is None:
+        return job.current_run
+    run = Run.objects.filter(job=job, number=number).first()
+    if run is None:
+        numbers = list(Run.objects.filter(job=job).order_by("number").values_list("number", flat=True))
+        there = (f"its runs are {', '.join(str(n) for n in numbers)}" if numbers
+                 else "it has no runs yet (it has not been placed)")
+        raise NotFound(f"Job {job.id} has no run {number}; {there}.", details={"run": number, "runs": numbers})
+    return run
+
+
 def job_events(job: Job, *, after_id: int | None = None) -> QuerySet[Event]:
     qs = Event.objects.filter(job=job).order_by("id")
     return qs.filter(id__gt=after_id) if after_id else qs

@@ -773,16 +773,18 @@ def checkpoint_path(checkpoint_dir: str, step: int) -> str:
 def job_latest_checkpoint(job: Job) -> tuple[str, int] | None:
     """The checkpoint the job's workers wrote last, as (folder, step), or None. The runtime
     reports a ``checkpoint_step`` metric each time rank 0 has written one under the job's
-    ``checkpoint_dir`` hyper-parameter; the newest report wins (a run restarted from
-    scratch writes lower steps than the one before it, and its are the ones to use)."""
+    ``checkpoint_dir`` hyper-parameter; the newest report of the latest run that made one
+    wins (a run restarted from scratch writes lower steps than the one before it, and its
+    are the ones to use). Run by run, newest first: each is one scan of the per-run index."""
     directory = job.hyperparameters.get("checkpoint_dir")
     if not directory:
         return None
-    point = (MetricPoint.objects.filter(job=job, name="checkpoint_step")
-             .order_by("-time", "-id").values_list("value", flat=True).first())
-    if point is None:
-        return None
-    return checkpoint_path(directory, int(point)), int(point)
+    for run_id in Run.objects.filter(job=job).order_by("-number").values_list("id", flat=True):
+        point = (MetricPoint.objects.filter(run_id=run_id, name="checkpoint_step")
+                 .order_by("-time", "-id").values_list("value", flat=True).first())
+        if point is not None:
+            return checkpoint_path(directory, int(point)), int(point)
+    return None
 
 
 def _restart_resume(job: Job, resume_from: Any) -> tuple[str, int | None, str]:

@@ -1,4 +1,5 @@
-"""Reads of stored metrics, shaped as columnar series and downsampled for charts."""
+"""Reads of stored metrics (one run of a job at a time), shaped as columnar series and
+downsampled for charts."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from controlplane.live.downsample import DEFAULT_DOWNSAMPLE, downsample_indices
 from controlplane.live.models import MetricPoint
 
 
-def job_metric_series(
-    *, job_id: int, names: list[str] | None, since: int | None, until: int | None, max_points: int,
+def run_metric_series(
+    *, run_id: int, names: list[str] | None, since: int | None, until: int | None, max_points: int,
     per_rank: bool = True, downsample: str = DEFAULT_DOWNSAMPLE,
 ) -> list[dict[str, Any]]:
-    """Series of a job as ``[{"name", "rank", "step": [...], "value": [...], "time": [...]}]``,
-    each cut to ``max_points`` with the ``downsample`` method (see ``live.downsample``)."""
-    qs = MetricPoint.objects.filter(job_id=job_id)
+    """Series of one run of a job as ``[{"name", "rank", "step": [...], "value": [...],
+    "time": [...]}]``, each cut to ``max_points`` with the ``downsample`` method (see
+    ``live.downsample``). Runs are read apart: a restarted run counts its steps again."""
+    qs = MetricPoint.objects.filter(run_id=run_id)
     if names:
         qs = qs.filter(name__in=names)
     if since is not None:

@@ -71,25 +71,51 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
             raise _point_error(i, "time must be a unix timestamp in seconds (1970 to 3000)")
         job_ids.add(job_id)
         rows.append(_Row(job_id, name, rank, step, float(value), float(t)))
-    known = set(Worker.objects.filter(node=node, job_id__in=job_ids).values_list("job_id", flat=True))
-    unknown = job_ids - known
+    runs = _runs_reporting(node, job_ids)
+    unknown = job_ids - runs.keys()
     if unknown:
         raise NotFound(f"No workers of job(s) {sorted(unknown)} run on node {node.name}.",
                        details={"jobs": sorted(unknown)})
     try:
         with transaction.atomic():
             MetricBatch.objects.create(batch_id=batch_id, node=node, points=len(rows))
-            _copy_rows(rows)
+            _copy_rows(rows, runs)
             for job_id in job_ids:
-                top = max(r.step for r in rows if r.job_id == job_id)
-                Job.objects.filter(id=job_id, last_step__lt=top).update(last_step=top)
-            transaction.on_commit(lambda: _publish_batch(rows))
+                if runs[job_id].current:  # a straggler of an earlier run moves nothing
+                    top = max(r.step for r in rows if r.job_id == job_id)
+                    Job.objects.filter(id=job_id, last_step__lt=top).update(last_step=top)
+            transaction.on_commit(lambda: _publish_batch(rows, runs))
             transaction.on_commit(lambda: _schedule_policy_evaluation(job_ids))
     except IntegrityError:
         if MetricBatch.objects.filter(batch_id=batch_id).exists():
             return 0  # a retry of a batch already stored
         raise
     return len(rows)
+
+
+class _ReportingRun(NamedTuple):
+    id: int
+    number: int
+    current: bool  # the job's current run
+
+
+def _runs_reporting(node: Node, job_ids: set[int]) -> dict[int, _ReportingRun]:
+    """Job id → the run a batch's points of that job belong to, for the jobs with workers
+    on ``node`` (one query per batch, not per point or per job).
+
+    That is the job's current run. Only a node that holds no worker of the current run
+    but still runs workers of an earlier one (a straggler the agent has not stopped yet
+    after a restart) reports for that earlier run (its latest), so its last points never
+    land in the new run's series."""
+    found: dict[int, _ReportingRun] = {}
+    rows = (Worker.objects.filter(node=node, job_id__in=job_ids)
+            .values_list("job_id", "run_id", "run__number", "job__current_run_id").distinct())
+    for job_id, run_id, number, current_run_id in rows:
+        candidate = _ReportingRun(run_id, number, run_id == current_run_id)
+        best = found.get(job_id)
+        if best is None or candidate.current or (not best.current and candidate.number > best.number):
+            found[job_id] = candidate
+    return found
 
 
 class _Row(NamedTuple):
@@ -104,18 +130,21 @@ class _Row(NamedTuple):
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_rows(rows: list[_Row]) -> None:
+def _copy_rows(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:
     """Bulk insert with COPY: several times faster than INSERTs built by the ORM."""
     buffer = io.StringIO()
     write = buffer.write
+    # "job_id\trun_id\t" once per job, not per point.
+    keys = {job_id: f"{job_id}\t{run.id}\t" for job_id, run in runs.items()}
     for r in rows:
         when = datetime.fromtimestamp(r.time, tz=dt_timezone.utc).isoformat()
         rank = "\\N" if r.rank is None else str(r.rank)
-        write(f"{r.job_id}\t{r.name.translate(_COPY_ESCAPES)}\t{rank}\t{r.step}\t{r.value!r}\t{when}\n")
+        write(f"{keys[r.job_id]}{r.name.translate(_COPY_ESCAPES)}\t{rank}\t{r.step}\t{r.value!r}\t{when}\n")
     buffer.seek(0)
     with connection.cursor() as cursor:
         cursor.copy_expert(
-            f"COPY {MetricPoint._meta.db_table} (job_id, name, rank, step, value, time) FROM STDIN", buffer)
+            f"COPY {MetricPoint._meta.db_table} (job_id, run_id, name, rank, step, value, time) FROM STDIN",
+            buffer)
 
 
 POLICY_DEBOUNCE_S = 0.5
@@ -142,7 +171,9 @@ def _schedule_policy_evaluation(job_ids: set[int]) -> None:
             enqueue(evaluate_job, job_id, countdown=POLICY_DEBOUNCE_S)
 
 
-def _publish_batch(rows: list[_Row]) -> None:
+def _publish_batch(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:
+    """One ``metrics`` frame per job: ``{"run": <run number>, "series": [...]}``; a
+    browser showing another run of the job ignores it."""
     by_job: dict[int, dict[tuple[str, int | None], dict[str, list]]] = {}
     for r in rows:
         series = by_job.setdefault(r.job_id, {}).setdefault(
@@ -152,7 +183,7 @@ def _publish_batch(rows: list[_Row]) -> None:
         series["value"].append(r.value)
         series["time"].append(r.time)
     for job_id, series in by_job.items():
-        channels.publish_to_job(job_id, channels.FRAME_METRICS, {"series": [
+        channels.publish_to_job(job_id, channels.FRAME_METRICS, {"run": runs[job_id].number, "series": [
             {"name": name, "rank": rank, **cols} for (name, rank), cols in series.items()
         ]})
 

@@ -1,14 +1,15 @@
 """REST endpoints for adaptation policies: CRUD with versions, enable/disable, validation,
 templates, replays (of a saved policy or of an unsaved definition) and approvals."""
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.errors import NotFound
 from controlplane.jobs import selectors as job_selectors
-from controlplane.policies import services
+from controlplane.jobs.apis import int_query_param
+from controlplane.policies import selectors, services
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 from controlplane.policies.templates import TEMPLATES
 from controlplane.schema import ERRORS
@@ -103,19 +104,26 @@ class PolicyVersionListApi(APIView):
 
 class DecisionOutputSerializer(serializers.ModelSerializer):
     policy = serializers.CharField(source="policy.name")
+    run = serializers.IntegerField(source="run.number", allow_null=True, default=None, help_text=(
+        "the number of the job's run the decision was made in (its step counts from that run's start)"))
 
     class Meta:
         model = Decision
-        fields = ["id", "policy", "policy_version", "rule", "step", "inputs", "action", "outcome", "command",
-                  "decided_by", "created_at"]
+        fields = ["id", "policy", "policy_version", "run", "rule", "step", "inputs", "action", "outcome",
+                  "command", "decided_by", "created_at"]
 
 
 class JobDecisionListApi(APIView):
-    @extend_schema(responses={200: DecisionOutputSerializer(many=True), **ERRORS})
+    @extend_schema(responses={200: DecisionOutputSerializer(many=True), **ERRORS}, parameters=[
+        OpenApiParameter("run", int, description=(
+            "only the decisions of this run (its number within the job: 1, 2, …); default: every run's, "
+            "oldest first, each with its run number. An unknown number is a 404 whose details.runs lists "
+            "the job's runs"))])
     def get(self, request, job_id: int):
         job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
-        return Response(DecisionOutputSerializer(
-            job.decisions.select_related("policy").order_by("id"), many=True).data)
+        number = int_query_param(request, "run", low=1)
+        run = job_selectors.job_run_get(job, number) if number is not None else None
+        return Response(DecisionOutputSerializer(selectors.job_decisions(job, run=run), many=True).data)
 
 
 class DecisionResolveApi(APIView):
@@ -175,14 +183,21 @@ class PolicyReplayOutputSerializer(serializers.Serializer):
     policy = serializers.IntegerField(allow_null=True, help_text="null for an unsaved definition")
     version = serializers.IntegerField(allow_null=True, help_text="null for an unsaved definition")
     job = serializers.IntegerField()
+    run = serializers.IntegerField(allow_null=True, help_text=(
+        "the number of the job's run replayed (null: the job has no run yet, so nothing to replay)"))
     ticks = serializers.IntegerField(help_text="Recorded steps with whole-job metrics.")
     evaluations = serializers.IntegerField()
     decisions = ReplayDecisionSerializer(many=True)
 
 
+REPLAY_RUN_HELP = ("the number of the job's run whose metrics to replay (1, 2, …); default: the job's "
+                   "current run. An unknown number is a 404 whose details.runs lists the job's runs")
+
+
 class PolicyReplayApi(APIView):
     class InputSerializer(serializers.Serializer):
         job = serializers.IntegerField(min_value=1)
+        run = serializers.IntegerField(min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP)
 
     @extend_schema(request=InputSerializer, responses={200: PolicyReplayOutputSerializer, **ERRORS})
     def post(self, request, policy_id: int):
@@ -190,7 +205,8 @@ class PolicyReplayApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job = job_selectors.job_get_for_user(user=request.user, job_id=data.validated_data["job"])
-        return Response(services.policy_replay(policy=policy, job=job))
+        run = job_selectors.job_run_get(job, data.validated_data.get("run"))
+        return Response(services.policy_replay(policy=policy, job=job, run=run))
 
 
 class PolicyDefinitionReplayApi(APIView):
@@ -199,6 +215,7 @@ class PolicyDefinitionReplayApi(APIView):
     class InputSerializer(serializers.Serializer):
         definition = serializers.JSONField()
         job = serializers.IntegerField(min_value=1)
+        run = serializers.IntegerField(min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP)
 
     @extend_schema(
         request=InputSerializer, responses={200: PolicyReplayOutputSerializer, **ERRORS},
@@ -209,4 +226,5 @@ class PolicyDefinitionReplayApi(APIView):
         data.is_valid(raise_exception=True)
         parsed = services.policy_validate(data.validated_data["definition"])
         job = job_selectors.job_get_for_user(user=request.user, job_id=data.validated_data["job"])
-        return Response(services.definition_replay(policy=parsed, job=job))
+        run = job_selectors.job_run_get(job, data.validated_data.get("run"))
+        return Response(services.definition_replay(policy=parsed, job=job, run=run))

@@ -48,6 +48,11 @@ class Decision(models.Model):
         REJECTED = "rejected"
 
     job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="decisions")
+    # The run the decision was made in (the job's current run then). A rule's history
+    # (last firing, cooldown, last_fire) is per run: a restart starts it afresh. Null
+    # only for a decision recorded with no run.
+    run = models.ForeignKey("jobs.Run", null=True, blank=True, on_delete=models.CASCADE,
+                            related_name="decisions", db_index=False)  # the index below leads with it
     policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="decisions")
     policy_version = models.PositiveIntegerField()
     rule = models.CharField(max_length=200)
@@ -61,4 +66,4 @@ class Decision(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["job", "rule", "-id"])]
+        indexes = [models.Index(fields=["run", "rule", "-id"], name="policies_decision_run_rule_idx")]

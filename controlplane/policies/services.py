@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from controlplane.errors import ApiError, Conflict, InvalidInput
 from controlplane.jobs import services as job_services
-from controlplane.jobs.models import Command, Event, Job
+from controlplane.jobs.models import Command, Event, Job, Run
 from controlplane.live.models import MetricPoint
 from controlplane.policies import engine, replay
 from controlplane.policies.models import Decision, Policy, PolicyVersion
@@ -102,6 +102,10 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
     decision = Decision.objects.select_for_update().select_related("job", "policy").get(id=decision.id)
     if decision.outcome != Decision.Outcome.PENDING_APPROVAL:
         raise Conflict(f"Decision {decision.id} is {decision.outcome}, not waiting for approval.")
+    if approve and decision.run_id is not None and decision.run_id != decision.job.current_run_id:
+        # Its inputs were another attempt's; acting on them in this one would be a guess.
+        raise Conflict(f"Decision {decision.id} was made in run {decision.run.number}, which has ended; "
+                       f"it can be rejected, not approved.", details={"run": decision.run.number})
     actor = f"user:{user.username}"
     if approve:
         commands = job_services.command_issue(
@@ -124,15 +128,16 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
     return decision
 
 
-def _latest_job_metrics(job: Job, window: int) -> tuple[dict, dict, dict]:
+def _latest_run_metrics(run_id: int, window: int) -> tuple[dict, dict, dict]:
     """Latest value, highest value and last ``window`` (step, value) points of each
-    whole-job series (index scans per name)."""
+    whole-job series of one run (index scans per name). Only that run's: a restarted run
+    counts its steps again and its peaks start over."""
     names = (
-        MetricPoint.objects.filter(job=job, rank__isnull=True).values_list("name", flat=True).distinct()
+        MetricPoint.objects.filter(run_id=run_id, rank__isnull=True).values_list("name", flat=True).distinct()
     )
     latest, peak, recent = {}, {}, {}
     for name in names:
-        series = MetricPoint.objects.filter(job=job, name=name, rank__isnull=True)
+        series = MetricPoint.objects.filter(run_id=run_id, name=name, rank__isnull=True)
         points = list(series.order_by("-step", "-id").values_list("step", "value")[:window])
         if points:
             latest[name] = points[0][1]
@@ -142,11 +147,13 @@ def _latest_job_metrics(job: Job, window: int) -> tuple[dict, dict, dict]:
 
 
 def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
+    """Each rule's past in the job's current run: a restart starts every rule afresh
+    (no cooldown, ``last_fire`` or ``max_per_hour`` count carried over from a run before)."""
     now = timezone.now()
     histories = {}
     for rule in policy.definition.get("rules", []):
         name = rule.get("name")
-        fired = Decision.objects.filter(job=job, policy=policy, rule=name).exclude(
+        fired = Decision.objects.filter(run_id=job.current_run_id, policy=policy, rule=name).exclude(
             outcome__in=[Decision.Outcome.SKIPPED, Decision.Outcome.REJECTED])
         last = fired.order_by("-id").first()
         histories[name] = engine.RuleHistory(
@@ -178,8 +185,8 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         return []
     if Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).exists():
         return []
-    if Decision.objects.filter(job=job, outcome=Decision.Outcome.PENDING_APPROVAL).exists():
-        return []  # one question to the user at a time
+    if Decision.objects.filter(run_id=job.current_run_id, outcome=Decision.Outcome.PENDING_APPROVAL).exists():
+        return []  # one question to the user at a time (an earlier run's are moot)
     policy = job.policy
     if job.policy_version != policy.version:
         # The policy was edited (or the job predates version tracking): record which version
@@ -193,7 +200,7 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
             step=job.last_step)
         job.policy_version = policy.version
     parsed = engine.parse_policy(policy.definition)
-    latest, peak, recent = _latest_job_metrics(job, parsed.window)
+    latest, peak, recent = _latest_run_metrics(job.current_run_id, parsed.window)
     state = engine.JobState(
         step=job.last_step, batch_size=job.batch_size, lr=job.learning_rate,
         workers=job.workers_current,
@@ -220,7 +227,8 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
             else:
                 outcome = Decision.Outcome.COMMANDED
             decision = Decision.objects.create(
-                job=job, policy=policy, policy_version=policy.version, rule=firing.rule,
+                job=job, run_id=job.current_run_id, policy=policy, policy_version=policy.version,
+                rule=firing.rule,
                 step=job.last_step, inputs=firing.inputs, action=action, outcome=outcome,
             )
             suffix = {Decision.Outcome.DRY_RUN: " (dry run)",
@@ -267,37 +275,41 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
 MAX_REPLAY_TICKS = 20_000
 
 
-def policy_replay(*, policy: Policy, job: Job) -> dict[str, Any]:
-    """What the saved ``policy`` (its current version) would have decided on ``job``."""
+def policy_replay(*, policy: Policy, job: Job, run: Run | None) -> dict[str, Any]:
+    """What the saved ``policy`` (its current version) would have decided on ``run`` of
+    ``job`` (see replay_on_job)."""
     parsed = policy_validate(policy.definition)
-    return {"policy": policy.id, "version": policy.version, **replay_on_job(policy=parsed, job=job)}
+    return {"policy": policy.id, "version": policy.version, **replay_on_job(policy=parsed, job=job, run=run)}
 
 
-def definition_replay(*, policy: engine.Policy, job: Job) -> dict[str, Any]:
+def definition_replay(*, policy: engine.Policy, job: Job, run: Run | None) -> dict[str, Any]:
     """The same for a definition that is not saved (the editor's draft): already parsed,
     so that a bad definition is refused before the job is looked at."""
-    return {"policy": None, "version": None, **replay_on_job(policy=policy, job=job)}
+    return {"policy": None, "version": None, **replay_on_job(policy=policy, job=job, run=run)}
 
 
-def replay_on_job(*, policy: engine.Policy, job: Job) -> dict[str, Any]:
-    """What ``policy`` would have decided on ``job``'s recorded whole-job metrics.
+def replay_on_job(*, policy: engine.Policy, job: Job, run: Run | None) -> dict[str, Any]:
+    """What ``policy`` would have decided on the recorded whole-job metrics of ``run`` of
+    ``job`` (None: the job has no run yet, so nothing was recorded).
 
     The job's knobs at each tick are the recorded ones (``batch_size``, ``lr``,
     ``workers`` series when present, else the job's current values): a replay shows when
-    and what the policy would have asked, given what actually happened.
+    and what the policy would have asked, given what actually happened. One run at a
+    time: each counts its steps from its own start.
     """
-    rows = (MetricPoint.objects.filter(job=job, rank__isnull=True)
-            .order_by("step", "id").values_list("step", "name", "value", "time"))
+    rows = (MetricPoint.objects.filter(run=run, rank__isnull=True) if run is not None
+            else MetricPoint.objects.none())
+    rows = rows.order_by("step", "id").values_list("step", "name", "value", "time")
     ticks: list[replay.Tick] = []
     for step, name, value, time in rows.iterator(chunk_size=5000):
         if not ticks or ticks[-1].step != step:
             ticks.append(replay.Tick(step=step, time=time.timestamp(), values={}))
         ticks[-1].values[name] = value
-    start = (job.started_at or job.created_at).timestamp()
+    start = ((run.started_at or run.created_at) if run is not None else (job.started_at or job.created_at)).timestamp()
     result = replay.replay(
         policy, ticks, start_time=start, defaults=replay.Knobs(
             batch_size=job.batch_size, lr=job.learning_rate, workers=job.workers_current or job.workers_initial,
             strategy=job.strategy, topology=job.topology),
         max_ticks=MAX_REPLAY_TICKS,
     )
-    return {"job": job.id, **result}
+    return {"job": job.id, "run": run.number if run is not None else None, **result}

@@ -9,6 +9,7 @@ from controlplane.jobs import services
 from controlplane.jobs.models import Command, Event, Job
 from controlplane.live.models import MetricPoint
 from controlplane.live.services import metrics_apply_retention
+from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +43,7 @@ def test_retention_deletes_points_of_old_finished_jobs_only(placed_job, user):
                                 workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
     when = datetime(2020, 1, 1, tzinfo=UTC)
     for job in (placed_job, other):
-        MetricPoint.objects.bulk_create([MetricPoint(job=job, name="loss", step=s, value=1.0, time=when)
+        MetricPoint.objects.bulk_create([MetricPoint(job=job, run=run_of(job), name="loss", step=s, value=1.0, time=when)
                                          for s in range(10)])
     Job.objects.filter(id=placed_job.id).update(status="succeeded", finished_at=timezone.now() - timedelta(days=40))
     assert metrics_apply_retention(days=30, chunk=3) == 10

@@ -13,6 +13,7 @@ from controlplane.jobs import services
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run, Worker
 from controlplane.jobs.tokens import token_create
 from controlplane.live.models import MetricPoint
+from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
 
@@ -55,7 +56,7 @@ def _fail(job: Job, reason="worker 0 exited with code 1") -> Job:
 
 
 def _checkpoint(job: Job, step: int) -> None:
-    MetricPoint.objects.create(job=job, name="checkpoint_step", step=step, value=step, time=timezone.now())
+    MetricPoint.objects.create(job=job, run=run_of(job), name="checkpoint_step", step=step, value=step, time=timezone.now())
 
 
 def test_the_first_placement_makes_run_1_and_everything_placed_belongs_to_it(user, nodes):

@@ -6,6 +6,7 @@ import pytest
 
 from controlplane.jobs import services
 from controlplane.live.models import MetricPoint
+from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
 
@@ -18,8 +19,10 @@ def job_with_loss(user):
     now = datetime.now(UTC)
     values = [1.0] * 2000
     values[1234] = 50.0
+    run = run_of(job)
     MetricPoint.objects.bulk_create(
-        MetricPoint(job=job, name="loss", rank=None, step=s, value=v, time=now) for s, v in enumerate(values))
+        MetricPoint(job=job, run=run, name="loss", rank=None, step=s, value=v, time=now)
+        for s, v in enumerate(values))
     return job
 
 

@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 
 from controlplane.jobs import services as job_services
 from controlplane.live.models import MetricPoint
+from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
 
@@ -27,8 +28,9 @@ def job(user):
                                   hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
                                   workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
     now = time.time()
+    run = run_of(job)
     MetricPoint.objects.bulk_create([
-        MetricPoint(job=job, name=name, step=s, value=value, time=datetime.fromtimestamp(now + s, tz=UTC))
+        MetricPoint(job=job, run=run, name=name, step=s, value=value, time=datetime.fromtimestamp(now + s, tz=UTC))
         for s in range(10, 410, 10) for name, value in (("loss", 1.0 / s), ("batch_size", 32.0))
     ])
     return job

@@ -10,6 +10,7 @@ from controlplane.jobs import services as job_services
 from controlplane.live.models import MetricPoint
 from controlplane.policies import engine, replay
 from controlplane.policies.templates import TEMPLATES
+from tests.controlplane.metric_points import run_of
 
 KNOBS = replay.Knobs(batch_size=32, lr=0.1, workers=2)
 
@@ -73,8 +74,9 @@ def test_replay_api_runs_a_policy_over_a_jobs_recorded_metrics(api, other_api, u
                                   hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
                                   workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
     now = time.time()
+    run = run_of(job)
     MetricPoint.objects.bulk_create([
-        MetricPoint(job=job, name=name, step=s, value=value, time=datetime.fromtimestamp(now + s, tz=UTC))
+        MetricPoint(job=job, run=run, name=name, step=s, value=value, time=datetime.fromtimestamp(now + s, tz=UTC))
         for s in range(10, 410, 10) for name, value in (("loss", 1.0 / s), ("batch_size", 32.0))
     ])
     reply = api.post(f"/api/v1/policies/{policy['id']}/replay/", {"job": job.id}, format="json")
