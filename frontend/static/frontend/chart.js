@@ -179,6 +179,15 @@ export class TimeChart {
     this._changed();
   }
 
+  /* Drop every series and marker (the chart shows another run next). */
+  clear() {
+    this.series.clear();
+    this.markers.clear();
+    this.canvas.dataset.markers = "0";
+    this.latest.textContent = "";
+    this._changed();
+  }
+
   lastStep() {
     let top = -Infinity;
     for (const s of this.series.values()) if (s.x.length) top = Math.max(top, s.x[s.x.length - 1]);

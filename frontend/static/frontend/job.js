@@ -1,6 +1,9 @@
 /* The job page: live charts, event log, workers, runs (with restart), manual commands,
  * approvals.
  *
+ * The charts show one run at a time: the job's current run (they start over when a
+ * restart makes a new one), or an earlier run picked in the run selector.
+ *
  * Data flow: stored series and events over REST first, then numbered frames from
  * /ws/jobs/{id}/. Every way data arrives is idempotent (series merge by step, events by
  * id), so after a dropped connection the page reloads what it missed from REST
@@ -66,6 +69,13 @@ function applyJobDetail(j) {
   setText("job-strategy", p.strategy);
   setText("job-topology", p.topology);
   if (j.cluster_version !== undefined) setText("job-cluster-version", j.cluster_version);
+  const runNumber = j.current_run ? j.current_run.number : null;
+  if (runNumber !== currentRunNumber) {
+    // A restart: the new run counts its steps from 0 again.
+    if (currentRunNumber !== null) setText("job-step", j.last_step);
+    currentRunNumber = runNumber;
+    charts.currentRunIs(runNumber);
+  }
   setStep(j.last_step);
   const body = document.querySelector("#workers tbody");
   const rows = new Map([...body.rows].map((r) => [r.dataset.rank, r]));
@@ -100,6 +110,9 @@ function applyJobDetail(j) {
 /* --- runs ---------------------------------------------------------------------------- */
 
 let lastRunKey = null;
+let currentRunNumber = null; // the job's current run, as last read from the job detail
+let runs = []; // the job's runs as the runs API gave them, newest first
+const runSelect = document.getElementById("chart-run");
 
 function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "—";
@@ -109,6 +122,8 @@ function when(iso) {
 async function loadRuns() {
   const r = await get(`/api/v1/jobs/${jobId}/runs/?limit=100`);
   if (!r.ok) return;
+  runs = r.body.results;
+  showRunChoices();
   const body = document.querySelector("#runs tbody");
   if (!r.body.results.length) {
     body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "6", text: "No run yet: the job has not been placed." })));
@@ -122,6 +137,32 @@ async function loadRuns() {
     el("td", { title: run.resume_note, text: run.resumed_from ? `${run.resumed_from}${run.resumed_from_step !== null ? ` (step ${run.resumed_from_step})` : ""}` : "scratch" }),
     el("td", { class: "reason-cell", text: run.status_reason }))));
 }
+
+/* The chart run selector: "current run" (follow it) and every run by number. */
+function showRunChoices() {
+  const current = runs.length ? runs[0].number : null;
+  const chosen = runSelect.value;
+  runSelect.replaceChildren(
+    el("option", { value: "", text: current ? `current (#${current})` : "current" }),
+    ...runs.map((run) => el("option", { value: String(run.number), text: `#${run.number} (${run.status})` })));
+  runSelect.value = [...runSelect.options].some((o) => o.value === chosen) ? chosen : "";
+  runSelect.disabled = runs.length < 2;
+  showRunWindow();
+}
+
+/* Only the shown run's decisions and commands are drawn on its charts. */
+function showRunWindow() {
+  const i = runs.findIndex((run) => run.number === charts.run);
+  if (i < 0) return;
+  const seconds = (iso) => new Date(iso).getTime() / 1000;
+  charts.setRunWindow(seconds(runs[i].created_at), i > 0 ? seconds(runs[i - 1].created_at) : null);
+}
+
+runSelect.addEventListener("change", () => {
+  const run = runSelect.value ? Number(runSelect.value) : null;
+  charts.showRun(run).catch(() => {}).finally(showRunWindow);
+});
+charts.onRunChange = () => showRunWindow();
 
 document.getElementById("restart").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -138,6 +179,8 @@ document.getElementById("restart").addEventListener("submit", async (ev) => {
     out.textContent = `Run ${r.body.number} started (${r.body.status}): ${r.body.resume_note}.`;
     out.className = "result ok";
     setStatus("pending", `restarted as run ${r.body.number}`);
+    setText("job-step", 0);
+    charts.currentRunIs(r.body.number);
     loadRuns();
   } else {
     out.textContent = `Restart refused: ${errorMessage(r)}`;
@@ -195,7 +238,7 @@ async function catchUp(fromStep = null) {
   const since = fromStep ?? (charts.lastStep >= 0 ? charts.lastStep : null);
   await charts.load({ since, maxPoints: since === null ? 2000 : 5000 });
   note(`catch-up since ${since} → last step ${charts.lastStep}`);
-  setStep(charts.lastStep);
+  if (charts.follow) setStep(charts.lastStep);
   await loadEvents();
 }
 
@@ -255,7 +298,10 @@ function connect() {
       return;
     }
     if (typeof frame.seq === "number" && !trackSeq(frame.seq)) return; // a repeat
-    if (frame.type === "metrics") setStep(charts.applySeries(frame.data.series));
+    if (frame.type === "metrics") {
+      const top = charts.applySeries(frame.data.series, frame.data.run);
+      if (charts.follow && (frame.data.run === undefined || frame.data.run === charts.run)) setStep(top);
+    }
     else if (frame.type === "event") addEvent(frame.data);
     else if (frame.type === "job" && !(frame.seq < lastJobSeq)) { lastJobSeq = frame.seq || 0; applyJobFrame(frame.data); }
   };
@@ -341,7 +387,9 @@ async function loadApprovals() {
   if (!approvalsSupported) return;
   const r = await get(`/api/v1/jobs/${jobId}/decisions/`);
   if (!r.ok) { if (missing(r)) approvalsSupported = false; return; }
-  const pending = r.body.filter((d) => d.outcome === "pending_approval");
+  // Only the current run's: an earlier run's can be rejected over the API, not approved.
+  const pending = r.body.filter((d) => d.outcome === "pending_approval"
+    && (currentRunNumber === null || d.run === null || d.run === undefined || d.run === currentRunNumber));
   const key = pending.map((d) => d.id).join(",");
   approvals.hidden = pending.length === 0;
   if (key === approvalsKey) return;
@@ -396,7 +444,7 @@ charts.group.onZoom((range) => { zoomReset.hidden = !range; });
 zoomReset.addEventListener("click", () => charts.group.setZoom(null));
 
 setStatus(root.dataset.status);
-charts.load().catch(() => {}).then(() => { setStep(charts.lastStep); return loadEvents(); })
+charts.load().catch(() => {}).then(() => { setStep(charts.lastStep); showRunWindow(); return loadEvents(); })
   .catch(() => {}).finally(() => { connect(); showReplayFromQuery(); });
 every(4000, async () => {
   const r = await get(`/api/v1/jobs/${jobId}/`);

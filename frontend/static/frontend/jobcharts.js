@@ -1,5 +1,11 @@
 /* A job's charts: which metrics, how they load from REST, and how events become markers.
  *
+ * The charts show one run of the job at a time (a restarted run counts its steps from 0
+ * again, so two runs drawn together would overlap). By default they follow the job's
+ * current run: when a later run's points arrive (a restart), they start over with it.
+ * `showRun(n)` pins them to run n (a look at an earlier run); `showRun(null)` follows
+ * the current run again.
+ *
  * Used by the job page (live) and by the policy editor's replay preview (static).
  */
 
@@ -17,6 +23,8 @@ export const JOB_METRICS = [
   { name: "grad_snr", title: "gradient SNR" },
 ];
 
+const EVENT_MARKER_KINDS = ["decision", "command", "applied", "failed"];
+
 function inputsText(inputs) {
   if (!inputs || typeof inputs !== "object") return "";
   const parts = [];
@@ -33,8 +41,14 @@ function actionText(action) {
 }
 
 export class JobCharts {
-  constructor(container, jobId, { metrics = JOB_METRICS } = {}) {
+  constructor(container, jobId, { metrics = JOB_METRICS, run = null } = {}) {
     this.jobId = jobId;
+    this.container = container;
+    this.follow = run === null; // follow the job's current run (else: stay on `run`)
+    this.run = run; // the run number shown; null until the first answer says which
+    this.runWindow = null; // [from, to) unix seconds of the run shown: its events get markers
+    this.events = new Map(); // event id -> event, to redraw markers when the run changes
+    this.onRunChange = null; // called with the new run number when the charts switch runs
     this.group = new ChartGroup();
     this.charts = {};
     for (const m of metrics) {
@@ -44,11 +58,66 @@ export class JobCharts {
     this.clock = { t: [], s: [] }; // (unix seconds, step) pairs, to place events that carry no step
     this.commandActors = new Map(); // command id -> who issued it
     this.lastStep = -1;
+    this._showing(run);
+  }
+
+  _showing(run) {
+    this.run = run;
+    if (run === null) delete this.container.dataset.run;
+    else this.container.dataset.run = String(run);
+  }
+
+  /* Forget what is drawn and show run `run` (its points are loaded or arrive next). */
+  _switchTo(run) {
+    for (const c of Object.values(this.charts)) c.clear();
+    this.clock = { t: [], s: [] };
+    this.lastStep = -1;
+    this.runWindow = null;
+    this._showing(run);
+    if (this.onRunChange) this.onRunChange(run);
+  }
+
+  /* Whether points of run `run` are to be drawn: the run shown, or a later one while
+   * following the current run (a restart: the charts start over with it). */
+  _accept(run) {
+    if (run === undefined || run === null) return true; // a frame from before runs were sent
+    if (this.run === null) { this._showing(run); return true; }
+    if (run === this.run) return true;
+    if (this.follow && run > this.run) { this._switchTo(run); return true; }
+    return false;
+  }
+
+  /* The job's current run is `run` now (the page learnt it from the job): while
+   * following, a newer one than shown (a restart) clears the charts for it at once,
+   * before its first points arrive. */
+  currentRunIs(run) {
+    if (!this.follow || run === null || run === undefined || run === this.run) return false;
+    if (this.run !== null && run < this.run) return false;
+    this._switchTo(run);
+    this.load().catch(() => {});
+    return true;
+  }
+
+  /* Show run `run` (null: follow the job's current run) and load its stored series. */
+  async showRun(run) {
+    this.follow = run === null;
+    this._switchTo(run);
+    return this.load();
+  }
+
+  /* The time span of the run shown, [from, to) in unix seconds (to null while it is the
+   * latest run): only its events are drawn as markers. */
+  setRunWindow(from, to) {
+    this.runWindow = [from, to];
+    for (const c of Object.values(this.charts)) for (const kind of EVENT_MARKER_KINDS) c.clearMarkers(kind);
+    for (const e of this.events.values()) this._marker(e);
   }
 
   /* Whole-job series only (rank null); per-worker series stay in the API. Always a
-   * merge, never a replace: a REST answer may be older than frames already applied. */
-  applySeries(seriesList) {
+   * merge, never a replace: a REST answer may be older than frames already applied.
+   * `run` is the run the series are of; series of a run not shown are ignored. */
+  applySeries(seriesList, run) {
+    if (!this._accept(run)) return this.lastStep;
     let top = this.lastStep;
     for (const s of seriesList) {
       if (s.rank !== null && s.rank !== undefined) continue;
@@ -82,16 +151,29 @@ export class JobCharts {
   async load({ since = null, maxPoints = 2000 } = {}) {
     let url = `/api/v1/jobs/${this.jobId}/metrics/?names=${this.names.join(",")}&per_rank=false&max_points=${maxPoints}`;
     if (since !== null) url += `&since=${since}`;
+    // Following: the current run, whichever it is now (a newer one than shown resets).
+    if (!this.follow && this.run !== null) url += `&run=${this.run}`;
     const r = await get(url);
     if (!r.ok) throw new Error(r.body.message);
-    this.applySeries(r.body.series);
+    this.applySeries(r.body.series, r.body.run);
     return r.body.seq || 0;
   }
 
   /* An event (from the events API or the WebSocket) becomes a marker when it is a
    * decision or a command; returns whether it did. */
   addEventMarker(e) {
+    if (e.kind !== "decision" && e.kind !== "command") return false;
+    this.events.set(e.id, e);
+    return this._marker(e);
+  }
+
+  _marker(e) {
     const data = e.data || {};
+    if (this.runWindow) {
+      const t = new Date(e.time).getTime() / 1000;
+      const [from, to] = this.runWindow;
+      if (t < from || (to !== null && t >= to)) return false; // another run's
+    }
     let kind = null, text = "", step = e.step;
     const when = new Date(e.time).toLocaleTimeString();
     if (e.kind === "decision") {

@@ -559,7 +559,8 @@ async function replay() {
     el("a", { href: jobPage }, "Open on the job page"));
   const box = $("replay-charts");
   box.replaceChildren();
-  const charts = new JobCharts(box, jobId, { metrics: REPLAY_METRICS });
+  // The run the replay read (the job's current run), even if a restart happens meanwhile.
+  const charts = new JobCharts(box, jobId, { metrics: REPLAY_METRICS, run: res.run ?? null });
   window.adaptrain = Object.assign(window.adaptrain || {}, { replayCharts: charts });
   await charts.load().catch(() => {});
   charts.showReplay(name, res.decisions);
