@@ -249,9 +249,10 @@ MessageHeader Communicator::next_header(CollectiveKind kind, uint64_t count, Dat
 }
 
 int Communicator::spin_for(size_t bytes) const {
-  // Spinning pays off when the answer comes back within microseconds; on a
-  // bandwidth-bound call it would only take CPU from ranks sharing the core.
-  return bytes < tunables_.auto_ring_min_bytes ? tunables_.spin_us : 0;
+  // A latency-bound call's answer often comes back within microseconds; a
+  // bandwidth-bound call's next bytes within a socket buffer's drain, which a
+  // sleep and wake-up would add to every block (see Tunables).
+  return bytes < tunables_.auto_ring_min_bytes ? tunables_.spin_us : tunables_.spin_bandwidth_us;
 }
 
 Algorithm Communicator::resolve(Algorithm requested, size_t bytes, size_t count) const {

@@ -48,6 +48,7 @@ Tunables parse_tunables(const std::function<const char*(const char*)>& lookup) {
   t.socket_buffer_bytes = read("COLLECTIVE_SOCKET_BUFFER_BYTES", 4 << 20, 0, size_t{1} << 30);
   t.connect_retry_ms = static_cast<int>(read("COLLECTIVE_CONNECT_RETRY_MS", 200, 1, 60000));
   t.spin_us = static_cast<int>(read("COLLECTIVE_SPIN_US", 50, 0, 1000000));
+  t.spin_bandwidth_us = static_cast<int>(read("COLLECTIVE_SPIN_BANDWIDTH_US", 2000, 0, 1000000));
   t.auto_ring_min_bytes = read("COLLECTIVE_AUTO_RING_MIN_BYTES", 512 << 10, 0, size_t{1} << 40);
   t.auto_star_max_ranks = read("COLLECTIVE_AUTO_STAR_MAX_RANKS", 4, 1, 1 << 20);
   const char* local = lookup("COLLECTIVE_LOCAL_TRANSPORT");

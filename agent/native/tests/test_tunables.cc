@@ -45,22 +45,29 @@ TEST(tunables_have_defaults_and_read_every_variable) {
   CHECK_EQ(defaults.socket_buffer_bytes, size_t{4} << 20);
   CHECK_EQ(defaults.connect_retry_ms, 200);
   CHECK_EQ(defaults.spin_us, 50);
+  CHECK_EQ(defaults.spin_bandwidth_us, 2000);
   CHECK_EQ(defaults.auto_ring_min_bytes, size_t{512} << 10);
   CHECK_EQ(defaults.auto_star_max_ranks, size_t{4});
   const Tunables set = parse({{"COLLECTIVE_RING_BLOCK_BYTES", "64K"},
                               {"COLLECTIVE_SOCKET_BUFFER_BYTES", "0"},
                               {"COLLECTIVE_CONNECT_RETRY_MS", "50"},
                               {"COLLECTIVE_SPIN_US", "0"},
+                              {"COLLECTIVE_SPIN_BANDWIDTH_US", "0"},
                               {"COLLECTIVE_AUTO_RING_MIN_BYTES", "1M"},
                               {"COLLECTIVE_AUTO_STAR_MAX_RANKS", "8"}});
   CHECK_EQ(set.block_bytes, size_t{64} << 10);
   CHECK_EQ(set.socket_buffer_bytes, size_t{0});
   CHECK_EQ(set.connect_retry_ms, 50);
   CHECK_EQ(set.spin_us, 0);
+  CHECK_EQ(set.spin_bandwidth_us, 0);
   CHECK_EQ(set.auto_ring_min_bytes, size_t{1} << 20);
   CHECK_EQ(set.auto_star_max_ranks, size_t{8});
   CHECK(set.describe().find("COLLECTIVE_AUTO_RING_MIN_BYTES=1048576\n") != std::string::npos);
   CHECK_THROWS(parse({{"COLLECTIVE_RING_BLOCK_BYTES", "1K"}}), InvalidArgumentError, "COLLECTIVE_RING_BLOCK_BYTES");
+  CHECK_THROWS(parse({{"COLLECTIVE_SPIN_BANDWIDTH_US", "2ms"}}), InvalidArgumentError,
+               "COLLECTIVE_SPIN_BANDWIDTH_US=2ms");
+  CHECK_THROWS(parse({{"COLLECTIVE_SPIN_BANDWIDTH_US", "2000000"}}), InvalidArgumentError,
+               "between 0 and 1000000");
 }
 
 TEST(auto_uses_the_ring_for_large_buffers_and_star_or_tree_below) {
