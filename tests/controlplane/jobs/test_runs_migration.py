@@ -2,9 +2,9 @@
 and their workers, cluster versions and commands join it; a job never placed gets none."""
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
+
+from tests.controlplane.migrations import migrate, migrate_to_latest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -12,15 +12,8 @@ BEFORE = [("jobs", "0006_job_policy_version")]
 AFTER = [("jobs", "0009_runs_required")]
 
 
-def _migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
-
-
 def test_existing_placed_jobs_get_run_1_with_their_workers_versions_and_commands():
-    apps = _migrate(BEFORE)
+    apps = migrate(BEFORE)
     try:
         User = apps.get_model("auth", "User")
         Job, Node = apps.get_model("jobs", "Job"), apps.get_model("jobs", "Node")
@@ -44,7 +37,7 @@ def test_existing_placed_jobs_get_run_1_with_their_workers_versions_and_commands
                                       actor="scheduler", reason="worker 1 died")
         Command.objects.create(job=placed, node=node, seq=1, type="start", issued_by="scheduler")
 
-        apps = _migrate(AFTER)
+        apps = migrate(AFTER)
         Job, Run = apps.get_model("jobs", "Job"), apps.get_model("jobs", "Run")
         Worker, Command = apps.get_model("jobs", "Worker"), apps.get_model("jobs", "Command")
         ClusterVersion = apps.get_model("jobs", "ClusterVersion")
@@ -63,4 +56,4 @@ def test_existing_placed_jobs_get_run_1_with_their_workers_versions_and_commands
     finally:
         # Leave the schema as the other tests expect it (every app at its latest migration,
         # not at 0009: later migrations exist), however this one ends.
-        _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+        migrate_to_latest()

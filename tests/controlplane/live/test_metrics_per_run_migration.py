@@ -4,9 +4,9 @@ of a job with no run at all get a run 1 rather than be lost; decisions of a job 
 never ran keep no run."""
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
+
+from tests.controlplane.migrations import migrate, migrate_to_latest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -14,15 +14,8 @@ BEFORE = [("jobs", "0010_job_workers_wanted"), ("live", "0001_initial"), ("polic
 AFTER = [("live", "0003_metric_points_run_required"), ("policies", "0004_decisions_per_run")]
 
 
-def _migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
-
-
 def test_existing_points_and_decisions_join_their_jobs_current_or_latest_run():
-    apps = _migrate(BEFORE)
+    apps = migrate(BEFORE)
     try:
         User = apps.get_model("auth", "User")
         Job, Run = apps.get_model("jobs", "Job"), apps.get_model("jobs", "Run")
@@ -50,7 +43,7 @@ def test_existing_points_and_decisions_join_their_jobs_current_or_latest_run():
         d_unlinked = Decision.objects.create(job=unlinked, **decision)
         d_never = Decision.objects.create(job=never, **decision)
 
-        apps = _migrate(AFTER)
+        apps = migrate(AFTER)
         Job, Run = apps.get_model("jobs", "Job"), apps.get_model("jobs", "Run")
         MetricPoint, Decision = apps.get_model("live", "MetricPoint"), apps.get_model("policies", "Decision")
 
@@ -73,4 +66,4 @@ def test_existing_points_and_decisions_join_their_jobs_current_or_latest_run():
     finally:
         # Leave the schema as the other tests expect it (every app at its latest
         # migration), however this one ends.
-        _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+        migrate_to_latest()
