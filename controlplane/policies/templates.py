@@ -63,14 +63,17 @@ TEMPLATES: list[dict] = [
         "id": "topology-on-interference",
         "name": "Switch topology under interference",
         "description": (
-            "KungFu's interference check: when throughput stays under 80 % of its best for "
-            "5 evaluations, switch the allreduce algorithm to the binary tree (all workers "
-            "switch together at one step)."),
+            "KungFu's interference check: when every throughput report in the policy's window "
+            "(its last 10 by default) is under 80 % of the run's best, for 3 evaluations in a "
+            "row, switch the allreduce algorithm to the binary tree (all workers switch "
+            "together at one step). Judging the whole window rather than the latest report "
+            "keeps one slow report on a busy machine from firing it."),
         "dry_run": False,
         "rules": [{
             "name": "switch topology",
-            "when": "has(metrics.throughput) && throughput < 0.8 * peak.throughput && topology != 'tree'",
-            "for": 5,
+            "when": ("has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput "
+                     "&& topology != 'tree'"),
+            "for": 3,
             "cooldown_s": 120,
             "action": {"type": "set_topology", "value": "tree"},
         }],

@@ -51,11 +51,21 @@ def test_scale_out_template_stops_when_the_last_worker_did_not_pay():
 
 def test_topology_template_fires_after_sustained_interference():
     values = {s: {"throughput": 1000.0} for s in range(1, 6)}
-    values.update({s: {"throughput": 700.0} for s in range(6, 12)})
+    values.update({s: {"throughput": 700.0} for s in range(6, 30)})
     result = replay.replay(template("topology-on-interference"), stream(values), start_time=990.0,
                            defaults=KNOBS)
-    assert [d["step"] for d in result["decisions"]] == [10]
+    # The window (10 reports) is all below 800 from step 15 (reports 6..15); "for": 3 → 17.
+    assert [d["step"] for d in result["decisions"]] == [17]
     assert result["decisions"][0]["action"] == {"type": "set_topology", "value": "tree"}
+
+
+def test_topology_template_ignores_slow_reports_between_normal_ones():
+    # A busy machine: every other report is 30 % down, for a long time. The latest report
+    # is under 80 % of the best half the time, but the window never is.
+    values = {s: {"throughput": 1000.0 if s % 2 else 700.0} for s in range(1, 200)}
+    result = replay.replay(template("topology-on-interference"), stream(values), start_time=990.0,
+                           defaults=KNOBS)
+    assert result["decisions"] == []
 
 
 def test_long_streams_are_evaluated_at_most_max_ticks_times():
