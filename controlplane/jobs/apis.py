@@ -207,6 +207,7 @@ class MetricsOutputSerializer(serializers.Serializer):
 
 class EventOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
+    run = serializers.IntegerField(allow_null=True, help_text="the job's current run then (null: not placed yet)")
     kind = serializers.CharField()
     actor = serializers.CharField()
     message = serializers.CharField()
@@ -464,13 +465,18 @@ class JobMetricsApi(APIView):
 
 class JobEventsApi(APIView):
     @extend_schema(responses={200: EventOutputSerializer(many=True), **ERRORS},
-                   parameters=[OpenApiParameter("after", int, description="only events with a larger id")])
+                   parameters=[OpenApiParameter("after", int, description="only events with a larger id"),
+                               OpenApiParameter("run", int, description=(
+                                   "only the events of this run (1-based); default: every run's"))])
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
-        events = selectors.job_events(job, after_id=int_query_param(request, "after", low=0))[:1000]
+        number = int_query_param(request, "run", low=1)
+        run = selectors.job_run_get(job, number) if number is not None else None
+        events = selectors.job_events(job, after_id=int_query_param(request, "after", low=0), run=run)[:1000]
         return Response([
-            {"id": e.id, "kind": e.kind, "actor": e.actor, "message": e.message, "data": e.data,
-             "step": e.step, "time": e.created_at.isoformat()} for e in events
+            {"id": e.id, "run": e.run.number if e.run else None, "kind": e.kind, "actor": e.actor,
+             "message": e.message, "data": e.data, "step": e.step, "time": e.created_at.isoformat()}
+            for e in events
         ])
 
 

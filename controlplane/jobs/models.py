@@ -310,6 +310,8 @@ class Event(models.Model):
         NODE = "node"
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    # The job's current run when it happened (None before the job was first placed).
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     actor = models.CharField(max_length=200)
     message = models.TextField()

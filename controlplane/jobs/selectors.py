@@ -43,8 +43,11 @@ def job_run_get(job: Job, number: int | None) -> Run | None:
     return run
 
 
-def job_events(job: Job, *, after_id: int | None = None) -> QuerySet[Event]:
-    qs = Event.objects.filter(job=job).order_by("id")
+def job_events(job: Job, *, after_id: int | None = None, run: Run | None = None) -> QuerySet[Event]:
+    """The job's events, oldest first; only run ``run``'s when given."""
+    qs = Event.objects.filter(job=job).select_related("run").order_by("id")
+    if run is not None:
+        qs = qs.filter(run=run)
     return qs.filter(id__gt=after_id) if after_id else qs
 
 

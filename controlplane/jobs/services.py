@@ -75,12 +75,15 @@ def _publish_job(job_id: int) -> None:
 def event_record(
     *, job: Job, kind: str, actor: str, message: str, data: dict | None = None, step: int | None = None
 ) -> Event:
+    # The current run as stored now: the caller's copy of the job may predate a restart.
+    run_id, run_number = (Job.objects.filter(id=job.id).values_list("current_run_id", "current_run__number")
+                          .first() or (None, None))
     event = Event.objects.create(
-        job=job, kind=kind, actor=actor, message=message, data=data or {}, step=step
+        job=job, run_id=run_id, kind=kind, actor=actor, message=message, data=data or {}, step=step
     )
     frame = {
-        "id": event.id, "kind": kind, "actor": actor, "message": message, "data": event.data,
-        "step": step, "time": event.created_at.isoformat(),
+        "id": event.id, "run": run_number, "kind": kind, "actor": actor, "message": message,
+        "data": event.data, "step": step, "time": event.created_at.isoformat(),
     }
     transaction.on_commit(lambda: channels.publish_to_job(job.id, channels.FRAME_EVENT, frame))
     return event

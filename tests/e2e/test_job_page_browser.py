@@ -137,3 +137,12 @@ def restart_resets_the_charts(page, stack, job_id: int) -> None:
     page.wait_for_function("Number(document.querySelector('#chart-loss').dataset.points || 0) > 0",
                            timeout=30_000)
     assert chart_last_step() <= last_loss_step(2)
+
+    # The audit trail says which run each event belongs to: run 2 opens with the restart.
+    page.goto(f"{stack.url}/jobs/{job_id}/audit/")
+    page.wait_for_selector("#audit tbody tr[data-kind='state']")
+    runs = page.eval_on_selector_all(
+        "#audit tbody tr", "rows => rows.map(r => [r.querySelector('td.event-run').textContent.trim(), r.textContent])")
+    assert {"1", "2"} <= {run for run, _ in runs}
+    first_of_2 = next(text for run, text in runs if run == "2")
+    assert "pending" in first_of_2

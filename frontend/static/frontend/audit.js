@@ -35,6 +35,7 @@ async function load() {
       lastId = Math.max(lastId, e.id);
       body.append(el("tr", { class: `event-${e.kind}`, dataset: { kind: e.kind, id: String(e.id) } },
         el("td", { text: e.id }), el("td", {}, el("time", { datetime: e.time, text: new Date(e.time).toLocaleString() })),
+        el("td", { class: "event-run", text: e.run ?? "" }),
         el("td", {}, el("span", { class: `kind kind-${e.kind}`, text: e.kind })), el("td", { text: e.actor }),
         el("td", { text: e.step ?? "" }), el("td", {}, details(e))));
     }

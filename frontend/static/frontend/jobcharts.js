@@ -46,7 +46,7 @@ export class JobCharts {
     this.container = container;
     this.follow = run === null; // follow the job's current run (else: stay on `run`)
     this.run = run; // the run number shown; null until the first answer says which
-    this.runWindow = null; // [from, to) unix seconds of the run shown: its events get markers
+    this.runWindow = null; // [from, to) unix seconds of the run shown: markers for events without a run
     this.events = new Map(); // event id -> event, to redraw markers when the run changes
     this.onRunChange = null; // called with the new run number when the charts switch runs
     this.group = new ChartGroup();
@@ -106,7 +106,7 @@ export class JobCharts {
   }
 
   /* The time span of the run shown, [from, to) in unix seconds (to null while it is the
-   * latest run): only its events are drawn as markers. */
+   * latest run): events that carry no run number are drawn as markers only inside it. */
   setRunWindow(from, to) {
     this.runWindow = [from, to];
     for (const c of Object.values(this.charts)) for (const kind of EVENT_MARKER_KINDS) c.clearMarkers(kind);
@@ -169,7 +169,10 @@ export class JobCharts {
 
   _marker(e) {
     const data = e.data || {};
-    if (this.runWindow) {
+    if (typeof e.run === "number" && this.run !== null) {
+      if (e.run !== this.run) return false; // another run's
+    } else if (this.runWindow) {
+      // An event recorded without its run: placed by time between the runs' starts.
       const t = new Date(e.time).getTime() / 1000;
       const [from, to] = this.runWindow;
       if (t < from || (to !== null && t >= to)) return false; // another run's
