@@ -58,10 +58,11 @@ def test_bad_run_filters_say_what_to_fix(api, user, nodes):  # noqa: F811
 @pytest.mark.django_db
 def test_event_frames_carry_the_run(user, nodes, django_capture_on_commit_callbacks):  # noqa: F811
     job = _restarted(_start(_job(user, initial=1)))
+    channels.frame_log_reset(job.id)  # frames an earlier test database left under this job id
     with django_capture_on_commit_callbacks(execute=True):
-        services.event_record(job=job, kind=Event.Kind.NODE, actor="test", message="hello")
+        event = services.event_record(job=job, kind=Event.Kind.NODE, actor="test", message="hello")
     frames, _ = channels.frames_after(job.id, 0)
-    [frame] = [f["data"] for f in frames if f["type"] == channels.FRAME_EVENT and f["data"]["message"] == "hello"]
+    [frame] = [f["data"] for f in frames if f["type"] == channels.FRAME_EVENT and f["data"]["id"] == event.id]
     assert frame["run"] == 2
 
 
