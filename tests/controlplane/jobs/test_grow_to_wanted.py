@@ -14,6 +14,8 @@ from django.utils import timezone
 from controlplane.errors import Conflict
 from controlplane.jobs import services, tasks
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Worker
+from tests.controlplane.jobs.agent_steps import run_placed as _start
+from tests.controlplane.jobs.agent_steps import worker_report as _report
 
 pytestmark = pytest.mark.django_db
 
@@ -30,24 +32,6 @@ def _job(user, *, initial, low, high, name="elastic") -> Job:
                                workers_min=low, workers_max=high, strategy="ssgd", topology="ring")
 
 
-def _start(job) -> Job:
-    """Register ports, apply the start commands and report running, as agents do."""
-    by_node: dict[Node, list[int]] = {}
-    for w in Worker.objects.filter(job=job).select_related("node"):
-        by_node.setdefault(w.node, []).append(w.rank)
-    for node, ranks in by_node.items():
-        services.workers_register(node=node, job_id=job.id, workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    for command in Command.objects.filter(job=job, type="start"):
-        services.command_finish(node=command.node, command_id=command.id, ok=True, step=0)
-    for node, ranks in by_node.items():
-        services.job_report(node=node, job_id=job.id, status="running",
-                            workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    return Job.objects.get(id=job.id)
-
-
-def _report(job, rank, event, **data):
-    w = Worker.objects.select_related("node").get(job=job, rank=rank)
-    services.job_worker_report(node=w.node, job_id=job.id, rank=rank, event=event, data=data)
 
 
 def _finish_rescale(job, *, step=100) -> Job:

@@ -11,6 +11,8 @@ from django.utils import timezone
 
 from controlplane.jobs import services, tasks
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Worker
+from tests.controlplane.jobs.agent_steps import run_placed
+from tests.controlplane.jobs.agent_steps import worker_report as _report
 
 pytestmark = pytest.mark.django_db
 
@@ -31,22 +33,8 @@ def _running_job(user, *, initial=2, low=1, high=4) -> Job:
                               hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=initial,
                               workers_min=low, workers_max=high, strategy="ssgd", topology="ring")
     assert services.job_place(job_id=job.id)
-    by_node: dict[Node, list[int]] = {}
-    for w in Worker.objects.filter(job=job).select_related("node"):
-        by_node.setdefault(w.node, []).append(w.rank)
-    for node, ranks in by_node.items():
-        services.workers_register(node=node, job_id=job.id, workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    for command in Command.objects.filter(job=job, type="start"):
-        services.command_finish(node=command.node, command_id=command.id, ok=True, step=0)
-    for node, ranks in by_node.items():
-        services.job_report(node=node, job_id=job.id, status="running",
-                            workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    return Job.objects.get(id=job.id)
+    return run_placed(job)
 
-
-def _report(job, rank, event, **data):
-    w = Worker.objects.select_related("node").get(job=job, rank=rank)
-    services.job_worker_report(node=w.node, job_id=job.id, rank=rank, event=event, data=data)
 
 
 def _age(job, ranks, seconds=600):

@@ -7,6 +7,7 @@ import pytest
 
 from controlplane.jobs import services
 from controlplane.jobs.models import Command, Event, Job, Node, Worker
+from tests.controlplane.jobs.agent_steps import run_placed as _run
 
 pytestmark = pytest.mark.django_db
 
@@ -35,20 +36,6 @@ def _job(user, *, selector: dict, initial: int = 2, low: int = 1, high: int = 4)
 def _nodes_of(job) -> set[str]:
     return set(Worker.objects.filter(job=job).values_list("node__name", flat=True))
 
-
-def _run(job) -> Job:
-    """Take a placed job through registration and its start commands to running."""
-    by_node: dict[Node, list[int]] = {}
-    for w in Worker.objects.filter(job=job).select_related("node"):
-        by_node.setdefault(w.node, []).append(w.rank)
-    for node, ranks in by_node.items():
-        services.workers_register(node=node, job_id=job.id, workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    for command in Command.objects.filter(job=job, type="start"):
-        services.command_finish(node=command.node, command_id=command.id, ok=True, step=0)
-    for node, ranks in by_node.items():
-        services.job_report(node=node, job_id=job.id, status="running",
-                            workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    return Job.objects.get(id=job.id)
 
 
 # --- the API -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from controlplane.jobs import services
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run, Worker
 from controlplane.jobs.tokens import token_create
 from controlplane.live.models import MetricPoint
+from tests.controlplane.jobs.agent_steps import run_placed
 from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
@@ -35,18 +36,7 @@ def _job(user, *, initial=2, low=None, high=None, **hyper) -> Job:
 def _start(job: Job) -> Job:
     """Place the job and play its agents: ports registered, start applied, running."""
     assert services.job_place(job_id=job.id)
-    job.refresh_from_db()
-    by_node: dict[Node, list[int]] = {}
-    for w in Worker.objects.filter(run_id=job.current_run_id).select_related("node"):
-        by_node.setdefault(w.node, []).append(w.rank)
-    for node, ranks in by_node.items():
-        services.workers_register(node=node, job_id=job.id, workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    for command in Command.objects.filter(run_id=job.current_run_id, type="start"):
-        services.command_finish(node=command.node, command_id=command.id, ok=True, step=0)
-    for node, ranks in by_node.items():
-        services.job_report(node=node, job_id=job.id, status="running",
-                            workers=[{"rank": r, "port": 7000 + r} for r in ranks])
-    return Job.objects.get(id=job.id)
+    return run_placed(job)
 
 
 def _fail(job: Job, reason="worker 0 exited with code 1") -> Job:
