@@ -6,27 +6,15 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 
-from controlplane.jobs import services
-from controlplane.jobs.models import Command, Node
+from controlplane.jobs.models import Command
 from controlplane.live.consumers import AgentCommandConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def node():
-    node, _ = services.node_enrol(join_token=services.join_token_create(label="t"), name="n1",
-                                  address="127.0.0.1", slots=2, labels={})
-    return Node.objects.get(id=node.id)
-
-
-@pytest.fixture
-def start_command(node, user):
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
-    assert services.job_place(job_id=job.id)
-    return Command.objects.get(job=job, type=Command.Type.START)
+def start_command(placed_job):
+    return Command.objects.get(job=placed_job, type=Command.Type.START)
 
 
 def agent(node):

@@ -13,7 +13,7 @@ from django.conf import settings as django_settings
 
 from controlplane.celery import enqueue
 from controlplane.jobs import services
-from controlplane.jobs.models import Command, Node
+from controlplane.jobs.models import Command
 from controlplane.live import channels
 from controlplane.live.consumers import AgentCommandConsumer
 
@@ -29,19 +29,8 @@ def _dead_redis_url() -> str:
 
 
 @pytest.fixture
-def node():
-    node, _ = services.node_enrol(join_token=services.join_token_create(label="t"), name="n1",
-                                  address="127.0.0.1", slots=2, labels={})
-    return Node.objects.get(id=node.id)
-
-
-@pytest.fixture
-def job(node, user):
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
-    assert services.job_place(job_id=job.id)
-    return job
+def job(placed_job):
+    return placed_job
 
 
 def agent(node):
