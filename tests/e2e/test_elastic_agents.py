@@ -54,6 +54,19 @@ def _job(api, job_id):
     return job
 
 
+def _start_elastic(stack, name: str, *, initial: int) -> dict:
+    """Submit an elastic digits job (min 1, max 4) that trains until cancelled; the job once
+    it runs."""
+    status, job = stack.api.post("/api/v1/jobs/", {
+        "name": name, "entrypoint": "examples.digits",
+        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
+        "workers": {"initial": initial, "min": 1, "max": 4},
+    })
+    assert status == 201, job
+    return wait_for_job(stack.api, job["id"], lambda j: j["status"] == "running" and j, timeout_s=60,
+                        what="the job to run", stack=stack)
+
+
 def _members(job):
     """(node, worker number) of the latest version's members, by cluster rank."""
     ranked = sorted((w for w in job["workers"] if w["cluster_rank"] is not None), key=lambda w: w["cluster_rank"])
@@ -78,15 +91,8 @@ def _scale(stack, job_id, value):
 
 def test_elastic_job_grows_shrinks_and_survives_a_crash_through_real_agents(elastic_stack):
     stack, api = elastic_stack, elastic_stack.api
-    status, job = api.post("/api/v1/jobs/", {
-        "name": "elastic", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
-        "workers": {"initial": 2, "min": 1, "max": 4},
-    })
-    assert status == 201, job
+    job = _start_elastic(stack, "elastic", initial=2)
     job_id = job["id"]
-    job = wait_for_job(api, job_id, lambda j: j["status"] == "running" and j, timeout_s=60,
-                       what="the job to run", stack=stack)
     a = job["workers"][0]["node"]  # best fit put both on one node; the other is b
     b = {"node-1": "node-2", "node-2": "node-1"}[a]
     assert job["cluster_version"] == 1 and _members(job) == [(a, 0), (a, 1)]
@@ -156,14 +162,7 @@ def test_an_agent_back_after_its_node_was_lost_ends_the_workers_the_job_went_on_
     # them, and its first heartbeat's reply tells it the job no longer counts on them: it
     # ends them, and the job trains on where it is.
     stack, api = elastic_stack, elastic_stack.api
-    status, job = api.post("/api/v1/jobs/", {
-        "name": "lost and back", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
-        "workers": {"initial": 2, "min": 1, "max": 4},
-    })
-    assert status == 201, job
-    job_id = job["id"]
-    wait_for_job(api, job_id, lambda j: j["status"] == "running", timeout_s=60, what="the job to run", stack=stack)
+    job_id = _start_elastic(stack, "lost and back", initial=2)["id"]
     job = _scale(stack, job_id, 4)
     b = next(w["node"] for w in job["workers"] if w["rank"] == 2)
     state = json.loads((stack.log_dir / "agents" / b / "jobs" / f"job-{job_id}.json").read_text())

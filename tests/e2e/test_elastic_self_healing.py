@@ -11,7 +11,14 @@ import time
 import pytest
 
 from tests.e2e.conftest import wait_for_job
-from tests.e2e.test_elastic_agents import _address, _job, _members, _scale, fake_worker_stack
+from tests.e2e.test_elastic_agents import (
+    _address,
+    _job,
+    _members,
+    _scale,
+    _start_elastic,
+    fake_worker_stack,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,15 +30,8 @@ def healing_stack(tmp_path_factory):
 
 def test_a_crashed_worker_is_replaced_and_a_users_shrink_is_kept(healing_stack):
     stack, api = healing_stack, healing_stack.api
-    status, job = api.post("/api/v1/jobs/", {
-        "name": "self-healing", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
-        "workers": {"initial": 3, "min": 1, "max": 4},
-    })
-    assert status == 201, job
+    job = _start_elastic(stack, "self-healing", initial=3)
     job_id = job["id"]
-    job = wait_for_job(api, job_id, lambda j: j["status"] == "running" and j, timeout_s=60,
-                       what="the job to run", stack=stack)
     assert len(_members(job)) == 3 and job["parameters"]["workers_wanted"] == 3
 
     (stack.fake_dir / f"crash-{_address(job, 1)}").touch()
