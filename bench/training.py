@@ -12,6 +12,11 @@ data with the same global batch, each worker a process with one TensorFlow threa
   loopback ports (``tf.distribute.MultiWorkerMirroredStrategy``, Keras custom loop).
 - ``plain``: the same loop in one process without distribution, with 2 intra-op
   threads (the whole machine); printed once per model, with ``workers`` 1.
+- ``no_comm`` (with ``--floor``, at 2 or more workers): N of those plain processes at
+  once, one thread each, each computing its 1/N share of every global batch and never
+  communicating. A synchronous step waits for every worker, so the per-window maximum
+  over the processes is the compute floor of any data-parallel system on this machine:
+  ``no_comm`` ÷ ``tf_mwms`` is the most any system could reach against MWMS in that run.
 
 ``median_step_s`` is the median over post-warm-up windows of ``log_every`` steps of
 the mean step time in the window (the same windows for every system), and
@@ -28,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.local import job_series, peer_list, run_workers
@@ -99,9 +104,19 @@ def run_reference(system: str, model: str, setup: ModelSetup, workers: int, step
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    result = json.loads(outputs[0].strip().splitlines()[-1])
     skip = warmup_steps(steps, setup.log_every)
-    return windows(result["step_times"][skip:], setup.log_every)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs if out.strip()]
+    per_process = [windows(result["step_times"][skip:], setup.log_every) for result in results]
+    # MWMS prints from rank 0 only; independent processes (no_comm) each print, and a
+    # lock-step system would wait for the slowest of them in every window.
+    return [max(window) for window in zip(*per_process, strict=True)]
+
+
+def run_no_comm(model: str, setup: ModelSetup, workers: int, steps: int) -> list[float]:
+    """N plain single-threaded processes at once, each on its 1/N share of the global
+    batch, with no communication: the compute floor of a synchronous N-worker step."""
+    share = replace(setup, global_batch=setup.global_batch // workers)
+    return run_reference("plain", model, share, workers, steps, threads=1)
 
 
 def record(system: str, model: str, setup: ModelSetup, workers: int, window_times: list[float]) -> dict:
@@ -133,6 +148,9 @@ def main() -> None:
                         help="our gradient-noise monitor interval (1, the job default; 0 turns it off)")
     parser.add_argument("--plain-threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions, windows pooled")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run no_comm: N independent single-threaded processes on their shares "
+                             "of each batch, the compute floor of any N-worker system")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",") if w]
@@ -152,7 +170,9 @@ def main() -> None:
         for model in models:
             setup = MODELS[model]
             steps = args.steps or setup.steps
-            runs = [("plain", 1)] + [(system, n) for n in worker_counts for system in ("adaptrain", "tf_mwms")]
+            systems = ("adaptrain", "tf_mwms", "no_comm") if args.floor else ("adaptrain", "tf_mwms")
+            runs = [("plain", 1)] + [(system, n) for n in worker_counts for system in systems
+                                     if system != "no_comm" or n > 1]
             for system, workers in runs:
                 log(f"round {round_index + 1}/{args.rounds}, {model}: {system} with {workers} worker(s), "
                     f"{steps} steps ({time.perf_counter() - started:.0f} s so far)")
@@ -160,6 +180,8 @@ def main() -> None:
                     times = run_ours(setup, workers, steps, args.monitor_every)
                 elif system == "tf_mwms":
                     times = run_reference("tf_mwms", model, setup, workers, steps, threads=1)
+                elif system == "no_comm":
+                    times = run_no_comm(model, setup, workers, steps)
                 else:
                     times = run_reference("plain", model, setup, 1, steps, threads=args.plain_threads)
                 pooled.setdefault((model, system, workers), []).extend(times)
