@@ -69,14 +69,40 @@ def run_workers(n: int, hyperparameters: dict, *, module: str = "examples.digits
         env.setdefault("COLLECTIVE_TIMEOUT", "60")
         procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    messages = {}
-    for rank, proc in enumerate(procs):
-        out, err = proc.communicate(timeout=timeout_s)
-        if proc.returncode != 0:
-            raise RuntimeError(f"worker {rank} exited with {proc.returncode}:\n{err[-3000:]}")
-        messages[rank] = [json.loads(line[len(protocol.PREFIX):]) for line in out.splitlines()
-                          if line.startswith(protocol.PREFIX)]
-    return messages
+    # Every worker's pipes are drained at once: read one after another, a worker whose
+    # output outgrew its pipe (a long run) would block on a write while the others wait
+    # for it in a collective, until the collective timeout fails the run.
+    # The first worker to fail stops the others, which could not finish without it.
+    outputs: dict[int, tuple[str, str]] = {}
+    timed_out: list[int] = []
+    failed: list[int] = []  # in the order they ended
+
+    def drain(rank: int, proc: subprocess.Popen) -> None:
+        try:
+            outputs[rank] = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out.append(rank)
+            proc.kill()
+            outputs[rank] = proc.communicate()
+        if proc.returncode != 0 and not timed_out:
+            failed.append(rank)
+            for other in procs:
+                if other.poll() is None:
+                    other.kill()
+
+    readers = [threading.Thread(target=drain, args=(rank, proc), name=f"run-workers-{rank}", daemon=True)
+               for rank, proc in enumerate(procs)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    if timed_out:
+        raise RuntimeError(f"worker(s) {sorted(timed_out)} still running after {timeout_s} s; killed them")
+    if failed:
+        rank = failed[0]
+        raise RuntimeError(f"worker {rank} exited with {procs[rank].returncode}:\n{outputs[rank][1][-3000:]}")
+    return {rank: [json.loads(line[len(protocol.PREFIX):]) for line in outputs[rank][0].splitlines()
+                   if line.startswith(protocol.PREFIX)] for rank in range(len(procs))}
 
 
 class LocalJob:
