@@ -417,6 +417,7 @@ class Trainer:
         self._apply = None
         self._checksum = None
         self._fused = {}
+        self._scalars: dict = {}
         # Set by the fused S-SGD step: (cluster version, min received seq, min known version).
         self._agreed_ahead: tuple[int, int, int] | None = None
         self._step_error: Exception | None = None
@@ -532,8 +533,10 @@ class Trainer:
             big_sq = tf.add_n([2.0 * tf.nn.l2_loss(g) for g in averaged]) if monitor else tf.constant(0.0)
             return tf.concat([tail[:3], tf.reshape(big_sq, [1])], axis=0)
 
-        self._fused[distributed, monitor] = step
-        return step
+        # Called through its one concrete function: the polymorphic tf.function's per-call
+        # dispatch (binding, signature lookup) is most of a small model's step otherwise.
+        self._fused[distributed, monitor] = step.get_concrete_function()
+        return self._fused[distributed, monitor]
 
     def _allreduce_in_step(self, flat: np.ndarray) -> np.ndarray:
         """The allreduce of the fused step (called from the graph). Each worker's received
@@ -565,6 +568,16 @@ class Trainer:
         self._step_comm_s = time.perf_counter() - t0
         return buf
 
+    def _scalar(self, value: float, dtype):
+        """A scalar tensor, kept for reuse: a step's scalars rarely change between steps."""
+        key = (value, dtype)
+        tensor = self._scalars.get(key)
+        if tensor is None:
+            if len(self._scalars) > 64:
+                self._scalars.clear()
+            tensor = self._scalars[key] = self.tf.constant(value, dtype)
+        return tensor
+
     def _run_fused(self, x: np.ndarray, y: np.ndarray, global_batch: int, monitor: bool,
                    local_scale_sq: float, distributed: bool) -> np.ndarray:
         tf = self.tf
@@ -573,8 +586,8 @@ class Trainer:
         try:
             slots = 4 * self.session.size if distributed and self.session.communicator is not None else 0
             return self._fused_step(distributed, monitor)(
-                tf.constant(x), tf.constant(y), tf.constant(1.0 / global_batch, tf.float32),
-                tf.constant(local_scale_sq, tf.float32), tf.constant(slots, tf.int32)).numpy()
+                tf.constant(x), tf.constant(y), self._scalar(1.0 / global_batch, tf.float32),
+                self._scalar(local_scale_sq, tf.float32), self._scalar(slots, tf.int32)).numpy()
         except tf.errors.OpError as exc:
             error, self._step_error = self._step_error, None
             if error is not None:  # the collective failed: the update did not happen
