@@ -56,15 +56,18 @@ def _job(api, job_id):
 
 def _start_elastic(stack, name: str, *, initial: int) -> dict:
     """Submit an elastic digits job (min 1, max 4) that trains until cancelled; the job once
-    it runs."""
+    every node has started its workers. (The job is ``running`` from the first node's
+    report; a worker crashed before a slower node has started its own hits a start-up
+    race this helper stays clear of: that node then fails to start its workers.)"""
     status, job = stack.api.post("/api/v1/jobs/", {
         "name": name, "entrypoint": "examples.digits",
         "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
         "workers": {"initial": initial, "min": 1, "max": 4},
     })
     assert status == 201, job
-    return wait_for_job(stack.api, job["id"], lambda j: j["status"] == "running" and j, timeout_s=60,
-                        what="the job to run", stack=stack)
+    return wait_for_job(stack.api, job["id"], lambda j: j["status"] == "running" and j["workers"] and all(
+        w["state"] == "running" for w in j["workers"]) and j, timeout_s=60,
+        what="the job to run on every node", stack=stack)
 
 
 def _members(job):
