@@ -14,7 +14,11 @@ Every message but metrics carries a number ``n`` (1, 2, …) and stays with the 
 after it was written until the agent acknowledges it (``{"type": "ack", "n"}``, which
 acknowledges everything up to ``n``): a message written into the socket of an agent that
 died before reading it is written again to the next agent, which skips numbers it has
-seen. Metrics are not acknowledged: those in flight when an agent dies are lost.
+seen. Metrics are not acknowledged: those in flight when an agent *dies* are lost. An agent
+that exits on purpose lets go without losing any: it sends ``{"type": "detach"}``; the
+worker answers ``{"type": "detached"}`` as the last line on that connection (everything
+it wrote before is ahead of it) and buffers from then on, so the agent reads up to that
+line, posts what it read and only then closes.
 
 A worker with no agent for longer than ``ADAPTRAIN_AGENT_GRACE_S`` seconds is an
 orphan: :attr:`AgentChannel.orphaned` is set and the ``on_orphaned`` callback runs (the
@@ -286,6 +290,9 @@ class AgentChannel:
                     if message.get("type") == "ack":
                         if isinstance(message.get("n"), int):
                             self._acked(message["n"])
+                    elif message.get("type") == "detach":
+                        self._let_go(conn)
+                        return
                     else:
                         self.on_message(message)
         except OSError:
@@ -295,6 +302,15 @@ class AgentChannel:
                 self._drop_connection(conn)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def _let_go(self, conn: socket.socket) -> None:
+        """The agent is exiting on purpose: write the last line it will read from us and
+        buffer from now on (sends hold the lock, so nothing follows that line)."""
+        with self._lock:
+            if self._conn is conn:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b'{"type":"detached"}\n')
+                self._drop_connection(conn)
 
     def _watchdog(self) -> None:
         while not self._closed:

@@ -27,7 +27,8 @@ control plane (``applied``, ``failed``, ``worker``) carry a ``ref`` and stay in
 "received", "ref"}``); they are sent again on every reconnection until then.
 
 On SIGTERM/SIGINT the agent by default *detaches* (``AGENT_ON_EXIT=detach``): its
-workers go on training and a restarted agent takes them over; ``AGENT_ON_EXIT=stop``
+workers go on training and a restarted agent takes them over (each worker first hands
+over what it had written, so a detach loses no metric); ``AGENT_ON_EXIT=stop``
 stops them and reports their jobs failed, as an agent that goes away for good should.
 Workers left without an agent for ``AGENT_ORPHAN_GRACE_S`` stop themselves.
 """
@@ -120,7 +121,7 @@ class Agent:
                      "(AGENT_ON_EXIT=detach)", len(self.groups))
             for group in self.groups.values():
                 group.shutting_down = True
-                group.detach()
+            await asyncio.gather(*(group.detach() for group in self.groups.values()))
         await self._flush_metrics()
         for task in self._tasks:
             task.cancel()

@@ -199,6 +199,7 @@ class WorkerGroup:
         self.failed_rank: int | None = None
         self._connections: dict[int, asyncio.Task] = {}
         self._watchers: list[asyncio.Task] = []
+        self._detaching = False
         self._changed = asyncio.Event()
 
     # -- state kept on disk -------------------------------------------------------------
@@ -263,11 +264,30 @@ class WorkerGroup:
         self._changed.set()
         return found
 
-    def detach(self) -> None:
+    async def detach(self, timeout_s: float = 5.0) -> None:
         """Let go of the workers without stopping them (the agent is exiting; a restarted
-        agent re-attaches): close the connections, keep the state."""
-        for task in [*self._connections.values(), *self._watchers]:
+        agent re-attaches). Each connected worker is asked to let go and its connection
+        read up to its last line (``detached``), so what it had written — metrics
+        included — is handled here, not lost; then the connections close and the state
+        stays on disk."""
+        self._detaching = True
+        for task in self._watchers:
             task.cancel()
+        letting_go = []
+        for rank, worker in self.workers.items():
+            task = self._connections.get(rank)
+            if worker.writer is not None and task is not None and not task.done():
+                with contextlib.suppress(OSError, RuntimeError):
+                    worker.writer.write(b'{"type":"detach"}\n')
+                letting_go.append(task)
+        if letting_go:
+            _, late = await asyncio.wait(letting_go, timeout=timeout_s)
+            if late:
+                log.warning("job %s: %d worker(s) did not let go within %.0f s; closing their connections",
+                            self.job_id, len(late), timeout_s)
+        for task in self._connections.values():
+            task.cancel()
+        await asyncio.gather(*self._connections.values(), *self._watchers, return_exceptions=True)
         for worker in self.workers.values():
             if worker.writer is not None:
                 worker.writer.close()
@@ -400,7 +420,7 @@ class WorkerGroup:
     async def _serve(self, worker: LocalWorker) -> None:
         """Keep a connection to the worker while it lives: read its messages; on every
         (re)connection first send what it may have missed."""
-        while worker.alive:
+        while worker.alive and not self._detaching:
             connected = await self._connect(worker)
             if connected is None:
                 return
@@ -423,6 +443,8 @@ class WorkerGroup:
                         continue
                     if not isinstance(message, dict):
                         continue
+                    if message.get("type") == "detached":
+                        return  # the worker's last line to this agent (see detach)
                     n = message.get("n")
                     if isinstance(n, int) and n <= worker.acked_n:
                         continue  # written again after a reconnection; handled before
@@ -437,7 +459,7 @@ class WorkerGroup:
             finally:
                 worker.writer = None
                 writer.close()
-            if worker.gone():
+            if worker.gone() or self._detaching:
                 return
             await asyncio.sleep(0.1)
 

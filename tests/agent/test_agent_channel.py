@@ -157,6 +157,29 @@ def test_messages_the_agent_did_not_acknowledge_are_written_again_to_the_next_on
     second.close()
 
 
+def test_an_agent_that_detaches_reads_everything_the_worker_wrote_up_to_its_last_line(channel):
+    """A detaching agent loses no metric: the worker answers ``detach`` with ``detached``
+    after everything it had written, then buffers for the next agent."""
+    first = FakeAgent(channel.path)
+    wait_until(lambda: channel.connected)
+    for i in range(200):
+        channel.send({"type": "metrics", "points": [{"name": "loss", "step": i, "value": 1.0}]})
+    first.write({"type": "detach"})
+    wait_until(lambda: not channel.connected)
+    for i in range(200, 205):
+        channel.send({"type": "metrics", "points": [{"name": "loss", "step": i, "value": 1.0}]})
+    messages = first.read(201)
+    assert [m["points"][0]["step"] for m in messages[:200]] == list(range(200))
+    assert messages[200] == {"type": "detached"}
+    with pytest.raises(EOFError):  # nothing after it on that connection
+        first.read(1)
+    assert channel.received == []  # the worker's code never sees the handshake
+    second = FakeAgent(channel.path)
+    assert [m["points"][0]["step"] for m in second.read(5)] == list(range(200, 205))
+    first.close()
+    second.close()
+
+
 def test_lines_from_the_agent_reach_the_worker(channel):
     agent = FakeAgent(channel.path)
     agent.write({"type": "command", "id": 7, "seq": 1, "action": "set_lr", "payload": {"value": 0.1}})

@@ -7,7 +7,8 @@ web, Celery, one agent and two TensorFlow workers.
   agent listened arrive (only those the killed agent held unposted in memory may be
   lost); the command is applied once, at the same step on both workers. A SIGTERM in
   detach mode (the default) leaves the workers running for a third agent, which goes on
-  supervising them until the job is cancelled. (The job trains "forever": with the
+  supervising them until the job is cancelled; the detaching agent first reads what the
+  workers had written to it, so that detach loses no metric. (The job trains "forever": with the
   one-call training step a fixed number of steps ended before the test had done its
   restarts on a fast machine.)
 * The web process restarts while a job trains: the agent reconnects, a command issued
@@ -38,6 +39,23 @@ def restart_stack(tmp_path_factory):
         yield from _stack(tmp_path_factory, suffix="restart", agents=1, slots=2)
 
 
+_created: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _cancel_what_a_test_left_running(restart_stack):
+    """A failed test must not leave its job holding the node's slots for the next one."""
+    _created.clear()
+    yield
+    for job_id in _created:
+        status, job = restart_stack.api.get(f"/api/v1/jobs/{job_id}/")
+        if status == 200 and job["status"] not in ("succeeded", "failed", "cancelled"):
+            restart_stack.api.post(f"/api/v1/jobs/{job_id}/cancel/", {})
+            state = restart_stack.log_dir / "agents" / "node-1" / "jobs" / f"job-{job_id}.json"
+            wait_for(lambda state=state: not state.exists(), timeout_s=60,
+                     what=f"the agent to forget job {job_id} after cancelling it")
+
+
 def _series(api, job_id: int, name: str) -> dict:
     status, body = api.get(f"/api/v1/jobs/{job_id}/metrics/?names={name}&max_points=100000")
     assert status == 200, body
@@ -61,6 +79,7 @@ def _create_job(api, name: str) -> int:
         "workers": {"initial": 2},
     })
     assert status == 201, job
+    _created.append(job["id"])
     return job["id"]
 
 
@@ -152,6 +171,7 @@ def test_killed_agent_is_restarted_and_reattaches_to_the_running_workers(restart
         wait_for(lambda: (stack.log_dir / f"{AGENT}.log").read_text().count("re-attached to 2 running") == 2,
                  timeout_s=60, what="the second agent to re-attach")
         stack.processes.pop(AGENT)
+        detached_at = _last_step(api, job_id)
         detaching.send_signal(signal.SIGTERM)
         assert detaching.wait(timeout=20) == 0
     finally:
@@ -170,7 +190,8 @@ def test_killed_agent_is_restarted_and_reattaches_to_the_running_workers(restart
     # killed agent held in memory, not yet posted (its last flush interval), may be lost;
     # the agent that detached posted what it held before exiting.
     missing = _missing_metric_steps(api, job_id, up_to)
-    assert all(any(k < step <= k + 20 * LOG_EVERY for k in kill_steps) for step in missing), (kill_steps, missing)
+    assert all(any(k < step <= k + 20 * LOG_EVERY for k in kill_steps) for step in missing), \
+        (kill_steps, detached_at, missing)
     _cancel(stack, job_id, pids)
     wait_for(lambda: not (stack.log_dir / "agents" / "node-1" / "jobs" / f"job-{job_id}.json").exists(),
              timeout_s=30, what="the agent to forget the job", stack=stack)
