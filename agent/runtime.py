@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,6 +47,13 @@ from agent.monitors import GradientNoiseMonitor
 from agent.scaling import scaled_lr
 
 MAX_KEPT_REPLIES = 1000  # command replies a worker keeps to answer redeliveries
+# Interrupts the main thread's blocked formation of a communicator that a newer cluster
+# version has superseded (see Session.form_first_communicator).
+SUPERSEDED_SIGNAL = signal.SIGUSR1
+
+
+class SupersededVersion(Exception):
+    """Forming a cluster version's communicator was abandoned: a newer version came."""
 
 
 @dataclass
@@ -72,6 +80,7 @@ class Session:
     _stdin_closed: bool = False  # the agent is gone for good (stdin closed, or orphaned)
     _channel: Any = None  # agent.channel.AgentChannel when the agent gave us a socket
     _replies: dict[int, dict] = field(default_factory=dict)  # seq -> applied/failed sent for it
+    _forming: int | None = None  # the version whose communicator the main thread is forming
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -185,6 +194,9 @@ class Session:
                 return  # known already (redelivered after an agent restart) or superseded
             self._clusters[version] = list(members)
             self._cluster_changed.notify_all()
+            superseded = self._forming is not None and version > self._forming
+        if superseded:
+            signal.pthread_kill(threading.main_thread().ident, SUPERSEDED_SIGNAL)
 
     def latest_cluster_version(self) -> int:
         """The highest cluster version announced to this worker (its own if none newer)."""
@@ -231,6 +243,59 @@ class Session:
         self.joining = False
         if self.size > 1:
             self.communicator = _new_communicator(self.rank, self.peers, version, algorithm)
+
+    def form_first_communicator(self, algorithm: str = "auto", *, timeout_s: float = 120.0) -> None:
+        """Form the communicator of the version this worker was started in — or of a newer
+        one: a member that dies before the group has formed (or a version written while
+        this worker's node was still starting its workers) would otherwise leave the others
+        waiting for it until the collective timeout and then fail the job. A newer version
+        announced meanwhile interrupts the formation at once (the reader thread signals the
+        main thread); a formation that fails waits up to ``timeout_s`` for a newer version.
+        A worker that forms a version other than the one it was started in, or starts in
+        one after the first, reports ``rescaled`` like a survivor of a resize; one that a
+        newer version leaves out reports ``left`` and exits with status 0."""
+        from agent.native import CollectiveError
+
+        started_in, since = self.cluster_version, time.perf_counter()
+        version, members = self.cluster_version, list(self.peers)
+        interruptible = threading.current_thread() is threading.main_thread()
+        if interruptible:
+            signal.signal(SUPERSEDED_SIGNAL, self._on_superseded)
+        while True:
+            try:
+                with self._cluster_changed:
+                    if interruptible:
+                        self._forming = version
+                    if any(v > version for v in self._clusters):
+                        raise SupersededVersion(f"cluster version {version} was superseded")
+                try:
+                    self.form_communicator(version, members, algorithm)
+                finally:
+                    with self._cluster_changed:
+                        self._forming = None
+                break
+            except (CollectiveError, SupersededVersion) as exc:
+                self.close_communicator()
+                if isinstance(exc, CollectiveError):
+                    self.send({"type": "peer_failed", "version": version, "error": str(exc)[:1000]})
+                found = self.wait_for_cluster(min_version=version + 1, timeout_s=timeout_s)
+                if found is None:
+                    raise RuntimeError(f"could not form cluster version {version} ({exc}) and no newer "
+                                       f"version came within {timeout_s:.0f} s") from exc
+                version, members = found
+                if self.address not in members:
+                    self.send({"type": "left", "version": version, "step": 0})
+                    self.left, self.rank = True, -1
+                    raise SystemExit(0) from None  # the launcher flushes what is left to send
+        if version != started_in or version > 1:
+            self.send({"type": "rescaled", "version": version, "rank": self.rank, "size": self.size,
+                       "step": 0, "paused_s": time.perf_counter() - since})
+
+    def _on_superseded(self, signum, frame) -> None:
+        # Runs in the main thread between bytecodes or from inside the native formation's
+        # poll (EINTR); only while forming, so a late signal is harmless.
+        if self._forming is not None:
+            raise SupersededVersion(f"cluster version {self._forming} was superseded")
 
     def close_communicator(self) -> None:
         if self.communicator is not None:
@@ -305,8 +370,8 @@ def init() -> Session:
     else:
         threading.Thread(target=session._read_stdin, name="adaptrain-commands", daemon=True).start()
     if not joining and session.size > 1:
-        session.communicator = _new_communicator(rank, peers, session.cluster_version,
-                                                 session.params.get("topology") or "auto")
+        session.form_first_communicator(session.params.get("topology") or "auto",
+                                        timeout_s=float(session.hyperparameters.get("rejoin_timeout_s", 120)))
     return session
 
 
@@ -437,7 +502,12 @@ class Trainer:
         self._sizes = [int(np.prod(v.shape)) for v in variables]
         if not self.session.joining:
             # Make every worker start from rank 0's weights (a joiner gets them when let in).
-            self._broadcast_weights()
+            from agent.native import CollectiveError
+
+            try:
+                self._broadcast_weights()
+            except CollectiveError as exc:  # a member died before training started
+                self._recover(exc)
         self._feature_shape = list(x_sample.shape[1:])
         feature_shape = [None, *x_sample.shape[1:]]
 

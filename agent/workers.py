@@ -343,20 +343,30 @@ class WorkerGroup:
         self._changed.set()
 
     async def spawn(self, members: list[str], version: int = 1) -> list[dict]:
-        """Start the local initial ranks; ``members`` is cluster version ``version``: every
-        rank's host:port."""
-        if len(members) != int(self.start["world_size"]) or not all(members):
+        """Start the local initial ranks; ``members`` is cluster version ``version``: in
+        version 1 every initial rank's host:port, in rank order. A later version (written
+        while this node was still waiting for the others to register: a member elsewhere
+        died, and the job went on without it) lists the survivors: each local rank starts
+        at its place in that list (it must be there)."""
+        if not all(members) or (version <= 1 and len(members) != int(self.start["world_size"])):
             raise ValueError(f"incomplete cluster spec {members!r}")
+        addresses = {rank: members[rank] if version <= 1 else f"{self.address}:{self.ports[rank]}"
+                     for rank in self.ranks}
+        left_out = [rank for rank, address in addresses.items() if address not in members]
+        if left_out:
+            raise ValueError(f"cluster version {version} ({', '.join(members)}) leaves out worker(s) "
+                             f"{left_out} of this node, which had not started yet")
         self.version, self.members = version, list(members)
         peers = ",".join(members)
         params = json.dumps(self._params(self.start))
         for rank in self.ranks:
             if rank in self.workers:
                 continue  # started before the agent restarted
-            worker = LocalWorker(rank=rank, port=self.ports[rank], address=members[rank])
+            worker = LocalWorker(rank=rank, port=self.ports[rank], address=addresses[rank])
             await self._launch(worker, {
-                protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers, protocol.ENV_PARAMS: params,
-                protocol.ENV_FIRST_SEQ: str(self.first_seq), protocol.ENV_CLUSTER_VERSION: str(version),
+                protocol.ENV_RANK: str(members.index(addresses[rank])), protocol.ENV_PEERS: peers,
+                protocol.ENV_PARAMS: params, protocol.ENV_FIRST_SEQ: str(self.first_seq),
+                protocol.ENV_CLUSTER_VERSION: str(version),
             }, self.start["entrypoint"])
         return [{"rank": r, "port": self.ports[r], "state": "running"} for r in self.ranks]
 

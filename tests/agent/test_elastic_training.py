@@ -152,3 +152,31 @@ def test_worker_killed_with_sigkill_leaves_a_run_that_finishes(tmp_path):
     sums = checksums_by_step(job)
     assert all(len(values) == 1 for step, values in sums.items() if step > 40), sums
     assert np.isfinite(list(next(iter(sums.values()))))
+
+
+def test_a_worker_that_dies_before_the_group_formed_does_not_hold_up_the_others(tmp_path):
+    """A member dies while the workers are still starting, before the first communicator
+    has formed (it never listens). The driver announces a version without it; the
+    survivors abandon forming the first version at once — not after the collective
+    timeout, which here (120 s) is longer than the test waits — form the next, report
+    ``rescaled`` and train it in lock-step from step 0."""
+    with LocalJob("tests.agent.elastic_worker", FOREVER, workers=3, batch_size=BATCH, lr=0.05,
+                  env={"ELASTIC_LOG_DIR": str(tmp_path), "COLLECTIVE_TIMEOUT": "120"}) as job:
+        first = list(job.members)
+        victim = first[1]
+        job.kill(victim)  # still starting Python: it never joins the group
+        survivors = [a for a in first if a != victim]
+        rescaled = dict(job.wait_for(lambda a, m: m["type"] == "rescaled", timeout_s=90) for _ in range(2))
+        assert set(rescaled) == set(survivors), rescaled
+        assert {(m["version"], m["size"], m["step"]) for m in rescaled.values()} == {(1, 2, 0)}
+        job.wait_for(reached(30))
+        job.command("stop")
+        codes = job.wait(300)
+    assert codes[victim] != 0
+    assert [codes[a] for a in survivors] == [0, 0], codes
+    log = trained_steps(tmp_path)
+    steps = check_coverage(log)
+    assert {r["version"] for records in log.values() for r in records} == {1}
+    assert steps >= 30 and log[0][0]["size"] == 2
+    sums = checksums_by_step(job)
+    assert sums and all(len(values) == 1 for values in sums.values()), sums

@@ -4,9 +4,11 @@ tested for real while training is outside the system.
 
 It "trains" a step every 20 ms while it is a member; applies commands at a step that
 depends only on their sequence number (so workers agree); answers ``cluster`` messages
-with ``rescaled`` or ``left`` (then exits 0); started with ADAPTRAIN_JOINING=1 it reports
+with ``rescaled`` or ``left`` (then exits 0), and reports ``rescaled`` when started in a
+version after the first; started with ADAPTRAIN_JOINING=1 it reports
 ``standby`` after a pretend start-up and waits for a version listing its address. It
-exits with status 3 when ``$FAKE_WORKER_DIR/crash-<host>_<port>`` appears.
+exits with status 3 when ``$FAKE_WORKER_DIR/crash-<host>_<port>`` appears, or at once when
+started in version 1 as rank r while ``$FAKE_WORKER_DIR/crash-at-start-rank-<r>`` exists.
 """
 
 from __future__ import annotations
@@ -76,9 +78,16 @@ def main() -> None:
     else:
         threading.Thread(target=read_stdin, daemon=True).start()
     print(f"fake worker at {address}, joining={joining}, version {version}", flush=True)
+    crash_at_start = Path(env.get("FAKE_WORKER_DIR", "/nonexistent")) / f"crash-at-start-rank-{env.get('ADAPTRAIN_RANK')}"
+    if version == 1 and not joining and crash_at_start.exists():
+        print(f"crashing at start as asked by {crash_at_start}", file=sys.stderr, flush=True)
+        sys.exit(3)
     if joining:
         time.sleep(0.5)  # a pretend TensorFlow start-up
         send({"type": "standby", "address": address})
+    elif version > 1:  # started in a version after the first, as the runtime it trains in
+        send({"type": "rescaled", "version": version, "rank": members.index(address), "size": len(members),
+              "step": 0, "paused_s": 0.0})
     step = 0
     while True:
         if crash_file.exists():

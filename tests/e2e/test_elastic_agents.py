@@ -146,6 +146,39 @@ def test_elastic_job_grows_shrinks_and_survives_a_crash_through_real_agents(elas
     assert versions[3]["actor"] == f"node:{a}" and "exited with code 3" in versions[3]["message"]
 
 
+def test_a_worker_that_crashes_at_start_leaves_the_elastic_job_running_without_it(elastic_stack):
+    """A worker dies the moment it starts, possibly before the other node has started its
+    own: that node starts them in whichever version it finds at its rendezvous (1, or the
+    one without the dead worker, written meanwhile), and the job runs on with the three
+    others instead of failing to start."""
+    stack, api = elastic_stack, elastic_stack.api
+    crash = stack.fake_dir / "crash-at-start-rank-3"
+    crash.touch()
+    try:
+        status, job = api.post("/api/v1/jobs/", {
+            "name": "crash at start", "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
+            "workers": {"initial": 4, "min": 1, "max": 4},
+        })
+        assert status == 201, job
+        job = wait_for_job(api, job["id"], lambda j: (
+            j["status"] == "failed" or j["status"] == "running" and j["cluster_version"] >= 2) and j,
+            timeout_s=60, what="the job to go on without the crashed worker", stack=stack)
+    finally:
+        crash.unlink()
+    assert job["status"] == "running", job["status_reason"]
+    assert job["cluster_version"] == 2 and sorted(rank for _, rank in _members(job)) == [0, 1, 2]
+    assert {w["rank"]: w["state"] for w in job["workers"]} == {0: "running", 1: "running", 2: "running", 3: "failed"}
+    status, commands = api.post(f"/api/v1/jobs/{job['id']}/commands/", {"action": "set_lr", "value": 0.01})
+    assert status == 201, commands
+    wait_for(lambda: all(c["state"] == "applied" for c in api.get(f"/api/v1/jobs/{job['id']}/commands/")[1]
+                         if c["action"] == "set_lr"), timeout_s=30, what="set_lr to be applied", stack=stack)
+    status, body = api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
+    assert status == 200 and body["status"] == "cancelled", body
+    wait_for(lambda: not any(w["state"] == "running" for w in _job(api, job["id"])["workers"]), timeout_s=30,
+             what="the workers to stop", stack=stack)
+
+
 def test_scale_workers_refusals_say_why(elastic_stack):
     api = elastic_stack.api
     status, job = api.post("/api/v1/jobs/", {
