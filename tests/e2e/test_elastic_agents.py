@@ -57,8 +57,8 @@ def _job(api, job_id):
 def _start_elastic(stack, name: str, *, initial: int) -> dict:
     """Submit an elastic digits job (min 1, max 4) that trains until cancelled; the job once
     every node has started its workers. (The job is ``running`` from the first node's
-    report; a worker crashed before a slower node has started its own hits a start-up
-    race this helper stays clear of: that node then fails to start its workers.)"""
+    report; the scenarios count cluster versions from 1, so they start once every node's
+    workers run in it. A crash before that is test_a_worker_that_crashes_at_start_….)"""
     status, job = stack.api.post("/api/v1/jobs/", {
         "name": name, "entrypoint": "examples.digits",
         "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 10_000_000},
