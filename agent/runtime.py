@@ -87,6 +87,11 @@ class Session:
         return self.params.get("hyperparameters", {})
 
     @property
+    def rejoin_timeout_s(self) -> float:
+        """How long to wait for the next cluster version after a peer died."""
+        return float(self.hyperparameters.get("rejoin_timeout_s", 120))
+
+    @property
     def batch_size(self) -> int:
         return int(self.params.get("batch_size") or self.hyperparameters.get("batch_size", 32))
 
@@ -244,7 +249,20 @@ class Session:
         if self.size > 1:
             self.communicator = _new_communicator(self.rank, self.peers, version, algorithm)
 
-    def form_first_communicator(self, algorithm: str = "auto", *, timeout_s: float = 120.0) -> None:
+    def next_version_after(self, failed: int, what: str, error: Exception, *, timeout_s: float,
+                           peer_failed: bool = True) -> tuple[int, list[str]]:
+        """Version ``failed`` cannot go on (``what`` happened): close its communicator, say
+        ``peer_failed`` when a collective failed, and wait up to ``timeout_s`` for a newer
+        version; returns it (version, members)."""
+        if peer_failed:
+            self.send({"type": "peer_failed", "version": failed, "error": str(error)[:1000]})
+        self.close_communicator()
+        found = self.wait_for_cluster(min_version=failed + 1, timeout_s=timeout_s)
+        if found is None:
+            raise RuntimeError(f"{what} and no newer version came within {timeout_s:.0f} s") from error
+        return found
+
+    def form_first_communicator(self, algorithm: str = "auto", *, timeout_s: float | None = None) -> None:
         """Form the communicator of the version this worker was started in — or of a newer
         one: a member that dies before the group has formed (or a version written while
         this worker's node was still starting its workers) would otherwise leave the others
@@ -253,9 +271,11 @@ class Session:
         main thread); a formation that fails waits up to ``timeout_s`` for a newer version.
         A worker that forms a version other than the one it was started in, or starts in
         one after the first, reports ``rescaled`` like a survivor of a resize; one that a
-        newer version leaves out reports ``left`` and exits with status 0."""
+        newer version leaves out reports ``left`` and exits with status 0. ``timeout_s``
+        defaults to :attr:`rejoin_timeout_s`."""
         from agent.native import CollectiveError
 
+        timeout_s = self.rejoin_timeout_s if timeout_s is None else timeout_s
         started_in, since = self.cluster_version, time.perf_counter()
         version, members = self.cluster_version, list(self.peers)
         interruptible = threading.current_thread() is threading.main_thread()
@@ -275,14 +295,9 @@ class Session:
                         self._forming = None
                 break
             except (CollectiveError, SupersededVersion) as exc:
-                self.close_communicator()
-                if isinstance(exc, CollectiveError):
-                    self.send({"type": "peer_failed", "version": version, "error": str(exc)[:1000]})
-                found = self.wait_for_cluster(min_version=version + 1, timeout_s=timeout_s)
-                if found is None:
-                    raise RuntimeError(f"could not form cluster version {version} ({exc}) and no newer "
-                                       f"version came within {timeout_s:.0f} s") from exc
-                version, members = found
+                version, members = self.next_version_after(
+                    version, f"could not form cluster version {version} ({exc})", exc, timeout_s=timeout_s,
+                    peer_failed=isinstance(exc, CollectiveError))
                 if self.address not in members:
                     self.send({"type": "left", "version": version, "step": 0})
                     self.left, self.rank = True, -1
@@ -370,8 +385,7 @@ def init() -> Session:
     else:
         threading.Thread(target=session._read_stdin, name="adaptrain-commands", daemon=True).start()
     if not joining and session.size > 1:
-        session.form_first_communicator(session.params.get("topology") or "auto",
-                                        timeout_s=float(session.hyperparameters.get("rejoin_timeout_s", 120)))
+        session.form_first_communicator(session.params.get("topology") or "auto")
     return session
 
 
@@ -466,8 +480,6 @@ class Trainer:
         self.sma_alpha = float(session.hyperparameters.get("sma_alpha", 0.1))
         self.topology = session.params.get("topology") or "auto"
         self.applied_seq = session.first_seq  # the last command applied
-        # How long survivors wait for the next cluster version after a peer died.
-        self.rejoin_timeout_s = float(session.hyperparameters.get("rejoin_timeout_s", 120))
         # Called as on_batch(step, epoch, indices) with this worker's share of each global
         # batch it trains on (tests use it to check data coverage across resizes).
         self.on_batch = None
@@ -796,12 +808,8 @@ class Trainer:
         from agent.native import CollectiveError
 
         while True:
-            session.send({"type": "peer_failed", "version": failed_version, "error": str(error)[:1000]})
-            session.close_communicator()
-            found = session.wait_for_cluster(min_version=failed_version + 1, timeout_s=self.rejoin_timeout_s)
-            if found is None:
-                raise RuntimeError(f"a collective failed ({error}) and no new cluster version came within "
-                                   f"{self.rejoin_timeout_s:.0f} s") from error
+            found = session.next_version_after(failed_version, f"a collective failed ({error})", error,
+                                               timeout_s=session.rejoin_timeout_s)
             try:
                 return self._enter_version(*found, since=failed_at, recovering=True)
             except CollectiveError as again:  # a member of the new version failed too
