@@ -44,8 +44,8 @@ import time
 from collections.abc import Callable, Iterator
 
 MAX_BUFFERED_METRICS = 20_000
-SEND_TIMEOUT_S = 60.0   # an agent that reads nothing for this long is treated as gone
-_UNIX_PATH_MAX = 100    # sun_path holds 108 bytes; leave room for the terminating NUL
+SEND_TIMEOUT_S = 60.0  # an agent that reads nothing for this long is treated as gone
+_UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; leave room for the terminating NUL
 
 _active: AgentChannel | None = None
 
@@ -79,7 +79,7 @@ def process_start_time(pid: int) -> int | None:
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may itself contain ") ".
-    fields = raw[raw.rindex(b")") + 2:].split()
+    fields = raw[raw.rindex(b")") + 2 :].split()
     if fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
@@ -97,19 +97,27 @@ class AgentChannel:
     ``on_message`` runs on a reader thread for every JSON object the agent sends.
     """
 
-    def __init__(self, path: str, *, on_message: Callable[[dict], None], grace_s: float,
-                 on_orphaned: Callable[[], None] | None = None,
-                 max_buffered_metrics: int = MAX_BUFFERED_METRICS):
+    def __init__(
+        self,
+        path: str,
+        *,
+        on_message: Callable[[dict], None],
+        grace_s: float,
+        on_orphaned: Callable[[], None] | None = None,
+        max_buffered_metrics: int = MAX_BUFFERED_METRICS,
+    ):
         self.path = path
         self.on_message = on_message
         self.on_orphaned = on_orphaned
         self.grace_s = grace_s
         self.max_buffered_metrics = max_buffered_metrics
-        self.dropped_metrics = 0       # metric messages dropped while no agent was connected
-        self.connections = 0           # agent connections accepted so far
+        self.dropped_metrics = 0  # metric messages dropped while no agent was connected
+        self.connections = 0  # agent connections accepted so far
         self.orphaned = threading.Event()
         self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()  # (n or 0, line)
-        self._unacked: collections.deque[tuple[int, bytes]] = collections.deque()  # written, not acked
+        self._unacked: collections.deque[tuple[int, bytes]] = (
+            collections.deque()
+        )  # written, not acked
         self._last_n = 0
         self._buffered_metrics = 0
         self._unreported_drops = 0
@@ -135,8 +143,12 @@ class AgentChannel:
         listener.listen(4)
         self._listener = listener
         _active = self
-        threading.Thread(target=self._accept_loop, name="adaptrain-agent-accept", daemon=True).start()
-        threading.Thread(target=self._watchdog, name="adaptrain-agent-watchdog", daemon=True).start()
+        threading.Thread(
+            target=self._accept_loop, name="adaptrain-agent-accept", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._watchdog, name="adaptrain-agent-watchdog", daemon=True
+        ).start()
 
     def close(self) -> None:
         """Stop listening and drop the connection (what is still buffered is lost)."""
@@ -211,8 +223,21 @@ class AgentChannel:
         """(lock held) Send the buffer in order to the connected agent."""
         if self._unreported_drops:
             self._last_n += 1
-            self._buffer.append((self._last_n, (json.dumps({"type": "dropped", "metrics": self._unreported_drops,
-                                                            "n": self._last_n}) + "\n").encode()))
+            self._buffer.append(
+                (
+                    self._last_n,
+                    (
+                        json.dumps(
+                            {
+                                "type": "dropped",
+                                "metrics": self._unreported_drops,
+                                "n": self._last_n,
+                            }
+                        )
+                        + "\n"
+                    ).encode(),
+                )
+            )
             self._unreported_drops = 0
         while self._buffer and self._conn is not None:
             n, line = self._buffer[0]
@@ -248,8 +273,9 @@ class AgentChannel:
                 time.sleep(0.1)
                 continue
             # Only sends time out (an agent that stopped reading); reads wait for commands.
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                            struct.pack("ll", int(SEND_TIMEOUT_S), 0))
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT_S), 0)
+            )
             with self._lock:
                 if self._conn is not None:  # a new agent replaces the one we had
                     old = self._conn
@@ -265,8 +291,9 @@ class AgentChannel:
                         break
                 else:
                     self._flush()
-            threading.Thread(target=self._read, args=(conn,), name="adaptrain-agent-reader",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._read, args=(conn,), name="adaptrain-agent-reader", daemon=True
+            ).start()
 
     def _read(self, conn: socket.socket) -> None:
         pending = b""
@@ -283,7 +310,10 @@ class AgentChannel:
                     try:
                         message = json.loads(raw)
                     except ValueError:
-                        print(f"ignoring malformed line from the agent: {raw[:200]!r}", file=sys.stderr)
+                        print(
+                            f"ignoring malformed line from the agent: {raw[:200]!r}",
+                            file=sys.stderr,
+                        )
                         continue
                     if not isinstance(message, dict):
                         continue

@@ -51,12 +51,25 @@ class ControlPlaneClient:
     async def cluster_spec(self, job_id: int) -> dict:
         return await self.get(f"/api/v1/agent/jobs/{job_id}/cluster/")
 
-    async def enrol(self, *, join_token: str, name: str, address: str, slots: int,
-                    labels: dict[str, str] | None = None) -> dict:
-        return await self.post("/api/v1/agent/enrol/", {
-            "join_token": join_token, "name": name, "address": address, "slots": slots,
-            "labels": labels or {},
-        })
+    async def enrol(
+        self,
+        *,
+        join_token: str,
+        name: str,
+        address: str,
+        slots: int,
+        labels: dict[str, str] | None = None,
+    ) -> dict:
+        return await self.post(
+            "/api/v1/agent/enrol/",
+            {
+                "join_token": join_token,
+                "name": name,
+                "address": address,
+                "slots": slots,
+                "labels": labels or {},
+            },
+        )
 
     async def heartbeat(self, running_jobs: list[int] | None = None) -> dict:
         body = {} if running_jobs is None else {"jobs": running_jobs}
@@ -65,8 +78,9 @@ class ControlPlaneClient:
     async def send_metrics(self, batch_id: str, points: list[dict]) -> dict:
         return await self.post("/api/v1/agent/metrics/", {"batch_id": batch_id, "points": points})
 
-    async def report_job(self, job_id: int, status: str, *, reason: str = "",
-                         workers: list[dict] | None = None) -> dict:
+    async def report_job(
+        self, job_id: int, status: str, *, reason: str = "", workers: list[dict] | None = None
+    ) -> dict:
         body: dict[str, Any] = {"status": status, "reason": reason}
         if workers is not None:
             body["workers"] = workers

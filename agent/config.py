@@ -18,17 +18,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AgentConfig:
-    server: str                 # control plane base URL, e.g. http://127.0.0.1:8000
-    join_token: str | None      # exchanged for a node credential on first start
+    server: str  # control plane base URL, e.g. http://127.0.0.1:8000
+    join_token: str | None  # exchanged for a node credential on first start
     name: str
-    address: str                # host the node's workers listen on (reachable by peers)
+    address: str  # host the node's workers listen on (reachable by peers)
     slots: int
-    state_dir: Path             # holds the node credential, jobs' state, worker sockets and logs
+    state_dir: Path  # holds the node credential, jobs' state, worker sockets and logs
     heartbeat_s: float
     metrics_flush_s: float
-    python: str                 # interpreter that runs training workers
-    labels: dict[str, str] = field(default_factory=dict)  # sent at enrolment; jobs select nodes by them
-    on_exit: str = "detach"     # on SIGTERM/SIGINT: "detach" (workers train on) or "stop" them
+    python: str  # interpreter that runs training workers
+    labels: dict[str, str] = field(
+        default_factory=dict
+    )  # sent at enrolment; jobs select nodes by them
+    on_exit: str = "detach"  # on SIGTERM/SIGINT: "detach" (workers train on) or "stop" them
     orphan_grace_s: float = 600.0  # a worker without an agent this long stops itself
 
     @property
@@ -65,10 +67,14 @@ def _labels(env: dict) -> dict[str, str]:
             continue
         key, sep, value = (part.strip() for part in entry.partition("="))
         if not sep or not key or not value:
-            raise ConfigError(f"AGENT_LABELS={raw!r}: {entry!r} is not key=value (use e.g. gpu=a100,zone=eu-1).")
+            raise ConfigError(
+                f"AGENT_LABELS={raw!r}: {entry!r} is not key=value (use e.g. gpu=a100,zone=eu-1)."
+            )
         if len(key) > 100 or len(value) > 200:
-            raise ConfigError(f"AGENT_LABELS={raw!r}: {entry!r} is too long (names up to 100, values up to "
-                              f"200 characters).")
+            raise ConfigError(
+                f"AGENT_LABELS={raw!r}: {entry!r} is too long (names up to 100, values up to "
+                f"200 characters)."
+            )
         if key in labels:
             raise ConfigError(f"AGENT_LABELS={raw!r}: label {key!r} is given twice.")
         labels[key] = value
@@ -92,7 +98,9 @@ def load_config(env: dict | None = None) -> AgentConfig:
     server = env.get("AGENT_SERVER", "http://127.0.0.1:8000").rstrip("/")
     parsed = urlparse(server)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"AGENT_SERVER={server!r} must be an http(s) URL such as http://127.0.0.1:8000.")
+        raise ConfigError(
+            f"AGENT_SERVER={server!r} must be an http(s) URL such as http://127.0.0.1:8000."
+        )
     name = env.get("AGENT_NAME") or socket.gethostname()
     state_dir = Path(env.get("AGENT_STATE_DIR") or Path.home() / ".adaptrain-agent" / name)
     return AgentConfig(

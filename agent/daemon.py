@@ -84,11 +84,17 @@ class Agent:
                     raise
                 log.warning("stored node credential was rejected; enrolling again")
         if not self.config.join_token:
-            raise SystemExit("This node is not enrolled: set AGENT_JOIN_TOKEN to a join token "
-                             "(create one with: python manage.py create_join_token).")
-        reply = await self.client.enrol(join_token=self.config.join_token, name=self.config.name,
-                                        address=self.config.address, slots=self.config.slots,
-                                        labels=self.config.labels)
+            raise SystemExit(
+                "This node is not enrolled: set AGENT_JOIN_TOKEN to a join token "
+                "(create one with: python manage.py create_join_token)."
+            )
+        reply = await self.client.enrol(
+            join_token=self.config.join_token,
+            name=self.config.name,
+            address=self.config.address,
+            slots=self.config.slots,
+            labels=self.config.labels,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -114,11 +120,16 @@ class Agent:
             for job_id, group in list(self.groups.items()):
                 group.shutting_down = True
                 await group.terminate()
-                await self._report(job_id, "failed", reason=f"the agent on node {self.config.name} shut down")
+                await self._report(
+                    job_id, "failed", reason=f"the agent on node {self.config.name} shut down"
+                )
                 group.forget()
         else:
-            log.info("shutting down: leaving %d job(s) running for the next agent to re-attach "
-                     "(AGENT_ON_EXIT=detach)", len(self.groups))
+            log.info(
+                "shutting down: leaving %d job(s) running for the next agent to re-attach "
+                "(AGENT_ON_EXIT=detach)",
+                len(self.groups),
+            )
             for group in self.groups.values():
                 group.shutting_down = True
             await asyncio.gather(*(group.detach() for group in self.groups.values()))
@@ -158,9 +169,14 @@ class Agent:
         self._report_added.set()
 
     def _group_kwargs(self) -> dict:
-        return dict(python=self.config.python, address=self.config.address, state_dir=self.config.state_dir,
-                    on_metrics=self._buffer_points, on_command_done=self._command_done,
-                    grace_s=self.config.orphan_grace_s)
+        return dict(
+            python=self.config.python,
+            address=self.config.address,
+            state_dir=self.config.state_dir,
+            on_metrics=self._buffer_points,
+            on_command_done=self._command_done,
+            grace_s=self.config.orphan_grace_s,
+        )
 
     def _load_jobs(self) -> list[WorkerGroup]:
         """The jobs a previous agent left in the state directory."""
@@ -169,8 +185,9 @@ class Agent:
             try:
                 state = json.loads(path.read_text())
                 job_id = int(state["job"])
-                group = WorkerGroup.restore(state, **self._group_kwargs(),
-                                            on_worker_event=self._worker_event_sender(job_id))
+                group = WorkerGroup.restore(
+                    state, **self._group_kwargs(), on_worker_event=self._worker_event_sender(job_id)
+                )
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("cannot read %s (%s); moving it aside", path, exc)
                 path.rename(path.with_name(path.name + ".unreadable"))
@@ -185,20 +202,35 @@ class Agent:
         job_id = group.job_id
         if group.workers:
             alive = group.reattach()
-            log.info("job %s: re-attached to %d running worker(s) (%s)", job_id, len(alive),
-                     ", ".join(f"rank {r} pid {group.workers[r].pid}" for r in alive) or "none left")
+            log.info(
+                "job %s: re-attached to %d running worker(s) (%s)",
+                job_id,
+                len(alive),
+                ", ".join(f"rank {r} pid {group.workers[r].pid}" for r in alive) or "none left",
+            )
             start = group.meta.get("start")
             if start is not None and not group.meta.get("started"):
                 asyncio.create_task(self._job_started(group, start))
             for frame in list(group.meta.get("joins", [])):
                 asyncio.create_task(self._add_joiners(frame, supervise=False))
             if group.meta.get("terminate") is not None:
-                asyncio.create_task(group.send_command({"id": group.meta["terminate"], "action": "stop",
-                                                        "seq": 0, "payload": {"terminate": True}}))
+                asyncio.create_task(
+                    group.send_command(
+                        {
+                            "id": group.meta["terminate"],
+                            "action": "stop",
+                            "seq": 0,
+                            "payload": {"terminate": True},
+                        }
+                    )
+                )
             asyncio.create_task(group.resume_commands())
             asyncio.create_task(self._supervise(job_id, group))
         elif group.meta.get("start") is not None:
-            log.info("job %s: starting its workers again (the agent restarted while starting them)", job_id)
+            log.info(
+                "job %s: starting its workers again (the agent restarted while starting them)",
+                job_id,
+            )
             asyncio.create_task(self._start_job(group.meta["start"], group))
         else:
             joins = list(group.meta.get("joins", []))
@@ -226,8 +258,11 @@ class Agent:
         group = self.groups.get(job_id)
         if group is None or group.stop_requested:
             return
-        log.warning("job %s: the control plane no longer counts on this node's workers of it "
-                    "(the node was taken for lost, or the job restarted); ending them", job_id)
+        log.warning(
+            "job %s: the control plane no longer counts on this node's workers of it "
+            "(the node was taken for lost, or the job restarted); ending them",
+            job_id,
+        )
         group.stop_requested = True
         group.save()
         await group.terminate()
@@ -237,8 +272,12 @@ class Agent:
         headers = {"Authorization": f"Node {self.client.credential}"}
         while True:
             try:
-                async with websockets.connect(self.config.ws_url, additional_headers=headers,
-                                              open_timeout=10, ping_interval=20) as ws:
+                async with websockets.connect(
+                    self.config.ws_url,
+                    additional_headers=headers,
+                    open_timeout=10,
+                    ping_interval=20,
+                ) as ws:
                     log.info("command channel connected")
                     delay = 0.5
                     sender = asyncio.create_task(self._send_reports(ws))
@@ -277,9 +316,14 @@ class Agent:
         if frame.get("type") == "cluster":
             group = self.groups.get(frame.get("job"))
             if group is not None and await group.apply_cluster(
-                    int(frame["version"]), list(frame["members"]), workers_min=frame.get("workers_min")):
-                log.info("job %s: cluster version %s with %d member(s)", frame["job"], frame["version"],
-                         len(frame["members"]))
+                int(frame["version"]), list(frame["members"]), workers_min=frame.get("workers_min")
+            ):
+                log.info(
+                    "job %s: cluster version %s with %d member(s)",
+                    frame["job"],
+                    frame["version"],
+                    len(frame["members"]),
+                )
             return
         if frame.get("type") != "command":
             return
@@ -312,10 +356,27 @@ class Agent:
             join = (frame.get("payload") or {}).get("join")
             new = group is None and bool(join)
             if new:
-                start = {k: join[k] for k in ("entrypoint", "hyperparameters", "batch_size", "lr", "strategy",
-                                              "topology")}
-                group = self._new_group(job_id, {**start, "ranks": [], "world_size": 0,
-                                                 "workers_min": join.get("workers_min", 1)}, frame["seq"])
+                start = {
+                    k: join[k]
+                    for k in (
+                        "entrypoint",
+                        "hyperparameters",
+                        "batch_size",
+                        "lr",
+                        "strategy",
+                        "topology",
+                    )
+                }
+                group = self._new_group(
+                    job_id,
+                    {
+                        **start,
+                        "ranks": [],
+                        "world_size": 0,
+                        "workers_min": join.get("workers_min", 1),
+                    },
+                    frame["seq"],
+                )
             if group is not None:
                 if join:
                     group.meta.setdefault("joins", []).append(frame)
@@ -328,8 +389,13 @@ class Agent:
             return
         if group is None:
             await ack()
-            await self._put_report({"type": "failed", "id": command_id,
-                                    "error": f"job {job_id} has no running workers on this node"})
+            await self._put_report(
+                {
+                    "type": "failed",
+                    "id": command_id,
+                    "error": f"job {job_id} has no running workers on this node",
+                }
+            )
             return
         group.record_command(frame)
         await ack()
@@ -338,13 +404,20 @@ class Agent:
     # -- jobs --------------------------------------------------------------------------
     def _worker_event_sender(self, job_id: int):
         async def on_worker_event(rank: int, event: str, data: dict) -> None:
-            await self._put_report({**data, "type": "worker", "job": job_id, "rank": rank, "event": event})
+            await self._put_report(
+                {**data, "type": "worker", "job": job_id, "rank": rank, "event": event}
+            )
 
         return on_worker_event
 
     def _new_group(self, job_id: int, start: dict, first_seq: int) -> WorkerGroup:
-        group = WorkerGroup(job_id=job_id, start=start, first_seq=first_seq, **self._group_kwargs(),
-                            on_worker_event=self._worker_event_sender(job_id))
+        group = WorkerGroup(
+            job_id=job_id,
+            start=start,
+            first_seq=first_seq,
+            **self._group_kwargs(),
+            on_worker_event=self._worker_event_sender(job_id),
+        )
         self.groups[job_id] = group
         return group
 
@@ -356,8 +429,10 @@ class Agent:
             deadline = asyncio.get_running_loop().time() + RENDEZVOUS_TIMEOUT_S
             while not spec["complete"]:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise ValueError(f"the other nodes' workers did not register within "
-                                     f"{RENDEZVOUS_TIMEOUT_S:.0f} s")
+                    raise ValueError(
+                        f"the other nodes' workers did not register within "
+                        f"{RENDEZVOUS_TIMEOUT_S:.0f} s"
+                    )
                 await asyncio.sleep(0.2)
                 spec = await self.client.cluster_spec(job_id)
             await group.spawn(spec["members"], int(spec.get("version") or 1))
@@ -373,8 +448,11 @@ class Agent:
 
     async def _job_started(self, group: WorkerGroup, frame: dict) -> None:
         await self._put_report({"type": "applied", "id": frame["id"], "step": 0})
-        await self._report(group.job_id, "running", workers=[
-            {"rank": r, "port": group.ports[r], "state": "running"} for r in group.ranks])
+        await self._report(
+            group.job_id,
+            "running",
+            workers=[{"rank": r, "port": group.ports[r], "state": "running"} for r in group.ranks],
+        )
         group.meta["started"] = True
         group.save()
 
@@ -393,8 +471,16 @@ class Agent:
             log.error("job %s: could not start joiners %s: %s", job_id, ranks, exc)
             for rank in ranks:
                 if rank not in group.workers:
-                    await self._put_report({"type": "worker", "job": job_id, "rank": rank, "event": "exited",
-                                            "code": None, "error": f"could not start: {exc}"})
+                    await self._put_report(
+                        {
+                            "type": "worker",
+                            "job": job_id,
+                            "rank": rank,
+                            "event": "exited",
+                            "code": None,
+                            "error": f"could not start: {exc}",
+                        }
+                    )
             started = []
         group.meta["joins"] = [f for f in group.meta.get("joins", []) if f["id"] != frame["id"]]
         group.save()
@@ -419,10 +505,18 @@ class Agent:
             status = "succeeded"
         else:
             status = "stopped"  # every worker here left the cluster or died while the job goes on
-        outcomes = [{"rank": w.rank, "state": "left"} if w.outcome == LEFT else
-                    {"rank": w.rank, "state": "failed", "code": w.code,
-                     "error": group.failure_excerpt(w.rank)}
-                    for w in group.workers.values() if w.outcome in (LEFT, CRASHED)]
+        outcomes = [
+            {"rank": w.rank, "state": "left"}
+            if w.outcome == LEFT
+            else {
+                "rank": w.rank,
+                "state": "failed",
+                "code": w.code,
+                "error": group.failure_excerpt(w.rank),
+            }
+            for w in group.workers.values()
+            if w.outcome in (LEFT, CRASHED)
+        ]
         log.info("job %s: workers finished (%s)", job_id, status)
         # Report before forgetting the job: a heartbeat in between must still list it.
         await self._report(job_id, status, reason=reason, workers=outcomes or None)
@@ -439,10 +533,11 @@ class Agent:
                 log.warning("reporting job %s %s failed (%s)", job_id, status, exc)
                 if isinstance(exc, ControlPlaneError) and 400 <= exc.status < 500:
                     return
-                await asyncio.sleep(min(0.5 * 2 ** attempt, 10.0))
+                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
 
-    async def _command_done(self, command_id: int, ok: bool, step: int | None, error: str,
-                            lr: float | None = None) -> None:
+    async def _command_done(
+        self, command_id: int, ok: bool, step: int | None, error: str, lr: float | None = None
+    ) -> None:
         frame = {"type": "applied" if ok else "failed", "id": command_id}
         if ok:
             frame["step"] = step
@@ -476,13 +571,13 @@ class Agent:
                     if 400 <= exc.status < 500:
                         log.error("metric batch rejected (%s); dropping %d points", exc, len(batch))
                         break
-                    await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5))
                 except OSError as exc:
                     log.warning("metric upload failed (%s); retrying", exc)
-                    await asyncio.sleep(min(0.2 * 2 ** attempt, 5))
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5))
             else:
                 return  # keep the points; the next flush tries again
-            del self.points[:len(batch)]
+            del self.points[: len(batch)]
 
     async def _metrics_loop(self) -> None:
         while True:

@@ -56,19 +56,40 @@ def peer_list(n: int) -> list[str]:
     return [f"{host}:{port}" for host, port in free_peers(n)]
 
 
-def run_workers(n: int, hyperparameters: dict, *, module: str = "examples.digits.train",
-                timeout_s: float = 600, **params) -> dict[int, list[dict]]:
+def run_workers(
+    n: int,
+    hyperparameters: dict,
+    *,
+    module: str = "examples.digits.train",
+    timeout_s: float = 600,
+    **params,
+) -> dict[int, list[dict]]:
     """Run ``module`` as ``n`` workers to completion; return each rank's protocol messages.
     Raises RuntimeError with the worker's last output if one fails."""
     peers = ",".join(peer_list(n))
     procs = []
     for rank in range(n):
-        env = {**os.environ, protocol.ENV_JOB: "1", protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers,
-               protocol.ENV_PARAMS: json.dumps({"hyperparameters": hyperparameters, **params}),
-               protocol.ENV_FIRST_SEQ: "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {
+            **os.environ,
+            protocol.ENV_JOB: "1",
+            protocol.ENV_RANK: str(rank),
+            protocol.ENV_PEERS: peers,
+            protocol.ENV_PARAMS: json.dumps({"hyperparameters": hyperparameters, **params}),
+            protocol.ENV_FIRST_SEQ: "0",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
         env.setdefault("COLLECTIVE_TIMEOUT", "60")
-        procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", module],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     # Every worker's pipes are drained at once: read one after another, a worker whose
     # output outgrew its pipe (a long run) would block on a write while the others wait
     # for it in a collective, until the collective timeout fails the run.
@@ -90,19 +111,31 @@ def run_workers(n: int, hyperparameters: dict, *, module: str = "examples.digits
                 if other.poll() is None:
                     other.kill()
 
-    readers = [threading.Thread(target=drain, args=(rank, proc), name=f"run-workers-{rank}", daemon=True)
-               for rank, proc in enumerate(procs)]
+    readers = [
+        threading.Thread(target=drain, args=(rank, proc), name=f"run-workers-{rank}", daemon=True)
+        for rank, proc in enumerate(procs)
+    ]
     for reader in readers:
         reader.start()
     for reader in readers:
         reader.join()
     if timed_out:
-        raise RuntimeError(f"worker(s) {sorted(timed_out)} still running after {timeout_s} s; killed them")
+        raise RuntimeError(
+            f"worker(s) {sorted(timed_out)} still running after {timeout_s} s; killed them"
+        )
     if failed:
         rank = failed[0]
-        raise RuntimeError(f"worker {rank} exited with {procs[rank].returncode}:\n{outputs[rank][1][-3000:]}")
-    return {rank: [json.loads(line[len(protocol.PREFIX):]) for line in outputs[rank][0].splitlines()
-                   if line.startswith(protocol.PREFIX)] for rank in range(len(procs))}
+        raise RuntimeError(
+            f"worker {rank} exited with {procs[rank].returncode}:\n{outputs[rank][1][-3000:]}"
+        )
+    return {
+        rank: [
+            json.loads(line[len(protocol.PREFIX) :])
+            for line in outputs[rank][0].splitlines()
+            if line.startswith(protocol.PREFIX)
+        ]
+        for rank in range(len(procs))
+    }
 
 
 class LocalJob:
@@ -113,8 +146,16 @@ class LocalJob:
     :meth:`wait_for`. With ``replace_failed`` (the default) a worker that exits with a
     non-zero status is dropped from the job by announcing a version without it."""
 
-    def __init__(self, module: str, hyperparameters: dict, *, workers: int, replace_failed: bool = True,
-                 env: dict[str, str] | None = None, **params):
+    def __init__(
+        self,
+        module: str,
+        hyperparameters: dict,
+        *,
+        workers: int,
+        replace_failed: bool = True,
+        env: dict[str, str] | None = None,
+        **params,
+    ):
         self.module = module
         self.params = {"hyperparameters": hyperparameters, **params}
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
@@ -131,16 +172,31 @@ class LocalJob:
         self._lock = threading.RLock()
         self._closed = False
         for rank, address in enumerate(self.members):
-            self._spawn(address, {protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: ",".join(self.members)})
+            self._spawn(
+                address, {protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: ",".join(self.members)}
+            )
         threading.Thread(target=self._watch, name="local-job-watch", daemon=True).start()
 
     # -- processes ---------------------------------------------------------------------
     def _spawn(self, address: str, extra: dict[str, str]) -> None:
-        env = {**self.env, protocol.ENV_JOB: "1", protocol.ENV_ADDRESS: address,
-               protocol.ENV_CLUSTER_VERSION: str(self.version), protocol.ENV_PARAMS: json.dumps(self.params),
-               protocol.ENV_FIRST_SEQ: "0", **extra}
-        proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = {
+            **self.env,
+            protocol.ENV_JOB: "1",
+            protocol.ENV_ADDRESS: address,
+            protocol.ENV_CLUSTER_VERSION: str(self.version),
+            protocol.ENV_PARAMS: json.dumps(self.params),
+            protocol.ENV_FIRST_SEQ: "0",
+            **extra,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.procs[address] = proc
         self.messages[address] = []
         self.stderr[address] = []
@@ -150,7 +206,7 @@ class LocalJob:
     def _read(self, address: str, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
             if line.startswith(protocol.PREFIX):
-                message = json.loads(line[len(protocol.PREFIX):])
+                message = json.loads(line[len(protocol.PREFIX) :])
                 self.messages[address].append(message)
                 self._queue.put((address, message))
 
@@ -169,8 +225,12 @@ class LocalJob:
                         continue
                     self.exit_codes[address] = code
                     self._queue.put((address, {"type": "exited", "code": code}))
-                    if code != 0 and self.replace_failed and address in self.members \
-                            and len(self.members) > 1:
+                    if (
+                        code != 0
+                        and self.replace_failed
+                        and address in self.members
+                        and len(self.members) > 1
+                    ):
                         self.announce([m for m in self.members if m != address])
 
     def _write(self, address: str, message: dict) -> None:
@@ -188,8 +248,13 @@ class LocalJob:
         """Send a command to every worker; returns its id."""
         with self._lock:
             self.seq += 1
-            message = {"type": "command", "id": 1000 + self.seq, "seq": self.seq, "action": action,
-                       "payload": {} if value is None else {"value": value}}
+            message = {
+                "type": "command",
+                "id": 1000 + self.seq,
+                "seq": self.seq,
+                "action": action,
+                "payload": {} if value is None else {"value": value},
+            }
             for address in list(self.procs):
                 self._write(address, message)
             return message["id"]
@@ -214,9 +279,13 @@ class LocalJob:
 
     def wait_standby(self, addresses: list[str], timeout_s: float = 120) -> None:
         pending = set(addresses)
-        self.wait_for(lambda address, message: message["type"] == "standby"
-                      and not pending.discard(address) and not pending, timeout_s,
-                      already=True)
+        self.wait_for(
+            lambda address, message: (
+                message["type"] == "standby" and not pending.discard(address) and not pending
+            ),
+            timeout_s,
+            already=True,
+        )
 
     def grow(self, count: int, *, standby: bool = True, timeout_s: float = 120) -> int:
         """Add ``count`` workers. With ``standby`` they are started and made ready before
@@ -228,13 +297,18 @@ class LocalJob:
 
     def shrink(self, count: int) -> int:
         """Remove the ``count`` highest ranks."""
-        return self.announce(self.members[:len(self.members) - count])
+        return self.announce(self.members[: len(self.members) - count])
 
     def kill(self, address: str, sig: int = signal.SIGKILL) -> None:
         self.procs[address].send_signal(sig)
 
-    def wait_for(self, predicate: Callable[[str, dict], bool], timeout_s: float = 120, *,
-                 already: bool = False) -> tuple[str, dict]:
+    def wait_for(
+        self,
+        predicate: Callable[[str, dict], bool],
+        timeout_s: float = 120,
+        *,
+        already: bool = False,
+    ) -> tuple[str, dict]:
         """Block until a protocol message satisfies ``predicate(address, message)``
         (with ``already``, messages received before the call count too)."""
         if already:
@@ -250,8 +324,10 @@ class LocalJob:
                 continue
             if predicate(address, message):
                 return address, message
-        raise TimeoutError(f"no matching worker message within {timeout_s:.0f} s; last errors: "
-                           + " | ".join(f"{a}: {' / '.join(e[-3:])}" for a, e in self.stderr.items() if e))
+        raise TimeoutError(
+            f"no matching worker message within {timeout_s:.0f} s; last errors: "
+            + " | ".join(f"{a}: {' / '.join(e[-3:])}" for a, e in self.stderr.items() if e)
+        )
 
     def wait(self, timeout_s: float = 600) -> dict[str, int]:
         """Wait for every worker to exit; returns their exit codes by address."""
@@ -278,15 +354,24 @@ class LocalJob:
 
 def job_series(messages: list[dict], name: str) -> dict[int, float]:
     """A whole-job metric (reported by rank 0) as {step: value}."""
-    return {p["step"]: p["value"] for m in messages if m["type"] == "metrics"
-            for p in m["points"] if p["name"] == name and "rank" not in p}
+    return {
+        p["step"]: p["value"]
+        for m in messages
+        if m["type"] == "metrics"
+        for p in m["points"]
+        if p["name"] == name and "rank" not in p
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("module", help="the training script as a module, e.g. examples.digits.train")
-    parser.add_argument("hyperparameters", help="JSON object, e.g. '{\"batch_size\": 64, \"lr\": 0.05}'")
+    parser.add_argument(
+        "module", help="the training script as a module, e.g. examples.digits.train"
+    )
+    parser.add_argument(
+        "hyperparameters", help='JSON object, e.g. \'{"batch_size": 64, "lr": 0.05}\''
+    )
     args = parser.parse_args()
     messages = run_workers(args.workers, json.loads(args.hyperparameters), module=args.module)
     for name in ("loss", "accuracy", "val_accuracy"):

@@ -45,8 +45,9 @@ class GradientNoiseMonitor:
         self._noise = _Ema(smoothing)
         self._big_batch = 0.0
 
-    def update(self, *, small_sq_norm: float, small_batch: float, big_sq_norm: float,
-               big_batch: float) -> None:
+    def update(
+        self, *, small_sq_norm: float, small_batch: float, big_sq_norm: float, big_batch: float
+    ) -> None:
         """One observation: mean squared norm of the workers' local mean gradients over
         ``small_batch`` samples each, and the squared norm of the global mean gradient."""
         if not 0 < small_batch < big_batch:
@@ -69,9 +70,19 @@ class GradientNoiseMonitor:
 
     def state(self) -> list[float]:
         """The smoothed estimates, for a joiner to continue from (see load_state)."""
-        return [self._signal.value, self._signal.weight, self._noise.value, self._noise.weight,
-                self._big_batch]
+        return [
+            self._signal.value,
+            self._signal.weight,
+            self._noise.value,
+            self._noise.weight,
+            self._big_batch,
+        ]
 
     def load_state(self, state: list[float]) -> None:
-        (self._signal.value, self._signal.weight, self._noise.value, self._noise.weight,
-         self._big_batch) = (float(v) for v in state)
+        (
+            self._signal.value,
+            self._signal.weight,
+            self._noise.value,
+            self._noise.weight,
+            self._big_batch,
+        ) = (float(v) for v in state)

@@ -52,11 +52,11 @@ PREFIX = "@@adaptrain "
 # Environment the agent sets for each worker.
 ENV_JOB = "ADAPTRAIN_JOB"
 ENV_RANK = "ADAPTRAIN_RANK"
-ENV_PEERS = "ADAPTRAIN_PEERS"          # comma-separated host:port, index = rank
-ENV_PARAMS = "ADAPTRAIN_PARAMS"        # JSON: hyperparameters, batch_size, lr, strategy, ...
+ENV_PEERS = "ADAPTRAIN_PEERS"  # comma-separated host:port, index = rank
+ENV_PARAMS = "ADAPTRAIN_PARAMS"  # JSON: hyperparameters, batch_size, lr, strategy, ...
 ENV_FIRST_SEQ = "ADAPTRAIN_FIRST_SEQ"  # sequence number of the job's start command
-ENV_ADDRESS = "ADAPTRAIN_ADDRESS"      # host:port this worker listens on (default: peers[rank])
+ENV_ADDRESS = "ADAPTRAIN_ADDRESS"  # host:port this worker listens on (default: peers[rank])
 ENV_CLUSTER_VERSION = "ADAPTRAIN_CLUSTER_VERSION"  # version of ENV_PEERS (default 0)
-ENV_JOINING = "ADAPTRAIN_JOINING"      # "1": start as a warm standby and wait to be let in
+ENV_JOINING = "ADAPTRAIN_JOINING"  # "1": start as a warm standby and wait to be let in
 ENV_AGENT_SOCKET = "ADAPTRAIN_AGENT_SOCKET"  # Unix socket path the worker listens on for its agent
 ENV_AGENT_GRACE_S = "ADAPTRAIN_AGENT_GRACE_S"  # seconds without an agent before the worker stops

@@ -120,8 +120,13 @@ class Session:
         """Report metric values at ``step``: whole-job series, or this worker's when per_rank."""
         now = time.time()
         points = [
-            {"name": name, "step": int(step), "value": float(value), "time": now,
-             **({"rank": self.rank} if per_rank else {})}
+            {
+                "name": name,
+                "step": int(step),
+                "value": float(value),
+                "time": now,
+                **({"rank": self.rank} if per_rank else {}),
+            }
             for name, value in metrics.items()
         ]
         self.send({"type": "metrics", "points": points})
@@ -142,8 +147,11 @@ class Session:
             self.send(reply)
 
     def _on_agent_message(self, message: dict) -> None:
-        if message.get("type") == "command" and isinstance(message.get("seq"), int) \
-                and not isinstance(message.get("seq"), bool):
+        if (
+            message.get("type") == "command"
+            and isinstance(message.get("seq"), int)
+            and not isinstance(message.get("seq"), bool)
+        ):
             self._receive(message)
         elif message.get("type") == "cluster":
             self._receive_cluster(message)
@@ -173,8 +181,12 @@ class Session:
         KeyboardInterrupt at its next Python instruction; a worker stuck in native code for
         another minute is ended outright)."""
         grace = self._channel.grace_s if self._channel is not None else 0
-        print(f"adaptrain: no agent connected for {grace:.0f} s ({protocol.ENV_AGENT_GRACE_S}); "
-              f"this worker stops", file=sys.stderr, flush=True)
+        print(
+            f"adaptrain: no agent connected for {grace:.0f} s ({protocol.ENV_AGENT_GRACE_S}); "
+            f"this worker stops",
+            file=sys.stderr,
+            flush=True,
+        )
         self._agent_gone()
         import _thread
 
@@ -182,16 +194,24 @@ class Session:
 
         def hard_stop() -> None:
             time.sleep(60)
-            print("adaptrain: the worker did not stop within 60 s of being orphaned; exiting",
-                  file=sys.stderr, flush=True)
+            print(
+                "adaptrain: the worker did not stop within 60 s of being orphaned; exiting",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(1)
 
         threading.Thread(target=hard_stop, name="adaptrain-orphan-exit", daemon=True).start()
 
     def _receive_cluster(self, message: dict) -> None:
         version, members = message.get("version"), message.get("members")
-        if (not isinstance(version, int) or isinstance(version, bool) or not isinstance(members, list)
-                or not members or not all(isinstance(m, str) and m for m in members)):
+        if (
+            not isinstance(version, int)
+            or isinstance(version, bool)
+            or not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) and m for m in members)
+        ):
             print(f"ignoring malformed cluster message: {str(message)[:200]!r}", file=sys.stderr)
             return
         with self._cluster_changed:
@@ -212,8 +232,9 @@ class Session:
         with self._cluster_changed:
             return list(self._clusters[version])
 
-    def wait_for_cluster(self, *, min_version: int, timeout_s: float | None,
-                         member: str | None = None) -> tuple[int, list[str]] | None:
+    def wait_for_cluster(
+        self, *, min_version: int, timeout_s: float | None, member: str | None = None
+    ) -> tuple[int, list[str]] | None:
         """The newest announced version ≥ ``min_version`` (listing ``member`` if given);
         None when none came within ``timeout_s`` or the agent is gone for good (it closed
         our stdin, or no agent connected to our socket within the grace period)."""
@@ -249,8 +270,15 @@ class Session:
         if self.size > 1:
             self.communicator = _new_communicator(self.rank, self.peers, version, algorithm)
 
-    def next_version_after(self, failed: int, what: str, error: Exception, *, timeout_s: float,
-                           peer_failed: bool = True) -> tuple[int, list[str]]:
+    def next_version_after(
+        self,
+        failed: int,
+        what: str,
+        error: Exception,
+        *,
+        timeout_s: float,
+        peer_failed: bool = True,
+    ) -> tuple[int, list[str]]:
         """Version ``failed`` cannot go on (``what`` happened): close its communicator, say
         ``peer_failed`` when a collective failed, and wait up to ``timeout_s`` for a newer
         version; returns it (version, members)."""
@@ -259,10 +287,14 @@ class Session:
         self.close_communicator()
         found = self.wait_for_cluster(min_version=failed + 1, timeout_s=timeout_s)
         if found is None:
-            raise RuntimeError(f"{what} and no newer version came within {timeout_s:.0f} s") from error
+            raise RuntimeError(
+                f"{what} and no newer version came within {timeout_s:.0f} s"
+            ) from error
         return found
 
-    def form_first_communicator(self, algorithm: str = "auto", *, timeout_s: float | None = None) -> None:
+    def form_first_communicator(
+        self, algorithm: str = "auto", *, timeout_s: float | None = None
+    ) -> None:
         """Form the communicator of the version this worker was started in — or of a newer
         one: a member that dies before the group has formed (or a version written while
         this worker's node was still starting its workers) would otherwise leave the others
@@ -296,15 +328,27 @@ class Session:
                 break
             except (CollectiveError, SupersededVersion) as exc:
                 version, members = self.next_version_after(
-                    version, f"could not form cluster version {version} ({exc})", exc, timeout_s=timeout_s,
-                    peer_failed=isinstance(exc, CollectiveError))
+                    version,
+                    f"could not form cluster version {version} ({exc})",
+                    exc,
+                    timeout_s=timeout_s,
+                    peer_failed=isinstance(exc, CollectiveError),
+                )
                 if self.address not in members:
                     self.send({"type": "left", "version": version, "step": 0})
                     self.left, self.rank = True, -1
                     raise SystemExit(0) from None  # the launcher flushes what is left to send
         if version != started_in or version > 1:
-            self.send({"type": "rescaled", "version": version, "rank": self.rank, "size": self.size,
-                       "step": 0, "paused_s": time.perf_counter() - since})
+            self.send(
+                {
+                    "type": "rescaled",
+                    "version": version,
+                    "rank": self.rank,
+                    "size": self.size,
+                    "step": 0,
+                    "paused_s": time.perf_counter() - since,
+                }
+            )
 
     def _on_superseded(self, signum, frame) -> None:
         # Runs in the main thread between bytecodes or from inside the native formation's
@@ -345,8 +389,9 @@ def _new_communicator(rank: int, peers: list[str], version: int, algorithm: str)
 
     algorithm = algorithm if algorithm in TOPOLOGIES else "auto"
     try:
-        return Communicator(rank=rank, peers=peers, timeout_s=None, algorithm=algorithm,
-                            cluster_version=version)
+        return Communicator(
+            rank=rank, peers=peers, timeout_s=None, algorithm=algorithm, cluster_version=version
+        )
     except TypeError:  # a native library without cluster versions
         return Communicator(rank=rank, peers=peers, timeout_s=None, algorithm=algorithm)
 
@@ -358,8 +403,14 @@ def init() -> Session:
     :meth:`Trainer.fit` builds the model, reports ``standby`` and waits to be let in."""
     env = os.environ
     if protocol.ENV_RANK not in env and env.get(protocol.ENV_JOINING) != "1":
-        session = Session(job=0, rank=0, size=1, peers=[], params=json.loads(
-            env.get(protocol.ENV_PARAMS, "{}")), first_seq=0)
+        session = Session(
+            job=0,
+            rank=0,
+            size=1,
+            peers=[],
+            params=json.loads(env.get(protocol.ENV_PARAMS, "{}")),
+            first_seq=0,
+        )
         return session
     peers = [p for p in env.get(protocol.ENV_PEERS, "").split(",") if p]
     joining = env.get(protocol.ENV_JOINING) == "1"
@@ -369,18 +420,27 @@ def init() -> Session:
         raise ValueError(f"{protocol.ENV_ADDRESS} must name this worker's host:port")
     first_seq = int(env.get(protocol.ENV_FIRST_SEQ, "0"))
     session = Session(
-        job=int(env.get(protocol.ENV_JOB, "0")), rank=rank, size=0 if joining else len(peers), peers=peers,
-        params=json.loads(env.get(protocol.ENV_PARAMS, "{}")), first_seq=first_seq, address=address,
-        cluster_version=int(env.get(protocol.ENV_CLUSTER_VERSION, "0")), joining=joining,
+        job=int(env.get(protocol.ENV_JOB, "0")),
+        rank=rank,
+        size=0 if joining else len(peers),
+        peers=peers,
+        params=json.loads(env.get(protocol.ENV_PARAMS, "{}")),
+        first_seq=first_seq,
+        address=address,
+        cluster_version=int(env.get(protocol.ENV_CLUSTER_VERSION, "0")),
+        joining=joining,
     )
     session._contiguous_seq = first_seq
     socket_path = env.get(protocol.ENV_AGENT_SOCKET)
     if socket_path:
         from agent.channel import AgentChannel
 
-        session._channel = AgentChannel(socket_path, on_message=session._on_agent_message,
-                                        on_orphaned=session._orphaned,
-                                        grace_s=float(env.get(protocol.ENV_AGENT_GRACE_S) or 600))
+        session._channel = AgentChannel(
+            socket_path,
+            on_message=session._on_agent_message,
+            on_orphaned=session._orphaned,
+            grace_s=float(env.get(protocol.ENV_AGENT_GRACE_S) or 600),
+        )
         session._channel.start()
     else:
         threading.Thread(target=session._read_stdin, name="adaptrain-commands", daemon=True).start()
@@ -433,7 +493,7 @@ class GlobalBatchSampler:
             self.position = 0
             self._perm = np.random.default_rng(self.seed + self.epoch).permutation(self.n_samples)
         end = min(self.position + batch_size, self.n_samples)
-        batch = self._perm[self.position:end]
+        batch = self._perm[self.position : end]
         self.position = end
         return batch
 
@@ -475,8 +535,10 @@ class Trainer:
         self.paused = False
         self.strategy = session.params.get("strategy") or "ssgd"
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy {self.strategy!r} is not supported by this runtime; use "
-                             f"{' or '.join(STRATEGIES)}")
+            raise ValueError(
+                f"strategy {self.strategy!r} is not supported by this runtime; use "
+                f"{' or '.join(STRATEGIES)}"
+            )
         self.sma_alpha = float(session.hyperparameters.get("sma_alpha", 0.1))
         self.topology = session.params.get("topology") or "auto"
         self.applied_seq = session.first_seq  # the last command applied
@@ -523,17 +585,23 @@ class Trainer:
         self._feature_shape = list(x_sample.shape[1:])
         feature_shape = [None, *x_sample.shape[1:]]
 
-        @tf.function(input_signature=[
-            tf.TensorSpec(feature_shape, tf.float32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([], tf.float32),
-        ])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(feature_shape, tf.float32),
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([], tf.float32),
+            ]
+        )
         def compute(x, y, inv_global_batch):
             grads, loss_sum, correct = self._gradients(x, y, inv_global_batch)
             # Fuse every gradient and three scalars into one flat buffer: the loss and
             # correct-count sums, and a slot for this worker's squared local gradient norm
             # (filled in afterwards, only on monitoring steps).
-            flat = tf.concat([tf.reshape(g, [-1]) for g in grads] + [
-                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1]), tf.zeros([1])], axis=0)
+            flat = tf.concat(
+                [tf.reshape(g, [-1]) for g in grads]
+                + [tf.reshape(loss_sum, [1]), tf.reshape(correct, [1]), tf.zeros([1])],
+                axis=0,
+            )
             return flat
 
         sizes, shapes = self._sizes, self._shapes
@@ -567,8 +635,13 @@ class Trainer:
             loss_sum = tf.reduce_sum(self.loss_fn(y, logits))
             scaled = loss_sum * inv_global_batch
         grads = tape.gradient(scaled, self._variables)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self._variables, strict=True)]
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32))
+        grads = [
+            tf.zeros_like(v) if g is None else g
+            for g, v in zip(grads, self._variables, strict=True)
+        ]
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32)
+        )
         return grads, loss_sum, correct
 
     def _fused_step(self, distributed: bool, monitor: bool):
@@ -587,10 +660,15 @@ class Trainer:
         sizes, shapes = self._sizes, self._shapes
         feature_shape = [None, *self._feature_shape]
 
-        @tf.function(input_signature=[
-            tf.TensorSpec(feature_shape, tf.float32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32),
-        ])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(feature_shape, tf.float32),
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.int32),
+            ]
+        )
         def step(x, y, inv_global_batch, local_scale_sq, agree_slots):
             grads, loss_sum, correct = self._gradients(x, y, inv_global_batch)
             # This worker's own mean gradient is B/n times its share (scaled by 1/B).
@@ -598,21 +676,37 @@ class Trainer:
             # variant that monitors (a graph branch would cost more than the norms on a small model).
             # (2 * l2_loss is the sum of squares in one fused pass, half the time of
             # square-then-sum, which writes a temporary as large as the model.)
-            local_sq = (tf.add_n([2.0 * tf.nn.l2_loss(g) for g in grads]) * local_scale_sq
-                        if monitor else tf.constant(0.0))
+            local_sq = (
+                tf.add_n([2.0 * tf.nn.l2_loss(g) for g in grads]) * local_scale_sq
+                if monitor
+                else tf.constant(0.0)
+            )
             # Room for the command agreement at the end (see _allreduce_in_step), so the
             # allreduce works on this buffer in place.
-            flat = tf.concat([tf.reshape(g, [-1]) for g in grads] + [
-                tf.reshape(loss_sum, [1]), tf.reshape(correct, [1]), tf.reshape(local_sq, [1]),
-                tf.zeros([agree_slots])], axis=0)
+            flat = tf.concat(
+                [tf.reshape(g, [-1]) for g in grads]
+                + [
+                    tf.reshape(loss_sum, [1]),
+                    tf.reshape(correct, [1]),
+                    tf.reshape(local_sq, [1]),
+                    tf.zeros([agree_slots]),
+                ],
+                axis=0,
+            )
             if distributed:
                 flat = tf.ensure_shape(
-                    tf.numpy_function(self._allreduce_in_step, [flat], tf.float32, stateful=True), flat.shape)
+                    tf.numpy_function(self._allreduce_in_step, [flat], tf.float32, stateful=True),
+                    flat.shape,
+                )
             # Split the whole buffer (a slice first would cost a copy of the model).
             *parts, tail = tf.split(flat, [*sizes, -1])
             averaged = [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
             optimizer.apply_gradients(zip(averaged, variables, strict=True))
-            big_sq = tf.add_n([2.0 * tf.nn.l2_loss(g) for g in averaged]) if monitor else tf.constant(0.0)
+            big_sq = (
+                tf.add_n([2.0 * tf.nn.l2_loss(g) for g in averaged])
+                if monitor
+                else tf.constant(0.0)
+            )
             return tf.concat([tail[:3], tf.reshape(big_sq, [1])], axis=0)
 
         # Called through its one concrete function: the polymorphic tf.function's per-call
@@ -635,10 +729,15 @@ class Trainer:
         if flat.size < 4 * size:
             raise RuntimeError("the fused step was called without room for the command agreement")
         buf = flat if flat.flags.writeable and flat.flags.c_contiguous else flat.copy()
-        slots = buf[buf.size - 4 * size:]
+        slots = buf[buf.size - 4 * size :]
         seq, version = session.received_seq(), session.latest_cluster_version()
         slots[:] = 0.0
-        slots[4 * rank:4 * rank + 4] = (seq >> 20, seq & 0xFFFFF, version >> 20, version & 0xFFFFF)
+        slots[4 * rank : 4 * rank + 4] = (
+            seq >> 20,
+            seq & 0xFFFFF,
+            version >> 20,
+            version & 0xFFFFF,
+        )
         try:
             comm.allreduce(buf, op="sum")
         except Exception as exc:  # noqa: BLE001 - carried out of the graph by _run_fused
@@ -660,16 +759,31 @@ class Trainer:
             tensor = self._scalars[key] = self.tf.constant(value, dtype)
         return tensor
 
-    def _run_fused(self, x: np.ndarray, y: np.ndarray, global_batch: int, monitor: bool,
-                   local_scale_sq: float, distributed: bool) -> np.ndarray:
+    def _run_fused(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        global_batch: int,
+        monitor: bool,
+        local_scale_sq: float,
+        distributed: bool,
+    ) -> np.ndarray:
         tf = self.tf
         self._step_error = None
         self._step_comm_s = 0.0
         try:
-            slots = 4 * self.session.size if distributed and self.session.communicator is not None else 0
+            slots = (
+                4 * self.session.size
+                if distributed and self.session.communicator is not None
+                else 0
+            )
             return self._fused_step(distributed, monitor)(
-                tf.constant(x), tf.constant(y), self._scalar(1.0 / global_batch, tf.float32),
-                self._scalar(local_scale_sq, tf.float32), self._scalar(slots, tf.int32)).numpy()
+                tf.constant(x),
+                tf.constant(y),
+                self._scalar(1.0 / global_batch, tf.float32),
+                self._scalar(local_scale_sq, tf.float32),
+                self._scalar(slots, tf.int32),
+            ).numpy()
         except tf.errors.OpError as exc:
             error, self._step_error = self._step_error, None
             if error is not None:  # the collective failed: the update did not happen
@@ -686,7 +800,7 @@ class Trainer:
         comm.allreduce(flat, op="sum")
         offset = 0
         for v, n, shape in zip(self._variables, self._sizes, self._shapes, strict=True):
-            v.assign(flat[offset:offset + n].reshape(shape))
+            v.assign(flat[offset : offset + n].reshape(shape))
             offset += n
 
     # -- control -------------------------------------------------------------------------
@@ -730,25 +844,48 @@ class Trainer:
         floats, others = self._state_variables()
         n_floats = sum(int(np.prod(v.shape)) for v in floats)
         epoch, position = self._sampler.state() if self._sampler else (0, 0)
-        meta = np.array([self.step, self.batch_size, self.lr, epoch, position, self.applied_seq,
-                         STRATEGIES.index(self.strategy), TOPOLOGIES.index(self.topology),
-                         float(self.paused), n_floats, len(others), *self.noise.state()],
-                        dtype=np.float64)
+        meta = np.array(
+            [
+                self.step,
+                self.batch_size,
+                self.lr,
+                epoch,
+                position,
+                self.applied_seq,
+                STRATEGIES.index(self.strategy),
+                TOPOLOGIES.index(self.topology),
+                float(self.paused),
+                n_floats,
+                len(others),
+                *self.noise.state(),
+            ],
+            dtype=np.float64,
+        )
         comm.broadcast(meta, root=0)
         if int(meta[9]) != n_floats or int(meta[10]) != len(others):
-            raise RuntimeError(f"rank 0's model has {int(meta[9])} float32 state values, this worker's "
-                               f"{n_floats}: every worker must build the same model and optimizer")
-        flat = np.concatenate([np.asarray(v.numpy(), np.float32).ravel() for v in floats]) \
-            if floats else np.zeros(0, np.float32)
+            raise RuntimeError(
+                f"rank 0's model has {int(meta[9])} float32 state values, this worker's "
+                f"{n_floats}: every worker must build the same model and optimizer"
+            )
+        flat = (
+            np.concatenate([np.asarray(v.numpy(), np.float32).ravel() for v in floats])
+            if floats
+            else np.zeros(0, np.float32)
+        )
         comm.broadcast(flat, root=0)
-        rest = np.array([float(np.asarray(v.numpy()).ravel()[0]) if int(np.prod(v.shape)) == 1 else 0.0
-                         for v in others], dtype=np.float64)
+        rest = np.array(
+            [
+                float(np.asarray(v.numpy()).ravel()[0]) if int(np.prod(v.shape)) == 1 else 0.0
+                for v in others
+            ],
+            dtype=np.float64,
+        )
         comm.broadcast(rest, root=0)
         if self.session.rank != 0:
             offset = 0
             for v in floats:
                 n = int(np.prod(v.shape))
-                v.assign(flat[offset:offset + n].reshape(v.shape))
+                v.assign(flat[offset : offset + n].reshape(v.shape))
                 offset += n
             for v, value in zip(others, rest, strict=True):
                 if int(np.prod(v.shape)) == 1:
@@ -769,8 +906,9 @@ class Trainer:
         if comm.algorithm != self.topology:
             comm.set_algorithm(self.topology)
 
-    def _enter_version(self, version: int, members: list[str], *, since: float,
-                       recovering: bool = False) -> bool:
+    def _enter_version(
+        self, version: int, members: list[str], *, since: float, recovering: bool = False
+    ) -> bool:
         """Switch to cluster ``version``: leave (False) when not a member, else connect to
         its members and take rank 0's state (True). ``since``: when training stopped.
 
@@ -795,8 +933,16 @@ class Trainer:
         session.form_communicator(version, members, self.topology)
         if recovering or not set(members) <= previous:
             self._sync_state()
-        session.send({"type": "rescaled", "version": version, "rank": session.rank, "size": session.size,
-                      "step": self.step, "paused_s": time.perf_counter() - since})
+        session.send(
+            {
+                "type": "rescaled",
+                "version": version,
+                "rank": session.rank,
+                "size": session.size,
+                "step": self.step,
+                "paused_s": time.perf_counter() - since,
+            }
+        )
         return True
 
     def _recover(self, error: Exception) -> bool:
@@ -808,8 +954,12 @@ class Trainer:
         from agent.native import CollectiveError
 
         while True:
-            found = session.next_version_after(failed_version, f"a collective failed ({error})", error,
-                                               timeout_s=session.rejoin_timeout_s)
+            found = session.next_version_after(
+                failed_version,
+                f"a collective failed ({error})",
+                error,
+                timeout_s=session.rejoin_timeout_s,
+            )
             try:
                 return self._enter_version(*found, since=failed_at, recovering=True)
             except CollectiveError as again:  # a member of the new version failed too
@@ -822,14 +972,17 @@ class Trainer:
         session = self.session
         tf = self.tf
         few = np.arange(min(len(x), max(1, self.batch_size // max(session.size, 2))))
-        flat = self._compute(tf.constant(x[few]), tf.constant(y[few]), tf.constant(1.0 / len(few), tf.float32))
+        flat = self._compute(
+            tf.constant(x[few]), tf.constant(y[few]), tf.constant(1.0 / len(few), tf.float32)
+        )
         self._apply(tf.constant(flat.numpy()[:-3]))
         if self.fused_step:  # and the one-call S-SGD step a member runs
             for monitor in (True, False):
                 self._run_fused(x[few], y[few], len(few), monitor, 1.0, True)
         session.send({"type": "standby", "address": session.address})
-        found = session.wait_for_cluster(min_version=session.cluster_version, timeout_s=None,
-                                         member=session.address)
+        found = session.wait_for_cluster(
+            min_version=session.cluster_version, timeout_s=None, member=session.address
+        )
         if found is None:
             raise SystemExit("the agent went away before this standby worker was let in")
         version, members = found
@@ -838,7 +991,9 @@ class Trainer:
     def _apply_command(self, command: dict) -> None:
         action = command.get("action")
         value = (command.get("payload") or {}).get("value")
-        if action in AGENT_ACTIONS or (action == "stop" and "joiners" in (command.get("payload") or {})):
+        if action in AGENT_ACTIONS or (
+            action == "stop" and "joiners" in (command.get("payload") or {})
+        ):
             # Carried out by the control plane and the agents (a resize; ending abandoned
             # standbys): only its sequence number counts here.
             return
@@ -847,8 +1002,13 @@ class Trainer:
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"batch size must be a positive integer, got {value!r}")
                 rule = self.session.hyperparameters.get("lr_scaling", "none")
-                new_lr = scaled_lr(self.lr, old_batch=self.batch_size, new_batch=value, rule=rule,
-                                   gns=self.noise.values().get("gns"))
+                new_lr = scaled_lr(
+                    self.lr,
+                    old_batch=self.batch_size,
+                    new_batch=value,
+                    rule=rule,
+                    gns=self.noise.values().get("gns"),
+                )
                 self.batch_size = value
                 if new_lr != self.lr:
                     self.lr = new_lr
@@ -861,8 +1021,10 @@ class Trainer:
                 self.optimizer.learning_rate.assign(self.lr)
             elif action == "set_strategy":
                 if value not in STRATEGIES:
-                    raise ValueError(f"strategy {value!r} is not supported by this runtime; use "
-                                     f"{' or '.join(STRATEGIES)}")
+                    raise ValueError(
+                        f"strategy {value!r} is not supported by this runtime; use "
+                        f"{' or '.join(STRATEGIES)}"
+                    )
                 if value == "ssgd" and self.strategy != "ssgd":
                     # S-SGD needs identical models and optimizer slots (momentum):
                     # finish SMA or pair averaging with a full average of both.
@@ -871,7 +1033,9 @@ class Trainer:
                 self.strategy = value
             elif action == "set_topology":
                 if value not in TOPOLOGIES:
-                    raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {value!r}")
+                    raise ValueError(
+                        f"topology must be one of {', '.join(TOPOLOGIES)}, got {value!r}"
+                    )
                 if self.session.communicator is not None:
                     # Every worker reaches this at the same step, so the collective switch lines up.
                     self.session.communicator.set_algorithm(value)
@@ -887,13 +1051,26 @@ class Trainer:
             else:
                 raise ValueError(f"action {action!r} is not supported by this runtime yet")
         except ValueError as exc:
-            self.session.send({"type": "failed", "id": command.get("id"), "seq": command.get("seq"),
-                               "error": str(exc)})
+            self.session.send(
+                {
+                    "type": "failed",
+                    "id": command.get("id"),
+                    "seq": command.get("seq"),
+                    "error": str(exc),
+                }
+            )
             return
         # The learning rate in force, so the control plane records exactly what the workers
         # use (a batch-size change may have scaled it, e.g. by the adascale gain).
-        self.session.send({"type": "applied", "id": command.get("id"), "seq": command.get("seq"),
-                           "step": self.step, "lr": self.lr})
+        self.session.send(
+            {
+                "type": "applied",
+                "id": command.get("id"),
+                "seq": command.get("seq"),
+                "step": self.step,
+                "lr": self.lr,
+            }
+        )
 
     # -- model averaging (SMA) ---------------------------------------------------------
     def _weights_flat(self) -> np.ndarray:
@@ -902,10 +1079,12 @@ class Trainer:
     def _set_weights_flat(self, flat: np.ndarray) -> None:
         offset = 0
         for v, n, shape in zip(self._variables, self._sizes, self._shapes, strict=True):
-            v.assign(flat[offset:offset + n].reshape(shape))
+            v.assign(flat[offset : offset + n].reshape(shape))
             offset += n
 
-    def _average_weights(self, *, alpha: float, extra: np.ndarray | None = None) -> np.ndarray | None:
+    def _average_weights(
+        self, *, alpha: float, extra: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """Pull every worker's model ``alpha`` of the way to the average of all models.
         ``extra`` values ride along in the same allreduce and come back summed."""
         comm = self.session.communicator
@@ -915,9 +1094,9 @@ class Trainer:
         tail = extra if extra is not None else np.zeros(0, np.float32)
         buffer = np.concatenate([weights, tail.astype(np.float32)])
         comm.allreduce(buffer, op="sum")
-        average = buffer[:weights.size] / self.session.size
+        average = buffer[: weights.size] / self.session.size
         self._set_weights_flat((1.0 - alpha) * weights + alpha * average)
-        return buffer[weights.size:]
+        return buffer[weights.size :]
 
     def _average_optimizer_state(self) -> None:
         comm = self.session.communicator
@@ -930,7 +1109,7 @@ class Trainer:
         offset = 0
         for v in slots:
             n = int(np.prod(v.shape))
-            v.assign(flat[offset:offset + n].reshape(v.shape))
+            v.assign(flat[offset : offset + n].reshape(v.shape))
             offset += n
 
     def _pair_average(self, comm, rank: int, size: int) -> None:
@@ -966,9 +1145,13 @@ class Trainer:
         tmp = target.with_name(target.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         np.savez(tmp / "state.npz", *[np.asarray(v.numpy()) for v in self._state_arrays()])
-        meta = {"step": self.step, "batch_size": self.batch_size, "lr": self.lr,
-                "epoch": self._sampler.epoch if self._sampler else 0,
-                "position": self._sampler.position if self._sampler else 0}
+        meta = {
+            "step": self.step,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "epoch": self._sampler.epoch if self._sampler else 0,
+            "position": self._sampler.position if self._sampler else 0,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta))
         if target.exists():
             import shutil
@@ -987,8 +1170,10 @@ class Trainer:
             arrays = [state[f"arr_{i}"] for i in range(len(state.files))]
         targets = self._state_arrays()
         if len(arrays) != len(targets):
-            raise ValueError(f"checkpoint {path} holds {len(arrays)} arrays; this model and optimizer "
-                             f"have {len(targets)}")
+            raise ValueError(
+                f"checkpoint {path} holds {len(arrays)} arrays; this model and optimizer "
+                f"have {len(targets)}"
+            )
         for variable, value in zip(targets, arrays, strict=True):
             variable.assign(value)
         self.step = int(meta["step"])
@@ -1015,8 +1200,16 @@ class Trainer:
                 return not self.stopped
             time.sleep(0.05)  # paused: keep agreeing on commands (resume, stop, a resize)
 
-    def fit(self, x: np.ndarray, y: np.ndarray, *, steps: int, log_every: int = 10,
-            monitor_every: int = 1, resume_from: str | None = None) -> None:
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        steps: int,
+        log_every: int = 10,
+        monitor_every: int = 1,
+        resume_from: str | None = None,
+    ) -> None:
         """Train until step ``steps``, reporting metrics every ``log_every`` steps and updating
         the gradient-noise monitor every ``monitor_every`` steps (0 turns it off); with
         ``resume_from``, continue from that checkpoint folder."""
@@ -1061,18 +1254,22 @@ class Trainer:
                 # This worker's gradient is scaled by 1/B; its own mean gradient is B/n times it.
                 local_scale = len(batch) / len(mine) if len(mine) else 0.0
                 if self.fused_step and (self.strategy == "ssgd" or comm is None):
-                    out = self._run_fused(x[mine], y[mine], len(batch), monitoring, local_scale ** 2,
-                                          comm is not None)
+                    out = self._run_fused(
+                        x[mine], y[mine], len(batch), monitoring, local_scale**2, comm is not None
+                    )
                     t2 = time.perf_counter()
                     t1 = t2 - self._step_comm_s
                     flat = out[:3]  # loss sum, correct count, summed squared local norms
                     big_sq = float(out[3])
                 else:
-                    flat = self._compute(tf.constant(x[mine]), tf.constant(y[mine]),
-                                         tf.constant(1.0 / len(batch), tf.float32)).numpy()
+                    flat = self._compute(
+                        tf.constant(x[mine]),
+                        tf.constant(y[mine]),
+                        tf.constant(1.0 / len(batch), tf.float32),
+                    ).numpy()
                     grads = flat[:-3]
                     if monitoring and len(mine):
-                        flat[-1] = float(np.dot(grads, grads)) * local_scale ** 2
+                        flat[-1] = float(np.dot(grads, grads)) * local_scale**2
                     t1 = time.perf_counter()
                     if self.strategy == "pair" and comm is not None:
                         monitoring = False
@@ -1085,7 +1282,9 @@ class Trainer:
                         # take this worker's own step: B/n times its gradient is the mean
                         # gradient of its own samples.
                         monitoring = False
-                        flat[-3:-1] = self._average_weights(alpha=self.sma_alpha, extra=flat[-3:-1].copy())
+                        flat[-3:-1] = self._average_weights(
+                            alpha=self.sma_alpha, extra=flat[-3:-1].copy()
+                        )
                         t2 = time.perf_counter()
                         self._apply(tf.constant(grads * local_scale))
                     else:
@@ -1095,8 +1294,12 @@ class Trainer:
                         self._apply(tf.constant(grads))
                     big_sq = float(np.dot(grads, grads)) if monitoring else 0.0
                 if monitoring:
-                    noise.update(small_sq_norm=float(flat[-1]) / size, small_batch=len(batch) / size,
-                                 big_sq_norm=big_sq, big_batch=len(batch))
+                    noise.update(
+                        small_sq_norm=float(flat[-1]) / size,
+                        small_batch=len(batch) / size,
+                        big_sq_norm=big_sq,
+                        big_batch=len(batch),
+                    )
                 compute_time += (t1 - t0) + (time.perf_counter() - t2)
                 comm_time += t2 - t1
                 loss_sum += float(flat[-3])
@@ -1114,19 +1317,24 @@ class Trainer:
                         per_rank["param_checksum"] = float(self._checksum())
                     session.report(per_rank, step=self.step, per_rank=True)
                     if rank == 0:
-                        steps_in_window = log_every if self.step % log_every == 0 else self.step % log_every
-                        session.report({
-                            "loss": loss_sum / max(seen, 1),
-                            "accuracy": correct_sum / max(seen, 1),
-                            "throughput": window_samples / elapsed if elapsed > 0 else 0.0,
-                            "batch_size": self.batch_size,
-                            "lr": self.lr,
-                            "workers": size,
-                            "step_time": elapsed / steps_in_window,
-                            "compute_time": compute_time / steps_in_window,
-                            "comm_time": comm_time / steps_in_window,
-                            **noise.values(),
-                        }, step=self.step)
+                        steps_in_window = (
+                            log_every if self.step % log_every == 0 else self.step % log_every
+                        )
+                        session.report(
+                            {
+                                "loss": loss_sum / max(seen, 1),
+                                "accuracy": correct_sum / max(seen, 1),
+                                "throughput": window_samples / elapsed if elapsed > 0 else 0.0,
+                                "batch_size": self.batch_size,
+                                "lr": self.lr,
+                                "workers": size,
+                                "step_time": elapsed / steps_in_window,
+                                "compute_time": compute_time / steps_in_window,
+                                "comm_time": comm_time / steps_in_window,
+                                **noise.values(),
+                            },
+                            step=self.step,
+                        )
                     window_start, window_samples = time.perf_counter(), 0
                     compute_time = comm_time = 0.0
                     loss_sum = correct_sum = 0.0
@@ -1155,7 +1363,7 @@ def broadcast_variables(variables, session: Session, root: int = 0) -> None:
         offset = 0
         for v in group:
             n = int(np.prod(v.shape))
-            v.assign(flat[offset:offset + n].reshape(v.shape))
+            v.assign(flat[offset : offset + n].reshape(v.shape))
             offset += n
 
 
@@ -1234,5 +1442,14 @@ def evaluate_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(np.asarray(logits), axis=1) == y))
 
 
-__all__ = ["DistributedOptimizer", "GlobalBatchSampler", "Session", "Trainer", "allreduce_gradients",
-           "broadcast_variables", "configure_tensorflow_threads", "evaluate_accuracy", "init"]
+__all__ = [
+    "DistributedOptimizer",
+    "GlobalBatchSampler",
+    "Session",
+    "Trainer",
+    "allreduce_gradients",
+    "broadcast_variables",
+    "configure_tensorflow_threads",
+    "evaluate_accuracy",
+    "init",
+]

@@ -20,7 +20,9 @@ import math
 RULES = ("none", "linear", "sqrt", "adascale")
 
 
-def scaled_lr(lr: float, *, old_batch: int, new_batch: int, rule: str, gns: float | None = None) -> float:
+def scaled_lr(
+    lr: float, *, old_batch: int, new_batch: int, rule: str, gns: float | None = None
+) -> float:
     if rule not in RULES:
         raise ValueError(f"unknown lr scaling rule {rule!r}; use one of {', '.join(RULES)}")
     if old_batch < 1 or new_batch < 1:

@@ -51,19 +51,21 @@ from agent.channel import process_alive, process_start_time, unix_path
 log = logging.getLogger(__name__)
 
 # What became of a worker process (LocalWorker.outcome).
-FINISHED = "finished"      # a member that exited 0: training is over
-LEFT = "left"              # removed from the cluster; exited 0
-CRASHED = "crashed"        # died, reported to the control plane; the others go on
-FAILED = "failed"          # died, and the job fails with it
+FINISHED = "finished"  # a member that exited 0: training is over
+LEFT = "left"  # removed from the cluster; exited 0
+CRASHED = "crashed"  # died, reported to the control plane; the others go on
+FAILED = "failed"  # died, and the job fails with it
 TERMINATED = "terminated"  # killed by the agent (stop, shutdown, the job failed)
 
-MAX_KEPT_COMMANDS = 1000   # forwarded commands kept to send again to workers that reconnect
+MAX_KEPT_COMMANDS = 1000  # forwarded commands kept to send again to workers that reconnect
 EXIT_POLL_S = 0.1
 
 
 def _ends_joiners(frame: dict) -> bool:
     """A ``stop`` that ends only the standbys it lists (services.joiners_expire)."""
-    return frame.get("action") == "stop" and isinstance((frame.get("payload") or {}).get("joiners"), list)
+    return frame.get("action") == "stop" and isinstance(
+        (frame.get("payload") or {}).get("joiners"), list
+    )
 
 
 def free_port(host: str) -> int:
@@ -94,36 +96,48 @@ class PendingCommand:
     errors: dict[int, str] = field(default_factory=dict)
 
     def state(self) -> dict:
-        return {"id": self.id, "seq": self.seq, "action": self.action, "expected": sorted(self.expected),
-                "steps": self.steps, "lrs": self.lrs, "errors": self.errors}
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "action": self.action,
+            "expected": sorted(self.expected),
+            "steps": self.steps,
+            "lrs": self.lrs,
+            "errors": self.errors,
+        }
 
     @classmethod
     def from_state(cls, d: dict) -> PendingCommand:
-        return cls(int(d["id"]), int(d["seq"]), d["action"], expected={int(r) for r in d["expected"]},
-                   steps={int(r): int(v) for r, v in d["steps"].items()},
-                   lrs={int(r): float(v) for r, v in d["lrs"].items()},
-                   errors={int(r): str(v) for r, v in d["errors"].items()})
+        return cls(
+            int(d["id"]),
+            int(d["seq"]),
+            d["action"],
+            expected={int(r) for r in d["expected"]},
+            steps={int(r): int(v) for r, v in d["steps"].items()},
+            lrs={int(r): float(v) for r, v in d["lrs"].items()},
+            errors={int(r): str(v) for r, v in d["errors"].items()},
+        )
 
 
 @dataclass
 class LocalWorker:
-    rank: int                # the worker's number in the job
+    rank: int  # the worker's number in the job
     port: int
-    address: str             # host:port it listens on
-    joining: bool = False    # a warm standby not yet in a cluster version
+    address: str  # host:port it listens on
+    joining: bool = False  # a warm standby not yet in a cluster version
     pid: int | None = None
     start_time: int | None = None  # /proc/<pid>/stat start time: tells a reused pid apart
     socket_path: str = ""
     log_path: str = ""
     process: subprocess.Popen | None = None  # None when re-attached: another agent started it
-    outcome: str = ""        # set when the process has exited (see the constants above)
+    outcome: str = ""  # set when the process has exited (see the constants above)
     left_reported: bool = False
-    exit_code: int | None = None   # from its "exit" message
-    code: int | None = None        # how it ended, when known
-    replied_seq: int = 0           # highest command seq it answered
-    acked_n: int = 0               # its numbered messages handled (and acknowledged) so far
+    exit_code: int | None = None  # from its "exit" message
+    code: int | None = None  # how it ended, when known
+    replied_seq: int = 0  # highest command seq it answered
+    acked_n: int = 0  # its numbered messages handled (and acknowledged) so far
     writer: asyncio.StreamWriter | None = None
-    abandoned: bool = False        # a standby the control plane gave up on: ended, not a crash
+    abandoned: bool = False  # a standby the control plane gave up on: ended, not a crash
 
     @property
     def alive(self) -> bool:
@@ -145,18 +159,39 @@ class LocalWorker:
                 os.kill(self.pid, sig)
 
     def state(self) -> dict:
-        return {"rank": self.rank, "port": self.port, "address": self.address, "joining": self.joining,
-                "pid": self.pid, "start_time": self.start_time, "socket": self.socket_path,
-                "log": self.log_path, "outcome": self.outcome, "left_reported": self.left_reported,
-                "code": self.code, "replied_seq": self.replied_seq, "acked_n": self.acked_n}
+        return {
+            "rank": self.rank,
+            "port": self.port,
+            "address": self.address,
+            "joining": self.joining,
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "socket": self.socket_path,
+            "log": self.log_path,
+            "outcome": self.outcome,
+            "left_reported": self.left_reported,
+            "code": self.code,
+            "replied_seq": self.replied_seq,
+            "acked_n": self.acked_n,
+        }
 
     @classmethod
     def from_state(cls, d: dict) -> LocalWorker:
-        return cls(rank=int(d["rank"]), port=int(d["port"]), address=d["address"], joining=bool(d["joining"]),
-                   pid=d.get("pid"), start_time=d.get("start_time"), socket_path=d.get("socket", ""),
-                   log_path=d.get("log", ""), outcome=d.get("outcome", ""),
-                   left_reported=bool(d.get("left_reported")), code=d.get("code"),
-                   replied_seq=int(d.get("replied_seq", 0)), acked_n=int(d.get("acked_n", 0)))
+        return cls(
+            rank=int(d["rank"]),
+            port=int(d["port"]),
+            address=d["address"],
+            joining=bool(d["joining"]),
+            pid=d.get("pid"),
+            start_time=d.get("start_time"),
+            socket_path=d.get("socket", ""),
+            log_path=d.get("log", ""),
+            outcome=d.get("outcome", ""),
+            left_reported=bool(d.get("left_reported")),
+            code=d.get("code"),
+            replied_seq=int(d.get("replied_seq", 0)),
+            acked_n=int(d.get("acked_n", 0)),
+        )
 
 
 WorkerEvent = Callable[[int, str, dict], Awaitable[None]]
@@ -165,11 +200,21 @@ WorkerEvent = Callable[[int, str, dict], Awaitable[None]]
 class WorkerGroup:
     """The workers of one job on this node."""
 
-    def __init__(self, *, job_id: int, start: dict, python: str, address: str, state_dir: Path,
-                 first_seq: int, on_metrics: Callable[[list[dict]], None],
-                 on_command_done: Callable[[int, bool, int | None, str], Awaitable[None]],
-                 on_worker_event: WorkerEvent | None = None, grace_s: float = 600.0,
-                 persist: bool = True):
+    def __init__(
+        self,
+        *,
+        job_id: int,
+        start: dict,
+        python: str,
+        address: str,
+        state_dir: Path,
+        first_seq: int,
+        on_metrics: Callable[[list[dict]], None],
+        on_command_done: Callable[[int, bool, int | None, str], Awaitable[None]],
+        on_worker_event: WorkerEvent | None = None,
+        grace_s: float = 600.0,
+        persist: bool = True,
+    ):
         self.job_id = job_id
         self.start = start
         self.python = python
@@ -186,8 +231,8 @@ class WorkerGroup:
         self.ports: dict[int, int] = {}
         self.pending: dict[int, PendingCommand] = {}
         self.commands: list[dict] = []  # forwarded command lines, to send again on reconnect
-        self.seen: set[int] = set()     # ids of commands this group took
-        self.meta: dict = {}            # the daemon's own notes (kept with the state)
+        self.seen: set[int] = set()  # ids of commands this group took
+        self.meta: dict = {}  # the daemon's own notes (kept with the state)
         # The latest cluster version this group knows, and the job's lower bound on size.
         self.version = 0
         self.members: list[str] = []
@@ -205,13 +250,22 @@ class WorkerGroup:
     # -- state kept on disk -------------------------------------------------------------
     def state(self) -> dict:
         return {
-            "job": self.job_id, "start": self.start, "first_seq": self.first_seq, "version": self.version,
-            "members": self.members, "workers_min": self.workers_min, "dead": sorted(self.dead),
-            "stop_requested": self.stop_requested, "failure": self.failure, "failed_rank": self.failed_rank,
+            "job": self.job_id,
+            "start": self.start,
+            "first_seq": self.first_seq,
+            "version": self.version,
+            "members": self.members,
+            "workers_min": self.workers_min,
+            "dead": sorted(self.dead),
+            "stop_requested": self.stop_requested,
+            "failure": self.failure,
+            "failed_rank": self.failed_rank,
             "ports": {str(r): p for r, p in self.ports.items()},
             "workers": [w.state() for w in self.workers.values()],
             "pending": [c.state() for c in self.pending.values()],
-            "commands": self.commands, "seen": sorted(self.seen), "meta": self.meta,
+            "commands": self.commands,
+            "seen": sorted(self.seen),
+            "meta": self.meta,
         }
 
     def save(self) -> None:
@@ -233,7 +287,12 @@ class WorkerGroup:
     @classmethod
     def restore(cls, state: dict, **kwargs) -> WorkerGroup:
         """The group as a previous agent left it (call :meth:`reattach` to take its workers on)."""
-        group = cls(job_id=int(state["job"]), start=state["start"], first_seq=int(state["first_seq"]), **kwargs)
+        group = cls(
+            job_id=int(state["job"]),
+            start=state["start"],
+            first_seq=int(state["first_seq"]),
+            **kwargs,
+        )
         group.version, group.members = int(state["version"]), list(state["members"])
         group.workers_min = int(state["workers_min"])
         group.dead = set(state["dead"])
@@ -283,8 +342,12 @@ class WorkerGroup:
         if letting_go:
             _, late = await asyncio.wait(letting_go, timeout=timeout_s)
             if late:
-                log.warning("job %s: %d worker(s) did not let go within %.0f s; closing their connections",
-                            self.job_id, len(late), timeout_s)
+                log.warning(
+                    "job %s: %d worker(s) did not let go within %.0f s; closing their connections",
+                    self.job_id,
+                    len(late),
+                    timeout_s,
+                )
         for task in self._connections.values():
             task.cancel()
         await asyncio.gather(*self._connections.values(), *self._watchers, return_exceptions=True)
@@ -312,9 +375,13 @@ class WorkerGroup:
         return [{"rank": r, "port": self.ports[r]} for r in ranks]
 
     def _params(self, source: dict) -> dict:
-        return {k: source[k] for k in ("hyperparameters", "batch_size", "lr", "strategy", "topology")}
+        return {
+            k: source[k] for k in ("hyperparameters", "batch_size", "lr", "strategy", "topology")
+        }
 
-    async def _launch(self, worker: LocalWorker, env_extra: dict[str, str], entrypoint: str) -> None:
+    async def _launch(
+        self, worker: LocalWorker, env_extra: dict[str, str], entrypoint: str
+    ) -> None:
         run_dir = self.state_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -323,17 +390,27 @@ class WorkerGroup:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker.socket_path)
         env = dict(os.environ)
-        env.update({
-            protocol.ENV_JOB: str(self.job_id), protocol.ENV_ADDRESS: worker.address,
-            protocol.ENV_AGENT_SOCKET: worker.socket_path, protocol.ENV_AGENT_GRACE_S: str(self.grace_s),
-            "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-            **env_extra,
-        })
+        env.update(
+            {
+                protocol.ENV_JOB: str(self.job_id),
+                protocol.ENV_ADDRESS: worker.address,
+                protocol.ENV_AGENT_SOCKET: worker.socket_path,
+                protocol.ENV_AGENT_GRACE_S: str(self.grace_s),
+                "PYTHONUNBUFFERED": "1",
+                "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                **env_extra,
+            }
+        )
         with open(worker.log_path, "ab") as log_file:
             # Its own session: the worker outlives the agent (and a Ctrl-C meant for it).
-            proc = subprocess.Popen([self.python, "-m", "agent.launcher", entrypoint], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [self.python, "-m", "agent.launcher", entrypoint],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         worker.process, worker.pid = proc, proc.pid
         worker.start_time = process_start_time(proc.pid)
         self.workers[worker.rank] = worker
@@ -350,12 +427,16 @@ class WorkerGroup:
         at its place in that list (it must be there)."""
         if not all(members) or (version <= 1 and len(members) != int(self.start["world_size"])):
             raise ValueError(f"incomplete cluster spec {members!r}")
-        addresses = {rank: members[rank] if version <= 1 else f"{self.address}:{self.ports[rank]}"
-                     for rank in self.ranks}
+        addresses = {
+            rank: members[rank] if version <= 1 else f"{self.address}:{self.ports[rank]}"
+            for rank in self.ranks
+        }
         left_out = [rank for rank, address in addresses.items() if address not in members]
         if left_out:
-            raise ValueError(f"cluster version {version} ({', '.join(members)}) leaves out worker(s) "
-                             f"{left_out} of this node, which had not started yet")
+            raise ValueError(
+                f"cluster version {version} ({', '.join(members)}) leaves out worker(s) "
+                f"{left_out} of this node, which had not started yet"
+            )
         self.version, self.members = version, list(members)
         peers = ",".join(members)
         params = json.dumps(self._params(self.start))
@@ -363,11 +444,17 @@ class WorkerGroup:
             if rank in self.workers:
                 continue  # started before the agent restarted
             worker = LocalWorker(rank=rank, port=self.ports[rank], address=addresses[rank])
-            await self._launch(worker, {
-                protocol.ENV_RANK: str(members.index(addresses[rank])), protocol.ENV_PEERS: peers,
-                protocol.ENV_PARAMS: params, protocol.ENV_FIRST_SEQ: str(self.first_seq),
-                protocol.ENV_CLUSTER_VERSION: str(version),
-            }, self.start["entrypoint"])
+            await self._launch(
+                worker,
+                {
+                    protocol.ENV_RANK: str(members.index(addresses[rank])),
+                    protocol.ENV_PEERS: peers,
+                    protocol.ENV_PARAMS: params,
+                    protocol.ENV_FIRST_SEQ: str(self.first_seq),
+                    protocol.ENV_CLUSTER_VERSION: str(version),
+                },
+                self.start["entrypoint"],
+            )
         return [{"rank": r, "port": self.ports[r], "state": "running"} for r in self.ranks]
 
     async def add_joiners(self, join: dict, *, seq: int) -> list[int]:
@@ -386,12 +473,21 @@ class WorkerGroup:
                 continue  # a redelivered command
             port = self.ports.get(rank) or free_port(self.address)
             self.ports[rank] = port
-            worker = LocalWorker(rank=rank, port=port, address=f"{self.address}:{port}", joining=True)
-            await self._launch(worker, {
-                protocol.ENV_JOINING: "1", protocol.ENV_RANK: str(spec.get("cluster_rank", rank)),
-                protocol.ENV_PEERS: ",".join(join["members"]), protocol.ENV_PARAMS: params,
-                protocol.ENV_FIRST_SEQ: str(seq), protocol.ENV_CLUSTER_VERSION: str(join["cluster_version"]),
-            }, join["entrypoint"])
+            worker = LocalWorker(
+                rank=rank, port=port, address=f"{self.address}:{port}", joining=True
+            )
+            await self._launch(
+                worker,
+                {
+                    protocol.ENV_JOINING: "1",
+                    protocol.ENV_RANK: str(spec.get("cluster_rank", rank)),
+                    protocol.ENV_PEERS: ",".join(join["members"]),
+                    protocol.ENV_PARAMS: params,
+                    protocol.ENV_FIRST_SEQ: str(seq),
+                    protocol.ENV_CLUSTER_VERSION: str(join["cluster_version"]),
+                },
+                join["entrypoint"],
+            )
             started.append(rank)
         return started
 
@@ -404,14 +500,22 @@ class WorkerGroup:
         if self.version >= 1 and self.members:
             lines.append(self._cluster_line())
         if not worker.joining and worker.address in self.members:
-            lines.extend((json.dumps(frame) + "\n").encode() for frame in self.commands
-                         if frame["seq"] > worker.replied_seq)
+            lines.extend(
+                (json.dumps(frame) + "\n").encode()
+                for frame in self.commands
+                if frame["seq"] > worker.replied_seq
+            )
         return lines
 
     def _cluster_line(self) -> bytes:
-        return (json.dumps({"type": "cluster", "version": self.version, "members": list(self.members)}) + "\n").encode()
+        return (
+            json.dumps({"type": "cluster", "version": self.version, "members": list(self.members)})
+            + "\n"
+        ).encode()
 
-    async def _connect(self, worker: LocalWorker) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(
+        self, worker: LocalWorker
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Connect to the worker's socket, retrying while it starts up; None once it is gone."""
         delay = 0.02
         while True:
@@ -449,7 +553,9 @@ class WorkerGroup:
                     try:
                         message = json.loads(raw)
                     except json.JSONDecodeError:
-                        log.warning("job %s worker %s: malformed protocol line", self.job_id, worker.rank)
+                        log.warning(
+                            "job %s worker %s: malformed protocol line", self.job_id, worker.rank
+                        )
                         continue
                     if not isinstance(message, dict):
                         continue
@@ -488,7 +594,11 @@ class WorkerGroup:
                 p["job"] = self.job_id
             self.on_metrics(points)
         elif kind in ("applied", "failed"):
-            if worker is not None and isinstance(message.get("seq"), int) and message["seq"] > worker.replied_seq:
+            if (
+                worker is not None
+                and isinstance(message.get("seq"), int)
+                and message["seq"] > worker.replied_seq
+            ):
                 worker.replied_seq = message["seq"]
                 self._trim_commands()
             command = self.pending.get(message.get("id"))
@@ -513,12 +623,20 @@ class WorkerGroup:
         elif kind == "exit" and worker is not None:
             worker.exit_code = message.get("code") if isinstance(message.get("code"), int) else None
         elif kind == "dropped":
-            log.warning("job %s worker %s: dropped %s metric message(s) while no agent was connected",
-                        self.job_id, rank, message.get("metrics"))
+            log.warning(
+                "job %s worker %s: dropped %s metric message(s) while no agent was connected",
+                self.job_id,
+                rank,
+                message.get("metrics"),
+            )
 
     def _trim_commands(self) -> None:
         """Forget forwarded commands every member here answered (and none waits on)."""
-        members = [w for w in self.workers.values() if w.alive and not w.joining and w.address in self.members]
+        members = [
+            w
+            for w in self.workers.values()
+            if w.alive and not w.joining and w.address in self.members
+        ]
         if not members:
             return
         answered = min(w.replied_seq for w in members)
@@ -539,18 +657,25 @@ class WorkerGroup:
         del self.pending[command.id]
         steps = set(command.steps.values())
         if command.errors:
-            await self.on_command_done(command.id, False, None, "; ".join(
-                f"worker {r}: {e}" for r, e in sorted(command.errors.items())))
+            await self.on_command_done(
+                command.id,
+                False,
+                None,
+                "; ".join(f"worker {r}: {e}" for r, e in sorted(command.errors.items())),
+            )
         elif len(steps) > 1:
-            await self.on_command_done(command.id, False, None,
-                                       f"workers applied at different steps {sorted(steps)}")
+            await self.on_command_done(
+                command.id, False, None, f"workers applied at different steps {sorted(steps)}"
+            )
         elif not steps:
-            await self.on_command_done(command.id, False, None,
-                                       "this node's workers of the job left before applying it")
+            await self.on_command_done(
+                command.id, False, None, "this node's workers of the job left before applying it"
+            )
         else:
             lrs = set(command.lrs.values())
-            await self.on_command_done(command.id, True, steps.pop(), "",
-                                       lr=lrs.pop() if len(lrs) == 1 else None)
+            await self.on_command_done(
+                command.id, True, steps.pop(), "", lr=lrs.pop() if len(lrs) == 1 else None
+            )
         # The report is safe in the agent's outbox before the command leaves the state.
         self.save()
         return True
@@ -578,12 +703,20 @@ class WorkerGroup:
             if (frame.get("payload") or {}).get("terminate"):
                 self.meta["terminate"] = frame["id"]  # a restarted agent carries it out
         if frame["action"] != "stop" or not (frame.get("payload") or {}).get("terminate"):
-            self.commands.append({"type": "command", "id": frame["id"], "seq": frame["seq"],
-                                  "action": frame["action"], "payload": frame.get("payload") or {}})
+            self.commands.append(
+                {
+                    "type": "command",
+                    "id": frame["id"],
+                    "seq": frame["seq"],
+                    "action": frame["action"],
+                    "payload": frame.get("payload") or {},
+                }
+            )
             del self.commands[:-MAX_KEPT_COMMANDS]
             if frame["action"] != "scale_workers" and not ends_joiners:
-                self.pending[frame["id"]] = PendingCommand(frame["id"], frame["seq"], frame["action"],
-                                                           expected=self._current_members())
+                self.pending[frame["id"]] = PendingCommand(
+                    frame["id"], frame["seq"], frame["action"], expected=self._current_members()
+                )
         self.save()
 
     async def send_command(self, frame: dict) -> None:
@@ -601,9 +734,21 @@ class WorkerGroup:
                 if rank in listed and worker.joining and worker.alive:
                     worker.abandoned = True
                     worker.signal(signal.SIGTERM)
-            line = (json.dumps({"type": "command", "id": frame["id"], "seq": frame["seq"],
-                                "action": frame["action"], "payload": frame["payload"]}) + "\n").encode()
-            await self._write([w for r, w in self.workers.items() if r in self._current_members()], line)
+            line = (
+                json.dumps(
+                    {
+                        "type": "command",
+                        "id": frame["id"],
+                        "seq": frame["seq"],
+                        "action": frame["action"],
+                        "payload": frame["payload"],
+                    }
+                )
+                + "\n"
+            ).encode()
+            await self._write(
+                [w for r, w in self.workers.items() if r in self._current_members()], line
+            )
             await self.on_command_done(frame["id"], True, None, "")
             return
         if frame["action"] == "stop":
@@ -615,8 +760,18 @@ class WorkerGroup:
             for worker in self.workers.values():
                 if worker.joining and worker.alive:
                     worker.signal(signal.SIGTERM)  # a standby holds no state worth a clean stop
-        line = (json.dumps({"type": "command", "id": frame["id"], "seq": frame["seq"],
-                            "action": frame["action"], "payload": frame.get("payload") or {}}) + "\n").encode()
+        line = (
+            json.dumps(
+                {
+                    "type": "command",
+                    "id": frame["id"],
+                    "seq": frame["seq"],
+                    "action": frame["action"],
+                    "payload": frame.get("payload") or {},
+                }
+            )
+            + "\n"
+        ).encode()
         command = self.pending.get(frame["id"])
         expected = command.expected if command is not None else self._current_members()
         await self._write([w for r, w in self.workers.items() if r in expected], line)
@@ -626,12 +781,17 @@ class WorkerGroup:
     async def resume_commands(self) -> None:
         """After a restart: commands whose every expected worker is gone are done now."""
         for command in list(self.pending.values()):
-            command.expected = {r for r in command.expected if self.workers.get(r) and self.workers[r].alive} \
-                | set(command.steps) | set(command.errors)
+            command.expected = (
+                {r for r in command.expected if self.workers.get(r) and self.workers[r].alive}
+                | set(command.steps)
+                | set(command.errors)
+            )
             await self._command_maybe_done(command)
 
     # -- membership -----------------------------------------------------------------------
-    async def apply_cluster(self, version: int, members: list[str], *, workers_min: int | None = None) -> bool:
+    async def apply_cluster(
+        self, version: int, members: list[str], *, workers_min: int | None = None
+    ) -> bool:
         """A new cluster version: forward it to every worker (members switch to it, the
         others leave, standbys listed in it join). Returns False for an old version."""
         if version <= self.version:
@@ -664,8 +824,10 @@ class WorkerGroup:
     def _describe_exit(self, worker: LocalWorker, code: int | None) -> str:
         if code is not None:
             return f"worker rank {worker.rank} exited with code {code}"
-        return (f"worker rank {worker.rank} is gone (exit status unknown: it ended while no agent "
-                f"was its parent, without reporting one)")
+        return (
+            f"worker rank {worker.rank} is gone (exit status unknown: it ended while no agent "
+            f"was its parent, without reporting one)"
+        )
 
     async def _watch(self, worker: LocalWorker) -> None:
         while not worker.gone():
@@ -698,8 +860,11 @@ class WorkerGroup:
         elif self._can_continue_without(worker):
             worker.outcome = CRASHED
             self.dead.add(worker.address)
-            log.warning("job %s: %s; the job is elastic, the others go on", self.job_id,
-                        self._describe_exit(worker, code))
+            log.warning(
+                "job %s: %s; the job is elastic, the others go on",
+                self.job_id,
+                self._describe_exit(worker, code),
+            )
             await self._emit(worker.rank, "exited", exited)
         else:
             worker.outcome = FAILED
@@ -756,11 +921,19 @@ class WorkerGroup:
             lines = self._log_lines(rank)
         else:
             lines = [line for r in sorted(self.workers) for line in self._log_lines(r)]
-        start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
+        start = next(
+            (i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None
+        )
         if start is None:
             return "\n".join(lines[-12:])
-        end = next((j + 1 for j in range(start + 1, len(lines))
-                    if lines[j].split("] ", 1)[-1][:1] not in (" ", "^", "") or j - start > 40), len(lines))
+        end = next(
+            (
+                j + 1
+                for j in range(start + 1, len(lines))
+                if lines[j].split("] ", 1)[-1][:1] not in (" ", "^", "") or j - start > 40
+            ),
+            len(lines),
+        )
         return "\n".join(lines[start:end])
 
     async def terminate(self, grace_s: float = 5.0) -> None:

@@ -36,7 +36,9 @@ def main() -> None:
         report = session.report
         eval_s = 0.0
 
-        def report_with_test_accuracy(metrics: dict[str, float], *, step: int, per_rank: bool = False) -> None:
+        def report_with_test_accuracy(
+            metrics: dict[str, float], *, step: int, per_rank: bool = False
+        ) -> None:
             nonlocal eval_s
             if not per_rank and "loss" in metrics:
                 t0 = time.perf_counter()
@@ -47,8 +49,13 @@ def main() -> None:
 
         session.report = report_with_test_accuracy  # type: ignore[method-assign]
 
-    trainer.fit(x_train, y_train, steps=int(hp.get("steps", 1000)), log_every=int(hp.get("log_every", 10)),
-                monitor_every=int(hp.get("monitor_every", 1)))
+    trainer.fit(
+        x_train,
+        y_train,
+        steps=int(hp.get("steps", 1000)),
+        log_every=int(hp.get("log_every", 10)),
+        monitor_every=int(hp.get("monitor_every", 1)),
+    )
 
 
 if __name__ == "__main__":

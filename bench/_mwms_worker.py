@@ -108,18 +108,34 @@ def main() -> None:
         if position >= n:
             epoch, position = epoch + 1, 0
             perm = np.random.default_rng(args.seed + epoch).permutation(n)
-        batch = perm[position:min(position + args.global_batch, n)]
+        batch = perm[position : min(position + args.global_batch, n)]
         position += len(batch)
         mine = batch[rank::size]
         t0 = time.perf_counter()
-        loss = float(train_step(tf.constant(x[mine]), tf.constant(y[mine]),
-                                tf.constant(1.0 / len(batch), tf.float32)))
+        loss = float(
+            train_step(
+                tf.constant(x[mine]),
+                tf.constant(y[mine]),
+                tf.constant(1.0 / len(batch), tf.float32),
+            )
+        )
         times.append(time.perf_counter() - t0)
         losses.append(loss / len(batch))
-    checksum = float(sum(np.sum(np.asarray(v.numpy(), np.float64)) for v in model.trainable_variables))
+    checksum = float(
+        sum(np.sum(np.asarray(v.numpy(), np.float64)) for v in model.trainable_variables)
+    )
     if rank == 0:
-        print(json.dumps({"step_times": times, "loss_first": losses[0], "loss_last": losses[-1],
-                          "param_checksum": checksum}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "step_times": times,
+                    "loss_first": losses[0],
+                    "loss_last": losses[-1],
+                    "param_checksum": checksum,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

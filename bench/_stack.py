@@ -26,10 +26,14 @@ def log(message: str) -> None:
 
 def _fresh_database(database_url: str, name: str) -> str:
     parts = urllib.parse.urlsplit(database_url)
-    conn = psycopg2.connect(urllib.parse.urlunsplit(parts._replace(path="/postgres")), connect_timeout=5)
+    conn = psycopg2.connect(
+        urllib.parse.urlunsplit(parts._replace(path="/postgres")), connect_timeout=5
+    )
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+        )
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     conn.close()
@@ -38,12 +42,21 @@ def _fresh_database(database_url: str, name: str) -> str:
 
 @contextlib.contextmanager
 def running_stack(*, agents: int = 0, slots: int = 4, name: str = "bench"):
-    services = ensure_backing_services(data_dir=ROOT / ".data", database_name="adaptrain", redis_db=6, log=log)
+    services = ensure_backing_services(
+        data_dir=ROOT / ".data", database_name="adaptrain", redis_db=6, log=log
+    )
     log_dir = Path(tempfile.mkdtemp(prefix=f"adaptrain-{name}-"))
-    env = {"DATABASE_URL": _fresh_database(services.database_url, f"adaptrain_{name}"),
-           "REDIS_URL": services.redis_url, "CELERY_QUEUE": f"adaptrain-{name}",
-           "CHANNELS_PREFIX": f"adaptrain-{name}", "POLICY_EVAL_INTERVAL_S": "1", "LOG_LEVEL": "WARNING"}
-    stack = Stack(env=env, log_dir=log_dir, port=free_port(), agents=agents, agent_slots=slots, progress=log)
+    env = {
+        "DATABASE_URL": _fresh_database(services.database_url, f"adaptrain_{name}"),
+        "REDIS_URL": services.redis_url,
+        "CELERY_QUEUE": f"adaptrain-{name}",
+        "CHANNELS_PREFIX": f"adaptrain-{name}",
+        "POLICY_EVAL_INTERVAL_S": "1",
+        "LOG_LEVEL": "WARNING",
+    }
+    stack = Stack(
+        env=env, log_dir=log_dir, port=free_port(), agents=agents, agent_slots=slots, progress=log
+    )
     try:
         stack.migrate()
         stack.password = "bench-password"
@@ -67,9 +80,12 @@ def session_cookie(stack) -> str:
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     opener.open(f"{stack.url}/login/").read()
     csrf = next(c.value for c in jar if c.name == "csrftoken")
-    body = urllib.parse.urlencode({"username": "bench", "password": stack.password,
-                                   "csrfmiddlewaretoken": csrf, "next": "/"}).encode()
-    request = urllib.request.Request(f"{stack.url}/login/", data=body, headers={"Referer": f"{stack.url}/login/"})
+    body = urllib.parse.urlencode(
+        {"username": "bench", "password": stack.password, "csrfmiddlewaretoken": csrf, "next": "/"}
+    ).encode()
+    request = urllib.request.Request(
+        f"{stack.url}/login/", data=body, headers={"Referer": f"{stack.url}/login/"}
+    )
     opener.open(request).read()
     return "; ".join(f"{c.name}={c.value}" for c in jar)
 
@@ -91,12 +107,19 @@ async def agent_with_job(stack, *, name: str, timeout_credential_s: float = 60.0
 
     from agent.client import ControlPlaneClient
 
-    enrol = await ControlPlaneClient(stack.url).enrol(join_token=stack.join_token, name="bench-node",
-                                                      address="127.0.0.1", slots=4)
+    enrol = await ControlPlaneClient(stack.url).enrol(
+        join_token=stack.join_token, name="bench-node", address="127.0.0.1", slots=4
+    )
     client = ControlPlaneClient(stack.url, enrol["credential"], timeout_s=timeout_credential_s)
-    status, job = stack.api.post("/api/v1/jobs/", {"name": name, "entrypoint": "examples.digits",
-                                                   "hyperparameters": {"batch_size": 32, "lr": 0.1},
-                                                   "workers": {"initial": 1}})
+    status, job = stack.api.post(
+        "/api/v1/jobs/",
+        {
+            "name": name,
+            "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 32, "lr": 0.1},
+            "workers": {"initial": 1},
+        },
+    )
     if status != 201:
         raise SystemExit(f"creating the benchmark job failed: {job}")
     for _ in range(100):  # Celery places it on the enrolled node

@@ -71,15 +71,21 @@ class PolicyDriver:
         self.fired_at: dict[str, float] = {}
         self.decisions: list[dict] = []
 
-    def observe(self, step: int, now: float, started: float, values: dict[str, float]) -> list[engine.Firing]:
+    def observe(
+        self, step: int, now: float, started: float, values: dict[str, float]
+    ) -> list[engine.Firing]:
         for name, value in values.items():
             self.latest[name] = value
             self.peak[name] = max(value, self.peak.get(name, value))
             self.recent.setdefault(name, deque(maxlen=self.policy.window)).append((step, value))
         state = engine.JobState(
-            step=step, batch_size=int(self.latest.get("batch_size", self.batch_size)),
-            lr=float(self.latest.get("lr", self.lr)), workers=self.workers,
-            seconds_running=max(0.0, now - started), metrics=dict(self.latest), peak=dict(self.peak),
+            step=step,
+            batch_size=int(self.latest.get("batch_size", self.batch_size)),
+            lr=float(self.latest.get("lr", self.lr)),
+            workers=self.workers,
+            seconds_running=max(0.0, now - started),
+            metrics=dict(self.latest),
+            peak=dict(self.peak),
             recent={k: list(v) for k, v in self.recent.items()},
         )
         firings = []
@@ -87,20 +93,35 @@ class PolicyDriver:
             history = self.histories[rule.name]
             if rule.name in self.fired_at:
                 history = engine.RuleHistory(
-                    last_fired_step=history.last_fired_step, last_fired_age_s=now - self.fired_at[rule.name],
-                    consecutive_true=history.consecutive_true, last_fire=history.last_fire)
+                    last_fired_step=history.last_fired_step,
+                    last_fired_age_s=now - self.fired_at[rule.name],
+                    consecutive_true=history.consecutive_true,
+                    last_fire=history.last_fire,
+                )
             outcome = engine.evaluate_rule(rule, state, history)
             if outcome.firing is None:
                 self.histories[rule.name] = engine.RuleHistory(
-                    last_fired_step=history.last_fired_step, last_fired_age_s=history.last_fired_age_s,
-                    consecutive_true=outcome.consecutive_true, last_fire=history.last_fire)
+                    last_fired_step=history.last_fired_step,
+                    last_fired_age_s=history.last_fired_age_s,
+                    consecutive_true=outcome.consecutive_true,
+                    last_fire=history.last_fire,
+                )
                 continue
             self.fired_at[rule.name] = now
             self.histories[rule.name] = engine.RuleHistory(
-                last_fired_step=step, last_fired_age_s=0.0, consecutive_true=0,
-                last_fire=dict(outcome.firing.inputs))
-            self.decisions.append({"step": step, "action": outcome.firing.action_type,
-                                   "value": outcome.firing.value, "gns": self.latest.get("gns")})
+                last_fired_step=step,
+                last_fired_age_s=0.0,
+                consecutive_true=0,
+                last_fire=dict(outcome.firing.inputs),
+            )
+            self.decisions.append(
+                {
+                    "step": step,
+                    "action": outcome.firing.action_type,
+                    "value": outcome.firing.value,
+                    "gns": self.latest.get("gns"),
+                }
+            )
             firings.append(outcome.firing)
         return firings
 
@@ -110,29 +131,63 @@ def _drain(stream, sink: list[str]) -> None:
         sink.append(line)
 
 
-def run(*, batch: int, lr: float, steps: int, log_every: int, seed: int, workers: int,
-        policy: engine.Policy | None, timeout_s: float) -> dict:
+def run(
+    *,
+    batch: int,
+    lr: float,
+    steps: int,
+    log_every: int,
+    seed: int,
+    workers: int,
+    policy: engine.Policy | None,
+    timeout_s: float,
+) -> dict:
     """One training run; rank 0's reports are read as they come and, with a policy,
     answered with commands. Returns the per-report trace and the policy's decisions."""
-    hp = {"batch_size": batch, "lr": lr, "steps": steps, "log_every": log_every, "seed": seed, "monitor_every": 1}
+    hp = {
+        "batch_size": batch,
+        "lr": lr,
+        "steps": steps,
+        "log_every": log_every,
+        "seed": seed,
+        "monitor_every": 1,
+    }
     peers = ",".join(peer_list(workers))
     procs = []
     for rank in range(workers):
-        env = {**os.environ, protocol.ENV_JOB: "1", protocol.ENV_RANK: str(rank), protocol.ENV_PEERS: peers,
-               protocol.ENV_PARAMS: json.dumps({"hyperparameters": hp}), protocol.ENV_FIRST_SEQ: "0",
-               "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {
+            **os.environ,
+            protocol.ENV_JOB: "1",
+            protocol.ENV_RANK: str(rank),
+            protocol.ENV_PEERS: peers,
+            protocol.ENV_PARAMS: json.dumps({"hyperparameters": hp}),
+            protocol.ENV_FIRST_SEQ: "0",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
         env.setdefault("COLLECTIVE_TIMEOUT", "60")
-        procs.append(subprocess.Popen([sys.executable, "-m", "bench._digits_eval_worker"], cwd=ROOT, env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, bufsize=1))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bench._digits_eval_worker"],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
+        )
     errors: list[list[str]] = [[] for _ in procs]
-    drains = [threading.Thread(target=_drain, args=(p.stderr, errors[r]), daemon=True) for r, p in enumerate(procs)]
+    drains = [
+        threading.Thread(target=_drain, args=(p.stderr, errors[r]), daemon=True)
+        for r, p in enumerate(procs)
+    ]
     drains += [threading.Thread(target=_drain, args=(p.stdout, []), daemon=True) for p in procs[1:]]
     for t in drains:
         t.start()
     timer = threading.Timer(timeout_s, lambda: [p.kill() for p in procs])
     timer.start()
-    driver = (PolicyDriver(policy, batch_size=batch, lr=lr, workers=workers) if policy else None)
+    driver = PolicyDriver(policy, batch_size=batch, lr=lr, workers=workers) if policy else None
     trace: list[dict] = []
     started = None
     seq = 0
@@ -140,11 +195,13 @@ def run(*, batch: int, lr: float, steps: int, log_every: int, seed: int, workers
         for line in procs[0].stdout:
             if not line.startswith(protocol.PREFIX):
                 continue
-            message = json.loads(line[len(protocol.PREFIX):])
+            message = json.loads(line[len(protocol.PREFIX) :])
             if message.get("type") != "metrics":
                 continue
             points = message["points"]
-            if started is None and any(p["name"] == "batch_size" and p["step"] == 0 for p in points):
+            if started is None and any(
+                p["name"] == "batch_size" and p["step"] == 0 for p in points
+            ):
                 started = points[0]["time"]  # the runtime's report just before the first step
             values = {p["name"]: p["value"] for p in points if "rank" not in p}
             if "test_accuracy" not in values:
@@ -155,15 +212,22 @@ def run(*, batch: int, lr: float, steps: int, log_every: int, seed: int, workers
                 continue
             for firing in driver.observe(step, now, started or now, values):
                 seq += 1
-                command = {"type": "command", "id": seq, "seq": seq, "action": firing.action_type,
-                           "payload": {"value": firing.value}}
+                command = {
+                    "type": "command",
+                    "id": seq,
+                    "seq": seq,
+                    "action": firing.action_type,
+                    "payload": {"value": firing.value},
+                }
                 for proc in procs:
                     proc.stdin.write(json.dumps(command) + "\n")
                     proc.stdin.flush()
         for rank, proc in enumerate(procs):
             proc.stdin.close()
             if proc.wait() != 0:
-                raise RuntimeError(f"worker {rank} exited with {proc.returncode}:\n{''.join(errors[rank])[-3000:]}")
+                raise RuntimeError(
+                    f"worker {rank} exited with {proc.returncode}:\n{''.join(errors[rank])[-3000:]}"
+                )
     finally:
         timer.cancel()
         for proc in procs:
@@ -205,13 +269,19 @@ def median_or_none(values: list) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", default="16,64,256", help="fixed global batch sizes; the smallest starts adaptive")
+    parser.add_argument(
+        "--batches",
+        default="16,64,256",
+        help="fixed global batch sizes; the smallest starts adaptive",
+    )
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--cooldown-s", type=float, default=0.0, help="replaces the template's 20 s cooldown")
+    parser.add_argument(
+        "--cooldown-s", type=float, default=0.0, help="replaces the template's 20 s cooldown"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -225,8 +295,16 @@ def main() -> None:
         for seed in seeds:
             log(f"{system} batch {batch} seed {seed}")
             policy = gns_policy(args.cooldown_s) if system == "adaptive_gns" else None
-            result = run(batch=batch, lr=args.lr, steps=args.steps, log_every=args.log_every, seed=seed,
-                         workers=args.workers, policy=policy, timeout_s=900)
+            result = run(
+                batch=batch,
+                lr=args.lr,
+                steps=args.steps,
+                log_every=args.log_every,
+                seed=seed,
+                workers=args.workers,
+                policy=policy,
+                timeout_s=900,
+            )
             summary = summarise(result)
             if result["decisions"]:
                 summary["batch_changes"] = [(d["step"], d["value"]) for d in result["decisions"]]
@@ -234,25 +312,35 @@ def main() -> None:
             per_seed.append(summary)
         steps_med = median_or_none([s["steps_to_95"] for s in per_seed])
         row = {
-            "system": system, "batch": batch,
+            "system": system,
+            "batch": batch,
             "steps_to_95": int(steps_med) if steps_med is not None else None,
             "seconds_to_95": median_or_none([s["seconds_to_95"] for s in per_seed]),
             "final_accuracy": round(statistics.median(s["final_accuracy"] for s in per_seed), 4),
             "samples_to_95": median_or_none([s["samples_to_95"] for s in per_seed]),
             "final_batch": int(statistics.median(s["final_batch"] for s in per_seed)),
-            "workers": args.workers, "lr": args.lr, "seeds": len(seeds), "runs": per_seed,
+            "workers": args.workers,
+            "lr": args.lr,
+            "seeds": len(seeds),
+            "runs": per_seed,
         }
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
     if not args.json:
-        print(f"{'system':<14}{'batch':>6}{'steps→95':>10}{'s→95':>9}{'samples→95':>12}{'final acc':>11}{'final batch':>13}")
+        print(
+            f"{'system':<14}{'batch':>6}{'steps→95':>10}{'s→95':>9}{'samples→95':>12}{'final acc':>11}{'final batch':>13}"
+        )
         for r in rows:
+
             def show(v, fmt):
                 return "never" if v is None else format(v, fmt)
-            print(f"{r['system']:<14}{r['batch']:>6}{show(r['steps_to_95'], 'd'):>10}"
-                  f"{show(r['seconds_to_95'], '.2f'):>9}{show(r['samples_to_95'], '.0f'):>12}"
-                  f"{r['final_accuracy']:>11.4f}{r['final_batch']:>13}")
+
+            print(
+                f"{r['system']:<14}{r['batch']:>6}{show(r['steps_to_95'], 'd'):>10}"
+                f"{show(r['seconds_to_95'], '.2f'):>9}{show(r['samples_to_95'], '.0f'):>12}"
+                f"{r['final_accuracy']:>11.4f}{r['final_batch']:>13}"
+            )
 
 
 if __name__ == "__main__":

@@ -29,15 +29,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=30)
     parser.add_argument("--firings", type=int, default=15)
-    parser.add_argument("--policy-every", type=int, default=400, help="steps between the policy's firings")
+    parser.add_argument(
+        "--policy-every", type=int, default=400, help="steps between the policy's firings"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines (the only format)")
     args = parser.parse_args()
     with running_stack(name="commands", agents=1, slots=2) as stack:
         api = stack.api
-        status, job = api.post("/api/v1/jobs/", {"name": "command latency", "entrypoint": "examples.digits",
-                                                 "hyperparameters": {"batch_size": 64, "lr": 0.05,
-                                                                     "steps": 10_000_000, "log_every": 50},
-                                                 "workers": {"initial": 2}})
+        status, job = api.post(
+            "/api/v1/jobs/",
+            {
+                "name": "command latency",
+                "entrypoint": "examples.digits",
+                "hyperparameters": {
+                    "batch_size": 64,
+                    "lr": 0.05,
+                    "steps": 10_000_000,
+                    "log_every": 50,
+                },
+                "workers": {"initial": 2},
+            },
+        )
         assert status == 201, job
         deadline = time.monotonic() + 180
         while api.get(f"/api/v1/jobs/{job['id']}/")[1]["last_step"] < 100:
@@ -49,7 +61,9 @@ def main() -> None:
         for i in range(args.commands):
             value = 0.05 if i % 2 else 0.04
             t0 = time.time()
-            status, commands = api.post(f"/api/v1/jobs/{job['id']}/commands/", {"action": "set_lr", "value": value})
+            status, commands = api.post(
+                f"/api/v1/jobs/{job['id']}/commands/", {"action": "set_lr", "value": value}
+            )
             assert status == 201, commands
             command_id = commands[0]["id"]
             while True:
@@ -58,20 +72,38 @@ def main() -> None:
                     break
                 time.sleep(0.005)
             latencies.append(time.time() - t0)
-        status, metrics = api.get(f"/api/v1/jobs/{job['id']}/metrics/?names=step_time&per_rank=false")
-        step_time = statistics.median(metrics["series"][0]["value"]) if metrics["series"] else float("nan")
+        status, metrics = api.get(
+            f"/api/v1/jobs/{job['id']}/metrics/?names=step_time&per_rank=false"
+        )
+        step_time = (
+            statistics.median(metrics["series"][0]["value"]) if metrics["series"] else float("nan")
+        )
         api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
         ordered = sorted(latencies)
-        emit({"bench": "command_latency", "path": "rest", "commands": len(ordered),
-              "p50_ms": round(percentile(ordered, 0.5) * 1000, 1), "p95_ms": round(percentile(ordered, 0.95) * 1000, 1),
-              "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
-              "median_step_ms": round(step_time * 1000, 2)})
+        emit(
+            {
+                "bench": "command_latency",
+                "path": "rest",
+                "commands": len(ordered),
+                "p50_ms": round(percentile(ordered, 0.5) * 1000, 1),
+                "p95_ms": round(percentile(ordered, 0.95) * 1000, 1),
+                "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
+                "median_step_ms": round(step_time * 1000, 2),
+            }
+        )
         policy_latencies, policy_step = _policy_path(api, args.firings, args.policy_every)
         ordered = sorted(policy_latencies)
-        emit({"bench": "command_latency", "path": "policy", "commands": len(ordered),
-              "p50_ms": round(percentile(ordered, 0.5) * 1000, 1), "p95_ms": round(percentile(ordered, 0.95) * 1000, 1),
-              "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
-              "median_step_ms": round(policy_step * 1000, 2)})
+        emit(
+            {
+                "bench": "command_latency",
+                "path": "policy",
+                "commands": len(ordered),
+                "p50_ms": round(percentile(ordered, 0.5) * 1000, 1),
+                "p95_ms": round(percentile(ordered, 0.95) * 1000, 1),
+                "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
+                "median_step_ms": round(policy_step * 1000, 2),
+            }
+        )
 
 
 def _seconds(timestamp: str) -> float:
@@ -79,22 +111,42 @@ def _seconds(timestamp: str) -> float:
 
 
 def _policy_path(api, firings: int, every: int) -> tuple[list[float], float]:
-    status, policy = api.post("/api/v1/policies/", {"definition": {
-        "name": "latency tick", "rules": [{
-            "name": "tick", "when": f"size(last_fire) == 0 || steps_since_fired >= {every}",
-            "action": {"type": "set_lr", "value": "lr == 0.05 ? 0.04 : 0.05"}}]}})
+    status, policy = api.post(
+        "/api/v1/policies/",
+        {
+            "definition": {
+                "name": "latency tick",
+                "rules": [
+                    {
+                        "name": "tick",
+                        "when": f"size(last_fire) == 0 || steps_since_fired >= {every}",
+                        "action": {"type": "set_lr", "value": "lr == 0.05 ? 0.04 : 0.05"},
+                    }
+                ],
+            }
+        },
+    )
     assert status == 201, policy
-    status, job = api.post("/api/v1/jobs/", {"name": "policy latency", "entrypoint": "examples.digits",
-                                             "hyperparameters": {"batch_size": 64, "lr": 0.05,
-                                                                 "steps": 10_000_000, "log_every": 10},
-                                             "workers": {"initial": 2}, "policy": policy["id"]})
+    status, job = api.post(
+        "/api/v1/jobs/",
+        {
+            "name": "policy latency",
+            "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 64, "lr": 0.05, "steps": 10_000_000, "log_every": 10},
+            "workers": {"initial": 2},
+            "policy": policy["id"],
+        },
+    )
     assert status == 201, job
     job_id = job["id"]
     log(f"waiting for {firings} policy firings (one every {every} steps) …")
     deadline = time.monotonic() + 60 + firings * 60
     while True:
-        commands = [c for c in api.get(f"/api/v1/jobs/{job_id}/commands/")[1]
-                    if c["action"] == "set_lr" and c["state"] == "applied"]
+        commands = [
+            c
+            for c in api.get(f"/api/v1/jobs/{job_id}/commands/")[1]
+            if c["action"] == "set_lr" and c["state"] == "applied"
+        ]
         if len(commands) >= firings + 1:
             break
         if time.monotonic() > deadline:
@@ -102,8 +154,9 @@ def _policy_path(api, firings: int, every: int) -> tuple[list[float], float]:
         time.sleep(1.0)
     api.post(f"/api/v1/jobs/{job_id}/cancel/", {})
     commands.sort(key=lambda c: c["seq"])
-    status, metrics = api.get(f"/api/v1/jobs/{job_id}/metrics/?names=loss,step_time&per_rank=false"
-                              "&max_points=100000")
+    status, metrics = api.get(
+        f"/api/v1/jobs/{job_id}/metrics/?names=loss,step_time&per_rank=false&max_points=100000"
+    )
     series = {s["name"]: s for s in metrics["series"]}
     loss = series["loss"]
     status, events = api.get(f"/api/v1/jobs/{job_id}/events/")
@@ -114,13 +167,17 @@ def _policy_path(api, firings: int, every: int) -> tuple[list[float], float]:
     # firing is unconditional (at the job's first evaluation), so time the later ones.
     for previous, command in zip(decisions, commands[1:], strict=False):
         threshold = previous["step"] + every
-        first = next((t for s, t in zip(loss["step"], loss["time"], strict=True) if s >= threshold), None)
+        first = next(
+            (t for s, t in zip(loss["step"], loss["time"], strict=True) if s >= threshold), None
+        )
         if first is None or command["finished_at"] is None:
             continue
         became_true = _seconds(first) if isinstance(first, str) else float(first)
         latencies.append(_seconds(command["finished_at"]) - became_true)
     log(f"{len(decisions)} decisions recorded, {len(latencies)} timed")
-    step_time = statistics.median(series["step_time"]["value"]) if "step_time" in series else float("nan")
+    step_time = (
+        statistics.median(series["step_time"]["value"]) if "step_time" in series else float("nan")
+    )
     return latencies, step_time
 
 

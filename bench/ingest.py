@@ -26,9 +26,19 @@ async def sender(client: ControlPlaneClient, job_id: int, deadline: float, sent:
     step = 0
     while time.monotonic() < deadline:
         now = time.time()
-        points = [{"job": job_id, "name": name, "step": step + i, "value": float(i), "rank": rank, "time": now}
-                  for i in range(BATCH // 10) for name in ("loss", "accuracy", "throughput", "batch_size", "gns")
-                  for rank in (None, 0)]
+        points = [
+            {
+                "job": job_id,
+                "name": name,
+                "step": step + i,
+                "value": float(i),
+                "rank": rank,
+                "time": now,
+            }
+            for i in range(BATCH // 10)
+            for name in ("loss", "accuracy", "throughput", "batch_size", "gns")
+            for rank in (None, 0)
+        ]
         step += BATCH // 10
         await client.send_metrics(uuid.uuid4().hex, points)
         sent[0] += len(points)
@@ -39,14 +49,22 @@ async def run(stack, *, seconds: float, concurrency: int) -> dict:
     await sender(client, job_id, time.monotonic() + 1.0, [0])  # warm-up
     sent = [0]
     start = time.monotonic()
-    await asyncio.gather(*(sender(client, job_id, start + seconds, sent) for _ in range(concurrency)))
+    await asyncio.gather(
+        *(sender(client, job_id, start + seconds, sent) for _ in range(concurrency))
+    )
     elapsed = time.monotonic() - start
     with psycopg2.connect(stack.env["DATABASE_URL"]) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM live_metricpoint WHERE job_id = %s", [job_id])
         stored = cur.fetchone()[0]
-    return {"bench": "ingest", "seconds": round(elapsed, 2), "concurrency": concurrency, "batch_points": BATCH,
-            "points_sent": sent[0], "points_stored_total": stored,
-            "points_per_s": round(sent[0] / elapsed)}
+    return {
+        "bench": "ingest",
+        "seconds": round(elapsed, 2),
+        "concurrency": concurrency,
+        "batch_points": BATCH,
+        "points_sent": sent[0],
+        "points_stored_total": stored,
+        "points_per_s": round(sent[0] / elapsed),
+    }
 
 
 def main() -> None:

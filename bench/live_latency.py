@@ -25,6 +25,7 @@ async def run(stack, *, points: int, rate_hz: float) -> dict:
     ws_url = stack.url.replace("http://", "ws://") + f"/ws/jobs/{job_id}/"
     headers = {"Cookie": session_cookie(stack)}
     async with websockets.connect(ws_url, additional_headers=headers, origin=stack.url) as ws:
+
         async def receive() -> None:
             while len(latencies) < points:
                 frame = json.loads(await ws.recv())
@@ -37,14 +38,30 @@ async def run(stack, *, points: int, rate_hz: float) -> dict:
 
         receiver = asyncio.create_task(receive())
         for step in range(points + 5):  # the first few warm up connections
-            await client.send_metrics(uuid.uuid4().hex, [{"job": job_id, "name": "sent_at" if step >= 5 else "warm",
-                                                          "step": step, "value": time.time(), "time": time.time()}])
+            await client.send_metrics(
+                uuid.uuid4().hex,
+                [
+                    {
+                        "job": job_id,
+                        "name": "sent_at" if step >= 5 else "warm",
+                        "step": step,
+                        "value": time.time(),
+                        "time": time.time(),
+                    }
+                ],
+            )
             await asyncio.sleep(1.0 / rate_hz)
         await asyncio.wait_for(receiver, timeout=30)
     ordered = sorted(latencies)
-    return {"bench": "live_latency", "points": len(ordered), "rate_hz": rate_hz,
-            "p50_ms": round(percentile(ordered, 0.50) * 1000, 1), "p95_ms": round(percentile(ordered, 0.95) * 1000, 1),
-            "p99_ms": round(percentile(ordered, 0.99) * 1000, 1), "max_ms": round(ordered[-1] * 1000, 1)}
+    return {
+        "bench": "live_latency",
+        "points": len(ordered),
+        "rate_hz": rate_hz,
+        "p50_ms": round(percentile(ordered, 0.50) * 1000, 1),
+        "p95_ms": round(percentile(ordered, 0.95) * 1000, 1),
+        "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
 
 
 def main() -> None:

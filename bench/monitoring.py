@@ -25,16 +25,29 @@ MODELS = {  # module, global batch, steps, report window
 
 def median_step_time(model: str, monitor_every: int, *, workers: int) -> float:
     module, batch, steps, window = MODELS[model]
-    messages = run_workers(workers, {"batch_size": batch, "lr": 0.05, "steps": steps, "log_every": window,
-                                     "monitor_every": monitor_every, "seed": 0}, module=module)
-    times = [t for step, t in sorted(job_series(messages[0], "step_time").items()) if step > steps // 5]
+    messages = run_workers(
+        workers,
+        {
+            "batch_size": batch,
+            "lr": 0.05,
+            "steps": steps,
+            "log_every": window,
+            "monitor_every": monitor_every,
+            "seed": 0,
+        },
+        module=module,
+    )
+    times = [
+        t for step, t in sorted(job_series(messages[0], "step_time").items()) if step > steps // 5
+    ]
     return statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits,synthetic_cnn",
-                        help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument(
+        "--models", default="digits,synthetic_cnn", help=f"comma-separated, of {', '.join(MODELS)}"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON lines (the only format)")
@@ -53,9 +66,18 @@ def main() -> None:
         base = statistics.median(results["none"])
         for name, values in results.items():
             median = statistics.median(values)
-            emit({"bench": "monitoring", "model": model, "monitor": name, "workers": args.workers,
-                  "global_batch": MODELS[model][1], "median_step_s": round(median, 6),
-                  "overhead": round(median / base - 1.0, 4), "rounds": json.dumps([round(v, 6) for v in values])})
+            emit(
+                {
+                    "bench": "monitoring",
+                    "model": model,
+                    "monitor": name,
+                    "workers": args.workers,
+                    "global_batch": MODELS[model][1],
+                    "median_step_s": round(median, 6),
+                    "overhead": round(median / base - 1.0, 4),
+                    "rounds": json.dumps([round(v, 6) for v in values]),
+                }
+            )
 
 
 if __name__ == "__main__":

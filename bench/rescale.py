@@ -26,8 +26,10 @@ from bench._stack import emit, log
 
 
 def _reached(step: int):
-    return lambda address, m: m["type"] == "metrics" and any(
-        p["name"] == "loss" and p["step"] >= step for p in m["points"])
+    return lambda address, m: (
+        m["type"] == "metrics"
+        and any(p["name"] == "loss" and p["step"] >= step for p in m["points"])
+    )
 
 
 def _step_times(job: LocalJob) -> dict[int, float]:
@@ -44,12 +46,16 @@ def _step_times(job: LocalJob) -> dict[int, float]:
 
 def _paused(job: LocalJob, version: int, members: int) -> tuple[float, float, int]:
     """(pause seen from rank 0's step times, slowest member's reported switch, resume step)."""
-    replies = [job.wait_for(lambda a, m: m["type"] == "rescaled" and m["version"] == version, 300)[1]
-               for _ in range(members)]
+    replies = [
+        job.wait_for(lambda a, m: m["type"] == "rescaled" and m["version"] == version, 300)[1]
+        for _ in range(members)
+    ]
     step = replies[0]["step"]
     job.wait_for(_reached(step + 12), 300)
     times = _step_times(job)
-    after = [times[s + 1] - times[s] for s in range(step + 2, step + 12) if s in times and s + 1 in times]
+    after = [
+        times[s + 1] - times[s] for s in range(step + 2, step + 12) if s in times and s + 1 in times
+    ]
     gap = times[step + 1] - times[step]
     return max(gap - statistics.median(after), 0.0), max(r["paused_s"] for r in replies), step
 
@@ -69,11 +75,15 @@ def main() -> None:
     hp = {"steps": 10**9, "log_every": 1, "monitor_every": 0, "seed": 0}
     # Without a standby the members wait in the new version for a cold joiner, whose start
     # (TensorFlow import, model build, first trace) must fit in the collective timeout.
-    with LocalJob(module, hp, workers=2, batch_size=batch, lr=0.01, env={"COLLECTIVE_TIMEOUT": "180"}) as job:
+    with LocalJob(
+        module, hp, workers=2, batch_size=batch, lr=0.01, env={"COLLECTIVE_TIMEOUT": "180"}
+    ) as job:
         job.wait_for(_reached(10), 600)
         for repeat in range(args.repeats):
             for standby in (True, False):
-                log(f"repeat {repeat + 1}/{args.repeats}: grow 2→3 {'with' if standby else 'without'} standby")
+                log(
+                    f"repeat {repeat + 1}/{args.repeats}: grow 2→3 {'with' if standby else 'without'} standby"
+                )
                 version = job.grow(1, standby=standby, timeout_s=300)
                 paused, switch, _ = _paused(job, version, 3)
                 runs[("grow", standby)].append(paused)
@@ -86,10 +96,20 @@ def main() -> None:
         job.command("stop")
         job.wait(120)
     for (op, standby), values in runs.items():
-        emit({"bench": "rescale", "op": op, "from": 2 if op == "grow" else 3, "to": 3 if op == "grow" else 2,
-              "standby": standby, "paused_s": round(statistics.median(values), 4),
-              "switch_s": round(statistics.median(switches[(op, standby)]), 4), "model": args.model,
-              "repeats": len(values), "runs": json.dumps([round(v, 4) for v in values])})
+        emit(
+            {
+                "bench": "rescale",
+                "op": op,
+                "from": 2 if op == "grow" else 3,
+                "to": 3 if op == "grow" else 2,
+                "standby": standby,
+                "paused_s": round(statistics.median(values), 4),
+                "switch_s": round(statistics.median(switches[(op, standby)]), 4),
+                "model": args.model,
+                "repeats": len(values),
+                "runs": json.dumps([round(v, 4) for v in values]),
+            }
+        )
 
 
 if __name__ == "__main__":

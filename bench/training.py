@@ -62,7 +62,10 @@ def log(message: str) -> None:
 
 def windows(step_times: list[float], size: int) -> list[float]:
     """Mean step time of each full window of ``size`` consecutive steps (as the runtime reports)."""
-    return [statistics.fmean(step_times[i:i + size]) for i in range(0, len(step_times) - size + 1, size)]
+    return [
+        statistics.fmean(step_times[i : i + size])
+        for i in range(0, len(step_times) - size + 1, size)
+    ]
 
 
 def warmup_steps(steps: int, log_every: int) -> int:
@@ -72,33 +75,66 @@ def warmup_steps(steps: int, log_every: int) -> int:
 
 
 def run_ours(setup: ModelSetup, workers: int, steps: int, monitor_every: int) -> list[float]:
-    hp = {"batch_size": setup.global_batch, "lr": setup.lr, "steps": steps, "log_every": setup.log_every,
-          "monitor_every": monitor_every, "seed": 0}
+    hp = {
+        "batch_size": setup.global_batch,
+        "lr": setup.lr,
+        "steps": steps,
+        "log_every": setup.log_every,
+        "monitor_every": monitor_every,
+        "seed": 0,
+    }
     messages = run_workers(workers, hp, module=setup.module, timeout_s=1200)
     series = job_series(messages[0], "step_time")
     skip = warmup_steps(steps, setup.log_every)
     return [t for step, t in sorted(series.items()) if step > skip and step % setup.log_every == 0]
 
 
-def run_reference(system: str, model: str, setup: ModelSetup, workers: int, steps: int,
-                  threads: int) -> list[float]:
-    command = [sys.executable, "-m", "bench._mwms_worker", "--system", system, "--model", model,
-               "--global-batch", str(setup.global_batch), "--steps", str(steps), "--threads", str(threads),
-               "--lr", str(setup.lr)]
+def run_reference(
+    system: str, model: str, setup: ModelSetup, workers: int, steps: int, threads: int
+) -> list[float]:
+    command = [
+        sys.executable,
+        "-m",
+        "bench._mwms_worker",
+        "--system",
+        system,
+        "--model",
+        model,
+        "--global-batch",
+        str(setup.global_batch),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+        "--lr",
+        str(setup.lr),
+    ]
     peers = peer_list(workers)
     procs = []
     for rank in range(workers):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         if system == "tf_mwms":
-            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": peers}, "task": {"type": "worker", "index": rank}})
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+            env["TF_CONFIG"] = json.dumps(
+                {"cluster": {"worker": peers}, "task": {"type": "worker", "index": rank}}
+            )
+        procs.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for rank, proc in enumerate(procs):
             out, err = proc.communicate(timeout=1200)
             if proc.returncode != 0:
-                raise RuntimeError(f"{system} worker {rank} exited with {proc.returncode}:\n{err[-3000:]}")
+                raise RuntimeError(
+                    f"{system} worker {rank} exited with {proc.returncode}:\n{err[-3000:]}"
+                )
             outputs.append(out)
     finally:
         for proc in procs:
@@ -119,38 +155,71 @@ def run_no_comm(model: str, setup: ModelSetup, workers: int, steps: int) -> list
     return run_reference("plain", model, share, workers, steps, threads=1)
 
 
-def record(system: str, model: str, setup: ModelSetup, workers: int, window_times: list[float]) -> dict:
+def record(
+    system: str, model: str, setup: ModelSetup, workers: int, window_times: list[float]
+) -> dict:
     if not window_times:
-        raise RuntimeError(f"{system}/{model}/{workers}: no step times after warm-up; raise --steps")
+        raise RuntimeError(
+            f"{system}/{model}/{workers}: no step times after warm-up; raise --steps"
+        )
     median = statistics.median(window_times)
-    return {"system": system, "model": model, "workers": workers, "global_batch": setup.global_batch,
-            "samples_per_s": round(setup.global_batch / median, 2), "median_step_s": round(median, 6)}
+    return {
+        "system": system,
+        "model": model,
+        "workers": workers,
+        "global_batch": setup.global_batch,
+        "samples_per_s": round(setup.global_batch / median, 2),
+        "median_step_s": round(median, 6),
+    }
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':<14}{'workers':>8}{'system':>11}{'samples/s':>12}{'step s':>11}{'vs tf_mwms':>12}")
+    print(
+        f"{'model':<14}{'workers':>8}{'system':>11}{'samples/s':>12}{'step s':>11}{'vs tf_mwms':>12}"
+    )
     by_key = {(r["model"], r["workers"], r["system"]): r for r in rows}
     for r in rows:
         mwms = by_key.get((r["model"], r["workers"], "tf_mwms"))
-        ratio = f"{r['samples_per_s'] / mwms['samples_per_s']:.2f}x" if mwms and r["system"] != "tf_mwms" else ""
-        print(f"{r['model']:<14}{r['workers']:>8}{r['system']:>11}{r['samples_per_s']:>12.1f}"
-              f"{r['median_step_s']:>11.4f}{ratio:>12}")
+        ratio = (
+            f"{r['samples_per_s'] / mwms['samples_per_s']:.2f}x"
+            if mwms and r["system"] != "tf_mwms"
+            else ""
+        )
+        print(
+            f"{r['model']:<14}{r['workers']:>8}{r['system']:>11}{r['samples_per_s']:>12.1f}"
+            f"{r['median_step_s']:>11.4f}{ratio:>12}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
-    parser.add_argument("--models", default="synthetic_cnn,digits", help=f"comma-separated: {', '.join(MODELS)}")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps per run (default: 30 for synthetic_cnn, 600 for digits); "
-                             "the first fifth is warm-up")
-    parser.add_argument("--monitor-every", type=int, default=1,
-                        help="our gradient-noise monitor interval (1, the job default; 0 turns it off)")
+    parser.add_argument(
+        "--models", default="synthetic_cnn,digits", help=f"comma-separated: {', '.join(MODELS)}"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per run (default: 30 for synthetic_cnn, 600 for digits); "
+        "the first fifth is warm-up",
+    )
+    parser.add_argument(
+        "--monitor-every",
+        type=int,
+        default=1,
+        help="our gradient-noise monitor interval (1, the job default; 0 turns it off)",
+    )
     parser.add_argument("--plain-threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions, windows pooled")
-    parser.add_argument("--floor", action="store_true",
-                        help="also run no_comm: N independent single-threaded processes on their shares "
-                             "of each batch, the compute floor of any N-worker system")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved repetitions, windows pooled"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run no_comm: N independent single-threaded processes on their shares "
+        "of each batch, the compute floor of any N-worker system",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",") if w]
@@ -170,12 +239,20 @@ def main() -> None:
         for model in models:
             setup = MODELS[model]
             steps = args.steps or setup.steps
-            systems = ("adaptrain", "tf_mwms", "no_comm") if args.floor else ("adaptrain", "tf_mwms")
-            runs = [("plain", 1)] + [(system, n) for n in worker_counts for system in systems
-                                     if system != "no_comm" or n > 1]
+            systems = (
+                ("adaptrain", "tf_mwms", "no_comm") if args.floor else ("adaptrain", "tf_mwms")
+            )
+            runs = [("plain", 1)] + [
+                (system, n)
+                for n in worker_counts
+                for system in systems
+                if system != "no_comm" or n > 1
+            ]
             for system, workers in runs:
-                log(f"round {round_index + 1}/{args.rounds}, {model}: {system} with {workers} worker(s), "
-                    f"{steps} steps ({time.perf_counter() - started:.0f} s so far)")
+                log(
+                    f"round {round_index + 1}/{args.rounds}, {model}: {system} with {workers} worker(s), "
+                    f"{steps} steps ({time.perf_counter() - started:.0f} s so far)"
+                )
                 if system == "adaptrain":
                     times = run_ours(setup, workers, steps, args.monitor_every)
                 elif system == "tf_mwms":
@@ -183,10 +260,14 @@ def main() -> None:
                 elif system == "no_comm":
                     times = run_no_comm(model, setup, workers, steps)
                 else:
-                    times = run_reference("plain", model, setup, 1, steps, threads=args.plain_threads)
+                    times = run_reference(
+                        "plain", model, setup, 1, steps, threads=args.plain_threads
+                    )
                 pooled.setdefault((model, system, workers), []).extend(times)
-    rows = [record(system, model, MODELS[model], workers, times)
-            for (model, system, workers), times in pooled.items()]
+    rows = [
+        record(system, model, MODELS[model], workers, times)
+        for (model, system, workers), times in pooled.items()
+    ]
     log(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:
         for row in rows:

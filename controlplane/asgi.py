@@ -23,8 +23,10 @@ from controlplane.live.consumers import AgentCommandConsumer, JobStreamConsumer 
 
 websocket_routes = URLRouter(
     [
-        path("ws/jobs/<int:job_id>/",
-             AllowedHostsOriginValidator(AuthMiddlewareStack(JobStreamConsumer.as_asgi()))),
+        path(
+            "ws/jobs/<int:job_id>/",
+            AllowedHostsOriginValidator(AuthMiddlewareStack(JobStreamConsumer.as_asgi())),
+        ),
         # Agents are not browsers and send no Origin; they authenticate by credential.
         path("ws/agent/", NodeCredentialMiddleware(AgentCommandConsumer.as_asgi())),
     ]

@@ -26,7 +26,11 @@ def enqueue(task, *args, **options) -> bool:
     try:
         task.apply_async(args, **options)
     except (OperationalError, OSError) as exc:
-        log.warning("could not queue %s%s (broker unavailable: %s); the beat sweep does it later",
-                    task.name, args, exc)
+        log.warning(
+            "could not queue %s%s (broker unavailable: %s); the beat sweep does it later",
+            task.name,
+            args,
+            exc,
+        )
         return False
     return True

@@ -25,7 +25,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "adaptrain" / "cli.json"
+CONFIG_PATH = (
+    Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "adaptrain" / "cli.json"
+)
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -70,8 +72,10 @@ def _client(args) -> Client:
     server = args.server or os.environ.get("ADAPTRAIN_SERVER") or config.get("server")
     token = args.token or os.environ.get("ADAPTRAIN_TOKEN") or config.get("token")
     if not server or not token:
-        raise CliError("no server or token: run `adaptrain login --server URL --token TOKEN` "
-                       "or set ADAPTRAIN_SERVER and ADAPTRAIN_TOKEN")
+        raise CliError(
+            "no server or token: run `adaptrain login --server URL --token TOKEN` "
+            "or set ADAPTRAIN_SERVER and ADAPTRAIN_TOKEN"
+        )
     return Client(server, token)
 
 
@@ -94,14 +98,26 @@ def cmd_login(args) -> None:
 
 def _job_row(job: dict) -> dict:
     p = job["parameters"]
-    return {"id": job["id"], "name": job["name"], "status": job["status"], "step": job["last_step"],
-            "batch_size": p["batch_size"], "lr": p["lr"], "workers": p["workers"]}
+    return {
+        "id": job["id"],
+        "name": job["name"],
+        "status": job["status"],
+        "step": job["last_step"],
+        "batch_size": p["batch_size"],
+        "lr": p["lr"],
+        "workers": p["workers"],
+    }
 
 
 def cmd_jobs_list(args) -> None:
     path = "/api/v1/jobs/?limit=200" + (f"&status={args.status}" if args.status else "")
     jobs = _client(args).call("GET", path)["results"]
-    print(_table([_job_row(j) for j in jobs], ["id", "name", "status", "step", "batch_size", "lr", "workers"]))
+    print(
+        _table(
+            [_job_row(j) for j in jobs],
+            ["id", "name", "status", "step", "batch_size", "lr", "workers"],
+        )
+    )
 
 
 def cmd_jobs_show(args) -> None:
@@ -117,8 +133,13 @@ def cmd_jobs_create(args) -> None:
         hyper = {"batch_size": args.batch_size, "lr": args.lr}
         if args.steps is not None:
             hyper["steps"] = args.steps
-        body = {"name": args.name, "entrypoint": args.entrypoint, "hyperparameters": hyper,
-                "workers": {"initial": args.workers}, "policy": args.policy}
+        body = {
+            "name": args.name,
+            "entrypoint": args.entrypoint,
+            "hyperparameters": hyper,
+            "workers": {"initial": args.workers},
+            "policy": args.policy,
+        }
     job = _client(args).call("POST", "/api/v1/jobs/", body)
     print(f"created job {job['id']} ({job['status']})")
 
@@ -130,8 +151,16 @@ def cmd_jobs_cancel(args) -> None:
 
 def cmd_jobs_runs(args) -> None:
     runs = _client(args).call("GET", f"/api/v1/jobs/{args.job}/runs/?limit=200")["results"]
-    rows = [{**r, "resumed_from": r["resumed_from"] or "-", "started_at": r["started_at"] or "-",
-             "finished_at": r["finished_at"] or "-", "reason": r["status_reason"]} for r in runs]
+    rows = [
+        {
+            **r,
+            "resumed_from": r["resumed_from"] or "-",
+            "started_at": r["started_at"] or "-",
+            "finished_at": r["finished_at"] or "-",
+            "reason": r["status_reason"],
+        }
+        for r in runs
+    ]
     print(_table(rows, ["number", "status", "started_at", "finished_at", "resumed_from", "reason"]))
 
 
@@ -157,13 +186,18 @@ def cmd_jobs_watch(args) -> int:
             seen_events = max(seen_events, e["id"])
             print(f"  event: {e['actor']}: {e['message']}", flush=True)
         # The current run's (the metrics endpoint's default): a restart counts steps again.
-        metrics = client.call("GET", f"/api/v1/jobs/{args.job}/metrics/?names=loss,accuracy&per_rank=false&max_points=2")
+        metrics = client.call(
+            "GET",
+            f"/api/v1/jobs/{args.job}/metrics/?names=loss,accuracy&per_rank=false&max_points=2",
+        )
         latest = {s["name"]: s["value"][-1] for s in metrics["series"] if s["value"]}
         row = _job_row(job)
         run = f" (run {metrics['run']})" if metrics.get("run") else ""
-        line = (f"job {row['id']} {row['status']}{run}: step {row['step']}, batch size {row['batch_size']}, "
-                f"lr {row['lr']}, workers {row['workers']}"
-                + "".join(f", {k} {v:.4g}" for k, v in sorted(latest.items())))
+        line = (
+            f"job {row['id']} {row['status']}{run}: step {row['step']}, batch size {row['batch_size']}, "
+            f"lr {row['lr']}, workers {row['workers']}"
+            + "".join(f", {k} {v:.4g}" for k, v in sorted(latest.items()))
+        )
         if line != last_line:
             print(line, flush=True)
             last_line = line
@@ -219,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", required=True)
     p.set_defaults(func=cmd_login)
 
-    jobs = sub.add_parser("jobs", help="create, list, show, watch, cancel and restart jobs").add_subparsers(
-        dest="jobs_command", required=True)
+    jobs = sub.add_parser(
+        "jobs", help="create, list, show, watch, cancel and restart jobs"
+    ).add_subparsers(dest="jobs_command", required=True)
     p = jobs.add_parser("list")
     p.add_argument("--status", help="comma-separated statuses")
     p.set_defaults(func=cmd_jobs_list)
@@ -243,10 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs.add_parser("runs", help="a job's runs (attempts), newest first")
     p.add_argument("job", type=int)
     p.set_defaults(func=cmd_jobs_runs)
-    p = jobs.add_parser("restart", help="start a new run of a finished job (default: from its latest checkpoint)")
+    p = jobs.add_parser(
+        "restart", help="start a new run of a finished job (default: from its latest checkpoint)"
+    )
     p.add_argument("job", type=int)
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--resume-from", help="checkpoint folder to resume from (on the job's nodes)")
+    where.add_argument(
+        "--resume-from", help="checkpoint folder to resume from (on the job's nodes)"
+    )
     where.add_argument("--from-scratch", action="store_true", help="ignore any checkpoint")
     p.add_argument("--reason", help="why, for the run's record and the audit trail")
     p.set_defaults(func=cmd_jobs_restart)
@@ -258,11 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("command", help="issue a command to a running job")
     p.add_argument("job", type=int)
     p.add_argument("action", help="set_batch_size, set_lr, stop, ...")
-    p.add_argument("value", nargs="?", help="the value (JSON: 64, 0.01, \"ring\")")
+    p.add_argument("value", nargs="?", help='the value (JSON: 64, 0.01, "ring")')
     p.set_defaults(func=cmd_command)
 
     tokens = sub.add_parser("tokens", help="manage your API tokens").add_subparsers(
-        dest="tokens_command", required=True)
+        dest="tokens_command", required=True
+    )
     p = tokens.add_parser("list")
     p.set_defaults(func=cmd_tokens_list)
     p = tokens.add_parser("create")

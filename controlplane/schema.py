@@ -23,8 +23,12 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
     name = "apiToken"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "header", "name": "Authorization",
-                "description": "`Token <secret>`; create tokens at /api/v1/tokens/."}
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Token <secret>`; create tokens at /api/v1/tokens/.",
+        }
 
 
 class NodeCredentialScheme(OpenApiAuthenticationExtension):
@@ -32,8 +36,12 @@ class NodeCredentialScheme(OpenApiAuthenticationExtension):
     name = "nodeCredential"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "header", "name": "Authorization",
-                "description": "`Node <credential>`, obtained by an agent at enrolment."}
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Node <credential>`, obtained by an agent at enrolment.",
+        }
 
 
 class AutoSchema(openapi.AutoSchema):

@@ -58,14 +58,20 @@ def env_float(name: str, default: float) -> float:
 
 
 def check_production_settings(
-    *, secret_key: str, debug: bool, allowed_hosts: list[str], database_url: str | None,
+    *,
+    secret_key: str,
+    debug: bool,
+    allowed_hosts: list[str],
+    database_url: str | None,
     redis_url: str | None,
 ) -> list[str]:
     """Return what makes these settings unsafe for production (empty when they are fine)."""
     problems = []
     if not secret_key or secret_key == DEVELOPMENT_SECRET_KEY:
-        problems.append("SECRET_KEY is not set: set it to a long random string "
-                        "(python -c 'import secrets; print(secrets.token_urlsafe(50))').")
+        problems.append(
+            "SECRET_KEY is not set: set it to a long random string "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+        )
     elif len(secret_key) < 32 or len(set(secret_key)) < 8:
         problems.append("SECRET_KEY is too short or too simple: use at least 32 random characters.")
     if debug:
@@ -93,8 +99,11 @@ if PRODUCTION:
     _database_url = os.environ.get("DATABASE_URL")
     _redis_url = os.environ.get("REDIS_URL")
     _problems = check_production_settings(
-        secret_key=SECRET_KEY, debug=DEBUG, allowed_hosts=ALLOWED_HOSTS,
-        database_url=_database_url, redis_url=_redis_url,
+        secret_key=SECRET_KEY,
+        debug=DEBUG,
+        allowed_hosts=ALLOWED_HOSTS,
+        database_url=_database_url,
+        redis_url=_redis_url,
     )
     if _problems:
         raise ImproperlyConfigured(
@@ -230,7 +239,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "adaptrain API",
     "DESCRIPTION": "Adaptive distributed training: jobs, commands, metrics, policies, nodes. "
-                   "Errors are {code, message, details} with a 4xx status.",
+    "Errors are {code, message, details} with a 4xx status.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI from the drf-spectacular-sidecar package: nothing loaded from the internet.

@@ -23,22 +23,58 @@ api_v1 = [
     path("tokens/<int:token_id>/", job_apis.TokenDetailApi.as_view(), name="token-detail"),
     path("policies/", policy_apis.PolicyListCreateApi.as_view(), name="policy-list"),
     path("policies/validate/", policy_apis.PolicyValidateApi.as_view(), name="policy-validate"),
-    path("policies/templates/", policy_apis.PolicyTemplateListApi.as_view(), name="policy-templates"),
-    path("policies/replay/", policy_apis.PolicyDefinitionReplayApi.as_view(), name="policy-definition-replay"),
+    path(
+        "policies/templates/", policy_apis.PolicyTemplateListApi.as_view(), name="policy-templates"
+    ),
+    path(
+        "policies/replay/",
+        policy_apis.PolicyDefinitionReplayApi.as_view(),
+        name="policy-definition-replay",
+    ),
     path("policies/<int:policy_id>/", policy_apis.PolicyDetailApi.as_view(), name="policy-detail"),
-    path("policies/<int:policy_id>/versions/", policy_apis.PolicyVersionListApi.as_view(), name="policy-versions"),
-    path("policies/<int:policy_id>/replay/", policy_apis.PolicyReplayApi.as_view(), name="policy-replay"),
-    path("jobs/<int:job_id>/decisions/", policy_apis.JobDecisionListApi.as_view(), name="job-decisions"),
-    path("jobs/<int:job_id>/decisions/<int:decision_id>/approve/", policy_apis.DecisionApproveApi.as_view(),
-         name="decision-approve"),
-    path("jobs/<int:job_id>/decisions/<int:decision_id>/reject/", policy_apis.DecisionRejectApi.as_view(),
-         name="decision-reject"),
+    path(
+        "policies/<int:policy_id>/versions/",
+        policy_apis.PolicyVersionListApi.as_view(),
+        name="policy-versions",
+    ),
+    path(
+        "policies/<int:policy_id>/replay/",
+        policy_apis.PolicyReplayApi.as_view(),
+        name="policy-replay",
+    ),
+    path(
+        "jobs/<int:job_id>/decisions/",
+        policy_apis.JobDecisionListApi.as_view(),
+        name="job-decisions",
+    ),
+    path(
+        "jobs/<int:job_id>/decisions/<int:decision_id>/approve/",
+        policy_apis.DecisionApproveApi.as_view(),
+        name="decision-approve",
+    ),
+    path(
+        "jobs/<int:job_id>/decisions/<int:decision_id>/reject/",
+        policy_apis.DecisionRejectApi.as_view(),
+        name="decision-reject",
+    ),
     path("agent/enrol/", job_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
     path("agent/heartbeat/", job_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
     path("agent/metrics/", job_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
-    path("agent/jobs/<int:job_id>/report/", job_apis.AgentJobReportApi.as_view(), name="agent-job-report"),
-    path("agent/jobs/<int:job_id>/workers/", job_apis.AgentJobWorkersApi.as_view(), name="agent-job-workers"),
-    path("agent/jobs/<int:job_id>/cluster/", job_apis.AgentClusterSpecApi.as_view(), name="agent-cluster-spec"),
+    path(
+        "agent/jobs/<int:job_id>/report/",
+        job_apis.AgentJobReportApi.as_view(),
+        name="agent-job-report",
+    ),
+    path(
+        "agent/jobs/<int:job_id>/workers/",
+        job_apis.AgentJobWorkersApi.as_view(),
+        name="agent-job-workers",
+    ),
+    path(
+        "agent/jobs/<int:job_id>/cluster/",
+        job_apis.AgentClusterSpecApi.as_view(),
+        name="agent-cluster-spec",
+    ),
 ]
 
 urlpatterns = [
@@ -56,8 +92,10 @@ def _not_found(request, exception=None):
     if request.path.startswith("/api/"):
         from django.http import JsonResponse
 
-        return JsonResponse({"code": "not_found", "message": f"No API endpoint at {request.path}.",
-                             "details": {}}, status=404)
+        return JsonResponse(
+            {"code": "not_found", "message": f"No API endpoint at {request.path}.", "details": {}},
+            status=404,
+        )
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)

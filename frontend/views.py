@@ -25,22 +25,36 @@ def job_list(request):
 
 @login_required
 def job_new(request):
-    return render(request, "frontend/job_new.html", {
-        "nav": "jobs", "strategies": Job.Strategy.values, "topologies": Job.Topology.values,
-    })
+    return render(
+        request,
+        "frontend/job_new.html",
+        {
+            "nav": "jobs",
+            "strategies": Job.Strategy.values,
+            "topologies": Job.Topology.values,
+        },
+    )
 
 
 @login_required
 def job_detail(request, job_id: int):
-    return render(request, "frontend/job_detail.html", {
-        "job": _job_or_404(request, job_id), "nav": "jobs",
-        "strategies": Job.Strategy.values, "topologies": Job.Topology.values,
-    })
+    return render(
+        request,
+        "frontend/job_detail.html",
+        {
+            "job": _job_or_404(request, job_id),
+            "nav": "jobs",
+            "strategies": Job.Strategy.values,
+            "topologies": Job.Topology.values,
+        },
+    )
 
 
 @login_required
 def job_audit(request, job_id: int):
-    return render(request, "frontend/job_audit.html", {"job": _job_or_404(request, job_id), "nav": "jobs"})
+    return render(
+        request, "frontend/job_audit.html", {"job": _job_or_404(request, job_id), "nav": "jobs"}
+    )
 
 
 @login_required
@@ -50,7 +64,9 @@ def policy_list(request):
 
 @login_required
 def policy_edit(request, policy_id: int | None = None):
-    return render(request, "frontend/policy_edit.html", {"policy_id": policy_id or "", "nav": "policies"})
+    return render(
+        request, "frontend/policy_edit.html", {"policy_id": policy_id or "", "nav": "policies"}
+    )
 
 
 @login_required

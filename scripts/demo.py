@@ -52,17 +52,27 @@ def demo_password(data_dir: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
-    parser.add_argument("--steps", type=int, default=150_000,
-                        help="training steps of the demo job (default 150000: a few minutes)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=150_000,
+        help="training steps of the demo job (default 150000: a few minutes)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-job", action="store_true", help="start the system but submit no job")
     args = parser.parse_args()
 
     data_dir = ROOT / ".data"
-    services = ensure_backing_services(prefer_embedded=embedded_requested(), data_dir=data_dir,
-                                       database_name="adaptrain", log=say)
-    stack = Stack(env=services.env(), log_dir=data_dir / "logs", port=args.port, progress=say,
-                  agent_slots=max(args.workers, 2))
+    services = ensure_backing_services(
+        prefer_embedded=embedded_requested(), data_dir=data_dir, database_name="adaptrain", log=say
+    )
+    stack = Stack(
+        env=services.env(),
+        log_dir=data_dir / "logs",
+        port=args.port,
+        progress=say,
+        agent_slots=max(args.workers, 2),
+    )
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt
@@ -82,13 +92,16 @@ def main() -> int:
             status, policy = api.post("/api/v1/policies/", {"definition": DEMO_POLICY})
             if status != 201:
                 raise StackError(f"creating the demo policy failed: {policy}")
-            status, job = api.post("/api/v1/jobs/", demo_job(policy["id"], steps=args.steps,
-                                                              workers=args.workers))
+            status, job = api.post(
+                "/api/v1/jobs/", demo_job(policy["id"], steps=args.steps, workers=args.workers)
+            )
             if status != 201:
                 raise StackError(f"creating the demo job failed: {job}")
             job_url = f"{stack.url}/jobs/{job['id']}/"
-            say(f"submitted job #{job['id']}: {args.workers} workers on digits; the policy doubles "
-                "the batch size every 10000 steps up to 512")
+            say(
+                f"submitted job #{job['id']}: {args.workers} workers on digits; the policy doubles "
+                "the batch size every 10000 steps up to 512"
+            )
         print(flush=True)
         print("=" * 72)
         print(f"  Watch it:  {job_url}")
@@ -103,8 +116,10 @@ def main() -> int:
             if not args.no_job:
                 status, body = api.get(f"/api/v1/jobs/{job['id']}/")
                 if status == 200:
-                    line = (f"job #{body['id']} {body['status']}: step {body['last_step']}, "
-                            f"batch size {body['parameters']['batch_size']}")
+                    line = (
+                        f"job #{body['id']} {body['status']}: step {body['last_step']}, "
+                        f"batch size {body['parameters']['batch_size']}"
+                    )
                     if line != last:
                         say(line)
                         last = line
@@ -116,7 +131,9 @@ def main() -> int:
         say(f"error: {exc}")
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(
+            signal.SIGINT, signal.SIG_IGN
+        )  # a second Ctrl-C must not cut the clean-up short
         try:
             stack.stop()
         finally:

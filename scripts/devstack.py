@@ -144,20 +144,42 @@ class RedisServer:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [self.program, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.log_dir)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    self.program,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.log_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise StackError(f"redis-server exited with code {self.proc.returncode}; see "
-                                 f"{self.log_dir / 'redis.log'}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                raise StackError(
+                    f"redis-server exited with code {self.proc.returncode}; see "
+                    f"{self.log_dir / 'redis.log'}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return
             time.sleep(0.05)
-        raise StackError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f} s")
+        raise StackError(
+            f"redis-server did not answer on port {self.port} within {timeout_s:.0f} s"
+        )
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """Stop the server (SIGKILL by default: nothing is saved either way)."""
@@ -177,7 +199,7 @@ def _which(program: str) -> bool:
 
 @dataclass
 class Stack:
-    env: dict[str, str]                 # DATABASE_URL, REDIS_URL and any overrides
+    env: dict[str, str]  # DATABASE_URL, REDIS_URL and any overrides
     log_dir: Path
     port: int = 8000
     agents: int = 1
@@ -211,8 +233,11 @@ class Stack:
 
     def manage(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
-            [self.python, str(ROOT / "manage.py"), *args], env=self._env(), cwd=ROOT,
-            capture_output=True, text=True,
+            [self.python, str(ROOT / "manage.py"), *args],
+            env=self._env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
         if check and result.returncode != 0:
             raise StackError(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
@@ -221,9 +246,15 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], **extra_env: str) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, env=self._env(**extra_env), cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env=self._env(**extra_env),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self.processes[name] = proc
         return proc
@@ -236,20 +267,64 @@ class Stack:
         if check_port and not port_is_free(self.port, self.host):
             raise StackError(f"port {self.port} is in use; pass another port (e.g. PORT=8001).")
         self.progress(f"starting the web server on {self.url} …")
-        self._spawn("web", [self.python, "-m", "uvicorn", "controlplane.asgi:application",
-                            "--host", self.host, "--port", str(self.port), "--log-level", "warning"])
+        self._spawn(
+            "web",
+            [
+                self.python,
+                "-m",
+                "uvicorn",
+                "controlplane.asgi:application",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+        )
         self._wait_http(self.url + "/login/", "web", timeout_s=60)
 
     def start_celery(self) -> None:
         self.progress("starting the Celery worker and beat …")
-        self._spawn("celery-worker", [self.python, "-m", "celery", "-A", "controlplane", "worker",
-                                      "--pool", "threads", "--concurrency", "4", "--loglevel", "INFO",
-                                      "-Q", self._env().get("CELERY_QUEUE", "adaptrain")])
+        self._spawn(
+            "celery-worker",
+            [
+                self.python,
+                "-m",
+                "celery",
+                "-A",
+                "controlplane",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "4",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                self._env().get("CELERY_QUEUE", "adaptrain"),
+            ],
+        )
         schedule = self.log_dir / "celerybeat-schedule"
-        self._spawn("celery-beat", [self.python, "-m", "celery", "-A", "controlplane", "beat",
-                                    "--loglevel", "INFO", "--schedule", str(schedule)])
+        self._spawn(
+            "celery-beat",
+            [
+                self.python,
+                "-m",
+                "celery",
+                "-A",
+                "controlplane",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(schedule),
+            ],
+        )
 
-    def start_agents(self, join_token: str, state_root: Path, *, distinct_addresses: bool = False) -> None:
+    def start_agents(
+        self, join_token: str, state_root: Path, *, distinct_addresses: bool = False
+    ) -> None:
         """Start the agents. With :attr:`namespaces` each agent (and so its workers) runs in
         a network namespace of its own, a host on a virtual network; otherwise, with
         ``distinct_addresses``, agent i's workers listen on 127.0.0.(i+2), so each agent is
@@ -260,7 +335,9 @@ class Stack:
             name = f"node-{i + 1}"
             if self.namespaces is not None:
                 address = self.namespaces.addresses[i]
-                self.agent_argv[f"agent-{name}"] = self.namespaces.wrap(i, [self.python, "-m", "agent"])
+                self.agent_argv[f"agent-{name}"] = self.namespaces.wrap(
+                    i, [self.python, "-m", "agent"]
+                )
                 where = f"network namespace {self.namespaces.names[i]}, address {address}"
             else:
                 address = f"127.0.0.{i + 2}" if distinct_addresses else "127.0.0.1"
@@ -270,8 +347,11 @@ class Stack:
             # Everything here stops together (Ctrl-C, the end of a test run): the agents stop
             # their workers instead of leaving them to a restarted agent.
             self.agent_env[f"agent-{name}"] = {
-                "AGENT_SERVER": self.url, "AGENT_JOIN_TOKEN": join_token, "AGENT_NAME": name,
-                "AGENT_ADDRESS": address, "AGENT_SLOTS": str(slots),
+                "AGENT_SERVER": self.url,
+                "AGENT_JOIN_TOKEN": join_token,
+                "AGENT_NAME": name,
+                "AGENT_ADDRESS": address,
+                "AGENT_SLOTS": str(slots),
                 "AGENT_STATE_DIR": str(state_root / name),
                 "AGENT_ON_EXIT": self._env().get("AGENT_ON_EXIT", "stop"),
             }
@@ -283,7 +363,9 @@ class Stack:
         old = self.processes.get(name)
         if old is not None and old.poll() is None:
             raise StackError(f"{name} is still running (pid {old.pid})")
-        return self._spawn(name, self.agent_argv.get(name, [self.python, "-m", "agent"]), **self.agent_env[name])
+        return self._spawn(
+            name, self.agent_argv.get(name, [self.python, "-m", "agent"]), **self.agent_env[name]
+        )
 
     def _end(self, name: str, sig: int = signal.SIGTERM, grace_s: float = 10.0) -> None:
         """End process ``name`` (and its process group) with ``sig``, then SIGKILL after
@@ -329,8 +411,10 @@ class Stack:
             except OSError:
                 pass
             time.sleep(0.3)
-        raise StackError(f"{name} did not answer at {url} within {timeout_s:.0f} s; see "
-                         f"{self.log_dir / (name + '.log')}")
+        raise StackError(
+            f"{name} did not answer at {url} within {timeout_s:.0f} s; see "
+            f"{self.log_dir / (name + '.log')}"
+        )
 
     def check_alive(self) -> None:
         for name, proc in self.processes.items():
@@ -388,12 +472,14 @@ class ApiClient:
 DEMO_POLICY = {
     "name": "double batch size",
     "description": "Double the global batch size every 10000 steps, up to 512.",
-    "rules": [{
-        "name": "grow batch",
-        "when": "steps_since_fired >= 10000",
-        "action": {"type": "set_batch_size", "value": "batch_size * 2"},
-        "bounds": {"max": 512},
-    }],
+    "rules": [
+        {
+            "name": "grow batch",
+            "when": "steps_since_fired >= 10000",
+            "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+            "bounds": {"max": 512},
+        }
+    ],
 }
 
 
@@ -411,5 +497,8 @@ def demo_job(policy_id: int | None, *, steps: int = 150_000, workers: int = 2) -
 
 def ensure_user(stack: Stack, username: str, password: str) -> str:
     """Create (or reset) a staff user; return its API token."""
-    return stack.manage("ensure_user", "--username", username, "--password", password,
-                        "--staff").strip().splitlines()[-1]
+    return (
+        stack.manage("ensure_user", "--username", username, "--password", password, "--staff")
+        .strip()
+        .splitlines()[-1]
+    )

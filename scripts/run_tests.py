@@ -22,7 +22,9 @@ TEST_REDIS_DB = 7
 def main(argv: list[str]) -> int:
     services = ensure_backing_services(
         prefer_embedded=embedded_requested(),
-        data_dir=ROOT / ".data", database_name="adaptrain", redis_db=TEST_REDIS_DB,
+        data_dir=ROOT / ".data",
+        database_name="adaptrain",
+        redis_db=TEST_REDIS_DB,
         log=lambda line: print(f"[services] {line}", flush=True),
     )
     try:

@@ -16,9 +16,16 @@ ENV = {"SECRET_KEY": "x" * 40, "POSTGRES_PASSWORD": "pw", "PATH": "/usr/bin:/bin
 def compose(*args, env=ENV):
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.fail("docker-compose is not installed; scripts/test installs it (apt-get install docker-compose)")
-    return subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), *args], env=env,
-                          capture_output=True, text=True, cwd=ROOT)
+        pytest.fail(
+            "docker-compose is not installed; scripts/test installs it (apt-get install docker-compose)"
+        )
+    return subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def test_compose_file_is_valid():

@@ -5,13 +5,31 @@ from controlplane.jobs.models import Command, Event, Job, JoinToken, Node, Run, 
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "name", "owner", "status", "batch_size", "workers_current", "last_step", "created_at")
+    list_display = (
+        "id",
+        "name",
+        "owner",
+        "status",
+        "batch_size",
+        "workers_current",
+        "last_step",
+        "created_at",
+    )
     list_filter = ("status",)
 
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ("id", "job", "number", "status", "created_by", "resumed_from", "started_at", "finished_at")
+    list_display = (
+        "id",
+        "job",
+        "number",
+        "status",
+        "created_by",
+        "resumed_from",
+        "started_at",
+        "finished_at",
+    )
     list_filter = ("status",)
 
 

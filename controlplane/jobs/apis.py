@@ -51,7 +51,9 @@ TEXT_HYPERPARAMETERS = {
 
 def validate_hyperparameters(raw: dict) -> dict:
     if not isinstance(raw, dict):
-        raise serializers.ValidationError("Must be an object such as {\"batch_size\": 32, \"lr\": 0.05}.")
+        raise serializers.ValidationError(
+            'Must be an object such as {"batch_size": 32, "lr": 0.05}.'
+        )
     known = [*HYPERPARAMETER_LIMITS, *TEXT_HYPERPARAMETERS]
     unknown = sorted(set(raw) - set(known))
     if unknown:
@@ -66,7 +68,9 @@ def validate_hyperparameters(raw: dict) -> dict:
         if not isinstance(value, str) or not 1 <= len(value) <= 500 or "\x00" in value:
             raise serializers.ValidationError(f"{name} must be a string of 1 to 500 characters.")
         if choices is not None and value not in choices:
-            raise serializers.ValidationError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+            raise serializers.ValidationError(
+                f"{name} must be one of {', '.join(choices)}; got {value!r}."
+            )
         clean[name] = value
     for name, (kind, low, high, default) in HYPERPARAMETER_LIMITS.items():
         if name not in raw:
@@ -76,20 +80,26 @@ def validate_hyperparameters(raw: dict) -> dict:
                 clean[name] = default
             continue
         value = raw[name]
-        ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type:
-            raise serializers.ValidationError(f"{name} must be {'an integer' if kind is int else 'a number'}.")
+            raise serializers.ValidationError(
+                f"{name} must be {'an integer' if kind is int else 'a number'}."
+            )
         if not low <= value <= high:
-            raise serializers.ValidationError(f"{name} must be between {low} and {high}; got {value}.")
+            raise serializers.ValidationError(
+                f"{name} must be between {low} and {high}; got {value}."
+            )
         clean[name] = kind(value)
     return clean
 
 
 NODE_SELECTOR_SCHEMA = {
-    "type": "object", "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 200},
-    "maxProperties": services.NODE_SELECTOR_MAX_ENTRIES, "example": {"gpu": "a100"},
+    "type": "object",
+    "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 200},
+    "maxProperties": services.NODE_SELECTOR_MAX_ENTRIES,
+    "example": {"gpu": "a100"},
     "description": "Node labels the job's workers need: only nodes whose labels contain every "
-                   "label → value pair run them (initial placement and scale_workers). Empty: any node.",
+    "label → value pair run them (initial placement and scale_workers). Empty: any node.",
 }
 
 
@@ -111,22 +121,53 @@ class WorkersSerializer(serializers.Serializer):
 
 
 class RunOutputSerializer(serializers.ModelSerializer):
-    resumed_from = serializers.CharField(allow_null=True, help_text=(
-        "the checkpoint folder the run's workers restore before training; null: from scratch"))
-    workers_min_seen = serializers.IntegerField(allow_null=True, help_text=(
-        "the fewest workers any of the run's cluster versions had (null before version 1)"))
-    workers_max_seen = serializers.IntegerField(allow_null=True, help_text=(
-        "the most workers any of the run's cluster versions had (null before version 1)"))
+    resumed_from = serializers.CharField(
+        allow_null=True,
+        help_text=(
+            "the checkpoint folder the run's workers restore before training; null: from scratch"
+        ),
+    )
+    workers_min_seen = serializers.IntegerField(
+        allow_null=True,
+        help_text=(
+            "the fewest workers any of the run's cluster versions had (null before version 1)"
+        ),
+    )
+    workers_max_seen = serializers.IntegerField(
+        allow_null=True,
+        help_text=(
+            "the most workers any of the run's cluster versions had (null before version 1)"
+        ),
+    )
 
     class Meta:
         model = Run
-        fields = ["id", "number", "status", "status_reason", "created_by", "reason", "resumed_from",
-                  "resumed_from_step", "resume_note", "cluster_version", "workers_min_seen", "workers_max_seen",
-                  "last_step", "created_at", "started_at", "finished_at"]
+        fields = [
+            "id",
+            "number",
+            "status",
+            "status_reason",
+            "created_by",
+            "reason",
+            "resumed_from",
+            "resumed_from_step",
+            "resume_note",
+            "cluster_version",
+            "workers_min_seen",
+            "workers_max_seen",
+            "last_step",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
         extra_kwargs = {
-            "created_by": {"help_text": "scheduler (the job's first placement) or user:<name> (a restart)"},
-            "cluster_version": {"help_text": "the run's latest cluster version (0 until every initial worker "
-                                             "registered)"},
+            "created_by": {
+                "help_text": "scheduler (the job's first placement) or user:<name> (a restart)"
+            },
+            "cluster_version": {
+                "help_text": "the run's latest cluster version (0 until every initial worker "
+                "registered)"
+            },
             "last_step": {"help_text": "the job's step when the run's status last changed"},
         }
 
@@ -155,30 +196,68 @@ class JobOutputSerializer(serializers.ModelSerializer):
     workers = serializers.SerializerMethodField()
     parameters = serializers.SerializerMethodField()
     node_selector = NodeSelectorField(read_only=True)
-    current_run = CurrentRunSerializer(read_only=True, allow_null=True, help_text=(
-        "the run (attempt) the job's status and workers are about; null until the job is first placed"))
+    current_run = CurrentRunSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text=(
+            "the run (attempt) the job's status and workers are about; null until the job is first placed"
+        ),
+    )
 
     class Meta:
         model = Job
-        fields = ["id", "name", "owner", "entrypoint", "status", "status_reason", "hyperparameters",
-                  "strategy", "topology", "policy", "policy_version", "node_selector", "parameters", "workers",
-                  "cluster_version", "current_run",
-                  "last_step", "created_at", "started_at", "finished_at"]
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "entrypoint",
+            "status",
+            "status_reason",
+            "hyperparameters",
+            "strategy",
+            "topology",
+            "policy",
+            "policy_version",
+            "node_selector",
+            "parameters",
+            "workers",
+            "cluster_version",
+            "current_run",
+            "last_step",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
 
     def get_parameters(self, job: Job) -> dict:
-        return {"batch_size": job.batch_size, "lr": job.learning_rate, "workers": job.workers_current,
-                "workers_min": job.workers_min, "workers_max": job.workers_max,
-                "workers_wanted": job.wanted_workers,
-                "strategy": job.strategy, "topology": job.topology}
+        return {
+            "batch_size": job.batch_size,
+            "lr": job.learning_rate,
+            "workers": job.workers_current,
+            "workers_min": job.workers_min,
+            "workers_max": job.workers_max,
+            "workers_wanted": job.wanted_workers,
+            "strategy": job.strategy,
+            "topology": job.topology,
+        }
 
     def get_workers(self, job: Job) -> list[dict]:
         """The workers of the job's current run. ``rank`` is the worker's fixed number in the
         run; ``cluster_rank`` its rank in the run's latest cluster version (null when it is
         not a member)."""
         members = selectors.job_cluster_members(job)
-        return [{"rank": w.rank, "cluster_rank": members.index(w.rank) if w.rank in members else None,
-                 "node": w.node.name, "port": w.port, "state": w.state, "cluster_version": w.cluster_version}
-                for w in job.workers.all() if w.run_id == job.current_run_id]
+        return [
+            {
+                "rank": w.rank,
+                "cluster_rank": members.index(w.rank) if w.rank in members else None,
+                "node": w.node.name,
+                "port": w.port,
+                "state": w.state,
+                "cluster_version": w.cluster_version,
+            }
+            for w in job.workers.all()
+            if w.run_id == job.current_run_id
+        ]
 
 
 class JobPageSerializer(serializers.Serializer):
@@ -199,15 +278,21 @@ class SeriesSerializer(serializers.Serializer):
 
 class MetricsOutputSerializer(serializers.Serializer):
     job = serializers.IntegerField()
-    run = serializers.IntegerField(allow_null=True, help_text=(
-        "the number of the run these series are of (null: the job has no run yet, and no series)"))
+    run = serializers.IntegerField(
+        allow_null=True,
+        help_text=(
+            "the number of the run these series are of (null: the job has no run yet, and no series)"
+        ),
+    )
     seq = serializers.IntegerField(help_text="the job's live sequence number when this was read")
     series = SeriesSerializer(many=True)
 
 
 class EventOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    run = serializers.IntegerField(allow_null=True, help_text="the job's current run then (null: not placed yet)")
+    run = serializers.IntegerField(
+        allow_null=True, help_text="the job's current run then (null: not placed yet)"
+    )
     kind = serializers.CharField()
     actor = serializers.CharField()
     message = serializers.CharField()
@@ -244,16 +329,23 @@ class JobListCreateApi(APIView):
         def validate_hyperparameters(self, value):
             return validate_hyperparameters(value)
 
-    @extend_schema(responses={200: JobPageSerializer, **ERRORS}, parameters=[
-        OpenApiParameter("status", str, description="comma-separated statuses"),
-        OpenApiParameter("limit", int), OpenApiParameter("offset", int)])
+    @extend_schema(
+        responses={200: JobPageSerializer, **ERRORS},
+        parameters=[
+            OpenApiParameter("status", str, description="comma-separated statuses"),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+    )
     def get(self, request):
         qs = selectors.jobs_visible_to(request.user)
         wanted = request.query_params.get("status")
         if wanted:
             bad = sorted(set(wanted.split(",")) - set(Job.Status.values))
             if bad:
-                raise InvalidInput(f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}.")
+                raise InvalidInput(
+                    f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}."
+                )
             qs = qs.filter(status__in=wanted.split(","))
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
@@ -268,15 +360,23 @@ class JobListCreateApi(APIView):
         if v.get("policy") is not None:
             policy = Policy.objects.filter(id=v["policy"]).first()
             if policy is None or (policy.owner_id != request.user.id and not request.user.is_staff):
-                raise InvalidInput(f"Policy {v['policy']} does not exist or is not yours.",
-                                   details={"policy": v["policy"]})
+                raise InvalidInput(
+                    f"Policy {v['policy']} does not exist or is not yours.",
+                    details={"policy": v["policy"]},
+                )
         workers = v["workers"]
         job = services.job_create(
-            owner=request.user, name=v["name"], entrypoint=v["entrypoint"],
-            hyperparameters=v["hyperparameters"], workers_initial=workers["initial"],
+            owner=request.user,
+            name=v["name"],
+            entrypoint=v["entrypoint"],
+            hyperparameters=v["hyperparameters"],
+            workers_initial=workers["initial"],
             workers_min=workers.get("min", workers["initial"]),
             workers_max=workers.get("max", workers["initial"]),
-            strategy=v["strategy"], topology=v["topology"], policy=policy, node_selector=v["node_selector"],
+            strategy=v["strategy"],
+            topology=v["topology"],
+            policy=policy,
+            node_selector=v["node_selector"],
         )
         return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
 
@@ -304,15 +404,18 @@ class CheckpointPathField(serializers.CharField):
         if not isinstance(data, str):
             raise serializers.ValidationError(
                 f"must be a string: the path of a checkpoint folder on the job's nodes, such as "
-                f"\"/data/ckpt/step-000000500\" (or null to start from scratch); got {services.json_type(data)}.")
+                f'"/data/ckpt/step-000000500" (or null to start from scratch); got {services.json_type(data)}.'
+            )
         if "\x00" in data:
             raise serializers.ValidationError("must not contain NUL characters.")
         return super().to_internal_value(data)
 
 
 class JobRunListApi(APIView):
-    @extend_schema(responses={200: RunPageSerializer, **ERRORS},
-                   parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)])
+    @extend_schema(
+        responses={200: RunPageSerializer, **ERRORS},
+        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+    )
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         paginator = LimitOffsetPagination()
@@ -325,22 +428,36 @@ class JobRestartApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         resume_from = CheckpointPathField(
-            max_length=500, required=False, allow_null=True, trim_whitespace=False, help_text=(
+            max_length=500,
+            required=False,
+            allow_null=True,
+            trim_whitespace=False,
+            help_text=(
                 "checkpoint folder to resume from; omitted: the job's latest checkpoint if it recorded "
-                "one, else from scratch; null: from scratch"))
-        reason = serializers.CharField(max_length=500, required=False, allow_blank=True,
-                                       help_text="why, for the run's record and the audit trail")
+                "one, else from scratch; null: from scratch"
+            ),
+        )
+        reason = serializers.CharField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            help_text="why, for the run's record and the audit trail",
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: RunOutputSerializer, 409: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=InputSerializer, responses={201: RunOutputSerializer, 409: ERRORS[400], **ERRORS}
+    )
     def post(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
         run = services.job_restart(
-            job=job, actor=f"user:{request.user.username}",
+            job=job,
+            actor=f"user:{request.user.username}",
             resume_from=v["resume_from"] if "resume_from" in v else services.LATEST_CHECKPOINT,
-            reason=v.get("reason", ""))
+            reason=v.get("reason", ""),
+        )
         return Response(RunOutputSerializer(run).data, status=status.HTTP_201_CREATED)
 
 
@@ -350,8 +467,20 @@ class CommandOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Command
-        fields = ["id", "seq", "action", "payload", "state", "node", "issued_by", "applied_step",
-                  "error", "created_at", "acked_at", "finished_at"]
+        fields = [
+            "id",
+            "seq",
+            "action",
+            "payload",
+            "state",
+            "node",
+            "issued_by",
+            "applied_step",
+            "error",
+            "created_at",
+            "acked_at",
+            "finished_at",
+        ]
 
 
 class JobCommandsApi(APIView):
@@ -366,23 +495,36 @@ class JobCommandsApi(APIView):
             action, value = attrs["action"], attrs.get("value")
             if action == "set_batch_size":
                 if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
-                    raise serializers.ValidationError({"value": "set_batch_size needs an integer from 1 to 65536."})
+                    raise serializers.ValidationError(
+                        {"value": "set_batch_size needs an integer from 1 to 65536."}
+                    )
             elif action == "set_lr":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10:
-                    raise serializers.ValidationError({"value": "set_lr needs a number in (0, 10]."})
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or not 0 < value <= 10
+                ):
+                    raise serializers.ValidationError(
+                        {"value": "set_lr needs a number in (0, 10]."}
+                    )
             elif action == "set_strategy":
                 if value not in Job.Strategy.values:
                     raise serializers.ValidationError(
-                        {"value": f"set_strategy needs one of {', '.join(Job.Strategy.values)}."})
+                        {"value": f"set_strategy needs one of {', '.join(Job.Strategy.values)}."}
+                    )
             elif action == "set_topology":
                 if value not in Job.Topology.values:
                     raise serializers.ValidationError(
-                        {"value": f"set_topology needs one of {', '.join(Job.Topology.values)}."})
+                        {"value": f"set_topology needs one of {', '.join(Job.Topology.values)}."}
+                    )
             elif action == "scale_workers":
                 # The job's own bounds (workers min and max) are checked by the service.
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1024:
                     raise serializers.ValidationError(
-                        {"value": "scale_workers needs an integer number of workers (the job's new size)."})
+                        {
+                            "value": "scale_workers needs an integer number of workers (the job's new size)."
+                        }
+                    )
             return attrs
 
     @extend_schema(responses={200: CommandOutputSerializer(many=True), **ERRORS})
@@ -390,18 +532,25 @@ class JobCommandsApi(APIView):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         return Response(CommandOutputSerializer(selectors.job_commands(job), many=True).data)
 
-    @extend_schema(request=InputSerializer,
-                   responses={201: CommandOutputSerializer(many=True), 409: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: CommandOutputSerializer(many=True), 409: ERRORS[400], **ERRORS},
+    )
     def post(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
         commands = services.command_issue(
-            job=job, type=v["action"], value=v.get("value"), issued_by=f"user:{request.user.username}",
+            job=job,
+            type=v["action"],
+            value=v.get("value"),
+            issued_by=f"user:{request.user.username}",
             idempotency_key=v.get("idempotency_key"),
         )
-        return Response(CommandOutputSerializer(commands, many=True).data, status=status.HTTP_201_CREATED)
+        return Response(
+            CommandOutputSerializer(commands, many=True).data, status=status.HTTP_201_CREATED
+        )
 
 
 def int_query_param(request, name: str, *, default=None, low=None, high=None):
@@ -413,10 +562,17 @@ def int_query_param(request, name: str, *, default=None, low=None, high=None):
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInput(f"{name} must be an integer; got {raw!r}.", details={name: raw}) from None
+        raise InvalidInput(
+            f"{name} must be an integer; got {raw!r}.", details={name: raw}
+        ) from None
     if (low is not None and value < low) or (high is not None and value > high):
-        limits = (f"between {low} and {high}" if low is not None and high is not None
-                  else f"at least {low}" if low is not None else f"at most {high}")
+        limits = (
+            f"between {low} and {high}"
+            if low is not None and high is not None
+            else f"at least {low}"
+            if low is not None
+            else f"at most {high}"
+        )
         raise InvalidInput(f"{name} must be {limits}; got {value}.", details={name: raw})
     return value
 
@@ -424,25 +580,52 @@ def int_query_param(request, name: str, *, default=None, low=None, high=None):
 def _downsample_param(request) -> str:
     raw = request.query_params.get("downsample") or DEFAULT_DOWNSAMPLE
     if raw not in DOWNSAMPLE_METHODS:
-        raise InvalidInput(f"downsample must be one of {', '.join(DOWNSAMPLE_METHODS)}; got {raw!r}.",
-                           details={"downsample": raw, "allowed": list(DOWNSAMPLE_METHODS)})
+        raise InvalidInput(
+            f"downsample must be one of {', '.join(DOWNSAMPLE_METHODS)}; got {raw!r}.",
+            details={"downsample": raw, "allowed": list(DOWNSAMPLE_METHODS)},
+        )
     return raw
 
 
 class JobMetricsApi(APIView):
-    @extend_schema(responses={200: MetricsOutputSerializer, **ERRORS}, parameters=[
-        OpenApiParameter("names", str, description="comma-separated metric names (default: all)"),
-        OpenApiParameter("run", int, description=(
-            "the run's number within the job (1, 2, …; default: the job's current run). Each run "
-            "counts its steps from its own start, so runs are read one at a time. An unknown number "
-            "is a 404 whose details.runs lists the job's runs")),
-        OpenApiParameter("since", int, description="first step"), OpenApiParameter("until", int, description="last step"),
-        OpenApiParameter("max_points", int, description="points per series after downsampling (2-100000, default 1000)"),
-        OpenApiParameter("per_rank", bool, description="include per-worker series (default true)"),
-        OpenApiParameter("downsample", str, enum=list(DOWNSAMPLE_METHODS), default=DEFAULT_DOWNSAMPLE, description=(
-            "how a series longer than max_points is cut: minmax keeps each bucket's lowest and highest "
-            "point (exact extremes); lttb (Largest-Triangle-Three-Buckets) keeps one point per bucket "
-            "that best preserves the line's shape, exactly max_points points"))])
+    @extend_schema(
+        responses={200: MetricsOutputSerializer, **ERRORS},
+        parameters=[
+            OpenApiParameter(
+                "names", str, description="comma-separated metric names (default: all)"
+            ),
+            OpenApiParameter(
+                "run",
+                int,
+                description=(
+                    "the run's number within the job (1, 2, …; default: the job's current run). Each run "
+                    "counts its steps from its own start, so runs are read one at a time. An unknown number "
+                    "is a 404 whose details.runs lists the job's runs"
+                ),
+            ),
+            OpenApiParameter("since", int, description="first step"),
+            OpenApiParameter("until", int, description="last step"),
+            OpenApiParameter(
+                "max_points",
+                int,
+                description="points per series after downsampling (2-100000, default 1000)",
+            ),
+            OpenApiParameter(
+                "per_rank", bool, description="include per-worker series (default true)"
+            ),
+            OpenApiParameter(
+                "downsample",
+                str,
+                enum=list(DOWNSAMPLE_METHODS),
+                default=DEFAULT_DOWNSAMPLE,
+                description=(
+                    "how a series longer than max_points is cut: minmax keeps each bucket's lowest and highest "
+                    "point (exact extremes); lttb (Largest-Triangle-Three-Buckets) keeps one point per bucket "
+                    "that best preserves the line's shape, exactly max_points points"
+                ),
+            ),
+        ],
+    )
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         names_raw = request.query_params.get("names", "")
@@ -452,7 +635,8 @@ class JobMetricsApi(APIView):
             job.refresh_from_db(fields=["live_seq"])
             return Response({"job": job.id, "run": None, "seq": job.live_seq, "series": []})
         series = live_selectors.run_metric_series(
-            run_id=run.id, names=names,
+            run_id=run.id,
+            names=names,
             since=int_query_param(request, "since", low=0),
             until=int_query_param(request, "until", low=0),
             max_points=int_query_param(request, "max_points", default=1000, low=2, high=100_000),
@@ -464,32 +648,62 @@ class JobMetricsApi(APIView):
 
 
 class JobEventsApi(APIView):
-    @extend_schema(responses={200: EventOutputSerializer(many=True), **ERRORS},
-                   parameters=[OpenApiParameter("after", int, description="only events with a larger id"),
-                               OpenApiParameter("run", int, description=(
-                                   "only the events of this run (1-based); default: every run's"))])
+    @extend_schema(
+        responses={200: EventOutputSerializer(many=True), **ERRORS},
+        parameters=[
+            OpenApiParameter("after", int, description="only events with a larger id"),
+            OpenApiParameter(
+                "run",
+                int,
+                description=("only the events of this run (1-based); default: every run's"),
+            ),
+        ],
+    )
     def get(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         number = int_query_param(request, "run", low=1)
         run = selectors.job_run_get(job, number) if number is not None else None
-        events = selectors.job_events(job, after_id=int_query_param(request, "after", low=0), run=run)[:1000]
-        return Response([
-            {"id": e.id, "run": e.run.number if e.run else None, "kind": e.kind, "actor": e.actor,
-             "message": e.message, "data": e.data, "step": e.step, "time": e.created_at.isoformat()}
-            for e in events
-        ])
+        events = selectors.job_events(
+            job, after_id=int_query_param(request, "after", low=0), run=run
+        )[:1000]
+        return Response(
+            [
+                {
+                    "id": e.id,
+                    "run": e.run.number if e.run else None,
+                    "kind": e.kind,
+                    "actor": e.actor,
+                    "message": e.message,
+                    "data": e.data,
+                    "step": e.step,
+                    "time": e.created_at.isoformat(),
+                }
+                for e in events
+            ]
+        )
 
 
 class NodeListApi(APIView):
     @extend_schema(responses={200: NodeOutputSerializer(many=True), **ERRORS})
     def get(self, request):
-        return Response([
-            {"id": n.id, "name": n.name, "address": n.address, "slots": n.slots, "labels": n.labels,
-             "status": n.status, "last_heartbeat": n.last_heartbeat} for n in selectors.nodes_all()
-        ])
+        return Response(
+            [
+                {
+                    "id": n.id,
+                    "name": n.name,
+                    "address": n.address,
+                    "slots": n.slots,
+                    "labels": n.labels,
+                    "status": n.status,
+                    "last_heartbeat": n.last_heartbeat,
+                }
+                for n in selectors.nodes_all()
+            ]
+        )
 
 
 # --- agent side ----------------------------------------------------------------------------
+
 
 class AgentEnrolApi(APIView):
     authentication_classes: list = []
@@ -502,19 +716,35 @@ class AgentEnrolApi(APIView):
         slots = serializers.IntegerField(min_value=1, max_value=1024)
         labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
 
-    @extend_schema(request=InputSerializer, responses={201: inline_serializer("Enrolment", {
-        "node": serializers.IntegerField(), "name": serializers.CharField(),
-        "credential": serializers.CharField()}), **ERRORS})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: inline_serializer(
+                "Enrolment",
+                {
+                    "node": serializers.IntegerField(),
+                    "name": serializers.CharField(),
+                    "credential": serializers.CharField(),
+                },
+            ),
+            **ERRORS,
+        },
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
         node, credential = services.node_enrol(
-            join_token=v["join_token"], name=v["name"], address=v["address"], slots=v["slots"],
+            join_token=v["join_token"],
+            name=v["name"],
+            address=v["address"],
+            slots=v["slots"],
             labels=v.get("labels", {}),
         )
-        return Response({"node": node.id, "name": node.name, "credential": credential},
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            {"node": node.id, "name": node.name, "credential": credential},
+            status=status.HTTP_201_CREATED,
+        )
 
 
 class AgentApi(APIView):
@@ -524,59 +754,112 @@ class AgentApi(APIView):
 
 class AgentHeartbeatApi(AgentApi):
     class InputSerializer(serializers.Serializer):
-        jobs = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False,
-                                     max_length=10_000)
+        jobs = serializers.ListField(
+            child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
+        )
 
-    @extend_schema(request=InputSerializer, responses={200: inline_serializer("HeartbeatReply", {
-        "ok": serializers.BooleanField(), "heartbeat_timeout_s": serializers.FloatField(),
-        "release": serializers.ListField(child=serializers.IntegerField(), help_text=(
-            "Jobs among those listed whose workers the agent should end: finished, or no longer "
-            "counting on this node (it was taken for lost meanwhile)."))}), **ERRORS})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer(
+                "HeartbeatReply",
+                {
+                    "ok": serializers.BooleanField(),
+                    "heartbeat_timeout_s": serializers.FloatField(),
+                    "release": serializers.ListField(
+                        child=serializers.IntegerField(),
+                        help_text=(
+                            "Jobs among those listed whose workers the agent should end: finished, or no longer "
+                            "counting on this node (it was taken for lost meanwhile)."
+                        ),
+                    ),
+                },
+            ),
+            **ERRORS,
+        },
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        release = services.node_heartbeat(node=request.auth, running_jobs=data.validated_data.get("jobs"))
-        return Response({"ok": True, "heartbeat_timeout_s": settings.AGENT_HEARTBEAT_TIMEOUT_S,
-                         "release": release})
+        release = services.node_heartbeat(
+            node=request.auth, running_jobs=data.validated_data.get("jobs")
+        )
+        return Response(
+            {
+                "ok": True,
+                "heartbeat_timeout_s": settings.AGENT_HEARTBEAT_TIMEOUT_S,
+                "release": release,
+            }
+        )
 
 
 class AgentMetricsApi(AgentApi):
-    @extend_schema(request=inline_serializer("MetricBatch", {
-        "batch_id": serializers.CharField(max_length=64),
-        "points": serializers.ListField(child=inline_serializer("MetricPointIn", {
-            "job": serializers.IntegerField(), "name": serializers.CharField(max_length=64),
-            "step": serializers.IntegerField(min_value=0), "value": serializers.FloatField(),
-            "rank": serializers.IntegerField(required=False, allow_null=True),
-            "time": serializers.FloatField()}))}),
-        responses={200: inline_serializer("MetricBatchReply", {"stored": serializers.IntegerField()}),
-                   201: inline_serializer("MetricBatchStored", {"stored": serializers.IntegerField()}),
-                   413: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=inline_serializer(
+            "MetricBatch",
+            {
+                "batch_id": serializers.CharField(max_length=64),
+                "points": serializers.ListField(
+                    child=inline_serializer(
+                        "MetricPointIn",
+                        {
+                            "job": serializers.IntegerField(),
+                            "name": serializers.CharField(max_length=64),
+                            "step": serializers.IntegerField(min_value=0),
+                            "value": serializers.FloatField(),
+                            "rank": serializers.IntegerField(required=False, allow_null=True),
+                            "time": serializers.FloatField(),
+                        },
+                    )
+                ),
+            },
+        ),
+        responses={
+            200: inline_serializer("MetricBatchReply", {"stored": serializers.IntegerField()}),
+            201: inline_serializer("MetricBatchStored", {"stored": serializers.IntegerField()}),
+            413: ERRORS[400],
+            **ERRORS,
+        },
+    )
     def post(self, request):
         if not isinstance(request.data, dict):
-            raise InvalidInput("Send an object {\"batch_id\": ..., \"points\": [...]}.")
+            raise InvalidInput('Send an object {"batch_id": ..., "points": [...]}.')
         stored = live_services.metrics_ingest(
-            node=request.auth, batch_id=request.data.get("batch_id"),
+            node=request.auth,
+            batch_id=request.data.get("batch_id"),
             points=request.data.get("points"),
         )
-        return Response({"stored": stored}, status=status.HTTP_201_CREATED if stored else status.HTTP_200_OK)
+        return Response(
+            {"stored": stored}, status=status.HTTP_201_CREATED if stored else status.HTTP_200_OK
+        )
 
 
-ClusterSpecSerializer = inline_serializer("ClusterSpec", {
-    "job": serializers.IntegerField(), "version": serializers.IntegerField(),
-    "world_size": serializers.IntegerField(), "complete": serializers.BooleanField(),
-    "workers_min": serializers.IntegerField(),
-    "members": serializers.ListField(child=serializers.CharField(allow_null=True))})
+ClusterSpecSerializer = inline_serializer(
+    "ClusterSpec",
+    {
+        "job": serializers.IntegerField(),
+        "version": serializers.IntegerField(),
+        "world_size": serializers.IntegerField(),
+        "complete": serializers.BooleanField(),
+        "workers_min": serializers.IntegerField(),
+        "members": serializers.ListField(child=serializers.CharField(allow_null=True)),
+    },
+)
 
 
 class AgentJobWorkersApi(AgentApi):
     class InputSerializer(serializers.Serializer):
-        workers = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1024)
+        workers = serializers.ListField(
+            child=serializers.DictField(), min_length=1, max_length=1024
+        )
 
     @extend_schema(request=InputSerializer, responses={200: ClusterSpecSerializer, **ERRORS})
     def post(self, request, job_id: int):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        job = services.workers_register(node=request.auth, job_id=job_id, workers=data.validated_data["workers"])
+        job = services.workers_register(
+            node=request.auth, job_id=job_id, workers=data.validated_data["workers"]
+        )
         return Response(services.cluster_spec(job=job))
 
 
@@ -604,16 +887,20 @@ class AgentJobReportApi(AgentApi):
         data.is_valid(raise_exception=True)
         v = data.validated_data
         try:
-            services.job_report(node=request.auth, job_id=job_id, status=v["status"],
-                                reason=v.get("reason", ""), workers=v.get("workers"))
+            services.job_report(
+                node=request.auth,
+                job_id=job_id,
+                status=v["status"],
+                reason=v.get("reason", ""),
+                workers=v.get("workers"),
+            )
         except KeyError as exc:
             raise InvalidInput(f"each worker needs {exc.args[0]!r}") from None
         return Response({"ok": True})
 
 
-
-
 # --- API tokens ----------------------------------------------------------------------------
+
 
 class TokenOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
@@ -642,7 +929,9 @@ class TokenListCreateApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         token, secret = tokens.token_create(user=request.user, **data.validated_data)
-        return Response({**TokenOutputSerializer(token).data, "token": secret}, status=status.HTTP_201_CREATED)
+        return Response(
+            {**TokenOutputSerializer(token).data, "token": secret}, status=status.HTTP_201_CREATED
+        )
 
 
 class TokenDetailApi(APIView):

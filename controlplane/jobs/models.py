@@ -63,7 +63,9 @@ class Job(models.Model):
         STAR = "star"
         AUTO = "auto"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs"
+    )
     name = models.CharField(max_length=200)
     entrypoint = models.CharField(max_length=200)
     hyperparameters = models.JSONField(default=dict)
@@ -191,10 +193,10 @@ class Worker(models.Model):
 
     class State(models.TextChoices):
         STARTING = "starting"
-        JOINING = "joining"      # a joiner the agent is starting (warm standby to be)
-        STANDBY = "standby"      # a joiner that built its model and waits to be let in
+        JOINING = "joining"  # a joiner the agent is starting (warm standby to be)
+        STANDBY = "standby"  # a joiner that built its model and waits to be let in
         RUNNING = "running"
-        LEFT = "left"            # removed from the cluster (shrink) and exited cleanly
+        LEFT = "left"  # removed from the cluster (shrink) and exited cleanly
         EXITED = "exited"
         FAILED = "failed"
 
@@ -219,7 +221,9 @@ class Worker(models.Model):
 
     class Meta:
         ordering = ["job_id", "run_id", "rank"]
-        constraints = [models.UniqueConstraint(fields=["run", "rank"], name="worker_unique_rank_in_run")]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "rank"], name="worker_unique_rank_in_run")
+        ]
 
 
 class ClusterVersion(models.Model):
@@ -238,7 +242,9 @@ class ClusterVersion(models.Model):
     class Meta:
         ordering = ["job_id", "run_id", "version"]
         constraints = [
-            models.UniqueConstraint(fields=["run", "version"], name="cluster_version_unique_in_run"),
+            models.UniqueConstraint(
+                fields=["run", "version"], name="cluster_version_unique_in_run"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -311,7 +317,9 @@ class Event(models.Model):
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
     # The job's current run when it happened (None before the job was first placed).
-    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     actor = models.CharField(max_length=200)
     message = models.TextField()
@@ -326,9 +334,13 @@ class Event(models.Model):
 class ApiToken(models.Model):
     """A user's API token. The secret is shown once at creation; only its digest is kept."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=12, help_text="The first characters, to recognise the token.")
+    prefix = models.CharField(
+        max_length=12, help_text="The first characters, to recognise the token."
+    )
     token_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

@@ -26,11 +26,14 @@ class NodeCapacity:
 
 def labels_match(labels: Mapping[str, str], node_selector: Mapping[str, str] | None) -> bool:
     """Whether a node with ``labels`` may run workers of a job with ``node_selector``."""
-    return all(key in labels and labels[key] == value for key, value in (node_selector or {}).items())
+    return all(
+        key in labels and labels[key] == value for key, value in (node_selector or {}).items()
+    )
 
 
-def plan_placement(nodes: list[NodeCapacity], workers: int,
-                   node_selector: Mapping[str, str] | None = None) -> dict[int, list[int]] | None:
+def plan_placement(
+    nodes: list[NodeCapacity], workers: int, node_selector: Mapping[str, str] | None = None
+) -> dict[int, list[int]] | None:
     """Map node id → ranks for ``workers`` workers on nodes matching ``node_selector``, or
     None when they do not fit there."""
     if workers < 1:

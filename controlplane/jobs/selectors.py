@@ -7,7 +7,9 @@ from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, 
 
 
 def jobs_visible_to(user) -> QuerySet[Job]:
-    qs = Job.objects.select_related("owner", "policy", "current_run").prefetch_related("workers__node")
+    qs = Job.objects.select_related("owner", "policy", "current_run").prefetch_related(
+        "workers__node"
+    )
     return qs if user.is_staff else qs.filter(owner=user)
 
 
@@ -36,10 +38,17 @@ def job_run_get(job: Job, number: int | None) -> Run | None:
         return job.current_run
     run = Run.objects.filter(job=job, number=number).first()
     if run is None:
-        numbers = list(Run.objects.filter(job=job).order_by("number").values_list("number", flat=True))
-        there = (f"its runs are {', '.join(str(n) for n in numbers)}" if numbers
-                 else "it has no runs yet (it has not been placed)")
-        raise NotFound(f"Job {job.id} has no run {number}; {there}.", details={"run": number, "runs": numbers})
+        numbers = list(
+            Run.objects.filter(job=job).order_by("number").values_list("number", flat=True)
+        )
+        there = (
+            f"its runs are {', '.join(str(n) for n in numbers)}"
+            if numbers
+            else "it has no runs yet (it has not been placed)"
+        )
+        raise NotFound(
+            f"Job {job.id} has no run {number}; {there}.", details={"run": number, "runs": numbers}
+        )
     return run
 
 
@@ -59,8 +68,9 @@ def job_cluster_members(job: Job) -> list[int]:
     """Worker numbers of the latest cluster version of the job's current run, in rank order."""
     if not job.cluster_version:
         return []
-    row = (ClusterVersion.objects.filter(run_id=job.current_run_id, version=job.cluster_version)
-           .values_list("workers", flat=True))
+    row = ClusterVersion.objects.filter(
+        run_id=job.current_run_id, version=job.cluster_version
+    ).values_list("workers", flat=True)
     return list(row.first() or [])
 
 

@@ -25,7 +25,9 @@ def place_job(job_id: int) -> None:
 def place_pending_jobs() -> None:
     """Place queued jobs, then grow running elastic jobs back to their wanted size with
     what is left (services.jobs_grow_to_wanted)."""
-    for job_id in Job.objects.filter(status=Job.Status.PENDING).order_by("id").values_list("id", flat=True):
+    for job_id in (
+        Job.objects.filter(status=Job.Status.PENDING).order_by("id").values_list("id", flat=True)
+    ):
         services.job_place(job_id=job_id)
     grown = services.jobs_grow_to_wanted(delay_s=settings.AUTO_GROW_DELAY_S)
     if grown:

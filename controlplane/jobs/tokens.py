@@ -18,7 +18,10 @@ from controlplane.jobs.models import ApiToken
 def token_create(*, user, name: str, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
     secret = credentials.new_secret("tok")
     token = ApiToken.objects.create(
-        user=user, name=name, prefix=secret[:12], token_hash=credentials.digest(secret),
+        user=user,
+        name=name,
+        prefix=secret[:12],
+        token_hash=credentials.digest(secret),
         expires_at=timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None,
     )
     return token, secret
@@ -35,4 +38,5 @@ def token_revoke(*, user, token_id: int) -> ApiToken:
 
 def tokens_revoke_named(*, user, name: str) -> int:
     return ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
-        revoked_at=timezone.now())
+        revoked_at=timezone.now()
+    )

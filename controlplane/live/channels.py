@@ -32,7 +32,9 @@ _redis_client: redis.Redis | None = None
 
 
 def frame_log_key(job_id: int) -> str:
-    return f"{settings.CHANNEL_LAYERS['default']['CONFIG'].get('prefix', 'adaptrain')}:frames:{job_id}"
+    return (
+        f"{settings.CHANNEL_LAYERS['default']['CONFIG'].get('prefix', 'adaptrain')}:frames:{job_id}"
+    )
 
 
 def _redis() -> redis.Redis:
@@ -40,6 +42,7 @@ def _redis() -> redis.Redis:
     if _redis_client is None:
         _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     return _redis_client
+
 
 # Message types on the channel layer (Channels maps "a.b" to the consumer method a_b).
 JOB_MESSAGE = "job.message"
@@ -90,7 +93,9 @@ def _group_send(group: str, message: dict[str, Any]) -> bool:
     try:
         async_to_sync(get_channel_layer().group_send)(group, message)
     except Exception as exc:  # noqa: BLE001 - redis, socket or channel-layer errors alike
-        log.warning("could not push %s to %s (channel layer unavailable: %s)", message["type"], group, exc)
+        log.warning(
+            "could not push %s to %s (channel layer unavailable: %s)", message["type"], group, exc
+        )
         return False
     return True
 

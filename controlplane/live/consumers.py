@@ -76,7 +76,9 @@ class _GroupConsumer(AsyncJsonWebsocketConsumer):
             # The channel layer failed (Redis is down): end the connection; the client
             # reconnects, and is refused until Redis answers again.
             if getattr(self, "joined", False):  # a refused client was logged already
-                log.warning("closing a WebSocket of %s: the channel layer failed (%s)", self.group, exc)
+                log.warning(
+                    "closing a WebSocket of %s: the channel layer failed (%s)", self.group, exc
+                )
             with contextlib.suppress(Exception):  # it may be closed already
                 await self.close(code=CLOSE_CHANNEL_LAYER_FAILED)
         finally:  # also when the channel layer failed, which skips disconnect()
@@ -89,7 +91,9 @@ class _GroupConsumer(AsyncJsonWebsocketConsumer):
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
         except Exception as exc:  # noqa: BLE001 - redis, socket or channel-layer errors alike
-            log.warning("refusing a client of %s: the channel layer is unavailable (%s)", self.group, exc)
+            log.warning(
+                "refusing a client of %s: the channel layer is unavailable (%s)", self.group, exc
+            )
             return False
         self.joined = True
         self._refresher = asyncio.create_task(self._refresh_loop())
@@ -137,7 +141,9 @@ class JobStreamConsumer(_GroupConsumer):
         self.after = after or 0
         self.sent: set[int] = set()
         if after is not None:
-            frames, complete = await database_sync_to_async(channels.frames_after)(self.job_id, after)
+            frames, complete = await database_sync_to_async(channels.frames_after)(
+                self.job_id, after
+            )
             if not complete:
                 await self.send_json({"seq": self.after, "type": "resync", "data": {}})
             for frame in frames:
@@ -177,10 +183,15 @@ class AgentCommandConsumer(_GroupConsumer):
 
     async def refresh(self) -> None:
         unacked = await database_sync_to_async(services.commands_unfinished_for_node)(
-            self.node, unacked_for_s=settings.CHANNEL_REFRESH_S)
+            self.node, unacked_for_s=settings.CHANNEL_REFRESH_S
+        )
         for command in unacked:
-            log.info("sending command %s to node %s again: not acknowledged within %.0f s", command.id,
-                     self.node.name, settings.CHANNEL_REFRESH_S)
+            log.info(
+                "sending command %s to node %s again: not acknowledged within %.0f s",
+                command.id,
+                self.node.name,
+                settings.CHANNEL_REFRESH_S,
+            )
             await self._deliver(services.command_frame(command))
         for frame in await database_sync_to_async(services.cluster_frames_for_node)(self.node):
             if frame["version"] > self.cluster_sent.get(frame["job"], 0):
@@ -191,7 +202,9 @@ class AgentCommandConsumer(_GroupConsumer):
         if frame.get("type") == "command":
             await database_sync_to_async(services.command_mark_sent)(command_id=frame["id"])
         elif frame.get("type") == "cluster":
-            self.cluster_sent[frame["job"]] = max(self.cluster_sent.get(frame["job"], 0), frame["version"])
+            self.cluster_sent[frame["job"]] = max(
+                self.cluster_sent.get(frame["job"], 0), frame["version"]
+            )
 
     async def command_push(self, message):
         await self._deliver(message["command"])
@@ -209,20 +222,32 @@ class AgentCommandConsumer(_GroupConsumer):
             return
         command_id = content.get("id") if isinstance(content, dict) else None
         if kind not in ("ack", "applied", "failed") or not isinstance(command_id, int):
-            await self.send_json({"type": "error", "message":
-                                  "Expected {\"type\": \"ack\"|\"applied\"|\"failed\", \"id\": <int>}."})
+            await self.send_json(
+                {
+                    "type": "error",
+                    "message": 'Expected {"type": "ack"|"applied"|"failed", "id": <int>}.',
+                }
+            )
             return
         try:
             if kind == "ack":
-                await database_sync_to_async(services.command_ack)(node=self.node, command_id=command_id)
+                await database_sync_to_async(services.command_ack)(
+                    node=self.node, command_id=command_id
+                )
             else:
                 step, lr = content.get("step"), content.get("lr")
                 await database_sync_to_async(services.command_finish)(
-                    node=self.node, command_id=command_id, ok=kind == "applied",
+                    node=self.node,
+                    command_id=command_id,
+                    ok=kind == "applied",
                     step=step if isinstance(step, int) else None,
                     error=str(content.get("error", ""))[:2000],
-                    lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool)
-                    and math.isfinite(lr) and lr > 0 else None,
+                    lr=float(lr)
+                    if isinstance(lr, (int, float))
+                    and not isinstance(lr, bool)
+                    and math.isfinite(lr)
+                    and lr > 0
+                    else None,
                 )
         except ApiError as exc:
             await self.send_json({"type": "error", "id": command_id, "message": exc.message})
@@ -230,13 +255,18 @@ class AgentCommandConsumer(_GroupConsumer):
     async def _worker_report(self, content: dict) -> None:
         job_id, event = content.get("job"), content.get("event")
         if not isinstance(job_id, int) or not isinstance(event, str):
-            await self.send_json({"type": "error", "message":
-                                  "Expected {\"type\": \"worker\", \"job\": <int>, \"rank\": <int>, "
-                                  "\"event\": <str>, ...}."})
+            await self.send_json(
+                {
+                    "type": "error",
+                    "message": 'Expected {"type": "worker", "job": <int>, "rank": <int>, '
+                    '"event": <str>, ...}.',
+                }
+            )
             return
         data = {k: v for k, v in content.items() if k not in ("type", "job", "rank", "event")}
         try:
             await database_sync_to_async(services.job_worker_report)(
-                node=self.node, job_id=job_id, rank=content.get("rank"), event=event, data=data)
+                node=self.node, job_id=job_id, rank=content.get("rank"), event=event, data=data
+            )
         except ApiError as exc:
             await self.send_json({"type": "error", "job": job_id, "message": exc.message})

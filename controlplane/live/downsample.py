@@ -44,7 +44,9 @@ def min_max_buckets(steps: Sequence[int], values: Sequence[float], max_points: i
     return keep
 
 
-def largest_triangle_three_buckets(steps: Sequence[float], values: Sequence[float], max_points: int) -> list[int]:
+def largest_triangle_three_buckets(
+    steps: Sequence[float], values: Sequence[float], max_points: int
+) -> list[int]:
     """Return exactly ``min(len(steps), max_points)`` indices to keep, in order (LTTB).
 
     The first and last points are kept; the ``n - 2`` points between them are cut into
@@ -63,6 +65,7 @@ def largest_triangle_three_buckets(steps: Sequence[float], values: Sequence[floa
     if max_points == 2:
         return [0, n - 1]
     inner = max_points - 2
+
     # Bucket b covers indices [edge(b), edge(b + 1)) of the inner points 1 … n-2;
     # the last point, alone, is the "bucket" after the final one.
     def edge(b: int) -> int:
@@ -95,10 +98,14 @@ _METHODS: dict[str, Callable[[Sequence, Sequence[float], int], list[int]]] = {
 }
 
 
-def downsample_indices(method: str, steps: Sequence, values: Sequence[float], max_points: int) -> list[int]:
+def downsample_indices(
+    method: str, steps: Sequence, values: Sequence[float], max_points: int
+) -> list[int]:
     """Indices to keep with the named method (one of ``DOWNSAMPLE_METHODS``)."""
     try:
         function = _METHODS[method]
     except KeyError:
-        raise ValueError(f"unknown downsampling method {method!r}; use one of {', '.join(DOWNSAMPLE_METHODS)}") from None
+        raise ValueError(
+            f"unknown downsampling method {method!r}; use one of {', '.join(DOWNSAMPLE_METHODS)}"
+        ) from None
     return function(steps, values, max_points)

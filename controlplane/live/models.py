@@ -19,8 +19,9 @@ class MetricPoint(models.Model):
     job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="metric_points")
     # No index of its own: the (run, name, rank, step) index below leads with it, and
     # every index costs ingest time (COPY of thousands of points per batch).
-    run = models.ForeignKey("jobs.Run", on_delete=models.CASCADE, related_name="metric_points",
-                            db_index=False)
+    run = models.ForeignKey(
+        "jobs.Run", on_delete=models.CASCADE, related_name="metric_points", db_index=False
+    )
     name = models.CharField(max_length=64)
     # None for a whole-job series; the worker's rank for a per-worker series.
     rank = models.IntegerField(null=True, blank=True)
@@ -31,4 +32,6 @@ class MetricPoint(models.Model):
     class Meta:
         # Reads are per run (charts, policies, replay); reads per job (retention, the
         # latest checkpoint) use the job foreign key's own index.
-        indexes = [models.Index(fields=["run", "name", "rank", "step"], name="live_metric_run_series_idx")]
+        indexes = [
+            models.Index(fields=["run", "name", "rank", "step"], name="live_metric_run_series_idx")
+        ]

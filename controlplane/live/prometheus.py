@@ -57,22 +57,45 @@ def render_metrics() -> str:
 
     latency = ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField())
     durations = sorted(
-        d.total_seconds() for d in Command.objects.filter(
-            state=Command.State.APPLIED, finished_at__gte=now - LATENCY_WINDOW,
-        ).exclude(type=Command.Type.START).annotate(latency=latency).values_list("latency", flat=True)
+        d.total_seconds()
+        for d in Command.objects.filter(
+            state=Command.State.APPLIED,
+            finished_at__gte=now - LATENCY_WINDOW,
+        )
+        .exclude(type=Command.Type.START)
+        .annotate(latency=latency)
+        .values_list("latency", flat=True)
     )
-    family("adaptrain_command_latency_seconds", "summary",
-           "From a command's creation to its workers applying it, over the last 15 minutes.")
+    family(
+        "adaptrain_command_latency_seconds",
+        "summary",
+        "From a command's creation to its workers applying it, over the last 15 minutes.",
+    )
     for q in QUANTILES:
-        lines.append(f'adaptrain_command_latency_seconds{{quantile="{q}"}} {_quantile(durations, q)}')
+        lines.append(
+            f'adaptrain_command_latency_seconds{{quantile="{q}"}} {_quantile(durations, q)}'
+        )
     lines.append(f"adaptrain_command_latency_seconds_sum {sum(durations)}")
     lines.append(f"adaptrain_command_latency_seconds_count {len(durations)}")
 
-    recent = MetricBatch.objects.filter(received_at__gte=now - INGEST_WINDOW).aggregate(p=Sum("points"))["p"] or 0
-    family("adaptrain_ingest_points_per_second", "gauge", "Metric points stored per second, last minute.")
+    recent = (
+        MetricBatch.objects.filter(received_at__gte=now - INGEST_WINDOW).aggregate(p=Sum("points"))[
+            "p"
+        ]
+        or 0
+    )
+    family(
+        "adaptrain_ingest_points_per_second",
+        "gauge",
+        "Metric points stored per second, last minute.",
+    )
     lines.append(f"adaptrain_ingest_points_per_second {recent / INGEST_WINDOW.total_seconds()}")
     total = MetricBatch.objects.aggregate(p=Sum("points"))["p"] or 0
-    family("adaptrain_ingest_points_total", "counter", "Metric points stored since the database was created.")
+    family(
+        "adaptrain_ingest_points_total",
+        "counter",
+        "Metric points stored since the database was created.",
+    )
     lines.append(f"adaptrain_ingest_points_total {total}")
     return "\n".join(lines) + "\n"
 
@@ -83,6 +106,10 @@ def metrics_view(request):
     if expected:
         sent = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(sent.encode(), expected.encode()):
-            return HttpResponse("Send 'Authorization: Bearer <METRICS_TOKEN>'.\n", status=401,
-                                content_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
+            return HttpResponse(
+                "Send 'Authorization: Bearer <METRICS_TOKEN>'.\n",
+                status=401,
+                content_type="text/plain",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE)

@@ -58,10 +58,16 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
             raise _point_error(i, f"name must be a string of 1 to {MAX_NAME_LENGTH} characters")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
             raise _point_error(i, f"step must be an integer from 0 to {MAX_STEP}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise _point_error(i, "value must be a finite number")
         rank = p.get("rank")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= MAX_RANK):
+        if rank is not None and (
+            isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= MAX_RANK
+        ):
             raise _point_error(i, "rank must be a non-negative integer or null")
         job_id = p.get("job")
         if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= MAX_ID:
@@ -74,8 +80,10 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
     runs = _runs_reporting(node, job_ids)
     unknown = job_ids - runs.keys()
     if unknown:
-        raise NotFound(f"No workers of job(s) {sorted(unknown)} run on node {node.name}.",
-                       details={"jobs": sorted(unknown)})
+        raise NotFound(
+            f"No workers of job(s) {sorted(unknown)} run on node {node.name}.",
+            details={"jobs": sorted(unknown)},
+        )
     try:
         with transaction.atomic():
             MetricBatch.objects.create(batch_id=batch_id, node=node, points=len(rows))
@@ -108,12 +116,19 @@ def _runs_reporting(node: Node, job_ids: set[int]) -> dict[int, _ReportingRun]:
     after a restart) reports for that earlier run (its latest), so its last points never
     land in the new run's series."""
     found: dict[int, _ReportingRun] = {}
-    rows = (Worker.objects.filter(node=node, job_id__in=job_ids)
-            .values_list("job_id", "run_id", "run__number", "job__current_run_id").distinct())
+    rows = (
+        Worker.objects.filter(node=node, job_id__in=job_ids)
+        .values_list("job_id", "run_id", "run__number", "job__current_run_id")
+        .distinct()
+    )
     for job_id, run_id, number, current_run_id in rows:
         candidate = _ReportingRun(run_id, number, run_id == current_run_id)
         best = found.get(job_id)
-        if best is None or candidate.current or (not best.current and candidate.number > best.number):
+        if (
+            best is None
+            or candidate.current
+            or (not best.current and candidate.number > best.number)
+        ):
             found[job_id] = candidate
     return found
 
@@ -139,12 +154,15 @@ def _copy_rows(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:
     for r in rows:
         when = datetime.fromtimestamp(r.time, tz=dt_timezone.utc).isoformat()
         rank = "\\N" if r.rank is None else str(r.rank)
-        write(f"{keys[r.job_id]}{r.name.translate(_COPY_ESCAPES)}\t{rank}\t{r.step}\t{r.value!r}\t{when}\n")
+        write(
+            f"{keys[r.job_id]}{r.name.translate(_COPY_ESCAPES)}\t{rank}\t{r.step}\t{r.value!r}\t{when}\n"
+        )
     buffer.seek(0)
     with connection.cursor() as cursor:
         cursor.copy_expert(
             f"COPY {MetricPoint._meta.db_table} (job_id, run_id, name, rank, step, value, time) FROM STDIN",
-            buffer)
+            buffer,
+        )
 
 
 POLICY_DEBOUNCE_S = 0.5
@@ -158,12 +176,17 @@ def _schedule_policy_evaluation(job_ids: set[int]) -> None:
     POLICY_EVAL_INTERVAL_S as a backstop."""
     from controlplane.policies.tasks import evaluate_job
 
-    with_policy = Job.objects.filter(id__in=job_ids, policy__isnull=False, policy__enabled=True,
-                                     status=Job.Status.RUNNING).values_list("id", flat=True)
+    with_policy = Job.objects.filter(
+        id__in=job_ids, policy__isnull=False, policy__enabled=True, status=Job.Status.RUNNING
+    ).values_list("id", flat=True)
     for job_id in with_policy:
         try:
-            first = channels._redis().set(f"{channels.frame_log_key(job_id)}:eval", 1, nx=True,
-                                          px=int(POLICY_DEBOUNCE_S * 1000))
+            first = channels._redis().set(
+                f"{channels.frame_log_key(job_id)}:eval",
+                1,
+                nx=True,
+                px=int(POLICY_DEBOUNCE_S * 1000),
+            )
         except Exception:  # noqa: BLE001 - Redis trouble: the beat evaluates anyway
             log.warning("could not debounce policy evaluation of job %s", job_id)
             continue
@@ -183,20 +206,33 @@ def _publish_batch(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:
         series["value"].append(r.value)
         series["time"].append(r.time)
     for job_id, series in by_job.items():
-        channels.publish_to_job(job_id, channels.FRAME_METRICS, {"run": runs[job_id].number, "series": [
-            {"name": name, "rank": rank, **cols} for (name, rank), cols in series.items()
-        ]})
+        channels.publish_to_job(
+            job_id,
+            channels.FRAME_METRICS,
+            {
+                "run": runs[job_id].number,
+                "series": [
+                    {"name": name, "rank": rank, **cols} for (name, rank), cols in series.items()
+                ],
+            },
+        )
 
 
 def metrics_apply_retention(*, days: float, chunk: int = 50_000) -> int:
     """Delete the metric points of jobs that ended more than ``days`` ago, in chunks so
     no single statement holds locks for long. Running jobs keep everything."""
     cutoff = timezone.now() - timedelta(days=days)
-    job_ids = list(Job.objects.filter(status__in=Job.TERMINAL, finished_at__lt=cutoff).values_list("id", flat=True))
+    job_ids = list(
+        Job.objects.filter(status__in=Job.TERMINAL, finished_at__lt=cutoff).values_list(
+            "id", flat=True
+        )
+    )
     deleted = 0
     for job_id in job_ids:
         while True:
-            ids = list(MetricPoint.objects.filter(job_id=job_id).values_list("id", flat=True)[:chunk])
+            ids = list(
+                MetricPoint.objects.filter(job_id=job_id).values_list("id", flat=True)[:chunk]
+            )
             if not ids:
                 break
             deleted += MetricPoint.objects.filter(id__in=ids).delete()[0]

@@ -16,5 +16,8 @@ def apply_retention() -> None:
         return
     deleted = services.metrics_apply_retention(days=settings.METRICS_RETENTION_DAYS)
     if deleted:
-        log.info("retention: deleted %d metric points of jobs ended over %g days ago",
-                 deleted, settings.METRICS_RETENTION_DAYS)
+        log.info(
+            "retention: deleted %d metric points of jobs ended over %g days ago",
+            deleted,
+            settings.METRICS_RETENTION_DAYS,
+        )

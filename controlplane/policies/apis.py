@@ -20,8 +20,17 @@ class PolicyOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Policy
-        fields = ["id", "name", "description", "owner", "version", "enabled", "definition", "created_at",
-                  "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "description",
+            "owner",
+            "version",
+            "enabled",
+            "definition",
+            "created_at",
+            "updated_at",
+        ]
 
 
 class PolicyListCreateApi(APIView):
@@ -39,7 +48,9 @@ class PolicyListCreateApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        policy = services.policy_create(owner=request.user, definition=data.validated_data["definition"])
+        policy = services.policy_create(
+            owner=request.user, definition=data.validated_data["definition"]
+        )
         return Response(PolicyOutputSerializer(policy).data, status=status.HTTP_201_CREATED)
 
 
@@ -58,7 +69,9 @@ class PolicyDetailApi(APIView):
 
         def validate(self, attrs):
             if not attrs:
-                raise serializers.ValidationError("Send a definition (saved as a new version) and/or enabled.")
+                raise serializers.ValidationError(
+                    "Send a definition (saved as a new version) and/or enabled."
+                )
             return attrs
 
     @extend_schema(responses={200: PolicyOutputSerializer, **ERRORS})
@@ -72,7 +85,9 @@ class PolicyDetailApi(APIView):
         data.is_valid(raise_exception=True)
         v = data.validated_data
         if "definition" in v:
-            policy = services.policy_update(policy=policy, definition=v["definition"], user=request.user)
+            policy = services.policy_update(
+                policy=policy, definition=v["definition"], user=request.user
+            )
         if "enabled" in v:
             policy = services.policy_set_enabled(policy=policy, enabled=v["enabled"])
         return Response(PolicyOutputSerializer(policy).data)
@@ -80,7 +95,8 @@ class PolicyDetailApi(APIView):
     @extend_schema(
         responses={204: None, 409: ERRORS[400], **ERRORS},
         description="Refused (409, with the job ids in details.jobs) while an unfinished job uses the "
-                    "policy: disable it instead (PUT {\"enabled\": false}), or delete it once those jobs end.")
+        'policy: disable it instead (PUT {"enabled": false}), or delete it once those jobs end.',
+    )
     def delete(self, request, policy_id: int):
         services.policy_delete(policy=_policy_for_user(request.user, policy_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -104,38 +120,71 @@ class PolicyVersionListApi(APIView):
 
 class DecisionOutputSerializer(serializers.ModelSerializer):
     policy = serializers.CharField(source="policy.name")
-    run = serializers.IntegerField(source="run.number", allow_null=True, default=None, help_text=(
-        "the number of the job's run the decision was made in (its step counts from that run's start)"))
+    run = serializers.IntegerField(
+        source="run.number",
+        allow_null=True,
+        default=None,
+        help_text=(
+            "the number of the job's run the decision was made in (its step counts from that run's start)"
+        ),
+    )
 
     class Meta:
         model = Decision
-        fields = ["id", "policy", "policy_version", "run", "rule", "step", "inputs", "action", "outcome",
-                  "command", "decided_by", "created_at"]
+        fields = [
+            "id",
+            "policy",
+            "policy_version",
+            "run",
+            "rule",
+            "step",
+            "inputs",
+            "action",
+            "outcome",
+            "command",
+            "decided_by",
+            "created_at",
+        ]
 
 
 class JobDecisionListApi(APIView):
-    @extend_schema(responses={200: DecisionOutputSerializer(many=True), **ERRORS}, parameters=[
-        OpenApiParameter("run", int, description=(
-            "only the decisions of this run (its number within the job: 1, 2, …); default: every run's, "
-            "oldest first, each with its run number. An unknown number is a 404 whose details.runs lists "
-            "the job's runs"))])
+    @extend_schema(
+        responses={200: DecisionOutputSerializer(many=True), **ERRORS},
+        parameters=[
+            OpenApiParameter(
+                "run",
+                int,
+                description=(
+                    "only the decisions of this run (its number within the job: 1, 2, …); default: every run's, "
+                    "oldest first, each with its run number. An unknown number is a 404 whose details.runs lists "
+                    "the job's runs"
+                ),
+            )
+        ],
+    )
     def get(self, request, job_id: int):
         job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
         number = int_query_param(request, "run", low=1)
         run = job_selectors.job_run_get(job, number) if number is not None else None
-        return Response(DecisionOutputSerializer(selectors.job_decisions(job, run=run), many=True).data)
+        return Response(
+            DecisionOutputSerializer(selectors.job_decisions(job, run=run), many=True).data
+        )
 
 
 class DecisionResolveApi(APIView):
     approve = True
 
-    @extend_schema(request=None, responses={200: DecisionOutputSerializer, 409: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=None, responses={200: DecisionOutputSerializer, 409: ERRORS[400], **ERRORS}
+    )
     def post(self, request, job_id: int, decision_id: int):
         job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
         decision = job.decisions.filter(id=decision_id).first()
         if decision is None:
             raise NotFound(f"Job {job_id} has no decision {decision_id}.")
-        decision = services.decision_resolve(decision=decision, approve=self.approve, user=request.user)
+        decision = services.decision_resolve(
+            decision=decision, approve=self.approve, user=request.user
+        )
         return Response(DecisionOutputSerializer(decision).data)
 
 
@@ -151,9 +200,19 @@ class PolicyValidateApi(APIView):
     class InputSerializer(serializers.Serializer):
         definition = serializers.JSONField()
 
-    @extend_schema(request=InputSerializer, responses={200: inline_serializer("PolicyValid", {
-        "valid": serializers.BooleanField(), "rules": serializers.ListField(child=serializers.CharField())}),
-        **ERRORS})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer(
+                "PolicyValid",
+                {
+                    "valid": serializers.BooleanField(),
+                    "rules": serializers.ListField(child=serializers.CharField()),
+                },
+            ),
+            **ERRORS,
+        },
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -162,12 +221,32 @@ class PolicyValidateApi(APIView):
 
 
 class PolicyTemplateListApi(APIView):
-    @extend_schema(responses={200: inline_serializer("PolicyTemplate", {
-        "id": serializers.CharField(), "name": serializers.CharField(),
-        "description": serializers.CharField(), "definition": serializers.JSONField()}, many=True)})
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "PolicyTemplate",
+                {
+                    "id": serializers.CharField(),
+                    "name": serializers.CharField(),
+                    "description": serializers.CharField(),
+                    "definition": serializers.JSONField(),
+                },
+                many=True,
+            )
+        }
+    )
     def get(self, request):
-        return Response([{"id": t["id"], "name": t["name"], "description": t["description"],
-                          "definition": {k: v for k, v in t.items() if k != "id"}} for t in TEMPLATES])
+        return Response(
+            [
+                {
+                    "id": t["id"],
+                    "name": t["name"],
+                    "description": t["description"],
+                    "definition": {k: v for k, v in t.items() if k != "id"},
+                }
+                for t in TEMPLATES
+            ]
+        )
 
 
 class ReplayDecisionSerializer(serializers.Serializer):
@@ -183,21 +262,29 @@ class PolicyReplayOutputSerializer(serializers.Serializer):
     policy = serializers.IntegerField(allow_null=True, help_text="null for an unsaved definition")
     version = serializers.IntegerField(allow_null=True, help_text="null for an unsaved definition")
     job = serializers.IntegerField()
-    run = serializers.IntegerField(allow_null=True, help_text=(
-        "the number of the job's run replayed (null: the job has no run yet, so nothing to replay)"))
+    run = serializers.IntegerField(
+        allow_null=True,
+        help_text=(
+            "the number of the job's run replayed (null: the job has no run yet, so nothing to replay)"
+        ),
+    )
     ticks = serializers.IntegerField(help_text="Recorded steps with whole-job metrics.")
     evaluations = serializers.IntegerField()
     decisions = ReplayDecisionSerializer(many=True)
 
 
-REPLAY_RUN_HELP = ("the number of the job's run whose metrics to replay (1, 2, …); default: the job's "
-                   "current run. An unknown number is a 404 whose details.runs lists the job's runs")
+REPLAY_RUN_HELP = (
+    "the number of the job's run whose metrics to replay (1, 2, …); default: the job's "
+    "current run. An unknown number is a 404 whose details.runs lists the job's runs"
+)
 
 
 class PolicyReplayApi(APIView):
     class InputSerializer(serializers.Serializer):
         job = serializers.IntegerField(min_value=1)
-        run = serializers.IntegerField(min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP)
+        run = serializers.IntegerField(
+            min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP
+        )
 
     @extend_schema(request=InputSerializer, responses={200: PolicyReplayOutputSerializer, **ERRORS})
     def post(self, request, policy_id: int):
@@ -215,12 +302,16 @@ class PolicyDefinitionReplayApi(APIView):
     class InputSerializer(serializers.Serializer):
         definition = serializers.JSONField()
         job = serializers.IntegerField(min_value=1)
-        run = serializers.IntegerField(min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP)
+        run = serializers.IntegerField(
+            min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP
+        )
 
     @extend_schema(
-        request=InputSerializer, responses={200: PolicyReplayOutputSerializer, **ERRORS},
+        request=InputSerializer,
+        responses={200: PolicyReplayOutputSerializer, **ERRORS},
         description="The definition is checked first, with the errors of /policies/validate/ (400, "
-                    "details.path and details.position); then the job, which must be yours (404 otherwise).")
+        "details.path and details.position); then the job, which must be yours (404 otherwise).",
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -27,8 +27,15 @@ from typing import Any
 import celpy
 
 ACTION_TYPES = (
-    "set_batch_size", "set_lr", "scale_workers", "set_strategy", "set_topology",
-    "checkpoint", "pause", "resume", "stop",
+    "set_batch_size",
+    "set_lr",
+    "scale_workers",
+    "set_strategy",
+    "set_topology",
+    "checkpoint",
+    "pause",
+    "resume",
+    "stop",
 )
 NUMERIC_ACTIONS = {"set_batch_size": int, "set_lr": float, "scale_workers": int}
 CHOICE_ACTIONS = {
@@ -39,17 +46,44 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Names a CEL expression may use directly. A metric of the user's own is read through
 # the map: metrics.my_metric (or has(metrics.my_metric) to test for it).
-CONTEXT_NAMES = frozenset({
-    "step", "batch_size", "lr", "workers", "strategy", "topology", "metrics", "peak",
-    "last_fire", "steps_since_fired", "seconds_since_fired",
-    "window_mean", "window_min", "window_max", "slope",
-})
+CONTEXT_NAMES = frozenset(
+    {
+        "step",
+        "batch_size",
+        "lr",
+        "workers",
+        "strategy",
+        "topology",
+        "metrics",
+        "peak",
+        "last_fire",
+        "steps_since_fired",
+        "seconds_since_fired",
+        "window_mean",
+        "window_min",
+        "window_max",
+        "slope",
+    }
+)
 # Aggregates over each metric's last ``window`` reported values (a policy-level setting).
 DEFAULT_WINDOW = 10
-METRIC_NAMES = frozenset({
-    "loss", "accuracy", "val_accuracy", "throughput", "step_time", "compute_time", "comm_time",
-    "batch_size", "lr", "workers", "gns", "grad_variance", "grad_snr",
-})
+METRIC_NAMES = frozenset(
+    {
+        "loss",
+        "accuracy",
+        "val_accuracy",
+        "throughput",
+        "step_time",
+        "compute_time",
+        "comm_time",
+        "batch_size",
+        "lr",
+        "workers",
+        "gns",
+        "grad_variance",
+        "grad_snr",
+    }
+)
 KNOWN_NAMES = CONTEXT_NAMES | METRIC_NAMES
 
 _cel_env = celpy.Environment()
@@ -158,7 +192,9 @@ def _compile(expression: Any, path: str):
             raise PolicyError(
                 f"unknown name {str(token)!r}; use a job variable ({', '.join(sorted(CONTEXT_NAMES))}), "
                 f"a metric ({', '.join(sorted(METRIC_NAMES))}) or metrics.<name> for a metric of your own",
-                path=path, position=getattr(token, "column", None))
+                path=path,
+                position=getattr(token, "column", None),
+            )
     return program
 
 
@@ -182,7 +218,9 @@ def parse_policy(document: Any) -> Policy:
         raise PolicyError("must be true or false", path="dry_run")
     window = document.get("window", DEFAULT_WINDOW)
     if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= 1000:
-        raise PolicyError("must be an integer from 2 to 1000 (points per aggregate window)", path="window")
+        raise PolicyError(
+            "must be an integer from 2 to 1000 (points per aggregate window)", path="window"
+        )
     raw_rules = document.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
         raise PolicyError("must be a non-empty list of rules", path="rules")
@@ -215,7 +253,9 @@ def parse_policy(document: Any) -> Policy:
             if value is None:
                 raise PolicyError(f"{action_type} needs a value", path=f"{where}.action.value")
             if isinstance(value, bool):
-                raise PolicyError("must be a CEL expression or a literal", path=f"{where}.action.value")
+                raise PolicyError(
+                    "must be a CEL expression or a literal", path=f"{where}.action.value"
+                )
             if isinstance(value, (int, float)):
                 value = repr(value)
             elif action_type in CHOICE_ACTIONS and value in CHOICE_ACTIONS[action_type]:
@@ -230,9 +270,14 @@ def parse_policy(document: Any) -> Policy:
         if cooldown < 0:
             raise PolicyError("must not be negative", path=f"{where}.cooldown_s")
         max_per_hour = raw.get("max_per_hour")
-        if max_per_hour is not None and (isinstance(max_per_hour, bool) or not isinstance(max_per_hour, int)
-                                         or not 1 <= max_per_hour <= 3600):
-            raise PolicyError("must be an integer from 1 to 3600, or null", path=f"{where}.max_per_hour")
+        if max_per_hour is not None and (
+            isinstance(max_per_hour, bool)
+            or not isinstance(max_per_hour, int)
+            or not 1 <= max_per_hour <= 3600
+        ):
+            raise PolicyError(
+                "must be an integer from 1 to 3600, or null", path=f"{where}.max_per_hour"
+            )
         flags = {}
         for flag, default in (("requires_approval", False), ("enabled", True)):
             flag_value = raw.get(flag, default)
@@ -246,17 +291,31 @@ def parse_policy(document: Any) -> Policy:
         bound_max = _number(bounds.get("max"), f"{where}.bounds.max")
         if bound_min is not None and bound_max is not None and bound_min > bound_max:
             raise PolicyError("min is larger than max", path=f"{where}.bounds")
-        rules.append(Rule(
-            name=rule_name, when=raw["when"], action_type=action_type, value=value,
-            for_evaluations=for_n, cooldown_s=cooldown, bound_min=bound_min, bound_max=bound_max,
-            max_per_hour=max_per_hour, **flags,
-        ))
+        rules.append(
+            Rule(
+                name=rule_name,
+                when=raw["when"],
+                action_type=action_type,
+                value=value,
+                for_evaluations=for_n,
+                cooldown_s=cooldown,
+                bound_min=bound_min,
+                bound_max=bound_max,
+                max_per_hour=max_per_hour,
+                **flags,
+            )
+        )
     return Policy(name=name, rules=tuple(rules), dry_run=dry_run, window=window)
 
 
 def window_aggregates(recent: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, float]]:
     """Mean, min, max and least-squares slope (change per step) of each metric's window."""
-    out: dict[str, dict[str, float]] = {"window_mean": {}, "window_min": {}, "window_max": {}, "slope": {}}
+    out: dict[str, dict[str, float]] = {
+        "window_mean": {},
+        "window_min": {},
+        "window_max": {},
+        "slope": {},
+    }
     for name, points in recent.items():
         if not points:
             continue
@@ -290,11 +349,13 @@ def _activation(state: JobState, history: RuleHistory) -> dict[str, Any]:
         topology=state.topology,
         steps_since_fired=(
             state.step - history.last_fired_step
-            if history.last_fired_step is not None else state.step
+            if history.last_fired_step is not None
+            else state.step
         ),
         seconds_since_fired=float(
             history.last_fired_age_s
-            if history.last_fired_age_s is not None else state.seconds_running
+            if history.last_fired_age_s is not None
+            else state.seconds_running
         ),
     )
     return variables
@@ -330,9 +391,11 @@ def _clamp(rule: Rule, value: float) -> float:
 
 
 def _current(action_type: str, state: JobState) -> Any:
-    return {"set_batch_size": state.batch_size, "set_lr": state.lr, "scale_workers": state.workers}.get(
-        action_type
-    )
+    return {
+        "set_batch_size": state.batch_size,
+        "set_lr": state.lr,
+        "scale_workers": state.workers,
+    }.get(action_type)
 
 
 def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutcome:
@@ -373,4 +436,6 @@ def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutc
 def evaluate_policy(
     policy: Policy, state: JobState, histories: dict[str, RuleHistory]
 ) -> list[RuleOutcome]:
-    return [evaluate_rule(rule, state, histories.get(rule.name, RuleHistory())) for rule in policy.rules]
+    return [
+        evaluate_rule(rule, state, histories.get(rule.name, RuleHistory())) for rule in policy.rules
+    ]

@@ -5,7 +5,9 @@ from django.db import models
 
 
 class Policy(models.Model):
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="policies")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="policies"
+    )
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     definition = models.JSONField(help_text="The policy document: name, rules, dry_run, ...")
@@ -33,7 +35,9 @@ class PolicyVersion(models.Model):
 
     class Meta:
         ordering = ["-version"]
-        constraints = [models.UniqueConstraint(fields=["policy", "version"], name="policy_version_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "version"], name="policy_version_unique")
+        ]
 
 
 class Decision(models.Model):
@@ -51,8 +55,14 @@ class Decision(models.Model):
     # The run the decision was made in (the job's current run then). A rule's history
     # (last firing, cooldown, last_fire) is per run: a restart starts it afresh. Null
     # only for a decision recorded with no run.
-    run = models.ForeignKey("jobs.Run", null=True, blank=True, on_delete=models.CASCADE,
-                            related_name="decisions", db_index=False)  # the index below leads with it
+    run = models.ForeignKey(
+        "jobs.Run",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="decisions",
+        db_index=False,
+    )  # the index below leads with it
     policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="decisions")
     policy_version = models.PositiveIntegerField()
     rule = models.CharField(max_length=200)
@@ -61,9 +71,13 @@ class Decision(models.Model):
     action = models.JSONField(default=dict)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     command = models.ForeignKey("jobs.Command", null=True, blank=True, on_delete=models.SET_NULL)
-    decided_by = models.CharField(max_length=200, blank=True, help_text="who approved or rejected it")
+    decided_by = models.CharField(
+        max_length=200, blank=True, help_text="who approved or rejected it"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["run", "rule", "-id"], name="policies_decision_run_rule_idx")]
+        indexes = [
+            models.Index(fields=["run", "rule", "-id"], name="policies_decision_run_rule_idx")
+        ]

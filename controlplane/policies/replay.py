@@ -31,8 +31,14 @@ class Knobs:
     topology: str = "ring"
 
 
-def replay(policy: engine.Policy, ticks: list[Tick], *, start_time: float, defaults: Knobs,
-           max_ticks: int = 20_000) -> dict[str, Any]:
+def replay(
+    policy: engine.Policy,
+    ticks: list[Tick],
+    *,
+    start_time: float,
+    defaults: Knobs,
+    max_ticks: int = 20_000,
+) -> dict[str, Any]:
     stride = max(1, -(-len(ticks) // max_ticks))  # ceil: evaluate at most max_ticks ticks
     latest: dict[str, float] = {}
     peak: dict[str, float] = {}
@@ -55,8 +61,11 @@ def replay(policy: engine.Policy, ticks: list[Tick], *, start_time: float, defau
             lr=float(latest.get("lr", defaults.lr)),
             workers=int(latest.get("workers", defaults.workers)),
             seconds_running=max(0.0, tick.time - start_time),
-            metrics=dict(latest), peak=dict(peak), recent={k: list(v) for k, v in recent.items()},
-            strategy=defaults.strategy, topology=defaults.topology,
+            metrics=dict(latest),
+            peak=dict(peak),
+            recent={k: list(v) for k, v in recent.items()},
+            strategy=defaults.strategy,
+            topology=defaults.topology,
         )
         for rule in policy.rules:
             history = histories[rule.name]
@@ -64,20 +73,33 @@ def replay(policy: engine.Policy, ticks: list[Tick], *, start_time: float, defau
                 history = engine.RuleHistory(
                     last_fired_step=history.last_fired_step,
                     last_fired_age_s=tick.time - fired_at[rule.name],
-                    consecutive_true=history.consecutive_true, last_fire=history.last_fire)
+                    consecutive_true=history.consecutive_true,
+                    last_fire=history.last_fire,
+                )
             outcome = engine.evaluate_rule(rule, state, history)
             if outcome.firing is None:
                 histories[rule.name] = engine.RuleHistory(
-                    last_fired_step=history.last_fired_step, last_fired_age_s=history.last_fired_age_s,
-                    consecutive_true=outcome.consecutive_true, last_fire=history.last_fire)
+                    last_fired_step=history.last_fired_step,
+                    last_fired_age_s=history.last_fired_age_s,
+                    consecutive_true=outcome.consecutive_true,
+                    last_fire=history.last_fire,
+                )
                 continue
             fired_at[rule.name] = tick.time
             histories[rule.name] = engine.RuleHistory(
-                last_fired_step=tick.step, last_fired_age_s=0.0, consecutive_true=0,
-                last_fire=dict(outcome.firing.inputs))
-            decisions.append({
-                "step": tick.step, "time": tick.time, "rule": rule.name,
-                "action": {"type": outcome.firing.action_type, "value": outcome.firing.value},
-                "inputs": outcome.firing.inputs, "dry_run": policy.dry_run,
-            })
+                last_fired_step=tick.step,
+                last_fired_age_s=0.0,
+                consecutive_true=0,
+                last_fire=dict(outcome.firing.inputs),
+            )
+            decisions.append(
+                {
+                    "step": tick.step,
+                    "time": tick.time,
+                    "rule": rule.name,
+                    "action": {"type": outcome.firing.action_type, "value": outcome.firing.value},
+                    "inputs": outcome.firing.inputs,
+                    "dry_run": policy.dry_run,
+                }
+            )
     return {"ticks": len(ticks), "evaluations": evaluations, "decisions": decisions}

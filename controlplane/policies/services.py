@@ -35,7 +35,9 @@ def policy_validate(document: Any) -> engine.Policy:
 def policy_create(*, owner, definition: dict[str, Any]) -> Policy:
     parsed = policy_validate(definition)
     policy = Policy.objects.create(
-        owner=owner, name=parsed.name, description=str(definition.get("description", "")),
+        owner=owner,
+        name=parsed.name,
+        description=str(definition.get("description", "")),
         definition=definition,
     )
     PolicyVersion.objects.create(policy=policy, version=1, definition=definition, created_by=owner)
@@ -47,8 +49,11 @@ def policy_set_enabled(*, policy: Policy, enabled: bool) -> Policy:
     the knobs they have); its jobs' hysteresis counters restart, since conditions seen
     before the pause say nothing about the metrics after it."""
     with transaction.atomic():
-        changed = Policy.objects.filter(id=policy.id).exclude(enabled=enabled).update(
-            enabled=enabled, updated_at=timezone.now())
+        changed = (
+            Policy.objects.filter(id=policy.id)
+            .exclude(enabled=enabled)
+            .update(enabled=enabled, updated_at=timezone.now())
+        )
         if changed:
             Job.objects.filter(policy_id=policy.id).update(policy_state={})
     policy.refresh_from_db()
@@ -66,8 +71,9 @@ def policy_update(*, policy: Policy, definition: dict[str, Any], user) -> Policy
     policy.name = parsed.name
     policy.description = str(definition.get("description", ""))
     policy.save()
-    PolicyVersion.objects.create(policy=policy, version=policy.version, definition=definition,
-                                 created_by=user)
+    PolicyVersion.objects.create(
+        policy=policy, version=policy.version, definition=definition, created_by=user
+    )
     # Hysteresis counters belong to the old rules.
     Job.objects.filter(policy=policy).update(policy_state={})
     return policy
@@ -86,30 +92,43 @@ def policy_delete(*, policy: Policy) -> None:
     locked = Policy.objects.select_for_update().filter(id=policy.id).first()
     if locked is None:
         return
-    active = list(Job.objects.filter(policy_id=policy.id).exclude(status__in=Job.TERMINAL)
-                  .order_by("id").values_list("id", flat=True))
+    active = list(
+        Job.objects.filter(policy_id=policy.id)
+        .exclude(status__in=Job.TERMINAL)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
     if active:
         jobs = ", ".join(f"#{job_id}" for job_id in active)
         raise Conflict(
             f"Policy {locked.name!r} is used by unfinished job(s) {jobs}; disable the policy instead, "
-            f"or delete it once those jobs have ended.", details={"jobs": active})
+            f"or delete it once those jobs have ended.",
+            details={"jobs": active},
+        )
     locked.delete()
 
 
 @transaction.atomic
 def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
     """Approve (issue the command now) or reject a decision that waits for approval."""
-    decision = Decision.objects.select_for_update().select_related("job", "policy").get(id=decision.id)
+    decision = (
+        Decision.objects.select_for_update().select_related("job", "policy").get(id=decision.id)
+    )
     if decision.outcome != Decision.Outcome.PENDING_APPROVAL:
         raise Conflict(f"Decision {decision.id} is {decision.outcome}, not waiting for approval.")
     if approve and decision.run_id is not None and decision.run_id != decision.job.current_run_id:
         # Its inputs were another attempt's; acting on them in this one would be a guess.
-        raise Conflict(f"Decision {decision.id} was made in run {decision.run.number}, which has ended; "
-                       f"it can be rejected, not approved.", details={"run": decision.run.number})
+        raise Conflict(
+            f"Decision {decision.id} was made in run {decision.run.number}, which has ended; "
+            f"it can be rejected, not approved.",
+            details={"run": decision.run.number},
+        )
     actor = f"user:{user.username}"
     if approve:
         commands = job_services.command_issue(
-            job=decision.job, type=decision.action["type"], value=decision.action.get("value"),
+            job=decision.job,
+            type=decision.action["type"],
+            value=decision.action.get("value"),
             issued_by=f"policy:{decision.policy.name}/{decision.rule} (approved by {user.username})",
             idempotency_key=f"decision-{decision.id}",
         )
@@ -120,11 +139,19 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
     decision.decided_by = actor
     decision.save(update_fields=["command", "outcome", "decided_by"])
     job_services.event_record(
-        job=decision.job, kind=Event.Kind.DECISION, actor=actor,
+        job=decision.job,
+        kind=Event.Kind.DECISION,
+        actor=actor,
         message=f"{'approved' if approve else 'rejected'} rule {decision.rule!r}: "
-                f"{decision.action['type']} → {decision.action.get('value')}",
-        data={"decision": decision.id, "rule": decision.rule, "action": decision.action,
-              "outcome": decision.outcome}, step=decision.step)
+        f"{decision.action['type']} → {decision.action.get('value')}",
+        data={
+            "decision": decision.id,
+            "rule": decision.rule,
+            "action": decision.action,
+            "outcome": decision.outcome,
+        },
+        step=decision.step,
+    )
     return decision
 
 
@@ -133,7 +160,9 @@ def _latest_run_metrics(run_id: int, window: int) -> tuple[dict, dict, dict]:
     whole-job series of one run (index scans per name). Only that run's: a restarted run
     counts its steps again and its peaks start over."""
     names = (
-        MetricPoint.objects.filter(run_id=run_id, rank__isnull=True).values_list("name", flat=True).distinct()
+        MetricPoint.objects.filter(run_id=run_id, rank__isnull=True)
+        .values_list("name", flat=True)
+        .distinct()
     )
     latest, peak, recent = {}, {}, {}
     for name in names:
@@ -153,8 +182,9 @@ def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
     histories = {}
     for rule in policy.definition.get("rules", []):
         name = rule.get("name")
-        fired = Decision.objects.filter(run_id=job.current_run_id, policy=policy, rule=name).exclude(
-            outcome__in=[Decision.Outcome.SKIPPED, Decision.Outcome.REJECTED])
+        fired = Decision.objects.filter(
+            run_id=job.current_run_id, policy=policy, rule=name
+        ).exclude(outcome__in=[Decision.Outcome.SKIPPED, Decision.Outcome.REJECTED])
         last = fired.order_by("-id").first()
         histories[name] = engine.RuleHistory(
             fired_last_hour=fired.filter(created_at__gte=now - timedelta(hours=1)).count(),
@@ -181,11 +211,18 @@ def job_policy_evaluate(*, job_id: int) -> list[Decision]:
 
 def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
     job = Job.objects.select_related("policy").filter(id=job_id).first()
-    if job is None or job.policy is None or not job.policy.enabled or job.status != Job.Status.RUNNING:
+    if (
+        job is None
+        or job.policy is None
+        or not job.policy.enabled
+        or job.status != Job.Status.RUNNING
+    ):
         return []
     if Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).exists():
         return []
-    if Decision.objects.filter(run_id=job.current_run_id, outcome=Decision.Outcome.PENDING_APPROVAL).exists():
+    if Decision.objects.filter(
+        run_id=job.current_run_id, outcome=Decision.Outcome.PENDING_APPROVAL
+    ).exists():
         return []  # one question to the user at a time (an earlier run's are moot)
     policy = job.policy
     if job.policy_version != policy.version:
@@ -193,26 +230,39 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         # the job runs with from now on.
         Job.objects.filter(id=job.id).update(policy_version=policy.version)
         job_services.event_record(
-            job=job, kind=Event.Kind.STATE, actor=f"policy:{policy.name}",
+            job=job,
+            kind=Event.Kind.STATE,
+            actor=f"policy:{policy.name}",
             message=f"now evaluated with policy {policy.name!r} version {policy.version}"
-                    + (f" (was {job.policy_version})" if job.policy_version else ""),
-            data={"policy": policy.id, "policy_version": policy.version, "previous": job.policy_version},
-            step=job.last_step)
+            + (f" (was {job.policy_version})" if job.policy_version else ""),
+            data={
+                "policy": policy.id,
+                "policy_version": policy.version,
+                "previous": job.policy_version,
+            },
+            step=job.last_step,
+        )
         job.policy_version = policy.version
     parsed = engine.parse_policy(policy.definition)
     latest, peak, recent = _latest_run_metrics(job.current_run_id, parsed.window)
     state = engine.JobState(
-        step=job.last_step, batch_size=job.batch_size, lr=job.learning_rate,
+        step=job.last_step,
+        batch_size=job.batch_size,
+        lr=job.learning_rate,
         workers=job.workers_current,
         seconds_running=(timezone.now() - (job.started_at or job.created_at)).total_seconds(),
-        metrics=latest, peak=peak, recent=recent, strategy=job.strategy, topology=job.topology,
+        metrics=latest,
+        peak=peak,
+        recent=recent,
+        strategy=job.strategy,
+        topology=job.topology,
     )
     outcomes = engine.evaluate_policy(parsed, state, _histories(job, policy))
     decisions = []
     with transaction.atomic():
-        Job.objects.filter(id=job.id).update(policy_state={
-            o.rule: {"consecutive_true": o.consecutive_true} for o in outcomes
-        })
+        Job.objects.filter(id=job.id).update(
+            policy_state={o.rule: {"consecutive_true": o.consecutive_true} for o in outcomes}
+        )
         for outcome in outcomes:
             firing = outcome.firing
             if firing is None:
@@ -227,26 +277,45 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
             else:
                 outcome = Decision.Outcome.COMMANDED
             decision = Decision.objects.create(
-                job=job, run_id=job.current_run_id, policy=policy, policy_version=policy.version,
+                job=job,
+                run_id=job.current_run_id,
+                policy=policy,
+                policy_version=policy.version,
                 rule=firing.rule,
-                step=job.last_step, inputs=firing.inputs, action=action, outcome=outcome,
+                step=job.last_step,
+                inputs=firing.inputs,
+                action=action,
+                outcome=outcome,
             )
-            suffix = {Decision.Outcome.DRY_RUN: " (dry run)",
-                      Decision.Outcome.PENDING_APPROVAL: " (waiting for approval)"}.get(outcome, "")
+            suffix = {
+                Decision.Outcome.DRY_RUN: " (dry run)",
+                Decision.Outcome.PENDING_APPROVAL: " (waiting for approval)",
+            }.get(outcome, "")
             # The decision is logged before the command it causes, so the audit log reads
             # in cause-and-effect order.
             job_services.event_record(
-                job=job, kind=Event.Kind.DECISION, actor=actor,
+                job=job,
+                kind=Event.Kind.DECISION,
+                actor=actor,
                 message=f"rule {firing.rule!r} fired: {firing.action_type} → {firing.value}{suffix}",
-                data={"decision": decision.id, "rule": firing.rule, "inputs": firing.inputs,
-                      "action": action, "outcome": outcome, "policy_version": policy.version},
+                data={
+                    "decision": decision.id,
+                    "rule": firing.rule,
+                    "inputs": firing.inputs,
+                    "action": action,
+                    "outcome": outcome,
+                    "policy_version": policy.version,
+                },
                 step=job.last_step,
             )
             if outcome == Decision.Outcome.COMMANDED:
                 try:
                     with transaction.atomic():
                         commands = job_services.command_issue(
-                            job=job, type=firing.action_type, value=firing.value, issued_by=actor,
+                            job=job,
+                            type=firing.action_type,
+                            value=firing.value,
+                            issued_by=actor,
                             idempotency_key=f"policy-{policy.id}-{firing.rule}-{job.last_step}",
                         )
                 except ApiError as exc:
@@ -255,13 +324,21 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
                     decision.outcome = Decision.Outcome.SKIPPED
                     decision.decided_by = f"control plane: {exc.message}"[:200]
                     Decision.objects.filter(id=decision.id).update(
-                        outcome=decision.outcome, decided_by=decision.decided_by)
+                        outcome=decision.outcome, decided_by=decision.decided_by
+                    )
                     job_services.event_record(
-                        job=job, kind=Event.Kind.DECISION, actor=actor,
+                        job=job,
+                        kind=Event.Kind.DECISION,
+                        actor=actor,
                         message=f"rule {firing.rule!r}: {firing.action_type} → {firing.value} was not "
-                                f"carried out: {exc.message}",
-                        data={"decision": decision.id, "rule": firing.rule, "action": action,
-                              "outcome": decision.outcome, "error": exc.message},
+                        f"carried out: {exc.message}",
+                        data={
+                            "decision": decision.id,
+                            "rule": firing.rule,
+                            "action": action,
+                            "outcome": decision.outcome,
+                            "error": exc.message,
+                        },
                         step=job.last_step,
                     )
                 else:
@@ -279,7 +356,11 @@ def policy_replay(*, policy: Policy, job: Job, run: Run | None) -> dict[str, Any
     """What the saved ``policy`` (its current version) would have decided on ``run`` of
     ``job`` (see replay_on_job)."""
     parsed = policy_validate(policy.definition)
-    return {"policy": policy.id, "version": policy.version, **replay_on_job(policy=parsed, job=job, run=run)}
+    return {
+        "policy": policy.id,
+        "version": policy.version,
+        **replay_on_job(policy=parsed, job=job, run=run),
+    }
 
 
 def definition_replay(*, policy: engine.Policy, job: Job, run: Run | None) -> dict[str, Any]:
@@ -297,19 +378,33 @@ def replay_on_job(*, policy: engine.Policy, job: Job, run: Run | None) -> dict[s
     and what the policy would have asked, given what actually happened. One run at a
     time: each counts its steps from its own start.
     """
-    rows = (MetricPoint.objects.filter(run=run, rank__isnull=True) if run is not None
-            else MetricPoint.objects.none())
+    rows = (
+        MetricPoint.objects.filter(run=run, rank__isnull=True)
+        if run is not None
+        else MetricPoint.objects.none()
+    )
     rows = rows.order_by("step", "id").values_list("step", "name", "value", "time")
     ticks: list[replay.Tick] = []
     for step, name, value, time in rows.iterator(chunk_size=5000):
         if not ticks or ticks[-1].step != step:
             ticks.append(replay.Tick(step=step, time=time.timestamp(), values={}))
         ticks[-1].values[name] = value
-    start = ((run.started_at or run.created_at) if run is not None else (job.started_at or job.created_at)).timestamp()
+    start = (
+        (run.started_at or run.created_at)
+        if run is not None
+        else (job.started_at or job.created_at)
+    ).timestamp()
     result = replay.replay(
-        policy, ticks, start_time=start, defaults=replay.Knobs(
-            batch_size=job.batch_size, lr=job.learning_rate, workers=job.workers_current or job.workers_initial,
-            strategy=job.strategy, topology=job.topology),
+        policy,
+        ticks,
+        start_time=start,
+        defaults=replay.Knobs(
+            batch_size=job.batch_size,
+            lr=job.learning_rate,
+            workers=job.workers_current or job.workers_initial,
+            strategy=job.strategy,
+            topology=job.topology,
+        ),
         max_ticks=MAX_REPLAY_TICKS,
     )
     return {"job": job.id, "run": run.number if run is not None else None, **result}

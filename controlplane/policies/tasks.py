@@ -19,8 +19,8 @@ def evaluate_job(job_id: int) -> None:
 
 @shared_task(name="policies.evaluate_running_jobs", acks_late=True, time_limit=60)
 def evaluate_running_jobs() -> None:
-    job_ids = Job.objects.filter(status=Job.Status.RUNNING, policy__isnull=False, policy__enabled=True).values_list(
-        "id", flat=True
-    )
+    job_ids = Job.objects.filter(
+        status=Job.Status.RUNNING, policy__isnull=False, policy__enabled=True
+    ).values_list("id", flat=True)
     for job_id in job_ids:
         services.job_policy_evaluate(job_id=job_id)

@@ -14,16 +14,19 @@ TEMPLATES: list[dict] = [
             "KungFu's adaptive batch size: when the gradient noise scale (the batch size at "
             "which gradient noise and signal balance) stays above twice the current global "
             "batch, double the batch, up to 1024. Needs 2+ workers (gns is estimated from "
-            "local vs global gradients)."),
+            "local vs global gradients)."
+        ),
         "dry_run": False,
-        "rules": [{
-            "name": "grow batch with noise scale",
-            "when": "has(metrics.gns) && gns > 2.0 * double(batch_size)",
-            "for": 3,
-            "cooldown_s": 20,
-            "action": {"type": "set_batch_size", "value": "batch_size * 2"},
-            "bounds": {"max": 1024},
-        }],
+        "rules": [
+            {
+                "name": "grow batch with noise scale",
+                "when": "has(metrics.gns) && gns > 2.0 * double(batch_size)",
+                "for": 3,
+                "cooldown_s": 20,
+                "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+                "bounds": {"max": 1024},
+            }
+        ],
     },
     {
         "id": "sma-to-ssgd",
@@ -32,13 +35,16 @@ TEMPLATES: list[dict] = [
             "KungFu's AdaptiveSGD: start with synchronous model averaging, which explores "
             "well early on, and switch to S-SGD once the loss has dropped below half of its "
             "peak; the switch averages the models and optimizer slots once so S-SGD starts "
-            "from one model."),
+            "from one model."
+        ),
         "dry_run": False,
-        "rules": [{
-            "name": "switch to ssgd",
-            "when": "strategy == 'sma' && has(metrics.loss) && loss < 0.5 * peak.loss",
-            "action": {"type": "set_strategy", "value": "ssgd"},
-        }],
+        "rules": [
+            {
+                "name": "switch to ssgd",
+                "when": "strategy == 'sma' && has(metrics.loss) && loss < 0.5 * peak.loss",
+                "action": {"type": "set_strategy", "value": "ssgd"},
+            }
+        ],
     },
     {
         "id": "scale-out-while-efficient",
@@ -46,18 +52,21 @@ TEMPLATES: list[dict] = [
         "description": (
             "Add a worker every minute while the throughput gained by the last added worker "
             "stays above 50 % of the per-worker throughput before it (the job must be elastic: "
-            "workers min < max; a scale beyond max or the free slots is skipped with the reason)."),
+            "workers min < max; a scale beyond max or the free slots is skipped with the reason)."
+        ),
         "dry_run": False,
-        "rules": [{
-            "name": "add a worker",
-            "when": (
-                "has(metrics.throughput) && (size(last_fire) == 0 || "
-                "throughput - last_fire.throughput >= 0.5 * last_fire.throughput / double(last_fire.workers))"
-            ),
-            "cooldown_s": 60,
-            "action": {"type": "scale_workers", "value": "workers + 1"},
-            "bounds": {"max": 16},
-        }],
+        "rules": [
+            {
+                "name": "add a worker",
+                "when": (
+                    "has(metrics.throughput) && (size(last_fire) == 0 || "
+                    "throughput - last_fire.throughput >= 0.5 * last_fire.throughput / double(last_fire.workers))"
+                ),
+                "cooldown_s": 60,
+                "action": {"type": "scale_workers", "value": "workers + 1"},
+                "bounds": {"max": 16},
+            }
+        ],
     },
     {
         "id": "topology-on-interference",
@@ -67,15 +76,20 @@ TEMPLATES: list[dict] = [
             "(its last 10 by default) is under 80 % of the run's best, for 3 evaluations in a "
             "row, switch the allreduce algorithm to the binary tree (all workers switch "
             "together at one step). Judging the whole window rather than the latest report "
-            "keeps one slow report on a busy machine from firing it."),
+            "keeps one slow report on a busy machine from firing it."
+        ),
         "dry_run": False,
-        "rules": [{
-            "name": "switch topology",
-            "when": ("has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput "
-                     "&& topology != 'tree'"),
-            "for": 3,
-            "cooldown_s": 120,
-            "action": {"type": "set_topology", "value": "tree"},
-        }],
+        "rules": [
+            {
+                "name": "switch topology",
+                "when": (
+                    "has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput "
+                    "&& topology != 'tree'"
+                ),
+                "for": 3,
+                "cooldown_s": 120,
+                "action": {"type": "set_topology", "value": "tree"},
+            }
+        ],
     },
 ]

@@ -32,11 +32,13 @@ def build_model(seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input(shape=(64,)),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(64,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 def main() -> None:
@@ -51,8 +53,14 @@ def main() -> None:
     optimizer = keras.optimizers.SGD(learning_rate=session.lr, momentum=0.9)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     trainer = runtime.Trainer(session, model, optimizer, loss_fn, seed=seed)
-    trainer.fit(x_train, y_train, steps=int(hp.get("steps", 1000)), log_every=int(hp.get("log_every", 10)),
-                monitor_every=int(hp.get("monitor_every", 1)), resume_from=hp.get("resume_from"))
+    trainer.fit(
+        x_train,
+        y_train,
+        steps=int(hp.get("steps", 1000)),
+        log_every=int(hp.get("log_every", 10)),
+        monitor_every=int(hp.get("monitor_every", 1)),
+        resume_from=hp.get("resume_from"),
+    )
     if session.rank == 0:
         accuracy = runtime.evaluate_accuracy(model, x_test, y_test)
         session.report({"val_accuracy": accuracy}, step=trainer.step)

@@ -29,17 +29,19 @@ def build_model(seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input(shape=(32, 32, 3)),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(128, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape=(32, 32, 3)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(128, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 def main() -> None:
@@ -54,8 +56,14 @@ def main() -> None:
     optimizer = keras.optimizers.SGD(learning_rate=session.lr, momentum=0.9)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     trainer = runtime.Trainer(session, model, optimizer, loss_fn, seed=seed)
-    trainer.fit(x, y, steps=int(hp.get("steps", 200)), log_every=int(hp.get("log_every", 10)),
-                monitor_every=int(hp.get("monitor_every", 1)), resume_from=hp.get("resume_from"))
+    trainer.fit(
+        x,
+        y,
+        steps=int(hp.get("steps", 200)),
+        log_every=int(hp.get("log_every", 10)),
+        monitor_every=int(hp.get("monitor_every", 1)),
+        resume_from=hp.get("resume_from"),
+    )
     if session.rank == 0:
         print(f"{model.count_params()} parameters; finished at step {trainer.step}", flush=True)
 

@@ -24,8 +24,15 @@ def main() -> None:
             applications[command["seq"]] = applications.get(command["seq"], 0) + 1
             if command["action"] == "fail":
                 raise RuntimeError("failing as asked")
-            session.send({"type": "applied", "id": command["id"], "seq": command["seq"], "step": step,
-                          "times": applications[command["seq"]]})
+            session.send(
+                {
+                    "type": "applied",
+                    "id": command["id"],
+                    "seq": command["seq"],
+                    "step": step,
+                    "times": applications[command["seq"]],
+                }
+            )
             if command["action"] == "stop":
                 return
         session.report({"step_metric": float(step)}, step=step)

@@ -29,13 +29,28 @@ def main() -> None:
     log = open(path, "a", buffering=1)
 
     def on_batch(step, epoch, samples):
-        log.write(json.dumps({"step": step, "epoch": epoch, "version": session.cluster_version,
-                              "rank": session.rank, "size": session.size,
-                              "samples": [int(i) for i in samples]}) + "\n")
+        log.write(
+            json.dumps(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "version": session.cluster_version,
+                    "rank": session.rank,
+                    "size": session.size,
+                    "samples": [int(i) for i in samples],
+                }
+            )
+            + "\n"
+        )
 
     trainer.on_batch = on_batch
-    trainer.fit(x_train, y_train, steps=int(hp["steps"]), log_every=int(hp.get("log_every", 5)),
-                monitor_every=0)
+    trainer.fit(
+        x_train,
+        y_train,
+        steps=int(hp["steps"]),
+        log_every=int(hp.get("log_every", 5)),
+        monitor_every=0,
+    )
     log.close()
 
 

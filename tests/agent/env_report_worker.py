@@ -9,7 +9,9 @@ import os
 
 def main() -> None:
     keys = [k for k in os.environ if k.startswith("ADAPTRAIN_")]
-    path = os.path.join(os.environ["ENV_REPORT_DIR"], os.environ["ADAPTRAIN_ADDRESS"].replace(":", "_") + ".json")
+    path = os.path.join(
+        os.environ["ENV_REPORT_DIR"], os.environ["ADAPTRAIN_ADDRESS"].replace(":", "_") + ".json"
+    )
     with open(path + ".tmp", "w") as f:
         json.dump({k: os.environ[k] for k in keys}, f)
     os.replace(path + ".tmp", path)

@@ -83,14 +83,19 @@ def test_messages_sent_before_any_agent_connects_are_flushed_in_order(channel):
     agent = FakeAgent(channel.path)
     messages = agent.read(10)
     assert [(m["type"], m.get("seq")) for m in messages] == [
-        (kind, i + 1 if kind == "applied" else None) for i in range(5) for kind in ("metrics", "applied")]
+        (kind, i + 1 if kind == "applied" else None)
+        for i in range(5)
+        for kind in ("metrics", "applied")
+    ]
     channel.send({"type": "standby", "address": "x"})  # live again once flushed
     assert agent.read(1) == [{"type": "standby", "address": "x"}]
     agent.close()
 
 
 def test_beyond_the_limit_only_the_oldest_metrics_are_dropped_and_the_drop_is_counted(tmp_path):
-    ch = AgentChannel(str(tmp_path / "w.sock"), on_message=lambda m: None, grace_s=600, max_buffered_metrics=5)
+    ch = AgentChannel(
+        str(tmp_path / "w.sock"), on_message=lambda m: None, grace_s=600, max_buffered_metrics=5
+    )
     ch.start()
     try:
         for i in range(20):
@@ -101,7 +106,13 @@ def test_beyond_the_limit_only_the_oldest_metrics_are_dropped_and_the_drop_is_co
         assert ch.dropped_metrics == 15
         agent = FakeAgent(ch.path)
         messages = agent.read(5 + 5 + 1 + 1)
-        assert [m["points"][0]["step"] for m in messages if m["type"] == "metrics"] == [15, 16, 17, 18, 19]
+        assert [m["points"][0]["step"] for m in messages if m["type"] == "metrics"] == [
+            15,
+            16,
+            17,
+            18,
+            19,
+        ]
         assert [m["seq"] for m in messages if m["type"] == "applied"] == [0, 4, 8, 12, 16]
         assert messages[-2]["type"] == "left"
         assert messages[-1] == {"type": "dropped", "metrics": 15}
@@ -118,7 +129,9 @@ def test_a_new_agent_gets_what_was_sent_while_none_was_connected_and_replaces_th
     first.close()
     wait_until(lambda: not channel.connected)
     channel.send({"type": "applied", "id": 2, "seq": 2, "step": 5})
-    channel.send({"type": "rescaled", "version": 2, "rank": 0, "size": 1, "step": 5, "paused_s": 0.1})
+    channel.send(
+        {"type": "rescaled", "version": 2, "rank": 0, "size": 1, "step": 5, "paused_s": 0.1}
+    )
     second = FakeAgent(channel.path)
     assert [m["type"] for m in second.read(2)] == ["applied", "rescaled"]
     # Once the worker has read the second agent's acks (until then they would be sent
@@ -182,7 +195,9 @@ def test_an_agent_that_detaches_reads_everything_the_worker_wrote_up_to_its_last
 
 def test_lines_from_the_agent_reach_the_worker(channel):
     agent = FakeAgent(channel.path)
-    agent.write({"type": "command", "id": 7, "seq": 1, "action": "set_lr", "payload": {"value": 0.1}})
+    agent.write(
+        {"type": "command", "id": 7, "seq": 1, "action": "set_lr", "payload": {"value": 0.1}}
+    )
     agent.sock.sendall(b'not json\n{"type": "cluster", "version": 2, "members": ["a:1"]}\n')
     wait_until(lambda: len(channel.received) == 2)
     assert [m["type"] for m in channel.received] == ["command", "cluster"]
@@ -206,8 +221,12 @@ def test_wait_flushed_waits_for_an_agent_to_acknowledge_the_last_messages(channe
 
 def test_a_worker_without_an_agent_for_the_grace_period_is_orphaned(tmp_path):
     calls = []
-    ch = AgentChannel(str(tmp_path / "w.sock"), on_message=lambda m: None, grace_s=0.4,
-                      on_orphaned=lambda: calls.append(time.monotonic()))
+    ch = AgentChannel(
+        str(tmp_path / "w.sock"),
+        on_message=lambda m: None,
+        grace_s=0.4,
+        on_orphaned=lambda: calls.append(time.monotonic()),
+    )
     started = time.monotonic()
     ch.start()
     try:
@@ -249,15 +268,30 @@ def test_a_process_is_recognised_by_pid_and_start_time():
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_reports_its_exit(tmp_path):
+def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_reports_its_exit(
+    tmp_path,
+):
     """agent.launcher + runtime.init over the socket: commands delivered twice (as after
     an agent restart) are applied once and answered again; what the worker said while no
     agent was connected arrives later; its exit status comes last."""
     path = str(tmp_path / "w.sock")
-    env = {**os.environ, "ADAPTRAIN_JOB": "1", "ADAPTRAIN_RANK": "0", "ADAPTRAIN_PEERS": "127.0.0.1:1",
-           "ADAPTRAIN_FIRST_SEQ": "0", "ADAPTRAIN_AGENT_SOCKET": path, "ADAPTRAIN_AGENT_GRACE_S": "60"}
-    proc = subprocess.Popen([sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "ADAPTRAIN_JOB": "1",
+        "ADAPTRAIN_RANK": "0",
+        "ADAPTRAIN_PEERS": "127.0.0.1:1",
+        "ADAPTRAIN_FIRST_SEQ": "0",
+        "ADAPTRAIN_AGENT_SOCKET": path,
+        "ADAPTRAIN_AGENT_GRACE_S": "60",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until(lambda: os.path.exists(path), timeout_s=30)
         agent = FakeAgent(path)
@@ -268,7 +302,13 @@ def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_rep
                 found += [m for m in agent.read(1) if m["type"] == "applied"]
             return found
 
-        command = {"type": "command", "id": 11, "seq": 1, "action": "set_lr", "payload": {"value": 0.1}}
+        command = {
+            "type": "command",
+            "id": 11,
+            "seq": 1,
+            "action": "set_lr",
+            "payload": {"value": 0.1},
+        }
         agent.write(command)
         first = replies(agent, 1)[0]
         assert first["times"] == 1
@@ -278,8 +318,12 @@ def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_rep
         backlog = agent.read(5)
         assert all(m["type"] == "metrics" for m in backlog)
         agent.write(command)  # redelivered: answered again, not applied again
-        agent.write({"type": "command", "id": 12, "seq": 2, "action": "set_lr", "payload": {"value": 0.2}})
-        agent.write({"type": "command", "id": 12, "seq": 2, "action": "set_lr", "payload": {"value": 0.2}})
+        agent.write(
+            {"type": "command", "id": 12, "seq": 2, "action": "set_lr", "payload": {"value": 0.2}}
+        )
+        agent.write(
+            {"type": "command", "id": 12, "seq": 2, "action": "set_lr", "payload": {"value": 0.2}}
+        )
         again, second = replies(agent, 2)
         assert again == first
         assert second["id"] == 12 and second["times"] == 1
@@ -301,10 +345,22 @@ def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_rep
 
 def test_a_failing_worker_reports_its_exit_status_to_the_agent(tmp_path):
     path = str(tmp_path / "w.sock")
-    env = {**os.environ, "ADAPTRAIN_JOB": "1", "ADAPTRAIN_RANK": "0", "ADAPTRAIN_PEERS": "127.0.0.1:1",
-           "ADAPTRAIN_AGENT_SOCKET": path, "ADAPTRAIN_AGENT_GRACE_S": "60"}
-    proc = subprocess.Popen([sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "ADAPTRAIN_JOB": "1",
+        "ADAPTRAIN_RANK": "0",
+        "ADAPTRAIN_PEERS": "127.0.0.1:1",
+        "ADAPTRAIN_AGENT_SOCKET": path,
+        "ADAPTRAIN_AGENT_GRACE_S": "60",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until(lambda: os.path.exists(path), timeout_s=30)
         agent = FakeAgent(path)
@@ -324,10 +380,22 @@ def test_a_failing_worker_reports_its_exit_status_to_the_agent(tmp_path):
 
 def test_a_worker_left_without_an_agent_stops_itself_after_the_grace_period(tmp_path):
     path = str(tmp_path / "w.sock")
-    env = {**os.environ, "ADAPTRAIN_JOB": "1", "ADAPTRAIN_RANK": "0", "ADAPTRAIN_PEERS": "127.0.0.1:1",
-           "ADAPTRAIN_AGENT_SOCKET": path, "ADAPTRAIN_AGENT_GRACE_S": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "ADAPTRAIN_JOB": "1",
+        "ADAPTRAIN_RANK": "0",
+        "ADAPTRAIN_PEERS": "127.0.0.1:1",
+        "ADAPTRAIN_AGENT_SOCKET": path,
+        "ADAPTRAIN_AGENT_GRACE_S": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         out = proc.communicate(timeout=60)[0]
     finally:

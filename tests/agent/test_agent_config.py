@@ -14,14 +14,17 @@ def test_defaults_and_derived_urls():
     assert load_config({"AGENT_ON_EXIT": " Stop "}).on_exit == "stop"
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ({"AGENT_SERVER": "ftp://x"}, "AGENT_SERVER"),
-    ({"AGENT_SLOTS": "many"}, "AGENT_SLOTS='many' is not a valid int"),
-    ({"AGENT_SLOTS": "0"}, "AGENT_SLOTS='0' must be positive"),
-    ({"AGENT_HEARTBEAT_S": "-1"}, "AGENT_HEARTBEAT_S"),
-    ({"AGENT_ON_EXIT": "kill"}, "AGENT_ON_EXIT='kill' must be detach or stop"),
-    ({"AGENT_ORPHAN_GRACE_S": "0"}, "AGENT_ORPHAN_GRACE_S='0' must be positive"),
-])
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"AGENT_SERVER": "ftp://x"}, "AGENT_SERVER"),
+        ({"AGENT_SLOTS": "many"}, "AGENT_SLOTS='many' is not a valid int"),
+        ({"AGENT_SLOTS": "0"}, "AGENT_SLOTS='0' must be positive"),
+        ({"AGENT_HEARTBEAT_S": "-1"}, "AGENT_HEARTBEAT_S"),
+        ({"AGENT_ON_EXIT": "kill"}, "AGENT_ON_EXIT='kill' must be detach or stop"),
+        ({"AGENT_ORPHAN_GRACE_S": "0"}, "AGENT_ORPHAN_GRACE_S='0' must be positive"),
+    ],
+)
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         load_config(env)
@@ -34,13 +37,16 @@ def test_labels_are_parsed_from_key_value_pairs():
     assert load_config({"AGENT_LABELS": "path=a=b"}).labels == {"path": "a=b"}
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ("gpu", "'gpu' is not key=value"),
-    ("gpu=", "'gpu=' is not key=value"),
-    ("=a100", "'=a100' is not key=value"),
-    ("gpu=a100,gpu=v100", "label 'gpu' is given twice"),
-    ("gpu=" + "x" * 201, "is too long"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ("gpu", "'gpu' is not key=value"),
+        ("gpu=", "'gpu=' is not key=value"),
+        ("=a100", "'=a100' is not key=value"),
+        ("gpu=a100,gpu=v100", "label 'gpu' is given twice"),
+        ("gpu=" + "x" * 201, "is too long"),
+    ],
+)
 def test_bad_labels_name_the_variable_and_the_entry(raw, fragment):
     with pytest.raises(ConfigError, match="AGENT_LABELS") as caught:
         load_config({"AGENT_LABELS": raw})

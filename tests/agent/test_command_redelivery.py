@@ -11,19 +11,36 @@ from agent.runtime import Session
 
 
 def session(first_seq: int = 0) -> Session:
-    s = Session(job=1, rank=0, size=1, peers=["127.0.0.1:1"], params={}, first_seq=first_seq,
-                address="127.0.0.1:1", cluster_version=1)
+    s = Session(
+        job=1,
+        rank=0,
+        size=1,
+        peers=["127.0.0.1:1"],
+        params={},
+        first_seq=first_seq,
+        address="127.0.0.1:1",
+        cluster_version=1,
+    )
     s._contiguous_seq = first_seq
     return s
 
 
 def command(seq: int, action: str = "set_lr") -> dict:
-    return {"type": "command", "id": 100 + seq, "seq": seq, "action": action, "payload": {"value": 0.1}}
+    return {
+        "type": "command",
+        "id": 100 + seq,
+        "seq": seq,
+        "action": action,
+        "payload": {"value": 0.1},
+    }
 
 
 def sent(capsys) -> list[dict]:
-    return [json.loads(line[len(protocol.PREFIX):]) for line in capsys.readouterr().out.splitlines()
-            if line.startswith(protocol.PREFIX)]
+    return [
+        json.loads(line[len(protocol.PREFIX) :])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(protocol.PREFIX)
+    ]
 
 
 def test_a_command_delivered_again_before_and_after_it_was_taken_is_taken_once():
@@ -63,7 +80,9 @@ def test_commands_up_to_the_first_seq_are_ignored():
 
 def test_a_cluster_version_already_known_is_ignored():
     s = session()
-    s._on_agent_message({"type": "cluster", "version": 2, "members": ["127.0.0.1:1", "127.0.0.1:2"]})
+    s._on_agent_message(
+        {"type": "cluster", "version": 2, "members": ["127.0.0.1:1", "127.0.0.1:2"]}
+    )
     s._on_agent_message({"type": "cluster", "version": 2, "members": ["127.0.0.1:9"]})
     assert s.cluster_members(2) == ["127.0.0.1:1", "127.0.0.1:2"]
     s.cluster_version = 3  # it moved on to version 3

@@ -7,8 +7,13 @@ from agent.local import run_workers
 
 
 def per_rank(messages: list[dict], name: str) -> dict[int, float]:
-    return {p["step"]: p["value"] for m in messages if m["type"] == "metrics"
-            for p in m["points"] if p["name"] == name}
+    return {
+        p["step"]: p["value"]
+        for m in messages
+        if m["type"] == "metrics"
+        for p in m["points"]
+        if p["name"] == name
+    }
 
 
 def test_distributed_optimizer_keeps_workers_identical_inside_tf_function():

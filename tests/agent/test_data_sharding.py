@@ -7,11 +7,14 @@ import pytest
 from agent.runtime import GlobalBatchSampler
 
 
-@pytest.mark.parametrize("n_samples, size, batch_sizes", [
-    (1437, 2, [32] * 10 + [64] * 10 + [128] * 20),
-    (1000, 3, [7, 33, 64, 1, 500, 250]),
-    (10, 4, [3, 3, 3, 3]),
-])
+@pytest.mark.parametrize(
+    "n_samples, size, batch_sizes",
+    [
+        (1437, 2, [32] * 10 + [64] * 10 + [128] * 20),
+        (1000, 3, [7, 33, 64, 1, 500, 250]),
+        (10, 4, [3, 3, 3, 3]),
+    ],
+)
 def test_each_epoch_covers_every_sample_exactly_once(n_samples, size, batch_sizes):
     sampler = GlobalBatchSampler(n_samples, seed=5)
     seen = {0: []}

@@ -47,7 +47,9 @@ def check_coverage(steps: dict[int, list[dict]], *, killed_rank: int | None = No
     last_step_of_version: dict[int, int] = {}
     for step, records in steps.items():
         for r in records:
-            last_step_of_version[r["version"]] = max(last_step_of_version.get(r["version"], -1), step)
+            last_step_of_version[r["version"]] = max(
+                last_step_of_version.get(r["version"], -1), step
+            )
     for step in range(total_steps):
         records = steps[step]
         versions = {r["version"] for r in records}
@@ -57,7 +59,10 @@ def check_coverage(steps: dict[int, list[dict]], *, killed_rank: int | None = No
         expected = sampler.next(BATCH)
         missing = set(range(size)) - set(ranks)
         if missing == {killed_rank} and step == last_step_of_version[records[0]["version"]]:
-            records = [*records, {"rank": killed_rank, "samples": expected[killed_rank::size].tolist()}]
+            records = [
+                *records,
+                {"rank": killed_rank, "samples": expected[killed_rank::size].tolist()},
+            ]
             ranks = sorted(r["rank"] for r in records)
         assert ranks == list(range(size)), f"step {step}: ranks {ranks} for size {size}"
         taken = sorted(i for r in records for i in r["samples"])
@@ -65,7 +70,9 @@ def check_coverage(steps: dict[int, list[dict]], *, killed_rank: int | None = No
         per_epoch[records[0]["epoch"]].extend(taken)
     for epoch, samples in per_epoch.items():
         if epoch < max(per_epoch):  # complete epochs
-            assert sorted(samples) == list(range(N_TRAIN)), f"epoch {epoch} skipped or repeated samples"
+            assert sorted(samples) == list(range(N_TRAIN)), (
+                f"epoch {epoch} skipped or repeated samples"
+            )
     return total_steps
 
 
@@ -81,8 +88,10 @@ def checksums_by_step(job: LocalJob) -> dict[int, set[float]]:
 
 
 def reached(step: int):
-    return lambda address, m: m["type"] == "metrics" and any(
-        p["name"] == "loss" and p["step"] >= step for p in m["points"])
+    return lambda address, m: (
+        m["type"] == "metrics"
+        and any(p["name"] == "loss" and p["step"] >= step for p in m["points"])
+    )
 
 
 # Digits trains in milliseconds per step: the jobs run "forever" and are stopped by command.
@@ -90,20 +99,32 @@ FOREVER = {"steps": 10**6, "log_every": 5}
 
 
 def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_path):
-    with LocalJob("tests.agent.elastic_worker", FOREVER, workers=2,
-                  batch_size=BATCH, lr=0.05, env={"ELASTIC_LOG_DIR": str(tmp_path)}) as job:
+    with LocalJob(
+        "tests.agent.elastic_worker",
+        FOREVER,
+        workers=2,
+        batch_size=BATCH,
+        lr=0.05,
+        env={"ELASTIC_LOG_DIR": str(tmp_path)},
+    ) as job:
         first = list(job.members)
         job.wait_for(reached(20))
         standby = job.start_standby(1)
         job.wait_standby(standby)
         job.announce(first + standby)
-        rescaled = [job.wait_for(lambda a, m: m["type"] == "rescaled" and m["version"] == 1)
-                    for _ in range(3)]
+        rescaled = [
+            job.wait_for(lambda a, m: m["type"] == "rescaled" and m["version"] == 1)
+            for _ in range(3)
+        ]
         assert {a for a, _ in rescaled} == set(first + standby)
         assert {m["size"] for _, m in rescaled} == {3}
         grow_step = rescaled[0][1]["step"]
-        job.wait_for(lambda a, m: m["type"] == "metrics" and any(
-            p["name"] == "loss" and p["step"] >= grow_step + 30 for p in m["points"]))
+        job.wait_for(
+            lambda a, m: (
+                m["type"] == "metrics"
+                and any(p["name"] == "loss" and p["step"] >= grow_step + 30 for p in m["points"])
+            )
+        )
         job.shrink(1)
         _, left = job.wait_for(lambda a, m: m["type"] == "left")
         assert left["version"] == 2
@@ -123,9 +144,14 @@ def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_pat
 
 
 def test_worker_killed_with_sigkill_leaves_a_run_that_finishes(tmp_path):
-    with LocalJob("tests.agent.elastic_worker", {**FOREVER, "rejoin_timeout_s": 60},
-                  workers=3, batch_size=BATCH, lr=0.05,
-                  env={"ELASTIC_LOG_DIR": str(tmp_path), "COLLECTIVE_TIMEOUT": "10"}) as job:
+    with LocalJob(
+        "tests.agent.elastic_worker",
+        {**FOREVER, "rejoin_timeout_s": 60},
+        workers=3,
+        batch_size=BATCH,
+        lr=0.05,
+        env={"ELASTIC_LOG_DIR": str(tmp_path), "COLLECTIVE_TIMEOUT": "10"},
+    ) as job:
         victim = job.members[1]
         job.wait_for(reached(30))
         job.kill(victim)
@@ -160,13 +186,21 @@ def test_a_worker_that_dies_before_the_group_formed_does_not_hold_up_the_others(
     survivors abandon forming the first version at once — not after the collective
     timeout, which here (120 s) is longer than the test waits — form the next, report
     ``rescaled`` and train it in lock-step from step 0."""
-    with LocalJob("tests.agent.elastic_worker", FOREVER, workers=3, batch_size=BATCH, lr=0.05,
-                  env={"ELASTIC_LOG_DIR": str(tmp_path), "COLLECTIVE_TIMEOUT": "120"}) as job:
+    with LocalJob(
+        "tests.agent.elastic_worker",
+        FOREVER,
+        workers=3,
+        batch_size=BATCH,
+        lr=0.05,
+        env={"ELASTIC_LOG_DIR": str(tmp_path), "COLLECTIVE_TIMEOUT": "120"},
+    ) as job:
         first = list(job.members)
         victim = first[1]
         job.kill(victim)  # still starting Python: it never joins the group
         survivors = [a for a in first if a != victim]
-        rescaled = dict(job.wait_for(lambda a, m: m["type"] == "rescaled", timeout_s=90) for _ in range(2))
+        rescaled = dict(
+            job.wait_for(lambda a, m: m["type"] == "rescaled", timeout_s=90) for _ in range(2)
+        )
         assert set(rescaled) == set(survivors), rescaled
         assert {(m["version"], m["size"], m["step"]) for m in rescaled.values()} == {(1, 2, 0)}
         job.wait_for(reached(30))

@@ -16,13 +16,24 @@ from agent.local import free_port
 
 
 def _session(members: list[str], me: int) -> runtime.Session:
-    return runtime.Session(job=1, rank=me, size=len(members), peers=members, params={}, first_seq=0,
-                           address=members[me], cluster_version=1)
+    return runtime.Session(
+        job=1,
+        rank=me,
+        size=len(members),
+        peers=members,
+        params={},
+        first_seq=0,
+        address=members[me],
+        cluster_version=1,
+    )
 
 
 def _sent(capsys) -> list[dict]:
-    return [json.loads(line[len(protocol.PREFIX):]) for line in capsys.readouterr().out.splitlines()
-            if line.startswith(protocol.PREFIX)]
+    return [
+        json.loads(line[len(protocol.PREFIX) :])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(protocol.PREFIX)
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -33,25 +44,34 @@ def _long_collective_timeout(monkeypatch):
 def test_a_newer_version_interrupts_a_formation_waiting_for_a_dead_member(capsys):
     me, dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"  # nobody listens at dead
     session = _session([me, dead], 0)
-    announce = threading.Timer(1.0, session._receive_cluster, args=({"type": "cluster", "version": 2,
-                                                                      "members": [me]},))
+    announce = threading.Timer(
+        1.0, session._receive_cluster, args=({"type": "cluster", "version": 2, "members": [me]},)
+    )
     announce.start()
     started = time.monotonic()
     session.form_first_communicator(timeout_s=30)
     took = time.monotonic() - started
     announce.join()
-    assert took < 20, f"took {took:.1f} s: the formation was not interrupted (COLLECTIVE_TIMEOUT is 60 s)"
+    assert took < 20, (
+        f"took {took:.1f} s: the formation was not interrupted (COLLECTIVE_TIMEOUT is 60 s)"
+    )
     assert (session.cluster_version, session.rank, session.size, session.peers) == (2, 0, 1, [me])
     sent = _sent(capsys)
     assert [m["type"] for m in sent] == ["rescaled"]
-    assert {k: sent[0][k] for k in ("version", "rank", "size", "step")} == {"version": 2, "rank": 0, "size": 1,
-                                                                         "step": 0}
+    assert {k: sent[0][k] for k in ("version", "rank", "size", "step")} == {
+        "version": 2,
+        "rank": 0,
+        "size": 1,
+        "step": 0,
+    }
     # Once formed, the signal is harmless: a later announcement does not interrupt anything.
     session._receive_cluster({"type": "cluster", "version": 3, "members": [me]})
     time.sleep(0.2)
 
 
-def test_a_version_known_before_forming_is_formed_directly_and_one_that_leaves_this_worker_out_ends_it(capsys):
+def test_a_version_known_before_forming_is_formed_directly_and_one_that_leaves_this_worker_out_ends_it(
+    capsys,
+):
     me, other = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     session = _session([me, other], 0)
     session._receive_cluster({"type": "cluster", "version": 2, "members": [other]})
@@ -65,5 +85,7 @@ def test_without_a_newer_version_a_failed_formation_says_what_it_waited_for(monk
     monkeypatch.setenv("COLLECTIVE_TIMEOUT", "1")
     me, dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     session = _session([me, dead], 0)
-    with pytest.raises(RuntimeError, match="could not form cluster version 1 .* no newer version came within 1 s"):
+    with pytest.raises(
+        RuntimeError, match="could not form cluster version 1 .* no newer version came within 1 s"
+    ):
         session.form_first_communicator(timeout_s=1)

@@ -14,8 +14,10 @@ def simulate(monitor, *, true_gradient, sigma, workers, per_worker, steps, rng):
         local_means = samples.mean(axis=1)
         global_mean = local_means.mean(axis=0)
         monitor.update(
-            small_sq_norm=float(np.mean(np.sum(local_means**2, axis=1))), small_batch=per_worker,
-            big_sq_norm=float(np.sum(global_mean**2)), big_batch=workers * per_worker,
+            small_sq_norm=float(np.mean(np.sum(local_means**2, axis=1))),
+            small_batch=per_worker,
+            big_sq_norm=float(np.sum(global_mean**2)),
+            big_batch=workers * per_worker,
         )
 
 

@@ -18,8 +18,13 @@ def test_a_worker_writing_more_than_a_pipe_holds_does_not_stall_the_others(monke
     # it in the barrier, and the barrier would time out.
     monkeypatch.setenv("COLLECTIVE_TIMEOUT", "20")
     messages = run_workers(2, {"mode": "chatty"}, module=MODULE, timeout_s=120)
-    chatter = {p["step"]: p["value"] for m in messages[1] if m["type"] == "metrics"
-               for p in m["points"] if p["name"] == "chatter"}
+    chatter = {
+        p["step"]: p["value"]
+        for m in messages[1]
+        if m["type"] == "metrics"
+        for p in m["points"]
+        if p["name"] == "chatter"
+    }
     assert chatter == {i: float(i) for i in range(4000)}
     assert not job_series(messages[0], "chatter")
 

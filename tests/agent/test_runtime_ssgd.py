@@ -24,7 +24,8 @@ def test_two_workers_follow_single_process_training_on_the_same_global_batch(run
         # order differs, so the mean loss per window agrees to about 1e-4 relative.
         assert double[step] == pytest.approx(single[step], rel=2e-3), step
     assert job_series(runs[1][0], "val_accuracy")[60] == pytest.approx(
-        job_series(runs[2][0], "val_accuracy")[60], abs=0.01)
+        job_series(runs[2][0], "val_accuracy")[60], abs=0.01
+    )
 
 
 def test_gradient_noise_scale_is_reported_with_two_workers(runs):
@@ -38,16 +39,30 @@ def test_the_one_call_step_does_what_the_two_call_step_does(runs):
     # S-SGD runs as one compiled call per step (gradients, allreduce from inside the graph
     # with the command agreement in the same buffer, update); `fused_step: false` keeps
     # the two calls with the allreduce between them. Same arithmetic, same training.
-    hp = {"batch_size": 64, "lr": 0.05, "steps": 60, "log_every": 10, "seed": 3, "fused_step": False}
+    hp = {
+        "batch_size": 64,
+        "lr": 0.05,
+        "steps": 60,
+        "log_every": 10,
+        "seed": 3,
+        "fused_step": False,
+    }
     two_calls = run_workers(2, hp)
 
     def checksums(messages):
-        return {p["step"]: p["value"] for m in messages if m["type"] == "metrics"
-                for p in m["points"] if p["name"] == "param_checksum"}
+        return {
+            p["step"]: p["value"]
+            for m in messages
+            if m["type"] == "metrics"
+            for p in m["points"]
+            if p["name"] == "param_checksum"
+        }
 
     for rank in (0, 1):
         fused, unfused = checksums(runs[2][rank]), checksums(two_calls[rank])
         assert sorted(fused) == sorted(unfused) == list(range(10, 61, 10))
         for step in fused:
             assert fused[step] == pytest.approx(unfused[step], rel=1e-4, abs=1e-3), (rank, step)
-    assert job_series(two_calls[0], "gns")[60] == pytest.approx(job_series(runs[2][0], "gns")[60], rel=0.05)
+    assert job_series(two_calls[0], "gns")[60] == pytest.approx(
+        job_series(runs[2][0], "gns")[60], rel=0.05
+    )

@@ -11,7 +11,14 @@ from agent.local import job_series, run_workers
 
 @pytest.mark.parametrize("strategy, workers", [("ssgd", 2), ("sma", 3)])
 def test_strategy_reaches_95_percent_test_accuracy_on_digits(strategy, workers):
-    hp = {"batch_size": 64, "lr": 0.05, "steps": 500, "log_every": 50, "seed": 7, "monitor_every": 0}
+    hp = {
+        "batch_size": 64,
+        "lr": 0.05,
+        "steps": 500,
+        "log_every": 50,
+        "seed": 7,
+        "monitor_every": 0,
+    }
     messages = run_workers(workers, hp, strategy=strategy)
     accuracy = job_series(messages[0], "val_accuracy")
     assert accuracy[500] >= 0.95, accuracy

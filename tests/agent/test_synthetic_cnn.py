@@ -4,8 +4,11 @@ from agent.local import job_series, run_workers
 
 
 def test_synthetic_cnn_learns_with_two_workers():
-    messages = run_workers(2, {"batch_size": 64, "lr": 0.01, "steps": 40, "log_every": 10, "samples": 512},
-                           module="examples.synthetic_cnn.train")
+    messages = run_workers(
+        2,
+        {"batch_size": 64, "lr": 0.01, "steps": 40, "log_every": 10, "samples": 512},
+        module="examples.synthetic_cnn.train",
+    )
     loss = job_series(messages[0], "loss")
     accuracy = job_series(messages[0], "accuracy")
     assert sorted(loss) == [10, 20, 30, 40]

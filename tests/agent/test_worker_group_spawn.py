@@ -22,11 +22,26 @@ def _group(tmp_path, ranks: list[int], world_size: int) -> WorkerGroup:
     async def command_done(*args) -> None:
         pass
 
-    return WorkerGroup(job_id=7, start={"world_size": world_size, "ranks": ranks, "entrypoint": ENTRYPOINT,
-                                        "hyperparameters": {}, "batch_size": 8, "lr": 0.1, "strategy": "ssgd",
-                                        "topology": "auto"},
-                       python=sys.executable, address="127.0.0.1", state_dir=tmp_path / "state", first_seq=0,
-                       on_metrics=lambda points: None, on_command_done=command_done, persist=False)
+    return WorkerGroup(
+        job_id=7,
+        start={
+            "world_size": world_size,
+            "ranks": ranks,
+            "entrypoint": ENTRYPOINT,
+            "hyperparameters": {},
+            "batch_size": 8,
+            "lr": 0.1,
+            "strategy": "ssgd",
+            "topology": "auto",
+        },
+        python=sys.executable,
+        address="127.0.0.1",
+        state_dir=tmp_path / "state",
+        first_seq=0,
+        on_metrics=lambda points: None,
+        on_command_done=command_done,
+        persist=False,
+    )
 
 
 def _spawned_env(tmp_path, monkeypatch, ranks, world_size, members_of) -> dict[int, dict]:
@@ -54,29 +69,47 @@ def _spawned_env(tmp_path, monkeypatch, ranks, world_size, members_of) -> dict[i
 
 
 def test_version_1_starts_each_rank_at_its_own_place(tmp_path, monkeypatch):
-    envs = _spawned_env(tmp_path, monkeypatch, [2, 3], 4, lambda ports: (
-        ["10.0.0.1:100", "10.0.0.1:101", f"127.0.0.1:{ports[2]}", f"127.0.0.1:{ports[3]}"], 1))
-    assert {r: (e[protocol.ENV_RANK], e[protocol.ENV_CLUSTER_VERSION]) for r, e in envs.items()} == {
-        2: ("2", "1"), 3: ("3", "1")}
+    envs = _spawned_env(
+        tmp_path,
+        monkeypatch,
+        [2, 3],
+        4,
+        lambda ports: (
+            ["10.0.0.1:100", "10.0.0.1:101", f"127.0.0.1:{ports[2]}", f"127.0.0.1:{ports[3]}"],
+            1,
+        ),
+    )
+    assert {
+        r: (e[protocol.ENV_RANK], e[protocol.ENV_CLUSTER_VERSION]) for r, e in envs.items()
+    } == {2: ("2", "1"), 3: ("3", "1")}
     assert all(e[protocol.ENV_PEERS].split(",")[0] == "10.0.0.1:100" for e in envs.values())
 
 
 def test_a_later_version_starts_each_rank_at_its_place_among_the_survivors(tmp_path, monkeypatch):
     # Version 1 was [A0, A1, here2, here3]; A1 died before this node had started: version 2.
-    envs = _spawned_env(tmp_path, monkeypatch, [2, 3], 4, lambda ports: (
-        ["10.0.0.1:100", f"127.0.0.1:{ports[2]}", f"127.0.0.1:{ports[3]}"], 2))
-    assert {r: (e[protocol.ENV_RANK], e[protocol.ENV_CLUSTER_VERSION]) for r, e in envs.items()} == {
-        2: ("1", "2"), 3: ("2", "2")}
+    envs = _spawned_env(
+        tmp_path,
+        monkeypatch,
+        [2, 3],
+        4,
+        lambda ports: (["10.0.0.1:100", f"127.0.0.1:{ports[2]}", f"127.0.0.1:{ports[3]}"], 2),
+    )
+    assert {
+        r: (e[protocol.ENV_RANK], e[protocol.ENV_CLUSTER_VERSION]) for r, e in envs.items()
+    } == {2: ("1", "2"), 3: ("2", "2")}
     for env in envs.values():
         peers = env[protocol.ENV_PEERS].split(",")
         assert len(peers) == 3 and peers[int(env[protocol.ENV_RANK])] == env[protocol.ENV_ADDRESS]
 
 
-@pytest.mark.parametrize(("members", "version", "error"), [
-    (["10.0.0.1:100", ""], 1, "incomplete cluster spec"),
-    (["10.0.0.1:100", "10.0.0.1:101"], 1, "incomplete cluster spec"),  # 4 initial workers
-    (["10.0.0.1:100", "10.0.0.1:101"], 2, r"leaves out worker\(s\) \[2, 3\] of this node"),
-])
+@pytest.mark.parametrize(
+    ("members", "version", "error"),
+    [
+        (["10.0.0.1:100", ""], 1, "incomplete cluster spec"),
+        (["10.0.0.1:100", "10.0.0.1:101"], 1, "incomplete cluster spec"),  # 4 initial workers
+        (["10.0.0.1:100", "10.0.0.1:101"], 2, r"leaves out worker\(s\) \[2, 3\] of this node"),
+    ],
+)
 def test_a_member_list_that_cannot_start_this_node_says_why(tmp_path, members, version, error):
     async def run() -> None:
         group = _group(tmp_path, [2, 3], 4)

@@ -40,19 +40,28 @@ def auth_headers(django_user_model, keep_test_connection):
 
 @pytest.mark.django_db
 @schema.parametrize()
-@settings(max_examples=20, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
+)
 def test_api_never_errors_and_matches_its_schema(case, auth_headers):
     headers = dict(auth_headers)
     if case.path.startswith("/api/v1/agent/") and case.path != "/api/v1/agent/enrol/":
         token = services.join_token_create()
-        _, credential = services.node_enrol(join_token=token, name="fuzz-node", address="127.0.0.1",
-                                            slots=4, labels={})
+        _, credential = services.node_enrol(
+            join_token=token, name="fuzz-node", address="127.0.0.1", slots=4, labels={}
+        )
         headers["Authorization"] = f"Node {credential}"
     # Everything but the two "acceptance" checks: the API validates beyond what a JSON
     # schema can say (e.g. hyper-parameter ranges inside a JSON object, policy semantics),
     # so a schema-valid request may get a 400, and lenient query parsing (an unparsable
     # offset means 0) is not an error.
-    case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance,
-                                                             negative_data_rejection])
+    case.call_and_validate(
+        headers=headers, excluded_checks=[positive_data_acceptance, negative_data_rejection]
+    )

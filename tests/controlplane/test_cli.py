@@ -18,16 +18,36 @@ def cli(live_server, user, tmp_path):
     _, secret = token_create(user=user, name="cli")
 
     def run(*args, token=secret):
-        env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "ADAPTRAIN_SERVER": live_server.url,
-               "ADAPTRAIN_TOKEN": token}
-        return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(tmp_path),
+            "ADAPTRAIN_SERVER": live_server.url,
+            "ADAPTRAIN_TOKEN": token,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     return run
 
 
 def test_create_list_show_and_cancel_a_job(cli):
-    created = cli("jobs", "create", "--name", "from-cli", "--batch-size", "16", "--lr", "0.1", "--workers", "2")
+    created = cli(
+        "jobs",
+        "create",
+        "--name",
+        "from-cli",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.1",
+        "--workers",
+        "2",
+    )
     assert created.returncode == 0, created.stderr
     job = Job.objects.get(name="from-cli")
     assert f"created job {job.id}" in created.stdout
@@ -63,8 +83,13 @@ def test_tokens_can_be_created_and_revoked(cli, user):
 def test_missing_credentials_say_how_to_log_in(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTRAIN_")}
     env["XDG_CONFIG_HOME"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "controlplane.cli", "jobs", "list"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", "jobs", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "adaptrain login" in result.stderr
 
 

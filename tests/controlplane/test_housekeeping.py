@@ -18,16 +18,26 @@ pytestmark = pytest.mark.django_db
 def placed_job(user):
     token = services.join_token_create()
     services.node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 8, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
     services.job_place(job_id=job.id)
     return Job.objects.get(id=job.id)
 
 
 def test_unacknowledged_command_expires_and_the_job_is_told(placed_job):
     Job.objects.filter(id=placed_job.id).update(status="running")
-    [command] = services.command_issue(job=placed_job, type="set_lr", value=0.5, issued_by="user:alice")
+    [command] = services.command_issue(
+        job=placed_job, type="set_lr", value=0.5, issued_by="user:alice"
+    )
     assert services.commands_expire(ttl_s=60) == 0
     Command.objects.filter(id=command.id).update(created_at=timezone.now() - timedelta(minutes=5))
     assert services.commands_expire(ttl_s=60) == 1
@@ -38,14 +48,28 @@ def test_unacknowledged_command_expires_and_the_job_is_told(placed_job):
 
 
 def test_retention_deletes_points_of_old_finished_jobs_only(placed_job, user):
-    other = services.job_create(owner=user, name="running", entrypoint="examples.digits",
-                                hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
-                                workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    other = services.job_create(
+        owner=user,
+        name="running",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 8, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
     when = datetime(2020, 1, 1, tzinfo=UTC)
     for job in (placed_job, other):
-        MetricPoint.objects.bulk_create([MetricPoint(job=job, run=run_of(job), name="loss", step=s, value=1.0, time=when)
-                                         for s in range(10)])
-    Job.objects.filter(id=placed_job.id).update(status="succeeded", finished_at=timezone.now() - timedelta(days=40))
+        MetricPoint.objects.bulk_create(
+            [
+                MetricPoint(job=job, run=run_of(job), name="loss", step=s, value=1.0, time=when)
+                for s in range(10)
+            ]
+        )
+    Job.objects.filter(id=placed_job.id).update(
+        status="succeeded", finished_at=timezone.now() - timedelta(days=40)
+    )
     assert metrics_apply_retention(days=30, chunk=3) == 10
     assert not MetricPoint.objects.filter(job=placed_job).exists()
     assert MetricPoint.objects.filter(job=other).count() == 10

@@ -13,11 +13,19 @@ def test_schema_is_valid_openapi_3_and_lists_the_contract_paths(client, tmp_path
     assert response.status_code == 200
     schema = response.json()
     assert schema["openapi"].startswith("3.")
-    for path in ("/api/v1/jobs/", "/api/v1/jobs/{job_id}/", "/api/v1/jobs/{job_id}/metrics/",
-                 "/api/v1/jobs/{job_id}/commands/", "/api/v1/policies/validate/", "/api/v1/tokens/"):
+    for path in (
+        "/api/v1/jobs/",
+        "/api/v1/jobs/{job_id}/",
+        "/api/v1/jobs/{job_id}/metrics/",
+        "/api/v1/jobs/{job_id}/commands/",
+        "/api/v1/policies/validate/",
+        "/api/v1/tokens/",
+    ):
         assert path in schema["paths"], path
     # drf-spectacular's own validator (openapi-spec) must accept it, with no warnings.
-    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
+    call_command(
+        "spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml")
+    )
 
 
 def test_docs_page_loads_its_assets_locally(client):
@@ -31,9 +39,17 @@ def test_docs_page_loads_its_assets_locally(client):
 def test_prometheus_metrics_report_jobs_nodes_commands_and_ingest(client, user):
     token = services.join_token_create()
     services.node_enrol(join_token=token, name="n1", address="h", slots=2, labels={})
-    services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                        hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
-                        workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 8, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")

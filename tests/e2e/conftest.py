@@ -8,6 +8,7 @@ as the demo (scripts/devstack.py).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,7 +26,9 @@ def _recreate_database(database_url: str, name: str) -> str:
     conn = psycopg2.connect(maintenance, connect_timeout=5)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+        )
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     conn.close()
@@ -44,15 +47,31 @@ def multinode_stack(tmp_path_factory):
     address). Where namespaces cannot be made (not root, no iproute2) their workers
     listen on 127.0.0.2, .3 and .4 instead; ``stack.namespaces`` says which it got.
     ADAPTRAIN_TEST_NETNS=0 asks for the loopback addresses."""
-    use_namespaces = os.environ.get("ADAPTRAIN_TEST_NETNS", "1") != "0" and NetworkNamespaces.available()
+    use_namespaces = (
+        os.environ.get("ADAPTRAIN_TEST_NETNS", "1") != "0" and NetworkNamespaces.available()
+    )
     if not use_namespaces:
         print("[stack] network namespaces unavailable: agents on 127.0.0.2-4 instead", flush=True)
-    yield from _stack(tmp_path_factory, suffix="multinode", agents=3, slots=1, distinct_addresses=True,
-                      namespaces=use_namespaces)
+    yield from _stack(
+        tmp_path_factory,
+        suffix="multinode",
+        agents=3,
+        slots=1,
+        distinct_addresses=True,
+        namespaces=use_namespaces,
+    )
 
 
-def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int | list[int], distinct_addresses: bool = False,
-           namespaces: bool = False, redis_url: str | None = None):
+def _stack(
+    tmp_path_factory,
+    *,
+    suffix: str,
+    agents: int,
+    slots: int | list[int],
+    distinct_addresses: bool = False,
+    namespaces: bool = False,
+    redis_url: str | None = None,
+):
     """The stack, on ``redis_url`` when given (a Redis of the test's own), else on the
     configured one."""
     from django.conf import settings
@@ -70,8 +89,14 @@ def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int | list[int]
         "POLICY_EVAL_INTERVAL_S": "1",
         "COLLECTIVE_TIMEOUT": "60",
     }
-    s = Stack(env=env, log_dir=log_dir, port=free_port(), agents=agents, agent_slots=slots,
-              progress=lambda m: print(f"[stack] {m}", flush=True))
+    s = Stack(
+        env=env,
+        log_dir=log_dir,
+        port=free_port(),
+        agents=agents,
+        agent_slots=slots,
+        progress=lambda m: print(f"[stack] {m}", flush=True),
+    )
     try:
         if namespaces:
             s.namespaces = NetworkNamespaces(agents, tag=f"{os.getpid() % 10000:04d}")
@@ -84,8 +109,12 @@ def _stack(tmp_path_factory, *, suffix: str, agents: int, slots: int | list[int]
         s.start_celery()
         s.start_agents(join_token, log_dir / "agents", distinct_addresses=distinct_addresses)
         s.api = ApiClient(s.url, s.token)
-        wait_for(lambda: sum(n["status"] == "online" for n in s.api.get("/api/v1/nodes/")[1]) == agents,
-                 timeout_s=60, what=f"{agents} agent(s) to come online", stack=s)
+        wait_for(
+            lambda: sum(n["status"] == "online" for n in s.api.get("/api/v1/nodes/")[1]) == agents,
+            timeout_s=60,
+            what=f"{agents} agent(s) to come online",
+            stack=s,
+        )
         yield s
     finally:
         s.stop()
@@ -107,7 +136,9 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def wait_for(predicate, *, timeout_s: float, what: str, stack: Stack | None = None, interval_s: float = 0.5):
+def wait_for(
+    predicate, *, timeout_s: float, what: str, stack: Stack | None = None, interval_s: float = 0.5
+):
     deadline = time.monotonic() + timeout_s
     last_error = None
     while time.monotonic() < deadline:
@@ -123,7 +154,10 @@ def wait_for(predicate, *, timeout_s: float, what: str, stack: Stack | None = No
         except (KeyError, IndexError, TypeError) as exc:
             last_error = exc
         time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f" ({last_error!r})" if last_error else ""))
+    pytest.fail(
+        f"timed out after {timeout_s:.0f} s waiting for {what}"
+        + (f" ({last_error!r})" if last_error else "")
+    )
 
 
 def wait_for_job(api, job_id: int, predicate, *, timeout_s: float, what: str, stack: Stack):
@@ -137,3 +171,41 @@ def wait_for_job(api, job_id: int, predicate, *, timeout_s: float, what: str, st
         return predicate(job)
 
     return wait_for(check, timeout_s=timeout_s, what=what, stack=stack)
+
+
+# --- the browser (headless Chromium through Playwright) ----------------------------------
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail(
+            "chromium is not installed; scripts/test installs it (apt-get install chromium)"
+        )
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def log_in(page, stack, path: str = "/") -> None:
+    """Log in as the e2e user through the login form, landing on ``path``."""
+    page.goto(f"{stack.url}/login/?next={path}")
+    page.fill("#id_username", "e2e")
+    page.fill("#id_password", stack.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{path}")

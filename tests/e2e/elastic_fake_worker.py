@@ -42,7 +42,9 @@ def main() -> None:
     address = env.get("ADAPTRAIN_ADDRESS") or peers[int(env["ADAPTRAIN_RANK"])]
     version = int(env.get("ADAPTRAIN_CLUSTER_VERSION", "0"))
     members = [] if joining else peers
-    crash_file = Path(env.get("FAKE_WORKER_DIR", "/nonexistent")) / f"crash-{address.replace(':', '_')}"
+    crash_file = (
+        Path(env.get("FAKE_WORKER_DIR", "/nonexistent")) / f"crash-{address.replace(':', '_')}"
+    )
     lock = threading.Lock()
     inbox: list[dict] = []
     clusters: dict[int, list[str]] = {}
@@ -71,14 +73,20 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         from agent.channel import AgentChannel
 
-        channel = AgentChannel(env["ADAPTRAIN_AGENT_SOCKET"], on_message=receive,
-                               grace_s=float(env.get("ADAPTRAIN_AGENT_GRACE_S", "600")),
-                               on_orphaned=lambda: os._exit(0))
+        channel = AgentChannel(
+            env["ADAPTRAIN_AGENT_SOCKET"],
+            on_message=receive,
+            grace_s=float(env.get("ADAPTRAIN_AGENT_GRACE_S", "600")),
+            on_orphaned=lambda: os._exit(0),
+        )
         channel.start()
     else:
         threading.Thread(target=read_stdin, daemon=True).start()
     print(f"fake worker at {address}, joining={joining}, version {version}", flush=True)
-    crash_at_start = Path(env.get("FAKE_WORKER_DIR", "/nonexistent")) / f"crash-at-start-rank-{env.get('ADAPTRAIN_RANK')}"
+    crash_at_start = (
+        Path(env.get("FAKE_WORKER_DIR", "/nonexistent"))
+        / f"crash-at-start-rank-{env.get('ADAPTRAIN_RANK')}"
+    )
     if version == 1 and not joining and crash_at_start.exists():
         print(f"crashing at start as asked by {crash_at_start}", file=sys.stderr, flush=True)
         sys.exit(3)
@@ -86,8 +94,16 @@ def main() -> None:
         time.sleep(0.5)  # a pretend TensorFlow start-up
         send({"type": "standby", "address": address})
     elif version > 1:  # started in a version after the first, as the runtime it trains in
-        send({"type": "rescaled", "version": version, "rank": members.index(address), "size": len(members),
-              "step": 0, "paused_s": 0.0})
+        send(
+            {
+                "type": "rescaled",
+                "version": version,
+                "rank": members.index(address),
+                "size": len(members),
+                "step": 0,
+                "paused_s": 0.0,
+            }
+        )
     step = 0
     while True:
         if crash_file.exists():
@@ -102,8 +118,16 @@ def main() -> None:
                 latest = clusters[version]
             if address in latest:
                 members = latest
-                send({"type": "rescaled", "version": version, "rank": members.index(address),
-                      "size": len(members), "step": step, "paused_s": 0.01})
+                send(
+                    {
+                        "type": "rescaled",
+                        "version": version,
+                        "rank": members.index(address),
+                        "size": len(members),
+                        "step": step,
+                        "paused_s": 0.01,
+                    }
+                )
             elif not joining:
                 send({"type": "left", "version": version, "step": step})
                 sys.exit(0)
@@ -114,18 +138,42 @@ def main() -> None:
             at = 1000 * int(command["seq"])
             if command["action"] == "stop" and "joiners" in (command.get("payload") or {}):
                 continue  # the agents end the abandoned standbys; as the runtime, only its seq counts
-            if command["action"] in ("set_batch_size", "set_lr", "stop", "checkpoint", "pause", "resume"):
+            if command["action"] in (
+                "set_batch_size",
+                "set_lr",
+                "stop",
+                "checkpoint",
+                "pause",
+                "resume",
+            ):
                 send({"type": "applied", "id": command["id"], "seq": command["seq"], "step": at})
                 if command["action"] == "stop":
                     sys.exit(0)
             else:
-                send({"type": "failed", "id": command["id"], "seq": command["seq"],
-                      "error": f"action {command['action']!r} is not supported by this runtime"})
+                send(
+                    {
+                        "type": "failed",
+                        "id": command["id"],
+                        "seq": command["seq"],
+                        "error": f"action {command['action']!r} is not supported by this runtime",
+                    }
+                )
         if not joining:
             step += 1
             if step % 25 == 0 and members and members[0] == address:
-                send({"type": "metrics", "points": [{"name": "workers", "step": step, "value": len(members),
-                                                     "time": time.time()}]})
+                send(
+                    {
+                        "type": "metrics",
+                        "points": [
+                            {
+                                "name": "workers",
+                                "step": step,
+                                "value": len(members),
+                                "time": time.time(),
+                            }
+                        ],
+                    }
+                )
         time.sleep(0.02)
 
 

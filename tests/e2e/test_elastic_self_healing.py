@@ -35,16 +35,32 @@ def test_a_crashed_worker_is_replaced_and_a_users_shrink_is_kept(healing_stack):
     assert len(_members(job)) == 3 and job["parameters"]["workers_wanted"] == 3
 
     (stack.fake_dir / f"crash-{_address(job, 1)}").touch()
-    job = wait_for_job(api, job_id, lambda j: j["cluster_version"] == 2 and j["status"] == "running" and j,
-                       timeout_s=60, what="the job to shrink without the crashed worker", stack=stack)
+    job = wait_for_job(
+        api,
+        job_id,
+        lambda j: j["cluster_version"] == 2 and j["status"] == "running" and j,
+        timeout_s=60,
+        what="the job to shrink without the crashed worker",
+        stack=stack,
+    )
     assert [rank for _, rank in _members(job)] == [0, 2]
 
     # Grown back by the scheduler: a new worker number, let in from a warm standby.
-    job = wait_for_job(api, job_id, lambda j: j["cluster_version"] == 3 and j["status"] == "running" and j,
-                       timeout_s=60, what="the scheduler to grow the job back to 3 workers", stack=stack)
+    job = wait_for_job(
+        api,
+        job_id,
+        lambda j: j["cluster_version"] == 3 and j["status"] == "running" and j,
+        timeout_s=60,
+        what="the scheduler to grow the job back to 3 workers",
+        stack=stack,
+    )
     assert [rank for _, rank in _members(job)] == [0, 2, 3] and job["parameters"]["workers"] == 3
-    scale = [c for c in api.get(f"/api/v1/jobs/{job_id}/commands/")[1] if c["action"] == "scale_workers"]
-    assert scale and all(c["issued_by"] == "scheduler" and c["state"] == "applied" for c in scale), scale
+    scale = [
+        c for c in api.get(f"/api/v1/jobs/{job_id}/commands/")[1] if c["action"] == "scale_workers"
+    ]
+    assert scale and all(
+        c["issued_by"] == "scheduler" and c["state"] == "applied" for c in scale
+    ), scale
     events = api.get(f"/api/v1/jobs/{job_id}/events/")[1]
     assert any(e["data"].get("event") == "grow_to_wanted" for e in events)
 

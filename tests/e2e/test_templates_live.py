@@ -28,9 +28,12 @@ def template_policy(api, template_id: str) -> tuple[dict, dict]:
 
 def start_job(stack, name: str, policy: dict, **fields) -> dict:
     body = {
-        "name": name, "entrypoint": "examples.digits", "policy": policy["id"],
+        "name": name,
+        "entrypoint": "examples.digits",
+        "policy": policy["id"],
         "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 1_000_000, "log_every": 5},
-        "workers": {"initial": 2}, **fields,
+        "workers": {"initial": 2},
+        **fields,
     }
     status, job = stack.api.post("/api/v1/jobs/", body)
     assert status == 201, job
@@ -41,15 +44,24 @@ def stop_job(stack, job_id: int) -> None:
     """Cancel the job and wait until its workers are gone, so the next test finds its slots free."""
     api = stack.api
     api.post(f"/api/v1/jobs/{job_id}/cancel/", {})
-    wait_for(lambda: all(w["state"] in ("exited", "left", "failed")
-                         for w in api.get(f"/api/v1/jobs/{job_id}/")[1]["workers"]),
-             timeout_s=60, what=f"the workers of job {job_id} to exit", stack=stack)
+    wait_for(
+        lambda: all(
+            w["state"] in ("exited", "left", "failed")
+            for w in api.get(f"/api/v1/jobs/{job_id}/")[1]["workers"]
+        ),
+        timeout_s=60,
+        what=f"the workers of job {job_id} to exit",
+        stack=stack,
+    )
 
 
 def decisions_of(api, job_id: int) -> list[dict]:
     """The decisions' events (``data`` holds rule, inputs, action, outcome), oldest first."""
-    return [e for e in api.get(f"/api/v1/jobs/{job_id}/events/")[1]
-            if e["kind"] == "decision" and "inputs" in e["data"]]
+    return [
+        e
+        for e in api.get(f"/api/v1/jobs/{job_id}/events/")[1]
+        if e["kind"] == "decision" and "inputs" in e["data"]
+    ]
 
 
 def commands_of(api, job_id: int, action: str) -> list[dict]:
@@ -72,7 +84,9 @@ def checksums_after(stack, job_id: int, step: int) -> tuple[dict, list[int]]:
         common = [s for s in sums.get(0, {}) if s > step and s in sums.get(1, {})]
         return len(common) >= 3 and (sums, common)
 
-    return wait_for(ready, timeout_s=60, what=f"param_checksum from both ranks after step {step}", stack=stack)
+    return wait_for(
+        ready, timeout_s=60, what=f"param_checksum from both ranks after step {step}", stack=stack
+    )
 
 
 @pytest.mark.timeout(300)
@@ -82,8 +96,14 @@ def test_sma_to_ssgd_template_switches_strategy_once_loss_halves_and_models_agre
     job = start_job(stack, "template sma → ssgd", policy, strategy="sma")
     job_id = job["id"]
     try:
-        wait_for_job(api, job_id, lambda j: j["strategy"] == "ssgd", timeout_s=180,
-                     what="the rule to switch the job to S-SGD", stack=stack)
+        wait_for_job(
+            api,
+            job_id,
+            lambda j: j["strategy"] == "ssgd",
+            timeout_s=180,
+            what="the rule to switch the job to S-SGD",
+            stack=stack,
+        )
 
         [event] = decisions_of(api, job_id)
         decision = event["data"]
@@ -97,11 +117,15 @@ def test_sma_to_ssgd_template_switches_strategy_once_loss_halves_and_models_agre
 
         # The loss the rule saw is under half the highest loss recorded up to then.
         loss = series(api, job_id, "loss")[None]
-        assert decision["inputs"]["loss"] < 0.5 * max(v for s, v in loss.items() if s <= event["step"])
+        assert decision["inputs"]["loss"] < 0.5 * max(
+            v for s, v in loss.items() if s <= event["step"]
+        )
 
         # Under SMA each worker keeps its own model; from the switch on they hold one model.
         sums, common = checksums_after(stack, job_id, switched)
-        assert all(sums[0][s] == sums[1][s] for s in common), {s: (sums[0][s], sums[1][s]) for s in common}
+        assert all(sums[0][s] == sums[1][s] for s in common), {
+            s: (sums[0][s], sums[1][s]) for s in common
+        }
         before = [s for s in sums[0] if s <= switched and s in sums[1]]
         assert any(sums[0][s] != sums[1][s] for s in before), "models should differ under SMA"
     finally:
@@ -114,14 +138,25 @@ def test_scale_out_template_adds_a_worker_to_an_elastic_job(stack):
     policy, _ = template_policy(api, "scale-out-while-efficient")
     # One worker alone runs hundreds of steps a second: report less often, so that ingesting
     # its metrics takes less of the CPU the joiner needs to start.
-    job = start_job(stack, "template scale out", policy, workers={"initial": 1, "min": 1, "max": 3},
-                    hyperparameters={"batch_size": 32, "lr": 0.05, "steps": 1_000_000, "log_every": 50})
+    job = start_job(
+        stack,
+        "template scale out",
+        policy,
+        workers={"initial": 1, "min": 1, "max": 3},
+        hyperparameters={"batch_size": 32, "lr": 0.05, "steps": 1_000_000, "log_every": 50},
+    )
     job_id = job["id"]
     try:
         # The rule's first firing needs only a throughput figure (it has no last_fire yet);
         # its 60 s cooldown keeps it from firing again within this test.
-        job = wait_for_job(api, job_id, lambda j: j["status"] == "running" and j["parameters"]["workers"] == 2 and j,
-                           timeout_s=180, what="the rule to grow the job to 2 workers", stack=stack)
+        job = wait_for_job(
+            api,
+            job_id,
+            lambda j: j["status"] == "running" and j["parameters"]["workers"] == 2 and j,
+            timeout_s=180,
+            what="the rule to grow the job to 2 workers",
+            stack=stack,
+        )
         assert job["cluster_version"] == 2
 
         [event] = decisions_of(api, job_id)
@@ -136,12 +171,17 @@ def test_scale_out_template_adds_a_worker_to_an_elastic_job(stack):
         grown = command["applied_step"]
 
         # Rank 0 reports the cluster size; after the grow it says 2, and both workers train.
-        workers = wait_for(lambda: (w := series(api, job_id, "workers")[None])
-                           and any(s > grown for s in w) and w,
-                           timeout_s=60, what="the workers metric after the grow", stack=stack)
+        workers = wait_for(
+            lambda: (w := series(api, job_id, "workers")[None]) and any(s > grown for s in w) and w,
+            timeout_s=60,
+            what="the workers metric after the grow",
+            stack=stack,
+        )
         assert {v for s, v in workers.items() if s <= event["step"]} == {1.0}
         assert {v for s, v in workers.items() if s > grown} == {2.0}
-        assert sorted(w["cluster_rank"] for w in job["workers"] if w["cluster_rank"] is not None) == [0, 1]
+        assert sorted(
+            w["cluster_rank"] for w in job["workers"] if w["cluster_rank"] is not None
+        ) == [0, 1]
     finally:
         stop_job(stack, job_id)
 
@@ -161,8 +201,14 @@ def test_topology_template_switches_to_tree_when_interference_cuts_throughput(st
     job_id = job["id"]
     burners: list[subprocess.Popen] = []
     try:
-        job = wait_for_job(api, job_id, lambda j: j["status"] == "running" and j["last_step"] >= 100 and j,
-                           timeout_s=180, what="training to get going", stack=stack)
+        job = wait_for_job(
+            api,
+            job_id,
+            lambda j: j["status"] == "running" and j["last_step"] >= 100 and j,
+            timeout_s=180,
+            what="training to get going",
+            stack=stack,
+        )
         assert job["topology"] == "ring"
         interfered_from = job["last_step"]
 
@@ -170,8 +216,14 @@ def test_topology_template_switches_to_tree_when_interference_cuts_throughput(st
         burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
         status, body = api.request("PUT", f"/api/v1/policies/{policy['id']}/", {"enabled": True})
         assert status == 200 and body["enabled"] is True, body
-        job = wait_for_job(api, job_id, lambda j: j["topology"] == "tree" and j, timeout_s=120,
-                           what="the rule to switch the topology to tree", stack=stack)
+        job = wait_for_job(
+            api,
+            job_id,
+            lambda j: j["topology"] == "tree" and j,
+            timeout_s=120,
+            what="the rule to switch the topology to tree",
+            stack=stack,
+        )
         stop_burners(burners)
 
         [event] = decisions_of(api, job_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_job_page_browser import browser, log_in  # noqa: F401  (fixture)
+from tests.e2e.conftest import log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -18,7 +18,7 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screensh
 
 
 @pytest.fixture(scope="module")
-def page(stack, browser):  # noqa: F811
+def page(stack, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     log_in(page, stack, "/nodes/")
     yield page
@@ -64,11 +64,15 @@ def test_token_secret_is_shown_once_and_the_token_can_be_revoked(stack, page):
 
 def test_audit_trail_lists_a_jobs_events_and_filters_them_by_kind(stack, page):
     api = stack.api
-    status, job = api.post("/api/v1/jobs/", {
-        "name": "ui audited", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 100},
-        "workers": {"initial": 2},
-    })
+    status, job = api.post(
+        "/api/v1/jobs/",
+        {
+            "name": "ui audited",
+            "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 32, "lr": 0.05, "steps": 100},
+            "workers": {"initial": 2},
+        },
+    )
     assert status == 201, job
     api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
     page.goto(f"{stack.url}/jobs/{job['id']}/audit/")
@@ -84,8 +88,10 @@ def test_audit_trail_lists_a_jobs_events_and_filters_them_by_kind(stack, page):
     assert all("created" in t for t in page.locator("#audit tbody tr:visible").all_inner_texts())
 
 
-@pytest.mark.parametrize("path", ["/", "/jobs/new/", "/policies/", "/policies/new/", "/nodes/", "/tokens/"])
-def test_pages_fit_a_narrow_screen(stack, browser, path):  # noqa: F811
+@pytest.mark.parametrize(
+    "path", ["/", "/jobs/new/", "/policies/", "/policies/new/", "/nodes/", "/tokens/"]
+)
+def test_pages_fit_a_narrow_screen(stack, browser, path):
     narrow = browser.new_page(viewport={"width": 390, "height": 844})
     try:
         log_in(narrow, stack, path)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for_job
-from tests.e2e.test_job_page_browser import browser, log_in  # noqa: F401  (fixture)
+from tests.e2e.conftest import log_in, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -20,7 +19,7 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screensh
 
 
 @pytest.fixture(scope="module")
-def page(stack, browser):  # noqa: F811
+def page(stack, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     log_in(page, stack, "/")
     yield page
@@ -59,10 +58,18 @@ def test_create_job_form_shows_errors_beside_the_fields_then_the_new_jobs_chart_
     page.wait_for_url(re.compile(r".*/jobs/\d+/$"))
     job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
     try:
-        wait_for_job(stack.api, job_id, lambda j: j["status"] == "running", timeout_s=120,
-                     what="the job created in the form to run", stack=stack)
+        wait_for_job(
+            stack.api,
+            job_id,
+            lambda j: j["status"] == "running",
+            timeout_s=120,
+            what="the job created in the form to run",
+            stack=stack,
+        )
         page.wait_for_selector("#live-state.live-on", timeout=30_000)
-        page.wait_for_function("Number(document.querySelector('#chart-loss').dataset.points) > 3", timeout=60_000)
+        page.wait_for_function(
+            "Number(document.querySelector('#chart-loss').dataset.points) > 3", timeout=60_000
+        )
 
         # Zoom into the first half of the loss chart: every chart follows, and the zoom
         # holds while new points stream in.
@@ -72,12 +79,18 @@ def test_create_job_form_shows_errors_beside_the_fields_then_the_new_jobs_chart_
         page.mouse.down()
         page.mouse.move(box["x"] + 80 + (box["width"] - 90) / 2, y, steps=6)
         page.mouse.up()
-        page.wait_for_function("document.querySelector('#chart-loss').dataset.zoom !== ''", timeout=5_000)
+        page.wait_for_function(
+            "document.querySelector('#chart-loss').dataset.zoom !== ''", timeout=5_000
+        )
         zoom = page.get_attribute("#chart-loss", "data-zoom")
-        page.wait_for_function(f"document.querySelector('#chart-accuracy').dataset.zoom === '{zoom}'")
+        page.wait_for_function(
+            f"document.querySelector('#chart-accuracy').dataset.zoom === '{zoom}'"
+        )
         before = points(page, "loss")
         page.wait_for_function(
-            f"Number(document.querySelector('#chart-loss').dataset.points) > {before + 5}", timeout=60_000)
+            f"Number(document.querySelector('#chart-loss').dataset.points) > {before + 5}",
+            timeout=60_000,
+        )
         assert page.get_attribute("#chart-loss", "data-zoom") == zoom
         assert page.is_visible("#zoom-reset")
 
@@ -96,9 +109,13 @@ def test_create_job_form_shows_errors_beside_the_fields_then_the_new_jobs_chart_
         page.wait_for_selector("#live-state.live-off", timeout=10_000)
         page.wait_for_selector("#live-state.live-on", timeout=30_000)
         top = page.evaluate("window.adaptrain.charts.charts.loss.lastStep()")
-        page.wait_for_function(f"window.adaptrain.charts.charts.loss.lastStep() > {top + 50}", timeout=30_000)
+        page.wait_for_function(
+            f"window.adaptrain.charts.charts.loss.lastStep() > {top + 50}", timeout=30_000
+        )
         shown = set(page.evaluate("window.adaptrain.charts.charts.loss.series.get('job').x"))
-        _, stored = stack.api.get(f"/api/v1/jobs/{job_id}/metrics/?names=loss&per_rank=false&max_points=100000")
+        _, stored = stack.api.get(
+            f"/api/v1/jobs/{job_id}/metrics/?names=loss&per_rank=false&max_points=100000"
+        )
         stored_steps = [s for s in stored["series"][0]["step"] if s <= max(shown)]
         missing = [s for s in stored_steps if s not in shown]
         assert not missing, f"steps missing from the chart after the reconnect: {missing[:10]}"
@@ -113,7 +130,9 @@ def test_create_job_form_shows_errors_beside_the_fields_then_the_new_jobs_chart_
         page.click("form[data-action=scale_workers] button")
         page.wait_for_selector("#command-result.error")
         assert "not supported" in page.inner_text("#cmd-workers-error")
-        page.wait_for_function("document.querySelector('#job-batch-size').textContent === '48'", timeout=30_000)
+        page.wait_for_function(
+            "document.querySelector('#job-batch-size').textContent === '48'", timeout=30_000
+        )
 
         page.goto(f"{stack.url}/")
         page.wait_for_selector(f"#jobs-table tr[data-id='{job_id}'] .status-running")

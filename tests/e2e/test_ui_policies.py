@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for, wait_for_job
-from tests.e2e.test_job_page_browser import browser, log_in  # noqa: F401  (fixture)
+from tests.e2e.conftest import log_in, wait_for, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -24,17 +23,19 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screensh
 DOUBLING = {
     "name": "ui doubling",
     "description": "Double the batch every 200 steps, up to 64.",
-    "rules": [{
-        "name": "grow batch",
-        "when": "steps_since_fired >= 200",
-        "action": {"type": "set_batch_size", "value": "batch_size * 2"},
-        "bounds": {"max": 64},
-    }],
+    "rules": [
+        {
+            "name": "grow batch",
+            "when": "steps_since_fired >= 200",
+            "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+            "bounds": {"max": 64},
+        }
+    ],
 }
 
 
 @pytest.fixture(scope="module")
-def page(stack, browser):  # noqa: F811
+def page(stack, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     # Leaving the editor with unsaved edits asks (beforeunload); a test just leaves.
     page.on("dialog", lambda dialog: dialog.accept())
@@ -53,19 +54,28 @@ def test_decision_marker_appears_and_batch_size_changes_then_replay_draws_marker
     api = stack.api
     status, policy = api.post("/api/v1/policies/", {"definition": DOUBLING})
     assert status == 201, policy
-    status, job = api.post("/api/v1/jobs/", {
-        "name": "ui adaptive digits", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 10},
-        "workers": {"initial": 2}, "policy": policy["id"],
-    })
+    status, job = api.post(
+        "/api/v1/jobs/",
+        {
+            "name": "ui adaptive digits",
+            "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 10},
+            "workers": {"initial": 2},
+            "policy": policy["id"],
+        },
+    )
     assert status == 201, job
     job_id = job["id"]
     try:
         page.goto(f"{stack.url}/jobs/{job_id}/")
-        page.wait_for_function("Number(document.querySelector('#chart-batch_size').dataset.markers) >= 1",
-                               timeout=120_000)
-        page.wait_for_function("['32', '64'].includes(document.querySelector('#job-batch-size').textContent)",
-                               timeout=60_000)
+        page.wait_for_function(
+            "Number(document.querySelector('#chart-batch_size').dataset.markers) >= 1",
+            timeout=120_000,
+        )
+        page.wait_for_function(
+            "['32', '64'].includes(document.querySelector('#job-batch-size').textContent)",
+            timeout=60_000,
+        )
         page.wait_for_selector("#events li.event-decision")
 
         # Hovering the decision marker tells the rule, its inputs and who acted.
@@ -88,16 +98,28 @@ def test_decision_marker_appears_and_batch_size_changes_then_replay_draws_marker
         assert "set_batch_size" in text and "steps_since_fired=" in text
         assert "policy:ui doubling/grow batch" in text
 
-        wait_for_job(api, job_id, lambda j: j["parameters"]["batch_size"] == 64, timeout_s=90,
-                     what="the policy to reach the batch-size bound", stack=stack)
+        wait_for_job(
+            api,
+            job_id,
+            lambda j: j["parameters"]["batch_size"] == 64,
+            timeout_s=90,
+            what="the policy to reach the batch-size bound",
+            stack=stack,
+        )
         page.wait_for_function("document.querySelector('#job-batch-size').textContent === '64'")
         page.mouse.move(0, 0)
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(SCREENSHOTS / "job.png"))
     finally:
         api.post(f"/api/v1/jobs/{job_id}/cancel/", {})
-    wait_for_job(api, job_id, lambda j: j["status"] == "cancelled", timeout_s=30,
-                 what="the job to be cancelled", stack=stack)
+    wait_for_job(
+        api,
+        job_id,
+        lambda j: j["status"] == "cancelled",
+        timeout_s=30,
+        what="the job to be cancelled",
+        stack=stack,
+    )
 
     # Replay the policy on the now finished job, from the policy editor.
     page.goto(f"{stack.url}/policies/{policy['id']}/")
@@ -106,7 +128,8 @@ def test_decision_marker_appears_and_batch_size_changes_then_replay_draws_marker
     page.click("#replay-run")
     page.wait_for_function(
         "Number(document.querySelector('#replay-charts canvas[data-metric=batch_size]')?.dataset.markers) >= 1",
-        timeout=30_000)
+        timeout=30_000,
+    )
     assert re.search(r"[1-9]\d* decision\(s\)", page.inner_text("#replay-summary"))
     assert page.locator("#replay-decisions tbody tr").count() >= 1
     assert "grow batch" in page.inner_text("#replay-decisions")
@@ -115,8 +138,10 @@ def test_decision_marker_appears_and_batch_size_changes_then_replay_draws_marker
     # The same replay drawn on the job's own page.
     page.click("#replay-summary a")
     page.wait_for_url(f"**/jobs/{job_id}/?replay={policy['id']}")
-    page.wait_for_function("[...window.adaptrain.charts.charts.loss.markers.values()].some((m) => m.kind === 'replay')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "[...window.adaptrain.charts.charts.loss.markers.values()].some((m) => m.kind === 'replay')",
+        timeout=30_000,
+    )
 
 
 def test_policy_with_a_cel_syntax_error_shows_it_at_the_field_and_is_not_saved(stack, page):
@@ -177,17 +202,34 @@ def test_policy_with_a_cel_syntax_error_shows_it_at_the_field_and_is_not_saved(s
 
 def test_a_decision_that_needs_approval_waits_for_a_click_then_acts(stack, page):
     api = stack.api
-    status, policy = api.post("/api/v1/policies/", {"definition": {
-        "name": "ui approval",
-        "rules": [{"name": "grow once", "when": "step >= 100", "requires_approval": True,
-                   "action": {"type": "set_batch_size", "value": "batch_size * 2"}, "bounds": {"max": 32}}],
-    }})
+    status, policy = api.post(
+        "/api/v1/policies/",
+        {
+            "definition": {
+                "name": "ui approval",
+                "rules": [
+                    {
+                        "name": "grow once",
+                        "when": "step >= 100",
+                        "requires_approval": True,
+                        "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+                        "bounds": {"max": 32},
+                    }
+                ],
+            }
+        },
+    )
     assert status == 201, policy
-    status, job = api.post("/api/v1/jobs/", {
-        "name": "ui approval digits", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 10},
-        "workers": {"initial": 2}, "policy": policy["id"],
-    })
+    status, job = api.post(
+        "/api/v1/jobs/",
+        {
+            "name": "ui approval digits",
+            "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 10},
+            "workers": {"initial": 2},
+            "policy": policy["id"],
+        },
+    )
     assert status == 201, job
     try:
         page.goto(f"{stack.url}/jobs/{job['id']}/")
@@ -196,7 +238,9 @@ def test_a_decision_that_needs_approval_waits_for_a_click_then_acts(stack, page)
         assert page.inner_text("#job-batch-size") == "16"
         item.get_by_role("button", name="Approve").click()
         page.wait_for_selector("#approval-result.ok")
-        page.wait_for_function("document.querySelector('#job-batch-size').textContent === '32'", timeout=60_000)
+        page.wait_for_function(
+            "document.querySelector('#job-batch-size').textContent === '32'", timeout=60_000
+        )
     finally:
         api.post(f"/api/v1/jobs/{job['id']}/cancel/", {})
 
@@ -204,20 +248,38 @@ def test_a_decision_that_needs_approval_waits_for_a_click_then_acts(stack, page)
 @pytest.fixture(scope="module")
 def finished_job(stack):
     """A short job without a policy, run to the end: recorded metrics to replay on."""
-    status, job = stack.api.post("/api/v1/jobs/", {
-        "name": "ui replay digits", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 300, "log_every": 10},
-        "workers": {"initial": 1},
-    })
+    status, job = stack.api.post(
+        "/api/v1/jobs/",
+        {
+            "name": "ui replay digits",
+            "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 300, "log_every": 10},
+            "workers": {"initial": 1},
+        },
+    )
     assert status == 201, job
-    wait_for_job(stack.api, job["id"], lambda j: j["status"] == "succeeded", timeout_s=180,
-                 what="the short job to finish", stack=stack)
+    wait_for_job(
+        stack.api,
+        job["id"],
+        lambda j: j["status"] == "succeeded",
+        timeout_s=180,
+        what="the short job to finish",
+        stack=stack,
+    )
     return job
 
 
 def create_policy(api, name: str, when: str = "steps_since_fired >= 200") -> dict:
-    status, policy = api.post("/api/v1/policies/", {"definition": {
-        **DOUBLING, "name": name, "rules": [{**DOUBLING["rules"][0], "when": when}]}})
+    status, policy = api.post(
+        "/api/v1/policies/",
+        {
+            "definition": {
+                **DOUBLING,
+                "name": name,
+                "rules": [{**DOUBLING["rules"][0], "when": when}],
+            }
+        },
+    )
     assert status == 201, policy
     return policy
 
@@ -225,7 +287,10 @@ def create_policy(api, name: str, when: str = "steps_since_fired >= 200") -> dic
 def test_replaying_an_unsaved_edit_on_a_finished_job_shows_its_decisions(stack, page, finished_job):
     api, job_id = stack.api, finished_job["id"]
     policy = create_policy(api, "ui draft replay")
-    edited = {**policy["definition"], "rules": [{**policy["definition"]["rules"][0], "when": "steps_since_fired >= 50"}]}
+    edited = {
+        **policy["definition"],
+        "rules": [{**policy["definition"]["rules"][0], "when": "steps_since_fired >= 50"}],
+    }
     _, saved_replay = api.post(f"/api/v1/policies/{policy['id']}/replay/", {"job": job_id})
     status, expected = api.post("/api/v1/policies/replay/", {"definition": edited, "job": job_id})
     assert status == 200, expected
@@ -240,21 +305,28 @@ def test_replaying_an_unsaved_edit_on_a_finished_job_shows_its_decisions(stack, 
     page.click("#replay-run")
     page.wait_for_function(
         f"Number(document.querySelector('#replay-charts canvas[data-metric=batch_size]')?.dataset.markers) === {fired}",
-        timeout=30_000)
+        timeout=30_000,
+    )
     summary = page.inner_text("#replay-summary")
     assert "Unsaved edits of v1" in summary and f"{fired} decision(s)" in summary
     assert page.locator("#replay-decisions tbody tr").count() == fired
-    steps = [int(s) for s in page.locator("#replay-decisions tbody tr td:first-child").all_inner_texts()]
+    steps = [
+        int(s) for s in page.locator("#replay-decisions tbody tr td:first-child").all_inner_texts()
+    ]
     assert steps == [d["step"] for d in expected["decisions"]]
     stored = api.get(f"/api/v1/policies/{policy['id']}/")[1]
-    assert stored["version"] == 1 and stored["definition"]["rules"][0]["when"] == "steps_since_fired >= 200"
+    assert (
+        stored["version"] == 1
+        and stored["definition"]["rules"][0]["when"] == "steps_since_fired >= 200"
+    )
 
     # The job page draws the same draft, not the saved version.
     page.click("#replay-summary a")
     page.wait_for_url(f"**/jobs/{job_id}/?replay=draft")
     page.wait_for_function(
         f"[...window.adaptrain.charts.charts.loss.markers.values()].filter((m) => m.kind === 'replay').length === {fired}",
-        timeout=30_000)
+        timeout=30_000,
+    )
     assert "(unsaved)" in page.inner_text("#replay-text")
 
     # An invalid edit is not replayed; the error is shown at its field.
@@ -278,7 +350,10 @@ def test_a_policy_is_disabled_from_the_list_and_enabled_again_from_the_editor(st
     assert row.locator("td.mode").inner_text() == "disabled"
     assert api.get(f"/api/v1/policies/{policy['id']}/")[1]["enabled"] is False
     # Focus stays on the switch, which now enables.
-    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Enable policy ui switch"
+    assert (
+        page.evaluate("document.activeElement.getAttribute('aria-label')")
+        == "Enable policy ui switch"
+    )
 
     page.goto(f"{stack.url}/policies/{policy['id']}/")
     page.wait_for_selector("#policy-mode:text-is('disabled')")
@@ -301,11 +376,16 @@ def test_deleting_a_policy_asks_first_and_is_refused_while_a_job_uses_it(stack, 
     doomed = create_policy(api, "ui delete me")
     in_use = create_policy(api, "ui in use")
     from_editor = create_policy(api, "ui delete from editor")
-    status, job = api.post("/api/v1/jobs/", {
-        "name": "ui policy in use", "entrypoint": "examples.digits",
-        "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 10},
-        "workers": {"initial": 1}, "policy": in_use["id"],
-    })
+    status, job = api.post(
+        "/api/v1/jobs/",
+        {
+            "name": "ui policy in use",
+            "entrypoint": "examples.digits",
+            "hyperparameters": {"batch_size": 16, "lr": 0.05, "steps": 1_000_000, "log_every": 10},
+            "workers": {"initial": 1},
+            "policy": in_use["id"],
+        },
+    )
     assert status == 201, job
     dialog = page.locator("#confirm-delete")
     try:
@@ -327,7 +407,10 @@ def test_deleting_a_policy_asks_first_and_is_refused_while_a_job_uses_it(stack, 
     assert page.evaluate("document.activeElement.id") == "confirm-delete-no"
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
-    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Delete policy ui delete me"
+    assert (
+        page.evaluate("document.activeElement.getAttribute('aria-label')")
+        == "Delete policy ui delete me"
+    )
     assert api.get(f"/api/v1/policies/{doomed['id']}/")[0] == 200
 
     row.get_by_role("button", name="Delete policy ui delete me", exact=True).click()
@@ -343,5 +426,8 @@ def test_deleting_a_policy_asks_first_and_is_refused_while_a_job_uses_it(stack, 
     page.click("#confirm-delete-yes")
     page.wait_for_url("**/policies/?deleted=*")
     page.wait_for_selector("#policy-action-result:has-text('Deleted policy ui delete from editor')")
-    wait_for(lambda: api.get(f"/api/v1/policies/{from_editor['id']}/")[0] == 404, timeout_s=5,
-             what="the policy to be gone")
+    wait_for(
+        lambda: api.get(f"/api/v1/policies/{from_editor['id']}/")[0] == 404,
+        timeout_s=5,
+        what="the policy to be gone",
+    )

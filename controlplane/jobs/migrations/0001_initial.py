@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,106 +14,248 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Command',
+            name="Command",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.BigIntegerField(help_text='Order of this command within its job.')),
-                ('type', models.CharField(choices=[('start', 'Start'), ('set_batch_size', 'Set Batch Size'), ('set_lr', 'Set Lr'), ('scale_workers', 'Scale Workers'), ('set_strategy', 'Set Strategy'), ('set_topology', 'Set Topology'), ('checkpoint', 'Checkpoint'), ('pause', 'Pause'), ('resume', 'Resume'), ('stop', 'Stop')], max_length=32)),
-                ('payload', models.JSONField(default=dict)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('sent', 'Sent'), ('acked', 'Acked'), ('applied', 'Applied'), ('failed', 'Failed'), ('expired', 'Expired')], default='pending', max_length=16)),
-                ('issued_by', models.CharField(help_text='user:<name> or policy:<policy>/<rule>', max_length=200)),
-                ('idempotency_key', models.CharField(blank=True, max_length=100, null=True)),
-                ('applied_step', models.BigIntegerField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('acked_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.BigIntegerField(help_text="Order of this command within its job.")),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("start", "Start"),
+                            ("set_batch_size", "Set Batch Size"),
+                            ("set_lr", "Set Lr"),
+                            ("scale_workers", "Scale Workers"),
+                            ("set_strategy", "Set Strategy"),
+                            ("set_topology", "Set Topology"),
+                            ("checkpoint", "Checkpoint"),
+                            ("pause", "Pause"),
+                            ("resume", "Resume"),
+                            ("stop", "Stop"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("payload", models.JSONField(default=dict)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("sent", "Sent"),
+                            ("acked", "Acked"),
+                            ("applied", "Applied"),
+                            ("failed", "Failed"),
+                            ("expired", "Expired"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "issued_by",
+                    models.CharField(
+                        help_text="user:<name> or policy:<policy>/<rule>", max_length=200
+                    ),
+                ),
+                ("idempotency_key", models.CharField(blank=True, max_length=100, null=True)),
+                ("applied_step", models.BigIntegerField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                ("acked_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['job_id', 'seq'],
+                "ordering": ["job_id", "seq"],
             },
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('state', 'State'), ('command', 'Command'), ('decision', 'Decision'), ('node', 'Node')], max_length=16)),
-                ('actor', models.CharField(max_length=200)),
-                ('message', models.TextField()),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('step', models.BigIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("state", "State"),
+                            ("command", "Command"),
+                            ("decision", "Decision"),
+                            ("node", "Node"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("actor", models.CharField(max_length=200)),
+                ("message", models.TextField()),
+                ("data", models.JSONField(blank=True, default=dict)),
+                ("step", models.BigIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='JoinToken',
+            name="JoinToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('label', models.CharField(blank=True, max_length=100)),
-                ('token_hash', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked', models.BooleanField(default=False)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("label", models.CharField(blank=True, max_length=100)),
+                ("token_hash", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked", models.BooleanField(default=False)),
             ],
         ),
         migrations.CreateModel(
-            name='Node',
+            name="Node",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('address', models.CharField(help_text="Host the node's workers listen on.", max_length=255)),
-                ('slots', models.PositiveIntegerField(default=1)),
-                ('labels', models.JSONField(blank=True, default=dict)),
-                ('status', models.CharField(choices=[('online', 'Online'), ('offline', 'Offline'), ('lost', 'Lost')], default='offline', max_length=16)),
-                ('credential_hash', models.CharField(max_length=64, unique=True)),
-                ('last_heartbeat', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                (
+                    "address",
+                    models.CharField(
+                        help_text="Host the node's workers listen on.", max_length=255
+                    ),
+                ),
+                ("slots", models.PositiveIntegerField(default=1)),
+                ("labels", models.JSONField(blank=True, default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("online", "Online"), ("offline", "Offline"), ("lost", "Lost")],
+                        default="offline",
+                        max_length=16,
+                    ),
+                ),
+                ("credential_hash", models.CharField(max_length=64, unique=True)),
+                ("last_heartbeat", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Worker',
+            name="Worker",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('rank', models.PositiveIntegerField()),
-                ('port', models.PositiveIntegerField(blank=True, null=True)),
-                ('state', models.CharField(choices=[('starting', 'Starting'), ('running', 'Running'), ('exited', 'Exited'), ('failed', 'Failed')], default='starting', max_length=16)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("rank", models.PositiveIntegerField()),
+                ("port", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("starting", "Starting"),
+                            ("running", "Running"),
+                            ("exited", "Exited"),
+                            ("failed", "Failed"),
+                        ],
+                        default="starting",
+                        max_length=16,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['job_id', 'rank'],
+                "ordering": ["job_id", "rank"],
             },
         ),
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('entrypoint', models.CharField(max_length=200)),
-                ('hyperparameters', models.JSONField(default=dict)),
-                ('workers_initial', models.PositiveIntegerField(default=1)),
-                ('workers_min', models.PositiveIntegerField(default=1)),
-                ('workers_max', models.PositiveIntegerField(default=1)),
-                ('strategy', models.CharField(choices=[('ssgd', 'Ssgd'), ('sma', 'Sma'), ('pair', 'Pair')], default='ssgd', max_length=8)),
-                ('topology', models.CharField(choices=[('ring', 'Ring'), ('tree', 'Tree'), ('star', 'Star'), ('auto', 'Auto')], default='ring', max_length=8)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('scheduling', 'Scheduling'), ('running', 'Running'), ('rescaling', 'Rescaling'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=16)),
-                ('status_reason', models.TextField(blank=True)),
-                ('batch_size', models.PositiveIntegerField()),
-                ('learning_rate', models.FloatField()),
-                ('workers_current', models.PositiveIntegerField(default=0)),
-                ('last_step', models.BigIntegerField(default=0)),
-                ('command_seq', models.BigIntegerField(default=0)),
-                ('live_seq', models.BigIntegerField(default=0)),
-                ('policy_state', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='jobs', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("entrypoint", models.CharField(max_length=200)),
+                ("hyperparameters", models.JSONField(default=dict)),
+                ("workers_initial", models.PositiveIntegerField(default=1)),
+                ("workers_min", models.PositiveIntegerField(default=1)),
+                ("workers_max", models.PositiveIntegerField(default=1)),
+                (
+                    "strategy",
+                    models.CharField(
+                        choices=[("ssgd", "Ssgd"), ("sma", "Sma"), ("pair", "Pair")],
+                        default="ssgd",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "topology",
+                    models.CharField(
+                        choices=[
+                            ("ring", "Ring"),
+                            ("tree", "Tree"),
+                            ("star", "Star"),
+                            ("auto", "Auto"),
+                        ],
+                        default="ring",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("scheduling", "Scheduling"),
+                            ("running", "Running"),
+                            ("rescaling", "Rescaling"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("status_reason", models.TextField(blank=True)),
+                ("batch_size", models.PositiveIntegerField()),
+                ("learning_rate", models.FloatField()),
+                ("workers_current", models.PositiveIntegerField(default=0)),
+                ("last_step", models.BigIntegerField(default=0)),
+                ("command_seq", models.BigIntegerField(default=0)),
+                ("live_seq", models.BigIntegerField(default=0)),
+                ("policy_state", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="jobs",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
     ]

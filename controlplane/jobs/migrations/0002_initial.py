@@ -6,69 +6,95 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('jobs', '0001_initial'),
-        ('policies', '0001_initial'),
+        ("jobs", "0001_initial"),
+        ("policies", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='policy',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='jobs', to='policies.policy'),
+            model_name="job",
+            name="policy",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="jobs",
+                to="policies.policy",
+            ),
         ),
         migrations.AddField(
-            model_name='event',
-            name='job',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='jobs.job'),
+            model_name="event",
+            name="job",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="events", to="jobs.job"
+            ),
         ),
         migrations.AddField(
-            model_name='command',
-            name='job',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='commands', to='jobs.job'),
+            model_name="command",
+            name="job",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="commands", to="jobs.job"
+            ),
         ),
         migrations.AddField(
-            model_name='jointoken',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL),
+            model_name="jointoken",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='command',
-            name='node',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='commands', to='jobs.node'),
+            model_name="command",
+            name="node",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="commands", to="jobs.node"
+            ),
         ),
         migrations.AddField(
-            model_name='worker',
-            name='job',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='workers', to='jobs.job'),
+            model_name="worker",
+            name="job",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="workers", to="jobs.job"
+            ),
         ),
         migrations.AddField(
-            model_name='worker',
-            name='node',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='workers', to='jobs.node'),
+            model_name="worker",
+            name="node",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="workers", to="jobs.node"
+            ),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['status'], name='jobs_job_status_7d017a_idx'),
+            model_name="job",
+            index=models.Index(fields=["status"], name="jobs_job_status_7d017a_idx"),
         ),
         migrations.AddIndex(
-            model_name='command',
-            index=models.Index(fields=['node', 'state'], name='jobs_comman_node_id_f9e2a6_idx'),
+            model_name="command",
+            index=models.Index(fields=["node", "state"], name="jobs_comman_node_id_f9e2a6_idx"),
         ),
         migrations.AddConstraint(
-            model_name='command',
-            constraint=models.UniqueConstraint(fields=('job', 'node', 'seq'), name='command_unique_seq'),
+            model_name="command",
+            constraint=models.UniqueConstraint(
+                fields=("job", "node", "seq"), name="command_unique_seq"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='command',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False)), fields=('job', 'idempotency_key'), name='command_unique_idempotency_key'),
+            model_name="command",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key__isnull", False)),
+                fields=("job", "idempotency_key"),
+                name="command_unique_idempotency_key",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='worker',
-            constraint=models.UniqueConstraint(fields=('job', 'rank'), name='worker_unique_rank'),
+            model_name="worker",
+            constraint=models.UniqueConstraint(fields=("job", "rank"), name="worker_unique_rank"),
         ),
     ]

@@ -5,42 +5,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0003_api_tokens'),
+        ("jobs", "0003_api_tokens"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='cluster_version',
+            model_name="job",
+            name="cluster_version",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='worker',
-            name='cluster_version',
+            model_name="worker",
+            name="cluster_version",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AlterField(
-            model_name='worker',
-            name='state',
-            field=models.CharField(choices=[('starting', 'Starting'), ('joining', 'Joining'), ('standby', 'Standby'), ('running', 'Running'), ('left', 'Left'), ('exited', 'Exited'), ('failed', 'Failed')], default='starting', max_length=16),
+            model_name="worker",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("starting", "Starting"),
+                    ("joining", "Joining"),
+                    ("standby", "Standby"),
+                    ("running", "Running"),
+                    ("left", "Left"),
+                    ("exited", "Exited"),
+                    ("failed", "Failed"),
+                ],
+                default="starting",
+                max_length=16,
+            ),
         ),
         migrations.CreateModel(
-            name='ClusterVersion',
+            name="ClusterVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField()),
-                ('members', models.JSONField(help_text='host:port of each member, index = rank')),
-                ('workers', models.JSONField(help_text='Worker.rank (worker number) of each member')),
-                ('actor', models.CharField(max_length=200)),
-                ('reason', models.TextField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='cluster_versions', to='jobs.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField()),
+                ("members", models.JSONField(help_text="host:port of each member, index = rank")),
+                (
+                    "workers",
+                    models.JSONField(help_text="Worker.rank (worker number) of each member"),
+                ),
+                ("actor", models.CharField(max_length=200)),
+                ("reason", models.TextField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="cluster_versions",
+                        to="jobs.job",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['job_id', 'version'],
-                'constraints': [models.UniqueConstraint(fields=('job', 'version'), name='cluster_version_unique')],
+                "ordering": ["job_id", "version"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("job", "version"), name="cluster_version_unique"
+                    )
+                ],
             },
         ),
     ]

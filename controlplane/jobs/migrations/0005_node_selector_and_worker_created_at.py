@@ -5,20 +5,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0004_cluster_versions'),
+        ("jobs", "0004_cluster_versions"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='node_selector',
+            model_name="job",
+            name="node_selector",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AddField(
-            model_name='worker',
-            name='created_at',
+            model_name="worker",
+            name="created_at",
             field=models.DateTimeField(default=django.utils.timezone.now),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0005_node_selector_and_worker_created_at'),
+        ("jobs", "0005_node_selector_and_worker_created_at"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='policy_version',
+            model_name="job",
+            name="policy_version",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
     ]

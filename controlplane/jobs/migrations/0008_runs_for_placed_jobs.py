@@ -12,21 +12,37 @@ def forwards(apps, schema_editor):
     Worker = apps.get_model("jobs", "Worker")
     ClusterVersion = apps.get_model("jobs", "ClusterVersion")
     Command = apps.get_model("jobs", "Command")
-    placed = set(Worker.objects.values_list("job_id", flat=True)) | set(Command.objects.values_list("job_id", flat=True))
+    placed = set(Worker.objects.values_list("job_id", flat=True)) | set(
+        Command.objects.values_list("job_id", flat=True)
+    )
     for job in Job.objects.filter(id__in=placed).order_by("id"):
-        sizes = [len(members) for members in
-                 ClusterVersion.objects.filter(job_id=job.id).values_list("members", flat=True)]
+        sizes = [
+            len(members)
+            for members in ClusterVersion.objects.filter(job_id=job.id).values_list(
+                "members", flat=True
+            )
+        ]
         first_command = Command.objects.filter(job_id=job.id).aggregate(t=Min("created_at"))["t"]
         resumed_from = job.hyperparameters.get("resume_from") or ""
         run = Run.objects.create(
-            job_id=job.id, number=1, status=job.status, status_reason=job.status_reason,
-            created_by="scheduler", reason="the job's first placement (recorded before runs existed)",
+            job_id=job.id,
+            number=1,
+            status=job.status,
+            status_reason=job.status_reason,
+            created_by="scheduler",
+            reason="the job's first placement (recorded before runs existed)",
             resumed_from=resumed_from,
-            resume_note=("resumes from the checkpoint the job names (hyper-parameter resume_from)"
-                         if resumed_from else "trains from scratch"),
-            cluster_version=job.cluster_version, workers_min_seen=min(sizes) if sizes else None,
-            workers_max_seen=max(sizes) if sizes else None, last_step=job.last_step,
-            created_at=first_command or job.created_at, started_at=job.started_at,
+            resume_note=(
+                "resumes from the checkpoint the job names (hyper-parameter resume_from)"
+                if resumed_from
+                else "trains from scratch"
+            ),
+            cluster_version=job.cluster_version,
+            workers_min_seen=min(sizes) if sizes else None,
+            workers_max_seen=max(sizes) if sizes else None,
+            last_step=job.last_step,
+            created_at=first_command or job.created_at,
+            started_at=job.started_at,
             finished_at=job.finished_at,
         )
         Job.objects.filter(id=job.id).update(current_run=run)
@@ -42,9 +58,8 @@ def backwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0007_runs'),
+        ("jobs", "0007_runs"),
     ]
 
     operations = [

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0009_runs_required'),
+        ("jobs", "0009_runs_required"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='workers_wanted',
+            model_name="job",
+            name="workers_wanted",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
     ]

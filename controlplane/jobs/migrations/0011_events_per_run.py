@@ -12,7 +12,8 @@ def forwards(apps, schema_editor):
             "UPDATE jobs_event AS e SET run_id = ("
             "  SELECT r.id FROM jobs_run AS r WHERE r.job_id = e.job_id AND r.created_at <= e.created_at"
             "  ORDER BY r.number DESC LIMIT 1"
-            ") WHERE e.run_id IS NULL")
+            ") WHERE e.run_id IS NULL"
+        )
 
 
 def backwards(apps, schema_editor):
@@ -20,17 +21,21 @@ def backwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0010_job_workers_wanted'),
+        ("jobs", "0010_job_workers_wanted"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='event',
-            name='run',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE,
-                                    related_name='events', to='jobs.run'),
+            model_name="event",
+            name="run",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="events",
+                to="jobs.run",
+            ),
         ),
         migrations.RunPython(forwards, backwards),
     ]

@@ -5,37 +5,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('jobs', '0001_initial'),
+        ("jobs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='MetricBatch',
+            name="MetricBatch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('batch_id', models.CharField(max_length=64, unique=True)),
-                ('points', models.PositiveIntegerField()),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('node', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='jobs.node')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("batch_id", models.CharField(max_length=64, unique=True)),
+                ("points", models.PositiveIntegerField()),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "node",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="jobs.node"),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='MetricPoint',
+            name="MetricPoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64)),
-                ('rank', models.IntegerField(blank=True, null=True)),
-                ('step', models.BigIntegerField()),
-                ('value', models.FloatField()),
-                ('time', models.DateTimeField()),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='metric_points', to='jobs.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=64)),
+                ("rank", models.IntegerField(blank=True, null=True)),
+                ("step", models.BigIntegerField()),
+                ("value", models.FloatField()),
+                ("time", models.DateTimeField()),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="metric_points",
+                        to="jobs.job",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['job', 'name', 'rank', 'step'], name='live_metric_job_id_c0b098_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["job", "name", "rank", "step"], name="live_metric_job_id_c0b098_idx"
+                    )
+                ],
             },
         ),
     ]

@@ -6,50 +6,105 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('jobs', '0001_initial'),
+        ("jobs", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Policy',
+            name="Policy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('definition', models.JSONField(help_text='The policy document: name, rules, dry_run, ...')),
-                ('version', models.PositiveIntegerField(default=1)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='policies', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "definition",
+                    models.JSONField(help_text="The policy document: name, rules, dry_run, ..."),
+                ),
+                ("version", models.PositiveIntegerField(default=1)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="policies",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'policies',
-                'ordering': ['-id'],
+                "verbose_name_plural": "policies",
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='Decision',
+            name="Decision",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('policy_version', models.PositiveIntegerField()),
-                ('rule', models.CharField(max_length=200)),
-                ('step', models.BigIntegerField()),
-                ('inputs', models.JSONField(default=dict)),
-                ('action', models.JSONField(default=dict)),
-                ('outcome', models.CharField(choices=[('commanded', 'Commanded'), ('dry_run', 'Dry Run'), ('skipped', 'Skipped')], max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('command', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='jobs.command')),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='decisions', to='jobs.job')),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='decisions', to='policies.policy')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("policy_version", models.PositiveIntegerField()),
+                ("rule", models.CharField(max_length=200)),
+                ("step", models.BigIntegerField()),
+                ("inputs", models.JSONField(default=dict)),
+                ("action", models.JSONField(default=dict)),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("commanded", "Commanded"),
+                            ("dry_run", "Dry Run"),
+                            ("skipped", "Skipped"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "command",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="jobs.command",
+                    ),
+                ),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="decisions",
+                        to="jobs.job",
+                    ),
+                ),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="decisions",
+                        to="policies.policy",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['job', 'rule', '-id'], name='policies_de_job_id_cd7573_idx')],
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(
+                        fields=["job", "rule", "-id"], name="policies_de_job_id_cd7573_idx"
+                    )
+                ],
             },
         ),
     ]

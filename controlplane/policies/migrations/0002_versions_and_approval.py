@@ -11,41 +11,77 @@ def record_current_versions(apps, schema_editor):
     PolicyVersion = apps.get_model("policies", "PolicyVersion")
     for policy in Policy.objects.all():
         PolicyVersion.objects.get_or_create(
-            policy=policy, version=policy.version,
-            defaults={"definition": policy.definition, "created_by_id": policy.owner_id})
+            policy=policy,
+            version=policy.version,
+            defaults={"definition": policy.definition, "created_by_id": policy.owner_id},
+        )
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('policies', '0001_initial'),
+        ("policies", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='decision',
-            name='decided_by',
-            field=models.CharField(blank=True, help_text='who approved or rejected it', max_length=200),
+            model_name="decision",
+            name="decided_by",
+            field=models.CharField(
+                blank=True, help_text="who approved or rejected it", max_length=200
+            ),
         ),
         migrations.AlterField(
-            model_name='decision',
-            name='outcome',
-            field=models.CharField(choices=[('commanded', 'Commanded'), ('dry_run', 'Dry Run'), ('skipped', 'Skipped'), ('pending_approval', 'Pending Approval'), ('approved', 'Approved'), ('rejected', 'Rejected')], max_length=16),
+            model_name="decision",
+            name="outcome",
+            field=models.CharField(
+                choices=[
+                    ("commanded", "Commanded"),
+                    ("dry_run", "Dry Run"),
+                    ("skipped", "Skipped"),
+                    ("pending_approval", "Pending Approval"),
+                    ("approved", "Approved"),
+                    ("rejected", "Rejected"),
+                ],
+                max_length=16,
+            ),
         ),
         migrations.CreateModel(
-            name='PolicyVersion',
+            name="PolicyVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField()),
-                ('definition', models.JSONField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='policies.policy')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField()),
+                ("definition", models.JSONField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="versions",
+                        to="policies.policy",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-version'],
-                'constraints': [models.UniqueConstraint(fields=('policy', 'version'), name='policy_version_unique')],
+                "ordering": ["-version"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("policy", "version"), name="policy_version_unique"
+                    )
+                ],
             },
         ),
         migrations.RunPython(record_current_versions, migrations.RunPython.noop),

@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('policies', '0002_versions_and_approval'),
+        ("policies", "0002_versions_and_approval"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='policy',
-            name='enabled',
-            field=models.BooleanField(default=True, help_text='A disabled policy is not evaluated.'),
+            model_name="policy",
+            name="enabled",
+            field=models.BooleanField(
+                default=True, help_text="A disabled policy is not evaluated."
+            ),
         ),
     ]

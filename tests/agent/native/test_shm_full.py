@@ -46,26 +46,41 @@ def _allreduce(rank: int, peers: list[str]) -> dict:
 def _can_make_a_private_shm() -> bool:
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /dev/shm"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /dev/shm"],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
 needs_namespace = pytest.mark.skipif(
     not _can_make_a_private_shm(),
-    reason="needs `unshare -m` and mount rights (root) to give the test a tiny /dev/shm")
+    reason="needs `unshare -m` and mount rights (root) to give the test a tiny /dev/shm",
+)
 
 
 def run_with_tiny_shm(mode: str) -> dict:
     script = SCENARIO.format(here=str(Path(__file__).parent))
     env = {**os.environ, "COLLECTIVE_LOCAL_TRANSPORT": mode, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        ["unshare", "-m", "sh", "-c",
-         'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$0" -c "$1"', sys.executable, script],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$0" -c "$1"',
+            sys.executable,
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return {int(rank): value for rank, value in json.loads(lines[-1][len("RESULT "):]).items()}
+    return {int(rank): value for rank, value in json.loads(lines[-1][len("RESULT ") :]).items()}
 
 
 @needs_namespace

@@ -13,12 +13,18 @@ def run_placed(job: Job) -> Job:
     for w in Worker.objects.filter(run_id=job.current_run_id).select_related("node"):
         by_node.setdefault(w.node, []).append(w.rank)
     for node, ranks in by_node.items():
-        services.workers_register(node=node, job_id=job.id, workers=[{"rank": r, "port": 7000 + r} for r in ranks])
+        services.workers_register(
+            node=node, job_id=job.id, workers=[{"rank": r, "port": 7000 + r} for r in ranks]
+        )
     for command in Command.objects.filter(run_id=job.current_run_id, type="start"):
         services.command_finish(node=command.node, command_id=command.id, ok=True, step=0)
     for node, ranks in by_node.items():
-        services.job_report(node=node, job_id=job.id, status="running",
-                            workers=[{"rank": r, "port": 7000 + r} for r in ranks])
+        services.job_report(
+            node=node,
+            job_id=job.id,
+            status="running",
+            workers=[{"rank": r, "port": 7000 + r} for r in ranks],
+        )
     return Job.objects.get(id=job.id)
 
 

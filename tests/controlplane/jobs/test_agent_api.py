@@ -20,8 +20,11 @@ def join_token():
 @pytest.fixture
 def node_client(join_token):
     anon = APIClient()
-    reply = anon.post("/api/v1/agent/enrol/", {"join_token": join_token, "name": "n1",
-                                               "address": "127.0.0.1", "slots": 4}, format="json")
+    reply = anon.post(
+        "/api/v1/agent/enrol/",
+        {"join_token": join_token, "name": "n1", "address": "127.0.0.1", "slots": 4},
+        format="json",
+    )
     assert reply.status_code == 201, reply.json()
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Node {reply.json()['credential']}")
@@ -31,9 +34,17 @@ def node_client(join_token):
 
 @pytest.fixture
 def placed_job(node_client, user):
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=2,
-                              workers_min=2, workers_max=2, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=2,
+        workers_min=2,
+        workers_max=2,
+        strategy="ssgd",
+        topology="ring",
+    )
     assert services.job_place(job_id=job.id)
     return Job.objects.get(id=job.id)
 
@@ -50,8 +61,11 @@ def test_enrolment_stores_only_a_digest_of_the_credential(node_client):
 
 
 def test_bad_join_token_is_refused():
-    response = APIClient().post("/api/v1/agent/enrol/", {"join_token": "nope", "name": "x",
-                                                         "address": "h", "slots": 1}, format="json")
+    response = APIClient().post(
+        "/api/v1/agent/enrol/",
+        {"join_token": "nope", "name": "x", "address": "h", "slots": 1},
+        format="json",
+    )
     assert response.status_code == 401
     assert "join token" in response.json()["message"]
 
@@ -76,9 +90,17 @@ def test_placement_puts_workers_on_a_node_with_free_slots(placed_job):
 
 
 def test_job_that_does_not_fit_stays_pending(node_client, user):
-    job = services.job_create(owner=user, name="big", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=8,
-                              workers_min=8, workers_max=8, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="big",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=8,
+        workers_min=8,
+        workers_max=8,
+        strategy="ssgd",
+        topology="ring",
+    )
     assert not services.job_place(job_id=job.id)
     assert Job.objects.get(id=job.id).status == "pending"
 
@@ -92,14 +114,17 @@ def test_metric_batch_is_stored_once_even_when_retried(node_client, placed_job):
     assert Job.objects.get(id=placed_job.id).last_step == 4
 
 
-@pytest.mark.parametrize("bad, fragment", [
-    ({"value": "high"}, "value must be a finite number"),
-    ({"step": -1}, "step must be an integer from 0"),
-    ({"step": 2**70}, "step must be an integer from 0"),
-    ({"time": 1e30}, "time must be a unix timestamp"),
-    ({"name": ""}, "name must be a string"),
-    ({"rank": -2}, "rank must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ({"value": "high"}, "value must be a finite number"),
+        ({"step": -1}, "step must be an integer from 0"),
+        ({"step": 2**70}, "step must be an integer from 0"),
+        ({"time": 1e30}, "time must be a unix timestamp"),
+        ({"name": ""}, "name must be a string"),
+        ({"rank": -2}, "rank must be a non-negative integer"),
+    ],
+)
 def test_invalid_point_rejects_the_whole_batch(node_client, placed_job, bad, fragment):
     body = {"batch_id": "b-2", "points": [point(placed_job), point(placed_job, **bad)]}
     response = node_client.post("/api/v1/agent/metrics/", body, format="json")
@@ -110,7 +135,9 @@ def test_invalid_point_rejects_the_whole_batch(node_client, placed_job, bad, fra
 
 def test_nan_in_a_batch_is_a_400(node_client, placed_job):
     raw = '{"batch_id": "b-nan", "points": [{"job": %d, "name": "loss", "step": 1, "value": NaN, "time": 1}]}'
-    response = node_client.post("/api/v1/agent/metrics/", raw % placed_job.id, content_type="application/json")
+    response = node_client.post(
+        "/api/v1/agent/metrics/", raw % placed_job.id, content_type="application/json"
+    )
     assert response.status_code == 400
     assert MetricPoint.objects.count() == 0
 
@@ -124,11 +151,20 @@ def test_oversized_batch_gets_413(node_client, placed_job, settings):
 
 
 def test_metrics_for_a_job_not_on_this_node_are_refused(node_client, user):
-    job = services.job_create(owner=user, name="elsewhere", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
-    response = node_client.post("/api/v1/agent/metrics/",
-                                {"batch_id": "b-4", "points": [point(job)]}, format="json")
+    job = services.job_create(
+        owner=user,
+        name="elsewhere",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
+    response = node_client.post(
+        "/api/v1/agent/metrics/", {"batch_id": "b-4", "points": [point(job)]}, format="json"
+    )
     assert response.status_code == 404
 
 
@@ -142,9 +178,13 @@ def test_metrics_query_returns_columnar_downsampled_series(api, node_client, pla
     assert api.get(f"/api/v1/jobs/{placed_job.id}/metrics/?max_points=1").status_code == 400
 
 
-def test_heartbeat_without_a_started_job_fails_it_as_lost_by_a_restarted_agent(node_client, placed_job):
+def test_heartbeat_without_a_started_job_fails_it_as_lost_by_a_restarted_agent(
+    node_client, placed_job
+):
     # Start not yet applied: the agent may simply not have started it yet.
-    assert node_client.post("/api/v1/agent/heartbeat/", {"jobs": []}, format="json").status_code == 200
+    assert (
+        node_client.post("/api/v1/agent/heartbeat/", {"jobs": []}, format="json").status_code == 200
+    )
     assert Job.objects.get(id=placed_job.id).status == "scheduling"
     start = placed_job.commands.get(type="start")
     services.command_finish(node=node_client.node, command_id=start.id, ok=True, step=0)
@@ -161,10 +201,17 @@ def test_heartbeat_with_malformed_job_list_is_a_400(node_client):
     assert response.status_code == 400
 
 
-def test_metric_names_with_tabs_newlines_and_backslashes_are_stored_exactly(node_client, placed_job):
+def test_metric_names_with_tabs_newlines_and_backslashes_are_stored_exactly(
+    node_client, placed_job
+):
     name = "odd\tname\\with\nbreaks ünïcode"
-    body = {"batch_id": "b-odd", "points": [point(placed_job, name=name, rank=None, value=1.5),
-                                            point(placed_job, name="x", rank=3, step=7)]}
+    body = {
+        "batch_id": "b-odd",
+        "points": [
+            point(placed_job, name=name, rank=None, value=1.5),
+            point(placed_job, name="x", rank=3, step=7),
+        ],
+    }
     assert node_client.post("/api/v1/agent/metrics/", body, format="json").status_code == 201
     stored = {(p.name, p.rank, p.step, p.value) for p in MetricPoint.objects.filter(job=placed_job)}
     assert stored == {(name, None, 1, 1.5), ("x", 3, 7, 0.5)}

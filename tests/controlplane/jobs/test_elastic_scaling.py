@@ -23,8 +23,9 @@ def nodes():
     token = services.join_token_create(label="test")
     made = []
     for i, slots in enumerate((2, 2), start=1):
-        node, credential = services.node_enrol(join_token=token, name=f"n{i}", address=f"10.0.0.{i}",
-                                               slots=slots, labels={})
+        node, credential = services.node_enrol(
+            join_token=token, name=f"n{i}", address=f"10.0.0.{i}", slots=slots, labels={}
+        )
         CREDENTIALS[node.id] = credential
         made.append(node)
     return made
@@ -40,9 +41,17 @@ def _node_client(node):
 
 
 def _running_job(user, *, initial=2, low=1, high=4) -> Job:
-    job = services.job_create(owner=user, name="elastic", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=initial,
-                              workers_min=low, workers_max=high, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="elastic",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=initial,
+        workers_min=low,
+        workers_max=high,
+        strategy="ssgd",
+        topology="ring",
+    )
     assert services.job_place(job_id=job.id)
     return run_placed(job)
 
@@ -51,20 +60,29 @@ def _worker(job, rank) -> Worker:
     return Worker.objects.select_related("node").get(job=job, rank=rank)
 
 
-
 def _rescaled_all(job, *, step=100):
     job.refresh_from_db()
     current = ClusterVersion.objects.get(job=job, version=job.cluster_version)
     for i, rank in enumerate(current.workers):
-        _report(job, rank, "rescaled", version=current.version, cluster_rank=i, step=step, paused_s=0.2)
+        _report(
+            job, rank, "rescaled", version=current.version, cluster_rank=i, step=step, paused_s=0.2
+        )
     job.refresh_from_db()
     return job
 
 
 def test_version_1_is_written_once_every_initial_worker_registered_its_port(user, nodes):
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=2,
-                              workers_min=1, workers_max=3, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=2,
+        workers_min=1,
+        workers_max=3,
+        strategy="ssgd",
+        topology="ring",
+    )
     services.job_place(job_id=job.id)
     node = _worker(job, 0).node
     services.workers_register(node=node, job_id=job.id, workers=[{"rank": 0, "port": 7000}])
@@ -72,39 +90,63 @@ def test_version_1_is_written_once_every_initial_worker_registered_its_port(user
     assert job.cluster_version == 0 and services.cluster_spec(job=job)["complete"] is False
     services.workers_register(node=node, job_id=job.id, workers=[{"rank": 1, "port": 7001}])
     spec = _node_client(node).get(f"/api/v1/agent/jobs/{job.id}/cluster/").json()
-    assert spec == {"job": job.id, "version": 1, "world_size": 2, "complete": True, "workers_min": 1,
-                    "members": [f"{node.address}:7000", f"{node.address}:7001"]}
+    assert spec == {
+        "job": job.id,
+        "version": 1,
+        "world_size": 2,
+        "complete": True,
+        "workers_min": 1,
+        "members": [f"{node.address}:7000", f"{node.address}:7001"],
+    }
     v1 = ClusterVersion.objects.get(job=job)
     assert (v1.version, v1.workers, v1.actor) == (1, [0, 1], "scheduler")
     assert Event.objects.filter(job=job, data__cluster_version=1).exists()
 
 
-@pytest.mark.parametrize("value, status, words", [
-    (5, 400, "from 1 to 4"), (0, 400, "from 1 to 4"), (2, 400, "already has 2"), ("3", 400, "integer"),
-])
-def test_scale_workers_outside_the_bounds_is_a_400_that_says_why(api, user, nodes, value, status, words):
+@pytest.mark.parametrize(
+    "value, status, words",
+    [
+        (5, 400, "from 1 to 4"),
+        (0, 400, "from 1 to 4"),
+        (2, 400, "already has 2"),
+        ("3", 400, "integer"),
+    ],
+)
+def test_scale_workers_outside_the_bounds_is_a_400_that_says_why(
+    api, user, nodes, value, status, words
+):
     job = _running_job(user)
-    response = api.post(f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": value},
-                        format="json")
+    response = api.post(
+        f"/api/v1/jobs/{job.id}/commands/",
+        {"action": "scale_workers", "value": value},
+        format="json",
+    )
     assert response.status_code == status, response.json()
     assert words in response.json()["message"]
 
 
 def test_scale_workers_on_a_job_that_is_not_elastic_or_not_running_is_refused(api, user, nodes):
     fixed = _running_job(user, initial=2, low=2, high=2)
-    response = api.post(f"/api/v1/jobs/{fixed.id}/commands/", {"action": "scale_workers", "value": 3}, format="json")
+    response = api.post(
+        f"/api/v1/jobs/{fixed.id}/commands/", {"action": "scale_workers", "value": 3}, format="json"
+    )
     assert response.status_code == 400 and "not elastic" in response.json()["message"]
     elastic = _running_job(user)
     services.job_cancel(job=elastic, actor="user:alice")
-    response = api.post(f"/api/v1/jobs/{elastic.id}/commands/", {"action": "scale_workers", "value": 3},
-                        format="json")
+    response = api.post(
+        f"/api/v1/jobs/{elastic.id}/commands/",
+        {"action": "scale_workers", "value": 3},
+        format="json",
+    )
     assert response.status_code == 409 and "needs a running job" in response.json()["message"]
 
 
 def test_grow_starts_warm_standbys_and_lets_them_in_when_all_are_ready(api, user, nodes):
     job = _running_job(user)
     old = services.cluster_spec(job=job)["members"]
-    response = api.post(f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 4}, format="json")
+    response = api.post(
+        f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 4}, format="json"
+    )
     assert response.status_code == 201, response.json()
     job.refresh_from_db()
     assert job.status == "rescaling" and job.cluster_version == 1
@@ -116,18 +158,26 @@ def test_grow_starts_warm_standbys_and_lets_them_in_when_all_are_ready(api, user
     assert join["workers"] == [{"rank": 2, "cluster_rank": 2}, {"rank": 3, "cluster_rank": 3}]
     assert join["cluster_version"] == 1 and join["members"] == old and join["entrypoint"]
     # Other commands wait until the job runs again; stop does not.
-    busy = api.post(f"/api/v1/jobs/{job.id}/commands/", {"action": "set_lr", "value": 0.5}, format="json")
+    busy = api.post(
+        f"/api/v1/jobs/{job.id}/commands/", {"action": "set_lr", "value": 0.5}, format="json"
+    )
     assert busy.status_code == 409 and "rescaling" in busy.json()["message"]
 
-    services.workers_register(node=joiners[0].node, job_id=job.id,
-                              workers=[{"rank": 2, "port": 7102}, {"rank": 3, "port": 7103}])
+    services.workers_register(
+        node=joiners[0].node,
+        job_id=job.id,
+        workers=[{"rank": 2, "port": 7102}, {"rank": 3, "port": 7103}],
+    )
     _report(job, 2, "standby", address=f"{joiners[0].node.address}:7102")
     job.refresh_from_db()
     assert job.cluster_version == 1  # waits for the other joiner
     _report(job, 3, "standby")
     job.refresh_from_db()
     v2 = ClusterVersion.objects.get(job=job, version=2)
-    assert v2.members == old + [f"{joiners[0].node.address}:7102", f"{joiners[0].node.address}:7103"]
+    assert v2.members == old + [
+        f"{joiners[0].node.address}:7102",
+        f"{joiners[0].node.address}:7103",
+    ]
     assert v2.workers == [0, 1, 2, 3] and v2.actor == "user:alice" and "standby" in v2.reason
     assert job.status == "rescaling" and job.workers_current == 4
 
@@ -142,9 +192,14 @@ def test_grow_starts_warm_standbys_and_lets_them_in_when_all_are_ready(api, user
 
 def test_grow_beyond_the_free_slots_is_a_409(api, user, nodes):
     job = _running_job(user, initial=2, low=1, high=8)
-    response = api.post(f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 5}, format="json")
+    response = api.post(
+        f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 5}, format="json"
+    )
     assert response.status_code == 409
-    assert "Not enough free slots" in response.json()["message"] and response.json()["details"]["free_slots"] == 2
+    assert (
+        "Not enough free slots" in response.json()["message"]
+        and response.json()["details"]["free_slots"] == 2
+    )
     assert Job.objects.get(id=job.id).status == "running"
 
 
@@ -159,7 +214,9 @@ def test_shrink_removes_the_highest_ranks_at_once(user, nodes):
     assert _worker(job, 2).state == "left"
     job = _rescaled_all(job, step=80)
     assert job.status == "running"
-    assert set(Command.objects.filter(job=job, type="scale_workers").values_list("state", flat=True)) == {"applied"}
+    assert set(
+        Command.objects.filter(job=job, type="scale_workers").values_list("state", flat=True)
+    ) == {"applied"}
 
 
 def test_a_member_crash_in_an_elastic_job_writes_a_version_without_it(user, nodes):
@@ -168,7 +225,9 @@ def test_a_member_crash_in_an_elastic_job_writes_a_version_without_it(user, node
     _report(job, 1, "exited", code=3, error="Traceback ...")
     job.refresh_from_db()
     v2 = ClusterVersion.objects.get(job=job, version=2)
-    assert v2.workers == [0, 2] and v2.actor.startswith("node:") and "exited with code 3" in v2.reason
+    assert (
+        v2.workers == [0, 2] and v2.actor.startswith("node:") and "exited with code 3" in v2.reason
+    )
     assert _worker(job, 1).state == "failed" and job.status == "rescaling"
     job = _rescaled_all(job)
     assert job.status == "running" and job.workers_current == 2
@@ -184,30 +243,47 @@ def test_a_member_crash_in_an_elastic_job_writes_a_version_without_it(user, node
 def test_a_stopped_report_carries_a_crash_the_websocket_frame_has_not_yet(user, nodes):
     job = _running_job(user, initial=2, low=1, high=2)
     node = _worker(job, 1).node
-    services.job_report(node=node, job_id=job.id, status="stopped",
-                        workers=[{"rank": 1, "state": "failed", "code": 9, "error": "killed"}])
+    services.job_report(
+        node=node,
+        job_id=job.id,
+        status="stopped",
+        workers=[{"rank": 1, "state": "failed", "code": 9, "error": "killed"}],
+    )
     job.refresh_from_db()
-    assert job.cluster_version == 2 and ClusterVersion.objects.get(job=job, version=2).workers == [0]
+    assert job.cluster_version == 2 and ClusterVersion.objects.get(job=job, version=2).workers == [
+        0
+    ]
 
 
 def test_a_lost_node_shrinks_an_elastic_job_when_enough_remain(user, nodes):
     job = _running_job(user, initial=2, low=1, high=4)
     services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
     joiner_node = _worker(job, 2).node
-    services.workers_register(node=joiner_node, job_id=job.id,
-                              workers=[{"rank": 2, "port": 7102}, {"rank": 3, "port": 7103}])
+    services.workers_register(
+        node=joiner_node,
+        job_id=job.id,
+        workers=[{"rank": 2, "port": 7102}, {"rank": 3, "port": 7103}],
+    )
     _report(job, 2, "standby")
     _report(job, 3, "standby")
     job = _rescaled_all(job)
     assert job.status == "running" and job.cluster_version == 2
-    Node.objects.filter(id=joiner_node.id).update(last_heartbeat=timezone.now() - timedelta(seconds=600))
+    Node.objects.filter(id=joiner_node.id).update(
+        last_heartbeat=timezone.now() - timedelta(seconds=600)
+    )
     Node.objects.exclude(id=joiner_node.id).update(last_heartbeat=timezone.now())
     assert services.nodes_mark_lost(timeout_s=30) == [joiner_node.id]
     job.refresh_from_db()
     v3 = ClusterVersion.objects.get(job=job, version=3)
-    assert v3.workers == [0, 1] and f"node {joiner_node.name} lost" in v3.reason and v3.actor == "scheduler"
+    assert (
+        v3.workers == [0, 1]
+        and f"node {joiner_node.name} lost" in v3.reason
+        and v3.actor == "scheduler"
+    )
     assert job.status == "rescaling"
-    assert set(Worker.objects.filter(job=job, node=joiner_node).values_list("state", flat=True)) == {"failed"}
+    assert set(
+        Worker.objects.filter(job=job, node=joiner_node).values_list("state", flat=True)
+    ) == {"failed"}
 
 
 def test_a_lost_node_fails_the_job_when_too_few_would_remain(user, nodes):
@@ -240,8 +316,12 @@ def test_heartbeat_without_a_job_whose_workers_here_all_left_does_not_fail_it(us
     _report(job, 3, "standby")
     job = _rescaled_all(job)
     services.command_issue(job=job, type="scale_workers", value=2, issued_by="user:alice")
-    services.job_report(node=joiner_node, job_id=job.id, status="stopped",
-                        workers=[{"rank": 2, "state": "left"}, {"rank": 3, "state": "left"}])
+    services.job_report(
+        node=joiner_node,
+        job_id=job.id,
+        status="stopped",
+        workers=[{"rank": 2, "state": "left"}, {"rank": 3, "state": "left"}],
+    )
     services.node_heartbeat(node=joiner_node, running_jobs=[])
     job.refresh_from_db()
     assert job.status == "rescaling" and job.cluster_version == 3
@@ -261,11 +341,14 @@ def test_an_agent_back_from_a_node_taken_for_lost_is_told_to_end_those_workers(u
     _report(job, 3, "standby")
     job = _rescaled_all(job)
     assert services.node_heartbeat(node=joiner_node, running_jobs=[job.id]) == []
-    Node.objects.filter(id=joiner_node.id).update(last_heartbeat=timezone.now() - timedelta(seconds=600))
+    Node.objects.filter(id=joiner_node.id).update(
+        last_heartbeat=timezone.now() - timedelta(seconds=600)
+    )
     services.nodes_mark_lost(timeout_s=30)
 
-    reply = _node_client(joiner_node).post("/api/v1/agent/heartbeat/", {"jobs": [job.id, 999_999]},
-                                           format="json")
+    reply = _node_client(joiner_node).post(
+        "/api/v1/agent/heartbeat/", {"jobs": [job.id, 999_999]}, format="json"
+    )
     assert reply.status_code == 200 and reply.json()["release"] == [job.id, 999_999]
     assert services.node_heartbeat(node=member_node, running_jobs=[job.id]) == []
     job.refresh_from_db()
@@ -296,7 +379,9 @@ def _stop_everywhere(job, *, issued_by="user:alice", step=50):
 def test_a_stop_action_ends_the_job_succeeded_once_its_workers_are_gone(user, nodes):
     # The `stop` action (manual or a policy's early stop): the workers stop training at one
     # step and exit cleanly; the job then succeeds, saying who stopped it and where.
-    job = _stop_everywhere(_running_job(user, initial=2, low=2, high=2), issued_by="policy:early-stop")
+    job = _stop_everywhere(
+        _running_job(user, initial=2, low=2, high=2), issued_by="policy:early-stop"
+    )
     assert job.status == "succeeded" and job.finished_at is not None
     assert job.status_reason == "stopped by policy:early-stop at step 50"
     assert set(Worker.objects.filter(job=job).values_list("state", flat=True)) == {"exited"}

@@ -12,7 +12,7 @@ from django.utils import timezone
 from controlplane.jobs import services
 from controlplane.jobs.models import Event, Job
 from controlplane.live import channels
-from tests.controlplane.jobs.test_runs import _fail, _job, _start, nodes  # noqa: F401  (fixture)
+from tests.controlplane.jobs.test_runs import _fail, _job, _start
 from tests.controlplane.migrations import migrate, migrate_to_latest
 
 
@@ -23,7 +23,7 @@ def _restarted(job: Job) -> Job:
 
 
 @pytest.mark.django_db
-def test_events_carry_their_run_and_filter_by_it(api, user, nodes):  # noqa: F811
+def test_events_carry_their_run_and_filter_by_it(api, user, nodes):
     job = _job(user, initial=1)
     created = Event.objects.filter(job=job).order_by("id").first()
     assert created.run is None  # before the first placement there is no run
@@ -44,7 +44,7 @@ def test_events_carry_their_run_and_filter_by_it(api, user, nodes):  # noqa: F81
 
 
 @pytest.mark.django_db
-def test_bad_run_filters_say_what_to_fix(api, user, nodes):  # noqa: F811
+def test_bad_run_filters_say_what_to_fix(api, user, nodes):
     job = _start(_job(user, initial=1))
     unknown = api.get(f"/api/v1/jobs/{job.id}/events/?run=7")
     assert unknown.status_code == 404
@@ -56,13 +56,17 @@ def test_bad_run_filters_say_what_to_fix(api, user, nodes):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_event_frames_carry_the_run(user, nodes, django_capture_on_commit_callbacks):  # noqa: F811
+def test_event_frames_carry_the_run(user, nodes, django_capture_on_commit_callbacks):
     job = _restarted(_start(_job(user, initial=1)))
     channels.frame_log_reset(job.id)  # frames an earlier test database left under this job id
     with django_capture_on_commit_callbacks(execute=True):
         event = services.event_record(job=job, kind=Event.Kind.NODE, actor="test", message="hello")
     frames, _ = channels.frames_after(job.id, 0)
-    [frame] = [f["data"] for f in frames if f["type"] == channels.FRAME_EVENT and f["data"]["id"] == event.id]
+    [frame] = [
+        f["data"]
+        for f in frames
+        if f["type"] == channels.FRAME_EVENT and f["data"]["id"] == event.id
+    ]
     assert frame["run"] == 2
 
 
@@ -73,8 +77,15 @@ def test_migration_gives_existing_events_the_run_current_then():
         User = apps.get_model("auth", "User")
         Job, Run, Event = (apps.get_model("jobs", name) for name in ("Job", "Run", "Event"))
         owner = User.objects.create(username="old-timer")
-        job = Job.objects.create(name="j", status="running", owner=owner, entrypoint="examples.digits",
-                                 batch_size=32, learning_rate=0.1, hyperparameters={})
+        job = Job.objects.create(
+            name="j",
+            status="running",
+            owner=owner,
+            entrypoint="examples.digits",
+            batch_size=32,
+            learning_rate=0.1,
+            hyperparameters={},
+        )
         t0 = timezone.now() - timedelta(hours=1)
         before = Event.objects.create(job=job, kind="state", actor="u", message="created")
         run1 = Run.objects.create(job=job, number=1, status="failed", created_by="scheduler")

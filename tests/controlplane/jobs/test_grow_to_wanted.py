@@ -22,31 +22,45 @@ pytestmark = pytest.mark.django_db
 
 def _enrol(name: str, slots: int) -> Node:
     token = services.join_token_create(label="test")
-    node, _ = services.node_enrol(join_token=token, name=name, address=f"{name}.local", slots=slots, labels={})
+    node, _ = services.node_enrol(
+        join_token=token, name=name, address=f"{name}.local", slots=slots, labels={}
+    )
     return node
 
 
 def _job(user, *, initial, low, high, name="elastic") -> Job:
-    return services.job_create(owner=user, name=name, entrypoint="examples.digits",
-                               hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=initial,
-                               workers_min=low, workers_max=high, strategy="ssgd", topology="ring")
-
-
+    return services.job_create(
+        owner=user,
+        name=name,
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=initial,
+        workers_min=low,
+        workers_max=high,
+        strategy="ssgd",
+        topology="ring",
+    )
 
 
 def _finish_rescale(job, *, step=100) -> Job:
     for w in Worker.objects.filter(job=job, state="joining").select_related("node"):
-        services.workers_register(node=w.node, job_id=job.id, workers=[{"rank": w.rank, "port": 7000 + w.rank}])
+        services.workers_register(
+            node=w.node, job_id=job.id, workers=[{"rank": w.rank, "port": 7000 + w.rank}]
+        )
         _report(job, w.rank, "standby")
     job.refresh_from_db()
     current = ClusterVersion.objects.get(job=job, version=job.cluster_version)
     for i, rank in enumerate(current.workers):
-        _report(job, rank, "rescaled", version=current.version, cluster_rank=i, step=step, paused_s=0.1)
+        _report(
+            job, rank, "rescaled", version=current.version, cluster_rank=i, step=step, paused_s=0.1
+        )
     return Job.objects.get(id=job.id)
 
 
 def _age_versions(job, seconds=120):
-    ClusterVersion.objects.filter(job=job).update(created_at=timezone.now() - timedelta(seconds=seconds))
+    ClusterVersion.objects.filter(job=job).update(
+        created_at=timezone.now() - timedelta(seconds=seconds)
+    )
     Command.objects.filter(job=job).update(created_at=timezone.now() - timedelta(seconds=seconds))
 
 
@@ -69,7 +83,9 @@ def test_a_fixed_size_job_or_one_below_its_minimum_waits(user):
     assert not services.job_place(job_id=fixed.id)
     elastic = _job(user, initial=5, low=4, high=6, name="needs four")
     assert not services.job_place(job_id=elastic.id)
-    assert set(Job.objects.filter(id__in=[fixed.id, elastic.id]).values_list("status", flat=True)) == {"pending"}
+    assert set(
+        Job.objects.filter(id__in=[fixed.id, elastic.id]).values_list("status", flat=True)
+    ) == {"pending"}
 
 
 def test_the_job_grows_to_its_initial_size_once_slots_free_up(user):
@@ -84,7 +100,9 @@ def test_the_job_grows_to_its_initial_size_once_slots_free_up(user):
     job.refresh_from_db()
     scale = Command.objects.filter(job=job, type="scale_workers")
     assert len({c.seq for c in scale}) == 1 and len(scale) == 2  # one command, to both nodes
-    assert job.status == "rescaling" and all(c.issued_by == "scheduler" and c.payload["value"] == 4 for c in scale)
+    assert job.status == "rescaling" and all(
+        c.issued_by == "scheduler" and c.payload["value"] == 4 for c in scale
+    )
     assert Event.objects.filter(job=job, data__event="grow_to_wanted", data__to=4).exists()
     job = _finish_rescale(job)
     assert job.status == "running" and job.workers_current == 4
@@ -149,9 +167,16 @@ def test_a_failing_grow_is_retried_with_a_growing_delay(user):
         _age_versions(job, seconds=wait + 5)
         assert services.jobs_grow_to_wanted(delay_s=30) == [job.id], attempt
         # Its joiner never reports standby: given up on.
-        Worker.objects.filter(job=job, state="joining").update(created_at=timezone.now() - timedelta(hours=1))
+        Worker.objects.filter(job=job, state="joining").update(
+            created_at=timezone.now() - timedelta(hours=1)
+        )
         services.joiners_expire(timeout_s=60)
         job.refresh_from_db()
         assert job.status == "running" and job.workers_current == 3
-        assert Command.objects.filter(job=job, type="scale_workers", state="failed").values("seq").distinct().count() \
+        assert (
+            Command.objects.filter(job=job, type="scale_workers", state="failed")
+            .values("seq")
+            .distinct()
+            .count()
             == attempt + 1
+        )

@@ -19,8 +19,17 @@ def test_creating_a_job_stores_it_pending_with_defaults(api):
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["status"] == "pending"
-    assert body["hyperparameters"] == {"batch_size": 32, "lr": 0.05, "steps": 1000, "log_every": 10, "seed": 0,
-                                      "monitor_every": 1, "sma_alpha": 0.1, "checkpoint_every": 0, "lr_scaling": "none"}
+    assert body["hyperparameters"] == {
+        "batch_size": 32,
+        "lr": 0.05,
+        "steps": 1000,
+        "log_every": 10,
+        "seed": 0,
+        "monitor_every": 1,
+        "sma_alpha": 0.1,
+        "checkpoint_every": 0,
+        "lr_scaling": "none",
+    }
     assert body["parameters"]["batch_size"] == 32
     job = Job.objects.get(id=body["id"])
     assert (job.workers_initial, job.workers_min, job.workers_max) == (2, 1, 4)
@@ -55,17 +64,29 @@ def test_unauthenticated_request_gets_401_in_error_shape(client):
     assert set(response.json()) == {"code", "message", "details"}
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"hyperparameters": {"lr": 0.1}}, "batch_size is required"),
-    ({"hyperparameters": {"batch_size": 0, "lr": 0.1}}, "batch_size must be between 1"),
-    ({"hyperparameters": {"batch_size": 32, "lr": 0.1, "epochs": 3}}, "Unknown hyper-parameter(s) epochs"),
-    ({"hyperparameters": {"batch_size": "32", "lr": 0.1}}, "batch_size must be an integer"),
-    ({"entrypoint": "rm -rf /"}, "entrypoint"),
-    ({"workers": {"initial": 3, "min": 1, "max": 2}}, "min ≤ initial ≤ max"),
-    ({"strategy": "magic"}, "strategy"),
-    ({"hyperparameters": {"batch_size": 32, "lr": 0.1, "lr_scaling": "cubic"}}, "lr_scaling must be one of"),
-    ({"hyperparameters": {"batch_size": 32, "lr": 0.1, "checkpoint_dir": 7}}, "checkpoint_dir must be a string"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"hyperparameters": {"lr": 0.1}}, "batch_size is required"),
+        ({"hyperparameters": {"batch_size": 0, "lr": 0.1}}, "batch_size must be between 1"),
+        (
+            {"hyperparameters": {"batch_size": 32, "lr": 0.1, "epochs": 3}},
+            "Unknown hyper-parameter(s) epochs",
+        ),
+        ({"hyperparameters": {"batch_size": "32", "lr": 0.1}}, "batch_size must be an integer"),
+        ({"entrypoint": "rm -rf /"}, "entrypoint"),
+        ({"workers": {"initial": 3, "min": 1, "max": 2}}, "min ≤ initial ≤ max"),
+        ({"strategy": "magic"}, "strategy"),
+        (
+            {"hyperparameters": {"batch_size": 32, "lr": 0.1, "lr_scaling": "cubic"}},
+            "lr_scaling must be one of",
+        ),
+        (
+            {"hyperparameters": {"batch_size": 32, "lr": 0.1, "checkpoint_dir": 7}},
+            "checkpoint_dir must be a string",
+        ),
+    ],
+)
 def test_bad_input_is_rejected_with_a_message_that_says_what_to_fix(api, change, fragment):
     response = api.post("/api/v1/jobs/", {**VALID, **change}, format="json")
     assert response.status_code == 400
@@ -82,9 +103,16 @@ def test_malformed_json_is_a_400_not_a_500(api):
 
 
 def test_policy_of_another_user_cannot_be_attached(api, other_api):
-    policy = other_api.post("/api/v1/policies/", {"definition": {
-        "name": "p", "rules": [{"name": "r", "when": "true", "action": {"type": "stop"}}]}},
-        format="json").json()["id"]
+    policy = other_api.post(
+        "/api/v1/policies/",
+        {
+            "definition": {
+                "name": "p",
+                "rules": [{"name": "r", "when": "true", "action": {"type": "stop"}}],
+            }
+        },
+        format="json",
+    ).json()["id"]
     response = api.post("/api/v1/jobs/", {**VALID, "policy": policy}, format="json")
     assert response.status_code == 400
     assert "not yours" in response.json()["message"]
@@ -92,15 +120,24 @@ def test_policy_of_another_user_cannot_be_attached(api, other_api):
 
 def test_commands_need_a_running_job(api):
     job = api.post("/api/v1/jobs/", VALID, format="json").json()["id"]
-    response = api.post(f"/api/v1/jobs/{job}/commands/", {"action": "set_batch_size", "value": 64},
-                        format="json")
+    response = api.post(
+        f"/api/v1/jobs/{job}/commands/", {"action": "set_batch_size", "value": 64}, format="json"
+    )
     assert response.status_code == 409
     assert "commands need a running job" in response.json()["message"]
 
 
 def test_policy_validation_points_at_the_rule(api):
-    response = api.post("/api/v1/policies/validate/", {"definition": {
-        "name": "p", "rules": [{"name": "r", "when": "loss <", "action": {"type": "stop"}}]}}, format="json")
+    response = api.post(
+        "/api/v1/policies/validate/",
+        {
+            "definition": {
+                "name": "p",
+                "rules": [{"name": "r", "when": "loss <", "action": {"type": "stop"}}],
+            }
+        },
+        format="json",
+    )
     assert response.status_code == 400
     assert response.json()["details"]["path"] == "rules[0].when"
 

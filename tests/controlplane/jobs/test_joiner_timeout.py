@@ -19,7 +19,9 @@ pytestmark = pytest.mark.django_db
 
 def _enrol(name: str, slots: int) -> Node:
     token = services.join_token_create(label="test")
-    node, _ = services.node_enrol(join_token=token, name=name, address=f"{name}.local", slots=slots, labels={})
+    node, _ = services.node_enrol(
+        join_token=token, name=name, address=f"{name}.local", slots=slots, labels={}
+    )
     return node
 
 
@@ -29,16 +31,25 @@ def nodes():
 
 
 def _running_job(user, *, initial=2, low=1, high=4) -> Job:
-    job = services.job_create(owner=user, name="elastic", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=initial,
-                              workers_min=low, workers_max=high, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="elastic",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=initial,
+        workers_min=low,
+        workers_max=high,
+        strategy="ssgd",
+        topology="ring",
+    )
     assert services.job_place(job_id=job.id)
     return run_placed(job)
 
 
-
 def _age(job, ranks, seconds=600):
-    Worker.objects.filter(job=job, rank__in=ranks).update(created_at=timezone.now() - timedelta(seconds=seconds))
+    Worker.objects.filter(job=job, rank__in=ranks).update(
+        created_at=timezone.now() - timedelta(seconds=seconds)
+    )
 
 
 def _stops(job) -> dict[str, list[int]]:
@@ -46,7 +57,10 @@ def _stops(job) -> dict[str, list[int]]:
     share one sequence number (one command, every node of the job)."""
     stops = list(Command.objects.filter(job=job, type="stop").select_related("node"))
     assert len({c.seq for c in stops}) == 1, [c.seq for c in stops]
-    assert all("terminate" not in c.payload and "did not report standby" in c.payload["reason"] for c in stops)
+    assert all(
+        "terminate" not in c.payload and "did not report standby" in c.payload["reason"]
+        for c in stops
+    )
     return {c.node.name: c.payload["joiners"] for c in stops}
 
 
@@ -60,7 +74,9 @@ def _grow(job, value):
 def test_joiners_within_the_timeout_are_left_alone(user, nodes):
     job = _grow(_running_job(user), 4)
     assert services.joiners_expire(timeout_s=180) == []
-    assert set(Worker.objects.filter(job=job, rank__in=[2, 3]).values_list("state", flat=True)) == {"joining"}
+    assert set(Worker.objects.filter(job=job, rank__in=[2, 3]).values_list("state", flat=True)) == {
+        "joining"
+    }
     assert Job.objects.get(id=job.id).status == "rescaling"
 
 
@@ -71,21 +87,33 @@ def test_a_grow_whose_joiners_never_report_is_abandoned_and_the_job_runs_again(u
     assert services.joiners_expire(timeout_s=180) == [job.id]
     job.refresh_from_db()
     assert job.status == "running" and job.cluster_version == 1 and job.workers_current == 2
-    assert set(Worker.objects.filter(job=job, rank__in=[2, 3]).values_list("state", flat=True)) == {"failed"}
+    assert set(Worker.objects.filter(job=job, rank__in=[2, 3]).values_list("state", flat=True)) == {
+        "failed"
+    }
     scale = Command.objects.filter(job=job, type="scale_workers")
     assert {c.state for c in scale} == {"failed"}
-    assert all("joiner(s) 2, 3 on node(s)" in c.error and "did not report standby within 180 s" in c.error
-               and "the grow is abandoned" in c.error for c in scale)
+    assert all(
+        "joiner(s) 2, 3 on node(s)" in c.error
+        and "did not report standby within 180 s" in c.error
+        and "the grow is abandoned" in c.error
+        for c in scale
+    )
     assert Event.objects.filter(job=job, data__event="join_timeout").count() == 1
-    assert Event.objects.filter(job=job, message__startswith="scale_workers 4 failed: joiner(s) 2, 3").exists()
+    assert Event.objects.filter(
+        job=job, message__startswith="scale_workers 4 failed: joiner(s) 2, 3"
+    ).exists()
     # The joiners' agent is told to end them; every node of the job gets the stop (with
     # nothing to end where no joiner ran), so the command sequence stays gap-free.
     stops = _stops(job)
     assert stops[joiner_node.name] == [2, 3]
-    member_nodes = {w.node.name for w in Worker.objects.filter(job=job, rank__in=[0, 1]).select_related("node")}
+    member_nodes = {
+        w.node.name for w in Worker.objects.filter(job=job, rank__in=[0, 1]).select_related("node")
+    }
     assert set(stops) == member_nodes | {joiner_node.name}
     assert all(ranks == [] for name, ranks in stops.items() if name != joiner_node.name)
-    assert Event.objects.filter(job=job, message=f"stop the abandoned joiner(s) 2, 3 on node {joiner_node.name}")
+    assert Event.objects.filter(
+        job=job, message=f"stop the abandoned joiner(s) 2, 3 on node {joiner_node.name}"
+    )
     assert services.joiners_expire(timeout_s=180) == []  # given up on once
 
     # That stop does not hold the next grow up, and a late report of a given-up joiner is ignored.
@@ -106,8 +134,10 @@ def test_the_ready_joiners_join_without_the_late_one(user, nodes):
     assert job.status == "rescaling" and job.workers_current == 3
     scale = Command.objects.filter(job=job, type="scale_workers")
     assert {c.state for c in scale} == {"failed"}
-    assert all("joiner(s) 3 on node(s)" in c.error and "the other 1 joiner(s) join without them" in c.error
-               for c in scale)
+    assert all(
+        "joiner(s) 3 on node(s)" in c.error and "the other 1 joiner(s) join without them" in c.error
+        for c in scale
+    )
     # Joiner 2 runs on the same node as the abandoned one: that node ends joiner 3 only.
     stops = _stops(job)
     assert stops[Worker.objects.get(job=job, rank=3).node.name] == [3]

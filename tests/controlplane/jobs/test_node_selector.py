@@ -21,27 +21,38 @@ VALID = {
 
 def _enrol(name: str, *, slots: int = 2, labels: dict | None = None) -> Node:
     token = services.join_token_create(label="test")
-    node, _ = services.node_enrol(join_token=token, name=name, address=f"{name}.local", slots=slots,
-                                  labels=labels or {})
+    node, _ = services.node_enrol(
+        join_token=token, name=name, address=f"{name}.local", slots=slots, labels=labels or {}
+    )
     return node
 
 
 def _job(user, *, selector: dict, initial: int = 2, low: int = 1, high: int = 4) -> Job:
-    return services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                               hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=initial,
-                               workers_min=low, workers_max=high, strategy="ssgd", topology="ring",
-                               node_selector=selector)
+    return services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=initial,
+        workers_min=low,
+        workers_max=high,
+        strategy="ssgd",
+        topology="ring",
+        node_selector=selector,
+    )
 
 
 def _nodes_of(job) -> set[str]:
     return set(Worker.objects.filter(job=job).values_list("node__name", flat=True))
 
 
-
 # --- the API -------------------------------------------------------------------------------
 
+
 def test_a_job_with_a_node_selector_shows_it_in_its_detail(api):
-    response = api.post("/api/v1/jobs/", {**VALID, "node_selector": {"gpu": "a100", "zone": "eu-1"}}, format="json")
+    response = api.post(
+        "/api/v1/jobs/", {**VALID, "node_selector": {"gpu": "a100", "zone": "eu-1"}}, format="json"
+    )
     assert response.status_code == 201, response.json()
     assert response.json()["node_selector"] == {"gpu": "a100", "zone": "eu-1"}
     detail = api.get(f"/api/v1/jobs/{response.json()['id']}/").json()
@@ -54,19 +65,22 @@ def test_a_job_without_a_node_selector_may_run_anywhere(api):
     assert response.status_code == 201 and response.json()["node_selector"] == {}
 
 
-@pytest.mark.parametrize("selector, fragment", [
-    (["gpu=a100"], "node_selector must be an object of label → value strings"),
-    ("gpu=a100", "node_selector must be an object"),
-    ({"gpu": 100}, "node_selector['gpu'] must be a string"),
-    ({"gpu": {"model": "a100"}}, "must be a string (labels are flat"),
-    ({"gpu": ["a100"]}, "got an array"),
-    ({"gpu": ""}, "must be 1 to 200 printable characters"),
-    ({"gpu": "a" * 201}, "must be 1 to 200"),
-    ({"": "a100"}, "label names must be 1 to 100 printable characters"),
-    ({"gpu\n": "a100"}, "label names must be"),
-    ({f"label{i}": "x" for i in range(21)}, "at most 20 labels; got 21"),
-    (None, "node_selector: This field may not be null"),
-])
+@pytest.mark.parametrize(
+    "selector, fragment",
+    [
+        (["gpu=a100"], "node_selector must be an object of label → value strings"),
+        ("gpu=a100", "node_selector must be an object"),
+        ({"gpu": 100}, "node_selector['gpu'] must be a string"),
+        ({"gpu": {"model": "a100"}}, "must be a string (labels are flat"),
+        ({"gpu": ["a100"]}, "got an array"),
+        ({"gpu": ""}, "must be 1 to 200 printable characters"),
+        ({"gpu": "a" * 201}, "must be 1 to 200"),
+        ({"": "a100"}, "label names must be 1 to 100 printable characters"),
+        ({"gpu\n": "a100"}, "label names must be"),
+        ({f"label{i}": "x" for i in range(21)}, "at most 20 labels; got 21"),
+        (None, "node_selector: This field may not be null"),
+    ],
+)
 def test_a_bad_node_selector_is_a_400_that_says_what_to_fix(api, selector, fragment):
     response = api.post("/api/v1/jobs/", {**VALID, "node_selector": selector}, format="json")
     assert response.status_code == 400, response.json()
@@ -82,7 +96,9 @@ def test_twenty_labels_are_accepted():
 def test_the_openapi_schema_describes_the_node_selector(client):
     schema = client.get("/api/schema/?format=json").json()
     components = schema["components"]["schemas"]
-    ref = schema["paths"]["/api/v1/jobs/"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    ref = schema["paths"]["/api/v1/jobs/"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["$ref"]
     field = components[ref.rsplit("/", 1)[-1]]["properties"]["node_selector"]
     assert field["type"] == "object" and field["additionalProperties"]["type"] == "string"
     assert field["maxProperties"] == 20
@@ -90,6 +106,7 @@ def test_the_openapi_schema_describes_the_node_selector(client):
 
 
 # --- initial placement ---------------------------------------------------------------------
+
 
 def test_workers_go_only_to_nodes_with_every_selected_label(user):
     _enrol("plain", slots=8)
@@ -99,8 +116,9 @@ def test_workers_go_only_to_nodes_with_every_selected_label(user):
     job = _job(user, selector={"gpu": "a100", "zone": "eu-1"})
     assert services.job_place(job_id=job.id)
     assert _nodes_of(job) == {"gpu-a", "gpu-b"}
-    assert set(Command.objects.filter(job=job, type="start").values_list("node__name", flat=True)) == {"gpu-a",
-                                                                                                       "gpu-b"}
+    assert set(
+        Command.objects.filter(job=job, type="start").values_list("node__name", flat=True)
+    ) == {"gpu-a", "gpu-b"}
 
 
 def test_a_job_no_enrolled_node_matches_stays_pending_and_says_why_once(user):
@@ -127,7 +145,10 @@ def test_matching_nodes_too_small_in_all_are_reported_as_such(user):
     job = _job(user, selector={"gpu": "a100"}, initial=2, low=2)
     assert not services.job_place(job_id=job.id)
     job.refresh_from_db()
-    assert "have 1 slot(s) in all, fewer than the 2 worker(s) the job starts with at least" in job.status_reason
+    assert (
+        "have 1 slot(s) in all, fewer than the 2 worker(s) the job starts with at least"
+        in job.status_reason
+    )
     # An elastic job whose minimum fits starts there with what fits.
     small = _job(user, selector={"gpu": "a100"}, initial=2, low=1)
     assert services.job_place(job_id=small.id)
@@ -143,14 +164,18 @@ def test_a_job_whose_matching_nodes_are_busy_or_offline_waits_for_them(user):
     assert not services.job_place(job_id=second.id)
     second.refresh_from_db()
     assert second.status == "pending"
-    assert second.status_reason == ("waiting for 1 free slot(s) (it starts with up to 2 worker(s), at least 1) "
-                                    "on online nodes matching node_selector gpu=a100")
+    assert second.status_reason == (
+        "waiting for 1 free slot(s) (it starts with up to 2 worker(s), at least 1) "
+        "on online nodes matching node_selector gpu=a100"
+    )
 
     services.job_cancel(job=first, actor="user:alice")
     Worker.objects.filter(job=first).update(state=Worker.State.EXITED)
     Node.objects.filter(id=gpu.id).update(status=Node.Status.OFFLINE)
     assert not services.job_place(job_id=second.id)
-    assert Event.objects.filter(job=second, message__startswith="pending:").count() == 1  # same reason
+    assert (
+        Event.objects.filter(job=second, message__startswith="pending:").count() == 1
+    )  # same reason
     Node.objects.filter(id=gpu.id).update(status=Node.Status.ONLINE)
     assert services.job_place(job_id=second.id) and _nodes_of(second) == {"gpu"}
 
@@ -159,10 +184,14 @@ def test_a_job_without_a_selector_still_waits_silently(user):
     job = _job(user, selector={})
     assert not services.job_place(job_id=job.id)
     job.refresh_from_db()
-    assert job.status_reason == "" and not Event.objects.filter(job=job, message__startswith="pending").exists()
+    assert (
+        job.status_reason == ""
+        and not Event.objects.filter(job=job, message__startswith="pending").exists()
+    )
 
 
 # --- growing -------------------------------------------------------------------------------
+
 
 def test_a_grow_starts_joiners_only_on_matching_nodes(api, user):
     _enrol("plain", slots=8)
@@ -172,7 +201,9 @@ def test_a_grow_starts_joiners_only_on_matching_nodes(api, user):
     assert services.job_place(job_id=job.id)
     job = _run(job)
     assert _nodes_of(job) == {"gpu-a"}
-    response = api.post(f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 3}, format="json")
+    response = api.post(
+        f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 3}, format="json"
+    )
     assert response.status_code == 201, response.json()
     joiner = Worker.objects.select_related("node").get(job=job, state="joining")
     assert joiner.node.name == "gpu-b"
@@ -184,10 +215,11 @@ def test_a_grow_beyond_the_matching_free_slots_is_a_409_that_names_the_selector(
     job = _job(user, selector={"gpu": "a100"}, initial=2, high=4)
     assert services.job_place(job_id=job.id)
     job = _run(job)
-    response = api.post(f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 3}, format="json")
+    response = api.post(
+        f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 3}, format="json"
+    )
     assert response.status_code == 409, response.json()
     body = response.json()
     assert "0 free on online nodes matching the job's node_selector gpu=a100" in body["message"]
     assert body["details"]["node_selector"] == {"gpu": "a100"}
     assert Job.objects.get(id=job.id).status == "running"
-

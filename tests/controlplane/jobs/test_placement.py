@@ -31,8 +31,11 @@ GPU = {"gpu": "a100"}
 
 
 def test_only_nodes_whose_labels_contain_every_selector_pair_are_used():
-    nodes = [NodeCapacity(1, 2, {"gpu": "a100", "zone": "b"}), NodeCapacity(2, 1, {"gpu": "v100"}),
-             NodeCapacity(3, 1, {})]
+    nodes = [
+        NodeCapacity(1, 2, {"gpu": "a100", "zone": "b"}),
+        NodeCapacity(2, 1, {"gpu": "v100"}),
+        NodeCapacity(3, 1, {}),
+    ]
     # Node 2 or 3 would be the tighter fit; neither matches.
     assert plan_placement(nodes, 1, GPU) == {1: [0]}
     assert plan_placement(nodes, 2, {"gpu": "a100", "zone": "b"}) == {1: [0, 1]}
@@ -40,7 +43,11 @@ def test_only_nodes_whose_labels_contain_every_selector_pair_are_used():
 
 
 def test_a_spread_uses_matching_nodes_only_even_when_others_have_room():
-    nodes = [NodeCapacity(1, 1, GPU), NodeCapacity(2, 8, {}), NodeCapacity(3, 2, {**GPU, "rack": "r1"})]
+    nodes = [
+        NodeCapacity(1, 1, GPU),
+        NodeCapacity(2, 8, {}),
+        NodeCapacity(3, 2, {**GPU, "rack": "r1"}),
+    ]
     assert plan_placement(nodes, 3, GPU) == {3: [0, 1], 1: [2]}
     assert plan_placement(nodes, 4, GPU) is None  # 3 matching slots, though 11 are free
 

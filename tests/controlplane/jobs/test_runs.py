@@ -19,18 +19,18 @@ from tests.controlplane.metric_points import run_of
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def nodes():
-    token = services.join_token_create(label="test")
-    return [services.node_enrol(join_token=token, name=f"n{i}", address=f"10.0.0.{i}", slots=2, labels={})[0]
-            for i in (1, 2)]
-
-
 def _job(user, *, initial=2, low=None, high=None, **hyper) -> Job:
-    return services.job_create(owner=user, name="runs", entrypoint="examples.digits",
-                               hyperparameters={"batch_size": 32, "lr": 0.1, **hyper}, workers_initial=initial,
-                               workers_min=low or initial, workers_max=high or initial, strategy="ssgd",
-                               topology="ring")
+    return services.job_create(
+        owner=user,
+        name="runs",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1, **hyper},
+        workers_initial=initial,
+        workers_min=low or initial,
+        workers_max=high or initial,
+        strategy="ssgd",
+        topology="ring",
+    )
 
 
 def _start(job: Job) -> Job:
@@ -46,7 +46,9 @@ def _fail(job: Job, reason="worker 0 exited with code 1") -> Job:
 
 
 def _checkpoint(job: Job, step: int) -> None:
-    MetricPoint.objects.create(job=job, run=run_of(job), name="checkpoint_step", step=step, value=step, time=timezone.now())
+    MetricPoint.objects.create(
+        job=job, run=run_of(job), name="checkpoint_step", step=step, value=step, time=timezone.now()
+    )
 
 
 def test_the_first_placement_makes_run_1_and_everything_placed_belongs_to_it(user, nodes):
@@ -60,7 +62,10 @@ def test_the_first_placement_makes_run_1_and_everything_placed_belongs_to_it(use
     assert set(Command.objects.filter(job=job).values_list("run_id", flat=True)) == {run.id}
     assert ClusterVersion.objects.get(job=job).run_id == run.id
     assert (run.cluster_version, run.workers_min_seen, run.workers_max_seen) == (1, 2, 2)
-    assert "run 1: placed 2 worker(s)" in Event.objects.filter(job=job, data__status="scheduling").get().message
+    assert (
+        "run 1: placed 2 worker(s)"
+        in Event.objects.filter(job=job, data__status="scheduling").get().message
+    )
 
 
 def test_a_job_created_with_resume_from_records_it_on_run_1(user, nodes):
@@ -75,18 +80,27 @@ def test_status_changes_of_the_job_are_mirrored_onto_its_current_run(user, nodes
     run = Run.objects.get(job=job)
     assert run.status == "scheduling" and run.started_at is None
     node = Worker.objects.filter(run=run).first().node
-    assert set(Worker.objects.filter(run=run).values_list("node_id", flat=True)) == {node.id}  # best fit
-    services.workers_register(node=node, job_id=job.id, workers=[{"rank": 0, "port": 7000},
-                                                                  {"rank": 1, "port": 7001}])
+    assert set(Worker.objects.filter(run=run).values_list("node_id", flat=True)) == {
+        node.id
+    }  # best fit
+    services.workers_register(
+        node=node, job_id=job.id, workers=[{"rank": 0, "port": 7000}, {"rank": 1, "port": 7001}]
+    )
     services.job_report(node=node, job_id=job.id, status="running")
     run.refresh_from_db()
     job.refresh_from_db()
     assert run.status == "running" and run.started_at == job.started_at is not None
     Job.objects.filter(id=job.id).update(last_step=420)
-    services.job_report(node=node, job_id=job.id, status="failed", reason="worker 1 ran out of memory")
+    services.job_report(
+        node=node, job_id=job.id, status="failed", reason="worker 1 ran out of memory"
+    )
     run.refresh_from_db()
     job.refresh_from_db()
-    assert (run.status, run.status_reason, run.last_step) == ("failed", "worker 1 ran out of memory", 420)
+    assert (run.status, run.status_reason, run.last_step) == (
+        "failed",
+        "worker 1 ran out of memory",
+        420,
+    )
     assert run.finished_at == job.finished_at is not None
 
 
@@ -97,11 +111,15 @@ def test_an_elastic_run_counts_the_fewest_and_most_workers_it_saw(user, nodes):
     assert (run.cluster_version, run.workers_min_seen, run.workers_max_seen) == (2, 1, 2)
 
 
-def test_restart_resumes_a_failed_job_from_its_latest_checkpoint_and_places_it_again(api, user, nodes):
+def test_restart_resumes_a_failed_job_from_its_latest_checkpoint_and_places_it_again(
+    api, user, nodes
+):
     job = _start(_job(user, checkpoint_dir="/data/ckpt", checkpoint_every=100))
     _checkpoint(job, 100)
     _checkpoint(job, 200)
-    Job.objects.filter(id=job.id).update(last_step=250, batch_size=64, policy_state={"r": {"streak": 2}})
+    Job.objects.filter(id=job.id).update(
+        last_step=250, batch_size=64, policy_state={"r": {"streak": 2}}
+    )
     job = _fail(job)
 
     response = api.post(f"/api/v1/jobs/{job.id}/restart/", {"reason": "node flaked"}, format="json")
@@ -114,13 +132,21 @@ def test_restart_resumes_a_failed_job_from_its_latest_checkpoint_and_places_it_a
 
     job.refresh_from_db()
     assert job.status == "pending" and job.current_run.number == 2
-    assert (job.cluster_version, job.workers_current, job.last_step, job.policy_state) == (0, 0, 0, {})
+    assert (job.cluster_version, job.workers_current, job.last_step, job.policy_state) == (
+        0,
+        0,
+        0,
+        {},
+    )
     assert job.batch_size == 64  # resumed: the workers restore the checkpoint's own values
     assert job.finished_at is None
     assert Run.objects.get(job=job, number=1).status == "failed"  # run 1 stays as it ended
     restart = Event.objects.get(job=job, data__event="restart")
     assert restart.actor == "user:alice" and "node flaked" in restart.message
-    assert restart.data["previous_run"] == 1 and restart.data["resumed_from"] == "/data/ckpt/step-000000200"
+    assert (
+        restart.data["previous_run"] == 1
+        and restart.data["resumed_from"] == "/data/ckpt/step-000000200"
+    )
 
     # Placed again as run 2: worker numbers and cluster versions start over.
     job = _start(job)
@@ -143,7 +169,10 @@ def test_restart_without_a_known_checkpoint_starts_from_scratch_and_says_so(api,
     assert body["resume_note"].startswith("trains from scratch: the job has recorded no checkpoint")
     assert "checkpoint_dir" in body["resume_note"]
     job.refresh_from_db()
-    assert (job.batch_size, job.learning_rate) == (32, 0.1)  # from scratch: the job's hyper-parameters
+    assert (job.batch_size, job.learning_rate) == (
+        32,
+        0.1,
+    )  # from scratch: the job's hyper-parameters
     job = _start(job)
     start = Command.objects.get(run=job.current_run, type="start")
     assert "resume_from" not in start.payload["hyperparameters"]
@@ -152,11 +181,18 @@ def test_restart_without_a_known_checkpoint_starts_from_scratch_and_says_so(api,
 def test_restart_takes_the_checkpoint_asked_for_or_none(api, user, nodes):
     job = _fail(_start(_job(user, checkpoint_dir="/data/ckpt")))
     _checkpoint(job, 300)
-    asked = api.post(f"/api/v1/jobs/{job.id}/restart/", {"resume_from": "/elsewhere/step-7"}, format="json")
+    asked = api.post(
+        f"/api/v1/jobs/{job.id}/restart/", {"resume_from": "/elsewhere/step-7"}, format="json"
+    )
     assert asked.status_code == 201
-    assert asked.json()["resumed_from"] == "/elsewhere/step-7" and asked.json()["resumed_from_step"] is None
+    assert (
+        asked.json()["resumed_from"] == "/elsewhere/step-7"
+        and asked.json()["resumed_from_step"] is None
+    )
     services.job_cancel(job=job, actor="user:alice")
-    scratch = api.post(f"/api/v1/jobs/{job.id}/restart/", {"resume_from": None}, format="json").json()
+    scratch = api.post(
+        f"/api/v1/jobs/{job.id}/restart/", {"resume_from": None}, format="json"
+    ).json()
     assert scratch["number"] == 3 and scratch["resumed_from"] is None
     assert "as asked" in scratch["resume_note"]
 
@@ -173,11 +209,14 @@ def test_restarting_a_job_that_is_not_finished_is_a_409_in_the_error_shape(api, 
     assert api.post(f"/api/v1/jobs/{pending.id}/restart/", {}, format="json").status_code == 409
 
 
-def test_someone_elses_job_cannot_be_restarted_or_its_runs_read_but_staff_may(api, other_api, other_user, user,
-                                                                               nodes):
+def test_someone_elses_job_cannot_be_restarted_or_its_runs_read_but_staff_may(
+    api, other_api, other_user, user, nodes
+):
     job = _fail(_start(_job(user)))
-    for response in (other_api.post(f"/api/v1/jobs/{job.id}/restart/", {}, format="json"),
-                     other_api.get(f"/api/v1/jobs/{job.id}/runs/")):
+    for response in (
+        other_api.post(f"/api/v1/jobs/{job.id}/restart/", {}, format="json"),
+        other_api.get(f"/api/v1/jobs/{job.id}/runs/"),
+    ):
         assert response.status_code == 404 and response.json()["code"] == "not_found"
     assert Run.objects.filter(job=job).count() == 1
     other_user.is_staff = True
@@ -188,20 +227,25 @@ def test_someone_elses_job_cannot_be_restarted_or_its_runs_read_but_staff_may(ap
     assert response.status_code == 201 and response.json()["created_by"] == "user:bob"
 
 
-@pytest.mark.parametrize("bad, fragment", [
-    ({"resume_from": 7}, "resume_from: must be a string"),
-    ({"resume_from": True}, "resume_from: must be a string"),
-    ({"resume_from": {"path": "/x"}}, "got an object"),
-    ({"resume_from": ""}, "resume_from"),
-    ({"resume_from": "x" * 501}, "resume_from"),
-    ({"reason": ["why"]}, "reason"),
-])
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ({"resume_from": 7}, "resume_from: must be a string"),
+        ({"resume_from": True}, "resume_from: must be a string"),
+        ({"resume_from": {"path": "/x"}}, "got an object"),
+        ({"resume_from": ""}, "resume_from"),
+        ({"resume_from": "x" * 501}, "resume_from"),
+        ({"reason": ["why"]}, "reason"),
+    ],
+)
 def test_bad_restart_input_is_a_400_that_says_what_to_fix(api, user, nodes, bad, fragment):
     job = _fail(_start(_job(user)))
     response = api.post(f"/api/v1/jobs/{job.id}/restart/", bad, format="json")
     assert response.status_code == 400, response.json()
     assert response.json()["code"] == "invalid" and fragment in response.json()["message"]
-    assert Job.objects.get(id=job.id).status == "failed" and Run.objects.filter(job=job).count() == 1
+    assert (
+        Job.objects.get(id=job.id).status == "failed" and Run.objects.filter(job=job).count() == 1
+    )
 
 
 def test_runs_are_listed_newest_first_paginated_and_the_job_shows_its_current_run(api, user, nodes):
@@ -229,11 +273,17 @@ def test_a_report_from_the_earlier_run_does_not_touch_the_restarted_one(user, no
     # The node still runs run 1's workers, so run 2 goes to the other node.
     assert services.job_place(job_id=job.id)
     job.refresh_from_db()
-    assert set(Worker.objects.filter(run=job.current_run).values_list("node_id", flat=True)) != {old_node.id}
-    assert old_node.id not in set(Worker.objects.filter(run=job.current_run).values_list("node_id", flat=True))
+    assert set(Worker.objects.filter(run=job.current_run).values_list("node_id", flat=True)) != {
+        old_node.id
+    }
+    assert old_node.id not in set(
+        Worker.objects.filter(run=job.current_run).values_list("node_id", flat=True)
+    )
     # Run 1's agent now reports its workers failed (they were stopped); run 2 goes on.
     services.job_report(node=old_node, job_id=job.id, status="failed", reason="terminated")
-    services.job_worker_report(node=old_node, job_id=job.id, rank=1, event="exited", data={"code": -15})
+    services.job_worker_report(
+        node=old_node, job_id=job.id, rank=1, event="exited", data={"code": -15}
+    )
     job.refresh_from_db()
     assert job.status == "scheduling" and job.current_run.status == "scheduling"
     assert not Worker.objects.filter(job=job, node=old_node, state__in=Worker.ACTIVE).exists()
@@ -268,17 +318,21 @@ def test_start_commands_of_an_earlier_run_are_not_delivered_after_a_restart(user
 
 def test_idempotency_keys_are_per_run(user, nodes):
     job = _start(_job(user))
-    first = services.command_issue(job=job, type="set_lr", value=0.2, issued_by="policy:p/r",
-                                   idempotency_key="policy-1-r-0")
+    first = services.command_issue(
+        job=job, type="set_lr", value=0.2, issued_by="policy:p/r", idempotency_key="policy-1-r-0"
+    )
     job = _fail(job)
     services.job_restart(job=job, actor="user:alice")
     job = _start(Job.objects.get(id=job.id))
-    again = services.command_issue(job=job, type="set_lr", value=0.2, issued_by="policy:p/r",
-                                   idempotency_key="policy-1-r-0")
+    again = services.command_issue(
+        job=job, type="set_lr", value=0.2, issued_by="policy:p/r", idempotency_key="policy-1-r-0"
+    )
     assert again[0].id != first[0].id and again[0].run_id == job.current_run_id
 
 
-def test_the_job_page_has_the_runs_table_and_offers_restart_only_for_a_finished_job(client, user, nodes):
+def test_the_job_page_has_the_runs_table_and_offers_restart_only_for_a_finished_job(
+    client, user, nodes
+):
     client.force_login(user)
     job = _start(_job(user))
     page = client.get(f"/jobs/{job.id}/").content.decode()

@@ -9,16 +9,29 @@ from controlplane.jobs.models import Job, Node
 @pytest.fixture
 def node() -> Node:
     """One enrolled node, n1, with 2 slots."""
-    node, _ = services.node_enrol(join_token=services.join_token_create(label="t"), name="n1",
-                                  address="127.0.0.1", slots=2, labels={})
+    node, _ = services.node_enrol(
+        join_token=services.join_token_create(label="t"),
+        name="n1",
+        address="127.0.0.1",
+        slots=2,
+        labels={},
+    )
     return Node.objects.get(id=node.id)
 
 
 @pytest.fixture
 def placed_job(node, user) -> Job:
     """A one-worker job placed on ``node`` (its start command issued, not applied)."""
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
     assert services.job_place(job_id=job.id)
     return job

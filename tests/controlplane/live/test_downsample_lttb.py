@@ -13,9 +13,13 @@ def test_first_and_last_points_are_kept():
     assert keep[0] == 0 and keep[-1] == n - 1
 
 
-@pytest.mark.parametrize("n, max_points", [(1000, 50), (1000, 3), (1001, 999), (10, 9), (7, 4), (100_000, 1000)])
+@pytest.mark.parametrize(
+    "n, max_points", [(1000, 50), (1000, 3), (1001, 999), (10, 9), (7, 4), (100_000, 1000)]
+)
 def test_exactly_max_points_distinct_indices_in_order_are_returned(n, max_points):
-    keep = largest_triangle_three_buckets(list(range(n)), [float(i % 17) for i in range(n)], max_points)
+    keep = largest_triangle_three_buckets(
+        list(range(n)), [float(i % 17) for i in range(n)], max_points
+    )
     assert len(keep) == max_points
     assert keep == sorted(set(keep))
     assert 0 <= keep[0] and keep[-1] < n
@@ -45,11 +49,16 @@ def test_uneven_steps_are_used_as_x_coordinates():
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 10])
 def test_a_series_no_longer_than_max_points_is_kept_whole(n):
-    assert largest_triangle_three_buckets(list(range(n)), [float(i) for i in range(n)], 10) == list(range(n))
+    assert largest_triangle_three_buckets(list(range(n)), [float(i) for i in range(n)], 10) == list(
+        range(n)
+    )
 
 
 def test_two_points_keep_just_the_ends():
-    assert largest_triangle_three_buckets(list(range(100)), [float(i) for i in range(100)], 2) == [0, 99]
+    assert largest_triangle_three_buckets(list(range(100)), [float(i) for i in range(100)], 2) == [
+        0,
+        99,
+    ]
 
 
 @pytest.mark.parametrize("max_points", [1, 0, -3])
@@ -70,7 +79,9 @@ def test_mismatched_lengths_are_rejected():
 
 def test_methods_are_chosen_by_name_and_unknown_names_are_rejected():
     steps, values = list(range(100)), [float(i % 7) for i in range(100)]
-    assert downsample_indices("lttb", steps, values, 10) == largest_triangle_three_buckets(steps, values, 10)
+    assert downsample_indices("lttb", steps, values, 10) == largest_triangle_three_buckets(
+        steps, values, 10
+    )
     assert len(downsample_indices("minmax", steps, values, 10)) <= 10
     with pytest.raises(ValueError, match="unknown downsampling method"):
         downsample_indices("average", steps, values, 10)

@@ -16,9 +16,17 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def job(user):
-    return services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                               hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
-                               workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    return services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 8, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
 
 
 def communicator(user, job_id, query=""):
@@ -31,8 +39,11 @@ def communicator(user, job_id, query=""):
 
 def publish(job_id, n):
     for i in range(n):
-        channels.publish_to_job(job_id, channels.FRAME_METRICS, {"series": [{"name": "loss", "rank": None,
-                                                                            "step": [i], "value": [1.0 / (i + 1)]}]})
+        channels.publish_to_job(
+            job_id,
+            channels.FRAME_METRICS,
+            {"series": [{"name": "loss", "rank": None, "step": [i], "value": [1.0 / (i + 1)]}]},
+        )
 
 
 def test_reconnecting_client_gets_exactly_what_it_missed_then_live_frames(user, job):
@@ -94,8 +105,11 @@ def test_frames_arriving_out_of_order_are_all_delivered_once(user, job):
         c = communicator(user, job.id, "?after=0")
         assert (await c.connect())[0]
         created = await c.receive_json_from(timeout=5)  # the job's "created" event
-        consumer_input = [{"seq": 9, "type": "metrics", "data": {}}, {"seq": 8, "type": "metrics", "data": {}},
-                          {"seq": 9, "type": "metrics", "data": {}}]
+        consumer_input = [
+            {"seq": 9, "type": "metrics", "data": {}},
+            {"seq": 8, "type": "metrics", "data": {}},
+            {"seq": 9, "type": "metrics", "data": {}},
+        ]
         for frame in consumer_input:
             await c.send_input({"type": "job.message", "frame": frame})
         got = [(await c.receive_json_from(timeout=5))["seq"] for _ in range(2)]
@@ -114,15 +128,24 @@ def test_a_new_job_does_not_inherit_frames_logged_under_its_id(user, job):
     key = channels.frame_log_key(stale_id)
     channels._redis().delete(key)
     for seq in (1, 2, 3):
-        channels._redis().rpush(key, json.dumps({"seq": seq, "type": "metrics", "data": {"series": []}}))
+        channels._redis().rpush(
+            key, json.dumps({"seq": seq, "type": "metrics", "data": {"series": []}})
+        )
     assert len(channels.frames_after(stale_id, 0)[0]) == 3
-    again = services.job_create(owner=user, name="again", entrypoint="examples.digits",
-                                hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
-                                workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    again = services.job_create(
+        owner=user,
+        name="again",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 8, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
     assert again.id == stale_id
     frames, _ = channels.frames_after(again.id, 0)
     assert [(f["seq"], f["type"]) for f in frames] == [(1, "event")]  # only its own "created"
-
 
 
 def test_a_client_is_told_to_resync_when_frames_were_lost_with_redis(user, job):

@@ -41,9 +41,15 @@ def agent(node):
 
 def test_a_command_issued_while_the_channel_layer_is_down_is_accepted_and_kept(api, job, settings):
     dead = _dead_redis_url()
-    settings.CHANNEL_LAYERS = {"default": {**django_settings.CHANNEL_LAYERS["default"],
-                                           "CONFIG": {"hosts": [dead], "prefix": "dead"}}}
-    response = api.post(f"/api/v1/jobs/{job.id}/commands/", {"action": "set_lr", "value": 0.5}, format="json")
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            **django_settings.CHANNEL_LAYERS["default"],
+            "CONFIG": {"hosts": [dead], "prefix": "dead"},
+        }
+    }
+    response = api.post(
+        f"/api/v1/jobs/{job.id}/commands/", {"action": "set_lr", "value": 0.5}, format="json"
+    )
     assert response.status_code == 201, response.content
     command = Command.objects.get(id=response.json()[0]["id"])
     assert command.state == Command.State.PENDING  # delivered when the agent's consumer can
@@ -79,8 +85,9 @@ def test_a_push_lost_with_the_agent_group_is_sent_again_and_the_group_rejoined(n
         await c.send_json_to({"type": "ack", "id": start.id})
         await sync_to_async(forget_groups)()
         # Pushed to nobody: the group is gone, the socket still open.
-        [command] = await sync_to_async(services.command_issue)(job=job, type="set_lr", value=0.5,
-                                                                 issued_by="user:t")
+        [command] = await sync_to_async(services.command_issue)(
+            job=job, type="set_lr", value=0.5, issued_by="user:t"
+        )
         again = await c.receive_json_from(timeout=5)
         await c.send_json_to({"type": "ack", "id": command.id})
         # Joined again: a push through the group arrives.
@@ -100,7 +107,9 @@ def test_a_push_lost_with_the_agent_group_is_sent_again_and_the_group_rejoined(n
 def test_only_commands_unacknowledged_for_a_while_are_sent_again(node, job):
     start = Command.objects.get(job=job, type=Command.Type.START)
     assert services.commands_unfinished_for_node(node, unacked_for_s=60) == []
-    assert [c.id for c in services.commands_unfinished_for_node(node, unacked_for_s=0)] == [start.id]
+    assert [c.id for c in services.commands_unfinished_for_node(node, unacked_for_s=0)] == [
+        start.id
+    ]
     services.command_mark_sent(command_id=start.id)
     assert services.commands_unfinished_for_node(node, unacked_for_s=60) == []
     services.command_ack(node=node, command_id=start.id)

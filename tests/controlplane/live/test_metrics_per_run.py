@@ -14,16 +14,21 @@ from controlplane.jobs.models import Job, Worker
 from controlplane.live import channels
 from controlplane.live.models import MetricPoint
 from controlplane.live.services import metrics_ingest
-from tests.controlplane.jobs.test_runs import _fail, _job, _start, nodes  # noqa: F401  (fixture)
+from tests.controlplane.jobs.test_runs import _fail, _job, _start
 
 pytestmark = pytest.mark.django_db
 
 
 def _report(job: Job, node, batch_id: str, values: dict[int, float], name: str = "loss") -> int:
     now = time.time()
-    return metrics_ingest(node=node, batch_id=batch_id, points=[
-        {"job": job.id, "name": name, "step": step, "value": value, "time": now + step}
-        for step, value in values.items()])
+    return metrics_ingest(
+        node=node,
+        batch_id=batch_id,
+        points=[
+            {"job": job.id, "name": name, "step": step, "value": value, "time": now + step}
+            for step, value in values.items()
+        ],
+    )
 
 
 def _node_of(job: Job):
@@ -37,7 +42,7 @@ def _restarted_from_scratch(job: Job) -> Job:
 
 
 @pytest.fixture
-def two_runs(user, nodes):  # noqa: F811
+def two_runs(user, nodes):
     """A job whose run 1 reported loss 1.0 at steps 0..9, restarted from scratch as run 2,
     which reported loss 2.0 at steps 0..4."""
     job = _start(_job(user, initial=1))
@@ -55,8 +60,10 @@ def _loss(api, job: Job, query: str = "") -> dict:
 
 def test_ingest_files_points_under_the_jobs_current_run(two_runs):
     runs = {run.number: run.id for run in two_runs.runs.all()}
-    by_run = {number: sorted(MetricPoint.objects.filter(run_id=run_id).values_list("step", flat=True))
-              for number, run_id in runs.items()}
+    by_run = {
+        number: sorted(MetricPoint.objects.filter(run_id=run_id).values_list("step", flat=True))
+        for number, run_id in runs.items()
+    }
     assert by_run == {1: list(range(10)), 2: list(range(5))}
     assert two_runs.last_step == 4  # run 2's, not run 1's 9
 
@@ -65,7 +72,11 @@ def test_the_metrics_of_a_restarted_job_are_the_current_runs_by_default(api, two
     body = _loss(api, two_runs)
     assert body["run"] == 2 and body["job"] == two_runs.id
     [series] = body["series"]
-    assert series["step"] == [0, 1, 2, 3, 4] and set(series["value"]) == {2.0} and series["points"] == 5
+    assert (
+        series["step"] == [0, 1, 2, 3, 4]
+        and set(series["value"]) == {2.0}
+        and series["points"] == 5
+    )
 
 
 def test_an_earlier_run_is_read_with_the_run_parameter_and_only_its_points(api, two_runs):
@@ -76,13 +87,18 @@ def test_an_earlier_run_is_read_with_the_run_parameter_and_only_its_points(api, 
     assert _loss(api, two_runs, "&run=2") == _loss(api, two_runs)
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ("abc", "run must be an integer; got 'abc'"),
-    ("1.5", "run must be an integer; got '1.5'"),
-    ("0", "run must be at least 1; got 0"),
-    ("-2", "run must be at least 1; got -2"),
-])
-def test_a_run_that_is_not_a_positive_integer_is_a_400_naming_the_parameter(api, two_runs, raw, fragment):
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ("abc", "run must be an integer; got 'abc'"),
+        ("1.5", "run must be an integer; got '1.5'"),
+        ("0", "run must be at least 1; got 0"),
+        ("-2", "run must be at least 1; got -2"),
+    ],
+)
+def test_a_run_that_is_not_a_positive_integer_is_a_400_naming_the_parameter(
+    api, two_runs, raw, fragment
+):
     response = api.get(f"/api/v1/jobs/{two_runs.id}/metrics/?run={raw}")
     assert response.status_code == 400
     body = response.json()
@@ -105,7 +121,9 @@ def test_a_job_never_placed_has_no_run_and_no_series(api, user):
     assert body["run"] is None and body["series"] == []
     response = api.get(f"/api/v1/jobs/{job.id}/metrics/?run=1")
     assert response.status_code == 404
-    assert "has no runs yet" in response.json()["message"] and response.json()["details"]["runs"] == []
+    assert (
+        "has no runs yet" in response.json()["message"] and response.json()["details"]["runs"] == []
+    )
 
 
 def test_someone_elses_job_answers_404_whatever_the_run(other_api, two_runs):
@@ -114,7 +132,7 @@ def test_someone_elses_job_answers_404_whatever_the_run(other_api, two_runs):
         assert response.status_code == 404 and "is not yours" in response.json()["message"]
 
 
-def test_a_straggler_of_the_earlier_run_reports_into_that_run_not_the_new_one(user, nodes):  # noqa: F811
+def test_a_straggler_of_the_earlier_run_reports_into_that_run_not_the_new_one(user, nodes):
     job = _start(_job(user, initial=1))
     old_node = _node_of(job)
     services.job_cancel(job=job, actor="user:alice")  # its agent has not stopped the worker yet
@@ -125,12 +143,16 @@ def test_a_straggler_of_the_earlier_run_reports_into_that_run_not_the_new_one(us
     _report(job, new_node, "new", {0: 2.0, 1: 2.0})
     _report(job, old_node, "late", {500: 1.0})  # run 1's last words
     job.refresh_from_db()
-    assert sorted(MetricPoint.objects.filter(run=job.current_run).values_list("step", flat=True)) == [0, 1]
-    assert list(MetricPoint.objects.filter(run__number=1, job=job).values_list("step", flat=True)) == [500]
+    assert sorted(
+        MetricPoint.objects.filter(run=job.current_run).values_list("step", flat=True)
+    ) == [0, 1]
+    assert list(
+        MetricPoint.objects.filter(run__number=1, job=job).values_list("step", flat=True)
+    ) == [500]
     assert job.last_step == 1  # the straggler's step 500 is not run 2's progress
 
 
-def test_live_metrics_frames_carry_the_run_number(user, nodes, django_capture_on_commit_callbacks):  # noqa: F811
+def test_live_metrics_frames_carry_the_run_number(user, nodes, django_capture_on_commit_callbacks):
     job = _start(_job(user, initial=1))
     _report(job, _node_of(job), "one", {0: 1.0})
     job = _restarted_from_scratch(job)
@@ -142,7 +164,7 @@ def test_live_metrics_frames_carry_the_run_number(user, nodes, django_capture_on
     assert metrics[-1]["series"][0]["step"] == [0, 1]
 
 
-def test_the_latest_checkpoint_is_the_latest_runs_even_at_a_lower_step(user, nodes):  # noqa: F811
+def test_the_latest_checkpoint_is_the_latest_runs_even_at_a_lower_step(user, nodes):
     job = _start(_job(user, initial=1, checkpoint_dir="/data/ckpt"))
     _report(job, _node_of(job), "c1", {300: 300.0}, name="checkpoint_step")
     job = _restarted_from_scratch(job)

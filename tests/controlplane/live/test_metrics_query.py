@@ -13,16 +13,25 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def job_with_loss(user):
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    job = services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
     now = datetime.now(UTC)
     values = [1.0] * 2000
     values[1234] = 50.0
     run = run_of(job)
     MetricPoint.objects.bulk_create(
         MetricPoint(job=job, run=run, name="loss", rank=None, step=s, value=v, time=now)
-        for s, v in enumerate(values))
+        for s, v in enumerate(values)
+    )
     return job
 
 

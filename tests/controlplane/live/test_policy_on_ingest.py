@@ -16,12 +16,28 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_ingest_enqueues_a_leading_and_a_trailing_evaluation_per_debounce_window(user):
     token = services.join_token_create()
-    node, _ = services.node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
-    policy = policy_create(owner=user, definition={"name": "p", "rules": [{
-        "name": "r", "when": "step > 1000000", "action": {"type": "stop"}}]})
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 8, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring", policy=policy)
+    node, _ = services.node_enrol(
+        join_token=token, name="n1", address="127.0.0.1", slots=4, labels={}
+    )
+    policy = policy_create(
+        owner=user,
+        definition={
+            "name": "p",
+            "rules": [{"name": "r", "when": "step > 1000000", "action": {"type": "stop"}}],
+        },
+    )
+    job = services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 8, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+        policy=policy,
+    )
     services.job_place(job_id=job.id)
     Job.objects.filter(id=job.id).update(status="running")
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -32,11 +48,17 @@ def test_ingest_enqueues_a_leading_and_a_trailing_evaluation_per_debounce_window
 
     before = queued_evaluations()
     for i in range(3):
-        metrics_ingest(node=node, batch_id=f"b{i}", points=[
-            {"job": job.id, "name": "loss", "step": i, "value": 1.0, "time": time.time()}])
+        metrics_ingest(
+            node=node,
+            batch_id=f"b{i}",
+            points=[{"job": job.id, "name": "loss", "step": i, "value": 1.0, "time": time.time()}],
+        )
     assert queued_evaluations() == before + 2  # now, and at the end of the window
     time.sleep(0.6)  # the window has passed
-    metrics_ingest(node=node, batch_id="b9", points=[
-        {"job": job.id, "name": "loss", "step": 9, "value": 1.0, "time": time.time()}])
+    metrics_ingest(
+        node=node,
+        batch_id="b9",
+        points=[{"job": job.id, "name": "loss", "step": 9, "value": 1.0, "time": time.time()}],
+    )
     assert queued_evaluations() == before + 4
     broker.delete(queue)

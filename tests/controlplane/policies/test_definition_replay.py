@@ -17,22 +17,48 @@ URL = "/api/v1/policies/replay/"
 
 
 def doubling(when="steps_since_fired >= 100"):
-    return {"name": "double", "rules": [{
-        "name": "grow", "when": when,
-        "action": {"type": "set_batch_size", "value": "batch_size * 2"}, "bounds": {"max": 128}}]}
+    return {
+        "name": "double",
+        "rules": [
+            {
+                "name": "grow",
+                "when": when,
+                "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+                "bounds": {"max": 128},
+            }
+        ],
+    }
 
 
 @pytest.fixture
 def job(user):
-    job = job_services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                                  hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                                  workers_min=1, workers_max=1, strategy="ssgd", topology="ring")
+    job = job_services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+    )
     now = time.time()
     run = run_of(job)
-    MetricPoint.objects.bulk_create([
-        MetricPoint(job=job, run=run, name=name, step=s, value=value, time=datetime.fromtimestamp(now + s, tz=UTC))
-        for s in range(10, 410, 10) for name, value in (("loss", 1.0 / s), ("batch_size", 32.0))
-    ])
+    MetricPoint.objects.bulk_create(
+        [
+            MetricPoint(
+                job=job,
+                run=run,
+                name=name,
+                step=s,
+                value=value,
+                time=datetime.fromtimestamp(now + s, tz=UTC),
+            )
+            for s in range(10, 410, 10)
+            for name, value in (("loss", 1.0 / s), ("batch_size", 32.0))
+        ]
+    )
     return job
 
 
@@ -47,13 +73,17 @@ def test_an_unsaved_definition_is_replayed_like_a_saved_policy(api, job):
     assert body["decisions"][0]["inputs"]["loss"] == pytest.approx(0.01)
 
     saved = api.post("/api/v1/policies/", {"definition": doubling()}, format="json").json()
-    from_saved = api.post(f"/api/v1/policies/{saved['id']}/replay/", {"job": job.id}, format="json").json()
+    from_saved = api.post(
+        f"/api/v1/policies/{saved['id']}/replay/", {"job": job.id}, format="json"
+    ).json()
     assert set(from_saved) == set(body)
     assert from_saved["decisions"] == body["decisions"]
 
 
 def test_an_edit_changes_the_replay_without_saving_anything(api, job):
-    reply = api.post(URL, {"definition": doubling("steps_since_fired >= 200"), "job": job.id}, format="json")
+    reply = api.post(
+        URL, {"definition": doubling("steps_since_fired >= 200"), "job": job.id}, format="json"
+    )
     assert [d["step"] for d in reply.json()["decisions"]] == [200, 400]
     assert api.get("/api/v1/policies/").json() == []
 
@@ -72,11 +102,14 @@ def test_the_definition_is_checked_before_the_job(api):
     assert reply.status_code == 400 and reply.json()["details"]["path"] == "rules[0].when"
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({"job": 1}, "definition"),
-    ({"definition": doubling()}, "job"),
-    ({"definition": doubling(), "job": "one"}, "job"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"job": 1}, "definition"),
+        ({"definition": doubling()}, "job"),
+        ({"definition": doubling(), "job": "one"}, "job"),
+    ],
+)
 def test_a_missing_or_malformed_field_is_a_400(api, body, fragment):
     reply = api.post(URL, body, format="json")
     assert reply.status_code == 400 and fragment in reply.json()["message"]
@@ -99,7 +132,9 @@ def test_unauthenticated_replay_is_refused(job):
 def test_the_endpoint_is_in_the_openapi_schema(api):
     schema = api.get("/api/schema/?format=json").json()
     operation = schema["paths"]["/api/v1/policies/replay/"]["post"]
-    request = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit(
+        "/", 1
+    )[1]
     assert set(schema["components"]["schemas"][request]["required"]) == {"definition", "job"}
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     saved = schema["paths"]["/api/v1/policies/{policy_id}/replay/"]["post"]["responses"]["200"]

@@ -11,15 +11,26 @@ pytestmark = pytest.mark.django_db
 
 
 def definition(when="steps_since_fired >= 100", **rule_extra):
-    return {"name": "p", "rules": [{"name": "grow", "when": when,
-                                    "action": {"type": "set_batch_size", "value": "batch_size * 2"},
-                                    "bounds": {"max": 128}, **rule_extra}]}
+    return {
+        "name": "p",
+        "rules": [
+            {
+                "name": "grow",
+                "when": when,
+                "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+                "bounds": {"max": 128},
+                **rule_extra,
+            }
+        ],
+    }
 
 
 def test_put_makes_a_new_version_and_old_ones_stay_readable(api):
     policy = api.post("/api/v1/policies/", {"definition": definition()}, format="json").json()
     assert policy["version"] == 1
-    updated = api.put(f"/api/v1/policies/{policy['id']}/", {"definition": definition("step > 5")}, format="json")
+    updated = api.put(
+        f"/api/v1/policies/{policy['id']}/", {"definition": definition("step > 5")}, format="json"
+    )
     assert updated.status_code == 200 and updated.json()["version"] == 2
     versions = api.get(f"/api/v1/policies/{policy['id']}/versions/").json()
     assert [v["version"] for v in versions] == [2, 1]
@@ -29,20 +40,28 @@ def test_put_makes_a_new_version_and_old_ones_stay_readable(api):
 
 def test_invalid_put_keeps_the_stored_version(api):
     policy = api.post("/api/v1/policies/", {"definition": definition()}, format="json").json()
-    bad = api.put(f"/api/v1/policies/{policy['id']}/", {"definition": definition("step >")}, format="json")
+    bad = api.put(
+        f"/api/v1/policies/{policy['id']}/", {"definition": definition("step >")}, format="json"
+    )
     assert bad.status_code == 400 and bad.json()["details"]["path"] == "rules[0].when"
     assert api.get(f"/api/v1/policies/{policy['id']}/").json()["version"] == 1
 
 
 def test_unknown_name_in_a_condition_is_an_error_at_its_position(api):
-    response = api.post("/api/v1/policies/validate/", {"definition": definition("loss < 1.0 && lossy > 2")},
-                        format="json")
+    response = api.post(
+        "/api/v1/policies/validate/",
+        {"definition": definition("loss < 1.0 && lossy > 2")},
+        format="json",
+    )
     assert response.status_code == 400
     body = response.json()
     assert "unknown name 'lossy'" in body["message"]
     assert body["details"] == {"path": "rules[0].when", "position": 15}
-    ok = api.post("/api/v1/policies/validate/", {"definition": definition("has(metrics.my_metric)")},
-                  format="json")
+    ok = api.post(
+        "/api/v1/policies/validate/",
+        {"definition": definition("has(metrics.my_metric)")},
+        format="json",
+    )
     assert ok.status_code == 200
 
 
@@ -64,8 +83,11 @@ def test_disabled_policy_is_not_evaluated(api, user, node):
 
 def test_decision_that_requires_approval_waits_for_a_click(api, user, node):
     job = running_job(user, node)
-    api.put(f"/api/v1/policies/{job.policy_id}/", {"definition": definition(requires_approval=True)},
-            format="json")
+    api.put(
+        f"/api/v1/policies/{job.policy_id}/",
+        {"definition": definition(requires_approval=True)},
+        format="json",
+    )
     [decision] = job_policy_evaluate(job_id=job.id)
     assert decision.outcome == "pending_approval" and decision.command is None
     assert not Command.objects.filter(job=job, type="set_batch_size").exists()
@@ -83,18 +105,39 @@ def test_decision_that_requires_approval_waits_for_a_click(api, user, node):
 
 def test_rejected_decision_issues_nothing(api, user, node):
     job = running_job(user, node)
-    api.put(f"/api/v1/policies/{job.policy_id}/", {"definition": definition(requires_approval=True)},
-            format="json")
+    api.put(
+        f"/api/v1/policies/{job.policy_id}/",
+        {"definition": definition(requires_approval=True)},
+        format="json",
+    )
     [decision] = job_policy_evaluate(job_id=job.id)
-    assert api.post(f"/api/v1/jobs/{job.id}/decisions/{decision.id}/reject/").json()["outcome"] == "rejected"
+    assert (
+        api.post(f"/api/v1/jobs/{job.id}/decisions/{decision.id}/reject/").json()["outcome"]
+        == "rejected"
+    )
     assert not Command.objects.filter(job=job, type="set_batch_size").exists()
 
 
 def test_max_per_hour_limits_firings(api, user, node):
     job = running_job(user, node)
-    api.put(f"/api/v1/policies/{job.policy_id}/", {"definition": {"name": "p", "dry_run": True, "rules": [{
-        "name": "grow", "when": "true", "max_per_hour": 2,
-        "action": {"type": "set_batch_size", "value": "batch_size * 2"}}]}}, format="json")
+    api.put(
+        f"/api/v1/policies/{job.policy_id}/",
+        {
+            "definition": {
+                "name": "p",
+                "dry_run": True,
+                "rules": [
+                    {
+                        "name": "grow",
+                        "when": "true",
+                        "max_per_hour": 2,
+                        "action": {"type": "set_batch_size", "value": "batch_size * 2"},
+                    }
+                ],
+            }
+        },
+        format="json",
+    )
     fired = sum(len(job_policy_evaluate(job_id=job.id)) for _ in range(5))
     assert fired == 2
     assert Decision.objects.filter(job=job).count() == 2

@@ -61,18 +61,36 @@ def test_a_policy_used_by_a_running_job_is_not_deleted(api, user, node):
 
 
 def test_a_pending_job_also_keeps_its_policy(api, user):
-    policy = api.post("/api/v1/policies/", {"definition": {"name": "p", "rules": [{
-        "name": "r", "when": "true", "action": {"type": "checkpoint"}}]}}, format="json").json()
-    job = job_services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                                  hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                                  workers_min=1, workers_max=1, strategy="ssgd", topology="ring",
-                                  policy=Policy.objects.get(id=policy["id"]))
+    policy = api.post(
+        "/api/v1/policies/",
+        {
+            "definition": {
+                "name": "p",
+                "rules": [{"name": "r", "when": "true", "action": {"type": "checkpoint"}}],
+            }
+        },
+        format="json",
+    ).json()
+    job = job_services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+        policy=Policy.objects.get(id=policy["id"]),
+    )
     assert api.delete(f"/api/v1/policies/{policy['id']}/").status_code == 409
     Job.objects.filter(id=job.id).update(status=Job.Status.CANCELLED)
     assert api.delete(f"/api/v1/policies/{policy['id']}/").status_code == 204
 
 
-def test_once_its_jobs_have_ended_a_policy_is_deleted_and_they_keep_running_records(api, user, node):
+def test_once_its_jobs_have_ended_a_policy_is_deleted_and_they_keep_running_records(
+    api, user, node
+):
     job = running_job(user, node)
     policy_id = job.policy_id
     Job.objects.filter(id=job.id).update(status=Job.Status.SUCCEEDED)

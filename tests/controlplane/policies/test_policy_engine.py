@@ -165,21 +165,62 @@ def test_cel_syntax_error_reports_a_position():
 
 
 def test_window_aggregates_and_slope_are_available_to_rules():
-    policy = parse_policy({"name": "p", "window": 4, "rules": [{
-        "name": "plateau", "when": "slope.loss > -0.001 && window_mean.loss < 1.0",
-        "action": {"type": "set_lr", "value": "lr / 2.0"}}]})
+    policy = parse_policy(
+        {
+            "name": "p",
+            "window": 4,
+            "rules": [
+                {
+                    "name": "plateau",
+                    "when": "slope.loss > -0.001 && window_mean.loss < 1.0",
+                    "action": {"type": "set_lr", "value": "lr / 2.0"},
+                }
+            ],
+        }
+    )
     assert policy.window == 4
-    falling = [(s, 2.0 - 0.01 * s) for s in range(10, 50, 10)]       # slope -0.01 per step
+    falling = [(s, 2.0 - 0.01 * s) for s in range(10, 50, 10)]  # slope -0.01 per step
     flat = [(s, 0.5) for s in range(10, 50, 10)]
     rule = policy.rules[0]
-    assert evaluate_rule(rule, JobState(step=40, batch_size=32, lr=0.1, workers=2, seconds_running=1,
-                                        metrics={"loss": 1.6}, recent={"loss": falling}), RuleHistory()).firing is None
-    firing = evaluate_rule(rule, JobState(step=40, batch_size=32, lr=0.1, workers=2, seconds_running=1,
-                                          metrics={"loss": 0.5}, recent={"loss": flat}), RuleHistory()).firing
+    assert (
+        evaluate_rule(
+            rule,
+            JobState(
+                step=40,
+                batch_size=32,
+                lr=0.1,
+                workers=2,
+                seconds_running=1,
+                metrics={"loss": 1.6},
+                recent={"loss": falling},
+            ),
+            RuleHistory(),
+        ).firing
+        is None
+    )
+    firing = evaluate_rule(
+        rule,
+        JobState(
+            step=40,
+            batch_size=32,
+            lr=0.1,
+            workers=2,
+            seconds_running=1,
+            metrics={"loss": 0.5},
+            recent={"loss": flat},
+        ),
+        RuleHistory(),
+    ).firing
     assert firing.value == pytest.approx(0.05)
 
 
 def test_window_must_be_a_sensible_size():
     with pytest.raises(PolicyError) as info:
-        parse_policy({"name": "p", "window": 1, "rules": [{"name": "r", "when": "true", "action": {"type": "stop"}}]})
+        parse_policy(
+            {
+                "name": "p",
+                "window": 1,
+                "rules": [{"name": "r", "when": "true", "action": {"type": "stop"}}],
+            }
+        )
     assert info.value.path == "window"

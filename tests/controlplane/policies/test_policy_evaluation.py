@@ -11,6 +11,7 @@ from tests.controlplane.policies.conftest import running_job
 
 pytestmark = pytest.mark.django_db
 
+
 def test_firing_rule_records_decision_then_command(user, node):
     job = running_job(user, node)
     [decision] = job_policy_evaluate(job_id=job.id)
@@ -19,7 +20,11 @@ def test_firing_rule_records_decision_then_command(user, node):
     assert command.type == "set_batch_size" and command.payload == {"value": 64}
     assert command.issued_by == "policy:p/grow" and command.state == "pending"
     assert decision.inputs["batch_size"] == 32 and decision.step == 150
-    kinds = list(Event.objects.filter(job=job, kind__in=["decision", "command"]).values_list("kind", flat=True))
+    kinds = list(
+        Event.objects.filter(job=job, kind__in=["decision", "command"]).values_list(
+            "kind", flat=True
+        )
+    )
     assert kinds == ["decision", "command"]
 
 
@@ -67,7 +72,9 @@ def test_failed_command_leaves_the_job_unchanged(user, node):
 
 def test_applied_batch_size_change_records_the_scaled_learning_rate(user, node):
     job = running_job(user, node)
-    Job.objects.filter(id=job.id).update(hyperparameters={**job.hyperparameters, "lr_scaling": "sqrt"})
+    Job.objects.filter(id=job.id).update(
+        hyperparameters={**job.hyperparameters, "lr_scaling": "sqrt"}
+    )
     [decision] = job_policy_evaluate(job_id=job.id)
     command_id = Decision.objects.get(id=decision.id).command_id
     services.command_finish(node=node, command_id=command_id, ok=True, step=160)
@@ -78,8 +85,12 @@ def test_applied_batch_size_change_records_the_scaled_learning_rate(user, node):
 def test_action_the_job_cannot_take_is_recorded_as_skipped_with_the_reason(user, node):
     job = running_job(user, node)  # two workers, min = max = 2: not elastic
     policy = job.policy
-    policy.definition = {"name": "p", "rules": [{"name": "out", "when": "true",
-                                                 "action": {"type": "scale_workers", "value": "3"}}]}
+    policy.definition = {
+        "name": "p",
+        "rules": [
+            {"name": "out", "when": "true", "action": {"type": "scale_workers", "value": "3"}}
+        ],
+    }
     policy.save()
     [decision] = job_policy_evaluate(job_id=job.id)
     decision.refresh_from_db()
@@ -95,7 +106,9 @@ def test_batch_size_change_records_the_learning_rate_the_workers_report(user, no
     # With lr_scaling "adascale" the gain depends on the workers' noise estimate: the
     # control plane records the value they report with "applied".
     job = running_job(user, node)
-    Job.objects.filter(id=job.id).update(hyperparameters={**job.hyperparameters, "lr_scaling": "adascale"})
+    Job.objects.filter(id=job.id).update(
+        hyperparameters={**job.hyperparameters, "lr_scaling": "adascale"}
+    )
     [decision] = job_policy_evaluate(job_id=job.id)
     command_id = Decision.objects.get(id=decision.id).command_id
     services.command_finish(node=node, command_id=command_id, ok=True, step=160, lr=0.1734)
@@ -109,8 +122,11 @@ def test_job_records_the_policy_version_it_runs_with_and_takes_up_an_edit(user, 
 
     job = running_job(user, node)
     assert job.policy_version == 1
-    policy_update(policy=job.policy, definition={"name": "p", "rules": [{**RULE, "bounds": {"max": 256}}]},
-                  user=user)
+    policy_update(
+        policy=job.policy,
+        definition={"name": "p", "rules": [{**RULE, "bounds": {"max": 256}}]},
+        user=user,
+    )
     job_policy_evaluate(job_id=job.id)
     job.refresh_from_db()
     assert job.policy_version == 2

@@ -14,27 +14,46 @@ from controlplane.jobs.models import Command, Job, Worker
 from controlplane.live.services import metrics_ingest
 from controlplane.policies.models import Decision
 from controlplane.policies.services import job_policy_evaluate, policy_create
-from tests.controlplane.jobs.test_runs import _fail, _start, nodes  # noqa: F401  (fixture)
+from tests.controlplane.jobs.test_runs import _fail, _start
 
 pytestmark = pytest.mark.django_db
 
 # Interference: throughput fell below half its peak.
-DROP = {"name": "interference", "when": "has(peak.throughput) && throughput < peak.throughput * 0.5",
-        "action": {"type": "set_topology", "value": "tree"}, "cooldown_s": 3600}
+DROP = {
+    "name": "interference",
+    "when": "has(peak.throughput) && throughput < peak.throughput * 0.5",
+    "action": {"type": "set_topology", "value": "tree"},
+    "cooldown_s": 3600,
+}
 
 
 def _job_with_policy(user, rule=DROP) -> Job:
     policy = policy_create(owner=user, definition={"name": "p", "rules": [rule]})
-    job = services.job_create(owner=user, name="j", entrypoint="examples.digits",
-                              hyperparameters={"batch_size": 32, "lr": 0.1}, workers_initial=1,
-                              workers_min=1, workers_max=1, strategy="ssgd", topology="ring", policy=policy)
+    job = services.job_create(
+        owner=user,
+        name="j",
+        entrypoint="examples.digits",
+        hyperparameters={"batch_size": 32, "lr": 0.1},
+        workers_initial=1,
+        workers_min=1,
+        workers_max=1,
+        strategy="ssgd",
+        topology="ring",
+        policy=policy,
+    )
     return _start(job)
 
 
 def _throughput(job: Job, batch_id: str, values: dict[int, float]) -> None:
     node = Worker.objects.filter(run_id=job.current_run_id).select_related("node").first().node
-    metrics_ingest(node=node, batch_id=batch_id, points=[
-        {"job": job.id, "name": "throughput", "step": s, "value": v, "time": time.time()} for s, v in values.items()])
+    metrics_ingest(
+        node=node,
+        batch_id=batch_id,
+        points=[
+            {"job": job.id, "name": "throughput", "step": s, "value": v, "time": time.time()}
+            for s, v in values.items()
+        ],
+    )
 
 
 def _restart_from_scratch(job: Job) -> Job:
@@ -45,7 +64,7 @@ def _restart_from_scratch(job: Job) -> Job:
     return _start(Job.objects.get(id=job.id))
 
 
-def test_a_rule_on_peak_does_not_fire_in_run_2_from_run_1s_peak(user, nodes):  # noqa: F811
+def test_a_rule_on_peak_does_not_fire_in_run_2_from_run_1s_peak(user, nodes):
     job = _job_with_policy(user)
     _throughput(job, "r1", {10: 1000.0, 20: 1000.0})
     assert job_policy_evaluate(job_id=job.id) == []  # at its peak
@@ -62,7 +81,7 @@ def test_a_rule_on_peak_does_not_fire_in_run_2_from_run_1s_peak(user, nodes):  #
     assert decision.inputs["throughput"] == 300.0
 
 
-def test_a_rule_that_fired_in_run_1_is_not_in_cooldown_in_run_2(user, nodes):  # noqa: F811
+def test_a_rule_that_fired_in_run_1_is_not_in_cooldown_in_run_2(user, nodes):
     job = _job_with_policy(user)
     _throughput(job, "r1", {10: 1000.0, 20: 100.0})
     [first] = job_policy_evaluate(job_id=job.id)
@@ -75,7 +94,7 @@ def test_a_rule_that_fired_in_run_1_is_not_in_cooldown_in_run_2(user, nodes):  #
     assert second.inputs["steps_since_fired"] == second.inputs["step"] == 20
 
 
-def test_decisions_list_shows_each_decisions_run_and_filters_by_run(api, user, nodes):  # noqa: F811
+def test_decisions_list_shows_each_decisions_run_and_filters_by_run(api, user, nodes):
     job = _job_with_policy(user)
     _throughput(job, "r1", {10: 1000.0, 20: 100.0})
     job_policy_evaluate(job_id=job.id)
@@ -92,7 +111,9 @@ def test_decisions_list_shows_each_decisions_run_and_filters_by_run(api, user, n
     assert unknown.status_code == 404 and unknown.json()["details"]["runs"] == [1, 2]
 
 
-def test_a_decision_waiting_for_approval_from_an_ended_run_can_be_rejected_not_approved(api, user, nodes):  # noqa: F811
+def test_a_decision_waiting_for_approval_from_an_ended_run_can_be_rejected_not_approved(
+    api, user, nodes
+):
     job = _job_with_policy(user, rule={**DROP, "requires_approval": True})
     _throughput(job, "r1", {10: 1000.0, 20: 100.0})
     [waiting] = job_policy_evaluate(job_id=job.id)
@@ -103,11 +124,13 @@ def test_a_decision_waiting_for_approval_from_an_ended_run_can_be_rejected_not_a
     [fresh] = job_policy_evaluate(job_id=job.id)
     assert fresh.run.number == 2
     approve = api.post(f"/api/v1/jobs/{job.id}/decisions/{waiting.id}/approve/")
-    assert approve.status_code == 409 and "made in run 1, which has ended" in approve.json()["message"]
+    assert (
+        approve.status_code == 409 and "made in run 1, which has ended" in approve.json()["message"]
+    )
     assert api.post(f"/api/v1/jobs/{job.id}/decisions/{waiting.id}/reject/").status_code == 200
 
 
-def test_replay_reads_the_current_run_by_default_and_another_when_asked(api, user, nodes):  # noqa: F811
+def test_replay_reads_the_current_run_by_default_and_another_when_asked(api, user, nodes):
     job = _job_with_policy(user)
     _throughput(job, "r1", {10: 1000.0, 20: 100.0, 30: 100.0})
     job = _restart_from_scratch(job)
@@ -118,8 +141,11 @@ def test_replay_reads_the_current_run_by_default_and_another_when_asked(api, use
     earlier = api.post(url, {"job": job.id, "run": 1}, format="json").json()
     assert (earlier["run"], earlier["ticks"]) == (1, 3)
     assert [d["step"] for d in earlier["decisions"]] == [20]
-    draft = api.post("/api/v1/policies/replay/", {"definition": {"name": "d", "rules": [DROP]}, "job": job.id,
-                                                   "run": 1}, format="json").json()
+    draft = api.post(
+        "/api/v1/policies/replay/",
+        {"definition": {"name": "d", "rules": [DROP]}, "job": job.id, "run": 1},
+        format="json",
+    ).json()
     assert draft["run"] == 1 and [d["step"] for d in draft["decisions"]] == [20]
     missing = api.post(url, {"job": job.id, "run": 3}, format="json")
     assert missing.status_code == 404 and missing.json()["details"]["runs"] == [1, 2]

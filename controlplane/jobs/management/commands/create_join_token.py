@@ -12,8 +12,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--label", default="", help="What the token is for.")
-        parser.add_argument("--ttl-hours", type=float, default=None,
-                            help="Expire the token after this many hours (default: never).")
+        parser.add_argument(
+            "--ttl-hours",
+            type=float,
+            default=None,
+            help="Expire the token after this many hours (default: never).",
+        )
 
     def handle(self, *args, label, ttl_hours, **options):
         if ttl_hours is not None and ttl_hours <= 0:

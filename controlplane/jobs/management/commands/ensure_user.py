@@ -12,9 +12,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--username", required=True)
         parser.add_argument("--password", required=True)
-        parser.add_argument("--staff", action="store_true", help="Make the user staff and superuser.")
-        parser.add_argument("--token-name", default="ensure_user",
-                            help="Name of the API token to (re)create (default: ensure_user).")
+        parser.add_argument(
+            "--staff", action="store_true", help="Make the user staff and superuser."
+        )
+        parser.add_argument(
+            "--token-name",
+            default="ensure_user",
+            help="Name of the API token to (re)create (default: ensure_user).",
+        )
 
     def handle(self, *args, username, password, staff, **options):
         if len(password) < 8:
