@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from agent.config import ConfigError, load_config
+from agent.daemon.config import ConfigError, load_config
 
 
 def main() -> None:
@@ -12,7 +12,7 @@ def main() -> None:
         config = load_config()
     except ConfigError as exc:
         sys.exit(f"agent: {exc}")
-    from agent.daemon import run
+    from agent.daemon.agent import run
 
     run(config)
 

@@ -105,7 +105,7 @@ async def agent_with_job(stack, *, name: str, timeout_credential_s: float = 60.0
     The client posts metric batches exactly as a real agent does."""
     import asyncio
 
-    from agent.client import ControlPlaneClient
+    from agent.daemon.client import ControlPlaneClient
 
     enrol = await ControlPlaneClient(stack.url).enrol(
         join_token=stack.join_token, name="bench-node", address="127.0.0.1", slots=4

@@ -16,7 +16,7 @@ import uuid
 
 import psycopg2
 
-from agent.client import ControlPlaneClient
+from agent.daemon.client import ControlPlaneClient
 from bench._stack import agent_with_job, emit, log, running_stack
 
 BATCH = 5000

@@ -20,7 +20,7 @@ from django.db.models import F, Max, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
-from agent.scaling import scaled_lr
+from agent.runtime.scaling import scaled_lr
 from controlplane.celery import enqueue
 from controlplane.errors import ApiError, AuthenticationFailed, Conflict, InvalidInput, NotFound
 from controlplane.jobs import credentials, placement

@@ -1,4 +1,4 @@
-"""The worker's reconnectable channel to the agent (agent.channel): buffering while no
+"""The worker's reconnectable channel to the agent (agent.runtime.channel): buffering while no
 agent is connected, flushing in order on (re)connect, bounded metric buffering,
 orphan detection; and the process identity checks a re-attaching agent relies on."""
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.channel import AgentChannel, process_alive, process_start_time, unix_path
+from agent.protocol.process import process_alive, process_start_time, unix_path
+from agent.runtime.channel import AgentChannel
 
 
 class FakeAgent:
@@ -271,7 +272,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_reports_its_exit(
     tmp_path,
 ):
-    """agent.launcher + runtime.init over the socket: commands delivered twice (as after
+    """agent.runtime.launcher + runtime.init over the socket: commands delivered twice (as after
     an agent restart) are applied once and answered again; what the worker said while no
     agent was connected arrives later; its exit status comes last."""
     path = str(tmp_path / "w.sock")
@@ -285,7 +286,7 @@ def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_rep
         "ADAPTRAIN_AGENT_GRACE_S": "60",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"],
+        [sys.executable, "-m", "agent.runtime.launcher", "tests.agent.channel_worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -354,7 +355,7 @@ def test_a_failing_worker_reports_its_exit_status_to_the_agent(tmp_path):
         "ADAPTRAIN_AGENT_GRACE_S": "60",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"],
+        [sys.executable, "-m", "agent.runtime.launcher", "tests.agent.channel_worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -389,7 +390,7 @@ def test_a_worker_left_without_an_agent_stops_itself_after_the_grace_period(tmp_
         "ADAPTRAIN_AGENT_GRACE_S": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.launcher", "tests.agent.channel_worker"],
+        [sys.executable, "-m", "agent.runtime.launcher", "tests.agent.channel_worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

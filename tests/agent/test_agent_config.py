@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from agent.daemon.config import ConfigError, load_config
 
 
 def test_defaults_and_derived_urls():

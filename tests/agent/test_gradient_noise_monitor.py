@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.monitors import GradientNoiseMonitor
+from agent.runtime.monitors import GradientNoiseMonitor
 
 
 def simulate(monitor, *, true_gradient, sigma, workers, per_worker, steps, rng):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.scaling import scaled_lr
+from agent.runtime.scaling import scaled_lr
 
 
 @pytest.mark.parametrize("rule, expected", [("none", 0.1), ("linear", 0.4), ("sqrt", 0.2)])

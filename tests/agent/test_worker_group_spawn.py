@@ -1,4 +1,4 @@
-"""How an agent starts a job's initial workers on its node (agent.workers.WorkerGroup.spawn),
+"""How an agent starts a job's initial workers on its node (agent.daemon.workers.WorkerGroup.spawn),
 with real processes: in version 1 by rank; in a later version — written while this node
 was still waiting for the others to register, because a member elsewhere died and the
 elastic job went on without it — each at its place among the survivors."""
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from agent import protocol
-from agent.workers import WorkerGroup
+from agent.daemon.workers import WorkerGroup
 
 ENTRYPOINT = "tests.agent.env_report_worker"
 

@@ -24,7 +24,7 @@ PREFIX = "@@adaptrain "
 
 
 ROOT = Path(__file__).resolve().parents[2]
-channel = None  # agent.channel.AgentChannel when the agent gave us a socket
+channel = None  # agent.runtime.channel.AgentChannel when the agent gave us a socket
 
 
 def send(message: dict) -> None:
@@ -71,7 +71,7 @@ def main() -> None:
     global channel
     if env.get("ADAPTRAIN_AGENT_SOCKET"):
         sys.path.insert(0, str(ROOT))
-        from agent.channel import AgentChannel
+        from agent.runtime.channel import AgentChannel
 
         channel = AgentChannel(
             env["ADAPTRAIN_AGENT_SOCKET"],

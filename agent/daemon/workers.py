@@ -1,9 +1,9 @@
 """A job's training workers on this node: spawn them, relay commands and membership
 changes, collect output — and find them again after the agent restarted.
 
-Each worker is a process of its own session (``python -m agent.launcher <entrypoint>``,
+Each worker is a process of its own session (``python -m agent.runtime.launcher <entrypoint>``,
 so it outlives the agent) with the job described in its environment. It listens on a
-Unix socket under the agent's state directory (:mod:`agent.channel`); the agent connects
+Unix socket under the agent's state directory (:mod:`agent.runtime.channel`); the agent connects
 to it, and reconnects whenever the connection drops while the worker lives. Protocol
 messages (see :mod:`agent.protocol`) travel over that socket; the worker's stdout and
 stderr go straight to its log file (``logs/job-<id>.rank-<n>.log``), whose tail explains
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import protocol
-from agent.channel import process_alive, process_start_time, unix_path
+from agent.protocol.process import process_alive, process_start_time, unix_path
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,7 @@ class WorkerGroup:
         with open(worker.log_path, "ab") as log_file:
             # Its own session: the worker outlives the agent (and a Ctrl-C meant for it).
             proc = subprocess.Popen(
-                [self.python, "-m", "agent.launcher", entrypoint],
+                [self.python, "-m", "agent.runtime.launcher", entrypoint],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,

@@ -23,11 +23,6 @@ line, posts what it read and only then closes.
 A worker with no agent for longer than ``ADAPTRAIN_AGENT_GRACE_S`` seconds is an
 orphan: :attr:`AgentChannel.orphaned` is set and the ``on_orphaned`` callback runs (the
 runtime stops the worker), so workers whose agent never comes back do not run forever.
-
-Also here, because the agent needs them on its side of the same socket: a path short
-enough for ``AF_UNIX`` whatever directory it is in (:func:`unix_path`), and the start
-time of a process, which tells a re-attaching agent that a pid still names the worker
-it started and not a newcomer that reused the number (:func:`process_start_time`).
 """
 
 from __future__ import annotations
@@ -41,11 +36,12 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+
+from agent.protocol.process import unix_path
 
 MAX_BUFFERED_METRICS = 20_000
 SEND_TIMEOUT_S = 60.0  # an agent that reads nothing for this long is treated as gone
-_UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; leave room for the terminating NUL
 
 _active: AgentChannel | None = None
 
@@ -53,42 +49,6 @@ _active: AgentChannel | None = None
 def active() -> AgentChannel | None:
     """The channel this process opened, if any (the launcher reports the exit status on it)."""
     return _active
-
-
-@contextlib.contextmanager
-def unix_path(path: str) -> Iterator[str]:
-    """A name for ``path`` that fits in ``sockaddr_un``: the path itself when short
-    enough, else ``/proc/self/fd/<dir fd>/<name>``, valid while the context is open."""
-    if len(os.fsencode(path)) <= _UNIX_PATH_MAX:
-        yield path
-        return
-    directory, name = os.path.split(path)
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{name}"
-    finally:
-        os.close(fd)
-
-
-def process_start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22),
-    or None when there is no such process (or it is a zombie: it has exited)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may itself contain ") ".
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
-def process_alive(pid: int, start_time: int | None) -> bool:
-    """Whether ``pid`` is still the process that started at ``start_time``."""
-    now = process_start_time(pid)
-    return now is not None and (start_time is None or now == start_time)
 
 
 class AgentChannel:

@@ -10,7 +10,7 @@ What it does each step:
 
 1. **Control consensus.** Commands from the agent (``set_batch_size``, ``set_lr``,
    ``stop``) arrive over the agent channel (a Unix socket the worker listens on, see
-   :mod:`agent.channel`; stdin without one) with a per-job sequence number, each
+   :mod:`agent.runtime.channel`; stdin without one) with a per-job sequence number, each
    taken once whatever the agent redelivers, possibly at different
    times on different workers. Before computing, the workers allreduce(min) the
    highest sequence number each has received without gaps; every worker then applies
@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from agent import protocol
-from agent.monitors import GradientNoiseMonitor
-from agent.scaling import scaled_lr
+from agent.runtime.monitors import GradientNoiseMonitor
+from agent.runtime.scaling import scaled_lr
 
 MAX_KEPT_REPLIES = 1000  # command replies a worker keeps to answer redeliveries
 # Interrupts the main thread's blocked formation of a communicator that a newer cluster
@@ -78,7 +78,7 @@ class Session:
     _clusters: dict[int, list[str]] = field(default_factory=dict)
     _cluster_changed: threading.Condition = field(default_factory=threading.Condition)
     _stdin_closed: bool = False  # the agent is gone for good (stdin closed, or orphaned)
-    _channel: Any = None  # agent.channel.AgentChannel when the agent gave us a socket
+    _channel: Any = None  # agent.runtime.channel.AgentChannel when the agent gave us a socket
     _replies: dict[int, dict] = field(default_factory=dict)  # seq -> applied/failed sent for it
     _forming: int | None = None  # the version whose communicator the main thread is forming
 
@@ -433,7 +433,7 @@ def init() -> Session:
     session._contiguous_seq = first_seq
     socket_path = env.get(protocol.ENV_AGENT_SOCKET)
     if socket_path:
-        from agent.channel import AgentChannel
+        from agent.runtime.channel import AgentChannel
 
         session._channel = AgentChannel(
             socket_path,

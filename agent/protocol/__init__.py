@@ -4,7 +4,7 @@ Messages are JSON objects, one per line, over one of two channels:
 
 * **socket** (what the agent uses): the agent names a Unix-domain socket path in
   ``ENV_AGENT_SOCKET``; the worker listens there and accepts one agent connection at a
-  time (:mod:`agent.channel`). Lines carry no prefix. The connection may drop and a new
+  time (:mod:`agent.runtime.channel`). Lines carry no prefix. The connection may drop and a new
   agent connect (the agent restarted): meanwhile the worker trains on and buffers its
   messages, and flushes them in order to the next agent (metrics may be dropped, oldest
   first, beyond a limit: reported as ``{"type": "dropped", "metrics": n}``; nothing else
@@ -22,7 +22,7 @@ agent sends the latest ``cluster`` message and the commands it has not seen answ
 
 Worker → agent: ``{"type": "metrics", "points": [{"name","step","value","rank"?,"time"}]}``,
 ``{"type": "applied", "id", "seq", "step"}``, ``{"type": "failed", "id", "seq", "error"}``;
-over the socket, started by ``python -m agent.launcher``, last of all ``{"type": "exit",
+over the socket, started by ``python -m agent.runtime.launcher``, last of all ``{"type": "exit",
 "code"}`` (so an agent that is not the worker's parent learns its exit status).
 Agent → worker: ``{"type": "command", "id", "seq", "action", "payload"}``.
 

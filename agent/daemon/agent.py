@@ -16,7 +16,7 @@ workers; what workers say about membership (``standby``, ``rescaled``, ``left``,
 as ``{"type": "worker", "job", "rank", "event", ...}`` frames.
 
 Restarts. Workers run in sessions of their own and talk to the agent over Unix sockets
-(:mod:`agent.workers`), so they outlive it. Each job's state is kept on disk under
+(:mod:`agent.daemon.workers`), so they outlive it. Each job's state is kept on disk under
 ``AGENT_STATE_DIR/jobs/`` and a command is written there *before* it is acked, so a
 restarted agent (same state directory) re-attaches to the workers still running,
 forwards the commands they have not answered and reports them when they do; the
@@ -45,9 +45,9 @@ import uuid
 
 import websockets
 
-from agent.client import ControlPlaneClient, ControlPlaneError
-from agent.config import AgentConfig
-from agent.workers import CRASHED, LEFT, WorkerGroup, write_json_atomically
+from agent.daemon.client import ControlPlaneClient, ControlPlaneError
+from agent.daemon.config import AgentConfig
+from agent.daemon.workers import CRASHED, LEFT, WorkerGroup, write_json_atomically
 
 log = logging.getLogger("agent")
 

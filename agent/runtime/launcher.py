@@ -1,7 +1,7 @@
-"""``python -m agent.launcher <module> [args…]``: how the agent starts a training worker.
+"""``python -m agent.runtime.launcher <module> [args…]``: how the agent starts a training worker.
 
 It runs ``<module>`` as ``python -m <module>`` would, then tells the agent how it ended:
-``{"type": "exit", "code"}`` on the worker's agent channel (:mod:`agent.channel`), after
+``{"type": "exit", "code"}`` on the worker's agent channel (:mod:`agent.runtime.channel`), after
 everything the worker still had buffered. An agent that restarted is no longer the
 worker's parent and cannot wait for its exit status; this message is how it learns
 whether the worker finished (0) or failed. When no agent is connected at that moment the
@@ -27,7 +27,7 @@ def _exit_code(exc: SystemExit) -> int:
 
 def report_exit(code: int) -> None:
     """Send the exit status on this process's agent channel, if it opened one."""
-    from agent import channel
+    from agent.runtime import channel
 
     ch = channel.active()
     if ch is None:
@@ -41,7 +41,7 @@ def report_exit(code: int) -> None:
 
 def main() -> None:
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m agent.launcher <module> [args...]")
+        sys.exit("usage: python -m agent.runtime.launcher <module> [args...]")
     module = sys.argv[1]
     del sys.argv[0]
     try:
@@ -50,7 +50,7 @@ def main() -> None:
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt:
-        from agent import channel
+        from agent.runtime import channel
 
         ch = channel.active()
         if ch is None or not ch.orphaned.is_set():
