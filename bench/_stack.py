@@ -12,32 +12,13 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-import psycopg2
-from psycopg2 import sql
-
 from agent.local import free_port
-from controlplane.backing_services import ensure_backing_services
-from scripts.devstack import ROOT, ApiClient, Stack, ensure_user
+from devtools.backing_services import ensure_backing_services
+from devtools.devstack import ROOT, ApiClient, Stack, ensure_user, recreate_database
 
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def _fresh_database(database_url: str, name: str) -> str:
-    parts = urllib.parse.urlsplit(database_url)
-    conn = psycopg2.connect(
-        urllib.parse.urlunsplit(parts._replace(path="/postgres")), connect_timeout=5
-    )
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
-        )
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    conn.close()
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @contextlib.contextmanager
@@ -47,7 +28,7 @@ def running_stack(*, agents: int = 0, slots: int = 4, name: str = "bench"):
     )
     log_dir = Path(tempfile.mkdtemp(prefix=f"adaptrain-{name}-"))
     env = {
-        "DATABASE_URL": _fresh_database(services.database_url, f"adaptrain_{name}"),
+        "DATABASE_URL": recreate_database(services.database_url, f"adaptrain_{name}"),
         "REDIS_URL": services.redis_url,
         "CELERY_QUEUE": f"adaptrain-{name}",
         "CHANNELS_PREFIX": f"adaptrain-{name}",

@@ -1,8 +1,8 @@
 """The whole stack for end-to-end tests: web, Celery worker and beat, one agent.
 
 Runs on a database of its own (``<configured name>_e2e``, dropped and re-created per session) and the Redis
-database and Celery queue that scripts/run_tests chose, through the same launcher
-as the demo (scripts/devstack.py).
+database and Celery queue that devtools/run_tests.py chose, through the same launcher
+as the demo (devtools/devstack.py).
 """
 
 from __future__ import annotations
@@ -10,29 +10,19 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import psycopg2
 import pytest
-from psycopg2 import sql
 
 from agent.local import free_port
-from scripts.devstack import ApiClient, NetworkNamespaces, Stack, StackError, ensure_user
-
-
-def _recreate_database(database_url: str, name: str) -> str:
-    parts = urlsplit(database_url)
-    maintenance = urlunsplit(parts._replace(path="/postgres"))
-    conn = psycopg2.connect(maintenance, connect_timeout=5)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
-        )
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    conn.close()
-    return urlunsplit(parts._replace(path=f"/{name}"))
+from devtools.devstack import (
+    ApiClient,
+    NetworkNamespaces,
+    Stack,
+    StackError,
+    ensure_user,
+    recreate_database,
+)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +69,7 @@ def _stack(
     # A database of its own, named after the configured one so parallel runs with
     # different DATABASE_URLs do not collide.
     base_name = urlsplit(settings.DATABASE_URL).path.lstrip("/") or "adaptrain"
-    database_url = _recreate_database(settings.DATABASE_URL, f"{base_name}_{suffix}")
+    database_url = recreate_database(settings.DATABASE_URL, f"{base_name}_{suffix}")
     log_dir = tmp_path_factory.mktemp(f"{suffix}-logs")
     env = {
         "DATABASE_URL": database_url,

@@ -5,7 +5,7 @@ fires (Celery beat) → set_batch_size applied by both workers at the same step 
 
 import pytest
 
-from scripts.devstack import ApiClient
+from devtools.devstack import ApiClient
 from tests.e2e.conftest import wait_for, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=False)]

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from agent.local import free_port
-from scripts.devstack import RedisServer
+from devtools.devstack import RedisServer
 from tests.e2e.conftest import _stack, wait_for, wait_for_job
 from tests.e2e.test_agent_restart import (
     LOG_EVERY,

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from controlplane.backing_services import ensure_backing_services
-from scripts.devstack import (
+from devtools.backing_services import ensure_backing_services
+from devtools.devstack import (
     DEMO_POLICY,
     ROOT,
     ApiClient,

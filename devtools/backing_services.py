@@ -24,7 +24,7 @@ Redis runs without persistence (``--save "" --appendonly no``): it only carries 
 messages and live-channel traffic, which are transient by design, while everything
 that must survive a restart lives in PostgreSQL.
 
-Command line: ``python -m controlplane.backing_services [--embedded] [--data-dir D]``
+Command line: ``python -m devtools.backing_services [--embedded] [--data-dir D]``
 prints ``DATABASE_URL=…`` and ``REDIS_URL=…`` and, if it started a server, keeps it
 running until Ctrl-C or SIGTERM.
 """
@@ -737,7 +737,7 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m controlplane.backing_services",
+        prog="python -m devtools.backing_services",
         description="Find or start PostgreSQL and Redis and print their URLs.",
     )
     parser.add_argument(

@@ -9,7 +9,6 @@ left after a grace period).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -21,6 +20,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from adaptrain.rest import RestClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -444,28 +446,39 @@ class Stack:
         self.processes.clear()
 
 
-class ApiClient:
-    """A tiny REST client with an API token (used by the demo and the tests)."""
+def recreate_database(database_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``database_url`` (ending any
+    session still on it) and return its URL: a test or benchmark run's database of its own."""
+    import psycopg2
+    from psycopg2 import sql
+
+    parts = urlsplit(database_url)
+    conn = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")), connect_timeout=5)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                [name],
+            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+class ApiClient(RestClient):
+    """The REST client as the demo, the tests and the benchmarks use it: ``get``/``post``
+    answer ``(status, body)`` whatever the status, so a test can assert on a 4xx."""
 
     def __init__(self, base_url: str, token: str):
-        self.base_url = base_url.rstrip("/")
-        self.token = token
-
-    def request(self, method: str, path: str, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        req.add_header("Authorization", f"Token {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=15) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+        super().__init__(base_url, token, timeout_s=15.0)
 
     def get(self, path: str):
         return self.request("GET", path)
 
-    def post(self, path: str, body):
+    def post(self, path: str, body=None):
         return self.request("POST", path, body)
 
 

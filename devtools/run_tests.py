@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from controlplane.backing_services import ensure_backing_services
-from scripts.devstack import ROOT, embedded_requested
+from devtools.backing_services import ensure_backing_services
+from devtools.devstack import ROOT, embedded_requested
 
 TEST_REDIS_DB = 7
 

@@ -25,7 +25,7 @@ def cli(live_server, user, tmp_path):
             "ADAPTRAIN_TOKEN": token,
         }
         return subprocess.run(
-            [sys.executable, "-m", "controlplane.cli", *args],
+            [sys.executable, "-m", "adaptrain", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -84,7 +84,7 @@ def test_missing_credentials_say_how_to_log_in(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTRAIN_")}
     env["XDG_CONFIG_HOME"] = str(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "controlplane.cli", "jobs", "list"],
+        [sys.executable, "-m", "adaptrain", "jobs", "list"],
         env=env,
         capture_output=True,
         text=True,

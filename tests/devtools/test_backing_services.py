@@ -26,7 +26,7 @@ from psycopg2 import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from controlplane.backing_services import (
+from devtools.backing_services import (
     BackingServiceError,
     BackingServices,
     ensure_backing_services,
@@ -234,7 +234,7 @@ def test_embedded_servers_found_running_are_reused_and_left_running(tmp_path: Pa
 def test_command_line_prints_urls_and_stops_what_it_started_on_sigterm(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.backing_services", "--embedded",
+        [sys.executable, "-m", "devtools.backing_services", "--embedded",
          "--data-dir", str(tmp_path)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -262,7 +262,7 @@ def test_servers_started_by_a_process_are_stopped_when_it_exits_without_stop(
 ) -> None:
     script = (
         "import sys\n"
-        "from controlplane.backing_services import ensure_backing_services\n"
+        "from devtools.backing_services import ensure_backing_services\n"
         "import time; t0 = time.monotonic()\n"
         "services = ensure_backing_services(sys.argv[1], prefer_embedded=True, log=lambda l: print(round(time.monotonic() - t0, 2), l))\n"
         "print(services.redis_url)\n"
@@ -285,7 +285,7 @@ def test_servers_started_by_a_process_are_stopped_when_it_exits_without_stop(
 
 def test_importing_the_module_leaves_django_settings_unloaded() -> None:
     script = (
-        "import sys, controlplane.backing_services\n"
+        "import sys, devtools.backing_services\n"
         "assert 'controlplane.settings' not in sys.modules, 'settings were imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=60)

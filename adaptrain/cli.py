@@ -20,10 +20,10 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from adaptrain.rest import ApiError, RestClient, Unreachable
 
 CONFIG_PATH = (
     Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "adaptrain" / "cli.json"
@@ -35,31 +35,6 @@ class CliError(Exception):
     pass
 
 
-class Client:
-    def __init__(self, server: str, token: str):
-        self.server = server.rstrip("/")
-        self.token = token
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.server + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Authorization", f"Token {self.token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                error = json.loads(exc.read())
-                message = error.get("message") or str(error)
-            except ValueError:
-                message = exc.reason
-            raise CliError(f"{method} {path} failed ({exc.code}): {message}") from None
-        except urllib.error.URLError as exc:
-            raise CliError(f"cannot reach {self.server}: {exc.reason}") from None
-        return json.loads(raw) if raw else None
-
-
 def _load_config() -> dict:
     try:
         return json.loads(CONFIG_PATH.read_text())
@@ -67,7 +42,7 @@ def _load_config() -> dict:
         return {}
 
 
-def _client(args) -> Client:
+def _client(args) -> RestClient:
     config = _load_config()
     server = args.server or os.environ.get("ADAPTRAIN_SERVER") or config.get("server")
     token = args.token or os.environ.get("ADAPTRAIN_TOKEN") or config.get("token")
@@ -76,7 +51,7 @@ def _client(args) -> Client:
             "no server or token: run `adaptrain login --server URL --token TOKEN` "
             "or set ADAPTRAIN_SERVER and ADAPTRAIN_TOKEN"
         )
-    return Client(server, token)
+    return RestClient(server, token)
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -87,7 +62,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def cmd_login(args) -> None:
-    client = Client(args.server, args.token)
+    client = RestClient(args.server, args.token)
     client.call("GET", "/api/v1/jobs/?limit=1")  # proves both server and token
     CONFIG_PATH.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(CONFIG_PATH, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -319,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except CliError as exc:
+    except (CliError, ApiError, Unreachable) as exc:
         print(f"adaptrain: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,112 @@
+"""The one REST client for the control plane's ``/api/v1/`` (standard library only).
+
+The ``adaptrain`` command, the node agent and the development tooling (the demo, the
+test stack, the benchmarks) all talk to the control plane through :class:`RestClient`:
+JSON in and out, the credential in ``Authorization`` (``Token <secret>`` for a user's API
+token, ``Node <credential>`` for an agent), and the control plane's error shape
+``{"code", "message", "details"}`` turned into :class:`ApiError`.
+
+Two ways to call: :meth:`RestClient.call` returns the decoded body and raises
+:class:`ApiError` for an HTTP error (what a program wants), :meth:`RestClient.request`
+returns ``(status, body)`` whatever the status (what a test asserting on a 4xx wants).
+Both raise :class:`Unreachable` when no HTTP answer came at all.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+USER_SCHEME = "Token"
+NODE_SCHEME = "Node"
+
+
+class ApiError(Exception):
+    """The control plane answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str = "",
+        details: Any = None,
+        method: str = "",
+        path: str = "",
+    ):
+        where = f"{method} {path} " if method else ""
+        super().__init__(f"{where}failed ({status}): {message}")
+        self.status = status
+        self.message = message
+        self.code = code
+        self.details = details
+
+
+class Unreachable(Exception):
+    """No HTTP answer: the server is down, the name does not resolve, or it timed out."""
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+@dataclass
+class RestClient:
+    """A control plane at ``server`` (``http://host:port``), with one credential."""
+
+    server: str
+    credential: str | None = None
+    scheme: str = USER_SCHEME
+    timeout_s: float = 30.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.server = self.server.rstrip("/")
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """``(status, decoded body)`` for any HTTP status; :class:`Unreachable` otherwise."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.server + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Accept", "application/json")
+        if self.credential:
+            request.add_header("Authorization", f"{self.scheme} {self.credential}")
+        for name, value in self.headers.items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.status, _decode(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _decode(exc.read())
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unreachable(f"cannot reach {self.server}: {reason}") from None
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """The decoded body of a successful call; :class:`ApiError` for an HTTP error."""
+        status, answer = self.request(method, path, body)
+        if status >= 400:
+            if isinstance(answer, dict):
+                message = str(answer.get("message") or answer.get("detail") or answer)
+                code, details = str(answer.get("code", "")), answer.get("details")
+            else:
+                message, code, details = (str(answer) if answer else "no details"), "", None
+            raise ApiError(status, message, code=code, details=details, method=method, path=path)
+        return answer
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.call("POST", path, {} if body is None else body)
+
+    def delete(self, path: str) -> Any:
+        return self.call("DELETE", path)

@@ -1,1 +1,0 @@
-"""Launchers for the demo and the tests (not part of the installed package)."""
