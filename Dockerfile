@@ -7,7 +7,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends g++ \
 WORKDIR /app
 COPY . /app
 # Builds the native collective library (scikit-build-core + nanobind) as part of the install.
-RUN pip install /app && useradd --create-home --uid 10001 adaptrain \
+RUN pip install '/app[all]' && useradd --create-home --uid 10001 adaptrain \
     && python manage.py collectstatic --noinput
 USER adaptrain
 EXPOSE 8000
