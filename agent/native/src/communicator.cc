@@ -3,14 +3,14 @@
 #include <algorithm>
 #include <cstring>
 
-#include "allreduce_ring.h"
-#include "allreduce_star.h"
-#include "allreduce_tree.h"
-#include "barrier.h"
-#include "errors.h"
-#include "segments.h"
-#include "transport_shm.h"
-#include "transport_tcp.h"
+#include "collectives/allreduce_ring.h"
+#include "collectives/allreduce_star.h"
+#include "collectives/allreduce_tree.h"
+#include "collectives/barrier.h"
+#include "core/errors.h"
+#include "collectives/segments.h"
+#include "transport/shm/transport_shm.h"
+#include "transport/tcp/transport_tcp.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -116,7 +116,7 @@ Communicator::Communicator(CommunicatorOptions options)
                                "every rank must use the same algorithm, COLLECTIVE_AUTO_* and "
                                "COLLECTIVE_LOCAL_TRANSPORT values");
   }
-  // Ranks on one host move their pairs to shared memory (transport_shm.h);
+  // Ranks on one host move their pairs to shared memory (transport/shm/transport_shm.h);
   // the settings above are agreed, so every pair decides alike.
   ShmOptions shm;
   shm.mode = tunables_.local_transport;

@@ -2,10 +2,10 @@
 // per-call sequence number, the current algorithm and reusable buffers, and
 // turns any failure into a closed communicator so that no later call runs on
 // out-of-step streams. It also owns this rank's peer-to-peer blob service
-// (blobs.h), which runs beside the collectives on connections of its own.
+// (p2p/blobs.h), which runs beside the collectives on connections of its own.
 //
 // Elastic sessions: a communicator belongs to one cluster version and only
-// connects to processes at that version (transport_tcp.h). Resizing means
+// connects to processes at that version (transport/tcp/transport_tcp.h). Resizing means
 // closing it and building the next version's communicator from the next
 // member list; survivors reconnect over TCP, on the same addresses if they
 // like (the listening port is free again once the group has formed).
@@ -20,12 +20,12 @@
 #include <string>
 #include <vector>
 
-#include "algorithm.h"
-#include "blobs.h"
-#include "protocol.h"
-#include "transport.h"
-#include "tunables.h"
-#include "types.h"
+#include "collectives/algorithm.h"
+#include "p2p/blobs.h"
+#include "collectives/protocol.h"
+#include "transport/transport.h"
+#include "core/tunables.h"
+#include "core/types.h"
 
 namespace adaptrain::collective {
 
@@ -71,7 +71,7 @@ class Communicator {
 
   // Every call is collective: all ranks make the same calls in the same order
   // with the same counts, dtypes, ops, roots, shapes (shape_hash, see
-  // protocol.h) and algorithms; a difference raises IoError. `algorithm`
+  // collectives/protocol.h) and algorithms; a difference raises IoError. `algorithm`
   // kDefault uses the communicator's. Calls from several threads run one
   // after another.
 

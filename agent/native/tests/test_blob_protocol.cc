@@ -3,10 +3,10 @@
 #include <string>
 #include <vector>
 
-#include "blob_protocol.h"
-#include "blobs.h"
-#include "errors.h"
-#include "types.h"
+#include "p2p/blob_protocol.h"
+#include "p2p/blobs.h"
+#include "core/errors.h"
+#include "core/types.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;

@@ -2,10 +2,10 @@
 #include <string>
 #include <vector>
 
-#include "algorithm.h"
-#include "errors.h"
-#include "protocol.h"
-#include "types.h"
+#include "collectives/algorithm.h"
+#include "core/errors.h"
+#include "collectives/protocol.h"
+#include "core/types.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;

@@ -5,8 +5,8 @@
 #include <limits>
 #include <vector>
 
-#include "errors.h"
-#include "reduce.h"
+#include "core/errors.h"
+#include "collectives/reduce.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;

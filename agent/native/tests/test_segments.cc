@@ -3,7 +3,7 @@
 #include <set>
 #include <vector>
 
-#include "segments.h"
+#include "collectives/segments.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;

@@ -5,8 +5,8 @@
 #include <thread>
 #include <vector>
 
-#include "errors.h"
-#include "shm_ring.h"
+#include "core/errors.h"
+#include "transport/shm/shm_ring.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;

@@ -2,9 +2,9 @@
 #include <map>
 #include <string>
 
-#include "algorithm.h"
-#include "errors.h"
-#include "tunables.h"
+#include "collectives/algorithm.h"
+#include "core/errors.h"
+#include "core/tunables.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;
