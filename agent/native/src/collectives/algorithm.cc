@@ -29,7 +29,8 @@ Algorithm parse_algorithm(const std::string& name) {
                              "\" is not known: use one of \"auto\", \"ring\", \"tree\", \"star\"");
 }
 
-Algorithm choose_algorithm(Algorithm requested, size_t bytes, size_t count, int size, const Tunables& tunables) {
+Algorithm choose_algorithm(Algorithm requested, size_t bytes, size_t count, int size,
+                           const Tunables& tunables) {
   const bool ring_fits = count >= static_cast<size_t>(size);
   switch (requested) {
     case Algorithm::kRing:
@@ -39,7 +40,8 @@ Algorithm choose_algorithm(Algorithm requested, size_t bytes, size_t count, int 
       return requested;
     case Algorithm::kAuto:
       if (ring_fits && bytes >= tunables.auto_ring_min_bytes) return Algorithm::kRing;
-      return static_cast<size_t>(size) <= tunables.auto_star_max_ranks ? Algorithm::kStar : Algorithm::kTree;
+      return static_cast<size_t>(size) <= tunables.auto_star_max_ranks ? Algorithm::kStar
+                                                                       : Algorithm::kTree;
     case Algorithm::kDefault:
       break;
   }

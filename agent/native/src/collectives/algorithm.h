@@ -26,6 +26,7 @@ Algorithm parse_algorithm(const std::string& name);
 //          to the tree: empty segments make the ring pointless, and the tree
 //          checks every rank's call before anyone finishes.
 //   tree, star   as asked.
-Algorithm choose_algorithm(Algorithm requested, size_t bytes, size_t count, int size, const Tunables& tunables);
+Algorithm choose_algorithm(Algorithm requested, size_t bytes, size_t count, int size,
+                           const Tunables& tunables);
 
 }  // namespace adaptrain::collective

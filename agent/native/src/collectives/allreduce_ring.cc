@@ -58,9 +58,9 @@
 #include <cstdint>
 #include <cstring>
 
-#include "core/errors.h"
 #include "collectives/reduce.h"
 #include "collectives/segments.h"
+#include "core/errors.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -72,7 +72,8 @@ struct Segment {
 
 class Ring {
  public:
-  Ring(Transport& transport, const RingOptions& options, size_t reduce_steps, size_t copy_steps, long long shift)
+  Ring(Transport& transport, const RingOptions& options, size_t reduce_steps, size_t copy_steps,
+       long long shift)
       : transport_(transport),
         options_(options),
         rank_(transport.rank()),
@@ -110,7 +111,9 @@ class Ring {
       requests_.clear();
       if (!send_done() && can_send_now()) requests_.push_back(WaitRequest{&next_, true, false});
       if (!recv_done()) requests_.push_back(WaitRequest{&prev_, false, true});
-      if (requests_.empty()) throw IoError("ring stalled with nothing to wait for (internal error)");
+      if (requests_.empty()) {
+        throw IoError("ring stalled with nothing to wait for (internal error)");
+      }
       stray_.add_requests(requests_);
       transport_.wait(requests_.data(), requests_.size(), deadline_, options_.spin_us);
       stray_.check();
@@ -155,7 +158,8 @@ class Ring {
 
   bool progress_send() {
     if (header_sent_ < kHeaderBytes) {
-      size_t moved = next_.send_some(header_out_.data() + header_sent_, kHeaderBytes - header_sent_);
+      size_t moved =
+          next_.send_some(header_out_.data() + header_sent_, kHeaderBytes - header_sent_);
       header_sent_ += moved;
       return moved > 0;
     }
@@ -175,7 +179,8 @@ class Ring {
 
   bool progress_recv() {
     if (header_received_ < kHeaderBytes) {
-      size_t moved = prev_.recv_some(header_in_.data() + header_received_, kHeaderBytes - header_received_);
+      size_t moved =
+          prev_.recv_some(header_in_.data() + header_received_, kHeaderBytes - header_received_);
       header_received_ += moved;
       if (header_received_ == kHeaderBytes) check_header(options_.header, header_in_.data(), prev_);
       return moved > 0;

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "collectives/protocol.h"
-#include "transport/transport.h"
 #include "core/types.h"
+#include "transport/transport.h"
 
 namespace adaptrain::collective {
 

@@ -48,8 +48,8 @@
 #include <cstring>
 #include <memory>
 
-#include "core/errors.h"
 #include "collectives/reduce.h"
+#include "core/errors.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -129,10 +129,12 @@ class Rooted {
     return !options_.broadcast || (c.header_sent == kHeaderBytes && c.sent == total_);
   }
   bool up_done_to_parent() const {
-    return is_root() || (up_header_sent_ == kUpHeaderBytes && (!options_.reduce || up_sent_ == total_));
+    return is_root() ||
+           (up_header_sent_ == kUpHeaderBytes && (!options_.reduce || up_sent_ == total_));
   }
   bool down_done_from_parent() const {
-    return is_root() || !options_.broadcast || (down_header_received_ == kHeaderBytes && down_received_ == total_);
+    return is_root() || !options_.broadcast ||
+           (down_header_received_ == kHeaderBytes && down_received_ == total_);
   }
   bool done() const {
     if (!up_done_to_parent() || !down_done_from_parent()) return false;
@@ -152,8 +154,8 @@ class Rooted {
     if (up_done_from(c)) return false;
     if (c.header_received < kUpHeaderBytes) {
       const size_t before = c.header_received;
-      size_t moved =
-          c.connection->recv_some(c.header_in.data() + c.header_received, kUpHeaderBytes - c.header_received);
+      size_t moved = c.connection->recv_some(c.header_in.data() + c.header_received,
+                                             kUpHeaderBytes - c.header_received);
       c.header_received += moved;
       for (size_t end = kHeaderBytes; end <= kUpHeaderBytes; end += kHeaderBytes) {
         if (before >= end || c.header_received < end) continue;
@@ -200,8 +202,9 @@ class Rooted {
   // on the root, that prefix is final (divided now, for a mean).
   void update_reduced() {
     if (!children_checked_) {
-      children_checked_ = std::all_of(children_.begin(), children_.end(),
-                                      [](const Child& c) { return c.header_received == kUpHeaderBytes; });
+      children_checked_ = std::all_of(children_.begin(), children_.end(), [](const Child& c) {
+        return c.header_received == kUpHeaderBytes;
+      });
       if (children_checked_ && is_root()) down_header_ready_ = true;
     }
     if (!options_.reduce) return;
@@ -223,12 +226,14 @@ class Rooted {
     if (up_header_sent_ < kUpHeaderBytes) {
       const size_t limit = up_header_limit();
       if (up_header_sent_ >= limit) return false;
-      size_t moved = parent_->send_some(up_headers_.data() + up_header_sent_, limit - up_header_sent_);
+      size_t moved =
+          parent_->send_some(up_headers_.data() + up_header_sent_, limit - up_header_sent_);
       up_header_sent_ += moved;
       return moved > 0;
     }
     if (!options_.reduce || up_sent_ >= reduced_) return false;
-    size_t moved = parent_->send_some(data_ + up_sent_, std::min(reduced_ - up_sent_, block_bytes_));
+    size_t moved =
+        parent_->send_some(data_ + up_sent_, std::min(reduced_ - up_sent_, block_bytes_));
     up_sent_ += moved;
     return moved > 0;
   }
@@ -236,8 +241,8 @@ class Rooted {
   bool progress_down_from_parent() {
     if (down_done_from_parent()) return false;
     if (down_header_received_ < kHeaderBytes) {
-      size_t moved =
-          parent_->recv_some(down_header_in_.data() + down_header_received_, kHeaderBytes - down_header_received_);
+      size_t moved = parent_->recv_some(down_header_in_.data() + down_header_received_,
+                                        kHeaderBytes - down_header_received_);
       down_header_received_ += moved;
       if (down_header_received_ == kHeaderBytes) {
         check_header(options_.header, down_header_in_.data(), *parent_);
@@ -245,7 +250,8 @@ class Rooted {
       }
       return moved > 0;
     }
-    size_t moved = parent_->recv_some(data_ + down_received_, std::min(total_ - down_received_, block_bytes_));
+    size_t moved =
+        parent_->recv_some(data_ + down_received_, std::min(total_ - down_received_, block_bytes_));
     down_received_ += moved;
     return moved > 0;
   }
@@ -253,13 +259,15 @@ class Rooted {
   bool progress_down_to(Child& c) {
     if (down_done_to(c) || !down_header_ready_) return false;
     if (c.header_sent < kHeaderBytes) {
-      size_t moved = c.connection->send_some(header_.data() + c.header_sent, kHeaderBytes - c.header_sent);
+      size_t moved =
+          c.connection->send_some(header_.data() + c.header_sent, kHeaderBytes - c.header_sent);
       c.header_sent += moved;
       return moved > 0;
     }
     const size_t available = down_available();
     if (c.sent >= available) return false;
-    size_t moved = c.connection->send_some(data_ + c.sent, std::min(available - c.sent, block_bytes_));
+    size_t moved =
+        c.connection->send_some(data_ + c.sent, std::min(available - c.sent, block_bytes_));
     c.sent += moved;
     return moved > 0;
   }
@@ -268,15 +276,16 @@ class Rooted {
     std::vector<WaitRequest> requests;
     requests.reserve(children_.size() * 2 + 2);
     if (parent_ != nullptr) {
-      const bool send = !up_done_to_parent() &&
-                        (up_header_sent_ < up_header_limit() ||
-                         (up_header_sent_ == kUpHeaderBytes && options_.reduce && up_sent_ < reduced_));
+      const bool send =
+          !up_done_to_parent() &&
+          (up_header_sent_ < up_header_limit() ||
+           (up_header_sent_ == kUpHeaderBytes && options_.reduce && up_sent_ < reduced_));
       const bool recv = !down_done_from_parent();
       if (send || recv) requests.push_back(WaitRequest{parent_, send, recv});
     }
     for (const Child& c : children_) {
-      const bool send =
-          !down_done_to(c) && down_header_ready_ && (c.header_sent < kHeaderBytes || c.sent < down_available());
+      const bool send = !down_done_to(c) && down_header_ready_ &&
+                        (c.header_sent < kHeaderBytes || c.sent < down_available());
       const bool recv = !up_done_from(c);
       if (send || recv) requests.push_back(WaitRequest{c.connection, send, recv});
     }
@@ -315,7 +324,9 @@ class Rooted {
 
 void rooted_collective(Transport& transport, const RootedOptions& options) {
   if (transport.size() == 1) return;
-  if (options.reduce && options.scratch == nullptr) throw InvalidArgumentError("a reduction needs scratch buffers");
+  if (options.reduce && options.scratch == nullptr) {
+    throw InvalidArgumentError("a reduction needs scratch buffers");
+  }
   Rooted(transport, options).run();
 }
 

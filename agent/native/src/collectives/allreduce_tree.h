@@ -10,8 +10,8 @@
 
 #include "collectives/protocol.h"
 #include "collectives/segments.h"
-#include "transport/transport.h"
 #include "core/types.h"
+#include "transport/transport.h"
 
 namespace adaptrain::collective {
 
@@ -20,12 +20,12 @@ struct RootedOptions {
   size_t count = 0;      // elements
   DataType dtype = DataType::kFloat32;
   ReduceOp op = ReduceOp::kSum;
-  bool reduce = true;     // up: every rank's buffer is reduced into the root's
-  bool broadcast = true;  // down: the root's buffer is copied to every rank
-  TreeTopology topology;  // this rank's parent and children
-  MessageHeader header;   // sent and expected on every link
-  std::chrono::milliseconds timeout{60000};       // longest time without progress
-  size_t block_bytes = 256 << 10;                 // pipelining unit
+  bool reduce = true;                        // up: every rank's buffer is reduced into the root's
+  bool broadcast = true;                     // down: the root's buffer is copied to every rank
+  TreeTopology topology;                     // this rank's parent and children
+  MessageHeader header;                      // sent and expected on every link
+  std::chrono::milliseconds timeout{60000};  // longest time without progress
+  size_t block_bytes = 256 << 10;            // pipelining unit
   std::vector<std::vector<char>>* scratch = nullptr;  // one receive buffer per child, reused
   int spin_us = 0;                                    // see Transport::wait
 };

@@ -4,8 +4,8 @@
 
 #include "collectives/algorithm.h"
 #include "core/errors.h"
-#include "core/wire.h"
 #include "core/types.h"
+#include "core/wire.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -81,25 +81,29 @@ std::string describe(const MessageHeader& header) {
   const auto kind = static_cast<CollectiveKind>(header.kind);
   std::string text = std::string(name_of(kind)) + " #" + std::to_string(header.sequence);
   if (kind == CollectiveKind::kBarrier) return text;
-  text += " of " + std::to_string(header.count) + " " + name_of(static_cast<DataType>(header.dtype));
+  text +=
+      " of " + std::to_string(header.count) + " " + name_of(static_cast<DataType>(header.dtype));
   std::string details;
   if (header.op != 0) details = name_of(static_cast<ReduceOp>(header.op));
   if (kind == CollectiveKind::kBroadcast) details = "from rank " + std::to_string(header.root);
   if (header.algorithm != 0) {
-    details += (details.empty() ? "" : ", ") + std::string(name_of(static_cast<Algorithm>(header.algorithm)));
+    details += (details.empty() ? "" : ", ") +
+               std::string(name_of(static_cast<Algorithm>(header.algorithm)));
   }
   if (!details.empty()) text += " (" + details + ")";
   return text;
 }
 
-void check_header(const MessageHeader& expected, const uint8_t* received_bytes, const Connection& sender) {
+void check_header(const MessageHeader& expected, const uint8_t* received_bytes,
+                  const Connection& sender) {
   MessageHeader received;
   if (!decode_header(received_bytes, &received)) {
     throw IoError("received garbage instead of a collective header from " + sender.describe_peer() +
                   "; the byte stream is out of step");
   }
-  if (received.kind == expected.kind && received.sequence == expected.sequence && received.count == expected.count &&
-      received.shape_hash == expected.shape_hash && received.dtype == expected.dtype && received.op == expected.op &&
+  if (received.kind == expected.kind && received.sequence == expected.sequence &&
+      received.count == expected.count && received.shape_hash == expected.shape_hash &&
+      received.dtype == expected.dtype && received.op == expected.op &&
       received.algorithm == expected.algorithm && received.root == expected.root) {
     return;
   }
@@ -110,11 +114,12 @@ void check_header(const MessageHeader& expected, const uint8_t* received_bytes, 
     theirs += " with another";
   }
   throw IoError("this rank is in " + ours + " but " + sender.describe_peer() + " sent " + theirs +
-                "; every rank must call the same collectives in the same order with the same shape, dtype, op, "
-                "root and algorithm");
+                "; every rank must call the same collectives in the same order with the same "
+                "shape, dtype, op, root and algorithm");
 }
 
-StrayHeaderWatch::StrayHeaderWatch(Transport& transport, const MessageHeader& expected, const std::vector<int>& used)
+StrayHeaderWatch::StrayHeaderWatch(Transport& transport, const MessageHeader& expected,
+                                   const std::vector<int>& used)
     : expected_(expected) {
   for (int peer = 0; peer < transport.size(); ++peer) {
     if (peer == transport.rank() || !transport.has_connection(peer)) continue;
@@ -133,12 +138,15 @@ void StrayHeaderWatch::check() {
     bool closed = false;
     const size_t seen = watched_[i]->peek_some(bytes.data(), bytes.size(), &closed);
     MessageHeader header;
-    if (seen == kHeaderBytes && decode_header(bytes.data(), &header) && header.sequence == expected_.sequence) {
+    if (seen == kHeaderBytes && decode_header(bytes.data(), &header) &&
+        header.sequence == expected_.sequence) {
       check_header(expected_, bytes.data(), *watched_[i]);
       // Identical header on a link this call does not use: the peer runs
       // the same call on another topology, which check_header cannot see.
-      throw IoError("this rank is in " + describe(expected_) + " but " + watched_[i]->describe_peer() +
-                    " sent it data on a link this algorithm does not use; the ranks disagree about the topology");
+      throw IoError("this rank is in " + describe(expected_) + " but " +
+                    watched_[i]->describe_peer() +
+                    " sent it data on a link this algorithm does not use; the ranks disagree about "
+                    "the topology");
     }
     if (closed || seen == kHeaderBytes) {
       watched_.erase(watched_.begin() + static_cast<long>(i));  // closed, or a later call's header

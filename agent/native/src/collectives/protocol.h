@@ -75,7 +75,8 @@ void check_header(const MessageHeader& expected, const uint8_t* received, const 
 class StrayHeaderWatch {
  public:
   // `used`: the ranks this collective exchanges data with.
-  StrayHeaderWatch(Transport& transport, const MessageHeader& expected, const std::vector<int>& used);
+  StrayHeaderWatch(Transport& transport, const MessageHeader& expected,
+                   const std::vector<int>& used);
 
   // Appends a receive request per watched link.
   void add_requests(std::vector<WaitRequest>& requests) const;

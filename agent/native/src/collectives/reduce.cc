@@ -77,7 +77,9 @@ void sum_kernel(void* accumulator, const void* incoming, size_t count) {
     // Integers wrap around (two's complement) like numpy's, without the
     // undefined behaviour of signed overflow.
     using U = std::make_unsigned_t<T>;
-    for (size_t i = 0; i < count; ++i) out[i] = static_cast<T>(static_cast<U>(out[i]) + static_cast<U>(in[i]));
+    for (size_t i = 0; i < count; ++i) {
+      out[i] = static_cast<T>(static_cast<U>(out[i]) + static_cast<U>(in[i]));
+    }
   } else {
     for (size_t i = 0; i < count; ++i) out[i] += in[i];
   }
@@ -143,7 +145,8 @@ void half_kernel(void* accumulator, const void* incoming, size_t count) {
 enum class HalfOp { kSum, kMin, kMax };
 
 template <HalfOp Op>
-__attribute__((target("avx,f16c"))) void half_kernel_f16c(void* accumulator, const void* incoming, size_t count) {
+__attribute__((target("avx,f16c"))) void half_kernel_f16c(void* accumulator, const void* incoming,
+                                                          size_t count) {
   uint16_t* out = static_cast<uint16_t*>(accumulator);
   const uint16_t* in = static_cast<const uint16_t*>(incoming);
   size_t i = 0;
@@ -157,7 +160,8 @@ __attribute__((target("avx,f16c"))) void half_kernel_f16c(void* accumulator, con
       r = Op == HalfOp::kMin ? _mm256_min_ps(a, b) : _mm256_max_ps(a, b);
       r = _mm256_blendv_ps(r, a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
     }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
   }
   if (i < count) {
     constexpr auto tail = Op == HalfOp::kSum   ? &half_kernel<&sum_kernel<float>>

@@ -17,7 +17,9 @@ size_t ring_index(long long x, size_t n) {
 
 namespace {
 
-int virtual_rank(int rank, int size, int root) { return static_cast<int>(ring_index(rank - root, size)); }
+int virtual_rank(int rank, int size, int root) {
+  return static_cast<int>(ring_index(rank - root, size));
+}
 int real_rank(int virtual_rank, int size, int root) { return (virtual_rank + root) % size; }
 
 }  // namespace

@@ -13,7 +13,8 @@ std::string errno_text(int error_number) {
   if constexpr (std::is_same_v<decltype(result), char*>) {
     return std::string(result) + " (errno " + std::to_string(error_number) + ")";
   } else {
-    return std::string(result == 0 ? buffer : "unknown error") + " (errno " + std::to_string(error_number) + ")";
+    return std::string(result == 0 ? buffer : "unknown error") + " (errno " +
+           std::to_string(error_number) + ")";
   }
 }
 

@@ -8,7 +8,8 @@
 
 namespace adaptrain::collective {
 
-size_t parse_byte_count(const char* name, const char* raw, size_t fallback, size_t min_value, size_t max_value) {
+size_t parse_byte_count(const char* name, const char* raw, size_t fallback, size_t min_value,
+                        size_t max_value) {
   if (raw == nullptr || *raw == '\0') return fallback;
   std::string text(raw);
   size_t multiplier = 1;
@@ -32,7 +33,8 @@ size_t parse_byte_count(const char* name, const char* raw, size_t fallback, size
   unsigned long long value = text.empty() ? 0 : std::strtoull(text.c_str(), &end, 10);
   if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0])) || *end != '\0' ||
       value > max_value / multiplier || value * multiplier < min_value) {
-    throw InvalidArgumentError(std::string(name) + "=" + raw + " is not valid: expected a number between " +
+    throw InvalidArgumentError(std::string(name) + "=" + raw +
+                               " is not valid: expected a number between " +
                                std::to_string(min_value) + " and " + std::to_string(max_value) +
                                " (suffixes K, M, G allowed)");
   }

@@ -78,7 +78,8 @@ struct Tunables {
 Tunables parse_tunables(const std::function<const char*(const char*)>& lookup);
 
 // Accepts "262144", "256K", "4M", "1G" within [min_value, max_value].
-size_t parse_byte_count(const char* name, const char* text, size_t fallback, size_t min_value, size_t max_value);
+size_t parse_byte_count(const char* name, const char* text, size_t fallback, size_t min_value,
+                        size_t max_value);
 
 // The process's tunables, from the environment on first use.
 const Tunables& tunables();

@@ -63,15 +63,17 @@ ReduceOp parse_reduce_op(const std::string& name) {
   if (name == "mean") return ReduceOp::kMean;
   if (name == "min") return ReduceOp::kMin;
   if (name == "max") return ReduceOp::kMax;
-  throw InvalidArgumentError("op=\"" + name + "\" is not a reduction: use one of \"sum\", \"mean\", \"min\", \"max\"");
+  throw InvalidArgumentError(
+      "op=\"" + name + "\" is not a reduction: use one of \"sum\", \"mean\", \"min\", \"max\"");
 }
 
 void check_op_supported(DataType type, ReduceOp op) {
   (void)element_size(type);
   if (op == ReduceOp::kMean && is_integer(type)) {
-    throw InvalidArgumentError(std::string("op=\"mean\" is not defined for ") + name_of(type) +
-                               " (an integer mean would truncate): use op=\"sum\" and divide, or convert to a "
-                               "float type first");
+    throw InvalidArgumentError(
+        std::string("op=\"mean\" is not defined for ") + name_of(type) +
+        " (an integer mean would truncate): use op=\"sum\" and divide, or convert to a "
+        "float type first");
   }
   if (op == ReduceOp::kBitOr && type != DataType::kUint8) {
     throw InvalidArgumentError("bitwise-or is internal and only defined for uint8");

@@ -16,8 +16,10 @@ using wire::put64;
 
 // "float32[1001]", tolerating a dtype code this build does not know.
 std::string describe_array(uint32_t dtype, uint64_t count) {
-  const bool known = dtype >= static_cast<uint32_t>(DataType::kFloat32) && dtype <= static_cast<uint32_t>(DataType::kInt64);
-  const std::string type = known ? name_of(static_cast<DataType>(dtype)) : "dtype #" + std::to_string(dtype);
+  const bool known = dtype >= static_cast<uint32_t>(DataType::kFloat32) &&
+                     dtype <= static_cast<uint32_t>(DataType::kInt64);
+  const std::string type =
+      known ? name_of(static_cast<DataType>(dtype)) : "dtype #" + std::to_string(dtype);
   return std::to_string(count) + " " + type + " elements";
 }
 
@@ -75,13 +77,15 @@ bool decode_blob_reply(const uint8_t* bytes, BlobReply* reply) {
 void check_blob_name(const std::string& name) {
   if (name.empty()) throw InvalidArgumentError("a blob name must not be empty");
   if (name.size() > kMaxBlobNameBytes) {
-    throw InvalidArgumentError("blob name of " + std::to_string(name.size()) + " bytes is too long (at most " +
-                               std::to_string(kMaxBlobNameBytes) + ")");
+    throw InvalidArgumentError("blob name of " + std::to_string(name.size()) +
+                               " bytes is too long (at most " + std::to_string(kMaxBlobNameBytes) +
+                               ")");
   }
 }
 
-BlobReply answer_blob_request(const BlobRequest& request, uint64_t own_group, uint64_t own_cluster_version,
-                              uint32_t owner, bool found, DataType dtype, uint64_t count, uint64_t blob_version) {
+BlobReply answer_blob_request(const BlobRequest& request, uint64_t own_group,
+                              uint64_t own_cluster_version, uint32_t owner, bool found,
+                              DataType dtype, uint64_t count, uint64_t blob_version) {
   BlobReply reply;
   reply.owner = owner;
   reply.cluster_version = own_cluster_version;
@@ -109,22 +113,25 @@ BlobReply answer_blob_request(const BlobRequest& request, uint64_t own_group, ui
   return reply;
 }
 
-void check_blob_reply(const BlobReply& reply, const std::string& name, DataType dtype, uint64_t count,
-                      const std::string& peer) {
+void check_blob_reply(const BlobReply& reply, const std::string& name, DataType dtype,
+                      uint64_t count, const std::string& peer) {
   const std::string blob = "blob \"" + name + "\" of " + peer;
   switch (reply.status) {
     case BlobStatus::kOk:
       if (reply.dtype != static_cast<uint32_t>(dtype) || reply.count != count ||
           reply.payload_bytes != count * element_size(dtype)) {
         throw IoError(peer + " answered the request for blob \"" + name + "\" with " +
-                      describe_array(reply.dtype, reply.count) + " in " + std::to_string(reply.payload_bytes) +
-                      " bytes after agreeing to send " + describe_array(static_cast<uint32_t>(dtype), count));
+                      describe_array(reply.dtype, reply.count) + " in " +
+                      std::to_string(reply.payload_bytes) + " bytes after agreeing to send " +
+                      describe_array(static_cast<uint32_t>(dtype), count));
       }
       return;
     case BlobStatus::kUnknownName:
-      throw InvalidArgumentError(blob + " does not exist: that rank has published nothing under this name");
+      throw InvalidArgumentError(
+          blob + " does not exist: that rank has published nothing under this name");
     case BlobStatus::kMismatch:
-      throw InvalidArgumentError(blob + " holds " + describe_array(reply.dtype, reply.count) + " but `out` has " +
+      throw InvalidArgumentError(blob + " holds " + describe_array(reply.dtype, reply.count) +
+                                 " but `out` has " +
                                  describe_array(static_cast<uint32_t>(dtype), count) +
                                  ": pass an array of the blob's dtype and size");
     case BlobStatus::kWrongGroup:

@@ -50,10 +50,10 @@ struct BlobRequest {
 
 enum class BlobStatus : uint32_t {
   kOk = 0,
-  kUnknownName = 1,   // nothing published under that name (yet)
-  kMismatch = 2,      // dtype or count differ; the reply carries the owner's
-  kWrongGroup = 3,    // another group or cluster version: a stale address
-  kBadRequest = 4,    // name too long or empty, unknown wire version
+  kUnknownName = 1,  // nothing published under that name (yet)
+  kMismatch = 2,     // dtype or count differ; the reply carries the owner's
+  kWrongGroup = 3,   // another group or cluster version: a stale address
+  kBadRequest = 4,   // name too long or empty, unknown wire version
 };
 
 struct BlobReply {
@@ -79,14 +79,15 @@ void check_blob_name(const std::string& name);
 // What the owner answers to `request` for a blob it holds (`found`) with
 // `dtype` and `count` elements, or does not hold; `own_group` and
 // `own_cluster_version` identify the owner's group.
-BlobReply answer_blob_request(const BlobRequest& request, uint64_t own_group, uint64_t own_cluster_version,
-                              uint32_t owner, bool found, DataType dtype, uint64_t count, uint64_t blob_version);
+BlobReply answer_blob_request(const BlobRequest& request, uint64_t own_group,
+                              uint64_t own_cluster_version, uint32_t owner, bool found,
+                              DataType dtype, uint64_t count, uint64_t blob_version);
 
 // On the requester: returns normally when `reply` carries the data asked
 // for; otherwise throws InvalidArgumentError (unknown name, dtype or count
 // mismatch: the connection stays usable) or IoError (another group, a bad
 // reply: drop the connection). `peer` is "rank 2 (10.0.0.3:41002)".
-void check_blob_reply(const BlobReply& reply, const std::string& name, DataType dtype, uint64_t count,
-                      const std::string& peer);
+void check_blob_reply(const BlobReply& reply, const std::string& name, DataType dtype,
+                      uint64_t count, const std::string& peer);
 
 }  // namespace adaptrain::collective

@@ -30,12 +30,13 @@ enum class Direction { kSend, kReceive };
 // hangs up or the connection breaks, TimeoutError when nothing moved for the
 // deadline's budget. `what` ("receiving blob \"w\" from rank 2 (...)") goes
 // into the messages.
-bool move_all(int fd, Direction direction, void* data, size_t length, Deadline& deadline, int wake_fd,
-              const std::function<void()>& interrupt_check, const std::string& what) {
+bool move_all(int fd, Direction direction, void* data, size_t length, Deadline& deadline,
+              int wake_fd, const std::function<void()>& interrupt_check, const std::string& what) {
   char* cursor = static_cast<char*>(data);
   while (length > 0) {
-    const ssize_t moved = direction == Direction::kSend ? ::send(fd, cursor, length, MSG_NOSIGNAL | MSG_DONTWAIT)
-                                                        : ::recv(fd, cursor, length, MSG_DONTWAIT);
+    const ssize_t moved = direction == Direction::kSend
+                              ? ::send(fd, cursor, length, MSG_NOSIGNAL | MSG_DONTWAIT)
+                              : ::recv(fd, cursor, length, MSG_DONTWAIT);
     if (moved > 0) {
       cursor += moved;
       length -= static_cast<size_t>(moved);
@@ -58,7 +59,8 @@ bool move_all(int fd, Direction direction, void* data, size_t length, Deadline& 
     }
     if (count == 2 && fds[1].revents != 0) return false;
     if (ready == 0 && deadline.expired()) {
-      throw TimeoutError("nothing moved within the " + deadline.budget_text() + " timeout while " + what);
+      throw TimeoutError("nothing moved within the " + deadline.budget_text() + " timeout while " +
+                         what);
     }
   }
   return true;
@@ -76,7 +78,8 @@ Socket connect_once(const std::string& address, size_t buffer_bytes, const Deadl
   }
   *error_text = "no address to try";
   for (addrinfo* ai = resolved.head; ai != nullptr; ai = ai->ai_next) {
-    Socket socket(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+    Socket socket(
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
     if (socket.get() < 0) {
       *error_text = errno_text(errno);
       continue;
@@ -112,7 +115,8 @@ Socket connect_once(const std::string& address, size_t buffer_bytes, const Deadl
 
 // ---------------------------------------------------------------------------
 
-uint64_t BlobStore::publish(const std::string& name, const void* data, size_t count, DataType dtype) {
+uint64_t BlobStore::publish(const std::string& name, const void* data, size_t count,
+                            DataType dtype) {
   check_blob_name(name);
   // Copy outside the lock: a large model must not stall the server thread.
   auto blob = std::make_shared<Blob>();
@@ -138,7 +142,8 @@ std::shared_ptr<const Blob> BlobStore::find(const std::string& name) const {
 BlobServer::BlobServer(const std::string& host, BlobIdentity identity, const BlobStore& store)
     : identity_(identity), store_(store) {
   const std::string who = "rank " + std::to_string(identity.rank) + "'s blob service";
-  listener_ = listen_on(host, "0", identity.socket_buffer_bytes, Deadline::absolute(identity.timeout), who);
+  listener_ =
+      listen_on(host, "0", identity.socket_buffer_bytes, Deadline::absolute(identity.timeout), who);
   port_ = local_port(listener_.get());
   wake_ = Socket(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (wake_.get() < 0) throw IoError(who + ": eventfd failed: " + errno_text(errno));
@@ -201,8 +206,8 @@ bool BlobServer::answer(int fd) {
   const std::function<void()> no_interrupts;
   try {
     BlobHeaderBytes bytes{};
-    if (!move_all(fd, Direction::kReceive, bytes.data(), bytes.size(), deadline, wake_.get(), no_interrupts,
-                  "reading a blob request")) {
+    if (!move_all(fd, Direction::kReceive, bytes.data(), bytes.size(), deadline, wake_.get(),
+                  no_interrupts, "reading a blob request")) {
       return false;
     }
     BlobRequest request;
@@ -212,25 +217,25 @@ bool BlobServer::answer(int fd) {
     const bool readable_name = request.name_bytes > 0 && request.name_bytes <= kMaxBlobNameBytes;
     if (readable_name) {
       name.resize(request.name_bytes);
-      if (!move_all(fd, Direction::kReceive, name.data(), name.size(), deadline, wake_.get(), no_interrupts,
-                    "reading a blob request")) {
+      if (!move_all(fd, Direction::kReceive, name.data(), name.size(), deadline, wake_.get(),
+                    no_interrupts, "reading a blob request")) {
         return false;
       }
       blob = store_.find(name);
     }
-    const BlobReply reply =
-        answer_blob_request(request, identity_.group_id, identity_.cluster_version,
-                            static_cast<uint32_t>(identity_.rank), blob != nullptr,
-                            blob ? blob->dtype : DataType::kUint8, blob ? blob->count : 0, blob ? blob->version : 0);
+    const BlobReply reply = answer_blob_request(
+        request, identity_.group_id, identity_.cluster_version,
+        static_cast<uint32_t>(identity_.rank), blob != nullptr,
+        blob ? blob->dtype : DataType::kUint8, blob ? blob->count : 0, blob ? blob->version : 0);
     const BlobHeaderBytes reply_bytes = encode_blob_reply(reply);
     const std::string what = "sending blob \"" + name + "\"";
-    if (!move_all(fd, Direction::kSend, const_cast<uint8_t*>(reply_bytes.data()), reply_bytes.size(), deadline,
-                  wake_.get(), no_interrupts, what)) {
+    if (!move_all(fd, Direction::kSend, const_cast<uint8_t*>(reply_bytes.data()),
+                  reply_bytes.size(), deadline, wake_.get(), no_interrupts, what)) {
       return false;
     }
     if (reply.status == BlobStatus::kOk && reply.payload_bytes > 0) {
-      if (!move_all(fd, Direction::kSend, const_cast<char*>(blob->bytes.data()), blob->bytes.size(), deadline,
-                    wake_.get(), no_interrupts, what)) {
+      if (!move_all(fd, Direction::kSend, const_cast<char*>(blob->bytes.data()), blob->bytes.size(),
+                    deadline, wake_.get(), no_interrupts, what)) {
         return false;
       }
     }
@@ -243,8 +248,8 @@ bool BlobServer::answer(int fd) {
 
 // ---------------------------------------------------------------------------
 
-BlobClient::BlobClient(BlobIdentity identity, std::vector<std::string> addresses, std::vector<std::string> peers,
-                       std::function<void()> interrupt_check)
+BlobClient::BlobClient(BlobIdentity identity, std::vector<std::string> addresses,
+                       std::vector<std::string> peers, std::function<void()> interrupt_check)
     : identity_(identity),
       addresses_(std::move(addresses)),
       peers_(std::move(peers)),
@@ -281,8 +286,8 @@ void BlobClient::close() {
   }
 }
 
-uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_t count, DataType dtype,
-                             std::chrono::milliseconds timeout) {
+uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_t count,
+                             DataType dtype, std::chrono::milliseconds timeout) {
   Link& link = *links_.at(static_cast<size_t>(peer));
   std::lock_guard<std::mutex> lock(link.mutex);
   const std::string who = describe(peer);
@@ -297,10 +302,11 @@ uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_
   try {
     if (link.fd < 0) {
       std::string error;
-      Socket socket = connect_once(addresses_[peer], identity_.socket_buffer_bytes, deadline, interrupt_check_, &error);
+      Socket socket = connect_once(addresses_[peer], identity_.socket_buffer_bytes, deadline,
+                                   interrupt_check_, &error);
       if (socket.get() < 0) {
-        throw IoError("could not connect to " + who + "'s blob service at " + addresses_[peer] + " (" + error +
-                      "); has that rank closed its communicator or exited?");
+        throw IoError("could not connect to " + who + "'s blob service at " + addresses_[peer] +
+                      " (" + error + "); has that rank closed its communicator or exited?");
       }
       std::lock_guard<std::mutex> fds_lock(fds_mutex_);
       check_open();
@@ -317,18 +323,20 @@ uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_
     std::vector<char> message(header.begin(), header.end());
     message.insert(message.end(), name.begin(), name.end());
     const std::string sending = "sending the request for blob \"" + name + "\" to " + who;
-    move_all(link.fd, Direction::kSend, message.data(), message.size(), deadline, -1, interrupt_check_, sending);
+    move_all(link.fd, Direction::kSend, message.data(), message.size(), deadline, -1,
+             interrupt_check_, sending);
     BlobHeaderBytes reply_bytes{};
     const std::string receiving = "receiving blob \"" + name + "\" from " + who;
-    move_all(link.fd, Direction::kReceive, reply_bytes.data(), reply_bytes.size(), deadline, -1, interrupt_check_,
-             receiving);
+    move_all(link.fd, Direction::kReceive, reply_bytes.data(), reply_bytes.size(), deadline, -1,
+             interrupt_check_, receiving);
     BlobReply reply;
     if (!decode_blob_reply(reply_bytes.data(), &reply)) {
       throw IoError(who + " answered the request for blob \"" + name + "\" with garbage");
     }
     check_blob_reply(reply, name, dtype, count, who);
     if (reply.payload_bytes > 0) {
-      move_all(link.fd, Direction::kReceive, out, reply.payload_bytes, deadline, -1, interrupt_check_, receiving);
+      move_all(link.fd, Direction::kReceive, out, reply.payload_bytes, deadline, -1,
+               interrupt_check_, receiving);
     }
     return reply.blob_version;
   } catch (const InvalidArgumentError&) {

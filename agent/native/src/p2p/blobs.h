@@ -28,9 +28,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/types.h"
 #include "p2p/blob_protocol.h"
 #include "transport/tcp/sockets.h"
-#include "core/types.h"
 
 namespace adaptrain::collective {
 
@@ -95,8 +95,8 @@ class BlobClient {
  public:
   // `addresses[r]`: rank r's blob server ("host:port"); `peers[r]`: its
   // collective address, for messages.
-  BlobClient(BlobIdentity identity, std::vector<std::string> addresses, std::vector<std::string> peers,
-             std::function<void()> interrupt_check);
+  BlobClient(BlobIdentity identity, std::vector<std::string> addresses,
+             std::vector<std::string> peers, std::function<void()> interrupt_check);
   ~BlobClient();
   BlobClient(const BlobClient&) = delete;
   BlobClient& operator=(const BlobClient&) = delete;

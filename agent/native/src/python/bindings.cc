@@ -21,10 +21,10 @@
 #include <new>
 
 #include "collectives/algorithm.h"
-#include "communicator.h"
-#include "core/errors.h"
 #include "collectives/protocol.h"
 #include "collectives/segments.h"
+#include "communicator.h"
+#include "core/errors.h"
 #include "core/types.h"
 
 namespace nb = nanobind;
@@ -86,9 +86,10 @@ void check_c_contiguous(const Array& array, const char* operation) {
   int64_t expected = 1;           // stride in elements
   for (size_t i = array.ndim(); i-- > 0;) {
     if (array.shape(i) != 1 && array.stride(i) != expected) {
-      throw col::InvalidArgumentError(std::string(operation) +
-                                      " needs a C-contiguous array: pass numpy.ascontiguousarray(x) "
-                                      "and use the returned array");
+      throw col::InvalidArgumentError(
+          std::string(operation) +
+          " needs a C-contiguous array: pass numpy.ascontiguousarray(x) "
+          "and use the returned array");
     }
     expected *= static_cast<int64_t>(array.shape(i));
   }
@@ -115,12 +116,13 @@ NB_MODULE(_collective, m) {
 
   // Created here rather than with nb::exception because CollectiveTimeout
   // needs two bases. The names make them pickle as agent.native.*.
-  collective_error =
-      PyErr_NewExceptionWithDoc("agent.native.CollectiveError",
-                                "A peer failed, went away or disagreed about the collective.", PyExc_OSError, nullptr);
+  collective_error = PyErr_NewExceptionWithDoc(
+      "agent.native.CollectiveError", "A peer failed, went away or disagreed about the collective.",
+      PyExc_OSError, nullptr);
   PyObject* timeout_bases = PyTuple_Pack(2, PyExc_TimeoutError, collective_error);
-  collective_timeout = PyErr_NewExceptionWithDoc(
-      "agent.native.CollectiveTimeout", "Nothing moved within the communicator's timeout.", timeout_bases, nullptr);
+  collective_timeout = PyErr_NewExceptionWithDoc("agent.native.CollectiveTimeout",
+                                                 "Nothing moved within the communicator's timeout.",
+                                                 timeout_bases, nullptr);
   Py_DECREF(timeout_bases);
   if (collective_error == nullptr || collective_timeout == nullptr) throw nb::python_error();
   m.attr("CollectiveError") = nb::handle(collective_error);
@@ -145,11 +147,14 @@ NB_MODULE(_collective, m) {
   m.def(
       "segment_rows",
       [](size_t rows, size_t parts, size_t index) {
-        if (parts == 0 || index >= parts) throw col::InvalidArgumentError("segment index out of range");
+        if (parts == 0 || index >= parts) {
+          throw col::InvalidArgumentError("segment index out of range");
+        }
         const col::RowRange range = col::segment_rows(rows, parts, index);
         return std::make_pair(range.first, range.rows);
       },
-      "rows"_a, "parts"_a, "index"_a, "First row and row count of segment `index` (numpy.array_split's cut).");
+      "rows"_a, "parts"_a, "index"_a,
+      "First row and row count of segment `index` (numpy.array_split's cut).");
 
   nb::class_<col::Communicator>(m, "Communicator")
       .def(
@@ -173,10 +178,13 @@ NB_MODULE(_collective, m) {
       .def_prop_ro("timeout_s", &col::Communicator::timeout_seconds)
       .def_prop_ro("closed", &col::Communicator::closed)
       .def_prop_ro("links", [](const col::Communicator& self) { return self.link_kinds(); })
-      .def_prop_ro("algorithm", [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })
+      .def_prop_ro(
+          "algorithm",
+          [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })
       .def(
           "allreduce",
-          [](col::Communicator& self, CpuArray array, const std::string& op, const std::string& algorithm) {
+          [](col::Communicator& self, CpuArray array, const std::string& op,
+             const std::string& algorithm) {
             const col::DataType dtype = checked(array, "allreduce");
             const col::ReduceOp reduce_op = col::parse_reduce_op(op);
             const col::Algorithm chosen = algorithm_of(algorithm);
@@ -201,12 +209,14 @@ NB_MODULE(_collective, m) {
           "array"_a, "root"_a = 0, "algorithm"_a = "")
       .def(
           "allgather",
-          [](col::Communicator& self, CpuArray input, CpuArray output, const std::string& algorithm) {
+          [](col::Communicator& self, CpuArray input, CpuArray output,
+             const std::string& algorithm) {
             const col::DataType dtype = checked(input, "allgather");
             if (checked(output, "allgather") != dtype ||
                 output.size() != input.size() * static_cast<size_t>(self.size())) {
-              throw col::InvalidArgumentError("allgather: the output must have size * input.size elements of the "
-                                              "input's dtype");
+              throw col::InvalidArgumentError(
+                  "allgather: the output must have size * input.size elements of the "
+                  "input's dtype");
             }
             const col::Algorithm chosen = algorithm_of(algorithm);
             const uint64_t shape_hash = col::hash_shape(shape_of(input));
@@ -222,14 +232,19 @@ NB_MODULE(_collective, m) {
           [](col::Communicator& self, CpuArray input, CpuArray output, const std::string& op,
              const std::string& algorithm) {
             const col::DataType dtype = checked(input, "reduce_scatter");
-            if (input.ndim() == 0) throw col::InvalidArgumentError("reduce_scatter needs an array of at least 1 dimension");
+            if (input.ndim() == 0) {
+              throw col::InvalidArgumentError(
+                  "reduce_scatter needs an array of at least 1 dimension");
+            }
             const col::ReduceOp reduce_op = col::parse_reduce_op(op);
             const size_t rows = input.shape(0);
             const size_t row_elements = rows == 0 ? 0 : input.size() / rows;
             const col::RowRange own = col::segment_rows(rows, self.size(), self.rank());
-            if (checked(output, "reduce_scatter") != dtype || output.size() != own.rows * row_elements) {
-              throw col::InvalidArgumentError("reduce_scatter: the output must hold this rank's segment (" +
-                                              std::to_string(own.rows * row_elements) + " elements of the input's dtype)");
+            if (checked(output, "reduce_scatter") != dtype ||
+                output.size() != own.rows * row_elements) {
+              throw col::InvalidArgumentError(
+                  "reduce_scatter: the output must hold this rank's segment (" +
+                  std::to_string(own.rows * row_elements) + " elements of the input's dtype)");
             }
             const col::Algorithm chosen = algorithm_of(algorithm);
             const uint64_t shape_hash = col::hash_shape(shape_of(input));
@@ -264,7 +279,8 @@ NB_MODULE(_collective, m) {
             std::vector<col::Buffer> buffers;
             buffers.reserve(arrays.size());
             for (CpuArray& array : arrays) {
-              buffers.push_back(col::Buffer{array.data(), array.size(), checked(array, "grouped_allreduce")});
+              buffers.push_back(
+                  col::Buffer{array.data(), array.size(), checked(array, "grouped_allreduce")});
             }
             nb::gil_scoped_release release;
             self.grouped_allreduce(buffers, reduce_op, chosen);
@@ -282,7 +298,8 @@ NB_MODULE(_collective, m) {
           "name"_a, "array"_a)
       .def(
           "request",
-          [](col::Communicator& self, int peer, const std::string& name, CpuArray out, double timeout_s) {
+          [](col::Communicator& self, int peer, const std::string& name, CpuArray out,
+             double timeout_s) {
             const col::DataType dtype = checked(out, "request");
             // 0: the communicator's timeout.
             const std::chrono::milliseconds timeout =

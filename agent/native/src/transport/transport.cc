@@ -7,8 +7,8 @@ std::string Connection::describe_peer() const {
   return "rank " + std::to_string(peer_rank()) + " (" + peer_address() + ")";
 }
 
-void send_all(Transport& transport, Connection& connection, const void* data, size_t length, Deadline& deadline,
-              int spin_us) {
+void send_all(Transport& transport, Connection& connection, const void* data, size_t length,
+              Deadline& deadline, int spin_us) {
   const char* cursor = static_cast<const char*>(data);
   while (length > 0) {
     size_t moved = connection.send_some(cursor, length);
@@ -23,8 +23,8 @@ void send_all(Transport& transport, Connection& connection, const void* data, si
   }
 }
 
-void recv_all(Transport& transport, Connection& connection, void* data, size_t length, Deadline& deadline,
-              int spin_us) {
+void recv_all(Transport& transport, Connection& connection, void* data, size_t length,
+              Deadline& deadline, int spin_us) {
   char* cursor = static_cast<char*>(data);
   while (length > 0) {
     size_t moved = connection.recv_some(cursor, length);

@@ -91,7 +91,8 @@ class Transport {
   // TimeoutError naming the peers when the deadline passes first. With
   // spin_us > 0 it first checks without sleeping for that long
   // (COLLECTIVE_SPIN_US; worth it only for latency-bound calls).
-  virtual void wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) = 0;
+  virtual void wait(const WaitRequest* requests, size_t count, const Deadline& deadline,
+                    int spin_us) = 0;
 
   // Close every connection so peers see end-of-stream at once instead of
   // waiting for their timeout. Idempotent.
@@ -100,9 +101,9 @@ class Transport {
 
 // Blocking transfers of a whole buffer, built on the non-blocking interface.
 // Used for small control messages (handshakes, barrier tokens, headers).
-void send_all(Transport& transport, Connection& connection, const void* data, size_t length, Deadline& deadline,
-              int spin_us = 0);
-void recv_all(Transport& transport, Connection& connection, void* data, size_t length, Deadline& deadline,
-              int spin_us = 0);
+void send_all(Transport& transport, Connection& connection, const void* data, size_t length,
+              Deadline& deadline, int spin_us = 0);
+void recv_all(Transport& transport, Connection& connection, void* data, size_t length,
+              Deadline& deadline, int spin_us = 0);
 
 }  // namespace adaptrain::collective

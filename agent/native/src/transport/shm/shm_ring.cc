@@ -18,7 +18,8 @@ RingSpan ring_span(uint64_t index, size_t length, size_t capacity) {
 SpscRing::SpscRing(RingControl* control, char* data, size_t capacity)
     : control_(control), data_(data), capacity_(capacity) {
   if (!is_power_of_two(capacity)) {
-    throw InvalidArgumentError("a shared-memory ring needs a power-of-two capacity, not " + std::to_string(capacity));
+    throw InvalidArgumentError("a shared-memory ring needs a power-of-two capacity, not " +
+                               std::to_string(capacity));
   }
 }
 

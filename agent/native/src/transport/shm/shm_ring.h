@@ -38,7 +38,8 @@ struct alignas(64) RingControl {
   std::atomic<uint32_t> producer_closed;  // the producer will write no more
   std::atomic<uint32_t> consumer_closed;  // the consumer will read no more
 };
-static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint32_t>::is_always_lock_free,
+static_assert(std::atomic<uint64_t>::is_always_lock_free &&
+                  std::atomic<uint32_t>::is_always_lock_free,
               "the ring's atomics must work between processes");
 
 // Where a transfer of `length` bytes starting at index `index` lands in a

@@ -22,7 +22,7 @@
 namespace adaptrain::collective {
 namespace {
 
-constexpr uint32_t kOfferMagic = 0x4D485341;  // "ASHM"
+constexpr uint32_t kOfferMagic = 0x4D485341;   // "ASHM"
 constexpr uint32_t kStatusMagic = 0x54534841;  // "AHST"
 constexpr uint32_t kShmProtocolVersion = 1;
 constexpr uint64_t kSegmentMagic = 0x474553504D484341ull;  // "ACHMPSEG"
@@ -104,7 +104,8 @@ uint64_t random_nonce() {
   std::random_device device;
   const uint64_t high = device();
   const uint64_t low = device();
-  const uint64_t clock = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const uint64_t clock =
+      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   return ((high << 32) | low) ^ (clock * 0x9E3779B97F4A7C15ull) ^ static_cast<uint64_t>(::getpid());
 }
 
@@ -132,7 +133,8 @@ int open_retrying(const std::string& name, int flags) {
 
 // L's side: create, reserve, map and initialise. Returns kOk or the stage
 // that failed, with *error set.
-uint32_t create_segment(const std::string& name, size_t capacity, uint64_t nonce, Mapping& mapping, int* error) {
+uint32_t create_segment(const std::string& name, size_t capacity, uint64_t nonce, Mapping& mapping,
+                        int* error) {
   const int fd = open_retrying(name, O_CREAT | O_EXCL);
   if (fd < 0) {
     *error = errno;
@@ -180,7 +182,7 @@ uint32_t open_segment(const std::string& name, uint64_t nonce, Mapping& mapping,
     return kOpen;
   }
   uint32_t stage = kOk;
-  struct stat info {};
+  struct stat info{};
   if (::fstat(fd, &info) != 0) {
     *error = errno;
     stage = kOpen;
@@ -195,8 +197,9 @@ uint32_t open_segment(const std::string& name, uint64_t nonce, Mapping& mapping,
     } else {
       mapping.bytes = bytes;
       const SegmentHeader* header = mapping.header();
-      if (header->magic != kSegmentMagic || header->version != kShmProtocolVersion || header->nonce != nonce ||
-          !is_power_of_two(header->capacity) || segment_bytes(header->capacity) != bytes) {
+      if (header->magic != kSegmentMagic || header->version != kShmProtocolVersion ||
+          header->nonce != nonce || !is_power_of_two(header->capacity) ||
+          segment_bytes(header->capacity) != bytes) {
         stage = kCheck;
       }
     }
@@ -211,7 +214,8 @@ uint32_t open_segment(const std::string& name, uint64_t nonce, Mapping& mapping,
 // its liveness channel and doorbell.
 class ShmConnection final : public Connection {
  public:
-  ShmConnection(std::unique_ptr<TcpConnection> liveness, std::unique_ptr<Mapping> mapping, bool lower)
+  ShmConnection(std::unique_ptr<TcpConnection> liveness, std::unique_ptr<Mapping> mapping,
+                bool lower)
       : liveness_(std::move(liveness)),
         mapping_(std::move(mapping)),
         out_(ring(lower ? 0 : 1)),
@@ -242,8 +246,8 @@ class ShmConnection final : public Connection {
     }
     if (peer_closed()) {
       throw IoError(describe_peer() +
-                    " closed the connection; it has probably exited or failed, or found that the ranks' calls "
-                    "differ (see its error)");
+                    " closed the connection; it has probably exited or failed, or found that the "
+                    "ranks' calls differ (see its error)");
     }
     return 0;
   }
@@ -253,8 +257,8 @@ class ShmConnection final : public Connection {
     *data = in_.view(length);
     if (*length == 0 && peer_closed()) {
       throw IoError(describe_peer() +
-                    " closed the connection; it has probably exited or failed, or found that the ranks' calls "
-                    "differ (see its error)");
+                    " closed the connection; it has probably exited or failed, or found that the "
+                    "ranks' calls differ (see its error)");
     }
     return true;
   }
@@ -286,14 +290,18 @@ class ShmConnection final : public Connection {
     liveness_->close();
   }
 
-  void poll_target(bool, bool, pollfd* target) const override { *target = pollfd{liveness_->fd(), POLLIN, 0}; }
+  void poll_target(bool, bool, pollfd* target) const override {
+    *target = pollfd{liveness_->fd(), POLLIN, 0};
+  }
 
   bool ready(bool send, bool recv) override {
     if (closed_ || peer_gone_) return true;
-    if (send && (out_.writable() > 0 || out_.control().consumer_closed.load(std::memory_order_relaxed) != 0)) {
+    if (send && (out_.writable() > 0 ||
+                 out_.control().consumer_closed.load(std::memory_order_relaxed) != 0)) {
       return true;
     }
-    return recv && (in_.readable() > 0 || in_.control().producer_closed.load(std::memory_order_relaxed) != 0);
+    return recv && (in_.readable() > 0 ||
+                    in_.control().producer_closed.load(std::memory_order_relaxed) != 0);
   }
 
   bool arm(bool send, bool recv) override {
@@ -380,7 +388,8 @@ uint64_t host_identity() {
   return fnv1a(std::string(name), fnv1a(boot_id));
 }
 
-std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOptions& options, Deadline& deadline) {
+std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOptions& options,
+                                           Deadline& deadline) {
   const int rank = transport.rank();
   const int size = transport.size();
   std::vector<std::string> kinds(size, "tcp");
@@ -400,23 +409,29 @@ std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOpt
   }
   auto link = [&](const Pair& pair) -> Connection& { return transport.connection(pair.peer); };
   auto fail_text = [&](const Pair& pair, const std::string& why) {
-    return transport.who() + " could not set up shared memory with " + link(pair).describe_peer() + ": " + why +
-           " (COLLECTIVE_LOCAL_TRANSPORT=shm; use auto to fall back to TCP)";
+    return transport.who() + " could not set up shared memory with " + link(pair).describe_peer() +
+           ": " + why + " (COLLECTIVE_LOCAL_TRANSPORT=shm; use auto to fall back to TCP)";
   };
 
   // 1. Offers, all sent before any is read.
   for (Pair& pair : pairs) {
-    Offer offer{kOfferMagic, kShmProtocolVersion, host_of(peers[pair.peer]) == own_host ? 1u : 0u,
-                static_cast<uint32_t>(::getpid()), identity, nonce};
+    Offer offer{kOfferMagic,
+                kShmProtocolVersion,
+                host_of(peers[pair.peer]) == own_host ? 1u : 0u,
+                static_cast<uint32_t>(::getpid()),
+                identity,
+                nonce};
     send_all(transport, link(pair), &offer, sizeof(offer), deadline);
   }
   for (Pair& pair : pairs) {
     recv_all(transport, link(pair), &pair.theirs, sizeof(pair.theirs), deadline);
     if (pair.theirs.magic != kOfferMagic || pair.theirs.version != kShmProtocolVersion) {
-      throw IoError(transport.who() + ": " + link(pair).describe_peer() +
-                    " answered the shared-memory offer with something else; do both run the same build?");
+      throw IoError(
+          transport.who() + ": " + link(pair).describe_peer() +
+          " answered the shared-memory offer with something else; do both run the same build?");
     }
-    pair.want = pair.theirs.want != 0 && host_of(peers[pair.peer]) == own_host && pair.theirs.host_id == identity;
+    pair.want = pair.theirs.want != 0 && host_of(peers[pair.peer]) == own_host &&
+                pair.theirs.host_id == identity;
     if (pair.want) {
       const int low = std::min(rank, pair.peer);
       const int high = std::max(rank, pair.peer);
@@ -426,13 +441,15 @@ std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOpt
       std::snprintf(name, sizeof(name), "/adaptrain-%016llx-%llu-%d-%d-%016llx%016llx",
                     static_cast<unsigned long long>(transport.group_id()),
                     static_cast<unsigned long long>(transport.cluster_version()), low, high,
-                    static_cast<unsigned long long>(low_nonce), static_cast<unsigned long long>(high_nonce));
+                    static_cast<unsigned long long>(low_nonce),
+                    static_cast<unsigned long long>(high_nonce));
       pair.name = name;
     } else if (options.mode == LocalTransport::kShm && host_of(peers[pair.peer]) == own_host) {
-      throw IoError(fail_text(pair, pair.theirs.host_id != identity
-                                        ? "its host name or boot id differs, although its address has this "
-                                          "rank's host part"
-                                        : "it does not want shared memory"));
+      throw IoError(
+          fail_text(pair, pair.theirs.host_id != identity
+                              ? "its host name or boot id differs, although its address has this "
+                                "rank's host part"
+                              : "it does not want shared memory"));
     }
   }
 
@@ -441,7 +458,8 @@ std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOpt
     if (!pair.lower || !pair.want) continue;
     pair.mapping = std::make_unique<Mapping>();
     int error = 0;
-    pair.local.stage = create_segment(pair.name, options.buffer_bytes, pair.theirs.nonce ^ nonce, *pair.mapping, &error);
+    pair.local.stage = create_segment(pair.name, options.buffer_bytes, pair.theirs.nonce ^ nonce,
+                                      *pair.mapping, &error);
     pair.local.error_number = static_cast<uint32_t>(error);
     if (pair.local.stage != kOk) pair.mapping.reset();
     send_all(transport, link(pair), &pair.local, sizeof(pair.local), deadline);
@@ -493,8 +511,9 @@ std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOpt
     }
     std::unique_ptr<Connection> tcp = transport.release_connection(pair.peer);
     std::unique_ptr<TcpConnection> liveness(static_cast<TcpConnection*>(tcp.release()));
-    transport.adopt_connection(pair.peer,
-                               std::make_unique<ShmConnection>(std::move(liveness), std::move(pair.mapping), pair.lower));
+    transport.adopt_connection(
+        pair.peer,
+        std::make_unique<ShmConnection>(std::move(liveness), std::move(pair.mapping), pair.lower));
     kinds[pair.peer] = "shm";
   }
   return kinds;

@@ -42,8 +42,8 @@
 #include <vector>
 
 #include "core/deadline.h"
-#include "transport/tcp/transport_tcp.h"
 #include "core/tunables.h"
+#include "transport/tcp/transport_tcp.h"
 
 namespace adaptrain::collective {
 
@@ -55,7 +55,8 @@ struct ShmOptions {
 // Moves the pairs it can to shared memory (see above); must run on every
 // rank at the same point, after the rendezvous and before any collective.
 // Returns, per rank, "self", "shm" or "tcp". Throws IoError / TimeoutError.
-std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOptions& options, Deadline& deadline);
+std::vector<std::string> use_shared_memory(TcpTransport& transport, const ShmOptions& options,
+                                           Deadline& deadline);
 
 // The host part of "host:port" as given in the peer list.
 std::string host_of(const std::string& address);

@@ -28,7 +28,8 @@ void set_buffer_sizes(int fd, size_t bytes) {
   set_int_option(fd, SOL_SOCKET, SO_RCVBUF, value);
 }
 
-int resolve_address(const std::string& host, const std::string& port, bool passive, AddrInfoList& out) {
+int resolve_address(const std::string& host, const std::string& port, bool passive,
+                    AddrInfoList& out) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -51,24 +52,30 @@ std::string text_of(const sockaddr_storage& addr) {
   return "an unknown address";
 }
 
-Socket listen_on(const std::string& host, const std::string& port, size_t buffer_bytes, const Deadline& deadline,
-                 const std::string& who) {
-  const std::string address = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port;
+Socket listen_on(const std::string& host, const std::string& port, size_t buffer_bytes,
+                 const Deadline& deadline, const std::string& who) {
+  const std::string address =
+      (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port;
   AddrInfoList resolved;
   int gai = resolve_address(host, port, true, resolved);
-  if (gai != 0) throw IoError(who + " cannot resolve its own listen address " + address + ": " + gai_strerror(gai));
+  if (gai != 0) {
+    throw IoError(who + " cannot resolve its own listen address " + address + ": " +
+                  gai_strerror(gai));
+  }
   int pause_ms = 5;
   for (;;) {
     int last_errno = 0;
     for (addrinfo* ai = resolved.head; ai != nullptr; ai = ai->ai_next) {
-      Socket socket(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+      Socket socket(
+          ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
       if (socket.get() < 0) {
         last_errno = errno;
         continue;
       }
       set_int_option(socket.get(), SOL_SOCKET, SO_REUSEADDR, 1);
       set_buffer_sizes(socket.get(), buffer_bytes);
-      if (::bind(socket.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(socket.get(), 128) != 0) {
+      if (::bind(socket.get(), ai->ai_addr, ai->ai_addrlen) != 0 ||
+          ::listen(socket.get(), 128) != 0) {
         last_errno = errno;
         continue;
       }
@@ -77,11 +84,13 @@ Socket listen_on(const std::string& host, const std::string& port, size_t buffer
     // Only "in use" is worth waiting for: the previous owner is about to let go.
     if (last_errno != EADDRINUSE || deadline.expired()) {
       throw IoError(who + " cannot listen on " + address + ": " + errno_text(last_errno) +
-                    (last_errno == EADDRINUSE ? " (still in use when the timeout ran out; is another process "
-                                                "or an unclosed communicator listening there?)"
-                                              : ""));
+                    (last_errno == EADDRINUSE
+                         ? " (still in use when the timeout ran out; is another process "
+                           "or an unclosed communicator listening there?)"
+                         : ""));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(pause_ms, std::max(deadline.remaining_ms(), 1))));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::min(pause_ms, std::max(deadline.remaining_ms(), 1))));
     pause_ms = std::min(pause_ms * 2, 100);
   }
 }
@@ -92,8 +101,12 @@ int local_port(int fd) {
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
     throw IoError("getsockname failed: " + errno_text(errno));
   }
-  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
-  if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+  if (addr.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+  }
+  if (addr.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+  }
   throw IoError("getsockname returned an unknown address family");
 }
 

@@ -56,7 +56,8 @@ struct AddrInfoList {
 };
 
 // Returns 0 or a getaddrinfo error code.
-int resolve_address(const std::string& host, const std::string& port, bool passive, AddrInfoList& out);
+int resolve_address(const std::string& host, const std::string& port, bool passive,
+                    AddrInfoList& out);
 
 // "10.0.0.2:41000" or "[::1]:41000".
 std::string text_of(const sockaddr_storage& addr);
@@ -67,8 +68,8 @@ std::string text_of(const sockaddr_storage& addr);
 // still held by another listener (EADDRINUSE: the previous cluster version's
 // communicator has not closed yet) it retries until `deadline`. Throws IoError
 // naming `who`.
-Socket listen_on(const std::string& host, const std::string& port, size_t buffer_bytes, const Deadline& deadline,
-                 const std::string& who);
+Socket listen_on(const std::string& host, const std::string& port, size_t buffer_bytes,
+                 const Deadline& deadline, const std::string& who);
 
 // The port a bound socket ended up on.
 int local_port(int fd);

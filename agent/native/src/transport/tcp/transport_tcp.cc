@@ -41,7 +41,7 @@ inline void pause_briefly() {
 namespace {
 
 constexpr uint32_t kHelloMagic = 0x4C4F4341;  // "ACOL" on the wire
-constexpr uint32_t kProtocolVersion = 2;  // 2: the cluster version joined the hello
+constexpr uint32_t kProtocolVersion = 2;      // 2: the cluster version joined the hello
 
 struct Hello {
   uint32_t magic;
@@ -113,8 +113,9 @@ uint64_t hash_peers(const std::vector<std::string>& peers) {
 
 HostPort parse_host_port(const std::string& address) {
   auto bad = [&](const char* why) {
-    return InvalidArgumentError("peer address \"" + address + "\" is not valid: " + why +
-                                " (expected \"host:port\", e.g. \"10.0.0.2:41000\" or \"[::1]:41000\")");
+    return InvalidArgumentError(
+        "peer address \"" + address + "\" is not valid: " + why +
+        " (expected \"host:port\", e.g. \"10.0.0.2:41000\" or \"[::1]:41000\")");
   };
   size_t colon = address.rfind(':');
   if (colon == std::string::npos) throw bad("no port");
@@ -126,7 +127,8 @@ HostPort parse_host_port(const std::string& address) {
   }
   if (result.host.empty()) throw bad("no host");
   if (result.port.empty() || result.port.size() > 5 ||
-      !std::all_of(result.port.begin(), result.port.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      !std::all_of(result.port.begin(), result.port.end(),
+                   [](char c) { return c >= '0' && c <= '9'; }) ||
       std::stoi(result.port) < 1 || std::stoi(result.port) > 65535) {
     throw bad("the port must be a number from 1 to 65535");
   }
@@ -148,8 +150,8 @@ size_t TcpConnection::send_some(const void* data, size_t length) {
     if (sent >= 0) return static_cast<size_t>(sent);
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-    throw IoError("the connection to " + describe_peer() + " broke while sending: " + errno_text(errno) +
-                  "; the peer has probably exited or failed");
+    throw IoError("the connection to " + describe_peer() + " broke while sending: " +
+                  errno_text(errno) + "; the peer has probably exited or failed");
   }
 }
 
@@ -161,13 +163,13 @@ size_t TcpConnection::recv_some(void* data, size_t length) {
     if (received > 0) return static_cast<size_t>(received);
     if (received == 0) {
       throw IoError(describe_peer() +
-                    " closed the connection; it has probably exited or failed, or found that the ranks' calls "
-                    "differ (see its error)");
+                    " closed the connection; it has probably exited or failed, or found that the "
+                    "ranks' calls differ (see its error)");
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-    throw IoError("the connection to " + describe_peer() + " broke while receiving: " + errno_text(errno) +
-                  "; the peer has probably exited or failed");
+    throw IoError("the connection to " + describe_peer() + " broke while receiving: " +
+                  errno_text(errno) + "; the peer has probably exited or failed");
   }
 }
 
@@ -212,13 +214,14 @@ std::unique_ptr<TcpTransport> TcpTransport::connect(const TcpOptions& options) {
   const int size = static_cast<int>(options.peers.size());
   if (size < 1) throw InvalidArgumentError("peers is empty: give one \"host:port\" per rank");
   if (options.rank < 0 || options.rank >= size) {
-    throw InvalidArgumentError("rank " + std::to_string(options.rank) + " is out of range for " + std::to_string(size) +
-                               " peers: use 0.." + std::to_string(size - 1));
+    throw InvalidArgumentError("rank " + std::to_string(options.rank) + " is out of range for " +
+                               std::to_string(size) + " peers: use 0.." + std::to_string(size - 1));
   }
   for (const std::string& peer : options.peers) parse_host_port(peer);
   for (int peer : options.needed_peers) {
     if (peer < 0 || peer >= size || peer == options.rank) {
-      throw InvalidArgumentError("needed peer " + std::to_string(peer) + " is not another rank of the group");
+      throw InvalidArgumentError("needed peer " + std::to_string(peer) +
+                                 " is not another rank of the group");
     }
   }
   std::unique_ptr<TcpTransport> transport(new TcpTransport(options));
@@ -253,7 +256,9 @@ int TcpTransport::poll_retrying(pollfd* fds, unsigned long count, const Deadline
 
 std::unique_ptr<Connection> TcpTransport::release_connection(int peer) {
   auto found = connections_.find(peer);
-  if (found == connections_.end()) throw IoError(who() + " has no connection to rank " + std::to_string(peer));
+  if (found == connections_.end()) {
+    throw IoError(who() + " has no connection to rank " + std::to_string(peer));
+  }
   std::unique_ptr<Connection> connection = std::move(found->second);
   connections_.erase(found);
   return connection;
@@ -263,7 +268,8 @@ void TcpTransport::adopt_connection(int peer, std::unique_ptr<Connection> connec
   connections_[peer] = std::move(connection);
 }
 
-void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) {
+void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadline& deadline,
+                        int spin_us) {
   // Ready without a system call (a shared-memory ring with bytes or room)?
   auto any_ready = [&] {
     for (size_t i = 0; i < count; ++i) {
@@ -284,7 +290,8 @@ void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadlin
     pollfd target{};
     connection->poll_target(requests[i].send, requests[i].recv, &target);
     memory_backed = memory_backed || connection->memory_backed();
-    auto same = std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == target.fd; });
+    auto same =
+        std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == target.fd; });
     if (same != fds.end()) {
       same->events |= target.events;
     } else {
@@ -294,7 +301,9 @@ void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadlin
   }
   auto report = [&] {
     for (size_t i = 0; i < fds.size(); ++i) {
-      if (fds[i].revents & POLLNVAL) throw IoError(who() + ": a connection was closed while in use");
+      if (fds[i].revents & POLLNVAL) {
+        throw IoError(who() + ": a connection was closed while in use");
+      }
       if (fds[i].revents != 0) owners[i]->woke(fds[i].revents);
     }
   };
@@ -303,7 +312,8 @@ void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadlin
   // without a wake-up.
   if (spin_us > 0) {
     const auto spin_until = Deadline::Clock::now() + std::chrono::microseconds(spin_us);
-    const bool all_in_memory = std::all_of(owners.begin(), owners.end(), [](Connection* c) { return c->memory_backed(); });
+    const bool all_in_memory =
+        std::all_of(owners.begin(), owners.end(), [](Connection* c) { return c->memory_backed(); });
     for (unsigned round = 0; Deadline::Clock::now() < spin_until; ++round) {
       if (memory_backed && any_ready()) return;
       // Rings only: no system call per round; their sockets (doorbells,
@@ -352,7 +362,8 @@ void TcpTransport::wait(const WaitRequest* requests, size_t count, const Deadlin
                                                                 : "to receive from ";
         waiting += what + requests[i].connection->describe_peer();
       }
-      throw TimeoutError("nothing moved within the " + deadline.budget_text() + " timeout while waiting " + waiting +
+      throw TimeoutError("nothing moved within the " + deadline.budget_text() +
+                         " timeout while waiting " + waiting +
                          "; the peer may have stalled, died or not called the same collective");
     }
   }
@@ -373,7 +384,8 @@ int TcpTransport::connect_with_retry(int peer, Deadline& deadline) {
       last_error = std::string("cannot resolve host: ") + gai_strerror(gai);
     } else {
       for (addrinfo* ai = resolved.head; ai != nullptr; ai = ai->ai_next) {
-        Socket socket(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+        Socket socket(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                               ai->ai_protocol));
         if (socket.get() < 0) {
           last_error = errno_text(errno);
           continue;
@@ -390,7 +402,9 @@ int TcpTransport::connect_with_retry(int peer, Deadline& deadline) {
               continue;
             }
             socklen_t length = sizeof(error);
-            if (::getsockopt(socket.get(), SOL_SOCKET, SO_ERROR, &error, &length) != 0) error = errno;
+            if (::getsockopt(socket.get(), SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
+              error = errno;
+            }
           }
         }
         if (error == 0) {
@@ -405,16 +419,18 @@ int TcpTransport::connect_with_retry(int peer, Deadline& deadline) {
     while (!retry_at.expired() && !deadline.expired()) accept_pending(retry_at, deadline);
     backoff_ms = std::min(backoff_ms * 2, options_.connect_retry_ms);
   }
-  throw TimeoutError(who() + " could not connect to rank " + std::to_string(peer) + " at " + address_text +
-                     " within the " + deadline.budget_text() + " timeout (last error: " + last_error +
+  throw TimeoutError(who() + " could not connect to rank " + std::to_string(peer) + " at " +
+                     address_text + " within the " + deadline.budget_text() +
+                     " timeout (last error: " + last_error +
                      "); is that rank running and listening there?" + rejections_text());
 }
 
 std::string TcpTransport::rejections_text() const {
   std::string text;
   if (saw_other_cluster_version_) {
-    text += "; peers at another cluster version were seen (a member of an older or newer version is still "
-            "running at an address of this version's list, or this rank's version is stale)";
+    text +=
+        "; peers at another cluster version were seen (a member of an older or newer version is "
+        "still running at an address of this version's list, or this rank's version is stale)";
   }
   for (const std::string& rejection : rejections_) text += "; " + rejection;
   return text;
@@ -422,11 +438,13 @@ std::string TcpTransport::rejections_text() const {
 
 void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline) {
   pollfd p{listener_, POLLIN, 0};
-  const Deadline& first = poll_until.remaining_ms() < deadline.remaining_ms() ? poll_until : deadline;
+  const Deadline& first =
+      poll_until.remaining_ms() < deadline.remaining_ms() ? poll_until : deadline;
   if (poll_retrying(&p, 1, first) == 0) return;
   sockaddr_storage remote{};
   socklen_t remote_length = sizeof(remote);
-  int fd = ::accept4(listener_, reinterpret_cast<sockaddr*>(&remote), &remote_length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  int fd = ::accept4(listener_, reinterpret_cast<sockaddr*>(&remote), &remote_length,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) return;
     throw IoError(who() + " failed to accept a connection: " + errno_text(errno));
@@ -439,8 +457,8 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
   try {
     recv_all(*this, *connection, &hello, sizeof(hello), deadline);
   } catch (const TimeoutError&) {
-    throw TimeoutError(who() + ": a connection from " + remote_text + " sent no handshake within the " +
-                       deadline.budget_text() + " timeout");
+    throw TimeoutError(who() + ": a connection from " + remote_text +
+                       " sent no handshake within the " + deadline.budget_text() + " timeout");
   } catch (const IoError&) {
     note_rejection("a connection from " + remote_text + " hung up during the handshake");
     return;
@@ -463,7 +481,8 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
     status = kGroupMismatch;
   } else if (hello.receiver_rank != static_cast<uint32_t>(options_.rank)) {
     status = kWrongReceiver;
-  } else if (std::find(expected_.begin(), expected_.end(), static_cast<int>(hello.sender_rank)) == expected_.end()) {
+  } else if (std::find(expected_.begin(), expected_.end(), static_cast<int>(hello.sender_rank)) ==
+             expected_.end()) {
     status = kUnexpectedSender;
   }
 
@@ -481,14 +500,16 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
     return;
   }
   if (status != kAccepted) {
-    std::string claimed = hello.magic == kHelloMagic ? " claiming to be rank " + std::to_string(hello.sender_rank) +
-                                                           " of " + std::to_string(hello.world_size)
-                                                     : "";
+    std::string claimed = hello.magic == kHelloMagic
+                              ? " claiming to be rank " + std::to_string(hello.sender_rank) +
+                                    " of " + std::to_string(hello.world_size)
+                              : "";
     if (status == kClusterVersionMismatch) {
-      claimed += " at cluster version " + std::to_string(hello.cluster_version) + " (this rank is at " +
-                 std::to_string(options_.cluster_version) + ")";
+      claimed += " at cluster version " + std::to_string(hello.cluster_version) +
+                 " (this rank is at " + std::to_string(options_.cluster_version) + ")";
     }
-    note_rejection("refused a connection from " + remote_text + claimed + " because " + status_reason(status));
+    note_rejection("refused a connection from " + remote_text + claimed + " because " +
+                   status_reason(status));
     return;
   }
   const int sender = static_cast<int>(hello.sender_rank);
@@ -517,28 +538,33 @@ bool TcpTransport::read_reply(TcpConnection& connection, Deadline& deadline) {
   try {
     recv_all(*this, connection, &reply, sizeof(reply), deadline);
   } catch (const TimeoutError&) {
-    throw TimeoutError(who() + ": " + connection.describe_peer() + " accepted the connection but did not answer " +
-                       "the handshake within the " + deadline.budget_text() + " timeout" + rejections_text());
+    throw TimeoutError(
+        who() + ": " + connection.describe_peer() + " accepted the connection but did not answer " +
+        "the handshake within the " + deadline.budget_text() + " timeout" + rejections_text());
   } catch (const IoError& e) {
     throw IoError(who() + ": " + connection.describe_peer() + " hung up during the handshake; " +
                   "is the process at that address a member of this group?");
   }
   if (reply.magic != kHelloMagic || reply.version != kProtocolVersion) {
-    throw IoError(who() + ": the process at " + connection.peer_address() + " (rank " +
-                  std::to_string(connection.peer_rank()) +
-                  " in the peer list) did not answer with the collective handshake; check the peer list");
+    throw IoError(
+        who() + ": the process at " + connection.peer_address() + " (rank " +
+        std::to_string(connection.peer_rank()) +
+        " in the peer list) did not answer with the collective handshake; check the peer list");
   }
   if (reply.status == kClusterVersionMismatch) {
     saw_other_cluster_version_ = true;
-    note_rejection("the process at " + connection.peer_address() + " (rank " + std::to_string(connection.peer_rank()) +
-                   " in the peer list) answered from cluster version " + std::to_string(reply.cluster_version) +
-                   ", this rank is at " + std::to_string(options_.cluster_version));
+    note_rejection("the process at " + connection.peer_address() + " (rank " +
+                   std::to_string(connection.peer_rank()) +
+                   " in the peer list) answered from cluster version " +
+                   std::to_string(reply.cluster_version) + ", this rank is at " +
+                   std::to_string(options_.cluster_version));
     return false;
   }
   if (reply.status != kAccepted) {
-    std::string detail = reply.status == kSizeMismatch ? " (it has " + std::to_string(reply.world_size) +
-                                                             " ranks, this group " + std::to_string(size()) + ")"
-                                                       : "";
+    std::string detail = reply.status == kSizeMismatch
+                             ? " (it has " + std::to_string(reply.world_size) +
+                                   " ranks, this group " + std::to_string(size()) + ")"
+                             : "";
     throw IoError(who() + ": " + connection.describe_peer() + " refused the connection because " +
                   status_reason(reply.status) + detail);
   }
@@ -559,7 +585,8 @@ void TcpTransport::rendezvous() {
 
   // Listen first: peers retry their connects until we are up.
   const HostPort address = parse_host_port(own_address);
-  Socket listener = listen_on(address.host, address.port, options_.socket_buffer_bytes, deadline, who());
+  Socket listener =
+      listen_on(address.host, address.port, options_.socket_buffer_bytes, deadline, who());
 
   listener_ = listener.get();
   for (int peer : options_.needed_peers) {
@@ -584,10 +611,11 @@ void TcpTransport::rendezvous() {
     if (deadline.expired()) {
       std::string missing;
       for (int peer : expected_) {
-        missing += (missing.empty() ? "rank " : ", rank ") + std::to_string(peer) + " (" + options_.peers[peer] + ")";
+        missing += (missing.empty() ? "rank " : ", rank ") + std::to_string(peer) + " (" +
+                   options_.peers[peer] + ")";
       }
-      throw TimeoutError(who() + " waited " + deadline.budget_text() + " for " + missing + " to connect" +
-                         rejections_text());
+      throw TimeoutError(who() + " waited " + deadline.budget_text() + " for " + missing +
+                         " to connect" + rejections_text());
     }
     accept_pending(deadline, deadline);
   }
@@ -605,10 +633,11 @@ void TcpTransport::rendezvous() {
       while (!retry_at.expired() && !deadline.expired()) accept_pending(retry_at, deadline);
       backoff_ms = std::min(backoff_ms * 2, options_.connect_retry_ms);
       if (deadline.expired()) {
-        throw TimeoutError(who() + " could not connect to rank " + std::to_string(peer) + " at " +
-                           options_.peers[peer] + " within the " + deadline.budget_text() +
-                           " timeout: the process there kept answering from another cluster version" +
-                           rejections_text());
+        throw TimeoutError(
+            who() + " could not connect to rank " + std::to_string(peer) + " at " +
+            options_.peers[peer] + " within the " + deadline.budget_text() +
+            " timeout: the process there kept answering from another cluster version" +
+            rejections_text());
       }
       connection = open_with_hello(peer, deadline);
     }

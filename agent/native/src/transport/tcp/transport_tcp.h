@@ -107,7 +107,8 @@ class TcpTransport final : public Transport {
   int size() const override { return static_cast<int>(options_.peers.size()); }
   Connection& connection(int peer) override;
   bool has_connection(int peer) const override { return connections_.count(peer) > 0; }
-  void wait(const WaitRequest* requests, size_t count, const Deadline& deadline, int spin_us) override;
+  void wait(const WaitRequest* requests, size_t count, const Deadline& deadline,
+            int spin_us) override;
   void shutdown() override;
 
   // Swapping a pair's link for another kind (transport/shm/transport_shm.h): the TCP
