@@ -17,7 +17,7 @@ fi
 # Rebuild when the project definition or the native sources changed since the last install.
 stamp="$VENV/.adaptrain-installed"
 extras="${1:-}"
-want="$(find "$ROOT/pyproject.toml" "$ROOT/agent/native/CMakeLists.txt" "$ROOT/agent/native/src" -type f 2>/dev/null | sort | xargs cat | sha256sum | cut -c1-16)$extras"
+want="$( { cat "$ROOT/pyproject.toml" "$ROOT"/agent/native/CMakeLists.txt; find "$ROOT/agent/native/src" -type f -print0 | LC_ALL=C sort -z | xargs -0 cat; } 2>/dev/null | sha256sum | cut -c1-16)$extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   step "installing Python packages (TensorFlow is ~600 MB to download the first time; pip shows progress)"
   "$VENV/bin/python" -m pip install --upgrade --quiet pip

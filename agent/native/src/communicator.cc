@@ -3,27 +3,31 @@
 #include <algorithm>
 #include <cstring>
 
-#include "allreduce_ring.h"
-#include "allreduce_star.h"
-#include "allreduce_tree.h"
-#include "barrier.h"
-#include "errors.h"
-#include "segments.h"
-#include "transport_shm.h"
-#include "transport_tcp.h"
+#include "collectives/allreduce_ring.h"
+#include "collectives/allreduce_star.h"
+#include "collectives/allreduce_tree.h"
+#include "collectives/barrier.h"
+#include "collectives/segments.h"
+#include "core/errors.h"
+#include "transport/shm/transport_shm.h"
+#include "transport/tcp/transport_tcp.h"
 
 namespace adaptrain::collective {
 namespace {
 
 int checked_size(const CommunicatorOptions& options) {
-  if (options.peers.empty()) throw InvalidArgumentError("peers is empty: give one \"host:port\" per rank");
+  if (options.peers.empty()) {
+    throw InvalidArgumentError("peers is empty: give one \"host:port\" per rank");
+  }
   const int size = static_cast<int>(options.peers.size());
   if (options.rank < 0 || options.rank >= size) {
-    throw InvalidArgumentError("rank " + std::to_string(options.rank) + " is out of range for " + std::to_string(size) +
-                               " peers: use 0.." + std::to_string(size - 1));
+    throw InvalidArgumentError("rank " + std::to_string(options.rank) + " is out of range for " +
+                               std::to_string(size) + " peers: use 0.." + std::to_string(size - 1));
   }
   if (options.timeout.count() <= 0) throw InvalidArgumentError("timeout must be positive");
-  if (options.algorithm == Algorithm::kDefault) throw InvalidArgumentError("a communicator needs an algorithm");
+  if (options.algorithm == Algorithm::kDefault) {
+    throw InvalidArgumentError("a communicator needs an algorithm");
+  }
   for (const std::string& peer : options.peers) parse_host_port(peer);
   return size;
 }
@@ -48,12 +52,13 @@ void check_data(const void* data, size_t count, const char* what) {
 template <typename Body>
 auto Communicator::run(const char* operation, Body&& body) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string context =
-      std::string(operation) + " on rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ": ";
+  const std::string context = std::string(operation) + " on rank " + std::to_string(rank_) +
+                              " of " + std::to_string(size_) + ": ";
   if (closed_) {
-    throw IoError(context + (failure_.empty() ? "the communicator is closed"
-                                              : "the communicator was closed by an earlier failure (" + failure_ +
-                                                    "); create a new one"));
+    throw IoError(context + (failure_.empty()
+                                 ? "the communicator is closed"
+                                 : "the communicator was closed by an earlier failure (" +
+                                       failure_ + "); create a new one"));
   }
   // Any failure after the first byte leaves the streams out of step, so the
   // communicator closes itself; shutting the sockets down also tells the
@@ -107,16 +112,19 @@ Communicator::Communicator(CommunicatorOptions options)
 
   // "auto" must pick the same algorithm on every rank, so the ranks check
   // that they were started alike before the first collective.
-  const std::string settings = std::string("algorithm=") + name_of(algorithm_) + "\n" + tunables_.describe();
-  const bool agreed = run("forming the group", [&] { return consensus_locked(settings.data(), settings.size()); });
+  const std::string settings =
+      std::string("algorithm=") + name_of(algorithm_) + "\n" + tunables_.describe();
+  const bool agreed =
+      run("forming the group", [&] { return consensus_locked(settings.data(), settings.size()); });
   if (!agreed) {
-    throw InvalidArgumentError("rank " + std::to_string(rank_) +
-                               ": the ranks were started with different settings; this rank has algorithm=\"" +
-                               name_of(algorithm_) + "\" and " + tunables_.describe() +
-                               "every rank must use the same algorithm, COLLECTIVE_AUTO_* and "
-                               "COLLECTIVE_LOCAL_TRANSPORT values");
+    throw InvalidArgumentError(
+        "rank " + std::to_string(rank_) +
+        ": the ranks were started with different settings; this rank has algorithm=\"" +
+        name_of(algorithm_) + "\" and " + tunables_.describe() +
+        "every rank must use the same algorithm, COLLECTIVE_AUTO_* and "
+        "COLLECTIVE_LOCAL_TRANSPORT values");
   }
-  // Ranks on one host move their pairs to shared memory (transport_shm.h);
+  // Ranks on one host move their pairs to shared memory (transport/shm/transport_shm.h);
   // the settings above are agreed, so every pair decides alike.
   ShmOptions shm;
   shm.mode = tunables_.local_transport;
@@ -146,16 +154,18 @@ void Communicator::start_blob_service(const std::vector<std::string>& peers, uin
   run("forming the group", [&] {
     const MessageHeader header =
         next_header(CollectiveKind::kAllgather, 1, DataType::kInt64, 0, Algorithm::kTree, 0);
-    reduce_locked(ports.data(), ports.size() * sizeof(int64_t), DataType::kUint8, ReduceOp::kBitOr, Algorithm::kTree,
-                  header);
+    reduce_locked(ports.data(), ports.size() * sizeof(int64_t), DataType::kUint8, ReduceOp::kBitOr,
+                  Algorithm::kTree, header);
   });
   std::vector<std::string> addresses;
   for (int r = 0; r < size_; ++r) {
     const std::string peer_host = parse_host_port(peers[r]).host;
     const bool ipv6 = peer_host.find(':') != std::string::npos;
-    addresses.push_back((ipv6 ? "[" + peer_host + "]" : peer_host) + ":" + std::to_string(ports[r]));
+    addresses.push_back((ipv6 ? "[" + peer_host + "]" : peer_host) + ":" +
+                        std::to_string(ports[r]));
   }
-  blob_client_ = std::make_unique<BlobClient>(identity, std::move(addresses), peers, std::move(interrupt_check));
+  blob_client_ = std::make_unique<BlobClient>(identity, std::move(addresses), peers,
+                                              std::move(interrupt_check));
 }
 
 void Communicator::stop_blob_service() {
@@ -164,7 +174,8 @@ void Communicator::stop_blob_service() {
   if (blob_server_) blob_server_->stop();
 }
 
-uint64_t Communicator::publish(const std::string& name, const void* data, size_t count, DataType dtype) {
+uint64_t Communicator::publish(const std::string& name, const void* data, size_t count,
+                               DataType dtype) {
   (void)element_size(dtype);
   check_data(data, count, "publish: data");
   check_blob_name(name);
@@ -175,17 +186,18 @@ uint64_t Communicator::publish(const std::string& name, const void* data, size_t
   return blobs_.publish(name, data, count, dtype);
 }
 
-uint64_t Communicator::request(int peer, const std::string& name, void* out, size_t count, DataType dtype,
-                               std::chrono::milliseconds timeout) {
+uint64_t Communicator::request(int peer, const std::string& name, void* out, size_t count,
+                               DataType dtype, std::chrono::milliseconds timeout) {
   (void)element_size(dtype);
   check_data(out, count, "request: out");
   check_blob_name(name);
   if (peer < 0 || peer >= size_) {
-    throw InvalidArgumentError("request: peer " + std::to_string(peer) + " is out of range: use 0.." +
-                               std::to_string(size_ - 1));
+    throw InvalidArgumentError("request: peer " + std::to_string(peer) +
+                               " is out of range: use 0.." + std::to_string(size_ - 1));
   }
-  const std::string context = "request of blob \"" + name + "\" from rank " + std::to_string(peer) + " on rank " +
-                              std::to_string(rank_) + " of " + std::to_string(size_) + ": ";
+  const std::string context = "request of blob \"" + name + "\" from rank " + std::to_string(peer) +
+                              " on rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
+                              ": ";
   if (blobs_closed_) throw IoError(context + "the communicator is closed");
   if (peer == rank_) {
     // Our own blob: the same checks as a remote request, then a copy.
@@ -195,9 +207,9 @@ uint64_t Communicator::request(int peer, const std::string& name, void* out, siz
     own.dtype = static_cast<uint32_t>(dtype);
     own.count = count;
     own.name_bytes = static_cast<uint32_t>(name.size());
-    const BlobReply reply = answer_blob_request(own, 0, cluster_version_, static_cast<uint32_t>(rank_),
-                                                blob != nullptr, blob ? blob->dtype : DataType::kUint8,
-                                                blob ? blob->count : 0, blob ? blob->version : 0);
+    const BlobReply reply = answer_blob_request(
+        own, 0, cluster_version_, static_cast<uint32_t>(rank_), blob != nullptr,
+        blob ? blob->dtype : DataType::kUint8, blob ? blob->count : 0, blob ? blob->version : 0);
     try {
       check_blob_reply(reply, name, dtype, count, "rank " + std::to_string(rank_) + " (this rank)");
     } catch (const InvalidArgumentError& e) {
@@ -235,8 +247,8 @@ void Communicator::close() {
   if (transport_) transport_->shutdown();
 }
 
-MessageHeader Communicator::next_header(CollectiveKind kind, uint64_t count, DataType dtype, uint32_t op,
-                                        Algorithm algorithm, uint64_t shape_hash) {
+MessageHeader Communicator::next_header(CollectiveKind kind, uint64_t count, DataType dtype,
+                                        uint32_t op, Algorithm algorithm, uint64_t shape_hash) {
   MessageHeader header;
   header.kind = static_cast<uint32_t>(kind);
   header.sequence = sequence_++;
@@ -260,8 +272,8 @@ Algorithm Communicator::resolve(Algorithm requested, size_t bytes, size_t count)
   return choose_algorithm(requested, bytes, count, size_, tunables_);
 }
 
-void Communicator::reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
-                                 const MessageHeader& header) {
+void Communicator::reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op,
+                                 Algorithm algorithm, const MessageHeader& header) {
   if (algorithm == Algorithm::kRing) {
     RingOptions ring;
     ring.data = data;
@@ -293,34 +305,36 @@ void Communicator::reduce_locked(void* data, size_t count, DataType dtype, Reduc
   }
 }
 
-void Communicator::allreduce(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
-                             uint64_t shape_hash) {
+void Communicator::allreduce(void* data, size_t count, DataType dtype, ReduceOp op,
+                             Algorithm algorithm, uint64_t shape_hash) {
   // Validate before any byte moves: a bad argument must leave the group usable.
   check_op_supported(dtype, op);
   check_data(data, count, "allreduce: data");
   run("allreduce", [&] {
     if (size_ == 1) return;  // already the result (mean of one value is itself)
     const Algorithm chosen = resolve(algorithm, count * element_size(dtype), count);
-    const MessageHeader header = next_header(CollectiveKind::kAllreduce, count, dtype, static_cast<uint32_t>(op),
-                                             chosen, shape_hash);
+    const MessageHeader header = next_header(CollectiveKind::kAllreduce, count, dtype,
+                                             static_cast<uint32_t>(op), chosen, shape_hash);
     reduce_locked(data, count, dtype, op, chosen, header);
   });
 }
 
-void Communicator::broadcast(void* data, size_t count, DataType dtype, int root, Algorithm algorithm,
-                             uint64_t shape_hash) {
+void Communicator::broadcast(void* data, size_t count, DataType dtype, int root,
+                             Algorithm algorithm, uint64_t shape_hash) {
   (void)element_size(dtype);
   check_data(data, count, "broadcast: data");
   if (root < 0 || root >= size_) {
-    throw InvalidArgumentError("broadcast: root " + std::to_string(root) + " is out of range: use 0.." +
-                               std::to_string(size_ - 1));
+    throw InvalidArgumentError("broadcast: root " + std::to_string(root) +
+                               " is out of range: use 0.." + std::to_string(size_ - 1));
   }
   run("broadcast", [&] {
     if (size_ == 1) return;
     // Any count suits a chain, so "ring" (a pipelined chain from the root)
     // never falls back here.
-    const Algorithm chosen = resolve(algorithm, count * element_size(dtype), std::max<size_t>(count, size_));
-    MessageHeader header = next_header(CollectiveKind::kBroadcast, count, dtype, 0, chosen, shape_hash);
+    const Algorithm chosen =
+        resolve(algorithm, count * element_size(dtype), std::max<size_t>(count, size_));
+    MessageHeader header =
+        next_header(CollectiveKind::kBroadcast, count, dtype, 0, chosen, shape_hash);
     header.root = static_cast<uint32_t>(root);
     RootedOptions rooted;
     rooted.data = data;
@@ -337,18 +351,21 @@ void Communicator::broadcast(void* data, size_t count, DataType dtype, int root,
   });
 }
 
-void Communicator::allgather(const void* input, size_t count, DataType dtype, void* output, Algorithm algorithm,
-                             uint64_t shape_hash) {
+void Communicator::allgather(const void* input, size_t count, DataType dtype, void* output,
+                             Algorithm algorithm, uint64_t shape_hash) {
   const size_t bytes = count * element_size(dtype);
   check_data(input, count, "allgather: input");
   check_data(output, count, "allgather: output");
   run("allgather", [&] {
     char* out = static_cast<char*>(output);
-    if (bytes > 0 && out + rank_ * bytes != static_cast<const char*>(input)) std::memmove(out + rank_ * bytes, input, bytes);
+    if (bytes > 0 && out + rank_ * bytes != static_cast<const char*>(input)) {
+      std::memmove(out + rank_ * bytes, input, bytes);
+    }
     if (size_ == 1) return;
     // The ring needs a non-empty block per rank to check every call.
     const Algorithm chosen = resolve(algorithm, bytes * size_, count > 0 ? size_ : 0);
-    const MessageHeader header = next_header(CollectiveKind::kAllgather, count, dtype, 0, chosen, shape_hash);
+    const MessageHeader header =
+        next_header(CollectiveKind::kAllgather, count, dtype, 0, chosen, shape_hash);
     if (chosen == Algorithm::kRing) {
       RingOptions ring;
       ring.data = output;
@@ -374,8 +391,9 @@ void Communicator::allgather(const void* input, size_t count, DataType dtype, vo
   });
 }
 
-void Communicator::reduce_scatter(const void* input, size_t rows, size_t row_elements, DataType dtype, ReduceOp op,
-                                  void* output, Algorithm algorithm, uint64_t shape_hash) {
+void Communicator::reduce_scatter(const void* input, size_t rows, size_t row_elements,
+                                  DataType dtype, ReduceOp op, void* output, Algorithm algorithm,
+                                  uint64_t shape_hash) {
   check_op_supported(dtype, op);
   const size_t count = rows * row_elements;
   const size_t row_bytes = row_elements * element_size(dtype);
@@ -391,8 +409,8 @@ void Communicator::reduce_scatter(const void* input, size_t rows, size_t row_ele
     work_.resize(count * element_size(dtype));
     if (count > 0) std::memcpy(work_.data(), input, work_.size());
     const Algorithm chosen = resolve(algorithm, work_.size(), row_elements > 0 ? rows : 0);
-    const MessageHeader header =
-        next_header(CollectiveKind::kReduceScatter, count, dtype, static_cast<uint32_t>(op), chosen, shape_hash);
+    const MessageHeader header = next_header(CollectiveKind::kReduceScatter, count, dtype,
+                                             static_cast<uint32_t>(op), chosen, shape_hash);
     if (chosen == Algorithm::kRing) {
       RingOptions ring;
       ring.data = work_.data();
@@ -433,7 +451,8 @@ bool Communicator::consensus_locked(const void* data, size_t bytes) {
   for (size_t i = 0; i < bytes; ++i) both[bytes + i] = static_cast<uint8_t>(~both[i]);
   header = next_header(CollectiveKind::kConsensus, both.size(), DataType::kUint8,
                        static_cast<uint32_t>(ReduceOp::kMax), Algorithm::kTree, 0);
-  reduce_locked(both.data(), both.size(), DataType::kUint8, ReduceOp::kMax, Algorithm::kTree, header);
+  reduce_locked(both.data(), both.size(), DataType::kUint8, ReduceOp::kMax, Algorithm::kTree,
+                header);
   for (size_t i = 0; i < bytes; ++i) {
     if (both[i] != static_cast<uint8_t>(~both[bytes + i])) return false;
   }
@@ -446,7 +465,9 @@ bool Communicator::consensus(const void* data, size_t bytes) {
 }
 
 void Communicator::set_algorithm(Algorithm algorithm) {
-  if (algorithm == Algorithm::kDefault) throw InvalidArgumentError("set_algorithm needs an algorithm");
+  if (algorithm == Algorithm::kDefault) {
+    throw InvalidArgumentError("set_algorithm needs an algorithm");
+  }
   const std::string name = name_of(algorithm);
   const bool agreed = run("set_algorithm", [&] {
     const bool same = consensus_locked(name.data(), name.size());
@@ -454,12 +475,14 @@ void Communicator::set_algorithm(Algorithm algorithm) {
     return same;
   });
   if (!agreed) {
-    throw InvalidArgumentError("set_algorithm on rank " + std::to_string(rank_) + ": the ranks asked for different " +
-                               "algorithms (this rank: \"" + name + "\"); the algorithm is unchanged");
+    throw InvalidArgumentError("set_algorithm on rank " + std::to_string(rank_) +
+                               ": the ranks asked for different " + "algorithms (this rank: \"" +
+                               name + "\"); the algorithm is unchanged");
   }
 }
 
-void Communicator::grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op, Algorithm algorithm) {
+void Communicator::grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op,
+                                     Algorithm algorithm) {
   for (const Buffer& buffer : buffers) {
     check_op_supported(buffer.dtype, op);
     check_data(buffer.data, buffer.count, "grouped_allreduce: an array");
@@ -467,7 +490,9 @@ void Communicator::grouped_allreduce(const std::vector<Buffer>& buffers, ReduceO
   // Dtypes in order of first appearance: the same order on every rank.
   std::vector<DataType> dtypes;
   for (const Buffer& buffer : buffers) {
-    if (std::find(dtypes.begin(), dtypes.end(), buffer.dtype) == dtypes.end()) dtypes.push_back(buffer.dtype);
+    if (std::find(dtypes.begin(), dtypes.end(), buffer.dtype) == dtypes.end()) {
+      dtypes.push_back(buffer.dtype);
+    }
   }
   run("grouped_allreduce", [&] {
     if (size_ == 1) return;
@@ -491,8 +516,8 @@ void Communicator::grouped_allreduce(const std::vector<Buffer>& buffers, ReduceO
         offset += buffer.count * item;
       }
       const Algorithm chosen = resolve(algorithm, total * item, total);
-      const MessageHeader header =
-          next_header(CollectiveKind::kAllreduce, total, dtype, static_cast<uint32_t>(op), chosen, layout);
+      const MessageHeader header = next_header(CollectiveKind::kAllreduce, total, dtype,
+                                               static_cast<uint32_t>(op), chosen, layout);
       reduce_locked(work_.data(), total, dtype, op, chosen, header);
       offset = 0;
       for (const Buffer& buffer : buffers) {

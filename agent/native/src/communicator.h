@@ -2,30 +2,30 @@
 // per-call sequence number, the current algorithm and reusable buffers, and
 // turns any failure into a closed communicator so that no later call runs on
 // out-of-step streams. It also owns this rank's peer-to-peer blob service
-// (blobs.h), which runs beside the collectives on connections of its own.
+// (p2p/blobs.h), which runs beside the collectives on connections of its own.
 //
 // Elastic sessions: a communicator belongs to one cluster version and only
-// connects to processes at that version (transport_tcp.h). Resizing means
+// connects to processes at that version (transport/tcp/transport_tcp.h). Resizing means
 // closing it and building the next version's communicator from the next
 // member list; survivors reconnect over TCP, on the same addresses if they
 // like (the listening port is free again once the group has formed).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
-#include "algorithm.h"
-#include "blobs.h"
-#include "protocol.h"
-#include "transport.h"
-#include "tunables.h"
-#include "types.h"
+#include "collectives/algorithm.h"
+#include "collectives/protocol.h"
+#include "core/tunables.h"
+#include "core/types.h"
+#include "p2p/blobs.h"
+#include "transport/transport.h"
 
 namespace adaptrain::collective {
 
@@ -71,24 +71,25 @@ class Communicator {
 
   // Every call is collective: all ranks make the same calls in the same order
   // with the same counts, dtypes, ops, roots, shapes (shape_hash, see
-  // protocol.h) and algorithms; a difference raises IoError. `algorithm`
+  // collectives/protocol.h) and algorithms; a difference raises IoError. `algorithm`
   // kDefault uses the communicator's. Calls from several threads run one
   // after another.
 
   // In place. `data` holds `count` elements of `dtype`.
-  void allreduce(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm = Algorithm::kDefault,
-                 uint64_t shape_hash = 0);
+  void allreduce(void* data, size_t count, DataType dtype, ReduceOp op,
+                 Algorithm algorithm = Algorithm::kDefault, uint64_t shape_hash = 0);
   // In place: every rank ends with root's `count` elements.
-  void broadcast(void* data, size_t count, DataType dtype, int root, Algorithm algorithm = Algorithm::kDefault,
-                 uint64_t shape_hash = 0);
+  void broadcast(void* data, size_t count, DataType dtype, int root,
+                 Algorithm algorithm = Algorithm::kDefault, uint64_t shape_hash = 0);
   // `output` (size * count elements) ends with rank r's `input` at r * count.
   void allgather(const void* input, size_t count, DataType dtype, void* output,
                  Algorithm algorithm = Algorithm::kDefault, uint64_t shape_hash = 0);
   // `input` is `rows` rows of `row_elements`; `output` receives this rank's
   // segment of the reduction, segment_rows(rows, size, rank) (numpy's
   // array_split along axis 0). `input` is not modified.
-  void reduce_scatter(const void* input, size_t rows, size_t row_elements, DataType dtype, ReduceOp op, void* output,
-                      Algorithm algorithm = Algorithm::kDefault, uint64_t shape_hash = 0);
+  void reduce_scatter(const void* input, size_t rows, size_t row_elements, DataType dtype,
+                      ReduceOp op, void* output, Algorithm algorithm = Algorithm::kDefault,
+                      uint64_t shape_hash = 0);
   // True on every rank when every rank passed the same bytes, false on every
   // rank otherwise (lengths may differ).
   bool consensus(const void* data, size_t bytes);
@@ -98,7 +99,8 @@ class Communicator {
   void set_algorithm(Algorithm algorithm);
   // Tensor fusion: the buffers of each dtype are packed into one, reduced in
   // one allreduce (per dtype, in order of first appearance) and unpacked.
-  void grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op, Algorithm algorithm = Algorithm::kDefault);
+  void grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op,
+                         Algorithm algorithm = Algorithm::kDefault);
   void barrier();
 
   // Peer to peer, not collective: no other rank makes a matching call, and
@@ -126,8 +128,8 @@ class Communicator {
   auto run(const char* operation, Body&& body);
 
   // The pieces run() bodies are made of; the lock is held.
-  MessageHeader next_header(CollectiveKind kind, uint64_t count, DataType dtype, uint32_t op, Algorithm algorithm,
-                            uint64_t shape_hash);
+  MessageHeader next_header(CollectiveKind kind, uint64_t count, DataType dtype, uint32_t op,
+                            Algorithm algorithm, uint64_t shape_hash);
   Algorithm resolve(Algorithm requested, size_t bytes, size_t count) const;
   // COLLECTIVE_SPIN_US for a latency-bound call of `bytes`, else 0.
   int spin_for(size_t bytes) const;

@@ -3,10 +3,10 @@
 #include <string>
 #include <vector>
 
-#include "blob_protocol.h"
-#include "blobs.h"
-#include "errors.h"
-#include "types.h"
+#include "core/errors.h"
+#include "core/types.h"
+#include "p2p/blob_protocol.h"
+#include "p2p/blobs.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;
@@ -36,15 +36,15 @@ TEST(blob_request_is_48_little_endian_bytes_opening_with_blrq) {
   const BlobHeaderBytes bytes = encode_blob_request(sample_request());
   CHECK_EQ(bytes.size(), size_t{48});
   CHECK_EQ(std::string(bytes.begin(), bytes.begin() + 4), std::string("BLRQ"));
-  CHECK_EQ(bytes[4], uint8_t{1});      // wire version
-  CHECK_EQ(bytes[8], uint8_t{0x88});   // group id, least significant byte first
+  CHECK_EQ(bytes[4], uint8_t{1});     // wire version
+  CHECK_EQ(bytes[8], uint8_t{0x88});  // group id, least significant byte first
   CHECK_EQ(bytes[15], uint8_t{0x11});
-  CHECK_EQ(bytes[16], uint8_t{7});     // cluster version
-  CHECK_EQ(bytes[24], uint8_t{2});     // requester
-  CHECK_EQ(bytes[28], uint8_t{1});     // float32
+  CHECK_EQ(bytes[16], uint8_t{7});  // cluster version
+  CHECK_EQ(bytes[24], uint8_t{2});  // requester
+  CHECK_EQ(bytes[28], uint8_t{1});  // float32
   CHECK_EQ(bytes[32], uint8_t{1001 & 0xFF});
   CHECK_EQ(bytes[33], uint8_t{1001 >> 8});
-  CHECK_EQ(bytes[40], uint8_t{5});     // name bytes
+  CHECK_EQ(bytes[40], uint8_t{5});  // name bytes
 }
 
 TEST(blob_request_decodes_to_what_was_encoded) {
@@ -88,7 +88,7 @@ TEST(blob_reply_round_trips_and_opens_with_blrs) {
   original.cluster_version = 5;
   const BlobHeaderBytes bytes = encode_blob_reply(original);
   CHECK_EQ(std::string(bytes.begin(), bytes.begin() + 4), std::string("BLRS"));
-  CHECK_EQ(bytes[4], uint8_t{2});  // status
+  CHECK_EQ(bytes[4], uint8_t{2});   // status
   CHECK_EQ(bytes[21], uint8_t{1});  // 1 << 40: byte 5 of the count
   BlobReply decoded;
   CHECK(decode_blob_reply(bytes.data(), &decoded));
@@ -114,20 +114,22 @@ TEST(owner_sends_the_blob_only_when_dtype_and_count_match) {
   const BlobReply wrong_count = answer(sample_request(), true, DataType::kFloat32, 1000);
   CHECK(wrong_count.status == BlobStatus::kMismatch);
   CHECK_EQ(wrong_count.payload_bytes, uint64_t{0});
-  CHECK_THROWS(check_blob_reply(wrong_count, "w", DataType::kFloat32, 1001, kPeer), InvalidArgumentError,
-               "blob \"w\" of rank 1 (10.0.0.2:41001) holds 1000 float32 elements but `out` has 1001 float32");
+  CHECK_THROWS(check_blob_reply(wrong_count, "w", DataType::kFloat32, 1001, kPeer),
+               InvalidArgumentError,
+               "blob \"w\" of rank 1 (10.0.0.2:41001) holds 1000 float32 elements but `out` has "
+               "1001 float32");
 
   const BlobReply wrong_dtype = answer(sample_request(), true, DataType::kFloat64, 1001);
   CHECK(wrong_dtype.status == BlobStatus::kMismatch);
-  CHECK_THROWS(check_blob_reply(wrong_dtype, "w", DataType::kFloat32, 1001, kPeer), InvalidArgumentError,
-               "holds 1001 float64 elements");
+  CHECK_THROWS(check_blob_reply(wrong_dtype, "w", DataType::kFloat32, 1001, kPeer),
+               InvalidArgumentError, "holds 1001 float64 elements");
 }
 
 TEST(unknown_blob_is_a_value_error_naming_blob_and_peer) {
   const BlobReply missing = answer(sample_request(), false, DataType::kUint8, 0);
   CHECK(missing.status == BlobStatus::kUnknownName);
-  CHECK_THROWS(check_blob_reply(missing, "model", DataType::kFloat32, 1001, kPeer), InvalidArgumentError,
-               "blob \"model\" of rank 1 (10.0.0.2:41001) does not exist");
+  CHECK_THROWS(check_blob_reply(missing, "model", DataType::kFloat32, 1001, kPeer),
+               InvalidArgumentError, "blob \"model\" of rank 1 (10.0.0.2:41001) does not exist");
 }
 
 TEST(request_from_another_group_or_cluster_version_is_refused) {
@@ -136,7 +138,8 @@ TEST(request_from_another_group_or_cluster_version_is_refused) {
   const BlobReply reply = answer(stale, true, DataType::kFloat32, 1001);
   CHECK(reply.status == BlobStatus::kWrongGroup);
   CHECK_EQ(reply.cluster_version, uint64_t{7});
-  CHECK_THROWS(check_blob_reply(reply, "w", DataType::kFloat32, 1001, kPeer), IoError, "cluster version 7");
+  CHECK_THROWS(check_blob_reply(reply, "w", DataType::kFloat32, 1001, kPeer), IoError,
+               "cluster version 7");
   BlobRequest stranger = sample_request();
   stranger.group_id = 1;
   CHECK(answer(stranger, true, DataType::kFloat32, 1001).status == BlobStatus::kWrongGroup);
@@ -149,17 +152,20 @@ TEST(request_with_an_empty_or_huge_name_is_a_bad_request) {
   request.name_bytes = kMaxBlobNameBytes + 1;
   CHECK(answer(request, false, DataType::kUint8, 0).status == BlobStatus::kBadRequest);
   CHECK_THROWS(check_blob_name(""), InvalidArgumentError, "must not be empty");
-  CHECK_THROWS(check_blob_name(std::string(kMaxBlobNameBytes + 1, 'x')), InvalidArgumentError, "too long");
+  CHECK_THROWS(check_blob_name(std::string(kMaxBlobNameBytes + 1, 'x')), InvalidArgumentError,
+               "too long");
   check_blob_name(std::string(kMaxBlobNameBytes, 'x'));
 }
 
 TEST(reply_that_breaks_its_promise_is_an_io_error) {
   BlobReply lying = answer(sample_request(), true, DataType::kFloat32, 1001);
   lying.payload_bytes = 4000;
-  CHECK_THROWS(check_blob_reply(lying, "w", DataType::kFloat32, 1001, kPeer), IoError, "after agreeing");
+  CHECK_THROWS(check_blob_reply(lying, "w", DataType::kFloat32, 1001, kPeer), IoError,
+               "after agreeing");
   BlobReply unknown;
   unknown.status = static_cast<BlobStatus>(42);
-  CHECK_THROWS(check_blob_reply(unknown, "w", DataType::kFloat32, 1001, kPeer), IoError, "unknown status 42");
+  CHECK_THROWS(check_blob_reply(unknown, "w", DataType::kFloat32, 1001, kPeer), IoError,
+               "unknown status 42");
 }
 
 TEST(blob_store_counts_versions_per_name_and_keeps_copies) {
@@ -176,5 +182,6 @@ TEST(blob_store_counts_versions_per_name_and_keeps_copies) {
   CHECK_EQ(store.find("a")->count, uint64_t{2});
   CHECK_EQ(first->count, uint64_t{3});  // a reader of the old copy keeps it
   CHECK(store.find("c") == nullptr);
-  CHECK_THROWS(store.publish("", data.data(), 1, DataType::kFloat32), InvalidArgumentError, "empty");
+  CHECK_THROWS(store.publish("", data.data(), 1, DataType::kFloat32), InvalidArgumentError,
+               "empty");
 }

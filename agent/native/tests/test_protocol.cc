@@ -2,10 +2,10 @@
 #include <string>
 #include <vector>
 
-#include "algorithm.h"
-#include "errors.h"
-#include "protocol.h"
-#include "types.h"
+#include "collectives/algorithm.h"
+#include "collectives/protocol.h"
+#include "core/errors.h"
+#include "core/types.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;
@@ -104,7 +104,8 @@ TEST(a_mismatch_names_both_calls_and_the_peer) {
   theirs.count = 1000;
   const HeaderBytes bytes = encode_header(theirs);
   CHECK_THROWS(check_header(sample(), bytes.data(), peer), IoError, "of 1001 float16 (mean, tree)");
-  CHECK_THROWS(check_header(sample(), bytes.data(), peer), IoError, "rank 3 (10.0.0.4:41003) sent allreduce");
+  CHECK_THROWS(check_header(sample(), bytes.data(), peer), IoError,
+               "rank 3 (10.0.0.4:41003) sent allreduce");
   CHECK_THROWS(check_header(sample(), bytes.data(), peer), IoError, "of 1000 float32");
 }
 

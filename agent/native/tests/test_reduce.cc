@@ -5,8 +5,8 @@
 #include <limits>
 #include <vector>
 
-#include "errors.h"
-#include "reduce.h"
+#include "collectives/reduce.h"
+#include "core/errors.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;
@@ -46,22 +46,24 @@ TEST(float16_rounds_to_nearest_with_ties_to_even) {
   CHECK_EQ(half(1.0f), 0x3C00);
   CHECK_EQ(half(1.0f + std::ldexp(1.0f, -11)), 0x3C00);      // tie, 0x3C00 is even
   CHECK_EQ(half(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);  // tie, 0x3C02 is even
-  CHECK_EQ(half(1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20)), 0x3C01);  // just above the tie
+  CHECK_EQ(half(1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20)),
+           0x3C01);  // just above the tie
   CHECK_EQ(half(65504.0f), 0x7BFF);
   CHECK_EQ(half(65519.0f), 0x7BFF);
   CHECK_EQ(half(65520.0f), 0x7C00);  // tie between 65504 and 2^16 goes to infinity
   CHECK_EQ(half(-1e9f), 0xFC00);
   CHECK_EQ(half(std::ldexp(1.0f, -25)), 0x0000);  // tie between 0 and the smallest subnormal
   CHECK_EQ(half(std::ldexp(1.5f, -25)), 0x0001);
-  CHECK_EQ(half(std::ldexp(3.0f, -25)), 0x0002);              // tie between 1 and 2 subnormal units
-  CHECK_EQ(half(std::ldexp(1023.5f, -24)), 0x0400);           // rounds up into the normals
+  CHECK_EQ(half(std::ldexp(3.0f, -25)), 0x0002);     // tie between 1 and 2 subnormal units
+  CHECK_EQ(half(std::ldexp(1023.5f, -24)), 0x0400);  // rounds up into the normals
   CHECK_EQ(half(-0.0f), 0x8000);
   CHECK(is_half_nan(half(std::numeric_limits<float>::quiet_NaN())));
 }
 
 TEST(float16_sum_is_computed_in_float32_and_rounded_once_per_step) {
   std::vector<uint16_t> acc = {half(1.0f), half(2048.0f), half(0.1f), half(65504.0f)};
-  const std::vector<uint16_t> in = {half(std::ldexp(1.0f, -11)), half(1.0f), half(0.2f), half(65504.0f)};
+  const std::vector<uint16_t> in = {half(std::ldexp(1.0f, -11)), half(1.0f), half(0.2f),
+                                    half(65504.0f)};
   reduce_kernel(DataType::kFloat16, ReduceOp::kSum)(acc.data(), in.data(), acc.size());
   CHECK_EQ(acc[0], half(1.0f));     // 1 + 2^-11 is a tie, to even
   CHECK_EQ(acc[1], half(2048.0f));  // 2049 is not a float16; tie to even 2048
@@ -96,7 +98,8 @@ TEST(float32_and_float64_kernels_match_plain_arithmetic) {
 }
 
 TEST(integer_sums_wrap_around_like_numpy) {
-  std::vector<int32_t> a = {std::numeric_limits<int32_t>::max(), -5, std::numeric_limits<int32_t>::min()};
+  std::vector<int32_t> a = {std::numeric_limits<int32_t>::max(), -5,
+                            std::numeric_limits<int32_t>::min()};
   const std::vector<int32_t> b = {1, 7, -1};
   reduce_kernel(DataType::kInt32, ReduceOp::kSum)(a.data(), b.data(), a.size());
   CHECK_EQ(a[0], std::numeric_limits<int32_t>::min());
@@ -123,9 +126,11 @@ TEST(mean_divides_once_in_the_element_type) {
 }
 
 TEST(mean_of_integers_is_refused_with_a_fix) {
-  CHECK_THROWS(check_op_supported(DataType::kInt32, ReduceOp::kMean), InvalidArgumentError, "op=\"sum\"");
+  CHECK_THROWS(check_op_supported(DataType::kInt32, ReduceOp::kMean), InvalidArgumentError,
+               "op=\"sum\"");
   CHECK_THROWS(reduce_kernel(DataType::kInt64, ReduceOp::kMean), InvalidArgumentError, "int64");
-  CHECK_THROWS(check_op_supported(DataType::kFloat32, ReduceOp::kBitOr), InvalidArgumentError, "uint8");
+  CHECK_THROWS(check_op_supported(DataType::kFloat32, ReduceOp::kBitOr), InvalidArgumentError,
+               "uint8");
   check_op_supported(DataType::kFloat16, ReduceOp::kMean);  // fine
 }
 

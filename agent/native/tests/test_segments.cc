@@ -3,7 +3,7 @@
 #include <set>
 #include <vector>
 
-#include "segments.h"
+#include "collectives/segments.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;
@@ -71,7 +71,9 @@ int log2_ceil(int n) {
 
 TEST(binary_trees_rooted_anywhere_are_trees_of_logarithmic_depth) {
   for (int size = 1; size <= 17; ++size) {
-    for (int root = 0; root < size; ++root) check_tree(&binary_tree, size, root, log2_ceil(size + 1));
+    for (int root = 0; root < size; ++root) {
+      check_tree(&binary_tree, size, root, log2_ceil(size + 1));
+    }
   }
   const TreeTopology top = binary_tree(0, 7, 0);
   CHECK_EQ(top.children, (std::vector<int>{1, 2}));

@@ -5,8 +5,8 @@
 #include <thread>
 #include <vector>
 
-#include "errors.h"
-#include "shm_ring.h"
+#include "core/errors.h"
+#include "transport/shm/shm_ring.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;
@@ -39,7 +39,8 @@ TEST(ring_spans_split_at_the_wrap) {
   CHECK_EQ(later.offset, size_t{5});
   CHECK_EQ(later.first, size_t{11});
   CHECK_EQ(later.second, size_t{5});
-  CHECK(is_power_of_two(1) && is_power_of_two(1 << 20) && !is_power_of_two(0) && !is_power_of_two(24));
+  CHECK(is_power_of_two(1) && is_power_of_two(1 << 20) && !is_power_of_two(0) &&
+        !is_power_of_two(24));
 }
 
 TEST(ring_refuses_a_capacity_that_is_not_a_power_of_two) {

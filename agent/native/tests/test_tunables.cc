@@ -2,9 +2,9 @@
 #include <map>
 #include <string>
 
-#include "algorithm.h"
-#include "errors.h"
-#include "tunables.h"
+#include "collectives/algorithm.h"
+#include "core/errors.h"
+#include "core/tunables.h"
 #include "unit_tests.h"
 
 using namespace adaptrain::collective;
@@ -30,12 +30,18 @@ TEST(byte_counts_accept_plain_numbers_and_binary_suffixes) {
 }
 
 TEST(bad_byte_counts_name_the_variable_and_the_range) {
-  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "lots", 1, 0, 100), InvalidArgumentError, "COLLECTIVE_X=lots");
-  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "-5", 1, 0, 100), InvalidArgumentError, "between 0 and 100");
-  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "K", 1, 0, 100), InvalidArgumentError, "COLLECTIVE_X");
-  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "101", 1, 0, 100), InvalidArgumentError, "COLLECTIVE_X");
-  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "3", 1, 4, 100), InvalidArgumentError, "COLLECTIVE_X");
-  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "99999999999999999999G", 1, 0, 100), InvalidArgumentError, "X");
+  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "lots", 1, 0, 100), InvalidArgumentError,
+               "COLLECTIVE_X=lots");
+  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "-5", 1, 0, 100), InvalidArgumentError,
+               "between 0 and 100");
+  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "K", 1, 0, 100), InvalidArgumentError,
+               "COLLECTIVE_X");
+  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "101", 1, 0, 100), InvalidArgumentError,
+               "COLLECTIVE_X");
+  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "3", 1, 4, 100), InvalidArgumentError,
+               "COLLECTIVE_X");
+  CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "99999999999999999999G", 1, 0, 100),
+               InvalidArgumentError, "X");
   CHECK_THROWS(parse_byte_count("COLLECTIVE_X", "12abc", 1, 0, 100), InvalidArgumentError, "X");
 }
 
@@ -63,7 +69,8 @@ TEST(tunables_have_defaults_and_read_every_variable) {
   CHECK_EQ(set.auto_ring_min_bytes, size_t{1} << 20);
   CHECK_EQ(set.auto_star_max_ranks, size_t{8});
   CHECK(set.describe().find("COLLECTIVE_AUTO_RING_MIN_BYTES=1048576\n") != std::string::npos);
-  CHECK_THROWS(parse({{"COLLECTIVE_RING_BLOCK_BYTES", "1K"}}), InvalidArgumentError, "COLLECTIVE_RING_BLOCK_BYTES");
+  CHECK_THROWS(parse({{"COLLECTIVE_RING_BLOCK_BYTES", "1K"}}), InvalidArgumentError,
+               "COLLECTIVE_RING_BLOCK_BYTES");
   CHECK_THROWS(parse({{"COLLECTIVE_SPIN_BANDWIDTH_US", "2ms"}}), InvalidArgumentError,
                "COLLECTIVE_SPIN_BANDWIDTH_US=2ms");
   CHECK_THROWS(parse({{"COLLECTIVE_SPIN_BANDWIDTH_US", "2000000"}}), InvalidArgumentError,
@@ -71,7 +78,8 @@ TEST(tunables_have_defaults_and_read_every_variable) {
 }
 
 TEST(auto_uses_the_ring_for_large_buffers_and_star_or_tree_below) {
-  Tunables t = parse({{"COLLECTIVE_AUTO_RING_MIN_BYTES", "64K"}, {"COLLECTIVE_AUTO_STAR_MAX_RANKS", "4"}});
+  Tunables t =
+      parse({{"COLLECTIVE_AUTO_RING_MIN_BYTES", "64K"}, {"COLLECTIVE_AUTO_STAR_MAX_RANKS", "4"}});
   CHECK_EQ(choose_algorithm(Algorithm::kAuto, 64 << 10, 16 << 10, 4, t), Algorithm::kRing);
   CHECK_EQ(choose_algorithm(Algorithm::kAuto, (64 << 10) - 4, 16 << 10, 4, t), Algorithm::kStar);
   CHECK_EQ(choose_algorithm(Algorithm::kAuto, 4096, 1024, 5, t), Algorithm::kTree);
@@ -100,10 +108,14 @@ TEST(local_transport_is_auto_shm_or_tcp_and_is_agreed) {
   CHECK_EQ(parse({}).shm_buffer_bytes, size_t{1} << 20);
   CHECK_EQ(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "shm"}}).local_transport, LocalTransport::kShm);
   CHECK_EQ(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "tcp"}}).local_transport, LocalTransport::kTcp);
-  CHECK(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "tcp"}}).describe().find("COLLECTIVE_LOCAL_TRANSPORT=tcp\n") !=
-        std::string::npos);
-  CHECK_THROWS(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "fast"}}), InvalidArgumentError, "auto, shm or tcp");
+  CHECK(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "tcp"}})
+            .describe()
+            .find("COLLECTIVE_LOCAL_TRANSPORT=tcp\n") != std::string::npos);
+  CHECK_THROWS(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "fast"}}), InvalidArgumentError,
+               "auto, shm or tcp");
   CHECK_EQ(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "256K"}}).shm_buffer_bytes, size_t{256} << 10);
-  CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "96K"}}), InvalidArgumentError, "power of two");
-  CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "4K"}}), InvalidArgumentError, "COLLECTIVE_SHM_BUFFER_BYTES");
+  CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "96K"}}), InvalidArgumentError,
+               "power of two");
+  CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "4K"}}), InvalidArgumentError,
+               "COLLECTIVE_SHM_BUFFER_BYTES");
 }

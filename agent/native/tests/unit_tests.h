@@ -10,8 +10,8 @@
 #include <ostream>
 #include <sstream>
 #include <stdexcept>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace unit {
@@ -37,7 +37,8 @@ struct CheckFailed : std::runtime_error {
 template <typename T, typename = void>
 struct is_streamable : std::false_type {};
 template <typename T>
-struct is_streamable<T, std::void_t<decltype(std::declval<std::ostream&>() << std::declval<const T&>())>>
+struct is_streamable<
+    T, std::void_t<decltype(std::declval<std::ostream&>() << std::declval<const T&>())>>
     : std::true_type {};
 
 // A value as text for a failure message.
@@ -47,7 +48,8 @@ std::string show(const T& value) {
   if constexpr (std::is_enum_v<T>) {
     out << "enum " << static_cast<long long>(value);
   } else if constexpr (std::is_integral_v<T> && sizeof(T) <= 2) {
-    out << static_cast<long>(value) << " (0x" << std::hex << static_cast<unsigned long>(value) << ")";
+    out << static_cast<long>(value) << " (0x" << std::hex << static_cast<unsigned long>(value)
+        << ")";
   } else if constexpr (is_streamable<T>::value) {
     out << value;
   } else {
@@ -64,39 +66,40 @@ std::string show(const T& value) {
 
 }  // namespace unit
 
-#define TEST(name)                                                  \
-  static void test_##name();                                        \
+#define TEST(name)                                                          \
+  static void test_##name();                                                \
   static const unit::Registration registration_##name(#name, &test_##name); \
   static void test_##name()
 
-#define CHECK(condition)                                                      \
-  do {                                                                        \
+#define CHECK(condition)                                                       \
+  do {                                                                         \
     if (!(condition)) unit::fail(__FILE__, __LINE__, "CHECK(" #condition ")"); \
   } while (0)
 
-#define CHECK_EQ(actual, expected)                                                                      \
-  do {                                                                                                  \
-    const auto& actual_value = (actual);                                                                \
-    const auto& expected_value = (expected);                                                            \
-    if (!(actual_value == expected_value)) {                                                            \
-      unit::fail(__FILE__, __LINE__,                                                                    \
-                 "CHECK_EQ(" #actual ", " #expected "): " + unit::show(actual_value) + " != " +          \
-                     unit::show(expected_value));                                                       \
-    }                                                                                                   \
+#define CHECK_EQ(actual, expected)                                                     \
+  do {                                                                                 \
+    const auto& actual_value = (actual);                                               \
+    const auto& expected_value = (expected);                                           \
+    if (!(actual_value == expected_value)) {                                           \
+      unit::fail(__FILE__, __LINE__,                                                   \
+                 "CHECK_EQ(" #actual ", " #expected "): " + unit::show(actual_value) + \
+                     " != " + unit::show(expected_value));                             \
+    }                                                                                  \
   } while (0)
 
 // The statement must throw `type` with `fragment` in its message.
-#define CHECK_THROWS(statement, type, fragment)                                                        \
-  do {                                                                                                 \
-    bool thrown = false;                                                                               \
-    try {                                                                                              \
-      statement;                                                                                       \
-    } catch (const type& error) {                                                                      \
-      thrown = true;                                                                                   \
-      if (std::string(error.what()).find(fragment) == std::string::npos) {                             \
-        unit::fail(__FILE__, __LINE__,                                                                 \
-                   std::string(#statement " threw without \"") + (fragment) + "\": " + error.what()); \
-      }                                                                                                \
-    }                                                                                                  \
-    if (!thrown) unit::fail(__FILE__, __LINE__, #statement " did not throw " #type);                  \
+#define CHECK_THROWS(statement, type, fragment)                                                \
+  do {                                                                                         \
+    bool thrown = false;                                                                       \
+    try {                                                                                      \
+      statement;                                                                               \
+    } catch (const type& error) {                                                              \
+      thrown = true;                                                                           \
+      if (std::string(error.what()).find(fragment) == std::string::npos) {                     \
+        unit::fail(                                                                            \
+            __FILE__, __LINE__,                                                                \
+            std::string(#statement " threw without \"") + (fragment) + "\": " + error.what()); \
+      }                                                                                        \
+    }                                                                                          \
+    if (!thrown) unit::fail(__FILE__, __LINE__, #statement " did not throw " #type);           \
   } while (0)

@@ -1,0 +1,43 @@
+// Bandwidth-optimal ring algorithms: allreduce, reduce-scatter and all-gather
+// share one pipelined engine; see allreduce_ring.cc.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "collectives/protocol.h"
+#include "core/types.h"
+#include "transport/transport.h"
+
+namespace adaptrain::collective {
+
+struct RingOptions {
+  void* data = nullptr;  // worked on in place
+  size_t count = 0;      // elements
+  // Segments are cut in whole rows of this many elements (numpy.array_split
+  // along axis 0); 1 cuts anywhere.
+  size_t row_elements = 1;
+  DataType dtype = DataType::kFloat32;
+  ReduceOp op = ReduceOp::kSum;
+  MessageHeader header;                      // sent to the next rank, expected from the previous
+  std::chrono::milliseconds timeout{60000};  // longest time without progress
+  size_t block_bytes = 256 << 10;            // pipelining unit (COLLECTIVE_RING_BLOCK_BYTES)
+  std::vector<char>* scratch = nullptr;      // receive buffer, reused between calls
+  int spin_us = 0;                           // see Transport::wait
+};
+
+// Needs connections to rank-1 and rank+1. Throw IoError / TimeoutError; the
+// buffer contents are unspecified after a failure.
+
+// Every rank ends with the reduction of all ranks' buffers, bit-identical.
+void ring_allreduce(Transport& transport, const RingOptions& options);
+// Rank r ends with the reduction of segment r (segment_rows) in place; the
+// rest of the buffer is left partially reduced.
+void ring_reduce_scatter(Transport& transport, const RingOptions& options);
+// The buffer holds `size` equal segments; rank r's own is segment r. Every
+// rank ends with every segment.
+void ring_allgather(Transport& transport, const RingOptions& options);
+
+}  // namespace adaptrain::collective

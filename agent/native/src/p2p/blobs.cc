@@ -1,0 +1,355 @@
+#include "p2p/blobs.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/errors.h"
+#include "transport/tcp/transport_tcp.h"
+
+namespace adaptrain::collective {
+namespace {
+
+// At most this many requesters keep a connection open to one server; more
+// are accepted and closed at once (they see a broken connection, not a hang).
+constexpr size_t kMaxBlobClients = 1024;
+
+enum class Direction { kSend, kReceive };
+
+// Moves exactly `length` bytes over the non-blocking `fd`. Returns false if
+// `wake_fd` (when >= 0) became readable first. Throws IoError when the peer
+// hangs up or the connection breaks, TimeoutError when nothing moved for the
+// deadline's budget. `what` ("receiving blob \"w\" from rank 2 (...)") goes
+// into the messages.
+bool move_all(int fd, Direction direction, void* data, size_t length, Deadline& deadline,
+              int wake_fd, const std::function<void()>& interrupt_check, const std::string& what) {
+  char* cursor = static_cast<char*>(data);
+  while (length > 0) {
+    const ssize_t moved = direction == Direction::kSend
+                              ? ::send(fd, cursor, length, MSG_NOSIGNAL | MSG_DONTWAIT)
+                              : ::recv(fd, cursor, length, MSG_DONTWAIT);
+    if (moved > 0) {
+      cursor += moved;
+      length -= static_cast<size_t>(moved);
+      deadline.note_progress();
+      continue;
+    }
+    if (moved == 0) throw IoError("the connection was closed by the other side while " + what);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      throw IoError("the connection broke while " + what + ": " + errno_text(errno));
+    }
+    pollfd fds[2] = {{fd, static_cast<short>(direction == Direction::kSend ? POLLOUT : POLLIN), 0},
+                     {wake_fd, POLLIN, 0}};
+    const nfds_t count = wake_fd >= 0 ? 2 : 1;
+    const int ready = ::poll(fds, count, deadline.remaining_ms());
+    if (ready < 0) {
+      if (errno != EINTR) throw IoError("poll failed while " + what + ": " + errno_text(errno));
+      if (interrupt_check) interrupt_check();
+      continue;
+    }
+    if (count == 2 && fds[1].revents != 0) return false;
+    if (ready == 0 && deadline.expired()) {
+      throw TimeoutError("nothing moved within the " + deadline.budget_text() + " timeout while " +
+                         what);
+    }
+  }
+  return true;
+}
+
+// One non-blocking connect to `address`, waiting at most until `deadline`.
+Socket connect_once(const std::string& address, size_t buffer_bytes, const Deadline& deadline,
+                    const std::function<void()>& interrupt_check, std::string* error_text) {
+  const HostPort host_port = parse_host_port(address);
+  AddrInfoList resolved;
+  const int gai = resolve_address(host_port.host, host_port.port, false, resolved);
+  if (gai != 0) {
+    *error_text = std::string("cannot resolve host: ") + gai_strerror(gai);
+    return Socket();
+  }
+  *error_text = "no address to try";
+  for (addrinfo* ai = resolved.head; ai != nullptr; ai = ai->ai_next) {
+    Socket socket(
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+    if (socket.get() < 0) {
+      *error_text = errno_text(errno);
+      continue;
+    }
+    set_buffer_sizes(socket.get(), buffer_bytes);
+    int error = 0;
+    if (::connect(socket.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+      error = errno;
+      if (error == EINPROGRESS || error == EINTR) {
+        pollfd p{socket.get(), POLLOUT, 0};
+        int ready;
+        while ((ready = ::poll(&p, 1, deadline.remaining_ms())) < 0 && errno == EINTR) {
+          if (interrupt_check) interrupt_check();
+        }
+        if (ready <= 0) {
+          *error_text = ready == 0 ? "connection attempt timed out" : errno_text(errno);
+          continue;
+        }
+        socklen_t length = sizeof(error);
+        if (::getsockopt(socket.get(), SOL_SOCKET, SO_ERROR, &error, &length) != 0) error = errno;
+      }
+    }
+    if (error == 0) {
+      set_int_option(socket.get(), IPPROTO_TCP, TCP_NODELAY, 1);
+      return socket;
+    }
+    *error_text = errno_text(error);
+  }
+  return Socket();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+uint64_t BlobStore::publish(const std::string& name, const void* data, size_t count,
+                            DataType dtype) {
+  check_blob_name(name);
+  // Copy outside the lock: a large model must not stall the server thread.
+  auto blob = std::make_shared<Blob>();
+  blob->dtype = dtype;
+  blob->count = count;
+  blob->bytes.resize(count * element_size(dtype));
+  if (!blob->bytes.empty()) std::memcpy(blob->bytes.data(), data, blob->bytes.size());
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& slot = blobs_[name];
+  blob->version = slot ? slot->version + 1 : 1;
+  slot = std::move(blob);
+  return slot->version;
+}
+
+std::shared_ptr<const Blob> BlobStore::find(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = blobs_.find(name);
+  return found == blobs_.end() ? nullptr : found->second;
+}
+
+// ---------------------------------------------------------------------------
+
+BlobServer::BlobServer(const std::string& host, BlobIdentity identity, const BlobStore& store)
+    : identity_(identity), store_(store) {
+  const std::string who = "rank " + std::to_string(identity.rank) + "'s blob service";
+  listener_ =
+      listen_on(host, "0", identity.socket_buffer_bytes, Deadline::absolute(identity.timeout), who);
+  port_ = local_port(listener_.get());
+  wake_ = Socket(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (wake_.get() < 0) throw IoError(who + ": eventfd failed: " + errno_text(errno));
+  thread_ = std::thread([this] { serve(); });
+}
+
+BlobServer::~BlobServer() { stop(); }
+
+void BlobServer::stop() {
+  std::lock_guard<std::mutex> lock(stop_mutex_);
+  if (!thread_.joinable()) return;
+  const uint64_t one = 1;
+  while (::write(wake_.get(), &one, sizeof(one)) < 0 && errno == EINTR) {
+  }
+  thread_.join();
+  listener_.reset();
+}
+
+void BlobServer::serve() {
+  // Signals belong to the Python thread that waits on the collectives (Ctrl-C
+  // must reach it), never to this one.
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+
+  std::vector<Socket> clients;
+  std::vector<pollfd> fds;
+  for (;;) {
+    fds.clear();
+    fds.push_back(pollfd{wake_.get(), POLLIN, 0});
+    fds.push_back(pollfd{listener_.get(), POLLIN, 0});
+    for (const Socket& client : clients) fds.push_back(pollfd{client.get(), POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      return;  // nothing sensible to do; requesters see their connections close
+    }
+    if (fds[0].revents != 0) return;
+    // Answer before accepting: the indices of fds and clients still agree.
+    std::vector<Socket> kept;
+    for (size_t i = 0; i < clients.size(); ++i) {
+      if (fds[i + 2].revents == 0 || answer(clients[i].get())) {
+        kept.push_back(std::move(clients[i]));
+      }
+    }
+    clients = std::move(kept);
+    if (fds[1].revents & POLLIN) {
+      for (;;) {
+        Socket client(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+        if (client.get() < 0) break;  // EAGAIN, or an aborted connection: poll again
+        if (clients.size() >= kMaxBlobClients) continue;
+        set_int_option(client.get(), IPPROTO_TCP, TCP_NODELAY, 1);
+        clients.push_back(std::move(client));
+      }
+    }
+  }
+}
+
+bool BlobServer::answer(int fd) {
+  Deadline deadline = Deadline::inactivity(identity_.timeout);
+  const std::function<void()> no_interrupts;
+  try {
+    BlobHeaderBytes bytes{};
+    if (!move_all(fd, Direction::kReceive, bytes.data(), bytes.size(), deadline, wake_.get(),
+                  no_interrupts, "reading a blob request")) {
+      return false;
+    }
+    BlobRequest request;
+    if (!decode_blob_request(bytes.data(), &request)) return false;  // not one of ours: hang up
+    std::string name;
+    std::shared_ptr<const Blob> blob;
+    const bool readable_name = request.name_bytes > 0 && request.name_bytes <= kMaxBlobNameBytes;
+    if (readable_name) {
+      name.resize(request.name_bytes);
+      if (!move_all(fd, Direction::kReceive, name.data(), name.size(), deadline, wake_.get(),
+                    no_interrupts, "reading a blob request")) {
+        return false;
+      }
+      blob = store_.find(name);
+    }
+    const BlobReply reply = answer_blob_request(
+        request, identity_.group_id, identity_.cluster_version,
+        static_cast<uint32_t>(identity_.rank), blob != nullptr,
+        blob ? blob->dtype : DataType::kUint8, blob ? blob->count : 0, blob ? blob->version : 0);
+    const BlobHeaderBytes reply_bytes = encode_blob_reply(reply);
+    const std::string what = "sending blob \"" + name + "\"";
+    if (!move_all(fd, Direction::kSend, const_cast<uint8_t*>(reply_bytes.data()),
+                  reply_bytes.size(), deadline, wake_.get(), no_interrupts, what)) {
+      return false;
+    }
+    if (reply.status == BlobStatus::kOk && reply.payload_bytes > 0) {
+      if (!move_all(fd, Direction::kSend, const_cast<char*>(blob->bytes.data()), blob->bytes.size(),
+                    deadline, wake_.get(), no_interrupts, what)) {
+        return false;
+      }
+    }
+    // A requester from another group, or one we could not understand, is done.
+    return reply.status != BlobStatus::kWrongGroup && reply.status != BlobStatus::kBadRequest;
+  } catch (const Error&) {
+    return false;  // the requester hung up or stalled; it sees the error on its side
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+BlobClient::BlobClient(BlobIdentity identity, std::vector<std::string> addresses,
+                       std::vector<std::string> peers, std::function<void()> interrupt_check)
+    : identity_(identity),
+      addresses_(std::move(addresses)),
+      peers_(std::move(peers)),
+      interrupt_check_(std::move(interrupt_check)) {
+  for (size_t i = 0; i < addresses_.size(); ++i) links_.push_back(std::make_unique<Link>());
+}
+
+BlobClient::~BlobClient() { close(); }
+
+std::string BlobClient::describe(int peer) const {
+  return "rank " + std::to_string(peer) + " (" + peers_[peer] + ")";
+}
+
+void BlobClient::forget(Link& link) {
+  std::lock_guard<std::mutex> lock(fds_mutex_);
+  if (link.fd >= 0) ::close(link.fd);
+  link.fd = -1;
+}
+
+void BlobClient::close() {
+  {
+    // Shut down (not close) under the lock: a request in flight wakes and
+    // fails, and its descriptor number cannot be reused under it.
+    std::lock_guard<std::mutex> lock(fds_mutex_);
+    if (closed_) return;
+    closed_ = true;
+    for (auto& link : links_) {
+      if (link->fd >= 0) ::shutdown(link->fd, SHUT_RDWR);
+    }
+  }
+  for (auto& link : links_) {
+    std::lock_guard<std::mutex> lock(link->mutex);
+    forget(*link);
+  }
+}
+
+uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_t count,
+                             DataType dtype, std::chrono::milliseconds timeout) {
+  Link& link = *links_.at(static_cast<size_t>(peer));
+  std::lock_guard<std::mutex> lock(link.mutex);
+  const std::string who = describe(peer);
+  auto check_open = [&] {
+    if (closed_) throw IoError("the communicator is closed");
+  };
+  {
+    std::lock_guard<std::mutex> fds_lock(fds_mutex_);
+    check_open();
+  }
+  Deadline deadline = Deadline::inactivity(timeout.count() > 0 ? timeout : identity_.timeout);
+  try {
+    if (link.fd < 0) {
+      std::string error;
+      Socket socket = connect_once(addresses_[peer], identity_.socket_buffer_bytes, deadline,
+                                   interrupt_check_, &error);
+      if (socket.get() < 0) {
+        throw IoError("could not connect to " + who + "'s blob service at " + addresses_[peer] +
+                      " (" + error + "); has that rank closed its communicator or exited?");
+      }
+      std::lock_guard<std::mutex> fds_lock(fds_mutex_);
+      check_open();
+      link.fd = socket.release();
+    }
+    BlobRequest request;
+    request.group_id = identity_.group_id;
+    request.cluster_version = identity_.cluster_version;
+    request.requester = static_cast<uint32_t>(identity_.rank);
+    request.dtype = static_cast<uint32_t>(dtype);
+    request.count = count;
+    request.name_bytes = static_cast<uint32_t>(name.size());
+    const BlobHeaderBytes header = encode_blob_request(request);
+    std::vector<char> message(header.begin(), header.end());
+    message.insert(message.end(), name.begin(), name.end());
+    const std::string sending = "sending the request for blob \"" + name + "\" to " + who;
+    move_all(link.fd, Direction::kSend, message.data(), message.size(), deadline, -1,
+             interrupt_check_, sending);
+    BlobHeaderBytes reply_bytes{};
+    const std::string receiving = "receiving blob \"" + name + "\" from " + who;
+    move_all(link.fd, Direction::kReceive, reply_bytes.data(), reply_bytes.size(), deadline, -1,
+             interrupt_check_, receiving);
+    BlobReply reply;
+    if (!decode_blob_reply(reply_bytes.data(), &reply)) {
+      throw IoError(who + " answered the request for blob \"" + name + "\" with garbage");
+    }
+    check_blob_reply(reply, name, dtype, count, who);
+    if (reply.payload_bytes > 0) {
+      move_all(link.fd, Direction::kReceive, out, reply.payload_bytes, deadline, -1,
+               interrupt_check_, receiving);
+    }
+    return reply.blob_version;
+  } catch (const InvalidArgumentError&) {
+    throw;  // answered before any data: the connection is still in step
+  } catch (const InterruptedError&) {
+    forget(link);
+    throw;
+  } catch (const Error&) {
+    forget(link);
+    std::lock_guard<std::mutex> fds_lock(fds_mutex_);
+    if (closed_) throw IoError("the communicator was closed while the request was in flight");
+    throw;
+  }
+}
+
+}  // namespace adaptrain::collective

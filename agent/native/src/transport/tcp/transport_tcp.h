@@ -1,0 +1,154 @@
+// TCP implementation of the transport interface.
+//
+// Rendezvous: every rank listens on its own address from the peer list, then
+// for each peer its algorithm needs, the lower rank connects and the higher
+// rank accepts, so each pair shares exactly one full-duplex connection. The
+// connecting side sends a hello (magic, protocol version, both ranks, group
+// size, a hash of the peer list and the cluster version) and the accepting
+// side answers accepted or
+// a reason; a process from another job, another cluster version or a wrong
+// peer list is refused with a message that says which of those it was.
+//
+// Cluster versions (elastic resizing): a connection from another version is
+// refused and never becomes a link. The connecting side of such a refusal
+// hangs up and keeps retrying until its timeout, because during a resize the
+// address in its list may still belong to the previous version's process for
+// a moment; if the timeout runs out, the error says that peers at another
+// version were seen.
+//
+// The three phases run in an order that cannot deadlock: (1) connect to all
+// higher peers and send hellos, which needs nothing from them but a listening
+// socket; (2) accept lower peers and answer their hellos; (3) read the answers
+// to our own hellos, which every peer sends in its phase 2.
+//
+// Pairs of ranks on one host may move their data to shared memory after the
+// rendezvous (transport/shm/transport_shm.h): their TcpConnection is then wrapped by a
+// ShmConnection and stays open as the pair's liveness channel; wait() sleeps
+// on both kinds alike through Connection's poll hooks.
+//
+// Sockets are non-blocking, TCP_NODELAY (control messages and pipelined
+// blocks must not wait for Nagle), with large send/receive buffers so a ring
+// hop keeps the link busy while the receiver is reducing.
+#pragma once
+
+#include <poll.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "transport/transport.h"
+
+namespace adaptrain::collective {
+
+struct HostPort {
+  std::string host;  // without IPv6 brackets
+  std::string port;
+};
+
+// "10.0.0.2:41000", "[::1]:41000", "node-3:41000". Throws InvalidArgumentError.
+HostPort parse_host_port(const std::string& address);
+
+// FNV-1a over the peer list: two processes only form a group when they were
+// given the same list, in the same order.
+uint64_t hash_peers(const std::vector<std::string>& peers);
+
+struct TcpOptions {
+  int rank = 0;
+  std::vector<std::string> peers;            // "host:port" of every rank, by rank
+  std::vector<int> needed_peers;             // ranks this rank exchanges data with
+  std::chrono::milliseconds timeout{60000};  // budget for the whole rendezvous
+  size_t socket_buffer_bytes = 0;            // 0: kernel autotuning
+  int connect_retry_ms = 200;
+  // Elastic sessions: only processes at the same cluster version connect.
+  uint64_t cluster_version = 0;
+  // Called when a system call was interrupted by a signal; may throw
+  // InterruptedError so that Ctrl-C stops a blocked call.
+  std::function<void()> interrupt_check;
+};
+
+// One socket to one peer (non-blocking; see the file comment).
+class TcpConnection final : public Connection {
+ public:
+  TcpConnection(int fd, int peer_rank, std::string peer_address)
+      : fd_(fd), peer_rank_(peer_rank), peer_address_(std::move(peer_address)) {}
+  ~TcpConnection() override { close(); }
+
+  int peer_rank() const override { return peer_rank_; }
+  const std::string& peer_address() const override { return peer_address_; }
+  int fd() const { return fd_; }
+  void identify(int peer_rank, std::string peer_address);
+
+  size_t send_some(const void* data, size_t length) override;
+  size_t recv_some(void* data, size_t length) override;
+  size_t peek_some(void* data, size_t length, bool* closed) override;
+  void close() override;
+  void poll_target(bool send, bool recv, pollfd* target) const override;
+
+ private:
+  void check_open() const;
+
+  int fd_;
+  int peer_rank_;
+  std::string peer_address_;
+};
+
+class TcpTransport final : public Transport {
+ public:
+  // Blocks until every needed peer is connected and has passed the handshake.
+  static std::unique_ptr<TcpTransport> connect(const TcpOptions& options);
+  ~TcpTransport() override;
+
+  int rank() const override { return options_.rank; }
+  int size() const override { return static_cast<int>(options_.peers.size()); }
+  Connection& connection(int peer) override;
+  bool has_connection(int peer) const override { return connections_.count(peer) > 0; }
+  void wait(const WaitRequest* requests, size_t count, const Deadline& deadline,
+            int spin_us) override;
+  void shutdown() override;
+
+  // Swapping a pair's link for another kind (transport/shm/transport_shm.h): the TCP
+  // connection to `peer` leaves the transport, and `connection` (which may
+  // own it) takes its place.
+  std::unique_ptr<Connection> release_connection(int peer);
+  void adopt_connection(int peer, std::unique_ptr<Connection> connection);
+  const std::vector<std::string>& peers() const { return options_.peers; }
+  uint64_t group_id() const { return group_id_; }
+  uint64_t cluster_version() const { return options_.cluster_version; }
+  std::string who() const;
+
+ private:
+  explicit TcpTransport(TcpOptions options);
+  void rendezvous();
+  int connect_with_retry(int peer, Deadline& deadline);
+  // Connects to a higher rank and sends the hello.
+  std::unique_ptr<TcpConnection> open_with_hello(int peer, Deadline& deadline);
+  // Reads the answer to our hello: true when accepted, false when the process
+  // there is at another cluster version (retry); throws on any other refusal.
+  bool read_reply(TcpConnection& connection, Deadline& deadline);
+  void note_rejection(std::string text);
+  // Waits up to `poll_until` for a connection on the listener and, if one
+  // comes, runs the accepting side of the handshake on it. Connect retries
+  // wait here too, so a misdirected peer hears why it was refused at once
+  // rather than after this rank has given up on its own connects.
+  void accept_pending(const Deadline& poll_until, Deadline& deadline);
+  std::string rejections_text() const;
+  // poll() that retries on EINTR after giving interrupt_check a chance to throw.
+  int poll_retrying(::pollfd* fds, unsigned long count, const Deadline& deadline);
+
+  TcpOptions options_;
+  uint64_t group_id_ = 0;
+  std::map<int, std::unique_ptr<Connection>> connections_;
+
+  // Rendezvous state.
+  int listener_ = -1;
+  std::vector<int> expected_;            // lower ranks that have not connected yet
+  std::vector<std::string> rejections_;  // why strangers were turned away, for timeout messages
+  bool saw_other_cluster_version_ = false;
+};
+
+}  // namespace adaptrain::collective
