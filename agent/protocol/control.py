@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from agent.protocol import vocabulary as v
-from agent.protocol._wire import Fields, Frame, Message, drop_none, frame_types, parse_frame
+from agent.protocol.base import Fields, Frame, Message, drop_none, frame_types, parse_frame
 from agent.protocol.worker import (
     ClusterLine,
     CommandLine,
@@ -67,6 +67,12 @@ class CommandFrame(Frame):
 
     def _payload_fields(self) -> Fields:
         return Fields(self.payload, f"payload of {self.action!r} command {self.id}")
+
+    def typed_payload(self) -> StartPayload | ScalePayload | StopPayload | None:
+        """The payload read as its action's type; None for an action whose payload is only
+        a ``value`` for the workers."""
+        kind = _TYPED_PAYLOADS.get(self.action)
+        return None if kind is None else kind.read(self._payload_fields())
 
     def start_payload(self) -> StartPayload:
         return StartPayload.read(self._payload_fields())
@@ -252,6 +258,13 @@ class StopPayload(Message):
             joiners=None if f.data.get("joiners") is None else f.integers("joiners"),
             reason=f.text_or_none("reason"),
         )
+
+
+_TYPED_PAYLOADS: dict[str, type[StartPayload | ScalePayload | StopPayload]] = {
+    v.START: StartPayload,
+    v.SCALE_WORKERS: ScalePayload,
+    v.STOP: StopPayload,
+}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The JSON bodies of the agent's REST calls under ``/api/v1/agent/`` (docs/protocols.md,
 "Control plane ⇄ agent"): enrolment, heartbeat, metric batches, worker ports (the
 rendezvous), the cluster spec and job reports. Each request and reply is one
-:class:`~agent.protocol._wire.Message`; the agent authenticates with
+:class:`~agent.protocol.base.Message`; the agent authenticates with
 ``Authorization: Node <credential>`` (enrolment with the join token in the body).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.protocol import ProtocolError
 from agent.protocol import vocabulary as v
-from agent.protocol._wire import Fields, Message
+from agent.protocol.base import Fields, Message
 from agent.protocol.worker import MetricPoint
 
 

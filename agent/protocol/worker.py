@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.protocol import PREFIX, ProtocolError
 from agent.protocol import vocabulary as v
-from agent.protocol._wire import Fields, Frame, Message, drop_none, frame_types, parse_frame
+from agent.protocol.base import Fields, Frame, Message, drop_none, frame_types, parse_frame
 
 
 class Line(Frame):
