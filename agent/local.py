@@ -215,17 +215,17 @@ class LocalJob:
         threading.Thread(target=self._read_stderr, args=(address, proc), daemon=True).start()
 
     def _read(self, address: str, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
+        for text in proc.stdout:
             try:
-                message = read_stdio_line(line)
-                if message is not None:
-                    parse_from_worker(message)  # a line that is not a valid frame is a bug
+                message = read_stdio_line(text)
+                if message is None:
+                    continue  # log output
+                parse_from_worker(message)  # a line that is not a valid frame is a bug
             except ValueError as exc:  # ProtocolError included
                 self.stderr[address].append(f"protocol error: {exc}")
                 continue
-            if message is not None:
-                self.messages[address].append(message)
-                self._queue.put((address, message))
+            self.messages[address].append(message)
+            self._queue.put((address, message))
 
     def _read_stderr(self, address: str, proc: subprocess.Popen) -> None:
         for line in proc.stderr:
