@@ -32,7 +32,7 @@ import websockets
 from agent.daemon.client import ControlPlaneClient, ControlPlaneError
 from agent.daemon.config import AgentConfig
 from agent.daemon.metrics import MetricShipper
-from agent.daemon.outbox import ReportOutbox
+from agent.daemon.outbox import ReportOutbox, Sender
 from agent.daemon.processes import CRASHED, LEFT
 from agent.daemon.storage import jobs_dir, outbox_path
 from agent.daemon.workers import OnWorkerEvent, WorkerGroup
@@ -291,7 +291,7 @@ class Agent:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 15.0)
 
-    async def _on_frame(self, ws: Any, frame: ToAgent) -> None:
+    async def _on_frame(self, ws: Sender, frame: ToAgent) -> None:
         match frame:
             case ReceivedFrame(ref=ref):
                 self.outbox.confirm(ref)
@@ -311,7 +311,7 @@ class Agent:
             case CommandFrame():
                 await self._on_command(ws, frame)
 
-    async def _on_command(self, ws: Any, frame: CommandFrame) -> None:
+    async def _on_command(self, ws: Sender, frame: CommandFrame) -> None:
         async def ack() -> None:
             await ws.send(json.dumps(AckFrame(id=frame.id).to_dict()))
 
