@@ -29,6 +29,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent import protocol
+from agent.protocol import vocabulary as v
+from agent.protocol.worker import (
+    ClusterLine,
+    CommandLine,
+    MetricsLine,
+    StandbyLine,
+    ToWorker,
+    parse_from_worker,
+    read_stdio_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,14 +138,15 @@ def run_workers(
         raise RuntimeError(
             f"worker {rank} exited with {procs[rank].returncode}:\n{outputs[rank][1][-3000:]}"
         )
-    return {
-        rank: [
-            json.loads(line[len(protocol.PREFIX) :])
-            for line in outputs[rank][0].splitlines()
-            if line.startswith(protocol.PREFIX)
-        ]
-        for rank in range(len(procs))
-    }
+    return {rank: _protocol_lines(outputs[rank][0]) for rank in range(len(procs))}
+
+
+def _protocol_lines(stdout: str) -> list[dict]:
+    """The protocol lines in a worker's stdout, each checked against its frame."""
+    lines = [m for m in map(read_stdio_line, stdout.splitlines()) if m is not None]
+    for line in lines:
+        parse_from_worker(line)
+    return lines
 
 
 class LocalJob:
@@ -204,11 +215,17 @@ class LocalJob:
         threading.Thread(target=self._read_stderr, args=(address, proc), daemon=True).start()
 
     def _read(self, address: str, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            if line.startswith(protocol.PREFIX):
-                message = json.loads(line[len(protocol.PREFIX) :])
-                self.messages[address].append(message)
-                self._queue.put((address, message))
+        for text in proc.stdout:
+            try:
+                message = read_stdio_line(text)
+                if message is None:
+                    continue  # log output
+                parse_from_worker(message)  # a line that is not a valid frame is a bug
+            except ValueError as exc:  # ProtocolError included
+                self.stderr[address].append(f"protocol error: {exc}")
+                continue
+            self.messages[address].append(message)
+            self._queue.put((address, message))
 
     def _read_stderr(self, address: str, proc: subprocess.Popen) -> None:
         for line in proc.stderr:
@@ -224,7 +241,7 @@ class LocalJob:
                     if code is None or address in self.exit_codes:
                         continue
                     self.exit_codes[address] = code
-                    self._queue.put((address, {"type": "exited", "code": code}))
+                    self._queue.put((address, {"type": v.EXITED, "code": code}))
                     if (
                         code != 0
                         and self.replace_failed
@@ -233,12 +250,12 @@ class LocalJob:
                     ):
                         self.announce([m for m in self.members if m != address])
 
-    def _write(self, address: str, message: dict) -> None:
+    def _write(self, address: str, line: ToWorker) -> None:
         proc = self.procs[address]
         if proc.poll() is not None:
             return
         try:
-            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.write(json.dumps(line.to_dict()) + "\n")
             proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass
@@ -248,24 +265,23 @@ class LocalJob:
         """Send a command to every worker; returns its id."""
         with self._lock:
             self.seq += 1
-            message = {
-                "type": "command",
-                "id": 1000 + self.seq,
-                "seq": self.seq,
-                "action": action,
-                "payload": {} if value is None else {"value": value},
-            }
+            line = CommandLine(
+                id=1000 + self.seq,
+                seq=self.seq,
+                action=action,
+                payload={} if value is None else {"value": value},
+            )
             for address in list(self.procs):
-                self._write(address, message)
-            return message["id"]
+                self._write(address, line)
+            return line.id
 
     def announce(self, members: list[str]) -> int:
         """Make ``members`` the next cluster version; returns its number."""
         with self._lock:
             self.version += 1
-            message = {"type": "cluster", "version": self.version, "members": list(members)}
+            line = ClusterLine(version=self.version, members=tuple(members))
             for address in set(self.members) | set(members):
-                self._write(address, message)
+                self._write(address, line)
             self.members = list(members)
             return self.version
 
@@ -281,7 +297,7 @@ class LocalJob:
         pending = set(addresses)
         self.wait_for(
             lambda address, message: (
-                message["type"] == "standby" and not pending.discard(address) and not pending
+                message["type"] == StandbyLine.TYPE and not pending.discard(address) and not pending
             ),
             timeout_s,
             already=True,
@@ -354,12 +370,13 @@ class LocalJob:
 
 def job_series(messages: list[dict], name: str) -> dict[int, float]:
     """A whole-job metric (reported by rank 0) as {step: value}."""
+    lines = (parse_from_worker(m) for m in messages)
     return {
-        p["step"]: p["value"]
-        for m in messages
-        if m["type"] == "metrics"
-        for p in m["points"]
-        if p["name"] == name and "rank" not in p
+        p.step: p.value
+        for line in lines
+        if isinstance(line, MetricsLine)
+        for p in line.points
+        if p.name == name and p.rank is None
     }
 
 

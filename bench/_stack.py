@@ -91,7 +91,7 @@ async def agent_with_job(stack, *, name: str, timeout_credential_s: float = 60.0
     enrol = await ControlPlaneClient(stack.url).enrol(
         join_token=stack.join_token, name="bench-node", address="127.0.0.1", slots=4
     )
-    client = ControlPlaneClient(stack.url, enrol["credential"], timeout_s=timeout_credential_s)
+    client = ControlPlaneClient(stack.url, enrol.credential, timeout_s=timeout_credential_s)
     status, job = stack.api.post(
         "/api/v1/jobs/",
         {

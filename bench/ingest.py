@@ -17,6 +17,7 @@ import uuid
 import psycopg2
 
 from agent.daemon.client import ControlPlaneClient
+from agent.protocol.worker import MetricPoint
 from bench._stack import agent_with_job, emit, log, running_stack
 
 BATCH = 5000
@@ -27,14 +28,7 @@ async def sender(client: ControlPlaneClient, job_id: int, deadline: float, sent:
     while time.monotonic() < deadline:
         now = time.time()
         points = [
-            {
-                "job": job_id,
-                "name": name,
-                "step": step + i,
-                "value": float(i),
-                "rank": rank,
-                "time": now,
-            }
+            MetricPoint(job=job_id, name=name, step=step + i, value=float(i), rank=rank, time=now)
             for i in range(BATCH // 10)
             for name in ("loss", "accuracy", "throughput", "batch_size", "gns")
             for rank in (None, 0)

@@ -16,6 +16,7 @@ import uuid
 
 import websockets
 
+from agent.protocol.worker import MetricPoint
 from bench._stack import agent_with_job, emit, log, percentile, running_stack, session_cookie
 
 
@@ -41,13 +42,13 @@ async def run(stack, *, points: int, rate_hz: float) -> dict:
             await client.send_metrics(
                 uuid.uuid4().hex,
                 [
-                    {
-                        "job": job_id,
-                        "name": "sent_at" if step >= 5 else "warm",
-                        "step": step,
-                        "value": time.time(),
-                        "time": time.time(),
-                    }
+                    MetricPoint(
+                        job=job_id,
+                        name="sent_at" if step >= 5 else "warm",
+                        step=step,
+                        value=time.time(),
+                        time=time.time(),
+                    )
                 ],
             )
             await asyncio.sleep(1.0 / rate_hz)

@@ -1,36 +1,19 @@
 """The agent daemon: enrol, heartbeat, take commands, run workers, ship metrics.
 
-Three loops run side by side:
+Three loops run side by side: the heartbeat (``POST /api/v1/agent/heartbeat/`` every
+``AGENT_HEARTBEAT_S``; its reply names jobs to end), the command channel (a WebSocket to
+``/ws/agent/``, reconnected with exponential backoff and jitter: commands are acked on
+receipt and applied once by id; reports go out through the :mod:`outbox
+<agent.daemon.outbox>`) and the metric shipper (:mod:`agent.daemon.metrics`). Each job's
+workers are a :class:`~agent.daemon.workers.WorkerGroup`.
 
-* **heartbeat** — ``POST /api/v1/agent/heartbeat/`` every ``AGENT_HEARTBEAT_S``;
-* **command channel** — a WebSocket to ``/ws/agent/``, reconnected with exponential
-  backoff and jitter. Each command is acked on receipt and remembered by id, so a
-  command redelivered after a reconnect is acked again but applied once;
-* **metrics** — points from workers are buffered and posted in batches; a batch keeps
-  its id until the control plane stored it, so a retry is never counted twice.
-
-Elastic jobs: a ``scale_workers`` command whose payload has ``join`` starts warm
-standbys here; ``cluster`` frames (new cluster versions) are forwarded to the job's
-workers; what workers say about membership (``standby``, ``rescaled``, ``left``,
-``peer_failed``) and the death of a worker the job can do without (``exited``) go back
-as ``{"type": "worker", "job", "rank", "event", ...}`` frames.
-
-Restarts. Workers run in sessions of their own and talk to the agent over Unix sockets
-(:mod:`agent.daemon.workers`), so they outlive it. Each job's state is kept on disk under
-``AGENT_STATE_DIR/jobs/`` and a command is written there *before* it is acked, so a
-restarted agent (same state directory) re-attaches to the workers still running,
-forwards the commands they have not answered and reports them when they do; the
-control plane learns from the heartbeat's job list that the jobs still run here, and a
-redelivered ``start`` for such a job is acked without starting anything. Reports to the
-control plane (``applied``, ``failed``, ``worker``) carry a ``ref`` and stay in
-``AGENT_STATE_DIR/outbox.json`` until the control plane confirms them (``{"type":
-"received", "ref"}``); they are sent again on every reconnection until then.
-
-On SIGTERM/SIGINT the agent by default *detaches* (``AGENT_ON_EXIT=detach``): its
-workers go on training and a restarted agent takes them over (each worker first hands
-over what it had written, so a detach loses no metric); ``AGENT_ON_EXIT=stop``
-stops them and reports their jobs failed, as an agent that goes away for good should.
-Workers left without an agent for ``AGENT_ORPHAN_GRACE_S`` stop themselves.
+A command is written to the job's state on disk *before* it is acked, and workers run in
+sessions of their own, so a restarted agent (same ``AGENT_STATE_DIR``) re-attaches to
+the workers still running and carries on; a redelivered ``start`` for a job it still runs
+is acked without starting anything. On SIGTERM/SIGINT the agent by default detaches
+(``AGENT_ON_EXIT=detach``: the workers train on, each handing over what it had written);
+``AGENT_ON_EXIT=stop`` stops them and reports their jobs failed. docs/protocols.md
+describes the frames and the guarantees.
 """
 
 from __future__ import annotations
@@ -41,20 +24,61 @@ import logging
 import os
 import random
 import signal
-import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import websockets
 
 from agent.daemon.client import ControlPlaneClient, ControlPlaneError
 from agent.daemon.config import AgentConfig
-from agent.daemon.workers import CRASHED, LEFT, WorkerGroup, write_json_atomically
+from agent.daemon.metrics import MetricShipper
+from agent.daemon.outbox import ReportOutbox, Sender
+from agent.daemon.processes import CRASHED, LEFT
+from agent.daemon.storage import jobs_dir, outbox_path
+from agent.daemon.workers import OnWorkerEvent, WorkerGroup
+from agent.protocol import ProtocolError
+from agent.protocol import vocabulary as v
+from agent.protocol.control import (
+    AckFrame,
+    AppliedFrame,
+    ClusterFrame,
+    CommandFrame,
+    ErrorFrame,
+    ExitedEvent,
+    FailedFrame,
+    JoinPayload,
+    ReceivedFrame,
+    StartPayload,
+    StopPayload,
+    ToAgent,
+    WorkerEvent,
+    WorkerFrame,
+    parse_to_agent,
+)
+from agent.protocol.rest import JobReport, WorkerStatus
 
 log = logging.getLogger("agent")
 
-MAX_BUFFERED_POINTS = 200_000
-MAX_BATCH_POINTS = 5_000
 RENDEZVOUS_TIMEOUT_S = 120.0
-MAX_UNCONFIRMED_REPORTS = 10_000
+
+Ack = Callable[[], Awaitable[None]]
+
+
+def _joiners_start(job_id: int, join: JoinPayload) -> StartPayload:
+    """The start parameters of a group begun on this node for a grow's joiners only."""
+    return StartPayload(
+        job=job_id,
+        entrypoint=join.entrypoint,
+        hyperparameters=join.hyperparameters,
+        batch_size=join.batch_size,
+        lr=join.lr,
+        strategy=join.strategy,
+        topology=join.topology,
+        world_size=0,
+        cluster_version=join.cluster_version,
+        workers_min=join.workers_min,
+        ranks=(),
+    )
 
 
 class Agent:
@@ -63,13 +87,15 @@ class Agent:
         self.client = ControlPlaneClient(config.server)
         self.groups: dict[int, WorkerGroup] = {}
         self.seen_commands: set[int] = set()
-        # Reports not yet confirmed by the control plane, by ref, in order (kept on disk).
-        self.reports: dict[str, dict] = {}
-        self._report_added = asyncio.Event()
-        self.points: list[dict] = []
+        self.outbox = ReportOutbox(outbox_path(config.state_dir))
+        self.metrics = MetricShipper(self.client, config.metrics_flush_s)
         self.stopping = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        # Commands the agent carries out itself; the others go to the job's workers.
+        self._command_handlers: dict[str, Callable[[CommandFrame, Ack], Awaitable[None]]] = {
+            v.START: self._on_start,
+            v.SCALE_WORKERS: self._on_scale,
+        }
 
     # -- enrolment ---------------------------------------------------------------------
     async def ensure_credential(self) -> None:
@@ -88,7 +114,7 @@ class Agent:
                 "This node is not enrolled: set AGENT_JOIN_TOKEN to a join token "
                 "(create one with: python manage.py create_join_token)."
             )
-        reply = await self.client.enrol(
+        enrolment = await self.client.enrol(
             join_token=self.config.join_token,
             name=self.config.name,
             address=self.config.address,
@@ -98,19 +124,19 @@ class Agent:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(reply["credential"])
-        self.client.credential = reply["credential"]
-        log.info("enrolled as node %s (id %s)", reply["name"], reply["node"])
+            f.write(enrolment.credential)
+        self.client.credential = enrolment.credential
+        log.info("enrolled as node %s (id %s)", enrolment.name, enrolment.node)
 
     # -- loops -------------------------------------------------------------------------
     async def run(self) -> None:
         await self.ensure_credential()
-        self._load_reports()
+        self.outbox.load()
         restored = self._load_jobs()
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._command_loop(), name="commands"),
-            asyncio.create_task(self._metrics_loop(), name="metrics"),
+            asyncio.create_task(self.metrics.run(), name="metrics"),
         ]
         for group in restored:
             self._resume_job(group)
@@ -120,9 +146,8 @@ class Agent:
             for job_id, group in list(self.groups.items()):
                 group.shutting_down = True
                 await group.terminate()
-                await self._report(
-                    job_id, "failed", reason=f"the agent on node {self.config.name} shut down"
-                )
+                reason = f"the agent on node {self.config.name} shut down"
+                await self._report(job_id, JobReport(status=v.FAILED, reason=reason))
                 group.forget()
         else:
             log.info(
@@ -133,47 +158,18 @@ class Agent:
             for group in self.groups.values():
                 group.shutting_down = True
             await asyncio.gather(*(group.detach() for group in self.groups.values()))
-        await self._flush_metrics()
+        await self.metrics.flush()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    # -- state kept across restarts ----------------------------------------------------
-    @property
-    def _reports_path(self):
-        return self.config.state_dir / "outbox.json"
-
-    def _load_reports(self) -> None:
-        try:
-            frames = json.loads(self._reports_path.read_text())
-        except FileNotFoundError:
-            return
-        except ValueError as exc:
-            log.error("ignoring %s: %s", self._reports_path, exc)
-            return
-        self.reports = {f["ref"]: f for f in frames if isinstance(f, dict) and "ref" in f}
-        if self.reports:
-            log.info("%d report(s) from before the restart to send again", len(self.reports))
-
-    def _save_reports(self) -> None:
-        write_json_atomically(self._reports_path, list(self.reports.values()))
-
-    async def _put_report(self, frame: dict) -> None:
-        """Send ``frame`` to the control plane at least once, across reconnections and
-        restarts: it is kept until the control plane confirms it."""
-        frame = {**frame, "ref": uuid.uuid4().hex}
-        self.reports[frame["ref"]] = frame
-        if len(self.reports) > MAX_UNCONFIRMED_REPORTS:
-            del self.reports[next(iter(self.reports))]
-        self._save_reports()
-        self._report_added.set()
-
-    def _group_kwargs(self) -> dict:
+    # -- jobs a previous agent left --------------------------------------------------------
+    def _group_kwargs(self) -> dict[str, Any]:
         return dict(
             python=self.config.python,
             address=self.config.address,
             state_dir=self.config.state_dir,
-            on_metrics=self._buffer_points,
+            on_metrics=self.metrics.add,
             on_command_done=self._command_done,
             grace_s=self.config.orphan_grace_s,
         )
@@ -181,7 +177,7 @@ class Agent:
     def _load_jobs(self) -> list[WorkerGroup]:
         """The jobs a previous agent left in the state directory."""
         restored = []
-        for path in sorted((self.config.state_dir / "jobs").glob("job-*.json")):
+        for path in sorted(jobs_dir(self.config.state_dir).glob("job-*.json")):
             try:
                 state = json.loads(path.read_text())
                 job_id = int(state["job"])
@@ -193,13 +189,13 @@ class Agent:
                 path.rename(path.with_name(path.name + ".unreadable"))
                 continue
             self.groups[job_id] = group
-            self.seen_commands |= group.seen
+            self.seen_commands |= group.commands.seen
             restored.append(group)
         return restored
 
     def _resume_job(self, group: WorkerGroup) -> None:
         """Carry on with a job a previous agent ran (or was starting) here."""
-        job_id = group.job_id
+        job_id, notes = group.job_id, group.notes
         if group.workers:
             alive = group.reattach()
             log.info(
@@ -208,32 +204,29 @@ class Agent:
                 len(alive),
                 ", ".join(f"rank {r} pid {group.workers[r].pid}" for r in alive) or "none left",
             )
-            start = group.meta.get("start")
-            if start is not None and not group.meta.get("started"):
-                asyncio.create_task(self._job_started(group, start))
-            for frame in list(group.meta.get("joins", [])):
+            if notes.start is not None and not notes.started:
+                asyncio.create_task(self._job_started(group, notes.start))
+            for frame in list(notes.joins):
                 asyncio.create_task(self._add_joiners(frame, supervise=False))
-            if group.meta.get("terminate") is not None:
-                asyncio.create_task(
-                    group.send_command(
-                        {
-                            "id": group.meta["terminate"],
-                            "action": "stop",
-                            "seq": 0,
-                            "payload": {"terminate": True},
-                        }
-                    )
+            if notes.terminate is not None:
+                stop = CommandFrame(
+                    id=notes.terminate,
+                    job=job_id,
+                    seq=0,
+                    action=v.STOP,
+                    payload=StopPayload(terminate=True).to_dict(),
                 )
+                asyncio.create_task(group.send_command(stop))
             asyncio.create_task(group.resume_commands())
             asyncio.create_task(self._supervise(job_id, group))
-        elif group.meta.get("start") is not None:
+        elif notes.start is not None:
             log.info(
                 "job %s: starting its workers again (the agent restarted while starting them)",
                 job_id,
             )
-            asyncio.create_task(self._start_job(group.meta["start"], group))
+            asyncio.create_task(self._start_job(notes.start, group))
         else:
-            joins = list(group.meta.get("joins", []))
+            joins = list(notes.joins)
             if not joins:
                 group.forget()
                 self.groups.pop(job_id, None)
@@ -241,12 +234,13 @@ class Agent:
             for i, frame in enumerate(joins):
                 asyncio.create_task(self._add_joiners(frame, supervise=i == 0))
 
+    # -- heartbeat -------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
                 reply = await self.client.heartbeat(sorted(self.groups))
-                for job_id in reply.get("release") or []:
-                    await self._release(int(job_id))
+                for job_id in reply.release:
+                    await self._release(job_id)
             except (ControlPlaneError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_s)
@@ -267,6 +261,7 @@ class Agent:
         group.save()
         await group.terminate()
 
+    # -- the command channel -----------------------------------------------------------
     async def _command_loop(self) -> None:
         delay = 0.5
         headers = {"Authorization": f"Node {self.client.credential}"}
@@ -280,10 +275,15 @@ class Agent:
                 ) as ws:
                     log.info("command channel connected")
                     delay = 0.5
-                    sender = asyncio.create_task(self._send_reports(ws))
+                    sender = asyncio.create_task(self.outbox.send_all(ws))
                     try:
                         async for raw in ws:
-                            await self._on_frame(ws, json.loads(raw))
+                            try:
+                                frame = parse_to_agent(json.loads(raw))
+                            except ValueError as exc:  # ProtocolError included
+                                log.warning("ignoring a frame from the control plane: %s", exc)
+                                continue
+                            await self._on_frame(ws, frame)
                     finally:
                         sender.cancel()
             except (OSError, websockets.WebSocketException, asyncio.TimeoutError) as exc:
@@ -291,126 +291,93 @@ class Agent:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 15.0)
 
-    async def _send_reports(self, ws) -> None:
-        """Send every unconfirmed report once per connection, in order, then new ones as
-        they come (a report stays until the control plane confirms it)."""
-        sent: set[str] = set()
-        while True:
-            todo = [f for ref, f in self.reports.items() if ref not in sent]
-            if not todo:
-                self._report_added.clear()
-                await self._report_added.wait()
-                continue
-            for frame in todo:
-                await ws.send(json.dumps(frame))
-                sent.add(frame["ref"])
+    async def _on_frame(self, ws: Sender, frame: ToAgent) -> None:
+        match frame:
+            case ReceivedFrame(ref=ref):
+                self.outbox.confirm(ref)
+            case ErrorFrame(message=message):
+                log.warning("control plane says: %s", message)
+            case ClusterFrame():
+                group = self.groups.get(frame.job)
+                if group is not None and await group.apply_cluster(
+                    frame.version, list(frame.members), workers_min=frame.workers_min
+                ):
+                    log.info(
+                        "job %s: cluster version %s with %d member(s)",
+                        frame.job,
+                        frame.version,
+                        len(frame.members),
+                    )
+            case CommandFrame():
+                await self._on_command(ws, frame)
 
-    async def _on_frame(self, ws, frame: dict) -> None:
-        if frame.get("type") == "received":
-            if self.reports.pop(frame.get("ref"), None) is not None:
-                self._save_reports()
-            return
-        if frame.get("type") == "error":
-            log.warning("control plane says: %s", frame.get("message"))
-            return
-        if frame.get("type") == "cluster":
-            group = self.groups.get(frame.get("job"))
-            if group is not None and await group.apply_cluster(
-                int(frame["version"]), list(frame["members"]), workers_min=frame.get("workers_min")
-            ):
-                log.info(
-                    "job %s: cluster version %s with %d member(s)",
-                    frame["job"],
-                    frame["version"],
-                    len(frame["members"]),
-                )
-            return
-        if frame.get("type") != "command":
-            return
-        command_id = frame["id"]
-
+    async def _on_command(self, ws: Sender, frame: CommandFrame) -> None:
         async def ack() -> None:
-            await ws.send(json.dumps({"type": "ack", "id": command_id}))
+            await ws.send(json.dumps(AckFrame(id=frame.id).to_dict()))
 
-        if command_id in self.seen_commands:
+        if frame.id in self.seen_commands:
             await ack()
             return  # redelivered: acked again, applied once
-        self.seen_commands.add(command_id)
-        job_id = frame["job"]
+        self.seen_commands.add(frame.id)
+        try:
+            frame.typed_payload()  # the payloads the agent reads itself, checked once here
+        except ProtocolError as exc:
+            await ack()
+            self.outbox.put(FailedFrame(id=frame.id, error=str(exc)))
+            return
         # Each command is on disk (the job's state) before it is acked: an agent that
         # restarts after the ack still carries it out.
-        if frame["action"] == "start":
-            if job_id in self.groups:
-                await ack()  # its workers run here already (re-attached after a restart)
-                return
-            group = self._new_group(job_id, frame["payload"], frame["seq"])
-            group.seen.add(command_id)
-            group.meta["start"] = frame
-            group.save()
-            await ack()
-            asyncio.create_task(self._start_job(frame, group))
+        handler = self._command_handlers.get(frame.action, self._on_job_command)
+        await handler(frame, ack)
+
+    async def _on_start(self, frame: CommandFrame, ack: Ack) -> None:
+        if frame.job in self.groups:
+            await ack()  # its workers run here already (re-attached after a restart)
             return
-        group = self.groups.get(job_id)
-        if frame["action"] == "scale_workers":
-            # The control plane carries it out: this node only starts the joiners placed here.
-            join = (frame.get("payload") or {}).get("join")
-            new = group is None and bool(join)
-            if new:
-                start = {
-                    k: join[k]
-                    for k in (
-                        "entrypoint",
-                        "hyperparameters",
-                        "batch_size",
-                        "lr",
-                        "strategy",
-                        "topology",
-                    )
-                }
-                group = self._new_group(
-                    job_id,
-                    {
-                        **start,
-                        "ranks": [],
-                        "world_size": 0,
-                        "workers_min": join.get("workers_min", 1),
-                    },
-                    frame["seq"],
-                )
-            if group is not None:
-                if join:
-                    group.meta.setdefault("joins", []).append(frame)
-                group.record_command(frame)
-            await ack()
-            if group is not None:
-                await group.send_command(frame)
-            if join:
-                asyncio.create_task(self._add_joiners(frame, supervise=new))
-            return
+        group = self._new_group(frame.job, frame.start_payload(), frame.seq)
+        group.commands.seen.add(frame.id)
+        group.notes.start = frame
+        group.save()
+        await ack()
+        asyncio.create_task(self._start_job(frame, group))
+
+    async def _on_scale(self, frame: CommandFrame, ack: Ack) -> None:
+        """The control plane carries a resize out: this node only starts the joiners
+        placed here, and forwards the command line (its seq) to the workers."""
+        group = self.groups.get(frame.job)
+        join = frame.scale_payload().join
+        new = group is None and join is not None
+        if group is None and join is not None:
+            group = self._new_group(frame.job, _joiners_start(frame.job, join), frame.seq)
+        if group is not None:
+            if join is not None:
+                group.notes.joins.append(frame)
+            group.record_command(frame)
+        await ack()
+        if group is not None:
+            await group.send_command(frame)
+        if join is not None:
+            asyncio.create_task(self._add_joiners(frame, supervise=new))
+
+    async def _on_job_command(self, frame: CommandFrame, ack: Ack) -> None:
+        group = self.groups.get(frame.job)
         if group is None:
             await ack()
-            await self._put_report(
-                {
-                    "type": "failed",
-                    "id": command_id,
-                    "error": f"job {job_id} has no running workers on this node",
-                }
-            )
+            error = f"job {frame.job} has no running workers on this node"
+            self.outbox.put(FailedFrame(id=frame.id, error=error))
             return
         group.record_command(frame)
         await ack()
         await group.send_command(frame)
 
     # -- jobs --------------------------------------------------------------------------
-    def _worker_event_sender(self, job_id: int):
-        async def on_worker_event(rank: int, event: str, data: dict) -> None:
-            await self._put_report(
-                {**data, "type": "worker", "job": job_id, "rank": rank, "event": event}
-            )
+    def _worker_event_sender(self, job_id: int) -> OnWorkerEvent:
+        async def on_worker_event(rank: int, event: WorkerEvent) -> None:
+            self.outbox.put(WorkerFrame(job=job_id, rank=rank, event=event))
 
         return on_worker_event
 
-    def _new_group(self, job_id: int, start: dict, first_seq: int) -> WorkerGroup:
+    def _new_group(self, job_id: int, start: StartPayload, first_seq: int) -> WorkerGroup:
         group = WorkerGroup(
             job_id=job_id,
             start=start,
@@ -421,13 +388,13 @@ class Agent:
         self.groups[job_id] = group
         return group
 
-    async def _start_job(self, frame: dict, group: WorkerGroup) -> None:
-        job_id = frame["job"]
+    async def _start_job(self, frame: CommandFrame, group: WorkerGroup) -> None:
+        job_id = frame.job
         try:
             # Rendezvous: report this node's ports, then wait until every node has.
             spec = await self.client.register_workers(job_id, group.choose_ports())
             deadline = asyncio.get_running_loop().time() + RENDEZVOUS_TIMEOUT_S
-            while not spec["complete"]:
+            while not spec.complete:
                 if asyncio.get_running_loop().time() > deadline:
                     raise ValueError(
                         f"the other nodes' workers did not register within "
@@ -435,54 +402,46 @@ class Agent:
                     )
                 await asyncio.sleep(0.2)
                 spec = await self.client.cluster_spec(job_id)
-            await group.spawn(spec["members"], int(spec.get("version") or 1))
+            await group.spawn(spec.members, spec.version or 1)
         except (OSError, ValueError, ControlPlaneError) as exc:
             self.groups.pop(job_id, None)
             group.forget()
-            await self._put_report({"type": "failed", "id": frame["id"], "error": str(exc)})
-            await self._report(job_id, "failed", reason=f"could not start workers: {exc}")
+            self.outbox.put(FailedFrame(id=frame.id, error=str(exc)))
+            reason = f"could not start workers: {exc}"
+            await self._report(job_id, JobReport(status=v.FAILED, reason=reason))
             return
         log.info("job %s: started %d worker(s)", job_id, len(group.ranks))
         await self._job_started(group, frame)
         await self._supervise(job_id, group)
 
-    async def _job_started(self, group: WorkerGroup, frame: dict) -> None:
-        await self._put_report({"type": "applied", "id": frame["id"], "step": 0})
-        await self._report(
-            group.job_id,
-            "running",
-            workers=[{"rank": r, "port": group.ports[r], "state": "running"} for r in group.ranks],
+    async def _job_started(self, group: WorkerGroup, frame: CommandFrame) -> None:
+        self.outbox.put(AppliedFrame(id=frame.id, step=0))
+        workers = tuple(
+            WorkerStatus(rank=r, state=v.RUNNING, port=group.ports[r]) for r in group.ranks
         )
-        group.meta["started"] = True
+        await self._report(group.job_id, JobReport(status=v.RUNNING, workers=workers))
+        group.notes.started = True
         group.save()
 
-    async def _add_joiners(self, frame: dict, *, supervise: bool) -> None:
+    async def _add_joiners(self, frame: CommandFrame, *, supervise: bool) -> None:
         """Start the warm standbys of a grow placed on this node (``supervise``: the group
         is new, started for them); report their ports; they report ``standby`` themselves."""
-        job_id, join = frame["job"], frame["payload"]["join"]
+        job_id, join = frame.job, frame.scale_payload().join
         group = self.groups.get(job_id)
-        if group is None:
+        if group is None or join is None:
             return
-        ranks = [int(w["rank"]) for w in join["workers"] if int(w["rank"]) not in group.workers]
+        ranks = [w.rank for w in join.workers if w.rank not in group.workers]
         try:
             await self.client.register_workers(job_id, group.choose_ports(ranks))
-            started = await group.add_joiners(join, seq=frame["seq"])
-        except (OSError, ValueError, KeyError, ControlPlaneError) as exc:
+            started = await group.add_joiners(join, seq=frame.seq)
+        except (OSError, ValueError, ControlPlaneError) as exc:
             log.error("job %s: could not start joiners %s: %s", job_id, ranks, exc)
             for rank in ranks:
                 if rank not in group.workers:
-                    await self._put_report(
-                        {
-                            "type": "worker",
-                            "job": job_id,
-                            "rank": rank,
-                            "event": "exited",
-                            "code": None,
-                            "error": f"could not start: {exc}",
-                        }
-                    )
+                    event = ExitedEvent(code=None, error=f"could not start: {exc}")
+                    self.outbox.put(WorkerFrame(job=job_id, rank=rank, event=event))
             started = []
-        group.meta["joins"] = [f for f in group.meta.get("joins", []) if f["id"] != frame["id"]]
+        group.notes.joins = [f for f in group.notes.joins if f.id != frame.id]
         group.save()
         if supervise and not group.workers:
             self.groups.pop(job_id, None)
@@ -496,93 +455,46 @@ class Agent:
         ok, reason = await group.wait()
         if group.shutting_down:
             return  # run() reports it (or leaves it to the next agent)
-        await self._flush_metrics()
+        await self.metrics.flush()
         if group.stop_requested:
-            status = "stopped"
+            status = v.STOPPED
         elif not ok:
-            status = "failed"
+            status = v.FAILED
         elif group.finished_training:
-            status = "succeeded"
+            status = v.SUCCEEDED
         else:
-            status = "stopped"  # every worker here left the cluster or died while the job goes on
-        outcomes = [
-            {"rank": w.rank, "state": "left"}
+            status = v.STOPPED  # every worker here left the cluster or died while the job goes on
+        outcomes = tuple(
+            WorkerStatus(rank=w.rank, state=v.LEFT)
             if w.outcome == LEFT
-            else {
-                "rank": w.rank,
-                "state": "failed",
-                "code": w.code,
-                "error": group.failure_excerpt(w.rank),
-            }
+            else WorkerStatus(
+                rank=w.rank, state=v.FAILED, code=w.code, error=group.failure_excerpt(w.rank)
+            )
             for w in group.workers.values()
             if w.outcome in (LEFT, CRASHED)
-        ]
+        )
         log.info("job %s: workers finished (%s)", job_id, status)
         # Report before forgetting the job: a heartbeat in between must still list it.
-        await self._report(job_id, status, reason=reason, workers=outcomes or None)
+        await self._report(
+            job_id, JobReport(status=status, reason=reason, workers=outcomes or None)
+        )
         self.groups.pop(job_id, None)
         group.forget()
 
-    async def _report(self, job_id: int, status: str, **kwargs) -> None:
+    async def _report(self, job_id: int, report: JobReport) -> None:
         # Retried for about two minutes: long enough for the control plane to restart.
         for attempt in range(16):
             try:
-                await self.client.report_job(job_id, status, **kwargs)
+                await self.client.report_job(job_id, report)
                 return
             except (ControlPlaneError, OSError) as exc:
-                log.warning("reporting job %s %s failed (%s)", job_id, status, exc)
+                log.warning("reporting job %s %s failed (%s)", job_id, report.status, exc)
                 if isinstance(exc, ControlPlaneError) and 400 <= exc.status < 500:
                     return
                 await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
 
-    async def _command_done(
-        self, command_id: int, ok: bool, step: int | None, error: str, lr: float | None = None
-    ) -> None:
-        frame = {"type": "applied" if ok else "failed", "id": command_id}
-        if ok:
-            frame["step"] = step
-            if lr is not None:
-                frame["lr"] = lr
-        else:
-            frame["error"] = error
-        await self._put_report(frame)
-
-    # -- metrics -----------------------------------------------------------------------
-    def _buffer_points(self, points: list[dict]) -> None:
-        self.points.extend(points)
-        overflow = len(self.points) - MAX_BUFFERED_POINTS
-        if overflow > 0:
-            log.warning("metric buffer full: dropping the %d oldest points", overflow)
-            del self.points[:overflow]
-
-    async def _flush_metrics(self) -> None:
-        async with self._flush_lock:
-            await self._flush_locked()
-
-    async def _flush_locked(self) -> None:
-        while self.points:
-            batch = self.points[:MAX_BATCH_POINTS]
-            batch_id = uuid.uuid4().hex
-            for attempt in range(8):
-                try:
-                    await self.client.send_metrics(batch_id, batch)
-                    break
-                except ControlPlaneError as exc:
-                    if 400 <= exc.status < 500:
-                        log.error("metric batch rejected (%s); dropping %d points", exc, len(batch))
-                        break
-                    await asyncio.sleep(min(0.2 * 2**attempt, 5))
-                except OSError as exc:
-                    log.warning("metric upload failed (%s); retrying", exc)
-                    await asyncio.sleep(min(0.2 * 2**attempt, 5))
-            else:
-                return  # keep the points; the next flush tries again
-            del self.points[: len(batch)]
-
-    async def _metrics_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.metrics_flush_s)
-            await self._flush_metrics()
+    async def _command_done(self, report: AppliedFrame | FailedFrame) -> None:
+        self.outbox.put(report)
 
 
 def run(config: AgentConfig) -> None:

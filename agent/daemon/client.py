@@ -1,4 +1,6 @@
-"""HTTP calls from the agent to the control plane (stdlib only, run in threads)."""
+"""HTTP calls from the agent to the control plane's ``/api/v1/agent/`` endpoints
+(standard library only, run in threads), with the typed bodies of
+:mod:`agent.protocol.rest`."""
 
 from __future__ import annotations
 
@@ -6,7 +8,26 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from agent.protocol import ProtocolError
+from agent.protocol.base import Message
+from agent.protocol.rest import (
+    ClusterSpec,
+    Enrolment,
+    EnrolRequest,
+    Heartbeat,
+    HeartbeatReply,
+    JobReport,
+    MetricBatch,
+    MetricBatchReply,
+    WorkerPort,
+    WorkersRegistration,
+)
+from agent.protocol.worker import MetricPoint
+
+M = TypeVar("M", bound=Message)
 
 
 class ControlPlaneError(Exception):
@@ -39,17 +60,15 @@ class ControlPlaneClient:
                 message = str(exc.reason)
             raise ControlPlaneError(exc.code, message) from None
 
-    async def post(self, path: str, body: Any) -> Any:
-        return await asyncio.to_thread(self._request, "POST", path, body)
-
-    async def get(self, path: str) -> Any:
-        return await asyncio.to_thread(self._request, "GET", path)
-
-    async def register_workers(self, job_id: int, workers: list[dict]) -> dict:
-        return await self.post(f"/api/v1/agent/jobs/{job_id}/workers/", {"workers": workers})
-
-    async def cluster_spec(self, job_id: int) -> dict:
-        return await self.get(f"/api/v1/agent/jobs/{job_id}/cluster/")
+    async def _call(self, method: str, path: str, body: Message | None, reply: type[M]) -> M:
+        raw = await asyncio.to_thread(
+            self._request, method, path, None if body is None else body.to_dict()
+        )
+        try:
+            return reply.from_dict(raw)
+        except ProtocolError as exc:
+            # A reply the agent cannot read counts as a server error: it tries again later.
+            raise ControlPlaneError(502, f"unexpected reply to {method} {path}: {exc}") from None
 
     async def enrol(
         self,
@@ -59,29 +78,27 @@ class ControlPlaneClient:
         address: str,
         slots: int,
         labels: dict[str, str] | None = None,
-    ) -> dict:
-        return await self.post(
-            "/api/v1/agent/enrol/",
-            {
-                "join_token": join_token,
-                "name": name,
-                "address": address,
-                "slots": slots,
-                "labels": labels or {},
-            },
+    ) -> Enrolment:
+        request = EnrolRequest(
+            join_token=join_token, name=name, address=address, slots=slots, labels=labels or {}
         )
+        return await self._call("POST", "/api/v1/agent/enrol/", request, Enrolment)
 
-    async def heartbeat(self, running_jobs: list[int] | None = None) -> dict:
-        body = {} if running_jobs is None else {"jobs": running_jobs}
-        return await self.post("/api/v1/agent/heartbeat/", body)
+    async def heartbeat(self, running_jobs: Sequence[int] | None = None) -> HeartbeatReply:
+        body = Heartbeat(jobs=None if running_jobs is None else tuple(running_jobs))
+        return await self._call("POST", "/api/v1/agent/heartbeat/", body, HeartbeatReply)
 
-    async def send_metrics(self, batch_id: str, points: list[dict]) -> dict:
-        return await self.post("/api/v1/agent/metrics/", {"batch_id": batch_id, "points": points})
+    async def send_metrics(self, batch_id: str, points: Sequence[MetricPoint]) -> MetricBatchReply:
+        body = MetricBatch(batch_id=batch_id, points=tuple(points))
+        return await self._call("POST", "/api/v1/agent/metrics/", body, MetricBatchReply)
 
-    async def report_job(
-        self, job_id: int, status: str, *, reason: str = "", workers: list[dict] | None = None
-    ) -> dict:
-        body: dict[str, Any] = {"status": status, "reason": reason}
-        if workers is not None:
-            body["workers"] = workers
-        return await self.post(f"/api/v1/agent/jobs/{job_id}/report/", body)
+    async def register_workers(self, job_id: int, workers: Sequence[WorkerPort]) -> ClusterSpec:
+        body = WorkersRegistration(workers=tuple(workers))
+        return await self._call("POST", f"/api/v1/agent/jobs/{job_id}/workers/", body, ClusterSpec)
+
+    async def cluster_spec(self, job_id: int) -> ClusterSpec:
+        return await self._call("GET", f"/api/v1/agent/jobs/{job_id}/cluster/", None, ClusterSpec)
+
+    async def report_job(self, job_id: int, report: JobReport) -> None:
+        path = f"/api/v1/agent/jobs/{job_id}/report/"
+        await asyncio.to_thread(self._request, "POST", path, report.to_dict())

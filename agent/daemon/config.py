@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -44,7 +48,7 @@ class AgentConfig:
         return self.state_dir / "credential"
 
 
-def _positive(env: dict, name: str, default: float, cast=float):
+def _positive(env: Mapping[str, str], name: str, default: N, cast: type[N]) -> N:
     raw = env.get(name)
     if raw in (None, ""):
         return cast(default)
@@ -57,7 +61,7 @@ def _positive(env: dict, name: str, default: float, cast=float):
     return value
 
 
-def _labels(env: dict) -> dict[str, str]:
+def _labels(env: Mapping[str, str]) -> dict[str, str]:
     """``AGENT_LABELS="gpu=a100,zone=eu-1"``: the node's labels, which a job's node_selector
     matches. Entries are comma-separated ``key=value``; blanks around them are ignored."""
     raw = env.get("AGENT_LABELS") or ""
@@ -81,7 +85,7 @@ def _labels(env: dict) -> dict[str, str]:
     return labels
 
 
-def _on_exit(env: dict) -> str:
+def _on_exit(env: Mapping[str, str]) -> str:
     """``AGENT_ON_EXIT``: what SIGTERM/SIGINT does to the workers. ``detach`` (default)
     leaves them training, for a restarted agent to re-attach to; ``stop`` stops them and
     reports their jobs failed."""
@@ -91,7 +95,7 @@ def _on_exit(env: dict) -> str:
     return value
 
 
-def load_config(env: dict | None = None) -> AgentConfig:
+def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
     import sys
 
     env = dict(os.environ if env is None else env)
@@ -110,10 +114,10 @@ def load_config(env: dict | None = None) -> AgentConfig:
         address=env.get("AGENT_ADDRESS", "127.0.0.1"),
         slots=_positive(env, "AGENT_SLOTS", os.cpu_count() or 1, int),
         state_dir=state_dir,
-        heartbeat_s=_positive(env, "AGENT_HEARTBEAT_S", 5.0),
-        metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.25),
+        heartbeat_s=_positive(env, "AGENT_HEARTBEAT_S", 5.0, float),
+        metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.25, float),
         python=env.get("AGENT_PYTHON") or sys.executable,
         labels=_labels(env),
         on_exit=_on_exit(env),
-        orphan_grace_s=_positive(env, "AGENT_ORPHAN_GRACE_S", 600.0),
+        orphan_grace_s=_positive(env, "AGENT_ORPHAN_GRACE_S", 600.0, float),
     )

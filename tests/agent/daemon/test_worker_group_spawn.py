@@ -14,6 +14,7 @@ import pytest
 
 from agent import protocol
 from agent.daemon.workers import WorkerGroup
+from agent.protocol.control import StartPayload
 
 ENTRYPOINT = "tests.agent.env_report_worker"
 
@@ -24,16 +25,19 @@ def _group(tmp_path, ranks: list[int], world_size: int) -> WorkerGroup:
 
     return WorkerGroup(
         job_id=7,
-        start={
-            "world_size": world_size,
-            "ranks": ranks,
-            "entrypoint": ENTRYPOINT,
-            "hyperparameters": {},
-            "batch_size": 8,
-            "lr": 0.1,
-            "strategy": "ssgd",
-            "topology": "auto",
-        },
+        start=StartPayload(
+            job=7,
+            world_size=world_size,
+            ranks=tuple(ranks),
+            entrypoint=ENTRYPOINT,
+            hyperparameters={},
+            batch_size=8,
+            lr=0.1,
+            strategy="ssgd",
+            topology="auto",
+            cluster_version=1,
+            workers_min=world_size,
+        ),
         python=sys.executable,
         address="127.0.0.1",
         state_dir=tmp_path / "state",

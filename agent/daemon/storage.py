@@ -1,0 +1,45 @@
+"""The files the agent keeps under ``AGENT_STATE_DIR`` so that a restarted agent carries on
+where the previous one stopped: where each lives, and how they are written.
+
+``credential`` (the node credential), ``outbox.json`` (reports not yet confirmed),
+``jobs/job-<id>.json`` (each job's workers and commands), ``run/job-<id>-<n>.sock``
+(each worker's socket) and ``logs/job-<id>.rank-<n>.log`` (each worker's output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def outbox_path(state_dir: Path) -> Path:
+    return state_dir / "outbox.json"
+
+
+def jobs_dir(state_dir: Path) -> Path:
+    return state_dir / "jobs"
+
+
+def job_state_path(state_dir: Path, job_id: int) -> Path:
+    return jobs_dir(state_dir) / f"job-{job_id}.json"
+
+
+def socket_path(state_dir: Path, job_id: int, rank: int) -> Path:
+    return state_dir / "run" / f"job-{job_id}-{rank}.sock"
+
+
+def log_path(state_dir: Path, job_id: int, rank: int) -> Path:
+    return state_dir / "logs" / f"job-{job_id}.rank-{rank}.log"
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data``: a crash leaves the old file or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,275 @@
+"""The JSON bodies of the agent's REST calls under ``/api/v1/agent/`` (docs/protocols.md,
+"Control plane ⇄ agent"): enrolment, heartbeat, metric batches, worker ports (the
+rendezvous), the cluster spec and job reports. Each request and reply is one
+:class:`~agent.protocol.base.Message`; the agent authenticates with
+``Authorization: Node <credential>`` (enrolment with the join token in the body).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.protocol import ProtocolError
+from agent.protocol import vocabulary as v
+from agent.protocol.base import Fields, Message
+from agent.protocol.worker import MetricPoint
+
+
+@dataclass(frozen=True)
+class EnrolRequest(Message):
+    """``POST agent/enrol/``: exchange a join token for this node's credential."""
+
+    WHAT = "enrolment request"
+    join_token: str
+    name: str
+    address: str  # the host the node's workers listen on
+    slots: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "join_token": self.join_token,
+            "name": self.name,
+            "address": self.address,
+            "slots": self.slots,
+            "labels": self.labels,
+        }
+
+    @classmethod
+    def read(cls, f: Fields) -> EnrolRequest:
+        labels = f.obj("labels") if f.data.get("labels") is not None else {}
+        if not all(isinstance(value, str) for value in labels.values()):
+            raise ProtocolError(f"{f.what}: field 'labels' must map names to strings")
+        return cls(
+            join_token=f.text("join_token"),
+            name=f.text("name"),
+            address=f.text("address"),
+            slots=f.integer("slots"),
+            labels=labels,
+        )
+
+
+@dataclass(frozen=True)
+class Enrolment(Message):
+    """The reply to an enrolment: the node's id and name, and its credential (shown once)."""
+
+    WHAT = "enrolment"
+    node: int
+    name: str
+    credential: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "name": self.name, "credential": self.credential}
+
+    @classmethod
+    def read(cls, f: Fields) -> Enrolment:
+        return cls(node=f.integer("node"), name=f.text("name"), credential=f.text("credential"))
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """``POST agent/heartbeat/``; ``jobs``: the jobs whose workers the agent runs (None:
+    not said, as when a stored credential is checked)."""
+
+    WHAT = "heartbeat"
+    jobs: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {} if self.jobs is None else {"jobs": list(self.jobs)}
+
+    @classmethod
+    def read(cls, f: Fields) -> Heartbeat:
+        return cls(jobs=None if f.data.get("jobs") is None else f.integers("jobs"))
+
+
+@dataclass(frozen=True)
+class HeartbeatReply(Message):
+    """``release``: jobs among those listed whose workers the agent should end."""
+
+    WHAT = "heartbeat reply"
+    ok: bool
+    heartbeat_timeout_s: float
+    release: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "heartbeat_timeout_s": self.heartbeat_timeout_s,
+            "release": list(self.release),
+        }
+
+    @classmethod
+    def read(cls, f: Fields) -> HeartbeatReply:
+        return cls(
+            ok=f.flag("ok"),
+            heartbeat_timeout_s=f.number("heartbeat_timeout_s"),
+            release=() if f.data.get("release") is None else f.integers("release"),
+        )
+
+
+@dataclass(frozen=True)
+class MetricBatch(Message):
+    """``POST agent/metrics/``: points (each with its ``job``); ``batch_id`` makes a retry
+    of a stored batch count once."""
+
+    WHAT = "metric batch"
+    batch_id: str
+    points: tuple[MetricPoint, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "points": [p.to_dict() for p in self.points]}
+
+    @classmethod
+    def read(cls, f: Fields) -> MetricBatch:
+        return cls(batch_id=f.text("batch_id"), points=f.records("points", MetricPoint))
+
+
+@dataclass(frozen=True)
+class MetricBatchReply(Message):
+    WHAT = "metric batch reply"
+    stored: int  # points stored by this call (0 for a batch stored before)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stored": self.stored}
+
+    @classmethod
+    def read(cls, f: Fields) -> MetricBatchReply:
+        return cls(stored=f.integer("stored"))
+
+
+@dataclass(frozen=True)
+class WorkerPort(Message):
+    """The port worker ``rank`` (its number in the job) listens on, on the agent's host."""
+
+    WHAT = "worker port"
+    rank: int
+    port: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "port": self.port}
+
+    @classmethod
+    def read(cls, f: Fields) -> WorkerPort:
+        return cls(rank=f.integer("rank"), port=f.integer("port"))
+
+
+@dataclass(frozen=True)
+class WorkersRegistration(Message):
+    """``POST agent/jobs/{id}/workers/``: this node's workers' ports (the rendezvous);
+    answered with the :class:`ClusterSpec`."""
+
+    WHAT = "workers registration"
+    workers: tuple[WorkerPort, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workers": [w.to_dict() for w in self.workers]}
+
+    @classmethod
+    def read(cls, f: Fields) -> WorkersRegistration:
+        return cls(workers=f.records("workers", WorkerPort))
+
+
+@dataclass(frozen=True)
+class ClusterSpec(Message):
+    """``GET agent/jobs/{id}/cluster/``: the job's latest cluster version; before version
+    1 (``complete`` false) the addresses registered so far (null for the others)."""
+
+    WHAT = "cluster spec"
+    job: int
+    version: int
+    world_size: int
+    complete: bool
+    members: tuple[str | None, ...]
+    workers_min: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "version": self.version,
+            "world_size": self.world_size,
+            "complete": self.complete,
+            "members": list(self.members),
+            "workers_min": self.workers_min,
+        }
+
+    @classmethod
+    def read(cls, f: Fields) -> ClusterSpec:
+        return cls(
+            job=f.integer("job"),
+            version=f.integer("version"),
+            world_size=f.integer("world_size"),
+            complete=f.flag("complete"),
+            members=f.texts_or_nulls("members"),
+            workers_min=f.integer("workers_min"),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerStatus(Message):
+    """One worker in a job report: ``running`` (with its ``port``), ``left``, or
+    ``failed`` (with its exit ``code``, None when unknown, and the ``error`` from its log)."""
+
+    WHAT = "worker status"
+    rank: int
+    state: str
+    port: int | None = None
+    code: int | None = None
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in v.WORKER_REPORT_STATES:
+            raise ProtocolError(
+                f"{self.WHAT}: state must be one of {', '.join(v.WORKER_REPORT_STATES)}, "
+                f"got {self.state!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.state == v.RUNNING:
+            return {"rank": self.rank, "port": self.port, "state": self.state}
+        if self.state == v.FAILED:
+            return {"rank": self.rank, "state": self.state, "code": self.code, "error": self.error}
+        return {"rank": self.rank, "state": self.state}
+
+    @classmethod
+    def read(cls, f: Fields) -> WorkerStatus:
+        return cls(
+            rank=f.integer("rank"),
+            state=f.one_of("state", v.WORKER_REPORT_STATES),
+            port=f.integer_or_none("port"),
+            code=f.integer_or_none("code"),
+            error=f.text_or_none("error") or "",
+        )
+
+
+@dataclass(frozen=True)
+class JobReport(Message):
+    """``POST agent/jobs/{id}/report/``: this node's part of the job is ``status``; with
+    ``running`` the workers' ports, with ``stopped``/``succeeded`` what became of workers
+    that left or died while the job went on."""
+
+    WHAT = "job report"
+    status: str
+    reason: str = ""
+    workers: tuple[WorkerStatus, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in v.JOB_REPORT_STATUSES:
+            raise ProtocolError(
+                f"{self.WHAT}: status must be one of {', '.join(v.JOB_REPORT_STATUSES)}, "
+                f"got {self.status!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": self.status, "reason": self.reason}
+        if self.workers is not None:
+            data["workers"] = [w.to_dict() for w in self.workers]
+        return data
+
+    @classmethod
+    def read(cls, f: Fields) -> JobReport:
+        return cls(
+            status=f.one_of("status", v.JOB_REPORT_STATUSES),
+            reason=f.text_or_none("reason") or "",
+            workers=None if f.data.get("workers") is None else f.records("workers", WorkerStatus),
+        )
