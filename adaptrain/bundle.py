@@ -298,14 +298,14 @@ def unpack(
                 f"bundle entry {member.name!r} would land outside the job's directory"
             )
         if member.issym():
-            target = PurePosixPath(member.linkname)
-            joined = PurePosixPath(*name.parts[:-1], *target.parts)
+            link = PurePosixPath(member.linkname)
+            joined = PurePosixPath(*name.parts[:-1], *link.parts)
             depth = 0
             for part in joined.parts:
                 depth += -1 if part == ".." else 1
                 if depth < 0:
                     break
-            if target.is_absolute() or depth < 0:
+            if link.is_absolute() or depth < 0:
                 raise BundleError(
                     f"bundle entry {member.name!r} links to {member.linkname!r}, outside the job's directory"
                 )

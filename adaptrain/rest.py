@@ -45,8 +45,9 @@ class ApiError(Exception):
         self.details = details
 
 
-class Unreachable(Exception):
-    """No HTTP answer: the server is down, the name does not resolve, or it timed out."""
+class Unreachable(ConnectionError):
+    """No HTTP answer: the server is down, the name does not resolve, or it timed out (an
+    ``OSError``, so code that retries on network errors retries on this too)."""
 
 
 def _decode(raw: bytes) -> Any:

@@ -29,7 +29,8 @@ from typing import Any
 
 import websockets
 
-from agent.daemon.client import ControlPlaneClient, ControlPlaneError
+from adaptrain.rest import ApiError
+from agent.daemon.client import ControlPlaneClient
 from agent.daemon.config import AgentConfig
 from agent.daemon.metrics import MetricShipper
 from agent.daemon.outbox import ReportOutbox, Sender
@@ -105,7 +106,7 @@ class Agent:
             try:
                 await self.client.heartbeat()
                 return
-            except ControlPlaneError as exc:
+            except ApiError as exc:
                 if exc.status != 401 and exc.status != 403:
                     raise
                 log.warning("stored node credential was rejected; enrolling again")
@@ -241,7 +242,7 @@ class Agent:
                 reply = await self.client.heartbeat(sorted(self.groups))
                 for job_id in reply.release:
                     await self._release(job_id)
-            except (ControlPlaneError, OSError) as exc:
+            except (ApiError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_s)
 
@@ -403,7 +404,7 @@ class Agent:
                 await asyncio.sleep(0.2)
                 spec = await self.client.cluster_spec(job_id)
             await group.spawn(spec.members, spec.version or 1)
-        except (OSError, ValueError, ControlPlaneError) as exc:
+        except (OSError, ValueError, ApiError) as exc:
             self.groups.pop(job_id, None)
             group.forget()
             self.outbox.put(FailedFrame(id=frame.id, error=str(exc)))
@@ -434,7 +435,7 @@ class Agent:
         try:
             await self.client.register_workers(job_id, group.choose_ports(ranks))
             started = await group.add_joiners(join, seq=frame.seq)
-        except (OSError, ValueError, ControlPlaneError) as exc:
+        except (OSError, ValueError, ApiError) as exc:
             log.error("job %s: could not start joiners %s: %s", job_id, ranks, exc)
             for rank in ranks:
                 if rank not in group.workers:
@@ -487,9 +488,9 @@ class Agent:
             try:
                 await self.client.report_job(job_id, report)
                 return
-            except (ControlPlaneError, OSError) as exc:
+            except (ApiError, OSError) as exc:
                 log.warning("reporting job %s %s failed (%s)", job_id, report.status, exc)
-                if isinstance(exc, ControlPlaneError) and 400 <= exc.status < 500:
+                if isinstance(exc, ApiError) and 400 <= exc.status < 500:
                     return
                 await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
 

@@ -1,16 +1,16 @@
-"""HTTP calls from the agent to the control plane's ``/api/v1/agent/`` endpoints
-(standard library only, run in threads), with the typed bodies of
-:mod:`agent.protocol.rest`."""
+"""HTTP calls from the agent to the control plane's ``/api/v1/agent/`` endpoints, through
+the one REST client (:mod:`adaptrain.rest`, run in threads) with the typed bodies of
+:mod:`agent.protocol.rest`. An HTTP error is :class:`adaptrain.rest.ApiError` (``status``
+tells a refusal from a server error); no answer at all is
+:class:`adaptrain.rest.Unreachable`, an ``OSError``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from adaptrain.rest import NODE_SCHEME, ApiError, RestClient
 from agent.protocol import ProtocolError
 from agent.protocol.base import Message
 from agent.protocol.rest import (
@@ -30,45 +30,21 @@ from agent.protocol.worker import MetricPoint
 M = TypeVar("M", bound=Message)
 
 
-class ControlPlaneError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
+class ControlPlaneClient(RestClient):
+    """The shared REST client with the node's credential and the agent's typed calls."""
 
-
-class ControlPlaneClient:
     def __init__(self, server: str, credential: str | None = None, timeout_s: float = 10.0):
-        self.server = server.rstrip("/")
-        self.credential = credential
-        self.timeout_s = timeout_s
-
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.server + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if self.credential:
-            request.add_header("Authorization", f"Node {self.credential}")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-                return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("message", exc.reason)
-            except (ValueError, AttributeError):
-                message = str(exc.reason)
-            raise ControlPlaneError(exc.code, message) from None
+        super().__init__(server, credential, scheme=NODE_SCHEME, timeout_s=timeout_s)
 
     async def _call(self, method: str, path: str, body: Message | None, reply: type[M]) -> M:
         raw = await asyncio.to_thread(
-            self._request, method, path, None if body is None else body.to_dict()
+            self.call, method, path, None if body is None else body.to_dict()
         )
         try:
             return reply.from_dict(raw)
         except ProtocolError as exc:
             # A reply the agent cannot read counts as a server error: it tries again later.
-            raise ControlPlaneError(502, f"unexpected reply to {method} {path}: {exc}") from None
+            raise ApiError(502, f"unexpected reply: {exc}", method=method, path=path) from None
 
     async def enrol(
         self,
@@ -101,4 +77,4 @@ class ControlPlaneClient:
 
     async def report_job(self, job_id: int, report: JobReport) -> None:
         path = f"/api/v1/agent/jobs/{job_id}/report/"
-        await asyncio.to_thread(self._request, "POST", path, report.to_dict())
+        await asyncio.to_thread(self.call, "POST", path, report.to_dict())

@@ -236,7 +236,8 @@ def _import_nvml() -> ModuleType | None:
         import pynvml  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def _visible_mask(env: Mapping[str, str]) -> list[str] | None:

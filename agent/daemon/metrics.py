@@ -11,7 +11,8 @@ import asyncio
 import logging
 import uuid
 
-from agent.daemon.client import ControlPlaneClient, ControlPlaneError
+from adaptrain.rest import ApiError
+from agent.daemon.client import ControlPlaneClient
 from agent.protocol.worker import MetricPoint
 
 log = logging.getLogger("agent")
@@ -51,7 +52,7 @@ class MetricShipper:
                 try:
                     await self.client.send_metrics(batch_id, batch)
                     break
-                except ControlPlaneError as exc:
+                except ApiError as exc:
                     if 400 <= exc.status < 500:
                         log.error("metric batch rejected (%s); dropping %d points", exc, len(batch))
                         break
