@@ -1,4 +1,5 @@
-"""Metric ingest: validate a batch from an agent, store it in bulk, push it live."""
+"""Metric ingest (validate a batch from an agent, store it in bulk, push it live, have
+the job's policy evaluated) and retention (delete the points of long-finished jobs)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from controlplane.celery import enqueue
 from controlplane.errors import InvalidInput, NotFound, PayloadTooLarge
 from controlplane.jobs.models import Job, Node, Worker
 from controlplane.live import channels
-from controlplane.live.models import MetricBatch, MetricPoint
+from controlplane.metrics.models import MetricBatch, MetricPoint
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ def _copy_rows(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:
 
 
 POLICY_DEBOUNCE_S = 0.5
+# policies/tasks.py: evaluate one job's policy (queued by name: policies sits above metrics).
+EVALUATE_JOB_TASK = "policies.evaluate_job"
 
 
 def _schedule_policy_evaluation(job_ids: set[int]) -> None:
@@ -174,14 +177,12 @@ def _schedule_policy_evaluation(job_ids: set[int]) -> None:
     most two evaluations per window per job, and a condition that just became true is
     acted on without waiting out the window. Celery beat still evaluates every
     POLICY_EVAL_INTERVAL_S as a backstop."""
-    from controlplane.policies.tasks import evaluate_job
-
     with_policy = Job.objects.filter(
         id__in=job_ids, policy__isnull=False, policy__enabled=True, status=Job.Status.RUNNING
     ).values_list("id", flat=True)
     for job_id in with_policy:
         try:
-            first = channels._redis().set(
+            first = channels.redis_client().set(
                 f"{channels.frame_log_key(job_id)}:eval",
                 1,
                 nx=True,
@@ -190,8 +191,8 @@ def _schedule_policy_evaluation(job_ids: set[int]) -> None:
         except Exception:  # noqa: BLE001 - Redis trouble: the beat evaluates anyway
             log.warning("could not debounce policy evaluation of job %s", job_id)
             continue
-        if first and enqueue(evaluate_job, job_id):
-            enqueue(evaluate_job, job_id, countdown=POLICY_DEBOUNCE_S)
+        if first and enqueue(EVALUATE_JOB_TASK, job_id):
+            enqueue(EVALUATE_JOB_TASK, job_id, countdown=POLICY_DEBOUNCE_S)
 
 
 def _publish_batch(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:

@@ -1,4 +1,5 @@
-"""Secrets handed to agents: generated once, shown once, stored only as SHA-256 digests.
+"""Secrets the control plane hands out (API tokens, node credentials, join tokens):
+generated once, shown once, stored only as SHA-256 digests.
 
 The secrets are 256-bit random strings, so a fast digest is enough (there is nothing
 to brute-force); a salted slow hash would only slow every authenticated request.

@@ -11,8 +11,8 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from controlplane.jobs import credentials
-from controlplane.jobs.models import ApiToken
+from controlplane.accounts import credentials
+from controlplane.accounts.models import ApiToken
 
 KEYWORD = "Token"
 # Recording every use would write on every request; once a minute is enough to audit.

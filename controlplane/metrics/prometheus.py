@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from controlplane.jobs.models import Command, Job, Node
-from controlplane.live.models import MetricBatch
+from controlplane.metrics.models import MetricBatch
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 INGEST_WINDOW = timedelta(minutes=1)

@@ -14,6 +14,10 @@ class MetricBatch(models.Model):
     points = models.PositiveIntegerField()
     received_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        # The table the live app created; the model moved here in metrics/0001.
+        db_table = "live_metricbatch"
+
 
 class MetricPoint(models.Model):
     job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="metric_points")
@@ -30,6 +34,8 @@ class MetricPoint(models.Model):
     time = models.DateTimeField()
 
     class Meta:
+        # The table the live app created; the model moved here in metrics/0001.
+        db_table = "live_metricpoint"
         # Reads are per run (charts, policies, replay); reads per job (retention, the
         # latest checkpoint) use the job foreign key's own index.
         indexes = [

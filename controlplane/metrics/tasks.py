@@ -1,11 +1,12 @@
-"""Celery tasks of the live app: metric retention."""
+"""Celery tasks of the metrics app: retention. The task keeps the name it had when metrics
+were part of the live app (``live.apply_retention``), which the beat schedule uses."""
 
 import logging
 
 from celery import shared_task
 from django.conf import settings
 
-from controlplane.live import services
+from controlplane.metrics import services
 
 log = logging.getLogger(__name__)
 

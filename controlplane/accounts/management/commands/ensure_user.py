@@ -3,7 +3,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.jobs.tokens import token_create, tokens_revoke_named
+from controlplane.accounts.services import token_create, tokens_revoke_named
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """Users' API tokens: create (the secret is returned once) and revoke.
 
-Authentication lives in :mod:`controlplane.jobs.token_auth`, which must stay free of
-imports of DRF views (settings load it while DRF initialises).
+Authentication lives in :mod:`controlplane.accounts.authentication`, which must stay
+free of imports of DRF views (settings load it while DRF initialises).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from controlplane.accounts import credentials
+from controlplane.accounts.models import ApiToken
 from controlplane.errors import NotFound
-from controlplane.jobs import credentials
-from controlplane.jobs.models import ApiToken
 
 
 def token_create(*, user, name: str, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
