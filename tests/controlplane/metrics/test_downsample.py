@@ -2,7 +2,7 @@
 
 import pytest
 
-from controlplane.live.downsample import min_max_buckets
+from controlplane.metrics.downsample import min_max_buckets
 
 
 def test_short_series_is_kept_whole():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from controlplane.live.downsample import downsample_indices, largest_triangle_three_buckets
+from controlplane.metrics.downsample import downsample_indices, largest_triangle_three_buckets
 
 
 def test_first_and_last_points_are_kept():

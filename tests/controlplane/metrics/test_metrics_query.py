@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controlplane.jobs import services
-from controlplane.live.models import MetricPoint
+from controlplane.jobs.services.jobs import job_create
+from controlplane.metrics.models import MetricPoint
 from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def job_with_loss(user):
-    job = services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",

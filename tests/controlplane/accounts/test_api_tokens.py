@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from controlplane.jobs.models import ApiToken
+from controlplane.accounts.models import ApiToken
 
 pytestmark = pytest.mark.django_db
 

@@ -6,19 +6,19 @@ import pytest
 import redis
 from django.conf import settings
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Job
-from controlplane.live.services import metrics_ingest
+from controlplane.jobs.services.jobs import job_create
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
+from controlplane.jobs.services.scheduling import job_place
+from controlplane.metrics.services import metrics_ingest
 from controlplane.policies.services import policy_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_ingest_enqueues_a_leading_and_a_trailing_evaluation_per_debounce_window(user):
-    token = services.join_token_create()
-    node, _ = services.node_enrol(
-        join_token=token, name="n1", address="127.0.0.1", slots=4, labels={}
-    )
+    token = join_token_create()
+    node, _ = node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
     policy = policy_create(
         owner=user,
         definition={
@@ -26,7 +26,7 @@ def test_ingest_enqueues_a_leading_and_a_trailing_evaluation_per_debounce_window
             "rules": [{"name": "r", "when": "step > 1000000", "action": {"type": "stop"}}],
         },
     )
-    job = services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",
@@ -38,7 +38,7 @@ def test_ingest_enqueues_a_leading_and_a_trailing_evaluation_per_debounce_window
         topology="ring",
         policy=policy,
     )
-    services.job_place(job_id=job.id)
+    job_place(job_id=job.id)
     Job.objects.filter(id=job.id).update(status="running")
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE

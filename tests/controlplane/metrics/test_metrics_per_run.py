@@ -9,12 +9,15 @@ import time
 
 import pytest
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Job, Worker
+from controlplane.jobs.selectors import job_latest_checkpoint
+from controlplane.jobs.services.jobs import job_cancel, job_restart
 from controlplane.live import channels
-from controlplane.live.models import MetricPoint
-from controlplane.live.services import metrics_ingest
-from tests.controlplane.jobs.test_runs import _fail, _job, _start
+from controlplane.metrics.models import MetricPoint
+from controlplane.metrics.services import metrics_ingest
+from tests.controlplane.jobs.agent_steps import fail as _fail
+from tests.controlplane.jobs.agent_steps import new_job as _job
+from tests.controlplane.jobs.agent_steps import start as _start
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +40,7 @@ def _node_of(job: Job):
 
 def _restarted_from_scratch(job: Job) -> Job:
     job = _fail(job)
-    services.job_restart(job=job, actor="user:alice", resume_from=None)
+    job_restart(job=job, actor="user:alice", resume_from=None)
     return _start(Job.objects.get(id=job.id))
 
 
@@ -135,8 +138,8 @@ def test_someone_elses_job_answers_404_whatever_the_run(other_api, two_runs):
 def test_a_straggler_of_the_earlier_run_reports_into_that_run_not_the_new_one(user, nodes):
     job = _start(_job(user, initial=1))
     old_node = _node_of(job)
-    services.job_cancel(job=job, actor="user:alice")  # its agent has not stopped the worker yet
-    services.job_restart(job=job, actor="user:alice", resume_from=None)
+    job_cancel(job=job, actor="user:alice")  # its agent has not stopped the worker yet
+    job_restart(job=job, actor="user:alice", resume_from=None)
     job = _start(Job.objects.get(id=job.id))
     new_node = _node_of(job)
     assert new_node != old_node  # the old node still runs run 1
@@ -168,6 +171,6 @@ def test_the_latest_checkpoint_is_the_latest_runs_even_at_a_lower_step(user, nod
     job = _start(_job(user, initial=1, checkpoint_dir="/data/ckpt"))
     _report(job, _node_of(job), "c1", {300: 300.0}, name="checkpoint_step")
     job = _restarted_from_scratch(job)
-    assert services.job_latest_checkpoint(job) == ("/data/ckpt/step-000000300", 300)
+    assert job_latest_checkpoint(job) == ("/data/ckpt/step-000000300", 300)
     _report(job, _node_of(job), "c2", {100: 100.0}, name="checkpoint_step")
-    assert services.job_latest_checkpoint(job) == ("/data/ckpt/step-000000100", 100)
+    assert job_latest_checkpoint(job) == ("/data/ckpt/step-000000100", 100)
