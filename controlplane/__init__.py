@@ -19,8 +19,8 @@ Import rules (import-linter contracts in pyproject.toml keep them):
   ingest has the job's policy evaluated by ``policies.evaluate_job``).
 * Entry points — each app's ``apis``, ``tasks``, ``auth``, ``prometheus`` and management
   commands, ``live.consumers`` and ``live.auth``, and the project's ``urls``, ``asgi``
-  and ``frontend`` views — may import any app's services and selectors; nothing
-  imports an entry point except ``urls`` and ``asgi`` (and DRF settings by path).
+  and ``frontend`` views — may import any app's services and selectors. No model,
+  selector or service imports an entry point.
 * Within an app: apis → services/selectors → models; tasks → services; services queue
   tasks by name (``celery.enqueue``) and never import them.
 * No app imports another app's ``apis``: the helpers they share are in ``controlplane.api``.

@@ -34,6 +34,14 @@ def job_get_for_user(*, user, job_id: int) -> Job:
     return job
 
 
+def job_get_for_node(*, node: Node, job_id: int) -> Job:
+    """A job with workers (of any of its runs) on ``node``: what an agent may read."""
+    job = Job.objects.filter(id=job_id, workers__node=node).distinct().first()
+    if job is None:
+        raise NotFound(f"Job {job_id} has no workers on this node.")
+    return job
+
+
 def job_commands(job: Job) -> QuerySet[Command]:
     return Command.objects.filter(job=job).select_related("node").order_by("seq", "id")
 
@@ -79,12 +87,8 @@ def nodes_all() -> QuerySet[Node]:
 
 def job_cluster_members(job: Job) -> list[int]:
     """Worker numbers of the latest cluster version of the job's current run, in rank order."""
-    if not job.cluster_version:
-        return []
-    row = ClusterVersion.objects.filter(
-        run_id=job.current_run_id, version=job.cluster_version
-    ).values_list("workers", flat=True)
-    return list(row.first() or [])
+    current = job_cluster_version(job)
+    return list(current.workers) if current is not None else []
 
 
 def job_cluster_versions(job: Job) -> QuerySet[ClusterVersion]:

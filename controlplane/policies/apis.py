@@ -7,7 +7,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api import ERRORS, int_query_param
-from controlplane.errors import NotFound
 from controlplane.jobs import selectors as job_selectors
 from controlplane.policies import selectors, services
 from controlplane.policies.models import Decision, Policy, PolicyVersion
@@ -110,8 +109,9 @@ class PolicyVersionListApi(APIView):
     @extend_schema(responses={200: PolicyVersionOutputSerializer(many=True), **ERRORS})
     def get(self, request, policy_id: int):
         policy = selectors.policy_get_for_user(user=request.user, policy_id=policy_id)
-        versions = policy.versions.select_related("created_by")
-        return Response(PolicyVersionOutputSerializer(versions, many=True).data)
+        return Response(
+            PolicyVersionOutputSerializer(selectors.policy_versions(policy), many=True).data
+        )
 
 
 class DecisionOutputSerializer(serializers.ModelSerializer):
@@ -175,9 +175,7 @@ class DecisionResolveApi(APIView):
     )
     def post(self, request, job_id: int, decision_id: int):
         job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
-        decision = job.decisions.filter(id=decision_id).first()
-        if decision is None:
-            raise NotFound(f"Job {job_id} has no decision {decision_id}.")
+        decision = selectors.job_decision_get(job, decision_id=decision_id)
         decision = services.decision_resolve(
             decision=decision, approve=self.approve, user=request.user
         )

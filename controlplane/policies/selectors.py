@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 
 from controlplane.errors import NotFound
 from controlplane.jobs.models import Job, Run
-from controlplane.policies.models import Decision, Policy
+from controlplane.policies.models import Decision, Policy, PolicyVersion
 
 
 def policies_visible_to(user) -> QuerySet[Policy]:
@@ -25,3 +25,15 @@ def job_decisions(job: Job, *, run: Run | None = None) -> QuerySet[Decision]:
     """The job's decisions, oldest first: all of its runs', or only ``run``'s."""
     qs = Decision.objects.filter(job=job).select_related("policy", "run").order_by("id")
     return qs.filter(run=run) if run is not None else qs
+
+
+def policy_versions(policy: Policy) -> QuerySet[PolicyVersion]:
+    """Every version of the policy, newest first, with who saved each."""
+    return policy.versions.select_related("created_by")
+
+
+def job_decision_get(job: Job, *, decision_id: int) -> Decision:
+    decision = job.decisions.filter(id=decision_id).first()
+    if decision is None:
+        raise NotFound(f"Job {job.id} has no decision {decision_id}.")
+    return decision

@@ -12,10 +12,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api import ERRORS, OK
-from controlplane.errors import InvalidInput, NotFound
+from controlplane.errors import InvalidInput
 from controlplane.jobs import selectors
 from controlplane.jobs.auth import AgentApi
-from controlplane.jobs.models import Job
 from controlplane.jobs.services import membership, nodes, reports
 
 
@@ -169,9 +168,7 @@ class AgentClusterSpecApi(AgentApi):
 
     @extend_schema(responses={200: ClusterSpecSerializer, **ERRORS})
     def get(self, request, job_id: int):
-        job = Job.objects.filter(id=job_id, workers__node=request.auth).distinct().first()
-        if job is None:
-            raise NotFound(f"Job {job_id} has no workers on this node.")
+        job = selectors.job_get_for_node(node=request.auth, job_id=job_id)
         return Response(selectors.cluster_spec(job=job))
 
 
