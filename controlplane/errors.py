@@ -82,3 +82,18 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         body = {"code": str(code), "message": str(detail or exc), "details": {}}
     response.data = body
     return response
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,4 +1,5 @@
-"""OpenAPI pieces shared by the API modules: the error shape and the two auth schemes.
+"""How the OpenAPI schema is generated: operation and component names, and the two auth
+schemes (the error shape the endpoints share is in :mod:`controlplane.api`).
 
 drf-spectacular discovers the authentication extensions below when this module is
 imported (the URL conf does), so the schema documents ``Token`` and ``Node`` auth.
@@ -6,20 +7,10 @@ imported (the URL conf does), so the schema documents ``Token`` and ``Node`` aut
 
 from drf_spectacular import openapi
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import serializers
-
-
-class ErrorSerializer(serializers.Serializer):
-    code = serializers.CharField(help_text="Machine-readable error code, e.g. invalid, not_found.")
-    message = serializers.CharField(help_text="What went wrong and what to fix.")
-    details = serializers.JSONField(help_text="Structured details, e.g. the field or policy path.")
-
-
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "controlplane.jobs.token_auth.ApiTokenAuthentication"
+    target_class = "controlplane.accounts.authentication.ApiTokenAuthentication"
     name = "apiToken"
 
     def get_security_definition(self, auto_schema):

@@ -131,7 +131,11 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    # Lowest first (see controlplane/__init__.py): an app's models, selectors and services
+    # import only the apps listed before it; live's consumers are an entry point on top.
+    "controlplane.accounts",
     "controlplane.jobs",
+    "controlplane.metrics",
     "controlplane.policies",
     "controlplane.live",
     "frontend",
@@ -224,7 +228,7 @@ CELERY_BEAT_SCHEDULE = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an unauthenticated API call then gets 401 with WWW-Authenticate.
-        "controlplane.jobs.token_auth.ApiTokenAuthentication",
+        "controlplane.accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -5,22 +5,26 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import controlplane.schema  # noqa: F401  (registers the OpenAPI auth schemes)
-from controlplane.jobs import apis as job_apis
-from controlplane.live.prometheus import metrics_view
+from controlplane.accounts import apis as account_apis
+from controlplane.jobs.apis import agents as agent_apis
+from controlplane.jobs.apis import jobs as job_apis
+from controlplane.jobs.apis import runs as run_apis
+from controlplane.metrics import apis as metric_apis
+from controlplane.metrics.prometheus import metrics_view
 from controlplane.policies import apis as policy_apis
 
 api_v1 = [
     path("jobs/", job_apis.JobListCreateApi.as_view(), name="job-list"),
     path("jobs/<int:job_id>/", job_apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<int:job_id>/cancel/", job_apis.JobCancelApi.as_view(), name="job-cancel"),
-    path("jobs/<int:job_id>/restart/", job_apis.JobRestartApi.as_view(), name="job-restart"),
-    path("jobs/<int:job_id>/runs/", job_apis.JobRunListApi.as_view(), name="job-runs"),
-    path("jobs/<int:job_id>/commands/", job_apis.JobCommandsApi.as_view(), name="job-commands"),
-    path("jobs/<int:job_id>/metrics/", job_apis.JobMetricsApi.as_view(), name="job-metrics"),
+    path("jobs/<int:job_id>/restart/", run_apis.JobRestartApi.as_view(), name="job-restart"),
+    path("jobs/<int:job_id>/runs/", run_apis.JobRunListApi.as_view(), name="job-runs"),
+    path("jobs/<int:job_id>/commands/", run_apis.JobCommandsApi.as_view(), name="job-commands"),
+    path("jobs/<int:job_id>/metrics/", metric_apis.JobMetricsApi.as_view(), name="job-metrics"),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
-    path("nodes/", job_apis.NodeListApi.as_view(), name="node-list"),
-    path("tokens/", job_apis.TokenListCreateApi.as_view(), name="token-list"),
-    path("tokens/<int:token_id>/", job_apis.TokenDetailApi.as_view(), name="token-detail"),
+    path("nodes/", agent_apis.NodeListApi.as_view(), name="node-list"),
+    path("tokens/", account_apis.TokenListCreateApi.as_view(), name="token-list"),
+    path("tokens/<int:token_id>/", account_apis.TokenDetailApi.as_view(), name="token-detail"),
     path("policies/", policy_apis.PolicyListCreateApi.as_view(), name="policy-list"),
     path("policies/validate/", policy_apis.PolicyValidateApi.as_view(), name="policy-validate"),
     path(
@@ -57,22 +61,22 @@ api_v1 = [
         policy_apis.DecisionRejectApi.as_view(),
         name="decision-reject",
     ),
-    path("agent/enrol/", job_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
-    path("agent/heartbeat/", job_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
-    path("agent/metrics/", job_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
+    path("agent/enrol/", agent_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
+    path("agent/heartbeat/", agent_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
+    path("agent/metrics/", metric_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
     path(
         "agent/jobs/<int:job_id>/report/",
-        job_apis.AgentJobReportApi.as_view(),
+        agent_apis.AgentJobReportApi.as_view(),
         name="agent-job-report",
     ),
     path(
         "agent/jobs/<int:job_id>/workers/",
-        job_apis.AgentJobWorkersApi.as_view(),
+        agent_apis.AgentJobWorkersApi.as_view(),
         name="agent-job-workers",
     ),
     path(
         "agent/jobs/<int:job_id>/cluster/",
-        job_apis.AgentClusterSpecApi.as_view(),
+        agent_apis.AgentClusterSpecApi.as_view(),
         name="agent-cluster-spec",
     ),
 ]

@@ -3,7 +3,7 @@
 import pytest
 from rest_framework.test import APIClient
 
-from controlplane.jobs.tokens import token_create
+from controlplane.accounts.services import token_create
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
-"""Authentication of agents by their node credential (``Authorization: Node <credential>``)."""
+"""Authentication of agents by their node credential (``Authorization: Node <credential>``),
+and :class:`AgentApi`, the base of every agent endpoint (of this app and others)."""
 
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
+from rest_framework.views import APIView
 
 from controlplane.jobs.models import Node
-from controlplane.jobs.services import node_authenticate
+from controlplane.jobs.services.nodes import node_authenticate
 
 SCHEME = "Node"
 
@@ -38,3 +40,10 @@ class IsNode(permissions.BasePermission):
 
     def has_permission(self, request, view):
         return isinstance(request.auth, Node)
+
+
+class AgentApi(APIView):
+    """An endpoint for agents: authenticated by node credential; ``request.auth`` is the node."""
+
+    authentication_classes = [NodeCredentialAuthentication]
+    permission_classes = [IsNode]

@@ -40,6 +40,13 @@ class JoinToken(models.Model):
     revoked = models.BooleanField(default=False)
 
 
+# The entrypoints a job may name, and the module the agent runs for each (``python -m``).
+ENTRYPOINTS = {
+    "examples.digits": "examples.digits.train",
+    "examples.synthetic_cnn": "examples.synthetic_cnn.train",
+}
+
+
 class Job(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -138,7 +145,7 @@ class Run(models.Model):
 
     The first placement of a job makes run 1; restarting a finished job makes the next
     one (pending until it is placed). A run's status follows the job's while it is the
-    job's current run (services._transition mirrors every change) and stays as it ended
+    job's current run (lifecycle.job_transition mirrors every change) and stays as it ended
     afterwards. Workers, cluster versions and commands belong to the run they were made
     for, so a restart starts again from worker number 0 and cluster version 1.
     """
@@ -212,7 +219,7 @@ class Worker(models.Model):
     # The highest cluster version this worker reported training in (``rescaled``).
     cluster_version = models.PositiveIntegerField(default=0)
     # When the worker was placed; a joiner that has not reported standby within
-    # RESCALE_JOIN_TIMEOUT_S of it is given up on (services.joiners_expire).
+    # RESCALE_JOIN_TIMEOUT_S of it is given up on (services.elastic.joiners_expire).
     created_at = models.DateTimeField(default=timezone.now)
 
     @property
@@ -329,23 +336,3 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["id"]
-
-
-class ApiToken(models.Model):
-    """A user's API token. The secret is shown once at creation; only its digest is kept."""
-
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
-    )
-    name = models.CharField(max_length=100)
-    prefix = models.CharField(
-        max_length=12, help_text="The first characters, to recognise the token."
-    )
-    token_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-id"]

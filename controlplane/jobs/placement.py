@@ -31,6 +31,11 @@ def labels_match(labels: Mapping[str, str], node_selector: Mapping[str, str] | N
     )
 
 
+def node_selector_text(node_selector: Mapping[str, str]) -> str:
+    """A node selector as people write it, for messages: ``gpu=a100, zone=eu-1``."""
+    return ", ".join(f"{key}={value}" for key, value in sorted(node_selector.items()))
+
+
 def plan_placement(
     nodes: list[NodeCapacity], workers: int, node_selector: Mapping[str, str] | None = None
 ) -> dict[int, list[int]] | None:

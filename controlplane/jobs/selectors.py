@@ -1,9 +1,22 @@
-"""Read-only queries over jobs and nodes, scoped to what a user may see."""
+"""Read-only queries over jobs, their runs, workers, cluster versions and commands, and
+nodes: what users may see (``*_visible_to``, ``*_for_user``), and what the services and
+the agents' endpoints read of a job's current run.
 
-from django.db.models import QuerySet
+A job executes as runs (attempts): workers, cluster versions and commands belong to the
+job's current run (``Job.current_run``), so most reads here are scoped to it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
 
 from controlplane.errors import NotFound
-from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run
+from controlplane.jobs import placement
+from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run, Worker
 
 
 def jobs_visible_to(user) -> QuerySet[Job]:
@@ -18,6 +31,14 @@ def job_get_for_user(*, user, job_id: int) -> Job:
     if job is None:
         # Someone else's job answers exactly like a missing one: ids leak nothing.
         raise NotFound(f"Job {job_id} does not exist or is not yours.")
+    return job
+
+
+def job_get_for_node(*, node: Node, job_id: int) -> Job:
+    """A job with workers (of any of its runs) on ``node``: what an agent may read."""
+    job = Job.objects.filter(id=job_id, workers__node=node).distinct().first()
+    if job is None:
+        raise NotFound(f"Job {job_id} has no workers on this node.")
     return job
 
 
@@ -66,14 +87,153 @@ def nodes_all() -> QuerySet[Node]:
 
 def job_cluster_members(job: Job) -> list[int]:
     """Worker numbers of the latest cluster version of the job's current run, in rank order."""
-    if not job.cluster_version:
-        return []
-    row = ClusterVersion.objects.filter(
-        run_id=job.current_run_id, version=job.cluster_version
-    ).values_list("workers", flat=True)
-    return list(row.first() or [])
+    current = job_cluster_version(job)
+    return list(current.workers) if current is not None else []
 
 
 def job_cluster_versions(job: Job) -> QuerySet[ClusterVersion]:
     """The cluster versions of the job's current run."""
     return ClusterVersion.objects.filter(run_id=job.current_run_id).order_by("version")
+
+
+# --- the job's current run ---------------------------------------------------------------
+
+
+def run_workers(job: Job) -> QuerySet[Worker]:
+    """The workers of the job's current run (none before the job is first placed)."""
+    return Worker.objects.filter(run_id=job.current_run_id)
+
+
+def run_commands(job: Job) -> QuerySet[Command]:
+    """The commands of the job's current run."""
+    return Command.objects.filter(run_id=job.current_run_id)
+
+
+def job_cluster_version(job: Job) -> ClusterVersion | None:
+    """The latest cluster version of the job's current run (None before version 1)."""
+    if not job.cluster_version:
+        return None
+    return ClusterVersion.objects.filter(
+        run_id=job.current_run_id, version=job.cluster_version
+    ).first()
+
+
+def job_members(job: Job) -> list[Worker]:
+    """The workers of the job's latest cluster version, in rank order, with their nodes."""
+    current = job_cluster_version(job)
+    if current is None:
+        return []
+    by_rank = {
+        w.rank: w for w in run_workers(job).filter(rank__in=current.workers).select_related("node")
+    }
+    return [by_rank[r] for r in current.workers]
+
+
+def job_active_nodes(job: Job) -> list[Node]:
+    """Nodes that run (or are starting) workers of the job's current run."""
+    return list(
+        Node.objects.filter(workers__run_id=job.current_run_id, workers__state__in=Worker.ACTIVE)
+        .distinct()
+        .order_by("id")
+    )
+
+
+def cluster_spec(*, job: Job) -> dict[str, Any]:
+    """The rendezvous and the membership: the job's latest cluster version, or — before
+    every initial worker has reported its port — the addresses known so far."""
+    current = job_cluster_version(job)
+    if current is not None:
+        return {
+            "job": job.id,
+            "version": current.version,
+            "world_size": len(current.members),
+            "complete": True,
+            "members": list(current.members),
+            "workers_min": job.workers_min,
+        }
+    # Before version 1 the run's workers are all initial ones (a grow needs a version).
+    workers = list(run_workers(job).select_related("node").order_by("rank"))
+    return {
+        "job": job.id,
+        "version": 0,
+        "world_size": len(workers),
+        "complete": False,
+        "members": [w.address for w in workers],
+        "workers_min": job.workers_min,
+    }
+
+
+# --- nodes and their commands -----------------------------------------------------------
+
+
+def node_capacities(nodes: dict[int, Node]) -> list[placement.NodeCapacity]:
+    """What placement needs to know of ``nodes`` (id → node): free slots and labels."""
+    busy = dict(
+        Worker.objects.filter(node_id__in=nodes, state__in=Worker.ACTIVE)
+        .order_by()
+        .values_list("node_id")
+        .annotate(n=Count("id"))
+    )
+    return [
+        placement.NodeCapacity(
+            node_id=n.id, free_slots=n.slots - busy.get(n.id, 0), labels=n.labels or {}
+        )
+        for n in nodes.values()
+    ]
+
+
+def commands_unfinished_for_node(
+    node: Node, *, unacked_for_s: float | None = None
+) -> list[Command]:
+    """What to (re)deliver to a node that connects: its unfinished commands, but no start
+    of a job that ended or of a run that is no longer its job's current one.
+
+    With ``unacked_for_s``: only those still unacknowledged that long after they were
+    created (pending) or last sent — what a connected agent should have acked by now, so
+    the push was lost (Redis down, or the agent's group gone with a restarted Redis)."""
+    unfinished = Command.objects.filter(
+        node=node, state__in=[Command.State.PENDING, Command.State.SENT]
+    )
+    if unacked_for_s is not None:
+        cutoff = timezone.now() - timedelta(seconds=unacked_for_s)
+        unfinished = unfinished.filter(
+            Q(state=Command.State.PENDING, created_at__lt=cutoff)
+            | Q(state=Command.State.SENT, sent_at__lt=cutoff)
+        )
+    return list(
+        unfinished.exclude(job__status__in=Job.TERMINAL, type=Command.Type.START)
+        .exclude(~Q(run_id=F("job__current_run_id")), type=Command.Type.START)
+        .order_by("job_id", "seq")
+    )
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def checkpoint_path(checkpoint_dir: str, step: int) -> str:
+    """Where the runtime writes the checkpoint of ``step`` (agent.runtime.Trainer.checkpoint)."""
+    return f"{checkpoint_dir.rstrip('/')}/step-{step:09d}"
+
+
+def job_latest_checkpoint(job: Job) -> tuple[str, int] | None:
+    """The checkpoint the job's workers wrote last, as (folder, step), or None. The runtime
+    reports a ``checkpoint_step`` metric each time rank 0 has written one under the job's
+    ``checkpoint_dir`` hyper-parameter; the newest report of the latest run that made one
+    wins (a run restarted from scratch writes lower steps than the one before it, and its
+    are the ones to use). Run by run, newest first: each is one scan of the per-run index.
+
+    The points are read through the run's ``metric_points`` relation: the metrics app
+    that stores them sits above jobs, so jobs reads its rows without importing it."""
+    directory = job.hyperparameters.get("checkpoint_dir")
+    if not directory:
+        return None
+    for run in Run.objects.filter(job=job).order_by("-number").only("id"):
+        point = (
+            run.metric_points.filter(name="checkpoint_step")
+            .order_by("-time", "-id")
+            .values_list("value", flat=True)
+            .first()
+        )
+        if point is not None:
+            return checkpoint_path(directory, int(point)), int(point)
+    return None

@@ -1,13 +1,14 @@
 """Celery tasks for placement and node liveness. Each task is idempotent: it checks
-that its work is still needed and calls one service."""
+that its work is still needed and calls one service. Services queue them by name
+(``controlplane.celery.enqueue``); only this module imports the services."""
 
 import logging
 
 from celery import shared_task
 from django.conf import settings
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Job
+from controlplane.jobs.services import commands, elastic, nodes, scheduling
 
 log = logging.getLogger(__name__)
 
@@ -17,39 +18,39 @@ def place_job(job_id: int) -> None:
     if not Job.objects.filter(id=job_id, status=Job.Status.PENDING).exists():
         log.info("job %s is not pending; nothing to place", job_id)
         return
-    if not services.job_place(job_id=job_id):
+    if not scheduling.job_place(job_id=job_id):
         log.info("job %s does not fit on any online node yet; it stays queued", job_id)
 
 
 @shared_task(name="jobs.place_pending_jobs", acks_late=True, time_limit=120)
 def place_pending_jobs() -> None:
     """Place queued jobs, then grow running elastic jobs back to their wanted size with
-    what is left (services.jobs_grow_to_wanted)."""
+    what is left (elastic.jobs_grow_to_wanted)."""
     for job_id in (
         Job.objects.filter(status=Job.Status.PENDING).order_by("id").values_list("id", flat=True)
     ):
-        services.job_place(job_id=job_id)
-    grown = services.jobs_grow_to_wanted(delay_s=settings.AUTO_GROW_DELAY_S)
+        scheduling.job_place(job_id=job_id)
+    grown = elastic.jobs_grow_to_wanted(delay_s=settings.AUTO_GROW_DELAY_S)
     if grown:
         log.info("growing job(s) %s back towards their wanted size", grown)
 
 
 @shared_task(name="jobs.mark_lost_nodes", acks_late=True, time_limit=60)
 def mark_lost_nodes() -> None:
-    lost = services.nodes_mark_lost(timeout_s=settings.AGENT_HEARTBEAT_TIMEOUT_S)
+    lost = nodes.nodes_mark_lost(timeout_s=settings.AGENT_HEARTBEAT_TIMEOUT_S)
     if lost:
         log.warning("nodes lost: %s", lost)
 
 
 @shared_task(name="jobs.expire_commands", acks_late=True, time_limit=60)
 def expire_commands() -> None:
-    expired = services.commands_expire(ttl_s=settings.COMMAND_TTL_S)
+    expired = commands.commands_expire(ttl_s=settings.COMMAND_TTL_S)
     if expired:
         log.warning("%d command(s) expired unacknowledged", expired)
 
 
 @shared_task(name="jobs.expire_joiners", acks_late=True, time_limit=60)
 def expire_joiners() -> None:
-    concerned = services.joiners_expire(timeout_s=settings.RESCALE_JOIN_TIMEOUT_S)
+    concerned = elastic.joiners_expire(timeout_s=settings.RESCALE_JOIN_TIMEOUT_S)
     if concerned:
         log.warning("gave up on joiners that never reported standby in job(s) %s", concerned)

@@ -3,7 +3,7 @@
 from channels.db import database_sync_to_async
 
 from controlplane.jobs.auth import credential_from_header
-from controlplane.jobs.services import node_authenticate
+from controlplane.jobs.services.nodes import node_authenticate
 
 
 class NodeCredentialMiddleware:

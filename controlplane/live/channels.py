@@ -37,7 +37,8 @@ def frame_log_key(job_id: int) -> str:
     )
 
 
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
+    """The Redis client of the frame log (also for other short-lived keys of a job)."""
     global _redis_client
     if _redis_client is None:
         _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
@@ -78,7 +79,7 @@ def publish_to_job(job_id: int, frame_type: str, data: dict[str, Any]) -> None:
     frame = {"seq": seq, "type": frame_type, "data": data}
     try:
         key = frame_log_key(job_id)
-        pipe = _redis().pipeline()
+        pipe = redis_client().pipeline()
         pipe.rpush(key, json.dumps(frame, separators=(",", ":")))
         pipe.ltrim(key, -FRAME_LOG_LENGTH, -1)
         pipe.expire(key, FRAME_LOG_TTL_S)
@@ -104,7 +105,7 @@ def frame_log_reset(job_id: int) -> None:
     """Forget logged frames under this job id: a new job starts numbering at 1, and a log
     left by an earlier database (tests, a re-created demo) must not be replayed as its."""
     try:
-        _redis().delete(frame_log_key(job_id))
+        redis_client().delete(frame_log_key(job_id))
     except redis.RedisError as exc:
         log.warning("could not reset the frame log of job %s: %s", job_id, exc)
 
@@ -118,7 +119,7 @@ def frames_after(job_id: int, after: int) -> tuple[list[dict[str, Any]], bool]:
         cursor.execute("SELECT live_seq FROM jobs_job WHERE id = %s", [job_id])
         row = cursor.fetchone()
     newest = int(row[0]) if row else 0
-    raw = _redis().lrange(frame_log_key(job_id), 0, -1)
+    raw = redis_client().lrange(frame_log_key(job_id), 0, -1)
     frames = [f for f in (json.loads(item) for item in raw) if f["seq"] > after]
     logged = {f["seq"] for f in frames if f["seq"] <= newest}
     return frames, len(logged) >= newest - after

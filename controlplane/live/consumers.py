@@ -13,7 +13,7 @@
   agents ignore versions they have). The agent relays what its workers say about
   membership as ``{"type": "worker", "job", "rank", "event", ...}`` with event
   ``standby``, ``rescaled``, ``left``, ``peer_failed`` or ``exited`` (see
-  ``services.job_worker_report``). An agent frame (``applied``, ``failed``, ``worker``)
+  ``jobs.services.reports.job_worker_report``). An agent frame (``applied``, ``failed``, ``worker``)
   that carries a ``ref`` is confirmed with ``{"type": "received", "ref"}`` once handled
   (or refused with an ``error``): the agent keeps sending it, across reconnections and
   its own restarts, until then.
@@ -42,7 +42,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from controlplane.errors import ApiError
-from controlplane.jobs import selectors, services
+from controlplane.jobs import outbox, selectors
+from controlplane.jobs.services import commands, nodes, reports
 from controlplane.live import channels
 
 log = logging.getLogger(__name__)
@@ -174,15 +175,15 @@ class AgentCommandConsumer(_GroupConsumer):
             await self.close()
             return
         await self.accept()
-        await database_sync_to_async(services.node_heartbeat)(node=self.node)
-        pending = await database_sync_to_async(services.commands_unfinished_for_node)(self.node)
+        await database_sync_to_async(nodes.node_heartbeat)(node=self.node)
+        pending = await database_sync_to_async(selectors.commands_unfinished_for_node)(self.node)
         for command in pending:
-            await self._deliver(services.command_frame(command))
-        for frame in await database_sync_to_async(services.cluster_frames_for_node)(self.node):
+            await self._deliver(outbox.command_frame(command))
+        for frame in await database_sync_to_async(outbox.cluster_frames_for_node)(self.node):
             await self._deliver(frame)
 
     async def refresh(self) -> None:
-        unacked = await database_sync_to_async(services.commands_unfinished_for_node)(
+        unacked = await database_sync_to_async(selectors.commands_unfinished_for_node)(
             self.node, unacked_for_s=settings.CHANNEL_REFRESH_S
         )
         for command in unacked:
@@ -192,15 +193,15 @@ class AgentCommandConsumer(_GroupConsumer):
                 self.node.name,
                 settings.CHANNEL_REFRESH_S,
             )
-            await self._deliver(services.command_frame(command))
-        for frame in await database_sync_to_async(services.cluster_frames_for_node)(self.node):
+            await self._deliver(outbox.command_frame(command))
+        for frame in await database_sync_to_async(outbox.cluster_frames_for_node)(self.node):
             if frame["version"] > self.cluster_sent.get(frame["job"], 0):
                 await self._deliver(frame)
 
     async def _deliver(self, frame: dict) -> None:
         await self.send_json(frame)
         if frame.get("type") == "command":
-            await database_sync_to_async(services.command_mark_sent)(command_id=frame["id"])
+            await database_sync_to_async(commands.command_mark_sent)(command_id=frame["id"])
         elif frame.get("type") == "cluster":
             self.cluster_sent[frame["job"]] = max(
                 self.cluster_sent.get(frame["job"], 0), frame["version"]
@@ -231,12 +232,12 @@ class AgentCommandConsumer(_GroupConsumer):
             return
         try:
             if kind == "ack":
-                await database_sync_to_async(services.command_ack)(
+                await database_sync_to_async(commands.command_ack)(
                     node=self.node, command_id=command_id
                 )
             else:
                 step, lr = content.get("step"), content.get("lr")
-                await database_sync_to_async(services.command_finish)(
+                await database_sync_to_async(commands.command_finish)(
                     node=self.node,
                     command_id=command_id,
                     ok=kind == "applied",
@@ -265,7 +266,7 @@ class AgentCommandConsumer(_GroupConsumer):
             return
         data = {k: v for k, v in content.items() if k not in ("type", "job", "rank", "event")}
         try:
-            await database_sync_to_async(services.job_worker_report)(
+            await database_sync_to_async(reports.job_worker_report)(
                 node=self.node, job_id=job_id, rank=content.get("rank"), event=event, data=data
             )
         except ApiError as exc:

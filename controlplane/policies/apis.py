@@ -6,13 +6,11 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.errors import NotFound
+from controlplane.api import ERRORS, int_query_param
 from controlplane.jobs import selectors as job_selectors
-from controlplane.jobs.apis import int_query_param
 from controlplane.policies import selectors, services
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 from controlplane.policies.templates import TEMPLATES
-from controlplane.schema import ERRORS
 
 
 class PolicyOutputSerializer(serializers.ModelSerializer):
@@ -39,10 +37,9 @@ class PolicyListCreateApi(APIView):
 
     @extend_schema(responses={200: PolicyOutputSerializer(many=True), **ERRORS})
     def get(self, request):
-        qs = Policy.objects.select_related("owner")
-        if not request.user.is_staff:
-            qs = qs.filter(owner=request.user)
-        return Response(PolicyOutputSerializer(qs, many=True).data)
+        return Response(
+            PolicyOutputSerializer(selectors.policies_visible_to(request.user), many=True).data
+        )
 
     @extend_schema(request=InputSerializer, responses={201: PolicyOutputSerializer, **ERRORS})
     def post(self, request):
@@ -52,14 +49,6 @@ class PolicyListCreateApi(APIView):
             owner=request.user, definition=data.validated_data["definition"]
         )
         return Response(PolicyOutputSerializer(policy).data, status=status.HTTP_201_CREATED)
-
-
-def _policy_for_user(user, policy_id: int) -> Policy:
-    qs = Policy.objects.select_related("owner")
-    policy = (qs if user.is_staff else qs.filter(owner=user)).filter(id=policy_id).first()
-    if policy is None:
-        raise NotFound(f"Policy {policy_id} does not exist or is not yours.")
-    return policy
 
 
 class PolicyDetailApi(APIView):
@@ -76,11 +65,15 @@ class PolicyDetailApi(APIView):
 
     @extend_schema(responses={200: PolicyOutputSerializer, **ERRORS})
     def get(self, request, policy_id: int):
-        return Response(PolicyOutputSerializer(_policy_for_user(request.user, policy_id)).data)
+        return Response(
+            PolicyOutputSerializer(
+                selectors.policy_get_for_user(user=request.user, policy_id=policy_id)
+            ).data
+        )
 
     @extend_schema(request=InputSerializer, responses={200: PolicyOutputSerializer, **ERRORS})
     def put(self, request, policy_id: int):
-        policy = _policy_for_user(request.user, policy_id)
+        policy = selectors.policy_get_for_user(user=request.user, policy_id=policy_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
@@ -98,7 +91,9 @@ class PolicyDetailApi(APIView):
         'policy: disable it instead (PUT {"enabled": false}), or delete it once those jobs end.',
     )
     def delete(self, request, policy_id: int):
-        services.policy_delete(policy=_policy_for_user(request.user, policy_id))
+        services.policy_delete(
+            policy=selectors.policy_get_for_user(user=request.user, policy_id=policy_id)
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -113,9 +108,10 @@ class PolicyVersionOutputSerializer(serializers.ModelSerializer):
 class PolicyVersionListApi(APIView):
     @extend_schema(responses={200: PolicyVersionOutputSerializer(many=True), **ERRORS})
     def get(self, request, policy_id: int):
-        policy = _policy_for_user(request.user, policy_id)
-        versions = policy.versions.select_related("created_by")
-        return Response(PolicyVersionOutputSerializer(versions, many=True).data)
+        policy = selectors.policy_get_for_user(user=request.user, policy_id=policy_id)
+        return Response(
+            PolicyVersionOutputSerializer(selectors.policy_versions(policy), many=True).data
+        )
 
 
 class DecisionOutputSerializer(serializers.ModelSerializer):
@@ -179,9 +175,7 @@ class DecisionResolveApi(APIView):
     )
     def post(self, request, job_id: int, decision_id: int):
         job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
-        decision = job.decisions.filter(id=decision_id).first()
-        if decision is None:
-            raise NotFound(f"Job {job_id} has no decision {decision_id}.")
+        decision = selectors.job_decision_get(job, decision_id=decision_id)
         decision = services.decision_resolve(
             decision=decision, approve=self.approve, user=request.user
         )
@@ -288,7 +282,7 @@ class PolicyReplayApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={200: PolicyReplayOutputSerializer, **ERRORS})
     def post(self, request, policy_id: int):
-        policy = _policy_for_user(request.user, policy_id)
+        policy = selectors.policy_get_for_user(user=request.user, policy_id=policy_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job = job_selectors.job_get_for_user(user=request.user, job_id=data.validated_data["job"])

@@ -8,13 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.errors import ApiError, Conflict, InvalidInput
-from controlplane.jobs import services as job_services
+from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import Command, Event, Job, Run
-from controlplane.live.models import MetricPoint
+from controlplane.jobs.services.commands import command_issue
+from controlplane.metrics import selectors as metric_selectors
 from controlplane.policies import engine, replay
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 
@@ -125,7 +125,7 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
         )
     actor = f"user:{user.username}"
     if approve:
-        commands = job_services.command_issue(
+        commands = command_issue(
             job=decision.job,
             type=decision.action["type"],
             value=decision.action.get("value"),
@@ -138,7 +138,7 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
         decision.outcome = Decision.Outcome.REJECTED
     decision.decided_by = actor
     decision.save(update_fields=["command", "outcome", "decided_by"])
-    job_services.event_record(
+    event_record(
         job=decision.job,
         kind=Event.Kind.DECISION,
         actor=actor,
@@ -153,26 +153,6 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
         step=decision.step,
     )
     return decision
-
-
-def _latest_run_metrics(run_id: int, window: int) -> tuple[dict, dict, dict]:
-    """Latest value, highest value and last ``window`` (step, value) points of each
-    whole-job series of one run (index scans per name). Only that run's: a restarted run
-    counts its steps again and its peaks start over."""
-    names = (
-        MetricPoint.objects.filter(run_id=run_id, rank__isnull=True)
-        .values_list("name", flat=True)
-        .distinct()
-    )
-    latest, peak, recent = {}, {}, {}
-    for name in names:
-        series = MetricPoint.objects.filter(run_id=run_id, name=name, rank__isnull=True)
-        points = list(series.order_by("-step", "-id").values_list("step", "value")[:window])
-        if points:
-            latest[name] = points[0][1]
-            recent[name] = points[::-1]
-            peak[name] = series.aggregate(m=Max("value"))["m"]
-    return latest, peak, recent
 
 
 def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
@@ -229,7 +209,7 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         # The policy was edited (or the job predates version tracking): record which version
         # the job runs with from now on.
         Job.objects.filter(id=job.id).update(policy_version=policy.version)
-        job_services.event_record(
+        event_record(
             job=job,
             kind=Event.Kind.STATE,
             actor=f"policy:{policy.name}",
@@ -244,7 +224,7 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         )
         job.policy_version = policy.version
     parsed = engine.parse_policy(policy.definition)
-    latest, peak, recent = _latest_run_metrics(job.current_run_id, parsed.window)
+    latest, peak, recent = metric_selectors.run_whole_job_latest(job.current_run_id, parsed.window)
     state = engine.JobState(
         step=job.last_step,
         batch_size=job.batch_size,
@@ -293,7 +273,7 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
             }.get(outcome, "")
             # The decision is logged before the command it causes, so the audit log reads
             # in cause-and-effect order.
-            job_services.event_record(
+            event_record(
                 job=job,
                 kind=Event.Kind.DECISION,
                 actor=actor,
@@ -311,7 +291,7 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
             if outcome == Decision.Outcome.COMMANDED:
                 try:
                     with transaction.atomic():
-                        commands = job_services.command_issue(
+                        commands = command_issue(
                             job=job,
                             type=firing.action_type,
                             value=firing.value,
@@ -326,7 +306,7 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
                     Decision.objects.filter(id=decision.id).update(
                         outcome=decision.outcome, decided_by=decision.decided_by
                     )
-                    job_services.event_record(
+                    event_record(
                         job=job,
                         kind=Event.Kind.DECISION,
                         actor=actor,
@@ -378,14 +358,9 @@ def replay_on_job(*, policy: engine.Policy, job: Job, run: Run | None) -> dict[s
     and what the policy would have asked, given what actually happened. One run at a
     time: each counts its steps from its own start.
     """
-    rows = (
-        MetricPoint.objects.filter(run=run, rank__isnull=True)
-        if run is not None
-        else MetricPoint.objects.none()
-    )
-    rows = rows.order_by("step", "id").values_list("step", "name", "value", "time")
     ticks: list[replay.Tick] = []
-    for step, name, value, time in rows.iterator(chunk_size=5000):
+    rows = metric_selectors.run_whole_job_points(run.id if run is not None else None)
+    for step, name, value, time in rows:
         if not ticks or ticks[-1].step != step:
             ticks.append(replay.Tick(step=step, time=time.timestamp(), values={}))
         ticks[-1].values[name] = value

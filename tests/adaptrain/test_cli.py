@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from controlplane.jobs.models import ApiToken, Job
-from controlplane.jobs.tokens import token_create
+from controlplane.accounts.models import ApiToken
+from controlplane.accounts.services import token_create
+from controlplane.jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,8 +14,8 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from controlplane.jobs import services
-from controlplane.jobs.tokens import token_create
+from controlplane.accounts.services import token_create
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", get_wsgi_application())
 
@@ -53,8 +53,8 @@ def auth_headers(django_user_model, keep_test_connection):
 def test_api_never_errors_and_matches_its_schema(case, auth_headers):
     headers = dict(auth_headers)
     if case.path.startswith("/api/v1/agent/") and case.path != "/api/v1/agent/enrol/":
-        token = services.join_token_create()
-        _, credential = services.node_enrol(
+        token = join_token_create()
+        _, credential = node_enrol(
             join_token=token, name="fuzz-node", address="127.0.0.1", slots=4, labels={}
         )
         headers["Authorization"] = f"Node {credential}"

@@ -5,10 +5,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Command, Event, Job
-from controlplane.live.models import MetricPoint
-from controlplane.live.services import metrics_apply_retention
+from controlplane.jobs.services.commands import command_issue, commands_expire
+from controlplane.jobs.services.jobs import job_create
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
+from controlplane.jobs.services.scheduling import job_place
+from controlplane.metrics.models import MetricPoint
+from controlplane.metrics.services import metrics_apply_retention
 from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
@@ -16,9 +19,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def placed_job(user):
-    token = services.join_token_create()
-    services.node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
-    job = services.job_create(
+    token = join_token_create()
+    node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",
@@ -29,26 +32,24 @@ def placed_job(user):
         strategy="ssgd",
         topology="ring",
     )
-    services.job_place(job_id=job.id)
+    job_place(job_id=job.id)
     return Job.objects.get(id=job.id)
 
 
 def test_unacknowledged_command_expires_and_the_job_is_told(placed_job):
     Job.objects.filter(id=placed_job.id).update(status="running")
-    [command] = services.command_issue(
-        job=placed_job, type="set_lr", value=0.5, issued_by="user:alice"
-    )
-    assert services.commands_expire(ttl_s=60) == 0
+    [command] = command_issue(job=placed_job, type="set_lr", value=0.5, issued_by="user:alice")
+    assert commands_expire(ttl_s=60) == 0
     Command.objects.filter(id=command.id).update(created_at=timezone.now() - timedelta(minutes=5))
-    assert services.commands_expire(ttl_s=60) == 1
+    assert commands_expire(ttl_s=60) == 1
     command.refresh_from_db()
     assert command.state == "expired" and "within 60 s" in command.error
     assert Event.objects.filter(job=placed_job, message__contains="expired").exists()
-    assert services.commands_expire(ttl_s=60) == 0  # already expired: counted once
+    assert commands_expire(ttl_s=60) == 0  # already expired: counted once
 
 
 def test_retention_deletes_points_of_old_finished_jobs_only(placed_job, user):
-    other = services.job_create(
+    other = job_create(
         owner=user,
         name="running",
         entrypoint="examples.digits",

@@ -3,7 +3,9 @@ elastic membership included, without TensorFlow: the agent and control plane are
 tested for real while training is outside the system.
 
 It "trains" a step every 20 ms while it is a member; applies commands at a step that
-depends only on their sequence number (so workers agree); answers ``cluster`` messages
+depends only on their sequence number (so workers agree) and, as the runtime does,
+reports the learning rate in force with each ``applied`` (it scales none: ``set_lr``
+alone changes it); answers ``cluster`` messages
 with ``rescaled`` or ``left`` (then exits 0), and reports ``rescaled`` when started in a
 version after the first; started with ADAPTRAIN_JOINING=1 it reports
 ``standby`` after a pretend start-up and waits for a version listing its address. It
@@ -41,6 +43,8 @@ def main() -> None:
     joining = env.get("ADAPTRAIN_JOINING") == "1"
     address = env.get("ADAPTRAIN_ADDRESS") or peers[int(env["ADAPTRAIN_RANK"])]
     version = int(env.get("ADAPTRAIN_CLUSTER_VERSION", "0"))
+    params = json.loads(env.get("ADAPTRAIN_PARAMS") or "{}")
+    lr = float(params.get("lr") or params.get("hyperparameters", {}).get("lr", 0.01))
     members = [] if joining else peers
     crash_file = (
         Path(env.get("FAKE_WORKER_DIR", "/nonexistent")) / f"crash-{address.replace(':', '_')}"
@@ -146,7 +150,17 @@ def main() -> None:
                 "pause",
                 "resume",
             ):
-                send({"type": "applied", "id": command["id"], "seq": command["seq"], "step": at})
+                if command["action"] == "set_lr":
+                    lr = float(command["payload"]["value"])
+                send(
+                    {
+                        "type": "applied",
+                        "id": command["id"],
+                        "seq": command["seq"],
+                        "step": at,
+                        "lr": lr,
+                    }
+                )
                 if command["action"] == "stop":
                     sys.exit(0)
             else:

@@ -10,8 +10,19 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from controlplane.jobs import services
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Worker
+from controlplane.jobs.selectors import cluster_spec
+from controlplane.jobs.services.commands import command_finish, command_issue
+from controlplane.jobs.services.jobs import job_cancel, job_create
+from controlplane.jobs.services.membership import workers_register
+from controlplane.jobs.services.nodes import (
+    join_token_create,
+    node_enrol,
+    node_heartbeat,
+    nodes_mark_lost,
+)
+from controlplane.jobs.services.reports import job_report
+from controlplane.jobs.services.scheduling import job_place
 from tests.controlplane.jobs.agent_steps import run_placed
 from tests.controlplane.jobs.agent_steps import worker_report as _report
 
@@ -20,10 +31,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def nodes():
-    token = services.join_token_create(label="test")
+    token = join_token_create(label="test")
     made = []
     for i, slots in enumerate((2, 2), start=1):
-        node, credential = services.node_enrol(
+        node, credential = node_enrol(
             join_token=token, name=f"n{i}", address=f"10.0.0.{i}", slots=slots, labels={}
         )
         CREDENTIALS[node.id] = credential
@@ -41,7 +52,7 @@ def _node_client(node):
 
 
 def _running_job(user, *, initial=2, low=1, high=4) -> Job:
-    job = services.job_create(
+    job = job_create(
         owner=user,
         name="elastic",
         entrypoint="examples.digits",
@@ -52,7 +63,7 @@ def _running_job(user, *, initial=2, low=1, high=4) -> Job:
         strategy="ssgd",
         topology="ring",
     )
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     return run_placed(job)
 
 
@@ -72,7 +83,7 @@ def _rescaled_all(job, *, step=100):
 
 
 def test_version_1_is_written_once_every_initial_worker_registered_its_port(user, nodes):
-    job = services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",
@@ -83,12 +94,12 @@ def test_version_1_is_written_once_every_initial_worker_registered_its_port(user
         strategy="ssgd",
         topology="ring",
     )
-    services.job_place(job_id=job.id)
+    job_place(job_id=job.id)
     node = _worker(job, 0).node
-    services.workers_register(node=node, job_id=job.id, workers=[{"rank": 0, "port": 7000}])
+    workers_register(node=node, job_id=job.id, workers=[{"rank": 0, "port": 7000}])
     job.refresh_from_db()
-    assert job.cluster_version == 0 and services.cluster_spec(job=job)["complete"] is False
-    services.workers_register(node=node, job_id=job.id, workers=[{"rank": 1, "port": 7001}])
+    assert job.cluster_version == 0 and cluster_spec(job=job)["complete"] is False
+    workers_register(node=node, job_id=job.id, workers=[{"rank": 1, "port": 7001}])
     spec = _node_client(node).get(f"/api/v1/agent/jobs/{job.id}/cluster/").json()
     assert spec == {
         "job": job.id,
@@ -132,7 +143,7 @@ def test_scale_workers_on_a_job_that_is_not_elastic_or_not_running_is_refused(ap
     )
     assert response.status_code == 400 and "not elastic" in response.json()["message"]
     elastic = _running_job(user)
-    services.job_cancel(job=elastic, actor="user:alice")
+    job_cancel(job=elastic, actor="user:alice")
     response = api.post(
         f"/api/v1/jobs/{elastic.id}/commands/",
         {"action": "scale_workers", "value": 3},
@@ -143,7 +154,7 @@ def test_scale_workers_on_a_job_that_is_not_elastic_or_not_running_is_refused(ap
 
 def test_grow_starts_warm_standbys_and_lets_them_in_when_all_are_ready(api, user, nodes):
     job = _running_job(user)
-    old = services.cluster_spec(job=job)["members"]
+    old = cluster_spec(job=job)["members"]
     response = api.post(
         f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 4}, format="json"
     )
@@ -163,7 +174,7 @@ def test_grow_starts_warm_standbys_and_lets_them_in_when_all_are_ready(api, user
     )
     assert busy.status_code == 409 and "rescaling" in busy.json()["message"]
 
-    services.workers_register(
+    workers_register(
         node=joiners[0].node,
         job_id=job.id,
         workers=[{"rank": 2, "port": 7102}, {"rank": 3, "port": 7103}],
@@ -205,7 +216,7 @@ def test_grow_beyond_the_free_slots_is_a_409(api, user, nodes):
 
 def test_shrink_removes_the_highest_ranks_at_once(user, nodes):
     job = _running_job(user, initial=3, low=1, high=4)
-    services.command_issue(job=job, type="scale_workers", value=2, issued_by="policy:p/r")
+    command_issue(job=job, type="scale_workers", value=2, issued_by="policy:p/r")
     job.refresh_from_db()
     assert job.status == "rescaling" and job.cluster_version == 2 and job.workers_current == 2
     v2 = ClusterVersion.objects.get(job=job, version=2)
@@ -243,7 +254,7 @@ def test_a_member_crash_in_an_elastic_job_writes_a_version_without_it(user, node
 def test_a_stopped_report_carries_a_crash_the_websocket_frame_has_not_yet(user, nodes):
     job = _running_job(user, initial=2, low=1, high=2)
     node = _worker(job, 1).node
-    services.job_report(
+    job_report(
         node=node,
         job_id=job.id,
         status="stopped",
@@ -257,9 +268,9 @@ def test_a_stopped_report_carries_a_crash_the_websocket_frame_has_not_yet(user, 
 
 def test_a_lost_node_shrinks_an_elastic_job_when_enough_remain(user, nodes):
     job = _running_job(user, initial=2, low=1, high=4)
-    services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
     joiner_node = _worker(job, 2).node
-    services.workers_register(
+    workers_register(
         node=joiner_node,
         job_id=job.id,
         workers=[{"rank": 2, "port": 7102}, {"rank": 3, "port": 7103}],
@@ -272,7 +283,7 @@ def test_a_lost_node_shrinks_an_elastic_job_when_enough_remain(user, nodes):
         last_heartbeat=timezone.now() - timedelta(seconds=600)
     )
     Node.objects.exclude(id=joiner_node.id).update(last_heartbeat=timezone.now())
-    assert services.nodes_mark_lost(timeout_s=30) == [joiner_node.id]
+    assert nodes_mark_lost(timeout_s=30) == [joiner_node.id]
     job.refresh_from_db()
     v3 = ClusterVersion.objects.get(job=job, version=3)
     assert (
@@ -290,14 +301,14 @@ def test_a_lost_node_fails_the_job_when_too_few_would_remain(user, nodes):
     job = _running_job(user, initial=2, low=2, high=3)
     node = _worker(job, 0).node
     Node.objects.filter(id=node.id).update(last_heartbeat=timezone.now() - timedelta(seconds=600))
-    services.nodes_mark_lost(timeout_s=30)
+    nodes_mark_lost(timeout_s=30)
     job.refresh_from_db()
     assert job.status == "failed" and f"node {node.name} lost" in job.status_reason
 
 
 def test_a_joiner_that_dies_before_joining_does_not_block_the_others(user, nodes):
     job = _running_job(user)
-    services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
     _report(job, 2, "standby")
     _report(job, 3, "exited", code=1, error="ImportError")
     job.refresh_from_db()
@@ -310,19 +321,19 @@ def test_a_joiner_that_dies_before_joining_does_not_block_the_others(user, nodes
 
 def test_heartbeat_without_a_job_whose_workers_here_all_left_does_not_fail_it(user, nodes):
     job = _running_job(user, initial=2, low=1, high=4)
-    services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
     joiner_node = _worker(job, 2).node
     _report(job, 2, "standby")
     _report(job, 3, "standby")
     job = _rescaled_all(job)
-    services.command_issue(job=job, type="scale_workers", value=2, issued_by="user:alice")
-    services.job_report(
+    command_issue(job=job, type="scale_workers", value=2, issued_by="user:alice")
+    job_report(
         node=joiner_node,
         job_id=job.id,
         status="stopped",
         workers=[{"rank": 2, "state": "left"}, {"rank": 3, "state": "left"}],
     )
-    services.node_heartbeat(node=joiner_node, running_jobs=[])
+    node_heartbeat(node=joiner_node, running_jobs=[])
     job.refresh_from_db()
     assert job.status == "rescaling" and job.cluster_version == 3
     assert _rescaled_all(job).status == "running"
@@ -333,24 +344,24 @@ def test_an_agent_back_from_a_node_taken_for_lost_is_told_to_end_those_workers(u
     # workers. When the agent comes back (re-attached to them, they trained on unseen),
     # its heartbeat reply releases the job there; the other node keeps it.
     job = _running_job(user, initial=2, low=1, high=4)
-    services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
     joiner_node = _worker(job, 2).node
     member_node = _worker(job, 0).node
     assert joiner_node != member_node
     _report(job, 2, "standby")
     _report(job, 3, "standby")
     job = _rescaled_all(job)
-    assert services.node_heartbeat(node=joiner_node, running_jobs=[job.id]) == []
+    assert node_heartbeat(node=joiner_node, running_jobs=[job.id]) == []
     Node.objects.filter(id=joiner_node.id).update(
         last_heartbeat=timezone.now() - timedelta(seconds=600)
     )
-    services.nodes_mark_lost(timeout_s=30)
+    nodes_mark_lost(timeout_s=30)
 
     reply = _node_client(joiner_node).post(
         "/api/v1/agent/heartbeat/", {"jobs": [job.id, 999_999]}, format="json"
     )
     assert reply.status_code == 200 and reply.json()["release"] == [job.id, 999_999]
-    assert services.node_heartbeat(node=member_node, running_jobs=[job.id]) == []
+    assert node_heartbeat(node=member_node, running_jobs=[job.id]) == []
     job.refresh_from_db()
     assert job.status in ("rescaling", "running") and job.workers_current == 2
 
@@ -360,18 +371,18 @@ def test_a_finished_job_whose_workers_exit_here_is_not_released_early(user, node
     # their end is the agent's, not the heartbeat's.
     job = _running_job(user, initial=2, low=1, high=2)
     node = _worker(job, 0).node
-    services.job_report(node=node, job_id=job.id, status="succeeded")
+    job_report(node=node, job_id=job.id, status="succeeded")
     job.refresh_from_db()
     assert job.status == "succeeded"
-    assert services.node_heartbeat(node=node, running_jobs=[job.id]) == []
+    assert node_heartbeat(node=node, running_jobs=[job.id]) == []
 
 
 def _stop_everywhere(job, *, issued_by="user:alice", step=50):
-    services.command_issue(job=job, type="stop", issued_by=issued_by)
+    command_issue(job=job, type="stop", issued_by=issued_by)
     for command in Command.objects.filter(job=job, type="stop"):
-        services.command_finish(node=command.node, command_id=command.id, ok=True, step=step)
+        command_finish(node=command.node, command_id=command.id, ok=True, step=step)
     for node in {w.node for w in Worker.objects.filter(job=job).select_related("node")}:
-        services.job_report(node=node, job_id=job.id, status="stopped")
+        job_report(node=node, job_id=job.id, status="stopped")
     job.refresh_from_db()
     return job
 
@@ -389,12 +400,12 @@ def test_a_stop_action_ends_the_job_succeeded_once_its_workers_are_gone(user, no
 
 def test_a_node_that_stops_while_others_still_run_does_not_end_the_job(user, nodes):
     job = _running_job(user, initial=2, low=1, high=4)
-    services.command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=4, issued_by="user:alice")
     _report(job, 2, "standby")
     _report(job, 3, "standby")
     job = _rescaled_all(job)
-    services.command_issue(job=job, type="stop", issued_by="user:alice")
+    command_issue(job=job, type="stop", issued_by="user:alice")
     joiner_node = _worker(job, 2).node
-    services.job_report(node=joiner_node, job_id=job.id, status="stopped")
+    job_report(node=joiner_node, job_id=job.id, status="stopped")
     job.refresh_from_db()
     assert job.status == "running"  # node 1's workers have not exited yet

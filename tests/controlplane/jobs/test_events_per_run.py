@@ -9,16 +9,19 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from controlplane.jobs import services
+from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import Event, Job
+from controlplane.jobs.services.jobs import job_restart
 from controlplane.live import channels
-from tests.controlplane.jobs.test_runs import _fail, _job, _start
+from tests.controlplane.jobs.agent_steps import fail as _fail
+from tests.controlplane.jobs.agent_steps import new_job as _job
+from tests.controlplane.jobs.agent_steps import start as _start
 from tests.controlplane.migrations import migrate, migrate_to_latest
 
 
 def _restarted(job: Job) -> Job:
     job = _fail(job)
-    services.job_restart(job=job, actor="user:alice", resume_from=None)
+    job_restart(job=job, actor="user:alice", resume_from=None)
     return _start(Job.objects.get(id=job.id))
 
 
@@ -60,7 +63,7 @@ def test_event_frames_carry_the_run(user, nodes, django_capture_on_commit_callba
     job = _restarted(_start(_job(user, initial=1)))
     channels.frame_log_reset(job.id)  # frames an earlier test database left under this job id
     with django_capture_on_commit_callbacks(execute=True):
-        event = services.event_record(job=job, kind=Event.Kind.NODE, actor="test", message="hello")
+        event = event_record(job=job, kind=Event.Kind.NODE, actor="test", message="hello")
     frames, _ = channels.frames_after(job.id, 0)
     [frame] = [
         f["data"]

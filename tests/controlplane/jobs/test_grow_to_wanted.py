@@ -12,8 +12,14 @@ import pytest
 from django.utils import timezone
 
 from controlplane.errors import Conflict
-from controlplane.jobs import services, tasks
+from controlplane.jobs import tasks
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Worker
+from controlplane.jobs.services.commands import command_issue
+from controlplane.jobs.services.elastic import jobs_grow_to_wanted, joiners_expire
+from controlplane.jobs.services.jobs import job_create
+from controlplane.jobs.services.membership import workers_register
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
+from controlplane.jobs.services.scheduling import job_place
 from tests.controlplane.jobs.agent_steps import run_placed as _start
 from tests.controlplane.jobs.agent_steps import worker_report as _report
 
@@ -21,15 +27,15 @@ pytestmark = pytest.mark.django_db
 
 
 def _enrol(name: str, slots: int) -> Node:
-    token = services.join_token_create(label="test")
-    node, _ = services.node_enrol(
+    token = join_token_create(label="test")
+    node, _ = node_enrol(
         join_token=token, name=name, address=f"{name}.local", slots=slots, labels={}
     )
     return node
 
 
 def _job(user, *, initial, low, high, name="elastic") -> Job:
-    return services.job_create(
+    return job_create(
         owner=user,
         name=name,
         entrypoint="examples.digits",
@@ -44,7 +50,7 @@ def _job(user, *, initial, low, high, name="elastic") -> Job:
 
 def _finish_rescale(job, *, step=100) -> Job:
     for w in Worker.objects.filter(job=job, state="joining").select_related("node"):
-        services.workers_register(
+        workers_register(
             node=w.node, job_id=job.id, workers=[{"rank": w.rank, "port": 7000 + w.rank}]
         )
         _report(job, w.rank, "standby")
@@ -67,7 +73,7 @@ def _age_versions(job, seconds=120):
 def test_an_elastic_job_short_of_room_starts_with_what_fits(user):
     _enrol("n1", 3)
     job = _job(user, initial=4, low=2, high=6)
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     job.refresh_from_db()
     assert job.status == "scheduling" and job.workers_current == 3 and job.wanted_workers == 4
     assert "placed 3 worker(s)" in job.status_reason and "4 wanted" in job.status_reason
@@ -80,9 +86,9 @@ def test_an_elastic_job_short_of_room_starts_with_what_fits(user):
 def test_a_fixed_size_job_or_one_below_its_minimum_waits(user):
     _enrol("n1", 3)
     fixed = _job(user, initial=4, low=4, high=4, name="fixed")
-    assert not services.job_place(job_id=fixed.id)
+    assert not job_place(job_id=fixed.id)
     elastic = _job(user, initial=5, low=4, high=6, name="needs four")
-    assert not services.job_place(job_id=elastic.id)
+    assert not job_place(job_id=elastic.id)
     assert set(
         Job.objects.filter(id__in=[fixed.id, elastic.id]).values_list("status", flat=True)
     ) == {"pending"}
@@ -92,11 +98,11 @@ def test_the_job_grows_to_its_initial_size_once_slots_free_up(user):
     _enrol("n1", 3)
     job = _start(_place(_job(user, initial=4, low=2, high=6)))
     assert job.workers_current == 3
-    assert services.jobs_grow_to_wanted(delay_s=30) == []  # no free slot
+    assert jobs_grow_to_wanted(delay_s=30) == []  # no free slot
     _enrol("n2", 2)
-    assert services.jobs_grow_to_wanted(delay_s=30) == []  # version 1 is too recent
+    assert jobs_grow_to_wanted(delay_s=30) == []  # version 1 is too recent
     _age_versions(job)
-    assert services.jobs_grow_to_wanted(delay_s=30) == [job.id]
+    assert jobs_grow_to_wanted(delay_s=30) == [job.id]
     job.refresh_from_db()
     scale = Command.objects.filter(job=job, type="scale_workers")
     assert len({c.seq for c in scale}) == 1 and len(scale) == 2  # one command, to both nodes
@@ -107,11 +113,11 @@ def test_the_job_grows_to_its_initial_size_once_slots_free_up(user):
     job = _finish_rescale(job)
     assert job.status == "running" and job.workers_current == 4
     _age_versions(job)
-    assert services.jobs_grow_to_wanted(delay_s=30) == []  # it has what it wants
+    assert jobs_grow_to_wanted(delay_s=30) == []  # it has what it wants
 
 
 def _place(job) -> Job:
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     return Job.objects.get(id=job.id)
 
 
@@ -122,23 +128,23 @@ def test_a_crashed_worker_is_replaced_but_a_users_shrink_is_kept(user):
     job = _finish_rescale(job)
     assert job.workers_current == 2 and job.wanted_workers == 3
     _age_versions(job)
-    assert services.jobs_grow_to_wanted(delay_s=30) == [job.id]
+    assert jobs_grow_to_wanted(delay_s=30) == [job.id]
     job = _finish_rescale(job)
     assert job.workers_current == 3
 
     # A user's (or a policy's) scale sets the size the job should have.
-    services.command_issue(job=job, type="scale_workers", value=2, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=2, issued_by="user:alice")
     job = _finish_rescale(job)
     assert job.workers_current == 2 and job.wanted_workers == 2
     _age_versions(job)
-    assert services.jobs_grow_to_wanted(delay_s=30) == []
+    assert jobs_grow_to_wanted(delay_s=30) == []
 
 
 def test_a_refused_grow_does_not_change_the_wanted_size(user):
     _enrol("n1", 2)
     job = _start(_place(_job(user, initial=2, low=1, high=8)))
     with pytest.raises(Conflict):
-        services.command_issue(job=job, type="scale_workers", value=8, issued_by="user:alice")
+        command_issue(job=job, type="scale_workers", value=8, issued_by="user:alice")
     job.refresh_from_db()
     assert job.wanted_workers == 2 and job.workers_wanted is None
 
@@ -147,10 +153,10 @@ def test_queued_jobs_get_free_slots_first(user):
     _enrol("n1", 3)
     job = _start(_place(_job(user, initial=4, low=2, high=6)))
     queued = _job(user, initial=4, low=4, high=4, name="queued")
-    assert not services.job_place(job_id=queued.id)
+    assert not job_place(job_id=queued.id)
     _enrol("n2", 2)
     _age_versions(job)
-    assert services.jobs_grow_to_wanted(delay_s=30) == []
+    assert jobs_grow_to_wanted(delay_s=30) == []
     # The periodic task places first (here the queued job still does not fit: 2 free).
     tasks.place_pending_jobs()
     assert Job.objects.get(id=queued.id).status == "pending"
@@ -163,14 +169,14 @@ def test_a_failing_grow_is_retried_with_a_growing_delay(user):
     _enrol("n2", 2)
     for attempt, wait in enumerate((30, 60, 120)):
         _age_versions(job, seconds=wait - 5)
-        assert services.jobs_grow_to_wanted(delay_s=30) == [], attempt
+        assert jobs_grow_to_wanted(delay_s=30) == [], attempt
         _age_versions(job, seconds=wait + 5)
-        assert services.jobs_grow_to_wanted(delay_s=30) == [job.id], attempt
+        assert jobs_grow_to_wanted(delay_s=30) == [job.id], attempt
         # Its joiner never reports standby: given up on.
         Worker.objects.filter(job=job, state="joining").update(
             created_at=timezone.now() - timedelta(hours=1)
         )
-        services.joiners_expire(timeout_s=60)
+        joiners_expire(timeout_s=60)
         job.refresh_from_db()
         assert job.status == "running" and job.workers_current == 3
         assert (

@@ -9,8 +9,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from controlplane.jobs import services, tasks
+from controlplane.jobs import tasks
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Worker
+from controlplane.jobs.services.commands import command_issue
+from controlplane.jobs.services.elastic import joiners_expire
+from controlplane.jobs.services.jobs import job_create
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
+from controlplane.jobs.services.scheduling import job_place
 from tests.controlplane.jobs.agent_steps import run_placed
 from tests.controlplane.jobs.agent_steps import worker_report as _report
 
@@ -18,8 +23,8 @@ pytestmark = pytest.mark.django_db
 
 
 def _enrol(name: str, slots: int) -> Node:
-    token = services.join_token_create(label="test")
-    node, _ = services.node_enrol(
+    token = join_token_create(label="test")
+    node, _ = node_enrol(
         join_token=token, name=name, address=f"{name}.local", slots=slots, labels={}
     )
     return node
@@ -31,7 +36,7 @@ def nodes():
 
 
 def _running_job(user, *, initial=2, low=1, high=4) -> Job:
-    job = services.job_create(
+    job = job_create(
         owner=user,
         name="elastic",
         entrypoint="examples.digits",
@@ -42,7 +47,7 @@ def _running_job(user, *, initial=2, low=1, high=4) -> Job:
         strategy="ssgd",
         topology="ring",
     )
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     return run_placed(job)
 
 
@@ -65,7 +70,7 @@ def _stops(job) -> dict[str, list[int]]:
 
 
 def _grow(job, value):
-    services.command_issue(job=job, type="scale_workers", value=value, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=value, issued_by="user:alice")
     job.refresh_from_db()
     assert job.status == "rescaling"
     return job
@@ -73,7 +78,7 @@ def _grow(job, value):
 
 def test_joiners_within_the_timeout_are_left_alone(user, nodes):
     job = _grow(_running_job(user), 4)
-    assert services.joiners_expire(timeout_s=180) == []
+    assert joiners_expire(timeout_s=180) == []
     assert set(Worker.objects.filter(job=job, rank__in=[2, 3]).values_list("state", flat=True)) == {
         "joining"
     }
@@ -84,7 +89,7 @@ def test_a_grow_whose_joiners_never_report_is_abandoned_and_the_job_runs_again(u
     job = _grow(_running_job(user), 4)
     joiner_node = Worker.objects.get(job=job, rank=2).node
     _age(job, [2, 3])
-    assert services.joiners_expire(timeout_s=180) == [job.id]
+    assert joiners_expire(timeout_s=180) == [job.id]
     job.refresh_from_db()
     assert job.status == "running" and job.cluster_version == 1 and job.workers_current == 2
     assert set(Worker.objects.filter(job=job, rank__in=[2, 3]).values_list("state", flat=True)) == {
@@ -114,12 +119,12 @@ def test_a_grow_whose_joiners_never_report_is_abandoned_and_the_job_runs_again(u
     assert Event.objects.filter(
         job=job, message=f"stop the abandoned joiner(s) 2, 3 on node {joiner_node.name}"
     )
-    assert services.joiners_expire(timeout_s=180) == []  # given up on once
+    assert joiners_expire(timeout_s=180) == []  # given up on once
 
     # That stop does not hold the next grow up, and a late report of a given-up joiner is ignored.
     _report(job, 2, "standby")
     assert Worker.objects.get(job=job, rank=2).state == "failed"
-    services.command_issue(job=job, type="scale_workers", value=3, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=3, issued_by="user:alice")
     assert Worker.objects.filter(job=job, state="joining").count() == 1
 
 
@@ -127,7 +132,7 @@ def test_the_ready_joiners_join_without_the_late_one(user, nodes):
     job = _grow(_running_job(user), 4)
     _report(job, 2, "standby")
     _age(job, [2, 3])
-    assert services.joiners_expire(timeout_s=60) == [job.id]
+    assert joiners_expire(timeout_s=60) == [job.id]
     job.refresh_from_db()
     v2 = ClusterVersion.objects.get(job=job, version=2)
     assert v2.workers == [0, 1, 2] and v2.actor == "user:alice"
@@ -155,7 +160,7 @@ def test_a_joiner_on_a_node_that_runs_members_is_stopped_alone(user):
     job = _grow(job, 3)
     assert Worker.objects.get(job=job, rank=2).node == big
     _age(job, [2])
-    services.joiners_expire(timeout_s=180)
+    joiners_expire(timeout_s=180)
     job.refresh_from_db()
     assert job.status == "running"
     # Its agent ends that one process; the members there train on.

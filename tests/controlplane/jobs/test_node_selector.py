@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Command, Event, Job, Node, Worker
+from controlplane.jobs.services.jobs import job_cancel, job_create, node_selector_clean
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
+from controlplane.jobs.services.scheduling import job_place
 from tests.controlplane.jobs.agent_steps import run_placed as _run
 
 pytestmark = pytest.mark.django_db
@@ -20,15 +22,15 @@ VALID = {
 
 
 def _enrol(name: str, *, slots: int = 2, labels: dict | None = None) -> Node:
-    token = services.join_token_create(label="test")
-    node, _ = services.node_enrol(
+    token = join_token_create(label="test")
+    node, _ = node_enrol(
         join_token=token, name=name, address=f"{name}.local", slots=slots, labels=labels or {}
     )
     return node
 
 
 def _job(user, *, selector: dict, initial: int = 2, low: int = 1, high: int = 4) -> Job:
-    return services.job_create(
+    return job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",
@@ -90,7 +92,7 @@ def test_a_bad_node_selector_is_a_400_that_says_what_to_fix(api, selector, fragm
 
 
 def test_twenty_labels_are_accepted():
-    assert len(services.node_selector_clean({f"label{i}": "x" for i in range(20)})) == 20
+    assert len(node_selector_clean({f"label{i}": "x" for i in range(20)})) == 20
 
 
 def test_the_openapi_schema_describes_the_node_selector(client):
@@ -114,7 +116,7 @@ def test_workers_go_only_to_nodes_with_every_selected_label(user):
     _enrol("gpu-a", slots=1, labels={"gpu": "a100", "zone": "eu-1", "rack": "r1"})
     _enrol("gpu-b", slots=1, labels={"gpu": "a100", "zone": "eu-1"})
     job = _job(user, selector={"gpu": "a100", "zone": "eu-1"})
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     assert _nodes_of(job) == {"gpu-a", "gpu-b"}
     assert set(
         Command.objects.filter(job=job, type="start").values_list("node__name", flat=True)
@@ -124,8 +126,8 @@ def test_workers_go_only_to_nodes_with_every_selected_label(user):
 def test_a_job_no_enrolled_node_matches_stays_pending_and_says_why_once(user):
     _enrol("plain", slots=8, labels={"gpu": "v100"})
     job = _job(user, selector={"gpu": "a100"})
-    assert not services.job_place(job_id=job.id)
-    assert not services.job_place(job_id=job.id)  # the periodic sweep tries again
+    assert not job_place(job_id=job.id)
+    assert not job_place(job_id=job.id)  # the periodic sweep tries again
     job.refresh_from_db()
     assert job.status == "pending"
     assert "no enrolled node has labels matching node_selector gpu=a100" in job.status_reason
@@ -134,7 +136,7 @@ def test_a_job_no_enrolled_node_matches_stays_pending_and_says_why_once(user):
 
     # A matching node enrols: the job is placed there.
     _enrol("gpu", slots=2, labels={"gpu": "a100"})
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     job.refresh_from_db()
     assert job.status == "scheduling" and _nodes_of(job) == {"gpu"}
 
@@ -143,7 +145,7 @@ def test_matching_nodes_too_small_in_all_are_reported_as_such(user):
     _enrol("gpu", slots=1, labels={"gpu": "a100"})
     _enrol("plain", slots=8)
     job = _job(user, selector={"gpu": "a100"}, initial=2, low=2)
-    assert not services.job_place(job_id=job.id)
+    assert not job_place(job_id=job.id)
     job.refresh_from_db()
     assert (
         "have 1 slot(s) in all, fewer than the 2 worker(s) the job starts with at least"
@@ -151,7 +153,7 @@ def test_matching_nodes_too_small_in_all_are_reported_as_such(user):
     )
     # An elastic job whose minimum fits starts there with what fits.
     small = _job(user, selector={"gpu": "a100"}, initial=2, low=1)
-    assert services.job_place(job_id=small.id)
+    assert job_place(job_id=small.id)
     assert _nodes_of(small) == {"gpu"} and Job.objects.get(id=small.id).workers_current == 1
 
 
@@ -159,9 +161,9 @@ def test_a_job_whose_matching_nodes_are_busy_or_offline_waits_for_them(user):
     gpu = _enrol("gpu", slots=2, labels={"gpu": "a100"})
     _enrol("plain", slots=8)
     first = _job(user, selector={"gpu": "a100"})
-    assert services.job_place(job_id=first.id)
+    assert job_place(job_id=first.id)
     second = _job(user, selector={"gpu": "a100"})
-    assert not services.job_place(job_id=second.id)
+    assert not job_place(job_id=second.id)
     second.refresh_from_db()
     assert second.status == "pending"
     assert second.status_reason == (
@@ -169,20 +171,20 @@ def test_a_job_whose_matching_nodes_are_busy_or_offline_waits_for_them(user):
         "on online nodes matching node_selector gpu=a100"
     )
 
-    services.job_cancel(job=first, actor="user:alice")
+    job_cancel(job=first, actor="user:alice")
     Worker.objects.filter(job=first).update(state=Worker.State.EXITED)
     Node.objects.filter(id=gpu.id).update(status=Node.Status.OFFLINE)
-    assert not services.job_place(job_id=second.id)
+    assert not job_place(job_id=second.id)
     assert (
         Event.objects.filter(job=second, message__startswith="pending:").count() == 1
     )  # same reason
     Node.objects.filter(id=gpu.id).update(status=Node.Status.ONLINE)
-    assert services.job_place(job_id=second.id) and _nodes_of(second) == {"gpu"}
+    assert job_place(job_id=second.id) and _nodes_of(second) == {"gpu"}
 
 
 def test_a_job_without_a_selector_still_waits_silently(user):
     job = _job(user, selector={})
-    assert not services.job_place(job_id=job.id)
+    assert not job_place(job_id=job.id)
     job.refresh_from_db()
     assert (
         job.status_reason == ""
@@ -198,7 +200,7 @@ def test_a_grow_starts_joiners_only_on_matching_nodes(api, user):
     _enrol("gpu-a", slots=2, labels={"gpu": "a100"})
     _enrol("gpu-b", slots=1, labels={"gpu": "a100"})
     job = _job(user, selector={"gpu": "a100"}, initial=2, high=3)
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     job = _run(job)
     assert _nodes_of(job) == {"gpu-a"}
     response = api.post(
@@ -213,7 +215,7 @@ def test_a_grow_beyond_the_matching_free_slots_is_a_409_that_names_the_selector(
     _enrol("plain", slots=8)
     _enrol("gpu", slots=2, labels={"gpu": "a100"})
     job = _job(user, selector={"gpu": "a100"}, initial=2, high=4)
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     job = _run(job)
     response = api.post(
         f"/api/v1/jobs/{job.id}/commands/", {"action": "scale_workers", "value": 3}, format="json"

@@ -9,40 +9,21 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from controlplane.jobs import services
+from controlplane.accounts.services import token_create
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run, Worker
-from controlplane.jobs.tokens import token_create
-from controlplane.live.models import MetricPoint
-from tests.controlplane.jobs.agent_steps import run_placed
+from controlplane.jobs.selectors import commands_unfinished_for_node
+from controlplane.jobs.services.commands import command_issue
+from controlplane.jobs.services.jobs import job_cancel, job_restart
+from controlplane.jobs.services.membership import workers_register
+from controlplane.jobs.services.reports import job_report, job_worker_report
+from controlplane.jobs.services.scheduling import job_place
+from controlplane.metrics.models import MetricPoint
+from tests.controlplane.jobs.agent_steps import fail as _fail
+from tests.controlplane.jobs.agent_steps import new_job as _job
+from tests.controlplane.jobs.agent_steps import start as _start
 from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
-
-
-def _job(user, *, initial=2, low=None, high=None, **hyper) -> Job:
-    return services.job_create(
-        owner=user,
-        name="runs",
-        entrypoint="examples.digits",
-        hyperparameters={"batch_size": 32, "lr": 0.1, **hyper},
-        workers_initial=initial,
-        workers_min=low or initial,
-        workers_max=high or initial,
-        strategy="ssgd",
-        topology="ring",
-    )
-
-
-def _start(job: Job) -> Job:
-    """Place the job and play its agents: ports registered, start applied, running."""
-    assert services.job_place(job_id=job.id)
-    return run_placed(job)
-
-
-def _fail(job: Job, reason="worker 0 exited with code 1") -> Job:
-    node = Worker.objects.filter(run_id=job.current_run_id).first().node
-    services.job_report(node=node, job_id=job.id, status="failed", reason=reason)
-    return Job.objects.get(id=job.id)
 
 
 def _checkpoint(job: Job, step: int) -> None:
@@ -76,24 +57,22 @@ def test_a_job_created_with_resume_from_records_it_on_run_1(user, nodes):
 
 def test_status_changes_of_the_job_are_mirrored_onto_its_current_run(user, nodes):
     job = _job(user)
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     run = Run.objects.get(job=job)
     assert run.status == "scheduling" and run.started_at is None
     node = Worker.objects.filter(run=run).first().node
     assert set(Worker.objects.filter(run=run).values_list("node_id", flat=True)) == {
         node.id
     }  # best fit
-    services.workers_register(
+    workers_register(
         node=node, job_id=job.id, workers=[{"rank": 0, "port": 7000}, {"rank": 1, "port": 7001}]
     )
-    services.job_report(node=node, job_id=job.id, status="running")
+    job_report(node=node, job_id=job.id, status="running")
     run.refresh_from_db()
     job.refresh_from_db()
     assert run.status == "running" and run.started_at == job.started_at is not None
     Job.objects.filter(id=job.id).update(last_step=420)
-    services.job_report(
-        node=node, job_id=job.id, status="failed", reason="worker 1 ran out of memory"
-    )
+    job_report(node=node, job_id=job.id, status="failed", reason="worker 1 ran out of memory")
     run.refresh_from_db()
     job.refresh_from_db()
     assert (run.status, run.status_reason, run.last_step) == (
@@ -106,7 +85,7 @@ def test_status_changes_of_the_job_are_mirrored_onto_its_current_run(user, nodes
 
 def test_an_elastic_run_counts_the_fewest_and_most_workers_it_saw(user, nodes):
     job = _start(_job(user, initial=2, low=1, high=4))
-    services.command_issue(job=job, type="scale_workers", value=1, issued_by="user:alice")
+    command_issue(job=job, type="scale_workers", value=1, issued_by="user:alice")
     run = Run.objects.get(job=job)
     assert (run.cluster_version, run.workers_min_seen, run.workers_max_seen) == (2, 1, 2)
 
@@ -163,7 +142,7 @@ def test_restart_without_a_known_checkpoint_starts_from_scratch_and_says_so(api,
     job = _job(user)
     job = _start(job)
     Job.objects.filter(id=job.id).update(batch_size=128, learning_rate=0.4)
-    services.job_cancel(job=job, actor="user:alice")
+    job_cancel(job=job, actor="user:alice")
     body = api.post(f"/api/v1/jobs/{job.id}/restart/", {}, format="json").json()
     assert body["resumed_from"] is None and body["resumed_from_step"] is None
     assert body["resume_note"].startswith("trains from scratch: the job has recorded no checkpoint")
@@ -189,7 +168,7 @@ def test_restart_takes_the_checkpoint_asked_for_or_none(api, user, nodes):
         asked.json()["resumed_from"] == "/elsewhere/step-7"
         and asked.json()["resumed_from_step"] is None
     )
-    services.job_cancel(job=job, actor="user:alice")
+    job_cancel(job=job, actor="user:alice")
     scratch = api.post(
         f"/api/v1/jobs/{job.id}/restart/", {"resume_from": None}, format="json"
     ).json()
@@ -268,10 +247,10 @@ def test_runs_are_listed_newest_first_paginated_and_the_job_shows_its_current_ru
 def test_a_report_from_the_earlier_run_does_not_touch_the_restarted_one(user, nodes):
     job = _start(_job(user, initial=2))
     old_node = Worker.objects.get(job=job, rank=0).node
-    services.job_cancel(job=job, actor="user:alice")  # the agent has not stopped the workers yet
-    services.job_restart(job=job, actor="user:alice")
+    job_cancel(job=job, actor="user:alice")  # the agent has not stopped the workers yet
+    job_restart(job=job, actor="user:alice")
     # The node still runs run 1's workers, so run 2 goes to the other node.
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     job.refresh_from_db()
     assert set(Worker.objects.filter(run=job.current_run).values_list("node_id", flat=True)) != {
         old_node.id
@@ -280,10 +259,8 @@ def test_a_report_from_the_earlier_run_does_not_touch_the_restarted_one(user, no
         Worker.objects.filter(run=job.current_run).values_list("node_id", flat=True)
     )
     # Run 1's agent now reports its workers failed (they were stopped); run 2 goes on.
-    services.job_report(node=old_node, job_id=job.id, status="failed", reason="terminated")
-    services.job_worker_report(
-        node=old_node, job_id=job.id, rank=1, event="exited", data={"code": -15}
-    )
+    job_report(node=old_node, job_id=job.id, status="failed", reason="terminated")
+    job_worker_report(node=old_node, job_id=job.id, rank=1, event="exited", data={"code": -15})
     job.refresh_from_db()
     assert job.status == "scheduling" and job.current_run.status == "scheduling"
     assert not Worker.objects.filter(job=job, node=old_node, state__in=Worker.ACTIVE).exists()
@@ -293,38 +270,38 @@ def test_a_restarted_job_waits_while_every_fitting_node_still_runs_the_earlier_r
     job = _start(_job(user, initial=2))
     held = {w.node for w in Worker.objects.filter(job=job)}
     Node.objects.exclude(id__in=[n.id for n in held]).update(status="offline")
-    services.job_cancel(job=job, actor="user:alice")
-    services.job_restart(job=job, actor="user:alice")
-    assert not services.job_place(job_id=job.id)
+    job_cancel(job=job, actor="user:alice")
+    job_restart(job=job, actor="user:alice")
+    assert not job_place(job_id=job.id)
     job.refresh_from_db()
     assert job.status == "pending" and "still run(s) workers of an earlier run" in job.status_reason
     for node in held:
-        services.job_report(node=node, job_id=job.id, status="stopped")
-    assert services.job_place(job_id=job.id)
+        job_report(node=node, job_id=job.id, status="stopped")
+    assert job_place(job_id=job.id)
 
 
 def test_start_commands_of_an_earlier_run_are_not_delivered_after_a_restart(user, nodes):
     job = _job(user)
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     start = Command.objects.get(job=job, type="start")
-    services.job_cancel(job=job, actor="user:alice")
-    services.job_restart(job=Job.objects.get(id=job.id), actor="user:alice")
+    job_cancel(job=job, actor="user:alice")
+    job_restart(job=Job.objects.get(id=job.id), actor="user:alice")
     start.refresh_from_db()
     assert start.state == "expired" and "run 2 replaces it" in start.error
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     new_start = Command.objects.get(job=job, type="start", state="pending")
-    assert services.commands_unfinished_for_node(new_start.node) == [new_start]
+    assert commands_unfinished_for_node(new_start.node) == [new_start]
 
 
 def test_idempotency_keys_are_per_run(user, nodes):
     job = _start(_job(user))
-    first = services.command_issue(
+    first = command_issue(
         job=job, type="set_lr", value=0.2, issued_by="policy:p/r", idempotency_key="policy-1-r-0"
     )
     job = _fail(job)
-    services.job_restart(job=job, actor="user:alice")
+    job_restart(job=job, actor="user:alice")
     job = _start(Job.objects.get(id=job.id))
-    again = services.command_issue(
+    again = command_issue(
         job=job, type="set_lr", value=0.2, issued_by="policy:p/r", idempotency_key="policy-1-r-0"
     )
     assert again[0].id != first[0].id and again[0].run_id == job.current_run_id

@@ -2,15 +2,17 @@
 
 import pytest
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Job, Node
+from controlplane.jobs.services.jobs import job_create
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
+from controlplane.jobs.services.scheduling import job_place
 
 
 @pytest.fixture
 def node() -> Node:
     """One enrolled node, n1, with 2 slots."""
-    node, _ = services.node_enrol(
-        join_token=services.join_token_create(label="t"),
+    node, _ = node_enrol(
+        join_token=join_token_create(label="t"),
         name="n1",
         address="127.0.0.1",
         slots=2,
@@ -22,7 +24,7 @@ def node() -> Node:
 @pytest.fixture
 def placed_job(node, user) -> Job:
     """A one-worker job placed on ``node`` (its start command issued, not applied)."""
-    job = services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",
@@ -33,5 +35,5 @@ def placed_job(node, user) -> Job:
         strategy="ssgd",
         topology="ring",
     )
-    assert services.job_place(job_id=job.id)
+    assert job_place(job_id=job.id)
     return job

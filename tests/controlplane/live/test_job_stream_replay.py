@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from controlplane.jobs import services
+from controlplane.jobs.services.jobs import job_create
 from controlplane.live import channels
 from controlplane.live.consumers import JobStreamConsumer
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def job(user):
-    return services.job_create(
+    return job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",
@@ -126,13 +126,13 @@ def test_a_new_job_does_not_inherit_frames_logged_under_its_id(user, job):
     # Frames left in Redis under the next id (as by an earlier, since re-created database).
     stale_id = job.id + 1
     key = channels.frame_log_key(stale_id)
-    channels._redis().delete(key)
+    channels.redis_client().delete(key)
     for seq in (1, 2, 3):
-        channels._redis().rpush(
+        channels.redis_client().rpush(
             key, json.dumps({"seq": seq, "type": "metrics", "data": {"series": []}})
         )
     assert len(channels.frames_after(stale_id, 0)[0]) == 3
-    again = services.job_create(
+    again = job_create(
         owner=user,
         name="again",
         entrypoint="examples.digits",
@@ -157,7 +157,7 @@ def test_a_client_is_told_to_resync_when_frames_were_lost_with_redis(user, job):
     job.refresh_from_db()
     frames, complete = channels.frames_after(job.id, job.live_seq - 2)
     assert complete and [f["seq"] for f in frames] == [job.live_seq - 1, job.live_seq]
-    channels._redis().delete(channels.frame_log_key(job.id))  # a restarted Redis is empty
+    channels.redis_client().delete(channels.frame_log_key(job.id))  # a restarted Redis is empty
     assert channels.frames_after(job.id, job.live_seq - 1) == ([], False)
     assert channels.frames_after(job.id, job.live_seq) == ([], True)
     publish(job.id, 1)

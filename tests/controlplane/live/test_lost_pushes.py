@@ -12,8 +12,9 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 
 from controlplane.celery import enqueue
-from controlplane.jobs import services
 from controlplane.jobs.models import Command
+from controlplane.jobs.selectors import commands_unfinished_for_node
+from controlplane.jobs.services.commands import command_ack, command_issue, command_mark_sent
 from controlplane.live import channels
 from controlplane.live.consumers import AgentCommandConsumer
 
@@ -63,7 +64,7 @@ def test_a_task_that_cannot_be_queued_is_logged_not_raised(caplog):
     def nothing(x):
         return x
 
-    assert enqueue(nothing, 1) is False
+    assert enqueue(nothing.name, 1, celery_app=app) is False
     assert "could not queue tests.nothing" in caplog.text
 
 
@@ -74,9 +75,9 @@ def test_a_push_lost_with_the_agent_group_is_sent_again_and_the_group_rejoined(n
 
     def forget_groups():
         """What a Redis restart does to channel-layer groups."""
-        keys = channels._redis().keys(f"{prefix}:group:*")
+        keys = channels.redis_client().keys(f"{prefix}:group:*")
         if keys:
-            channels._redis().delete(*keys)
+            channels.redis_client().delete(*keys)
 
     async def scenario():
         c = agent(node)
@@ -85,7 +86,7 @@ def test_a_push_lost_with_the_agent_group_is_sent_again_and_the_group_rejoined(n
         await c.send_json_to({"type": "ack", "id": start.id})
         await sync_to_async(forget_groups)()
         # Pushed to nobody: the group is gone, the socket still open.
-        [command] = await sync_to_async(services.command_issue)(
+        [command] = await sync_to_async(command_issue)(
             job=job, type="set_lr", value=0.5, issued_by="user:t"
         )
         again = await c.receive_json_from(timeout=5)
@@ -106,11 +107,9 @@ def test_a_push_lost_with_the_agent_group_is_sent_again_and_the_group_rejoined(n
 
 def test_only_commands_unacknowledged_for_a_while_are_sent_again(node, job):
     start = Command.objects.get(job=job, type=Command.Type.START)
-    assert services.commands_unfinished_for_node(node, unacked_for_s=60) == []
-    assert [c.id for c in services.commands_unfinished_for_node(node, unacked_for_s=0)] == [
-        start.id
-    ]
-    services.command_mark_sent(command_id=start.id)
-    assert services.commands_unfinished_for_node(node, unacked_for_s=60) == []
-    services.command_ack(node=node, command_id=start.id)
-    assert services.commands_unfinished_for_node(node, unacked_for_s=0) == []
+    assert commands_unfinished_for_node(node, unacked_for_s=60) == []
+    assert [c.id for c in commands_unfinished_for_node(node, unacked_for_s=0)] == [start.id]
+    command_mark_sent(command_id=start.id)
+    assert commands_unfinished_for_node(node, unacked_for_s=60) == []
+    command_ack(node=node, command_id=start.id)
+    assert commands_unfinished_for_node(node, unacked_for_s=0) == []

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from rest_framework.test import APIClient
 
-from controlplane.jobs import services as job_services
-from controlplane.live.models import MetricPoint
+from controlplane.jobs.services.jobs import job_create
+from controlplane.metrics.models import MetricPoint
 from tests.controlplane.metric_points import run_of
 
 pytestmark = pytest.mark.django_db
@@ -32,7 +32,7 @@ def doubling(when="steps_since_fired >= 100"):
 
 @pytest.fixture
 def job(user):
-    job = job_services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",

@@ -5,7 +5,7 @@ import pytest
 from controlplane.jobs.models import Command, Job
 from controlplane.policies.models import Decision
 from controlplane.policies.services import job_policy_evaluate
-from tests.controlplane.policies.conftest import running_job
+from tests.controlplane.policies.policy_steps import running_job
 
 pytestmark = pytest.mark.django_db
 

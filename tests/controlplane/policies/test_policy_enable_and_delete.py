@@ -3,11 +3,11 @@ policy that an unfinished job uses cannot be deleted from under it."""
 
 import pytest
 
-from controlplane.jobs import services as job_services
 from controlplane.jobs.models import Job
+from controlplane.jobs.services.jobs import job_create
 from controlplane.policies.models import Decision, Policy
 from controlplane.policies.services import job_policy_evaluate
-from tests.controlplane.policies.conftest import running_job
+from tests.controlplane.policies.policy_steps import running_job
 
 pytestmark = pytest.mark.django_db
 
@@ -71,7 +71,7 @@ def test_a_pending_job_also_keeps_its_policy(api, user):
         },
         format="json",
     ).json()
-    job = job_services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",

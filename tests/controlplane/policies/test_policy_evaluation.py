@@ -3,11 +3,11 @@ applying the command updates the job exactly once."""
 
 import pytest
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Command, Event, Job
+from controlplane.jobs.services.commands import command_ack, command_finish
 from controlplane.policies.models import Decision
 from controlplane.policies.services import job_policy_evaluate
-from tests.controlplane.policies.conftest import running_job
+from tests.controlplane.policies.policy_steps import running_job
 
 pytestmark = pytest.mark.django_db
 
@@ -40,9 +40,9 @@ def test_applied_command_updates_the_job_once_and_the_rule_counts_from_it(user, 
     job = running_job(user, node)
     [decision] = job_policy_evaluate(job_id=job.id)
     command_id = Decision.objects.get(id=decision.id).command_id
-    services.command_ack(node=node, command_id=command_id)
-    services.command_finish(node=node, command_id=command_id, ok=True, step=160)
-    services.command_finish(node=node, command_id=command_id, ok=True, step=999)  # redelivered
+    command_ack(node=node, command_id=command_id)
+    command_finish(node=node, command_id=command_id, ok=True, step=160)
+    command_finish(node=node, command_id=command_id, ok=True, step=999)  # redelivered
     command = Command.objects.get(id=command_id)
     assert command.state == "applied" and command.applied_step == 160
     assert Job.objects.get(id=job.id).batch_size == 64
@@ -65,7 +65,7 @@ def test_failed_command_leaves_the_job_unchanged(user, node):
     job = running_job(user, node)
     [decision] = job_policy_evaluate(job_id=job.id)
     command_id = Decision.objects.get(id=decision.id).command_id
-    services.command_finish(node=node, command_id=command_id, ok=False, error="rank 1: boom")
+    command_finish(node=node, command_id=command_id, ok=False, error="rank 1: boom")
     assert Command.objects.get(id=command_id).error == "rank 1: boom"
     assert Job.objects.get(id=job.id).batch_size == 32
 
@@ -77,9 +77,24 @@ def test_applied_batch_size_change_records_the_scaled_learning_rate(user, node):
     )
     [decision] = job_policy_evaluate(job_id=job.id)
     command_id = Decision.objects.get(id=decision.id).command_id
-    services.command_finish(node=node, command_id=command_id, ok=True, step=160)
+    # The workers scale their learning rate by the rule and report it with "applied".
+    command_finish(node=node, command_id=command_id, ok=True, step=160, lr=0.1 * 2**0.5)
     job.refresh_from_db()
     assert job.batch_size == 64 and job.learning_rate == pytest.approx(0.1 * 2**0.5)
+
+
+def test_a_batch_size_reply_without_a_learning_rate_leaves_it_as_it_was(user, node):
+    # The control plane records the learning rate the workers report; it does not
+    # compute one of its own from the job's rule.
+    job = running_job(user, node)
+    Job.objects.filter(id=job.id).update(
+        hyperparameters={**job.hyperparameters, "lr_scaling": "sqrt"}
+    )
+    [decision] = job_policy_evaluate(job_id=job.id)
+    command_id = Decision.objects.get(id=decision.id).command_id
+    command_finish(node=node, command_id=command_id, ok=True, step=160)
+    job.refresh_from_db()
+    assert job.batch_size == 64 and job.learning_rate == pytest.approx(0.1)
 
 
 def test_action_the_job_cannot_take_is_recorded_as_skipped_with_the_reason(user, node):
@@ -111,14 +126,14 @@ def test_batch_size_change_records_the_learning_rate_the_workers_report(user, no
     )
     [decision] = job_policy_evaluate(job_id=job.id)
     command_id = Decision.objects.get(id=decision.id).command_id
-    services.command_finish(node=node, command_id=command_id, ok=True, step=160, lr=0.1734)
+    command_finish(node=node, command_id=command_id, ok=True, step=160, lr=0.1734)
     job.refresh_from_db()
     assert job.batch_size == 64 and job.learning_rate == pytest.approx(0.1734)
 
 
 def test_job_records_the_policy_version_it_runs_with_and_takes_up_an_edit(user, node):
     from controlplane.policies.services import policy_update
-    from tests.controlplane.policies.conftest import RULE
+    from tests.controlplane.policies.policy_steps import RULE
 
     job = running_job(user, node)
     assert job.policy_version == 1

@@ -9,12 +9,13 @@ import time
 
 import pytest
 
-from controlplane.jobs import services
 from controlplane.jobs.models import Command, Job, Worker
-from controlplane.live.services import metrics_ingest
+from controlplane.jobs.services.jobs import job_create, job_restart
+from controlplane.metrics.services import metrics_ingest
 from controlplane.policies.models import Decision
 from controlplane.policies.services import job_policy_evaluate, policy_create
-from tests.controlplane.jobs.test_runs import _fail, _start
+from tests.controlplane.jobs.agent_steps import fail as _fail
+from tests.controlplane.jobs.agent_steps import start as _start
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +30,7 @@ DROP = {
 
 def _job_with_policy(user, rule=DROP) -> Job:
     policy = policy_create(owner=user, definition={"name": "p", "rules": [rule]})
-    job = services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",
@@ -60,7 +61,7 @@ def _restart_from_scratch(job: Job) -> Job:
     # Run 1's commands are done with (applied or not, they are not run 2's business).
     Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).update(state=Command.State.APPLIED)
     job = _fail(job)
-    services.job_restart(job=job, actor="user:alice", resume_from=None)
+    job_restart(job=job, actor="user:alice", resume_from=None)
     return _start(Job.objects.get(id=job.id))
 
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controlplane.jobs import services as job_services
-from controlplane.live.models import MetricPoint
+from controlplane.jobs.services.jobs import job_create
+from controlplane.metrics.models import MetricPoint
 from controlplane.policies import engine, replay
 from controlplane.policies.templates import TEMPLATES
 from tests.controlplane.metric_points import run_of
@@ -111,7 +111,7 @@ def test_replay_api_runs_a_policy_over_a_jobs_recorded_metrics(api, other_api, u
         },
         format="json",
     ).json()
-    job = job_services.job_create(
+    job = job_create(
         owner=user,
         name="j",
         entrypoint="examples.digits",

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.jobs.services import join_token_create
+from controlplane.jobs.services.nodes import join_token_create
 
 
 class Command(BaseCommand):

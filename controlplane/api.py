@@ -1,0 +1,46 @@
+"""What every app's REST endpoints share: the error shape in the OpenAPI schema, the
+``{"ok": true}`` reply, and query-parameter parsing that answers a 400 naming the
+parameter. Apps import these from here, never from another app's ``apis``."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers
+
+from controlplane.errors import InvalidInput
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Machine-readable error code, e.g. invalid, not_found.")
+    message = serializers.CharField(help_text="What went wrong and what to fix.")
+    details = serializers.JSONField(help_text="Structured details, e.g. the field or policy path.")
+
+
+# The error responses every endpoint may give (see controlplane.errors), for extend_schema.
+ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
+
+OK = inline_serializer("Ok", {"ok": serializers.BooleanField()})
+
+
+def int_query_param(request, name: str, *, default=None, low=None, high=None):
+    """An integer query parameter, or ``default`` when absent; a 400 naming the parameter
+    when it is not an integer or out of bounds."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"{name} must be an integer; got {raw!r}.", details={name: raw}
+        ) from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        limits = (
+            f"between {low} and {high}"
+            if low is not None and high is not None
+            else f"at least {low}"
+            if low is not None
+            else f"at most {high}"
+        )
+        raise InvalidInput(f"{name} must be {limits}; got {value}.", details={name: raw})
+    return value

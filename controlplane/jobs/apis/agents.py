@@ -1,0 +1,196 @@
+"""REST endpoints for nodes: the list users see, and the agents' own endpoints
+(enrolment with a join token, heartbeat, worker ports and the cluster spec, job
+reports). The agents' metric batches are the metrics app's (``metrics.apis``)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from controlplane.api import ERRORS, OK
+from controlplane.errors import InvalidInput
+from controlplane.jobs import selectors
+from controlplane.jobs.auth import AgentApi
+from controlplane.jobs.services import membership, nodes, reports
+
+
+class NodeOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    address = serializers.CharField()
+    slots = serializers.IntegerField()
+    labels = serializers.DictField(child=serializers.CharField())
+    status = serializers.CharField()
+    last_heartbeat = serializers.DateTimeField(allow_null=True)
+
+
+class NodeListApi(APIView):
+    @extend_schema(responses={200: NodeOutputSerializer(many=True), **ERRORS})
+    def get(self, request):
+        return Response(
+            [
+                {
+                    "id": n.id,
+                    "name": n.name,
+                    "address": n.address,
+                    "slots": n.slots,
+                    "labels": n.labels,
+                    "status": n.status,
+                    "last_heartbeat": n.last_heartbeat,
+                }
+                for n in selectors.nodes_all()
+            ]
+        )
+
+
+# --- agent side ----------------------------------------------------------------------------
+
+
+class AgentEnrolApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        join_token = serializers.CharField(max_length=200)
+        name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", max_length=100)
+        address = serializers.CharField(max_length=255)
+        slots = serializers.IntegerField(min_value=1, max_value=1024)
+        labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: inline_serializer(
+                "Enrolment",
+                {
+                    "node": serializers.IntegerField(),
+                    "name": serializers.CharField(),
+                    "credential": serializers.CharField(),
+                },
+            ),
+            **ERRORS,
+        },
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        node, credential = nodes.node_enrol(
+            join_token=v["join_token"],
+            name=v["name"],
+            address=v["address"],
+            slots=v["slots"],
+            labels=v.get("labels", {}),
+        )
+        return Response(
+            {"node": node.id, "name": node.name, "credential": credential},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class AgentHeartbeatApi(AgentApi):
+    class InputSerializer(serializers.Serializer):
+        jobs = serializers.ListField(
+            child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer(
+                "HeartbeatReply",
+                {
+                    "ok": serializers.BooleanField(),
+                    "heartbeat_timeout_s": serializers.FloatField(),
+                    "release": serializers.ListField(
+                        child=serializers.IntegerField(),
+                        help_text=(
+                            "Jobs among those listed whose workers the agent should end: finished, or no longer "
+                            "counting on this node (it was taken for lost meanwhile)."
+                        ),
+                    ),
+                },
+            ),
+            **ERRORS,
+        },
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        release = nodes.node_heartbeat(
+            node=request.auth, running_jobs=data.validated_data.get("jobs")
+        )
+        return Response(
+            {
+                "ok": True,
+                "heartbeat_timeout_s": settings.AGENT_HEARTBEAT_TIMEOUT_S,
+                "release": release,
+            }
+        )
+
+
+ClusterSpecSerializer = inline_serializer(
+    "ClusterSpec",
+    {
+        "job": serializers.IntegerField(),
+        "version": serializers.IntegerField(),
+        "world_size": serializers.IntegerField(),
+        "complete": serializers.BooleanField(),
+        "workers_min": serializers.IntegerField(),
+        "members": serializers.ListField(child=serializers.CharField(allow_null=True)),
+    },
+)
+
+
+class AgentJobWorkersApi(AgentApi):
+    class InputSerializer(serializers.Serializer):
+        workers = serializers.ListField(
+            child=serializers.DictField(), min_length=1, max_length=1024
+        )
+
+    @extend_schema(request=InputSerializer, responses={200: ClusterSpecSerializer, **ERRORS})
+    def post(self, request, job_id: int):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = membership.workers_register(
+            node=request.auth, job_id=job_id, workers=data.validated_data["workers"]
+        )
+        return Response(selectors.cluster_spec(job=job))
+
+
+class AgentClusterSpecApi(AgentApi):
+    """The job's latest cluster version (members in rank order); changes are also pushed
+    on /ws/agent/ as ``cluster`` frames."""
+
+    @extend_schema(responses={200: ClusterSpecSerializer, **ERRORS})
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_node(node=request.auth, job_id=job_id)
+        return Response(selectors.cluster_spec(job=job))
+
+
+class AgentJobReportApi(AgentApi):
+    class InputSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=["running", "succeeded", "failed", "stopped"])
+        reason = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+        workers = serializers.ListField(child=serializers.DictField(), required=False)
+
+    @extend_schema(request=InputSerializer, responses={200: OK, **ERRORS})
+    def post(self, request, job_id: int):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        try:
+            reports.job_report(
+                node=request.auth,
+                job_id=job_id,
+                status=v["status"],
+                reason=v.get("reason", ""),
+                workers=v.get("workers"),
+            )
+        except KeyError as exc:
+            raise InvalidInput(f"each worker needs {exc.args[0]!r}") from None
+        return Response({"ok": True})

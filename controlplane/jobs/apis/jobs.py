@@ -1,0 +1,322 @@
+"""REST endpoints for jobs: list and create (hyper-parameters and node selector checked),
+detail, cancel, and the job's audit events.
+
+Each API parses input, checks permission, makes one service or selector call and
+serialises the result.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from controlplane.api import ERRORS, int_query_param
+from controlplane.errors import InvalidInput
+from controlplane.jobs import selectors
+from controlplane.jobs.apis.runs import CurrentRunSerializer
+from controlplane.jobs.models import ENTRYPOINTS, Job
+from controlplane.jobs.services import jobs as job_services
+from controlplane.policies import selectors as policy_selectors
+
+HYPERPARAMETER_LIMITS = {
+    # name: (type, minimum, maximum, default or None when required)
+    "batch_size": (int, 1, 65536, None),
+    "lr": (float, 1e-9, 10.0, None),
+    "steps": (int, 1, 10_000_000, 1000),
+    "log_every": (int, 1, 10_000, 10),
+    "seed": (int, 0, 2**31 - 1, 0),
+    "monitor_every": (int, 0, 10_000, 1),
+    "sma_alpha": (float, 1e-6, 1.0, 0.1),
+    "checkpoint_every": (int, 0, 10_000_000, 0),
+    "samples": (int, 10, 1_000_000, "optional"),  # examples.synthetic_cnn: data set size
+}
+# Text hyper-parameters: name → (allowed values, or None for a path), default.
+TEXT_HYPERPARAMETERS = {
+    "lr_scaling": (("none", "linear", "sqrt", "adascale"), "none"),
+    "checkpoint_dir": (None, None),
+    "resume_from": (None, None),
+}
+
+
+def validate_hyperparameters(raw: dict) -> dict:
+    if not isinstance(raw, dict):
+        raise serializers.ValidationError(
+            'Must be an object such as {"batch_size": 32, "lr": 0.05}.'
+        )
+    known = [*HYPERPARAMETER_LIMITS, *TEXT_HYPERPARAMETERS]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise serializers.ValidationError(
+            f"Unknown hyper-parameter(s) {', '.join(unknown)}; known: {', '.join(known)}."
+        )
+    clean = {}
+    for name, (choices, default) in TEXT_HYPERPARAMETERS.items():
+        value = raw.get(name, default)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not 1 <= len(value) <= 500 or "\x00" in value:
+            raise serializers.ValidationError(f"{name} must be a string of 1 to 500 characters.")
+        if choices is not None and value not in choices:
+            raise serializers.ValidationError(
+                f"{name} must be one of {', '.join(choices)}; got {value!r}."
+            )
+        clean[name] = value
+    for name, (kind, low, high, default) in HYPERPARAMETER_LIMITS.items():
+        if name not in raw:
+            if default is None:
+                raise serializers.ValidationError(f"{name} is required.")
+            if default != "optional":
+                clean[name] = default
+            continue
+        value = raw[name]
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type:
+            raise serializers.ValidationError(
+                f"{name} must be {'an integer' if kind is int else 'a number'}."
+            )
+        if not low <= value <= high:
+            raise serializers.ValidationError(
+                f"{name} must be between {low} and {high}; got {value}."
+            )
+        clean[name] = kind(value)
+    return clean
+
+
+NODE_SELECTOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 200},
+    "maxProperties": job_services.NODE_SELECTOR_MAX_ENTRIES,
+    "example": {"gpu": "a100"},
+    "description": "Node labels the job's workers need: only nodes whose labels contain every "
+    "label → value pair run them (initial placement and scale_workers). Empty: any node.",
+}
+
+
+@extend_schema_field(NODE_SELECTOR_SCHEMA)
+class NodeSelectorField(serializers.JSONField):
+    """A flat object of label → value strings; the service says what is wrong with others."""
+
+    def to_internal_value(self, data):
+        try:
+            return job_services.node_selector_clean(super().to_internal_value(data))
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.message) from None
+
+
+class WorkersSerializer(serializers.Serializer):
+    initial = serializers.IntegerField(min_value=1, max_value=64)
+    min = serializers.IntegerField(min_value=1, max_value=64, required=False)
+    max = serializers.IntegerField(min_value=1, max_value=64, required=False)
+
+
+class JobOutputSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username")
+    workers = serializers.SerializerMethodField()
+    parameters = serializers.SerializerMethodField()
+    node_selector = NodeSelectorField(read_only=True)
+    current_run = CurrentRunSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text=(
+            "the run (attempt) the job's status and workers are about; null until the job is first placed"
+        ),
+    )
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "entrypoint",
+            "status",
+            "status_reason",
+            "hyperparameters",
+            "strategy",
+            "topology",
+            "policy",
+            "policy_version",
+            "node_selector",
+            "parameters",
+            "workers",
+            "cluster_version",
+            "current_run",
+            "last_step",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    def get_parameters(self, job: Job) -> dict:
+        return {
+            "batch_size": job.batch_size,
+            "lr": job.learning_rate,
+            "workers": job.workers_current,
+            "workers_min": job.workers_min,
+            "workers_max": job.workers_max,
+            "workers_wanted": job.wanted_workers,
+            "strategy": job.strategy,
+            "topology": job.topology,
+        }
+
+    def get_workers(self, job: Job) -> list[dict]:
+        """The workers of the job's current run. ``rank`` is the worker's fixed number in the
+        run; ``cluster_rank`` its rank in the run's latest cluster version (null when it is
+        not a member)."""
+        members = selectors.job_cluster_members(job)
+        return [
+            {
+                "rank": w.rank,
+                "cluster_rank": members.index(w.rank) if w.rank in members else None,
+                "node": w.node.name,
+                "port": w.port,
+                "state": w.state,
+                "cluster_version": w.cluster_version,
+            }
+            for w in job.workers.all()
+            if w.run_id == job.current_run_id
+        ]
+
+
+class JobPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = JobOutputSerializer(many=True)
+
+
+class EventOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    run = serializers.IntegerField(
+        allow_null=True, help_text="the job's current run then (null: not placed yet)"
+    )
+    kind = serializers.CharField()
+    actor = serializers.CharField()
+    message = serializers.CharField()
+    data = serializers.JSONField()
+    step = serializers.IntegerField(allow_null=True)
+    time = serializers.DateTimeField()
+
+
+class JobListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        entrypoint = serializers.ChoiceField(choices=sorted(ENTRYPOINTS))
+        hyperparameters = serializers.JSONField()
+        workers = WorkersSerializer()
+        strategy = serializers.ChoiceField(choices=Job.Strategy.values, default=Job.Strategy.SSGD)
+
+        topology = serializers.ChoiceField(choices=Job.Topology.values, default=Job.Topology.RING)
+        policy = serializers.IntegerField(required=False, allow_null=True)
+        node_selector = NodeSelectorField(required=False, default=dict)
+
+        def validate_hyperparameters(self, value):
+            return validate_hyperparameters(value)
+
+    @extend_schema(
+        responses={200: JobPageSerializer, **ERRORS},
+        parameters=[
+            OpenApiParameter("status", str, description="comma-separated statuses"),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+    )
+    def get(self, request):
+        qs = selectors.jobs_visible_to(request.user)
+        wanted = request.query_params.get("status")
+        if wanted:
+            bad = sorted(set(wanted.split(",")) - set(Job.Status.values))
+            if bad:
+                raise InvalidInput(
+                    f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}."
+                )
+            qs = qs.filter(status__in=wanted.split(","))
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: JobOutputSerializer, **ERRORS})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        policy = None
+        if v.get("policy") is not None:
+            policy = (
+                policy_selectors.policies_visible_to(request.user).filter(id=v["policy"]).first()
+            )
+            if policy is None:
+                raise InvalidInput(
+                    f"Policy {v['policy']} does not exist or is not yours.",
+                    details={"policy": v["policy"]},
+                )
+        workers = v["workers"]
+        job = job_services.job_create(
+            owner=request.user,
+            name=v["name"],
+            entrypoint=v["entrypoint"],
+            hyperparameters=v["hyperparameters"],
+            workers_initial=workers["initial"],
+            workers_min=workers.get("min", workers["initial"]),
+            workers_max=workers.get("max", workers["initial"]),
+            strategy=v["strategy"],
+            topology=v["topology"],
+            policy=policy,
+            node_selector=v["node_selector"],
+        )
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses={200: JobOutputSerializer, **ERRORS})
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(request=None, responses={200: JobOutputSerializer, 409: ERRORS[400], **ERRORS})
+    def post(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        job_services.job_cancel(job=job, actor=f"user:{request.user.username}")
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+
+class JobEventsApi(APIView):
+    @extend_schema(
+        responses={200: EventOutputSerializer(many=True), **ERRORS},
+        parameters=[
+            OpenApiParameter("after", int, description="only events with a larger id"),
+            OpenApiParameter(
+                "run",
+                int,
+                description=("only the events of this run (1-based); default: every run's"),
+            ),
+        ],
+    )
+    def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        number = int_query_param(request, "run", low=1)
+        run = selectors.job_run_get(job, number) if number is not None else None
+        events = selectors.job_events(
+            job, after_id=int_query_param(request, "after", low=0), run=run
+        )[:1000]
+        return Response(
+            [
+                {
+                    "id": e.id,
+                    "run": e.run.number if e.run else None,
+                    "kind": e.kind,
+                    "actor": e.actor,
+                    "message": e.message,
+                    "data": e.data,
+                    "step": e.step,
+                    "time": e.created_at.isoformat(),
+                }
+                for e in events
+            ]
+        )

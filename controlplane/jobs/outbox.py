@@ -1,0 +1,162 @@
+"""What the control plane tells agents: commands as durable rows, and the frames pushed
+to agents on /ws/agent/ (``command`` and ``cluster``).
+
+A command is a row first and a push after commit, so a push lost with Redis is sent
+again from its row (see ``live.consumers.AgentCommandConsumer``). The payload a worker
+starts with is built here once, for a job's start and for a joiner of a grow alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+
+from controlplane.jobs import selectors
+from controlplane.jobs.lifecycle import event_record
+from controlplane.jobs.models import (
+    ENTRYPOINTS,
+    ClusterVersion,
+    Command,
+    Event,
+    Job,
+    Node,
+    Run,
+    Worker,
+)
+from controlplane.live import channels
+
+
+def start_payload(job: Job, run: Run) -> dict[str, Any]:
+    """What a worker of ``run`` starts with, in a ``start`` command and in the ``join`` of
+    a ``scale_workers`` alike: the module to run, the job's hyper-parameters (with
+    ``resume_from`` the checkpoint the run resumes from; none: from scratch) and the
+    job's knobs as they are now."""
+    hyperparameters = {k: v for k, v in job.hyperparameters.items() if k != "resume_from"}
+    if run.resumed_from:
+        hyperparameters["resume_from"] = run.resumed_from
+    return {
+        "entrypoint": ENTRYPOINTS[job.entrypoint],
+        "hyperparameters": hyperparameters,
+        "batch_size": job.batch_size,
+        "lr": job.learning_rate,
+        "strategy": job.strategy,
+        "topology": job.topology,
+        "workers_min": job.workers_min,
+    }
+
+
+def command_frame(command: Command) -> dict[str, Any]:
+    return {
+        "type": "command",
+        "id": command.id,
+        "job": command.job_id,
+        "seq": command.seq,
+        "action": command.type,
+        "payload": command.payload,
+    }
+
+
+def commands_create(
+    *,
+    job: Job,
+    nodes: list[Node],
+    type: str,
+    payload: dict,
+    issued_by: str,
+    idempotency_key: str | None = None,
+    payload_for: Callable[[Node], dict] | None = None,
+    message: str | None = None,
+) -> list[Command]:
+    """One command to every node in ``nodes``: rows first, push after commit. The caller
+    holds the job row lock.
+
+    Every node gets the same sequence number: workers agree on commands by it, across
+    nodes. ``payload_for(node)``, when given, makes a node's own payload; ``message``
+    replaces the event's default text (the type and value).
+    """
+    seq, run_id = Job.objects.filter(id=job.id).values_list("command_seq", "current_run_id").get()
+    seq += 1
+    Job.objects.filter(id=job.id).update(command_seq=seq)
+    commands = [
+        Command.objects.create(
+            job=job,
+            run_id=run_id,
+            node=node,
+            seq=seq,
+            type=type,
+            payload=payload_for(node) if payload_for else payload,
+            issued_by=issued_by,
+            idempotency_key=idempotency_key if i == 0 else None,
+        )
+        for i, node in enumerate(nodes)
+    ]
+    if type != Command.Type.START:
+        event_record(
+            job=job,
+            kind=Event.Kind.COMMAND,
+            actor=issued_by,
+            message=message or f"{type} {payload.get('value', '')}".strip(),
+            data={
+                "command": commands[0].id if commands else None,
+                "type": type,
+                "payload": payload,
+                "state": Command.State.PENDING,
+            },
+        )
+    for command in commands:
+        frame = command_frame(command)
+        transaction.on_commit(
+            lambda node_id=command.node_id, frame=frame: channels.push_command_to_agent(
+                node_id, frame
+            )
+        )
+    return commands
+
+
+def cluster_frame(version: ClusterVersion, *, workers_min: int) -> dict[str, Any]:
+    """What an agent receives on /ws/agent/ when a job's membership changes; it forwards
+    ``{"type": "cluster", "version", "members"}`` to the job's workers (agent.protocol)."""
+    return {
+        "type": "cluster",
+        "job": version.job_id,
+        "version": version.version,
+        "members": list(version.members),
+        "workers": list(version.workers),
+        "workers_min": workers_min,
+    }
+
+
+def cluster_push(job_id: int) -> None:
+    """Push the job's latest cluster version to every agent running its workers (call it
+    after commit)."""
+    job = Job.objects.get(id=job_id)
+    current = selectors.job_cluster_version(job)
+    if current is None or job.is_terminal:
+        return
+    frame = cluster_frame(current, workers_min=job.workers_min)
+    for node in selectors.job_active_nodes(job):
+        channels.push_command_to_agent(node.id, frame)
+
+
+def cluster_frames_for_node(node: Node) -> list[dict[str, Any]]:
+    """The latest version of every live job with workers on the node (sent again when its
+    agent reconnects; agents ignore versions they already have)."""
+    jobs = (
+        Job.objects.filter(
+            workers__node=node,
+            workers__state__in=Worker.ACTIVE,
+            cluster_version__gte=2,
+            workers__run_id=F("current_run_id"),
+        )
+        .exclude(status__in=Job.TERMINAL)
+        .distinct()
+    )
+    frames = []
+    for job in jobs:
+        current = selectors.job_cluster_version(job)
+        if current is not None:
+            frames.append(cluster_frame(current, workers_min=job.workers_min))
+    return frames

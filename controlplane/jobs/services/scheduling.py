@@ -1,0 +1,184 @@
+"""Placing pending jobs: workers on online nodes with free slots whose labels match the
+job's node selector (the pure plan is ``placement.plan_placement``), a start command
+to each node, and, for a job that fits nowhere yet, the reason it waits."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Max
+
+from controlplane.jobs import outbox, placement, selectors
+from controlplane.jobs.lifecycle import SCHEDULER, event_record, job_publish, job_transition
+from controlplane.jobs.models import Command, Event, Job, Node, Run, Worker
+
+
+def job_place(*, job_id: int) -> bool:
+    """Place a pending job's workers on online nodes with free slots whose labels match the
+    job's node selector (see placement.py) and send each node a start command for its
+    ranks. Returns whether the job was placed; a job that fits nowhere stays pending (with
+    the reason recorded when it has a node selector) and the periodic sweep retries it.
+
+    The first placement makes run 1; a restarted job (jobs.job_restart) already has its
+    new run, pending, and that run is placed. Nodes still running workers of an earlier
+    run of the job are left out (see _nodes_busy_with_earlier_runs)."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(id=job_id).first()
+        if job is None or job.status != Job.Status.PENDING:
+            return False
+        nodes = {
+            n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)
+        }
+        busy = _nodes_busy_with_earlier_runs(job)
+        capacities = [c for c in selectors.node_capacities(nodes) if c.node_id not in busy]
+        # All the initial workers; an elastic job short of room starts with as many as fit,
+        # at least its minimum, and is grown to the rest when slots free up.
+        size, plan = job.workers_initial, None
+        while plan is None and size >= _fewest_to_start(job):
+            plan = placement.plan_placement(capacities, size, job.node_selector)
+            size -= plan is None
+        if plan is None:
+            _pending_reason_record(
+                job, busy_nodes={nodes[n].name: r for n, r in busy.items() if n in nodes}
+            )
+            return False
+        run = job.current_run if job.current_run_id else None
+        first = run is None or run.status != Run.Status.PENDING
+        if first:
+            run = _run_first(job)
+        Worker.objects.bulk_create(
+            [
+                Worker(job=job, run=run, node=nodes[node_id], rank=r)
+                for node_id, ranks in plan.items()
+                for r in ranks
+            ]
+        )
+        where = ", ".join(
+            f"{nodes[node_id].name} (ranks {ranks[0]}–{ranks[-1]})"
+            if len(ranks) > 1
+            else f"{nodes[node_id].name} (rank {ranks[0]})"
+            for node_id, ranks in plan.items()
+        )
+        short = (
+            f" ({job.workers_initial} wanted; there was no room for more, it grows when slots free up)"
+            if size < job.workers_initial
+            else ""
+        )
+        job_transition(
+            job,
+            to=Job.Status.SCHEDULING,
+            allowed_from=(Job.Status.PENDING,),
+            actor=SCHEDULER,
+            reason=f"run {run.number}: placed {size} worker(s) on {where}{short}",
+            workers_current=size,
+            **({"current_run": run} if first else {}),
+        )
+        payload = {
+            "job": job.id,
+            **outbox.start_payload(job, run),
+            "world_size": size,
+            "cluster_version": 1,
+        }
+        outbox.commands_create(
+            job=job,
+            nodes=[nodes[node_id] for node_id in plan],
+            type=Command.Type.START,
+            payload=payload,
+            issued_by=SCHEDULER,
+            payload_for=lambda node: {**payload, "ranks": plan[node.id]},
+        )
+    return True
+
+
+def _fewest_to_start(job: Job) -> int:
+    """An elastic job starts with as many of its initial workers as fit, at least its
+    minimum (and grows to the rest later); any other job with all of them."""
+    return job.workers_min if job.is_elastic else job.workers_initial
+
+
+def _slots_text(job: Job) -> str:
+    needed = _fewest_to_start(job)
+    if needed < job.workers_initial:
+        return f"{needed} free slot(s) (it starts with up to {job.workers_initial} worker(s), at least {needed})"
+    return f"{needed} free slot(s)"
+
+
+def _pending_reason(job: Job) -> str:
+    """Why a job with a node selector is not placed: no enrolled node (in any status) could
+    ever hold it, or the nodes that could are offline or busy now."""
+    selector = placement.node_selector_text(job.node_selector)
+    matching = [
+        n for n in Node.objects.all() if placement.labels_match(n.labels or {}, job.node_selector)
+    ]
+    if not matching:
+        return (
+            f"no enrolled node has labels matching node_selector {selector}; the job stays pending "
+            f"until a node with those labels enrols"
+        )
+    slots = sum(n.slots for n in matching)
+    needed = _fewest_to_start(job)
+    if slots < needed:
+        return (
+            f"the nodes whose labels match node_selector {selector} have {slots} slot(s) in all, fewer "
+            f"than the {needed} worker(s) the job starts with at least; the job stays pending until "
+            f"more such nodes enrol"
+        )
+    return f"waiting for {_slots_text(job)} on online nodes matching node_selector {selector}"
+
+
+def _pending_reason_record(job: Job, *, busy_nodes: dict[str, int] | None = None) -> None:
+    """Record why a job with a node selector, or a restarted job whose earlier run still
+    holds nodes, waits, once per change of reason (the sweep retries every few seconds).
+    Another job waits silently as before."""
+    if not job.node_selector and not busy_nodes:
+        return
+    reason = (
+        _pending_reason(job)
+        if job.node_selector
+        else (f"waiting for {_slots_text(job)} on online nodes")
+    )
+    if busy_nodes:
+        held = ", ".join(f"{name} (run {number})" for name, number in sorted(busy_nodes.items()))
+        reason += f"; not on {held}, which still run(s) workers of an earlier run of the job"
+    if reason == job.status_reason:
+        return
+    if Job.objects.filter(id=job.id, status=Job.Status.PENDING).update(status_reason=reason) != 1:
+        return
+    job.status_reason = reason
+    event_record(
+        job=job,
+        kind=Event.Kind.STATE,
+        actor=SCHEDULER,
+        message=f"pending: {reason}",
+        data={"status": job.status, "reason": reason, "node_selector": job.node_selector},
+    )
+    transaction.on_commit(lambda: job_publish(job.id))
+
+
+def _run_first(job: Job) -> Run:
+    """Run 1, made by the job's first placement; the caller holds the job row lock."""
+    resumed_from = job.hyperparameters.get("resume_from") or ""
+    number = (Run.objects.filter(job=job).aggregate(m=Max("number"))["m"] or 0) + 1
+    return Run.objects.create(
+        job=job,
+        number=number,
+        created_by=SCHEDULER,
+        reason="the job's first placement",
+        resumed_from=resumed_from,
+        resume_note=(
+            "resumes from the checkpoint the job names (hyper-parameter resume_from)"
+            if resumed_from
+            else "trains from scratch"
+        ),
+    )
+
+
+def _nodes_busy_with_earlier_runs(job: Job) -> dict[int, int]:
+    """Node id → run number, for nodes that still run workers of an earlier run of the
+    job. Their agents know the job by its id only and ignore a start for a job they still
+    run, so a new run waits for them to finish rather than go there."""
+    rows = (
+        Worker.objects.filter(job=job, state__in=Worker.ACTIVE)
+        .exclude(run_id=job.current_run_id)
+        .values_list("node_id", "run__number")
+    )
+    return dict(rows)
