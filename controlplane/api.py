@@ -1,12 +1,18 @@
 """What every app's REST endpoints share: the error shape in the OpenAPI schema, the
-``{"ok": true}`` reply, and query-parameter parsing that answers a 400 naming the
-parameter. Apps import these from here, never from another app's ``apis``."""
+``{"ok": true}`` reply, query-parameter parsing that answers a 400 naming the
+parameter, and the shared vocabulary (``GET /api/v1/vocabulary/``). Apps import these
+from here, never from another app's ``apis``."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from agent.protocol import vocabulary
 from controlplane.errors import InvalidInput
 
 
@@ -44,3 +50,19 @@ def int_query_param(request, name: str, *, default=None, low=None, high=None):
         )
         raise InvalidInput(f"{name} must be {limits}; got {value}.", details={name: raw})
     return value
+
+
+class VocabularyApi(APIView):
+    """The words the API, policies and agents share (``agent.protocol.vocabulary``):
+    strategies, topologies, actions with the kind of value each takes, lr-scaling rules,
+    worker events and metric names, each with a description."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="vocabulary",
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        summary="Strategies, topologies, actions, lr rules and metric names, with descriptions",
+    )
+    def get(self, request):
+        return Response(vocabulary.vocabulary())

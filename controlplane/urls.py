@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import controlplane.schema  # noqa: F401  (registers the OpenAPI auth schemes)
 from controlplane.accounts import apis as account_apis
+from controlplane.api import VocabularyApi
 from controlplane.jobs.apis import agents as agent_apis
 from controlplane.jobs.apis import jobs as job_apis
 from controlplane.jobs.apis import runs as run_apis
@@ -23,6 +24,7 @@ api_v1 = [
     path("jobs/<int:job_id>/metrics/", metric_apis.JobMetricsApi.as_view(), name="job-metrics"),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
     path("nodes/", agent_apis.NodeListApi.as_view(), name="node-list"),
+    path("vocabulary/", VocabularyApi.as_view(), name="vocabulary"),
     path("tokens/", account_apis.TokenListCreateApi.as_view(), name="token-list"),
     path("tokens/<int:token_id>/", account_apis.TokenDetailApi.as_view(), name="token-detail"),
     path("policies/", policy_apis.PolicyListCreateApi.as_view(), name="policy-list"),

@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from agent.protocol import vocabulary
+
 
 class Node(models.Model):
     class Status(models.TextChoices):
@@ -59,16 +61,9 @@ class Job(models.Model):
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
-    class Strategy(models.TextChoices):
-        SSGD = "ssgd"
-        SMA = "sma"
-        PAIR = "pair"
-
-    class Topology(models.TextChoices):
-        RING = "ring"
-        TREE = "tree"
-        STAR = "star"
-        AUTO = "auto"
+    # The vocabulary agents and workers share (agent.protocol): one spelling everywhere.
+    Strategy = models.TextChoices("Strategy", vocabulary.STRATEGIES.enum_members())
+    Topology = models.TextChoices("Topology", vocabulary.TOPOLOGIES.enum_members())
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs"
@@ -261,17 +256,7 @@ class ClusterVersion(models.Model):
 class Command(models.Model):
     """A change to a running job. A row first (durable), then pushed to the node."""
 
-    class Type(models.TextChoices):
-        START = "start"
-        SET_BATCH_SIZE = "set_batch_size"
-        SET_LR = "set_lr"
-        SCALE_WORKERS = "scale_workers"
-        SET_STRATEGY = "set_strategy"
-        SET_TOPOLOGY = "set_topology"
-        CHECKPOINT = "checkpoint"
-        PAUSE = "pause"
-        RESUME = "resume"
-        STOP = "stop"
+    Type = models.TextChoices("Type", vocabulary.COMMAND_TYPES.enum_members())
 
     class State(models.TextChoices):
         PENDING = "pending"

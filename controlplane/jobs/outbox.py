@@ -1,5 +1,6 @@
 """What the control plane tells agents: commands as durable rows, and the frames pushed
-to agents on /ws/agent/ (``command`` and ``cluster``).
+to agents on /ws/agent/ (``command`` and ``cluster``), built with the typed frames and
+payloads of :mod:`agent.protocol.control`.
 
 A command is a row first and a push after commit, so a push lost with Redis is sent
 again from its row (see ``live.consumers.AgentCommandConsumer``). The payload a worker
@@ -8,12 +9,20 @@ starts with is built here once, for a job's start and for a joiner of a grow ali
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import transaction
 from django.db.models import F
 
+from agent.protocol.control import (
+    ClusterFrame,
+    CommandFrame,
+    JoinerSpec,
+    JoinPayload,
+    StartPayload,
+)
+from agent.protocol.worker import WorkerParams
 from controlplane.jobs import selectors
 from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import (
@@ -29,34 +38,70 @@ from controlplane.jobs.models import (
 from controlplane.live import channels
 
 
-def start_payload(job: Job, run: Run) -> dict[str, Any]:
-    """What a worker of ``run`` starts with, in a ``start`` command and in the ``join`` of
-    a ``scale_workers`` alike: the module to run, the job's hyper-parameters (with
-    ``resume_from`` the checkpoint the run resumes from; none: from scratch) and the
-    job's knobs as they are now."""
+def worker_params(job: Job, run: Run) -> WorkerParams:
+    """The job's parameters a worker of ``run`` starts with, as they are now (with
+    ``resume_from`` the checkpoint the run resumes from; none: from scratch)."""
     hyperparameters = {k: v for k, v in job.hyperparameters.items() if k != "resume_from"}
     if run.resumed_from:
         hyperparameters["resume_from"] = run.resumed_from
-    return {
-        "entrypoint": ENTRYPOINTS[job.entrypoint],
-        "hyperparameters": hyperparameters,
-        "batch_size": job.batch_size,
-        "lr": job.learning_rate,
-        "strategy": job.strategy,
-        "topology": job.topology,
-        "workers_min": job.workers_min,
-    }
+    return WorkerParams(
+        hyperparameters=hyperparameters,
+        batch_size=job.batch_size,
+        lr=job.learning_rate,
+        strategy=job.strategy,
+        topology=job.topology,
+    )
+
+
+def start_payload(job: Job, run: Run, *, world_size: int, ranks: Sequence[int]) -> StartPayload:
+    """A ``start`` command's payload: the node starts workers ``ranks`` of the job's first
+    cluster version of ``world_size`` workers."""
+    params = worker_params(job, run)
+    return StartPayload(
+        job=job.id,
+        entrypoint=ENTRYPOINTS[job.entrypoint],
+        hyperparameters=params.hyperparameters,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        strategy=params.strategy,
+        topology=params.topology,
+        world_size=world_size,
+        cluster_version=1,
+        workers_min=job.workers_min,
+        ranks=tuple(ranks),
+    )
+
+
+def join_payload(
+    job: Job, run: Run, version: ClusterVersion, joiners: Sequence[tuple[int, int]]
+) -> JoinPayload:
+    """A grow's ``join`` for one node: it starts ``joiners`` (rank in the job, rank in the
+    version they join) as warm standbys that join after ``version``, with the parameters a
+    started worker gets."""
+    params = worker_params(job, run)
+    return JoinPayload(
+        cluster_version=version.version,
+        members=tuple(version.members),
+        workers_min=job.workers_min,
+        entrypoint=ENTRYPOINTS[job.entrypoint],
+        hyperparameters=params.hyperparameters,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        strategy=params.strategy,
+        topology=params.topology,
+        workers=tuple(JoinerSpec(rank=r, cluster_rank=c) for r, c in joiners),
+    )
 
 
 def command_frame(command: Command) -> dict[str, Any]:
-    return {
-        "type": "command",
-        "id": command.id,
-        "job": command.job_id,
-        "seq": command.seq,
-        "action": command.type,
-        "payload": command.payload,
-    }
+    """The ``command`` frame an agent receives (JSON-able: it crosses the channel layer)."""
+    return CommandFrame(
+        id=command.id,
+        job=command.job_id,
+        seq=command.seq,
+        action=command.type,
+        payload=command.payload,
+    ).to_dict()
 
 
 def commands_create(
@@ -118,15 +163,14 @@ def commands_create(
 
 def cluster_frame(version: ClusterVersion, *, workers_min: int) -> dict[str, Any]:
     """What an agent receives on /ws/agent/ when a job's membership changes; it forwards
-    ``{"type": "cluster", "version", "members"}`` to the job's workers (agent.protocol)."""
-    return {
-        "type": "cluster",
-        "job": version.job_id,
-        "version": version.version,
-        "members": list(version.members),
-        "workers": list(version.workers),
-        "workers_min": workers_min,
-    }
+    the version and members to the job's workers."""
+    return ClusterFrame(
+        job=version.job_id,
+        version=version.version,
+        members=tuple(version.members),
+        workers=tuple(version.workers),
+        workers_min=workers_min,
+    ).to_dict()
 
 
 def cluster_push(job_id: int) -> None:

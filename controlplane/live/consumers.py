@@ -16,7 +16,8 @@
   ``jobs.services.reports.job_worker_report``). An agent frame (``applied``, ``failed``, ``worker``)
   that carries a ``ref`` is confirmed with ``{"type": "received", "ref"}`` once handled
   (or refused with an ``error``): the agent keeps sending it, across reconnections and
-  its own restarts, until then.
+  its own restarts, until then. Frames are read and built by :mod:`agent.protocol.control`
+  (docs/protocols.md has them all).
 
 Redis (the channel layer) may fail or restart under a connected consumer. A failed
 channel layer ends the consumer and closes its socket: the client reconnects, and is
@@ -41,6 +42,19 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from agent.protocol import ProtocolError
+from agent.protocol.control import (
+    AckFrame,
+    AppliedFrame,
+    ClusterFrame,
+    CommandFrame,
+    ErrorFrame,
+    FailedFrame,
+    FromAgent,
+    ReceivedFrame,
+    WorkerFrame,
+    parse_from_agent,
+)
 from controlplane.errors import ApiError
 from controlplane.jobs import outbox, selectors
 from controlplane.jobs.services import commands, nodes, reports
@@ -199,10 +213,11 @@ class AgentCommandConsumer(_GroupConsumer):
                 await self._deliver(frame)
 
     async def _deliver(self, frame: dict) -> None:
+        """Send a ``command`` or ``cluster`` frame (built by ``jobs.outbox``) and note it."""
         await self.send_json(frame)
-        if frame.get("type") == "command":
+        if frame["type"] == CommandFrame.TYPE:
             await database_sync_to_async(commands.command_mark_sent)(command_id=frame["id"])
-        elif frame.get("type") == "cluster":
+        elif frame["type"] == ClusterFrame.TYPE:
             self.cluster_sent[frame["job"]] = max(
                 self.cluster_sent.get(frame["job"], 0), frame["version"]
             )
@@ -211,63 +226,42 @@ class AgentCommandConsumer(_GroupConsumer):
         await self._deliver(message["command"])
 
     async def receive_json(self, content, **kwargs):
-        await self._receive(content)
+        try:
+            frame = parse_from_agent(content)
+        except ProtocolError as exc:
+            await self.send_json(ErrorFrame(message=f"{exc} (see docs/protocols.md)").to_dict())
+        else:
+            await self._receive(frame)
+        # A report with a ref is confirmed once handled, or refused: either way the agent
+        # stops sending it.
         ref = content.get("ref") if isinstance(content, dict) else None
         if isinstance(ref, str) and ref:
-            await self.send_json({"type": "received", "ref": ref})
+            await self.send_json(ReceivedFrame(ref=ref).to_dict())
 
-    async def _receive(self, content):
-        kind = content.get("type") if isinstance(content, dict) else None
-        if kind == "worker":
-            await self._worker_report(content)
-            return
-        command_id = content.get("id") if isinstance(content, dict) else None
-        if kind not in ("ack", "applied", "failed") or not isinstance(command_id, int):
-            await self.send_json(
-                {
-                    "type": "error",
-                    "message": 'Expected {"type": "ack"|"applied"|"failed", "id": <int>}.',
-                }
-            )
-            return
+    async def _receive(self, frame: FromAgent) -> None:
         try:
-            if kind == "ack":
-                await database_sync_to_async(commands.command_ack)(
-                    node=self.node, command_id=command_id
-                )
-            else:
-                step, lr = content.get("step"), content.get("lr")
-                await database_sync_to_async(commands.command_finish)(
-                    node=self.node,
-                    command_id=command_id,
-                    ok=kind == "applied",
-                    step=step if isinstance(step, int) else None,
-                    error=str(content.get("error", ""))[:2000],
-                    lr=float(lr)
-                    if isinstance(lr, (int, float))
-                    and not isinstance(lr, bool)
-                    and math.isfinite(lr)
-                    and lr > 0
-                    else None,
-                )
+            match frame:
+                case AckFrame(id=command_id):
+                    await database_sync_to_async(commands.command_ack)(
+                        node=self.node, command_id=command_id
+                    )
+                case AppliedFrame(id=command_id, step=step, lr=lr):
+                    await database_sync_to_async(commands.command_finish)(
+                        node=self.node,
+                        command_id=command_id,
+                        ok=True,
+                        step=step,
+                        lr=lr if lr is not None and math.isfinite(lr) and lr > 0 else None,
+                    )
+                case FailedFrame(id=command_id, error=error):
+                    await database_sync_to_async(commands.command_finish)(
+                        node=self.node, command_id=command_id, ok=False, error=error[:2000]
+                    )
+                case WorkerFrame(job=job_id, rank=rank, event=event):
+                    await database_sync_to_async(reports.job_worker_report)(
+                        node=self.node, job_id=job_id, rank=rank, event=event
+                    )
         except ApiError as exc:
-            await self.send_json({"type": "error", "id": command_id, "message": exc.message})
-
-    async def _worker_report(self, content: dict) -> None:
-        job_id, event = content.get("job"), content.get("event")
-        if not isinstance(job_id, int) or not isinstance(event, str):
-            await self.send_json(
-                {
-                    "type": "error",
-                    "message": 'Expected {"type": "worker", "job": <int>, "rank": <int>, '
-                    '"event": <str>, ...}.',
-                }
-            )
-            return
-        data = {k: v for k, v in content.items() if k not in ("type", "job", "rank", "event")}
-        try:
-            await database_sync_to_async(reports.job_worker_report)(
-                node=self.node, job_id=job_id, rank=content.get("rank"), event=event, data=data
-            )
-        except ApiError as exc:
-            await self.send_json({"type": "error", "job": job_id, "message": exc.message})
+            job = frame.job if isinstance(frame, WorkerFrame) else None
+            command_id = None if isinstance(frame, WorkerFrame) else frame.id
+            await self.send_json(ErrorFrame(message=exc.message, id=command_id, job=job).to_dict())

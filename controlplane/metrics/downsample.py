@@ -92,14 +92,14 @@ def largest_triangle_three_buckets(
     return keep
 
 
-_METHODS: dict[str, Callable[[Sequence, Sequence[float], int], list[int]]] = {
+_METHODS: dict[str, Callable[[Sequence[int], Sequence[float], int], list[int]]] = {
     "minmax": min_max_buckets,
     "lttb": largest_triangle_three_buckets,
 }
 
 
 def downsample_indices(
-    method: str, steps: Sequence, values: Sequence[float], max_points: int
+    method: str, steps: Sequence[int], values: Sequence[float], max_points: int
 ) -> list[int]:
     """Indices to keep with the named method (one of ``DOWNSAMPLE_METHODS``)."""
     try:

@@ -25,22 +25,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import celpy
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError
 
-ACTION_TYPES = (
-    "set_batch_size",
-    "set_lr",
-    "scale_workers",
-    "set_strategy",
-    "set_topology",
-    "checkpoint",
-    "pause",
-    "resume",
-    "stop",
-)
-NUMERIC_ACTIONS = {"set_batch_size": int, "set_lr": float, "scale_workers": int}
-CHOICE_ACTIONS = {
-    "set_strategy": ("ssgd", "sma", "pair"),
-    "set_topology": ("ring", "tree", "star", "auto"),
+from agent.protocol import vocabulary
+
+# Actions and metric names come from the vocabulary agents and workers share.
+ACTION_TYPES = tuple(vocabulary.ACTIONS)
+NUMERIC_ACTIONS: dict[str, type[int] | type[float]] = {
+    name: kind for name, kind in vocabulary.ACTION_VALUES.items() if kind in (int, float)
+}
+CHOICE_ACTIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(kind)
+    for name, kind in vocabulary.ACTION_VALUES.items()
+    if isinstance(kind, vocabulary.Terms)
 }
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -67,23 +66,7 @@ CONTEXT_NAMES = frozenset(
 )
 # Aggregates over each metric's last ``window`` reported values (a policy-level setting).
 DEFAULT_WINDOW = 10
-METRIC_NAMES = frozenset(
-    {
-        "loss",
-        "accuracy",
-        "val_accuracy",
-        "throughput",
-        "step_time",
-        "compute_time",
-        "comm_time",
-        "batch_size",
-        "lr",
-        "workers",
-        "gns",
-        "grad_variance",
-        "grad_snr",
-    }
-)
+METRIC_NAMES = frozenset(vocabulary.METRICS)
 KNOWN_NAMES = CONTEXT_NAMES | METRIC_NAMES
 
 _cel_env = celpy.Environment()
@@ -170,19 +153,19 @@ MAX_EXPRESSION_LENGTH = 2000
 
 
 @functools.lru_cache(maxsize=1024)
-def _program(expression: str):
+def _program(expression: str) -> celpy.Runner:
     """Compiled CEL, cached: compiling costs far more than evaluating."""
     return _cel_env.program(_cel_env.compile(expression))
 
 
-def _compile(expression: Any, path: str):
+def _compile(expression: Any, path: str) -> celpy.Runner:
     if not isinstance(expression, str) or not expression.strip():
         raise PolicyError("must be a non-empty CEL expression", path=path)
     if len(expression) > MAX_EXPRESSION_LENGTH:
         raise PolicyError(f"is longer than {MAX_EXPRESSION_LENGTH} characters", path=path)
     try:
         program = _program(expression)
-    except celpy.CELParseError as exc:
+    except CELParseError as exc:
         position = getattr(exc, "column", None)
         first_line = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise PolicyError(f"CEL syntax error: {first_line}", path=path, position=position) from None
@@ -365,10 +348,11 @@ def _evaluate(expression: str, variables: dict[str, Any]) -> Any:
     """Evaluate CEL; a missing metric or a type error counts as 'cannot say' (None)."""
     program = _program(expression)
     try:
-        result = program.evaluate(celpy.json_to_cel(variables))
-    except (celpy.CELEvalError, KeyError, TypeError, ZeroDivisionError):
+        # A dict converts to a MapType, which is the Mapping evaluate takes.
+        result = program.evaluate(json_to_cel(variables))  # type: ignore[arg-type]
+    except (CELEvalError, KeyError, TypeError, ZeroDivisionError):
         return None
-    if isinstance(result, celpy.CELEvalError):
+    if isinstance(result, CELEvalError):
         return None
     # cel-python's types subclass int/float/str (BoolType is an int): map them back.
     if isinstance(result, celpy.celtypes.BoolType):

@@ -13,6 +13,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agent.protocol import vocabulary
 from controlplane.api import ERRORS, int_query_param
 from controlplane.errors import InvalidInput
 from controlplane.jobs import selectors
@@ -35,7 +36,7 @@ HYPERPARAMETER_LIMITS = {
 }
 # Text hyper-parameters: name → (allowed values, or None for a path), default.
 TEXT_HYPERPARAMETERS = {
-    "lr_scaling": (("none", "linear", "sqrt", "adascale"), "none"),
+    "lr_scaling": (tuple(vocabulary.LR_SCALING_RULES), "none"),
     "checkpoint_dir": (None, None),
     "resume_from": (None, None),
 }

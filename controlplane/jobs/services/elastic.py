@@ -3,7 +3,7 @@ joiners given up on, and grows back to the size a job is wanted at.
 
 A grow places joiners on nodes with free slots and sends every node of the job the
 ``scale_workers`` command, with a ``join`` (the same start payload as a job's start, see
-``outbox.start_payload``) for the nodes that start joiners; the joiners report
+``outbox.join_payload``) for the nodes that start joiners; the joiners report
 ``standby`` and are let in by a new cluster version (``membership.grow_maybe_admit``).
 A shrink writes the smaller version at once.
 """
@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
+from agent.protocol.control import ScalePayload, StopPayload
 from controlplane.errors import ApiError, Conflict, InvalidInput
 from controlplane.jobs import outbox, placement, selectors
 from controlplane.jobs.lifecycle import SCHEDULER, event_record
@@ -120,7 +121,7 @@ def job_scale(
             details={"needed": needed, "free_slots": free, "node_selector": job.node_selector},
         )
     next_rank = (selectors.run_workers(job).aggregate(m=Max("rank"))["m"] or 0) + 1
-    joiners: dict[int, list[dict]] = {}
+    joiners: dict[int, list[tuple[int, int]]] = {}
     rows = []
     for node_id, indexes in plan.items():
         for i in indexes:
@@ -133,9 +134,7 @@ def job_scale(
                     state=Worker.State.JOINING,
                 )
             )
-            joiners.setdefault(node_id, []).append(
-                {"rank": next_rank + i, "cluster_rank": size + i}
-            )
+            joiners.setdefault(node_id, []).append((next_rank + i, size + i))
     Worker.objects.bulk_create(rows)
     where = ", ".join(f"{nodes[node_id].name} ({len(ws)})" for node_id, ws in joiners.items())
     membership.rescaling_start(
@@ -144,23 +143,19 @@ def job_scale(
         reason=f"growing from {size} to {value} workers: starting {needed} standby worker(s) on {where}",
     )
     current = selectors.job_cluster_version(job)
-    join = {
-        **outbox.start_payload(job, job.current_run),
-        "cluster_version": current.version,
-        "members": list(current.members),
-    }
     return outbox.commands_create(
         job=job,
         nodes=selectors.job_active_nodes(job),
         type=Command.Type.SCALE_WORKERS,
-        payload={"value": value},
+        payload=ScalePayload(value=value).to_dict(),
         issued_by=issued_by,
         idempotency_key=idempotency_key,
-        payload_for=lambda node: (
-            {"value": value, "join": {**join, "workers": joiners[node.id]}}
+        payload_for=lambda node: ScalePayload(
+            value=value,
+            join=outbox.join_payload(job, job.current_run, current, joiners[node.id])
             if node.id in joiners
-            else {"value": value}
-        ),
+            else None,
+        ).to_dict(),
     )
 
 
@@ -247,8 +242,12 @@ def _joiners_abandon(job: Job, stale: list[Worker], *, timeout_s: float) -> None
         nodes=[nodes[i] for i in sorted(nodes)],
         type=Command.Type.STOP,
         issued_by=SCHEDULER,
-        payload={"joiners": [w.rank for w in stale if w.node_id in by_node], "reason": reason},
-        payload_for=lambda node: {"joiners": by_node.get(node.id, []), "reason": reason},
+        payload=StopPayload(
+            joiners=tuple(w.rank for w in stale if w.node_id in by_node), reason=reason
+        ).to_dict(),
+        payload_for=lambda node: StopPayload(
+            joiners=tuple(by_node.get(node.id, [])), reason=reason
+        ).to_dict(),
         message=f"stop the abandoned joiner(s) {stopping}",
     )
 

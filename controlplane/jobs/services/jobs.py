@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from agent.protocol.control import StopPayload
 from controlplane.celery import enqueue
 from controlplane.errors import Conflict, InvalidInput, json_type
 from controlplane.jobs import outbox, selectors
@@ -140,7 +141,11 @@ def job_cancel(*, job: Job, actor: str) -> Job:
             nodes = selectors.job_active_nodes(job)
             if nodes:
                 outbox.commands_create(
-                    job=job, nodes=nodes, type=Command.Type.STOP, payload={}, issued_by=actor
+                    job=job,
+                    nodes=nodes,
+                    type=Command.Type.STOP,
+                    payload=StopPayload().to_dict(),
+                    issued_by=actor,
                 )
             membership.scale_commands_finish(job, step=None, paused_s=None)
     return job

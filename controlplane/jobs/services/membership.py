@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
+from agent.protocol.control import StopPayload
 from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.jobs import outbox, selectors
 from controlplane.jobs.lifecycle import SCHEDULER, event_record, job_publish, job_transition
@@ -234,7 +235,7 @@ def job_fail_and_stop(job: Job, *, actor: str, reason: str) -> None:
                 job=job,
                 nodes=nodes,
                 type=Command.Type.STOP,
-                payload={"terminate": True, "reason": reason},
+                payload=StopPayload(terminate=True, reason=reason).to_dict(),
                 issued_by=actor,
             )
         scale_commands_finish(job, step=None, paused_s=None)

@@ -8,25 +8,22 @@ job) only update that run's workers, never the job.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import transaction
 from django.utils import timezone
 
+from agent.protocol.control import ExitedEvent, WorkerEvent
+from agent.protocol.worker import LeftLine, PeerFailedLine, RescaledLine, StandbyLine
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.jobs import selectors
 from controlplane.jobs.lifecycle import event_record, job_transition
 from controlplane.jobs.models import Command, Event, Job, Node, Worker
 from controlplane.jobs.services import membership
 
-WORKER_EVENTS = ("standby", "rescaled", "left", "peer_failed", "exited")
-
 
 @transaction.atomic
-def job_worker_report(
-    *, node: Node, job_id: int, rank: Any, event: str, data: dict[str, Any]
-) -> None:
-    """An agent relays what one of its workers said or did (agent → control plane):
+def job_worker_report(*, node: Node, job_id: int, rank: int, event: WorkerEvent) -> None:
+    """An agent relays what one of its workers said or did (agent → control plane), as the
+    typed event of its ``worker`` frame (:class:`agent.protocol.control.WorkerFrame`):
 
     * ``standby`` (``address``): a joiner is ready; once every joiner is, they are let in
       by a new cluster version;
@@ -37,12 +34,6 @@ def job_worker_report(
     * ``exited`` (``code``, ``error``): it died while the job is elastic — the job goes on
       without it if it can (see membership.members_lost).
     """
-    if event not in WORKER_EVENTS:
-        raise InvalidInput(f"Unknown worker event {event!r}; use {', '.join(WORKER_EVENTS)}.")
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise InvalidInput(
-            f"A worker event needs an integer rank (the worker's number); got {rank!r}."
-        )
     if not Worker.objects.filter(job_id=job_id, node=node, rank=rank).exists():
         raise NotFound(f"Job {job_id} has no worker {rank} on node {node.name}.")
     job = Job.objects.select_for_update().get(id=job_id)
@@ -51,69 +42,66 @@ def job_worker_report(
         _earlier_run_worker_report(job, node=node, rank=rank, event=event)
         return
     actor = f"node:{node.name}"
-    version = data.get("version") if isinstance(data.get("version"), int) else None
-    step = data.get("step") if isinstance(data.get("step"), int) else None
-    if event == "standby":
-        if worker.state != Worker.State.JOINING:
-            return  # a repeat, or a joiner given up on
-        if data.get("address") not in (None, worker.address):
-            raise InvalidInput(
-                f"Worker {rank} of job {job_id} listens on {worker.address}, "
-                f"not {data.get('address')!r}."
+    match event:
+        case StandbyLine(address=address):
+            if worker.state != Worker.State.JOINING:
+                return  # a repeat, or a joiner given up on
+            if worker.address is not None and address != worker.address:
+                raise InvalidInput(
+                    f"Worker {rank} of job {job_id} listens on {worker.address}, not {address!r}."
+                )
+            Worker.objects.filter(id=worker.id).update(state=Worker.State.STANDBY)
+            membership.grow_maybe_admit(job)
+            membership.rescale_maybe_finish(job)
+        case RescaledLine(version=version, step=step, paused_s=paused_s):
+            if version > worker.cluster_version:
+                Worker.objects.filter(id=worker.id).update(cluster_version=version)
+            membership.rescale_maybe_finish(job, step=step, paused_s=float(paused_s))
+        case LeftLine(step=step):
+            Worker.objects.filter(id=worker.id, state__in=Worker.ACTIVE).update(
+                state=Worker.State.LEFT
             )
-        Worker.objects.filter(id=worker.id).update(state=Worker.State.STANDBY)
-        membership.grow_maybe_admit(job)
-        membership.rescale_maybe_finish(job, step=step)
-    elif event == "rescaled":
-        if version is None:
-            raise InvalidInput("A rescaled report needs the version the worker trains in.")
-        if version > worker.cluster_version:
-            Worker.objects.filter(id=worker.id).update(cluster_version=version)
-        paused = data.get("paused_s")
-        membership.rescale_maybe_finish(
-            job, step=step, paused_s=float(paused) if isinstance(paused, (int, float)) else None
-        )
-    elif event == "left":
-        Worker.objects.filter(id=worker.id, state__in=Worker.ACTIVE).update(state=Worker.State.LEFT)
-        membership.rescale_maybe_finish(job, step=step)
-    elif event == "peer_failed":
-        event_record(
-            job=job,
-            kind=Event.Kind.STATE,
-            actor=actor,
-            message=f"worker {rank}: a peer failed in cluster version {version}; waiting for the next "
-            f"version ({str(data.get('error', ''))[:300]})",
-            data={"worker": rank, "cluster_version": version, "event": event},
-        )
-    elif event == "exited":
-        code = data.get("code")
-        error = str(data.get("error", ""))[:1500]
-        reason = f"worker {rank} on node {node.name} exited with code {code}" + (
-            f": {error}" if error else ""
-        )
-        if worker.state not in Worker.ACTIVE:
-            return
-        if worker.state in (Worker.State.JOINING, Worker.State.STANDBY):
-            Worker.objects.filter(id=worker.id).update(state=Worker.State.FAILED)
+            membership.rescale_maybe_finish(job, step=step)
+        case PeerFailedLine(version=version, error=error):
             event_record(
                 job=job,
                 kind=Event.Kind.STATE,
                 actor=actor,
-                message=f"joiner {reason}; the others join without it",
-                data={"worker": rank},
+                message=f"worker {rank}: a peer failed in cluster version {version}; waiting for "
+                f"the next version ({error[:300]})",
+                data={"worker": rank, "cluster_version": version, "event": event.TYPE},
             )
-            membership.grow_maybe_admit(job)
-            membership.rescale_maybe_finish(job, step=step)
-        elif any(w.id == worker.id for w in selectors.job_members(job)):
-            membership.members_lost(job, [worker], actor=actor, reason=reason)
-        else:  # removed already; it died on its way out
-            Worker.objects.filter(id=worker.id).update(state=Worker.State.FAILED)
+        case ExitedEvent(code=code, error=error):
+            _worker_exited(job, worker, actor=actor, code=code, error=error[:1500])
 
 
-def _earlier_run_worker_report(job: Job, *, node: Node, rank: int, event: str) -> None:
+def _worker_exited(job: Job, worker: Worker, *, actor: str, code: int | None, error: str) -> None:
+    reason = f"worker {worker.rank} on node {worker.node.name} exited with code {code}" + (
+        f": {error}" if error else ""
+    )
+    if worker.state not in Worker.ACTIVE:
+        return
+    if worker.state in (Worker.State.JOINING, Worker.State.STANDBY):
+        Worker.objects.filter(id=worker.id).update(state=Worker.State.FAILED)
+        event_record(
+            job=job,
+            kind=Event.Kind.STATE,
+            actor=actor,
+            message=f"joiner {reason}; the others join without it",
+            data={"worker": worker.rank},
+        )
+        membership.grow_maybe_admit(job)
+        membership.rescale_maybe_finish(job)
+    elif any(w.id == worker.id for w in selectors.job_members(job)):
+        membership.members_lost(job, [worker], actor=actor, reason=reason)
+    else:  # removed already; it died on its way out
+        Worker.objects.filter(id=worker.id).update(state=Worker.State.FAILED)
+
+
+def _earlier_run_worker_report(job: Job, *, node: Node, rank: int, event: WorkerEvent) -> None:
     """A worker of an earlier run of the job (a straggler the agent still runs after a
     restart) left or exited: note it on the worker; the job's current run is unaffected."""
-    outcome = {"left": Worker.State.LEFT, "exited": Worker.State.FAILED}.get(event)
+    outcome = {LeftLine: Worker.State.LEFT, ExitedEvent: Worker.State.FAILED}.get(type(event))
     if outcome is not None:
         (
             Worker.objects.filter(job=job, node=node, rank=rank, state__in=Worker.ACTIVE)
@@ -166,15 +154,17 @@ def job_report(
         for w in workers or []:
             outcome = w.get("state")
             if outcome == Worker.State.LEFT:
-                job_worker_report(node=node, job_id=job.id, rank=w["rank"], event="left", data={})
-            elif outcome == Worker.State.FAILED:
-                job_worker_report(
-                    node=node,
-                    job_id=job.id,
-                    rank=w["rank"],
-                    event="exited",
-                    data={"code": w.get("code"), "error": w.get("error", "")},
+                version = (
+                    selectors.run_workers(job)
+                    .filter(node=node, rank=w["rank"])
+                    .values_list("cluster_version", flat=True)
+                    .first()
                 )
+                event: WorkerEvent = LeftLine(version=version or 0)
+                job_worker_report(node=node, job_id=job.id, rank=w["rank"], event=event)
+            elif outcome == Worker.State.FAILED:
+                event = ExitedEvent(code=w.get("code"), error=w.get("error", ""))
+                job_worker_report(node=node, job_id=job.id, rank=w["rank"], event=event)
         job.refresh_from_db()
         mine = selectors.run_workers(job).filter(node=node, state__in=Worker.ACTIVE)
         if status == "succeeded":

@@ -72,19 +72,15 @@ def job_place(*, job_id: int) -> bool:
             workers_current=size,
             **({"current_run": run} if first else {}),
         )
-        payload = {
-            "job": job.id,
-            **outbox.start_payload(job, run),
-            "world_size": size,
-            "cluster_version": 1,
-        }
         outbox.commands_create(
             job=job,
             nodes=[nodes[node_id] for node_id in plan],
             type=Command.Type.START,
-            payload=payload,
+            payload=outbox.start_payload(job, run, world_size=size, ranks=()).to_dict(),
             issued_by=SCHEDULER,
-            payload_for=lambda node: {**payload, "ranks": plan[node.id]},
+            payload_for=lambda node: outbox.start_payload(
+                job, run, world_size=size, ranks=plan[node.id]
+            ).to_dict(),
         )
     return True
 

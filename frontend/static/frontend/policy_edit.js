@@ -14,10 +14,8 @@ import { canonicalJson, lineDiff } from "./diff.js";
 import { clearErrors } from "./forms.js";
 import { JobCharts } from "./jobcharts.js";
 import { confirmDelete, deletePolicy, policyMode, setPolicyEnabled } from "./policy_actions.js";
+import { ACTIONS as ACTION_TYPES, DESCRIPTIONS, VALUE_ACTIONS } from "./vocabulary.js";
 
-const ACTION_TYPES = ["set_batch_size", "set_lr", "scale_workers", "set_strategy", "set_topology",
-  "checkpoint", "pause", "resume", "stop"];
-const VALUE_ACTIONS = new Set(["set_batch_size", "set_lr", "scale_workers", "set_strategy", "set_topology"]);
 const REPLAY_METRICS = [
   { name: "loss", title: "loss" }, { name: "batch_size", title: "batch size", stepped: true },
   { name: "throughput", title: "throughput (samples/s)" }, { name: "gns", title: "gradient noise scale" },
@@ -59,7 +57,7 @@ function checkbox(i, key, label, checked) {
 function ruleFieldset(rule, i, count) {
   const action = rule.action || {};
   const bounds = rule.bounds || {};
-  const type = el("select", {}, ACTION_TYPES.map((t) => el("option", { value: t, selected: t === action.type }, t)));
+  const type = el("select", {}, ACTION_TYPES.map((t) => el("option", { value: t, selected: t === action.type, title: DESCRIPTIONS[t] }, t)));
   if (action.type && !ACTION_TYPES.includes(action.type)) type.append(el("option", { value: action.type, selected: true }, action.type));
   const value = el("input", { class: "mono", autocomplete: "off", spellcheck: "false",
     value: action.value === undefined || action.value === null ? "" : String(action.value) });

@@ -1,6 +1,7 @@
 """What users and the agents of a job do, played directly against the services: for the
 control-plane tests that need a placed, running or failed job without real agents."""
 
+from agent.protocol.control import WorkerFrame
 from controlplane.jobs.models import Command, Job, Node, Worker
 from controlplane.jobs.services.commands import command_finish
 from controlplane.jobs.services.jobs import job_create
@@ -61,6 +62,16 @@ def run_placed(job: Job) -> Job:
 
 
 def worker_report(job: Job, rank: int, event: str, **data) -> None:
-    """The agent forwarding worker ``rank``'s ``event`` (joined, rescaled, …)."""
+    """The agent forwarding worker ``rank``'s ``event`` (joined, rescaled, …): the ``worker``
+    frame read by the protocol's parser, as the consumer reads it. Fields a test leaves out
+    get what the real worker would have sent (its address, rank 0 of 1, no pause)."""
     w = Worker.objects.select_related("node").get(job=job, rank=rank)
-    job_worker_report(node=w.node, job_id=job.id, rank=rank, event=event, data=data)
+    sent_anyway = {
+        "standby": {"address": w.address or f"{w.node.address}:0"},
+        "rescaled": {"cluster_rank": 0, "size": 1, "paused_s": 0.0},
+        "exited": {"code": None, "error": ""},
+    }.get(event, {})
+    frame = WorkerFrame.from_dict(
+        {"type": "worker", "job": job.id, "rank": rank, "event": event, **sent_anyway, **data}
+    )
+    job_worker_report(node=w.node, job_id=job.id, rank=rank, event=frame.event)

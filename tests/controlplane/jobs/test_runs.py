@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from agent.protocol.control import ExitedEvent
 from controlplane.accounts.services import token_create
 from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run, Worker
 from controlplane.jobs.selectors import commands_unfinished_for_node
@@ -260,7 +261,7 @@ def test_a_report_from_the_earlier_run_does_not_touch_the_restarted_one(user, no
     )
     # Run 1's agent now reports its workers failed (they were stopped); run 2 goes on.
     job_report(node=old_node, job_id=job.id, status="failed", reason="terminated")
-    job_worker_report(node=old_node, job_id=job.id, rank=1, event="exited", data={"code": -15})
+    job_worker_report(node=old_node, job_id=job.id, rank=1, event=ExitedEvent(code=-15, error=""))
     job.refresh_from_db()
     assert job.status == "scheduling" and job.current_run.status == "scheduling"
     assert not Worker.objects.filter(job=job, node=old_node, state__in=Worker.ACTIVE).exists()
