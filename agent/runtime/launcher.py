@@ -28,12 +28,13 @@ def _exit_code(exc: SystemExit) -> int:
 def report_exit(code: int) -> None:
     """Send the exit status on this process's agent channel, if it opened one."""
     from agent.runtime import channel
+    from agent.runtime.session import exit_message
 
     ch = channel.active()
     if ch is None:
         return
     if not ch.orphaned.is_set():
-        ch.send({"type": "exit", "code": code})
+        ch.send(exit_message(code))
         if not ch.wait_flushed(ch.grace_s):
             print("adaptrain: no agent took this worker's last messages", file=sys.stderr)
     ch.close()

@@ -15,7 +15,7 @@ import pytest
 from agent import protocol
 from agent.daemon.workers import WorkerGroup
 
-ENTRYPOINT = "tests.agent.env_report_worker"
+ENTRYPOINT = "tests.support.env_report_worker"
 
 
 def _group(tmp_path, ranks: list[int], world_size: int) -> WorkerGroup:

@@ -1,4 +1,4 @@
-"""A worker for tests/agent/test_worker_group_spawn.py: writes the agent environment it
+"""A worker for test_worker_group_spawn.py (the agent's worker group): writes the agent environment it
 was started with to ``$ENV_REPORT_DIR/<ADAPTRAIN_ADDRESS>.json`` and exits 0."""
 
 from __future__ import annotations
