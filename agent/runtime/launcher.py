@@ -1,12 +1,13 @@
 """``python -m agent.runtime.launcher <module> [args…]``: how the agent starts a training worker.
 
 It runs ``<module>`` as ``python -m <module>`` would, then tells the agent how it ended:
-``{"type": "exit", "code"}`` on the worker's agent channel (:mod:`agent.runtime.channel`), after
-everything the worker still had buffered. An agent that restarted is no longer the
-worker's parent and cannot wait for its exit status; this message is how it learns
-whether the worker finished (0) or failed. When no agent is connected at that moment the
-worker waits for one (at most the channel's grace period) so that its last messages —
-the final metrics, command replies — are not lost.
+an ``exit`` message with the status on the worker's agent channel
+(:mod:`agent.runtime.channel`), after everything the worker still had buffered. An
+agent that restarted is no longer the worker's parent and cannot wait for its exit
+status; this message is how it learns whether the worker finished (0) or failed. When
+no agent is connected at that moment the worker waits for one (at most the channel's
+grace period) so that its last messages — the final metrics, command replies — are not
+lost.
 """
 
 from __future__ import annotations
