@@ -234,7 +234,7 @@ HANDLERS: dict[str, Callable[[Trainer, Any], None]] = {
 def apply(trainer: Trainer, command: dict) -> None:
     """Apply one agreed command and answer it (``applied`` with the step and the learning
     rate in force, or ``failed`` with why)."""
-    action = command.get("action")
+    action: Any = command.get("action")
     payload = command.get("payload") or {}
     if action in AGENT_ACTIONS or (action == "stop" and "joiners" in payload):
         # Carried out by the control plane and the agents (a resize; ending abandoned

@@ -30,13 +30,15 @@ class KerasModel:
 
     ``loss_fn`` maps (labels, logits) to per-sample losses (``reduction="none"``)."""
 
+    # Set by build().
+    _steps: CompiledSteps
+    _allreduce: Callable[[np.ndarray], np.ndarray]
+
     def __init__(self, model, optimizer, loss_fn):
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self._variables: list = []
-        self._steps: CompiledSteps | None = None
-        self._allreduce: Callable[[np.ndarray], np.ndarray] | None = None
         self._step_error: Exception | None = None
         self._scalars: dict = {}
 

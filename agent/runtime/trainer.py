@@ -281,7 +281,7 @@ class Trainer:
     ) -> None:
         """The metrics of the last ``steps`` steps: this worker's, and on rank 0 the job's."""
         session = self.session
-        per_rank = {"batch_size": self.batch_size}
+        per_rank: dict[str, float] = {"batch_size": self.batch_size}
         if session.size > 1:
             # Lets anyone check that workers hold the same model where the strategy says so.
             per_rank["param_checksum"] = float(self.adapter.checksum())
