@@ -52,8 +52,10 @@ class Strategy:
         self, x: np.ndarray, y: np.ndarray, global_batch: int, monitoring: bool, local_scale: float
     ) -> tuple[float, float, float]:
         """Train one step on this worker's share (x, y) of a global batch of
-        ``global_batch`` samples; ``local_scale`` is global_batch / len(x). Returns the
-        global batch's loss sum and correct count, and the seconds spent communicating."""
+        ``global_batch`` samples; ``local_scale`` is global_batch / len(x); ``monitoring``:
+        feed the gradient-noise monitor this step (only S-SGD has the averaged gradient it
+        needs). Returns the global batch's loss sum and correct count, and the seconds
+        spent communicating."""
         raise NotImplementedError
 
 
