@@ -1,24 +1,23 @@
 """The worker's end of its reconnectable channel to the agent: a Unix-domain socket.
 
 The agent gives each worker a socket path (``ADAPTRAIN_AGENT_SOCKET``); the worker
-listens there and accepts one agent connection at a time. Both sides exchange the JSON
-lines of :mod:`agent.protocol` (without the stdout prefix). The agent may go away and a
-new one (a restarted agent) connect later: while no agent is connected the worker keeps
-training and buffers what it would have sent, then flushes the buffer in order to the
-next agent that connects. Command replies, membership messages and everything else
-that is not a metric are never dropped; metric messages beyond
-``MAX_BUFFERED_METRICS`` are dropped oldest first and counted (the count goes to the
-next agent as ``{"type": "dropped", "metrics": n}``).
+listens there and accepts one agent connection at a time. Both sides exchange JSON
+lines (the frames of :mod:`agent.protocol`, described in ``docs/protocols.md``). The
+agent may go away and a new one (a restarted agent) connect later: while no agent is
+connected the worker keeps training and buffers what it would have sent, then flushes
+the buffer in order to the next agent that connects. Command replies, membership
+messages and everything else that is not a metric are never dropped; metric messages
+beyond ``MAX_BUFFERED_METRICS`` are dropped oldest first and counted (the next agent is
+told how many).
 
-Every message but metrics carries a number ``n`` (1, 2, …) and stays with the worker
-after it was written until the agent acknowledges it (``{"type": "ack", "n"}``, which
-acknowledges everything up to ``n``): a message written into the socket of an agent that
-died before reading it is written again to the next agent, which skips numbers it has
-seen. Metrics are not acknowledged: those in flight when an agent *dies* are lost. An agent
-that exits on purpose lets go without losing any: it sends ``{"type": "detach"}``; the
-worker answers ``{"type": "detached"}`` as the last line on that connection (everything
-it wrote before is ahead of it) and buffers from then on, so the agent reads up to that
-line, posts what it read and only then closes.
+Every message but metrics carries a number and stays with the worker after it was
+written until the agent acknowledges it (an acknowledgement covers everything up to its
+number): a message written into the socket of an agent that died before reading it is
+written again to the next agent, which skips numbers it has seen. Metrics are not
+acknowledged: those in flight when an agent *dies* are lost. An agent that exits on
+purpose lets go without losing any: it asks to detach; the worker answers with a last
+line on that connection (everything it wrote before is ahead of it) and buffers from
+then on, so the agent reads up to that line, posts what it read and only then closes.
 
 A worker with no agent for longer than ``ADAPTRAIN_AGENT_GRACE_S`` seconds is an
 orphan: :attr:`AgentChannel.orphaned` is set and the ``on_orphaned`` callback runs (the

@@ -1,12 +1,13 @@
 """``python -m agent.runtime.launcher <module> [args…]``: how the agent starts a training worker.
 
 It runs ``<module>`` as ``python -m <module>`` would, then tells the agent how it ended:
-``{"type": "exit", "code"}`` on the worker's agent channel (:mod:`agent.runtime.channel`), after
-everything the worker still had buffered. An agent that restarted is no longer the
-worker's parent and cannot wait for its exit status; this message is how it learns
-whether the worker finished (0) or failed. When no agent is connected at that moment the
-worker waits for one (at most the channel's grace period) so that its last messages —
-the final metrics, command replies — are not lost.
+an ``exit`` message with the status on the worker's agent channel
+(:mod:`agent.runtime.channel`), after everything the worker still had buffered. An
+agent that restarted is no longer the worker's parent and cannot wait for its exit
+status; this message is how it learns whether the worker finished (0) or failed. When
+no agent is connected at that moment the worker waits for one (at most the channel's
+grace period) so that its last messages — the final metrics, command replies — are not
+lost.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ def _exit_code(exc: SystemExit) -> int:
 def report_exit(code: int) -> None:
     """Send the exit status on this process's agent channel, if it opened one."""
     from agent.runtime import channel
+    from agent.runtime.session import exit_message
 
     ch = channel.active()
     if ch is None:
         return
     if not ch.orphaned.is_set():
-        ch.send({"type": "exit", "code": code})
+        ch.send(exit_message(code))
         if not ch.wait_flushed(ch.grace_s):
             print("adaptrain: no agent took this worker's last messages", file=sys.stderr)
     ch.close()

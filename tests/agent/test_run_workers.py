@@ -10,7 +10,7 @@ import pytest
 
 from agent.local import job_series, run_workers
 
-MODULE = "tests.agent.run_workers_worker"
+MODULE = "tests.support.run_workers_worker"
 
 
 def test_a_worker_writing_more_than_a_pipe_holds_does_not_stall_the_others(monkeypatch):

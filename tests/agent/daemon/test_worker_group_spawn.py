@@ -16,7 +16,7 @@ from agent import protocol
 from agent.daemon.workers import WorkerGroup
 from agent.protocol.control import StartPayload
 
-ENTRYPOINT = "tests.agent.env_report_worker"
+ENTRYPOINT = "tests.support.env_report_worker"
 
 
 def _group(tmp_path, ranks: list[int], world_size: int) -> WorkerGroup:

@@ -21,7 +21,6 @@ def session(first_seq: int = 0) -> Session:
         address="127.0.0.1:1",
         cluster_version=1,
     )
-    s._contiguous_seq = first_seq
     return s
 
 
@@ -47,35 +46,35 @@ def test_a_command_delivered_again_before_and_after_it_was_taken_is_taken_once()
     s = session()
     for seq in (1, 2, 1, 2, 2):
         s._on_agent_message(command(seq))
-    assert s.received_seq() == 2
-    assert [c["seq"] for c in s.take_commands(2)] == [1, 2]
+    assert s.commands.received_seq() == 2
+    assert [c["seq"] for c in s.commands.take(2)] == [1, 2]
     for seq in (1, 2, 3):
         s._on_agent_message(command(seq))
-    assert [c["seq"] for c in s.take_commands(3)] == [3]
+    assert [c["seq"] for c in s.commands.take(3)] == [3]
 
 
 def test_an_applied_command_redelivered_is_not_applied_again_but_answered_again(capsys):
     s = session()
     s._on_agent_message(command(1))
-    (taken,) = s.take_commands(1)
+    (taken,) = s.commands.take(1)
     s.send({"type": "applied", "id": taken["id"], "seq": 1, "step": 42, "lr": 0.1})
     assert sent(capsys) == [{"type": "applied", "id": 101, "seq": 1, "step": 42, "lr": 0.1}]
     s._on_agent_message(command(1))
-    assert s.take_commands(5) == []
+    assert s.commands.take(5) == []
     assert sent(capsys) == [{"type": "applied", "id": 101, "seq": 1, "step": 42, "lr": 0.1}]
     # A command not answered yet (still waiting in the inbox) is not answered on redelivery.
     s._on_agent_message(command(2))
     s._on_agent_message(command(2))
     assert sent(capsys) == []
-    assert [c["seq"] for c in s.take_commands(2)] == [2]
+    assert [c["seq"] for c in s.commands.take(2)] == [2]
 
 
 def test_commands_up_to_the_first_seq_are_ignored():
     s = session(first_seq=5)
     s._on_agent_message(command(4))
     s._on_agent_message(command(6))
-    assert s.received_seq() == 6
-    assert [c["seq"] for c in s.take_commands(6)] == [6]
+    assert s.commands.received_seq() == 6
+    assert [c["seq"] for c in s.commands.take(6)] == [6]
 
 
 def test_a_cluster_version_already_known_is_ignored():
@@ -84,7 +83,7 @@ def test_a_cluster_version_already_known_is_ignored():
         {"type": "cluster", "version": 2, "members": ["127.0.0.1:1", "127.0.0.1:2"]}
     )
     s._on_agent_message({"type": "cluster", "version": 2, "members": ["127.0.0.1:9"]})
-    assert s.cluster_members(2) == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert s.membership.cluster_members(2) == ["127.0.0.1:1", "127.0.0.1:2"]
     s.cluster_version = 3  # it moved on to version 3
     s._on_agent_message({"type": "cluster", "version": 1, "members": ["127.0.0.1:7"]})
-    assert 1 not in s._clusters and s.latest_cluster_version() == 3
+    assert 1 not in s.membership._clusters and s.membership.latest_cluster_version() == 3

@@ -1,4 +1,4 @@
-"""Forming the first communicator (agent.runtime.Session.form_first_communicator), in this
+"""Forming the first communicator (agent.runtime.membership.Membership.form_first_communicator), in this
 process, with the real native library: a newer cluster version announced while the
 formation waits for a member that will never come interrupts it at once, and the worker
 goes on in that version instead of waiting out the collective timeout."""
@@ -45,11 +45,13 @@ def test_a_newer_version_interrupts_a_formation_waiting_for_a_dead_member(capsys
     me, dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"  # nobody listens at dead
     session = _session([me, dead], 0)
     announce = threading.Timer(
-        1.0, session._receive_cluster, args=({"type": "cluster", "version": 2, "members": [me]},)
+        1.0,
+        session.membership.receive_cluster,
+        args=({"type": "cluster", "version": 2, "members": [me]},),
     )
     announce.start()
     started = time.monotonic()
-    session.form_first_communicator(timeout_s=30)
+    session.membership.form_first_communicator(timeout_s=30)
     took = time.monotonic() - started
     announce.join()
     assert took < 20, (
@@ -65,7 +67,7 @@ def test_a_newer_version_interrupts_a_formation_waiting_for_a_dead_member(capsys
         "step": 0,
     }
     # Once formed, the signal is harmless: a later announcement does not interrupt anything.
-    session._receive_cluster({"type": "cluster", "version": 3, "members": [me]})
+    session.membership.receive_cluster({"type": "cluster", "version": 3, "members": [me]})
     time.sleep(0.2)
 
 
@@ -74,9 +76,9 @@ def test_a_version_known_before_forming_is_formed_directly_and_one_that_leaves_t
 ):
     me, other = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     session = _session([me, other], 0)
-    session._receive_cluster({"type": "cluster", "version": 2, "members": [other]})
+    session.membership.receive_cluster({"type": "cluster", "version": 2, "members": [other]})
     with pytest.raises(SystemExit) as ended:
-        session.form_first_communicator(timeout_s=5)
+        session.membership.form_first_communicator(timeout_s=5)
     assert ended.value.code == 0 and session.left
     assert [(m["type"], m["version"]) for m in _sent(capsys)] == [("left", 2)]
 
@@ -88,4 +90,4 @@ def test_without_a_newer_version_a_failed_formation_says_what_it_waited_for(monk
     with pytest.raises(
         RuntimeError, match="could not form cluster version 1 .* no newer version came within 1 s"
     ):
-        session.form_first_communicator(timeout_s=1)
+        session.membership.form_first_communicator(timeout_s=1)

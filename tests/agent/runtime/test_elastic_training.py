@@ -100,7 +100,7 @@ FOREVER = {"steps": 10**6, "log_every": 5}
 
 def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_path):
     with LocalJob(
-        "tests.agent.elastic_worker",
+        "tests.support.elastic_worker",
         FOREVER,
         workers=2,
         batch_size=BATCH,
@@ -145,7 +145,7 @@ def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_pat
 
 def test_worker_killed_with_sigkill_leaves_a_run_that_finishes(tmp_path):
     with LocalJob(
-        "tests.agent.elastic_worker",
+        "tests.support.elastic_worker",
         {**FOREVER, "rejoin_timeout_s": 60},
         workers=3,
         batch_size=BATCH,
@@ -187,7 +187,7 @@ def test_a_worker_that_dies_before_the_group_formed_does_not_hold_up_the_others(
     timeout, which here (120 s) is longer than the test waits — form the next, report
     ``rescaled`` and train it in lock-step from step 0."""
     with LocalJob(
-        "tests.agent.elastic_worker",
+        "tests.support.elastic_worker",
         FOREVER,
         workers=3,
         batch_size=BATCH,

@@ -17,7 +17,7 @@ def per_rank(messages: list[dict], name: str) -> dict[int, float]:
 
 
 def test_distributed_optimizer_keeps_workers_identical_inside_tf_function():
-    messages = run_workers(2, {"steps": 120}, module="tests.agent.custom_step_worker")
+    messages = run_workers(2, {"steps": 120}, module="tests.support.custom_step_worker")
     sums = [per_rank(messages[r], "param_checksum") for r in (0, 1)]
     assert sorted(sums[0]) == list(range(10, 121, 10))
     # Different initial seeds, yet identical weights: broadcast, then averaged gradients.

@@ -17,8 +17,8 @@ def main() -> None:
     applications: dict[int, int] = {}
     step = 0
     while True:
-        seq = session.received_seq()
-        commands = session.take_commands(seq) if seq > applied_seq else []
+        seq = session.commands.received_seq()
+        commands = session.commands.take(seq) if seq > applied_seq else []
         applied_seq = max(applied_seq, seq)
         for command in commands:
             applications[command["seq"]] = applications.get(command["seq"], 0) + 1

@@ -1,4 +1,4 @@
-"""Workers for tests/agent/test_run_workers.py; the hyper-parameter ``mode`` says what
+"""Workers for test_run_workers.py (agent.local.run_workers); the hyper-parameter ``mode`` says what
 each rank does."""
 
 from __future__ import annotations

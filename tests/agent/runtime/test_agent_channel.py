@@ -286,7 +286,7 @@ def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_rep
         "ADAPTRAIN_AGENT_GRACE_S": "60",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.runtime.launcher", "tests.agent.channel_worker"],
+        [sys.executable, "-m", "agent.runtime.launcher", "tests.support.channel_worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -355,7 +355,7 @@ def test_a_failing_worker_reports_its_exit_status_to_the_agent(tmp_path):
         "ADAPTRAIN_AGENT_GRACE_S": "60",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.runtime.launcher", "tests.agent.channel_worker"],
+        [sys.executable, "-m", "agent.runtime.launcher", "tests.support.channel_worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -390,7 +390,7 @@ def test_a_worker_left_without_an_agent_stops_itself_after_the_grace_period(tmp_
         "ADAPTRAIN_AGENT_GRACE_S": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.runtime.launcher", "tests.agent.channel_worker"],
+        [sys.executable, "-m", "agent.runtime.launcher", "tests.support.channel_worker"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
