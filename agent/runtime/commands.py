@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.protocol import vocabulary as v
+from agent.protocol.worker import AppliedLine, CommandLine, FailedLine
 from agent.runtime.scaling import scaled_lr
 
 if TYPE_CHECKING:
@@ -41,7 +43,8 @@ SLOTS_PER_RANK = 4
 # Commands that reach the workers only to keep the job's command sequence gap-free: the
 # control plane and the agents carry them out. (So is a ``stop`` listing ``joiners``: the
 # agents end those abandoned standbys, the members train on.)
-AGENT_ACTIONS = ("scale_workers",)
+AGENT_ACTIONS = v.AGENT_ACTIONS
+Reply = AppliedLine | FailedLine
 
 
 class CommandInbox:
@@ -50,14 +53,14 @@ class CommandInbox:
 
     def __init__(self, first_seq: int = 0):
         self._lock = threading.Lock()
-        self._waiting: dict[int, dict] = {}
+        self._waiting: dict[int, CommandLine] = {}
         self._contiguous_seq = first_seq  # every seq up to this one was received
-        self._replies: dict[int, dict] = {}  # seq -> the applied/failed sent for it
+        self._replies: dict[int, Reply] = {}  # seq -> the applied/failed sent for it
 
-    def receive(self, command: dict) -> dict | None:
+    def receive(self, command: CommandLine) -> Reply | None:
         """Take a command in, once: one whose seq was received before (still waiting, or
         applied) is a redelivery. Returns the reply to send again for an answered one."""
-        seq = int(command["seq"])
+        seq = command.seq
         with self._lock:
             duplicate = seq <= self._contiguous_seq or seq in self._waiting
             if not duplicate:
@@ -65,15 +68,15 @@ class CommandInbox:
                 while self._contiguous_seq + 1 in self._waiting:
                     self._contiguous_seq += 1
             reply = self._replies.get(seq) if duplicate else None
-        if reply is not None and reply.get("id") == command.get("id"):
+        if reply is not None and reply.id == command.id:
             return reply
         return None
 
-    def keep_reply(self, reply: dict) -> None:
+    def keep_reply(self, reply: Reply) -> None:
         """Keep an ``applied``/``failed`` reply: a command redelivered after an agent
         restart is answered again (the reply may have died with the old agent)."""
         with self._lock:
-            self._replies[reply["seq"]] = reply
+            self._replies[reply.seq] = reply
             if len(self._replies) > MAX_KEPT_REPLIES:
                 del self._replies[min(self._replies)]
 
@@ -82,7 +85,7 @@ class CommandInbox:
         with self._lock:
             return self._contiguous_seq
 
-    def take(self, up_to_seq: int) -> list[dict]:
+    def take(self, up_to_seq: int) -> list[CommandLine]:
         """Remove and return, in order, the commands with seq ≤ up_to_seq."""
         with self._lock:
             ready = sorted(s for s in self._waiting if s <= up_to_seq)
@@ -112,7 +115,7 @@ class Agreement:
         # Set by allreduce_in_step: (cluster version, min received seq, min known version).
         self._ahead: tuple[int, int, int] | None = None
 
-    def agree(self) -> tuple[list[dict], int]:
+    def agree(self) -> tuple[list[CommandLine], int]:
         """The commands to apply now (in order) and the newest cluster version every worker knows."""
         session = self.session
         received = [
@@ -220,23 +223,22 @@ def _checkpoint(trainer: Trainer, value: Any) -> None:
 
 
 HANDLERS: dict[str, Callable[[Trainer, Any], None]] = {
-    "set_batch_size": _set_batch_size,
-    "set_lr": _set_lr,
-    "set_strategy": _set_strategy,
-    "set_topology": _set_topology,
-    "stop": _stop,
-    "pause": _pause,
-    "resume": _resume,
-    "checkpoint": _checkpoint,
+    v.SET_BATCH_SIZE: _set_batch_size,
+    v.SET_LR: _set_lr,
+    v.SET_STRATEGY: _set_strategy,
+    v.SET_TOPOLOGY: _set_topology,
+    v.STOP: _stop,
+    v.PAUSE: _pause,
+    v.RESUME: _resume,
+    v.CHECKPOINT: _checkpoint,
 }
 
 
-def apply(trainer: Trainer, command: dict) -> None:
+def apply(trainer: Trainer, command: CommandLine) -> None:
     """Apply one agreed command and answer it (``applied`` with the step and the learning
     rate in force, or ``failed`` with why)."""
-    action: Any = command.get("action")
-    payload = command.get("payload") or {}
-    if action in AGENT_ACTIONS or (action == "stop" and "joiners" in payload):
+    action, payload = command.action, command.payload
+    if action in AGENT_ACTIONS or (action == v.STOP and "joiners" in payload):
         # Carried out by the control plane and the agents (a resize; ending abandoned
         # standbys): only its sequence number counts here.
         return

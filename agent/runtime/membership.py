@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.protocol import vocabulary as v
+from agent.protocol.worker import ClusterLine
 from agent.runtime.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from agent.runtime.trainer import Trainer
 
 # Allreduce algorithms of the native library, switched collectively at a step boundary.
-TOPOLOGIES = ("ring", "tree", "star", "auto")
+TOPOLOGIES = v.TOPOLOGIES  # a joiner receives the topology as an index into this
 # Interrupts the main thread's blocked formation of a communicator that a newer cluster
 # version has superseded (see Membership.form_first_communicator).
 SUPERSEDED_SIGNAL = signal.SIGUSR1
@@ -68,17 +69,10 @@ class Membership:
         self._forming: int | None = None  # the version whose communicator the main thread forms
 
     # -- announcements (the agent's reader thread) ----------------------------------
-    def receive_cluster(self, message: dict) -> None:
-        version, members = message.get("version"), message.get("members")
-        if (
-            not isinstance(version, int)
-            or isinstance(version, bool)
-            or not isinstance(members, list)
-            or not members
-            or not all(isinstance(m, str) and m for m in members)
-        ):
-            print(f"ignoring malformed cluster message: {str(message)[:200]!r}", file=sys.stderr)
-            return
+    def receive_cluster(self, line: ClusterLine) -> None:
+        """A cluster version announced (the protocol checked its form: a version and a
+        non-empty list of members)."""
+        version, members = line.version, line.members
         with self._changed:
             if version in self._clusters or version < self._session.cluster_version:
                 return  # known already (redelivered after an agent restart) or superseded

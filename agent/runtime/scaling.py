@@ -2,8 +2,8 @@
 
 ``linear`` (Goyal et al. 2017: lr ∝ batch), ``sqrt`` (lr ∝ √batch, the variance-
 preserving rule often better for adaptive optimisers), ``adascale`` (an AdaScale-style
-gain, Johnson et al. 2020, from the gradient noise scale), or ``none``. Shared by the
-runtime, which applies it, and the control plane, which records the new value.
+gain, Johnson et al. 2020, from the gradient noise scale), or ``none``, applied by the
+runtime; the workers report the resulting lr, which the control plane records.
 
 AdaScale's gain for a batch ``B`` that is ``S`` times the base batch ``B0`` is
 ``r = (σ²/B0 + |G|²) / (σ²/B + |G|²)``: between 1 (no gradient noise: a bigger batch
@@ -11,13 +11,16 @@ buys nothing) and ``S`` (noise-dominated: linear scaling). With the gradient noi
 ``gns = σ²/|G|²`` this is ``(1 + gns/B0) / (1 + gns/B)``, so a change from ``B_old`` to
 ``B_new`` multiplies the learning rate by ``(1 + gns/B_old) / (1 + gns/B_new)`` whatever
 ``B0`` was. Without a noise estimate (one worker, monitor off) it falls back to ``sqrt``.
+The rule names are the shared vocabulary's (``agent.protocol.vocabulary.LR_SCALING_RULES``).
 """
 
 from __future__ import annotations
 
 import math
 
-RULES = ("none", "linear", "sqrt", "adascale")
+from agent.protocol import vocabulary as v
+
+RULES = v.LR_SCALING_RULES
 
 
 def scaled_lr(

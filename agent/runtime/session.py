@@ -27,6 +27,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import protocol
+from agent.protocol import ProtocolError
+from agent.protocol.worker import (
+    AppliedLine,
+    ClusterLine,
+    CommandLine,
+    ExitLine,
+    FailedLine,
+    FromWorker,
+    LeftLine,
+    MetricPoint,
+    MetricsLine,
+    PeerFailedLine,
+    RescaledLine,
+    StandbyLine,
+    parse_to_worker,
+    stdio_line,
+)
 from agent.runtime.channel import AgentChannel
 from agent.runtime.commands import CommandInbox
 from agent.runtime.membership import Membership
@@ -76,83 +93,70 @@ class Session:
         return float(self.params.get("lr") or self.hyperparameters.get("lr", 0.01))
 
     # -- messages to the agent --------------------------------------------------------
-    def send(self, message: dict[str, Any]) -> None:
-        if message.get("type") in ("applied", "failed") and isinstance(message.get("seq"), int):
-            self.commands.keep_reply(message)
+    def send(self, line: FromWorker) -> None:
+        """Send one line to the agent (the typed lines of :mod:`agent.protocol.worker`)."""
+        if isinstance(line, (AppliedLine, FailedLine)):
+            self.commands.keep_reply(line)
         if self._channel is not None:
-            self._channel.send(message)
+            self._channel.send(line.to_dict())
             return
-        line = protocol.PREFIX + json.dumps(message, separators=(",", ":"))
+        text = stdio_line(line)
         with self._out_lock:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
     def report(self, metrics: dict[str, float], *, step: int, per_rank: bool = False) -> None:
         """Report metric values at ``step``: whole-job series, or this worker's when per_rank."""
-        now = time.time()
-        points = [
-            {
-                "name": name,
-                "step": int(step),
-                "value": float(value),
-                "time": now,
-                **({"rank": self.rank} if per_rank else {}),
-            }
-            for name, value in metrics.items()
-        ]
-        self.send({"type": "metrics", "points": points})
-
-    def send_applied(self, command: dict, *, step: int, lr: float) -> None:
+        now, rank = time.time(), self.rank if per_rank else None
         self.send(
-            {
-                "type": "applied",
-                "id": command.get("id"),
-                "seq": command.get("seq"),
-                "step": step,
-                "lr": lr,
-            }
+            MetricsLine(
+                points=tuple(
+                    MetricPoint(name=name, step=int(step), value=float(value), time=now, rank=rank)
+                    for name, value in metrics.items()
+                )
+            )
         )
 
-    def send_failed(self, command: dict, error: str) -> None:
-        self.send(
-            {"type": "failed", "id": command.get("id"), "seq": command.get("seq"), "error": error}
-        )
+    def send_applied(self, command: CommandLine, *, step: int, lr: float) -> None:
+        self.send(AppliedLine(id=command.id, seq=command.seq, step=step, lr=lr))
+
+    def send_failed(self, command: CommandLine, error: str) -> None:
+        self.send(FailedLine(id=command.id, seq=command.seq, error=error))
 
     def send_rescaled(self, version: int, *, step: int, paused_s: float) -> None:
         """This worker trains in cluster ``version`` now (at its rank and size), from
         ``step``; training stood still for ``paused_s`` seconds for the change."""
         self.send(
-            {
-                "type": "rescaled",
-                "version": version,
-                "rank": self.rank,
-                "size": self.size,
-                "step": step,
-                "paused_s": paused_s,
-            }
+            RescaledLine(
+                version=version, rank=self.rank, size=self.size, step=step, paused_s=paused_s
+            )
         )
 
     def send_left(self, version: int, *, step: int) -> None:
-        self.send({"type": "left", "version": version, "step": step})
+        self.send(LeftLine(version=version, step=step))
 
     def send_peer_failed(self, version: int, error: Exception) -> None:
-        self.send({"type": "peer_failed", "version": version, "error": str(error)[:1000]})
+        self.send(PeerFailedLine(version=version, error=str(error)[:1000]))
 
     def send_standby(self) -> None:
-        self.send({"type": "standby", "address": self.address})
+        self.send(StandbyLine(address=self.address))
 
     # -- messages from the agent (a reader thread) ------------------------------------
-    def _on_agent_message(self, message: dict) -> None:
-        if (
-            message.get("type") == "command"
-            and isinstance(message.get("seq"), int)
-            and not isinstance(message.get("seq"), bool)
-        ):
-            reply = self.commands.receive(message)
-            if reply is not None:
-                self.send(reply)
-        elif message.get("type") == "cluster":
-            self.membership.receive_cluster(message)
+    def _on_agent_message(self, message: dict[str, Any]) -> None:
+        try:
+            line = parse_to_worker(message)
+        except ProtocolError as exc:
+            print(f"adaptrain: ignoring a line from the agent: {exc}", file=sys.stderr)
+            return
+        match line:
+            case CommandLine():
+                reply = self.commands.receive(line)
+                if reply is not None:
+                    self.send(reply)
+            case ClusterLine():
+                self.membership.receive_cluster(line)
+            case _:  # acks and detach are the channel's business (agent.runtime.channel)
+                pass
 
     def _read_stdin(self) -> None:
         for line in sys.stdin:
@@ -164,8 +168,7 @@ class Session:
             except json.JSONDecodeError:
                 print(f"ignoring malformed command line: {line[:200]!r}", file=sys.stderr)
                 continue
-            if isinstance(message, dict):
-                self._on_agent_message(message)
+            self._on_agent_message(message)
         self.membership.agent_gone()
 
     def _orphaned(self) -> None:
@@ -198,7 +201,7 @@ class Session:
 
 def exit_message(code: int) -> dict[str, Any]:
     """The last message of a worker started by :mod:`agent.runtime.launcher`: how it ended."""
-    return {"type": "exit", "code": code}
+    return ExitLine(code=code).to_dict()
 
 
 def init() -> Session:

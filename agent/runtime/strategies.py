@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from agent.protocol import vocabulary as v
 from agent.runtime.commands import SLOTS_PER_RANK
 
 if TYPE_CHECKING:
@@ -168,7 +169,8 @@ class Pair(Strategy):
 
 
 KINDS: dict[str, type[Strategy]] = {kind.name: kind for kind in (SSGD, SMA, Pair)}
-STRATEGIES = tuple(KINDS)  # the names; a joiner receives the strategy as an index into this
+# The names in the shared vocabulary's order; a joiner receives the strategy as an index.
+STRATEGIES = v.STRATEGIES
 
 
 def check_strategy(name: Any) -> str:

@@ -1,7 +1,7 @@
 """A worker for the channel tests: the real runtime Session (agent.runtime.init) without
 TensorFlow. Every 10 ms it takes the commands received without gaps — as the Trainer
-does, by seq — applies each (counting how often it applied it), answers ``applied`` with
-the current step and reports a metric. A ``stop`` command ends it with status 0; a
+does, by seq — applies each (counting how often it applied it), answers ``applied`` with that
+count as the step and reports a metric. A ``stop`` command ends it with status 0; a
 ``fail`` command raises (status 1)."""
 
 from __future__ import annotations
@@ -21,19 +21,13 @@ def main() -> None:
         commands = session.commands.take(seq) if seq > applied_seq else []
         applied_seq = max(applied_seq, seq)
         for command in commands:
-            applications[command["seq"]] = applications.get(command["seq"], 0) + 1
-            if command["action"] == "fail":
+            applications[command.seq] = applications.get(command.seq, 0) + 1
+            if command.action == "fail":
                 raise RuntimeError("failing as asked")
-            session.send(
-                {
-                    "type": "applied",
-                    "id": command["id"],
-                    "seq": command["seq"],
-                    "step": step,
-                    "times": applications[command["seq"]],
-                }
-            )
-            if command["action"] == "stop":
+            # The reply's step says how many times this worker applied the command, so the
+            # test sees a redelivered command answered again, not applied again.
+            session.send_applied(command, step=applications[command.seq], lr=0.1)
+            if command.action == "stop":
                 return
         session.report({"step_metric": float(step)}, step=step)
         step += 1

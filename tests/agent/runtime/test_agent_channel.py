@@ -312,7 +312,7 @@ def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_rep
         }
         agent.write(command)
         first = replies(agent, 1)[0]
-        assert first["times"] == 1
+        assert first["step"] == 1  # applied once
         agent.close()  # the agent dies
         time.sleep(0.3)  # the worker trains on, buffering metrics
         agent = FakeAgent(path)  # a new agent re-attaches and sends what it saw unanswered
@@ -327,7 +327,7 @@ def test_a_real_worker_takes_a_redelivered_command_once_answers_it_again_and_rep
         )
         again, second = replies(agent, 2)
         assert again == first
-        assert second["id"] == 12 and second["times"] == 1
+        assert second["id"] == 12 and second["step"] == 1
         agent.write({"type": "command", "id": 13, "seq": 3, "action": "stop", "payload": {}})
         messages = []
         while not messages or messages[-1]["type"] != "exit":

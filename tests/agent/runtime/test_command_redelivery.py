@@ -47,17 +47,17 @@ def test_a_command_delivered_again_before_and_after_it_was_taken_is_taken_once()
     for seq in (1, 2, 1, 2, 2):
         s._on_agent_message(command(seq))
     assert s.commands.received_seq() == 2
-    assert [c["seq"] for c in s.commands.take(2)] == [1, 2]
+    assert [c.seq for c in s.commands.take(2)] == [1, 2]
     for seq in (1, 2, 3):
         s._on_agent_message(command(seq))
-    assert [c["seq"] for c in s.commands.take(3)] == [3]
+    assert [c.seq for c in s.commands.take(3)] == [3]
 
 
 def test_an_applied_command_redelivered_is_not_applied_again_but_answered_again(capsys):
     s = session()
     s._on_agent_message(command(1))
     (taken,) = s.commands.take(1)
-    s.send({"type": "applied", "id": taken["id"], "seq": 1, "step": 42, "lr": 0.1})
+    s.send_applied(taken, step=42, lr=0.1)
     assert sent(capsys) == [{"type": "applied", "id": 101, "seq": 1, "step": 42, "lr": 0.1}]
     s._on_agent_message(command(1))
     assert s.commands.take(5) == []
@@ -66,7 +66,7 @@ def test_an_applied_command_redelivered_is_not_applied_again_but_answered_again(
     s._on_agent_message(command(2))
     s._on_agent_message(command(2))
     assert sent(capsys) == []
-    assert [c["seq"] for c in s.commands.take(2)] == [2]
+    assert [c.seq for c in s.commands.take(2)] == [2]
 
 
 def test_commands_up_to_the_first_seq_are_ignored():
@@ -74,7 +74,7 @@ def test_commands_up_to_the_first_seq_are_ignored():
     s._on_agent_message(command(4))
     s._on_agent_message(command(6))
     assert s.commands.received_seq() == 6
-    assert [c["seq"] for c in s.commands.take(6)] == [6]
+    assert [c.seq for c in s.commands.take(6)] == [6]
 
 
 def test_a_cluster_version_already_known_is_ignored():

@@ -46,7 +46,7 @@ def test_a_newer_version_interrupts_a_formation_waiting_for_a_dead_member(capsys
     session = _session([me, dead], 0)
     announce = threading.Timer(
         1.0,
-        session.membership.receive_cluster,
+        session._on_agent_message,
         args=({"type": "cluster", "version": 2, "members": [me]},),
     )
     announce.start()
@@ -67,7 +67,7 @@ def test_a_newer_version_interrupts_a_formation_waiting_for_a_dead_member(capsys
         "step": 0,
     }
     # Once formed, the signal is harmless: a later announcement does not interrupt anything.
-    session.membership.receive_cluster({"type": "cluster", "version": 3, "members": [me]})
+    session._on_agent_message({"type": "cluster", "version": 3, "members": [me]})
     time.sleep(0.2)
 
 
@@ -76,7 +76,7 @@ def test_a_version_known_before_forming_is_formed_directly_and_one_that_leaves_t
 ):
     me, other = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     session = _session([me, other], 0)
-    session.membership.receive_cluster({"type": "cluster", "version": 2, "members": [other]})
+    session._on_agent_message({"type": "cluster", "version": 2, "members": [other]})
     with pytest.raises(SystemExit) as ended:
         session.membership.form_first_communicator(timeout_s=5)
     assert ended.value.code == 0 and session.left

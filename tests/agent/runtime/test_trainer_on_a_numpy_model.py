@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from agent.local import free_port
+from agent.protocol.worker import CommandLine
 from agent.runtime.session import Session
 from agent.runtime.trainer import Trainer
 
@@ -113,7 +114,7 @@ def train(workers: int, params: dict, *, steps: int, on_step=None) -> list[list[
                 first_seq=0,
                 address=peers[rank],
             )
-            session.send = sent[rank].append  # type: ignore[method-assign]
+            session.send = lambda line, r=rank: sent[r].append(line.to_dict())  # type: ignore[method-assign]
             if workers > 1:
                 session.membership.form_communicator(0, peers)
             trainer = Trainer(session, NumpySoftmax(seed=rank), seed=0)
@@ -166,11 +167,11 @@ def test_two_numpy_workers_follow_single_process_training_on_the_same_global_bat
 
 
 def test_switching_a_numpy_job_from_sma_to_ssgd_makes_the_models_identical():
-    switch = {"type": "command", "id": 7, "seq": 1, "action": "set_strategy"}
+    switch = CommandLine(id=7, seq=1, action="set_strategy", payload={"value": "ssgd"})
 
     def on_step(session: Session, step: int) -> None:
         if step == 20:  # every worker receives it after step 20: applied at step 21's boundary
-            session.commands.receive({**switch, "payload": {"value": "ssgd"}})
+            session.commands.receive(switch)
 
     params = {"hyperparameters": {"batch_size": 64, "lr": 0.1, "sma_alpha": 0.1}, "strategy": "sma"}
     sent = train(2, params, steps=60, on_step=on_step)
