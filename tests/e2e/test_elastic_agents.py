@@ -1,5 +1,5 @@
 """Elastic membership through the real agents and control plane: two agents with two
-slots each, workers played by a protocol-speaking stand-in (elastic_fake_worker.py) in
+slots each, workers played by a protocol-speaking stand-in (tests/support/elastic_fake_worker.py) in
 place of TensorFlow. One job grows by warm standbys onto the second node, shrinks,
 survives a worker crash, shrinks off a node entirely, and fails only when a crash would
 take it below its minimum."""
@@ -19,7 +19,7 @@ from tests.e2e.conftest import _stack, process_alive, wait_for, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
-FAKE_WORKER = Path(__file__).with_name("elastic_fake_worker.py")
+FAKE_WORKER = Path(__file__).resolve().parents[1] / "support" / "elastic_fake_worker.py"
 
 
 def fake_worker_stack(tmp_path_factory, *, suffix: str, env: dict[str, str]):
