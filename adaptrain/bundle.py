@@ -29,6 +29,7 @@ import os
 import re
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -276,17 +277,20 @@ def check_digest(data: bytes, digest: str) -> None:
         raise BundleError(f"bundle digest mismatch: expected sha256 {digest}, got {actual}")
 
 
-def unpack(
-    data: bytes, destination: str | os.PathLike[str], *, limit_bytes: int = DEFAULT_LIMIT_BYTES
-) -> list[str]:
-    """Unpack an archive made by :func:`pack` into ``destination`` (created; must not exist
-    or be empty). Refuses, before writing anything, members that would land outside it
-    (absolute paths, ``..``, links out), special files, and more than ``limit_bytes`` or
-    :data:`MAX_UNPACKED_FILES` in all: a bundle is untrusted input to the node."""
+@dataclass(frozen=True)
+class Contents:
+    """What a checked archive holds."""
+
+    files: tuple[str, ...]
+    unpacked_bytes: int
+
+
+def _checked(data: bytes, limit_bytes: int) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
+    """The archive's members, after refusing anything unsafe to unpack (see :func:`unpack`)."""
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
         members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise BundleError(f"not a valid bundle (gzip'd tar): {exc}") from None
     if len(members) > MAX_UNPACKED_FILES:
         raise BundleError(f"bundle has {len(members)} entries, over {MAX_UNPACKED_FILES}")
@@ -307,7 +311,8 @@ def unpack(
                     break
             if link.is_absolute() or depth < 0:
                 raise BundleError(
-                    f"bundle entry {member.name!r} links to {member.linkname!r}, outside the job's directory"
+                    f"bundle entry {member.name!r} links to {member.linkname!r}, outside the "
+                    "job's directory"
                 )
         elif not (member.isfile() or member.isdir()):
             raise BundleError(f"bundle entry {member.name!r} is not a file, directory or link")
@@ -316,6 +321,26 @@ def unpack(
         raise BundleError(
             f"bundle unpacks to {_human(total)}, over the {_human(limit_bytes)} limit"
         )
+    return tar, members
+
+
+def inspect(data: bytes, *, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> Contents:
+    """Check an archive as :func:`unpack` would, without writing anything."""
+    _, members = _checked(data, limit_bytes)
+    return Contents(
+        files=tuple(m.name for m in members if m.isfile()),
+        unpacked_bytes=sum(m.size for m in members),
+    )
+
+
+def unpack(
+    data: bytes, destination: str | os.PathLike[str], *, limit_bytes: int = DEFAULT_LIMIT_BYTES
+) -> list[str]:
+    """Unpack an archive made by :func:`pack` into ``destination`` (created; must not exist
+    or be empty). Refuses, before writing anything, members that would land outside it
+    (absolute paths, ``..``, links out), special files, and more than ``limit_bytes`` or
+    :data:`MAX_UNPACKED_FILES` in all: a bundle is untrusted input to the node."""
+    tar, members = _checked(data, limit_bytes)
     target = Path(destination)
     target.mkdir(parents=True, exist_ok=True)
     for member in members:

@@ -40,6 +40,11 @@ class Conflict(ApiError):
     status_code = status.HTTP_409_CONFLICT
 
 
+class Forbidden(ApiError):
+    code = "forbidden"
+    status_code = status.HTTP_403_FORBIDDEN
+
+
 class PayloadTooLarge(ApiError):
     code = "payload_too_large"
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE

@@ -134,6 +134,7 @@ INSTALLED_APPS = [
     # Lowest first (see controlplane/__init__.py): an app's models, selectors and services
     # import only the apps listed before it; live's consumers are an entry point on top.
     "controlplane.accounts",
+    "controlplane.bundles",
     "controlplane.jobs",
     "controlplane.metrics",
     "controlplane.policies",
@@ -274,6 +275,38 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Serve straight from the apps' static folders too, so the demo needs no collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# Code bundles (controlplane.bundles): at most BUNDLE_MAX_BYTES per archive, stored in a
+# local directory, or in S3-compatible storage with BUNDLE_STORAGE=s3 (needs the s3 extra:
+# django-storages and boto3; credentials from the AWS_* variables boto3 reads).
+BUNDLE_MAX_BYTES = int(env_float("BUNDLE_MAX_BYTES", 100 * 1024 * 1024))
+BUNDLE_STORAGE = os.environ.get("BUNDLE_STORAGE", "local").strip().lower()
+if BUNDLE_STORAGE == "s3":
+    _bundle_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ.get("BUNDLE_S3_BUCKET", ""),
+            "endpoint_url": os.environ.get("BUNDLE_S3_ENDPOINT_URL") or None,
+            "location": os.environ.get("BUNDLE_S3_PREFIX", "bundles"),
+            "file_overwrite": False,
+        },
+    }
+    if not _bundle_storage["OPTIONS"]["bucket_name"]:
+        raise ImproperlyConfigured("BUNDLE_STORAGE=s3 needs BUNDLE_S3_BUCKET.")
+elif BUNDLE_STORAGE == "local":
+    _bundle_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {
+            "location": os.environ.get("BUNDLE_DIR") or str(BASE_DIR / ".data" / "bundles")
+        },
+    }
+else:
+    raise ImproperlyConfigured(f"BUNDLE_STORAGE={BUNDLE_STORAGE!r}: use local or s3.")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "bundles": _bundle_storage,
+}
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 import controlplane.schema  # noqa: F401  (registers the OpenAPI auth schemes)
 from controlplane.accounts import apis as account_apis
 from controlplane.api import VocabularyApi
+from controlplane.bundles import apis as bundle_apis
 from controlplane.jobs.apis import agents as agent_apis
 from controlplane.jobs.apis import jobs as job_apis
 from controlplane.jobs.apis import runs as run_apis
@@ -25,6 +26,8 @@ api_v1 = [
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
     path("nodes/", agent_apis.NodeListApi.as_view(), name="node-list"),
     path("vocabulary/", VocabularyApi.as_view(), name="vocabulary"),
+    path("bundles/", bundle_apis.BundleUploadApi.as_view(), name="bundle-upload"),
+    path("bundles/<str:digest>/", bundle_apis.BundleDetailApi.as_view(), name="bundle-detail"),
     path("tokens/", account_apis.TokenListCreateApi.as_view(), name="token-list"),
     path("tokens/<int:token_id>/", account_apis.TokenDetailApi.as_view(), name="token-detail"),
     path("policies/", policy_apis.PolicyListCreateApi.as_view(), name="policy-list"),
@@ -65,6 +68,7 @@ api_v1 = [
     ),
     path("agent/enrol/", agent_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
     path("agent/heartbeat/", agent_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
+    path("agent/bundles/<str:digest>/", agent_apis.AgentBundleApi.as_view(), name="agent-bundle"),
     path("agent/metrics/", metric_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
     path(
         "agent/jobs/<int:job_id>/report/",

@@ -101,6 +101,7 @@ class StartPayload(Message):
     cluster_version: int
     workers_min: int
     ranks: tuple[int, ...]
+    bundle: str | None = None  # sha256 of the code bundle the workers run in (None: none)
 
     @property
     def params(self) -> WorkerParams:
@@ -121,6 +122,7 @@ class StartPayload(Message):
             "cluster_version": self.cluster_version,
             "workers_min": self.workers_min,
             "ranks": list(self.ranks),
+            **({"bundle": self.bundle} if self.bundle else {}),
         }
 
     @classmethod
@@ -138,6 +140,7 @@ class StartPayload(Message):
             cluster_version=f.integer("cluster_version"),
             workers_min=f.integer("workers_min"),
             ranks=f.integers("ranks"),
+            bundle=f.text_or_none("bundle"),
         )
 
 
@@ -174,6 +177,7 @@ class JoinPayload(Message):
     strategy: str
     topology: str
     workers: tuple[JoinerSpec, ...]
+    bundle: str | None = None  # as in StartPayload
 
     @property
     def params(self) -> WorkerParams:
@@ -193,6 +197,7 @@ class JoinPayload(Message):
             "entrypoint": self.entrypoint,
             **self.params.to_dict(),
             "workers": [w.to_dict() for w in self.workers],
+            **({"bundle": self.bundle} if self.bundle else {}),
         }
 
     @classmethod
@@ -209,6 +214,7 @@ class JoinPayload(Message):
             strategy=params.strategy,
             topology=params.topology,
             workers=f.records("workers", JoinerSpec),
+            bundle=f.text_or_none("bundle"),
         )
 
 

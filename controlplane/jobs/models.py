@@ -3,6 +3,8 @@ commands and audit events."""
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -43,6 +45,10 @@ class JoinToken(models.Model):
 
 
 # The entrypoints a job may name, and the module the agent runs for each (``python -m``).
+# A job's entrypoint: ``package.module`` (run as ``python -m`` runs it) or
+# ``package.module:function`` (imported, then the function is called with no arguments).
+ENTRYPOINT_FORM = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$")
+# Short names for the examples that ship with adaptrain: the module each one runs.
 ENTRYPOINTS = {
     "examples.digits": "examples.digits.train",
     "examples.synthetic_cnn": "examples.synthetic_cnn.train",
@@ -70,6 +76,9 @@ class Job(models.Model):
     )
     name = models.CharField(max_length=200)
     entrypoint = models.CharField(max_length=200)
+    # The code bundle the job's workers run in (sha256 of a stored controlplane.bundles
+    # archive), or empty: the entrypoint is installed on the nodes (or an example).
+    bundle_digest = models.CharField(max_length=64, blank=True, default="")
     hyperparameters = models.JSONField(default=dict)
     workers_initial = models.PositiveIntegerField(default=1)
     workers_min = models.PositiveIntegerField(default=1)
@@ -125,6 +134,18 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def module(self) -> str:
+        """What the workers run: the entrypoint, an example's short name resolved."""
+        return ENTRYPOINTS.get(self.entrypoint, self.entrypoint)
+
+    @property
+    def code_kind(self) -> str:
+        """Where the job's code comes from, as nodes name what they accept (AGENT_CODE)."""
+        if self.bundle_digest:
+            return "bundles"
+        return "examples" if self.module.split(".")[0] == "examples" else "installed"
 
     @property
     def is_elastic(self) -> bool:

@@ -26,7 +26,6 @@ from agent.protocol.worker import WorkerParams
 from controlplane.jobs import selectors
 from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import (
-    ENTRYPOINTS,
     ClusterVersion,
     Command,
     Event,
@@ -59,7 +58,7 @@ def start_payload(job: Job, run: Run, *, world_size: int, ranks: Sequence[int]) 
     params = worker_params(job, run)
     return StartPayload(
         job=job.id,
-        entrypoint=ENTRYPOINTS[job.entrypoint],
+        entrypoint=job.module,
         hyperparameters=params.hyperparameters,
         batch_size=params.batch_size,
         lr=params.lr,
@@ -69,6 +68,7 @@ def start_payload(job: Job, run: Run, *, world_size: int, ranks: Sequence[int]) 
         cluster_version=1,
         workers_min=job.workers_min,
         ranks=tuple(ranks),
+        bundle=job.bundle_digest or None,
     )
 
 
@@ -83,13 +83,14 @@ def join_payload(
         cluster_version=version.version,
         members=tuple(version.members),
         workers_min=job.workers_min,
-        entrypoint=ENTRYPOINTS[job.entrypoint],
+        entrypoint=job.module,
         hyperparameters=params.hyperparameters,
         batch_size=params.batch_size,
         lr=params.lr,
         strategy=params.strategy,
         topology=params.topology,
         workers=tuple(JoinerSpec(rank=r, cluster_rank=c) for r, c in joiners),
+        bundle=job.bundle_digest or None,
     )
 
 

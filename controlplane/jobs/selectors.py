@@ -42,6 +42,16 @@ def job_get_for_node(*, node: Node, job_id: int) -> Job:
     return job
 
 
+def node_may_read_bundle(*, node: Node, digest: str) -> bool:
+    """Whether ``node`` runs (or is about to start) workers of an unfinished job whose code is
+    bundle ``digest``: the only bundles an agent may download."""
+    return (
+        Job.objects.filter(bundle_digest=digest, workers__node=node)
+        .exclude(status__in=Job.TERMINAL)
+        .exists()
+    )
+
+
 def job_commands(job: Job) -> QuerySet[Command]:
     return Command.objects.filter(job=job).select_related("node").order_by("seq", "id")
 

@@ -5,6 +5,8 @@ reports). The agents' metric batches are the metrics app's (``metrics.apis``).""
 from __future__ import annotations
 
 from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -12,7 +14,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api import ERRORS, OK
-from controlplane.errors import InvalidInput
+from controlplane.bundles import selectors as bundle_selectors
+from controlplane.bundles import services as bundle_services
+from controlplane.errors import InvalidInput, NotFound
 from controlplane.jobs import selectors
 from controlplane.jobs.auth import AgentApi
 from controlplane.jobs.services import membership, nodes, reports
@@ -194,3 +198,19 @@ class AgentJobReportApi(AgentApi):
         except KeyError as exc:
             raise InvalidInput(f"each worker needs {exc.args[0]!r}") from None
         return Response({"ok": True})
+
+
+class AgentBundleApi(AgentApi):
+    """A code bundle for a job this node runs (``GET /api/v1/agent/bundles/{digest}/``): the
+    archive's bytes; the agent checks the digest before unpacking."""
+
+    @extend_schema(responses={(200, "application/gzip"): OpenApiTypes.BINARY, **ERRORS})
+    def get(self, request, digest: str):
+        if not selectors.node_may_read_bundle(node=request.auth, digest=digest):
+            raise NotFound(f"No unfinished job on this node runs bundle {digest}.")
+        bundle = bundle_selectors.bundle_get(digest)
+        return HttpResponse(
+            bundle_services.bundle_read(bundle),
+            content_type="application/gzip",
+            headers={"X-Bundle-Digest": bundle.digest},
+        )

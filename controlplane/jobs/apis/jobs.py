@@ -7,14 +7,18 @@ serialises the result.
 
 from __future__ import annotations
 
+import json
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent.protocol import vocabulary
 from controlplane.api import ERRORS, int_query_param
+from controlplane.bundles import services as bundle_services
 from controlplane.errors import InvalidInput
 from controlplane.jobs import selectors
 from controlplane.jobs.apis.runs import CurrentRunSerializer
@@ -115,6 +119,9 @@ class WorkersSerializer(serializers.Serializer):
 
 class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
+    bundle = serializers.CharField(
+        source="bundle_digest", help_text="the code bundle's sha256; empty: installed code"
+    )
     workers = serializers.SerializerMethodField()
     parameters = serializers.SerializerMethodField()
     node_selector = NodeSelectorField(read_only=True)
@@ -133,6 +140,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "name",
             "owner",
             "entrypoint",
+            "bundle",
             "status",
             "status_reason",
             "hyperparameters",
@@ -203,9 +211,24 @@ class EventOutputSerializer(serializers.Serializer):
 
 
 class JobListCreateApi(APIView):
+    parser_classes = [JSONParser, MultiPartParser]
+
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
-        entrypoint = serializers.ChoiceField(choices=sorted(ENTRYPOINTS))
+        entrypoint = serializers.CharField(
+            max_length=200,
+            help_text=(
+                "package.module (run like python -m) or package.module:function (called); "
+                f"examples: {', '.join(sorted(ENTRYPOINTS))}"
+            ),
+        )
+        bundle = serializers.RegexField(
+            r"^[0-9a-f]{64}$",
+            required=False,
+            allow_blank=True,
+            help_text="sha256 of a code bundle uploaded with POST /api/v1/bundles/, which "
+            "the workers run in (the entrypoint is then a module of the bundle)",
+        )
         hyperparameters = serializers.JSONField()
         workers = WorkersSerializer()
         strategy = serializers.ChoiceField(choices=Job.Strategy.values, default=Job.Strategy.SSGD)
@@ -239,9 +262,28 @@ class JobListCreateApi(APIView):
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: JobOutputSerializer, **ERRORS})
+    @extend_schema(
+        request={
+            "application/json": InputSerializer,
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {
+                    "job": {"type": "string", "description": "the job as JSON (as above)"},
+                    "bundle": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "the code bundle (gzip'd tar) the workers run in",
+                    },
+                },
+            },
+        },
+        responses={201: JobOutputSerializer, **ERRORS},
+    )
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
+        body = request.data
+        if request.content_type.startswith("multipart/form-data"):
+            body = _multipart_job(request)
+        data = self.InputSerializer(data=body)
         data.is_valid(raise_exception=True)
         v = data.validated_data
         policy = None
@@ -267,8 +309,26 @@ class JobListCreateApi(APIView):
             topology=v["topology"],
             policy=policy,
             node_selector=v["node_selector"],
+            bundle_digest=v.get("bundle") or "",
         )
         return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+def _multipart_job(request) -> dict:
+    """A job submitted as a form: the field ``job`` holds its JSON, the file ``bundle`` its
+    code, stored first (content-addressed: the same code is stored once)."""
+    raw = request.data.get("job")
+    try:
+        body = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError as exc:
+        raise InvalidInput(f"The form field 'job' is not JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("Send the job's JSON in the form field 'job'.", details={"job": raw})
+    upload = request.data.get("bundle")
+    if upload is not None and not isinstance(upload, str):
+        bundle, _ = bundle_services.bundle_store(user=request.user, data=upload.read())
+        body["bundle"] = bundle.digest
+    return body
 
 
 class JobDetailApi(APIView):

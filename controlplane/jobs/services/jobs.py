@@ -11,11 +11,13 @@ from django.db.models import Max
 from django.utils import timezone
 
 from agent.protocol.control import StopPayload
+from controlplane.bundles.selectors import bundle_get
+from controlplane.bundles.services import bundle_check_permission
 from controlplane.celery import enqueue
 from controlplane.errors import Conflict, InvalidInput, json_type
 from controlplane.jobs import outbox, selectors
 from controlplane.jobs.lifecycle import event_record, job_transition
-from controlplane.jobs.models import ENTRYPOINTS, Command, Event, Job, Run
+from controlplane.jobs.models import ENTRYPOINT_FORM, ENTRYPOINTS, Command, Event, Job, Run
 from controlplane.jobs.services import membership
 from controlplane.live import channels
 
@@ -80,12 +82,24 @@ def job_create(
     topology: str,
     policy=None,
     node_selector: dict[str, str] | None = None,
+    bundle_digest: str = "",
 ) -> Job:
-    if entrypoint not in ENTRYPOINTS:
+    if (entrypoint or "").endswith(".py"):
         raise InvalidInput(
-            f"Unknown entrypoint {entrypoint!r}; available: {', '.join(sorted(ENTRYPOINTS))}.",
-            details={"entrypoint": sorted(ENTRYPOINTS)},
+            f"The entrypoint {entrypoint!r} names a file: name its module, "
+            f"{entrypoint[:-3].replace('/', '.')!r} (package.module, or package.module:function).",
+            details={"entrypoint": entrypoint},
         )
+    if not ENTRYPOINT_FORM.match(entrypoint or ""):
+        raise InvalidInput(
+            f"The entrypoint {entrypoint!r} is not a module: use package.module (run like "
+            "python -m) or package.module:function (called with no arguments), e.g. "
+            f"train or train:main; examples: {', '.join(sorted(ENTRYPOINTS))}.",
+            details={"entrypoint": entrypoint},
+        )
+    if bundle_digest:
+        bundle_check_permission(owner)
+        bundle_get(bundle_digest)  # a 404 naming the digest when it was never uploaded
     if not workers_min <= workers_initial <= workers_max:
         raise InvalidInput(
             "Workers must satisfy min ≤ initial ≤ max.",
@@ -106,6 +120,7 @@ def job_create(
         topology=topology,
         policy=policy,
         node_selector=node_selector,
+        bundle_digest=bundle_digest,
         policy_version=policy.version if policy is not None else None,
         batch_size=int(hyperparameters["batch_size"]),
         learning_rate=float(hyperparameters["lr"]),

@@ -1,6 +1,9 @@
-"""Create or reset a user and print its API token (used by the demo and the tests)."""
+"""Create or reset a user and print its API token (used by the demo and the tests). The
+user may submit code bundles (the ``bundles.submit_bundle`` permission): the demo and the
+tests run their own code."""
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.accounts.services import token_create, tokens_revoke_named
@@ -29,6 +32,9 @@ class Command(BaseCommand):
             user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label="bundles", codename="submit_bundle")
+        )
         # A fresh token per run; earlier ones made by this command stop working.
         tokens_revoke_named(user=user, name=options["token_name"])
         _, secret = token_create(user=user, name=options["token_name"])
