@@ -6,6 +6,7 @@
     adaptrain jobs watch 7
     adaptrain command 7 set_batch_size 64
     adaptrain jobs cancel 7
+    adaptrain run ./my_project --entrypoint train:main --workers 2 --batch-size 64 --lr 0.05
     adaptrain tokens create laptop --expires-in-days 30
 
 The server and token come from ``--server``/``--token``, else ``ADAPTRAIN_SERVER`` /
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adaptrain.bundle import BundleError, pack
 from adaptrain.rest import ApiError, RestClient, Unreachable
 
 CONFIG_PATH = (
@@ -117,6 +119,69 @@ def cmd_jobs_create(args) -> None:
         }
     job = _client(args).call("POST", "/api/v1/jobs/", body)
     print(f"created job {job['id']} ({job['status']})")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cmd_run(args) -> int:
+    """Pack a project, upload it unless the control plane has that content, start a job."""
+    try:
+        bundle = pack(args.project, limit_bytes=int(args.max_size_mb * 1024 * 1024))
+    except BundleError as exc:
+        raise CliError(str(exc)) from None
+    print(
+        f"packed {len(bundle.files)} file(s) from {args.project} "
+        f"({_human_bytes(bundle.unpacked_bytes)}, archive {_human_bytes(bundle.size)}, "
+        f"sha256 {bundle.digest[:12]})",
+        file=sys.stderr,
+    )
+    client = _client(args)
+    status, _ = client.request("GET", f"/api/v1/bundles/{bundle.digest}/")
+    if status == 200:
+        print("the control plane has this code already: nothing to upload", file=sys.stderr)
+    else:
+        client.call(
+            "POST",
+            f"/api/v1/bundles/?digest={bundle.digest}",
+            data=bundle.data,
+            content_type="application/gzip",
+        )
+        print(f"uploaded {_human_bytes(bundle.size)}", file=sys.stderr)
+    hyper: dict[str, Any] = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    for key, value in (("batch_size", args.batch_size), ("lr", args.lr), ("steps", args.steps)):
+        if value is not None:
+            hyper[key] = value
+    workers = {"initial": args.workers}
+    if args.min_workers is not None:
+        workers["min"] = args.min_workers
+    if args.max_workers is not None:
+        workers["max"] = args.max_workers
+    body: dict[str, Any] = {
+        "name": args.name or Path(args.project).resolve().name,
+        "entrypoint": args.entrypoint,
+        "bundle": bundle.digest,
+        "hyperparameters": hyper,
+        "workers": workers,
+        "policy": args.policy,
+    }
+    for key in ("strategy", "topology"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    job = client.call("POST", "/api/v1/jobs/", body)
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        print(f"created job {job['id']} ({job['status']}): {client.server}/jobs/{job['id']}/")
+    if args.watch:
+        args.job = job["id"]
+        return cmd_jobs_watch(args)
+    return 0
 
 
 def cmd_jobs_cancel(args) -> None:
@@ -268,6 +333,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", type=int)
     p.add_argument("--interval", type=float, default=2.0)
     p.set_defaults(func=cmd_jobs_watch)
+
+    p = sub.add_parser(
+        "run",
+        help="pack a project directory, upload it and start a job that runs it",
+        description=(
+            "Pack PROJECT (following .gitignore and .adaptrainignore), upload it unless the "
+            "control plane has the same content already, and create a job whose workers run "
+            "ENTRYPOINT from it. Exit status: 0 when the job was created (with --watch: when "
+            "it succeeded), 1 otherwise."
+        ),
+    )
+    p.add_argument("project", help="the project directory")
+    p.add_argument(
+        "--entrypoint",
+        required=True,
+        help="module to run (train, like python -m) or module:function (train:main)",
+    )
+    p.add_argument("--name", help="job name (default: the directory's name)")
+    p.add_argument("--workers", type=int, default=1, help="initial workers (default 1)")
+    p.add_argument("--min-workers", type=int, help="elastic: fewest workers")
+    p.add_argument("--max-workers", type=int, help="elastic: most workers")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument(
+        "--hyperparameters", help='more hyper-parameters as JSON, e.g. \'{"lr_scaling": "sqrt"}\''
+    )
+    p.add_argument("--policy", type=int, help="id of a policy to attach")
+    p.add_argument("--strategy", help="ssgd, sma or pair")
+    p.add_argument("--topology", help="ring, tree, star or auto")
+    p.add_argument(
+        "--max-size-mb", type=float, default=100.0, help="refuse a project larger (default 100)"
+    )
+    p.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    p.add_argument("--interval", type=float, default=2.0, help="--watch polling interval")
+    p.add_argument("--json", action="store_true", help="print the created job as JSON")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("command", help="issue a command to a running job")
     p.add_argument("job", type=int)

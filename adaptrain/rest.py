@@ -72,11 +72,21 @@ class RestClient:
     def __post_init__(self) -> None:
         self.server = self.server.rstrip("/")
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """``(status, decoded body)`` for any HTTP status; :class:`Unreachable` otherwise."""
-        data = None if body is None else json.dumps(body).encode()
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        """``(status, decoded body)`` for any HTTP status; :class:`Unreachable` otherwise.
+        ``body`` is sent as JSON; ``data`` (raw bytes, e.g. an archive) as ``content_type``."""
+        if data is None and body is not None:
+            data = json.dumps(body).encode()
         request = urllib.request.Request(self.server + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
+        request.add_header("Content-Type", content_type)
         request.add_header("Accept", "application/json")
         if self.credential:
             request.add_header("Authorization", f"{self.scheme} {self.credential}")
@@ -91,9 +101,17 @@ class RestClient:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach {self.server}: {reason}") from None
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         """The decoded body of a successful call; :class:`ApiError` for an HTTP error."""
-        status, answer = self.request(method, path, body)
+        status, answer = self.request(method, path, body, data=data, content_type=content_type)
         if status >= 400:
             if isinstance(answer, dict):
                 message = str(answer.get("message") or answer.get("detail") or answer)

@@ -109,3 +109,61 @@ def test_restart_a_cancelled_job_and_list_its_runs(cli, user):
     header, row = listed.stdout.splitlines()
     assert header.split()[:2] == ["NUMBER", "STATUS"] and row.split()[:2] == ["1", "pending"]
     assert "restarted as run 1 (try again)" in row
+
+
+@pytest.fixture
+def bundle_storage(settings, tmp_path):
+    from django.core.files.storage import storages
+
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "bundles": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "bundles")},
+        },
+    }
+    storages._storages = {}
+    yield
+    storages._storages = {}
+
+
+def test_run_packs_uploads_once_and_starts_a_job_on_the_project(
+    cli, user, tmp_path, bundle_storage
+):
+    from django.contrib.auth.models import Permission
+
+    from controlplane.bundles.models import Bundle
+
+    project = tmp_path / "my_project"
+    (project / "data").mkdir(parents=True)
+    (project / "train.py").write_text("def main():\n    print('training')\n")
+    (project / "data" / "big.npy").write_bytes(b"\0" * 10_000)
+    (project / ".gitignore").write_text("data/\n")
+    args = ["run", str(project), "--entrypoint", "train:main", "--workers", "2"]
+    refused = cli(*args, "--batch-size", "32", "--lr", "0.05")
+    assert refused.returncode == 1 and "may not submit code bundles" in refused.stderr
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="bundles", codename="submit_bundle")
+    )
+    first = cli(*args, "--batch-size", "32", "--lr", "0.05", "--steps", "100")
+    assert first.returncode == 0, first.stderr
+    assert "packed 2 file(s)" in first.stderr and "uploaded" in first.stderr
+    job = Job.objects.get()
+    assert f"created job {job.id} (pending)" in first.stdout and f"/jobs/{job.id}/" in first.stdout
+    assert job.name == "my_project" and job.entrypoint == "train:main"
+    assert job.bundle_digest == Bundle.objects.get().digest and job.workers_initial == 2
+    second = cli(*args, "--batch-size", "32", "--lr", "0.05", "--name", "again", "--json")
+    assert second.returncode == 0, second.stderr
+    assert "nothing to upload" in second.stderr and Bundle.objects.count() == 1
+    assert json.loads(second.stdout)["bundle"] == job.bundle_digest
+
+
+def test_run_refuses_an_oversized_project_naming_its_biggest_file(cli, tmp_path):
+    project = tmp_path / "big"
+    project.mkdir()
+    (project / "train.py").write_text("")
+    (project / "weights.bin").write_bytes(b"\1" * 300_000)
+    done = cli("run", str(project), "--entrypoint", "train", "--max-size-mb", "0.1")
+    assert done.returncode == 1
+    assert "weights.bin (293.0 KiB)" in done.stderr and ".adaptrainignore" in done.stderr
+    assert Job.objects.count() == 0
