@@ -7,7 +7,7 @@ from django.shortcuts import render
 
 from controlplane.errors import NotFound
 from controlplane.jobs import selectors
-from controlplane.jobs.models import Job
+from controlplane.jobs.models import ENTRYPOINTS, Job
 
 
 def _job_or_404(request, job_id: int) -> Job:
@@ -32,6 +32,7 @@ def job_new(request):
             "nav": "jobs",
             "strategies": Job.Strategy.values,
             "topologies": Job.Topology.values,
+            "examples": sorted(ENTRYPOINTS.items()),
         },
     )
 
@@ -46,6 +47,7 @@ def job_detail(request, job_id: int):
             "nav": "jobs",
             "strategies": Job.Strategy.values,
             "topologies": Job.Topology.values,
+            "examples": sorted(ENTRYPOINTS.items()),
         },
     )
 

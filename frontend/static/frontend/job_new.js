@@ -28,6 +28,16 @@ function number(input) {
   return Number.isFinite(n) ? n : raw; // a non-number goes to the server, which says why
 }
 
+const codeKind = () => form.querySelector("input[name=code]:checked").value;
+
+/* Show the fields of the chosen code source only. */
+function showCodeFields() {
+  const kind = codeKind();
+  for (const field of form.querySelectorAll("[data-code]")) {
+    field.hidden = !field.dataset.code.split(" ").includes(kind);
+  }
+}
+
 function body() {
   const hyperparameters = {};
   for (const name of HYPERPARAMETERS) {
@@ -39,8 +49,10 @@ function body() {
     const v = number($(`workers-${k}`));
     if (v !== undefined) workers[k] = v;
   }
+  const kind = codeKind();
+  const entrypoint = kind === "example" ? $("job-example").value : $("job-entrypoint").value.trim();
   return {
-    name: $("job-name").value.trim(), entrypoint: $("job-entrypoint").value, hyperparameters, workers,
+    name: $("job-name").value.trim(), entrypoint, hyperparameters, workers,
     strategy: $("job-strategy").value, topology: $("job-topology").value,
     policy: $("job-policy").value ? Number($("job-policy").value) : null,
   };
@@ -55,7 +67,8 @@ function fieldFor(path, message) {
     return (m && HYPERPARAMETERS.includes(m[1])) ? $(`hp-${m[1]}`) : $("hp");
   }
   if (top === "workers") return sub && $(`workers-${sub}`) ? $(`workers-${sub}`) : $("workers");
-  return { name: $("job-name"), entrypoint: $("job-entrypoint"), strategy: $("job-strategy"),
+  const entrypoint = codeKind() === "example" ? $("job-example") : $("job-entrypoint");
+  return { name: $("job-name"), entrypoint, bundle: $("job-bundle"), strategy: $("job-strategy"),
     topology: $("job-topology"), policy: $("job-policy") }[top] || null;
 }
 
@@ -64,8 +77,27 @@ form.addEventListener("submit", async (ev) => {
   clearErrors(form, summary);
   const submit = $("job-submit");
   submit.disabled = true;
-  status.textContent = "Creating…";
-  const r = await post("/api/v1/jobs/", body());
+  const job = body();
+  let r = null;
+  if (codeKind() === "bundle") {
+    // The archive first (stored once per content); the job then names it by digest.
+    const file = $("job-bundle").files[0];
+    if (!file) {
+      submit.disabled = false;
+      showErrors([{ field: $("job-bundle"), message: "Choose your project's archive (.tar.gz)." }], summary, "The job was not created:");
+      return;
+    }
+    status.textContent = `Uploading ${file.name}…`;
+    const upload = new FormData();
+    upload.append("bundle", file);
+    r = await post("/api/v1/bundles/", upload);
+    if (r.ok) job.bundle = r.body.digest;
+    else r.body.details = { bundle: errorMessage(r) };
+  }
+  if (r === null || r.ok) {
+    status.textContent = "Creating…";
+    r = await post("/api/v1/jobs/", job);
+  }
   submit.disabled = false;
   if (r.ok) {
     status.textContent = `Created job #${r.body.id}; opening it…`;
@@ -87,4 +119,6 @@ form.addEventListener("submit", async (ev) => {
   showErrors(errors, summary, "The job was not created:");
 });
 
+for (const radio of form.querySelectorAll("input[name=code]")) radio.addEventListener("change", showCodeFields);
+showCodeFields();
 loadPolicies().finally(() => { form.dataset.ready = "1"; });
