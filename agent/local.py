@@ -43,6 +43,12 @@ from agent.protocol.worker import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _user_path() -> str:
+    """PYTHONPATH for the workers: the directory this was started in first (a user's own
+    project: ``python -m agent.local --workers 2 train`` from the project's directory)."""
+    return os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     return free_peers(1)[0][1]
@@ -81,6 +87,7 @@ def run_workers(
     for rank in range(n):
         env = {
             **os.environ,
+            "PYTHONPATH": _user_path(),
             protocol.ENV_JOB: "1",
             protocol.ENV_RANK: str(rank),
             protocol.ENV_PEERS: peers,
@@ -91,7 +98,7 @@ def run_workers(
         env.setdefault("COLLECTIVE_TIMEOUT", "60")
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", module],
+                [sys.executable, "-m", "agent.runtime.launcher", module],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -169,7 +176,12 @@ class LocalJob:
     ):
         self.module = module
         self.params = {"hyperparameters": hyperparameters, **params}
-        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": _user_path(),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            **(env or {}),
+        }
         self.env.setdefault("COLLECTIVE_TIMEOUT", "30")
         self.version = 0
         self.members = peer_list(workers)
@@ -200,7 +212,7 @@ class LocalJob:
             **extra,
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [sys.executable, "-m", "agent.runtime.launcher", self.module],
             cwd=ROOT,
             env=env,
             text=True,
@@ -384,7 +396,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "module", help="the training script as a module, e.g. examples.digits.train"
+        "module",
+        help="the entrypoint: a module (examples.digits.train) or module:function (train:main)",
     )
     parser.add_argument(
         "hyperparameters", help='JSON object, e.g. \'{"batch_size": 64, "lr": 0.05}\''

@@ -1,6 +1,11 @@
-"""``python -m agent.runtime.launcher <module> [args…]``: how the agent starts a training worker.
+"""``python -m agent.runtime.launcher <entrypoint> [args…]``: how the agent starts a worker.
 
-It runs ``<module>`` as ``python -m <module>`` would, then tells the agent how it ended:
+The entrypoint is ``package.module``, run as ``python -m package.module`` would, or
+``package.module:function``, imported and then called with no arguments (its return
+value, like ``sys.exit``'s argument, is the exit status: None or 0 is success). A job
+with a code bundle is started in the bundle's directory, which the agent puts first on
+``PYTHONPATH``, so the bundle's modules are found before installed ones. Then it tells
+the agent how the worker ended:
 an ``exit`` message with the status on the worker's agent channel
 (:mod:`agent.runtime.channel`), after everything the worker still had buffered. An
 agent that restarted is no longer the worker's parent and cannot wait for its exit
@@ -12,6 +17,7 @@ lost.
 
 from __future__ import annotations
 
+import importlib
 import runpy
 import sys
 import traceback
@@ -41,14 +47,31 @@ def report_exit(code: int) -> None:
     ch.close()
 
 
+def run_entrypoint(entrypoint: str) -> int:
+    """Run ``module`` as ``__main__`` or call ``module:function``; the exit status."""
+    module, _, function = entrypoint.partition(":")
+    if not function:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return 0
+    target = getattr(importlib.import_module(module), function, None)
+    if not callable(target):
+        raise AttributeError(
+            f"entrypoint {entrypoint!r}: module {module!r} has no function {function!r}"
+        )
+    result = target()
+    if result is None or isinstance(result, int):
+        return result or 0
+    print(result, file=sys.stderr)
+    return 1
+
+
 def main() -> None:
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m agent.runtime.launcher <module> [args...]")
-    module = sys.argv[1]
+        sys.exit("usage: python -m agent.runtime.launcher <module>[:<function>] [args...]")
+    entrypoint = sys.argv[1]
     del sys.argv[0]
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        code = 0
+        code = run_entrypoint(entrypoint)
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt:
