@@ -44,6 +44,10 @@ from django.conf import settings
 
 from agent.protocol import ProtocolError
 from agent.protocol.control import (
+    CLOSE_NODE_REVOKED,
+    CLOSE_PROTOCOL_INCOMPATIBLE,
+    HEADER_AGENT_VERSION,
+    HEADER_PROTOCOL,
     AckFrame,
     AppliedFrame,
     ClusterFrame,
@@ -55,6 +59,7 @@ from agent.protocol.control import (
     WorkerFrame,
     parse_from_agent,
 )
+from agent.protocol.rest import ERROR_NODE_REVOKED
 from controlplane.errors import ApiError
 from controlplane.jobs import outbox, selectors
 from controlplane.jobs.services import commands, nodes, reports
@@ -177,10 +182,25 @@ class JobStreamConsumer(_GroupConsumer):
         await self._send_frame(message["frame"])
 
 
+def _header(scope, name: str) -> str:
+    wanted = name.lower().encode("latin-1")
+    for key, value in scope.get("headers") or []:
+        if key.lower() == wanted:
+            return value.decode("latin-1").strip()
+    return ""
+
+
 class AgentCommandConsumer(_GroupConsumer):
     async def connect(self):
         self.node = self.scope.get("node")
         if self.node is None:
+            refusal = self.scope.get("node_refusal")
+            if refusal is not None and refusal.code == ERROR_NODE_REVOKED:
+                # Accepted only to be closed with the code that tells the agent to stop.
+                await self.accept()
+                await self.send_json(ErrorFrame(message=refusal.message).to_dict())
+                await self.close(code=CLOSE_NODE_REVOKED)
+                return
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.group = channels.agent_group(self.node.id)
@@ -189,7 +209,27 @@ class AgentCommandConsumer(_GroupConsumer):
             await self.close()
             return
         await self.accept()
-        await database_sync_to_async(nodes.node_heartbeat)(node=self.node)
+        # The agent names its protocol and version in headers (none: protocol 1).
+        raw_protocol = _header(self.scope, HEADER_PROTOCOL)
+        try:
+            protocol = int(raw_protocol) if raw_protocol else None
+            await database_sync_to_async(nodes.node_heartbeat)(
+                node=self.node,
+                agent_version=_header(self.scope, HEADER_AGENT_VERSION)[:50],
+                protocol=protocol,
+            )
+        except (ValueError, ApiError) as exc:
+            message = (
+                exc.message
+                if isinstance(exc, ApiError)
+                else f"{HEADER_PROTOCOL} must be an integer, got {raw_protocol!r}"
+            )
+            await self.send_json(ErrorFrame(message=message).to_dict())
+            await self.close(code=CLOSE_PROTOCOL_INCOMPATIBLE)
+            return
+        if not await database_sync_to_async(selectors.node_may_connect)(self.node.id):
+            await self.close(code=CLOSE_NODE_REVOKED)  # revoked while it connected
+            return
         pending = await database_sync_to_async(selectors.commands_unfinished_for_node)(self.node)
         for command in pending:
             await self._deliver(outbox.command_frame(command))
@@ -197,6 +237,10 @@ class AgentCommandConsumer(_GroupConsumer):
             await self._deliver(frame)
 
     async def refresh(self) -> None:
+        if not await database_sync_to_async(selectors.node_may_connect)(self.node.id):
+            # Revoked or deleted, and the push that closes the socket was lost.
+            await self.close(code=CLOSE_NODE_REVOKED)
+            return
         unacked = await database_sync_to_async(selectors.commands_unfinished_for_node)(
             self.node, unacked_for_s=settings.CHANNEL_REFRESH_S
         )
@@ -224,6 +268,10 @@ class AgentCommandConsumer(_GroupConsumer):
 
     async def command_push(self, message):
         await self._deliver(message["command"])
+
+    async def agent_close(self, message):
+        """The node was revoked or deleted (``channels.close_agent_channel``)."""
+        await self.close(code=message["code"])
 
     async def receive_json(self, content, **kwargs):
         try:
