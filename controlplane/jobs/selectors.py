@@ -100,9 +100,9 @@ def nodes_all() -> QuerySet[Node]:
     )
 
 
-def node_may_connect(node_id: int) -> bool:
-    """Whether the node still holds a working credential (not revoked, not deleted)."""
-    return Node.objects.enrolled().filter(id=node_id).exclude(status=Node.Status.REVOKED).exists()
+def node_standing(node_id: int) -> str | None:
+    """The node's status now, or None once it was deleted (its credential no longer works)."""
+    return Node.objects.enrolled().filter(id=node_id).values_list("status", flat=True).first()
 
 
 def join_tokens_all() -> QuerySet[JoinToken]:

@@ -62,6 +62,7 @@ from agent.protocol.control import (
 from agent.protocol.rest import ERROR_NODE_REVOKED
 from controlplane.errors import ApiError
 from controlplane.jobs import outbox, selectors
+from controlplane.jobs.models import Node
 from controlplane.jobs.services import commands, nodes, reports
 from controlplane.live import channels
 
@@ -227,8 +228,7 @@ class AgentCommandConsumer(_GroupConsumer):
             await self.send_json(ErrorFrame(message=message).to_dict())
             await self.close(code=CLOSE_PROTOCOL_INCOMPATIBLE)
             return
-        if not await database_sync_to_async(selectors.node_may_connect)(self.node.id):
-            await self.close(code=CLOSE_NODE_REVOKED)  # revoked while it connected
+        if await self._close_if_refused():  # revoked or deleted while it connected
             return
         pending = await database_sync_to_async(selectors.commands_unfinished_for_node)(self.node)
         for command in pending:
@@ -236,10 +236,17 @@ class AgentCommandConsumer(_GroupConsumer):
         for frame in await database_sync_to_async(outbox.cluster_frames_for_node)(self.node):
             await self._deliver(frame)
 
+    async def _close_if_refused(self) -> bool:
+        """Close the socket of a node revoked or deleted since it was authenticated."""
+        standing = await database_sync_to_async(selectors.node_standing)(self.node.id)
+        if standing is None or standing == Node.Status.REVOKED:
+            await self.close(code=CLOSE_UNAUTHENTICATED if standing is None else CLOSE_NODE_REVOKED)
+            return True
+        return False
+
     async def refresh(self) -> None:
-        if not await database_sync_to_async(selectors.node_may_connect)(self.node.id):
-            # Revoked or deleted, and the push that closes the socket was lost.
-            await self.close(code=CLOSE_NODE_REVOKED)
+        # The push that closes a revoked or deleted node's socket may have been lost.
+        if await self._close_if_refused():
             return
         unacked = await database_sync_to_async(selectors.commands_unfinished_for_node)(
             self.node, unacked_for_s=settings.CHANNEL_REFRESH_S

@@ -222,6 +222,9 @@ def test_a_grow_beyond_the_matching_free_slots_is_a_409_that_names_the_selector(
     )
     assert response.status_code == 409, response.json()
     body = response.json()
-    assert "0 free on online nodes (not draining) matching the job's node_selector gpu=a100" in body["message"]
+    assert (
+        "0 free on online nodes (not draining) matching the job's node_selector gpu=a100"
+        in body["message"]
+    )
     assert body["details"]["node_selector"] == {"gpu": "a100"}
     assert Job.objects.get(id=job.id).status == "running"
