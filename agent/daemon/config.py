@@ -125,6 +125,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _is_unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified
+    except ValueError:
+        return False
+
+
 def _address(env: Mapping[str, str], server: str) -> str:
     """``AGENT_ADDRESS``, or the address of the interface towards the control plane."""
     explicit = (env.get("AGENT_ADDRESS") or "").strip()
@@ -142,6 +149,12 @@ def _address(env: Mapping[str, str], server: str) -> str:
             f"{host!r} from cannot be worked out ({exc}): set AGENT_ADDRESS to the address "
             f"other nodes reach this one at."
         ) from None
+    if _is_unspecified(address):
+        raise ConfigError(
+            f"AGENT_ADDRESS is unset and this node has no address of its own on the route to "
+            f"the control plane ({host}): set AGENT_ADDRESS to the address other nodes reach "
+            f"this one at."
+        )
     if is_loopback(address) and not is_loopback(host):
         raise ConfigError(
             f"AGENT_ADDRESS is unset, and this node reaches the control plane ({host}) through "
