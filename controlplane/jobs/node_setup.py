@@ -52,7 +52,8 @@ def env_file(*, server: str, join_token: str, name: str = "") -> str:
         else "# AGENT_NAME=gpu-node-1  (unset: this machine's host name)"
     )
     return f"""\
-# adaptrain node agent, read by {UNIT}.service: save as {ENV_FILE} (mode 0600).
+# adaptrain node agent: save as {ENV_FILE} (mode 0600); {UNIT}.service reads it.
+# Every AGENT_* setting is described in docs/configuration.md.
 AGENT_SERVER={server}
 # Used once, at the first start; the node's credential is then kept in AGENT_STATE_DIR.
 AGENT_JOIN_TOKEN={join_token}
@@ -72,7 +73,8 @@ AGENT_STATE_DIR={STATE_DIR}
 def systemd_unit(*, exec_start: str = EXEC_START, env_file_path: str = ENV_FILE) -> str:
     """The agent's systemd unit. Why each setting is there is in docs/agent-install.md."""
     return f"""\
-# adaptrain node agent: save as {UNIT_FILE}; {DOC} says why each setting is here.
+# adaptrain node agent: save as {UNIT_FILE}.
+# {DOC} says why each setting is here.
 [Unit]
 Description=adaptrain node agent
 Wants=network-online.target
