@@ -252,7 +252,8 @@ class Agent:
             for group in self.groups.values():
                 group.shutting_down = True
             await asyncio.gather(*(group.detach() for group in self.groups.values()))
-        await self.metrics.flush()
+        if not self.revoked:  # a revoked node's points would be refused
+            await self.metrics.flush()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

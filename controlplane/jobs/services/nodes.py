@@ -481,7 +481,9 @@ def node_delete(*, node_id: int, actor: str) -> None:
             f"off it; then delete it.",
             details={"node": node.id, "jobs": sorted(jobs)},
         )
-    Node.objects.filter(id=node.id).update(deleted_at=timezone.now(), draining=False)
+    # A revoked node stays so (its credential keeps saying why); another is offline.
+    status = node.status if node.status == Node.Status.REVOKED else Node.Status.OFFLINE
+    Node.objects.filter(id=node.id).update(deleted_at=timezone.now(), draining=False, status=status)
     log.info("node %s deleted by %s", node.name, actor)
     node_id = node.id
     transaction.on_commit(lambda: channels.close_agent_channel(node_id, CLOSE_NODE_DELETED))
