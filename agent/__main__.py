@@ -16,7 +16,7 @@ def main() -> None:
         sys.exit(f"agent: {exc}")
     from agent.daemon.agent import run
 
-    run(config)
+    sys.exit(run(config))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ def running_stack(*, agents: int = 0, slots: int = 4, name: str = "bench"):
         stack.migrate()
         stack.password = "bench-password"
         stack.token = ensure_user(stack, "bench", stack.password)
-        stack.join_token = stack.manage("create_join_token", "--label", name).strip()
+        # One use per agent, and one for the simulated agent of agent_with_job.
+        stack.join_token = stack.manage(
+            "create_join_token", "--label", name, "--uses", str(agents + 1)
+        ).strip()
         stack.start_web()
         stack.start_celery()
         if agents:

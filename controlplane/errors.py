@@ -20,10 +20,14 @@ class ApiError(Exception):
     code = "error"
     status_code = status.HTTP_400_BAD_REQUEST
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None):
+    def __init__(
+        self, message: str, *, details: dict[str, Any] | None = None, code: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        if code is not None:  # a finer code than the class's, for clients that act on it
+            self.code = code
 
 
 class InvalidInput(ApiError):

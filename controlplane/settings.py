@@ -10,7 +10,8 @@ Two profiles, chosen by ``DJANGO_ENV``:
 Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
 (comma-separated), ``DEBUG`` (true/false), ``DJANGO_ENV``, ``CSRF_TRUSTED_ORIGINS``,
 ``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``, ``COMMAND_TTL_S``,
-``RESCALE_JOIN_TIMEOUT_S``, ``AUTO_GROW_DELAY_S``, ``CHANNEL_REFRESH_S``.
+``RESCALE_JOIN_TIMEOUT_S``, ``AUTO_GROW_DELAY_S``, ``CHANNEL_REFRESH_S``,
+``CONTROL_PLANE_URL``.
 """
 
 from __future__ import annotations
@@ -214,6 +215,14 @@ RESCALE_JOIN_TIMEOUT_S = env_float("RESCALE_JOIN_TIMEOUT_S", 180.0)
 # An elastic job below its wanted size is grown back once its membership has been still
 # this long (doubled after each failed grow of the scheduler's, up to 10 minutes).
 AUTO_GROW_DELAY_S = env_float("AUTO_GROW_DELAY_S", 30.0)
+# The URL agents reach the control plane at, written into the setup the nodes page's
+# "Add a node" shows (AGENT_SERVER); unset: the URL the admin's browser reached it at.
+CONTROL_PLANE_URL = os.environ.get("CONTROL_PLANE_URL", "").strip().rstrip("/")
+if CONTROL_PLANE_URL and not CONTROL_PLANE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        f"CONTROL_PLANE_URL={CONTROL_PLANE_URL!r} must be an http(s) URL such as "
+        f"https://train.example.org"
+    )
 
 CELERY_BEAT_SCHEDULE = {
     "evaluate-policies": {

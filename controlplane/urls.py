@@ -10,6 +10,7 @@ from controlplane.api import VocabularyApi
 from controlplane.bundles import apis as bundle_apis
 from controlplane.jobs.apis import agents as agent_apis
 from controlplane.jobs.apis import jobs as job_apis
+from controlplane.jobs.apis import nodes as node_apis
 from controlplane.jobs.apis import runs as run_apis
 from controlplane.metrics import apis as metric_apis
 from controlplane.metrics.prometheus import metrics_view
@@ -24,7 +25,17 @@ api_v1 = [
     path("jobs/<int:job_id>/commands/", run_apis.JobCommandsApi.as_view(), name="job-commands"),
     path("jobs/<int:job_id>/metrics/", metric_apis.JobMetricsApi.as_view(), name="job-metrics"),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
-    path("nodes/", agent_apis.NodeListApi.as_view(), name="node-list"),
+    path("nodes/", node_apis.NodeListApi.as_view(), name="node-list"),
+    path("nodes/<int:node_id>/", node_apis.NodeDetailApi.as_view(), name="node-detail"),
+    path("nodes/<int:node_id>/drain/", node_apis.NodeDrainApi.as_view(), name="node-drain"),
+    path("nodes/<int:node_id>/resume/", node_apis.NodeResumeApi.as_view(), name="node-resume"),
+    path("nodes/<int:node_id>/revoke/", node_apis.NodeRevokeApi.as_view(), name="node-revoke"),
+    path("join-tokens/", node_apis.JoinTokenListCreateApi.as_view(), name="join-token-list"),
+    path(
+        "join-tokens/<int:token_id>/",
+        node_apis.JoinTokenDetailApi.as_view(),
+        name="join-token-detail",
+    ),
     path("vocabulary/", VocabularyApi.as_view(), name="vocabulary"),
     path("bundles/", bundle_apis.BundleUploadApi.as_view(), name="bundle-upload"),
     path("bundles/<str:digest>/", bundle_apis.BundleDetailApi.as_view(), name="bundle-detail"),

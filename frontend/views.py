@@ -1,8 +1,10 @@
 """Pages of the browser UI. Each renders a shell; data comes from the REST API and the
 job WebSocket, read by the page's ES module in ``static/frontend/``."""
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404
 from django.shortcuts import render
 
 from controlplane.errors import NotFound
@@ -74,6 +76,23 @@ def policy_edit(request, policy_id: int | None = None):
 @login_required
 def node_list(request):
     return render(request, "frontend/node_list.html", {"nav": "nodes"})
+
+
+@login_required
+def node_add(request):
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff add nodes.")
+    return render(request, "frontend/node_add.html", {"nav": "nodes"})
+
+
+@login_required
+def agent_install_doc(request):
+    """docs/agent-install.md from the source tree (the page's link to the install story);
+    a 404 where the control plane was installed without its docs."""
+    path = settings.BASE_DIR / "docs" / "agent-install.md"
+    if not path.is_file():
+        raise Http404("docs/agent-install.md is not installed with this control plane")
+    return FileResponse(path.open("rb"), content_type="text/markdown; charset=utf-8")
 
 
 @login_required

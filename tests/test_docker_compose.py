@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {"SECRET_KEY": "x" * 40, "POSTGRES_PASSWORD": "pw", "PATH": "/usr/bin:/bin"}
 
 
-def compose(*args, env=ENV):
+def compose(*args, env=ENV, file="docker-compose.yml"):
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.fail(
             "docker-compose is not installed; scripts/test installs it (apt-get install docker-compose)"
         )
     return subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), *args],
+        [binary, "-f", str(ROOT / file), *args],
         env=env,
         capture_output=True,
         text=True,

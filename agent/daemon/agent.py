@@ -14,11 +14,18 @@ is acked without starting anything. On SIGTERM/SIGINT the agent by default detac
 (``AGENT_ON_EXIT=detach``: the workers train on, each handing over what it had written);
 ``AGENT_ON_EXIT=stop`` stops them and reports their jobs failed. docs/protocols.md
 describes the frames and the guarantees.
+
+When the control plane refuses the node for good — an admin revoked it (its workers are
+then stopped: their jobs went on without them), the enrolment was refused (join token,
+name) or the protocol is not spoken there — the agent says why and exits with
+:data:`~agent.protocol.EXIT_REFUSED` instead of trying again forever, so that a
+supervisor does not restart it either. A control plane it cannot reach is tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,16 +37,19 @@ from typing import Any
 import websockets
 
 from adaptrain.rest import ApiError
-from agent.daemon.client import ControlPlaneClient
+from agent.daemon.client import ControlPlaneClient, channel_headers
 from agent.daemon.config import AgentConfig
 from agent.daemon.metrics import MetricShipper
 from agent.daemon.outbox import ReportOutbox, Sender
 from agent.daemon.processes import CRASHED, LEFT
 from agent.daemon.storage import jobs_dir, outbox_path
 from agent.daemon.workers import OnWorkerEvent, WorkerGroup
-from agent.protocol import ProtocolError
+from agent.protocol import EXIT_REFUSED, ProtocolError
+from agent.protocol import rest as rest_errors
 from agent.protocol import vocabulary as v
 from agent.protocol.control import (
+    CLOSE_NODE_REVOKED,
+    CLOSE_PROTOCOL_INCOMPATIBLE,
     AckFrame,
     AppliedFrame,
     ClusterFrame,
@@ -61,6 +71,11 @@ from agent.protocol.rest import JobReport, WorkerStatus
 log = logging.getLogger("agent")
 
 RENDEZVOUS_TIMEOUT_S = 120.0
+# An unreachable control plane at start-up is tried again, up to this delay between tries.
+START_RETRY_MAX_S = 15.0
+# The agent's exit status when the control plane no longer knows its node (deleted by an
+# admin): a supervisor restarts it, and it enrols again if it has a usable join token.
+EXIT_NODE_UNKNOWN = 1
 
 Ack = Callable[[], Awaitable[None]]
 
@@ -82,6 +97,23 @@ def _joiners_start(job_id: int, join: JoinPayload) -> StartPayload:
     )
 
 
+class Refused(Exception):
+    """The control plane refused this node for good: the message says why and what to do."""
+
+
+def _refusal(exc: ApiError) -> str | None:
+    """What to tell the operator when ``exc`` refuses the node for good; None otherwise."""
+    if exc.code == rest_errors.ERROR_NODE_REVOKED:
+        return (
+            f"this node was revoked by an admin ({exc.message}); the agent stops. To use this "
+            f"machine again, delete AGENT_STATE_DIR/credential and start the agent with a new "
+            f"AGENT_JOIN_TOKEN."
+        )
+    if exc.code == rest_errors.ERROR_PROTOCOL_INCOMPATIBLE:
+        return f"the control plane refuses this agent's protocol: {exc.message}"
+    return None
+
+
 class Agent:
     def __init__(self, config: AgentConfig):
         self.config = config
@@ -91,6 +123,10 @@ class Agent:
         self.outbox = ReportOutbox(outbox_path(config.state_dir))
         self.metrics = MetricShipper(self.client, config.metrics_flush_s)
         self.stopping = asyncio.Event()
+        # Why the agent stops on its own (None: a signal asked it to) and its exit status.
+        self.exit_reason: str | None = None
+        self.exit_status = 0
+        self.revoked = False
         self._tasks: list[asyncio.Task[None]] = []
         # Commands the agent carries out itself; the others go to the job's workers.
         self._command_handlers: dict[str, Callable[[CommandFrame, Ack], Awaitable[None]]] = {
@@ -99,7 +135,34 @@ class Agent:
         }
 
     # -- enrolment ---------------------------------------------------------------------
-    async def ensure_credential(self) -> None:
+    async def ensure_credential(self) -> bool:
+        """Check the stored credential, or enrol with the join token; a control plane that
+        does not answer (or fails) is tried again until the agent is asked to stop (then
+        False). :class:`Refused` when it refuses."""
+        delay = 0.5
+        while True:
+            try:
+                await self._ensure_credential_once()
+                return True
+            except ApiError as exc:
+                reason = _refusal(exc)
+                if reason is not None:
+                    raise Refused(reason) from None
+                if exc.status < 500:
+                    raise Refused(
+                        f"the control plane refused this node's enrolment: {exc.message}"
+                    ) from None
+                problem = str(exc)
+            except OSError as exc:
+                problem = str(exc)
+            log.warning("cannot enrol yet (%s); trying again in %.1f s", problem, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            if self.stopping.is_set():
+                return False
+            delay = min(delay * 2, START_RETRY_MAX_S)
+
+    async def _ensure_credential_once(self) -> None:
         path = self.config.credential_file
         if path.exists():
             self.client.credential = path.read_text().strip()
@@ -107,13 +170,15 @@ class Agent:
                 await self.client.heartbeat()
                 return
             except ApiError as exc:
-                if exc.status != 401 and exc.status != 403:
+                if exc.status != 401 or exc.code == rest_errors.ERROR_NODE_REVOKED:
                     raise
-                log.warning("stored node credential was rejected; enrolling again")
+                log.warning(
+                    "stored node credential was rejected (%s); enrolling again", exc.message
+                )
         if not self.config.join_token:
-            raise SystemExit(
-                "This node is not enrolled: set AGENT_JOIN_TOKEN to a join token "
-                "(create one with: python manage.py create_join_token)."
+            raise Refused(
+                "this node is not enrolled: set AGENT_JOIN_TOKEN to a join token (nodes page → "
+                "Add a node, or: python manage.py create_join_token)"
             )
         enrolment = await self.client.enrol(
             join_token=self.config.join_token,
@@ -127,11 +192,31 @@ class Agent:
         with os.fdopen(fd, "w") as f:
             f.write(enrolment.credential)
         self.client.credential = enrolment.credential
-        log.info("enrolled as node %s (id %s)", enrolment.name, enrolment.node)
+        log.info(
+            "enrolled as node %s (id %s), advertising address %s",
+            enrolment.name,
+            enrolment.node,
+            self.config.address,
+        )
+
+    def stop_for_good(
+        self, reason: str, *, status: int = EXIT_REFUSED, revoked: bool = False
+    ) -> None:
+        """Stop the agent on its own with ``status`` (once: the first reason wins)."""
+        if self.exit_reason is not None:
+            return
+        log.error("%s", reason)
+        self.exit_reason, self.exit_status, self.revoked = reason, status, revoked
+        self.stopping.set()
 
     # -- loops -------------------------------------------------------------------------
     async def run(self) -> None:
-        await self.ensure_credential()
+        try:
+            if not await self.ensure_credential():
+                return
+        except Refused as exc:
+            self.stop_for_good(str(exc))
+            return
         self.outbox.load()
         restored = self._load_jobs()
         self._tasks = [
@@ -142,7 +227,15 @@ class Agent:
         for group in restored:
             self._resume_job(group)
         await self.stopping.wait()
-        if self.config.on_exit == "stop":
+        if self.revoked:
+            # The control plane took its jobs off this node already: end their workers.
+            log.info("stopping the workers of %d job(s): the node was revoked", len(self.groups))
+            for group in list(self.groups.values()):
+                group.shutting_down = True
+                await group.terminate()
+                group.forget()
+            self.groups.clear()
+        elif self.config.on_exit == "stop":
             log.info("shutting down: stopping %d job(s)", len(self.groups))
             for job_id, group in list(self.groups.items()):
                 group.shutting_down = True
@@ -159,7 +252,8 @@ class Agent:
             for group in self.groups.values():
                 group.shutting_down = True
             await asyncio.gather(*(group.detach() for group in self.groups.values()))
-        await self.metrics.flush()
+        if not self.revoked:  # a revoked node's points would be refused
+            await self.metrics.flush()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -242,9 +336,24 @@ class Agent:
                 reply = await self.client.heartbeat(sorted(self.groups))
                 for job_id in reply.release:
                     await self._release(job_id)
-            except (ApiError, OSError) as exc:
+            except ApiError as exc:
+                self._heartbeat_refused(exc)
+            except OSError as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.config.heartbeat_s)
+
+    def _heartbeat_refused(self, exc: ApiError) -> None:
+        reason = _refusal(exc)
+        if reason is not None:
+            self.stop_for_good(reason, revoked=exc.code == rest_errors.ERROR_NODE_REVOKED)
+        elif exc.code == rest_errors.ERROR_NODE_UNKNOWN:
+            self.stop_for_good(
+                f"the control plane no longer knows this node ({exc.message}); the agent "
+                f"stops, and started again it enrols with AGENT_JOIN_TOKEN if that is still good",
+                status=EXIT_NODE_UNKNOWN,
+            )
+        else:
+            log.warning("heartbeat failed: %s", exc)
 
     async def _release(self, job_id: int) -> None:
         """The control plane no longer counts on this node's workers of the job (it took
@@ -265,7 +374,7 @@ class Agent:
     # -- the command channel -----------------------------------------------------------
     async def _command_loop(self) -> None:
         delay = 0.5
-        headers = {"Authorization": f"Node {self.client.credential}"}
+        headers = channel_headers(self.client.credential or "")
         while True:
             try:
                 async with websockets.connect(
@@ -287,10 +396,33 @@ class Agent:
                             await self._on_frame(ws, frame)
                     finally:
                         sender.cancel()
+            except websockets.ConnectionClosed as exc:
+                if self._channel_closed_for_good(exc):
+                    return
+                log.warning("command channel down (%s); retrying in %.1f s", exc, delay)
             except (OSError, websockets.WebSocketException, asyncio.TimeoutError) as exc:
                 log.warning("command channel down (%s); retrying in %.1f s", exc, delay)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 15.0)
+
+    def _channel_closed_for_good(self, exc: websockets.ConnectionClosed) -> bool:
+        """Whether the control plane closed the channel to stop this agent (and so it did)."""
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        if code == CLOSE_NODE_REVOKED:
+            self.stop_for_good(
+                "this node was revoked by an admin (the control plane closed its command "
+                "channel); the agent stops. To use this machine again, delete "
+                "AGENT_STATE_DIR/credential and start the agent with a new AGENT_JOIN_TOKEN.",
+                revoked=True,
+            )
+            return True
+        if code == CLOSE_PROTOCOL_INCOMPATIBLE:
+            self.stop_for_good(
+                "the control plane refuses this agent's protocol (its message is logged "
+                "above); upgrade the control plane first, then the agents"
+            )
+            return True
+        return False
 
     async def _on_frame(self, ws: Sender, frame: ToAgent) -> None:
         match frame:
@@ -498,12 +630,16 @@ class Agent:
         self.outbox.put(report)
 
 
-def run(config: AgentConfig) -> None:
-    async def main() -> None:
+def run(config: AgentConfig) -> int:
+    """Run the agent until a signal stops it (0) or the control plane stopped it: its exit
+    status then (:data:`~agent.protocol.EXIT_REFUSED` when refused for good)."""
+
+    async def main() -> int:
         agent = Agent(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stopping.set)
         await agent.run()
+        return agent.exit_status
 
-    asyncio.run(main())
+    return asyncio.run(main())

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from importlib import metadata
 from typing import TypeVar
 
 from adaptrain.rest import NODE_SCHEME, ApiError, RestClient
-from agent.protocol import ProtocolError
+from agent.protocol import PROTOCOL_VERSION, ProtocolError
 from agent.protocol.base import Message
+from agent.protocol.control import HEADER_AGENT_VERSION, HEADER_PROTOCOL
 from agent.protocol.rest import (
     ClusterSpec,
     Enrolment,
@@ -30,11 +32,30 @@ from agent.protocol.worker import MetricPoint
 M = TypeVar("M", bound=Message)
 
 
+def agent_version() -> str:
+    """The installed package's version (``unknown`` when run from a source tree)."""
+    try:
+        return metadata.version("adaptrain")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def channel_headers(credential: str) -> dict[str, str]:
+    """The headers the agent opens ``/ws/agent/`` with: its credential, protocol and version."""
+    return {
+        "Authorization": f"{NODE_SCHEME} {credential}",
+        HEADER_PROTOCOL: str(PROTOCOL_VERSION),
+        HEADER_AGENT_VERSION: agent_version(),
+    }
+
+
 class ControlPlaneClient(RestClient):
-    """The shared REST client with the node's credential and the agent's typed calls."""
+    """The shared REST client with the node's credential and the agent's typed calls.
+    Enrolment and heartbeats say the agent's version and the protocol it speaks."""
 
     def __init__(self, server: str, credential: str | None = None, timeout_s: float = 10.0):
         super().__init__(server, credential, scheme=NODE_SCHEME, timeout_s=timeout_s)
+        self.version = agent_version()
 
     async def _call(self, method: str, path: str, body: Message | None, reply: type[M]) -> M:
         raw = await asyncio.to_thread(
@@ -56,12 +77,22 @@ class ControlPlaneClient(RestClient):
         labels: dict[str, str] | None = None,
     ) -> Enrolment:
         request = EnrolRequest(
-            join_token=join_token, name=name, address=address, slots=slots, labels=labels or {}
+            join_token=join_token,
+            name=name,
+            address=address,
+            slots=slots,
+            labels=labels or {},
+            agent_version=self.version,
+            protocol=PROTOCOL_VERSION,
         )
         return await self._call("POST", "/api/v1/agent/enrol/", request, Enrolment)
 
     async def heartbeat(self, running_jobs: Sequence[int] | None = None) -> HeartbeatReply:
-        body = Heartbeat(jobs=None if running_jobs is None else tuple(running_jobs))
+        body = Heartbeat(
+            jobs=None if running_jobs is None else tuple(running_jobs),
+            agent_version=self.version,
+            protocol=PROTOCOL_VERSION,
+        )
         return await self._call("POST", "/api/v1/agent/heartbeat/", body, HeartbeatReply)
 
     async def send_metrics(self, batch_id: str, points: Sequence[MetricPoint]) -> MetricBatchReply:

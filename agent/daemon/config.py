@@ -1,10 +1,14 @@
 """The agent's configuration, read once from ``AGENT_*`` environment variables.
 
 A bad value stops the agent at start-up with a message that names the variable.
+Without ``AGENT_ADDRESS`` the agent advertises the address of the interface it reaches
+the control plane through, and refuses to start when that is a loopback address while
+the control plane is not on loopback: other nodes could not reach its workers.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -25,7 +29,7 @@ class AgentConfig:
     server: str  # control plane base URL, e.g. http://127.0.0.1:8000
     join_token: str | None  # exchanged for a node credential on first start
     name: str
-    address: str  # host the node's workers listen on (reachable by peers)
+    address: str  # host the node's workers listen on (reachable by peers); see _address
     slots: int
     state_dir: Path  # holds the node credential, jobs' state, worker sockets and logs
     heartbeat_s: float
@@ -95,6 +99,72 @@ def _on_exit(env: Mapping[str, str]) -> str:
     return value
 
 
+def local_address_towards(host: str, port: int) -> str:
+    """The local address of the interface this machine reaches ``host`` through. A UDP
+    socket's ``connect()`` picks the route and the source address without sending a
+    packet; ``getsockname()`` then names that address."""
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM):
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.connect(sockaddr)
+            except OSError as exc:
+                error = exc
+                continue
+            return str(probe.getsockname()[0])
+    raise error
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) means this machine only."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified
+    except ValueError:
+        return False
+
+
+def _address(env: Mapping[str, str], server: str) -> str:
+    """``AGENT_ADDRESS``, or the address of the interface towards the control plane."""
+    explicit = (env.get("AGENT_ADDRESS") or "").strip()
+    if explicit:
+        return explicit
+    parsed = urlparse(server)
+    host = parsed.hostname or ""
+    try:
+        address = local_address_towards(
+            host, parsed.port or (443 if parsed.scheme == "https" else 80)
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"AGENT_ADDRESS is unset and the address this node reaches AGENT_SERVER's host "
+            f"{host!r} from cannot be worked out ({exc}): set AGENT_ADDRESS to the address "
+            f"other nodes reach this one at."
+        ) from None
+    if _is_unspecified(address):
+        raise ConfigError(
+            f"AGENT_ADDRESS is unset and this node has no address of its own on the route to "
+            f"the control plane ({host}): set AGENT_ADDRESS to the address other nodes reach "
+            f"this one at."
+        )
+    if is_loopback(address) and not is_loopback(host):
+        raise ConfigError(
+            f"AGENT_ADDRESS is unset, and this node reaches the control plane ({host}) through "
+            f"the loopback address {address}, which other nodes cannot reach: set "
+            f"AGENT_ADDRESS to this node's address on the network the nodes share "
+            f"(e.g. AGENT_ADDRESS=10.0.0.5)."
+        )
+    return address
+
+
 def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
     import sys
 
@@ -111,7 +181,7 @@ def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
         server=server,
         join_token=env.get("AGENT_JOIN_TOKEN") or None,
         name=name,
-        address=env.get("AGENT_ADDRESS", "127.0.0.1"),
+        address=_address(env, server),
         slots=_positive(env, "AGENT_SLOTS", os.cpu_count() or 1, int),
         state_dir=state_dir,
         heartbeat_s=_positive(env, "AGENT_HEARTBEAT_S", 5.0, float),

@@ -15,6 +15,12 @@ docs/protocols.md describes every link, frame and guarantee in prose.
 # retyped, a meaning changed); adding an optional field or a frame type keeps it.
 PROTOCOL_VERSION = 1
 
+# The agent's exit status when the control plane refused it for good — its node was
+# revoked, its enrolment was refused (join token, name) or its protocol is not spoken —
+# so that a supervisor does not restart it in a loop (the systemd unit's
+# RestartPreventExitStatus, docs/agent-install.md). An admin must act first.
+EXIT_REFUSED = 78  # EX_CONFIG in sysexits.h
+
 # Over stdio (no ENV_AGENT_SOCKET), a worker's protocol lines on stdout start with this.
 PREFIX = "@@adaptrain "
 

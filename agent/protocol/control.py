@@ -25,6 +25,17 @@ from agent.protocol.worker import (
     WorkerParams,
 )
 
+# -- opening and closing the channel -----------------------------------------------------------
+
+# Besides its credential (``Authorization: Node <credential>``), the agent names the
+# protocol it speaks and its package version when it opens /ws/agent/ (an agent from
+# before these headers speaks protocol 1).
+HEADER_PROTOCOL = "X-Adaptrain-Protocol"
+HEADER_AGENT_VERSION = "X-Adaptrain-Agent-Version"
+# Close codes after which the agent stops instead of reconnecting: an admin must act.
+CLOSE_NODE_REVOKED = 4410  # the node's credential was revoked
+CLOSE_PROTOCOL_INCOMPATIBLE = 4426  # the control plane does not speak the agent's protocol
+
 # -- control plane → agent ------------------------------------------------------------------
 
 

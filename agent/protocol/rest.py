@@ -15,10 +15,36 @@ from agent.protocol import vocabulary as v
 from agent.protocol.base import Fields, Message
 from agent.protocol.worker import MetricPoint
 
+# The ``code`` of the control plane's refusals the agent acts on (the reply is the
+# control plane's error shape, ``{"code", "message", "details"}``): it stops, with the
+# message, instead of trying again, since an admin must act first.
+ERROR_NODE_REVOKED = "node_revoked"  # 401: an admin revoked this node's credential
+ERROR_NODE_UNKNOWN = "node_unknown"  # 401: no node has this credential (deleted, or never)
+ERROR_PROTOCOL_INCOMPATIBLE = "incompatible_protocol"  # 400: upgrade the agent (or the server)
+# Enrolment refusals: the join token is unknown, revoked, expired or used up (401), or the
+# name belongs to an enrolled node (409).
+ERROR_JOIN_TOKEN_UNKNOWN = "join_token_unknown"
+ERROR_JOIN_TOKEN_REVOKED = "join_token_revoked"
+ERROR_JOIN_TOKEN_EXPIRED = "join_token_expired"
+ERROR_JOIN_TOKEN_USED_UP = "join_token_used_up"
+ERROR_NODE_NAME_TAKEN = "node_name_taken"
+
+
+def _versions(agent_version: str, protocol: int | None) -> dict[str, Any]:
+    """The agent's version fields, present only when known (an agent from before them
+    sends neither, and speaks protocol 1)."""
+    data: dict[str, Any] = {}
+    if agent_version:
+        data["agent_version"] = agent_version
+    if protocol is not None:
+        data["protocol"] = protocol
+    return data
+
 
 @dataclass(frozen=True)
 class EnrolRequest(Message):
-    """``POST agent/enrol/``: exchange a join token for this node's credential."""
+    """``POST agent/enrol/``: exchange a join token for this node's credential; the agent
+    says which package version it is and which protocol it speaks."""
 
     WHAT = "enrolment request"
     join_token: str
@@ -26,6 +52,8 @@ class EnrolRequest(Message):
     address: str  # the host the node's workers listen on
     slots: int
     labels: dict[str, str] = field(default_factory=dict)
+    agent_version: str = ""
+    protocol: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +62,7 @@ class EnrolRequest(Message):
             "address": self.address,
             "slots": self.slots,
             "labels": self.labels,
+            **_versions(self.agent_version, self.protocol),
         }
 
     @classmethod
@@ -47,6 +76,8 @@ class EnrolRequest(Message):
             address=f.text("address"),
             slots=f.integer("slots"),
             labels=labels,
+            agent_version=f.text_or_none("agent_version") or "",
+            protocol=f.integer_or_none("protocol"),
         )
 
 
@@ -70,17 +101,25 @@ class Enrolment(Message):
 @dataclass(frozen=True)
 class Heartbeat(Message):
     """``POST agent/heartbeat/``; ``jobs``: the jobs whose workers the agent runs (None:
-    not said, as when a stored credential is checked)."""
+    not said, as when a stored credential is checked); the agent's package version and
+    protocol, as at enrolment."""
 
     WHAT = "heartbeat"
     jobs: tuple[int, ...] | None = None
+    agent_version: str = ""
+    protocol: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {} if self.jobs is None else {"jobs": list(self.jobs)}
+        data: dict[str, Any] = {} if self.jobs is None else {"jobs": list(self.jobs)}
+        return {**data, **_versions(self.agent_version, self.protocol)}
 
     @classmethod
     def read(cls, f: Fields) -> Heartbeat:
-        return cls(jobs=None if f.data.get("jobs") is None else f.integers("jobs"))
+        return cls(
+            jobs=None if f.data.get("jobs") is None else f.integers("jobs"),
+            agent_version=f.text_or_none("agent_version") or "",
+            protocol=f.integer_or_none("protocol"),
+        )
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,26 @@ class RunAdmin(admin.ModelAdmin):
 
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ("name", "address", "slots", "status", "last_heartbeat")
+    list_display = (
+        "name",
+        "address",
+        "slots",
+        "status",
+        "draining",
+        "agent_version",
+        "last_heartbeat",
+        "deleted_at",
+    )
+    list_filter = ("status", "draining")
     exclude = ("credential_hash",)
+
+
+@admin.register(JoinToken)
+class JoinTokenAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "label", "created_by", "expires_at", "uses_left", "revoked_at")
+    exclude = ("token_hash",)
 
 
 admin.site.register(Worker)
 admin.site.register(Command)
 admin.site.register(Event)
-admin.site.register(JoinToken)

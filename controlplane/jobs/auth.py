@@ -5,6 +5,7 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.views import APIView
 
+from controlplane.errors import ApiError
 from controlplane.jobs.models import Node
 from controlplane.jobs.services.nodes import node_authenticate
 
@@ -24,11 +25,10 @@ class NodeCredentialAuthentication(authentication.BaseAuthentication):
         credential = credential_from_header(header)
         if credential is None:
             return None
-        node = node_authenticate(credential)
-        if node is None:
-            raise exceptions.AuthenticationFailed(
-                "Unknown node credential: re-enrol the agent with a join token."
-            )
+        try:
+            node = node_authenticate(credential)
+        except ApiError as exc:  # unknown, deleted or revoked: the code says which
+            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
         return AnonymousUser(), node
 
     def authenticate_header(self, request):

@@ -12,36 +12,93 @@ from django.utils import timezone
 from agent.protocol import vocabulary
 
 
+class NodeQuerySet(models.QuerySet):
+    def enrolled(self) -> NodeQuerySet:
+        """Nodes not deleted by an admin (the nodes page, the name's owner)."""
+        return self.filter(deleted_at__isnull=True)
+
+    def schedulable(self) -> NodeQuerySet:
+        """Nodes new workers may go to: online and not draining (placement, grows)."""
+        return self.enrolled().filter(status=Node.Status.ONLINE, draining=False)
+
+
 class Node(models.Model):
+    """One enrolment of a machine's agent. An admin may drain a node (no new workers go
+    there; those running carry on), revoke it (its credential stops working and its jobs
+    go on without it, as for a lost node) and delete it once no worker runs there; a
+    deleted node's row stays, for the history of the jobs it ran, and frees its name."""
+
     class Status(models.TextChoices):
         ONLINE = "online"
         OFFLINE = "offline"
         LOST = "lost"
+        REVOKED = "revoked"  # by an admin: the credential is refused
+        INCOMPATIBLE = "incompatible"  # the agent speaks a protocol the control plane does not
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(max_length=100)
     address = models.CharField(max_length=255, help_text="Host the node's workers listen on.")
     slots = models.PositiveIntegerField(default=1)
     labels = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OFFLINE)
+    # Why the node is revoked or incompatible (what to do about it); empty otherwise.
+    status_reason = models.TextField(blank=True)
+    # Drained by an admin: placement and grows skip it; its running workers carry on.
+    draining = models.BooleanField(default=False)
     credential_hash = models.CharField(max_length=64, unique=True)
+    # What the agent said at its last enrolment, heartbeat or connection.
+    agent_version = models.CharField(max_length=50, blank=True)
+    protocol = models.PositiveIntegerField(null=True, blank=True)
+    join_token = models.ForeignKey(
+        "JoinToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"
+    )
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NodeQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # One enrolled node per name; deleted nodes keep theirs, for the history.
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(deleted_at__isnull=True),
+                name="node_unique_name_enrolled",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
 
 
 class JoinToken(models.Model):
-    """A token an admin creates; an agent exchanges it once per node for a node credential."""
+    """A token an admin creates for agents to enrol with: each enrolment uses it once,
+    up to ``uses_allowed`` times, until it expires or is revoked. Only its digest is
+    stored (the secret is shown once), and ``prefix`` recognises it."""
 
     label = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, blank=True)
     token_hash = models.CharField(max_length=64, unique=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked = models.BooleanField(default=False)
+    expires_at = models.DateTimeField()
+    uses_allowed = models.PositiveIntegerField(default=1)
+    uses_left = models.PositiveIntegerField(default=1)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(uses_left__lte=models.F("uses_allowed")),
+                name="join_token_uses_left_within_allowed",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.label})" if self.label else f"{self.prefix}…"
 
 
 # The entrypoints a job may name, and the module the agent runs for each (``python -m``).

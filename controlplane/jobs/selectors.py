@@ -16,7 +16,16 @@ from django.utils import timezone
 
 from controlplane.errors import NotFound
 from controlplane.jobs import placement
-from controlplane.jobs.models import ClusterVersion, Command, Event, Job, Node, Run, Worker
+from controlplane.jobs.models import (
+    ClusterVersion,
+    Command,
+    Event,
+    Job,
+    JoinToken,
+    Node,
+    Run,
+    Worker,
+)
 
 
 def jobs_visible_to(user) -> QuerySet[Job]:
@@ -92,7 +101,23 @@ def job_events(job: Job, *, after_id: int | None = None, run: Run | None = None)
 
 
 def nodes_all() -> QuerySet[Node]:
-    return Node.objects.order_by("name")
+    """The enrolled nodes (not deleted), by name, each with ``workers_active``: how many
+    workers run (or are starting) there."""
+    return (
+        Node.objects.enrolled()
+        .annotate(workers_active=Count("workers", filter=Q(workers__state__in=Worker.ACTIVE)))
+        .order_by("name")
+    )
+
+
+def node_standing(node_id: int) -> str | None:
+    """The node's status now, or None once it was deleted (its credential no longer works)."""
+    return Node.objects.enrolled().filter(id=node_id).values_list("status", flat=True).first()
+
+
+def join_tokens_all() -> QuerySet[JoinToken]:
+    """Join tokens, newest first, with their creator and the nodes enrolled with them."""
+    return JoinToken.objects.select_related("created_by").prefetch_related("nodes").order_by("-id")
 
 
 def job_cluster_members(job: Job) -> list[int]:

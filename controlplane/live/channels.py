@@ -129,3 +129,13 @@ def push_command_to_agent(node_id: int, frame: dict[str, Any]) -> bool:
     """Push a command (or cluster) frame to the node's agent; False when it could not be
     pushed (it is sent again from its row, see the module docstring)."""
     return _group_send(agent_group(node_id), {"type": COMMAND_PUSH, "command": frame})
+
+
+AGENT_CLOSE = "agent.close"
+
+
+def close_agent_channel(node_id: int, code: int) -> bool:
+    """Close the node's command channel (``/ws/agent/``) with ``code``: the node was
+    revoked or deleted. False (logged) when it could not be pushed; the consumer also
+    checks its node every ``CHANNEL_REFRESH_S``."""
+    return _group_send(agent_group(node_id), {"type": AGENT_CLOSE, "code": code})

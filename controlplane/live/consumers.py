@@ -44,6 +44,10 @@ from django.conf import settings
 
 from agent.protocol import ProtocolError
 from agent.protocol.control import (
+    CLOSE_NODE_REVOKED,
+    CLOSE_PROTOCOL_INCOMPATIBLE,
+    HEADER_AGENT_VERSION,
+    HEADER_PROTOCOL,
     AckFrame,
     AppliedFrame,
     ClusterFrame,
@@ -55,8 +59,10 @@ from agent.protocol.control import (
     WorkerFrame,
     parse_from_agent,
 )
+from agent.protocol.rest import ERROR_NODE_REVOKED
 from controlplane.errors import ApiError
 from controlplane.jobs import outbox, selectors
+from controlplane.jobs.models import Node
 from controlplane.jobs.services import commands, nodes, reports
 from controlplane.live import channels
 
@@ -177,10 +183,25 @@ class JobStreamConsumer(_GroupConsumer):
         await self._send_frame(message["frame"])
 
 
+def _header(scope, name: str) -> str:
+    wanted = name.lower().encode("latin-1")
+    for key, value in scope.get("headers") or []:
+        if key.lower() == wanted:
+            return value.decode("latin-1").strip()
+    return ""
+
+
 class AgentCommandConsumer(_GroupConsumer):
     async def connect(self):
         self.node = self.scope.get("node")
         if self.node is None:
+            refusal = self.scope.get("node_refusal")
+            if refusal is not None and refusal.code == ERROR_NODE_REVOKED:
+                # Accepted only to be closed with the code that tells the agent to stop.
+                await self.accept()
+                await self.send_json(ErrorFrame(message=refusal.message).to_dict())
+                await self.close(code=CLOSE_NODE_REVOKED)
+                return
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.group = channels.agent_group(self.node.id)
@@ -189,14 +210,44 @@ class AgentCommandConsumer(_GroupConsumer):
             await self.close()
             return
         await self.accept()
-        await database_sync_to_async(nodes.node_heartbeat)(node=self.node)
+        # The agent names its protocol and version in headers (none: protocol 1).
+        raw_protocol = _header(self.scope, HEADER_PROTOCOL)
+        try:
+            protocol = int(raw_protocol) if raw_protocol else None
+            await database_sync_to_async(nodes.node_heartbeat)(
+                node=self.node,
+                agent_version=_header(self.scope, HEADER_AGENT_VERSION)[:50],
+                protocol=protocol,
+            )
+        except (ValueError, ApiError) as exc:
+            message = (
+                exc.message
+                if isinstance(exc, ApiError)
+                else f"{HEADER_PROTOCOL} must be an integer, got {raw_protocol!r}"
+            )
+            await self.send_json(ErrorFrame(message=message).to_dict())
+            await self.close(code=CLOSE_PROTOCOL_INCOMPATIBLE)
+            return
+        if await self._close_if_refused():  # revoked or deleted while it connected
+            return
         pending = await database_sync_to_async(selectors.commands_unfinished_for_node)(self.node)
         for command in pending:
             await self._deliver(outbox.command_frame(command))
         for frame in await database_sync_to_async(outbox.cluster_frames_for_node)(self.node):
             await self._deliver(frame)
 
+    async def _close_if_refused(self) -> bool:
+        """Close the socket of a node revoked or deleted since it was authenticated."""
+        standing = await database_sync_to_async(selectors.node_standing)(self.node.id)
+        if standing is None or standing == Node.Status.REVOKED:
+            await self.close(code=CLOSE_UNAUTHENTICATED if standing is None else CLOSE_NODE_REVOKED)
+            return True
+        return False
+
     async def refresh(self) -> None:
+        # The push that closes a revoked or deleted node's socket may have been lost.
+        if await self._close_if_refused():
+            return
         unacked = await database_sync_to_async(selectors.commands_unfinished_for_node)(
             self.node, unacked_for_s=settings.CHANNEL_REFRESH_S
         )
@@ -224,6 +275,10 @@ class AgentCommandConsumer(_GroupConsumer):
 
     async def command_push(self, message):
         await self._deliver(message["command"])
+
+    async def agent_close(self, message):
+        """The node was revoked or deleted (``channels.close_agent_channel``)."""
+        await self.close(code=message["code"])
 
     async def receive_json(self, content, **kwargs):
         try:

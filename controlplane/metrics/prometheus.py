@@ -45,7 +45,7 @@ def render_metrics() -> str:
     for status in Job.Status.values:
         lines.append(f'adaptrain_jobs{{status="{status}"}} {jobs.get(status, 0)}')
 
-    nodes = dict(Node.objects.values_list("status").annotate(n=Count("id")))
+    nodes = dict(Node.objects.enrolled().values_list("status").annotate(n=Count("id")))
     family("adaptrain_nodes", "gauge", "Nodes (agents) by status.")
     for status in Node.Status.values:
         lines.append(f'adaptrain_nodes{{status="{status}"}} {nodes.get(status, 0)}')

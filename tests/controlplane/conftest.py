@@ -14,7 +14,7 @@ from controlplane.jobs.services.scheduling import job_place
 
 @pytest.fixture
 def nodes():
-    token = join_token_create(label="test")
+    _, token = join_token_create(label="test", uses=2)
     return [
         node_enrol(join_token=token, name=f"n{i}", address=f"10.0.0.{i}", slots=2, labels={})[0]
         for i in (1, 2)
@@ -23,7 +23,7 @@ def nodes():
 
 @pytest.fixture
 def join_token():
-    return join_token_create(label="test")
+    return join_token_create(label="test")[1]
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ Runs in-process against the WSGI app inside the test transaction, authenticated 
 user with a token (agent endpoints also see a node credential).
 """
 
+import secrets
+
 import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
@@ -53,9 +55,15 @@ def auth_headers(django_user_model, keep_test_connection):
 def test_api_never_errors_and_matches_its_schema(case, auth_headers):
     headers = dict(auth_headers)
     if case.path.startswith("/api/v1/agent/") and case.path != "/api/v1/agent/enrol/":
-        token = join_token_create()
+        _, token = join_token_create()
+        # A name of its own per example: examples share the test's database, and an
+        # enrolled node's name cannot be taken again.
         _, credential = node_enrol(
-            join_token=token, name="fuzz-node", address="127.0.0.1", slots=4, labels={}
+            join_token=token,
+            name=f"fuzz-node-{secrets.token_hex(4)}",
+            address="127.0.0.1",
+            slots=4,
+            labels={},
         )
         headers["Authorization"] = f"Node {credential}"
     # Everything but the two "acceptance" checks: the API validates beyond what a JSON

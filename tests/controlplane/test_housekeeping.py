@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def placed_job(user):
-    token = join_token_create()
+    _, token = join_token_create()
     node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
     job = job_create(
         owner=user,

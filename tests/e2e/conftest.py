@@ -60,10 +60,12 @@ def _stack(
     slots: int | list[int],
     distinct_addresses: bool = False,
     namespaces: bool = False,
+    spare_namespaces: int = 0,
     redis_url: str | None = None,
 ):
     """The stack, on ``redis_url`` when given (a Redis of the test's own), else on the
-    configured one."""
+    configured one. With ``namespaces``, ``spare_namespaces`` more are made, after the
+    agents' own, for agents a test starts itself."""
     from django.conf import settings
 
     # A database of its own, named after the configured one so parallel runs with
@@ -89,12 +91,16 @@ def _stack(
     )
     try:
         if namespaces:
-            s.namespaces = NetworkNamespaces(agents, tag=f"{os.getpid() % 10000:04d}")
+            s.namespaces = NetworkNamespaces(
+                agents + spare_namespaces, tag=f"{os.getpid() % 10000:04d}"
+            )
             s.namespaces.create()
         s.migrate()
         s.token = ensure_user(s, "e2e", "e2e-password")
         s.password = "e2e-password"
-        join_token = s.manage("create_join_token", "--label", "e2e").strip()
+        join_token = s.manage(
+            "create_join_token", "--label", "e2e", "--uses", str(max(agents, 1))
+        ).strip()
         s.start_web()
         s.start_celery()
         s.start_agents(join_token, log_dir / "agents", distinct_addresses=distinct_addresses)

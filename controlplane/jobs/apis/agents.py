@@ -1,6 +1,6 @@
-"""REST endpoints for nodes: the list users see, and the agents' own endpoints
-(enrolment with a join token, heartbeat, worker ports and the cluster spec, job
-reports). The agents' metric batches are the metrics app's (``metrics.apis``)."""
+"""The agents' own REST endpoints: enrolment with a join token, heartbeat, worker ports
+and the cluster spec, job reports. The agents' metric batches are the metrics app's
+(``metrics.apis``); what people see of nodes is :mod:`controlplane.jobs.apis.nodes`."""
 
 from __future__ import annotations
 
@@ -13,54 +13,39 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.api import ERRORS, OK
+from controlplane.api import ERRORS, OK, ErrorSerializer
 from controlplane.bundles import selectors as bundle_selectors
 from controlplane.bundles import services as bundle_services
 from controlplane.errors import InvalidInput, NotFound
 from controlplane.jobs import selectors
+from controlplane.jobs.apis.nodes import NODE_NAME
 from controlplane.jobs.auth import AgentApi
 from controlplane.jobs.services import membership, nodes, reports
 
-
-class NodeOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    address = serializers.CharField()
-    slots = serializers.IntegerField()
-    labels = serializers.DictField(child=serializers.CharField())
-    status = serializers.CharField()
-    last_heartbeat = serializers.DateTimeField(allow_null=True)
-
-
-class NodeListApi(APIView):
-    @extend_schema(responses={200: NodeOutputSerializer(many=True), **ERRORS})
-    def get(self, request):
-        return Response(
-            [
-                {
-                    "id": n.id,
-                    "name": n.name,
-                    "address": n.address,
-                    "slots": n.slots,
-                    "labels": n.labels,
-                    "status": n.status,
-                    "last_heartbeat": n.last_heartbeat,
-                }
-                for n in selectors.nodes_all()
-            ]
-        )
-
-
 # --- agent side ----------------------------------------------------------------------------
+
+
+class _AgentVersions(serializers.Serializer):
+    """What an agent says of itself at enrolment and with every heartbeat."""
+
+    agent_version = serializers.CharField(
+        max_length=50, required=False, allow_blank=True, help_text="The agent's package version."
+    )
+    protocol = serializers.IntegerField(
+        min_value=0,
+        required=False,
+        allow_null=True,
+        help_text="The protocol the agent speaks (absent: 1, an agent from before versions).",
+    )
 
 
 class AgentEnrolApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(_AgentVersions):
         join_token = serializers.CharField(max_length=200)
-        name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", max_length=100)
+        name = serializers.RegexField(NODE_NAME, max_length=100)
         address = serializers.CharField(max_length=255)
         slots = serializers.IntegerField(min_value=1, max_value=1024)
         labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
@@ -76,6 +61,7 @@ class AgentEnrolApi(APIView):
                     "credential": serializers.CharField(),
                 },
             ),
+            409: ErrorSerializer,
             **ERRORS,
         },
     )
@@ -89,6 +75,8 @@ class AgentEnrolApi(APIView):
             address=v["address"],
             slots=v["slots"],
             labels=v.get("labels", {}),
+            agent_version=v.get("agent_version", ""),
+            protocol=v.get("protocol"),
         )
         return Response(
             {"node": node.id, "name": node.name, "credential": credential},
@@ -97,7 +85,7 @@ class AgentEnrolApi(APIView):
 
 
 class AgentHeartbeatApi(AgentApi):
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(_AgentVersions):
         jobs = serializers.ListField(
             child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
         )
@@ -125,8 +113,12 @@ class AgentHeartbeatApi(AgentApi):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        v = data.validated_data
         release = nodes.node_heartbeat(
-            node=request.auth, running_jobs=data.validated_data.get("jobs")
+            node=request.auth,
+            running_jobs=v.get("jobs"),
+            agent_version=v.get("agent_version", ""),
+            protocol=v.get("protocol"),
         )
         return Response(
             {

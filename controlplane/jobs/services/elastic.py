@@ -101,7 +101,7 @@ def job_scale(
         return commands
 
     needed = value - size
-    nodes = {n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)}
+    nodes = {n.id: n for n in Node.objects.schedulable().select_for_update()}
     capacities = selectors.node_capacities(nodes)
     plan = placement.plan_placement(capacities, needed, job.node_selector)
     if plan is None:
@@ -111,9 +111,10 @@ def job_scale(
             if placement.labels_match(c.labels, job.node_selector)
         )
         where = (
-            f"online nodes matching the job's node_selector {placement.node_selector_text(job.node_selector)}"
+            f"online nodes (not draining) matching the job's node_selector "
+            f"{placement.node_selector_text(job.node_selector)}"
             if job.node_selector
-            else "online nodes"
+            else "online nodes (not draining)"
         )
         raise Conflict(
             f"Not enough free slots to grow job {job.id} from {size} to {value} workers: {needed} more "
@@ -298,7 +299,7 @@ def jobs_grow_to_wanted(*, delay_s: float, max_delay_s: float = 600.0) -> list[i
             wait = min(delay_s * 2**failed_in_a_row, max_delay_s)
             if last_try is not None and now - last_try < timedelta(seconds=wait):
                 continue
-            nodes = {n.id: n for n in Node.objects.filter(status=Node.Status.ONLINE)}
+            nodes = {n.id: n for n in Node.objects.schedulable()}
             free = sum(
                 max(c.free_slots, 0)
                 for c in selectors.node_capacities(nodes)

@@ -1,6 +1,7 @@
-"""Placing pending jobs: workers on online nodes with free slots whose labels match the
-job's node selector (the pure plan is ``placement.plan_placement``), a start command
-to each node, and, for a job that fits nowhere yet, the reason it waits."""
+"""Placing pending jobs: workers on online nodes that are not draining, with free slots
+and labels that match the job's node selector (the pure plan is
+``placement.plan_placement``), a start command to each node, and, for a job that fits
+nowhere yet, the reason it waits."""
 
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ def job_place(*, job_id: int) -> bool:
         job = Job.objects.select_for_update().filter(id=job_id).first()
         if job is None or job.status != Job.Status.PENDING:
             return False
-        nodes = {
-            n.id: n for n in Node.objects.select_for_update().filter(status=Node.Status.ONLINE)
-        }
+        # Online and not drained by an admin (Node.objects.schedulable).
+        nodes = {n.id: n for n in Node.objects.schedulable().select_for_update()}
         busy = _nodes_busy_with_earlier_runs(job)
         capacities = [c for c in selectors.node_capacities(nodes) if c.node_id not in busy]
         # All the initial workers; an elastic job short of room starts with as many as fit,
@@ -103,7 +103,9 @@ def _pending_reason(job: Job) -> str:
     ever hold it, or the nodes that could are offline or busy now."""
     selector = placement.node_selector_text(job.node_selector)
     matching = [
-        n for n in Node.objects.all() if placement.labels_match(n.labels or {}, job.node_selector)
+        n
+        for n in Node.objects.enrolled().exclude(status=Node.Status.REVOKED)
+        if placement.labels_match(n.labels or {}, job.node_selector)
     ]
     if not matching:
         return (
@@ -118,7 +120,10 @@ def _pending_reason(job: Job) -> str:
             f"than the {needed} worker(s) the job starts with at least; the job stays pending until "
             f"more such nodes enrol"
         )
-    return f"waiting for {_slots_text(job)} on online nodes matching node_selector {selector}"
+    return (
+        f"waiting for {_slots_text(job)} on online nodes (not draining) matching node_selector "
+        f"{selector}"
+    )
 
 
 def _pending_reason_record(job: Job, *, busy_nodes: dict[str, int] | None = None) -> None:
@@ -130,7 +135,7 @@ def _pending_reason_record(job: Job, *, busy_nodes: dict[str, int] | None = None
     reason = (
         _pending_reason(job)
         if job.node_selector
-        else (f"waiting for {_slots_text(job)} on online nodes")
+        else (f"waiting for {_slots_text(job)} on online nodes (not draining)")
     )
     if busy_nodes:
         held = ", ".join(f"{name} (run {number})" for name, number in sorted(busy_nodes.items()))

@@ -6,11 +6,14 @@ from agent.daemon.config import ConfigError, load_config
 
 
 def test_defaults_and_derived_urls():
-    config = load_config({"AGENT_SERVER": "https://cp.example.org/", "AGENT_NAME": "n1"})
+    config = load_config(
+        {"AGENT_SERVER": "https://cp.example.org/", "AGENT_NAME": "n1", "AGENT_ADDRESS": "10.0.0.5"}
+    )
     assert config.server == "https://cp.example.org"
     assert config.ws_url == "wss://cp.example.org/ws/agent/"
     assert config.name == "n1" and config.slots >= 1 and config.join_token is None
     assert config.on_exit == "detach" and config.orphan_grace_s == 600.0
+    assert config.address == "10.0.0.5"
     assert load_config({"AGENT_ON_EXIT": " Stop "}).on_exit == "stop"
 
 

@@ -31,11 +31,35 @@ EXAMPLES: list[tuple[Message, dict]] = [
         },
     ),
     (
+        r.EnrolRequest(
+            join_token="join_abc",
+            name="node-1",
+            address="10.0.0.1",
+            slots=4,
+            agent_version="0.2.0",
+            protocol=1,
+        ),
+        {
+            "join_token": "join_abc",
+            "name": "node-1",
+            "address": "10.0.0.1",
+            "slots": 4,
+            "labels": {},
+            "agent_version": "0.2.0",
+            "protocol": 1,
+        },
+    ),
+    (
         r.Enrolment(node=3, name="node-1", credential="node_xyz"),
         {"node": 3, "name": "node-1", "credential": "node_xyz"},
     ),
     (r.Heartbeat(), {}),
     (r.Heartbeat(jobs=(4, 9)), {"jobs": [4, 9]}),
+    (
+        r.Heartbeat(jobs=(4,), agent_version="0.2.0", protocol=1),
+        {"jobs": [4], "agent_version": "0.2.0", "protocol": 1},
+    ),
+    (r.Heartbeat(protocol=2), {"protocol": 2}),
     (
         r.HeartbeatReply(ok=True, heartbeat_timeout_s=30.0, release=(9,)),
         {"ok": True, "heartbeat_timeout_s": 30.0, "release": [9]},
@@ -157,6 +181,7 @@ def test_a_body_is_written_as_before_and_read_back(body, wire):
             {"join_token": "j", "name": "n", "address": "a", "slots": 1, "labels": {"gpu": 1}},
             "enrolment request: field 'labels' must map names to strings",
         ),
+        (r.Heartbeat, {"protocol": "1"}, "heartbeat: field 'protocol' must be an integer"),
     ],
 )
 def test_a_malformed_body_is_refused_naming_it_and_the_field(kind, data, message):

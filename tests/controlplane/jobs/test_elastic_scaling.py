@@ -31,7 +31,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def nodes():
-    token = join_token_create(label="test")
+    _, token = join_token_create(label="test", uses=2)
     made = []
     for i, slots in enumerate((2, 2), start=1):
         node, credential = node_enrol(

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _enrol(name: str, slots: int) -> Node:
-    token = join_token_create(label="test")
+    _, token = join_token_create(label="test")
     node, _ = node_enrol(
         join_token=token, name=name, address=f"{name}.local", slots=slots, labels={}
     )

@@ -22,7 +22,7 @@ VALID = {
 
 
 def _enrol(name: str, *, slots: int = 2, labels: dict | None = None) -> Node:
-    token = join_token_create(label="test")
+    _, token = join_token_create(label="test")
     node, _ = node_enrol(
         join_token=token, name=name, address=f"{name}.local", slots=slots, labels=labels or {}
     )
@@ -168,7 +168,7 @@ def test_a_job_whose_matching_nodes_are_busy_or_offline_waits_for_them(user):
     assert second.status == "pending"
     assert second.status_reason == (
         "waiting for 1 free slot(s) (it starts with up to 2 worker(s), at least 1) "
-        "on online nodes matching node_selector gpu=a100"
+        "on online nodes (not draining) matching node_selector gpu=a100"
     )
 
     job_cancel(job=first, actor="user:alice")
@@ -222,6 +222,9 @@ def test_a_grow_beyond_the_matching_free_slots_is_a_409_that_names_the_selector(
     )
     assert response.status_code == 409, response.json()
     body = response.json()
-    assert "0 free on online nodes matching the job's node_selector gpu=a100" in body["message"]
+    assert (
+        "0 free on online nodes (not draining) matching the job's node_selector gpu=a100"
+        in body["message"]
+    )
     assert body["details"]["node_selector"] == {"gpu": "a100"}
     assert Job.objects.get(id=job.id).status == "running"

@@ -12,7 +12,7 @@ from controlplane.jobs.services.scheduling import job_place
 def node() -> Node:
     """One enrolled node, n1, with 2 slots."""
     node, _ = node_enrol(
-        join_token=join_token_create(label="t"),
+        join_token=join_token_create(label="t")[1],
         name="n1",
         address="127.0.0.1",
         slots=2,

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_ingest_enqueues_a_leading_and_a_trailing_evaluation_per_debounce_window(user):
-    token = join_token_create()
+    _, token = join_token_create()
     node, _ = node_enrol(join_token=token, name="n1", address="127.0.0.1", slots=4, labels={})
     policy = policy_create(
         owner=user,

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_prometheus_metrics_report_jobs_nodes_commands_and_ingest(client, user):
-    token = join_token_create()
+    _, token = join_token_create()
     node_enrol(join_token=token, name="n1", address="h", slots=2, labels={})
     job_create(
         owner=user,

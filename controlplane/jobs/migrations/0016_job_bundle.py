@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0012_api_tokens_to_accounts"),
+        ("jobs", "0015_join_token_expiry_required"),
     ]
 
     operations = [
