@@ -10,6 +10,7 @@ from controlplane.api import VocabularyApi
 from controlplane.jobs.apis import agents as agent_apis
 from controlplane.jobs.apis import jobs as job_apis
 from controlplane.jobs.apis import runs as run_apis
+from controlplane.logs import apis as log_apis
 from controlplane.metrics import apis as metric_apis
 from controlplane.metrics.prometheus import metrics_view
 from controlplane.policies import apis as policy_apis
@@ -23,6 +24,7 @@ api_v1 = [
     path("jobs/<int:job_id>/commands/", run_apis.JobCommandsApi.as_view(), name="job-commands"),
     path("jobs/<int:job_id>/metrics/", metric_apis.JobMetricsApi.as_view(), name="job-metrics"),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
+    path("jobs/<int:job_id>/logs/", log_apis.JobLogsApi.as_view(), name="job-logs"),
     path("nodes/", agent_apis.NodeListApi.as_view(), name="node-list"),
     path("vocabulary/", VocabularyApi.as_view(), name="vocabulary"),
     path("tokens/", account_apis.TokenListCreateApi.as_view(), name="token-list"),
@@ -66,6 +68,7 @@ api_v1 = [
     path("agent/enrol/", agent_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
     path("agent/heartbeat/", agent_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
     path("agent/metrics/", metric_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
+    path("agent/logs/", log_apis.AgentLogsApi.as_view(), name="agent-logs"),
     path(
         "agent/jobs/<int:job_id>/report/",
         agent_apis.AgentJobReportApi.as_view(),
