@@ -14,21 +14,24 @@ that job meanwhile (the lines wait in their files).
 Each worker may ship ``AGENT_LOG_RATE_LINES_S`` lines per second (by the second they were
 written in); beyond that its lines are dropped — they stay in the file on the node —
 and a line ``[adaptrain] N lines dropped …`` is shipped in their place. When a worker
-has ended, its last lines are shipped whatever the rate, so a flood never hides the
-traceback it ended with.
+has ended, its last lines (up to 200) are shipped whatever the rate, so a flood never
+hides the traceback it ended with. A job's lines are merged by time into one batch,
+each worker's in the order it wrote them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +49,7 @@ MAX_BATCH_LINES = 5_000
 MAX_BATCH_BYTES = 1 << 20  # of text: well under the control plane's limits
 READ_BYTES = 1 << 18  # read from one file at a time
 HEAD_BYTES = 64
-FINAL_LINES = 200  # a worker's last lines, shipped whatever the rate
+FINAL_LINES = 200  # a worker's last lines, shipped whatever the rate once it ended
 KEEPER_EXIT_WAIT_S = 5.0  # for the keepers to write what the workers wrote last
 DRAIN_TIMEOUT_S = 60.0  # for the last batches of a job that ended
 
@@ -66,6 +69,9 @@ class Tail:
     count: int = 0  # lines shipped in it
     dropped: int = 0  # lines dropped, not yet reported
     caught_up: bool = False  # at the end of the worker's current file at the last read
+    # The worker's last records read, and whether each was shipped (not kept on disk: an
+    # agent that restarts can rescue only what it read itself).
+    recent: deque[tuple[Record, bool]] = field(default_factory=lambda: deque(maxlen=FINAL_LINES))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -149,26 +155,46 @@ class Tail:
         return records, note
 
     def admit(
-        self, records: list[Record], *, rate: int, now: float, keep_last: int = 0
+        self, records: list[Record], *, rate: int, now: float, final: bool = False
     ) -> list[LogLine]:
         """The lines to ship of these records: at most ``rate`` per second of their time,
-        a note for those dropped beyond it; the last ``keep_last`` pass whatever the rate."""
+        and a note for those dropped beyond it (once their second is well over, so the
+        worker's last lines can still be rescued). ``final``: the worker has ended — the
+        dropped lines among its last :data:`FINAL_LINES` not yet reported in a note are
+        shipped after all, so a flood never hides the traceback it ended with."""
         lines = []
-        free_from = len(records) - keep_last
-        for i, r in enumerate(records):
+        for r in records:
             second = int(r.time)
             if second != self.window:
                 self.window, self.count = second, 0
-            if self.count >= rate and i < free_from:
+            admitted = self.count < rate
+            self.recent.append((r, admitted))
+            if not admitted:
                 self.dropped += 1
                 continue
             if self.dropped:
                 lines.append(self._dropped_note(r.time, rate))
             self.count += 1
-            lines.append(LogLine(rank=self.rank, stream=r.stream, time=r.time, text=text_of(r)))
-        if self.dropped and now >= self.window + 1:
+            lines.append(self._line(r))
+        if final:
+            # The last `dropped` lines dropped are the ones no note reported yet.
+            rescued: list[Record] = []
+            for r, admitted in reversed(self.recent):
+                if len(rescued) == self.dropped:
+                    break
+                if not admitted:
+                    rescued.append(r)
+            self.dropped -= len(rescued)
+            if self.dropped:
+                lines.append(self._dropped_note(now, rate))
+            lines += [self._line(r) for r in reversed(rescued)]
+            self.recent.clear()
+        elif self.dropped and now >= self.window + 2:
             lines.append(self._dropped_note(float(self.window + 1), rate))
         return lines
+
+    def _line(self, r: Record) -> LogLine:
+        return LogLine(rank=self.rank, stream=r.stream, time=r.time, text=text_of(r))
 
     def _dropped_note(self, t: float, rate: int) -> LogLine:
         text = (
@@ -224,28 +250,35 @@ class JobLogs:
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
 
-    def collect(self, workers: Iterable[LocalWorker], *, final: bool = False) -> None:
+    def collect(self, workers: Iterable[LocalWorker]) -> None:
         """Read what the workers wrote since the last batch into a new batch in flight
-        (none when there is nothing new); ``final``: the workers have ended."""
+        (none when there is nothing new). A worker that ended (and its keeper) is read to
+        the end of its file, its last lines rescued from the rate limit."""
+        workers = list(workers)
+        ended = {w.rank: w.gone() and w.keeper_gone() for w in workers}
         for worker in workers:
             if worker.rank not in self.tails and worker.log_path and worker.log_inode:
                 self.tails[worker.rank] = Tail(worker.rank, Path(worker.log_path), worker.log_inode)
-        lines: list[LogLine] = []
+        per_tail: list[list[LogLine]] = []
         size = 0
         now = time.time()
         for tail in self.tails.values():
-            while len(lines) < MAX_BATCH_LINES and size < MAX_BATCH_BYTES:
+            lines: list[LogLine] = []
+            final = ended.get(tail.rank, True)  # a worker the group no longer has is over
+            while size < MAX_BATCH_BYTES and sum(map(len, per_tail)) + len(lines) < MAX_BATCH_LINES:
                 records, lost = tail.read(self.read_bytes)
                 if lost:
                     lines.append(LogLine(rank=tail.rank, stream=v.STDERR, time=now, text=lost))
-                keep = FINAL_LINES if final and tail.caught_up else 0
-                new = tail.admit(records, rate=self.rate, now=now, keep_last=keep)
+                new = tail.admit(records, rate=self.rate, now=now, final=final and tail.caught_up)
                 lines += new
                 size += sum(len(line.text) for line in new)
                 if not records and not lost:
                     break
-        if lines:
-            self.inflight = LogBatch(batch_id=uuid.uuid4().hex, job=self.job_id, lines=tuple(lines))
+            per_tail.append(lines)
+        # Merged by time, each worker's lines in the order written: the run's order.
+        merged = tuple(heapq.merge(*per_tail, key=lambda line: line.time))
+        if merged:
+            self.inflight = LogBatch(batch_id=uuid.uuid4().hex, job=self.job_id, lines=merged)
             self.save()
 
     @property
@@ -347,7 +380,7 @@ class LogShipper:
         async with logs.lock:
             while time.monotonic() < deadline:
                 if logs.inflight is None:
-                    logs.collect(workers, final=True)
+                    logs.collect(workers)
                     if logs.inflight is None and logs.caught_up:
                         break
                 await asyncio.sleep(max(0.0, logs.retry_at - time.monotonic()))

@@ -13,6 +13,7 @@ end-to-end tests, where the agent starts every worker with the same environment 
      "stderr_every": 10,          # every tenth line goes to stderr instead
      "long_line": 0,              # then print one line of this many characters
      "then": "exit",              # "exit", or "train": wait for a stop command
+     "raise": "",                 # then raise RuntimeError(this) (a traceback on stderr)
      "exit_code": 0}
 
 It opens the agent channel when the agent gave it a socket (answering ``stop`` with
@@ -81,6 +82,8 @@ def main() -> None:
         print("x" * int(script["long_line"]))
     if script.get("then") == "train":
         stop.wait()
+    if script.get("raise"):
+        raise RuntimeError(script["raise"])
     sys.exit(int(script.get("exit_code", 0)))
 
 

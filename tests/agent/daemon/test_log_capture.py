@@ -165,27 +165,33 @@ def test_lines_beyond_the_rate_are_dropped_and_said_so_once_a_second(tmp_path):
     assert [line.text for line in lines] == ["a0", "a1", "a2", "a3"]
     # The next second's first line comes after the note about the previous one's drops.
     lines = tail.admit([Record(101.2, "stdout", b"b0")], rate=4, now=101.2)
-    assert [(line.stream, line.text) for line in lines] == [
-        ("stderr", lines[0].text),
-        ("stdout", "b0"),
-    ]
+    assert [line.stream for line in lines] == ["stderr", "stdout"] and lines[1].text == "b0"
     assert lines[0].text.startswith(
         "[adaptrain] 6 lines dropped: this worker wrote more than 4 lines/s"
     )
     assert lines[0].rank == 3
-    # Dropped lines with nothing after them are reported once their second is over.
-    assert (
-        len(tail.admit([Record(101.3, "stdout", b"b%d" % i) for i in range(5)], rate=4, now=101.4))
-        == 3
-    )
-    late = tail.admit([], rate=4, now=102.1)
+    # Dropped lines with nothing after them are reported once their second is well over.
+    more = [Record(101.3, "stdout", b"b%d" % i) for i in range(1, 6)]
+    assert len(tail.admit(more, rate=4, now=101.4)) == 3
+    assert tail.admit([], rate=4, now=102.5) == []
+    late = tail.admit([], rate=4, now=103.0)
     assert [line.text.split(":")[0] for line in late] == ["[adaptrain] 2 lines dropped"]
-    # A worker's last lines pass whatever the rate (a flood must not hide its traceback).
-    flood = [Record(200.0, "stderr", b"t%d" % i) for i in range(10)]
-    passed = tail.admit(flood, rate=2, now=200.0, keep_last=3)
-    assert [line.text for line in passed][:2] == ["t0", "t1"]
-    assert [line.text for line in passed][-3:] == ["t7", "t8", "t9"]
-    assert "5 lines dropped" in passed[2].text
+
+
+def test_a_worker_that_ended_ships_its_last_dropped_lines_after_all(tmp_path):
+    tail = Tail(0, tmp_path / "unused.log", 1)
+    flood = [Record(200.0, "stdout", b"f%d" % i) for i in range(300)]
+    crash = [Record(200.5, "stderr", b"t%d" % i) for i in range(5)]
+    shipped = tail.admit(flood, rate=10, now=200.2)
+    assert len(shipped) == 10
+    # It crashed within the same second: its traceback was dropped too, until it ended.
+    assert tail.admit(crash, rate=10, now=200.6) == []
+    last = tail.admit([], rate=10, now=200.7, final=True)
+    assert last[0].text.startswith("[adaptrain] 95 lines dropped")
+    assert [line.text for line in last[1:]] == [f"f{i}" for i in range(105, 300)] + [
+        f"t{i}" for i in range(5)
+    ]
+    assert tail.dropped == 0
 
 
 def test_text_is_cleaned_for_storage(tmp_path):
