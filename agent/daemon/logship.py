@@ -336,6 +336,9 @@ class LogShipper:
         self.rate = rate
         self.read_bytes = read_bytes
         self.jobs: dict[int, JobLogs] = {}
+        # Jobs whose output was shipped to the end (finish()), still listed by the agent
+        # until it reported them: not to be read again from the start.
+        self.finished: set[int] = set()
 
     def job(self, job_id: int) -> JobLogs:
         logs = self.jobs.get(job_id)
@@ -356,11 +359,14 @@ class LogShipper:
 
     async def flush(self, jobs: Mapping[int, Iterable[LocalWorker]]) -> None:
         """Post what each job's workers wrote since the last flush."""
+        self.finished &= set(jobs)
         await asyncio.gather(
             *(self._flush_job(job_id, workers) for job_id, workers in jobs.items())
         )
 
     async def _flush_job(self, job_id: int, workers: Iterable[LocalWorker]) -> None:
+        if job_id in self.finished:
+            return
         logs = self.job(job_id)
         if logs.lock.locked() or time.monotonic() < logs.retry_at:
             return
@@ -393,4 +399,5 @@ class LogShipper:
                     ", ".join(str(t.path) for t in logs.tails.values()),
                 )
             logs.forget()
+            self.finished.add(job_id)
         self.jobs.pop(job_id, None)

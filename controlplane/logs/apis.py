@@ -37,7 +37,10 @@ class LogsOutputSerializer(serializers.Serializer):
     first_seq = serializers.IntegerField(
         help_text="the run's oldest line kept (older ones went to LOG_MAX_BYTES_PER_RUN)"
     )
-    last_seq = serializers.IntegerField(help_text="the run's newest line (0: none yet)")
+    last_seq = serializers.IntegerField(
+        help_text="the run's newest line when this was read (0: none yet); every line up to it "
+        "that the filters select and the page reaches is in lines"
+    )
     trimmed = serializers.IntegerField(help_text="lines of the run removed by the size cap")
     more = serializers.BooleanField(
         help_text="more lines follow the last one given: ask again with since=<its seq>"
@@ -118,6 +121,9 @@ class JobLogsApi(APIView):
                     "lines": [],
                 }
             )
+        # The run's numbers before its lines: every line up to last_seq is then among
+        # those read (a run's lines commit in number order).
+        summary = selectors.run_log_summary(run.id)
         lines, more = selectors.run_log_lines(
             run_id=run.id, rank=rank, stream=stream, since=since, tail=tail, limit=limit
         )
@@ -126,7 +132,7 @@ class JobLogsApi(APIView):
                 "job": job.id,
                 "run": run.number,
                 "seq": job.live_seq,
-                **selectors.run_log_summary(run.id),
+                **summary,
                 "more": more,
                 "lines": lines,
             }

@@ -82,6 +82,8 @@ def test_a_crashed_workers_lines_and_traceback_are_stored_once_in_order(shipping
     )
     shipper = LogShipper(client, state_dir, flush_s=0.05, rate=10_000)
     ship_until_ended(shipper, job.id, worker)
+    # The agent still lists the job until it reported it: its output is not read again.
+    asyncio.run(shipper.flush({job.id: [worker]}))
     lines = stored(job)
     assert [seq for seq, _, _ in lines] == list(range(1, len(lines) + 1))
     printed = [(stream, text) for _, stream, text in lines[:300]]
