@@ -23,11 +23,14 @@ import time
 import traceback
 from pathlib import Path
 
-from agent.daemon.logs import NOTE, format_record, rotate
+from agent.daemon.logs import NOTE, format_record, rotate, stamped_record, timestamp
 from agent.protocol import vocabulary as v
 
 READ_SIZE = 1 << 16
 PARTIAL_AFTER_S = 1.0  # a line left without its line break this long is written as a part
+# After a read that emptied the pipes, wait this long before the next: a worker printing
+# line by line is then read (and its lines written) in tens, not one system call each.
+COALESCE_S = 0.01
 
 
 class _Stream:
@@ -87,6 +90,7 @@ class Keeper:
     def lines(self, stream: _Stream, data: bytes, now: float) -> list[bytes]:
         """The records for what ``stream`` delivered (``data``; empty at its end)."""
         records = []
+        stamp = timestamp(now)
         chunks = (stream.pending + data).split(b"\n")
         stream.pending = b""
         ended = chunks[:-1]
@@ -95,15 +99,15 @@ class Keeper:
             if stream.skipping:
                 stream.skipping = False  # the overlong line ends here
                 continue
-            records.append(self._record(now, stream, line))
+            records.append(self._record(stamp, stream, line))
         if not data and rest:  # the stream ended without a final line break
-            records.append(self._record(now, stream, rest))
+            records.append(self._record(stamp, stream, rest))
             rest = b""
         if rest:
             if stream.skipping:
                 rest = b""
             elif len(rest) > self.max_line:
-                records.append(self._record(now, stream, rest))
+                records.append(self._record(stamp, stream, rest))
                 stream.skipping = True
                 rest = b""
         if rest and not stream.pending_since:
@@ -113,11 +117,11 @@ class Keeper:
         stream.pending = rest
         return records
 
-    def _record(self, now: float, stream: _Stream, line: bytes) -> bytes:
+    def _record(self, stamp: bytes, stream: _Stream, line: bytes) -> bytes:
         if len(line) > self.max_line:
             note = f" {NOTE} line cut at {self.max_line} bytes".encode()
             line = line[: self.max_line] + note
-        return format_record(now, stream.name, line)
+        return stamped_record(stamp, stream.name, line)
 
     def stale(self, stream: _Stream, now: float) -> list[bytes]:
         """A part of a line waiting too long for its line break is written now."""
@@ -135,12 +139,14 @@ class Keeper:
             events = selector.select(timeout=PARTIAL_AFTER_S / 2)
             now = time.time()
             records: list[bytes] = []
+            drained = True
             for key, _ in events:
                 stream = key.data
                 try:
                     data = os.read(stream.fd, READ_SIZE)
                 except InterruptedError:
                     continue
+                drained = drained and len(data) < READ_SIZE
                 records += self.lines(stream, data, now)
                 if not data:
                     selector.unregister(stream.fd)
@@ -149,6 +155,8 @@ class Keeper:
             for stream in streams:
                 records += self.stale(stream, now)
             self.write(records)
+            if events and drained:
+                time.sleep(COALESCE_S)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,12 +50,13 @@ def timestamp(t: float) -> bytes:
 
 
 def format_record(t: float, stream: str, text: bytes, *, partial: bool = False) -> bytes:
-    return b"%s %s %s %s\n" % (
-        timestamp(t),
-        stream.encode(),
-        PARTIAL if partial else FULL,
-        text,
-    )
+    return stamped_record(timestamp(t), stream, text, partial=partial)
+
+
+def stamped_record(stamp: bytes, stream: str, text: bytes, *, partial: bool = False) -> bytes:
+    """A record with its time already formatted (:func:`timestamp`): lines read together
+    share one."""
+    return b"%s %s %s %s\n" % (stamp, stream.encode(), PARTIAL if partial else FULL, text)
 
 
 _minutes: dict[bytes, int] = {}  # "YYYY-MM-DDTHH:MM" -> unix seconds (parsing is hot)

@@ -91,7 +91,7 @@ export class JobLogs {
     if (!page.lines.length) text += "no output yet.";
     else if (page.lines.length === FIRST_LINES && (this.worker !== null || total > FIRST_LINES)) {
       text += `the last ${FIRST_LINES} lines; \`adaptrain logs ${this.jobId}\` prints them all.`;
-    } else text += `${page.lines.length} line(s) so far.`;
+    } else text += "all its lines so far.";
     if (page.trimmed) text += ` Its oldest ${page.trimmed} lines were removed (the run's size cap).`;
     this.note.textContent = text;
   }
