@@ -4,8 +4,10 @@ job's entrypoint). Its script is ``$LOG_BENCH_DIR/seed-<seed>.json``:
 
 * ``{"mode": "latency", "lines": N, "rate": R}``: print N lines ``latency <unix time>``
   at R per second, each stamped just before it is printed, and exit;
-* ``{"mode": "train", "rate": R}``: print R lines a second from a thread (R = 0: none)
-  while the training module runs in the main thread, as a chatty training script would.
+* ``{"mode": "train", "rate": R, "sink": "stdout"}``: print R lines a second from a
+  thread (R = 0: none) while the training module runs in the main thread, as a chatty
+  training script would; with ``"sink": "devnull"`` the same prints go to /dev/null (the
+  cost of printing itself, without capture and shipping).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 
-def _print_at(rate: float, count: int | None = None, *, stamp: bool = False) -> None:
+def _print_at(
+    rate: float, count: int | None = None, *, stamp: bool = False, file: TextIO | None = None
+) -> None:
     start = time.monotonic()
     i = 0
     while count is None or i < count:
         text = (
             f"latency {time.time():.6f}" if stamp else f"step log line {i}: loss 0.1234 acc 0.9876"
         )
-        print(text, flush=True)
+        print(text, flush=True, file=file or sys.stdout)
         i += 1
         ahead = start + i / rate - time.monotonic()
         if ahead > 0:
@@ -42,7 +47,8 @@ def main() -> None:
         _print_at(rate, int(script["lines"]), stamp=True)
         return
     if rate:
-        threading.Thread(target=_print_at, args=(rate,), daemon=True).start()
+        sink = open(os.devnull, "w") if script.get("sink") == "devnull" else sys.stdout  # noqa: SIM115
+        threading.Thread(target=_print_at, args=(rate,), kwargs={"file": sink}, daemon=True).start()
     module = sys.argv[1]
     del sys.argv[0]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -8,12 +8,14 @@
   ingest → PostgreSQL → channel layer → WebSocket. Reports p50/p95/p99 (the goal: a
   line on the page within 1 s, p95).
 * **Training cost** (``logs_training_cost``): the same ``examples.digits`` job, one worker,
-  trained ``--repeats`` times printing ``--print-rate`` lines a second from a thread and
-  as many times printing nothing, interleaved (quiet, chatty, quiet, …), in one stack.
-  Steps per second is 1 / the median of the job's ``step_time`` series after warm-up;
-  the ratio is the median chatty run's over the median quiet run's (the goal: ≥ 0.98,
-  log shipping costing training at most 2 %). Everything — workers, keeper, agent, web,
-  PostgreSQL — shares the machine, as on a small node.
+  trained ``--repeats`` times each way, interleaved in one stack: printing nothing
+  (``quiet``), printing ``--print-rate`` lines a second from a thread to /dev/null
+  (``devnull``: what printing itself costs) and to its stdout, captured and shipped
+  (``chatty``). Steps per second is 1 / the median of the job's ``step_time`` series
+  after warm-up; ``ratio`` is the median chatty run's over the median quiet run's (the
+  goal: ≥ 0.98, log shipping costing training at most 2 %), ``shipping_ratio`` chatty
+  over devnull. Everything — workers, keeper, agent, web, PostgreSQL — shares the
+  machine, as on a small node.
 
 The workers are ``bench/_printing_worker.py`` (``AGENT_PYTHON`` is a wrapper that runs it
 in place of the example, which it runs itself in training mode).
@@ -119,25 +121,29 @@ def _lines_stored(stack, job_id: int) -> int:
 
 
 def training_cost(stack, script_dir: Path, *, repeats: int, print_rate: float, steps: int) -> dict:
-    quiet, chatty, shipped_per_s = [], [], []
+    arms = {
+        "quiet": {"mode": "train", "rate": 0},
+        "devnull": {"mode": "train", "rate": print_rate, "sink": "devnull"},
+        "chatty": {"mode": "train", "rate": print_rate, "sink": "stdout"},
+    }
+    speed: dict[str, list[float]] = {arm: [] for arm in arms}
+    shipped_per_s = []
     for i in range(repeats):
-        for rate in (0.0, print_rate):
-            label = "chatty" if rate else "quiet"
-            log(f"repeat {i + 1}/{repeats}: {label} job ({steps} steps) …")
+        for arm, script in arms.items():
+            log(f"repeat {i + 1}/{repeats}: {arm} job ({steps} steps) …")
             started = time.monotonic()
             job_id = _job(
-                stack,
-                f"{label} {i + 1}",
-                script_dir,
-                {"mode": "train", "rate": rate},
-                {"steps": steps, "log_every": 20},
+                stack, f"{arm} {i + 1}", script_dir, script, {"steps": steps, "log_every": 20}
             )
             _wait_ended(stack, job_id)
             elapsed = time.monotonic() - started
-            (chatty if rate else quiet).append(round(_steps_per_s(stack, job_id), 1))
-            if rate:
-                shipped_per_s.append(round(_lines_stored(stack, job_id) / elapsed))
-    q, c = statistics.median(quiet), statistics.median(chatty)
+            speed[arm].append(round(_steps_per_s(stack, job_id), 1))
+            if arm == "chatty":
+                stored = _lines_stored(stack, job_id)
+                if stored < print_rate:  # it trains for seconds: far more than a second's lines
+                    raise SystemExit(f"the chatty job {job_id} stored only {stored} lines")
+                shipped_per_s.append(round(stored / elapsed))
+    median = {arm: statistics.median(values) for arm, values in speed.items()}
     return {
         "bench": "logs_training_cost",
         "model": "examples.digits",
@@ -145,12 +151,13 @@ def training_cost(stack, script_dir: Path, *, repeats: int, print_rate: float, s
         "steps": steps,
         "print_lines_per_s": print_rate,
         "repeats": repeats,
-        "quiet_steps_per_s": quiet,
-        "chatty_steps_per_s": chatty,
-        "median_quiet_steps_per_s": q,
-        "median_chatty_steps_per_s": c,
-        "ratio": round(c / q, 4),
-        "cost_pct": round((1 - c / q) * 100, 2),
+        **{f"{arm}_steps_per_s": values for arm, values in speed.items()},
+        **{f"median_{arm}_steps_per_s": value for arm, value in median.items()},
+        # The goal's figure: printing and shipping 1,000 lines/s against printing nothing.
+        "ratio": round(median["chatty"] / median["quiet"], 4),
+        "cost_pct": round((1 - median["chatty"] / median["quiet"]) * 100, 2),
+        # Capture and shipping alone: the same prints, shipped against sent to /dev/null.
+        "shipping_ratio": round(median["chatty"] / median["devnull"], 4),
         "lines_stored_per_s": shipped_per_s,
     }
 

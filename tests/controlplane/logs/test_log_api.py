@@ -241,3 +241,23 @@ def test_retention_removes_the_lines_of_jobs_ended_long_ago(node_client, placed_
     assert LogLine.objects.count() == 0 and LogBatch.objects.count() == 0
     body = read(api, placed_job)
     assert body["lines"] == [] and body["last_seq"] == 3 and body["first_seq"] == 4
+
+
+def test_the_endpoints_are_in_the_openapi_schema(client):
+    paths = client.get("/api/schema/?format=json").json()["paths"]
+    read = paths["/api/v1/jobs/{job_id}/logs/"]["get"]
+    assert {p["name"] for p in read["parameters"]} >= {
+        "run",
+        "worker",
+        "stream",
+        "since",
+        "tail",
+        "limit",
+    }
+    assert "post" in paths["/api/v1/agent/logs/"]
+
+
+def test_deleting_a_job_deletes_its_lines(node_client, placed_job):
+    post(node_client, placed_job, [line(i) for i in range(3)])
+    Job.objects.filter(id=placed_job.id).delete()
+    assert LogLine.objects.count() == 0 and RunLog.objects.count() == 0
