@@ -199,7 +199,7 @@ class Tail:
     def _dropped_note(self, t: float, rate: int) -> LogLine:
         text = (
             f"{NOTE} {self.dropped} lines dropped: this worker wrote more than {rate} lines/s "
-            f"(AGENT_LOG_RATE_LINES_S; all of them are in its log file on the node)"
+            f"(AGENT_LOG_RATE_LINES_S); its log file on the node has them"
         )
         self.dropped = 0
         return LogLine(rank=self.rank, stream=v.STDERR, time=t, text=text)
