@@ -4,6 +4,7 @@
     adaptrain jobs create --name digits --batch-size 32 --lr 0.05 --steps 5000 --workers 2
     adaptrain jobs list [--status running]
     adaptrain jobs watch 7
+    adaptrain logs -f 7 [--worker 0] [--tail 100]
     adaptrain command 7 set_batch_size 64
     adaptrain jobs cancel 7
     adaptrain run ./my_project --entrypoint train:main --workers 2 --batch-size 64 --lr 0.05
@@ -11,7 +12,9 @@
 
 The server and token come from ``--server``/``--token``, else ``ADAPTRAIN_SERVER`` /
 ``ADAPTRAIN_TOKEN``, else the file ``adaptrain login`` wrote
-(``~/.config/adaptrain/cli.json``, mode 0600). Standard library only.
+(``~/.config/adaptrain/cli.json``, mode 0600). Exit status: 0 on success, 1 on an error
+(said on stderr), 130 when interrupted; ``jobs watch`` exits 1 when the job did not
+succeed. Standard library only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from adaptrain.bundle import BundleError, pack
 from adaptrain.rest import ApiError, RestClient, Unreachable
@@ -246,6 +250,62 @@ def cmd_jobs_watch(args) -> int:
         time.sleep(args.interval)
 
 
+LOG_PAGE = 1000
+
+
+def _log_query(args, run: int | None, **extra: Any) -> str:
+    query = {"run": run, "worker": args.worker, "stream": args.stream, **extra}
+    return urlencode({k: v for k, v in query.items() if v is not None})
+
+
+def _show_line(line: dict, *, merged: bool, as_json: bool) -> None:
+    """A worker's line as it wrote it: stderr lines to stderr (marked ``!`` when merged),
+    prefixed with the worker's rank when several workers' lines are merged."""
+    if as_json:
+        print(json.dumps(line), flush=True)
+        return
+    err = line["stream"] == "stderr"
+    prefix = f"[rank {line['rank']}{'!' if err else ''}] " if merged else ""
+    print(prefix + line["text"], file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def cmd_logs(args) -> int:
+    client = _client(args)
+    base = f"/api/v1/jobs/{args.job}/logs/"
+    merged = args.worker is None
+    run = args.run  # pinned to the first answer's run: a follow stays on one run
+    since = 0
+
+    def fetch(**extra: Any) -> dict:
+        nonlocal run, since
+        page = client.call("GET", f"{base}?{_log_query(args, run, **extra)}")
+        if run is None:
+            run = page["run"]
+        for line in page["lines"]:
+            _show_line(line, merged=merged, as_json=args.json)
+            since = max(since, line["seq"])
+        return page
+
+    def fetch_new() -> None:
+        while fetch(since=since, limit=LOG_PAGE)["more"]:
+            pass
+
+    if args.tail is not None:
+        fetch(tail=args.tail)
+    else:
+        fetch_new()
+    if not args.follow:
+        return 0
+    while True:
+        ended = client.call("GET", f"/api/v1/jobs/{args.job}/")["status"] in TERMINAL
+        if ended:
+            time.sleep(args.interval)  # lines other nodes ship as their workers end
+        fetch_new()
+        if ended:
+            return 0
+        time.sleep(args.interval)
+
+
 def _parse_value(raw: str | None) -> Any:
     if raw is None:
         return None
@@ -370,6 +430,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=2.0, help="--watch polling interval")
     p.add_argument("--json", action="store_true", help="print the created job as JSON")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "logs",
+        help="print a job's worker output (-f: follow it until the job ends)",
+        description="Print what a job's workers wrote (one run; default the current one): "
+        "every worker's lines merged in order, each prefixed with its rank ([rank 1] …; "
+        "[rank 1!] for stderr), or one worker's with --worker. Lines from stderr go to "
+        "stderr. Exit status: 0, or 1 on an error (-f: 0 once the job ended).",
+    )
+    p.add_argument("job", type=int)
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines until the job ends"
+    )
+    p.add_argument("--run", type=int, help="the run's number (default: the current run)")
+    p.add_argument("--worker", type=int, help="only this worker's lines (its number in the run)")
+    p.add_argument("--stream", choices=["stdout", "stderr"], help="only this stream")
+    p.add_argument("--tail", type=int, help="start with the last N lines (default: all)")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per line (as the API gives them)"
+    )
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with -f")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("command", help="issue a command to a running job")
     p.add_argument("job", type=int)

@@ -6,6 +6,7 @@ Apps, each one sub-domain, lowest first (``INSTALLED_APPS`` lists them in this o
 2. ``jobs`` — jobs, runs, nodes, workers, commands, events (it publishes through
    ``live.channels``, which imports no app);
 3. ``metrics`` — ingest, storage, retention, downsampling, series reads, metric APIs;
+   ``logs`` — workers' output: ingest, storage per run and worker, retention, reads;
 4. ``policies`` — policy definitions, evaluation, decisions, replay, templates;
 5. ``live`` — realtime: group names and publishing (``live.channels``, below every app),
    and the WebSocket consumers and socket auth (entry points, on top).
@@ -14,7 +15,8 @@ Import rules (import-linter contracts in pyproject.toml keep them):
 
 * The models, selectors and services of an app import only apps below it, never one
   above: accounts imports no app; jobs imports accounts and ``live.channels``; metrics
-  imports jobs; policies imports metrics and jobs. ``live.channels`` imports no app.
+  and logs import jobs; policies imports metrics and jobs. ``live.channels`` imports
+  no app.
   A lower app that needs a higher one's work queues a Celery task by name (metric
   ingest has the job's policy evaluated by ``policies.evaluate_job``).
 * Entry points — each app's ``apis``, ``tasks``, ``auth``, ``prometheus`` and management

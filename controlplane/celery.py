@@ -15,7 +15,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["controlplane.jobs", "controlplane.metrics", "controlplane.policies"])
+app.autodiscover_tasks(
+    ["controlplane.jobs", "controlplane.metrics", "controlplane.logs", "controlplane.policies"]
+)
 
 log = logging.getLogger(__name__)
 

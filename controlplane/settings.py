@@ -11,7 +11,7 @@ Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
 (comma-separated), ``DEBUG`` (true/false), ``DJANGO_ENV``, ``CSRF_TRUSTED_ORIGINS``,
 ``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``, ``COMMAND_TTL_S``,
 ``RESCALE_JOIN_TIMEOUT_S``, ``AUTO_GROW_DELAY_S``, ``CHANNEL_REFRESH_S``,
-``CONTROL_PLANE_URL``.
+``CONTROL_PLANE_URL``, ``LOG_RETENTION_DAYS``, ``LOG_MAX_BYTES_PER_RUN``.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ INSTALLED_APPS = [
     "controlplane.bundles",
     "controlplane.jobs",
     "controlplane.metrics",
+    "controlplane.logs",
     "controlplane.policies",
     "controlplane.live",
     "frontend",
@@ -224,6 +225,19 @@ if CONTROL_PLANE_URL and not CONTROL_PLANE_URL.startswith(("http://", "https://"
         f"https://train.example.org"
     )
 
+# Workers' output (controlplane.logs): the lines of jobs that ended more than this many
+# days ago are deleted (0 keeps all); a run keeps at most this much text (UTF-8 bytes),
+# its oldest lines removed beyond it (0: no cap); a batch from an agent holds at most
+# LOG_BATCH_MAX_LINES lines of at most LOG_LINE_MAX_CHARS characters each.
+LOG_RETENTION_DAYS = env_float("LOG_RETENTION_DAYS", 30.0)
+LOG_MAX_BYTES_PER_RUN = int(env_float("LOG_MAX_BYTES_PER_RUN", 256 * 2**20))
+if LOG_RETENTION_DAYS < 0 or LOG_MAX_BYTES_PER_RUN < 0:
+    raise ImproperlyConfigured(
+        "LOG_RETENTION_DAYS and LOG_MAX_BYTES_PER_RUN must be 0 (no limit) or positive."
+    )
+LOG_BATCH_MAX_LINES = 10_000
+LOG_LINE_MAX_CHARS = 65_536
+
 CELERY_BEAT_SCHEDULE = {
     "evaluate-policies": {
         "task": "policies.evaluate_running_jobs",
@@ -234,6 +248,7 @@ CELERY_BEAT_SCHEDULE = {
     "expire-commands": {"task": "jobs.expire_commands", "schedule": 30.0},
     "expire-joiners": {"task": "jobs.expire_joiners", "schedule": 10.0},
     "apply-metric-retention": {"task": "live.apply_retention", "schedule": 3600.0},
+    "apply-log-retention": {"task": "logs.apply_retention", "schedule": 3600.0},
 }
 
 REST_FRAMEWORK = {

@@ -12,6 +12,7 @@ from controlplane.jobs.apis import agents as agent_apis
 from controlplane.jobs.apis import jobs as job_apis
 from controlplane.jobs.apis import nodes as node_apis
 from controlplane.jobs.apis import runs as run_apis
+from controlplane.logs import apis as log_apis
 from controlplane.metrics import apis as metric_apis
 from controlplane.metrics.prometheus import metrics_view
 from controlplane.policies import apis as policy_apis
@@ -36,6 +37,7 @@ api_v1 = [
         node_apis.JoinTokenDetailApi.as_view(),
         name="join-token-detail",
     ),
+    path("jobs/<int:job_id>/logs/", log_apis.JobLogsApi.as_view(), name="job-logs"),
     path("vocabulary/", VocabularyApi.as_view(), name="vocabulary"),
     path("bundles/", bundle_apis.BundleUploadApi.as_view(), name="bundle-upload"),
     path("bundles/<str:digest>/", bundle_apis.BundleDetailApi.as_view(), name="bundle-detail"),
@@ -81,6 +83,7 @@ api_v1 = [
     path("agent/heartbeat/", agent_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
     path("agent/bundles/<str:digest>/", agent_apis.AgentBundleApi.as_view(), name="agent-bundle"),
     path("agent/metrics/", metric_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
+    path("agent/logs/", log_apis.AgentLogsApi.as_view(), name="agent-logs"),
     path(
         "agent/jobs/<int:job_id>/report/",
         agent_apis.AgentJobReportApi.as_view(),

@@ -1,11 +1,13 @@
-"""The agent daemon: enrol, heartbeat, take commands, run workers, ship metrics.
+"""The agent daemon: enrol, heartbeat, take commands, run workers, ship metrics and logs.
 
-Three loops run side by side: the heartbeat (``POST /api/v1/agent/heartbeat/`` every
+Four loops run side by side: the heartbeat (``POST /api/v1/agent/heartbeat/`` every
 ``AGENT_HEARTBEAT_S``; its reply names jobs to end), the command channel (a WebSocket to
 ``/ws/agent/``, reconnected with exponential backoff and jitter: commands are acked on
 receipt and applied once by id; reports go out through the :mod:`outbox
-<agent.daemon.outbox>`) and the metric shipper (:mod:`agent.daemon.metrics`). Each job's
-workers are a :class:`~agent.daemon.workers.WorkerGroup`.
+<agent.daemon.outbox>`), the metric shipper (:mod:`agent.daemon.metrics`) and the log
+shipper (:mod:`agent.daemon.logship`). Each job's workers are a
+:class:`~agent.daemon.workers.WorkerGroup`; a job's last output is shipped before its end
+is reported.
 
 A command is written to the job's state on disk *before* it is acked, and workers run in
 sessions of their own, so a restarted agent (same ``AGENT_STATE_DIR``) re-attaches to
@@ -39,9 +41,10 @@ import websockets
 from adaptrain.rest import ApiError
 from agent.daemon.client import ControlPlaneClient, channel_headers
 from agent.daemon.config import AgentConfig
+from agent.daemon.logship import LogShipper
 from agent.daemon.metrics import MetricShipper
 from agent.daemon.outbox import ReportOutbox, Sender
-from agent.daemon.processes import CRASHED, LEFT
+from agent.daemon.processes import CRASHED, LEFT, LocalWorker, LogLimits
 from agent.daemon.storage import jobs_dir, outbox_path
 from agent.daemon.workers import OnWorkerEvent, WorkerGroup
 from agent.protocol import EXIT_REFUSED, ProtocolError
@@ -122,6 +125,12 @@ class Agent:
         self.seen_commands: set[int] = set()
         self.outbox = ReportOutbox(outbox_path(config.state_dir))
         self.metrics = MetricShipper(self.client, config.metrics_flush_s)
+        self.logs = LogShipper(
+            self.client,
+            config.state_dir,
+            flush_s=config.log_flush_s,
+            rate=config.log_rate_lines_s,
+        )
         self.stopping = asyncio.Event()
         # Why the agent stops on its own (None: a signal asked it to) and its exit status.
         self.exit_reason: str | None = None
@@ -223,6 +232,7 @@ class Agent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._command_loop(), name="commands"),
             asyncio.create_task(self.metrics.run(), name="metrics"),
+            asyncio.create_task(self.logs.run(self._workers_by_job), name="logs"),
         ]
         for group in restored:
             self._resume_job(group)
@@ -240,6 +250,7 @@ class Agent:
             for job_id, group in list(self.groups.items()):
                 group.shutting_down = True
                 await group.terminate()
+                await self.logs.finish(job_id, list(group.workers.values()))
                 reason = f"the agent on node {self.config.name} shut down"
                 await self._report(job_id, JobReport(status=v.FAILED, reason=reason))
                 group.forget()
@@ -254,9 +265,15 @@ class Agent:
             await asyncio.gather(*(group.detach() for group in self.groups.values()))
         if not self.revoked:  # a revoked node's points would be refused
             await self.metrics.flush()
+            await self.logs.flush(self._workers_by_job())
+        await self.metrics.flush()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _workers_by_job(self) -> dict[int, list[LocalWorker]]:
+        """Each job's workers here, for the log shipper."""
+        return {job_id: list(group.workers.values()) for job_id, group in self.groups.items()}
 
     # -- jobs a previous agent left --------------------------------------------------------
     def _group_kwargs(self) -> dict[str, Any]:
@@ -267,6 +284,10 @@ class Agent:
             on_metrics=self.metrics.add,
             on_command_done=self._command_done,
             grace_s=self.config.orphan_grace_s,
+            log_limits=LogLimits(
+                file_max_bytes=self.config.log_file_max_bytes,
+                line_max_bytes=self.config.log_line_max_bytes,
+            ),
         )
 
     def _load_jobs(self) -> list[WorkerGroup]:
@@ -589,6 +610,8 @@ class Agent:
         if group.shutting_down:
             return  # run() reports it (or leaves it to the next agent)
         await self.metrics.flush()
+        # The last lines (a traceback) are stored before the job is reported over.
+        await self.logs.finish(job_id, list(group.workers.values()))
         if group.stop_requested:
             status = v.STOPPED
         elif not ok:

@@ -22,6 +22,8 @@ from agent.protocol.rest import (
     Heartbeat,
     HeartbeatReply,
     JobReport,
+    LogBatch,
+    LogBatchReply,
     MetricBatch,
     MetricBatchReply,
     WorkerPort,
@@ -98,6 +100,9 @@ class ControlPlaneClient(RestClient):
     async def send_metrics(self, batch_id: str, points: Sequence[MetricPoint]) -> MetricBatchReply:
         body = MetricBatch(batch_id=batch_id, points=tuple(points))
         return await self._call("POST", "/api/v1/agent/metrics/", body, MetricBatchReply)
+
+    async def send_logs(self, batch: LogBatch) -> LogBatchReply:
+        return await self._call("POST", "/api/v1/agent/logs/", batch, LogBatchReply)
 
     async def register_workers(self, job_id: int, workers: Sequence[WorkerPort]) -> ClusterSpec:
         body = WorkersRegistration(workers=tuple(workers))

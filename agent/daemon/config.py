@@ -40,6 +40,11 @@ class AgentConfig:
     )  # sent at enrolment; jobs select nodes by them
     on_exit: str = "detach"  # on SIGTERM/SIGINT: "detach" (workers train on) or "stop" them
     orphan_grace_s: float = 600.0  # a worker without an agent this long stops itself
+    # Workers' output (agent.daemon.logship, agent.daemon.logkeeper).
+    log_flush_s: float = 0.2  # how often new lines are read and shipped
+    log_rate_lines_s: int = 2000  # lines per second one worker may ship; more are dropped
+    log_file_max_bytes: int = 16 << 20  # a worker's log file is rotated beyond this
+    log_line_max_bytes: int = 16 << 10  # a longer line is cut there
 
     @property
     def ws_url(self) -> str:
@@ -62,6 +67,13 @@ def _positive(env: Mapping[str, str], name: str, default: N, cast: type[N]) -> N
         raise ConfigError(f"{name}={raw!r} is not a valid {cast.__name__}.") from None
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be positive.")
+    return value
+
+
+def _at_least(env: Mapping[str, str], name: str, default: int, low: int) -> int:
+    value = _positive(env, name, default, int)
+    if value < low:
+        raise ConfigError(f"{name}={value} must be at least {low}.")
     return value
 
 
@@ -190,4 +202,8 @@ def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
         labels=_labels(env),
         on_exit=_on_exit(env),
         orphan_grace_s=_positive(env, "AGENT_ORPHAN_GRACE_S", 600.0, float),
+        log_flush_s=_positive(env, "AGENT_LOG_FLUSH_S", 0.2, float),
+        log_rate_lines_s=_positive(env, "AGENT_LOG_RATE_LINES_S", 2000, int),
+        log_file_max_bytes=_at_least(env, "AGENT_LOG_FILE_MAX_BYTES", 16 << 20, 64 << 10),
+        log_line_max_bytes=_at_least(env, "AGENT_LOG_MAX_LINE_BYTES", 16 << 10, 256),
     )

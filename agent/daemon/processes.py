@@ -3,7 +3,9 @@ agent that restarted (its pid and start time), signalled, and how it ended.
 
 A worker runs in a session of its own (``python -m agent.runtime.launcher <entrypoint>``,
 started by name: the daemon never imports the runtime), so it outlives the agent and a
-Ctrl-C meant for it; its stdout and stderr go to its log file.
+Ctrl-C meant for it. Its stdout and stderr are two pipes to its log keeper
+(:mod:`agent.daemon.logkeeper`, a session of its own too), which writes both to the
+worker's log file, line by line, each line marked with its stream and time.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent import protocol
-from agent.daemon import storage
+from agent.daemon import logs, storage
 from agent.protocol.process import process_alive, process_start_time
 
 # What became of a worker process (LocalWorker.outcome).
@@ -29,6 +32,18 @@ FAILED = "failed"  # died, and the job fails with it
 TERMINATED = "terminated"  # killed by the agent (stop, shutdown, the job failed)
 
 LAUNCHER = "agent.runtime.launcher"
+LOG_KEEPER = "agent.daemon.logkeeper"
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """Bounds on a worker's log file (AGENT_LOG_FILE_MAX_BYTES, AGENT_LOG_MAX_LINE_BYTES)."""
+
+    file_max_bytes: int = 16 << 20  # then it is rotated (one previous file is kept)
+    line_max_bytes: int = 16 << 10  # a longer line is cut there
+
+
+DEFAULT_LOG_LIMITS = LogLimits()
 
 
 def free_port(host: str) -> int:
@@ -48,9 +63,13 @@ class LocalWorker:
     start_time: int | None = None  # /proc/<pid>/stat start time: tells a reused pid apart
     socket_path: str = ""
     log_path: str = ""
+    log_inode: int | None = None  # of the log file it started with (rotation renames it)
+    keeper_pid: int | None = None  # its log keeper
+    keeper_start_time: int | None = None
     process: subprocess.Popen[bytes] | None = (
         None  # None when re-attached: another agent started it
     )
+    keeper: subprocess.Popen[bytes] | None = None
     outcome: str = ""  # set when the process has exited (see the constants above)
     left_reported: bool = False
     exit_code: int | None = None  # from its "exit" line
@@ -70,6 +89,12 @@ class LocalWorker:
             return self.process.poll() is not None
         return self.pid is None or not process_alive(self.pid, self.start_time)
 
+    def keeper_gone(self) -> bool:
+        """Whether its log keeper has exited: everything the worker wrote is in the file."""
+        if self.keeper is not None:
+            return self.keeper.poll() is not None
+        return self.keeper_pid is None or not process_alive(self.keeper_pid, self.keeper_start_time)
+
     def signal(self, sig: int) -> None:
         if self.process is not None:
             if self.process.poll() is None:
@@ -88,15 +113,16 @@ class LocalWorker:
         entrypoint: str,
         grace_s: float,
         env: dict[str, str],
+        log_limits: LogLimits = DEFAULT_LOG_LIMITS,
     ) -> None:
         """Start the worker process of job ``job_id`` with the agent's environment plus
-        ``env`` (its place in the job)."""
+        ``env`` (its place in the job), and its log keeper."""
         self.socket_path = str(storage.socket_path(state_dir, job_id, self.rank))
         self.log_path = str(storage.log_path(state_dir, job_id, self.rank))
-        for path in (self.socket_path, self.log_path):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        self.log_inode = logs.start_file(Path(self.log_path))
         environment = dict(os.environ)
         environment.update(
             {
@@ -109,16 +135,42 @@ class LocalWorker:
                 **env,
             }
         )
-        with open(self.log_path, "ab") as log_file:
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        try:
+            # The keeper first: a worker that cannot start closes its pipe ends, and the
+            # keeper, reading nothing more, ends too.
+            keeper = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    LOG_KEEPER,
+                    self.log_path,
+                    f"--stdout-fd={out_read}",
+                    f"--stderr-fd={err_read}",
+                    f"--max-bytes={log_limits.file_max_bytes}",
+                    f"--max-line={log_limits.line_max_bytes}",
+                ],
+                pass_fds=(out_read, err_read),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            self.keeper, self.keeper_pid = keeper, keeper.pid
+            self.keeper_start_time = process_start_time(keeper.pid)
             # Its own session: the worker outlives the agent (and a Ctrl-C meant for it).
             proc = subprocess.Popen(
                 [python, "-m", LAUNCHER, entrypoint],
                 env=environment,
                 stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+                stdout=out_write,
+                stderr=err_write,
                 start_new_session=True,
             )
+        finally:
+            for fd in (out_read, out_write, err_read, err_write):
+                os.close(fd)
         self.process, self.pid = proc, proc.pid
         self.start_time = process_start_time(proc.pid)
 
@@ -132,6 +184,9 @@ class LocalWorker:
             "start_time": self.start_time,
             "socket": self.socket_path,
             "log": self.log_path,
+            "log_inode": self.log_inode,
+            "keeper_pid": self.keeper_pid,
+            "keeper_start_time": self.keeper_start_time,
             "outcome": self.outcome,
             "left_reported": self.left_reported,
             "code": self.code,
@@ -150,6 +205,9 @@ class LocalWorker:
             start_time=d.get("start_time"),
             socket_path=d.get("socket", ""),
             log_path=d.get("log", ""),
+            log_inode=d.get("log_inode"),
+            keeper_pid=d.get("keeper_pid"),
+            keeper_start_time=d.get("keeper_start_time"),
             outcome=d.get("outcome", ""),
             left_reported=bool(d.get("left_reported")),
             code=d.get("code"),

@@ -3,7 +3,9 @@ where the previous one stopped: where each lives, and how they are written.
 
 ``credential`` (the node credential), ``outbox.json`` (reports not yet confirmed),
 ``jobs/job-<id>.json`` (each job's workers and commands), ``run/job-<id>-<n>.sock``
-(each worker's socket) and ``logs/job-<id>.rank-<n>.log`` (each worker's output).
+(each worker's socket), ``logs/job-<id>.rank-<n>.log`` (each worker's output, with the
+rotated-out ``….log.1``; :mod:`agent.daemon.logs`) and ``logs/job-<id>.shipping.json``
+(how far each job's output was shipped; :mod:`agent.daemon.logship`).
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ def log_path(state_dir: Path, job_id: int, rank: int) -> Path:
     return state_dir / "logs" / f"job-{job_id}.rank-{rank}.log"
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data``: a crash leaves the old file or the new one, whole."""
+def log_shipping_path(state_dir: Path, job_id: int) -> Path:
+    return state_dir / "logs" / f"job-{job_id}.shipping.json"
+
+
+def write_json_atomically(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data``: a crash leaves the old file or the new one, whole
+    (``durable=False``: a crash of the process, not of the machine — no fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -30,11 +30,13 @@ from agent.daemon.commands import CommandRelay, JobNotes, OnCommandDone, ends_jo
 from agent.daemon.logs import failure_excerpt
 from agent.daemon.processes import (
     CRASHED,
+    DEFAULT_LOG_LIMITS,
     FAILED,
     FINISHED,
     LEFT,
     TERMINATED,
     LocalWorker,
+    LogLimits,
     free_port,
 )
 from agent.protocol import vocabulary as v
@@ -68,6 +70,7 @@ from agent.protocol.worker import (
 log = logging.getLogger(__name__)
 
 EXIT_POLL_S = 0.1
+KEEPER_EXIT_WAIT_S = 3.0  # for a worker's log keeper to write what the worker wrote last
 
 OnMetrics = Callable[[list[MetricPoint]], None]
 OnWorkerEvent = Callable[[int, WorkerEvent], Awaitable[None]]
@@ -90,6 +93,7 @@ class WorkerGroup:
         on_worker_event: OnWorkerEvent | None = None,
         grace_s: float = 600.0,
         persist: bool = True,
+        log_limits: LogLimits = DEFAULT_LOG_LIMITS,
     ):
         self.job_id = job_id
         self.start = start
@@ -99,6 +103,7 @@ class WorkerGroup:
         self.state_dir = state_dir
         self.state_path = storage.job_state_path(state_dir, job_id) if persist else None
         self.grace_s = grace_s
+        self.log_limits = log_limits
         self.on_metrics = on_metrics
         self.on_worker_event = on_worker_event
         self.workers: dict[int, LocalWorker] = {}
@@ -243,6 +248,7 @@ class WorkerGroup:
             entrypoint=entrypoint,
             grace_s=self.grace_s,
             env=env,
+            log_limits=self.log_limits,
         )
         self.workers[worker.rank] = worker
         self.save()
@@ -482,6 +488,10 @@ class WorkerGroup:
                 await asyncio.wait_for(asyncio.shield(serving), 3.0)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 serving.cancel()
+        # And its log keeper write what it printed last (the traceback the excerpt quotes).
+        deadline = asyncio.get_running_loop().time() + KEEPER_EXIT_WAIT_S
+        while not worker.keeper_gone() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(EXIT_POLL_S / 4)
         code = worker.process.returncode if worker.process is not None else worker.exit_code
         worker.code = code
         member = worker.address in self.members and not worker.joining

@@ -1,6 +1,6 @@
 """The JSON bodies of the agent's REST calls under ``/api/v1/agent/`` (docs/protocols.md,
 "Control plane ⇄ agent"): enrolment, heartbeat, metric batches, worker ports (the
-rendezvous), the cluster spec and job reports. Each request and reply is one
+rendezvous), the cluster spec, job reports and log batches. Each request and reply is one
 :class:`~agent.protocol.base.Message`; the agent authenticates with
 ``Authorization: Node <credential>`` (enrolment with the join token in the body).
 """
@@ -312,3 +312,72 @@ class JobReport(Message):
             reason=f.text_or_none("reason") or "",
             workers=None if f.data.get("workers") is None else f.records("workers", WorkerStatus),
         )
+
+
+@dataclass(frozen=True)
+class LogLine(Message):
+    """One line a worker wrote: ``rank`` (its number in the job), ``stream`` (``stdout``
+    or ``stderr``), ``time`` (unix seconds, when its node read it from the worker) and
+    ``text`` (without the line break; a line too long was cut, and says so)."""
+
+    WHAT = "log line"
+    rank: int
+    stream: str
+    time: float
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.stream not in v.LOG_STREAMS:
+            raise ProtocolError(
+                f"{self.WHAT}: stream must be one of {', '.join(v.LOG_STREAMS)}, "
+                f"got {self.stream!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "stream": self.stream, "time": self.time, "text": self.text}
+
+    @classmethod
+    def read(cls, f: Fields) -> LogLine:
+        return cls(
+            rank=f.integer("rank"),
+            stream=f.one_of("stream", v.LOG_STREAMS),
+            time=f.number("time"),
+            text=f.text("text"),
+        )
+
+
+@dataclass(frozen=True)
+class LogBatch(Message):
+    """``POST agent/logs/``: lines of one job's workers on this node, each worker's in the
+    order it wrote them; ``batch_id`` makes a retry of a stored batch count once."""
+
+    WHAT = "log batch"
+    batch_id: str
+    job: int
+    lines: tuple[LogLine, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "job": self.job,
+            "lines": [line.to_dict() for line in self.lines],
+        }
+
+    @classmethod
+    def read(cls, f: Fields) -> LogBatch:
+        return cls(
+            batch_id=f.text("batch_id"), job=f.integer("job"), lines=f.records("lines", LogLine)
+        )
+
+
+@dataclass(frozen=True)
+class LogBatchReply(Message):
+    WHAT = "log batch reply"
+    stored: int  # lines stored by this call (0 for a batch stored before)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stored": self.stored}
+
+    @classmethod
+    def read(cls, f: Fields) -> LogBatchReply:
+        return cls(stored=f.integer("stored"))

@@ -1,5 +1,5 @@
 """The words every part of adaptrain shares: sync strategies, topologies, command actions,
-lr-scaling rules, worker membership events, job reports and metric names.
+lr-scaling rules, worker membership events, job reports, metric names and log streams.
 
 Each group is a :class:`Terms`: a tuple of the names in their canonical order (so
 ``"ssgd" in STRATEGIES`` and ``", ".join(ACTIONS)`` work as with a plain tuple), with a
@@ -183,6 +183,17 @@ BOOKKEEPING_METRICS = Terms(
     }
 )
 
+# -- worker output (log lines the agents ship) -----------------------------------------------
+STDOUT = "stdout"
+STDERR = "stderr"
+LOG_STREAMS = Terms(
+    {
+        STDOUT: "what the worker wrote to its standard output",
+        STDERR: "what the worker wrote to its standard error (tracebacks, warnings), and the "
+        "notes the agent adds ([adaptrain] N lines dropped)",
+    }
+)
+
 
 def vocabulary() -> dict[str, Any]:
     """Every group above as JSON-able data, for the browser and API clients."""
@@ -207,4 +218,5 @@ def vocabulary() -> dict[str, Any]:
         "worker_report_states": WORKER_REPORT_STATES.to_json(),
         "metrics": METRICS.to_json(),
         "bookkeeping_metrics": BOOKKEEPING_METRICS.to_json(),
+        "log_streams": LOG_STREAMS.to_json(),
     }

@@ -9,7 +9,7 @@ job's current run (``Job.current_run``), so most reads here are scoped to it.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
@@ -272,3 +272,35 @@ def job_latest_checkpoint(job: Job) -> tuple[str, int] | None:
         if point is not None:
             return checkpoint_path(directory, int(point)), int(point)
     return None
+
+
+class ReportingRun(NamedTuple):
+    id: int
+    number: int
+    current: bool  # the job's current run
+
+
+def runs_reporting(node: Node, job_ids: set[int]) -> dict[int, ReportingRun]:
+    """Job id → the run whose workers on ``node`` report for that job (its metric points,
+    its log lines), for the jobs with workers on the node (one query for all of them).
+
+    That is the job's current run. Only a node that holds no worker of the current run
+    but still runs workers of an earlier one (a straggler the agent has not stopped yet
+    after a restart) reports for that earlier run (its latest), so its last points and
+    lines never land in the new run's."""
+    found: dict[int, ReportingRun] = {}
+    rows = (
+        Worker.objects.filter(node=node, job_id__in=job_ids)
+        .values_list("job_id", "run_id", "run__number", "job__current_run_id")
+        .distinct()
+    )
+    for job_id, run_id, number, current_run_id in rows:
+        candidate = ReportingRun(run_id, number, run_id == current_run_id)
+        best = found.get(job_id)
+        if (
+            best is None
+            or candidate.current
+            or (not best.current and candidate.number > best.number)
+        ):
+            found[job_id] = candidate
+    return found

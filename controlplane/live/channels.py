@@ -53,6 +53,7 @@ COMMAND_PUSH = "command.push"
 FRAME_METRICS = "metrics"
 FRAME_EVENT = "event"
 FRAME_JOB = "job"
+FRAME_LOG = "log"
 
 
 def job_group(job_id: int) -> str:

@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from controlplane.celery import enqueue
 from controlplane.errors import InvalidInput, NotFound, PayloadTooLarge
-from controlplane.jobs.models import Job, Node, Worker
+from controlplane.jobs import selectors as job_selectors
+from controlplane.jobs.models import Job, Node
 from controlplane.live import channels
 from controlplane.metrics.models import MetricBatch, MetricPoint
 
@@ -78,7 +79,7 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
             raise _point_error(i, "time must be a unix timestamp in seconds (1970 to 3000)")
         job_ids.add(job_id)
         rows.append(_Row(job_id, name, rank, step, float(value), float(t)))
-    runs = _runs_reporting(node, job_ids)
+    runs = job_selectors.runs_reporting(node, job_ids)
     unknown = job_ids - runs.keys()
     if unknown:
         raise NotFound(
@@ -102,38 +103,6 @@ def metrics_ingest(*, node: Node, batch_id: str, points: list[dict[str, Any]]) -
     return len(rows)
 
 
-class _ReportingRun(NamedTuple):
-    id: int
-    number: int
-    current: bool  # the job's current run
-
-
-def _runs_reporting(node: Node, job_ids: set[int]) -> dict[int, _ReportingRun]:
-    """Job id → the run a batch's points of that job belong to, for the jobs with workers
-    on ``node`` (one query per batch, not per point or per job).
-
-    That is the job's current run. Only a node that holds no worker of the current run
-    but still runs workers of an earlier one (a straggler the agent has not stopped yet
-    after a restart) reports for that earlier run (its latest), so its last points never
-    land in the new run's series."""
-    found: dict[int, _ReportingRun] = {}
-    rows = (
-        Worker.objects.filter(node=node, job_id__in=job_ids)
-        .values_list("job_id", "run_id", "run__number", "job__current_run_id")
-        .distinct()
-    )
-    for job_id, run_id, number, current_run_id in rows:
-        candidate = _ReportingRun(run_id, number, run_id == current_run_id)
-        best = found.get(job_id)
-        if (
-            best is None
-            or candidate.current
-            or (not best.current and candidate.number > best.number)
-        ):
-            found[job_id] = candidate
-    return found
-
-
 class _Row(NamedTuple):
     job_id: int
     name: str
@@ -146,7 +115,7 @@ class _Row(NamedTuple):
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_rows(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:
+def _copy_rows(rows: list[_Row], runs: dict[int, job_selectors.ReportingRun]) -> None:
     """Bulk insert with COPY: several times faster than INSERTs built by the ORM."""
     buffer = io.StringIO()
     write = buffer.write
@@ -195,7 +164,7 @@ def _schedule_policy_evaluation(job_ids: set[int]) -> None:
             enqueue(EVALUATE_JOB_TASK, job_id, countdown=POLICY_DEBOUNCE_S)
 
 
-def _publish_batch(rows: list[_Row], runs: dict[int, _ReportingRun]) -> None:
+def _publish_batch(rows: list[_Row], runs: dict[int, job_selectors.ReportingRun]) -> None:
     """One ``metrics`` frame per job: ``{"run": <run number>, "series": [...]}``; a
     browser showing another run of the job ignores it."""
     by_job: dict[int, dict[tuple[str, int | None], dict[str, list]]] = {}

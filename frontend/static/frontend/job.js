@@ -1,5 +1,5 @@
-/* The job page: live charts, event log, workers, runs (with restart), manual commands,
- * approvals.
+/* The job page: live charts, worker logs (joblogs.js), event log, workers, runs (with
+ * restart), manual commands, approvals.
  *
  * The charts show one run at a time: the job's current run (they start over when a
  * restart makes a new one), or an earlier run picked in the run selector.
@@ -13,12 +13,14 @@
 
 import { el, errorMessage, every, formatNumber, get, missing, post } from "./api.js";
 import { JobCharts } from "./jobcharts.js";
+import { JobLogs } from "./joblogs.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const root = document.getElementById("job");
 const jobId = Number(root.dataset.jobId);
 const charts = new JobCharts(document.getElementById("charts"), jobId);
-window.adaptrain = Object.assign(window.adaptrain || {}, { charts });
+const logs = new JobLogs(document.getElementById("logs-card"), jobId);
+window.adaptrain = Object.assign(window.adaptrain || {}, { charts, logs });
 
 let lastEventId = 0;
 
@@ -75,7 +77,9 @@ function applyJobDetail(j) {
     if (currentRunNumber !== null) setText("job-step", j.last_step);
     currentRunNumber = runNumber;
     charts.currentRunIs(runNumber);
+    logs.currentRunIs(runNumber);
   }
+  logs.setWorkers(j.workers.map((w) => w.rank));
   setStep(j.last_step);
   const body = document.querySelector("#workers tbody");
   const rows = new Map([...body.rows].map((r) => [r.dataset.rank, r]));
@@ -124,6 +128,7 @@ async function loadRuns() {
   if (!r.ok) return;
   runs = r.body.results;
   showRunChoices();
+  logs.setRuns(runs);
   const body = document.querySelector("#runs tbody");
   if (!r.body.results.length) {
     body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "6", text: "No run yet: the job has not been placed." })));
@@ -239,6 +244,7 @@ async function catchUp(fromStep = null) {
   await charts.load({ since, maxPoints: since === null ? 2000 : 5000 });
   note(`catch-up since ${since} → last step ${charts.lastStep}`);
   if (charts.follow) setStep(charts.lastStep);
+  logs.catchUp().catch(() => {});
   await loadEvents();
 }
 
@@ -303,6 +309,7 @@ function connect() {
       if (charts.follow && (frame.data.run === undefined || frame.data.run === charts.run)) setStep(top);
     }
     else if (frame.type === "event") addEvent(frame.data);
+    else if (frame.type === "log") logs.applyFrame(frame.data);
     else if (frame.type === "job" && !(frame.seq < lastJobSeq)) { lastJobSeq = frame.seq || 0; applyJobFrame(frame.data); }
   };
   ws.onclose = (ev) => {
@@ -444,6 +451,7 @@ charts.group.onZoom((range) => { zoomReset.hidden = !range; });
 zoomReset.addEventListener("click", () => charts.group.setZoom(null));
 
 setStatus(root.dataset.status);
+logs.load();
 charts.load().catch(() => {}).then(() => { setStep(charts.lastStep); showRunWindow(); return loadEvents(); })
   .catch(() => {}).finally(() => { connect(); showReplayFromQuery(); });
 every(4000, async () => {

@@ -54,3 +54,15 @@ def test_bad_labels_name_the_variable_and_the_entry(raw, fragment):
     with pytest.raises(ConfigError, match="AGENT_LABELS") as caught:
         load_config({"AGENT_LABELS": raw})
     assert fragment in str(caught.value)
+
+
+def test_log_settings_have_defaults_and_bounds():
+    config = load_config({})
+    assert (config.log_flush_s, config.log_rate_lines_s) == (0.2, 2000)
+    assert (config.log_file_max_bytes, config.log_line_max_bytes) == (16 << 20, 16 << 10)
+    custom = load_config({"AGENT_LOG_RATE_LINES_S": "50", "AGENT_LOG_FILE_MAX_BYTES": "1000000"})
+    assert (custom.log_rate_lines_s, custom.log_file_max_bytes) == (50, 1_000_000)
+    with pytest.raises(ConfigError, match="AGENT_LOG_FILE_MAX_BYTES=1000 must be at least 65536"):
+        load_config({"AGENT_LOG_FILE_MAX_BYTES": "1000"})
+    with pytest.raises(ConfigError, match="AGENT_LOG_RATE_LINES_S='0' must be positive"):
+        load_config({"AGENT_LOG_RATE_LINES_S": "0"})

@@ -135,6 +135,32 @@ EXAMPLES: list[tuple[Message, dict]] = [
         r.JobReport(status="failed", reason="could not start workers: boom"),
         {"status": "failed", "reason": "could not start workers: boom"},
     ),
+    (
+        r.LogBatch(
+            batch_id="b2",
+            job=4,
+            lines=(
+                r.LogLine(rank=0, stream="stdout", time=1.5, text="epoch 1"),
+                r.LogLine(
+                    rank=1, stream="stderr", time=1.25, text="Traceback (most recent call last):"
+                ),
+            ),
+        ),
+        {
+            "batch_id": "b2",
+            "job": 4,
+            "lines": [
+                {"rank": 0, "stream": "stdout", "time": 1.5, "text": "epoch 1"},
+                {
+                    "rank": 1,
+                    "stream": "stderr",
+                    "time": 1.25,
+                    "text": "Traceback (most recent call last):",
+                },
+            ],
+        },
+    ),
+    (r.LogBatchReply(stored=2), {"stored": 2}),
 ]
 
 
@@ -144,7 +170,7 @@ def test_every_body_has_an_example():
         for obj in vars(r).values()
         if isinstance(obj, type) and issubclass(obj, Message) and obj.__module__ == r.__name__
     }
-    assert bodies == {type(m) for m, _ in EXAMPLES} | {r.WorkerPort, r.WorkerStatus}
+    assert bodies == {type(m) for m, _ in EXAMPLES} | {r.WorkerPort, r.WorkerStatus, r.LogLine}
 
 
 @pytest.mark.parametrize(("body", "wire"), EXAMPLES, ids=lambda x: getattr(x, "WHAT", None))
