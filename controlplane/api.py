@@ -25,6 +25,9 @@ class ErrorSerializer(serializers.Serializer):
 # The error responses every endpoint may give (see controlplane.errors), for extend_schema.
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
 
+# Endpoints that take a file: too big (413) or a body no parser accepts (415).
+UPLOAD_ERRORS = {**ERRORS, 413: ErrorSerializer, 415: ErrorSerializer}
+
 OK = inline_serializer("Ok", {"ok": serializers.BooleanField()})
 
 

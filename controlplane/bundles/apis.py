@@ -14,7 +14,7 @@ from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.api import ERRORS
+from controlplane.api import ERRORS, UPLOAD_ERRORS
 from controlplane.bundles import selectors, services
 from controlplane.bundles.models import Bundle
 from controlplane.errors import InvalidInput, PayloadTooLarge
@@ -76,8 +76,7 @@ class BundleUploadApi(APIView):
         responses={
             201: BundleOutputSerializer,
             200: BundleOutputSerializer,
-            413: ERRORS[400],
-            **ERRORS,
+            **UPLOAD_ERRORS,
         },
         summary="Upload a code bundle (a gzip'd tar); 200 when that content is stored already",
     )

@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent.protocol import vocabulary
-from controlplane.api import ERRORS, int_query_param
+from controlplane.api import ERRORS, UPLOAD_ERRORS, int_query_param
 from controlplane.bundles import services as bundle_services
 from controlplane.errors import InvalidInput
 from controlplane.jobs import selectors
@@ -277,7 +277,7 @@ class JobListCreateApi(APIView):
                 },
             },
         },
-        responses={201: JobOutputSerializer, **ERRORS},
+        responses={201: JobOutputSerializer, **UPLOAD_ERRORS},
     )
     def post(self, request):
         body = request.data
