@@ -374,6 +374,11 @@ def _clamp(rule: Rule, value: float) -> float:
     return value
 
 
+def _reverses(asked: float, clamped: float, current: float) -> bool:
+    """Whether clamping turned a move one way into a move the other way."""
+    return (asked > current and clamped < current) or (asked < current and clamped > current)
+
+
 def _current(action_type: str, state: JobState) -> Any:
     return {
         "set_batch_size": state.batch_size,
@@ -405,8 +410,13 @@ def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutc
             value = NUMERIC_ACTIONS[rule.action_type](_clamp(rule, float(raw)))
             if rule.action_type != "set_lr" and value < 1:
                 return RuleOutcome(rule.name, condition, None, consecutive)
-            if value == _current(rule.action_type, state):
+            current = _current(rule.action_type, state)
+            if value == current:
                 # Already there (often: clamped at a bound) — nothing to do.
+                return RuleOutcome(rule.name, condition, None, consecutive)
+            if current is not None and _reverses(float(raw), float(value), float(current)):
+                # Bounds limit how far a rule moves a value, never which way: a rule asking
+                # for more (batch_size * 2) while already above bounds.max does nothing.
                 return RuleOutcome(rule.name, condition, None, consecutive)
         else:
             if raw not in CHOICE_ACTIONS[rule.action_type]:

@@ -50,6 +50,28 @@ def test_value_is_clamped_to_bounds_and_no_op_is_not_fired():
     assert evaluate_rule(rule, state(step=100, batch_size=256), RuleHistory()).firing is None
 
 
+def test_bounds_never_turn_a_grow_into_a_shrink():
+    # The job is already above bounds.max (set by hand, or by another rule): doubling
+    # asks for more; clamping to 256 would shrink 512 -> 256, so the rule does not fire.
+    rule = parse_policy(DOUBLING).rules[0]
+    assert evaluate_rule(rule, state(step=100, batch_size=512), RuleHistory()).firing is None
+    halving = parse_policy(
+        {
+            "name": "halve",
+            "rules": [
+                {
+                    "name": "shrink",
+                    "when": "true",
+                    "action": {"type": "set_batch_size", "value": "batch_size / 2"},
+                    "bounds": {"min": 64},
+                }
+            ],
+        }
+    ).rules[0]
+    assert evaluate_rule(halving, state(batch_size=32), RuleHistory()).firing is None
+    assert evaluate_rule(halving, state(batch_size=100), RuleHistory()).firing.value == 64
+
+
 def test_hysteresis_needs_consecutive_true_evaluations():
     policy = parse_policy(
         {
