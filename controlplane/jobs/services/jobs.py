@@ -118,6 +118,8 @@ def job_create(
         workers_max=workers_max,
         strategy=strategy,
         topology=topology,
+        strategy_initial=strategy,
+        topology_initial=topology,
         policy=policy,
         node_selector=node_selector,
         bundle_digest=bundle_digest,
@@ -205,8 +207,8 @@ def job_restart(
     from scratch; the run's ``resume_note`` says which). The job goes back to pending with
     the new run as its current one, and is placed again by the placement task.
 
-    A run trained from scratch starts with the job's hyper-parameters (batch size and
-    learning rate as created); a resumed one with the values the job had last (the
+    A run trained from scratch starts with the job's spec (batch size, learning rate,
+    strategy and topology as created); a resumed one with the values the job had last (the
     workers restore the checkpoint's own). Start commands of the run before that no node
     took any more expire, so no agent starts it late."""
     with transaction.atomic():
@@ -243,6 +245,8 @@ def job_restart(
             else {
                 "batch_size": int(job.hyperparameters["batch_size"]),
                 "learning_rate": float(job.hyperparameters["lr"]),
+                "strategy": job.strategy_initial,
+                "topology": job.topology_initial,
             }
         )
         why = f" ({reason})" if reason else ""

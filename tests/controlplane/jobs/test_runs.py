@@ -158,6 +158,22 @@ def test_restart_without_a_known_checkpoint_starts_from_scratch_and_says_so(api,
     assert "resume_from" not in start.payload["hyperparameters"]
 
 
+def test_restart_from_scratch_takes_the_specs_strategy_not_one_a_policy_switched_to(
+    api, user, nodes
+):
+    job = _start(_job(user))
+    assert (job.strategy, job.topology) == ("ssgd", "ring")
+    # What an applied set_strategy / set_topology (a policy's, or a user's) leaves behind.
+    Job.objects.filter(id=job.id).update(strategy="sma", topology="tree")
+    job_cancel(job=job, actor="user:alice")
+    api.post(f"/api/v1/jobs/{job.id}/restart/", {"resume_from": None}, format="json")
+    job.refresh_from_db()
+    assert (job.strategy, job.topology) == ("ssgd", "ring")
+    job = _start(job)
+    start = Command.objects.get(run=job.current_run, type="start")
+    assert (start.payload["strategy"], start.payload["topology"]) == ("ssgd", "ring")
+
+
 def test_restart_takes_the_checkpoint_asked_for_or_none(api, user, nodes):
     job = _fail(_start(_job(user, checkpoint_dir="/data/ckpt")))
     _checkpoint(job, 300)
