@@ -44,6 +44,14 @@ class Conflict(ApiError):
     status_code = status.HTTP_409_CONFLICT
 
 
+class Unprocessable(ApiError):
+    """Well-formed but contradicting what was stored (an idempotency key reused for
+    another request)."""
+
+    code = "unprocessable"
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+
+
 class Forbidden(ApiError):
     code = "forbidden"
     status_code = status.HTTP_403_FORBIDDEN

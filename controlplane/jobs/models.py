@@ -188,10 +188,21 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The Idempotency-Key the job was created with (unique per owner) and the sha256 of
+    # that request's body: a retry with the same key and body gets this job back.
+    idempotency_key = models.CharField(max_length=100, blank=True, default="")
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["-id"]
         indexes = [models.Index(fields=["status"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="job_idempotency_key_per_owner",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} (#{self.pk})"

@@ -144,6 +144,20 @@ def run_commands(job: Job) -> QuerySet[Command]:
     return Command.objects.filter(run_id=job.current_run_id)
 
 
+def run_stop_command(job: Job) -> Command | None:
+    """The stop of the whole job issued in its current run (by a user, a policy or the
+    control plane), unless the nodes could not carry it out; None when none was. A stop
+    that only ends abandoned joiners does not count."""
+    return (
+        run_commands(job)
+        .filter(type=Command.Type.STOP)
+        .exclude(payload__has_key="joiners")
+        .exclude(state__in=[Command.State.FAILED, Command.State.EXPIRED])
+        .order_by("seq")
+        .first()
+    )
+
+
 def job_cluster_version(job: Job) -> ClusterVersion | None:
     """The latest cluster version of the job's current run (None before version 1)."""
     if not job.cluster_version:

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane.errors import ApiError, Conflict, InvalidInput
+from controlplane.jobs import selectors as job_selectors
 from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import Command, Event, Job, Run
 from controlplane.jobs.services.commands import command_issue
@@ -200,6 +201,8 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         return []
     if Command.objects.filter(job=job, state__in=Command.IN_FLIGHT).exists():
         return []
+    if job_selectors.run_stop_command(job) is not None:
+        return []  # the job is stopping: nothing a rule does would be carried out
     if Decision.objects.filter(
         run_id=job.current_run_id, outcome=Decision.Outcome.PENDING_APPROVAL
     ).exists():

@@ -7,7 +7,9 @@ serialises the result.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -87,6 +89,11 @@ def validate_hyperparameters(raw: dict) -> dict:
                 f"{name} must be between {low} and {high}; got {value}."
             )
         clean[name] = kind(value)
+    if clean.get("checkpoint_every") and not clean.get("checkpoint_dir"):
+        raise serializers.ValidationError(
+            "checkpoint_every needs checkpoint_dir: the folder (readable by the job's nodes) "
+            "the workers write their checkpoints to."
+        )
     return clean
 
 
@@ -277,7 +284,23 @@ class JobListCreateApi(APIView):
                 },
             },
         },
-        responses={201: JobOutputSerializer, **UPLOAD_ERRORS},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                location=OpenApiParameter.HEADER,
+                required=False,
+                description="a key of your choice (e.g. a UUID): retrying with the same key and "
+                "body returns the job made the first time (200, Idempotent-Replayed: true); the "
+                "same key with another body is a 422",
+            )
+        ],
+        responses={
+            201: JobOutputSerializer,
+            200: JobOutputSerializer,
+            422: ERRORS[400],
+            **UPLOAD_ERRORS,
+        },
     )
     def post(self, request):
         body = request.data
@@ -297,8 +320,8 @@ class JobListCreateApi(APIView):
                     details={"policy": v["policy"]},
                 )
         workers = v["workers"]
-        job = job_services.job_create(
-            owner=request.user,
+        key = _idempotency_key(request)
+        spec = dict(
             name=v["name"],
             entrypoint=v["entrypoint"],
             hyperparameters=v["hyperparameters"],
@@ -311,7 +334,46 @@ class JobListCreateApi(APIView):
             node_selector=v["node_selector"],
             bundle_digest=v.get("bundle") or "",
         )
-        return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+        if key is None:
+            job = job_services.job_create(owner=request.user, **spec)
+            return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+        job, created = job_services.job_create_idempotent(
+            owner=request.user,
+            idempotency_key=key,
+            fingerprint=_fingerprint(body),
+            **spec,
+        )
+        response = Response(
+            JobOutputSerializer(job).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+        if not created:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+IDEMPOTENCY_KEY_MAX = 100
+
+
+def _idempotency_key(request) -> str | None:
+    """The request's Idempotency-Key header (None: none), checked for form."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise InvalidInput(
+            f"The Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX} printable "
+            f"characters (a UUID is a good choice).",
+            details={"idempotency_key": key[:IDEMPOTENCY_KEY_MAX]},
+        )
+    return key
+
+
+def _fingerprint(body: Any) -> str:
+    """The sha256 of a request body, independent of key order and whitespace."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _multipart_job(request) -> dict:

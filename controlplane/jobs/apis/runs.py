@@ -225,7 +225,12 @@ class JobCommandsApi(APIView):
 
     @extend_schema(
         request=InputSerializer,
-        responses={201: CommandOutputSerializer(many=True), 409: ERRORS[400], **ERRORS},
+        responses={
+            201: CommandOutputSerializer(many=True),
+            409: ERRORS[400],
+            422: ERRORS[400],
+            **ERRORS,
+        },
     )
     def post(self, request, job_id: int):
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)

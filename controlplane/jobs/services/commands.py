@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from controlplane.errors import Conflict, NotFound
+from controlplane.errors import Conflict, NotFound, Unprocessable
 from controlplane.jobs import outbox, selectors
 from controlplane.jobs.lifecycle import SCHEDULER, event_record, job_publish
 from controlplane.jobs.models import Command, Event, Job, Node
@@ -23,10 +23,29 @@ def command_issue(
 ) -> list[Command]:
     """Issue a change to a running job (from a user or a policy decision)."""
     job = Job.objects.select_for_update().get(id=job.id)
+    payload = {} if value is None else {"value": value}
     if idempotency_key:
         existing = list(selectors.run_commands(job).filter(idempotency_key=idempotency_key))
         if existing:
+            first = existing[0]
+            if first.type != type or first.payload.get("value") != payload.get("value"):
+                # A retry must be the same request; another one under the same key is a
+                # client bug that returning the first command would hide.
+                raise Unprocessable(
+                    f"Idempotency-Key {idempotency_key!r} was used for command {first.id} "
+                    f"({first.type} {first.payload.get('value', '')}); use a new key for "
+                    f"another command.".replace(" )", ")"),
+                    details={"command": first.id, "type": first.type, "payload": first.payload},
+                )
             return existing
+    if job.status not in Job.TERMINAL and type != Command.Type.STOP:
+        stop = selectors.run_stop_command(job)
+        if stop is not None:
+            raise Conflict(
+                f"Job {job.id} is stopping (stop issued by {stop.issued_by}); it takes no more "
+                f"commands in this run.",
+                details={"stop_command": stop.id},
+            )
     if type == Command.Type.SCALE_WORKERS:
         return elastic.job_scale(
             job, value=value, issued_by=issued_by, idempotency_key=idempotency_key
@@ -41,7 +60,6 @@ def command_issue(
     nodes = selectors.job_active_nodes(job)
     if not nodes:
         raise Conflict(f"Job {job.id} has no workers to command.")
-    payload = {} if value is None else {"value": value}
     return outbox.commands_create(
         job=job,
         nodes=nodes,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -14,7 +14,7 @@ from agent.protocol.control import StopPayload
 from controlplane.bundles.selectors import bundle_get
 from controlplane.bundles.services import bundle_check_permission
 from controlplane.celery import enqueue
-from controlplane.errors import Conflict, InvalidInput, json_type
+from controlplane.errors import Conflict, InvalidInput, Unprocessable, json_type
 from controlplane.jobs import outbox, selectors
 from controlplane.jobs.lifecycle import event_record, job_transition
 from controlplane.jobs.models import ENTRYPOINT_FORM, ENTRYPOINTS, Command, Event, Job, Run
@@ -68,6 +68,45 @@ def node_selector_clean(raw: Any) -> dict[str, str]:
     return dict(raw)
 
 
+def job_create_idempotent(
+    *, owner, idempotency_key: str, fingerprint: str, **spec: Any
+) -> tuple[Job, bool]:
+    """``job_create`` under a client's Idempotency-Key: (job, created). The same key and
+    the same request (``fingerprint``, the body's sha256) return the job it made the first
+    time; the same key with another request is a 422, never a second job or a silent
+    mismatch."""
+
+    def earlier() -> Job | None:
+        job = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if job is not None and job.request_fingerprint != fingerprint:
+            raise Unprocessable(
+                f"Idempotency-Key {idempotency_key!r} was used to create job {job.id} with "
+                f"another request; use a new key for a new job.",
+                details={"job": job.id, "idempotency_key": idempotency_key},
+            )
+        return job
+
+    job = earlier()
+    if job is not None:
+        return job, False
+    try:
+        with transaction.atomic():
+            return (
+                job_create(
+                    owner=owner,
+                    idempotency_key=idempotency_key,
+                    request_fingerprint=fingerprint,
+                    **spec,
+                ),
+                True,
+            )
+    except IntegrityError:
+        job = earlier()  # a concurrent request with the same key won the race
+        if job is None:
+            raise
+        return job, False
+
+
 @transaction.atomic
 def job_create(
     *,
@@ -83,6 +122,8 @@ def job_create(
     policy=None,
     node_selector: dict[str, str] | None = None,
     bundle_digest: str = "",
+    idempotency_key: str = "",
+    request_fingerprint: str = "",
 ) -> Job:
     if (entrypoint or "").endswith(".py"):
         raise InvalidInput(
@@ -123,6 +164,8 @@ def job_create(
         policy=policy,
         node_selector=node_selector,
         bundle_digest=bundle_digest,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
         policy_version=policy.version if policy is not None else None,
         batch_size=int(hyperparameters["batch_size"]),
         learning_rate=float(hyperparameters["lr"]),

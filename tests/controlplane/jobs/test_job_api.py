@@ -85,6 +85,10 @@ def test_unauthenticated_request_gets_401_in_error_shape(client):
             {"hyperparameters": {"batch_size": 32, "lr": 0.1, "checkpoint_dir": 7}},
             "checkpoint_dir must be a string",
         ),
+        (
+            {"hyperparameters": {"batch_size": 32, "lr": 0.1, "checkpoint_every": 50}},
+            "checkpoint_every needs checkpoint_dir",
+        ),
     ],
 )
 def test_bad_input_is_rejected_with_a_message_that_says_what_to_fix(api, change, fragment):
@@ -147,3 +151,39 @@ def test_every_synchronisation_strategy_of_the_runtime_is_accepted(api, strategy
     response = api.post("/api/v1/jobs/", {**VALID, "strategy": strategy}, format="json")
     assert response.status_code == 201, response.json()
     assert response.json()["strategy"] == strategy
+
+
+def test_an_idempotency_key_makes_a_retried_create_return_the_first_job(api):
+    first = api.post("/api/v1/jobs/", VALID, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == 201
+    # The same request again (a client retrying after a lost response), keys reordered.
+    again = api.post(
+        "/api/v1/jobs/",
+        dict(reversed(list(VALID.items()))),
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-1",
+    )
+    assert again.status_code == 200 and again["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    other = {**VALID, "name": "another"}
+    clash = api.post("/api/v1/jobs/", other, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert clash.status_code == 422
+    assert clash.json()["code"] == "unprocessable"
+    assert f"job {first.json()['id']}" in clash.json()["message"]
+    assert Job.objects.count() == 1
+    # Another key, or none, makes a new job.
+    assert (
+        api.post("/api/v1/jobs/", other, format="json", HTTP_IDEMPOTENCY_KEY="k-2").status_code
+        == 201
+    )
+    assert api.post("/api/v1/jobs/", other, format="json").status_code == 201
+    assert Job.objects.count() == 3
+
+
+def test_idempotency_keys_are_per_user_and_checked_for_form(api, other_api):
+    mine = api.post("/api/v1/jobs/", VALID, format="json", HTTP_IDEMPOTENCY_KEY="same")
+    theirs = other_api.post("/api/v1/jobs/", VALID, format="json", HTTP_IDEMPOTENCY_KEY="same")
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert mine.json()["id"] != theirs.json()["id"]
+    bad = api.post("/api/v1/jobs/", VALID, format="json", HTTP_IDEMPOTENCY_KEY="x" * 101)
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["message"]

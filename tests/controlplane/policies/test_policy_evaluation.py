@@ -4,7 +4,8 @@ applying the command updates the job exactly once."""
 import pytest
 
 from controlplane.jobs.models import Command, Event, Job
-from controlplane.jobs.services.commands import command_ack, command_finish
+from controlplane.errors import Conflict, Unprocessable
+from controlplane.jobs.services.commands import command_ack, command_finish, command_issue
 from controlplane.policies.models import Decision
 from controlplane.policies.services import job_policy_evaluate
 from tests.controlplane.policies.policy_steps import running_job
@@ -148,3 +149,37 @@ def test_job_records_the_policy_version_it_runs_with_and_takes_up_an_edit(user, 
     event = Event.objects.filter(job=job, message__contains="version 2").get()
     assert event.data == {"policy": job.policy_id, "policy_version": 2, "previous": 1}
     assert Decision.objects.get(job=job).policy_version == 2
+
+
+def test_a_stopping_job_gets_no_policy_action_and_takes_no_command(user, node):
+    """A stop applied at a step leaves the job running until its workers exit; in that time
+    neither a policy nor a user may queue a command its workers would never apply."""
+    job = running_job(user, node)
+    [stop] = command_issue(job=job, type="stop", issued_by="user:alice")
+    command_ack(node=node, command_id=stop.id)
+    command_finish(node=node, command_id=stop.id, ok=True, step=150)
+    assert Job.objects.get(id=job.id).status == "running"
+    Job.objects.filter(id=job.id).update(last_step=1000)
+    assert job_policy_evaluate(job_id=job.id) == []
+    with pytest.raises(Conflict, match="is stopping"):
+        command_issue(job=job, type="set_lr", value=0.2, issued_by="user:alice")
+    assert sorted(Command.objects.filter(job=job).values_list("type", flat=True)) == [
+        "start",
+        "stop",
+    ]
+
+
+def test_a_command_key_reused_for_another_value_is_refused(user, node):
+    job = running_job(user, node)
+    [first] = command_issue(
+        job=job, type="set_lr", value=0.2, issued_by="user:alice", idempotency_key="k"
+    )
+    [again] = command_issue(
+        job=job, type="set_lr", value=0.2, issued_by="user:alice", idempotency_key="k"
+    )
+    assert again.id == first.id
+    with pytest.raises(Unprocessable, match="was used for command"):
+        command_issue(
+            job=job, type="set_lr", value=0.3, issued_by="user:alice", idempotency_key="k"
+        )
+    assert Command.objects.filter(job=job, type="set_lr").count() == 1
