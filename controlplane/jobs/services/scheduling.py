@@ -17,7 +17,7 @@ def job_place(*, job_id: int) -> bool:
     """Place a pending job's workers on online nodes with free slots whose labels match the
     job's node selector (see placement.py) and send each node a start command for its
     ranks. Returns whether the job was placed; a job that fits nowhere stays pending (with
-    the reason recorded when it has a node selector) and the periodic sweep retries it.
+    the reason recorded: what it needs, what is free) and the periodic sweep retries it.
 
     The first placement makes run 1; a restarted job (jobs.job_restart) already has its
     new run, pending, and that run is placed. Nodes still running workers of an earlier
@@ -38,7 +38,9 @@ def job_place(*, job_id: int) -> bool:
             size -= plan is None
         if plan is None:
             _pending_reason_record(
-                job, busy_nodes={nodes[n].name: r for n, r in busy.items() if n in nodes}
+                job,
+                capacities,
+                busy_nodes={nodes[n].name: r for n, r in busy.items() if n in nodes},
             )
             return False
         run = job.current_run if job.current_run_id else None
@@ -98,45 +100,54 @@ def _slots_text(job: Job) -> str:
     return f"{needed} free slot(s)"
 
 
-def _pending_reason(job: Job) -> str:
-    """Why a job with a node selector is not placed: no enrolled node (in any status) could
-    ever hold it, or the nodes that could are offline or busy now."""
-    selector = placement.node_selector_text(job.node_selector)
-    matching = [
+def _pending_reason(job: Job, capacities: list[placement.NodeCapacity]) -> str:
+    """Why a job is not placed, with numbers: no enrolled node could ever hold it, or how
+    many free slots the schedulable nodes it may use have now against what it needs.
+    ``capacities``: the online, not draining nodes the job may use (an earlier run's
+    nodes left out)."""
+    needed = _fewest_to_start(job)
+    selector = placement.node_selector_text(job.node_selector) if job.node_selector else ""
+    matching_text = f" matching node_selector {selector}" if selector else ""
+    enrolled = [
         n
         for n in Node.objects.enrolled().exclude(status=Node.Status.REVOKED)
         if placement.labels_match(n.labels or {}, job.node_selector)
     ]
-    if not matching:
+    if not enrolled:
+        if selector:
+            return (
+                f"no enrolled node has labels matching node_selector {selector}; the job stays "
+                f"pending until a node with those labels enrols"
+            )
         return (
-            f"no enrolled node has labels matching node_selector {selector}; the job stays pending "
-            f"until a node with those labels enrols"
+            "no node is enrolled; the job stays pending until an agent enrols (Nodes → Add a node)"
         )
-    slots = sum(n.slots for n in matching)
-    needed = _fewest_to_start(job)
+    slots = sum(n.slots for n in enrolled)
     if slots < needed:
+        whose = f"whose labels match node_selector {selector} " if selector else ""
         return (
-            f"the nodes whose labels match node_selector {selector} have {slots} slot(s) in all, fewer "
-            f"than the {needed} worker(s) the job starts with at least; the job stays pending until "
-            f"more such nodes enrol"
+            f"the enrolled nodes {whose}have {slots} slot(s) in all, fewer than the {needed} "
+            f"worker(s) the job starts with at least; the job stays pending until more "
+            f"such nodes enrol"
         )
+    usable = [c for c in capacities if placement.labels_match(c.labels, job.node_selector)]
+    free = sum(max(c.free_slots, 0) for c in usable)
+    away = len(enrolled) - len(usable)
     return (
-        f"waiting for {_slots_text(job)} on online nodes (not draining) matching node_selector "
-        f"{selector}"
+        f"needs {_slots_text(job)}; {free} free on {len(usable)} online node(s){matching_text}"
+        + (f" ({away} more offline, lost or draining)" if away > 0 else "")
     )
 
 
-def _pending_reason_record(job: Job, *, busy_nodes: dict[str, int] | None = None) -> None:
-    """Record why a job with a node selector, or a restarted job whose earlier run still
-    holds nodes, waits, once per change of reason (the sweep retries every few seconds).
-    Another job waits silently as before."""
-    if not job.node_selector and not busy_nodes:
-        return
-    reason = (
-        _pending_reason(job)
-        if job.node_selector
-        else (f"waiting for {_slots_text(job)} on online nodes (not draining)")
-    )
+def _pending_reason_record(
+    job: Job,
+    capacities: list[placement.NodeCapacity],
+    *,
+    busy_nodes: dict[str, int] | None = None,
+) -> None:
+    """Record why a job waits, once per change of reason (the sweep retries every few
+    seconds, so the reason follows nodes coming and going and slots freeing up)."""
+    reason = _pending_reason(job, capacities)
     if busy_nodes:
         held = ", ".join(f"{name} (run {number})" for name, number in sorted(busy_nodes.items()))
         reason += f"; not on {held}, which still run(s) workers of an earlier run of the job"

@@ -167,29 +167,40 @@ def test_a_job_whose_matching_nodes_are_busy_or_offline_waits_for_them(user):
     second.refresh_from_db()
     assert second.status == "pending"
     assert second.status_reason == (
-        "waiting for 1 free slot(s) (it starts with up to 2 worker(s), at least 1) "
-        "on online nodes (not draining) matching node_selector gpu=a100"
+        "needs 1 free slot(s) (it starts with up to 2 worker(s), at least 1); "
+        "0 free on 1 online node(s) matching node_selector gpu=a100"
     )
 
     job_cancel(job=first, actor="user:alice")
     Worker.objects.filter(job=first).update(state=Worker.State.EXITED)
     Node.objects.filter(id=gpu.id).update(status=Node.Status.OFFLINE)
     assert not job_place(job_id=second.id)
-    assert (
-        Event.objects.filter(job=second, message__startswith="pending:").count() == 1
-    )  # same reason
+    assert not job_place(job_id=second.id)  # the sweep again: the same reason, no new event
+    second.refresh_from_db()
+    assert second.status_reason == (
+        "needs 1 free slot(s) (it starts with up to 2 worker(s), at least 1); "
+        "0 free on 0 online node(s) matching node_selector gpu=a100 "
+        "(1 more offline, lost or draining)"
+    )
+    assert Event.objects.filter(job=second, message__startswith="pending:").count() == 2
     Node.objects.filter(id=gpu.id).update(status=Node.Status.ONLINE)
     assert job_place(job_id=second.id) and _nodes_of(second) == {"gpu"}
 
 
-def test_a_job_without_a_selector_still_waits_silently(user):
+def test_a_job_without_a_selector_says_what_it_needs_and_what_is_free(user):
     job = _job(user, selector={})
     assert not job_place(job_id=job.id)
     job.refresh_from_db()
-    assert (
-        job.status_reason == ""
-        and not Event.objects.filter(job=job, message__startswith="pending").exists()
-    )
+    assert job.status_reason.startswith("no node is enrolled")
+    _enrol("small", slots=1)
+    rigid = _job(user, selector={}, initial=4, low=4)
+    _enrol("other", slots=4)
+    busy = _job(user, selector={}, initial=4, low=4)
+    assert job_place(job_id=busy.id)
+    assert not job_place(job_id=rigid.id)
+    rigid.refresh_from_db()
+    assert rigid.status_reason == "needs 4 free slot(s); 1 free on 2 online node(s)"
+    assert Event.objects.filter(job=rigid, message__startswith="pending: needs 4").count() == 1
 
 
 # --- growing -------------------------------------------------------------------------------
