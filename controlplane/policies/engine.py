@@ -166,19 +166,85 @@ def _compile(expression: Any, path: str) -> celpy.Runner:
     try:
         program = _program(expression)
     except CELParseError as exc:
-        position = getattr(exc, "column", None)
-        first_line = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise PolicyError(f"CEL syntax error: {first_line}", path=path, position=position) from None
+        position, what = _syntax_error(expression, exc)
+        raise PolicyError(
+            f"CEL syntax error at position {position}: {what}\n"
+            f"  {expression}\n  {' ' * position}^\n"
+            f"Names you can use: {_names_hint()}",
+            path=path,
+            position=position,
+        ) from None
     for node in _cel_env.compile(expression).iter_subtrees():
         if node.data == "ident" and node.children and str(node.children[0]) not in KNOWN_NAMES:
             token = node.children[0]
             raise PolicyError(
-                f"unknown name {str(token)!r}; use a job variable ({', '.join(sorted(CONTEXT_NAMES))}), "
-                f"a metric ({', '.join(sorted(METRIC_NAMES))}) or metrics.<name> for a metric of your own",
+                f"unknown name {str(token)!r}; use {_names_hint()}",
                 path=path,
-                position=getattr(token, "column", None),
+                position=_offset(
+                    expression, getattr(token, "line", None), getattr(token, "column", None)
+                ),
             )
     return program
+
+
+def _names_hint() -> str:
+    return (
+        f"a job variable ({', '.join(sorted(CONTEXT_NAMES))}), a metric "
+        f"({', '.join(sorted(METRIC_NAMES))}) or metrics.<name> for a metric of your own"
+    )
+
+
+def _offset(expression: str, line: int | None, column: int | None) -> int | None:
+    """The 0-based index into ``expression`` of a parser's 1-based line and column."""
+    if line is None or column is None:
+        return None
+    lines = expression.split("\n")
+    before = sum(len(text) + 1 for text in lines[: max(line - 1, 0)])
+    return max(0, min(before + column - 1, len(expression)))
+
+
+# What the parser's token names mean to someone writing an expression.
+_TOKEN_WORDS = {
+    "RPAR": "')'",
+    "LPAR": "'('",
+    "RSQB": "']'",
+    "LSQB": "'['",
+    "IDENT": "a name",
+    "INT_LIT": "a number",
+    "FLOAT_LIT": "a number",
+    "STRING_LIT": "a string",
+    "BOOL_LIT": "true or false",
+    "BANG": "'!'",
+    "MINUS": "'-'",
+}
+_WORD_OPERATORS = {"and": "&&", "or": "||", "not": "!"}
+
+
+def _syntax_error(expression: str, exc: Exception) -> tuple[int, str]:
+    """(0-based position, what is wrong) of a CEL parse error, in words."""
+    cause = exc.__cause__ or exc.__context__
+    token = getattr(cause, "token", None)
+    expected = sorted(
+        {
+            _TOKEN_WORDS[name]
+            for name in getattr(cause, "expected", ()) or ()
+            if name in _TOKEN_WORDS
+        }
+    )
+    wanted = f" (expected {', '.join(expected)})" if expected else ""
+    if token is not None and getattr(token, "type", "") == "$END":
+        return len(expression), f"the expression ends too early{wanted}"
+    if token is not None:
+        position = _offset(expression, token.line, token.column) or 0
+        text = str(token)
+        if text.lower() in _WORD_OPERATORS:
+            return position, f"CEL writes {text!r} as {_WORD_OPERATORS[text.lower()]!r}"
+        return position, f"unexpected {text!r}{wanted}"
+    line = getattr(cause, "line", None) or getattr(exc, "line", None)
+    column = getattr(cause, "column", None) or getattr(exc, "column", None)
+    position = _offset(expression, line, column) or 0
+    char = expression[position : position + 1]
+    return position, (f"unexpected character {char!r}" if char else "syntax error") + wanted
 
 
 def _number(value: Any, path: str) -> float | None:

@@ -157,7 +157,9 @@ def test_policy_with_a_cel_syntax_error_shows_it_at_the_field_and_is_not_saved(s
     # A syntax error while typing: shown at the "when" field with the position marked.
     page.fill("#rule-0-when", "has(metrics.gns) && gns > (2.0 *")
     page.wait_for_selector("#rule-0-when-error:not(:empty)")
-    assert "CEL syntax error" in page.inner_text("#rule-0-when-error")
+    message = page.inner_text("#rule-0-when-error")
+    assert "CEL syntax error" in message and "ends too early" in message
+    assert "Names you can use" in message  # the names, not the caret lines (the pointer marks it)
     page.locator("#rule-0").scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOTS / "policy-cel-error.png"))
     assert page.get_attribute("#rule-0-when", "aria-invalid") == "true"
@@ -167,7 +169,9 @@ def test_policy_with_a_cel_syntax_error_shows_it_at_the_field_and_is_not_saved(s
     # Saving it is refused, the error stays at the field and focus goes there.
     page.click("#policy-save")
     page.wait_for_function("document.activeElement && document.activeElement.id === 'rule-0-when'")
-    assert "CEL syntax error" in page.inner_text("#rule-0-when-error")
+    message = page.inner_text("#rule-0-when-error")
+    assert "CEL syntax error" in message and "ends too early" in message
+    assert "Names you can use" in message  # the names, not the caret lines (the pointer marks it)
     assert "/policies/new/" in page.url
     assert len(stack.api.get("/api/v1/policies/")[1]) == before
 

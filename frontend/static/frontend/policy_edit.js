@@ -259,7 +259,11 @@ function showError({ path, message, position }, { focus = false } = {}) {
     field.after(slot);
     field.setAttribute("aria-describedby", slotId);
   }
-  slot.textContent = message;
+  // A CEL error's message carries the expression and a caret for API clients; here the
+  // pointer under the field marks the place, so keep the words (what is wrong, which names).
+  slot.textContent = typeof position === "number"
+    ? String(message).split("\n").filter((line) => !line.startsWith("  ")).join(" ")
+    : message;
   slot.dataset.path = path || "";
   field.setAttribute("aria-invalid", "true");
   if (typeof position === "number" && (field.tagName === "TEXTAREA" || field.tagName === "INPUT") && field.id !== "p-json") {

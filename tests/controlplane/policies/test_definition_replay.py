@@ -94,7 +94,7 @@ def test_an_invalid_definition_gets_the_errors_of_validate(api, job):
     validated = api.post("/api/v1/policies/validate/", {"definition": bad}, format="json")
     assert reply.status_code == validated.status_code == 400
     assert reply.json() == validated.json()
-    assert reply.json()["details"] == {"path": "rules[0].when", "position": 15}
+    assert reply.json()["details"] == {"path": "rules[0].when", "position": 14}
 
 
 def test_the_definition_is_checked_before_the_job(api):

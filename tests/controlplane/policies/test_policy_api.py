@@ -56,7 +56,7 @@ def test_unknown_name_in_a_condition_is_an_error_at_its_position(api):
     assert response.status_code == 400
     body = response.json()
     assert "unknown name 'lossy'" in body["message"]
-    assert body["details"] == {"path": "rules[0].when", "position": 15}
+    assert body["details"] == {"path": "rules[0].when", "position": 14}
     ok = api.post(
         "/api/v1/policies/validate/",
         {"definition": definition("has(metrics.my_metric)")},

@@ -183,7 +183,30 @@ def test_cel_syntax_error_reports_a_position():
         parse_policy(
             {"name": "p", "rules": [{"name": "r", "when": "loss < ", "action": {"type": "stop"}}]}
         )
-    assert info.value.position is not None
+    assert info.value.position == len("loss < ")  # where the expression ends too early
+
+
+@pytest.mark.parametrize(
+    "when, position, says",
+    [
+        ("gns > 2.0 *", 11, "ends too early"),
+        ("loss < 0.5 and gns > 1", 11, "CEL writes 'and' as '&&'"),
+        ("batch_size * 2)", 14, "unexpected ')'"),
+        ("(loss", 5, "expected ')'"),
+        ("loss < 1 && los > 2", 12, "unknown name 'los'"),
+    ],
+)
+def test_cel_errors_point_at_the_character_and_say_what_is_wrong(when, position, says):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(
+            {"name": "p", "rules": [{"name": "r", "when": when, "action": {"type": "stop"}}]}
+        )
+    assert info.value.path == "rules[0].when"
+    assert info.value.position == position  # a 0-based index into the expression
+    assert says in info.value.message
+    assert "steps_since_fired" in info.value.message  # the names one may use
+    if "unknown" not in says:
+        assert f"  {when}\n  {' ' * position}^" in info.value.message
 
 
 def test_window_aggregates_and_slope_are_available_to_rules():
