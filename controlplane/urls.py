@@ -1,7 +1,7 @@
 """URL map: the REST API under /api/v1/, the agent endpoints, the browser UI, admin."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import controlplane.schema  # noqa: F401  (registers the OpenAPI auth schemes)
@@ -107,6 +107,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("metrics", metrics_view, name="prometheus-metrics"),
     path("admin/", admin.site.urls),
+    # Any other path under /api/: the JSON 404 (handler404 alone is skipped with DEBUG on).
+    re_path(r"^api/", lambda request: _not_found(request)),
     path("", include("frontend.urls")),
 ]
 

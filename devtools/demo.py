@@ -60,14 +60,22 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-job", action="store_true", help="start the system but submit no job")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=ROOT / ".data",
+        help="where the demo keeps its password, logs, agent state and embedded servers",
+    )
     args = parser.parse_args()
 
-    data_dir = ROOT / ".data"
+    data_dir = args.data_dir
     services = ensure_backing_services(
         prefer_embedded=embedded_requested(), data_dir=data_dir, database_name="adaptrain", log=say
     )
     stack = Stack(
-        env=services.env(),
+        # DEBUG off: a user's stack answers with the product's pages and JSON errors,
+        # never Django's debug pages (which show settings and code).
+        env={**services.env(), "DEBUG": os.environ.get("DEBUG", "false")},
         log_dir=data_dir / "logs",
         port=args.port,
         progress=say,
@@ -77,7 +85,10 @@ def main() -> int:
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts a background job with SIGINT ignored, and Python keeps
+    # that, so `kill -INT` of a demo started with & would do nothing.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     try:
         stack.migrate()
         password = demo_password(data_dir)

@@ -425,25 +425,29 @@ class Stack:
                 raise StackError(f"{name} exited with code {proc.returncode}:\n{tail}")
 
     def stop(self, grace_s: float = 10.0) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace_s
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in self.processes.values():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        """Stop everything this stack started: the agents first (SIGTERM: each stops or
+        detaches its workers and sends its final reports while the web server still
+        answers), then the web server and Celery; SIGKILL for what outlives ``grace_s``."""
+        agents = {n: p for n, p in self.processes.items() if n.startswith("agent-")}
+        others = {n: p for n, p in self.processes.items() if n not in agents}
+        for group in (agents, others):
+            self._stop_group(list(group.values()), grace_s)
         self.processes.clear()
+
+    @staticmethod
+    def _stop_group(procs: list[subprocess.Popen], grace_s: float) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def recreate_database(database_url: str, name: str) -> str:

@@ -37,7 +37,11 @@ def job(user):
         topology="ring",
     )
     node, _ = node_enrol(
-        join_token=join_token_create(label="t")[1], name="n1", address="127.0.0.1", slots=2, labels={}
+        join_token=join_token_create(label="t")[1],
+        name="n1",
+        address="127.0.0.1",
+        slots=2,
+        labels={},
     )
     assert job_place(job_id=job.id)
     job.node = node

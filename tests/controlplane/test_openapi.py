@@ -32,3 +32,18 @@ def test_docs_page_loads_its_assets_locally(client):
     html = response.content.decode()
     assert "swagger" in html.lower()
     assert "https://" not in html.replace("https://swagger.io", "")
+
+
+@pytest.mark.parametrize("debug", [True, False])
+def test_a_path_under_api_that_is_no_endpoint_is_a_json_404_with_debug_on_or_off(
+    client, settings, debug
+):
+    settings.DEBUG = debug  # the demo and a development server run with DEBUG on
+    response = client.get("/api/v1/no-such-thing/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "code": "not_found",
+        "message": "No API endpoint at /api/v1/no-such-thing/.",
+        "details": {},
+    }

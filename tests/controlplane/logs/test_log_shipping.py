@@ -28,7 +28,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def shipping(live_server, user, tmp_path):
     """A node with a one-worker job placed on it, and the agent's REST client for it."""
     node, credential = node_enrol(
-        join_token=join_token_create(label="t")[1], name="n1", address="127.0.0.1", slots=1, labels={}
+        join_token=join_token_create(label="t")[1],
+        name="n1",
+        address="127.0.0.1",
+        slots=1,
+        labels={},
     )
     job = job_create(
         owner=user,

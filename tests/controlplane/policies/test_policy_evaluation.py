@@ -3,8 +3,8 @@ applying the command updates the job exactly once."""
 
 import pytest
 
-from controlplane.jobs.models import Command, Event, Job
 from controlplane.errors import Conflict, Unprocessable
+from controlplane.jobs.models import Command, Event, Job
 from controlplane.jobs.services.commands import command_ack, command_finish, command_issue
 from controlplane.policies.models import Decision
 from controlplane.policies.services import job_policy_evaluate
