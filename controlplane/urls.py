@@ -81,6 +81,7 @@ api_v1 = [
     ),
     path("agent/enrol/", agent_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
     path("agent/heartbeat/", agent_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
+    path("agent/goodbye/", agent_apis.AgentGoodbyeApi.as_view(), name="agent-goodbye"),
     path("agent/bundles/<str:digest>/", agent_apis.AgentBundleApi.as_view(), name="agent-bundle"),
     path("agent/metrics/", metric_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
     path("agent/logs/", log_apis.AgentLogsApi.as_view(), name="agent-logs"),

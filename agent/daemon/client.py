@@ -19,6 +19,7 @@ from agent.protocol.rest import (
     ClusterSpec,
     Enrolment,
     EnrolRequest,
+    Goodbye,
     Heartbeat,
     HeartbeatReply,
     JobReport,
@@ -96,6 +97,12 @@ class ControlPlaneClient(RestClient):
             protocol=PROTOCOL_VERSION,
         )
         return await self._call("POST", "/api/v1/agent/heartbeat/", body, HeartbeatReply)
+
+    async def goodbye(self, reason: str, detached: Sequence[int] = ()) -> None:
+        """Tell the control plane this agent stops on purpose (its node goes offline now,
+        not lost after the heartbeat timeout)."""
+        body = Goodbye(reason=reason, detached=tuple(detached))
+        await asyncio.to_thread(self.call, "POST", "/api/v1/agent/goodbye/", body.to_dict())
 
     async def send_metrics(self, batch_id: str, points: Sequence[MetricPoint]) -> MetricBatchReply:
         body = MetricBatch(batch_id=batch_id, points=tuple(points))

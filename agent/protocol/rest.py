@@ -123,6 +123,27 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True)
+class Goodbye(Message):
+    """``POST agent/goodbye/``: the agent stops on purpose (SIGTERM, SIGINT), after its
+    final reports. ``detached``: jobs whose workers it leaves running for the next agent
+    to re-attach (AGENT_ON_EXIT=detach); empty when it stopped them."""
+
+    WHAT = "goodbye"
+    reason: str = ""
+    detached: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "detached": list(self.detached)}
+
+    @classmethod
+    def read(cls, f: Fields) -> Goodbye:
+        return cls(
+            reason=f.text_or_none("reason") or "",
+            detached=() if f.data.get("detached") is None else f.integers("detached"),
+        )
+
+
+@dataclass(frozen=True)
 class HeartbeatReply(Message):
     """``release``: jobs among those listed whose workers the agent should end."""
 

@@ -233,6 +233,9 @@ def test_killed_agent_is_restarted_and_reattaches_to_the_running_workers(restart
         detached_at = _last_step(api, job_id)
         detaching.send_signal(signal.SIGTERM)
         assert detaching.wait(timeout=20) == 0
+        # It said goodbye: the node is offline at once, not online until found lost.
+        [node] = [n for n in api.get("/api/v1/nodes/")[1] if n["name"] == "node-1"]
+        assert node["status"] == "offline" and "agent stopped" in node["status_reason"]
     finally:
         stack.agent_env[AGENT]["AGENT_ON_EXIT"] = "stop"
     assert all(process_alive(pid) for pid in pids.values())

@@ -192,6 +192,26 @@ class AgentJobReportApi(AgentApi):
         return Response({"ok": True})
 
 
+class AgentGoodbyeApi(AgentApi):
+    """The agent stops on purpose (SIGTERM/SIGINT): its node goes offline at once."""
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        detached = serializers.ListField(
+            child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
+        )
+
+    @extend_schema(request=InputSerializer, responses={200: OK, **ERRORS})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        nodes.node_goodbye(
+            node=request.auth, reason=v.get("reason", ""), detached=v.get("detached", [])
+        )
+        return Response({"ok": True})
+
+
 class AgentBundleApi(AgentApi):
     """A code bundle for a job this node runs (``GET /api/v1/agent/bundles/{digest}/``): the
     archive's bytes; the agent checks the digest before unpacking."""

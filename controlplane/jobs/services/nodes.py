@@ -350,6 +350,28 @@ def _jobs_to_release(node: Node, running_jobs: list[int]) -> list[int]:
     return sorted(set(running_jobs) - kept)
 
 
+def node_goodbye(*, node: Node, reason: str, detached: list[int]) -> None:
+    """The node's agent stops on purpose: the node is offline now (no placement goes there),
+    not lost after the heartbeat timeout. Workers it left running (``detached``) stay
+    active for the next agent to re-attach; if none comes back within the heartbeat
+    timeout they count as lost (nodes_mark_lost), as for a node that went silent."""
+    reason = (reason or "the agent stopped")[:200]
+    updated = (
+        Node.objects.filter(id=node.id)
+        .exclude(status__in=[Node.Status.REVOKED, Node.Status.INCOMPATIBLE])
+        .update(status=Node.Status.OFFLINE, status_reason=reason, last_heartbeat=timezone.now())
+    )
+    if updated:
+        log.info(
+            "node %s went offline: %s%s",
+            node.name,
+            reason,
+            f" (workers of job(s) {', '.join(map(str, detached))} left running)"
+            if detached
+            else "",
+        )
+
+
 def nodes_mark_lost(*, timeout_s: float) -> list[int]:
     """Nodes silent for longer than ``timeout_s`` become lost. An elastic job running there
     shrinks by that node's workers when at least workers_min remain; other jobs fail.
@@ -360,13 +382,17 @@ def nodes_mark_lost(*, timeout_s: float) -> list[int]:
     silent = Node.objects.filter(last_heartbeat__lt=cutoff)
     for node in silent.filter(
         Q(status=Node.Status.ONLINE)
-        | Q(status=Node.Status.INCOMPATIBLE, workers__state__in=Worker.ACTIVE)
+        | Q(
+            status__in=[Node.Status.INCOMPATIBLE, Node.Status.OFFLINE],
+            workers__state__in=Worker.ACTIVE,
+        )
     ).distinct():
         reason = f"node {node.name} lost (no heartbeat for {timeout_s:.0f} s)"
         with transaction.atomic():
-            if node.status == Node.Status.ONLINE:
+            if node.status in (Node.Status.ONLINE, Node.Status.OFFLINE):
+                # An offline node here said goodbye leaving workers, and no agent came back.
                 if (
-                    silent.filter(id=node.id, status=Node.Status.ONLINE).update(
+                    silent.filter(id=node.id, status=node.status).update(
                         status=Node.Status.LOST, status_reason=f"no heartbeat for {timeout_s:.0f} s"
                     )
                     != 1

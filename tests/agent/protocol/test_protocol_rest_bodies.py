@@ -61,6 +61,11 @@ EXAMPLES: list[tuple[Message, dict]] = [
     ),
     (r.Heartbeat(protocol=2), {"protocol": 2}),
     (
+        r.Goodbye(reason="the agent stopped (workers left running)", detached=(4,)),
+        {"reason": "the agent stopped (workers left running)", "detached": [4]},
+    ),
+    (r.Goodbye(), {"reason": "", "detached": []}),
+    (
         r.HeartbeatReply(ok=True, heartbeat_timeout_s=30.0, release=(9,)),
         {"ok": True, "heartbeat_timeout_s": 30.0, "release": [9]},
     ),

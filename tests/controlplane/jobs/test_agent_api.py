@@ -1,11 +1,15 @@
 """Agent endpoints: enrolment, credentials, placement on the enrolled node, heartbeats."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from controlplane.jobs.models import Job, Worker
+from controlplane.jobs.models import Job, Node, Worker
 from controlplane.jobs.services.commands import command_finish
 from controlplane.jobs.services.jobs import job_create
+from controlplane.jobs.services.nodes import nodes_mark_lost
 from controlplane.jobs.services.scheduling import job_place
 
 pytestmark = pytest.mark.django_db
@@ -84,3 +88,35 @@ def test_heartbeat_without_a_started_job_fails_it_as_lost_by_a_restarted_agent(
 def test_heartbeat_with_malformed_job_list_is_a_400(node_client):
     response = node_client.post("/api/v1/agent/heartbeat/", {"jobs": ["x"]}, format="json")
     assert response.status_code == 400
+
+
+def test_goodbye_takes_the_node_offline_at_once_and_a_heartbeat_brings_it_back(node_client):
+    reply = node_client.post(
+        "/api/v1/agent/goodbye/", {"reason": "the agent stopped (no workers)"}, format="json"
+    )
+    assert reply.status_code == 200
+    node = Node.objects.get(id=node_client.node.id)
+    assert (node.status, node.status_reason) == ("offline", "the agent stopped (no workers)")
+    # Offline and silent for ever, with no workers: never found lost.
+    Node.objects.filter(id=node.id).update(last_heartbeat=timezone.now() - timedelta(hours=1))
+    assert nodes_mark_lost(timeout_s=30) == []
+    node_client.post("/api/v1/agent/heartbeat/", {"jobs": []}, format="json")
+    assert Node.objects.get(id=node.id).status == "online"
+
+
+def test_workers_left_running_by_a_goodbye_are_lost_if_no_agent_comes_back(node_client, placed_job):
+    start = placed_job.commands.get(type="start")
+    command_finish(node=node_client.node, command_id=start.id, ok=True, step=0)
+    node_client.post(
+        "/api/v1/agent/goodbye/",
+        {"reason": "the agent stopped (workers left running)", "detached": [placed_job.id]},
+        format="json",
+    )
+    assert Node.objects.get(id=node_client.node.id).status == "offline"
+    assert nodes_mark_lost(timeout_s=30) == []  # within the timeout: the next agent may come
+    Node.objects.filter(id=node_client.node.id).update(
+        last_heartbeat=timezone.now() - timedelta(seconds=31)
+    )
+    assert nodes_mark_lost(timeout_s=30) == [node_client.node.id]
+    job = Job.objects.get(id=placed_job.id)
+    assert job.status == "failed" and "lost" in job.status_reason
