@@ -65,11 +65,14 @@ from controlplane.jobs import outbox, selectors
 from controlplane.jobs.models import Node
 from controlplane.jobs.services import commands, nodes, reports
 from controlplane.live import channels
+from controlplane.live.auth import (
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHENTICATED,
+    SUBPROTOCOL,
+)
 
 log = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
 CLOSE_CHANNEL_LAYER_FAILED = 1011  # "internal error": the client should reconnect
 
 
@@ -138,16 +141,32 @@ class _GroupConsumer(AsyncJsonWebsocketConsumer):
 
 
 class JobStreamConsumer(_GroupConsumer):
+    async def _refuse(self, code: int, reason: str) -> None:
+        """Accept, then close with ``code`` and ``reason``: closing before the handshake
+        completes reaches a client as a bare HTTP 403 that says nothing."""
+        await self.accept(self._subprotocol())
+        await self.close(code=code, reason=reason[:120])
+
+    def _subprotocol(self) -> str | None:
+        return SUBPROTOCOL if SUBPROTOCOL in (self.scope.get("subprotocols") or []) else None
+
     async def connect(self):
-        user = self.scope.get("user")
         self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        refusal = self.scope.get("ws_refusal")
+        if refusal is not None:
+            await self._refuse(*refusal)
+            return
+        user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._refuse(
+                CLOSE_UNAUTHENTICATED,
+                "Log in, or offer an API token as the subprotocol bearer.<token>.",
+            )
             return
         try:
             await database_sync_to_async(selectors.job_get_for_user)(user=user, job_id=self.job_id)
         except ApiError:
-            await self.close(code=CLOSE_FORBIDDEN)
+            await self._refuse(CLOSE_NOT_FOUND, f"No job {self.job_id}, or not yours.")
             return
         after = _after_param(self.scope)
         # Join first, then replay: a frame published in between arrives both ways and the
@@ -156,7 +175,7 @@ class JobStreamConsumer(_GroupConsumer):
         if not await self.join():
             await self.close()
             return
-        await self.accept()
+        await self.accept(self._subprotocol())
         # Frames can reach this consumer out of order (two ingests publish concurrently),
         # so duplicates are dropped by set membership, never by "lower than the last".
         self.after = after or 0
