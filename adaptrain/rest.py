@@ -80,9 +80,11 @@ class RestClient:
         *,
         data: bytes | None = None,
         content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """``(status, decoded body)`` for any HTTP status; :class:`Unreachable` otherwise.
-        ``body`` is sent as JSON; ``data`` (raw bytes, e.g. an archive) as ``content_type``."""
+        ``body`` is sent as JSON; ``data`` (raw bytes, e.g. an archive) as ``content_type``;
+        ``headers`` are added to this request only."""
         if data is None and body is not None:
             data = json.dumps(body).encode()
         request = urllib.request.Request(self.server + path, data=data, method=method)
@@ -90,7 +92,7 @@ class RestClient:
         request.add_header("Accept", "application/json")
         if self.credential:
             request.add_header("Authorization", f"{self.scheme} {self.credential}")
-        for name, value in self.headers.items():
+        for name, value in {**self.headers, **(headers or {})}.items():
             request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
@@ -109,9 +111,12 @@ class RestClient:
         *,
         data: bytes | None = None,
         content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """The decoded body of a successful call; :class:`ApiError` for an HTTP error."""
-        status, answer = self.request(method, path, body, data=data, content_type=content_type)
+        status, answer = self.request(
+            method, path, body, data=data, content_type=content_type, headers=headers
+        )
         if status >= 400:
             if isinstance(answer, dict):
                 message = str(answer.get("message") or answer.get("detail") or answer)

@@ -64,6 +64,7 @@ api_v1 = [
         policy_apis.PolicyReplayApi.as_view(),
         name="policy-replay",
     ),
+    path("jobs/<int:job_id>/policy/", policy_apis.JobPolicyApi.as_view(), name="job-policy"),
     path(
         "jobs/<int:job_id>/decisions/",
         policy_apis.JobDecisionListApi.as_view(),

@@ -313,3 +313,40 @@ class PolicyDefinitionReplayApi(APIView):
         job = job_selectors.job_get_for_user(user=request.user, job_id=data.validated_data["job"])
         run = job_selectors.job_run_get(job, data.validated_data.get("run"))
         return Response(services.definition_replay(policy=parsed, job=job, run=run))
+
+
+class JobPolicyApi(APIView):
+    """The policy a job runs with: ``PUT {"policy": <id>}`` attaches one (yours, or any as
+    staff), ``{"policy": null}`` detaches it."""
+
+    class InputSerializer(serializers.Serializer):
+        policy = serializers.IntegerField(min_value=1, allow_null=True)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer(
+                "JobPolicy",
+                {
+                    "job": serializers.IntegerField(),
+                    "policy": serializers.IntegerField(allow_null=True),
+                    "policy_version": serializers.IntegerField(allow_null=True),
+                },
+            ),
+            **ERRORS,
+        },
+    )
+    def put(self, request, job_id: int):
+        job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        wanted = data.validated_data["policy"]
+        policy = (
+            None
+            if wanted is None
+            else selectors.policy_get_for_user(user=request.user, policy_id=wanted)
+        )
+        job = services.job_policy_set(job=job, policy=policy, user=request.user)
+        return Response(
+            {"job": job.id, "policy": job.policy_id, "policy_version": job.policy_version}
+        )

@@ -156,6 +156,45 @@ def decision_resolve(*, decision: Decision, approve: bool, user) -> Decision:
     return decision
 
 
+def job_policy_set(*, job: Job, policy: Policy | None, user) -> Job:
+    """Attach ``policy`` to a job (replacing the one it had) or detach it (None). A running
+    job is evaluated with it from its next evaluation, its rules starting afresh (no
+    hysteresis carried over from another policy); a finished one keeps it for a restart.
+    Recorded as an event."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(id=job.id)
+        before = job.policy
+        if (before.id if before else None) == (policy.id if policy else None):
+            return job
+        Job.objects.filter(id=job.id).update(
+            policy=policy,
+            policy_version=policy.version if policy is not None else None,
+            policy_state={},
+        )
+        what = (
+            f"policy {policy.name!r} (version {policy.version}) attached"
+            if policy is not None
+            else "policy detached"
+        )
+        if before is not None and policy is not None:
+            what += f", replacing {before.name!r}"
+        elif before is not None:
+            what = f"policy {before.name!r} detached"
+        event_record(
+            job=job,
+            kind=Event.Kind.STATE,
+            actor=f"user:{user.username}",
+            message=what,
+            data={
+                "policy": policy.id if policy is not None else None,
+                "previous": before.id if before is not None else None,
+            },
+            step=job.last_step,
+        )
+    job.refresh_from_db()
+    return job
+
+
 def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
     """Each rule's past in the job's current run: a restart starts every rule afresh
     (no cooldown, ``last_fire`` or ``max_per_hour`` count carried over from a run before)."""

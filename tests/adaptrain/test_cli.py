@@ -54,12 +54,12 @@ def test_create_list_show_and_cancel_a_job(cli):
     assert f"created job {job.id}" in created.stdout
     listed = cli("jobs", "list")
     assert "from-cli" in listed.stdout and "pending" in listed.stdout
-    shown = json.loads(cli("jobs", "show", str(job.id)).stdout)
+    shown = json.loads(cli("jobs", "show", str(job.id), "--json").stdout)
     assert shown["hyperparameters"]["batch_size"] == 16
     cancelled = cli("jobs", "cancel", str(job.id))
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     watched = cli("jobs", "watch", str(job.id), "--interval", "0.1")
-    assert watched.returncode == 1 and "cancelled" in watched.stdout
+    assert watched.returncode == 4 and "cancelled" in watched.stdout  # did not succeed
 
 
 def test_api_errors_are_printed_with_their_message_and_exit_1(cli):
