@@ -1,5 +1,7 @@
 """The agent reads its configuration once and fails fast on a bad value."""
 
+import os
+
 import pytest
 
 from agent.daemon.config import ConfigError, load_config
@@ -66,3 +68,19 @@ def test_log_settings_have_defaults_and_bounds():
         load_config({"AGENT_LOG_FILE_MAX_BYTES": "1000"})
     with pytest.raises(ConfigError, match="AGENT_LOG_RATE_LINES_S='0' must be positive"):
         load_config({"AGENT_LOG_RATE_LINES_S": "0"})
+
+
+def test_agent_gpus_none_gives_cpu_slots_and_no_gpu_labels():
+    from agent.daemon.config import load_config
+
+    config = load_config({"AGENT_GPUS": "none", "AGENT_LABELS": "zone=a"})
+    assert config.gpus.gpus == ()
+    assert config.slots == (os.cpu_count() or 1)
+    assert config.labels == {"zone": "a"}
+
+
+def test_agent_gpus_malformed_is_a_config_error():
+    from agent.daemon.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="AGENT_GPUS"):
+        load_config({"AGENT_GPUS": "0,,2"})
