@@ -1,6 +1,7 @@
 """The agent reads its configuration once and fails fast on a bad value."""
 
 import os
+import sys
 
 import pytest
 
@@ -84,3 +85,17 @@ def test_agent_gpus_malformed_is_a_config_error():
 
     with pytest.raises(ConfigError, match="AGENT_GPUS"):
         load_config({"AGENT_GPUS": "0,,2"})
+
+
+def test_slots_default_to_the_gpus_nvml_lists_and_user_labels_win(monkeypatch):
+    from tests.support.fake_nvml import FakeGpu, FakeNvml
+
+    nvml = FakeNvml([FakeGpu(uuid="GPU-aaaa"), FakeGpu(uuid="GPU-bbbb")])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)  # what `import pynvml` finds
+    config = load_config({"AGENT_LABELS": "gpu=mine"})
+    assert config.gpus.uuids == ["GPU-aaaa", "GPU-bbbb"]
+    assert config.slots == 2
+    assert config.labels["gpu_count"] == "2"
+    assert config.labels["gpu"] == "mine"  # AGENT_LABELS over the automatic label
+    assert load_config({"AGENT_GPUS": "1"}).slots == 1
+    assert load_config({"AGENT_SLOTS": "5"}).slots == 5
