@@ -222,6 +222,15 @@ class Agent:
 
     # -- loops -------------------------------------------------------------------------
     async def run(self) -> None:
+        inventory = self.config.gpus
+        for warning in inventory.warnings:  # e.g. /dev/nvidia* present but NVML failing
+            log.warning("GPU discovery: %s", warning)
+        log.info(
+            "GPUs: %d (via %s), %d worker slot(s)",
+            len(inventory.gpus),
+            inventory.source,
+            self.config.slots,
+        )
         try:
             if not await self.ensure_credential():
                 return

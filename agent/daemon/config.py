@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from agent.daemon.gpus import GpuInventory, GpuSelectionError, discover, parse_setting
+
 N = TypeVar("N", int, float)
 
 
@@ -45,6 +47,8 @@ class AgentConfig:
     log_rate_lines_s: int = 2000  # lines per second one worker may ship; more are dropped
     log_file_max_bytes: int = 16 << 20  # a worker's log file is rotated beyond this
     log_line_max_bytes: int = 16 << 10  # a longer line is cut there
+    # GPUs found at start (AGENT_GPUS=all|none|0,2); see agent.daemon.gpus.
+    gpus: GpuInventory = field(default_factory=GpuInventory)
 
     @property
     def ws_url(self) -> str:
@@ -189,21 +193,28 @@ def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
         )
     name = env.get("AGENT_NAME") or socket.gethostname()
     state_dir = Path(env.get("AGENT_STATE_DIR") or Path.home() / ".adaptrain-agent" / name)
+    try:
+        inventory = discover(parse_setting(env.get("AGENT_GPUS")), env=env)
+    except GpuSelectionError as exc:
+        raise ConfigError(str(exc)) from exc
+    # Slots default to one per GPU; a node without GPUs gets one per CPU.
+    default_slots = len(inventory.gpus) or os.cpu_count() or 1
     return AgentConfig(
         server=server,
         join_token=env.get("AGENT_JOIN_TOKEN") or None,
         name=name,
         address=_address(env, server),
-        slots=_positive(env, "AGENT_SLOTS", os.cpu_count() or 1, int),
+        slots=_positive(env, "AGENT_SLOTS", default_slots, int),
         state_dir=state_dir,
         heartbeat_s=_positive(env, "AGENT_HEARTBEAT_S", 5.0, float),
         metrics_flush_s=_positive(env, "AGENT_METRICS_FLUSH_S", 0.25, float),
         python=env.get("AGENT_PYTHON") or sys.executable,
-        labels=_labels(env),
+        labels={**inventory.labels(), **_labels(env)},  # the user's AGENT_LABELS win
         on_exit=_on_exit(env),
         orphan_grace_s=_positive(env, "AGENT_ORPHAN_GRACE_S", 600.0, float),
         log_flush_s=_positive(env, "AGENT_LOG_FLUSH_S", 0.2, float),
         log_rate_lines_s=_positive(env, "AGENT_LOG_RATE_LINES_S", 2000, int),
         log_file_max_bytes=_at_least(env, "AGENT_LOG_FILE_MAX_BYTES", 16 << 20, 64 << 10),
         log_line_max_bytes=_at_least(env, "AGENT_LOG_MAX_LINE_BYTES", 16 << 10, 256),
+        gpus=inventory,
     )

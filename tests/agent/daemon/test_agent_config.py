@@ -1,5 +1,8 @@
 """The agent reads its configuration once and fails fast on a bad value."""
 
+import os
+import sys
+
 import pytest
 
 from agent.daemon.config import ConfigError, load_config
@@ -66,3 +69,33 @@ def test_log_settings_have_defaults_and_bounds():
         load_config({"AGENT_LOG_FILE_MAX_BYTES": "1000"})
     with pytest.raises(ConfigError, match="AGENT_LOG_RATE_LINES_S='0' must be positive"):
         load_config({"AGENT_LOG_RATE_LINES_S": "0"})
+
+
+def test_agent_gpus_none_gives_cpu_slots_and_no_gpu_labels():
+    from agent.daemon.config import load_config
+
+    config = load_config({"AGENT_GPUS": "none", "AGENT_LABELS": "zone=a"})
+    assert config.gpus.gpus == ()
+    assert config.slots == (os.cpu_count() or 1)
+    assert config.labels == {"zone": "a"}
+
+
+def test_agent_gpus_malformed_is_a_config_error():
+    from agent.daemon.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="AGENT_GPUS"):
+        load_config({"AGENT_GPUS": "0,,2"})
+
+
+def test_slots_default_to_the_gpus_nvml_lists_and_user_labels_win(monkeypatch):
+    from tests.support.fake_nvml import FakeGpu, FakeNvml
+
+    nvml = FakeNvml([FakeGpu(uuid="GPU-aaaa"), FakeGpu(uuid="GPU-bbbb")])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)  # what `import pynvml` finds
+    config = load_config({"AGENT_LABELS": "gpu=mine"})
+    assert config.gpus.uuids == ["GPU-aaaa", "GPU-bbbb"]
+    assert config.slots == 2
+    assert config.labels["gpu_count"] == "2"
+    assert config.labels["gpu"] == "mine"  # AGENT_LABELS over the automatic label
+    assert load_config({"AGENT_GPUS": "1"}).slots == 1
+    assert load_config({"AGENT_SLOTS": "5"}).slots == 5
