@@ -15,6 +15,7 @@ Both raise :class:`Unreachable` when no HTTP answer came at all.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -68,6 +69,9 @@ class RestClient:
     scheme: str = USER_SCHEME
     timeout_s: float = 30.0
     headers: dict[str, str] = field(default_factory=dict)
+    # A 503 (database or broker outage) is retried, honouring Retry-After with a growing
+    # backoff, for up to this many seconds in all; 0 returns the first 503 as is.
+    unavailable_retry_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.server = self.server.rstrip("/")
@@ -84,7 +88,31 @@ class RestClient:
     ) -> tuple[int, Any]:
         """``(status, decoded body)`` for any HTTP status; :class:`Unreachable` otherwise.
         ``body`` is sent as JSON; ``data`` (raw bytes, e.g. an archive) as ``content_type``;
-        ``headers`` are added to this request only."""
+        ``headers`` are added to this request only. A 503 is retried for up to ``unavailable_retry_s`` (Retry-After, then backoff)."""
+        deadline = time.monotonic() + self.unavailable_retry_s
+        backoff_s = 0.5
+        while True:
+            status, answer, retry_after = self._request_once(
+                method, path, body, data=data, content_type=content_type, headers=headers
+            )
+            if status != 503:
+                return status, answer
+            wait_s = min(max(retry_after if retry_after is not None else backoff_s, 0.05), 30.0)
+            if time.monotonic() + wait_s > deadline:
+                return status, answer
+            time.sleep(wait_s)
+            backoff_s = min(backoff_s * 2, 10.0)
+
+    def _request_once(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, float | None]:
         if data is None and body is not None:
             data = json.dumps(body).encode()
         request = urllib.request.Request(self.server + path, data=data, method=method)
@@ -96,9 +124,14 @@ class RestClient:
             request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return response.status, _decode(response.read())
+                return response.status, _decode(response.read()), None
         except urllib.error.HTTPError as exc:
-            return exc.code, _decode(exc.read())
+            retry_after: float | None = None
+            try:
+                retry_after = float(exc.headers.get("Retry-After", ""))
+            except (TypeError, ValueError):
+                retry_after = None
+            return exc.code, _decode(exc.read()), retry_after
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach {self.server}: {reason}") from None

@@ -79,6 +79,18 @@ def _first_message(detail: Any) -> str:
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    from controlplane.outage import RETRY_AFTER_S, is_outage
+
+    if is_outage(exc):
+        return Response(
+            {
+                "code": "unavailable",
+                "message": "The control plane's database or broker is unreachable; retry shortly.",
+                "details": {},
+            },
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     if isinstance(exc, ApiError):
         return Response(
             {"code": exc.code, "message": exc.message, "details": exc.details},

@@ -57,7 +57,15 @@ class ControlPlaneClient(RestClient):
     Enrolment and heartbeats say the agent's version and the protocol it speaks."""
 
     def __init__(self, server: str, credential: str | None = None, timeout_s: float = 10.0):
-        super().__init__(server, credential, scheme=NODE_SCHEME, timeout_s=timeout_s)
+        # A 503 (the control plane's database or broker is down) is retried briefly here,
+        # honouring Retry-After; the agent's own loops retry beyond that.
+        super().__init__(
+            server,
+            credential,
+            scheme=NODE_SCHEME,
+            timeout_s=timeout_s,
+            unavailable_retry_s=15.0,
+        )
         self.version = agent_version()
 
     async def _call(self, method: str, path: str, body: Message | None, reply: type[M]) -> M:

@@ -3,6 +3,7 @@ that its work is still needed and calls one service. Services queue them by name
 (``controlplane.celery.enqueue``); only this module imports the services."""
 
 import logging
+import time
 
 from celery import shared_task
 from django.conf import settings
@@ -11,6 +12,9 @@ from controlplane.jobs.models import Job
 from controlplane.jobs.services import commands, elastic, nodes, scheduling
 
 log = logging.getLogger(__name__)
+
+MARK_LOST_INTERVAL_S = 10.0  # the beat schedule of jobs.mark_lost_nodes (settings.py)
+_last_mark_lost_ok: float | None = None
 
 
 @shared_task(name="jobs.place_job", acks_late=True, time_limit=60)
@@ -37,7 +41,18 @@ def place_pending_jobs() -> None:
 
 @shared_task(name="jobs.mark_lost_nodes", acks_late=True, time_limit=60)
 def mark_lost_nodes() -> None:
-    lost = nodes.nodes_mark_lost(timeout_s=settings.AGENT_HEARTBEAT_TIMEOUT_S)
+    # Silence is measured after the database was last reachable: a gap between two
+    # successful checks longer than the schedule (the control plane's own outage) is
+    # added to the timeout; a worker process with no history grants one full timeout.
+    global _last_mark_lost_ok
+    now = time.monotonic()
+    timeout_s = settings.AGENT_HEARTBEAT_TIMEOUT_S
+    if _last_mark_lost_ok is None:
+        blind_s = timeout_s
+    else:
+        blind_s = max(0.0, now - _last_mark_lost_ok - 2 * MARK_LOST_INTERVAL_S)
+    lost = nodes.nodes_mark_lost(timeout_s=timeout_s, blind_s=blind_s)
+    _last_mark_lost_ok = now
     if lost:
         log.warning("nodes lost: %s", lost)
 

@@ -372,12 +372,14 @@ def node_goodbye(*, node: Node, reason: str, detached: list[int]) -> None:
         )
 
 
-def nodes_mark_lost(*, timeout_s: float) -> list[int]:
+def nodes_mark_lost(*, timeout_s: float, blind_s: float = 0.0) -> list[int]:
     """Nodes silent for longer than ``timeout_s`` become lost. An elastic job running there
     shrinks by that node's workers when at least workers_min remain; other jobs fail.
     An incompatible node (its agent refused) stays so, but its jobs go on without it
-    just the same: nobody runs its workers for the control plane any more."""
-    cutoff = timezone.now() - timedelta(seconds=timeout_s)
+    just the same: nobody runs its workers for the control plane any more.
+    ``blind_s`` is time the control plane itself could not see (its database was down):
+    it never counts as a node's silence."""
+    cutoff = timezone.now() - timedelta(seconds=timeout_s + max(blind_s, 0.0))
     lost = []
     silent = Node.objects.filter(last_heartbeat__lt=cutoff)
     for node in silent.filter(
