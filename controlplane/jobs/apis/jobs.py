@@ -251,20 +251,46 @@ class JobListCreateApi(APIView):
         responses={200: JobPageSerializer, **ERRORS},
         parameters=[
             OpenApiParameter("status", str, description="comma-separated statuses"),
+            OpenApiParameter("q", str, description="text the job's name contains (any case)"),
+            OpenApiParameter(
+                "owner", str, description="the owner's username (staff; others see only theirs)"
+            ),
+            OpenApiParameter("node", str, description="jobs with workers (any run) on this node"),
+            OpenApiParameter(
+                "ordering",
+                str,
+                enum=[k for name in selectors.JOB_ORDERINGS for k in (name, f"-{name}")],
+                description="sort key, descending with a leading '-'; default -created",
+            ),
             OpenApiParameter("limit", int),
             OpenApiParameter("offset", int),
         ],
     )
     def get(self, request):
-        qs = selectors.jobs_visible_to(request.user)
-        wanted = request.query_params.get("status")
-        if wanted:
-            bad = sorted(set(wanted.split(",")) - set(Job.Status.values))
+        params = request.query_params
+        wanted = params.get("status")
+        statuses = wanted.split(",") if wanted else None
+        if statuses:
+            bad = sorted(set(statuses) - set(Job.Status.values))
             if bad:
                 raise InvalidInput(
                     f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}."
                 )
-            qs = qs.filter(status__in=wanted.split(","))
+        ordering = params.get("ordering") or "-created"
+        if ordering.lstrip("-") not in selectors.JOB_ORDERINGS:
+            raise InvalidInput(
+                f"Unknown ordering {ordering!r}; use one of "
+                f"{', '.join(selectors.JOB_ORDERINGS)}, with a leading '-' to reverse.",
+                details={"ordering": ordering},
+            )
+        qs = selectors.jobs_search(
+            user=request.user,
+            text=params.get("q", "").strip()[:200],
+            statuses=statuses,
+            owner=params.get("owner", "").strip()[:150],
+            node=params.get("node", "").strip()[:200],
+            ordering=ordering,
+        )
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
