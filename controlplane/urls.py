@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import controlplane.schema  # noqa: F401  (registers the OpenAPI auth schemes)
@@ -109,7 +110,8 @@ urlpatterns = [
     path("metrics", metrics_view, name="prometheus-metrics"),
     path("admin/", admin.site.urls),
     # Any other path under /api/: the JSON 404 (handler404 alone is skipped with DEBUG on).
-    re_path(r"^api/", lambda request: _not_found(request)),
+    # CSRF-exempt: a POST to no endpoint is the 404 too, not the CSRF middleware's HTML 403.
+    re_path(r"^api/", csrf_exempt(lambda request: _not_found(request))),
     path("", include("frontend.urls")),
 ]
 

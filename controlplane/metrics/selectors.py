@@ -97,3 +97,17 @@ def run_whole_job_points(run_id: int | None) -> Iterator[tuple[int, str, float, 
         .values_list("step", "name", "value", "time")
         .iterator(chunk_size=5000)
     )
+
+
+def runs_latest_whole_job_value(run_ids: list[int], name: str) -> dict[int, float]:
+    """The latest (highest step) whole-job value of series ``name`` of each run: one query
+    for a page of jobs (DISTINCT ON over the run/name/rank/step index)."""
+    if not run_ids:
+        return {}
+    rows = (
+        MetricPoint.objects.filter(run_id__in=run_ids, name=name, rank__isnull=True)
+        .order_by("run_id", "-step", "-id")
+        .distinct("run_id")
+        .values_list("run_id", "value")
+    )
+    return dict(rows)

@@ -26,6 +26,7 @@ from controlplane.jobs import selectors
 from controlplane.jobs.apis.runs import CurrentRunSerializer
 from controlplane.jobs.models import ENTRYPOINTS, Job
 from controlplane.jobs.services import jobs as job_services
+from controlplane.metrics import selectors as metric_selectors
 from controlplane.policies import selectors as policy_selectors
 
 HYPERPARAMETER_LIMITS = {
@@ -124,6 +125,40 @@ class WorkersSerializer(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, max_value=64, required=False)
 
 
+class ProgressSerializer(serializers.Serializer):
+    step = serializers.IntegerField(help_text="the highest step a worker reported")
+    total = serializers.IntegerField(
+        allow_null=True, help_text="the steps the job trains for (hyper-parameter steps)"
+    )
+    fraction = serializers.FloatField(allow_null=True, help_text="step / total, at most 1")
+    eta_s = serializers.FloatField(
+        allow_null=True,
+        help_text="seconds left at the latest step_time the job reported; null when not "
+        "running or no step time is known yet",
+    )
+
+
+def step_times_of(jobs) -> dict[int, float]:
+    """The latest whole-job step_time (seconds per step) of each job's current run."""
+    run_ids = [j.current_run_id for j in jobs if j.current_run_id is not None]
+    return metric_selectors.runs_latest_whole_job_value(run_ids, "step_time")
+
+
+def job_progress(job: Job, step_time: float | None) -> dict:
+    total = job.hyperparameters.get("steps") if isinstance(job.hyperparameters, dict) else None
+    total = total if isinstance(total, int) and total > 0 else None
+    step = job.last_step
+    eta = None
+    if total is not None and step_time is not None and step_time >= 0 and not job.is_terminal:
+        eta = round(max(total - step, 0) * step_time, 1)
+    return {
+        "step": step,
+        "total": total,
+        "fraction": min(step / total, 1.0) if total else None,
+        "eta_s": eta,
+    }
+
+
 class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     bundle = serializers.CharField(
@@ -131,6 +166,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
     )
     workers = serializers.SerializerMethodField()
     parameters = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
     node_selector = NodeSelectorField(read_only=True)
     current_run = CurrentRunSerializer(
         read_only=True,
@@ -161,6 +197,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "cluster_version",
             "current_run",
             "last_step",
+            "progress",
             "created_at",
             "started_at",
             "finished_at",
@@ -177,6 +214,13 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "strategy": job.strategy,
             "topology": job.topology,
         }
+
+    @extend_schema_field(ProgressSerializer)
+    def get_progress(self, job: Job) -> dict:
+        step_times = self.context.get("step_times")
+        if step_times is None:
+            step_times = step_times_of([job])
+        return job_progress(job, step_times.get(job.current_run_id))
 
     def get_workers(self, job: Job) -> list[dict]:
         """The workers of the job's current run. ``rank`` is the worker's fixed number in the
@@ -293,7 +337,10 @@ class JobListCreateApi(APIView):
         )
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+        context = {"step_times": step_times_of(page)}
+        return paginator.get_paginated_response(
+            JobOutputSerializer(page, many=True, context=context).data
+        )
 
     @extend_schema(
         request={
