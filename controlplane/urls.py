@@ -26,6 +26,11 @@ api_v1 = [
     path("jobs/<int:job_id>/runs/", run_apis.JobRunListApi.as_view(), name="job-runs"),
     path("jobs/<int:job_id>/commands/", run_apis.JobCommandsApi.as_view(), name="job-commands"),
     path("jobs/<int:job_id>/metrics/", metric_apis.JobMetricsApi.as_view(), name="job-metrics"),
+    path(
+        "jobs/<int:job_id>/metrics.csv",
+        metric_apis.JobMetricsCsvApi.as_view(),
+        name="job-metrics-csv",
+    ),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
     path("nodes/", node_apis.NodeListApi.as_view(), name="node-list"),
     path("nodes/<int:node_id>/", node_apis.NodeDetailApi.as_view(), name="node-detail"),

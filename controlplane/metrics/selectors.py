@@ -111,3 +111,20 @@ def runs_latest_whole_job_value(run_ids: list[int], name: str) -> dict[int, floa
         .values_list("run_id", "value")
     )
     return dict(rows)
+
+
+def job_metric_rows(
+    *, job_id: int, run_id: int | None, names: list[str] | None
+) -> Iterator[tuple[int, str, int | None, int, float, datetime]]:
+    """Every stored point of a job (or of one run of it) as (run number, name, rank, step,
+    value, time), by run, name, rank and step, read in chunks: what a CSV export streams."""
+    qs = MetricPoint.objects.filter(job_id=job_id)
+    if run_id is not None:
+        qs = qs.filter(run_id=run_id)
+    if names:
+        qs = qs.filter(name__in=names)
+    return (
+        qs.order_by("run__number", "name", "rank", "step", "id")
+        .values_list("run__number", "name", "rank", "step", "value", "time")
+        .iterator(chunk_size=5000)
+    )
