@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import controlplane.schema  # noqa: F401  (registers the OpenAPI auth schemes)
@@ -25,6 +26,11 @@ api_v1 = [
     path("jobs/<int:job_id>/runs/", run_apis.JobRunListApi.as_view(), name="job-runs"),
     path("jobs/<int:job_id>/commands/", run_apis.JobCommandsApi.as_view(), name="job-commands"),
     path("jobs/<int:job_id>/metrics/", metric_apis.JobMetricsApi.as_view(), name="job-metrics"),
+    path(
+        "jobs/<int:job_id>/metrics.csv",
+        metric_apis.JobMetricsCsvApi.as_view(),
+        name="job-metrics-csv",
+    ),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
     path("nodes/", node_apis.NodeListApi.as_view(), name="node-list"),
     path("nodes/<int:node_id>/", node_apis.NodeDetailApi.as_view(), name="node-detail"),
@@ -110,7 +116,8 @@ urlpatterns = [
     path("metrics", metrics_view, name="prometheus-metrics"),
     path("admin/", admin.site.urls),
     # Any other path under /api/: the JSON 404 (handler404 alone is skipped with DEBUG on).
-    re_path(r"^api/", lambda request: _not_found(request)),
+    # CSRF-exempt: a POST to no endpoint is the 404 too, not the CSRF middleware's HTML 403.
+    re_path(r"^api/", csrf_exempt(lambda request: _not_found(request))),
     path("", include("frontend.urls")),
 ]
 

@@ -318,3 +318,39 @@ def runs_reporting(node: Node, job_ids: set[int]) -> dict[int, ReportingRun]:
         ):
             found[job_id] = candidate
     return found
+
+
+# The list's sort keys (``ordering``): the public name → the model fields, ties by id.
+JOB_ORDERINGS = {
+    "created": ("created_at", "id"),
+    "name": ("name", "id"),
+    "status": ("status", "id"),
+    "step": ("last_step", "id"),
+}
+
+
+def jobs_search(
+    *,
+    user,
+    text: str = "",
+    statuses: list[str] | None = None,
+    owner: str = "",
+    node: str = "",
+    ordering: str = "-created",
+) -> QuerySet[Job]:
+    """The jobs ``user`` may see that match every filter given: ``text`` in the name
+    (case-insensitive), a status in ``statuses``, owned by ``owner`` (a username), with a
+    worker (of any run) on node ``node``; sorted by an ``ordering`` key of JOB_ORDERINGS,
+    descending with a leading ``-``. The caller checks the values."""
+    qs = jobs_visible_to(user)
+    if text:
+        qs = qs.filter(name__icontains=text)
+    if statuses:
+        qs = qs.filter(status__in=statuses)
+    if owner:
+        qs = qs.filter(owner__username=owner)
+    if node:
+        qs = qs.filter(id__in=Worker.objects.filter(node__name=node).values("job_id"))
+    descending = ordering.startswith("-")
+    fields = JOB_ORDERINGS[ordering.lstrip("-")]
+    return qs.order_by(*(f"-{f}" if descending else f for f in fields))

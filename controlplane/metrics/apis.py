@@ -3,7 +3,16 @@ charts) and the agents' metric batches."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+import csv
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -105,6 +114,63 @@ class JobMetricsApi(APIView):
         )
         job.refresh_from_db(fields=["live_seq"])
         return Response({"job": job.id, "run": run.number, "seq": job.live_seq, "series": series})
+
+
+CSV_COLUMNS = ("run", "name", "rank", "step", "value", "time")
+
+
+class _Echo:
+    """A file-like object whose write returns the line: csv.writer into a generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+class JobMetricsCsvApi(APIView):
+    @extend_schema(
+        operation_id="job_metrics_csv",
+        responses={
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="one row per point: run (number), name, rank (empty for a "
+                "whole-job series), step, value, time (ISO 8601 UTC); streamed",
+            ),
+            **ERRORS,
+        },
+        parameters=[
+            OpenApiParameter(
+                "names", str, description="comma-separated metric names (default: all)"
+            ),
+            OpenApiParameter(
+                "run", int, description="only this run's points (default: every run's)"
+            ),
+        ],
+    )
+    def get(self, request, job_id: int):
+        job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
+        number = int_query_param(request, "run", low=1)
+        run = job_selectors.job_run_get(job, number) if number is not None else None
+        names = [n for n in request.query_params.get("names", "").split(",") if n] or None
+        rows = selectors.job_metric_rows(job_id=job.id, run_id=run.id if run else None, names=names)
+        writer = csv.writer(_Echo())
+
+        def lines():
+            yield writer.writerow(CSV_COLUMNS)
+            for run_number, name, rank, step, value, time in rows:
+                yield writer.writerow(
+                    [
+                        run_number,
+                        name,
+                        "" if rank is None else rank,
+                        step,
+                        repr(value),
+                        time.isoformat(),
+                    ]
+                )
+
+        response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="job-{job.id}-metrics.csv"'
+        return response
 
 
 class AgentMetricsApi(AgentApi):

@@ -97,3 +97,34 @@ def run_whole_job_points(run_id: int | None) -> Iterator[tuple[int, str, float, 
         .values_list("step", "name", "value", "time")
         .iterator(chunk_size=5000)
     )
+
+
+def runs_latest_whole_job_value(run_ids: list[int], name: str) -> dict[int, float]:
+    """The latest (highest step) whole-job value of series ``name`` of each run: one query
+    for a page of jobs (DISTINCT ON over the run/name/rank/step index)."""
+    if not run_ids:
+        return {}
+    rows = (
+        MetricPoint.objects.filter(run_id__in=run_ids, name=name, rank__isnull=True)
+        .order_by("run_id", "-step", "-id")
+        .distinct("run_id")
+        .values_list("run_id", "value")
+    )
+    return dict(rows)
+
+
+def job_metric_rows(
+    *, job_id: int, run_id: int | None, names: list[str] | None
+) -> Iterator[tuple[int, str, int | None, int, float, datetime]]:
+    """Every stored point of a job (or of one run of it) as (run number, name, rank, step,
+    value, time), by run, name, rank and step, read in chunks: what a CSV export streams."""
+    qs = MetricPoint.objects.filter(job_id=job_id)
+    if run_id is not None:
+        qs = qs.filter(run_id=run_id)
+    if names:
+        qs = qs.filter(name__in=names)
+    return (
+        qs.order_by("run__number", "name", "rank", "step", "id")
+        .values_list("run__number", "name", "rank", "step", "value", "time")
+        .iterator(chunk_size=5000)
+    )

@@ -26,6 +26,7 @@ from controlplane.jobs import selectors
 from controlplane.jobs.apis.runs import CurrentRunSerializer
 from controlplane.jobs.models import ENTRYPOINTS, Job
 from controlplane.jobs.services import jobs as job_services
+from controlplane.metrics import selectors as metric_selectors
 from controlplane.policies import selectors as policy_selectors
 
 HYPERPARAMETER_LIMITS = {
@@ -124,6 +125,40 @@ class WorkersSerializer(serializers.Serializer):
     max = serializers.IntegerField(min_value=1, max_value=64, required=False)
 
 
+class ProgressSerializer(serializers.Serializer):
+    step = serializers.IntegerField(help_text="the highest step a worker reported")
+    total = serializers.IntegerField(
+        allow_null=True, help_text="the steps the job trains for (hyper-parameter steps)"
+    )
+    fraction = serializers.FloatField(allow_null=True, help_text="step / total, at most 1")
+    eta_s = serializers.FloatField(
+        allow_null=True,
+        help_text="seconds left at the latest step_time the job reported; null when not "
+        "running or no step time is known yet",
+    )
+
+
+def step_times_of(jobs) -> dict[int, float]:
+    """The latest whole-job step_time (seconds per step) of each job's current run."""
+    run_ids = [j.current_run_id for j in jobs if j.current_run_id is not None]
+    return metric_selectors.runs_latest_whole_job_value(run_ids, "step_time")
+
+
+def job_progress(job: Job, step_time: float | None) -> dict:
+    total = job.hyperparameters.get("steps") if isinstance(job.hyperparameters, dict) else None
+    total = total if isinstance(total, int) and total > 0 else None
+    step = job.last_step
+    eta = None
+    if total is not None and step_time is not None and step_time >= 0 and not job.is_terminal:
+        eta = round(max(total - step, 0) * step_time, 1)
+    return {
+        "step": step,
+        "total": total,
+        "fraction": min(step / total, 1.0) if total else None,
+        "eta_s": eta,
+    }
+
+
 class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     bundle = serializers.CharField(
@@ -131,6 +166,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
     )
     workers = serializers.SerializerMethodField()
     parameters = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
     node_selector = NodeSelectorField(read_only=True)
     current_run = CurrentRunSerializer(
         read_only=True,
@@ -161,6 +197,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "cluster_version",
             "current_run",
             "last_step",
+            "progress",
             "created_at",
             "started_at",
             "finished_at",
@@ -177,6 +214,13 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "strategy": job.strategy,
             "topology": job.topology,
         }
+
+    @extend_schema_field(ProgressSerializer)
+    def get_progress(self, job: Job) -> dict:
+        step_times = self.context.get("step_times")
+        if step_times is None:
+            step_times = step_times_of([job])
+        return job_progress(job, step_times.get(job.current_run_id))
 
     def get_workers(self, job: Job) -> list[dict]:
         """The workers of the job's current run. ``rank`` is the worker's fixed number in the
@@ -251,23 +295,52 @@ class JobListCreateApi(APIView):
         responses={200: JobPageSerializer, **ERRORS},
         parameters=[
             OpenApiParameter("status", str, description="comma-separated statuses"),
+            OpenApiParameter("q", str, description="text the job's name contains (any case)"),
+            OpenApiParameter(
+                "owner", str, description="the owner's username (staff; others see only theirs)"
+            ),
+            OpenApiParameter("node", str, description="jobs with workers (any run) on this node"),
+            OpenApiParameter(
+                "ordering",
+                str,
+                enum=[k for name in selectors.JOB_ORDERINGS for k in (name, f"-{name}")],
+                description="sort key, descending with a leading '-'; default -created",
+            ),
             OpenApiParameter("limit", int),
             OpenApiParameter("offset", int),
         ],
     )
     def get(self, request):
-        qs = selectors.jobs_visible_to(request.user)
-        wanted = request.query_params.get("status")
-        if wanted:
-            bad = sorted(set(wanted.split(",")) - set(Job.Status.values))
+        params = request.query_params
+        wanted = params.get("status")
+        statuses = wanted.split(",") if wanted else None
+        if statuses:
+            bad = sorted(set(statuses) - set(Job.Status.values))
             if bad:
                 raise InvalidInput(
                     f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}."
                 )
-            qs = qs.filter(status__in=wanted.split(","))
+        ordering = params.get("ordering") or "-created"
+        if ordering.lstrip("-") not in selectors.JOB_ORDERINGS:
+            raise InvalidInput(
+                f"Unknown ordering {ordering!r}; use one of "
+                f"{', '.join(selectors.JOB_ORDERINGS)}, with a leading '-' to reverse.",
+                details={"ordering": ordering},
+            )
+        qs = selectors.jobs_search(
+            user=request.user,
+            text=params.get("q", "").strip()[:200],
+            statuses=statuses,
+            owner=params.get("owner", "").strip()[:150],
+            node=params.get("node", "").strip()[:200],
+            ordering=ordering,
+        )
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+        context = {"step_times": step_times_of(page)}
+        return paginator.get_paginated_response(
+            JobOutputSerializer(page, many=True, context=context).data
+        )
 
     @extend_schema(
         request={
