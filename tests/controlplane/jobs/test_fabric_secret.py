@@ -36,14 +36,19 @@ def test_each_run_and_each_job_has_its_own_secret(placed_job):
     assert len(secrets) == 3
 
 
-def test_the_secret_is_in_no_rest_answer_about_the_job(api, placed_job):
+def test_the_secret_is_in_no_rest_answer_or_page_about_the_job(api, client, user, placed_job):
     start = Command.objects.get(job=placed_job, type=Command.Type.START)
     secret = outbox.fabric_secret(placed_job.id, start.run_id)
+    commands = api.get(f"/api/v1/jobs/{placed_job.id}/commands/").json()
+    commands = commands.get("results", commands) if isinstance(commands, dict) else commands
+    assert [c["payload"]["ranks"] for c in commands if c["action"] == "start"]  # shown, less it
     for path in ("", "commands/", "events/", "runs/", "workers/"):
         response = api.get(f"/api/v1/jobs/{placed_job.id}/{path}")
         if response.status_code == 404 and path:
             continue  # no such view
         assert response.status_code == 200, (path, response.content)
         assert secret not in response.content.decode(), path
-    page = api.get(f"/jobs/{placed_job.id}/")
+    client.force_login(user)
+    page = client.get(f"/jobs/{placed_job.id}/")
+    assert page.status_code == 200
     assert secret not in page.content.decode()
