@@ -69,6 +69,13 @@ from agent.protocol.worker import (
 
 log = logging.getLogger(__name__)
 
+
+def _secret_env(secret: str | None) -> dict[str, str]:
+    """The run's fabric secret for a worker's environment (none from an older control
+    plane: the worker's connections then carry no proof)."""
+    return {protocol.ENV_FABRIC_SECRET: secret} if secret else {}
+
+
 EXIT_POLL_S = 0.1
 KEEPER_EXIT_WAIT_S = 3.0  # for a worker's log keeper to write what the worker wrote last
 
@@ -289,6 +296,7 @@ class WorkerGroup:
                     protocol.ENV_PARAMS: params,
                     protocol.ENV_FIRST_SEQ: str(self.first_seq),
                     protocol.ENV_CLUSTER_VERSION: str(version),
+                    **_secret_env(self.start.fabric_secret),
                 },
                 self.start.entrypoint,
             )
@@ -319,6 +327,7 @@ class WorkerGroup:
                     protocol.ENV_PARAMS: params,
                     protocol.ENV_FIRST_SEQ: str(seq),
                     protocol.ENV_CLUSTER_VERSION: str(join.cluster_version),
+                    **_secret_env(join.fabric_secret),
                 },
                 join.entrypoint,
             )

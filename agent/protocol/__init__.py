@@ -32,6 +32,8 @@ ENV_PARAMS = "ADAPTRAIN_PARAMS"  # JSON: hyperparameters, batch_size, lr, strate
 ENV_FIRST_SEQ = "ADAPTRAIN_FIRST_SEQ"  # sequence number of the job's start command
 ENV_ADDRESS = "ADAPTRAIN_ADDRESS"  # host:port this worker listens on (default: peers[rank])
 ENV_CLUSTER_VERSION = "ADAPTRAIN_CLUSTER_VERSION"  # version of ENV_PEERS (default 0)
+# the job run's fabric secret (hex), from the agent only; never logged or shown
+ENV_FABRIC_SECRET = "ADAPTRAIN_FABRIC_SECRET"
 ENV_JOINING = "ADAPTRAIN_JOINING"  # "1": start as a warm standby and wait to be let in
 ENV_AGENT_SOCKET = "ADAPTRAIN_AGENT_SOCKET"  # Unix socket path the worker listens on for its agent
 ENV_AGENT_GRACE_S = "ADAPTRAIN_AGENT_GRACE_S"  # seconds without an agent before the worker stops

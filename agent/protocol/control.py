@@ -113,6 +113,9 @@ class StartPayload(Message):
     workers_min: int
     ranks: tuple[int, ...]
     bundle: str | None = None  # sha256 of the code bundle the workers run in (None: none)
+    # the run's fabric secret (hex): added to the frame when pushed, never stored in the
+    # command row; workers prove membership with it (docs/security.md). Not in repr.
+    fabric_secret: str | None = field(default=None, repr=False)
 
     @property
     def params(self) -> WorkerParams:
@@ -134,6 +137,7 @@ class StartPayload(Message):
             "workers_min": self.workers_min,
             "ranks": list(self.ranks),
             **({"bundle": self.bundle} if self.bundle else {}),
+            **({"fabric_secret": self.fabric_secret} if self.fabric_secret else {}),
         }
 
     @classmethod
@@ -152,6 +156,7 @@ class StartPayload(Message):
             workers_min=f.integer("workers_min"),
             ranks=f.integers("ranks"),
             bundle=f.text_or_none("bundle"),
+            fabric_secret=f.text_or_none("fabric_secret"),
         )
 
 
@@ -189,6 +194,7 @@ class JoinPayload(Message):
     topology: str
     workers: tuple[JoinerSpec, ...]
     bundle: str | None = None  # as in StartPayload
+    fabric_secret: str | None = field(default=None, repr=False)  # as in StartPayload
 
     @property
     def params(self) -> WorkerParams:
@@ -209,6 +215,7 @@ class JoinPayload(Message):
             **self.params.to_dict(),
             "workers": [w.to_dict() for w in self.workers],
             **({"bundle": self.bundle} if self.bundle else {}),
+            **({"fabric_secret": self.fabric_secret} if self.fabric_secret else {}),
         }
 
     @classmethod
@@ -226,6 +233,7 @@ class JoinPayload(Message):
             topology=params.topology,
             workers=f.records("workers", JoinerSpec),
             bundle=f.text_or_none("bundle"),
+            fabric_secret=f.text_or_none("fabric_secret"),
         )
 
 

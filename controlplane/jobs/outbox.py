@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import F
+from django.utils.crypto import salted_hmac
 
 from agent.protocol.control import (
     ClusterFrame,
@@ -94,14 +95,38 @@ def join_payload(
     )
 
 
+FABRIC_SECRET_SALT = "adaptrain.fabric-secret"
+
+
+def fabric_secret(job_id: int, run_id: int) -> str:
+    """The secret the workers of run ``run_id`` of job ``job_id`` prove their membership
+    with (64 hex digits): an HMAC-SHA256 of the job and run under the control plane's
+    ``SECRET_KEY``, so every run gets a new one and nothing needs storing. It goes to the
+    job's agents only, inside the ``start`` and ``join`` frames (see
+    :func:`command_frame`); it is never stored in a command row, so neither the REST
+    API, the events nor the browser ever see it (docs/security.md)."""
+    return salted_hmac(
+        FABRIC_SECRET_SALT, f"job:{job_id}:run:{run_id}", algorithm="sha256"
+    ).hexdigest()
+
+
 def command_frame(command: Command) -> dict[str, Any]:
-    """The ``command`` frame an agent receives (JSON-able: it crosses the channel layer)."""
+    """The ``command`` frame an agent receives (JSON-able: it crosses the channel layer).
+    A ``start`` payload, and the ``join`` part of a grow's ``scale_workers``, get the
+    run's fabric secret added here, at push time."""
+    payload = command.payload
+    if command.run_id is not None:
+        secret = fabric_secret(command.job_id, command.run_id)
+        if command.type == Command.Type.START:
+            payload = {**payload, "fabric_secret": secret}
+        elif isinstance(payload.get("join"), dict):
+            payload = {**payload, "join": {**payload["join"], "fabric_secret": secret}}
     return CommandFrame(
         id=command.id,
         job=command.job_id,
         seq=command.seq,
         action=command.type,
-        payload=command.payload,
+        payload=payload,
     ).to_dict()
 
 

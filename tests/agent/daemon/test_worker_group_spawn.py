@@ -19,7 +19,9 @@ from agent.protocol.control import StartPayload
 ENTRYPOINT = "tests.support.env_report_worker"
 
 
-def _group(tmp_path, ranks: list[int], world_size: int) -> WorkerGroup:
+def _group(
+    tmp_path, ranks: list[int], world_size: int, fabric_secret: str | None = None
+) -> WorkerGroup:
     async def command_done(*args) -> None:
         pass
 
@@ -37,6 +39,7 @@ def _group(tmp_path, ranks: list[int], world_size: int) -> WorkerGroup:
             topology="auto",
             cluster_version=1,
             workers_min=world_size,
+            fabric_secret=fabric_secret,
         ),
         python=sys.executable,
         address="127.0.0.1",
@@ -48,13 +51,15 @@ def _group(tmp_path, ranks: list[int], world_size: int) -> WorkerGroup:
     )
 
 
-def _spawned_env(tmp_path, monkeypatch, ranks, world_size, members_of) -> dict[int, dict]:
+def _spawned_env(
+    tmp_path, monkeypatch, ranks, world_size, members_of, fabric_secret=None
+) -> dict[int, dict]:
     """Spawn ``ranks`` with the member list ``members_of(ports)`` builds from the local
     ranks' ports; returns each rank's ADAPTRAIN_* environment."""
     monkeypatch.setenv("ENV_REPORT_DIR", str(tmp_path))
 
     async def run() -> dict[int, dict]:
-        group = _group(tmp_path, ranks, world_size)
+        group = _group(tmp_path, ranks, world_size, fabric_secret)
         group.choose_ports()
         members, version = members_of(group.ports)
         await group.spawn(members, version)
@@ -104,6 +109,29 @@ def test_a_later_version_starts_each_rank_at_its_place_among_the_survivors(tmp_p
     for env in envs.values():
         peers = env[protocol.ENV_PEERS].split(",")
         assert len(peers) == 3 and peers[int(env[protocol.ENV_RANK])] == env[protocol.ENV_ADDRESS]
+
+
+def test_workers_get_the_runs_fabric_secret_from_the_agent_only(tmp_path, monkeypatch, caplog):
+    secret = "ab" * 32
+    envs = _spawned_env(
+        tmp_path,
+        monkeypatch,
+        [0, 1],
+        2,
+        lambda ports: ([f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"], 1),
+        fabric_secret=secret,
+    )
+    assert {r: e.get(protocol.ENV_FABRIC_SECRET) for r, e in envs.items()} == {0: secret, 1: secret}
+    assert secret not in caplog.text
+    # Without one (an older control plane) the variable is not set at all.
+    envs = _spawned_env(
+        tmp_path / "old",
+        monkeypatch,
+        [0],
+        1,
+        lambda ports: ([f"127.0.0.1:{ports[0]}"], 1),
+    )
+    assert protocol.ENV_FABRIC_SECRET not in envs[0]
 
 
 @pytest.mark.parametrize(

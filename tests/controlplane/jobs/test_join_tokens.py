@@ -177,3 +177,24 @@ def test_the_command_refuses_bad_options(args, message):
     with pytest.raises(CommandError, match=message):
         call_command("create_join_token", *args)
     assert not JoinToken.objects.exists()
+
+
+def test_an_admin_replaces_a_node_by_name_with_manage_py(capsys, caplog):
+    first = enrol(join_token_create(label="a")[1], "gpu-1")
+    assert first.status_code == 201, first.content
+    # Without the admin, the name is not taken over.
+    assert enrol(join_token_create(label="b")[1], "gpu-1").status_code == 409
+    call_command("revoke_node", "gpu-1")
+    assert "node gpu-1 revoked" in capsys.readouterr().out
+    assert "revoked by manage.py" in caplog.text
+    assert (
+        as_node(first.json()["credential"])
+        .post("/api/v1/agent/heartbeat/", {}, format="json")
+        .status_code
+        == 401
+    )
+    second = enrol(join_token_create(label="c")[1], "gpu-1")
+    assert second.status_code == 201, second.content
+    assert Node.objects.enrolled().get(name="gpu-1").status == Node.Status.ONLINE
+    with pytest.raises(CommandError, match="No enrolled node is named 'nope'"):
+        call_command("revoke_node", "nope")

@@ -30,6 +30,10 @@ enum class Direction { kSend, kReceive };
 // hangs up or the connection breaks, TimeoutError when nothing moved for the
 // deadline's budget. `what` ("receiving blob \"w\" from rank 2 (...)") goes
 // into the messages.
+// How long the server gives a connection to deliver a whole request once it has
+// started sending one.
+constexpr int kBlobRequestReadMs = 2000;
+
 bool move_all(int fd, Direction direction, void* data, size_t length, Deadline& deadline,
               int wake_fd, const std::function<void()>& interrupt_check, const std::string& what) {
   char* cursor = static_cast<char*>(data);
@@ -203,11 +207,15 @@ void BlobServer::serve() {
 
 bool BlobServer::answer(int fd) {
   Deadline deadline = Deadline::inactivity(identity_.timeout);
+  // A requester sends its whole request at once: one that trickles it is cut off
+  // after this, so it cannot hold the (one-at-a-time) server against real peers.
+  Deadline request_deadline = Deadline::absolute(
+      std::min(std::chrono::milliseconds(kBlobRequestReadMs), identity_.timeout));
   const std::function<void()> no_interrupts;
   try {
     BlobHeaderBytes bytes{};
-    if (!move_all(fd, Direction::kReceive, bytes.data(), bytes.size(), deadline, wake_.get(),
-                  no_interrupts, "reading a blob request")) {
+    if (!move_all(fd, Direction::kReceive, bytes.data(), bytes.size(), request_deadline,
+                  wake_.get(), no_interrupts, "reading a blob request")) {
       return false;
     }
     BlobRequest request;
@@ -217,8 +225,8 @@ bool BlobServer::answer(int fd) {
     const bool readable_name = request.name_bytes > 0 && request.name_bytes <= kMaxBlobNameBytes;
     if (readable_name) {
       name.resize(request.name_bytes);
-      if (!move_all(fd, Direction::kReceive, name.data(), name.size(), deadline, wake_.get(),
-                    no_interrupts, "reading a blob request")) {
+      if (!move_all(fd, Direction::kReceive, name.data(), name.size(), request_deadline,
+                    wake_.get(), no_interrupts, "reading a blob request")) {
         return false;
       }
       blob = store_.find(name);
