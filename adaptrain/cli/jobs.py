@@ -224,22 +224,6 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> None:
     print(f"job {job['id']} is {job['status']}")
 
 
-def cmd_jobs_delete(args: argparse.Namespace) -> None:
-    if not args.yes:
-        raise CliError(
-            f"deleting job {args.job} removes it with its metrics, logs and events for good: "
-            f"add --yes to confirm"
-        )
-    client(args).call("DELETE", f"/api/v1/jobs/{args.job}/")
-    print(f"job {args.job} deleted")
-
-
-def cmd_jobs_archive(args: argparse.Namespace) -> None:
-    verb = "unarchive" if args.undo else "archive"
-    client(args).call("POST", f"/api/v1/jobs/{args.job}/{verb}/", {})
-    print(f"job {args.job} {verb}d")
-
-
 def cmd_jobs_runs(args: argparse.Namespace) -> None:
     runs = client(args).call("GET", f"/api/v1/jobs/{args.job}/runs/?limit=200")
     rows = [{**r, "reason": r["status_reason"]} for r in runs["results"]]
@@ -330,7 +314,7 @@ def _job_spec_arguments(p: argparse.ArgumentParser, *, file: bool) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     jobs = sub.add_parser(
-        "jobs", help="list, show, create, watch, stop, restart and delete jobs"
+        "jobs", help="list, show, create, watch, stop and restart jobs"
     ).add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
     p = jobs.add_parser("list", help="your jobs (staff: everyone's), newest first")
     p.add_argument("--status", help="comma-separated statuses, e.g. running,pending")
@@ -393,18 +377,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("job", type=int)
     p.add_argument("--interval", type=float, default=2.0)
     p.set_defaults(func=cmd_jobs_watch)
-
-    p = jobs.add_parser("delete", help="delete a finished job with its metrics, logs and events")
-    p.add_argument("job", type=int)
-    p.add_argument("--yes", action="store_true", help="confirm: there is no undo")
-    p.set_defaults(func=cmd_jobs_delete)
-
-    p = jobs.add_parser(
-        "archive", help="hide a finished job from the list (--undo to bring it back)"
-    )
-    p.add_argument("job", type=int)
-    p.add_argument("--undo", action="store_true")
-    p.set_defaults(func=cmd_jobs_archive)
 
     p = sub.add_parser(
         "run",
