@@ -66,7 +66,6 @@ def cmd_jobs_list(args: argparse.Namespace) -> None:
         "owner": args.owner,
         "node": args.node,
         "ordering": args.sort,
-        "archived": "true" if args.archived else None,
         "limit": args.limit,
         "offset": args.offset,
     }
@@ -318,11 +317,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     ).add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
     p = jobs.add_parser("list", help="your jobs (staff: everyone's), newest first")
     p.add_argument("--status", help="comma-separated statuses, e.g. running,pending")
-    p.add_argument("--search", "-q", help="name or label contains this")
+    p.add_argument("--search", "-q", help="name contains this (any case)")
     p.add_argument("--owner", help="only this user's jobs (staff)")
     p.add_argument("--node", help="only jobs with workers on this node")
     p.add_argument("--sort", help="created, -created, name, status or step (- for descending)")
-    p.add_argument("--archived", action="store_true", help="list archived jobs")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--offset", type=int, default=0)
     add_json_flag(p)
