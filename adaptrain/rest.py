@@ -85,6 +85,13 @@ class RestClient:
         ``body`` is sent as JSON; ``data`` (raw bytes, e.g. an archive) as ``content_type``."""
         if data is None and body is not None:
             data = json.dumps(body).encode()
+        status, raw = self._send(method, path, data, content_type)
+        return status, _decode(raw)
+
+    def _send(
+        self, method: str, path: str, data: bytes | None, content_type: str, limit: int = -1
+    ) -> tuple[int, bytes]:
+        """``(status, body's bytes)`` (at most ``limit`` + 1 of a successful reply's bytes)."""
         request = urllib.request.Request(self.server + path, data=data, method=method)
         request.add_header("Content-Type", content_type)
         request.add_header("Accept", "application/json")
@@ -94,12 +101,24 @@ class RestClient:
             request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return response.status, _decode(response.read())
+                return response.status, response.read(limit + 1 if limit >= 0 else -1)
         except urllib.error.HTTPError as exc:
-            return exc.code, _decode(exc.read())
+            return exc.code, exc.read()
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach {self.server}: {reason}") from None
+
+    def download(self, path: str, *, limit_bytes: int) -> bytes:
+        """The raw body of ``GET path`` (an archive); :class:`ApiError` for an HTTP error or
+        a body over ``limit_bytes``."""
+        status, raw = self._send("GET", path, None, "application/json", limit=limit_bytes)
+        if status >= 400:
+            self._raise(status, _decode(raw), "GET", path)
+        if len(raw) > limit_bytes:
+            raise ApiError(
+                status, f"the reply is over {limit_bytes} bytes", method="GET", path=path
+            )
+        return raw
 
     def call(
         self,
@@ -113,13 +132,17 @@ class RestClient:
         """The decoded body of a successful call; :class:`ApiError` for an HTTP error."""
         status, answer = self.request(method, path, body, data=data, content_type=content_type)
         if status >= 400:
-            if isinstance(answer, dict):
-                message = str(answer.get("message") or answer.get("detail") or answer)
-                code, details = str(answer.get("code", "")), answer.get("details")
-            else:
-                message, code, details = (str(answer) if answer else "no details"), "", None
-            raise ApiError(status, message, code=code, details=details, method=method, path=path)
+            self._raise(status, answer, method, path)
         return answer
+
+    @staticmethod
+    def _raise(status: int, answer: Any, method: str, path: str) -> None:
+        if isinstance(answer, dict):
+            message = str(answer.get("message") or answer.get("detail") or answer)
+            code, details = str(answer.get("code", "")), answer.get("details")
+        else:
+            message, code, details = (str(answer) if answer else "no details"), "", None
+        raise ApiError(status, message, code=code, details=details, method=method, path=path)
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)
