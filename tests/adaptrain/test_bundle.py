@@ -203,6 +203,28 @@ def test_unpack_refuses_archives_that_escape_the_job_directory_before_writing(
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize(
+    "archive, message",
+    [
+        # "x" -> "." is harmless alone; written through it three levels down, "y" would
+        # point three levels up from the job's directory.
+        (evil(("x", None, "."), ("x/x/x/y", None, "../../..")), "lies under 'x', a symbolic"),
+        (evil(("lib", None, "."), ("lib/evil.py", b"x", None)), "lies under 'lib'"),
+        # Each link stays inside on its own; one through the other leads out.
+        (
+            evil(("real/.keep", b"", None), ("b", None, "real/.."), ("c", None, "b/..")),
+            "leads outside the job's directory",
+        ),
+        (evil(("a.py", b"1", None), ("a.py", b"2", None)), "appears twice"),
+    ],
+)
+def test_unpack_refuses_links_that_lead_out_through_other_links(tmp_path, archive, message):
+    outside = tmp_path / "outside-marker"
+    with pytest.raises(BundleError, match=message):
+        unpack(archive, tmp_path / "deep" / "job")
+    assert not outside.exists() and not (tmp_path / "evil.py").exists()
+
+
 def test_unpack_refuses_an_archive_that_unpacks_too_big(tmp_path):
     archive = evil(("a.bin", b"0" * 5000, None))
     with pytest.raises(BundleError, match="over the"):

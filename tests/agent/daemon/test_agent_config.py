@@ -66,3 +66,10 @@ def test_log_settings_have_defaults_and_bounds():
         load_config({"AGENT_LOG_FILE_MAX_BYTES": "1000"})
     with pytest.raises(ConfigError, match="AGENT_LOG_RATE_LINES_S='0' must be positive"):
         load_config({"AGENT_LOG_RATE_LINES_S": "0"})
+
+
+def test_agent_code_says_which_kinds_of_code_the_node_runs():
+    assert load_config({}).code == ("bundles", "installed", "examples")  # the default
+    assert load_config({"AGENT_CODE": " Examples, installed "}).code == ("installed", "examples")
+    with pytest.raises(ConfigError, match="AGENT_CODE='bundle': 'bundle' is not a kind of code"):
+        load_config({"AGENT_CODE": "bundle"})
