@@ -7,7 +7,8 @@
     adaptrain logs -f 7 [--worker 0] [--tail 100]
     adaptrain command 7 set_batch_size 64
     adaptrain jobs cancel 7
-    adaptrain run ./my_project --entrypoint train:main --workers 2 --batch-size 64 --lr 0.05
+    adaptrain run ./my_project --entrypoint train:main --workers 2 --batch-size 64 --lr 0.05 \
+        --policy gns-adaptive-batch
     adaptrain tokens create laptop --expires-in-days 30
 
 The server and token come from ``--server``/``--token``, else ``ADAPTRAIN_SERVER`` /
@@ -35,6 +36,10 @@ CONFIG_PATH = (
     Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "adaptrain" / "cli.json"
 )
 TERMINAL = {"succeeded", "failed", "cancelled"}
+POLICY_HELP = (
+    "the policy to attach: its id or name, or a built-in template's id (e.g. "
+    "gns-adaptive-batch: a policy is made from it the first time)"
+)
 
 
 class CliError(Exception):
@@ -105,6 +110,40 @@ def cmd_jobs_show(args) -> None:
     print(json.dumps(_client(args).call("GET", f"/api/v1/jobs/{args.job}/"), indent=2))
 
 
+def _policy_id(client: RestClient, spec: str | None) -> int | None:
+    """The policy ``--policy`` names: an id; the name of a policy of yours (or one you
+    can see); or a built-in template's id (``gns-adaptive-batch``), from which a policy
+    of the template's name is made the first time and used again after that."""
+    if spec is None or spec == "":
+        return None
+    if spec.isdigit():
+        return int(spec)
+    policies = client.call("GET", "/api/v1/policies/")
+    named = [p for p in policies if p["name"] == spec]
+    if len(named) > 1:
+        ids = ", ".join(str(p["id"]) for p in named)
+        raise CliError(f"several policies are named {spec!r} (ids {ids}): give the id")
+    if named:
+        return int(named[0]["id"])
+    templates = client.call("GET", "/api/v1/policies/templates/")
+    template = next((t for t in templates if t["id"] == spec), None)
+    if template is None:
+        known = ", ".join(t["id"] for t in templates)
+        raise CliError(
+            f"no policy is named {spec!r}, and it is no template's id ({known}); give a "
+            "policy's id or name (GET /api/v1/policies/)"
+        )
+    made = [p for p in policies if p["name"] == template["name"]]
+    if made:
+        return int(made[0]["id"])
+    policy = client.call("POST", "/api/v1/policies/", {"definition": template["definition"]})
+    print(
+        f"created policy {policy['id']} ({policy['name']!r}) from template {spec}",
+        file=sys.stderr,
+    )
+    return int(policy["id"])
+
+
 def cmd_jobs_create(args) -> None:
     if args.file:
         body = json.loads(Path(args.file).read_text())
@@ -119,8 +158,8 @@ def cmd_jobs_create(args) -> None:
             "entrypoint": args.entrypoint,
             "hyperparameters": hyper,
             "workers": {"initial": args.workers},
-            "policy": args.policy,
         }
+        body["policy"] = _policy_id(_client(args), args.policy)
     job = _client(args).call("POST", "/api/v1/jobs/", body)
     print(f"created job {job['id']} ({job['status']})")
 
@@ -146,6 +185,7 @@ def cmd_run(args) -> int:
         file=sys.stderr,
     )
     client = _client(args)
+    policy = _policy_id(client, args.policy)  # a wrong name is said before any upload
     status, _ = client.request("GET", f"/api/v1/bundles/{bundle.digest}/")
     if status == 200:
         print("the control plane has this code already: nothing to upload", file=sys.stderr)
@@ -172,7 +212,7 @@ def cmd_run(args) -> int:
         "bundle": bundle.digest,
         "hyperparameters": hyper,
         "workers": workers,
-        "policy": args.policy,
+        "policy": policy,
     }
     for key in ("strategy", "topology"):
         if getattr(args, key):
@@ -370,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--steps", type=int)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--policy", type=int)
+    p.add_argument("--policy", help=POLICY_HELP)
     p.set_defaults(func=cmd_jobs_create)
     p = jobs.add_parser("cancel")
     p.add_argument("job", type=int)
@@ -420,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hyperparameters", help='more hyper-parameters as JSON, e.g. \'{"lr_scaling": "sqrt"}\''
     )
-    p.add_argument("--policy", type=int, help="id of a policy to attach")
+    p.add_argument("--policy", help=POLICY_HELP)
     p.add_argument("--strategy", help="ssgd, sma or pair")
     p.add_argument("--topology", help="ring, tree, star or auto")
     p.add_argument(
