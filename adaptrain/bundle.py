@@ -299,6 +299,8 @@ def _checked(data: bytes, limit_bytes: int) -> tuple[tarfile.TarFile, list[tarfi
     seen: set[PurePosixPath] = set()
     for member in members:
         name = PurePosixPath(member.name)
+        if member.isdir() and str(name) == ".":
+            continue  # the root itself, as `tar czf x.tar.gz -C project .` writes it
         if name.is_absolute() or ".." in name.parts or not name.parts:
             raise BundleError(
                 f"bundle entry {member.name!r} would land outside the job's directory"

@@ -236,3 +236,13 @@ def test_a_digest_mismatch_is_an_error_naming_both(tmp_path):
     check_digest(bundle.data, bundle.digest)
     with pytest.raises(BundleError, match=f"expected sha256 {'0' * 64}, got {bundle.digest}"):
         check_digest(bundle.data, "0" * 64)
+
+
+def test_an_archive_made_with_tar_from_inside_the_project_unpacks(tmp_path):
+    # What the new-job form's hint says to run: entries "./", "./train.py", "./pkg/…".
+    project = make_tree(tmp_path / "p", {"train.py": "X = 1\n", "pkg/m.py": "Y = 2\n"})
+    archive = tmp_path / "project.tar.gz"
+    subprocess.run(["tar", "czf", str(archive), "-C", str(project), "."], check=True)
+    unpack(archive.read_bytes(), tmp_path / "job")
+    assert (tmp_path / "job" / "train.py").read_text() == "X = 1\n"
+    assert (tmp_path / "job" / "pkg" / "m.py").read_text() == "Y = 2\n"
