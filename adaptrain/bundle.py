@@ -295,12 +295,25 @@ def _checked(data: bytes, limit_bytes: int) -> tuple[tarfile.TarFile, list[tarfi
     if len(members) > MAX_UNPACKED_FILES:
         raise BundleError(f"bundle has {len(members)} entries, over {MAX_UNPACKED_FILES}")
     total = 0
+    links = {PurePosixPath(m.name) for m in members if m.issym()}
+    seen: set[PurePosixPath] = set()
     for member in members:
         name = PurePosixPath(member.name)
+        if member.isdir() and str(name) == ".":
+            continue  # the root itself, as `tar czf x.tar.gz -C project .` writes it
         if name.is_absolute() or ".." in name.parts or not name.parts:
             raise BundleError(
                 f"bundle entry {member.name!r} would land outside the job's directory"
             )
+        # An entry under a link would be written wherever the link points.
+        through = next((p for p in name.parents if p in links), None)
+        if through is not None:
+            raise BundleError(
+                f"bundle entry {member.name!r} lies under {str(through)!r}, a symbolic link"
+            )
+        if name in seen and not member.isdir():
+            raise BundleError(f"bundle entry {member.name!r} appears twice")
+        seen.add(name)
         if member.issym():
             link = PurePosixPath(member.linkname)
             joined = PurePosixPath(*name.parts[:-1], *link.parts)
@@ -338,12 +351,17 @@ def unpack(
 ) -> list[str]:
     """Unpack an archive made by :func:`pack` into ``destination`` (created; must not exist
     or be empty). Refuses, before writing anything, members that would land outside it
-    (absolute paths, ``..``, links out), special files, and more than ``limit_bytes`` or
-    :data:`MAX_UNPACKED_FILES` in all: a bundle is untrusted input to the node."""
+    (absolute paths, ``..``, links out, entries under a link, the same name twice), special
+    files, and more than ``limit_bytes`` or :data:`MAX_UNPACKED_FILES` in all: a bundle is
+    untrusted input to the node. Links are made last, so nothing is written through one,
+    then each is resolved: one that leads out through another is refused after the fact
+    (the caller unpacks into a fresh directory and removes it on an error)."""
     tar, members = _checked(data, limit_bytes)
     target = Path(destination)
     target.mkdir(parents=True, exist_ok=True)
-    for member in members:
+    root = target.resolve()
+    # Files and directories first, links last: nothing is ever written through a link.
+    for member in sorted(members, key=lambda m: m.issym()):
         path = target / member.name
         if member.isdir():
             path.mkdir(parents=True, exist_ok=True)
@@ -358,4 +376,12 @@ def unpack(
                 while chunk := source.read(1 << 20):
                     f.write(chunk)
             os.chmod(path, 0o755 if member.mode & 0o100 else 0o644)
+    # Each link was checked on its own above; a chain of links (one through another) could
+    # still lead out, which only the file system can tell once all are there.
+    for member in members:
+        if member.issym() and not (target / member.name).resolve().is_relative_to(root):
+            raise BundleError(
+                f"bundle entry {member.name!r} links to {member.linkname!r}, which leads "
+                "outside the job's directory (through another link)"
+            )
     return [m.name for m in members if m.isfile()]

@@ -88,7 +88,8 @@ class RestClient:
     ) -> tuple[int, Any]:
         """``(status, decoded body)`` for any HTTP status; :class:`Unreachable` otherwise.
         ``body`` is sent as JSON; ``data`` (raw bytes, e.g. an archive) as ``content_type``;
-        ``headers`` are added to this request only. A 503 is retried for up to ``unavailable_retry_s`` (Retry-After, then backoff)."""
+        ``headers`` are added to this request only. A 503 is retried for up to
+        ``unavailable_retry_s`` (Retry-After, then backoff)."""
         deadline = time.monotonic() + self.unavailable_retry_s
         backoff_s = 0.5
         while True:
@@ -115,6 +116,20 @@ class RestClient:
     ) -> tuple[int, Any, float | None]:
         if data is None and body is not None:
             data = json.dumps(body).encode()
+        status, raw, retry_after = self._send(method, path, data, content_type, headers=headers)
+        return status, _decode(raw), retry_after
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: str,
+        limit: int = -1,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes, float | None]:
+        """``(status, body's bytes, Retry-After seconds)`` (at most ``limit`` + 1 of a
+        successful reply's bytes)."""
         request = urllib.request.Request(self.server + path, data=data, method=method)
         request.add_header("Content-Type", content_type)
         request.add_header("Accept", "application/json")
@@ -124,17 +139,29 @@ class RestClient:
             request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return response.status, _decode(response.read()), None
+                return response.status, response.read(limit + 1 if limit >= 0 else -1), None
         except urllib.error.HTTPError as exc:
             retry_after: float | None = None
             try:
                 retry_after = float(exc.headers.get("Retry-After", ""))
             except (TypeError, ValueError):
                 retry_after = None
-            return exc.code, _decode(exc.read()), retry_after
+            return exc.code, exc.read(), retry_after
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach {self.server}: {reason}") from None
+
+    def download(self, path: str, *, limit_bytes: int) -> bytes:
+        """The raw body of ``GET path`` (an archive); :class:`ApiError` for an HTTP error or
+        a body over ``limit_bytes``."""
+        status, raw, _ = self._send("GET", path, None, "application/json", limit=limit_bytes)
+        if status >= 400:
+            self._raise(status, _decode(raw), "GET", path)
+        if len(raw) > limit_bytes:
+            raise ApiError(
+                status, f"the reply is over {limit_bytes} bytes", method="GET", path=path
+            )
+        return raw
 
     def call(
         self,
@@ -151,13 +178,17 @@ class RestClient:
             method, path, body, data=data, content_type=content_type, headers=headers
         )
         if status >= 400:
-            if isinstance(answer, dict):
-                message = str(answer.get("message") or answer.get("detail") or answer)
-                code, details = str(answer.get("code", "")), answer.get("details")
-            else:
-                message, code, details = (str(answer) if answer else "no details"), "", None
-            raise ApiError(status, message, code=code, details=details, method=method, path=path)
+            self._raise(status, answer, method, path)
         return answer
+
+    @staticmethod
+    def _raise(status: int, answer: Any, method: str, path: str) -> None:
+        if isinstance(answer, dict):
+            message = str(answer.get("message") or answer.get("detail") or answer)
+            code, details = str(answer.get("code", "")), answer.get("details")
+        else:
+            message, code, details = (str(answer) if answer else "no details"), "", None
+        raise ApiError(status, message, code=code, details=details, method=method, path=path)
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)

@@ -21,6 +21,12 @@ from adaptrain.cli.common import (
     say,
     show,
 )
+from adaptrain.rest import RestClient
+
+POLICY_HELP = (
+    "the policy to attach: its id or name, or a built-in template's id (e.g. "
+    "gns-adaptive-batch: a policy is made from it the first time)"
+)
 
 JOB_COLUMNS = ["id", "name", "owner", "status", "step", "progress", "batch_size", "lr", "workers"]
 
@@ -42,6 +48,37 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds // 60}m"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def policy_id(rest: RestClient, spec: str | None) -> int | None:
+    """The policy ``--policy`` names: an id; the name of a policy you can see; or a built-in
+    template's id (``gns-adaptive-batch``), from which a policy of the template's name is
+    made the first time and used again after that."""
+    if spec is None or spec == "":
+        return None
+    if spec.isdigit():
+        return int(spec)
+    policies = rest.call("GET", "/api/v1/policies/")
+    named = [p for p in policies if p["name"] == spec]
+    if len(named) > 1:
+        ids = ", ".join(str(p["id"]) for p in named)
+        raise CliError(f"several policies are named {spec!r} (ids {ids}): give the id")
+    if named:
+        return int(named[0]["id"])
+    templates = rest.call("GET", "/api/v1/policies/templates/")
+    template = next((t for t in templates if t["id"] == spec), None)
+    if template is None:
+        known = ", ".join(t["id"] for t in templates)
+        raise CliError(
+            f"no policy is named {spec!r}, and it is no template's id ({known}); give a "
+            "policy's id or name (adaptrain policies list)"
+        )
+    made = [p for p in policies if p["name"] == template["name"]]
+    if made:
+        return int(made[0]["id"])
+    policy = rest.call("POST", "/api/v1/policies/", {"definition": template["definition"]})
+    say(f"created policy {policy['id']} ({policy['name']!r}) from template {spec}")
+    return int(policy["id"])
 
 
 def job_row(job: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +157,7 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
         "entrypoint": args.entrypoint,
         "hyperparameters": hyper,
         "workers": workers,
-        "policy": args.policy,
+        "policy": policy_id(client(args), args.policy),
     }
     for key in ("strategy", "topology"):
         if getattr(args, key, None):
@@ -167,6 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"sha256 {bundle.digest[:12]})"
     )
     rest = client(args)
+    policy = policy_id(rest, args.policy)  # a wrong name is said before any upload
+    args.policy = None if policy is None else str(policy)
     status, _ = rest.request("GET", f"/api/v1/bundles/{bundle.digest}/")
     if status == 200:
         say("the control plane has this code already: nothing to upload")
@@ -299,7 +338,7 @@ def _job_spec_arguments(p: argparse.ArgumentParser, *, file: bool) -> None:
     p.add_argument(
         "--hyperparameters", help='more hyper-parameters as JSON, e.g. \'{"lr_scaling": "sqrt"}\''
     )
-    p.add_argument("--policy", type=int, help="id of a policy to attach")
+    p.add_argument("--policy", help=POLICY_HELP)
     p.add_argument("--strategy", choices=["ssgd", "sma", "pair"])
     p.add_argument("--topology", choices=["ring", "tree", "star", "auto"])
     p.add_argument(

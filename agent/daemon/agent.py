@@ -39,6 +39,7 @@ from typing import Any
 import websockets
 
 from adaptrain.rest import ApiError
+from agent.daemon.bundles import MAX_ARCHIVE_BYTES, BundleCache, CodeUnavailable, refusal
 from agent.daemon.client import ControlPlaneClient, channel_headers
 from agent.daemon.config import AgentConfig
 from agent.daemon.logship import LogShipper
@@ -99,6 +100,7 @@ def _joiners_start(job_id: int, join: JoinPayload) -> StartPayload:
         cluster_version=join.cluster_version,
         workers_min=join.workers_min,
         ranks=(),
+        bundle=join.bundle,
     )
 
 
@@ -122,7 +124,11 @@ def _refusal(exc: ApiError) -> str | None:
 class Agent:
     def __init__(self, config: AgentConfig):
         self.config = config
-        self.client = ControlPlaneClient(config.server)
+        self.client = ControlPlaneClient(config.server, code=config.code)
+        self.bundles = BundleCache(
+            config.state_dir,
+            lambda digest: self.client.fetch_bundle(digest, limit_bytes=MAX_ARCHIVE_BYTES),
+        )
         self.groups: dict[int, WorkerGroup] = {}
         self.seen_commands: set[int] = set()
         self.outbox = ReportOutbox(outbox_path(config.state_dir))
@@ -566,9 +572,20 @@ class Agent:
         self.groups[job_id] = group
         return group
 
+    async def _prepare_code(self, group: WorkerGroup, entrypoint: str, bundle: str | None) -> None:
+        """Refuse code this node does not run (AGENT_CODE); fetch a bundle the job names and
+        make the job's directory (:mod:`agent.daemon.bundles`). :class:`CodeUnavailable`
+        says why the workers cannot start."""
+        why = refusal(entrypoint, bundle, self.config.code)
+        if why is not None:
+            raise CodeUnavailable(why)
+        if bundle:
+            group.code = await self.bundles.prepare(group.job_id, bundle)
+
     async def _start_job(self, frame: CommandFrame, group: WorkerGroup) -> None:
         job_id = frame.job
         try:
+            await self._prepare_code(group, group.start.entrypoint, group.start.bundle)
             # Rendezvous: report this node's ports, then wait until every node has.
             spec = await self.client.register_workers(job_id, group.choose_ports())
             deadline = asyncio.get_running_loop().time() + RENDEZVOUS_TIMEOUT_S
@@ -581,7 +598,8 @@ class Agent:
                 await asyncio.sleep(0.2)
                 spec = await self.client.cluster_spec(job_id)
             await group.spawn(spec.members, spec.version or 1)
-        except (OSError, ValueError, ApiError) as exc:
+        except (OSError, ValueError, ApiError, CodeUnavailable) as exc:
+            log.error("job %s: could not start its workers: %s", job_id, exc)
             self.groups.pop(job_id, None)
             group.forget()
             self.outbox.put(FailedFrame(id=frame.id, error=str(exc)))
@@ -610,9 +628,10 @@ class Agent:
             return
         ranks = [w.rank for w in join.workers if w.rank not in group.workers]
         try:
+            await self._prepare_code(group, join.entrypoint, join.bundle)
             await self.client.register_workers(job_id, group.choose_ports(ranks))
             started = await group.add_joiners(join, seq=frame.seq)
-        except (OSError, ValueError, ApiError) as exc:
+        except (OSError, ValueError, ApiError, CodeUnavailable) as exc:
             log.error("job %s: could not start joiners %s: %s", job_id, ranks, exc)
             for rank in ranks:
                 if rank not in group.workers:

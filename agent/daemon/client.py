@@ -56,7 +56,13 @@ class ControlPlaneClient(RestClient):
     """The shared REST client with the node's credential and the agent's typed calls.
     Enrolment and heartbeats say the agent's version and the protocol it speaks."""
 
-    def __init__(self, server: str, credential: str | None = None, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        server: str,
+        credential: str | None = None,
+        timeout_s: float = 10.0,
+        code: tuple[str, ...] | None = None,
+    ):
         # A 503 (the control plane's database or broker is down) is retried briefly here,
         # honouring Retry-After; the agent's own loops retry beyond that.
         super().__init__(
@@ -67,6 +73,7 @@ class ControlPlaneClient(RestClient):
             unavailable_retry_s=15.0,
         )
         self.version = agent_version()
+        self.code = code  # the kinds of code the node runs (AGENT_CODE), said with each call
 
     async def _call(self, method: str, path: str, body: Message | None, reply: type[M]) -> M:
         raw = await asyncio.to_thread(
@@ -95,6 +102,7 @@ class ControlPlaneClient(RestClient):
             labels=labels or {},
             agent_version=self.version,
             protocol=PROTOCOL_VERSION,
+            code=self.code,
         )
         return await self._call("POST", "/api/v1/agent/enrol/", request, Enrolment)
 
@@ -103,6 +111,7 @@ class ControlPlaneClient(RestClient):
             jobs=None if running_jobs is None else tuple(running_jobs),
             agent_version=self.version,
             protocol=PROTOCOL_VERSION,
+            code=self.code,
         )
         return await self._call("POST", "/api/v1/agent/heartbeat/", body, HeartbeatReply)
 
@@ -125,6 +134,15 @@ class ControlPlaneClient(RestClient):
 
     async def cluster_spec(self, job_id: int) -> ClusterSpec:
         return await self._call("GET", f"/api/v1/agent/jobs/{job_id}/cluster/", None, ClusterSpec)
+
+    async def fetch_bundle(self, digest: str, *, limit_bytes: int) -> bytes:
+        """The archive of code bundle ``digest`` (a job this node runs names it); the
+        caller checks the digest. A download of a large bundle gets more time."""
+        path = f"/api/v1/agent/bundles/{digest}/"
+        fetcher = RestClient(
+            self.server, self.credential, scheme=NODE_SCHEME, timeout_s=max(self.timeout_s, 120.0)
+        )
+        return await asyncio.to_thread(fetcher.download, path, limit_bytes=limit_bytes)
 
     async def report_job(self, job_id: int, report: JobReport) -> None:
         path = f"/api/v1/agent/jobs/{job_id}/report/"

@@ -18,6 +18,7 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from agent.daemon.gpus import GpuInventory, GpuSelectionError, discover, parse_setting
+from agent.protocol import vocabulary as v
 
 N = TypeVar("N", int, float)
 
@@ -49,6 +50,8 @@ class AgentConfig:
     log_line_max_bytes: int = 16 << 10  # a longer line is cut there
     # GPUs found at start (AGENT_GPUS=all|none|0,2); see agent.daemon.gpus.
     gpus: GpuInventory = field(default_factory=GpuInventory)
+    # Where the code of the jobs this node runs may come from (AGENT_CODE; see _code).
+    code: tuple[str, ...] = tuple(v.CODE_KINDS)
 
     @property
     def ws_url(self) -> str:
@@ -113,6 +116,25 @@ def _on_exit(env: Mapping[str, str]) -> str:
     if value not in ("detach", "stop"):
         raise ConfigError(f"AGENT_ON_EXIT={env.get('AGENT_ON_EXIT')!r} must be detach or stop.")
     return value
+
+
+def _code(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``AGENT_CODE=bundles,installed,examples``: the kinds of code this node runs. The
+    default is all three: running its owner's code is what a job is for, and the control
+    plane already decides per user who may send code bundles (the ``bundles.submit_bundle``
+    permission); a node owner who does not want code from outside the node's own Python
+    environment sets ``AGENT_CODE=installed,examples``."""
+    raw = env.get("AGENT_CODE")
+    if raw is None or not raw.strip():
+        return tuple(v.CODE_KINDS)
+    kinds = [k.strip().lower() for k in raw.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in v.CODE_KINDS]
+    if unknown:
+        raise ConfigError(
+            f"AGENT_CODE={raw!r}: {', '.join(map(repr, unknown))} is not a kind of code; use a "
+            f"comma-separated set of {', '.join(v.CODE_KINDS)}."
+        )
+    return tuple(k for k in v.CODE_KINDS if k in kinds)
 
 
 def local_address_towards(host: str, port: int) -> str:
@@ -217,4 +239,5 @@ def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
         log_file_max_bytes=_at_least(env, "AGENT_LOG_FILE_MAX_BYTES", 16 << 20, 64 << 10),
         log_line_max_bytes=_at_least(env, "AGENT_LOG_MAX_LINE_BYTES", 16 << 10, 256),
         gpus=inventory,
+        code=_code(env),
     )

@@ -114,9 +114,11 @@ class LocalWorker:
         grace_s: float,
         env: dict[str, str],
         log_limits: LogLimits = DEFAULT_LOG_LIMITS,
+        cwd: Path | None = None,
     ) -> None:
         """Start the worker process of job ``job_id`` with the agent's environment plus
-        ``env`` (its place in the job), and its log keeper."""
+        ``env`` (its place in the job), in ``cwd`` (default: the agent's), and its log
+        keeper."""
         self.socket_path = str(storage.socket_path(state_dir, job_id, self.rank))
         self.log_path = str(storage.log_path(state_dir, job_id, self.rank))
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +165,7 @@ class LocalWorker:
             proc = subprocess.Popen(
                 [python, "-m", LAUNCHER, entrypoint],
                 env=environment,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out_write,
                 stderr=err_write,

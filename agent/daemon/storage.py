@@ -4,8 +4,10 @@ where the previous one stopped: where each lives, and how they are written.
 ``credential`` (the node credential), ``outbox.json`` (reports not yet confirmed),
 ``jobs/job-<id>.json`` (each job's workers and commands), ``run/job-<id>-<n>.sock``
 (each worker's socket), ``logs/job-<id>.rank-<n>.log`` (each worker's output, with the
-rotated-out ``….log.1``; :mod:`agent.daemon.logs`) and ``logs/job-<id>.shipping.json``
-(how far each job's output was shipped; :mod:`agent.daemon.logship`).
+rotated-out ``….log.1``; :mod:`agent.daemon.logs`), ``logs/job-<id>.shipping.json``
+(how far each job's output was shipped; :mod:`agent.daemon.logship`), and
+``bundles/<sha256>/`` and ``work/job-<id>/`` (code bundles and the jobs' working
+directories; :mod:`agent.daemon.bundles`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from typing import Any
 
 from agent import protocol
 from agent.daemon import connection, storage
+from agent.daemon.bundles import JobCode
 from agent.daemon.commands import CommandRelay, JobNotes, OnCommandDone, ends_joiners, terminates
 from agent.daemon.logs import failure_excerpt
 from agent.daemon.processes import (
@@ -130,6 +131,8 @@ class WorkerGroup:
         self._watchers: list[asyncio.Task[None]] = []
         self._detaching = False
         self._changed = asyncio.Event()
+        # Where a job with a code bundle runs (set by the agent before workers start).
+        self.code: JobCode | None = None
 
     # -- state kept on disk -------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -248,14 +251,16 @@ class WorkerGroup:
         return [WorkerPort(rank=r, port=self.ports[r]) for r in ranks]
 
     async def _launch(self, worker: LocalWorker, env: dict[str, str], entrypoint: str) -> None:
+        code = self.code
         worker.launch(
             job_id=self.job_id,
             state_dir=self.state_dir,
             python=self.python,
             entrypoint=entrypoint,
             grace_s=self.grace_s,
-            env=env,
+            env=env if code is None else {**code.environment(), **env},
             log_limits=self.log_limits,
+            cwd=None if code is None else code.cwd,
         )
         self.workers[worker.rank] = worker
         self.save()

@@ -41,6 +41,23 @@ def _versions(agent_version: str, protocol: int | None) -> dict[str, Any]:
     return data
 
 
+def _code(code: tuple[str, ...] | None) -> dict[str, Any]:
+    return {} if code is None else {"code": list(code)}
+
+
+def _read_code(f: Fields) -> tuple[str, ...] | None:
+    """The ``code`` field: kinds of code from :data:`vocabulary.CODE_KINDS`, or None."""
+    if f.data.get("code") is None:
+        return None
+    kinds = f.texts("code")
+    unknown = [k for k in kinds if k not in v.CODE_KINDS]
+    if unknown:
+        raise ProtocolError(
+            f"{f.what}: field 'code' names {unknown!r}; kinds of code are {', '.join(v.CODE_KINDS)}"
+        )
+    return kinds
+
+
 @dataclass(frozen=True)
 class EnrolRequest(Message):
     """``POST agent/enrol/``: exchange a join token for this node's credential; the agent
@@ -54,6 +71,8 @@ class EnrolRequest(Message):
     labels: dict[str, str] = field(default_factory=dict)
     agent_version: str = ""
     protocol: int | None = None
+    # The kinds of code the node runs (AGENT_CODE; vocabulary.CODE_KINDS); None: not said.
+    code: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +82,7 @@ class EnrolRequest(Message):
             "slots": self.slots,
             "labels": self.labels,
             **_versions(self.agent_version, self.protocol),
+            **_code(self.code),
         }
 
     @classmethod
@@ -78,6 +98,7 @@ class EnrolRequest(Message):
             labels=labels,
             agent_version=f.text_or_none("agent_version") or "",
             protocol=f.integer_or_none("protocol"),
+            code=_read_code(f),
         )
 
 
@@ -108,10 +129,11 @@ class Heartbeat(Message):
     jobs: tuple[int, ...] | None = None
     agent_version: str = ""
     protocol: int | None = None
+    code: tuple[str, ...] | None = None  # as at enrolment (AGENT_CODE may have changed)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {} if self.jobs is None else {"jobs": list(self.jobs)}
-        return {**data, **_versions(self.agent_version, self.protocol)}
+        return {**data, **_versions(self.agent_version, self.protocol), **_code(self.code)}
 
     @classmethod
     def read(cls, f: Fields) -> Heartbeat:
@@ -119,6 +141,7 @@ class Heartbeat(Message):
             jobs=None if f.data.get("jobs") is None else f.integers("jobs"),
             agent_version=f.text_or_none("agent_version") or "",
             protocol=f.integer_or_none("protocol"),
+            code=_read_code(f),
         )
 
 

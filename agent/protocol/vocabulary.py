@@ -1,5 +1,6 @@
 """The words every part of adaptrain shares: sync strategies, topologies, command actions,
-lr-scaling rules, worker membership events, job reports, metric names and log streams.
+lr-scaling rules, worker membership events, job reports, metric names, log streams and
+where a job's code comes from.
 
 Each group is a :class:`Terms`: a tuple of the names in their canonical order (so
 ``"ssgd" in STRATEGIES`` and ``", ".join(ACTIONS)`` work as with a plain tuple), with a
@@ -183,6 +184,30 @@ BOOKKEEPING_METRICS = Terms(
     }
 )
 
+# -- where a job's code comes from (AGENT_CODE: the kinds a node accepts) ---------------------
+CODE_BUNDLES = "bundles"
+CODE_INSTALLED = "installed"
+CODE_EXAMPLES = "examples"
+CODE_KINDS = Terms(
+    {
+        CODE_BUNDLES: "a code bundle the job's owner uploaded (adaptrain run, the new-job form), "
+        "fetched by the node and run from its own directory",
+        CODE_INSTALLED: "a module installed on the node (its Python environment)",
+        CODE_EXAMPLES: "the examples that ship with adaptrain (examples.*)",
+    }
+)
+# What an agent that does not say accepts: one from before bundles (it cannot fetch them).
+CODE_KINDS_UNSAID = (CODE_INSTALLED, CODE_EXAMPLES)
+
+
+def code_kind(entrypoint: str, bundle: str | None) -> str:
+    """Where a job's code comes from: its bundle, the examples or the node's installation
+    (``entrypoint`` is the module the workers run, ``package.module[:function]``)."""
+    if bundle:
+        return CODE_BUNDLES
+    return CODE_EXAMPLES if entrypoint.split(".")[0].split(":")[0] == "examples" else CODE_INSTALLED
+
+
 # -- worker output (log lines the agents ship) -----------------------------------------------
 STDOUT = "stdout"
 STDERR = "stderr"
@@ -219,4 +244,5 @@ def vocabulary() -> dict[str, Any]:
         "metrics": METRICS.to_json(),
         "bookkeeping_metrics": BOOKKEEPING_METRICS.to_json(),
         "log_streams": LOG_STREAMS.to_json(),
+        "code_kinds": CODE_KINDS.to_json(),
     }

@@ -12,6 +12,11 @@ from django.utils import timezone
 from agent.protocol import vocabulary
 
 
+def code_kinds_unsaid() -> list[str]:
+    """What a node whose agent does not say runs: one from before code bundles."""
+    return list(vocabulary.CODE_KINDS_UNSAID)
+
+
 class NodeQuerySet(models.QuerySet):
     def enrolled(self) -> NodeQuerySet:
         """Nodes not deleted by an admin (the nodes page, the name's owner)."""
@@ -48,6 +53,9 @@ class Node(models.Model):
     # What the agent said at its last enrolment, heartbeat or connection.
     agent_version = models.CharField(max_length=50, blank=True)
     protocol = models.PositiveIntegerField(null=True, blank=True)
+    # The kinds of code the node runs (its AGENT_CODE; vocabulary.CODE_KINDS): placement
+    # only puts a job there whose code_kind is among them.
+    code_kinds = models.JSONField(default=code_kinds_unsaid, blank=True)
     join_token = models.ForeignKey(
         "JoinToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"
     )
@@ -219,9 +227,7 @@ class Job(models.Model):
     @property
     def code_kind(self) -> str:
         """Where the job's code comes from, as nodes name what they accept (AGENT_CODE)."""
-        if self.bundle_digest:
-            return "bundles"
-        return "examples" if self.module.split(".")[0] == "examples" else "installed"
+        return vocabulary.code_kind(self.module, self.bundle_digest)
 
     @property
     def is_elastic(self) -> bool:

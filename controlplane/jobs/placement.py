@@ -2,7 +2,8 @@
 
 Only nodes whose labels contain every pair of the job's node selector are eligible
 (``{"gpu": "a100"}`` matches a node labelled ``{"gpu": "a100", "zone": "b"}``; an empty
-selector matches every node), as Kubernetes' ``nodeSelector`` does.
+selector matches every node), as Kubernetes' ``nodeSelector`` does, and that run the
+job's kind of code (a node's ``AGENT_CODE``: bundles, installed, examples).
 
 Among the eligible nodes, a job goes on one node when one has room (best fit: the node
 with the fewest free slots that still holds all workers, so large holes stay free for
@@ -16,12 +17,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agent.protocol.vocabulary import CODE_KINDS
+
 
 @dataclass(frozen=True)
 class NodeCapacity:
     node_id: int
     free_slots: int
     labels: Mapping[str, str] = field(default_factory=dict)
+    code_kinds: frozenset[str] = frozenset(CODE_KINDS)
+
+
+def eligible(
+    node: NodeCapacity, node_selector: Mapping[str, str] | None, code_kind: str | None
+) -> bool:
+    """Whether the job's workers may go on ``node`` (slots aside): its labels match the
+    job's node selector and it runs the job's kind of code (None: any)."""
+    return labels_match(node.labels, node_selector) and (
+        code_kind is None or code_kind in node.code_kinds
+    )
 
 
 def labels_match(labels: Mapping[str, str], node_selector: Mapping[str, str] | None) -> bool:
@@ -37,13 +51,16 @@ def node_selector_text(node_selector: Mapping[str, str]) -> str:
 
 
 def plan_placement(
-    nodes: list[NodeCapacity], workers: int, node_selector: Mapping[str, str] | None = None
+    nodes: list[NodeCapacity],
+    workers: int,
+    node_selector: Mapping[str, str] | None = None,
+    code_kind: str | None = None,
 ) -> dict[int, list[int]] | None:
-    """Map node id → ranks for ``workers`` workers on nodes matching ``node_selector``, or
-    None when they do not fit there."""
+    """Map node id → ranks for ``workers`` workers on nodes matching ``node_selector`` that
+    run ``code_kind`` (see :func:`eligible`), or None when they do not fit there."""
     if workers < 1:
         raise ValueError("a job needs at least one worker")
-    usable = [n for n in nodes if n.free_slots > 0 and labels_match(n.labels, node_selector)]
+    usable = [n for n in nodes if n.free_slots > 0 and eligible(n, node_selector, code_kind)]
     fitting = [n for n in usable if n.free_slots >= workers]
     if fitting:
         best = min(fitting, key=lambda n: (n.free_slots, n.node_id))

@@ -216,7 +216,8 @@ def cluster_spec(*, job: Job) -> dict[str, Any]:
 
 
 def node_capacities(nodes: dict[int, Node]) -> list[placement.NodeCapacity]:
-    """What placement needs to know of ``nodes`` (id → node): free slots and labels."""
+    """What placement needs to know of ``nodes`` (id → node): free slots, labels and the
+    kinds of code each runs."""
     busy = dict(
         Worker.objects.filter(node_id__in=nodes, state__in=Worker.ACTIVE)
         .order_by()
@@ -225,7 +226,10 @@ def node_capacities(nodes: dict[int, Node]) -> list[placement.NodeCapacity]:
     )
     return [
         placement.NodeCapacity(
-            node_id=n.id, free_slots=n.slots - busy.get(n.id, 0), labels=n.labels or {}
+            node_id=n.id,
+            free_slots=n.slots - busy.get(n.id, 0),
+            labels=n.labels or {},
+            code_kinds=frozenset(n.code_kinds or ()),
         )
         for n in nodes.values()
     ]

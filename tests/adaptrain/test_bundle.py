@@ -203,6 +203,28 @@ def test_unpack_refuses_archives_that_escape_the_job_directory_before_writing(
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize(
+    "archive, message",
+    [
+        # "x" -> "." is harmless alone; written through it three levels down, "y" would
+        # point three levels up from the job's directory.
+        (evil(("x", None, "."), ("x/x/x/y", None, "../../..")), "lies under 'x', a symbolic"),
+        (evil(("lib", None, "."), ("lib/evil.py", b"x", None)), "lies under 'lib'"),
+        # Each link stays inside on its own; one through the other leads out.
+        (
+            evil(("real/.keep", b"", None), ("b", None, "real/.."), ("c", None, "b/..")),
+            "leads outside the job's directory",
+        ),
+        (evil(("a.py", b"1", None), ("a.py", b"2", None)), "appears twice"),
+    ],
+)
+def test_unpack_refuses_links_that_lead_out_through_other_links(tmp_path, archive, message):
+    outside = tmp_path / "outside-marker"
+    with pytest.raises(BundleError, match=message):
+        unpack(archive, tmp_path / "deep" / "job")
+    assert not outside.exists() and not (tmp_path / "evil.py").exists()
+
+
 def test_unpack_refuses_an_archive_that_unpacks_too_big(tmp_path):
     archive = evil(("a.bin", b"0" * 5000, None))
     with pytest.raises(BundleError, match="over the"):
@@ -214,3 +236,13 @@ def test_a_digest_mismatch_is_an_error_naming_both(tmp_path):
     check_digest(bundle.data, bundle.digest)
     with pytest.raises(BundleError, match=f"expected sha256 {'0' * 64}, got {bundle.digest}"):
         check_digest(bundle.data, "0" * 64)
+
+
+def test_an_archive_made_with_tar_from_inside_the_project_unpacks(tmp_path):
+    # What the new-job form's hint says to run: entries "./", "./train.py", "./pkg/…".
+    project = make_tree(tmp_path / "p", {"train.py": "X = 1\n", "pkg/m.py": "Y = 2\n"})
+    archive = tmp_path / "project.tar.gz"
+    subprocess.run(["tar", "czf", str(archive), "-C", str(project), "."], check=True)
+    unpack(archive.read_bytes(), tmp_path / "job")
+    assert (tmp_path / "job" / "train.py").read_text() == "X = 1\n"
+    assert (tmp_path / "job" / "pkg" / "m.py").read_text() == "Y = 2\n"

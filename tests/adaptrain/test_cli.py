@@ -167,3 +167,25 @@ def test_run_refuses_an_oversized_project_naming_its_biggest_file(cli, tmp_path)
     assert done.returncode == 1
     assert "weights.bin (293.0 KiB)" in done.stderr and ".adaptrainignore" in done.stderr
     assert Job.objects.count() == 0
+
+
+def test_a_policy_is_attached_by_id_by_name_or_made_once_from_a_template(cli):
+    def create(name: str, policy: str):
+        args = ["jobs", "create", "--name", name, "--batch-size", "16", "--lr", "0.1"]
+        return cli(*args, "--policy", policy)
+
+    made = create("from-template", "gns-adaptive-batch")
+    assert made.returncode == 0, made.stderr
+    assert "from template gns-adaptive-batch" in made.stderr
+    policy = Job.objects.get(name="from-template").policy
+    assert policy is not None and policy.name == "GNS-driven adaptive batch size"
+    again = create("template-again", "gns-adaptive-batch")  # the same policy, not a copy
+    assert again.returncode == 0 and "created policy" not in again.stderr
+    by_name = create("by-name", "GNS-driven adaptive batch size")
+    by_id = create("by-id", str(policy.id))
+    assert by_name.returncode == 0 and by_id.returncode == 0, (by_name.stderr, by_id.stderr)
+    assert {j.policy_id for j in Job.objects.all()} == {policy.id}
+    unknown = create("unknown", "no-such-policy")
+    assert unknown.returncode == 1
+    assert "no policy is named 'no-such-policy'" in unknown.stderr
+    assert "gns-adaptive-batch" in unknown.stderr  # the templates it could have meant

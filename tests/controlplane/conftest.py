@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from agent.protocol.vocabulary import CODE_KINDS
 from controlplane.jobs.models import Job, Node
 from controlplane.jobs.services.jobs import job_create
 from controlplane.jobs.services.nodes import join_token_create, node_enrol
@@ -14,9 +15,17 @@ from controlplane.jobs.services.scheduling import job_place
 
 @pytest.fixture
 def nodes():
+    """Two enrolled nodes of two slots, running every kind of code (AGENT_CODE's default)."""
     _, token = join_token_create(label="test", uses=2)
     return [
-        node_enrol(join_token=token, name=f"n{i}", address=f"10.0.0.{i}", slots=2, labels={})[0]
+        node_enrol(
+            join_token=token,
+            name=f"n{i}",
+            address=f"10.0.0.{i}",
+            slots=2,
+            labels={},
+            code=list(CODE_KINDS),
+        )[0]
         for i in (1, 2)
     ]
 
@@ -32,7 +41,13 @@ def node_client(join_token):
     anon = APIClient()
     reply = anon.post(
         "/api/v1/agent/enrol/",
-        {"join_token": join_token, "name": "n1", "address": "127.0.0.1", "slots": 4},
+        {
+            "join_token": join_token,
+            "name": "n1",
+            "address": "127.0.0.1",
+            "slots": 4,
+            "code": list(CODE_KINDS),  # what an agent runs by default (AGENT_CODE)
+        },
         format="json",
     )
     assert reply.status_code == 201, reply.json()

@@ -52,6 +52,23 @@ def multinode_stack(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session")
+def own_code_stack(tmp_path_factory):
+    """One agent with two slots that runs users' own code (AGENT_CODE's default), bundles
+    stored in a directory of the test's (``stack.bundle_dir``), heartbeats every second;
+    ``stack.state_dir`` is the agent's state directory. For tests/e2e/test_own_code.py and
+    the tutorial's test."""
+    bundle_dir = tmp_path_factory.mktemp("bundles")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BUNDLE_DIR", str(bundle_dir))
+        mp.setenv("AGENT_HEARTBEAT_S", "1")
+        mp.delenv("AGENT_CODE", raising=False)
+        for stack in _stack(tmp_path_factory, suffix="own_code", agents=1, slots=2):
+            stack.bundle_dir = bundle_dir
+            stack.state_dir = stack.log_dir / "agents" / "node-1"
+            yield stack
+
+
 def _stack(
     tmp_path_factory,
     *,

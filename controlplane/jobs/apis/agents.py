@@ -13,6 +13,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agent.protocol import vocabulary
 from controlplane.api import ERRORS, OK, ErrorSerializer
 from controlplane.bundles import selectors as bundle_selectors
 from controlplane.bundles import services as bundle_services
@@ -36,6 +37,14 @@ class _AgentVersions(serializers.Serializer):
         required=False,
         allow_null=True,
         help_text="The protocol the agent speaks (absent: 1, an agent from before versions).",
+    )
+    code = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(vocabulary.CODE_KINDS)),
+        required=False,
+        allow_null=True,
+        max_length=len(vocabulary.CODE_KINDS),
+        help_text="The kinds of code the node runs (its AGENT_CODE); absent: installed and "
+        "examples (an agent from before code bundles).",
     )
 
 
@@ -77,6 +86,7 @@ class AgentEnrolApi(APIView):
             labels=v.get("labels", {}),
             agent_version=v.get("agent_version", ""),
             protocol=v.get("protocol"),
+            code=v.get("code"),
         )
         return Response(
             {"node": node.id, "name": node.name, "credential": credential},
@@ -119,6 +129,7 @@ class AgentHeartbeatApi(AgentApi):
             running_jobs=v.get("jobs"),
             agent_version=v.get("agent_version", ""),
             protocol=v.get("protocol"),
+            code=v.get("code"),
         )
         return Response(
             {

@@ -43,6 +43,10 @@ class NodeOutputSerializer(serializers.Serializer):
     )
     agent_version = serializers.CharField(help_text="The agent's package version, as it said.")
     protocol = serializers.IntegerField(allow_null=True, help_text="The protocol it speaks.")
+    code_kinds = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The kinds of code it runs (its AGENT_CODE): bundles, installed, examples.",
+    )
     workers_active = serializers.IntegerField(help_text="Workers running or starting there.")
     last_heartbeat = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField(help_text="When it enrolled.")

@@ -103,12 +103,12 @@ def job_scale(
     needed = value - size
     nodes = {n.id: n for n in Node.objects.schedulable().select_for_update()}
     capacities = selectors.node_capacities(nodes)
-    plan = placement.plan_placement(capacities, needed, job.node_selector)
+    plan = placement.plan_placement(capacities, needed, job.node_selector, job.code_kind)
     if plan is None:
         free = sum(
             max(c.free_slots, 0)
             for c in capacities
-            if placement.labels_match(c.labels, job.node_selector)
+            if placement.eligible(c, job.node_selector, job.code_kind)
         )
         where = (
             f"online nodes (not draining) matching the job's node_selector "
@@ -116,6 +116,7 @@ def job_scale(
             if job.node_selector
             else "online nodes (not draining)"
         )
+        where += f" that run {job.code_kind} code (AGENT_CODE)"
         raise Conflict(
             f"Not enough free slots to grow job {job.id} from {size} to {value} workers: {needed} more "
             f"needed, {free} free on {where}. Add nodes or free slots, then try again.",
@@ -303,7 +304,7 @@ def jobs_grow_to_wanted(*, delay_s: float, max_delay_s: float = 600.0) -> list[i
             free = sum(
                 max(c.free_slots, 0)
                 for c in selectors.node_capacities(nodes)
-                if placement.labels_match(c.labels, job.node_selector)
+                if placement.eligible(c, job.node_selector, job.code_kind)
             )
             value = min(job.wanted_workers, job.workers_max, job.workers_current + free)
             if value <= job.workers_current:

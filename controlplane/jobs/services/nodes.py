@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from agent.protocol import PROTOCOL_VERSION
+from agent.protocol import PROTOCOL_VERSION, vocabulary
 from agent.protocol import rest as agent_rest
 from agent.protocol.control import CLOSE_NODE_REVOKED
 from controlplane.accounts import credentials
@@ -158,6 +158,7 @@ def node_enrol(
     labels: dict[str, str],
     agent_version: str = "",
     protocol: int | None = None,
+    code: list[str] | None = None,
 ) -> tuple[Node, str]:
     """Exchange a join token for a per-node credential (returned once, stored hashed).
 
@@ -192,6 +193,7 @@ def node_enrol(
                 agent_version=agent_version,
                 protocol=protocol,
                 join_token=token,
+                code_kinds=_code_kinds(code),
             )
     except IntegrityError:
         # Another agent enrolled the name between our check and our insert.
@@ -202,6 +204,12 @@ def node_enrol(
     log.info("node %s (id %s) enrolled with join token %s…", name, node.id, token.prefix)
     transaction.on_commit(lambda: enqueue(PLACE_PENDING_JOBS_TASK))
     return node, credential
+
+
+def _code_kinds(code: list[str] | None) -> list[str]:
+    """The kinds of code a node runs, in canonical order (None: its agent did not say)."""
+    said = vocabulary.CODE_KINDS_UNSAID if code is None else code
+    return [kind for kind in vocabulary.CODE_KINDS if kind in said]
 
 
 def _name_taken(holder: Node) -> Conflict:
@@ -266,9 +274,11 @@ def node_heartbeat(
     running_jobs: list[int] | None = None,
     agent_version: str = "",
     protocol: int | None = None,
+    code: list[str] | None = None,
 ) -> list[int]:
-    """Record that the node is alive, and its agent's version and protocol (an agent
-    speaking a protocol not spoken here is refused: see _refuse_incompatible).
+    """Record that the node is alive, and its agent's version, protocol and the kinds of
+    code it runs (an agent speaking a protocol not spoken here is refused: see
+    _refuse_incompatible).
     ``running_jobs``, when given, is the set of jobs whose workers the agent runs now: a
     job the agent started (its start command applied) but no longer runs lost its
     workers — the agent restarted — and fails with that reason.
@@ -281,15 +291,18 @@ def node_heartbeat(
     _refuse_incompatible(node, agent_version, protocol)
     now = timezone.now()
     # Never over a revocation made since the node was authenticated.
+    # An agent that does not say keeps what its node runs (an old agent never says).
+    code_kinds = node.code_kinds if code is None else _code_kinds(code)
     Node.objects.filter(id=node.id).exclude(status=Node.Status.REVOKED).update(
         last_heartbeat=now,
         status=Node.Status.ONLINE,
         status_reason="",
         agent_version=agent_version,
         protocol=protocol,
+        code_kinds=code_kinds,
     )
-    if node.status != Node.Status.ONLINE:
-        # A node back online may make room for queued jobs: place them now, not at the sweep.
+    if node.status != Node.Status.ONLINE or code_kinds != node.code_kinds:
+        # A node back online (or running more kinds of code) may take queued jobs: now.
         transaction.on_commit(lambda: enqueue(PLACE_PENDING_JOBS_TASK))
     if running_jobs is None:
         return []

@@ -8,6 +8,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.db.models import Max
 
+from agent.protocol import vocabulary
 from controlplane.jobs import outbox, placement, selectors
 from controlplane.jobs.lifecycle import SCHEDULER, event_record, job_publish, job_transition
 from controlplane.jobs.models import Command, Event, Job, Node, Run, Worker
@@ -34,7 +35,7 @@ def job_place(*, job_id: int) -> bool:
         # at least its minimum, and is grown to the rest when slots free up.
         size, plan = job.workers_initial, None
         while plan is None and size >= _fewest_to_start(job):
-            plan = placement.plan_placement(capacities, size, job.node_selector)
+            plan = placement.plan_placement(capacities, size, job.node_selector, job.code_kind)
             size -= plan is None
         if plan is None:
             _pending_reason_record(
@@ -100,6 +101,25 @@ def _slots_text(job: Job) -> str:
     return f"{needed} free slot(s)"
 
 
+def _code_refused(job: Job) -> str | None:
+    """Why no enrolled node runs the job's kind of code, or None when one does (or no node
+    is enrolled at all: the job waits for nodes as any job does)."""
+    kind = job.code_kind
+    enrolled = list(Node.objects.enrolled().exclude(status=Node.Status.REVOKED))
+    if not enrolled or any(kind in (n.code_kinds or ()) for n in enrolled):
+        return None
+    what = {
+        vocabulary.CODE_BUNDLES: "code bundles (the job's code was uploaded with it)",
+        vocabulary.CODE_INSTALLED: f"installed code (the job runs {job.module}, not an example)",
+        vocabulary.CODE_EXAMPLES: "the examples",
+    }[kind]
+    return (
+        f"no enrolled node runs {what}: each node's owner chooses what it runs with "
+        f"AGENT_CODE (e.g. AGENT_CODE=bundles,installed,examples); the job stays pending "
+        f"until such a node enrols or changes its AGENT_CODE"
+    )
+
+
 def _pending_reason(job: Job, capacities: list[placement.NodeCapacity]) -> str:
     """Why a job is not placed, with numbers: no enrolled node could ever hold it, or how
     many free slots the schedulable nodes it may use have now against what it needs.
@@ -112,6 +132,7 @@ def _pending_reason(job: Job, capacities: list[placement.NodeCapacity]) -> str:
         n
         for n in Node.objects.enrolled().exclude(status=Node.Status.REVOKED)
         if placement.labels_match(n.labels or {}, job.node_selector)
+        and job.code_kind in (n.code_kinds or ())
     ]
     if not enrolled:
         if selector:
@@ -148,6 +169,9 @@ def _pending_reason_record(
     """Record why a job waits, once per change of reason (the sweep retries every few
     seconds, so the reason follows nodes coming and going and slots freeing up)."""
     reason = _pending_reason(job, capacities)
+    refused = _code_refused(job)
+    if refused is not None:
+        reason = refused
     if busy_nodes:
         held = ", ".join(f"{name} (run {number})" for name, number in sorted(busy_nodes.items()))
         reason += f"; not on {held}, which still run(s) workers of an earlier run of the job"

@@ -99,3 +99,10 @@ def test_slots_default_to_the_gpus_nvml_lists_and_user_labels_win(monkeypatch):
     assert config.labels["gpu"] == "mine"  # AGENT_LABELS over the automatic label
     assert load_config({"AGENT_GPUS": "1"}).slots == 1
     assert load_config({"AGENT_SLOTS": "5"}).slots == 5
+
+
+def test_agent_code_says_which_kinds_of_code_the_node_runs():
+    assert load_config({}).code == ("bundles", "installed", "examples")  # the default
+    assert load_config({"AGENT_CODE": " Examples, installed "}).code == ("installed", "examples")
+    with pytest.raises(ConfigError, match="AGENT_CODE='bundle': 'bundle' is not a kind of code"):
+        load_config({"AGENT_CODE": "bundle"})

@@ -3,7 +3,7 @@ spread in contiguous rank ranges."""
 
 import pytest
 
-from controlplane.jobs.placement import NodeCapacity, labels_match, plan_placement
+from controlplane.jobs.placement import NodeCapacity, eligible, labels_match, plan_placement
 
 
 def test_job_goes_to_the_tightest_node_that_holds_it():
@@ -58,3 +58,14 @@ def test_an_empty_selector_matches_every_node_and_a_label_needs_its_exact_value(
     assert not labels_match({"gpu": "A100"}, GPU)
     assert not labels_match({"GPU": "a100"}, GPU)
     assert plan_placement([NodeCapacity(1, 2, {"x": "y"})], 2, {}) == {1: [0, 1]}
+
+
+def test_only_nodes_that_run_the_jobs_kind_of_code_are_used():
+    strict = frozenset({"installed", "examples"})
+    nodes = [NodeCapacity(1, 1, {}, strict), NodeCapacity(2, 4, {})]
+    # Node 1 is the tighter fit, but does not run code bundles (its AGENT_CODE).
+    assert plan_placement(nodes, 1, None, "bundles") == {2: [0]}
+    assert plan_placement(nodes, 1, None, "examples") == {1: [0]}
+    assert plan_placement([nodes[0]], 1, None, "bundles") is None
+    assert plan_placement(nodes, 5, None, "bundles") is None  # 1 + 4 slots, but not for bundles
+    assert eligible(nodes[0], {}, None) and not eligible(nodes[0], {}, "bundles")
