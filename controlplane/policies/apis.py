@@ -275,7 +275,7 @@ REPLAY_RUN_HELP = (
 
 class PolicyReplayApi(APIView):
     class InputSerializer(serializers.Serializer):
-        job = serializers.IntegerField(min_value=1)
+        job = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
         run = serializers.IntegerField(
             min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP
         )
@@ -295,7 +295,7 @@ class PolicyDefinitionReplayApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         definition = serializers.JSONField()
-        job = serializers.IntegerField(min_value=1)
+        job = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
         run = serializers.IntegerField(
             min_value=1, required=False, allow_null=True, help_text=REPLAY_RUN_HELP
         )
@@ -320,7 +320,7 @@ class JobPolicyApi(APIView):
     staff), ``{"policy": null}`` detaches it."""
 
     class InputSerializer(serializers.Serializer):
-        policy = serializers.IntegerField(min_value=1, allow_null=True)
+        policy = serializers.IntegerField(min_value=1, max_value=2**31 - 1, allow_null=True)
 
     @extend_schema(
         request=InputSerializer,

@@ -97,7 +97,9 @@ class AgentEnrolApi(APIView):
 class AgentHeartbeatApi(AgentApi):
     class InputSerializer(_AgentVersions):
         jobs = serializers.ListField(
-            child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
+            child=serializers.IntegerField(min_value=1, max_value=2**31 - 1),
+            required=False,
+            max_length=10_000,
         )
 
     @extend_schema(
@@ -209,7 +211,9 @@ class AgentGoodbyeApi(AgentApi):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
         detached = serializers.ListField(
-            child=serializers.IntegerField(min_value=1), required=False, max_length=10_000
+            child=serializers.IntegerField(min_value=1, max_value=2**31 - 1),
+            required=False,
+            max_length=10_000,
         )
 
     @extend_schema(request=InputSerializer, responses={200: OK, **ERRORS})
