@@ -195,10 +195,11 @@ def test_a_node_that_does_not_accept_bundles_refuses_them_and_jobs_wait_saying_w
 ):
     stack = own_code_stack
     project = make_project(tmp_path / "project", **{"refused.txt": "1"})
-    # The agent stops; the node still counts as online for a while, so a job is placed
-    # there — and then its owner restarts it not accepting bundles.
+    # The agent dies without saying goodbye (kill -9; a SIGTERM'd agent says goodbye and
+    # its node goes offline at once): the node still counts as online for a while, so a
+    # job is placed there — and then its owner restarts it not accepting bundles.
     agent = stack.processes.pop(AGENT)
-    agent.send_signal(signal.SIGTERM)
+    agent.kill()
     agent.wait(timeout=20)
     job = adaptrain_run(stack, project, "--entrypoint", "train:main")
     stack.agent_env[AGENT]["AGENT_CODE"] = "installed,examples"
