@@ -4,20 +4,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0019_node_code_kinds'),
+        ("jobs", "0019_node_code_kinds"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='job',
-            name='topology',
-            field=models.CharField(choices=[('ring', 'Ring'), ('tree', 'Tree'), ('star', 'Star'), ('hierarchical', 'Hierarchical'), ('auto', 'Auto')], default='ring', max_length=16),
+            model_name="job",
+            name="topology",
+            field=models.CharField(
+                choices=[
+                    ("ring", "Ring"),
+                    ("tree", "Tree"),
+                    ("star", "Star"),
+                    ("hierarchical", "Hierarchical"),
+                    ("auto", "Auto"),
+                ],
+                default="ring",
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='job',
-            name='topology_initial',
-            field=models.CharField(choices=[('ring', 'Ring'), ('tree', 'Tree'), ('star', 'Star'), ('hierarchical', 'Hierarchical'), ('auto', 'Auto')], default='ring', max_length=16),
+            model_name="job",
+            name="topology_initial",
+            field=models.CharField(
+                choices=[
+                    ("ring", "Ring"),
+                    ("tree", "Tree"),
+                    ("star", "Star"),
+                    ("hierarchical", "Hierarchical"),
+                    ("auto", "Auto"),
+                ],
+                default="ring",
+                max_length=16,
+            ),
         ),
     ]

@@ -137,3 +137,43 @@ def test_one_node_one_rank_per_node_or_unequal_nodes_run_the_flat_ring(per_node:
     for rank, (asked, auto) in results.items():
         assert asked == "ring", f"rank {rank}"
         assert auto == "ring", f"rank {rank}"
+
+
+def _killed_mid_hierarchical(rank: int, peers: list[str], victim: int) -> tuple[str, str, float]:
+    import os
+    import signal
+    import threading
+    import time
+
+    from agent.native import CollectiveError
+
+    peers = on_nodes(peers, [2, 2])
+    comm = Communicator(rank, peers, timeout_s=4.0, algorithm="hierarchical")
+    x = np.ones(1 << 20, dtype=np.float32)
+    comm.allreduce(x)  # connected and in step
+    assert comm.allreduce_algorithm(x.size) == "hierarchical"
+    if rank == victim:
+        threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGKILL)).start()
+    for _ in range(10_000):
+        started = time.monotonic()
+        try:
+            comm.allreduce(x)
+        except CollectiveError as error:
+            assert comm.closed
+            return type(error).__name__, str(error), time.monotonic() - started
+    raise AssertionError("allreduce kept working after a rank was killed")
+
+
+@pytest.mark.parametrize("victim", [0, 3])
+def test_a_rank_killed_mid_call_makes_every_survivor_fail_on_both_nodes(victim: int) -> None:
+    # Survivors on the other node only share a sub-ring with the victim's
+    # node-mates: the failure must still reach them (a failing rank closes all
+    # its links), well within the timeout rather than by it.
+    results = run_ranks(_killed_mid_hierarchical, 4, victim, timeout_s=60)
+    survivors = sorted(set(range(4)) - {victim})
+    assert sorted(results) == survivors
+    for rank in survivors:
+        kind, message, elapsed = results[rank]
+        assert kind in ("CollectiveError", "CollectiveTimeout"), message
+        assert f"allreduce on rank {rank}" in message
+        assert elapsed < 4.0 + 1.0
