@@ -46,7 +46,7 @@ def power_mean(values: Sequence[float], p: float) -> float:
         return math.exp(sum(math.log(v) for v in values) / len(values)) if min(values) > 0 else 0.0
     if p < 0 and min(values) <= 0:
         return 0.0
-    return (sum(v**p for v in values) / len(values)) ** (1.0 / p)
+    return float((sum(v**p for v in values) / len(values)) ** (1.0 / p))
 
 
 def nodes_for(workers: int, slots_per_node: int) -> int:

@@ -154,17 +154,18 @@ def fit_step_time(samples: Sequence[StepSample]) -> StepTimeModel:
     model = StepTimeModel(alpha, beta, fit_in[0], fit_in[1], fit_x[0], fit_x[1])
     timed = [s for s in samples if s.step_time is not None and s.workers > 1]
     if timed:
-        errors = []
+        errors: list[float] = []
         for gamma in _GAMMAS:
             candidate = StepTimeModel(alpha, beta, *fit_in, *fit_x, gamma=float(gamma))
+            predicted = [
+                float(candidate.step_time(s.local_batch, s.workers, s.nodes)) for s in timed
+            ]
             errors.append(
-                sum(
-                    (candidate.step_time(s.local_batch, s.workers, s.nodes) - (s.step_time or 0.0))
-                    ** 2
-                    for s in timed
-                )
+                sum((p - (s.step_time or 0.0)) ** 2 for p, s in zip(predicted, timed, strict=True))
             )
-        model = StepTimeModel(alpha, beta, *fit_in, *fit_x, gamma=float(_GAMMAS[int(np.argmin(errors))]))
+        model = StepTimeModel(
+            alpha, beta, *fit_in, *fit_x, gamma=float(_GAMMAS[int(np.argmin(errors))])
+        )
     return model
 
 
@@ -177,11 +178,17 @@ class JobModel:
     gns: float
     base_batch: float
 
-    def throughput(self, batch: float | np.ndarray, workers: int, nodes: int = 1) -> float | np.ndarray:
+    def throughput(
+        self, batch: float | np.ndarray, workers: int, nodes: int = 1
+    ) -> float | np.ndarray:
         """Samples per second at global batch ``batch``."""
-        return batch / self.step_time.step_time(np.asarray(batch, dtype=float) / workers, workers, nodes)
+        return batch / self.step_time.step_time(
+            np.asarray(batch, dtype=float) / workers, workers, nodes
+        )
 
-    def goodput(self, batch: float | np.ndarray, workers: int, nodes: int = 1) -> float | np.ndarray:
+    def goodput(
+        self, batch: float | np.ndarray, workers: int, nodes: int = 1
+    ) -> float | np.ndarray:
         """Throughput × statistical efficiency (base-batch-equivalent samples per second)."""
         return self.throughput(batch, workers, nodes) * efficiency(
             batch, gns=self.gns, base_batch=self.base_batch

@@ -27,7 +27,9 @@ def test_efficiency_is_one_at_the_base_batch_and_falls_as_the_batch_outgrows_the
     assert efficiency(16, gns=100.0, base_batch=64) == pytest.approx(164 / 116)
     # No noise: a sample at batch M is worth M0/M.
     assert efficiency(128, gns=0.0, base_batch=32) == pytest.approx(0.25)
-    assert np.allclose(efficiency(np.array([64.0, 256.0]), gns=100.0, base_batch=64), [1, 164 / 356])
+    assert np.allclose(
+        efficiency(np.array([64.0, 256.0]), gns=100.0, base_batch=64), [1, 164 / 356]
+    )
 
 
 def test_efficiency_refuses_a_negative_noise_scale_or_base_batch():
