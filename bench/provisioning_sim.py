@@ -261,8 +261,9 @@ def main() -> None:
     common = {
         "date": stamp,
         "machine": "simulation (no hardware measured)",
-        "command": "python -m bench.provisioning_sim --json "
-        + " ".join(sys.argv[1:]).replace("--json", "").strip(),
+        "command": " ".join(
+            ["python -m bench.provisioning_sim --json", *(a for a in sys.argv[1:] if a != "--json")]
+        ),
         "benchmark": "provisioning_sim",
         "seeds": args.seeds,
         "jobs": args.jobs,

@@ -14,6 +14,10 @@ default 10; slope is the least-squares change per step), and for the rule itself
 ``seconds_since_fired`` (counted from the job's start when it never fired) and the map
 ``last_fire`` of the scalar inputs it saw when it last fired (empty if never; test with
 ``has(last_fire.throughput)``).
+
+Besides the actions a user may command, a rule may ask ``optimize_goodput``: the engine
+works out the batch with the highest goodput for the job's current workers from its
+recent step times and noise scale (``goodput.py``) and fires a ``set_batch_size``.
 """
 
 from __future__ import annotations
