@@ -132,6 +132,7 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     common = {
         "date": stamp,
+        "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
         "command": " ".join(
             ["python -m bench.adaptive_outcome --json", *(a for a in sys.argv[1:] if a != "--json")]
         ),
