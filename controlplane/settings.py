@@ -11,7 +11,8 @@ Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
 (comma-separated), ``DEBUG`` (true/false), ``DJANGO_ENV``, ``CSRF_TRUSTED_ORIGINS``,
 ``AGENT_HEARTBEAT_TIMEOUT_S``, ``POLICY_EVAL_INTERVAL_S``, ``COMMAND_TTL_S``,
 ``RESCALE_JOIN_TIMEOUT_S``, ``AUTO_GROW_DELAY_S``, ``CHANNEL_REFRESH_S``,
-``CONTROL_PLANE_URL``, ``LOG_RETENTION_DAYS``, ``LOG_MAX_BYTES_PER_RUN``.
+``CONTROL_PLANE_URL``, ``LOG_RETENTION_DAYS``, ``LOG_MAX_BYTES_PER_RUN``,
+``GOODPUT_ALLOCATOR_INTERVAL_S``, ``GOODPUT_RESTART_S``.
 """
 
 from __future__ import annotations
@@ -217,6 +218,15 @@ RESCALE_JOIN_TIMEOUT_S = env_float("RESCALE_JOIN_TIMEOUT_S", 180.0)
 # An elastic job below its wanted size is grown back once its membership has been still
 # this long (doubled after each failed grow of the scheduler's, up to 10 minutes).
 AUTO_GROW_DELAY_S = env_float("AUTO_GROW_DELAY_S", 30.0)
+# Goodput-driven provisioning (controlplane.policies.provisioning): every this many seconds
+# slots move between running elastic jobs to maximise their speedups (0: off, the default);
+# a change is weighed as costing the job GOODPUT_RESTART_S seconds.
+GOODPUT_ALLOCATOR_INTERVAL_S = env_float("GOODPUT_ALLOCATOR_INTERVAL_S", 0.0)
+GOODPUT_RESTART_S = env_float("GOODPUT_RESTART_S", 30.0)
+if GOODPUT_ALLOCATOR_INTERVAL_S < 0 or GOODPUT_RESTART_S < 0:
+    raise ImproperlyConfigured(
+        "GOODPUT_ALLOCATOR_INTERVAL_S and GOODPUT_RESTART_S must be 0 or positive seconds."
+    )
 # The URL agents reach the control plane at, written into the setup the nodes page's
 # "Add a node" shows (AGENT_SERVER); unset: the URL the admin's browser reached it at.
 CONTROL_PLANE_URL = os.environ.get("CONTROL_PLANE_URL", "").strip().rstrip("/")
@@ -251,6 +261,11 @@ CELERY_BEAT_SCHEDULE = {
     "apply-metric-retention": {"task": "live.apply_retention", "schedule": 3600.0},
     "apply-log-retention": {"task": "logs.apply_retention", "schedule": 3600.0},
 }
+if GOODPUT_ALLOCATOR_INTERVAL_S > 0:
+    CELERY_BEAT_SCHEDULE["allocate-cluster"] = {
+        "task": "policies.allocate_cluster",
+        "schedule": GOODPUT_ALLOCATOR_INTERVAL_S,
+    }
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -107,6 +107,20 @@ ACTION_VALUES: Mapping[str, type[int] | type[float] | Terms | None] = MappingPro
     }
 )
 
+# What only a policy rule may ask: the control plane works out the command it becomes.
+OPTIMIZE_GOODPUT = "optimize_goodput"
+POLICY_ACTIONS = Terms(
+    {
+        **ACTIONS.descriptions,
+        OPTIMIZE_GOODPUT: "(policies only) set the batch size with the highest goodput for the "
+        "job's current workers, from its step times and noise scale (Pollux); issued as "
+        "set_batch_size, the lr following the job's lr_scaling rule (adascale: AdaScale)",
+    }
+)
+POLICY_ACTION_VALUES: Mapping[str, type[int] | type[float] | Terms | None] = MappingProxyType(
+    {**ACTION_VALUES, OPTIMIZE_GOODPUT: None}
+)
+
 # -- learning-rate scaling when the batch size changes (the lr_scaling hyper-parameter) ------
 LR_SCALING_RULES = Terms(
     {
@@ -226,9 +240,9 @@ LOG_STREAMS = Terms(
 def vocabulary() -> dict[str, Any]:
     """Every group above as JSON-able data, for the browser and API clients."""
     actions = []
-    for name in ACTIONS:
-        kind = ACTION_VALUES[name]
-        action: dict[str, Any] = {"name": name, "description": ACTIONS.descriptions[name]}
+    for name in POLICY_ACTIONS:
+        kind = POLICY_ACTION_VALUES[name]
+        action: dict[str, Any] = {"name": name, "description": POLICY_ACTIONS.descriptions[name]}
         if isinstance(kind, Terms):
             action.update(value="choice", choices=list(kind))
         else:

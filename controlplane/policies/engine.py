@@ -14,6 +14,10 @@ default 10; slope is the least-squares change per step), and for the rule itself
 ``seconds_since_fired`` (counted from the job's start when it never fired) and the map
 ``last_fire`` of the scalar inputs it saw when it last fired (empty if never; test with
 ``has(last_fire.throughput)``).
+
+Besides the actions a user may command, a rule may ask ``optimize_goodput``: the engine
+works out the batch with the highest goodput for the job's current workers from its
+recent step times and noise scale (``goodput.py``) and fires a ``set_batch_size``.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError
 
 from agent.protocol import vocabulary
+from controlplane.policies import goodput
 
 # Actions and metric names come from the vocabulary agents and workers share.
 ACTION_TYPES = tuple(vocabulary.ACTIONS)
+# What a rule may ask: the actions, and the ones the engine turns into an action itself.
+POLICY_ACTION_TYPES = tuple(vocabulary.POLICY_ACTIONS)
 NUMERIC_ACTIONS: dict[str, type[int] | type[float]] = {
     name: kind for name, kind in vocabulary.ACTION_VALUES.items() if kind in (int, float)
 }
@@ -292,9 +299,9 @@ def parse_policy(document: Any) -> Policy:
         if not isinstance(action, dict):
             raise PolicyError("must be an object with a type", path=f"{where}.action")
         action_type = action.get("type")
-        if action_type not in ACTION_TYPES:
+        if action_type not in POLICY_ACTION_TYPES:
             raise PolicyError(
-                f"unknown action {action_type!r}; use one of {', '.join(ACTION_TYPES)}",
+                f"unknown action {action_type!r}; use one of {', '.join(POLICY_ACTION_TYPES)}",
                 path=f"{where}.action.type",
             )
         value = action.get("value")
@@ -468,7 +475,14 @@ def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutc
     if rule.max_per_hour is not None and history.fired_last_hour >= rule.max_per_hour:
         return RuleOutcome(rule.name, condition, None, consecutive)
     value: Any = None
-    if rule.value is not None:
+    action_type = rule.action_type
+    extra: dict[str, Any] = {}
+    if action_type == vocabulary.OPTIMIZE_GOODPUT:
+        choice = goodput_choice(rule, state)
+        if choice is None:
+            return RuleOutcome(rule.name, condition, None, consecutive)
+        action_type, value, extra = vocabulary.SET_BATCH_SIZE, choice.batch, choice.inputs()
+    elif rule.value is not None:
         raw = _evaluate(rule.value, variables)
         if rule.action_type in NUMERIC_ACTIONS:
             if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
@@ -488,9 +502,117 @@ def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutc
             if raw not in CHOICE_ACTIONS[rule.action_type]:
                 return RuleOutcome(rule.name, condition, None, consecutive)
             value = raw
-    inputs = {k: v for k, v in variables.items() if not isinstance(v, dict)}
-    firing = Firing(rule=rule.name, action_type=rule.action_type, value=value, inputs=inputs)
+    inputs = {k: v for k, v in variables.items() if not isinstance(v, dict)} | extra
+    firing = Firing(rule=rule.name, action_type=action_type, value=value, inputs=inputs)
     return RuleOutcome(rule.name, condition, firing, 0)
+
+
+# optimize_goodput: the fewest aligned measurements to fit step times from, the least
+# predicted gain worth a change (the model's error is of that order), and how far one
+# decision may move the batch (the fit extrapolates poorly far from what it saw).
+GOODPUT_MIN_SAMPLES = 3
+GOODPUT_MIN_GAIN = 0.05
+GOODPUT_MAX_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class GoodputChoice:
+    """The batch optimize_goodput picked, with the model's figures before and after."""
+
+    batch: int
+    goodput_now: float
+    goodput_best: float
+    throughput_now: float
+    throughput_best: float
+    efficiency_best: float
+    gns: float
+
+    def inputs(self) -> dict[str, Any]:
+        return {
+            "goodput_now": round(self.goodput_now, 6),
+            "goodput_best": round(self.goodput_best, 6),
+            "throughput_now": round(self.throughput_now, 6),
+            "throughput_best": round(self.throughput_best, 6),
+            "efficiency_best": round(self.efficiency_best, 6),
+            "predicted_gain": round(self.goodput_best / self.goodput_now - 1.0, 6),
+            "gns_used": round(self.gns, 6),
+        }
+
+
+def _at(series: list[tuple[int, float]], step: int, default: float) -> float:
+    """The series' value at ``step``: its last point at or before it (else ``default``)."""
+    value = default
+    for s, v in series:
+        if s > step:
+            break
+        value = v
+    return value
+
+
+def goodput_samples(state: JobState) -> list[goodput.StepSample]:
+    """Step-time measurements from the job's recent window: each step with both compute_time
+    and comm_time, at the batch and worker count in force then (one node assumed: the
+    decision is for the job's current layout, so the fit only has to describe that)."""
+    compute = dict(state.recent.get("compute_time", []))
+    comm = dict(state.recent.get("comm_time", []))
+    total = dict(state.recent.get("step_time", []))
+    batches = state.recent.get("batch_size", [])
+    workers = state.recent.get("workers", [])
+    samples = []
+    for step in sorted(compute.keys() & comm.keys()):
+        k = max(1, int(_at(workers, step, state.workers)))
+        batch = _at(batches, step, state.batch_size)
+        if batch <= 0 or not all(math.isfinite(x) for x in (compute[step], comm[step], batch)):
+            continue
+        samples.append(
+            goodput.StepSample(
+                local_batch=batch / k,
+                workers=k,
+                nodes=1,
+                compute_time=max(0.0, compute[step]),
+                comm_time=max(0.0, comm[step]),
+                step_time=total.get(step),
+            )
+        )
+    return samples
+
+
+def goodput_choice(rule: Rule, state: JobState) -> GoodputChoice | None:
+    """The batch with the highest goodput for the job's current workers (within the rule's
+    bounds and a factor GOODPUT_MAX_FACTOR of the current batch), or None when the job has
+    not reported enough to say (no gns, fewer than GOODPUT_MIN_SAMPLES step times) or the
+    best is not GOODPUT_MIN_GAIN better than staying put."""
+    noise = [v for _, v in state.recent.get("gns", []) if math.isfinite(v) and v >= 0]
+    samples = goodput_samples(state)
+    if not noise or len(samples) < GOODPUT_MIN_SAMPLES or state.batch_size < 1:
+        return None
+    workers = max(1, state.workers)
+    gns = sum(noise) / len(noise)
+    try:
+        model = goodput.JobModel(goodput.fit_step_time(samples), gns, float(state.batch_size))
+        high = state.batch_size * GOODPUT_MAX_FACTOR
+        low = state.batch_size / GOODPUT_MAX_FACTOR
+        if rule.bound_max is not None:
+            high = min(high, rule.bound_max)
+        if rule.bound_min is not None:
+            low = max(low, rule.bound_min)
+        best = goodput.best_batch(
+            model, workers, min_batch=max(workers, math.ceil(low)), max_batch=int(high)
+        )
+    except goodput.GoodputError:
+        return None
+    now = float(model.goodput(state.batch_size, workers))
+    if best.batch == state.batch_size or best.goodput < now * (1.0 + GOODPUT_MIN_GAIN):
+        return None
+    return GoodputChoice(
+        batch=best.batch,
+        goodput_now=now,
+        goodput_best=best.goodput,
+        throughput_now=float(model.throughput(state.batch_size, workers)),
+        throughput_best=best.throughput,
+        efficiency_best=best.efficiency,
+        gns=gns,
+    )
 
 
 def evaluate_policy(

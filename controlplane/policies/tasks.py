@@ -3,9 +3,10 @@
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 from controlplane.jobs.models import Job
-from controlplane.policies import services
+from controlplane.policies import provisioning, services
 
 log = logging.getLogger(__name__)
 
@@ -24,3 +25,15 @@ def evaluate_running_jobs() -> None:
     ).values_list("id", flat=True)
     for job_id in job_ids:
         services.job_policy_evaluate(job_id=job_id)
+
+
+@shared_task(name="policies.allocate_cluster", acks_late=True, time_limit=120)
+def allocate_cluster() -> None:
+    """Goodput-driven provisioning (provisioning.cluster_allocate), when it is switched on."""
+    interval = settings.GOODPUT_ALLOCATOR_INTERVAL_S
+    if interval <= 0:
+        return
+    for move in provisioning.cluster_allocate(
+        interval_s=interval, restart_s=settings.GOODPUT_RESTART_S
+    ):
+        log.info("goodput allocation: %s", move)

@@ -1,0 +1,1 @@
+"""A teacher–student classification task, generated (no download), where batch size matters."""

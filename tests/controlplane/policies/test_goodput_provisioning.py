@@ -1,0 +1,99 @@
+"""Goodput-driven provisioning on the real control plane (services, PostgreSQL): running
+elastic jobs that reported step times and a noise scale get slots moved to the one that
+gains from them, through scale_workers commands; jobs without measurements keep theirs;
+the beat task does nothing unless switched on."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from controlplane.jobs.models import Command, Event
+from controlplane.jobs.services.nodes import join_token_create, node_enrol
+from controlplane.metrics.models import MetricPoint
+from controlplane.policies import provisioning, tasks
+from controlplane.policies.goodput import StepTimeModel
+from tests.controlplane.jobs.agent_steps import new_job, start
+
+pytestmark = pytest.mark.django_db
+
+SCALABLE = StepTimeModel(0.01, 0.002, 0.002, 0.0, 0.002, 0.0)  # cheap sync
+POOR = StepTimeModel(0.001, 0.0001, 0.2, 0.0, 0.2, 0.0)  # sync dwarfs compute
+
+
+@pytest.fixture
+def big_node():
+    _, token = join_token_create(label="test")
+    return node_enrol(join_token=token, name="big", address="10.0.0.9", slots=8, labels={})[0]
+
+
+def report(job, truth, gns):
+    """Whole-job step times at two batch sizes with the job's 4 workers."""
+    now = timezone.now()
+    points = []
+    for i, batch in enumerate([32, 32, 64, 64]):
+        values = {
+            "compute_time": truth.compute_time(batch / 4),
+            "comm_time": truth.sync_time(4, 1),
+            "batch_size": batch,
+            "workers": 4,
+            "gns": gns,
+        }
+        points += [
+            MetricPoint(
+                job=job, run_id=job.current_run_id, name=name, rank=None, step=10 * (i + 1),
+                value=value, time=now - timedelta(seconds=10 - i),
+            )
+            for name, value in values.items()
+        ]  # fmt: skip
+    MetricPoint.objects.bulk_create(points)
+
+
+def test_slots_move_from_the_job_that_cannot_use_them_to_the_one_that_can(user, big_node):
+    scalable = start(new_job(user, initial=4, low=1, high=7))
+    poor = start(new_job(user, initial=4, low=1, high=7))
+    report(scalable, SCALABLE, gns=4000.0)
+    report(poor, POOR, gns=10.0)
+    moves = provisioning.cluster_allocate(interval_s=60.0, restart_s=0.0)
+    by_job = {m.job_id: m for m in moves}
+    # The poor job shrinks first (to one worker: a second one only adds sync time).
+    assert by_job[poor.id].workers_to == 1 and by_job[poor.id].carried_out
+    shrink = Command.objects.get(job=poor, type="scale_workers")
+    assert shrink.payload == {"value": 1} and shrink.issued_by == "provisioning:goodput"
+    assert by_job[scalable.id].workers_to == 7
+    decision = Event.objects.filter(job=poor, kind="decision").first()
+    assert "4 → 1 workers" in decision.message
+    assert decision.data["speedup_to"] > decision.data["speedup_from"]
+    # The grow waits for the shrink's workers to leave: asked, refused for want of
+    # room, recorded on the job; the next round carries it out.
+    if not by_job[scalable.id].carried_out:
+        assert "Not enough free slots" in by_job[scalable.id].reason
+        assert Event.objects.filter(job=scalable, message__contains="not carried out").exists()
+
+
+def test_jobs_without_measurements_are_left_as_they_are(user, big_node):
+    measured = start(new_job(user, initial=4, low=1, high=7))
+    unmeasured = start(new_job(user, initial=4, low=1, high=7))
+    report(measured, POOR, gns=10.0)
+    moves = provisioning.cluster_allocate(interval_s=60.0, restart_s=0.0)
+    assert [m.job_id for m in moves] == [measured.id]
+    assert not Command.objects.filter(job=unmeasured, type="scale_workers").exists()
+
+
+def test_the_restart_penalty_keeps_a_job_put_when_moving_gains_little(user, big_node):
+    a = start(new_job(user, initial=4, low=1, high=7))
+    b = start(new_job(user, initial=4, low=1, high=7))
+    report(a, SCALABLE, gns=4000.0)
+    report(b, SCALABLE, gns=3000.0)
+    assert provisioning.cluster_allocate(interval_s=60.0, restart_s=50.0) == []
+
+
+def test_the_beat_task_does_nothing_unless_switched_on(user, big_node, settings):
+    poor = start(new_job(user, initial=4, low=1, high=7))
+    report(poor, POOR, gns=10.0)
+    settings.GOODPUT_ALLOCATOR_INTERVAL_S = 0.0
+    tasks.allocate_cluster()
+    assert not Command.objects.filter(job=poor, type="scale_workers").exists()
+    settings.GOODPUT_ALLOCATOR_INTERVAL_S = 30.0
+    tasks.allocate_cluster()
+    assert Command.objects.get(job=poor, type="scale_workers").payload == {"value": 1}
