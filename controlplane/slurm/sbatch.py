@@ -22,6 +22,8 @@ GRES_FORM = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")  # gpu:2, gpu:a100:2
 TIME_FORM = re.compile(r"^(\d+(-\d{1,2}(:\d{1,2}){0,2}|(:\d{1,2}){1,2})?|UNLIMITED|unlimited)$")
 JOB_NAME = "adaptrain-agents"
 COMMAND_TIMEOUT_S = 30.0
+# Passed on from the control plane's environment to sbatch (and so to the job).
+BASE_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "SLURM_CONF")
 
 # squeue's states, and the allocation status each means.
 QUEUE_STATES = {
@@ -108,7 +110,7 @@ def job_environment(
 ) -> dict[str, str]:
     """The environment sbatch exports to the job: a small base (not the control plane's
     own, which holds its secrets) plus the agents' settings."""
-    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
+    env = {k: os.environ[k] for k in BASE_ENVIRONMENT if k in os.environ}
     for word in shlex.split(agent_env):
         key, sep, value = word.partition("=")
         if not sep or not key:
