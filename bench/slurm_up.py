@@ -82,7 +82,9 @@ def main() -> None:
         with running_stack(name="slurm_up") as stack:
             for i in range(args.repeats):
                 start = time.monotonic()
-                allocation = json.loads(_cli(stack, "slurm", "up", "--nodes", "1", "--wait", "--json"))
+                allocation = json.loads(
+                    _cli(stack, "slurm", "up", "--nodes", "1", "--wait", "--json")
+                )
                 took = time.monotonic() - start
                 job_id = allocation["slurm_job_id"]
                 samples.append(took)

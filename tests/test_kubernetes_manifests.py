@@ -26,7 +26,14 @@ ADMIN_SECRETS = {"adaptrain-secrets", "adaptrain-join-token"}
 def render(directory: Path) -> list[dict]:
     """What ``kustomize build directory`` gives for the features these manifests use."""
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+    unknown = set(kustomization) - {
+        "apiVersion",
+        "kind",
+        "namespace",
+        "labels",
+        "resources",
+        "images",
+    }
     assert not unknown, f"render() does not implement kustomize's {unknown}"
     objects: list[dict] = []
     for resource in kustomization.get("resources", []):
@@ -68,7 +75,9 @@ def test_every_object_is_valid_against_the_pinned_kubernetes_api(overlay):
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{overlay}: {_key(obj)} is not valid Kubernetes {KUBERNETES_VERSION}: {exc.message}")
+            pytest.fail(
+                f"{overlay}: {_key(obj)} is not valid Kubernetes {KUBERNETES_VERSION}: {exc.message}"
+            )
 
 
 def test_the_validator_refuses_a_wrong_object():

@@ -1,7 +1,7 @@
 """``adaptrain slurm …``: agents on Slurm allocations (staff; docs/slurm.md).
 
-    adaptrain slurm up --nodes 2 --partition gpu --gres gpu:4 --time 8:00:00 [--wait]
-    adaptrain slurm list | adaptrain slurm show 3 | adaptrain slurm down 3
+adaptrain slurm up --nodes 2 --partition gpu --gres gpu:4 --time 8:00:00 [--wait]
+adaptrain slurm list | adaptrain slurm show 3 | adaptrain slurm down 3
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def cmd_up(args: argparse.Namespace) -> None:
         if args.json:
             show(args, allocation)
         else:
-            print(f"allocation {allocation['id']}: Slurm job {allocation['slurm_job_id']} "
-                  f"({allocation['status']})")
+            print(
+                f"allocation {allocation['id']}: Slurm job {allocation['slurm_job_id']} "
+                f"({allocation['status']})"
+            )
         return
     deadline = time.monotonic() + args.wait_timeout
     while True:
@@ -58,8 +60,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     if args.json:
         show(args, allocation)
     else:
-        print(f"allocation {allocation['id']}: Slurm job {allocation['slurm_job_id']}, "
-              f"node(s) online: {', '.join(allocation['node_names'])}")
+        print(
+            f"allocation {allocation['id']}: Slurm job {allocation['slurm_job_id']}, "
+            f"node(s) online: {', '.join(allocation['node_names'])}"
+        )
 
 
 def cmd_list(args: argparse.Namespace) -> None:

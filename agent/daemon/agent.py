@@ -299,7 +299,9 @@ class Agent:
         have left at a step boundary and been reported. What is left after that is stopped
         as with AGENT_ON_EXIT=stop."""
         loop = asyncio.get_running_loop()
-        log.info("leaving: asking the control plane to shrink %d job(s) off this node", len(self.groups))
+        log.info(
+            "leaving: asking the control plane to shrink %d job(s) off this node", len(self.groups)
+        )
         try:
             kept = await asyncio.wait_for(
                 self.client.leave("its agent was asked to stop (SIGTERM)"), GOODBYE_TIMEOUT_S

@@ -120,7 +120,8 @@ def _on_exit(env: Mapping[str, str]) -> str:
     value = (env.get("AGENT_ON_EXIT") or "detach").strip().lower()
     if value not in ("detach", "stop", "leave"):
         raise ConfigError(
-            f"AGENT_ON_EXIT={env.get('AGENT_ON_EXIT')!r} must be detach, stop or leave."
+            f"AGENT_ON_EXIT={env.get('AGENT_ON_EXIT')!r} must be detach or stop (or leave, "
+            f"for an agent whose machine goes away, as a Slurm allocation's)."
         )
     return value
 

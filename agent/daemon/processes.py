@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import os
+import signal
 import socket
 import subprocess
 import sys

@@ -44,9 +44,7 @@ def _require_enabled() -> None:
         )
 
 
-def allocation_create(
-    *, request: sbatch.Request, server: str, created_by=None
-) -> Allocation:
+def allocation_create(*, request: sbatch.Request, server: str, created_by=None) -> Allocation:
     """Submit a batch job of ``request.nodes`` nodes, each running an agent that enrols
     with a join token minted for this allocation (one enrolment per node)."""
     _require_enabled()
@@ -99,7 +97,9 @@ def allocation_create(
     Allocation.objects.filter(id=allocation.id, status=Allocation.Status.SUBMITTING).update(
         status=Allocation.Status.PENDING, slurm_job_id=job_id
     )
-    log.info("allocation %s submitted as Slurm job %s (%d node(s))", allocation.id, job_id, request.nodes)
+    log.info(
+        "allocation %s submitted as Slurm job %s (%d node(s))", allocation.id, job_id, request.nodes
+    )
     allocation.refresh_from_db()
     return allocation
 
@@ -131,9 +131,7 @@ def allocations_sync() -> list[int]:
     gone from the queue has ended (its join token is revoked). Returns those that ended."""
     if not settings.SLURM_ENABLED:
         return []
-    active = list(
-        Allocation.objects.filter(status__in=Allocation.ACTIVE).exclude(slurm_job_id="")
-    )
+    active = list(Allocation.objects.filter(status__in=Allocation.ACTIVE).exclude(slurm_job_id=""))
     if not active:
         return []
     queue = sbatch.parse_queue(sbatch.run(sbatch.squeue_argv(bin_dir=settings.SLURM_BIN_DIR)))

@@ -133,10 +133,12 @@ def test_an_elastic_job_grows_onto_a_second_allocation_and_shrinks_off_a_cancell
     job = wait_for_job(
         api,
         job_id,
-        lambda j: j["status"] == "running"
-        and len(j["workers"]) == 2
-        and all(w["state"] == "running" for w in j["workers"])
-        and j,
+        lambda j: (
+            j["status"] == "running"
+            and len(j["workers"]) == 2
+            and all(w["state"] == "running" for w in j["workers"])
+            and j
+        ),
         timeout_s=60,
         what="the job to run on the first allocation",
         stack=stack,

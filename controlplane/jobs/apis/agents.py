@@ -239,7 +239,10 @@ class AgentLeaveApi(AgentApi):
         responses={
             200: inline_serializer(
                 "AgentLeaveOutput",
-                {"ok": serializers.BooleanField(), "kept": serializers.ListField(child=serializers.IntegerField())},
+                {
+                    "ok": serializers.BooleanField(),
+                    "kept": serializers.ListField(child=serializers.IntegerField()),
+                },
             ),
             **ERRORS,
         },

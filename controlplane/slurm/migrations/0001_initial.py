@@ -6,33 +6,68 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('jobs', '0019_node_code_kinds'),
+        ("jobs", "0019_node_code_kinds"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Allocation',
+            name="Allocation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('nodes', models.PositiveIntegerField()),
-                ('partition', models.CharField(blank=True, max_length=100)),
-                ('gres', models.CharField(blank=True, max_length=100)),
-                ('time_limit', models.CharField(blank=True, max_length=32)),
-                ('slurm_job_id', models.CharField(blank=True, db_index=True, max_length=32)),
-                ('status', models.CharField(choices=[('submitting', 'Submitting'), ('pending', 'Pending'), ('running', 'Running'), ('ending', 'Ending'), ('ended', 'Ended'), ('failed', 'Failed')], default='submitting', max_length=16)),
-                ('status_reason', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('join_token', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='jobs.jointoken')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("nodes", models.PositiveIntegerField()),
+                ("partition", models.CharField(blank=True, max_length=100)),
+                ("gres", models.CharField(blank=True, max_length=100)),
+                ("time_limit", models.CharField(blank=True, max_length=32)),
+                ("slurm_job_id", models.CharField(blank=True, db_index=True, max_length=32)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("submitting", "Submitting"),
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("ending", "Ending"),
+                            ("ended", "Ended"),
+                            ("failed", "Failed"),
+                        ],
+                        default="submitting",
+                        max_length=16,
+                    ),
+                ),
+                ("status_reason", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "join_token",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="jobs.jointoken",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
     ]
