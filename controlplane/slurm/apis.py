@@ -9,10 +9,14 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.api import ERRORS
+from controlplane.api import ERRORS, ErrorSerializer
 from controlplane.errors import NotFound
 from controlplane.slurm import sbatch, selectors, services
 from controlplane.slurm.models import Allocation
+
+# 409: Slurm is not enabled here (SLURM_ENABLED), or the allocation has ended already;
+# 502: sbatch or scancel refused (their message is in ours).
+SLURM_ERRORS = {**ERRORS, 409: ErrorSerializer, 502: ErrorSerializer}
 
 
 class IsStaff(IsAdminUser):
@@ -56,7 +60,10 @@ class AllocationListApi(APIView):
     def get(self, request):
         return Response(AllocationOutputSerializer(selectors.allocations_all(), many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: AllocationOutputSerializer, **ERRORS})
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: AllocationOutputSerializer, **SLURM_ERRORS},
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -88,7 +95,7 @@ class AllocationDetailApi(APIView):
 class AllocationReleaseApi(APIView):
     permission_classes = [IsStaff]
 
-    @extend_schema(request=None, responses={200: AllocationOutputSerializer, **ERRORS})
+    @extend_schema(request=None, responses={200: AllocationOutputSerializer, **SLURM_ERRORS})
     def post(self, request, allocation_id: int):
         services.allocation_release(allocation_id=allocation_id)
         return Response(AllocationOutputSerializer(_get(allocation_id)).data)

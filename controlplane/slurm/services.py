@@ -26,9 +26,8 @@ log = logging.getLogger(__name__)
 TOKEN_EXPIRY = timedelta(days=7)
 
 
-class SlurmUnavailable(ApiError):
-    code = "slurm_unavailable"
-    status_code = 503
+class SlurmDisabled(Conflict):
+    code = "slurm_disabled"
 
 
 class SlurmRefused(ApiError):
@@ -38,7 +37,7 @@ class SlurmRefused(ApiError):
 
 def _require_enabled() -> None:
     if not settings.SLURM_ENABLED:
-        raise SlurmUnavailable(
+        raise SlurmDisabled(
             "Slurm is not enabled on this control plane: set SLURM_ENABLED=true on a host "
             "with a Slurm client (sbatch, squeue, scancel) for the cluster (docs/slurm.md)."
         )
