@@ -210,6 +210,13 @@ class SlurmCluster:
     def stop(self) -> None:
         # Jobs first, so that their agents and workers do not outlive the cluster.
         self._client("scancel", "--full", "--signal=KILL", "--user=root")
+        self._client("scancel", "--user=root")
+        # Until slurmd has ended the steps: stopped earlier, it leaves slurmstepd behind.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.processes.get("slurmctld") is not None:
+            if self.processes["slurmctld"].poll() is not None or not self.queue():
+                break
+            time.sleep(0.2)
         for name in reversed(DAEMONS):
             proc = self.processes.get(name)
             if proc is None or proc.poll() is not None:
