@@ -8,6 +8,7 @@ Apps, each one sub-domain, lowest first (``INSTALLED_APPS`` lists them in this o
 3. ``metrics`` — ingest, storage, retention, downsampling, series reads, metric APIs;
    ``logs`` — workers' output: ingest, storage per run and worker, retention, reads;
 4. ``policies`` — policy definitions, evaluation, decisions, replay, templates;
+   ``slurm`` — Slurm allocations of agents (sbatch/squeue/scancel); imports jobs;
 5. ``live`` — realtime: group names and publishing (``live.channels``, below every app),
    and the WebSocket consumers and socket auth (entry points, on top).
 

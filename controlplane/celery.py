@@ -16,7 +16,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(
-    ["controlplane.jobs", "controlplane.metrics", "controlplane.logs", "controlplane.policies"]
+    [
+        "controlplane.jobs",
+        "controlplane.metrics",
+        "controlplane.logs",
+        "controlplane.policies",
+        "controlplane.slurm",
+    ]
 )
 
 log = logging.getLogger(__name__)

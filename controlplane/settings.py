@@ -18,6 +18,7 @@ Variables: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``ALLOWED_HOSTS``
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -141,6 +142,7 @@ INSTALLED_APPS = [
     "controlplane.metrics",
     "controlplane.logs",
     "controlplane.policies",
+    "controlplane.slurm",
     "controlplane.live",
     "frontend",
 ]
@@ -236,6 +238,18 @@ if CONTROL_PLANE_URL and not CONTROL_PLANE_URL.startswith(("http://", "https://"
         f"https://train.example.org"
     )
 
+# Slurm allocations of agents (controlplane.slurm, docs/slurm.md): this host runs sbatch,
+# squeue and scancel (a Slurm client configured for the cluster, munge key included).
+SLURM_ENABLED = env_bool("SLURM_ENABLED", False)
+SLURM_BIN_DIR = os.environ.get("SLURM_BIN_DIR", "").strip()  # empty: found on PATH
+# The Python (with adaptrain installed) the compute nodes start the agent with.
+SLURM_AGENT_PYTHON = os.environ.get("SLURM_AGENT_PYTHON", "").strip() or sys.executable
+# More AGENT_* settings for the agents, "KEY=VALUE KEY=VALUE" (shell words).
+SLURM_AGENT_ENV = os.environ.get("SLURM_AGENT_ENV", "")
+# Where the batch jobs' output goes (on the compute nodes; %j is Slurm's job id).
+SLURM_OUTPUT = os.environ.get("SLURM_OUTPUT", "/tmp/adaptrain-slurm-%j.out")
+SLURM_SYNC_INTERVAL_S = env_float("SLURM_SYNC_INTERVAL_S", 10.0)
+
 # Workers' output (controlplane.logs): the lines of jobs that ended more than this many
 # days ago are deleted (0 keeps all); a run keeps at most this much text (UTF-8 bytes),
 # its oldest lines removed beyond it (0: no cap); a batch from an agent holds at most
@@ -255,6 +269,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": POLICY_EVAL_INTERVAL_S,
     },
     "place-pending-jobs": {"task": "jobs.place_pending_jobs", "schedule": 5.0},
+    "sync-slurm-allocations": {"task": "slurm.sync_allocations", "schedule": SLURM_SYNC_INTERVAL_S},
     "mark-lost-nodes": {"task": "jobs.mark_lost_nodes", "schedule": 10.0},
     "expire-commands": {"task": "jobs.expire_commands", "schedule": 30.0},
     "expire-joiners": {"task": "jobs.expire_joiners", "schedule": 10.0},

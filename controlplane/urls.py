@@ -17,6 +17,7 @@ from controlplane.logs import apis as log_apis
 from controlplane.metrics import apis as metric_apis
 from controlplane.metrics.prometheus import metrics_view
 from controlplane.policies import apis as policy_apis
+from controlplane.slurm import apis as slurm_apis
 
 api_v1 = [
     path("jobs/", job_apis.JobListCreateApi.as_view(), name="job-list"),
@@ -33,6 +34,17 @@ api_v1 = [
     ),
     path("jobs/<int:job_id>/events/", job_apis.JobEventsApi.as_view(), name="job-events"),
     path("nodes/", node_apis.NodeListApi.as_view(), name="node-list"),
+    path("slurm/allocations/", slurm_apis.AllocationListApi.as_view(), name="slurm-allocations"),
+    path(
+        "slurm/allocations/<int:allocation_id>/",
+        slurm_apis.AllocationDetailApi.as_view(),
+        name="slurm-allocation",
+    ),
+    path(
+        "slurm/allocations/<int:allocation_id>/release/",
+        slurm_apis.AllocationReleaseApi.as_view(),
+        name="slurm-allocation-release",
+    ),
     path("nodes/<int:node_id>/", node_apis.NodeDetailApi.as_view(), name="node-detail"),
     path("nodes/<int:node_id>/drain/", node_apis.NodeDrainApi.as_view(), name="node-drain"),
     path("nodes/<int:node_id>/resume/", node_apis.NodeResumeApi.as_view(), name="node-resume"),
@@ -89,6 +101,7 @@ api_v1 = [
     path("agent/enrol/", agent_apis.AgentEnrolApi.as_view(), name="agent-enrol"),
     path("agent/heartbeat/", agent_apis.AgentHeartbeatApi.as_view(), name="agent-heartbeat"),
     path("agent/goodbye/", agent_apis.AgentGoodbyeApi.as_view(), name="agent-goodbye"),
+    path("agent/leave/", agent_apis.AgentLeaveApi.as_view(), name="agent-leave"),
     path("agent/bundles/<str:digest>/", agent_apis.AgentBundleApi.as_view(), name="agent-bundle"),
     path("agent/metrics/", metric_apis.AgentMetricsApi.as_view(), name="agent-metrics"),
     path("agent/logs/", log_apis.AgentLogsApi.as_view(), name="agent-logs"),

@@ -11,6 +11,7 @@
     adaptrain policies dry-run 3 --job 7
     adaptrain nodes list | adaptrain nodes drain node-2 | adaptrain join-tokens create --uses 4
     adaptrain run ./my_project --entrypoint train:main --workers 2 --batch-size 64 --lr 0.05
+    adaptrain slurm up --nodes 2 --gres gpu:4 --time 8:00:00 | adaptrain slurm down 3
     eval "$(adaptrain completion bash)"
 
 The server and token come from ``--server``/``--token``, else ``ADAPTRAIN_SERVER`` /
@@ -26,7 +27,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adaptrain.cli import commands, completion, jobs, logs, metrics, nodes, policies, tokens
+from adaptrain.cli import (
+    commands,
+    completion,
+    jobs,
+    logs,
+    metrics,
+    nodes,
+    policies,
+    slurm,
+    tokens,
+)
 from adaptrain.cli.common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -46,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", help="control plane URL (or ADAPTRAIN_SERVER)")
     parser.add_argument("--token", help="API token (or ADAPTRAIN_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (tokens, jobs, logs, metrics, commands, policies, nodes, completion):
+    for module in (tokens, jobs, logs, metrics, commands, policies, nodes, slurm, completion):
         module.add_parsers(sub)
     return parser
 

@@ -254,6 +254,8 @@ class Agent:
         for group in restored:
             self._resume_job(group)
         await self.stopping.wait()
+        if self.config.on_exit == "leave" and not self.revoked and self.exit_reason is None:
+            await self._leave()
         if self.revoked:
             # The control plane took its jobs off this node already: end their workers.
             log.info("stopping the workers of %d job(s): the node was revoked", len(self.groups))
@@ -262,7 +264,7 @@ class Agent:
                 await group.terminate()
                 group.forget()
             self.groups.clear()
-        elif self.config.on_exit == "stop":
+        elif self.config.on_exit in ("stop", "leave"):
             log.info("shutting down: stopping %d job(s)", len(self.groups))
             for job_id, group in list(self.groups.items()):
                 group.shutting_down = True
@@ -290,11 +292,39 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def _leave(self) -> None:
+        """AGENT_ON_EXIT=leave (the agent of a Slurm allocation that ends): have the control
+        plane drain this node and shrink its elastic jobs' workers away, then wait — up to
+        AGENT_LEAVE_TIMEOUT_S, which should be shorter than Slurm's KillWait — until they
+        have left at a step boundary and been reported. What is left after that is stopped
+        as with AGENT_ON_EXIT=stop."""
+        loop = asyncio.get_running_loop()
+        log.info(
+            "leaving: asking the control plane to shrink %d job(s) off this node", len(self.groups)
+        )
+        try:
+            kept = await asyncio.wait_for(
+                self.client.leave("its agent was asked to stop (SIGTERM)"), GOODBYE_TIMEOUT_S
+            )
+        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("could not ask the control plane to shrink jobs off this node: %s", exc)
+            return
+        waiting = [job_id for job_id in self.groups if job_id not in kept]
+        deadline = loop.time() + self.config.leave_timeout_s
+        while any(job_id in self.groups for job_id in waiting) and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+        left = [job_id for job_id in waiting if job_id not in self.groups]
+        log.info(
+            "leaving: job(s) %s shrank off this node; stopping %s",
+            left or "none",
+            sorted(self.groups) or "nothing",
+        )
+
     async def _say_goodbye(self) -> None:
         """A signal stops the agent: tell the control plane, so the node shows offline at
         once rather than lost after the heartbeat timeout (best effort: a control plane
         that does not answer learns it from the silence, as before)."""
-        detached = sorted(self.groups) if self.config.on_exit != "stop" else []
+        detached = sorted(self.groups) if self.config.on_exit == "detach" else []
         reason = f"the agent stopped ({'workers left running' if detached else 'no workers'})"
         try:
             await asyncio.wait_for(self.client.goodbye(reason, detached), GOODBYE_TIMEOUT_S)
@@ -314,6 +344,7 @@ class Agent:
             on_metrics=self.metrics.add,
             on_command_done=self._command_done,
             grace_s=self.config.orphan_grace_s,
+            ignore_sigterm=self.config.on_exit == "leave",
             log_limits=LogLimits(
                 file_max_bytes=self.config.log_file_max_bytes,
                 line_max_bytes=self.config.log_line_max_bytes,

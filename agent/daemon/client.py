@@ -121,6 +121,13 @@ class ControlPlaneClient(RestClient):
         body = Goodbye(reason=reason, detached=tuple(detached))
         await asyncio.to_thread(self.call, "POST", "/api/v1/agent/goodbye/", body.to_dict())
 
+    async def leave(self, reason: str) -> list[int]:
+        """Ask the control plane to drain this node and shrink its elastic jobs' workers away
+        (``POST agent/leave/``); returns the jobs it could not shrink."""
+        body = Goodbye(reason=reason)
+        reply = await asyncio.to_thread(self.call, "POST", "/api/v1/agent/leave/", body.to_dict())
+        return [int(j) for j in (reply or {}).get("kept") or []]
+
     async def send_metrics(self, batch_id: str, points: Sequence[MetricPoint]) -> MetricBatchReply:
         body = MetricBatch(batch_id=batch_id, points=tuple(points))
         return await self._call("POST", "/api/v1/agent/metrics/", body, MetricBatchReply)

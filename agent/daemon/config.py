@@ -41,7 +41,10 @@ class AgentConfig:
     labels: dict[str, str] = field(
         default_factory=dict
     )  # sent at enrolment; jobs select nodes by them
-    on_exit: str = "detach"  # on SIGTERM/SIGINT: "detach" (workers train on) or "stop" them
+    # on SIGTERM/SIGINT: "detach" (workers train on), "stop" them, or "leave" (shrink
+    # them away through the control plane first, then stop: Slurm allocations)
+    on_exit: str = "detach"
+    leave_timeout_s: float = 20.0  # AGENT_ON_EXIT=leave: how long workers get to leave
     orphan_grace_s: float = 600.0  # a worker without an agent this long stops itself
     # Workers' output (agent.daemon.logship, agent.daemon.logkeeper).
     log_flush_s: float = 0.2  # how often new lines are read and shipped
@@ -111,10 +114,15 @@ def _labels(env: Mapping[str, str]) -> dict[str, str]:
 def _on_exit(env: Mapping[str, str]) -> str:
     """``AGENT_ON_EXIT``: what SIGTERM/SIGINT does to the workers. ``detach`` (default)
     leaves them training, for a restarted agent to re-attach to; ``stop`` stops them and
-    reports their jobs failed."""
+    reports their jobs failed; ``leave`` (an agent whose machine goes away, as at the end of
+    a Slurm allocation) has the control plane shrink its elastic jobs' workers away first,
+    then stops what is left."""
     value = (env.get("AGENT_ON_EXIT") or "detach").strip().lower()
-    if value not in ("detach", "stop"):
-        raise ConfigError(f"AGENT_ON_EXIT={env.get('AGENT_ON_EXIT')!r} must be detach or stop.")
+    if value not in ("detach", "stop", "leave"):
+        raise ConfigError(
+            f"AGENT_ON_EXIT={env.get('AGENT_ON_EXIT')!r} must be detach or stop (or leave, "
+            f"for an agent whose machine goes away, as a Slurm allocation's)."
+        )
     return value
 
 
@@ -233,6 +241,7 @@ def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
         python=env.get("AGENT_PYTHON") or sys.executable,
         labels={**inventory.labels(), **_labels(env)},  # the user's AGENT_LABELS win
         on_exit=_on_exit(env),
+        leave_timeout_s=_positive(env, "AGENT_LEAVE_TIMEOUT_S", 20.0, float),
         orphan_grace_s=_positive(env, "AGENT_ORPHAN_GRACE_S", 600.0, float),
         log_flush_s=_positive(env, "AGENT_LOG_FLUSH_S", 0.2, float),
         log_rate_lines_s=_positive(env, "AGENT_LOG_RATE_LINES_S", 2000, int),

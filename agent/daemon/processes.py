@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,10 @@ class LogLimits:
 
 
 DEFAULT_LOG_LIMITS = LogLimits()
+
+
+def _ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def free_port(host: str) -> int:
@@ -115,10 +120,14 @@ class LocalWorker:
         env: dict[str, str],
         log_limits: LogLimits = DEFAULT_LOG_LIMITS,
         cwd: Path | None = None,
+        ignore_sigterm: bool = False,
     ) -> None:
         """Start the worker process of job ``job_id`` with the agent's environment plus
         ``env`` (its place in the job), in ``cwd`` (default: the agent's), and its log
-        keeper."""
+        keeper. With ``ignore_sigterm`` both start with SIGTERM ignored (a disposition
+        that survives exec), so that only the agent ends them: a Slurm job's end signals
+        every process of its step, and the agent first shrinks its workers away."""
+        preexec = _ignore_sigterm if ignore_sigterm else None
         self.socket_path = str(storage.socket_path(state_dir, job_id, self.rank))
         self.log_path = str(storage.log_path(state_dir, job_id, self.rank))
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +167,7 @@ class LocalWorker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
             self.keeper, self.keeper_pid = keeper, keeper.pid
             self.keeper_start_time = process_start_time(keeper.pid)
@@ -170,6 +180,7 @@ class LocalWorker:
                 stdout=out_write,
                 stderr=err_write,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         finally:
             for fd in (out_read, out_write, err_read, err_write):

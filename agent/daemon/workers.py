@@ -102,8 +102,12 @@ class WorkerGroup:
         grace_s: float = 600.0,
         persist: bool = True,
         log_limits: LogLimits = DEFAULT_LOG_LIMITS,
+        ignore_sigterm: bool = False,
     ):
         self.job_id = job_id
+        # AGENT_ON_EXIT=leave: workers ignore SIGTERM (a Slurm job's end signals every
+        # process of the step); the agent shrinks them away first (see Agent.run).
+        self.ignore_sigterm = ignore_sigterm
         self.start = start
         self.python = python
         self.address = address
@@ -261,6 +265,7 @@ class WorkerGroup:
             env=env if code is None else {**code.environment(), **env},
             log_limits=self.log_limits,
             cwd=None if code is None else code.cwd,
+            ignore_sigterm=self.ignore_sigterm,
         )
         self.workers[worker.rank] = worker
         self.save()

@@ -227,6 +227,35 @@ class AgentGoodbyeApi(AgentApi):
         return Response({"ok": True})
 
 
+class AgentLeaveApi(AgentApi):
+    """The agent is about to stop for good (AGENT_ON_EXIT=leave: its Slurm allocation
+    ends): the node is drained and its elastic jobs shrink its workers away first."""
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: inline_serializer(
+                "AgentLeaveOutput",
+                {
+                    "ok": serializers.BooleanField(),
+                    "kept": serializers.ListField(child=serializers.IntegerField()),
+                },
+            ),
+            **ERRORS,
+        },
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        kept = nodes.node_leave(
+            node=request.auth, reason=data.validated_data.get("reason") or "the agent leaves"
+        )
+        return Response({"ok": True, "kept": kept})
+
+
 class AgentBundleApi(AgentApi):
     """A code bundle for a job this node runs (``GET /api/v1/agent/bundles/{digest}/``): the
     archive's bytes; the agent checks the digest before unpacking."""

@@ -28,7 +28,7 @@ from agent.protocol.control import CLOSE_NODE_REVOKED
 from controlplane.accounts import credentials
 from controlplane.celery import enqueue
 from controlplane.errors import ApiError, AuthenticationFailed, Conflict, NotFound
-from controlplane.jobs import selectors
+from controlplane.jobs import outbox, selectors
 from controlplane.jobs.lifecycle import SCHEDULER, job_transition
 from controlplane.jobs.models import Command, Job, JoinToken, Node, Worker
 from controlplane.jobs.services import membership
@@ -528,3 +528,61 @@ def node_delete(*, node_id: int, actor: str) -> None:
     log.info("node %s deleted by %s", node.name, actor)
     node_id = node.id
     transaction.on_commit(lambda: channels.close_agent_channel(node_id, CLOSE_NODE_DELETED))
+
+
+@transaction.atomic
+def node_leave(*, node: Node, reason: str) -> list[int]:
+    """The node's agent is about to stop for good (its Slurm allocation ends, is cancelled
+    or hits its time limit): drain the node and shrink each elastic job that runs there
+    by its workers on this node, in a new cluster version, so they leave at a step
+    boundary (nothing is lost) before the agent goes. Returns the jobs still running
+    workers there: those that could not shrink (not elastic, rescaling, or at their
+    minimum) — they end as for a lost node when the agent goes."""
+    Node.objects.filter(id=node.id).update(draining=True)
+    actor = f"node:{node.name}"
+    kept: list[int] = []
+    job_ids = (
+        Job.objects.filter(workers__node=node, workers__state__in=Worker.ACTIVE)
+        .exclude(status__in=Job.TERMINAL)
+        .values_list("id", flat=True)
+        .distinct()
+    )
+    for job_id in sorted(job_ids):
+        job = Job.objects.select_for_update().get(id=job_id)
+        members = selectors.job_members(job)
+        here = [w for w in members if w.node_id == node.id]
+        survivors = [w for w in members if w.node_id != node.id]
+        busy = (
+            selectors.run_commands(job)
+            .filter(state__in=Command.IN_FLIGHT)
+            .exclude(type=Command.Type.STOP, payload__has_key="joiners")
+            .exists()
+        )
+        if (
+            not here
+            or not job.is_elastic
+            or job.status != Job.Status.RUNNING
+            or busy
+            or len(survivors) < max(job.workers_min, 1)
+        ):
+            kept.append(job.id)
+            continue
+        why = f"node {node.name} leaves ({reason})"
+        membership.rescaling_start(
+            job, actor=actor, reason=f"{why}: shrinking from {len(members)} to {len(survivors)}"
+        )
+        outbox.commands_create(
+            job=job,
+            nodes=selectors.job_active_nodes(job),
+            type=Command.Type.SCALE_WORKERS,
+            payload={"value": len(survivors)},
+            issued_by=actor,
+        )
+        membership.version_write(
+            job,
+            survivors,
+            actor=actor,
+            reason=f"{why}: worker(s) {', '.join(str(w.rank) for w in here)} leave",
+        )
+    log.info("node %s leaves (%s); drained, job(s) kept: %s", node.name, reason, kept or "none")
+    return kept
