@@ -42,6 +42,7 @@ from adaptrain.rest import ApiError
 from agent.daemon.bundles import MAX_ARCHIVE_BYTES, BundleCache, CodeUnavailable, refusal
 from agent.daemon.client import ControlPlaneClient, channel_headers
 from agent.daemon.config import AgentConfig
+from agent.daemon.gpu_pinning import GpuPool
 from agent.daemon.logship import LogShipper
 from agent.daemon.metrics import MetricShipper
 from agent.daemon.outbox import ReportOutbox, Sender
@@ -130,6 +131,7 @@ class Agent:
             lambda digest: self.client.fetch_bundle(digest, limit_bytes=MAX_ARCHIVE_BYTES),
         )
         self.groups: dict[int, WorkerGroup] = {}
+        self.gpu_pool = GpuPool(config.gpus.uuids)  # each worker owns one (gpu_pinning)
         self.seen_commands: set[int] = set()
         self.outbox = ReportOutbox(outbox_path(config.state_dir))
         self.metrics = MetricShipper(self.client, config.metrics_flush_s)
@@ -237,6 +239,13 @@ class Agent:
             inventory.source,
             self.config.slots,
         )
+        if inventory.gpus and self.config.slots > len(inventory.gpus):
+            log.warning(
+                "AGENT_SLOTS=%d exceeds the %d GPU(s) this agent may use: a worker never "
+                "shares a GPU, so workers placed beyond the GPU count fail to start",
+                self.config.slots,
+                len(inventory.gpus),
+            )
         try:
             if not await self.ensure_credential():
                 return
@@ -313,6 +322,7 @@ class Agent:
             state_dir=self.config.state_dir,
             on_metrics=self.metrics.add,
             on_command_done=self._command_done,
+            gpu_pool=self.gpu_pool,
             grace_s=self.config.orphan_grace_s,
             log_limits=LogLimits(
                 file_max_bytes=self.config.log_file_max_bytes,
