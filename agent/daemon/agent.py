@@ -39,10 +39,12 @@ from typing import Any
 import websockets
 
 from adaptrain.rest import ApiError
+from agent.daemon import gpus
 from agent.daemon.bundles import MAX_ARCHIVE_BYTES, BundleCache, CodeUnavailable, refusal
 from agent.daemon.client import ControlPlaneClient, channel_headers
 from agent.daemon.config import AgentConfig
 from agent.daemon.gpu_pinning import GpuPool
+from agent.daemon.gpu_telemetry import gpu_points, gpu_stats
 from agent.daemon.logship import LogShipper
 from agent.daemon.metrics import MetricShipper
 from agent.daemon.outbox import ReportOutbox, Sender
@@ -71,7 +73,7 @@ from agent.protocol.control import (
     WorkerFrame,
     parse_to_agent,
 )
-from agent.protocol.rest import JobReport, WorkerStatus
+from agent.protocol.rest import GpuStat, JobReport, WorkerStatus
 
 log = logging.getLogger("agent")
 
@@ -391,10 +393,29 @@ class Agent:
                 asyncio.create_task(self._add_joiners(frame, supervise=i == 0))
 
     # -- heartbeat -------------------------------------------------------------------------
+    async def _gpu_report(self) -> tuple[GpuStat, ...] | None:
+        """The GPUs' state now, for the heartbeat; their owners' gpu_util/gpu_mem points
+        go to the metric shipper (:mod:`agent.daemon.gpu_telemetry`). None: no GPU."""
+        inventory = self.config.gpus
+        if not inventory.gpus:
+            return None
+        samples = await asyncio.to_thread(gpus.sample, inventory)
+        stats = gpu_stats(inventory, samples, self.gpu_pool)
+        workers = {job: group.workers for job, group in self.groups.items()}
+        rank0 = {
+            job
+            for job, group in self.groups.items()
+            if group.members and any(w.address == group.members[0] for w in group.workers.values())
+        }
+        points = gpu_points(stats, workers, rank0)
+        if points:
+            self.metrics.add(points)
+        return stats
+
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                reply = await self.client.heartbeat(sorted(self.groups))
+                reply = await self.client.heartbeat(sorted(self.groups), await self._gpu_report())
                 for job_id in reply.release:
                     await self._release(job_id)
             except ApiError as exc:

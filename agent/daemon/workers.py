@@ -27,8 +27,8 @@ from typing import Any
 from agent import protocol
 from agent.daemon import connection, storage
 from agent.daemon.bundles import JobCode
-from agent.daemon.gpu_pinning import GpuPool, pinned_env
 from agent.daemon.commands import CommandRelay, JobNotes, OnCommandDone, ends_joiners, terminates
+from agent.daemon.gpu_pinning import GpuPool, pinned_env
 from agent.daemon.logs import failure_excerpt
 from agent.daemon.processes import (
     CRASHED,
