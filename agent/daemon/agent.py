@@ -401,13 +401,8 @@ class Agent:
             return None
         samples = await asyncio.to_thread(gpus.sample, inventory)
         stats = gpu_stats(inventory, samples, self.gpu_pool)
-        workers = {job: group.workers for job, group in self.groups.items()}
-        rank0 = {
-            job
-            for job, group in self.groups.items()
-            if group.members and any(w.address == group.members[0] for w in group.workers.values())
-        }
-        points = gpu_points(stats, workers, rank0)
+        jobs = {job: (group.workers, group.members) for job, group in self.groups.items()}
+        points = gpu_points(stats, jobs)
         if points:
             self.metrics.add(points)
         return stats

@@ -59,41 +59,42 @@ def _percent(part: float | None, whole: float | None) -> float | None:
 
 def gpu_points(
     stats: Sequence[GpuStat],
-    workers: Mapping[int, Mapping[int, LocalWorker]],
-    rank0_jobs: set[int],
+    jobs: Mapping[int, tuple[Mapping[int, LocalWorker], Sequence[str]]],
     now: float | None = None,
 ) -> list[MetricPoint]:
-    """``gpu_util``/``gpu_mem`` points of each worker that owns a GPU and reported a step
-    (``workers``: job → worker number → worker); whole-job means for ``rank0_jobs``."""
+    """``gpu_util``/``gpu_mem`` points of each worker that owns a GPU, is a member of its
+    job's latest cluster version and reported a step (``jobs``: job → (worker number →
+    worker, the version's members)), at the worker's rank in that version, as its own
+    series are; whole-job means for the jobs whose rank 0 runs here."""
     now = time.time() if now is None else now
     points: list[MetricPoint] = []
     per_job: dict[int, list[tuple[int, dict[str, float]]]] = {}
     for stat in stats:
-        if stat.job is None or stat.rank is None:
+        if stat.job is None or stat.rank is None or stat.job not in jobs:
             continue
-        worker = workers.get(stat.job, {}).get(stat.rank)
+        workers, members = jobs[stat.job]
+        worker = workers.get(stat.rank)
         if worker is None or worker.last_step is None or not worker.alive:
             continue
+        if worker.address not in members:
+            continue  # a standby: not in the job's series yet
         values = {
             GPU_UTIL: stat.utilization_pct,
             GPU_MEM: _percent(stat.memory_used_mib, stat.memory_total_mib),
         }
         known = {name: value for name, value in values.items() if value is not None}
+        rank = list(members).index(worker.address)
         points.extend(
             MetricPoint(
-                name=name,
-                step=worker.last_step,
-                value=value,
-                time=now,
-                rank=stat.rank,
-                job=stat.job,
+                name=name, step=worker.last_step, value=value, time=now, rank=rank, job=stat.job
             )
             for name, value in known.items()
         )
         per_job.setdefault(stat.job, []).append((worker.last_step, known))
     for job, entries in per_job.items():
-        if job not in rank0_jobs:
-            continue
+        workers, members = jobs[job]
+        if not any(w.address == members[0] for w in workers.values()):
+            continue  # another node runs rank 0: it writes the whole-job points
         step = max(step for step, _ in entries)
         for name in (GPU_UTIL, GPU_MEM):
             seen = [known[name] for _, known in entries if name in known]

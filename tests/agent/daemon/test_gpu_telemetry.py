@@ -45,14 +45,18 @@ def test_owners_get_gpu_util_and_gpu_mem_at_their_last_step():
     pool.claim(7, 1)
     pool.claim(8, 0)  # a worker that has reported no step yet: nothing for it
     stats = gpu_stats(INVENTORY, SAMPLES, pool)
-    workers = {7: {0: _worker(0, 120), 1: _worker(1, 110)}, 8: {0: _worker(0, None)}}
-    points = gpu_points(stats, workers, rank0_jobs={7}, now=1.0)
+    jobs = {
+        # Worker number 1 is rank 0 in the job's latest version (it rescaled).
+        7: ({0: _worker(0, 120), 1: _worker(1, 110)}, ["10.0.0.1:1", "10.0.0.1:0"]),
+        8: ({0: _worker(0, None)}, ["10.0.0.1:0"]),
+    }
+    points = gpu_points(stats, jobs, now=1.0)
     got = {(p.job, p.rank, p.name): (p.step, p.value) for p in points}
     assert got == {
-        (7, 0, "gpu_util"): (120, 90.0),
-        (7, 0, "gpu_mem"): (120, 50.0),
-        (7, 1, "gpu_util"): (110, 50.0),
-        (7, 1, "gpu_mem"): (110, 25.0),
+        (7, 1, "gpu_util"): (120, 90.0),  # at its rank in the version, as its own series
+        (7, 1, "gpu_mem"): (120, 50.0),
+        (7, 0, "gpu_util"): (110, 50.0),
+        (7, 0, "gpu_mem"): (110, 25.0),
         (7, None, "gpu_util"): (120, 70.0),  # whole-job: the mean over this node's workers
         (7, None, "gpu_mem"): (120, 37.5),
     }
@@ -61,5 +65,13 @@ def test_owners_get_gpu_util_and_gpu_mem_at_their_last_step():
 def test_a_node_without_the_jobs_rank_0_writes_no_whole_job_point():
     pool = GpuPool([A])
     pool.claim(7, 3)
-    points = gpu_points(gpu_stats(INVENTORY, SAMPLES, pool), {7: {3: _worker(3, 5)}}, set())
-    assert {p.rank for p in points} == {3}
+    jobs = {7: ({3: _worker(3, 5)}, ["10.0.0.2:0", "10.0.0.1:3"])}
+    points = gpu_points(gpu_stats(INVENTORY, SAMPLES, pool), jobs)
+    assert {(p.rank, p.name) for p in points} == {(1, "gpu_util"), (1, "gpu_mem")}
+
+
+def test_a_standby_not_yet_in_the_version_gets_no_points():
+    pool = GpuPool([A])
+    pool.claim(7, 2)
+    jobs = {7: ({2: _worker(2, 5)}, ["10.0.0.2:0"])}
+    assert gpu_points(gpu_stats(INVENTORY, SAMPLES, pool), jobs) == []
