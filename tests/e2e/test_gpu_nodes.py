@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from tests.e2e.conftest import _stack, process_alive, wait_for, wait_for_job
+from tests.e2e.conftest import _stack, log_in, process_alive, wait_for, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ INVENTORY = (
     f"0, {GPU_0}, NVIDIA H200, 143771, 570.133.20, Disabled\n"
     f"1, {GPU_1}, NVIDIA H200, 143771, 570.133.20, Disabled\n"
 )
-SAMPLE = f"{GPU_0}, 87, 71885, 54, 512.37\n{GPU_1}, 12, 14377, 41, 180.50\n"
+SAMPLE = f"{GPU_0}, 87, 71885, 54, 512.37\n{GPU_1}, 12, 14377, 41, 180.25\n"
 UTIL = {GPU_0: 87.0, GPU_1: 12.0}
 MEM = {GPU_0: 50.0, GPU_1: 10.0}  # memory used in percent of 143771 MiB
 
@@ -110,7 +110,8 @@ def _series(stack, job_id: int, name: str) -> dict:
     return {s["rank"]: s["value"] for s in body["series"]}
 
 
-def test_each_job_gets_its_own_gpu_also_after_the_agent_is_killed(gpu_stack):
+@pytest.mark.browser
+def test_each_job_gets_its_own_gpu_also_after_the_agent_is_killed(gpu_stack, browser):
     stack = gpu_stack
     labels = _node(stack)["labels"]
     assert labels["gpu"] == "NVIDIA H200" and labels["gpu_count"] == "2"
@@ -165,6 +166,28 @@ def test_each_job_gets_its_own_gpu_also_after_the_agent_is_killed(gpu_stack):
         lambda: {g["uuid"]: g["job"] for g in _node(stack)["gpus"]} == {gpu: first, other: second},
         timeout_s=30, what="the heartbeats to show both GPUs owned", stack=stack,
     )  # fmt: skip
+
+    # The nodes page lists each GPU with its load and owner; the job page charts its GPU.
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        log_in(page, stack, "/nodes/")
+        gpus = page.locator("#nodes tbody tr", has_text="node-1").locator("td.gpus .gpu")
+        gpus.nth(1).wait_for()
+        lines = sorted(gpus.all_inner_texts())
+        assert lines == sorted(
+            f"NVIDIA H200 · {UTIL[u]:.0f} % · {MEM[u] * 140.4 / 100:.1f} / 140.4 GiB · "
+            f"{ {GPU_0: 54, GPU_1: 41}[u] } °C · { {GPU_0: 512, GPU_1: 180}[u] } W · job {j} worker 0"
+            for u, j in ((gpu, first), (other, second))
+        )
+        page.goto(f"{stack.url}/jobs/{first}/")
+        chart = page.locator("#chart-gpu_util")
+        chart.wait_for(state="visible")
+        wait_for(
+            lambda: int(chart.get_attribute("data-points") or 0) > 0,
+            timeout_s=30, what="the job page's GPU chart to show points", stack=stack,
+        )  # fmt: skip
+    finally:
+        page.close()
 
     for job_id in (first, second):
         status, body = stack.api.post(f"/api/v1/jobs/{job_id}/cancel/", {})

@@ -69,7 +69,7 @@ async function remove(n) {
 
 function row(n) {
   const cells = [el("td"), el("td", {}, el("span"), " ", el("span", { class: "status status-draining", hidden: true }, "draining"),
-    el("div", { class: "small muted reason" })), el("td"), el("td"), el("td"), el("td"), el("td"), el("td", { class: "gpus small" }), el("td"), el("td", {}, el("time"))];
+    el("div", { class: "small muted reason" })), el("td"), el("td"), el("td"), el("td"), el("td", { class: "gpus small" }), el("td"), el("td", {}, el("time"))];
   if (staff) cells.push(el("td", { class: "actions" }));
   return el("tr", { dataset: { id: String(n.id) } }, cells);
 }
