@@ -217,14 +217,21 @@ def check_native(rebuild: bool, nanobind_wheel: str | None, deadline: float) -> 
                     f"{(done.stderr or done.stdout)[-1500:]}"
                 )
         (built,) = BUILD_DIR.glob("_collective*.so")
-        shutil.copy2(built, ROOT / "agent" / "native" / built.name)
+        target = ROOT / "agent" / "native" / built.name
+        shutil.copy2(built, target)
+        module = _import_native()
+        extra = {}
+        if Path(module).resolve() != target.resolve():
+            # An installed adaptrain (an editable install) comes first on sys.path.
+            extra["note"] = f"built {target}, but this Python imports {module}"
         emit(
             "native_build",
             True,
             built=True,
             because=reason,
             seconds=round(time.monotonic() - _started, 1),
-            module=_import_native(),
+            module=module,
+            **extra,
         )
         return True
     except Exception as exc:

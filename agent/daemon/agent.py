@@ -399,10 +399,14 @@ class Agent:
         inventory = self.config.gpus
         if not inventory.gpus:
             return None
-        samples = await asyncio.to_thread(gpus.sample, inventory)
-        stats = gpu_stats(inventory, samples, self.gpu_pool)
-        jobs = {job: (group.workers, group.members) for job, group in self.groups.items()}
-        points = gpu_points(stats, jobs)
+        try:
+            samples = await asyncio.to_thread(gpus.sample, inventory)
+            stats = gpu_stats(inventory, samples, self.gpu_pool)
+            jobs = {job: (group.workers, group.members) for job, group in self.groups.items()}
+            points = gpu_points(stats, jobs)
+        except Exception as exc:  # telemetry must never stop the heartbeat
+            log.warning("GPU telemetry failed: %s", exc)
+            return None
         if points:
             self.metrics.add(points)
         return stats
