@@ -180,6 +180,13 @@ def test_each_job_gets_its_own_gpu_also_after_the_agent_is_killed(gpu_stack, bro
             for u, j in ((gpu, first), (other, second))
         )
         page.goto(f"{stack.url}/jobs/{first}/")
+        gpu_cell = page.locator("#workers tbody tr[data-rank='0'] td.gpu")
+        gpu_cell.wait_for()
+        wait_for(
+            lambda: gpu_cell.inner_text() == f"NVIDIA H200 · {UTIL[gpu]:.0f} % · "
+            f"{MEM[gpu] * 140.4 / 100:.1f} GiB",
+            timeout_s=30, what="the job page to show its worker's GPU", stack=stack,
+        )  # fmt: skip
         chart = page.locator("#chart-gpu_util")
         chart.wait_for(state="visible")
         wait_for(
