@@ -164,3 +164,45 @@ def test_a_node_without_gpus_pins_nothing():
     pool = GpuPool([])
     assert pool.claim(1, 0) is None
     pool.check_room(1, range(64))  # no limit from GPUs: slots decide
+
+
+def test_a_grow_gives_each_joiner_a_gpu_of_its_own_and_the_members_keep_theirs(
+    tmp_path, monkeypatch
+):
+    """A rescale: the members train on in the same processes on the same GPUs; each
+    standby started for the grow claims a free one, and a grow beyond the GPUs starts none."""
+    from agent.protocol.control import JoinerSpec, JoinPayload
+
+    monkeypatch.setenv("ENV_REPORT_DIR", str(tmp_path))
+    monkeypatch.setenv("ENV_REPORT_HOLD_S", "120")
+
+    def join(ranks: list[int]) -> JoinPayload:
+        return JoinPayload(
+            cluster_version=1,
+            members=("127.0.0.1:1",),
+            workers_min=1,
+            entrypoint=ENTRYPOINT,
+            hyperparameters={},
+            batch_size=8,
+            lr=0.1,
+            strategy="ssgd",
+            topology="auto",
+            workers=tuple(JoinerSpec(rank=r, cluster_rank=r) for r in ranks),
+        )
+
+    async def run():
+        pool = GpuPool([GPU_A, GPU_B])
+        group = _group(tmp_path, 9, [0], pool, persist=False)
+        group.choose_ports()
+        await group.spawn([f"127.0.0.1:{group.ports[0]}"], 1)
+        member_gpu = group.workers[0].gpu
+        assert await group.add_joiners(join([1]), seq=2) == [1]
+        with pytest.raises(NoFreeGpu):
+            await group.add_joiners(join([2]), seq=3)
+        gpus = {r: w.gpu for r, w in group.workers.items()}
+        await group.terminate(grace_s=1)
+        await group.wait()
+        return member_gpu, gpus
+
+    member_gpu, gpus = asyncio.run(run())
+    assert gpus == {0: member_gpu, 1: ({GPU_A, GPU_B} - {member_gpu}).pop()}
