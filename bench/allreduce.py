@@ -2,6 +2,17 @@
 
     python -m bench.allreduce --np 4 --sizes 4K,256K,4M,32M --json [--algo ring|tree|star|auto]
                               [--transport auto|shm|tcp]
+    python -m bench.allreduce --nodes 2 --per-node 4 --link 1gbit [--delay-us 25]
+                              --algos ring,hierarchical --sizes 4M,32M --json
+
+The second form emulates nodes with network namespaces (bench/netns.py, root
+only): each node's ranks share an address and memory, the nodes are joined by
+links shaped with tc to --link, and the same run measures the link's ceiling
+(one TCP stream and --per-node streams between two nodes, iperf-style). Each
+line then also has "nodes", "per_node", "link", "ceiling_Bps" (the best of the
+two) and "link_bound_algbw_GBps": the fastest algbw any allreduce can reach
+when each node must send and receive 2(N-1)/N of the buffer over its link
+(for N = 2 nodes: the buffer once), with "of_link_bound" the ratio to it.
 
 spawns N local ranks on this host (their pairs use shared memory or TCP
 loopback, as COLLECTIVE_LOCAL_TRANSPORT or --transport says), runs float32
@@ -49,7 +60,7 @@ def repeats_for(nbytes: int) -> int:
     return max(5, min(200, (64 << 20) // max(nbytes, 1)))
 
 
-ALGORITHMS = ("ring", "tree", "star", "auto")
+ALGORITHMS = ("ring", "tree", "star", "auto", "hierarchical")
 
 
 def figures(
@@ -100,6 +111,73 @@ def run_rank(
         results.put(None)
 
 
+class _PrintResults:
+    """run_rank's results queue for a rank in its own namespace: rank 0 prints JSON lines."""
+
+    def put(self, line: dict[str, Any] | None) -> None:
+        if line is not None:
+            print(json.dumps(line), flush=True)
+
+
+def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
+    import subprocess
+
+    from bench.netns import EmulatedNodes, link_ceiling
+
+    n = args.nodes * args.per_node
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    with EmulatedNodes(args.nodes, rate=args.link, delay_us=args.delay_us) as nodes:
+        ceiling = max(
+            link_ceiling(nodes, streams=1), link_ceiling(nodes, streams=max(args.per_node, 1))
+        )
+        # Node-major ranks: a flat ring crosses each node boundary once per direction.
+        peers = [
+            f"{nodes.address(node)}:{29500 + local}"
+            for node in range(args.nodes)
+            for local in range(args.per_node)
+        ]
+        per_byte = 2 * (args.nodes - 1) / args.nodes if args.nodes > 1 else 1.0
+        for algo in algos:
+            procs = []
+            for rank in range(n):
+                argv = [sys.executable, "-m", "bench.allreduce", "--serve-rank", str(rank)]
+                argv += ["--peers", ",".join(peers), "--sizes", args.sizes, "--algo", algo]
+                if args.repeats:
+                    argv += ["--repeats", str(args.repeats)]
+                procs.append(
+                    nodes.popen(
+                        rank // args.per_node,
+                        argv,
+                        stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                    )
+                )
+            out, _ = procs[0].communicate(timeout=1800)
+            failed = any(p.wait(timeout=120) != 0 for p in procs)
+            if failed:
+                print(f"a rank failed with --algo {algo}; see above", file=sys.stderr)
+                return 1
+            for text in out.splitlines():
+                line = json.loads(text)
+                bound = ceiling / per_byte / 1e9
+                line.update(
+                    nodes=args.nodes,
+                    per_node=args.per_node,
+                    link=args.link or "unshaped",
+                    delay_us=args.delay_us,
+                    ceiling_Bps=round(ceiling),
+                    link_bound_algbw_GBps=round(bound, 4),
+                    of_link_bound=round(line["algbw_GBps"] / bound, 3),
+                )
+                if args.json:
+                    print(json.dumps(line), flush=True)
+                else:
+                    print(
+                        f"{algo:>13} {line['bytes']:>12} {line['algbw_GBps']:>11.4f} GB/s "
+                        f"{line['of_link_bound']:>6.2f} of the link bound ({bound:.4f} GB/s)"
+                    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,12 +202,30 @@ def main(argv: list[str] | None = None) -> int:
         help="COLLECTIVE_LOCAL_TRANSPORT for the ranks (default: the environment's, else auto)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON line per size")
+    parser.add_argument("--nodes", type=int, default=0, help="emulated nodes (network namespaces)")
+    parser.add_argument("--per-node", type=int, default=1, help="ranks per emulated node")
+    parser.add_argument("--link", default=None, help="tc rate of each node's link, e.g. 1gbit")
+    parser.add_argument("--delay-us", type=int, default=0, help="one-way delay added per link")
+    parser.add_argument(
+        "--algos", default="ring,hierarchical", help="with --nodes: algorithms to compare"
+    )
+    parser.add_argument("--serve-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peers", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.np < 1:
         parser.error("--np must be at least 1")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    if args.serve_rank is not None:  # one rank of an emulated-node run, in its namespace
+        run_rank(
+            args.serve_rank, args.peers.split(","), sizes, args.repeats, _PrintResults(), args.algo
+        )
+        return 0
+    if args.nodes:
+        if args.nodes < 1 or args.per_node < 1:
+            parser.error("--nodes and --per-node must be at least 1")
+        return run_emulated(args, sizes)
 
     if args.transport is not None:
         os.environ["COLLECTIVE_LOCAL_TRANSPORT"] = args.transport  # inherited by the ranks

@@ -182,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nps", default="2,4", help="rank counts (default 2,4)")
     parser.add_argument("--sizes", default="4K,256K,4M,32M", help="byte counts, K/M/G allowed")
     parser.add_argument(
-        "--algo", default="auto", choices=["ring", "tree", "star", "auto"], help="our algorithm"
+        "--algo",
+        default="auto",
+        choices=["ring", "tree", "star", "hierarchical", "auto"],
+        help="our algorithm",
     )
     parser.add_argument(
         "--peers-python",

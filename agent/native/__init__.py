@@ -52,14 +52,14 @@ __all__ = [
 ]
 
 ReduceOpName = Literal["sum", "mean", "min", "max"]
-AlgorithmName = Literal["auto", "ring", "tree", "star"]
+AlgorithmName = Literal["auto", "ring", "tree", "star", "hierarchical"]
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 60.0
 _MAX_CLUSTER_VERSION = 2**63 - 1
 _REDUCE_OPS: tuple[str, ...] = ("sum", "mean", "min", "max")
-_ALGORITHMS: tuple[str, ...] = ("auto", "ring", "tree", "star")
+_ALGORITHMS: tuple[str, ...] = ("auto", "ring", "tree", "star", "hierarchical")
 _DTYPES: tuple[np.dtype, ...] = tuple(
     np.dtype(name) for name in ("float32", "float64", "float16", "int32", "int64")
 )
@@ -288,7 +288,9 @@ class Communicator:
     how long any collective may go without data moving. ``timeout_s=None``
     reads ``COLLECTIVE_TIMEOUT`` (seconds, default 60).
 
-    ``algorithm`` (``"auto"``, ``"ring"``, ``"tree"`` or ``"star"``) is used by
+    ``algorithm`` (``"auto"``, ``"ring"``, ``"tree"``, ``"star"`` or ``"hierarchical"``:
+    reduce inside each node first when the group spans hosts with several ranks each,
+    else the ring; ``"auto"`` does the same for large buffers) is used by
     calls that do not name one; every rank must pass the same, and the ranks
     check that (and their ``COLLECTIVE_AUTO_*`` settings) before construction
     returns, raising ``ValueError`` on every rank otherwise.
@@ -370,6 +372,26 @@ class Communicator:
     def algorithm(self) -> str:
         """The algorithm used by calls that name none (see set_algorithm)."""
         return self._native.algorithm
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        """Per rank, the node it is on (0, 1, ... in order of first rank).
+
+        Ranks whose peer addresses share the host part are one node; the
+        ``"hierarchical"`` algorithm reduces inside each node first.
+        """
+        return tuple(self._native.nodes)
+
+    def allreduce_algorithm(
+        self, count: int, dtype: Any = "float32", algorithm: AlgorithmName | None = None
+    ) -> str:
+        """The algorithm an allreduce of ``count`` elements would run ("ring", "tree",
+        "star" or "hierarchical"), given ``algorithm`` or the communicator's own."""
+        if algorithm is not None and algorithm not in _ALGORITHMS:
+            raise ValueError(f"algorithm {algorithm!r} is not known: use one of {_ALGORITHMS}")
+        return self._native.allreduce_algorithm(
+            int(count), np.dtype(dtype).itemsize, algorithm or ""
+        )
 
     def allreduce(
         self, x: npt.NDArray[Any], op: ReduceOpName = "sum", algorithm: AlgorithmName | None = None

@@ -53,7 +53,10 @@ TOPOLOGIES = Terms(
         "ring": "bandwidth-optimal ring allreduce (reduce-scatter, then all-gather)",
         "tree": "binary-tree allreduce (fewer steps; better for small tensors)",
         "star": "star allreduce through rank 0",
-        "auto": "the collective library picks per call, by message size and group size",
+        "hierarchical": "reduce inside each node over shared memory, allreduce across nodes, "
+        "then share inside each node (jobs with several workers per node; else the ring)",
+        "auto": "the collective library picks per call, by message size, group size and "
+        "workers per node",
     }
 )
 

@@ -153,12 +153,12 @@ class Job(models.Model):
     # The strategy and topology the job runs with now (a policy or a user may switch them
     # while it runs) and the ones it was created with (a run from scratch starts with those).
     strategy = models.CharField(max_length=8, choices=Strategy.choices, default=Strategy.SSGD)
-    topology = models.CharField(max_length=8, choices=Topology.choices, default=Topology.RING)
+    topology = models.CharField(max_length=16, choices=Topology.choices, default=Topology.RING)
     strategy_initial = models.CharField(
         max_length=8, choices=Strategy.choices, default=Strategy.SSGD
     )
     topology_initial = models.CharField(
-        max_length=8, choices=Topology.choices, default=Topology.RING
+        max_length=16, choices=Topology.choices, default=Topology.RING
     )
     policy = models.ForeignKey(
         "policies.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"

@@ -43,6 +43,12 @@ TreeTopology topology_for(Algorithm algorithm, int rank, int size, int root) {
   }
 }
 
+std::vector<std::string> hosts_of(const std::vector<std::string>& peers) {
+  std::vector<std::string> hosts;
+  for (const std::string& peer : peers) hosts.push_back(parse_host_port(peer).host);
+  return hosts;
+}
+
 void check_data(const void* data, size_t count, const char* what) {
   if (count > 0 && data == nullptr) throw InvalidArgumentError(std::string(what) + " is null");
 }
@@ -90,6 +96,7 @@ Communicator::Communicator(CommunicatorOptions options)
       tunables_(tunables()),
       cluster_version_(options.cluster_version),
       peers_(options.peers),
+      layout_(node_layout(hosts_of(options.peers), options.rank)),
       algorithm_(options.algorithm),
       link_kinds_(1, "self") {
   if (size_ == 1) return;
@@ -239,6 +246,13 @@ Algorithm Communicator::algorithm() const {
   return algorithm_;
 }
 
+Algorithm Communicator::allreduce_algorithm(size_t count, size_t element_bytes,
+                                            Algorithm requested) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (size_ == 1) return requested == Algorithm::kDefault ? algorithm_ : requested;
+  return resolve(requested, count * element_bytes, count, true);
+}
+
 void Communicator::close() {
   // The blob service first: it must not wait behind a collective in flight.
   stop_blob_service();
@@ -267,14 +281,24 @@ int Communicator::spin_for(size_t bytes) const {
   return bytes < tunables_.auto_ring_min_bytes ? tunables_.spin_us : tunables_.spin_bandwidth_us;
 }
 
-Algorithm Communicator::resolve(Algorithm requested, size_t bytes, size_t count) const {
+Algorithm Communicator::resolve(Algorithm requested, size_t bytes, size_t count,
+                                bool hierarchical) const {
   if (requested == Algorithm::kDefault) requested = algorithm_;
+  // "hierarchical" and "auto" reduce inside each node first when the group
+  // spans nodes with several ranks each (and the buffer is big enough for a
+  // ring); otherwise "hierarchical" is the flat ring.
+  const bool layered =
+      hierarchical && layout_.hierarchical() && count >= static_cast<size_t>(size_);
+  if (layered && requested == Algorithm::kHierarchical) return Algorithm::kHierarchical;
+  if (layered && requested == Algorithm::kAuto && bytes >= tunables_.auto_ring_min_bytes) {
+    return Algorithm::kHierarchical;
+  }
   return choose_algorithm(requested, bytes, count, size_, tunables_);
 }
 
 void Communicator::reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op,
                                  Algorithm algorithm, const MessageHeader& header) {
-  if (algorithm == Algorithm::kRing) {
+  if (algorithm == Algorithm::kRing || algorithm == Algorithm::kHierarchical) {
     RingOptions ring;
     ring.data = data;
     ring.count = count;
@@ -285,7 +309,11 @@ void Communicator::reduce_locked(void* data, size_t count, DataType dtype, Reduc
     ring.block_bytes = tunables_.block_bytes;
     ring.scratch = &scratch_;
     ring.spin_us = spin_for(count * element_size(dtype));
-    ring_allreduce(*transport_, ring);
+    if (algorithm == Algorithm::kHierarchical) {
+      hierarchical_allreduce(*transport_, layout_, ring);
+    } else {
+      ring_allreduce(*transport_, ring);
+    }
     return;
   }
   RootedOptions rooted;
@@ -312,7 +340,7 @@ void Communicator::allreduce(void* data, size_t count, DataType dtype, ReduceOp 
   check_data(data, count, "allreduce: data");
   run("allreduce", [&] {
     if (size_ == 1) return;  // already the result (mean of one value is itself)
-    const Algorithm chosen = resolve(algorithm, count * element_size(dtype), count);
+    const Algorithm chosen = resolve(algorithm, count * element_size(dtype), count, true);
     const MessageHeader header = next_header(CollectiveKind::kAllreduce, count, dtype,
                                              static_cast<uint32_t>(op), chosen, shape_hash);
     reduce_locked(data, count, dtype, op, chosen, header);
@@ -515,7 +543,7 @@ void Communicator::grouped_allreduce(const std::vector<Buffer>& buffers, ReduceO
         std::memcpy(work_.data() + offset, buffer.data, buffer.count * item);
         offset += buffer.count * item;
       }
-      const Algorithm chosen = resolve(algorithm, total * item, total);
+      const Algorithm chosen = resolve(algorithm, total * item, total, true);
       const MessageHeader header = next_header(CollectiveKind::kAllreduce, total, dtype,
                                                static_cast<uint32_t>(op), chosen, layout);
       reduce_locked(work_.data(), total, dtype, op, chosen, header);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "collectives/algorithm.h"
+#include "collectives/allreduce_hierarchical.h"
 #include "collectives/protocol.h"
 #include "core/tunables.h"
 #include "core/types.h"
@@ -66,6 +67,13 @@ class Communicator {
   double timeout_seconds() const { return timeout_.count() / 1000.0; }
   bool closed() const;
   Algorithm algorithm() const;
+  // The algorithm an allreduce of `count` elements of `element_bytes` each
+  // would run with `requested` (kDefault: the communicator's); kHierarchical
+  // only when the group spans nodes with as many ranks on each.
+  Algorithm allreduce_algorithm(size_t count, size_t element_bytes, Algorithm requested) const;
+  // Per rank, the node it is on (0, 1, ... in order of first rank): ranks whose
+  // peer addresses share the host part are one node.
+  const std::vector<int>& nodes() const { return layout_.node_of; }
   // Per rank, how this rank's data reaches it: "self", "shm" or "tcp".
   const std::vector<std::string>& link_kinds() const { return link_kinds_; }
 
@@ -130,7 +138,10 @@ class Communicator {
   // The pieces run() bodies are made of; the lock is held.
   MessageHeader next_header(CollectiveKind kind, uint64_t count, DataType dtype, uint32_t op,
                             Algorithm algorithm, uint64_t shape_hash);
-  Algorithm resolve(Algorithm requested, size_t bytes, size_t count) const;
+  // `hierarchical`: the call may run the hierarchical allreduce (allreduce
+  // only); other collectives run the flat ring where it would be chosen.
+  Algorithm resolve(Algorithm requested, size_t bytes, size_t count,
+                    bool hierarchical = false) const;
   // COLLECTIVE_SPIN_US for a latency-bound call of `bytes`, else 0.
   int spin_for(size_t bytes) const;
   void reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
@@ -147,6 +158,7 @@ class Communicator {
   const Tunables tunables_;
   const uint64_t cluster_version_;
   const std::vector<std::string> peers_;
+  const NodeLayout layout_;  // which ranks share a node (the hosts in peers_)
 
   mutable std::mutex mutex_;
   std::unique_ptr<Transport> transport_;  // null for a single rank

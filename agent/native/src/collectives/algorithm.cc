@@ -16,6 +16,8 @@ const char* name_of(Algorithm algorithm) {
       return "tree";
     case Algorithm::kStar:
       return "star";
+    case Algorithm::kHierarchical:
+      return "hierarchical";
   }
   return "unknown";
 }
@@ -25,8 +27,10 @@ Algorithm parse_algorithm(const std::string& name) {
   if (name == "ring") return Algorithm::kRing;
   if (name == "tree") return Algorithm::kTree;
   if (name == "star") return Algorithm::kStar;
-  throw InvalidArgumentError("algorithm=\"" + name +
-                             "\" is not known: use one of \"auto\", \"ring\", \"tree\", \"star\"");
+  if (name == "hierarchical") return Algorithm::kHierarchical;
+  throw InvalidArgumentError(
+      "algorithm=\"" + name +
+      "\" is not known: use one of \"auto\", \"ring\", \"tree\", \"star\", \"hierarchical\"");
 }
 
 Algorithm choose_algorithm(Algorithm requested, size_t bytes, size_t count, int size,
@@ -34,6 +38,7 @@ Algorithm choose_algorithm(Algorithm requested, size_t bytes, size_t count, int 
   const bool ring_fits = count >= static_cast<size_t>(size);
   switch (requested) {
     case Algorithm::kRing:
+    case Algorithm::kHierarchical:
       return ring_fits ? Algorithm::kRing : Algorithm::kTree;
     case Algorithm::kTree:
     case Algorithm::kStar:

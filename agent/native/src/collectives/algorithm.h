@@ -9,9 +9,19 @@
 
 namespace adaptrain::collective {
 
-// kDefault means "whatever the communicator is set to"; only kRing, kTree and
-// kStar ever run (and travel in message headers).
-enum class Algorithm : uint32_t { kDefault = 0, kAuto = 1, kRing = 2, kTree = 3, kStar = 4 };
+// kDefault means "whatever the communicator is set to"; only kRing, kTree,
+// kStar and kHierarchical ever run (and travel in message headers).
+// kHierarchical needs to know which ranks share a node, which only the
+// communicator does (allreduce_hierarchical.h): choose_algorithm treats it as
+// the ring.
+enum class Algorithm : uint32_t {
+  kDefault = 0,
+  kAuto = 1,
+  kRing = 2,
+  kTree = 3,
+  kStar = 4,
+  kHierarchical = 5,
+};
 
 const char* name_of(Algorithm algorithm);
 // "ring" -> kRing, also "auto"; throws InvalidArgumentError listing the names.

@@ -88,7 +88,7 @@ class Ring {
         data_(static_cast<char*>(options.data)),
         header_out_(encode_header(options.header)),
         deadline_(Deadline::inactivity(options.timeout)),
-        stray_(transport, options.header, {next_.peer_rank(), prev_.peer_rank()}) {
+        stray_(transport, options.header, {(rank_ + 1) % size_, (rank_ + size_ - 1) % size_}) {
     // The block is a whole number of elements so that every reduce call sees
     // whole elements except for a partial tail carried to the next receive.
     block_bytes_ = std::max(options.block_bytes / element_size_, size_t{2}) * element_size_;

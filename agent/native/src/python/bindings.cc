@@ -178,6 +178,15 @@ NB_MODULE(_collective, m) {
       .def_prop_ro("timeout_s", &col::Communicator::timeout_seconds)
       .def_prop_ro("closed", &col::Communicator::closed)
       .def_prop_ro("links", [](const col::Communicator& self) { return self.link_kinds(); })
+      .def_prop_ro("nodes", [](const col::Communicator& self) { return self.nodes(); })
+      .def(
+          "allreduce_algorithm",
+          [](const col::Communicator& self, size_t count, size_t element_bytes,
+             const std::string& algorithm) {
+            return std::string(col::name_of(
+                self.allreduce_algorithm(count, element_bytes, algorithm_of(algorithm))));
+          },
+          nb::arg("count"), nb::arg("element_bytes"), nb::arg("algorithm"))
       .def_prop_ro(
           "algorithm",
           [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })

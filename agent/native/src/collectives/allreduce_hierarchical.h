@@ -1,0 +1,39 @@
+// Topology-aware allreduce for several ranks per node: see allreduce_hierarchical.cc.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "collectives/allreduce_ring.h"
+#include "transport/transport.h"
+
+namespace adaptrain::collective {
+
+// Which ranks share a node. A node is a host as written in the peer list
+// ("10.0.0.3:41002" and "10.0.0.3:41003" are one node); nodes are numbered in
+// order of their first rank.
+struct NodeLayout {
+  std::vector<int> node_of;      // per rank
+  std::vector<int> local_index;  // per rank: its place among its node's ranks
+  int nodes = 0;
+  int per_node = 0;                // ranks per node when every node has as many, else 0
+  std::vector<int> local_members;  // this rank's node, in rank order
+  std::vector<int> cross_members;  // ranks with this rank's local index, in node order
+  // More than one node, each with the same number (> 1) of ranks.
+  bool hierarchical() const { return nodes > 1 && per_node > 1; }
+};
+
+NodeLayout node_layout(const std::vector<std::string>& hosts, int rank);
+
+// Allreduce in three phases (options as for ring_allreduce; the header's
+// `root` field carries the phase number 1-3 on the wire):
+//   1. reduce-scatter among the ranks of each node (shared memory): local
+//      rank i ends with the node's sum of segment i;
+//   2. allreduce of segment i among the ranks with local index i, one per
+//      node (the inter-node links; every rank carries 1/K of the buffer);
+//   3. all-gather among the ranks of each node.
+// Needs layout.hierarchical() and options.count >= the number of ranks.
+void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
+                            const RingOptions& options);
+
+}  // namespace adaptrain::collective

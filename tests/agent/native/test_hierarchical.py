@@ -1,0 +1,179 @@
+"""The hierarchical allreduce: ranks on several "nodes" (host parts) reduce inside each node first.
+
+Nodes are emulated with loopback addresses: ranks listening on 127.0.0.1 are
+one node and share memory, ranks on 127.0.0.2 (and .3) are others, reached over
+TCP. Checked: which algorithm runs ("hierarchical" only for equal ranks per
+node, several nodes, several ranks each, and a buffer of at least one element
+per rank; "auto" picks it for large buffers), results equal NumPy's and are
+bit-identical on every rank for every dtype and op with odd sizes, and a group
+can switch to and from it with set_algorithm. Real multi-namespace runs with a
+rate-limited link are in bench/allreduce.py --nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from native_ranks import run_ranks
+
+from agent.native import Communicator
+
+
+def on_nodes(peers: list[str], per_node: list[int]) -> list[str]:
+    """The same ports, with rank r's host part telling its node: 127.0.0.<node+1>."""
+    hosts = [f"127.0.0.{node + 1}" for node, count in enumerate(per_node) for _ in range(count)]
+    return [f"{host}:{peer.rsplit(':', 1)[1]}" for host, peer in zip(hosts, peers, strict=True)]
+
+
+def inputs(n: int, dtype: str, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal((n, size)).astype(dtype)
+    return rng.integers(-1000, 1000, size=(n, size)).astype(dtype)
+
+
+def reference(everyone: np.ndarray, op: str) -> np.ndarray:
+    if op == "sum":
+        return everyone.sum(axis=0, dtype=np.float64 if everyone.dtype.kind == "f" else None)
+    if op == "mean":
+        return everyone.astype(np.float64).mean(axis=0)
+    return everyone.min(axis=0) if op == "min" else everyone.max(axis=0)
+
+
+CASES = [
+    ("float32", "sum", 1),
+    ("float32", "sum", 4099),
+    ("float64", "mean", 777),
+    ("float16", "max", 1001),
+    ("int32", "min", 12345),
+    ("int64", "sum", 3),
+    ("float32", "mean", 1 << 20),
+]
+
+
+def _allreduce_cases(rank: int, peers: list[str], per_node: list[int]) -> dict[str, Any]:
+    peers = on_nodes(peers, per_node)
+    n = len(peers)
+    out: dict[str, Any] = {"chosen": {}, "results": []}
+    with Communicator(rank, peers, timeout_s=30, algorithm="hierarchical") as comm:
+        out["nodes"] = comm.nodes
+        out["links"] = comm.links
+        for count in (1, n - 1, n, 1 << 20):
+            out["chosen"][count] = comm.allreduce_algorithm(max(count, 1))
+        out["auto_small"] = comm.allreduce_algorithm(16, algorithm="auto")
+        out["auto_large"] = comm.allreduce_algorithm(1 << 22, algorithm="auto")
+        for index, (dtype, op, size) in enumerate(CASES):
+            everyone = inputs(n, dtype, size, seed=index)
+            x = everyone[rank].copy()
+            assert comm.allreduce(x, op=op) is x
+            expected = reference(everyone, op)
+            if np.dtype(dtype).kind == "f":
+                tolerance = 1e-2 if dtype == "float16" else 1e-4
+                np.testing.assert_allclose(x, expected, rtol=tolerance, atol=tolerance)
+            else:
+                np.testing.assert_array_equal(x, expected.astype(dtype))
+            out["results"].append(x.tobytes())
+        # A switch to the flat ring and back, like set_topology at a step boundary.
+        comm.set_algorithm("ring")
+        y = np.full(1000, rank + 1.0, dtype=np.float32)
+        comm.allreduce(y)
+        comm.set_algorithm("hierarchical")
+        comm.allreduce(y)
+        out["switched"] = float(y[0])
+        comm.barrier()
+    return out
+
+
+@pytest.mark.parametrize(
+    "per_node", [[2, 2], [3, 3], [2, 2, 2], [4, 4]], ids=lambda p: "x".join(map(str, p))
+)
+def test_hierarchical_allreduce_matches_numpy_and_is_bit_identical(per_node: list[int]) -> None:
+    n = sum(per_node)
+    results = run_ranks(_allreduce_cases, n, per_node, timeout_s=120)
+    first = results[0]
+    nodes = tuple(node for node, count in enumerate(per_node) for _ in range(count))
+    for rank in range(n):
+        got = results[rank]
+        assert got["nodes"] == nodes
+        # One element per rank at least, else the flat algorithms (the ring falls
+        # back to the tree below one element per rank).
+        assert got["chosen"] == {
+            1: "tree",
+            n - 1: "tree",
+            n: "hierarchical",
+            1 << 20: "hierarchical",
+        }
+        assert got["auto_small"] != "hierarchical"
+        assert got["auto_large"] == "hierarchical"
+        assert got["results"] == first["results"], f"rank {rank} ended with other bits"
+        assert got["switched"] == float(sum(range(1, n + 1)) * n)
+        # Ranks of one node share memory; other nodes are reached over TCP.
+        for peer in range(n):
+            kind = got["links"][peer]
+            if peer == rank:
+                assert kind == "self"
+            else:
+                assert kind == ("shm" if nodes[peer] == nodes[rank] else "tcp")
+
+
+def _chosen(rank: int, peers: list[str], per_node: list[int]) -> tuple[str, str]:
+    peers = on_nodes(peers, per_node)
+    with Communicator(rank, peers, timeout_s=30, algorithm="hierarchical") as comm:
+        x = np.arange(1 << 16, dtype=np.float32)
+        comm.allreduce(x)
+        assert x[1] == len(peers)
+        return comm.allreduce_algorithm(1 << 16), comm.allreduce_algorithm(
+            1 << 22, algorithm="auto"
+        )
+
+
+@pytest.mark.parametrize(
+    "per_node", [[4], [1, 1, 1], [2, 1], [3, 2]], ids=lambda p: "x".join(map(str, p))
+)
+def test_one_node_one_rank_per_node_or_unequal_nodes_run_the_flat_ring(per_node: list[int]) -> None:
+    results = run_ranks(_chosen, sum(per_node), per_node, timeout_s=60)
+    for rank, (asked, auto) in results.items():
+        assert asked == "ring", f"rank {rank}"
+        assert auto == "ring", f"rank {rank}"
+
+
+def _killed_mid_hierarchical(rank: int, peers: list[str], victim: int) -> tuple[str, str, float]:
+    import os
+    import signal
+    import threading
+    import time
+
+    from agent.native import CollectiveError
+
+    peers = on_nodes(peers, [2, 2])
+    comm = Communicator(rank, peers, timeout_s=4.0, algorithm="hierarchical")
+    x = np.ones(1 << 20, dtype=np.float32)
+    comm.allreduce(x)  # connected and in step
+    assert comm.allreduce_algorithm(x.size) == "hierarchical"
+    if rank == victim:
+        threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGKILL)).start()
+    for _ in range(10_000):
+        started = time.monotonic()
+        try:
+            comm.allreduce(x)
+        except CollectiveError as error:
+            assert comm.closed
+            return type(error).__name__, str(error), time.monotonic() - started
+    raise AssertionError("allreduce kept working after a rank was killed")
+
+
+@pytest.mark.parametrize("victim", [0, 3])
+def test_a_rank_killed_mid_call_makes_every_survivor_fail_on_both_nodes(victim: int) -> None:
+    # Survivors on the other node only share a sub-ring with the victim's
+    # node-mates: the failure must still reach them (a failing rank closes all
+    # its links), well within the timeout rather than by it.
+    results = run_ranks(_killed_mid_hierarchical, 4, victim, timeout_s=60)
+    survivors = sorted(set(range(4)) - {victim})
+    assert sorted(results) == survivors
+    for rank in survivors:
+        kind, message, elapsed = results[rank]
+        assert kind in ("CollectiveError", "CollectiveTimeout"), message
+        assert f"allreduce on rank {rank}" in message
+        assert elapsed < 4.0 + 1.0
