@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0019_node_code_kinds"),
+        ("jobs", "0020_topology_hierarchical"),
     ]
 
     operations = [
