@@ -39,9 +39,12 @@ from typing import Any
 import websockets
 
 from adaptrain.rest import ApiError
+from agent.daemon import gpus
 from agent.daemon.bundles import MAX_ARCHIVE_BYTES, BundleCache, CodeUnavailable, refusal
 from agent.daemon.client import ControlPlaneClient, channel_headers
 from agent.daemon.config import AgentConfig
+from agent.daemon.gpu_pinning import GpuPool
+from agent.daemon.gpu_telemetry import gpu_points, gpu_stats
 from agent.daemon.logship import LogShipper
 from agent.daemon.metrics import MetricShipper
 from agent.daemon.outbox import ReportOutbox, Sender
@@ -70,7 +73,7 @@ from agent.protocol.control import (
     WorkerFrame,
     parse_to_agent,
 )
-from agent.protocol.rest import JobReport, WorkerStatus
+from agent.protocol.rest import GpuStat, JobReport, WorkerStatus
 
 log = logging.getLogger("agent")
 
@@ -130,6 +133,7 @@ class Agent:
             lambda digest: self.client.fetch_bundle(digest, limit_bytes=MAX_ARCHIVE_BYTES),
         )
         self.groups: dict[int, WorkerGroup] = {}
+        self.gpu_pool = GpuPool(config.gpus.uuids)  # each worker owns one (gpu_pinning)
         self.seen_commands: set[int] = set()
         self.outbox = ReportOutbox(outbox_path(config.state_dir))
         self.metrics = MetricShipper(self.client, config.metrics_flush_s)
@@ -237,6 +241,13 @@ class Agent:
             inventory.source,
             self.config.slots,
         )
+        if inventory.gpus and self.config.slots > len(inventory.gpus):
+            log.warning(
+                "AGENT_SLOTS=%d exceeds the %d GPU(s) this agent may use: a worker never "
+                "shares a GPU, so workers placed beyond the GPU count fail to start",
+                self.config.slots,
+                len(inventory.gpus),
+            )
         try:
             if not await self.ensure_credential():
                 return
@@ -343,6 +354,7 @@ class Agent:
             state_dir=self.config.state_dir,
             on_metrics=self.metrics.add,
             on_command_done=self._command_done,
+            gpu_pool=self.gpu_pool,
             grace_s=self.config.orphan_grace_s,
             ignore_sigterm=self.config.on_exit == "leave",
             log_limits=LogLimits(
@@ -412,10 +424,28 @@ class Agent:
                 asyncio.create_task(self._add_joiners(frame, supervise=i == 0))
 
     # -- heartbeat -------------------------------------------------------------------------
+    async def _gpu_report(self) -> tuple[GpuStat, ...] | None:
+        """The GPUs' state now, for the heartbeat; their owners' gpu_util/gpu_mem points
+        go to the metric shipper (:mod:`agent.daemon.gpu_telemetry`). None: no GPU."""
+        inventory = self.config.gpus
+        if not inventory.gpus:
+            return None
+        try:
+            samples = await asyncio.to_thread(gpus.sample, inventory)
+            stats = gpu_stats(inventory, samples, self.gpu_pool)
+            jobs = {job: (group.workers, group.members) for job, group in self.groups.items()}
+            points = gpu_points(stats, jobs)
+        except Exception as exc:  # telemetry must never stop the heartbeat
+            log.warning("GPU telemetry failed: %s", exc)
+            return None
+        if points:
+            self.metrics.add(points)
+        return stats
+
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                reply = await self.client.heartbeat(sorted(self.groups))
+                reply = await self.client.heartbeat(sorted(self.groups), await self._gpu_report())
                 for job_id in reply.release:
                     await self._release(job_id)
             except ApiError as exc:

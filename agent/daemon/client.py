@@ -20,6 +20,7 @@ from agent.protocol.rest import (
     Enrolment,
     EnrolRequest,
     Goodbye,
+    GpuStat,
     Heartbeat,
     HeartbeatReply,
     JobReport,
@@ -106,9 +107,12 @@ class ControlPlaneClient(RestClient):
         )
         return await self._call("POST", "/api/v1/agent/enrol/", request, Enrolment)
 
-    async def heartbeat(self, running_jobs: Sequence[int] | None = None) -> HeartbeatReply:
+    async def heartbeat(
+        self, running_jobs: Sequence[int] | None = None, gpus: Sequence[GpuStat] | None = None
+    ) -> HeartbeatReply:
         body = Heartbeat(
             jobs=None if running_jobs is None else tuple(running_jobs),
+            gpus=None if gpus is None else tuple(gpus),
             agent_version=self.version,
             protocol=PROTOCOL_VERSION,
             code=self.code,

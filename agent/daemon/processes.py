@@ -83,6 +83,8 @@ class LocalWorker:
     acked_n: int = 0  # its numbered lines handled (and acknowledged) so far
     writer: asyncio.StreamWriter | None = None
     abandoned: bool = False  # a standby the control plane gave up on: ended, not a crash
+    gpu: str | None = None  # UUID of the GPU it owns (agent.daemon.gpu_pinning)
+    last_step: int | None = None  # the highest step of its metrics (for its GPU's series)
 
     @property
     def alive(self) -> bool:
@@ -206,6 +208,7 @@ class LocalWorker:
             "code": self.code,
             "replied_seq": self.replied_seq,
             "acked_n": self.acked_n,
+            "gpu": self.gpu,
         }
 
     @classmethod
@@ -227,4 +230,5 @@ class LocalWorker:
             code=d.get("code"),
             replied_seq=int(d.get("replied_seq", 0)),
             acked_n=int(d.get("acked_n", 0)),
+            gpu=d.get("gpu"),
         )

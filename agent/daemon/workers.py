@@ -28,6 +28,7 @@ from agent import protocol
 from agent.daemon import connection, storage
 from agent.daemon.bundles import JobCode
 from agent.daemon.commands import CommandRelay, JobNotes, OnCommandDone, ends_joiners, terminates
+from agent.daemon.gpu_pinning import GpuPool, pinned_env
 from agent.daemon.logs import failure_excerpt
 from agent.daemon.processes import (
     CRASHED,
@@ -103,6 +104,7 @@ class WorkerGroup:
         persist: bool = True,
         log_limits: LogLimits = DEFAULT_LOG_LIMITS,
         ignore_sigterm: bool = False,
+        gpu_pool: GpuPool | None = None,
     ):
         self.job_id = job_id
         # AGENT_ON_EXIT=leave: workers ignore SIGTERM (a Slurm job's end signals every
@@ -118,6 +120,8 @@ class WorkerGroup:
         self.log_limits = log_limits
         self.on_metrics = on_metrics
         self.on_worker_event = on_worker_event
+        # The node's GPUs, shared by every job's group: each worker claims one of its own.
+        self.gpu_pool = gpu_pool if gpu_pool is not None else GpuPool(())
         self.workers: dict[int, LocalWorker] = {}
         self.ports: dict[int, int] = {}
         self.commands = CommandRelay(on_command_done, self.save)
@@ -169,6 +173,7 @@ class WorkerGroup:
                 self.state_path.unlink()
             self.state_path = None
         for worker in self.workers.values():
+            self.gpu_pool.release(self.job_id, worker.rank)
             if worker.socket_path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(worker.socket_path)
@@ -191,6 +196,9 @@ class WorkerGroup:
         for d in state["workers"]:
             worker = LocalWorker.from_state(d)
             group.workers[worker.rank] = worker
+            if worker.gpu and not worker.outcome and worker.pid is not None:
+                # It still runs on that GPU (or its watcher will find it gone and free it).
+                group.gpu_pool.hold(group.job_id, worker.rank, worker.gpu)
         group.commands.restore(state)
         group.notes = JobNotes.from_state(state.get("meta") or {})
         return group
@@ -256,17 +264,23 @@ class WorkerGroup:
 
     async def _launch(self, worker: LocalWorker, env: dict[str, str], entrypoint: str) -> None:
         code = self.code
-        worker.launch(
-            job_id=self.job_id,
-            state_dir=self.state_dir,
-            python=self.python,
-            entrypoint=entrypoint,
-            grace_s=self.grace_s,
-            env=env if code is None else {**code.environment(), **env},
-            log_limits=self.log_limits,
-            cwd=None if code is None else code.cwd,
-            ignore_sigterm=self.ignore_sigterm,
-        )
+        worker.gpu = self.gpu_pool.claim(self.job_id, worker.rank, worker.gpu)
+        gpu_env = pinned_env(worker.gpu) if worker.gpu else {}
+        try:
+            worker.launch(
+                job_id=self.job_id,
+                state_dir=self.state_dir,
+                python=self.python,
+                entrypoint=entrypoint,
+                grace_s=self.grace_s,
+                env={**(code.environment() if code is not None else {}), **env, **gpu_env},
+                log_limits=self.log_limits,
+                cwd=None if code is None else code.cwd,
+                ignore_sigterm=self.ignore_sigterm,
+            )
+        except BaseException:
+            self.gpu_pool.release(self.job_id, worker.rank)
+            raise
         self.workers[worker.rank] = worker
         self.save()
         self._connections[worker.rank] = asyncio.create_task(connection.serve(worker, self))
@@ -292,6 +306,7 @@ class WorkerGroup:
                 f"cluster version {version} ({', '.join(addresses)}) leaves out worker(s) "
                 f"{left_out} of this node, which had not started yet"
             )
+        self.gpu_pool.check_room(self.job_id, [r for r in self.ranks if r not in self.workers])
         self.version, self.members = version, addresses
         params = json.dumps(self.start.params.to_dict())
         for rank in self.ranks:
@@ -318,6 +333,9 @@ class WorkerGroup:
         if join.cluster_version > self.version:
             self.version, self.members = join.cluster_version, list(join.members)
         self.workers_min = join.workers_min
+        self.gpu_pool.check_room(
+            self.job_id, [s.rank for s in join.workers if s.rank not in self.workers]
+        )
         params = json.dumps(join.params.to_dict())
         started = []
         for spec in join.workers:
@@ -362,6 +380,8 @@ class WorkerGroup:
     async def handle(self, worker: LocalWorker, line: FromWorker) -> None:
         match line:
             case MetricsLine(points=points):
+                if points:
+                    worker.last_step = max(worker.last_step or 0, *(p.step for p in points))
                 self.on_metrics([replace(p, job=self.job_id) for p in points])
             case AppliedLine() | FailedLine():
                 await self._reply(worker, line)
@@ -541,6 +561,7 @@ class WorkerGroup:
             self.failed_rank = worker.rank
             self.save()
             await self.terminate()
+        self.gpu_pool.release(self.job_id, worker.rank)  # free for the next worker
         await self.commands.worker_gone(worker.rank)
         self.save()
         self._changed.set()

@@ -37,6 +37,7 @@ ENV_FABRIC_SECRET = "ADAPTRAIN_FABRIC_SECRET"
 ENV_JOINING = "ADAPTRAIN_JOINING"  # "1": start as a warm standby and wait to be let in
 ENV_AGENT_SOCKET = "ADAPTRAIN_AGENT_SOCKET"  # Unix socket path the worker listens on for its agent
 ENV_AGENT_GRACE_S = "ADAPTRAIN_AGENT_GRACE_S"  # seconds without an agent before the worker stops
+ENV_GPU = "ADAPTRAIN_GPU"  # UUID of the GPU the worker owns (also its CUDA_VISIBLE_DEVICES)
 
 
 class ProtocolError(ValueError):

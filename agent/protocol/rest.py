@@ -120,6 +120,50 @@ class Enrolment(Message):
 
 
 @dataclass(frozen=True)
+class GpuStat(Message):
+    """One GPU of the node as a heartbeat reports it: what it is and how busy it is now
+    (None where the driver does not say). ``job``/``rank``: the worker that owns it."""
+
+    WHAT = "GPU status"
+    uuid: str
+    name: str = ""
+    memory_total_mib: float | None = None
+    utilization_pct: float | None = None
+    memory_used_mib: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+    job: int | None = None
+    rank: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "memory_total_mib": self.memory_total_mib,
+            "utilization_pct": self.utilization_pct,
+            "memory_used_mib": self.memory_used_mib,
+            "temperature_c": self.temperature_c,
+            "power_w": self.power_w,
+            "job": self.job,
+            "rank": self.rank,
+        }
+
+    @classmethod
+    def read(cls, f: Fields) -> GpuStat:
+        return cls(
+            uuid=f.text("uuid"),
+            name=f.text_or_none("name") or "",
+            memory_total_mib=f.number_or_none("memory_total_mib"),
+            utilization_pct=f.number_or_none("utilization_pct"),
+            memory_used_mib=f.number_or_none("memory_used_mib"),
+            temperature_c=f.number_or_none("temperature_c"),
+            power_w=f.number_or_none("power_w"),
+            job=f.integer_or_none("job"),
+            rank=f.integer_or_none("rank"),
+        )
+
+
+@dataclass(frozen=True)
 class Heartbeat(Message):
     """``POST agent/heartbeat/``; ``jobs``: the jobs whose workers the agent runs (None:
     not said, as when a stored credential is checked); the agent's package version and
@@ -130,9 +174,12 @@ class Heartbeat(Message):
     agent_version: str = ""
     protocol: int | None = None
     code: tuple[str, ...] | None = None  # as at enrolment (AGENT_CODE may have changed)
+    gpus: tuple[GpuStat, ...] | None = None  # the node's GPUs now (None: not said)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {} if self.jobs is None else {"jobs": list(self.jobs)}
+        if self.gpus is not None:
+            data["gpus"] = [g.to_dict() for g in self.gpus]
         return {**data, **_versions(self.agent_version, self.protocol), **_code(self.code)}
 
     @classmethod
@@ -142,6 +189,7 @@ class Heartbeat(Message):
             agent_version=f.text_or_none("agent_version") or "",
             protocol=f.integer_or_none("protocol"),
             code=_read_code(f),
+            gpus=None if f.data.get("gpus") is None else f.records("gpus", GpuStat),
         )
 
 

@@ -189,6 +189,9 @@ METRICS = Terms(
         "gns": "gradient noise scale (the critical batch size estimate)",
         "grad_variance": "smoothed per-sample gradient variance tr(Σ)",
         "grad_snr": "gradient signal-to-noise ratio |G|² / (tr(Σ) / B)",
+        "gpu_util": "percent of time the worker's GPU was busy (per worker; whole-job: the mean "
+        "over the workers on rank 0's node); sampled by the agent with each heartbeat",
+        "gpu_mem": "percent of the worker's GPU memory in use (per worker; whole-job as gpu_util)",
     }
 )
 # Series the runtime records for its own bookkeeping, not for policies.

@@ -60,6 +60,8 @@ class Node(models.Model):
         "JoinToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"
     )
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # Each GPU as the latest heartbeat said (agent.protocol.rest.GpuStat dicts); [] without.
+    gpus = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 

@@ -63,7 +63,7 @@ AGENT_STATE_DIR={STATE_DIR}
 # The address other nodes reach this node's workers on (unset: the address of the
 # interface this machine reaches the control plane through).
 # AGENT_ADDRESS=10.0.0.5
-# Workers at once (unset: the number of CPUs; on a GPU node, set its number of GPUs).
+# Workers at once (unset: one per GPU the agent may use, AGENT_GPUS; without GPUs one per CPU).
 # AGENT_SLOTS=4
 # Labels jobs select nodes by (node_selector).
 # AGENT_LABELS=zone=eu-1

@@ -94,12 +94,34 @@ class AgentEnrolApi(APIView):
         )
 
 
+class GpuStatSerializer(serializers.Serializer):
+    """One GPU as a heartbeat says it (agent.protocol.rest.GpuStat)."""
+
+    uuid = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    memory_total_mib = serializers.FloatField(required=False, allow_null=True, default=None)
+    utilization_pct = serializers.FloatField(required=False, allow_null=True, default=None)
+    memory_used_mib = serializers.FloatField(required=False, allow_null=True, default=None)
+    temperature_c = serializers.FloatField(required=False, allow_null=True, default=None)
+    power_w = serializers.FloatField(required=False, allow_null=True, default=None)
+    job = serializers.IntegerField(required=False, allow_null=True, default=None)
+    rank = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+
 class AgentHeartbeatApi(AgentApi):
     class InputSerializer(_AgentVersions):
         jobs = serializers.ListField(
             child=serializers.IntegerField(min_value=1, max_value=2**31 - 1),
             required=False,
             max_length=10_000,
+        )
+        gpus = GpuStatSerializer(
+            many=True,
+            required=False,
+            allow_null=True,
+            max_length=256,
+            help_text="The node's GPUs now: model, memory, utilisation, temperature, power "
+            "and the worker that owns each (absent: an agent without GPUs or from before).",
         )
 
     @extend_schema(
@@ -132,6 +154,7 @@ class AgentHeartbeatApi(AgentApi):
             agent_version=v.get("agent_version", ""),
             protocol=v.get("protocol"),
             code=v.get("code"),
+            gpus=None if v.get("gpus") is None else [dict(g) for g in v["gpus"]],
         )
         return Response(
             {

@@ -225,7 +225,8 @@ class JobOutputSerializer(serializers.ModelSerializer):
     def get_workers(self, job: Job) -> list[dict]:
         """The workers of the job's current run. ``rank`` is the worker's fixed number in the
         run; ``cluster_rank`` its rank in the run's latest cluster version (null when it is
-        not a member)."""
+        not a member). ``gpu``: the GPU it owns as its node's latest heartbeat said (null
+        on a node without GPUs)."""
         members = selectors.job_cluster_members(job)
         return [
             {
@@ -235,6 +236,10 @@ class JobOutputSerializer(serializers.ModelSerializer):
                 "port": w.port,
                 "state": w.state,
                 "cluster_version": w.cluster_version,
+                "gpu": next(
+                    (g for g in w.node.gpus if g.get("job") == job.id and g.get("rank") == w.rank),
+                    None,
+                ),
             }
             for w in job.workers.all()
             if w.run_id == job.current_run_id

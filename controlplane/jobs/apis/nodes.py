@@ -48,6 +48,12 @@ class NodeOutputSerializer(serializers.Serializer):
         help_text="The kinds of code it runs (its AGENT_CODE): bundles, installed, examples.",
     )
     workers_active = serializers.IntegerField(help_text="Workers running or starting there.")
+    gpus = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Its GPUs as the latest heartbeat said: uuid, name, memory_total_mib, "
+        "utilization_pct, memory_used_mib, temperature_c, power_w, and the job and worker "
+        "(rank) that own each.",
+    )
     last_heartbeat = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField(help_text="When it enrolled.")
 

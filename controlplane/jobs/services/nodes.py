@@ -275,9 +275,10 @@ def node_heartbeat(
     agent_version: str = "",
     protocol: int | None = None,
     code: list[str] | None = None,
+    gpus: list[dict] | None = None,
 ) -> list[int]:
-    """Record that the node is alive, and its agent's version, protocol and the kinds of
-    code it runs (an agent speaking a protocol not spoken here is refused: see
+    """Record that the node is alive, and its agent's version, protocol, the kinds of
+    code it runs and its GPUs' state (``gpus``: kept as said; None keeps the last) (an agent speaking a protocol not spoken here is refused: see
     _refuse_incompatible).
     ``running_jobs``, when given, is the set of jobs whose workers the agent runs now: a
     job the agent started (its start command applied) but no longer runs lost its
@@ -300,6 +301,7 @@ def node_heartbeat(
         agent_version=agent_version,
         protocol=protocol,
         code_kinds=code_kinds,
+        gpus=node.gpus if gpus is None else gpus,
     )
     if node.status != Node.Status.ONLINE or code_kinds != node.code_kinds:
         # A node back online (or running more kinds of code) may take queued jobs: now.

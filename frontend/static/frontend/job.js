@@ -61,6 +61,15 @@ function applyJobFrame(d) {
   setStep(d.step);
 }
 
+/* The GPU a worker owns, as its node's latest heartbeat said: "NVIDIA H200 · 87 % · 70.2 GiB". */
+function gpuText(g) {
+  if (!g) return "—";
+  const parts = [g.name || g.uuid];
+  if (g.utilization_pct !== null && g.utilization_pct !== undefined) parts.push(`${Number(g.utilization_pct).toFixed(0)} %`);
+  if (g.memory_used_mib !== null && g.memory_used_mib !== undefined) parts.push(`${(g.memory_used_mib / 1024).toFixed(1)} GiB`);
+  return parts.join(" · ");
+}
+
 /* The job detail from REST (polled): parameters and workers. */
 function applyJobDetail(j) {
   setStatus(j.status, j.status_reason);
@@ -87,7 +96,7 @@ function applyJobDetail(j) {
     let row = rows.get(String(w.rank));
     if (!row) {
       row = el("tr", { dataset: { rank: String(w.rank) } }, el("td"), el("td"), el("td"), el("td"),
-               el("td", {}, el("span")));
+               el("td", {}, el("span")), el("td", { class: "gpu small" }));
       body.append(row);
     }
     rows.delete(String(w.rank));
@@ -97,12 +106,14 @@ function applyJobDetail(j) {
     if (cells[1].textContent !== clusterRank) cells[1].textContent = clusterRank;
     if (cells[2].textContent !== w.node) cells[2].textContent = w.node;
     if (cells[3].textContent !== String(w.port ?? "—")) cells[3].textContent = w.port ?? "—";
+    const gpu = gpuText(w.gpu);
+    if (cells[5].textContent !== gpu) cells[5].textContent = gpu;
     const badge = cells[4].firstChild;
     if (badge.textContent !== w.state) { badge.textContent = w.state; badge.className = `status status-${w.state}`; }
   }
   for (const stale of rows.values()) stale.remove();
   if (!j.workers.length && !body.rows.length) {
-    body.append(el("tr", { class: "empty" }, el("td", { colspan: "5", text: "No workers placed yet." })));
+    body.append(el("tr", { class: "empty" }, el("td", { colspan: "6", text: "No workers placed yet." })));
   } else if (j.workers.length) {
     body.querySelectorAll("tr.empty").forEach((r) => r.remove());
   }

@@ -21,6 +21,9 @@ export const JOB_METRICS = [
   { name: "workers", title: "workers", stepped: true },
   { name: "gns", title: "gradient noise scale" },
   { name: "grad_snr", title: "gradient SNR" },
+  // Only jobs whose workers own GPUs report these: their charts show once points arrive.
+  { name: "gpu_util", title: "GPU utilisation (%)", onlyWithData: true },
+  { name: "gpu_mem", title: "GPU memory used (%)", onlyWithData: true },
 ];
 
 const EVENT_MARKER_KINDS = ["decision", "command", "applied", "failed"];
@@ -53,6 +56,7 @@ export class JobCharts {
     this.charts = {};
     for (const m of metrics) {
       this.charts[m.name] = new TimeChart(container, { metric: m.name, title: m.title, stepped: m.stepped, group: this.group });
+      if (m.onlyWithData) this.charts[m.name].figure.hidden = true;
     }
     this.names = metrics.map((m) => m.name);
     this.clock = { t: [], s: [] }; // (unix seconds, step) pairs, to place events that carry no step
@@ -125,6 +129,7 @@ export class JobCharts {
       if (s.time && s.time.length) this._learnClock(s.time, s.step);
       const chart = this.charts[s.name];
       if (!chart) continue;
+      if (s.step.length) chart.figure.hidden = false;
       chart.merge("job", "job", s.step, s.value);
     }
     this.lastStep = top;

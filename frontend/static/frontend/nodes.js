@@ -1,5 +1,6 @@
 /* The nodes page: agents with their status (and why), whether they drain, slots, workers,
- * labels, agent version and protocol, last heartbeat, refreshed in place every few
+ * labels, GPUs (each with its load, temperature, power and owner, as the latest heartbeat
+ * said), agent version and protocol, last heartbeat, refreshed in place every few
  * seconds (a node that just enrolled appears at the next refresh). Staff also drain a
  * node or take it back, revoke it and delete it, each after a confirmation; the
  * server's refusal (say, deleting a node that still runs workers) is shown as it says.
@@ -12,7 +13,7 @@ const table = document.getElementById("nodes");
 const body = table.querySelector("tbody");
 const result = document.getElementById("node-result");
 const staff = table.dataset.staff === "1";
-const columns = staff ? 9 : 8;
+const columns = staff ? 10 : 9;
 
 function set(cell, text) { const s = String(text); if (cell.textContent !== s) cell.textContent = s; }
 
@@ -68,9 +69,22 @@ async function remove(n) {
 
 function row(n) {
   const cells = [el("td"), el("td", {}, el("span"), " ", el("span", { class: "status status-draining", hidden: true }, "draining"),
-    el("div", { class: "small muted reason" })), el("td"), el("td"), el("td"), el("td"), el("td"), el("td", {}, el("time"))];
+    el("div", { class: "small muted reason" })), el("td"), el("td"), el("td"), el("td"), el("td", { class: "gpus small" }), el("td"), el("td", {}, el("time"))];
   if (staff) cells.push(el("td", { class: "actions" }));
   return el("tr", { dataset: { id: String(n.id) } }, cells);
+}
+
+/* One line per GPU: "NVIDIA H200 · 37 % · 12.0 / 140.0 GiB · 45 °C · 210 W · job 3 worker 0". */
+function gpuLines(n) {
+  const num = (x, digits = 0) => (x === null || x === undefined ? "?" : Number(x).toFixed(digits));
+  return (n.gpus || []).map((g) => [
+    g.name || g.uuid,
+    `${num(g.utilization_pct)} %`,
+    `${num(g.memory_used_mib / 1024, 1)} / ${num(g.memory_total_mib / 1024, 1)} GiB`,
+    `${num(g.temperature_c)} °C`,
+    `${num(g.power_w)} W`,
+    g.job ? `job ${g.job} worker ${g.rank}` : "free",
+  ].join(" · "));
 }
 
 function fill(tr, n) {
@@ -85,16 +99,22 @@ function fill(tr, n) {
   set(c[3], n.slots);
   set(c[4], n.workers_active);
   set(c[5], Object.entries(n.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "—");
-  set(c[6], n.agent_version ? `${n.agent_version} · protocol ${n.protocol ?? 1}` : "—");
-  const t = c[7].firstChild;
+  const lines = gpuLines(n);
+  const key = lines.join("\n") || "—";
+  if (c[6].dataset.key !== key) {
+    c[6].dataset.key = key;
+    c[6].replaceChildren(...(lines.length ? lines.map((l) => el("div", { class: "gpu" }, l)) : ["—"]));
+  }
+  set(c[7], n.agent_version ? `${n.agent_version} · protocol ${n.protocol ?? 1}` : "—");
+  const t = c[8].firstChild;
   set(t, formatAgo(n.last_heartbeat));
   t.title = formatTime(n.last_heartbeat);
   if (staff) {
     const actions = actionsOf(n);
-    const key = actions.map(([label]) => label).join(",");
-    if (c[8].dataset.key !== key) {
-      c[8].dataset.key = key;
-      c[8].replaceChildren(...actions.map(([label, handler]) => el("button", {
+    const actionKey = actions.map(([label]) => label).join(",");
+    if (c[9].dataset.key !== actionKey) {
+      c[9].dataset.key = actionKey;
+      c[9].replaceChildren(...actions.map(([label, handler]) => el("button", {
         type: "button", class: `small ${label === "Drain" || label === "Resume" ? "secondary" : "danger"}`,
         "aria-label": `${label} ${n.name}`, onclick: handler,
       }, label)));

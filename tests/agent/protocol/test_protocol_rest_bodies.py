@@ -61,6 +61,39 @@ EXAMPLES: list[tuple[Message, dict]] = [
     ),
     (r.Heartbeat(protocol=2), {"protocol": 2}),
     (
+        r.Heartbeat(jobs=(), gpus=(r.GpuStat(uuid="GPU-1", name="NVIDIA H200", power_w=400.0),)),
+        {
+            "jobs": [],
+            "gpus": [
+                {
+                    "uuid": "GPU-1",
+                    "name": "NVIDIA H200",
+                    "memory_total_mib": None,
+                    "utilization_pct": None,
+                    "memory_used_mib": None,
+                    "temperature_c": None,
+                    "power_w": 400.0,
+                    "job": None,
+                    "rank": None,
+                }
+            ],
+        },
+    ),
+    (
+        r.GpuStat(uuid="MIG-2", memory_total_mib=20096.0, utilization_pct=12.0, job=3, rank=0),
+        {
+            "uuid": "MIG-2",
+            "name": "",
+            "memory_total_mib": 20096.0,
+            "utilization_pct": 12.0,
+            "memory_used_mib": None,
+            "temperature_c": None,
+            "power_w": None,
+            "job": 3,
+            "rank": 0,
+        },
+    ),
+    (
         r.Goodbye(reason="the agent stopped (workers left running)", detached=(4,)),
         {"reason": "the agent stopped (workers left running)", "detached": [4]},
     ),
