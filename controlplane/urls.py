@@ -23,6 +23,7 @@ api_v1 = [
     path("jobs/", job_apis.JobListCreateApi.as_view(), name="job-list"),
     path("jobs/<int:job_id>/", job_apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<int:job_id>/cancel/", job_apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<int:job_id>/archive/", job_apis.JobArchiveApi.as_view(), name="job-archive"),
     path("jobs/<int:job_id>/restart/", run_apis.JobRestartApi.as_view(), name="job-restart"),
     path("jobs/<int:job_id>/runs/", run_apis.JobRunListApi.as_view(), name="job-runs"),
     path("jobs/<int:job_id>/commands/", run_apis.JobCommandsApi.as_view(), name="job-commands"),

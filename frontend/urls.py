@@ -6,6 +6,7 @@ from frontend import views
 urlpatterns = [
     path("", views.job_list, name="job-list-page"),
     path("jobs/new/", views.job_new, name="job-new-page"),
+    path("jobs/compare/", views.job_compare, name="job-compare-page"),
     path("jobs/<int:job_id>/", views.job_detail, name="job-detail-page"),
     path("jobs/<int:job_id>/audit/", views.job_audit, name="job-audit-page"),
     path("policies/", views.policy_list, name="policy-list-page"),

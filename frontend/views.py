@@ -21,7 +21,7 @@ def _job_or_404(request, job_id: int) -> Job:
 
 @login_required
 def job_list(request):
-    jobs = selectors.jobs_visible_to(request.user)[:50]
+    jobs = selectors.jobs_search(user=request.user)[:50]
     return render(request, "frontend/job_list.html", {"jobs": jobs, "nav": "jobs"})
 
 
@@ -52,6 +52,11 @@ def job_detail(request, job_id: int):
             "examples": sorted(ENTRYPOINTS.items()),
         },
     )
+
+
+@login_required
+def job_compare(request):
+    return render(request, "frontend/job_compare.html", {"nav": "jobs"})
 
 
 @login_required

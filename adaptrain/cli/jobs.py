@@ -103,6 +103,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> None:
         "owner": args.owner,
         "node": args.node,
         "ordering": args.sort,
+        "archived": args.archived,
         "limit": args.limit,
         "offset": args.offset,
     }
@@ -128,6 +129,10 @@ def cmd_jobs_show(args: argparse.Namespace) -> None:
         "  " + ", ".join(f"{k} {v}" for k, v in job["parameters"].items() if v is not None),
         f"  policy {job.get('policy') or '-'}",
     ]
+    if job.get("labels"):
+        lines.append("  labels " + ", ".join(f"{k}={v}" for k, v in job["labels"].items()))
+    if job.get("archived_at"):
+        lines.append(f"  archived {job['archived_at']}")
     for w in job.get("workers") or []:
         lines.append(f"  worker {w['rank']} on {w['node']}: {w['state']}")
     print("\n".join(lines))
@@ -162,7 +167,20 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("strategy", "topology"):
         if getattr(args, key, None):
             body[key] = getattr(args, key)
+    if args.label:
+        body["labels"] = parse_labels(args.label)
     return body
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    """``--label team=vision --label sweep=lr`` as a labels object."""
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--label {pair!r}: write it as NAME=VALUE, e.g. team=vision")
+        labels[key.strip()] = value
+    return labels
 
 
 def _create(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
@@ -262,6 +280,43 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> None:
     print(f"job {job['id']} is {job['status']}")
 
 
+def cmd_jobs_delete(args: argparse.Namespace) -> None:
+    if not args.yes:
+        raise CliError(
+            f"deleting job {args.job} removes it with its runs, metrics and logs for good; "
+            "add --yes to do it (or archive it: adaptrain jobs archive)"
+        )
+    done = client(args).call("DELETE", f"/api/v1/jobs/{args.job}/")
+    if args.json:
+        show(args, done)
+        return
+    removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in done["removed"].items())
+    print(f"job {done['deleted']} deleted ({removed})")
+
+
+def cmd_jobs_archive(args: argparse.Namespace) -> None:
+    method = "DELETE" if args.undo else "POST"
+    job = client(args).call(method, f"/api/v1/jobs/{args.job}/archive/")
+    if args.json:
+        show(args, job)
+        return
+    print(f"job {job['id']} " + ("archived" if job["archived_at"] else "is back in the list"))
+
+
+def cmd_jobs_label(args: argparse.Namespace) -> None:
+    rest = client(args)
+    labels = {} if args.replace else dict(rest.call("GET", f"/api/v1/jobs/{args.job}/")["labels"])
+    labels.update(parse_labels(args.set or []))
+    for key in args.remove or []:
+        labels.pop(key, None)
+    job = rest.call("PATCH", f"/api/v1/jobs/{args.job}/", {"labels": labels})
+    if args.json:
+        show(args, job)
+        return
+    text = ", ".join(f"{k}={v}" for k, v in job["labels"].items()) or "none"
+    print(f"job {job['id']} labels: {text}")
+
+
 def cmd_jobs_runs(args: argparse.Namespace) -> None:
     runs = client(args).call("GET", f"/api/v1/jobs/{args.job}/runs/?limit=200")
     rows = [{**r, "reason": r["status_reason"]} for r in runs["results"]]
@@ -345,6 +400,12 @@ def _job_spec_arguments(p: argparse.ArgumentParser, *, file: bool) -> None:
         "--idempotency-key",
         help="retrying with the same key and job returns the job made the first time",
     )
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a label of your own (repeat for more), e.g. team=vision",
+    )
     p.add_argument("--watch", action="store_true", help="follow the job until it ends")
     p.add_argument("--interval", type=float, default=2.0, help="--watch polling interval")
     add_json_flag(p)
@@ -356,7 +417,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     ).add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
     p = jobs.add_parser("list", help="your jobs (staff: everyone's), newest first")
     p.add_argument("--status", help="comma-separated statuses, e.g. running,pending")
-    p.add_argument("--search", "-q", help="name contains this (any case)")
+    p.add_argument(
+        "--search", "-q", help="name or a label contains this (any case); NAME=VALUE: a label"
+    )
+    p.add_argument(
+        "--archived",
+        choices=["false", "true", "any"],
+        help="archived jobs: hidden (false, the default), only them (true), or both (any)",
+    )
     p.add_argument("--owner", help="only this user's jobs (staff)")
     p.add_argument("--node", help="only jobs with workers on this node")
     p.add_argument("--sort", help="created, -created, name, status or step (- for descending)")
@@ -394,6 +462,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         if name in ("runs", "events"):
             add_json_flag(p)
         p.set_defaults(func=func)
+
+    p = jobs.add_parser(
+        "delete", help="delete an ended job with its runs, metrics and logs (audited)"
+    )
+    p.add_argument("job", type=int)
+    p.add_argument("--yes", action="store_true", help="yes, delete it for good")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_jobs_delete)
+
+    p = jobs.add_parser("archive", help="hide an ended job from the default jobs list")
+    p.add_argument("job", type=int)
+    p.add_argument("--undo", action="store_true", help="bring an archived job back")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_jobs_archive)
+
+    p = jobs.add_parser("relabel", help="set or remove a job's labels")
+    p.add_argument("job", type=int)
+    p.add_argument("set", nargs="*", metavar="NAME=VALUE", help="labels to set")
+    p.add_argument("--remove", action="append", metavar="NAME", help="a label to remove")
+    p.add_argument("--replace", action="store_true", help="drop every other label")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_jobs_label)
 
     p = jobs.add_parser(
         "restart", help="start a new run of a finished job (default: from its latest checkpoint)"

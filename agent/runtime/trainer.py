@@ -281,7 +281,12 @@ class Trainer:
     ) -> None:
         """The metrics of the last ``steps`` steps: this worker's, and on rank 0 the job's."""
         session = self.session
-        per_rank: dict[str, float] = {"batch_size": self.batch_size}
+        # This worker's own times: a straggler shows as the worker that computes longest.
+        per_rank: dict[str, float] = {
+            "batch_size": self.batch_size,
+            "step_time": elapsed / steps,
+            "compute_time": compute_time / steps,
+        }
         if session.size > 1:
             # Lets anyone check that workers hold the same model where the strategy says so.
             per_rank["param_checksum"] = float(self.adapter.checksum())

@@ -202,6 +202,10 @@ class Job(models.Model):
     # that request's body: a retry with the same key and body gets this job back.
     idempotency_key = models.CharField(max_length=100, blank=True, default="")
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    # The user's own label → value pairs (team, experiment…), searched by the jobs list.
+    labels = models.JSONField(default=dict, blank=True)
+    # When the job was archived: hidden from the jobs list unless asked for (archived=).
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -426,3 +430,20 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+class JobDeletion(models.Model):
+    """The audit record of a deleted job: the job and everything under it (runs, workers,
+    events, metrics, logs) is gone, so who deleted what, and when, is kept here."""
+
+    job_id = models.BigIntegerField()
+    name = models.CharField(max_length=200)
+    owner = models.CharField(max_length=150)
+    status = models.CharField(max_length=16)
+    deleted_by = models.CharField(max_length=200)
+    deleted_at = models.DateTimeField(auto_now_add=True)
+    # How much went with it: {"runs": n, "events": n, "metric_points": n, "log_lines": n}.
+    removed = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]

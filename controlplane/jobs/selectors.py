@@ -341,14 +341,22 @@ def jobs_search(
     owner: str = "",
     node: str = "",
     ordering: str = "-created",
+    archived: bool | None = False,
 ) -> QuerySet[Job]:
-    """The jobs ``user`` may see that match every filter given: ``text`` in the name
-    (case-insensitive), a status in ``statuses``, owned by ``owner`` (a username), with a
+    """The jobs ``user`` may see that match every filter given: ``text`` in the name or a
+    label's name or value (case-insensitive; ``label=value`` matches that label exactly),
+    archived or not (``archived``; None: both), a status in ``statuses``, owned by ``owner`` (a username), with a
     worker (of any run) on node ``node``; sorted by an ``ordering`` key of JOB_ORDERINGS,
     descending with a leading ``-``. The caller checks the values."""
     qs = jobs_visible_to(user)
     if text:
-        qs = qs.filter(name__icontains=text)
+        label, sep, value = text.partition("=")
+        if sep and label.strip():
+            qs = qs.filter(labels__contains={label.strip(): value.strip()})
+        else:
+            qs = qs.filter(Q(name__icontains=text) | Q(labels__icontains=text))
+    if archived is not None:
+        qs = qs.filter(archived_at__isnull=not archived)
     if statuses:
         qs = qs.filter(status__in=statuses)
     if owner:

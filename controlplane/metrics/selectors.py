@@ -113,6 +113,26 @@ def runs_latest_whole_job_value(run_ids: list[int], name: str) -> dict[int, floa
     return dict(rows)
 
 
+def runs_latest_per_rank_values(
+    run_ids: list[int], names: list[str]
+) -> dict[int, dict[int, dict[str, float]]]:
+    """The latest (highest step) per-worker value of each series in ``names`` of each run:
+    {run_id: {rank: {name: value}}}, one query for a page of jobs (what the workers
+    tables show per worker)."""
+    if not run_ids:
+        return {}
+    rows = (
+        MetricPoint.objects.filter(run_id__in=run_ids, name__in=names, rank__isnull=False)
+        .order_by("run_id", "name", "rank", "-step", "-id")
+        .distinct("run_id", "name", "rank")
+        .values_list("run_id", "rank", "name", "value")
+    )
+    out: dict[int, dict[int, dict[str, float]]] = {}
+    for run_id, rank, name, value in rows:
+        out.setdefault(run_id, {}).setdefault(rank, {})[name] = value
+    return out
+
+
 def job_metric_rows(
     *, job_id: int, run_id: int | None, names: list[str] | None
 ) -> Iterator[tuple[int, str, int | None, int, float, datetime]]:

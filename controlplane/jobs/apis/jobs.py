@@ -25,9 +25,13 @@ from controlplane.errors import InvalidInput
 from controlplane.jobs import selectors
 from controlplane.jobs.apis.runs import CurrentRunSerializer
 from controlplane.jobs.models import ENTRYPOINTS, Job
+from controlplane.jobs.services import housekeeping
 from controlplane.jobs.services import jobs as job_services
 from controlplane.metrics import selectors as metric_selectors
 from controlplane.policies import selectors as policy_selectors
+
+# The list's archived= values: hidden, only archived, both.
+ARCHIVED_CHOICES: dict[str, bool | None] = {"false": False, "true": True, "any": None}
 
 HYPERPARAMETER_LIMITS = {
     # name: (type, minimum, maximum, default or None when required)
@@ -108,6 +112,12 @@ NODE_SELECTOR_SCHEMA = {
 }
 
 
+LABELS_HELP = (
+    'Your own label → value pairs (e.g. {"team": "vision"}); the jobs list\'s q= searches '
+    "them (q=team=vision for an exact pair)"
+)
+
+
 @extend_schema_field(NODE_SELECTOR_SCHEMA)
 class NodeSelectorField(serializers.JSONField):
     """A flat object of label → value strings; the service says what is wrong with others."""
@@ -142,6 +152,12 @@ def step_times_of(jobs) -> dict[int, float]:
     """The latest whole-job step_time (seconds per step) of each job's current run."""
     run_ids = [j.current_run_id for j in jobs if j.current_run_id is not None]
     return metric_selectors.runs_latest_whole_job_value(run_ids, "step_time")
+
+
+def worker_timings_of(jobs) -> dict[int, dict[int, dict[str, float]]]:
+    """Each worker's latest step_time and compute_time, by current run and rank."""
+    run_ids = [j.current_run_id for j in jobs if j.current_run_id is not None]
+    return metric_selectors.runs_latest_per_rank_values(run_ids, ["step_time", "compute_time"])
 
 
 def job_progress(job: Job, step_time: float | None) -> dict:
@@ -201,6 +217,8 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "finished_at",
+            "labels",
+            "archived_at",
         ]
 
     def get_parameters(self, job: Job) -> dict:
@@ -228,6 +246,12 @@ class JobOutputSerializer(serializers.ModelSerializer):
         not a member). ``gpu``: the GPU it owns as its node's latest heartbeat said (null
         on a node without GPUs)."""
         members = selectors.job_cluster_members(job)
+        # Each worker's own latest step and compute times: a straggler computes longer
+        # (the others wait for it in the collectives, so their step times match its).
+        timings = self.context.get("worker_timings")
+        if timings is None:
+            timings = worker_timings_of([job])
+        timing = timings.get(job.current_run_id, {})
         return [
             {
                 "rank": w.rank,
@@ -236,6 +260,8 @@ class JobOutputSerializer(serializers.ModelSerializer):
                 "port": w.port,
                 "state": w.state,
                 "cluster_version": w.cluster_version,
+                "step_time": timing.get(w.rank, {}).get("step_time"),
+                "compute_time": timing.get(w.rank, {}).get("compute_time"),
                 "gpu": next(
                     (g for g in w.node.gpus if g.get("job") == job.id and g.get("rank") == w.rank),
                     None,
@@ -292,6 +318,7 @@ class JobListCreateApi(APIView):
         topology = serializers.ChoiceField(choices=Job.Topology.values, default=Job.Topology.RING)
         policy = serializers.IntegerField(required=False, allow_null=True)
         node_selector = NodeSelectorField(required=False, default=dict)
+        labels = serializers.JSONField(required=False, default=dict, help_text=LABELS_HELP)
 
         def validate_hyperparameters(self, value):
             return validate_hyperparameters(value)
@@ -300,7 +327,19 @@ class JobListCreateApi(APIView):
         responses={200: JobPageSerializer, **ERRORS},
         parameters=[
             OpenApiParameter("status", str, description="comma-separated statuses"),
-            OpenApiParameter("q", str, description="text the job's name contains (any case)"),
+            OpenApiParameter(
+                "q",
+                str,
+                description="text the job's name or a label contains (any case); "
+                "label=value: jobs with that label",
+            ),
+            OpenApiParameter(
+                "archived",
+                str,
+                enum=["false", "true", "any"],
+                description="archived jobs: hidden (false, the default), only them (true), or "
+                "both (any)",
+            ),
             OpenApiParameter(
                 "owner", str, description="the owner's username (staff; others see only theirs)"
             ),
@@ -326,6 +365,13 @@ class JobListCreateApi(APIView):
                     f"Unknown status {', '.join(bad)}; use {', '.join(Job.Status.values)}."
                 )
         ordering = params.get("ordering") or "-created"
+        archived = ARCHIVED_CHOICES.get(params.get("archived", "false").lower(), "bad")
+        if archived == "bad":
+            raise InvalidInput(
+                f"Unknown archived={params.get('archived')!r}; use false (the default), true "
+                "or any.",
+                details={"archived": params.get("archived")},
+            )
         if ordering.lstrip("-") not in selectors.JOB_ORDERINGS:
             raise InvalidInput(
                 f"Unknown ordering {ordering!r}; use one of "
@@ -339,10 +385,11 @@ class JobListCreateApi(APIView):
             owner=params.get("owner", "").strip()[:150],
             node=params.get("node", "").strip()[:200],
             ordering=ordering,
+            archived=archived,  # type: ignore[arg-type]
         )
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
-        context = {"step_times": step_times_of(page)}
+        context = {"step_times": step_times_of(page), "worker_timings": worker_timings_of(page)}
         return paginator.get_paginated_response(
             JobOutputSerializer(page, many=True, context=context).data
         )
@@ -411,6 +458,7 @@ class JobListCreateApi(APIView):
             policy=policy,
             node_selector=v["node_selector"],
             bundle_digest=v.get("bundle") or "",
+            labels=v["labels"],
         )
         if key is None:
             job = job_services.job_create(owner=request.user, **spec)
@@ -472,8 +520,53 @@ def _multipart_job(request) -> dict:
 
 
 class JobDetailApi(APIView):
+    class PatchSerializer(serializers.Serializer):
+        labels = serializers.JSONField(help_text=LABELS_HELP + "; replaces the job's labels")
+
+    class DeletedSerializer(serializers.Serializer):
+        deleted = serializers.IntegerField(help_text="the deleted job's id")
+        removed = serializers.DictField(
+            child=serializers.IntegerField(),
+            help_text="what went with it: runs, events, metric_points, log_lines",
+        )
+
     @extend_schema(responses={200: JobOutputSerializer, **ERRORS})
     def get(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+    @extend_schema(request=PatchSerializer, responses={200: JobOutputSerializer, **ERRORS})
+    def patch(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        data = self.PatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        housekeeping.job_labels_set(
+            job=job, labels=data.validated_data["labels"], actor=f"user:{request.user.username}"
+        )
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+    @extend_schema(request=None, responses={200: DeletedSerializer, 409: ERRORS[400], **ERRORS})
+    def delete(self, request, job_id: int):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        record = housekeeping.job_delete(job=job, actor=f"user:{request.user.username}")
+        return Response({"deleted": record.job_id, "removed": record.removed})
+
+
+class JobArchiveApi(APIView):
+    """POST archives an ended job (hidden from the default jobs list); DELETE brings it back."""
+
+    @extend_schema(request=None, responses={200: JobOutputSerializer, 409: ERRORS[400], **ERRORS})
+    def post(self, request, job_id: int):
+        return self._set(request, job_id, archived=True)
+
+    @extend_schema(request=None, responses={200: JobOutputSerializer, **ERRORS})
+    def delete(self, request, job_id: int):
+        return self._set(request, job_id, archived=False)
+
+    def _set(self, request, job_id: int, *, archived: bool):
+        job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        housekeeping.job_archive(job=job, actor=f"user:{request.user.username}", archived=archived)
         job = selectors.job_get_for_user(user=request.user, job_id=job_id)
         return Response(JobOutputSerializer(job).data)
 

@@ -18,7 +18,7 @@ from controlplane.errors import Conflict, InvalidInput, Unprocessable, json_type
 from controlplane.jobs import outbox, selectors
 from controlplane.jobs.lifecycle import event_record, job_transition
 from controlplane.jobs.models import ENTRYPOINT_FORM, ENTRYPOINTS, Command, Event, Job, Run
-from controlplane.jobs.services import membership
+from controlplane.jobs.services import housekeeping, membership
 from controlplane.live import channels
 
 # jobs/tasks.py: place one job (the beat's jobs.place_pending_jobs sweep does it too).
@@ -124,6 +124,7 @@ def job_create(
     bundle_digest: str = "",
     idempotency_key: str = "",
     request_fingerprint: str = "",
+    labels: dict[str, str] | None = None,
 ) -> Job:
     if (entrypoint or "").endswith(".py"):
         raise InvalidInput(
@@ -149,7 +150,9 @@ def job_create(
             },
         )
     node_selector = node_selector_clean(node_selector)
+    labels = housekeeping.labels_clean(labels)
     job = Job.objects.create(
+        labels=labels,
         owner=owner,
         name=name,
         entrypoint=entrypoint,

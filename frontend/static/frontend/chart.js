@@ -41,6 +41,20 @@ function ticks(lo, hi, count) {
   return out;
 }
 
+/* Ticks of a log10 axis spanning [lo, hi] (in log10 units): the 1-2-5 values of each
+ * decade inside it (only the powers of ten when it spans many), as log10 values. */
+function logTicks(lo, hi) {
+  const out = [];
+  const mantissas = hi - lo > 4 ? [1] : hi - lo > 1.5 ? [1, 3] : [1, 2, 5];
+  for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) {
+    for (const m of mantissas) {
+      const t = e + Math.log10(m);
+      if (t >= lo && t <= hi) out.push(t);
+    }
+  }
+  return out.length >= 2 ? out : ticks(lo, hi, 4);
+}
+
 /* First index i with xs[i] >= x (xs sorted ascending). */
 function lowerBound(xs, x) {
   let lo = 0, hi = xs.length;
@@ -110,6 +124,7 @@ export class TimeChart {
     this.colors = colors;
     this.series = new Map(); // key -> {label, color, x: [], y: []}
     this.markers = new Map(); // id -> {id, step, kind, text}
+    this.logY = false; // a log-scale y axis (values ≤ 0 are then left out)
     this.pending = false;
     this.hover = null; // {x, y} in CSS px, while the pointer is over this chart
     this.drag = null; // {x0, x1} in CSS px while selecting
@@ -177,6 +192,13 @@ export class TimeChart {
   merge(key, label, steps, values) {
     mergeInto(this._get(key, label), steps, values);
     this._changed();
+  }
+
+  /* Draw the y axis on a log scale (on) or a linear one. */
+  setLogY(on) {
+    this.logY = Boolean(on);
+    this.canvas.dataset.scale = this.logY ? "log" : "linear";
+    this.requestPaint();
   }
 
   /* Drop every series and marker (the chart shows another run next). */
@@ -324,6 +346,8 @@ export class TimeChart {
     const zoom = this.group.zoom;
     this.canvas.dataset.zoom = zoom ? `${Math.round(zoom[0])}-${Math.round(zoom[1])}` : "";
     const [x0, x1] = this.xDomain();
+    // On a log scale the y axis is log10 of the value; a value ≤ 0 has no place on it.
+    const f = this.logY ? (v) => (v > 0 ? Math.log10(v) : NaN) : (v) => v;
 
     // y range over the visible points only, so a zoom also rescales y.
     let ymin = Infinity, ymax = -Infinity, any = false;
@@ -333,7 +357,7 @@ export class TimeChart {
       const i1 = Math.min(lowerBound(s.x, x1) + 1, s.x.length);
       visible.push([s, i0, i1]);
       for (let i = i0; i < i1; i++) {
-        const v = s.y[i];
+        const v = f(s.y[i]);
         if (!isFinite(v)) continue;
         any = true;
         if (v < ymin) ymin = v;
@@ -356,10 +380,10 @@ export class TimeChart {
     // Grid and axis labels.
     ctx.strokeStyle = "#e5e7eb"; ctx.lineWidth = 1;
     ctx.textBaseline = "middle";
-    for (const t of ticks(ymin, ymax, 4)) {
+    for (const t of this.logY ? logTicks(ymin, ymax) : ticks(ymin, ymax, 4)) {
       const py = Math.round(Y(t)) + 0.5;
       ctx.beginPath(); ctx.moveTo(PAD.l, py); ctx.lineTo(w - PAD.r, py); ctx.stroke();
-      const label = formatValue(t);
+      const label = formatValue(this.logY ? Math.pow(10, t) : t);
       ctx.fillText(label, PAD.l - 6 - ctx.measureText(label).width, py);
     }
     ctx.textBaseline = "alphabetic";
@@ -388,7 +412,7 @@ export class TimeChart {
           ctx.lineTo(px, Y(lo)); ctx.lineTo(px, Y(hi)); ctx.lineTo(px, Y(last));
         };
         for (let i = i0; i < i1; i++) {
-          const v = s.y[i];
+          const v = f(s.y[i]);
           if (!isFinite(v)) continue;
           const c = Math.floor(X(s.x[i]) - PAD.l);
           if (c !== col) { flush(); col = c; first = lo = hi = last = v; }
@@ -398,7 +422,7 @@ export class TimeChart {
       } else {
         let started = false, prevY = 0;
         for (let i = i0; i < i1; i++) {
-          const v = s.y[i];
+          const v = f(s.y[i]);
           if (!isFinite(v)) continue;
           const px = X(s.x[i]), py = Y(v);
           if (!started) { ctx.moveTo(px, py); started = true; }
@@ -410,7 +434,7 @@ export class TimeChart {
     }
     ctx.restore();
     this._paintMarkers(x0, x1, plotH);
-    this._paintOverlay(plotH, Y);
+    this._paintOverlay(plotH, (y) => Y(f(y)));
   }
 
   _paintMarkers(x0, x1, plotH) {

@@ -9,13 +9,21 @@
  * id), so after a dropped connection the page reloads what it missed from REST
  * (`since=` the last step it has, `after=` the last event id) and merges it, and it does
  * so again once the new socket is open — the window between those two is covered too.
+ *
+ * One source of truth for the status, parameters and workers panels: the job detail from
+ * REST. A `job` frame does not draw anything itself; it makes the page read the detail
+ * again at once (besides the poll every 4 s), and a response older than one already shown
+ * is dropped. So the status never says "cancelled" over a workers table from before, and
+ * a worker of an ended job that the agent has not reported gone is shown "stopping".
  */
 
-import { el, errorMessage, every, formatNumber, get, missing, post } from "./api.js";
+import { api, del, el, errorMessage, every, formatNumber, get, missing, post } from "./api.js";
 import { JobCharts } from "./jobcharts.js";
 import { JobLogs } from "./joblogs.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// Worker states of a process that may still run (models.Worker.ACTIVE).
+const WORKER_ACTIVE = new Set(["starting", "joining", "standby", "running"]);
 const root = document.getElementById("job");
 const jobId = Number(root.dataset.jobId);
 const charts = new JobCharts(document.getElementById("charts"), jobId);
@@ -50,15 +58,10 @@ function setStep(step) {
   }
 }
 
-/* A `job` frame from the WebSocket. */
+/* A `job` frame from the WebSocket: the job changed; read its detail again. */
 function applyJobFrame(d) {
-  setStatus(d.status, d.status_reason);
-  setText("job-batch-size", d.batch_size);
-  setText("job-lr", d.lr);
-  setText("job-workers", d.workers);
-  setText("job-strategy", d.strategy);
-  setText("job-topology", d.topology);
   setStep(d.step);
+  refreshDetail().catch(() => {});
 }
 
 /* The GPU a worker owns, as its node's latest heartbeat said: "NVIDIA H200 · 87 % · 70.2 GiB". */
@@ -69,6 +72,26 @@ function gpuText(g) {
   if (g.memory_used_mib !== null && g.memory_used_mib !== undefined) parts.push(`${(g.memory_used_mib / 1024).toFixed(1)} GiB`);
   return parts.join(" · ");
 }
+/* Read the job detail over REST and draw it, unless a response to a later request was
+ * drawn already (responses can arrive out of order). Calls made while one is in flight
+ * coalesce into one more read after it. */
+let detailAsked = 0;
+let detailShown = 0;
+let detailInFlight = null;
+let detailAgain = false;
+async function refreshDetail() {
+  if (detailInFlight) { detailAgain = true; return detailInFlight; }
+  detailInFlight = (async () => {
+    do {
+      detailAgain = false;
+      const n = ++detailAsked;
+      const r = await get(`/api/v1/jobs/${jobId}/`);
+      if (r.ok && n > detailShown) { detailShown = n; applyJobDetail(r.body); }
+    } while (detailAgain);
+  })();
+  try { await detailInFlight; } finally { detailInFlight = null; }
+}
+window.adaptrain.refreshDetail = refreshDetail;
 
 /* The job detail from REST (polled): parameters and workers. */
 function applyJobDetail(j) {
@@ -96,7 +119,7 @@ function applyJobDetail(j) {
     let row = rows.get(String(w.rank));
     if (!row) {
       row = el("tr", { dataset: { rank: String(w.rank) } }, el("td"), el("td"), el("td"), el("td"),
-               el("td", {}, el("span")), el("td", { class: "gpu small" }));
+               el("td", {}, el("span")), el("td", { class: "step-time" }), el("td", { class: "gpu small" }));
       body.append(row);
     }
     rows.delete(String(w.rank));
@@ -107,13 +130,22 @@ function applyJobDetail(j) {
     if (cells[2].textContent !== w.node) cells[2].textContent = w.node;
     if (cells[3].textContent !== String(w.port ?? "—")) cells[3].textContent = w.port ?? "—";
     const gpu = gpuText(w.gpu);
-    if (cells[5].textContent !== gpu) cells[5].textContent = gpu;
+    if (cells[6].textContent !== gpu) cells[6].textContent = gpu;
     const badge = cells[4].firstChild;
-    if (badge.textContent !== w.state) { badge.textContent = w.state; badge.className = `status status-${w.state}`; }
+    // The job ended but the agent has not yet reported this worker gone: it is being
+    // stopped, not running (it turns exited/failed when the agent reports).
+    const state = TERMINAL.has(j.status) && WORKER_ACTIVE.has(w.state) ? "stopping" : w.state;
+    if (badge.textContent !== state) {
+      badge.textContent = state;
+      badge.className = `status status-${state}`;
+      badge.title = state === "stopping" ? `the job is ${j.status}; waiting for the agent to report this worker (${w.state}) gone` : "";
+    }
   }
   for (const stale of rows.values()) stale.remove();
+  showStepTimes(j.workers);
+  showLabels(j.labels || {}, j.archived_at);
   if (!j.workers.length && !body.rows.length) {
-    body.append(el("tr", { class: "empty" }, el("td", { colspan: "6", text: "No workers placed yet." })));
+    body.append(el("tr", { class: "empty" }, el("td", { colspan: "7", text: "No workers placed yet." })));
   } else if (j.workers.length) {
     body.querySelectorAll("tr.empty").forEach((r) => r.remove());
   }
@@ -121,6 +153,87 @@ function applyJobDetail(j) {
   const runKey = run ? `${run.number}:${run.status}:${run.started_at}:${run.finished_at}` : "";
   if (runKey !== lastRunKey) { lastRunKey = runKey; loadRuns(); }
 }
+
+/* Each worker's own step time and compute time (the latest it reported); the worker that
+ * computes clearly longest (over 1.25× the others' median) is marked the straggler. */
+function showStepTimes(workers) {
+  const body = document.querySelector("#workers tbody");
+  const computes = workers.map((w) => w.compute_time).filter((v) => typeof v === "number");
+  const sorted = [...computes].sort((a, b) => a - b);
+  const slowest = sorted.length > 1 ? sorted[sorted.length - 1] : null;
+  const others = sorted.slice(0, -1);
+  const median = others.length ? others[Math.floor(others.length / 2)] : null;
+  const straggler = slowest !== null && median > 0 && slowest > 1.25 * median ? slowest : null;
+  for (const w of workers) {
+    const row = body.querySelector(`tr[data-rank="${w.rank}"]`);
+    if (!row) continue;
+    const cell = row.cells[5];
+    const ms = (v) => (typeof v === "number" ? `${(v * 1000).toFixed(v < 0.1 ? 1 : 0)} ms` : "—");
+    const text = w.step_time === null || w.step_time === undefined ? "—" : `${ms(w.step_time)} (${ms(w.compute_time)})`;
+    if (cell.textContent !== text) cell.textContent = text;
+    const slow = straggler !== null && w.compute_time === straggler;
+    row.classList.toggle("straggler", slow);
+    cell.title = slow ? `straggler: computes ${(straggler / median).toFixed(1)}× as long as the others' median` : "";
+  }
+}
+
+/* --- labels, archive, delete --------------------------------------------------------- */
+
+function showLabels(labels, archivedAt) {
+  const text = Object.entries(labels).map(([k, v]) => `${k}=${v}`);
+  const dd = document.getElementById("job-labels");
+  if (dd.dataset.text !== text.join("\n")) {
+    dd.dataset.text = text.join("\n");
+    dd.replaceChildren(...(text.length ? text.flatMap((t) => [el("span", { class: "label", text: t }), " "]) : ["none"]));
+  }
+  root.dataset.archived = archivedAt ? "1" : "";
+  setText("archive", archivedAt ? "Unarchive" : "Archive");
+}
+
+function manageResult(text, ok) {
+  const out = document.getElementById("manage-result");
+  out.textContent = text;
+  out.className = `result ${ok ? "ok" : "error"}`;
+}
+
+document.getElementById("labels-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const labels = {};
+  for (const part of document.getElementById("labels-input").value.split(",")) {
+    if (!part.trim()) continue;
+    const at = part.indexOf("=");
+    if (at < 1) { manageResult(`Write each label as name=value: ${JSON.stringify(part.trim())}.`, false); return; }
+    labels[part.slice(0, at).trim()] = part.slice(at + 1).trim();
+  }
+  const r = await api("PATCH", `/api/v1/jobs/${jobId}/`, { labels });
+  if (r.ok) { showLabels(r.body.labels, r.body.archived_at); manageResult("Labels saved.", true); }
+  else manageResult(`Labels refused: ${errorMessage(r)}`, false);
+});
+
+document.getElementById("archive").addEventListener("click", async () => {
+  const archived = root.dataset.archived === "1";
+  const r = archived ? await del(`/api/v1/jobs/${jobId}/archive/`) : await post(`/api/v1/jobs/${jobId}/archive/`);
+  if (r.ok) {
+    showLabels(r.body.labels || {}, r.body.archived_at);
+    manageResult(r.body.archived_at ? "Archived: hidden from the jobs list (its Archived filter shows it)." : "Back in the jobs list.", true);
+  } else manageResult(`${archived ? "Unarchive" : "Archive"} refused: ${errorMessage(r)}`, false);
+});
+
+const deleteButton = document.getElementById("delete");
+deleteButton.addEventListener("click", async () => {
+  if (deleteButton.dataset.armed !== "1") {
+    // Two clicks: deleting is for good.
+    deleteButton.dataset.armed = "1";
+    deleteButton.textContent = "Click again to delete for good";
+    setTimeout(() => { deleteButton.dataset.armed = ""; deleteButton.textContent = "Delete job"; }, 5000);
+    return;
+  }
+  deleteButton.dataset.armed = "";
+  deleteButton.textContent = "Delete job";
+  const r = await del(`/api/v1/jobs/${jobId}/`);
+  if (r.ok) location.href = `/?deleted=${jobId}`;
+  else manageResult(`Delete refused: ${errorMessage(r)}`, false);
+});
 
 /* --- runs ---------------------------------------------------------------------------- */
 
@@ -194,8 +307,8 @@ document.getElementById("restart").addEventListener("submit", async (ev) => {
   if (r.ok) {
     out.textContent = `Run ${r.body.number} started (${r.body.status}): ${r.body.resume_note}.`;
     out.className = "result ok";
-    setStatus("pending", `restarted as run ${r.body.number}`);
     setText("job-step", 0);
+    refreshDetail().catch(() => {});
     charts.currentRunIs(r.body.number);
     loadRuns();
   } else {
@@ -457,6 +570,14 @@ async function showReplayFromQuery() {
 
 /* --- start ------------------------------------------------------------------------- */
 
+const logScale = document.getElementById("log-scale");
+logScale.checked = localStorage.getItem("adaptrain.logScale") === "1";
+charts.setLogScale(logScale.checked);
+logScale.addEventListener("change", () => {
+  localStorage.setItem("adaptrain.logScale", logScale.checked ? "1" : "0");
+  charts.setLogScale(logScale.checked);
+});
+
 const zoomReset = document.getElementById("zoom-reset");
 charts.group.onZoom((range) => { zoomReset.hidden = !range; });
 zoomReset.addEventListener("click", () => charts.group.setZoom(null));
@@ -466,7 +587,6 @@ logs.load();
 charts.load().catch(() => {}).then(() => { setStep(charts.lastStep); showRunWindow(); return loadEvents(); })
   .catch(() => {}).finally(() => { connect(); showReplayFromQuery(); });
 every(4000, async () => {
-  const r = await get(`/api/v1/jobs/${jobId}/`);
-  if (r.ok) applyJobDetail(r.body);
+  await refreshDetail();
   if (!TERMINAL.has(root.dataset.status)) await loadApprovals();
 });

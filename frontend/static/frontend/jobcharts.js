@@ -65,6 +65,13 @@ export class JobCharts {
     this._showing(run);
   }
 
+  /* Log-scale y axes on every chart but the stepped ones (batch size, lr, workers are
+   * read as levels). */
+  setLogScale(on) {
+    for (const [name, c] of Object.entries(this.charts)) c.setLogY(on && !c.stepped);
+    this.container.dataset.scale = on ? "log" : "linear";
+  }
+
   _showing(run) {
     this.run = run;
     if (run === null) delete this.container.dataset.run;

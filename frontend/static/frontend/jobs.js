@@ -1,48 +1,132 @@
-/* The jobs list: rows and the summary tiles refresh every few seconds, in place. */
+/* The jobs list: search (name or label), status, archived and sort filters and pages, all
+ * kept in the page's URL (a filtered page can be bookmarked and shared); rows and the
+ * summary tiles refresh every few seconds, in place. Ticking two or more jobs opens the
+ * compare page on them. */
 
 import { el, every, formatNumber, get } from "./api.js";
 
 const body = document.querySelector("#jobs-table tbody");
+const form = document.getElementById("jobs-filter");
+const compare = document.getElementById("compare");
+const LIMIT = 50;
+const FILTERS = ["q", "status", "archived", "ordering"];
+const picked = new Set();
 
 function cellText(cell, text) {
   const s = String(text);
   if (cell.textContent !== s) cell.textContent = s;
 }
 
+/* The list's query as the URL says it: the filters and the page's offset. */
+function query() {
+  const params = new URLSearchParams(location.search);
+  const out = new URLSearchParams();
+  for (const k of [...FILTERS, "offset"]) { const v = params.get(k); if (v) out.set(k, v); }
+  return out;
+}
+
+function showFilters() {
+  const q = query();
+  for (const k of FILTERS) {
+    const input = form.elements[k];
+    const v = q.get(k) || "";
+    if (input.tagName === "SELECT" && v && ![...input.options].some((o) => o.value === v)) {
+      input.append(el("option", { value: v, text: v }));
+    }
+    input.value = v;
+  }
+}
+
+function navigate(params) {
+  const search = params.toString();
+  history.pushState(null, "", search ? `?${search}` : location.pathname);
+  refresh();
+}
+
+form.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const params = new URLSearchParams();
+  for (const k of FILTERS) { const v = form.elements[k].value.trim(); if (v) params.set(k, v); }
+  navigate(params); // a new filter starts at the first page
+});
+form.querySelectorAll("select").forEach((s) => s.addEventListener("change", () => form.requestSubmit()));
+window.addEventListener("popstate", () => { showFilters(); refresh(); });
+
+function pageLink(id, offset, count) {
+  const a = document.getElementById(id);
+  a.hidden = offset === null;
+  if (offset === null) return;
+  const params = query();
+  if (offset > 0) params.set("offset", String(offset)); else params.delete("offset");
+  a.href = `?${params}`;
+  a.onclick = (ev) => { ev.preventDefault(); navigate(params); };
+  a.dataset.count = String(count);
+}
+
 function row(job) {
   let tr = body.querySelector(`tr[data-id="${job.id}"]`);
   if (!tr) {
+    const box = el("input", { type: "checkbox", class: "pick", value: String(job.id), "aria-label": `Select job ${job.id}` });
     tr = el("tr", { dataset: { id: String(job.id) } },
-      el("td"), el("td", {}, el("a", { href: `/jobs/${job.id}/` })), el("td", {}, el("span")),
-      el("td"), el("td"), el("td"), el("td"), el("td"), el("td"));
+      el("td", {}, box), el("td"), el("td", {}, el("a", { href: `/jobs/${job.id}/` })), el("td", { class: "labels" }),
+      el("td", {}, el("span")), el("td"), el("td"), el("td"), el("td"), el("td"), el("td"));
   }
   const c = tr.cells;
-  cellText(c[0], job.id);
-  cellText(c[1].firstChild, job.name);
-  const badge = c[2].firstChild;
-  if (badge.textContent !== job.status) { badge.textContent = job.status; badge.className = `status status-${job.status}`; }
-  cellText(c[3], job.last_step);
-  cellText(c[4], job.parameters.batch_size);
-  cellText(c[5], formatNumber(job.parameters.lr));
-  cellText(c[6], job.parameters.workers);
-  cellText(c[7], job.parameters.strategy);
-  cellText(c[8], new Date(job.created_at).toLocaleString());
+  c[0].firstChild.checked = picked.has(job.id);
+  cellText(c[1], job.id);
+  cellText(c[2].firstChild, job.name);
+  const labels = Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`);
+  if (c[3].dataset.text !== labels.join("\n")) {
+    c[3].dataset.text = labels.join("\n");
+    c[3].replaceChildren(...labels.flatMap((t) => [el("span", { class: "label", text: t }), " "]));
+  }
+  const badge = c[4].firstChild;
+  const status = job.archived_at ? `${job.status} (archived)` : job.status;
+  if (badge.textContent !== status) { badge.textContent = status; badge.className = `status status-${job.status}`; }
+  cellText(c[5], job.last_step);
+  cellText(c[6], job.parameters.batch_size);
+  cellText(c[7], formatNumber(job.parameters.lr));
+  cellText(c[8], job.parameters.workers);
+  cellText(c[9], job.parameters.strategy);
+  cellText(c[10], new Date(job.created_at).toLocaleString());
   return tr;
 }
 
+body.addEventListener("change", (ev) => {
+  if (!ev.target.classList.contains("pick")) return;
+  const id = Number(ev.target.value);
+  if (ev.target.checked) picked.add(id); else picked.delete(id);
+  compare.disabled = picked.size < 2;
+  compare.textContent = picked.size >= 2 ? `Compare ${picked.size} jobs` : "Compare selected";
+});
+compare.addEventListener("click", () => {
+  if (picked.size >= 2) location.href = `/jobs/compare/?ids=${[...picked].join(",")}`;
+});
+
 async function refresh() {
+  const q = query();
+  q.set("limit", String(LIMIT));
+  const offset = Number(q.get("offset") || 0);
   const [list, running, pending] = await Promise.all([
-    get("/api/v1/jobs/?limit=50"),
+    get(`/api/v1/jobs/?${q}`),
     get("/api/v1/jobs/?status=running,rescaling&limit=200"),
     get("/api/v1/jobs/?status=pending,scheduling&limit=1"),
   ]);
-  if (list.ok && list.body.results.length) {
-    body.querySelectorAll("tr.empty").forEach((r) => r.remove());
+  if (list.ok) {
     const rows = list.body.results.map(row);
-    // Keep DOM order = API order (newest first) without touching rows already in place.
+    body.querySelectorAll("tr.empty").forEach((r) => r.remove());
+    // Keep DOM order = API order without touching rows already in place.
     rows.forEach((tr, i) => { if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null); });
     while (body.children.length > rows.length) body.lastElementChild.remove();
-    cellText(document.getElementById("sum-total"), list.body.count);
+    if (!rows.length) {
+      body.append(el("tr", { class: "empty" }, el("td", { colspan: "11", text: "No jobs match these filters." })));
+    }
+    const count = list.body.count;
+    cellText(document.getElementById("page-info"), count
+      ? `${offset + 1}–${offset + rows.length} of ${count}` : "");
+    pageLink("page-prev", offset > 0 ? Math.max(offset - LIMIT, 0) : null, count);
+    pageLink("page-next", offset + LIMIT < count ? offset + LIMIT : null, count);
+    if (![...FILTERS].some((k) => q.get(k))) cellText(document.getElementById("sum-total"), count);
   }
   if (running.ok) {
     cellText(document.getElementById("sum-running"), running.body.count);
@@ -52,4 +136,5 @@ async function refresh() {
   if (pending.ok) cellText(document.getElementById("sum-pending"), pending.body.count);
 }
 
+showFilters();
 every(3000, refresh);

@@ -113,6 +113,9 @@ col::DataType checked(const Array& array, const char* operation) {
 
 NB_MODULE(_collective, m) {
   m.doc() = "Private native module of agent.native; use the agent.native facade.";
+  // Workers leave the interpreter with TensorFlow's objects still holding bound functions;
+  // nanobind's exit-time leak report is noise for users, not a bug they can act on.
+  nb::set_leak_warnings(false);
 
   // Created here rather than with nb::exception because CollectiveTimeout
   // needs two bases. The names make them pickle as agent.native.*.
