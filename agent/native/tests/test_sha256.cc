@@ -34,7 +34,8 @@ TEST(sha256_matches_the_standards_vectors) {
 TEST(sha256_is_the_same_fed_in_pieces) {
   const std::string text(777, 'x');
   Sha256 pieces;
-  for (size_t i = 0; i < text.size(); i += 13) pieces.update(text.data() + i, std::min<size_t>(13, text.size() - i));
+  for (size_t i = 0; i < text.size(); i += 13)
+    pieces.update(text.data() + i, std::min<size_t>(13, text.size() - i));
   CHECK_EQ(hex(pieces.finish()), sha256_hex(text));
 }
 

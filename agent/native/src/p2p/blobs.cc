@@ -256,8 +256,8 @@ void BlobServer::accept_clients() {
                             {}};
     std::memcpy(challenge.nonce, client.nonce.data(), kNonceBytes);
     // A fresh socket's buffer always takes these few bytes at once.
-    const ssize_t sent = ::send(client.socket.get(), &challenge, sizeof(challenge),
-                                MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t sent =
+        ::send(client.socket.get(), &challenge, sizeof(challenge), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (sent != static_cast<ssize_t>(sizeof(challenge))) continue;
     clients_.push_back(std::move(client));
   }
@@ -278,9 +278,9 @@ bool BlobServer::continue_handshake(Client& client) {
       proof.requester < static_cast<uint32_t>(identity_.world_size)) {
     Nonce requester_nonce;
     std::memcpy(requester_nonce.data(), proof.nonce, kNonceBytes);
-    const HandshakeContext context = blob_context(identity_, client.nonce, requester_nonce,
-                                                  proof.requester,
-                                                  static_cast<uint32_t>(identity_.rank));
+    const HandshakeContext context =
+        blob_context(identity_, client.nonce, requester_nonce, proof.requester,
+                     static_cast<uint32_t>(identity_.rank));
     Digest claimed;
     std::memcpy(claimed.data(), proof.proof, claimed.size());
     member = digests_equal(claimed,
@@ -416,8 +416,8 @@ void BlobClient::prove_membership(int fd, int peer, Deadline& deadline) {
   const HandshakeContext context =
       blob_context(identity_, owner_nonce, own_nonce, static_cast<uint32_t>(identity_.rank),
                    static_cast<uint32_t>(peer));
-  BlobProof proof{kBlobProofMagic, kBlobWireVersion, static_cast<uint32_t>(identity_.rank), 0, {},
-                  {}};
+  BlobProof proof{
+      kBlobProofMagic, kBlobWireVersion, static_cast<uint32_t>(identity_.rank), 0, {}, {}};
   std::memcpy(proof.nonce, own_nonce.data(), kNonceBytes);
   const Digest mac = handshake_proof(identity_.secret, HandshakeRole::kInitiator, context);
   std::memcpy(proof.proof, mac.data(), mac.size());
@@ -430,13 +430,14 @@ void BlobClient::prove_membership(int fd, int peer, Deadline& deadline) {
     throw IoError(who + "'s blob service hung up on the membership handshake");
   }
   if (welcome.magic != kBlobWelcomeMagic || welcome.status != 0) {
-    throw IoError(who + "'s blob service refused this rank's proof of membership (the two "
-                        "ranks hold different fabric secrets: another job or run)");
+    throw IoError(who +
+                  "'s blob service refused this rank's proof of membership (the two "
+                  "ranks hold different fabric secrets: another job or run)");
   }
   Digest claimed;
   std::memcpy(claimed.data(), welcome.proof, claimed.size());
-  if (!digests_equal(claimed, handshake_proof(identity_.secret, HandshakeRole::kAcceptor,
-                                              context))) {
+  if (!digests_equal(claimed,
+                     handshake_proof(identity_.secret, HandshakeRole::kAcceptor, context))) {
     log_fabric_event("rank " + std::to_string(identity_.rank) + " hung up on the blob service at " +
                      addresses_[peer] + ": it could not prove membership of this run");
     throw IoError("the blob service at " + addresses_[peer] + " (" + who +

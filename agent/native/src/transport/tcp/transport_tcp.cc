@@ -504,9 +504,7 @@ void TcpTransport::accept_one() {
   const std::string remote_text = text_of(remote);
   Incoming incoming{std::make_unique<TcpConnection>(fd, -1, remote_text),
                     Deadline::absolute(std::chrono::milliseconds(kAcceptHandshakeMs)),
-                    random_nonce16(),
-                    std::vector<uint8_t>(sizeof(Hello)),
-                    0};
+                    random_nonce16(), std::vector<uint8_t>(sizeof(Hello)), 0};
   Challenge challenge{kChallengeMagic,
                       kProtocolVersion,
                       static_cast<uint32_t>(options_.rank),
@@ -578,8 +576,8 @@ void TcpTransport::finish_handshake(Incoming& incoming) {
     const Digest expected = handshake_proof(options_.secret, HandshakeRole::kInitiator, context);
     if (!digests_equal(claimed, expected)) {
       status = kNotAMember;
-    } else if (std::find(expected_.begin(), expected_.end(),
-                         static_cast<int>(hello.sender_rank)) == expected_.end()) {
+    } else if (std::find(expected_.begin(), expected_.end(), static_cast<int>(hello.sender_rank)) ==
+               expected_.end()) {
       status = kUnexpectedSender;
     }
   }
@@ -719,7 +717,8 @@ bool TcpTransport::read_reply(Outgoing& outgoing, Deadline& deadline) {
   context.world_size = static_cast<uint32_t>(size());
   Digest claimed{};
   std::memcpy(claimed.data(), reply.proof, claimed.size());
-  if (!digests_equal(claimed, handshake_proof(options_.secret, HandshakeRole::kAcceptor, context))) {
+  if (!digests_equal(claimed,
+                     handshake_proof(options_.secret, HandshakeRole::kAcceptor, context))) {
     log_fabric_event(who() + " hung up on " + connection.peer_address() +
                      ": it accepted without proving membership of this run");
     throw IoError(who() + ": the process at " + connection.peer_address() + " (rank " +
@@ -758,9 +757,8 @@ void TcpTransport::rendezvous() {
   std::vector<Outgoing> awaiting_reply;
   for (int peer : options_.needed_peers) {
     if (peer < rank) continue;
-    bool already = std::any_of(awaiting_reply.begin(), awaiting_reply.end(), [&](const auto& o) {
-      return o.connection->peer_rank() == peer;
-    });
+    bool already = std::any_of(awaiting_reply.begin(), awaiting_reply.end(),
+                               [&](const auto& o) { return o.connection->peer_rank() == peer; });
     if (already) continue;
     awaiting_reply.push_back(open_with_hello(peer, deadline));
   }
