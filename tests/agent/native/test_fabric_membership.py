@@ -46,6 +46,7 @@ BLOB_PROOF = struct.Struct("=4I16s32s")
 BLOB_CHALLENGE_MAGIC, BLOB_PROOF_MAGIC = 0x48434C42, 0x46504C42
 BLOB_REQUEST = struct.Struct("<IIQQIIQII")  # blob_protocol.h's 48-byte request header
 BLOB_REQUEST_MAGIC = 0x51524C42
+FLOAT32 = 1  # core/types.h DataType
 
 
 def group_id(peers: list[str]) -> int:
@@ -302,7 +303,7 @@ def _blob_thief(rank: int, peers: list[str]) -> dict | None:
                 sock.sendall(BLOB_PROOF.pack(BLOB_PROOF_MAGIC, 2, 1, 0, nonce, mac))
             wire_version = 2 if challenged else 1
             request = BLOB_REQUEST.pack(
-                BLOB_REQUEST_MAGIC, wire_version, group, VERSION, 1, 0, weights.size, 5, 0
+                BLOB_REQUEST_MAGIC, wire_version, group, VERSION, 1, FLOAT32, weights.size, 5, 0
             )
             try:
                 sock.sendall(request + b"model")
