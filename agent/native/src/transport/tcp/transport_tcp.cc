@@ -462,7 +462,7 @@ void TcpTransport::refuse(const std::string& text) {
   note_rejection(text);
 }
 
-void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline) {
+void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline, int also_fd) {
   // The listener and every half-done handshake, polled together: the first to
   // move is served, none waits behind another.
   std::vector<pollfd> fds;
@@ -472,6 +472,7 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
     fds.push_back(pollfd{incoming.connection->fd(), POLLIN, 0});
     wait_ms = std::min(wait_ms, incoming.deadline.remaining_ms());
   }
+  if (also_fd >= 0) fds.push_back(pollfd{also_fd, POLLIN, 0});
   const Deadline wait = Deadline::absolute(std::chrono::milliseconds(wait_ms));
   poll_retrying(fds.data(), fds.size(), wait);
   std::vector<Incoming> still;
@@ -626,11 +627,22 @@ TcpTransport::Outgoing TcpTransport::open_with_hello(int peer, Deadline& deadlin
   TcpConnection& connection = *outgoing.connection;
   Challenge challenge{};
   try {
-    recv_all(*this, connection, &challenge, sizeof(challenge), deadline);
+    // Lower ranks' handshakes are served meanwhile: the peer may be waiting for
+    // a challenge of ours before it gets to sending us its own.
+    size_t have = 0;
+    for (;;) {
+      have += connection.recv_some(reinterpret_cast<char*>(&challenge) + have,
+                                   sizeof(challenge) - have);
+      if (have == sizeof(challenge)) break;
+      if (deadline.expired()) {
+        throw TimeoutError(who() + ": " + connection.describe_peer() +
+                           " accepted the connection but sent no challenge within the " +
+                           deadline.budget_text() + " timeout" + rejections_text());
+      }
+      accept_pending(deadline, deadline, connection.fd());
+    }
   } catch (const TimeoutError&) {
-    throw TimeoutError(who() + ": " + connection.describe_peer() +
-                       " accepted the connection but sent no challenge within the " +
-                       deadline.budget_text() + " timeout" + rejections_text());
+    throw;
   } catch (const IoError&) {
     throw IoError(who() + ": " + connection.describe_peer() + " hung up during the handshake; " +
                   "is the process at that address a member of this group (of this version "

@@ -25,11 +25,11 @@
 // version were seen.
 //
 // The three phases run in an order that cannot deadlock: (1) connect to all
-// higher peers, wait for each one's challenge and send the hello; the highest
-// rank has no phase 1, and a rank reaches phase 2 once every higher rank has,
-// so the challenges always come; (2) accept lower peers, challenge them and
-// answer their hellos; (3) read the answers to our own hellos, which every
-// peer sends in its phase 2.
+// higher peers, wait for each one's challenge and send the hello, serving the
+// lower peers' handshakes while waiting, so every rank challenges at once
+// whatever phase it is in; (2) accept lower peers, challenge them and answer
+// their hellos; (3) read the answers to our own hellos, which every peer sends
+// as soon as it has the hello.
 //
 // Pairs of ranks on one host may move their data to shared memory after the
 // rendezvous (transport/shm/transport_shm.h): their TcpConnection is then wrapped by a
@@ -166,7 +166,9 @@ class TcpTransport final : public Transport {
   // Connect retries wait here too, so a misdirected peer hears why it was
   // refused at once rather than after this rank has given up on its own
   // connects.
-  void accept_pending(const Deadline& poll_until, Deadline& deadline);
+  // `also_fd`, when given, is polled too (a connection awaiting its challenge):
+  // the call returns when it is readable.
+  void accept_pending(const Deadline& poll_until, Deadline& deadline, int also_fd = -1);
   void accept_one();
   // True when `incoming` is finished with (accepted, refused or dropped).
   bool continue_handshake(Incoming& incoming);
