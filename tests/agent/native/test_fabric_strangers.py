@@ -7,8 +7,8 @@ that trickles a blob request is cut 2 s after it started, so a real peer's reque
 through; before, the server (one request at a time, an inactivity budget that every byte
 renewed) made the real request time out.
 
-Not covered yet (no proof of membership in the handshake): a stranger that speaks the
-handshake correctly is still accepted; see docs/security.md."""
+A stranger that speaks the handshake correctly but cannot prove membership of the
+run: test_fabric_membership.py."""
 
 from __future__ import annotations
 
