@@ -304,6 +304,15 @@ class Communicator:
     they may keep their addresses: the listening port is free again once the
     group has formed, and is reused with ``SO_REUSEADDR``).
 
+    ``fabric_secret``: the run's secret, which every connection between ranks
+    (collective links, shared-memory set-up, peer blobs) proves it holds with
+    a challenge-response, so that a process of another job or run, or a
+    stranger on the network, is refused (and logged with its address on
+    stderr) without disturbing the group. ``None`` reads
+    ``ADAPTRAIN_FABRIC_SECRET``, which the agent sets for the workers of a
+    run; every rank must hold the same. With no secret at all (an empty one)
+    the handshake proves nothing (see docs/security.md).
+
     All ranks must call the same collectives in the same order with arrays of
     the same shape and dtype, the same op, root and algorithm; a mismatch
     raises :class:`CollectiveError` rather than producing wrong numbers.
@@ -321,14 +330,20 @@ class Communicator:
         timeout_s: float | None = None,
         algorithm: AlgorithmName = "auto",
         cluster_version: int = 0,
+        fabric_secret: str | None = None,
     ) -> None:
         peer_list = _check_peers(rank, peers)
+        if fabric_secret is not None and not isinstance(fabric_secret, str):
+            raise ValueError(
+                f"fabric_secret must be a str or None, not {type(fabric_secret).__name__}"
+            )
         self._native = _NativeCommunicator(
             rank,
             peer_list,
             _check_timeout(timeout_s),
             _check_algorithm(algorithm, allow_none=False),
             _check_cluster_version(cluster_version),
+            fabric_secret,
         )
         self._peers = tuple(peer_list)
         self._calls: _CallQueue | None = None

@@ -97,6 +97,7 @@ Communicator::Communicator(CommunicatorOptions options)
       cluster_version_(options.cluster_version),
       peers_(options.peers),
       layout_(node_layout(hosts_of(options.peers), options.rank)),
+      secret_(options.secret),
       algorithm_(options.algorithm),
       link_kinds_(1, "self") {
   if (size_ == 1) return;
@@ -113,6 +114,7 @@ Communicator::Communicator(CommunicatorOptions options)
   tcp.connect_retry_ms = tunables_.connect_retry_ms;
   tcp.interrupt_check = options.interrupt_check;
   tcp.cluster_version = cluster_version_;
+  tcp.secret = secret_;
   std::unique_ptr<TcpTransport> connected = TcpTransport::connect(tcp);
   TcpTransport& sockets = *connected;
   transport_ = std::move(connected);
@@ -151,6 +153,8 @@ void Communicator::start_blob_service(const std::vector<std::string>& peers, uin
   identity.cluster_version = cluster_version_;
   identity.timeout = timeout_;
   identity.socket_buffer_bytes = tunables_.socket_buffer_bytes;
+  identity.world_size = size_;
+  identity.secret = secret_;
   // On the host this rank listens on for collectives: the peers can reach it.
   const std::string host = parse_host_port(peers[rank_]).host;
   blob_server_ = std::make_unique<BlobServer>(host, identity, blobs_);

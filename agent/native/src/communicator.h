@@ -40,6 +40,9 @@ struct CommunicatorOptions {
   Algorithm algorithm = Algorithm::kAuto;
   // Elastic sessions: ranks connect only to processes at the same version.
   uint64_t cluster_version = 0;
+  // The run's fabric secret: every connection between ranks proves it holds
+  // it (auth/fabric_auth.h). Every rank must be given the same.
+  std::string secret;
   std::function<void()> interrupt_check;  // see TcpOptions
 };
 
@@ -159,6 +162,7 @@ class Communicator {
   const uint64_t cluster_version_;
   const std::vector<std::string> peers_;
   const NodeLayout layout_;  // which ranks share a node (the hosts in peers_)
+  const std::string secret_;
 
   mutable std::mutex mutex_;
   std::unique_ptr<Transport> transport_;  // null for a single rank

@@ -36,7 +36,7 @@ TEST(blob_request_is_48_little_endian_bytes_opening_with_blrq) {
   const BlobHeaderBytes bytes = encode_blob_request(sample_request());
   CHECK_EQ(bytes.size(), size_t{48});
   CHECK_EQ(std::string(bytes.begin(), bytes.begin() + 4), std::string("BLRQ"));
-  CHECK_EQ(bytes[4], uint8_t{1});     // wire version
+  CHECK_EQ(bytes[4], uint8_t{2});     // wire version (2: after the membership handshake)
   CHECK_EQ(bytes[8], uint8_t{0x88});  // group id, least significant byte first
   CHECK_EQ(bytes[15], uint8_t{0x11});
   CHECK_EQ(bytes[16], uint8_t{7});  // cluster version

@@ -9,6 +9,7 @@ Rank bodies must be module-level functions so that spawn can import them.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import time
 import traceback
@@ -36,14 +37,19 @@ def _rank_main(
 
 
 def run_ranks(
-    target: Callable[..., Any], n: int, *args: Any, timeout_s: float = 60.0
+    target: Callable[..., Any],
+    n: int,
+    *args: Any,
+    timeout_s: float = 60.0,
+    peers: list[str] | None = None,
 ) -> dict[int, Any]:
     """Run target(rank, peers, *args) in n processes; return {rank: result}.
 
     A rank that raised fails the test with its traceback. A rank that exited
     without a result (on purpose, in the failure tests) is simply absent.
+    ``peers`` defaults to n free loopback addresses.
     """
-    peers = free_peers(n)
+    peers = peers if peers is not None else free_peers(n)
     results = SPAWN.Queue()
     processes = [
         SPAWN.Process(target=_rank_main, args=(target, rank, peers, results, args), daemon=True)
@@ -83,3 +89,23 @@ def run_ranks(
     if errors:
         pytest.fail("\n".join(f"rank {rank} raised:\n{tb}" for rank, tb in sorted(errors.items())))
     return {rank: value for rank, (status, value) in collected.items()}
+
+
+def own_listening_ports() -> list[int]:
+    """This process's listening TCP ports (after formation: the blob server's only)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

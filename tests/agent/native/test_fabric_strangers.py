@@ -7,18 +7,17 @@ that trickles a blob request is cut 2 s after it started, so a real peer's reque
 through; before, the server (one request at a time, an inactivity budget that every byte
 renewed) made the real request time out.
 
-Not covered yet (no proof of membership in the handshake): a stranger that speaks the
-handshake correctly is still accepted; see docs/security.md."""
+A stranger that speaks the handshake correctly but cannot prove membership of the
+run: test_fabric_membership.py."""
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
 
 import numpy as np
-from native_ranks import run_ranks
+from native_ranks import own_listening_ports, run_ranks
 
 from agent.native import Communicator
 
@@ -65,32 +64,12 @@ def test_an_idle_and_a_junk_stranger_do_not_stop_formation() -> None:
         assert formed < TIMEOUT_S / 2, (rank, formed)
 
 
-def _own_listening_ports() -> list[int]:
-    """This process's listening TCP ports (after formation: the blob server's only)."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = []
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def _request_beside_a_trickler(rank: int, peers: list[str]) -> tuple[float, float] | None:
     comm = Communicator(rank, peers, timeout_s=TIMEOUT_S)
     port = np.zeros(1, dtype=np.int64)
     if rank == 0:
         comm.publish("model", np.arange(100, dtype=np.float32))
-        (port[0],) = _own_listening_ports()
+        (port[0],) = own_listening_ports()
     comm.broadcast(port, root=0)
     result = None
     if rank == 1:

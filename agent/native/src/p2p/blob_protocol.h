@@ -17,6 +17,18 @@
 //            16 count u64 | 24 blob version u64 | 32 payload bytes u64 |
 //            40 cluster version u64
 //
+// Before its first request a requester proves it is a member of this run
+// (auth/fabric_auth.h, channel "blob"): the owner sends a challenge as soon as
+// it accepts, the requester answers with its nonce and proof, and the owner
+// answers with a welcome carrying its own proof, or a refusal and a hang-up.
+// These three messages are native-endian structs, as the collective handshake:
+//
+//   challenge: "BLCH" u32 | wire version u32 | owner rank u32 | world size u32 |
+//              group id u64 | cluster version u64 | nonce 16 bytes
+//   proof:     "BLPF" u32 | wire version u32 | requester rank u32 | reserved u32 |
+//              nonce 16 bytes | HMAC 32 bytes
+//   welcome:   "BLWC" u32 | status u32 (0 member, 1 refused) | HMAC 32 bytes
+//
 // The requester says which dtype and element count it expects; the owner
 // answers with what it has, and sends the data only when both match, so a
 // mismatch costs one round trip, leaves the connection usable and becomes a
@@ -28,14 +40,44 @@
 #include <cstdint>
 #include <string>
 
+#include "auth/fabric_auth.h"
 #include "core/types.h"
 
 namespace adaptrain::collective {
 
 constexpr size_t kBlobHeaderBytes = 48;
-constexpr uint32_t kBlobWireVersion = 1;
+constexpr uint32_t kBlobWireVersion = 2;  // 2: the membership handshake
 // Names are keys, not data: long enough for "layer.17.attention.weight@v3".
 constexpr size_t kMaxBlobNameBytes = 1024;
+
+constexpr uint32_t kBlobChallengeMagic = 0x48434C42;  // "BLCH"
+constexpr uint32_t kBlobProofMagic = 0x46504C42;      // "BLPF"
+constexpr uint32_t kBlobWelcomeMagic = 0x43574C42;    // "BLWC"
+
+struct BlobChallenge {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t owner;
+  uint32_t world_size;
+  uint64_t group_id;
+  uint64_t cluster_version;
+  uint8_t nonce[kNonceBytes];
+};
+
+struct BlobProof {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t requester;
+  uint32_t reserved;
+  uint8_t nonce[kNonceBytes];
+  uint8_t proof[32];
+};
+
+struct BlobWelcome {
+  uint32_t magic;
+  uint32_t status;  // 0: a member; 1: refused (the owner hangs up)
+  uint8_t proof[32];
+};
 
 using BlobHeaderBytes = std::array<uint8_t, kBlobHeaderBytes>;
 

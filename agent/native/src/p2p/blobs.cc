@@ -33,6 +33,22 @@ enum class Direction { kSend, kReceive };
 // How long the server gives a connection to deliver a whole request once it has
 // started sending one.
 constexpr int kBlobRequestReadMs = 2000;
+// How long a new connection has, from its accept, to prove its membership.
+constexpr int kBlobHandshakeMs = 2000;
+
+HandshakeContext blob_context(const BlobIdentity& identity, const Nonce& owner_nonce,
+                              const Nonce& requester_nonce, uint32_t requester, uint32_t owner) {
+  HandshakeContext context;
+  context.channel = "blob";
+  context.acceptor_nonce = owner_nonce;
+  context.initiator_nonce = requester_nonce;
+  context.group_id = identity.group_id;
+  context.cluster_version = identity.cluster_version;
+  context.initiator_rank = requester;
+  context.acceptor_rank = owner;
+  context.world_size = static_cast<uint32_t>(identity.world_size);
+  return context;
+}
 
 bool move_all(int fd, Direction direction, void* data, size_t length, Deadline& deadline,
               int wake_fd, const std::function<void()>& interrupt_check, const std::string& what) {
@@ -173,36 +189,119 @@ void BlobServer::serve() {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
 
-  std::vector<Socket> clients;
   std::vector<pollfd> fds;
   for (;;) {
     fds.clear();
     fds.push_back(pollfd{wake_.get(), POLLIN, 0});
     fds.push_back(pollfd{listener_.get(), POLLIN, 0});
-    for (const Socket& client : clients) fds.push_back(pollfd{client.get(), POLLIN, 0});
-    if (::poll(fds.data(), fds.size(), -1) < 0) {
+    int wait_ms = -1;  // members may stay quiet for ever; strangers may not
+    for (const Client& client : clients_) {
+      fds.push_back(pollfd{client.socket.get(), POLLIN, 0});
+      if (!client.member) {
+        const int left = client.deadline.remaining_ms();
+        wait_ms = wait_ms < 0 ? left : std::min(wait_ms, left);
+      }
+    }
+    if (::poll(fds.data(), fds.size(), wait_ms) < 0) {
       if (errno == EINTR) continue;
       return;  // nothing sensible to do; requesters see their connections close
     }
     if (fds[0].revents != 0) return;
     // Answer before accepting: the indices of fds and clients still agree.
-    std::vector<Socket> kept;
-    for (size_t i = 0; i < clients.size(); ++i) {
-      if (fds[i + 2].revents == 0 || answer(clients[i].get())) {
-        kept.push_back(std::move(clients[i]));
+    std::vector<Client> kept;
+    for (size_t i = 0; i < clients_.size(); ++i) {
+      Client& client = clients_[i];
+      const bool readable = fds[i + 2].revents != 0;
+      bool keep = true;
+      if (client.member) {
+        keep = !readable || answer(client.socket.get());
+      } else if (readable) {
+        keep = continue_handshake(client);
+      } else if (client.deadline.expired()) {
+        log_fabric_event("rank " + std::to_string(identity_.rank) +
+                         "'s blob service dropped a connection from " + client.remote +
+                         ": it did not prove membership within " +
+                         std::to_string(kBlobHandshakeMs) + " ms");
+        keep = false;
       }
+      if (keep) kept.push_back(std::move(client));
     }
-    clients = std::move(kept);
-    if (fds[1].revents & POLLIN) {
-      for (;;) {
-        Socket client(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-        if (client.get() < 0) break;  // EAGAIN, or an aborted connection: poll again
-        if (clients.size() >= kMaxBlobClients) continue;
-        set_int_option(client.get(), IPPROTO_TCP, TCP_NODELAY, 1);
-        clients.push_back(std::move(client));
-      }
+    clients_ = std::move(kept);
+    if (fds[1].revents & POLLIN) accept_clients();
+  }
+}
+
+void BlobServer::accept_clients() {
+  for (;;) {
+    sockaddr_storage remote{};
+    socklen_t remote_length = sizeof(remote);
+    Socket socket(::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&remote), &remote_length,
+                            SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (socket.get() < 0) return;  // EAGAIN, or an aborted connection: poll again
+    if (clients_.size() >= kMaxBlobClients) continue;
+    set_int_option(socket.get(), IPPROTO_TCP, TCP_NODELAY, 1);
+    Client client{std::move(socket),
+                  text_of(remote),
+                  false,
+                  Deadline::absolute(std::chrono::milliseconds(kBlobHandshakeMs)),
+                  random_nonce16(),
+                  {},
+                  0};
+    BlobChallenge challenge{kBlobChallengeMagic,
+                            kBlobWireVersion,
+                            static_cast<uint32_t>(identity_.rank),
+                            static_cast<uint32_t>(identity_.world_size),
+                            identity_.group_id,
+                            identity_.cluster_version,
+                            {}};
+    std::memcpy(challenge.nonce, client.nonce.data(), kNonceBytes);
+    // A fresh socket's buffer always takes these few bytes at once.
+    const ssize_t sent =
+        ::send(client.socket.get(), &challenge, sizeof(challenge), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent != static_cast<ssize_t>(sizeof(challenge))) continue;
+    clients_.push_back(std::move(client));
+  }
+}
+
+bool BlobServer::continue_handshake(Client& client) {
+  char* into = reinterpret_cast<char*>(&client.proof) + client.received;
+  const ssize_t got =
+      ::recv(client.socket.get(), into, sizeof(client.proof) - client.received, MSG_DONTWAIT);
+  if (got < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+  if (got <= 0) return false;  // hung up or broke before proving anything
+  client.received += static_cast<size_t>(got);
+  if (client.received < sizeof(client.proof)) return true;
+  const BlobProof& proof = client.proof;
+  BlobWelcome welcome{kBlobWelcomeMagic, 1, {}};
+  bool member = false;
+  if (proof.magic == kBlobProofMagic && proof.version == kBlobWireVersion &&
+      proof.requester < static_cast<uint32_t>(identity_.world_size)) {
+    Nonce requester_nonce;
+    std::memcpy(requester_nonce.data(), proof.nonce, kNonceBytes);
+    const HandshakeContext context =
+        blob_context(identity_, client.nonce, requester_nonce, proof.requester,
+                     static_cast<uint32_t>(identity_.rank));
+    Digest claimed;
+    std::memcpy(claimed.data(), proof.proof, claimed.size());
+    member = digests_equal(claimed,
+                           handshake_proof(identity_.secret, HandshakeRole::kInitiator, context));
+    if (member) {
+      welcome.status = 0;
+      const Digest own = handshake_proof(identity_.secret, HandshakeRole::kAcceptor, context);
+      std::memcpy(welcome.proof, own.data(), own.size());
     }
   }
+  if (!member) {
+    log_fabric_event("rank " + std::to_string(identity_.rank) +
+                     "'s blob service refused a connection from " + client.remote +
+                     ": it did not prove membership of this run (another job, run or "
+                     "cluster version, or not a worker)");
+  }
+  const ssize_t sent =
+      ::send(client.socket.get(), &welcome, sizeof(welcome), MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (sent != static_cast<ssize_t>(sizeof(welcome))) return false;
+  client.member = member;
+  return member;
 }
 
 bool BlobServer::answer(int fd) {
@@ -294,6 +393,58 @@ void BlobClient::close() {
   }
 }
 
+void BlobClient::prove_membership(int fd, int peer, Deadline& deadline) {
+  const std::string who = describe(peer);
+  const std::string what = "proving membership to " + who + "'s blob service";
+  BlobChallenge challenge{};
+  move_all(fd, Direction::kReceive, &challenge, sizeof(challenge), deadline, -1, interrupt_check_,
+           what);
+  if (challenge.magic != kBlobChallengeMagic || challenge.version != kBlobWireVersion) {
+    throw IoError("the process at " + addresses_[peer] + " (" + who +
+                  "'s blob service) did not answer with the blob handshake of this version");
+  }
+  if (challenge.cluster_version != identity_.cluster_version ||
+      challenge.group_id != identity_.group_id) {
+    throw IoError("the blob service at " + addresses_[peer] +
+                  " belongs to another group or cluster version (it is at version " +
+                  std::to_string(challenge.cluster_version) + ", this rank at " +
+                  std::to_string(identity_.cluster_version) + "): a stale address");
+  }
+  Nonce owner_nonce;
+  std::memcpy(owner_nonce.data(), challenge.nonce, kNonceBytes);
+  const Nonce own_nonce = random_nonce16();
+  const HandshakeContext context =
+      blob_context(identity_, owner_nonce, own_nonce, static_cast<uint32_t>(identity_.rank),
+                   static_cast<uint32_t>(peer));
+  BlobProof proof{
+      kBlobProofMagic, kBlobWireVersion, static_cast<uint32_t>(identity_.rank), 0, {}, {}};
+  std::memcpy(proof.nonce, own_nonce.data(), kNonceBytes);
+  const Digest mac = handshake_proof(identity_.secret, HandshakeRole::kInitiator, context);
+  std::memcpy(proof.proof, mac.data(), mac.size());
+  move_all(fd, Direction::kSend, &proof, sizeof(proof), deadline, -1, interrupt_check_, what);
+  BlobWelcome welcome{};
+  try {
+    move_all(fd, Direction::kReceive, &welcome, sizeof(welcome), deadline, -1, interrupt_check_,
+             what);
+  } catch (const IoError&) {
+    throw IoError(who + "'s blob service hung up on the membership handshake");
+  }
+  if (welcome.magic != kBlobWelcomeMagic || welcome.status != 0) {
+    throw IoError(who +
+                  "'s blob service refused this rank's proof of membership (the two "
+                  "ranks hold different fabric secrets: another job or run)");
+  }
+  Digest claimed;
+  std::memcpy(claimed.data(), welcome.proof, claimed.size());
+  if (!digests_equal(claimed,
+                     handshake_proof(identity_.secret, HandshakeRole::kAcceptor, context))) {
+    log_fabric_event("rank " + std::to_string(identity_.rank) + " hung up on the blob service at " +
+                     addresses_[peer] + ": it could not prove membership of this run");
+    throw IoError("the blob service at " + addresses_[peer] + " (" + who +
+                  ") could not prove it holds this run's fabric secret; no blob was taken from it");
+  }
+}
+
 uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_t count,
                              DataType dtype, std::chrono::milliseconds timeout) {
   Link& link = *links_.at(static_cast<size_t>(peer));
@@ -316,6 +467,7 @@ uint64_t BlobClient::request(int peer, const std::string& name, void* out, size_
         throw IoError("could not connect to " + who + "'s blob service at " + addresses_[peer] +
                       " (" + error + "); has that rank closed its communicator or exited?");
       }
+      prove_membership(socket.get(), peer, deadline);
       std::lock_guard<std::mutex> fds_lock(fds_mutex_);
       check_open();
       link.fd = socket.release();

@@ -14,7 +14,13 @@
 // One server thread answers requests one at a time. That is enough for the
 // intended use (a few peers pulling a model now and then) and keeps shutdown
 // simple; a request waits behind another one's transfer, never behind a
-// collective.
+// collective. Only members are served: every connection first proves it
+// belongs to this run (blob_protocol.h), and until it has, the thread serves
+// its handshake in small non-blocking steps beside everyone else's, under a
+// deadline of its own (kBlobHandshakeMs from its accept), so an idle,
+// trickling or lying stranger costs the members nothing and gets no byte of a
+// blob. Members send their whole request at once; one that does not deliver a
+// request within 2 s of its first byte is cut off.
 #pragma once
 
 #include <atomic>
@@ -61,6 +67,8 @@ struct BlobIdentity {
   uint64_t cluster_version = 0;
   std::chrono::milliseconds timeout{60000};  // inactivity budget of one transfer
   size_t socket_buffer_bytes = 0;
+  int world_size = 0;
+  std::string secret;  // the run's fabric secret (auth/fabric_auth.h)
 };
 
 class BlobServer {
@@ -77,7 +85,22 @@ class BlobServer {
   void stop();
 
  private:
+  // A connection: a member once it has proved itself; until then its
+  // handshake's state.
+  struct Client {
+    Socket socket;
+    std::string remote;
+    bool member = false;
+    Deadline deadline;
+    Nonce nonce{};
+    BlobProof proof{};
+    size_t received = 0;
+  };
   void serve();
+  void accept_clients();
+  // Moves a stranger's handshake along; false when it is done with (refused,
+  // hung up).
+  bool continue_handshake(Client& client);
   // Answers one request on `fd`; false when the connection is done (the peer
   // hung up, misbehaved or stop() was called).
   bool answer(int fd);
@@ -87,6 +110,7 @@ class BlobServer {
   Socket listener_;
   Socket wake_;  // eventfd: stop() writes, the thread's poll wakes
   int port_ = 0;
+  std::vector<Client> clients_;  // the server thread's only
   std::mutex stop_mutex_;
   std::thread thread_;
 };
@@ -117,6 +141,8 @@ class BlobClient {
   };
   std::string describe(int peer) const;
   void forget(Link& link);
+  // The requester's side of the membership handshake on a new connection.
+  void prove_membership(int fd, int peer, Deadline& deadline);
 
   const BlobIdentity identity_;
   const std::vector<std::string> addresses_;

@@ -12,6 +12,7 @@
 //   InterruptedError     -> whatever the signal handler raised (KeyboardInterrupt)
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -19,7 +20,10 @@
 #include <chrono>
 #include <cmath>
 #include <new>
+#include <optional>
 
+#include "auth/fabric_auth.h"
+#include "auth/sha256.h"
 #include "collectives/algorithm.h"
 #include "collectives/protocol.h"
 #include "collectives/segments.h"
@@ -159,14 +163,27 @@ NB_MODULE(_collective, m) {
       "rows"_a, "parts"_a, "index"_a,
       "First row and row count of segment `index` (numpy.array_split's cut).");
 
+  m.def(
+      "_hmac_sha256",
+      [](nb::bytes key, nb::bytes message) {
+        col::HmacSha256 mac(key.c_str(), key.size());
+        mac.update(message.c_str(), message.size());
+        const col::Digest digest = mac.finish();
+        return nb::bytes(reinterpret_cast<const char*>(digest.data()), digest.size());
+      },
+      "key"_a, "message"_a,
+      "HMAC-SHA256 as the fabric handshake computes it (for tests against hashlib/hmac).");
+
   nb::class_<col::Communicator>(m, "Communicator")
       .def(
           "__init__",
           [](col::Communicator* self, int rank, std::vector<std::string> peers, double timeout_s,
-             const std::string& algorithm, uint64_t cluster_version) {
+             const std::string& algorithm, uint64_t cluster_version,
+             std::optional<std::string> fabric_secret) {
             col::CommunicatorOptions options;
             options.rank = rank;
             options.cluster_version = cluster_version;
+            options.secret = fabric_secret ? *fabric_secret : col::fabric_secret_from_environment();
             options.peers = std::move(peers);
             options.timeout = to_milliseconds(timeout_s);
             options.algorithm = col::parse_algorithm(algorithm);
@@ -174,7 +191,8 @@ NB_MODULE(_collective, m) {
             nb::gil_scoped_release release;
             new (self) col::Communicator(std::move(options));
           },
-          "rank"_a, "peers"_a, "timeout_s"_a, "algorithm"_a = "auto", "cluster_version"_a = 0)
+          "rank"_a, "peers"_a, "timeout_s"_a, "algorithm"_a = "auto", "cluster_version"_a = 0,
+          "fabric_secret"_a = nb::none())
       .def_prop_ro("rank", &col::Communicator::rank)
       .def_prop_ro("size", &col::Communicator::size)
       .def_prop_ro("cluster_version", &col::Communicator::cluster_version)

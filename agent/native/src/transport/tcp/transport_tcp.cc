@@ -40,10 +40,22 @@ inline void pause_briefly() {
 
 namespace {
 
-constexpr uint32_t kHelloMagic = 0x4C4F4341;  // "ACOL" on the wire
-constexpr uint32_t kProtocolVersion = 2;      // 2: the cluster version joined the hello
-// How long an accepted connection may take to deliver its hello (and take the reply).
+constexpr uint32_t kHelloMagic = 0x4C4F4341;      // "ACOL" on the wire
+constexpr uint32_t kChallengeMagic = 0x48434341;  // "ACCH"
+// 2: the cluster version joined the hello; 3: challenge-response with the run's secret.
+constexpr uint32_t kProtocolVersion = 3;
+// How long an accepted connection may take, from its accept, to deliver its hello.
 constexpr int kAcceptHandshakeMs = 2000;
+
+// Sent by the accepting side as soon as it accepts.
+struct Challenge {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t responder_rank;
+  uint32_t world_size;
+  uint64_t cluster_version;
+  uint8_t nonce[kNonceBytes];
+};
 
 struct Hello {
   uint32_t magic;
@@ -54,6 +66,8 @@ struct Hello {
   uint32_t reserved;
   uint64_t group_id;
   uint64_t cluster_version;
+  uint8_t nonce[kNonceBytes];
+  uint8_t proof[32];
 };
 
 enum HelloStatus : uint32_t {
@@ -65,6 +79,7 @@ enum HelloStatus : uint32_t {
   kWrongReceiver = 5,
   kUnexpectedSender = 6,
   kClusterVersionMismatch = 7,
+  kNotAMember = 8,
 };
 
 struct HelloReply {
@@ -75,6 +90,7 @@ struct HelloReply {
   uint32_t world_size;
   uint32_t reserved;
   uint64_t cluster_version;
+  uint8_t proof[32];  // the acceptor's, when accepted; zeros otherwise
 };
 
 const char* status_reason(uint32_t status) {
@@ -93,6 +109,9 @@ const char* status_reason(uint32_t status) {
       return "it did not expect a connection from this rank (duplicate rank?)";
     case kClusterVersionMismatch:
       return "it belongs to another cluster version";
+    case kNotAMember:
+      return "it could not verify the proof of membership (the two processes hold different "
+             "fabric secrets: another job or another run of it)";
     default:
       return "unknown reason";
   }
@@ -438,11 +457,42 @@ std::string TcpTransport::rejections_text() const {
   return text;
 }
 
-void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline) {
-  pollfd p{listener_, POLLIN, 0};
-  const Deadline& first =
-      poll_until.remaining_ms() < deadline.remaining_ms() ? poll_until : deadline;
-  if (poll_retrying(&p, 1, first) == 0) return;
+void TcpTransport::refuse(const std::string& text) {
+  log_fabric_event(who() + " " + text);
+  note_rejection(text);
+}
+
+void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline, int also_fd) {
+  // The listener and every half-done handshake, polled together: the first to
+  // move is served, none waits behind another.
+  std::vector<pollfd> fds;
+  fds.push_back(pollfd{listener_, POLLIN, 0});
+  int wait_ms = std::min(poll_until.remaining_ms(), deadline.remaining_ms());
+  for (const Incoming& incoming : incoming_) {
+    fds.push_back(pollfd{incoming.connection->fd(), POLLIN, 0});
+    wait_ms = std::min(wait_ms, incoming.deadline.remaining_ms());
+  }
+  if (also_fd >= 0) fds.push_back(pollfd{also_fd, POLLIN, 0});
+  const Deadline wait = Deadline::absolute(std::chrono::milliseconds(wait_ms));
+  poll_retrying(fds.data(), fds.size(), wait);
+  std::vector<Incoming> still;
+  for (size_t i = 0; i < incoming_.size(); ++i) {
+    Incoming& incoming = incoming_[i];
+    const bool readable = fds[i + 1].revents != 0;
+    if (readable && continue_handshake(incoming)) continue;
+    if (!readable && incoming.deadline.expired()) {
+      refuse("dropped a connection from " + incoming.connection->peer_address() +
+             ": it sent no complete handshake within " + std::to_string(kAcceptHandshakeMs) +
+             " ms");
+      continue;
+    }
+    still.push_back(std::move(incoming));
+  }
+  incoming_ = std::move(still);
+  if (fds[0].revents & POLLIN) accept_one();
+}
+
+void TcpTransport::accept_one() {
   sockaddr_storage remote{};
   socklen_t remote_length = sizeof(remote);
   int fd = ::accept4(listener_, reinterpret_cast<sockaddr*>(&remote), &remote_length,
@@ -453,26 +503,58 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
   }
   set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   const std::string remote_text = text_of(remote);
-  auto connection = std::make_unique<TcpConnection>(fd, -1, remote_text);
-
-  // Each accepted connection gets a short deadline of its own: a member sends its
-  // hello right after connecting, so a connection that stays idle or trickles is a
-  // stranger, dropped without holding up the members still to come.
-  Deadline handshake = Deadline::absolute(std::chrono::milliseconds(
-      std::max(1, std::min(kAcceptHandshakeMs, deadline.remaining_ms()))));
-  Hello hello{};
+  Incoming incoming{std::make_unique<TcpConnection>(fd, -1, remote_text),
+                    Deadline::absolute(std::chrono::milliseconds(kAcceptHandshakeMs)),
+                    random_nonce16(), std::vector<uint8_t>(sizeof(Hello)), 0};
+  Challenge challenge{kChallengeMagic,
+                      kProtocolVersion,
+                      static_cast<uint32_t>(options_.rank),
+                      static_cast<uint32_t>(size()),
+                      options_.cluster_version,
+                      {}};
+  std::memcpy(challenge.nonce, incoming.nonce.data(), kNonceBytes);
+  // A fresh socket's buffer always takes these few bytes at once.
   try {
-    recv_all(*this, *connection, &hello, sizeof(hello), handshake);
-  } catch (const TimeoutError&) {
-    note_rejection("dropped a connection from " + remote_text + ": it sent no complete handshake " +
-                   "within " + std::to_string(kAcceptHandshakeMs) + " ms");
-    return;
+    if (incoming.connection->send_some(&challenge, sizeof(challenge)) != sizeof(challenge)) {
+      refuse("dropped a connection from " + remote_text + ": it took no challenge");
+      return;
+    }
   } catch (const IoError&) {
-    note_rejection("a connection from " + remote_text + " hung up during the handshake");
+    refuse("a connection from " + remote_text + " hung up during the handshake");
     return;
   }
+  incoming_.push_back(std::move(incoming));
+}
 
+bool TcpTransport::continue_handshake(Incoming& incoming) {
+  try {
+    incoming.received += incoming.connection->recv_some(incoming.hello.data() + incoming.received,
+                                                        incoming.hello.size() - incoming.received);
+  } catch (const IoError&) {
+    refuse("a connection from " + incoming.connection->peer_address() +
+           " hung up during the handshake");
+    return true;
+  }
+  if (incoming.received < incoming.hello.size()) return false;
+  finish_handshake(incoming);
+  return true;
+}
+
+void TcpTransport::finish_handshake(Incoming& incoming) {
+  const std::string remote_text = incoming.connection->peer_address();
+  Hello hello{};
+  std::memcpy(&hello, incoming.hello.data(), sizeof(hello));
   const int size = this->size();
+  HandshakeContext context;
+  context.channel = "collective";
+  context.acceptor_nonce = incoming.nonce;
+  std::memcpy(context.initiator_nonce.data(), hello.nonce, kNonceBytes);
+  context.group_id = group_id_;
+  context.cluster_version = options_.cluster_version;
+  context.initiator_rank = hello.sender_rank;
+  context.acceptor_rank = static_cast<uint32_t>(options_.rank);
+  context.world_size = static_cast<uint32_t>(size);
+
   uint32_t status = kAccepted;
   if (hello.magic != kHelloMagic) {
     status = kBadMagic;
@@ -489,9 +571,16 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
     status = kGroupMismatch;
   } else if (hello.receiver_rank != static_cast<uint32_t>(options_.rank)) {
     status = kWrongReceiver;
-  } else if (std::find(expected_.begin(), expected_.end(), static_cast<int>(hello.sender_rank)) ==
-             expected_.end()) {
-    status = kUnexpectedSender;
+  } else {
+    Digest claimed{};
+    std::memcpy(claimed.data(), hello.proof, claimed.size());
+    const Digest expected = handshake_proof(options_.secret, HandshakeRole::kInitiator, context);
+    if (!digests_equal(claimed, expected)) {
+      status = kNotAMember;
+    } else if (std::find(expected_.begin(), expected_.end(), static_cast<int>(hello.sender_rank)) ==
+               expected_.end()) {
+      status = kUnexpectedSender;
+    }
   }
 
   HelloReply reply{kHelloMagic,
@@ -500,11 +589,17 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
                    static_cast<uint32_t>(options_.rank),
                    static_cast<uint32_t>(size),
                    0,
-                   options_.cluster_version};
+                   options_.cluster_version,
+                   {}};
+  if (status == kAccepted) {
+    const Digest proof = handshake_proof(options_.secret, HandshakeRole::kAcceptor, context);
+    std::memcpy(reply.proof, proof.data(), proof.size());
+  }
   try {
-    send_all(*this, *connection, &reply, sizeof(reply), handshake);
-  } catch (const IoError&) {
-    note_rejection("a connection from " + remote_text + " hung up during the handshake");
+    // Bounded by the connection's own handshake deadline, never the group's.
+    send_all(*this, *incoming.connection, &reply, sizeof(reply), incoming.deadline);
+  } catch (const Error&) {
+    refuse("a connection from " + remote_text + " hung up during the handshake");
     return;
   }
   if (status != kAccepted) {
@@ -516,19 +611,61 @@ void TcpTransport::accept_pending(const Deadline& poll_until, Deadline& deadline
       claimed += " at cluster version " + std::to_string(hello.cluster_version) +
                  " (this rank is at " + std::to_string(options_.cluster_version) + ")";
     }
-    note_rejection("refused a connection from " + remote_text + claimed + " because " +
-                   status_reason(status));
+    refuse("refused a connection from " + remote_text + claimed + " because " +
+           status_reason(status));
     return;
   }
   const int sender = static_cast<int>(hello.sender_rank);
-  connection->identify(sender, options_.peers[sender]);
-  connections_[sender] = std::move(connection);
+  incoming.connection->identify(sender, options_.peers[sender]);
+  connections_[sender] = std::move(incoming.connection);
   expected_.erase(std::find(expected_.begin(), expected_.end(), sender));
 }
 
-std::unique_ptr<TcpConnection> TcpTransport::open_with_hello(int peer, Deadline& deadline) {
+TcpTransport::Outgoing TcpTransport::open_with_hello(int peer, Deadline& deadline) {
   int fd = connect_with_retry(peer, deadline);
-  auto connection = std::make_unique<TcpConnection>(fd, peer, options_.peers[peer]);
+  Outgoing outgoing{std::make_unique<TcpConnection>(fd, peer, options_.peers[peer]), {}, {}};
+  TcpConnection& connection = *outgoing.connection;
+  Challenge challenge{};
+  try {
+    // Lower ranks' handshakes are served meanwhile: the peer may be waiting for
+    // a challenge of ours before it gets to sending us its own.
+    size_t have = 0;
+    for (;;) {
+      have += connection.recv_some(reinterpret_cast<char*>(&challenge) + have,
+                                   sizeof(challenge) - have);
+      if (have == sizeof(challenge)) break;
+      if (deadline.expired()) {
+        throw TimeoutError(who() + ": " + connection.describe_peer() +
+                           " accepted the connection but sent no challenge within the " +
+                           deadline.budget_text() + " timeout" + rejections_text());
+      }
+      accept_pending(deadline, deadline, connection.fd());
+    }
+  } catch (const TimeoutError&) {
+    throw;
+  } catch (const IoError&) {
+    throw IoError(who() + ": " + connection.describe_peer() + " hung up during the handshake; " +
+                  "is the process at that address a member of this group (of this version "
+                  "of adaptrain)?");
+  }
+  if (challenge.magic != kChallengeMagic || challenge.version != kProtocolVersion) {
+    throw IoError(who() + ": the process at " + connection.peer_address() + " (rank " +
+                  std::to_string(peer) +
+                  " in the peer list) did not answer with the collective handshake of this "
+                  "version; check the peer list");
+  }
+  std::memcpy(outgoing.acceptor_nonce.data(), challenge.nonce, kNonceBytes);
+  outgoing.own_nonce = random_nonce16();
+  HandshakeContext context;
+  context.channel = "collective";
+  context.acceptor_nonce = outgoing.acceptor_nonce;
+  context.initiator_nonce = outgoing.own_nonce;
+  context.group_id = group_id_;
+  context.cluster_version = options_.cluster_version;
+  context.initiator_rank = static_cast<uint32_t>(options_.rank);
+  context.acceptor_rank = static_cast<uint32_t>(peer);
+  context.world_size = static_cast<uint32_t>(size());
+  const Digest proof = handshake_proof(options_.secret, HandshakeRole::kInitiator, context);
   Hello hello{kHelloMagic,
               kProtocolVersion,
               static_cast<uint32_t>(options_.rank),
@@ -536,12 +673,17 @@ std::unique_ptr<TcpConnection> TcpTransport::open_with_hello(int peer, Deadline&
               static_cast<uint32_t>(size()),
               0,
               group_id_,
-              options_.cluster_version};
-  send_all(*this, *connection, &hello, sizeof(hello), deadline);
-  return connection;
+              options_.cluster_version,
+              {},
+              {}};
+  std::memcpy(hello.nonce, outgoing.own_nonce.data(), kNonceBytes);
+  std::memcpy(hello.proof, proof.data(), proof.size());
+  send_all(*this, connection, &hello, sizeof(hello), deadline);
+  return outgoing;
 }
 
-bool TcpTransport::read_reply(TcpConnection& connection, Deadline& deadline) {
+bool TcpTransport::read_reply(Outgoing& outgoing, Deadline& deadline) {
+  TcpConnection& connection = *outgoing.connection;
   HelloReply reply{};
   try {
     recv_all(*this, connection, &reply, sizeof(reply), deadline);
@@ -576,6 +718,26 @@ bool TcpTransport::read_reply(TcpConnection& connection, Deadline& deadline) {
     throw IoError(who() + ": " + connection.describe_peer() + " refused the connection because " +
                   status_reason(reply.status) + detail);
   }
+  HandshakeContext context;
+  context.channel = "collective";
+  context.acceptor_nonce = outgoing.acceptor_nonce;
+  context.initiator_nonce = outgoing.own_nonce;
+  context.group_id = group_id_;
+  context.cluster_version = options_.cluster_version;
+  context.initiator_rank = static_cast<uint32_t>(options_.rank);
+  context.acceptor_rank = static_cast<uint32_t>(connection.peer_rank());
+  context.world_size = static_cast<uint32_t>(size());
+  Digest claimed{};
+  std::memcpy(claimed.data(), reply.proof, claimed.size());
+  if (!digests_equal(claimed,
+                     handshake_proof(options_.secret, HandshakeRole::kAcceptor, context))) {
+    log_fabric_event(who() + " hung up on " + connection.peer_address() +
+                     ": it accepted without proving membership of this run");
+    throw IoError(who() + ": the process at " + connection.peer_address() + " (rank " +
+                  std::to_string(connection.peer_rank()) +
+                  " in the peer list) accepted the connection but could not prove it holds this "
+                  "run's fabric secret; it is not a member of this job's run");
+  }
   return true;
 }
 
@@ -604,14 +766,13 @@ void TcpTransport::rendezvous() {
   }
 
   // Phase 1: connect to higher ranks and send our hello.
-  std::vector<std::unique_ptr<TcpConnection>> awaiting_reply;
+  std::vector<Outgoing> awaiting_reply;
   for (int peer : options_.needed_peers) {
     if (peer < rank) continue;
     bool already = std::any_of(awaiting_reply.begin(), awaiting_reply.end(),
-                               [&](const auto& c) { return c->peer_rank() == peer; });
+                               [&](const auto& o) { return o.connection->peer_rank() == peer; });
     if (already) continue;
-    auto connection = open_with_hello(peer, deadline);
-    awaiting_reply.push_back(std::move(connection));
+    awaiting_reply.push_back(open_with_hello(peer, deadline));
   }
 
   // Phase 2: accept lower ranks and answer their hellos.
@@ -632,11 +793,11 @@ void TcpTransport::rendezvous() {
   // from another cluster version is not our peer yet (the previous version's
   // process may still be there, or ours has not started): hang up and try
   // again until it is, or until the timeout.
-  for (auto& connection : awaiting_reply) {
+  for (Outgoing& outgoing : awaiting_reply) {
     int backoff_ms = 10;
-    while (!read_reply(*connection, deadline)) {
-      const int peer = connection->peer_rank();
-      connection.reset();
+    while (!read_reply(outgoing, deadline)) {
+      const int peer = outgoing.connection->peer_rank();
+      outgoing.connection.reset();
       const Deadline retry_at = Deadline::absolute(std::chrono::milliseconds(backoff_ms));
       while (!retry_at.expired() && !deadline.expired()) accept_pending(retry_at, deadline);
       backoff_ms = std::min(backoff_ms * 2, options_.connect_retry_ms);
@@ -647,12 +808,18 @@ void TcpTransport::rendezvous() {
             " timeout: the process there kept answering from another cluster version" +
             rejections_text());
       }
-      connection = open_with_hello(peer, deadline);
+      outgoing = open_with_hello(peer, deadline);
     }
-    const int peer = connection->peer_rank();
-    connections_[peer] = std::move(connection);
+    const int peer = outgoing.connection->peer_rank();
+    connections_[peer] = std::move(outgoing.connection);
   }
-  // The listener closes here: the group is complete and its port is free again.
+  // The listener closes here: the group is complete and its port is free again;
+  // handshakes still under way were strangers.
+  for (Incoming& incoming : incoming_) {
+    refuse("dropped a connection from " + incoming.connection->peer_address() +
+           " still handshaking when the group had formed");
+  }
+  incoming_.clear();
   listener_ = -1;
 }
 

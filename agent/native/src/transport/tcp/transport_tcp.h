@@ -3,11 +3,19 @@
 // Rendezvous: every rank listens on its own address from the peer list, then
 // for each peer its algorithm needs, the lower rank connects and the higher
 // rank accepts, so each pair shares exactly one full-duplex connection. The
-// connecting side sends a hello (magic, protocol version, both ranks, group
-// size, a hash of the peer list and the cluster version) and the accepting
-// side answers accepted or
-// a reason; a process from another job, another cluster version or a wrong
-// peer list is refused with a message that says which of those it was.
+// accepting side speaks first, with a challenge (its rank and a fresh nonce);
+// the connecting side answers with a hello (magic, protocol version, both
+// ranks, group size, a hash of the peer list, the cluster version, its own
+// nonce and its proof of membership: an HMAC keyed by the run's fabric secret,
+// auth/fabric_auth.h) and the accepting side answers accepted, with its own
+// proof, or a reason; a process from another job or run, another cluster
+// version or a wrong peer list is refused with a message that says which of
+// those it was, and the refusal is logged with its address.
+//
+// Strangers: each accepted connection is a small state machine with a deadline
+// of its own (kAcceptHandshakeMs); the listener and every half-done handshake
+// are polled together, so an idle, trickling or lying connection is dropped
+// when its deadline passes and never holds up the members still to come.
 //
 // Cluster versions (elastic resizing): a connection from another version is
 // refused and never becomes a link. The connecting side of such a refusal
@@ -17,9 +25,11 @@
 // version were seen.
 //
 // The three phases run in an order that cannot deadlock: (1) connect to all
-// higher peers and send hellos, which needs nothing from them but a listening
-// socket; (2) accept lower peers and answer their hellos; (3) read the answers
-// to our own hellos, which every peer sends in its phase 2.
+// higher peers, wait for each one's challenge and send the hello, serving the
+// lower peers' handshakes while waiting, so every rank challenges at once
+// whatever phase it is in; (2) accept lower peers, challenge them and answer
+// their hellos; (3) read the answers to our own hellos, which every peer sends
+// as soon as it has the hello.
 //
 // Pairs of ranks on one host may move their data to shared memory after the
 // rendezvous (transport/shm/transport_shm.h): their TcpConnection is then wrapped by a
@@ -41,6 +51,7 @@
 #include <utility>
 #include <vector>
 
+#include "auth/fabric_auth.h"
 #include "transport/transport.h"
 
 namespace adaptrain::collective {
@@ -66,6 +77,8 @@ struct TcpOptions {
   int connect_retry_ms = 200;
   // Elastic sessions: only processes at the same cluster version connect.
   uint64_t cluster_version = 0;
+  // The run's fabric secret (auth/fabric_auth.h); every rank must hold the same.
+  std::string secret;
   // Called when a system call was interrupted by a signal; may throw
   // InterruptedError so that Ctrl-C stops a blocked call.
   std::function<void()> interrupt_check;
@@ -123,19 +136,45 @@ class TcpTransport final : public Transport {
 
  private:
   explicit TcpTransport(TcpOptions options);
+  // A connection to a higher rank whose hello is sent and whose answer is due.
+  struct Outgoing {
+    std::unique_ptr<TcpConnection> connection;
+    Nonce acceptor_nonce{};
+    Nonce own_nonce{};
+  };
+  // A connection accepted from someone claiming to be a lower rank: challenged,
+  // its hello not (completely) read yet.
+  struct Incoming {
+    std::unique_ptr<TcpConnection> connection;
+    Deadline deadline;
+    Nonce nonce{};
+    std::vector<uint8_t> hello;
+    size_t received = 0;
+  };
+
   void rendezvous();
   int connect_with_retry(int peer, Deadline& deadline);
-  // Connects to a higher rank and sends the hello.
-  std::unique_ptr<TcpConnection> open_with_hello(int peer, Deadline& deadline);
-  // Reads the answer to our hello: true when accepted, false when the process
-  // there is at another cluster version (retry); throws on any other refusal.
-  bool read_reply(TcpConnection& connection, Deadline& deadline);
+  // Connects to a higher rank, waits for its challenge and sends the hello.
+  Outgoing open_with_hello(int peer, Deadline& deadline);
+  // Reads the answer to our hello: true when accepted (and the peer proved
+  // its membership), false when the process there is at another cluster
+  // version (retry); throws on any other refusal.
+  bool read_reply(Outgoing& outgoing, Deadline& deadline);
   void note_rejection(std::string text);
-  // Waits up to `poll_until` for a connection on the listener and, if one
-  // comes, runs the accepting side of the handshake on it. Connect retries
-  // wait here too, so a misdirected peer hears why it was refused at once
-  // rather than after this rank has given up on its own connects.
-  void accept_pending(const Deadline& poll_until, Deadline& deadline);
+  // Waits up to `poll_until` for a new connection on the listener or bytes
+  // of a half-done handshake, and moves every handshake that can along.
+  // Connect retries wait here too, so a misdirected peer hears why it was
+  // refused at once rather than after this rank has given up on its own
+  // connects.
+  // `also_fd`, when given, is polled too (a connection awaiting its challenge):
+  // the call returns when it is readable.
+  void accept_pending(const Deadline& poll_until, Deadline& deadline, int also_fd = -1);
+  void accept_one();
+  // True when `incoming` is finished with (accepted, refused or dropped).
+  bool continue_handshake(Incoming& incoming);
+  void finish_handshake(Incoming& incoming);
+  // Notes why a connection was turned away and logs it.
+  void refuse(const std::string& text);
   std::string rejections_text() const;
   // poll() that retries on EINTR after giving interrupt_check a chance to throw.
   int poll_retrying(::pollfd* fds, unsigned long count, const Deadline& deadline);
@@ -147,6 +186,7 @@ class TcpTransport final : public Transport {
   // Rendezvous state.
   int listener_ = -1;
   std::vector<int> expected_;            // lower ranks that have not connected yet
+  std::vector<Incoming> incoming_;       // accepted, handshake under way
   std::vector<std::string> rejections_;  // why strangers were turned away, for timeout messages
   bool saw_other_cluster_version_ = false;
 };
