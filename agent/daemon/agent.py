@@ -132,7 +132,7 @@ class Agent:
         self.groups: dict[int, WorkerGroup] = {}
         self.seen_commands: set[int] = set()
         self.outbox = ReportOutbox(outbox_path(config.state_dir))
-        self.metrics = MetricShipper(self.client, config.metrics_flush_s)
+        self.metrics = MetricShipper(self.client, config.metrics_flush_s, config.state_dir)
         self.logs = LogShipper(
             self.client,
             config.state_dir,
@@ -289,6 +289,7 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.metrics.close()
 
     async def _say_goodbye(self) -> None:
         """A signal stops the agent: tell the control plane, so the node shows offline at
@@ -334,6 +335,10 @@ class Agent:
                 log.error("cannot read %s (%s); moving it aside", path, exc)
                 path.rename(path.with_name(path.name + ".unreadable"))
                 continue
+            for worker in group.workers.values():
+                # A metrics line spooled by an agent killed before it acknowledged the line
+                # comes again from the worker: skipped, not spooled twice.
+                worker.acked_n = max(worker.acked_n, self.metrics.handled(job_id, worker.rank))
             self.groups[job_id] = group
             self.seen_commands |= group.commands.seen
             restored.append(group)
