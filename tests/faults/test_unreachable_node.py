@@ -14,7 +14,6 @@ from rest_framework.test import APIClient
 from controlplane.jobs.models import Job, Node
 from controlplane.jobs.services.commands import command_finish
 from controlplane.jobs.services.nodes import nodes_mark_lost
-from tests.controlplane.conftest import join_token, node_client, placed_job  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 

@@ -247,7 +247,6 @@ class JobOutputSerializer(serializers.ModelSerializer):
             if w.run_id == job.current_run_id
         ]
 
-
     @extend_schema_field(UnreachableNodeSerializer(many=True))
     def get_unreachable_nodes(self, job: Job) -> list[dict]:
         """The nodes of the job's active workers that stopped answering: ``since`` when.

@@ -4,20 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0019_node_code_kinds'),
+        ("jobs", "0019_node_code_kinds"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='node',
-            name='unreachable_since',
+            model_name="node",
+            name="unreachable_since",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='node',
-            name='status',
-            field=models.CharField(choices=[('online', 'Online'), ('offline', 'Offline'), ('unreachable', 'Unreachable'), ('lost', 'Lost'), ('revoked', 'Revoked'), ('incompatible', 'Incompatible')], default='offline', max_length=16),
+            model_name="node",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("online", "Online"),
+                    ("offline", "Offline"),
+                    ("unreachable", "Unreachable"),
+                    ("lost", "Lost"),
+                    ("revoked", "Revoked"),
+                    ("incompatible", "Incompatible"),
+                ],
+                default="offline",
+                max_length=16,
+            ),
         ),
     ]

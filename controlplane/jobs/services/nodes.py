@@ -390,9 +390,7 @@ def node_goodbye(*, node: Node, reason: str, detached: list[int]) -> None:
         )
 
 
-def nodes_mark_lost(
-    *, timeout_s: float, grace_s: float = 0.0, blind_s: float = 0.0
-) -> list[int]:
+def nodes_mark_lost(*, timeout_s: float, grace_s: float = 0.0, blind_s: float = 0.0) -> list[int]:
     """Silence is a suspicion first, a verdict only after a grace period.
 
     An online node silent for longer than ``timeout_s`` becomes *unreachable*: nothing
