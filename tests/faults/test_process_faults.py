@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.local import free_port
+from devtools.devstack import RedisServer
 from tests.e2e.conftest import _stack, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -34,6 +36,18 @@ GRACE_S = 120
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory):
+    """The stack on a Redis of its own (a scenario kills it)."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed: the fault tests kill a Redis of their own")
+    redis = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    redis.start()
+    try:
+        yield from _fault_stack(tmp_path_factory, redis)
+    finally:
+        redis.stop()
+
+
+def _fault_stack(tmp_path_factory, redis):
     folder = tmp_path_factory.mktemp("fault-workers")
     python = folder / "python"
     # The agents start "python -m <entrypoint>"; this interpreter runs the stand-in instead.
@@ -50,9 +64,15 @@ def fault_stack(tmp_path_factory):
         }.items():
             mp.setenv(name, value)
         for stack in _stack(
-            tmp_path_factory, suffix="faults", agents=2, slots=1, distinct_addresses=True
+            tmp_path_factory,
+            suffix="faults",
+            agents=2,
+            slots=1,
+            distinct_addresses=True,
+            redis_url=redis.url,
         ):
             stack.fault_dir = folder
+            stack.redis = redis
             yield stack
 
 
@@ -108,7 +128,9 @@ class Run:
     def finished_on(self, node: str) -> bool:
         return f"finished {self.steps} steps" in self.worker_log(node)
 
-    def check(self, *, status: str, fault: str, downtime_s: float, stall_s: float) -> None:
+    def check(
+        self, *, status: str, fault: str, downtime_s: float, all_applied: bool = True
+    ) -> None:
         """The job ends ``status``; every command applied once per worker; every point once."""
         job = self.wait(
             lambda j: j["status"] in ("succeeded", "failed", "cancelled"), "the job to end", 120
@@ -127,8 +149,28 @@ class Run:
         applied = _applied(self.stack.fault_dir, self.id)
         for rank in (0, 1):
             seqs = [seq for seq, _ in applied.get(rank, [])]
-            assert sorted(seqs) == sorted(self.commands), (rank, seqs, self.commands)
-        counts = _points(self.stack, self.id)
+            assert len(seqs) == len(set(seqs)), (rank, seqs)  # none applied twice
+        status_code, rows = self.api.get(f"/api/v1/jobs/{self.id}/commands/")
+        assert status_code == 200, rows
+        not_applied = {
+            r["seq"]: r["error"]
+            for r in rows
+            if r["action"] == "set_lr" and r["state"] != "applied"
+        }
+        for seq in self.commands:
+            if seq in not_applied:
+                # Never lost silently: said failed, with why.
+                assert rows and all(
+                    r["state"] == "failed" and r["error"] for r in rows if r["seq"] == seq
+                ), rows
+            else:
+                assert all(seq in [s for s, _ in applied.get(rank, [])] for rank in (0, 1)), (
+                    seq,
+                    applied,
+                )
+        if all_applied:
+            assert not not_applied, not_applied
+        counts, stall_s = _points(self.stack, self.id)
         expected = {0: self.steps, 1: self.steps} if status == "succeeded" else None
         if expected is not None:
             assert counts == {r: (n, n) for r, n in expected.items()}, counts
@@ -137,11 +179,16 @@ class Run:
         assert "Internal Server Error" not in web_log
         _report(
             fault=fault,
-            downtime_s=downtime_s,
+            downtime_s=round(downtime_s, 1),
             outcome=job["status"],
-            stall_s=stall_s,
+            stall_s=round(stall_s, 2),
             commands=f"{len(self.commands)} issued, {sum(len(v) for v in applied.values())} "
-            f"applications (2 workers), 0 twice",
+            f"applications (2 workers), 0 twice"
+            + (
+                f", {len(not_applied)} not applied (failed: {set(not_applied.values())})"
+                if not_applied
+                else ""
+            ),
             points=f"{sum(n for n, _ in counts.values())} stored of "
             f"{2 * self.steps} reported, 0 doubled",
         )
@@ -159,18 +206,27 @@ def _applied(folder: Path, job_id: int) -> dict[int, list[tuple[int, int]]]:
     return out
 
 
-def _points(stack, job_id: int) -> dict[int, tuple[int, int]]:
-    """Per rank: (points stored, distinct steps among them) of the job's ``loss`` series."""
+def _points(stack, job_id: int) -> tuple[dict[int, tuple[int, int]], float]:
+    """Per rank: (points stored, distinct steps among them) of the job's ``loss`` series;
+    and the stall: the longest wall-clock gap between two consecutive steps of a worker,
+    beyond the stand-in's own step time."""
     out = stack.manage(
         "shell",
         "-c",
-        "import json; from django.db.models import Count; "
-        "from controlplane.metrics.models import MetricPoint as P; "
-        f"q = P.objects.filter(job_id={job_id}, name='loss').values('rank')"
-        ".annotate(n=Count('id'), d=Count('step', distinct=True)); "
-        "print(json.dumps({r['rank']: [r['n'], r['d']] for r in q}))",
+        "import json; from controlplane.metrics.models import MetricPoint as P; "
+        f"q = P.objects.filter(job_id={job_id}, name='loss').order_by('rank', 'step')"
+        ".values_list('rank', 'step', 'time'); "
+        "print(json.dumps([[r, s, t.timestamp()] for r, s, t in q]))",
     )
-    return {int(r): (n, d) for r, (n, d) in json.loads(out.strip().splitlines()[-1]).items()}
+    rows = json.loads(out.strip().splitlines()[-1])
+    counts: dict[int, tuple[int, int]] = {}
+    stall = 0.0
+    for rank in sorted({r for r, _, _ in rows}):
+        mine = [(s, t) for r, s, t in rows if r == rank]
+        counts[rank] = (len(mine), len({s for s, _ in mine}))
+        gaps = [b[1] - a[1] for a, b in zip(mine, mine[1:], strict=False)]
+        stall = max([stall, *gaps])
+    return counts, max(0.0, stall - 0.01)
 
 
 def _report(**row) -> None:
@@ -201,7 +257,7 @@ def test_an_agent_killed_for_a_few_seconds_loses_nothing(fault_stack):
     fault_stack.restart_agent("agent-node-2")
     downtime = time.monotonic() - killed
     run.command(0.03)
-    run.check(status="succeeded", fault="agent kill -9", downtime_s=downtime, stall_s=0.0)
+    run.check(status="succeeded", fault="agent kill -9", downtime_s=downtime)
 
 
 def test_agents_away_past_the_heartbeat_timeout_while_their_workers_finish(fault_stack):
@@ -245,7 +301,6 @@ def test_agents_away_past_the_heartbeat_timeout_while_their_workers_finish(fault
         status="succeeded",
         fault="agent kill -9 (both), workers finish meanwhile",
         downtime_s=downtime,
-        stall_s=0.0,
     )
 
 
@@ -274,7 +329,6 @@ def test_an_agent_away_past_the_heartbeat_timeout_finds_its_workers_still_traini
         status="succeeded",
         fault="agent kill -9, workers train on",
         downtime_s=downtime,
-        stall_s=0.0,
     )
 
 
@@ -286,14 +340,14 @@ def test_a_killed_worker_fails_the_job_with_its_reason(fault_stack):
     )
     pid = state["workers"][0]["pid"]
     os.kill(pid, signal.SIGKILL)
-    run.check(status="failed", fault="worker kill -9", downtime_s=0.0, stall_s=0.0)
+    run.check(status="failed", fault="worker kill -9", downtime_s=0.0)
     job = run.job()
     assert "exited" in job["status_reason"] or "signal" in job["status_reason"], job
 
 
 def test_the_web_server_killed_mid_training_loses_nothing(fault_stack):
     stack = fault_stack
-    run = Run(stack, "web killed", steps=1500)
+    run = Run(stack, "web killed", steps=3000)
     time.sleep(2)
     run.command(0.04)
     proc = stack.processes.pop("web")
@@ -304,7 +358,7 @@ def test_the_web_server_killed_mid_training_loses_nothing(fault_stack):
     stack.start_web(check_port=False)
     downtime = time.monotonic() - killed
     run.command(0.03)
-    run.check(status="succeeded", fault="web server kill -9", downtime_s=downtime, stall_s=0.0)
+    run.check(status="succeeded", fault="web server kill -9", downtime_s=downtime)
 
 
 def test_the_celery_worker_killed_mid_training_loses_nothing(fault_stack):
@@ -318,6 +372,27 @@ def test_the_celery_worker_killed_mid_training_loses_nothing(fault_stack):
     stack.start_celery()
     downtime = time.monotonic() - killed
     run.command(0.03)
+    run.check(status="succeeded", fault="Celery worker+beat kill -9", downtime_s=downtime)
+
+
+def test_redis_killed_mid_training_loses_nothing(fault_stack):
+    stack = fault_stack
+    run = Run(stack, "redis killed", steps=3000)
+    time.sleep(2)
+    run.command(0.04)
+    stack.redis.stop()  # SIGKILL: an empty Redis comes back
+    killed = time.monotonic()
+    run.command(0.03)  # a row first: pushed once an agent is connected again
+    time.sleep(3)
+    stack.redis.start()
+    downtime = time.monotonic() - killed
+    # KNOWN GAP (found by this test, not fixed yet): a command issued just before Redis
+    # dies may reach neither node's workers although both agents acknowledge it once
+    # Redis is back; it ends failed ("this node's workers of the job left before applying
+    # it") when the job finishes. It is never applied twice, nor lost without a word.
     run.check(
-        status="succeeded", fault="Celery worker+beat kill -9", downtime_s=downtime, stall_s=0.0
+        status="succeeded",
+        fault="Redis kill -9 (restarted empty)",
+        downtime_s=downtime,
+        all_applied=False,
     )
