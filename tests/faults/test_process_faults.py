@@ -190,7 +190,7 @@ class Run:
                 else ""
             ),
             points=f"{sum(n for n, _ in counts.values())} stored of "
-            f"{2 * self.steps} reported, 0 doubled",
+            f"{2 * self.steps} planned, 0 doubled",
         )
 
 
