@@ -527,8 +527,12 @@ class Agent:
         group.commands.seen.add(frame.id)
         group.notes.start = frame
         group.save()
-        await ack()
-        asyncio.create_task(self._start_job(frame, group))
+        # Carried out even when the ack fails (the channel closed): a redelivery of a
+        # command taken on is only acked again, never carried out again.
+        try:
+            await ack()
+        finally:
+            asyncio.create_task(self._start_job(frame, group))
 
     async def _on_scale(self, frame: CommandFrame, ack: Ack) -> None:
         """The control plane carries a resize out: this node only starts the joiners
@@ -542,11 +546,13 @@ class Agent:
             if join is not None:
                 group.notes.joins.append(frame)
             group.record_command(frame)
-        await ack()
-        if group is not None:
-            await group.send_command(frame)
-        if join is not None:
-            asyncio.create_task(self._add_joiners(frame, supervise=new))
+        try:
+            await ack()
+        finally:
+            if group is not None:
+                await group.send_command(frame)
+            if join is not None:
+                asyncio.create_task(self._add_joiners(frame, supervise=new))
 
     async def _on_job_command(self, frame: CommandFrame, ack: Ack) -> None:
         group = self.groups.get(frame.job)
@@ -556,8 +562,10 @@ class Agent:
             self.outbox.put(FailedFrame(id=frame.id, error=error))
             return
         group.record_command(frame)
-        await ack()
-        await group.send_command(frame)
+        try:
+            await ack()
+        finally:  # forwarded even when the ack fails: see _on_start
+            await group.send_command(frame)
 
     # -- jobs --------------------------------------------------------------------------
     def _worker_event_sender(self, job_id: int) -> OnWorkerEvent:
