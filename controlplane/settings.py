@@ -204,6 +204,15 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "adaptrain")
 
 POLICY_EVAL_INTERVAL_S = env_float("POLICY_EVAL_INTERVAL_S", 2.0)
 AGENT_HEARTBEAT_TIMEOUT_S = env_float("AGENT_HEARTBEAT_TIMEOUT_S", 30.0)
+# A node silent past the heartbeat timeout is only unreachable: its jobs keep their status
+# and its workers train on (they outlive their agent by AGENT_ORPHAN_GRACE_S, 600 s by
+# default). Silent this much longer still, it is lost: its jobs shrink without it or fail.
+NODE_LOST_GRACE_S = env_float("NODE_LOST_GRACE_S", 600.0)
+if NODE_LOST_GRACE_S < 0:
+    raise ImproperlyConfigured(
+        f"NODE_LOST_GRACE_S={NODE_LOST_GRACE_S:g} must be 0 or more seconds (0: a silent node "
+        f"is lost at the heartbeat timeout; keep it at least the agents' AGENT_ORPHAN_GRACE_S)."
+    )
 # Bounds on one metric batch from an agent; larger batches get a 413 that says so.
 METRIC_BATCH_MAX_POINTS = 10_000
 # Metric points of jobs that ended more than this many days ago are deleted (0 keeps all).

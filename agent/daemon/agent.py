@@ -136,7 +136,7 @@ class Agent:
         self.gpu_pool = GpuPool(config.gpus.uuids)  # each worker owns one (gpu_pinning)
         self.seen_commands: set[int] = set()
         self.outbox = ReportOutbox(outbox_path(config.state_dir))
-        self.metrics = MetricShipper(self.client, config.metrics_flush_s)
+        self.metrics = MetricShipper(self.client, config.metrics_flush_s, config.state_dir)
         self.logs = LogShipper(
             self.client,
             config.state_dir,
@@ -302,6 +302,7 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.metrics.close()
 
     async def _leave(self) -> None:
         """AGENT_ON_EXIT=leave (the agent of a Slurm allocation that ends): have the control
@@ -377,6 +378,10 @@ class Agent:
                 log.error("cannot read %s (%s); moving it aside", path, exc)
                 path.rename(path.with_name(path.name + ".unreadable"))
                 continue
+            for worker in group.workers.values():
+                # A metrics line spooled by an agent killed before it acknowledged the line
+                # comes again from the worker: skipped, not spooled twice.
+                worker.acked_n = max(worker.acked_n, self.metrics.handled(job_id, worker.rank))
             self.groups[job_id] = group
             self.seen_commands |= group.commands.seen
             restored.append(group)
@@ -583,8 +588,12 @@ class Agent:
         group.commands.seen.add(frame.id)
         group.notes.start = frame
         group.save()
-        await ack()
-        asyncio.create_task(self._start_job(frame, group))
+        # Carried out even when the ack fails (the channel closed): a redelivery of a
+        # command taken on is only acked again, never carried out again.
+        try:
+            await ack()
+        finally:
+            asyncio.create_task(self._start_job(frame, group))
 
     async def _on_scale(self, frame: CommandFrame, ack: Ack) -> None:
         """The control plane carries a resize out: this node only starts the joiners
@@ -598,11 +607,13 @@ class Agent:
             if join is not None:
                 group.notes.joins.append(frame)
             group.record_command(frame)
-        await ack()
-        if group is not None:
-            await group.send_command(frame)
-        if join is not None:
-            asyncio.create_task(self._add_joiners(frame, supervise=new))
+        try:
+            await ack()
+        finally:
+            if group is not None:
+                await group.send_command(frame)
+            if join is not None:
+                asyncio.create_task(self._add_joiners(frame, supervise=new))
 
     async def _on_job_command(self, frame: CommandFrame, ack: Ack) -> None:
         group = self.groups.get(frame.job)
@@ -612,8 +623,10 @@ class Agent:
             self.outbox.put(FailedFrame(id=frame.id, error=error))
             return
         group.record_command(frame)
-        await ack()
-        await group.send_command(frame)
+        try:
+            await ack()
+        finally:  # forwarded even when the ack fails: see _on_start
+            await group.send_command(frame)
 
     # -- jobs --------------------------------------------------------------------------
     def _worker_event_sender(self, job_id: int) -> OnWorkerEvent:

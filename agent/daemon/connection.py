@@ -4,7 +4,7 @@ missed, then read its lines, hand each to the job's group once, and acknowledge 
 numbered ones (docs/protocols.md, "Agent ⇄ worker").
 
 A numbered line is acknowledged only after its effect is on disk (the job's state, the
-report outbox), so a line the worker wrote to an agent that died before handling it is
+report outbox, the metric spool), so a line the worker wrote to an agent that died before handling it is
 written again to the next agent, which skips the numbers it has handled.
 """
 
@@ -46,7 +46,7 @@ class Group(Protocol):
 
     def hello_lines(self, worker: LocalWorker) -> list[bytes]: ...
 
-    async def handle(self, worker: LocalWorker, line: FromWorker) -> None: ...
+    async def handle(self, worker: LocalWorker, line: FromWorker, n: int | None = None) -> None: ...
 
     def save(self) -> None: ...
 
@@ -125,7 +125,7 @@ async def _read(
         if n is not None and n <= worker.acked_n:
             continue  # written again after a reconnection; handled before
         if line is not None:
-            await group.handle(worker, line)
+            await group.handle(worker, line, n)
         if n is not None:
             # Its effect is on disk (state, outbox) before the worker lets go of it.
             worker.acked_n = n

@@ -2,6 +2,7 @@
 where the previous one stopped: where each lives, and how they are written.
 
 ``credential`` (the node credential), ``outbox.json`` (reports not yet confirmed),
+``metrics/`` (metric points not yet stored by the control plane; :mod:`agent.daemon.metrics`),
 ``jobs/job-<id>.json`` (each job's workers and commands), ``run/job-<id>-<n>.sock``
 (each worker's socket), ``logs/job-<id>.rank-<n>.log`` (each worker's output, with the
 rotated-out ``….log.1``; :mod:`agent.daemon.logs`), ``logs/job-<id>.shipping.json``
@@ -20,6 +21,10 @@ from typing import Any
 
 def outbox_path(state_dir: Path) -> Path:
     return state_dir / "outbox.json"
+
+
+def metrics_dir(state_dir: Path) -> Path:
+    return state_dir / "metrics"
 
 
 def jobs_dir(state_dir: Path) -> Path:

@@ -81,7 +81,8 @@ def _secret_env(secret: str | None) -> dict[str, str]:
 EXIT_POLL_S = 0.1
 KEEPER_EXIT_WAIT_S = 3.0  # for a worker's log keeper to write what the worker wrote last
 
-OnMetrics = Callable[[list[MetricPoint]], None]
+# The points of a metrics line, and where it came from: (job, worker number, line number).
+OnMetrics = Callable[[list[MetricPoint], tuple[int, int, int] | None], None]
 OnWorkerEvent = Callable[[int, WorkerEvent], Awaitable[None]]
 
 
@@ -377,12 +378,13 @@ class WorkerGroup:
     def _cluster_line(self) -> bytes:
         return encode(ClusterLine(version=self.version, members=tuple(self.members)))
 
-    async def handle(self, worker: LocalWorker, line: FromWorker) -> None:
+    async def handle(self, worker: LocalWorker, line: FromWorker, n: int | None = None) -> None:
         match line:
             case MetricsLine(points=points):
                 if points:
                     worker.last_step = max(worker.last_step or 0, *(p.step for p in points))
-                self.on_metrics([replace(p, job=self.job_id) for p in points])
+                source = (self.job_id, worker.rank, n) if n is not None else None
+                self.on_metrics([replace(p, job=self.job_id) for p in points], source)
             case AppliedLine() | FailedLine():
                 await self._reply(worker, line)
             case StandbyLine() | RescaledLine() | LeftLine() | PeerFailedLine():

@@ -10,14 +10,16 @@ messages and everything else that is not a metric are never dropped; metric mess
 beyond ``MAX_BUFFERED_METRICS`` are dropped oldest first and counted (the next agent is
 told how many).
 
-Every message but metrics carries a number and stays with the worker after it was
-written until the agent acknowledges it (an acknowledgement covers everything up to its
-number): a message written into the socket of an agent that died before reading it is
-written again to the next agent, which skips numbers it has seen. Metrics are not
-acknowledged: those in flight when an agent *dies* are lost. An agent that exits on
-purpose lets go without losing any: it asks to detach; the worker answers with a last
-line on that connection (everything it wrote before is ahead of it) and buffers from
-then on, so the agent reads up to that line, posts what it read and only then closes.
+Every message, metrics included, carries a number and stays with the worker after it
+was written until the agent acknowledges it (an acknowledgement covers everything up to
+its number): a message written into the socket of an agent that died before reading it
+— killed with ``-9`` — is written again to the next agent, which skips numbers it has
+handled (the agent acknowledges a metrics message once its points are in its on-disk
+spool, :mod:`agent.daemon.metrics`). An agent that exits on purpose lets go: it asks to
+detach; the worker answers with a last line on that connection (everything it wrote
+before is ahead of it) and buffers from then on, so the agent reads up to that line,
+handles what it read and only then closes. Only metrics beyond the buffer's bound are
+ever dropped, and the next agent is told how many.
 
 A worker with no agent for longer than ``ADAPTRAIN_AGENT_GRACE_S`` seconds is an
 orphan: :attr:`AgentChannel.orphaned` is set and the ``on_orphaned`` callback runs (the
@@ -73,7 +75,8 @@ class AgentChannel:
         self.dropped_metrics = 0  # metric messages dropped while no agent was connected
         self.connections = 0  # agent connections accepted so far
         self.orphaned = threading.Event()
-        self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()  # (n or 0, line)
+        # (n, line, is a metrics message): written once an agent is connected
+        self._buffer: collections.deque[tuple[int, bytes, bool]] = collections.deque()
         self._unacked: collections.deque[tuple[int, bytes]] = (
             collections.deque()
         )  # written, not acked
@@ -131,24 +134,22 @@ class AgentChannel:
     # -- sending ----------------------------------------------------------------------
     def send(self, message: dict) -> None:
         with self._lock:
-            n = 0
-            if message.get("type") != "metrics":
-                self._last_n += 1
-                n = self._last_n
-                message = {**message, "n": n}
+            self._last_n += 1
+            n = self._last_n
+            message = {**message, "n": n}
             line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-            self._append(n, line)
+            self._append(n, line, message.get("type") == "metrics")
             if self._conn is not None:
                 self._flush()
 
-    def _append(self, n: int, line: bytes) -> None:
+    def _append(self, n: int, line: bytes, metrics: bool) -> None:
         """Buffer a line (lock held); beyond the limit drop the oldest metric message."""
-        self._buffer.append((n, line))
-        if not n:
+        self._buffer.append((n, line, metrics))
+        if metrics:
             self._buffered_metrics += 1
             if self._buffered_metrics > self.max_buffered_metrics:
-                for i, (number, _) in enumerate(self._buffer):
-                    if not number:
+                for i, (_, _, is_metrics) in enumerate(self._buffer):
+                    if is_metrics:
                         del self._buffer[i]
                         break
                 self._buffered_metrics -= 1
@@ -195,17 +196,17 @@ class AgentChannel:
                         )
                         + "\n"
                     ).encode(),
+                    False,
                 )
             )
             self._unreported_drops = 0
         while self._buffer and self._conn is not None:
-            n, line = self._buffer[0]
+            n, line, metrics = self._buffer[0]
             if not self._sendall(line):
                 return
             self._buffer.popleft()
-            if n:
-                self._unacked.append((n, line))
-            else:
+            self._unacked.append((n, line))
+            if metrics:
                 self._buffered_metrics -= 1
         self._flushed.notify_all()
 

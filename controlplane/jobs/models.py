@@ -36,6 +36,9 @@ class Node(models.Model):
     class Status(models.TextChoices):
         ONLINE = "online"
         OFFLINE = "offline"
+        # Silent past the heartbeat timeout: its workers may still train (their jobs keep
+        # their status) until NODE_LOST_GRACE_S more has passed; then it is lost.
+        UNREACHABLE = "unreachable"
         LOST = "lost"
         REVOKED = "revoked"  # by an admin: the credential is refused
         INCOMPATIBLE = "incompatible"  # the agent speaks a protocol the control plane does not
@@ -62,6 +65,8 @@ class Node(models.Model):
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     # Each GPU as the latest heartbeat said (agent.protocol.rest.GpuStat dicts); [] without.
     gpus = models.JSONField(default=list, blank=True)
+    # When the node was found silent (unreachable); null while it is not.
+    unreachable_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 

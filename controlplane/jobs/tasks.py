@@ -51,7 +51,9 @@ def mark_lost_nodes() -> None:
         blind_s = timeout_s
     else:
         blind_s = max(0.0, now - _last_mark_lost_ok - 2 * MARK_LOST_INTERVAL_S)
-    lost = nodes.nodes_mark_lost(timeout_s=timeout_s, blind_s=blind_s)
+    lost = nodes.nodes_mark_lost(
+        timeout_s=timeout_s, grace_s=settings.NODE_LOST_GRACE_S, blind_s=blind_s
+    )
     _last_mark_lost_ok = now
     if lost:
         log.warning("nodes lost: %s", lost)

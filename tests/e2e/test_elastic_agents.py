@@ -52,6 +52,7 @@ def elastic_stack(tmp_path_factory):
         suffix="elastic",
         env={
             "AGENT_HEARTBEAT_TIMEOUT_S": "6",  # a killed agent's node is lost within ~16 s
+            "NODE_LOST_GRACE_S": "0",  # (lost at once, not only unreachable)
             # The scenarios here shrink jobs on purpose; growing back is test_elastic_self_healing's.
             "AUTO_GROW_DELAY_S": "3600",
         },

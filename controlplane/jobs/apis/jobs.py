@@ -24,7 +24,7 @@ from controlplane.bundles import services as bundle_services
 from controlplane.errors import InvalidInput
 from controlplane.jobs import selectors
 from controlplane.jobs.apis.runs import CurrentRunSerializer
-from controlplane.jobs.models import ENTRYPOINTS, Job
+from controlplane.jobs.models import ENTRYPOINTS, Job, Node, Worker
 from controlplane.jobs.services import housekeeping
 from controlplane.jobs.services import jobs as job_services
 from controlplane.metrics import selectors as metric_selectors
@@ -175,12 +175,18 @@ def job_progress(job: Job, step_time: float | None) -> dict:
     }
 
 
+class UnreachableNodeSerializer(serializers.Serializer):
+    node = serializers.CharField()
+    since = serializers.DateTimeField(allow_null=True)
+
+
 class JobOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     bundle = serializers.CharField(
         source="bundle_digest", help_text="the code bundle's sha256; empty: installed code"
     )
     workers = serializers.SerializerMethodField()
+    unreachable_nodes = serializers.SerializerMethodField()
     parameters = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField()
     node_selector = NodeSelectorField(read_only=True)
@@ -210,6 +216,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "node_selector",
             "parameters",
             "workers",
+            "unreachable_nodes",
             "cluster_version",
             "current_run",
             "last_step",
@@ -270,6 +277,21 @@ class JobOutputSerializer(serializers.ModelSerializer):
             for w in job.workers.all()
             if w.run_id == job.current_run_id
         ]
+
+    @extend_schema_field(UnreachableNodeSerializer(many=True))
+    def get_unreachable_nodes(self, job: Job) -> list[dict]:
+        """The nodes of the job's active workers that stopped answering: ``since`` when.
+        The job keeps its status meanwhile (its workers may still be training); past
+        NODE_LOST_GRACE_S such a node is lost and the job goes on without it or fails."""
+        seen: dict[str, Any] = {}
+        for w in job.workers.all():
+            if (
+                w.run_id == job.current_run_id
+                and w.state in Worker.ACTIVE
+                and w.node.status == Node.Status.UNREACHABLE
+            ):
+                seen[w.node.name] = w.node.unreachable_since
+        return [{"node": name, "since": since} for name, since in sorted(seen.items())]
 
 
 class JobPageSerializer(serializers.Serializer):

@@ -229,7 +229,8 @@ def _joiners_abandon(job: Job, stale: list[Worker], *, timeout_s: float) -> None
     # listed standby processes and pass the sequence number on to their members.
     by_node: dict[int, list[int]] = {}
     for w in stale:
-        if w.node.status == Node.Status.ONLINE:  # an agent that is gone took them with it
+        # An agent that is gone took them with it; one unreachable may come back to them.
+        if w.node.status in (Node.Status.ONLINE, Node.Status.UNREACHABLE):
             by_node.setdefault(w.node_id, []).append(w.rank)
     if not by_node:
         return

@@ -10,7 +10,9 @@ Then heartbeats (which also tell which of the agent's jobs it should end, and fa
 jobs a restarted agent lost), and what an admin does to a node: drain it (no new
 workers go there), revoke it (its credential is refused at once, its socket closed, and
 its jobs go on without it as for a lost node) and delete it once no worker runs there.
-Nodes silent for too long are lost, and their jobs shrink without them or fail.
+Nodes silent past the heartbeat timeout are unreachable (their jobs carry on: the
+workers outlive their agent); silent past a grace period more they are lost, and their
+jobs shrink without them or fail.
 """
 
 from __future__ import annotations
@@ -298,11 +300,14 @@ def node_heartbeat(
         last_heartbeat=now,
         status=Node.Status.ONLINE,
         status_reason="",
+        unreachable_since=None,
         agent_version=agent_version,
         protocol=protocol,
         code_kinds=code_kinds,
         gpus=node.gpus if gpus is None else gpus,
     )
+    if node.status == Node.Status.UNREACHABLE:
+        log.info("node %s is back (unreachable since %s)", node.name, node.unreachable_since)
     if node.status != Node.Status.ONLINE or code_kinds != node.code_kinds:
         # A node back online (or running more kinds of code) may take queued jobs: now.
         transaction.on_commit(lambda: enqueue(PLACE_PENDING_JOBS_TASK))
@@ -369,7 +374,7 @@ def node_goodbye(*, node: Node, reason: str, detached: list[int]) -> None:
     """The node's agent stops on purpose: the node is offline now (no placement goes there),
     not lost after the heartbeat timeout. Workers it left running (``detached``) stay
     active for the next agent to re-attach; if none comes back within the heartbeat
-    timeout they count as lost (nodes_mark_lost), as for a node that went silent."""
+    timeout and the grace they count as lost (nodes_mark_lost), as for a silent node."""
     reason = (reason or "the agent stopped")[:200]
     updated = (
         Node.objects.filter(id=node.id)
@@ -387,30 +392,56 @@ def node_goodbye(*, node: Node, reason: str, detached: list[int]) -> None:
         )
 
 
-def nodes_mark_lost(*, timeout_s: float, blind_s: float = 0.0) -> list[int]:
-    """Nodes silent for longer than ``timeout_s`` become lost. An elastic job running there
-    shrinks by that node's workers when at least workers_min remain; other jobs fail.
-    An incompatible node (its agent refused) stays so, but its jobs go on without it
-    just the same: nobody runs its workers for the control plane any more.
+def nodes_mark_lost(*, timeout_s: float, grace_s: float = 0.0, blind_s: float = 0.0) -> list[int]:
+    """Silence is a suspicion first, a verdict only after a grace period.
+
+    An online node silent for longer than ``timeout_s`` becomes *unreachable*: nothing
+    else changes — its jobs keep their status and its workers, which outlive their agent
+    (AGENT_ORPHAN_GRACE_S), train on; when the agent comes back it reports what they did
+    meanwhile (finished, failed, still running) and the job ends with that truth. A node
+    silent for longer than ``timeout_s + grace_s`` (unreachable, or offline with workers
+    its agent left running, or incompatible with workers) is *lost*: an elastic job
+    running there shrinks by that node's workers when at least workers_min remain; other
+    jobs fail. Returns the ids of the nodes found lost.
+
     ``blind_s`` is time the control plane itself could not see (its database was down):
     it never counts as a node's silence."""
-    cutoff = timezone.now() - timedelta(seconds=timeout_s + max(blind_s, 0.0))
+    now = timezone.now()
+    blind = timedelta(seconds=max(blind_s, 0.0))
+    suspect_cutoff = now - timedelta(seconds=timeout_s) - blind
+    lost_cutoff = suspect_cutoff - timedelta(seconds=max(grace_s, 0.0))
+    for node in Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat__lt=suspect_cutoff):
+        if (
+            Node.objects.filter(
+                id=node.id, status=Node.Status.ONLINE, last_heartbeat__lt=suspect_cutoff
+            ).update(
+                status=Node.Status.UNREACHABLE,
+                unreachable_since=now,
+                status_reason=f"no heartbeat for {timeout_s:.0f} s; its workers may still be "
+                f"training (lost if silent {grace_s:.0f} s more)",
+            )
+            == 1
+        ):
+            log.warning("node %s unreachable (no heartbeat for %.0f s)", node.name, timeout_s)
     lost = []
-    silent = Node.objects.filter(last_heartbeat__lt=cutoff)
+    silent = Node.objects.filter(last_heartbeat__lt=lost_cutoff)
     for node in silent.filter(
-        Q(status=Node.Status.ONLINE)
+        Q(status=Node.Status.UNREACHABLE)
         | Q(
             status__in=[Node.Status.INCOMPATIBLE, Node.Status.OFFLINE],
             workers__state__in=Worker.ACTIVE,
         )
     ).distinct():
-        reason = f"node {node.name} lost (no heartbeat for {timeout_s:.0f} s)"
+        silence = timeout_s + grace_s
+        reason = f"node {node.name} lost (no heartbeat for {silence:.0f} s)"
         with transaction.atomic():
-            if node.status in (Node.Status.ONLINE, Node.Status.OFFLINE):
+            if node.status in (Node.Status.UNREACHABLE, Node.Status.OFFLINE):
                 # An offline node here said goodbye leaving workers, and no agent came back.
                 if (
                     silent.filter(id=node.id, status=node.status).update(
-                        status=Node.Status.LOST, status_reason=f"no heartbeat for {timeout_s:.0f} s"
+                        status=Node.Status.LOST,
+                        unreachable_since=None,
+                        status_reason=f"no heartbeat for {silence:.0f} s",
                     )
                     != 1
                 ):

@@ -96,6 +96,12 @@ window.adaptrain.refreshDetail = refreshDetail;
 /* The job detail from REST (polled): parameters and workers. */
 function applyJobDetail(j) {
   setStatus(j.status, j.status_reason);
+  // A node that stopped answering: the job keeps its status while its workers may train on.
+  const away = (j.unreachable_nodes || []).map((u) =>
+    `node ${u.node} unreachable since ${u.since ? new Date(u.since).toLocaleString() : "?"}`);
+  const unreachable = document.getElementById("job-unreachable");
+  unreachable.hidden = away.length === 0;
+  unreachable.textContent = away.length ? `${away.join("; ")} (its workers may still be training)` : "";
   const p = j.parameters;
   setText("job-batch-size", p.batch_size);
   setText("job-lr", p.lr);

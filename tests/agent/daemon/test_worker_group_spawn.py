@@ -45,7 +45,7 @@ def _group(
         address="127.0.0.1",
         state_dir=tmp_path / "state",
         first_seq=0,
-        on_metrics=lambda points: None,
+        on_metrics=lambda points, source: None,
         on_command_done=command_done,
         persist=False,
     )
