@@ -62,6 +62,24 @@ def test_search_archive_compare_step_times_log_scale_and_delete(stack, browser):
         )
         assert page.input_value("#jobs-q") == "team=vision"
         assert "team=vision" in page.inner_text(f"#jobs-table tr[data-id='{vision}'] td.labels")
+        # Progress: the step of the steps the job trains for.
+        detail = api.get(f"/api/v1/jobs/{vision}/")[1]
+        total = detail["progress"]["total"]
+        assert total, detail["progress"]
+        progress = page.inner_text(f"#jobs-table tr[data-id='{vision}'] td.progress")
+        assert re.fullmatch(rf"\d+ / {total}", progress.strip()), progress
+
+        # Filters by node and by owner, kept in the URL like the others.
+        node = detail["workers"][0]["node"]
+        page.goto(f"{stack.url}/?node={node}")
+        page.wait_for_selector(f"#jobs-table tr[data-id='{nlp}']")
+        assert page.input_value("#jobs-node") == node
+        assert page.locator(f"#jobs-table tr[data-id='{stuck}']").count() == 0
+        page.goto(f"{stack.url}/?owner=no-such-user")
+        page.wait_for_function(
+            "document.querySelectorAll('#jobs-table tbody tr[data-id]').length === 0"
+        )
+        assert page.input_value("#jobs-owner") == "no-such-user"
 
         # The job page: each worker's step time, the log-scale toggle, labels edited.
         page.goto(f"{stack.url}/jobs/{vision}/")

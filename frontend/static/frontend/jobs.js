@@ -9,7 +9,7 @@ const body = document.querySelector("#jobs-table tbody");
 const form = document.getElementById("jobs-filter");
 const compare = document.getElementById("compare");
 const LIMIT = 50;
-const FILTERS = ["q", "status", "archived", "ordering"];
+const FILTERS = ["q", "status", "owner", "node", "archived", "ordering"];
 const picked = new Set();
 
 function cellText(cell, text) {
@@ -63,13 +63,26 @@ function pageLink(id, offset, count) {
   a.dataset.count = String(count);
 }
 
+/* "1200 / 5000 · 4 min left": the step of the total and the time left at the job's
+ * latest step time (just the step when the job names no total). */
+function progressText(p, lastStep) {
+  if (!p || !p.total) return String(lastStep);
+  let text = `${p.step} / ${p.total}`;
+  if (typeof p.eta_s === "number") {
+    const s = p.eta_s;
+    const left = s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`;
+    text += ` · ${left} left`;
+  }
+  return text;
+}
+
 function row(job) {
   let tr = body.querySelector(`tr[data-id="${job.id}"]`);
   if (!tr) {
     const box = el("input", { type: "checkbox", class: "pick", value: String(job.id), "aria-label": `Select job ${job.id}` });
     tr = el("tr", { dataset: { id: String(job.id) } },
       el("td", {}, box), el("td"), el("td", {}, el("a", { href: `/jobs/${job.id}/` })), el("td", { class: "labels" }),
-      el("td", {}, el("span")), el("td"), el("td"), el("td"), el("td"), el("td"), el("td"));
+      el("td", {}, el("span")), el("td", { class: "progress" }), el("td"), el("td"), el("td"), el("td"), el("td"));
   }
   const c = tr.cells;
   c[0].firstChild.checked = picked.has(job.id);
@@ -83,7 +96,7 @@ function row(job) {
   const badge = c[4].firstChild;
   const status = job.archived_at ? `${job.status} (archived)` : job.status;
   if (badge.textContent !== status) { badge.textContent = status; badge.className = `status status-${job.status}`; }
-  cellText(c[5], job.last_step);
+  cellText(c[5], progressText(job.progress, job.last_step));
   cellText(c[6], job.parameters.batch_size);
   cellText(c[7], formatNumber(job.parameters.lr));
   cellText(c[8], job.parameters.workers);
