@@ -258,6 +258,26 @@ SLURM_AGENT_ENV = os.environ.get("SLURM_AGENT_ENV", "")
 # Where the batch jobs' output goes (on the compute nodes; %j is Slurm's job id).
 SLURM_OUTPUT = os.environ.get("SLURM_OUTPUT", "/tmp/adaptrain-slurm-%j.out")
 SLURM_SYNC_INTERVAL_S = env_float("SLURM_SYNC_INTERVAL_S", 10.0)
+# Provisioning through Slurm (controlplane.slurm.autoscale, off by default): when the
+# goodput allocator would put more nodes to use than the fleet has, request an allocation
+# (at most SLURM_AUTOSCALE_MAX_NODES nodes in all and SLURM_AUTOSCALE_MAX_NODES_PER_USER for
+# the jobs of one owner, one request per SLURM_AUTOSCALE_COOLDOWN_S), and release an
+# autoscaled allocation whose nodes ran no worker for SLURM_AUTOSCALE_IDLE_S.
+SLURM_AUTOSCALE = env_bool("SLURM_AUTOSCALE", False)
+SLURM_AUTOSCALE_MAX_NODES = int(env_float("SLURM_AUTOSCALE_MAX_NODES", 4))
+SLURM_AUTOSCALE_MAX_NODES_PER_USER = int(env_float("SLURM_AUTOSCALE_MAX_NODES_PER_USER", 2))
+SLURM_AUTOSCALE_COOLDOWN_S = env_float("SLURM_AUTOSCALE_COOLDOWN_S", 300.0)
+SLURM_AUTOSCALE_IDLE_S = env_float("SLURM_AUTOSCALE_IDLE_S", 300.0)
+SLURM_AUTOSCALE_PARTITION = os.environ.get("SLURM_AUTOSCALE_PARTITION", "").strip()
+SLURM_AUTOSCALE_GRES = os.environ.get("SLURM_AUTOSCALE_GRES", "").strip()
+SLURM_AUTOSCALE_TIME = os.environ.get("SLURM_AUTOSCALE_TIME", "").strip()
+if (
+    SLURM_AUTOSCALE_MAX_NODES < 0
+    or SLURM_AUTOSCALE_MAX_NODES_PER_USER < 0
+    or SLURM_AUTOSCALE_COOLDOWN_S < 0
+    or SLURM_AUTOSCALE_IDLE_S < 0
+):
+    raise ImproperlyConfigured("The SLURM_AUTOSCALE_* limits and times must be 0 or positive.")
 
 # Workers' output (controlplane.logs): the lines of jobs that ended more than this many
 # days ago are deleted (0 keeps all); a run keeps at most this much text (UTF-8 bytes),

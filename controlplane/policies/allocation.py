@@ -134,6 +134,55 @@ def allocate(
     return alloc
 
 
+@dataclass(frozen=True)
+class ExtraNodes:
+    """What more nodes would buy: ``nodes`` to add (0: the fleet is enough), the jobs that
+    would get more workers with them, and the harmonic mean of speedups without and with."""
+
+    nodes: int
+    for_jobs: tuple[int, ...]
+    objective_now: float
+    objective_with: float
+
+
+def extra_nodes(
+    jobs: Sequence[JobDemand],
+    slots: int,
+    *,
+    slots_per_node: int,
+    max_nodes: int,
+    min_gain: float = 0.05,
+) -> ExtraNodes:
+    """How many nodes of ``slots_per_node`` slots (at most ``max_nodes``) the allocation
+    would put to use: each one added must raise the harmonic mean (p = −1) of the jobs'
+    speedups, against a fair share of today's ``slots``, by at least ``min_gain`` of its
+    value before. A job the fleet cannot start (0 workers) makes the mean 0, so the first
+    node that starts every job always counts."""
+    if max_nodes < 0 or slots_per_node < 1 or min_gain < 0:
+        raise GoodputError("need max_nodes ≥ 0, slots_per_node ≥ 1 and min_gain ≥ 0")
+    if not jobs:
+        return ExtraNodes(0, (), 0.0, 0.0)
+    fair_share = max(1, slots // len(jobs))
+    tables = {
+        j.key: speedups(j, fair_share=fair_share, slots_per_node=slots_per_node) for j in jobs
+    }
+
+    def objective(plan: dict[int, int]) -> float:
+        return power_mean([tables[key][workers] for key, workers in plan.items()], -1.0)
+
+    base = allocate(jobs, slots, slots_per_node=slots_per_node)
+    now = best = objective(base)
+    chosen, chosen_plan = 0, base
+    for n in range(1, max_nodes + 1):
+        plan = allocate(jobs, slots + n * slots_per_node, slots_per_node=slots_per_node)
+        value = objective(plan)
+        if value <= best * (1.0 + min_gain) and not (best == 0.0 and value > 0.0):
+            break
+        best, chosen, chosen_plan = value, n, plan
+    grown = tuple(sorted(key for key, workers in chosen_plan.items() if workers > base[key]))
+    return ExtraNodes(chosen, grown, now, best)
+
+
 def _penalised_cost(
     alloc: dict[int, int],
     jobs: Sequence[JobDemand],

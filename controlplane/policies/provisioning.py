@@ -82,16 +82,23 @@ def job_demand(job: Job) -> allocation.JobDemand | None:
     )
 
 
-def cluster_allocate(*, interval_s: float, restart_s: float) -> list[Move]:
-    """Reallocate slots among the modelled elastic jobs once; returns what it asked."""
+@dataclass(frozen=True)
+class Fleet:
+    """The modelled elastic jobs and the slots they may share: theirs plus the free ones
+    that pending jobs do not need to start."""
+
+    demands: list[allocation.JobDemand]
+    slots: int
+    slots_per_node: int
+
+
+def fleet_view() -> Fleet:
     running = list(
         Job.objects.filter(status=Job.Status.RUNNING, workers_min__lt=F("workers_max"))
         .exclude(current_run__isnull=True)
         .order_by("id")
     )
     demands = [d for d in (job_demand(job) for job in running) if d is not None]
-    if not demands:
-        return []
     nodes = {n.id: n for n in Node.objects.schedulable()}
     capacities = job_selectors.node_capacities(nodes)
     free = sum(max(c.free_slots, 0) for c in capacities)
@@ -100,6 +107,15 @@ def cluster_allocate(*, interval_s: float, restart_s: float) -> list[Move]:
     )
     slots = sum(d.current for d in demands) + max(0, free - reserved)
     slots_per_node = max((n.slots for n in nodes.values()), default=1)
+    return Fleet(demands, slots, slots_per_node)
+
+
+def cluster_allocate(*, interval_s: float, restart_s: float) -> list[Move]:
+    """Reallocate slots among the modelled elastic jobs once; returns what it asked."""
+    fleet = fleet_view()
+    demands, slots, slots_per_node = fleet.demands, fleet.slots, fleet.slots_per_node
+    if not demands:
+        return []
     penalty = min(0.9, restart_s / interval_s) if interval_s > 0 else 0.0
     plan = allocation.allocate(
         demands, slots, slots_per_node=slots_per_node, restart_penalty=penalty

@@ -27,6 +27,11 @@ class Allocation(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # Requested by the autoscaler (SLURM_AUTOSCALE) for these jobs, rather than by a person.
+    autoscale = models.BooleanField(default=False)
+    requested_for = models.JSONField(default=list, blank=True)
+    # The last autoscale round that found a worker on its nodes (idle time counts from it).
+    busy_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
 

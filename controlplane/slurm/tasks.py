@@ -1,4 +1,5 @@
-"""Beat sweep: follow Slurm's queue (slurm.sync_allocations)."""
+"""Beat sweep: follow Slurm's queue, then provision through it when SLURM_AUTOSCALE is on
+(slurm.sync_allocations)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 
 from celery import shared_task
 
-from controlplane.slurm import sbatch, services
+from controlplane.slurm import autoscale, sbatch, services
 
 log = logging.getLogger(__name__)
 
@@ -20,3 +21,7 @@ def sync_allocations() -> None:
         return
     if ended:
         log.info("Slurm allocation(s) %s ended", ended)
+    try:
+        autoscale.autoscale()
+    except sbatch.SlurmCommandFailed as exc:
+        log.warning("Slurm autoscaling failed: %s", exc)
