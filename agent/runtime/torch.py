@@ -431,8 +431,9 @@ def configure_torch_threads(threads: int = 1) -> None:
 
 
 # -- building blocks for a custom training step ------------------------------------------
-def broadcast_parameters(tensors: torch.nn.Module | Iterable[torch.Tensor], session: Session,
-                         root: int = 0) -> None:
+def broadcast_parameters(
+    tensors: torch.nn.Module | Iterable[torch.Tensor], session: Session, root: int = 0
+) -> None:
     """Give every worker rank ``root``'s values of ``tensors`` (a module: its
     ``state_dict``, parameters and buffers), one native broadcast per dtype."""
     comm = session.communicator
@@ -457,8 +458,9 @@ def broadcast_parameters(tensors: torch.nn.Module | Iterable[torch.Tensor], sess
                 offset += n
 
 
-def allreduce_gradients(parameters: Iterable[torch.Tensor], session: Session,
-                        op: str = "mean") -> None:
+def allreduce_gradients(
+    parameters: Iterable[torch.Tensor], session: Session, op: str = "mean"
+) -> None:
     """Average (or sum, …) the ``.grad`` of ``parameters`` across workers in place, fused
     into one native allreduce per dtype."""
     comm = session.communicator

@@ -57,7 +57,10 @@ def test_workers_hold_bit_identical_models_whatever_the_bucketing(runs):
         assert sorted(sums[0]) == list(range(10, 61, 10)), key
         assert sums[0] == sums[1], key
     # One bucket or two: the same sums in the same order, the same model.
-    one, two = per_rank(runs[2][0], "param_checksum"), per_rank(runs["buckets"][0], "param_checksum")
+    one, two = (
+        per_rank(runs[2][0], "param_checksum"),
+        per_rank(runs["buckets"][0], "param_checksum"),
+    )
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-3), step
 
