@@ -16,13 +16,24 @@ from agent.runtime import torch as runtime_torch
 from examples.digits.train import load_data
 
 
+def keras_initialization(model: torch.nn.Module) -> None:
+    """Keras's defaults (Glorot-uniform weights, zero biases), so the model starts as the
+    TensorFlow example's does rather than with PyTorch's own initialisation."""
+    for layer in model.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            torch.nn.init.xavier_uniform_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+
+
 def build_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
+    model = torch.nn.Sequential(
         torch.nn.Linear(64, 64),
         torch.nn.ReLU(),
         torch.nn.Linear(64, 10),
     )
+    keras_initialization(model)
+    return model
 
 
 def main() -> None:

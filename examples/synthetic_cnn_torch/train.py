@@ -14,12 +14,13 @@ import torch
 
 from agent import runtime
 from agent.runtime import torch as runtime_torch
+from examples.digits_torch.train import keras_initialization
 from examples.synthetic_cnn.train import make_data
 
 
 def build_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
+    model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 32, 3, padding=1),
         torch.nn.ReLU(),
         torch.nn.Conv2d(32, 64, 3, padding=1),
@@ -33,6 +34,8 @@ def build_model(seed: int = 0) -> torch.nn.Module:
         torch.nn.ReLU(),
         torch.nn.Linear(256, 10),
     )
+    keras_initialization(model)
+    return model
 
 
 def main() -> None:
