@@ -197,6 +197,11 @@ def main() -> None:
         default="tensorflow",
         help="the runtime to resize; torch also measures TorchElastic (torchrun, c10d)",
     )
+    parser.add_argument(
+        "--skip-torchelastic",
+        action="store_true",
+        help="with --framework torch: resize only our runtime, not TorchElastic",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines (the only format)")
     args = parser.parse_args()
     suffix = "_torch" if args.framework == "torch" else ""
@@ -247,7 +252,7 @@ def main() -> None:
             }
         )
 
-    if args.framework == "torch":
+    if args.framework == "torch" and not args.skip_torchelastic:
         for op, values in run_torchelastic(args.model, batch, args.repeats).items():
             emit(
                 {
