@@ -13,15 +13,31 @@ a joiner's first step). ``switch_s`` is what the slowest member reports for the
 switch itself (boundary to state received). Prints one JSON line per operation with
 medians over ``--repeats``: ``{"op","from","to","standby","paused_s","switch_s",
 "model","repeats","runs"}``.
+
+``--framework torch`` resizes a job of the ``*_torch`` examples (``agent.runtime.torch``)
+the same way, and then does the same resizes to TorchElastic: ``torchrun`` agents, one
+worker each, with a c10d rendezvous (``bench/_torchelastic_worker.py``: DDP over gloo,
+a checkpoint after every step, restored by every restarted worker). TorchElastic grows
+when a new agent joins the rendezvous and shrinks when an agent is killed; either way it
+stops and restarts every worker. Its lines have ``"system": "torchelastic"`` (ours
+``"adaptrain"``), ``paused_s`` read the same way from rank 0's step times, and no
+``switch_s``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-from agent.local import LocalJob
+from agent.local import ROOT, LocalJob, free_port
 from bench._stack import emit, log
 
 
@@ -60,13 +76,136 @@ def _paused(job: LocalJob, version: int, members: int) -> tuple[float, float, in
     return max(gap - statistics.median(after), 0.0), max(r["paused_s"] for r in replies), step
 
 
+class TorchElastic:
+    """``torchrun`` agents (one worker each) on one c10d rendezvous; rank 0's step log."""
+
+    def __init__(self, model: str, batch: int, work: Path):
+        self.model, self.batch, self.work = model, batch, work
+        self.port = free_port()
+        self.step_log = work / "steps.jsonl"
+        self.agents: list[subprocess.Popen] = []
+
+    def start_agent(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1:4",
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{self.port}",
+            "--rdzv-id=bench-rescale",
+            "--rdzv-conf=last_call_timeout=1,join_timeout=300",
+            "--max-restarts=100",
+            "--monitor-interval=0.2",
+            "-m",
+            "bench._torchelastic_worker",
+            "--model",
+            self.model,
+            "--global-batch",
+            str(self.batch),
+            "--checkpoint",
+            str(self.work / "checkpoint.pt"),
+        ]
+        env = {**os.environ, "BENCH_STEP_LOG": str(self.step_log), "PYTHONPATH": str(ROOT)}
+        output = open(self.work / f"agent-{len(self.agents)}.log", "ab")  # noqa: SIM115
+        self.agents.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        output.close()
+
+    def steps(self) -> list[dict]:
+        if not self.step_log.exists():
+            return []
+        return [json.loads(line) for line in self.step_log.read_text().splitlines() if line]
+
+    def wait_for_size(self, size: int, steps: int, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if sum(r["size"] == size for r in self.steps()[-steps:]) >= steps:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"torchelastic did not train {steps} steps at {size} workers")
+
+    def kill_last_agent(self) -> None:
+        agent = self.agents.pop()
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait()
+
+    def close(self) -> None:
+        for agent in self.agents:
+            try:
+                os.killpg(agent.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            agent.wait()
+
+
+def _elastic_pause(records: list[dict], since: int, size: int) -> float:
+    """Between the last step before record ``since`` changed the size and the first step
+    at ``size``, less the median step time at ``size``."""
+    new = [i for i in range(since, len(records)) if records[i]["size"] == size]
+    first = new[0]
+    after = [
+        records[i + 1]["time"] - records[i]["time"]
+        for i in new[1:11]
+        if i + 1 < len(records) and records[i + 1]["size"] == size
+    ]
+    gap = records[first]["time"] - records[first - 1]["time"]
+    return max(gap - statistics.median(after), 0.0)
+
+
+def run_torchelastic(model: str, batch: int, repeats: int) -> dict[str, list[float]]:
+    pauses: dict[str, list[float]] = {"grow": [], "shrink": []}
+    with tempfile.TemporaryDirectory(prefix="bench-torchelastic-") as work:
+        os.environ.get("BENCH_KEEP") and log(f"torchelastic logs in {work}")
+        elastic = TorchElastic(model, batch, Path(work))
+        try:
+            for _ in range(2):
+                elastic.start_agent()
+            elastic.wait_for_size(2, 10)
+            for repeat in range(repeats):
+                log(f"torchelastic repeat {repeat + 1}/{repeats}: grow 2→3 (a new agent)")
+                since = len(elastic.steps())
+                elastic.start_agent()
+                elastic.wait_for_size(3, 12)
+                pauses["grow"].append(_elastic_pause(elastic.steps(), since, 3))
+                log(f"torchelastic repeat {repeat + 1}/{repeats}: shrink 3→2 (an agent killed)")
+                since = len(elastic.steps())
+                elastic.kill_last_agent()
+                elastic.wait_for_size(2, 12)
+                pauses["shrink"].append(_elastic_pause(elastic.steps(), since, 2))
+        finally:
+            elastic.close()
+    return pauses
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="synthetic_cnn", choices=("synthetic_cnn", "digits"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--framework",
+        choices=("tensorflow", "torch"),
+        default="tensorflow",
+        help="the runtime to resize; torch also measures TorchElastic (torchrun, c10d)",
+    )
+    parser.add_argument(
+        "--skip-torchelastic",
+        action="store_true",
+        help="with --framework torch: resize only our runtime, not TorchElastic",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines (the only format)")
     args = parser.parse_args()
-    module = f"examples.{args.model}.train"
+    suffix = "_torch" if args.framework == "torch" else ""
+    module = f"examples.{args.model}{suffix}.train"
     batch = 128 if args.model == "synthetic_cnn" else 64
     keys = (("grow", True), ("grow", False), ("shrink", False))
     runs: dict[tuple[str, bool], list[float]] = {k: [] for k in keys}
@@ -99,6 +238,8 @@ def main() -> None:
         emit(
             {
                 "bench": "rescale",
+                "framework": args.framework,
+                "system": "adaptrain",
                 "op": op,
                 "from": 2 if op == "grow" else 3,
                 "to": 3 if op == "grow" else 2,
@@ -110,6 +251,24 @@ def main() -> None:
                 "runs": json.dumps([round(v, 4) for v in values]),
             }
         )
+
+    if args.framework == "torch" and not args.skip_torchelastic:
+        for op, values in run_torchelastic(args.model, batch, args.repeats).items():
+            emit(
+                {
+                    "bench": "rescale",
+                    "framework": "torch",
+                    "system": "torchelastic",
+                    "op": op,
+                    "from": 2 if op == "grow" else 3,
+                    "to": 3 if op == "grow" else 2,
+                    "standby": False,
+                    "paused_s": round(statistics.median(values), 4),
+                    "model": args.model,
+                    "repeats": len(values),
+                    "runs": json.dumps([round(v, 4) for v in values]),
+                }
+            )
 
 
 if __name__ == "__main__":

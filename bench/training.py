@@ -18,6 +18,11 @@ data with the same global batch, each worker a process with one TensorFlow threa
   over the processes is the compute floor of any data-parallel system on this machine:
   ``no_comm`` ÷ ``tf_mwms`` is the most any system could reach against MWMS in that run.
 
+``--framework torch`` measures the PyTorch runtime the same way: ``adaptrain`` runs the
+``*_torch`` examples (``agent.runtime.torch``), the peer is ``torch_ddp``
+(``torch.nn.parallel.DistributedDataParallel`` over gloo, ``bench/_ddp_worker.py``), and
+``plain`` and ``no_comm`` are the same loop in PyTorch without distribution.
+
 ``median_step_s`` is the median over post-warm-up windows of ``log_every`` steps of
 the mean step time in the window (the same windows for every system), and
 ``samples_per_s`` is ``global_batch / median_step_s``. Lines are JSON with ``--json``;
@@ -36,7 +41,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from agent.local import job_series, peer_list, run_workers
+from agent.local import free_port, job_series, peer_list, run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +58,16 @@ class ModelSetup:
 MODELS = {
     "synthetic_cnn": ModelSetup("examples.synthetic_cnn.train", 128, 30, 5, 0.01),
     "digits": ModelSetup("examples.digits.train", 64, 600, 20, 0.05),
+}
+# --framework torch: the PyTorch twins of the examples, the same sizes.
+TORCH_MODELS = {
+    name: replace(setup, module=setup.module.replace(".train", "_torch.train"))
+    for name, setup in MODELS.items()
+}
+# The peer each framework's runtime is compared with, and the module its workers run.
+PEERS = {
+    "tensorflow": ("tf_mwms", "bench._mwms_worker"),
+    "torch": ("torch_ddp", "bench._ddp_worker"),
 }
 
 
@@ -90,12 +105,18 @@ def run_ours(setup: ModelSetup, workers: int, steps: int, monitor_every: int) ->
 
 
 def run_reference(
-    system: str, model: str, setup: ModelSetup, workers: int, steps: int, threads: int
+    system: str,
+    model: str,
+    setup: ModelSetup,
+    workers: int,
+    steps: int,
+    threads: int,
+    framework: str = "tensorflow",
 ) -> list[float]:
     command = [
         sys.executable,
         "-m",
-        "bench._mwms_worker",
+        PEERS[framework][1],
         "--system",
         system,
         "--model",
@@ -110,12 +131,20 @@ def run_reference(
         str(setup.lr),
     ]
     peers = peer_list(workers)
+    master_port = str(free_port())
     procs = []
     for rank in range(workers):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         if system == "tf_mwms":
             env["TF_CONFIG"] = json.dumps(
                 {"cluster": {"worker": peers}, "task": {"type": "worker", "index": rank}}
+            )
+        elif system == "torch_ddp":
+            env.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=master_port,
+                RANK=str(rank),
+                WORLD_SIZE=str(workers),
             )
         procs.append(
             subprocess.Popen(
@@ -148,15 +177,22 @@ def run_reference(
     return [max(window) for window in zip(*per_process, strict=True)]
 
 
-def run_no_comm(model: str, setup: ModelSetup, workers: int, steps: int) -> list[float]:
+def run_no_comm(
+    model: str, setup: ModelSetup, workers: int, steps: int, framework: str = "tensorflow"
+) -> list[float]:
     """N plain single-threaded processes at once, each on its 1/N share of the global
     batch, with no communication: the compute floor of a synchronous N-worker step."""
     share = replace(setup, global_batch=setup.global_batch // workers)
-    return run_reference("plain", model, share, workers, steps, threads=1)
+    return run_reference("plain", model, share, workers, steps, threads=1, framework=framework)
 
 
 def record(
-    system: str, model: str, setup: ModelSetup, workers: int, window_times: list[float]
+    system: str,
+    model: str,
+    setup: ModelSetup,
+    workers: int,
+    window_times: list[float],
+    framework: str = "tensorflow",
 ) -> dict:
     if not window_times:
         raise RuntimeError(
@@ -164,6 +200,7 @@ def record(
         )
     median = statistics.median(window_times)
     return {
+        "framework": framework,
         "system": system,
         "model": model,
         "workers": workers,
@@ -173,21 +210,21 @@ def record(
     }
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], peer: str = "tf_mwms") -> None:
     print(
-        f"{'model':<14}{'workers':>8}{'system':>11}{'samples/s':>12}{'step s':>11}{'vs tf_mwms':>12}"
+        f"{'model':<14}{'workers':>8}{'system':>11}{'samples/s':>12}{'step s':>11}{'vs ' + peer:>13}"
     )
     by_key = {(r["model"], r["workers"], r["system"]): r for r in rows}
     for r in rows:
-        mwms = by_key.get((r["model"], r["workers"], "tf_mwms"))
+        mwms = by_key.get((r["model"], r["workers"], peer))
         ratio = (
             f"{r['samples_per_s'] / mwms['samples_per_s']:.2f}x"
-            if mwms and r["system"] != "tf_mwms"
+            if mwms and r["system"] != peer
             else ""
         )
         print(
             f"{r['model']:<14}{r['workers']:>8}{r['system']:>11}{r['samples_per_s']:>12.1f}"
-            f"{r['median_step_s']:>11.4f}{ratio:>12}"
+            f"{r['median_step_s']:>11.4f}{ratio:>13}"
         )
 
 
@@ -220,8 +257,17 @@ def main() -> None:
         help="also run no_comm: N independent single-threaded processes on their shares "
         "of each batch, the compute floor of any N-worker system",
     )
+    parser.add_argument(
+        "--framework",
+        choices=tuple(PEERS),
+        default="tensorflow",
+        help="the runtime to measure: tensorflow (against tf_mwms) or torch (against torch_ddp)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args()
+    framework = args.framework
+    peer = PEERS[framework][0]
+    models_of = TORCH_MODELS if framework == "torch" else MODELS
     worker_counts = [int(w) for w in args.workers.split(",") if w]
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
@@ -237,11 +283,9 @@ def main() -> None:
     pooled: dict[tuple[str, str, int], list[float]] = {}
     for round_index in range(args.rounds):
         for model in models:
-            setup = MODELS[model]
+            setup = models_of[model]
             steps = args.steps or setup.steps
-            systems = (
-                ("adaptrain", "tf_mwms", "no_comm") if args.floor else ("adaptrain", "tf_mwms")
-            )
+            systems = ("adaptrain", peer, "no_comm") if args.floor else ("adaptrain", peer)
             runs = [("plain", 1)] + [
                 (system, n)
                 for n in worker_counts
@@ -255,17 +299,25 @@ def main() -> None:
                 )
                 if system == "adaptrain":
                     times = run_ours(setup, workers, steps, args.monitor_every)
-                elif system == "tf_mwms":
-                    times = run_reference("tf_mwms", model, setup, workers, steps, threads=1)
+                elif system == peer:
+                    times = run_reference(
+                        peer, model, setup, workers, steps, threads=1, framework=framework
+                    )
                 elif system == "no_comm":
-                    times = run_no_comm(model, setup, workers, steps)
+                    times = run_no_comm(model, setup, workers, steps, framework)
                 else:
                     times = run_reference(
-                        "plain", model, setup, 1, steps, threads=args.plain_threads
+                        "plain",
+                        model,
+                        setup,
+                        1,
+                        steps,
+                        threads=args.plain_threads,
+                        framework=framework,
                     )
                 pooled.setdefault((model, system, workers), []).extend(times)
     rows = [
-        record(system, model, MODELS[model], workers, times)
+        record(system, model, models_of[model], workers, times, framework)
         for (model, system, workers), times in pooled.items()
     ]
     log(f"done in {time.perf_counter() - started:.0f} s")
@@ -273,7 +325,7 @@ def main() -> None:
         for row in rows:
             print(json.dumps(row), flush=True)
     if not args.json:
-        print_table(rows)
+        print_table(rows, peer)
 
 
 if __name__ == "__main__":

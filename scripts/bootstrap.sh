@@ -22,6 +22,19 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   step "installing Python packages (TensorFlow is ~600 MB to download the first time; pip shows progress)"
   "$VENV/bin/python" -m pip install --upgrade --quiet pip
   "$VENV/bin/python" -m pip install --progress-bar on scikit-build-core nanobind cmake ninja
+  # PyTorch (the torch extra, and the test extra for the PyTorch runtime's tests): PyPI's
+  # Linux wheel pulls the CUDA runtime (several GB), so take the CPU wheel (~190 MB) from
+  # PyTorch's own index first; pip then finds the requirement met. A GPU node installs
+  # its CUDA build itself beforehand (docs/pytorch.md).
+  case ",$extras," in
+    *,torch,*|*,test,*)
+      if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        step "installing PyTorch's CPU wheel"
+        "$VENV/bin/python" -m pip install --progress-bar on \
+          --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<3"
+      fi
+      ;;
+  esac
   step "building the native collective library and installing the project"
   "$VENV/bin/python" -m pip install --progress-bar on --no-build-isolation -e "$ROOT${extras:+[$extras]}"
   echo "$want" > "$stamp"

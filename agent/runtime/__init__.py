@@ -29,10 +29,13 @@ The package, by responsibility:
 - :mod:`~agent.runtime.tf` and :mod:`~agent.runtime.step`: the TensorFlow edge (the
   Keras adapter and :class:`Trainer`, the compiled steps, building blocks for a custom
   step).
+- :mod:`~agent.runtime.torch`: the PyTorch edge (the ``nn.Module`` adapter with bucketed
+  gradients overlapped with backward, its :class:`Trainer`, building blocks for a custom
+  step); import it as ``from agent.runtime import torch as runtime_torch``.
 
-**Layering rule**: only the framework edges (``tf``, ``step``) import TensorFlow; the
-core (everything else here) imports no deep-learning framework, so a PyTorch edge can
-sit next to the TensorFlow one. Importing ``agent.runtime`` imports no framework
+**Layering rule**: only the framework edges import a framework (``tf`` and ``step``
+TensorFlow, ``torch`` PyTorch); the core (everything else here) imports none, so the
+two edges sit side by side. Importing ``agent.runtime`` imports no framework
 either: the TensorFlow names below are loaded on first use.
 """
 

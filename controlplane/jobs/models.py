@@ -124,6 +124,9 @@ ENTRYPOINT_FORM = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$")
 ENTRYPOINTS = {
     "examples.digits": "examples.digits.train",
     "examples.synthetic_cnn": "examples.synthetic_cnn.train",
+    # The same two on the PyTorch runtime (agent.runtime.torch; the node needs the torch extra).
+    "examples.digits_torch": "examples.digits_torch.train",
+    "examples.synthetic_cnn_torch": "examples.synthetic_cnn_torch.train",
 }
 
 

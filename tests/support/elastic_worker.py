@@ -14,17 +14,8 @@ from agent import runtime
 from examples.digits.train import build_model, load_data
 
 
-def main() -> None:
-    runtime.configure_tensorflow_threads(1)
-    import keras
-
-    session = runtime.init()
-    hp = session.hyperparameters
-    (x_train, y_train), _ = load_data(0)
-    model = build_model(0)
-    optimizer = keras.optimizers.SGD(learning_rate=session.lr, momentum=0.9)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-    trainer = runtime.Trainer(session, model, optimizer, loss_fn, seed=0)
+def record_batches(trainer, session):
+    """Append a record of each step ``trainer`` trains to this worker's log; returns the file."""
     path = os.path.join(os.environ["ELASTIC_LOG_DIR"], session.address.replace(":", "_") + ".jsonl")
     log = open(path, "a", buffering=1)
 
@@ -44,6 +35,21 @@ def main() -> None:
         )
 
     trainer.on_batch = on_batch
+    return log
+
+
+def main() -> None:
+    runtime.configure_tensorflow_threads(1)
+    import keras
+
+    session = runtime.init()
+    hp = session.hyperparameters
+    (x_train, y_train), _ = load_data(0)
+    model = build_model(0)
+    optimizer = keras.optimizers.SGD(learning_rate=session.lr, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+    trainer = runtime.Trainer(session, model, optimizer, loss_fn, seed=0)
+    log = record_batches(trainer, session)
     trainer.fit(
         x_train,
         y_train,

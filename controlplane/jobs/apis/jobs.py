@@ -44,12 +44,14 @@ HYPERPARAMETER_LIMITS = {
     "sma_alpha": (float, 1e-6, 1.0, 0.1),
     "checkpoint_every": (int, 0, 10_000_000, 0),
     "samples": (int, 10, 1_000_000, "optional"),  # examples.synthetic_cnn: data set size
+    "bucket_mb": (float, 0.0, 1024.0, "optional"),  # PyTorch runtime: gradient bucket size
 }
 # Text hyper-parameters: name → (allowed values, or None for a path), default.
 TEXT_HYPERPARAMETERS = {
     "lr_scaling": (tuple(vocabulary.LR_SCALING_RULES), "none"),
     "checkpoint_dir": (None, None),
     "resume_from": (None, None),
+    "device": (("cpu", "cuda"), None),  # examples.synthetic_cnn_torch: where the model runs
 }
 
 

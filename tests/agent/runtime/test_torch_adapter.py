@@ -1,0 +1,94 @@
+"""The PyTorch adapter on its own (one process, no communicator): a step through it is
+plain PyTorch's step on the mean loss, the optimizer's lazily built state exists from the
+start, and a state copied to another model continues bit for bit."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from agent.runtime.torch import TorchModel  # noqa: E402
+from examples.digits_torch.train import build_model  # noqa: E402
+
+
+def batch(seed: int, n: int = 32):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 64), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
+
+
+def adapter_for(model, optimizer, bucket_bytes=1024):
+    adapter = TorchModel(model, optimizer, bucket_bytes=bucket_bytes)
+    x, _ = batch(0)
+    adapter.build(x, lambda flat: flat)
+    return adapter
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_a_step_through_the_adapter_is_plain_pytorchs_step_on_the_mean_loss(kind):
+    def optimizer_for(model):
+        if kind == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return torch.optim.Adam(model.parameters(), lr=0.01)
+
+    ours, reference = build_model(1), build_model(1)
+    adapter = adapter_for(ours, optimizer_for(ours))
+    plain = optimizer_for(reference)
+    for step in range(3):
+        x, y = batch(step)
+        out = adapter.fused_step(x, y, len(x), 1.0, 0, True, False)
+        plain.zero_grad()
+        logits = reference(torch.from_numpy(x))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y).long())
+        logits = logits.detach()
+        loss.backward()
+        plain.step()
+        assert out[0] / len(x) == pytest.approx(loss.item(), rel=1e-5)
+        assert out[1] == float((logits.argmax(1).numpy() == y).sum())
+        assert out[2] == pytest.approx(out[3], rel=1e-5)  # one worker: local norm = global
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_state_exists_from_the_start_and_a_copied_state_continues_bit_for_bit():
+    model = build_model(2)
+    adapter = adapter_for(model, torch.optim.Adam(model.parameters(), lr=0.01))
+    state = adapter.state()
+    # 4 module tensors, then per parameter Adam's exp_avg, exp_avg_sq and step, all zero.
+    assert len(state) == 4 + 4 * 3
+    assert all(not np.any(a) for a in state[4:])
+    for step in range(2):
+        adapter.fused_step(*batch(step), 32, 1.0, 0, False, False)
+    other_model = build_model(3)
+    other = adapter_for(other_model, torch.optim.Adam(other_model.parameters(), lr=0.01))
+    other.load_state(adapter.state())
+    assert other.checksum() == adapter.checksum()
+    x, y = batch(9)
+    adapter.fused_step(x, y, 32, 1.0, 0, False, False)
+    other.fused_step(x, y, 32, 1.0, 0, False, False)
+    np.testing.assert_array_equal(other.weights(), adapter.weights())
+    assert [a.tolist() for a in other.optimizer_state()] == [
+        a.tolist() for a in adapter.optimizer_state()
+    ]
+
+
+def test_gradients_are_views_of_one_buffer_cut_into_buckets():
+    model = build_model(4)
+    adapter = adapter_for(model, torch.optim.SGD(model.parameters(), lr=0.1), bucket_bytes=1024)
+    # Reverse order: the last layer's bias and weight (650 values) make the first bucket.
+    assert adapter._buckets == [(0, 650), (650, 4810)]
+    flat = adapter.gradients(*batch(5), 32)
+    for p in model.parameters():
+        assert p.grad.untyped_storage().data_ptr() == adapter._flat.untyped_storage().data_ptr()
+    before = copy.deepcopy(adapter.weights())
+    adapter.apply_gradients(flat[:-3])
+    np.testing.assert_allclose(adapter.weights(), before - 0.1 * flat[:-3], rtol=1e-6, atol=1e-7)
+
+
+def test_a_negative_bucket_size_is_refused_with_what_to_use():
+    model = build_model(0)
+    with pytest.raises(ValueError, match="bucket_bytes must be 0"):
+        TorchModel(model, torch.optim.SGD(model.parameters(), lr=0.1), bucket_bytes=-1)
