@@ -30,8 +30,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     *,torch,*|*,test,*)
       if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         step "installing PyTorch's CPU wheel"
-        "$VENV/bin/python" -m pip install --progress-bar on \
-          --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<3"
+        "$VENV/bin/python" -m pip install --progress-bar on --timeout 20 --retries 1 \
+          --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<3" ||
+          { step "PyTorch's CPU index did not answer; installing torch from PyPI (a CUDA build, several GB)"
+            "$VENV/bin/python" -m pip install --progress-bar on "torch>=2.4,<3"; }
       fi
       ;;
   esac
