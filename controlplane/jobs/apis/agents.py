@@ -115,8 +115,10 @@ class AgentHeartbeatApi(AgentApi):
             required=False,
             max_length=10_000,
         )
-        gpus = GpuStatSerializer(
-            many=True,
+        # A list field, not many=True: DRF hands allow_null to a many=True child too,
+        # and [null] must be a 400, not a GPU.
+        gpus = serializers.ListField(
+            child=GpuStatSerializer(),
             required=False,
             allow_null=True,
             max_length=256,
