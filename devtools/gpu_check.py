@@ -390,9 +390,11 @@ def check_allreduce(deadline: float, device_kind: str = "cuda") -> None:
                 np=2,
                 mib=mib,
                 kind=kind,
-                busbw_gbs=round(row["busbw_gbs"], 3),
-                host_busbw_gbs=round(host["busbw_gbs"], 3),
-                ratio_to_host=round(row["busbw_gbs"] / host["busbw_gbs"], 3),
+                # 4 significant digits: a loaded machine's busbw can be a few MB/s, which
+                # 3 decimals of GB/s would round to nothing.
+                busbw_gbs=float(f"{row['busbw_gbs']:.4g}"),
+                host_busbw_gbs=float(f"{host['busbw_gbs']:.4g}"),
+                ratio_to_host=float(f"{row['busbw_gbs'] / host['busbw_gbs']:.4g}"),
                 median_s=row["median_s"],
                 repeats=REPEATS,
             )
