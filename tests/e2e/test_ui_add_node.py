@@ -181,7 +181,8 @@ def test_an_admin_adds_a_node_and_an_agent_with_the_shown_environment_enrols(
         # Worked out from the route to the control plane: its veth address.
         assert address == stack.namespaces.addresses[0]
     assert f"advertising address {address}" in agent.text()
-    assert "protocol 1" in node.locator("td").nth(6).inner_text()
+    headers = [h.strip() for h in page.locator("#nodes thead th").all_inner_texts()]
+    assert "protocol 1" in node.locator("td").nth(headers.index("Agent")).inner_text()
 
 
 def test_a_drained_node_gets_no_job_until_it_is_resumed(stack, page):
