@@ -72,9 +72,12 @@ def test_search_archive_compare_step_times_log_scale_and_delete(stack, browser):
         # Filters by node and by owner, kept in the URL like the others.
         node = detail["workers"][0]["node"]
         page.goto(f"{stack.url}/?node={node}")
-        page.wait_for_selector(f"#jobs-table tr[data-id='{nlp}']")
+        # (the server draws the unfiltered rows first; the filtered list replaces them)
+        page.wait_for_function(
+            f"document.querySelector(\"#jobs-table tr[data-id='{nlp}']\") !== null && "
+            f"document.querySelector(\"#jobs-table tr[data-id='{stuck}']\") === null"
+        )
         assert page.input_value("#jobs-node") == node
-        assert page.locator(f"#jobs-table tr[data-id='{stuck}']").count() == 0
         page.goto(f"{stack.url}/?owner=no-such-user")
         page.wait_for_function(
             "document.querySelectorAll('#jobs-table tbody tr[data-id]').length === 0"
