@@ -27,11 +27,12 @@ import pytest
 from agent.protocol import EXIT_REFUSED
 from devtools.devstack import NetworkNamespaces
 from tests.e2e.conftest import _stack, log_in, wait_for, wait_for_job
+from tests.support.screenshots import screenshots_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 NODE = "added-1"
-SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
+SCREENSHOTS = screenshots_dir()
 
 
 @pytest.fixture(scope="module")

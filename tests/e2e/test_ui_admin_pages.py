@@ -6,15 +6,14 @@ Saves docs/screenshots/nodes.png and tokens.png (1280×800) for the README.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.e2e.conftest import log_in
+from tests.support.screenshots import screenshots_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
+SCREENSHOTS = screenshots_dir()
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,6 @@ def page(stack, browser):
 
 
 def test_nodes_page_lists_the_agent_online(stack, page):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.goto(f"{stack.url}/nodes/")
     row = page.locator("#nodes tbody tr", has_text="node-1")
     row.locator(".status-online").wait_for()

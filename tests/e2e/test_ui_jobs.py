@@ -7,15 +7,15 @@ Saves docs/screenshots/jobs.png and job-new.png (1280×800) for the README.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import log_in, wait_for_job
+from tests.support.screenshots import screenshots_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
+SCREENSHOTS = screenshots_dir()
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,6 @@ def points(page, metric: str) -> int:
 
 
 def test_create_job_form_shows_errors_beside_the_fields_then_the_new_jobs_chart_moves(stack, page):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.click("#new-job")
     page.wait_for_url("**/jobs/new/")
     page.wait_for_selector("#job-form[data-ready]", state="attached")

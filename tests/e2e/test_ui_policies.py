@@ -10,15 +10,15 @@ Saves docs/screenshots/job.png and policy-editor.png (1280×800) for the README.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import log_in, wait_for, wait_for_job
+from tests.support.screenshots import screenshots_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
+SCREENSHOTS = screenshots_dir()
 
 DOUBLING = {
     "name": "ui doubling",
@@ -50,7 +50,6 @@ def error_text(page, field_id: str) -> str:
 
 
 def test_decision_marker_appears_and_batch_size_changes_then_replay_draws_markers(stack, page):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     api = stack.api
     status, policy = api.post("/api/v1/policies/", {"definition": DOUBLING})
     assert status == 201, policy
@@ -145,7 +144,6 @@ def test_decision_marker_appears_and_batch_size_changes_then_replay_draws_marker
 
 
 def test_policy_with_a_cel_syntax_error_shows_it_at_the_field_and_is_not_saved(stack, page):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     before = len(stack.api.get("/api/v1/policies/")[1])
     page.goto(f"{stack.url}/policies/")
     page.click("#templates a[href*='gns-adaptive-batch']")
