@@ -12,6 +12,10 @@ from controlplane.jobs import selectors
 from controlplane.jobs.models import ENTRYPOINTS, Job
 
 
+# The jobs page's query parameters (FILTERS and "offset" in jobs.js).
+JOB_LIST_QUERY = ("q", "status", "owner", "node", "archived", "ordering", "offset")
+
+
 def _job_or_404(request, job_id: int) -> Job:
     try:
         return selectors.job_get_for_user(user=request.user, job_id=job_id)
@@ -21,6 +25,10 @@ def _job_or_404(request, job_id: int) -> Job:
 
 @login_required
 def job_list(request):
+    # A filtered or paged URL (jobs.js keeps the filters there) is drawn by the script from
+    # the API; drawing the unfiltered first page here would flash rows it then removes.
+    if any(request.GET.get(k) for k in JOB_LIST_QUERY):
+        return render(request, "frontend/job_list.html", {"jobs": None, "nav": "jobs"})
     jobs = selectors.jobs_search(user=request.user)[:50]
     return render(request, "frontend/job_list.html", {"jobs": jobs, "nav": "jobs"})
 

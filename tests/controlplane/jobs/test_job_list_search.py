@@ -82,3 +82,16 @@ def test_next_and_previous_links_keep_the_filters(api):
     second = api.get(first["next"]).json()
     assert [j["name"] for j in second["results"]] == ["run 2", "run 3"]
     assert parse_qs(urlparse(second["previous"]).query)["q"] == ["run"]
+
+
+def test_the_page_draws_the_first_rows_only_when_the_url_has_no_filter(api, user, client):
+    """A filtered URL is drawn by jobs.js from the API: the server must not draw the
+    unfiltered first page first (its rows would flash, then vanish)."""
+    make(api, "alpha-job")
+    client.force_login(user)
+    plain = client.get("/").content.decode()
+    assert "alpha-job" in plain and "Loading…" not in plain
+    for query in ("?q=nomatch", "?status=failed", "?offset=50", "?ordering=name"):
+        page = client.get(f"/{query}").content.decode()
+        assert "alpha-job" not in page, query
+        assert "Loading…" in page, query
