@@ -11,7 +11,6 @@ from controlplane.errors import NotFound
 from controlplane.jobs import selectors
 from controlplane.jobs.models import ENTRYPOINTS, Job
 
-
 # The jobs page's query parameters (FILTERS and "offset" in jobs.js).
 JOB_LIST_QUERY = ("q", "status", "owner", "node", "archived", "ordering", "offset")
 
