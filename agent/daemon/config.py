@@ -252,5 +252,7 @@ def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
         log_line_max_bytes=_at_least(env, "AGENT_LOG_MAX_LINE_BYTES", 16 << 10, 256),
         gpus=inventory,
         code=_code(env),
-        credential_path=Path(env["AGENT_CREDENTIAL_FILE"]) if env.get("AGENT_CREDENTIAL_FILE") else None,
+        credential_path=Path(env["AGENT_CREDENTIAL_FILE"])
+        if env.get("AGENT_CREDENTIAL_FILE")
+        else None,
     )

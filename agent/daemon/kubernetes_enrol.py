@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from agent.protocol import rest as rest_errors
 
 log = logging.getLogger("agent.kubernetes")
 
+Json = dict[str, Any]  # a Kubernetes object, as the API sends and takes it
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SECRET_PREFIX = "adaptrain-node-"
 SECRET_KEY = "credential"
@@ -122,7 +124,7 @@ class KubernetesApi:
         url = f"{self.base_url}/api/v1/namespaces/{quote(self.namespace)}/secrets"
         return url if name is None else f"{url}/{quote(name)}"
 
-    def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+    def _call(self, method: str, url: str, body: Json | None = None) -> Json:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
@@ -133,7 +135,8 @@ class KubernetesApi:
             with urllib.request.urlopen(
                 request, timeout=self.timeout_s, context=self.ssl_context
             ) as reply:
-                return json.loads(reply.read() or b"{}")
+                answer: Json = json.loads(reply.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -141,8 +144,13 @@ class KubernetesApi:
             except (ValueError, AttributeError):
                 message = raw.decode(errors="replace")
             raise KubernetesApiError(exc.code, message) from None
+        except OSError as exc:  # no HTTP answer: refused, unresolved, TLS, timed out
+            reason = getattr(exc, "reason", exc)
+            raise EnrolError(
+                f"cannot reach the Kubernetes API at {self.base_url}: {reason}"
+            ) from None
 
-    def get_secret(self, name: str) -> dict | None:
+    def get_secret(self, name: str) -> Json | None:
         """The Secret, or None when there is none."""
         try:
             return self._call("GET", self._secrets_url(name))
@@ -151,16 +159,16 @@ class KubernetesApi:
                 return None
             raise
 
-    def create_secret(self, secret: dict) -> dict:
+    def create_secret(self, secret: Json) -> Json:
         """Create the Secret; :class:`KubernetesApiError` 409 when it exists already."""
         return self._call("POST", self._secrets_url(), secret)
 
-    def replace_secret(self, secret: dict) -> dict:
+    def replace_secret(self, secret: Json) -> Json:
         """Replace the Secret; 409 when ``metadata.resourceVersion`` is not the latest."""
         return self._call("PUT", self._secrets_url(secret["metadata"]["name"]), secret)
 
 
-def credential_of(secret: dict | None) -> str | None:
+def credential_of(secret: Json | None) -> str | None:
     if not secret:
         return None
     raw = (secret.get("data") or {}).get(SECRET_KEY)
@@ -172,7 +180,7 @@ def credential_of(secret: dict | None) -> str | None:
         return None
 
 
-def secret_body(name: str, config: AgentConfig, credential: str, node_id: Any) -> dict:
+def secret_body(name: str, config: AgentConfig, credential: str, node_id: Any) -> Json:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -327,7 +335,7 @@ class KubernetesEnrolment:
         self._store(body, secret)
         return Outcome(credential, "enrolled")
 
-    def _store(self, body: dict, previous: dict | None) -> None:
+    def _store(self, body: Json, previous: Json | None) -> None:
         """Put the new credential in the Secret: create it, or replace the one with a
         rejected credential; another pod's write in between (409) is read again."""
         while True:
@@ -388,23 +396,24 @@ def main(env: Mapping[str, str] | None = None) -> int:
     credential; 1 (with the reason on stderr) otherwise."""
     try:
         config = load_config(env)
+    except ConfigError as exc:
+        print(f"agent enrol-kubernetes: {exc}", file=sys.stderr)
+        return 1
+    try:
         api = KubernetesApi.in_cluster(env)
         outcome = KubernetesEnrolment(config, api).run()
         write_credential(config.credential_file, outcome.credential)
-    except (ConfigError, EnrolError) as exc:
-        print(f"agent enrol-kubernetes: {exc}", file=sys.stderr)
-        return 1
-    except KubernetesApiError as exc:
-        hint = (
-            " (the pod's ServiceAccount needs get, create and update on secrets in its "
-            "namespace: deploy/kubernetes/base/agent-rbac.yaml)"
-            if exc.status in (401, 403)
-            else ""
-        )
-        print(f"agent enrol-kubernetes: {exc}{hint}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"agent enrol-kubernetes: cannot reach the Kubernetes API: {exc}", file=sys.stderr)
+    except (EnrolError, KubernetesApiError, OSError) as exc:
+        problem = str(exc)
+        if isinstance(exc, KubernetesApiError) and exc.status in (401, 403):
+            problem += (
+                " (the pod's ServiceAccount needs get, create and update on secrets in its "
+                "namespace: deploy/kubernetes/base/agent-rbac.yaml)"
+            )
+        # A credential an earlier run of this pod left must not start the agent now.
+        with contextlib.suppress(OSError):
+            config.credential_file.unlink(missing_ok=True)
+        print(f"agent enrol-kubernetes: {problem}", file=sys.stderr)
         return 1
     print(f"agent enrol-kubernetes: node {config.name}: credential {outcome.how}", flush=True)
     return 0
