@@ -11,6 +11,7 @@ credential."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -337,3 +338,36 @@ def test_without_the_right_to_read_secrets_it_names_the_rbac_it_needs(run_step, 
     done, _ = run_step("gpu-node-1", "join_x")
     assert done.returncode == 1
     assert "401" in done.stderr and "agent-rbac.yaml" in done.stderr
+
+
+def test_the_agent_container_uses_the_handed_over_credential_and_never_enrols(
+    run_step, kubernetes, live_server, tmp_path
+):
+    """The agent container's settings (no join token, AGENT_CREDENTIAL_FILE in the shared
+    emptyDir): the agent checks the step's credential and goes on; a credential the control
+    plane forgot stops it with what to do on Kubernetes, not a second enrolment."""
+    from agent.daemon.agent import Agent, Refused
+    from agent.daemon.config import load_config
+
+    _, token = join_token_create(label="fleet", uses=2)
+    done, credential_file = run_step("gpu-node-1", token)
+    assert done.returncode == 0, done.stderr
+    env = {
+        "AGENT_SERVER": live_server.url,
+        "AGENT_NAME": "gpu-node-1",
+        "AGENT_ADDRESS": "10.0.0.7",
+        "AGENT_GPUS": "none",
+        "AGENT_STATE_DIR": str(tmp_path / "agent-state"),
+        "AGENT_CREDENTIAL_FILE": str(credential_file),
+    }
+    config = load_config(env)
+    assert config.credential_file == credential_file and config.join_token is None
+    agent = Agent(config)
+    assert asyncio.run(agent.ensure_credential()) is True
+    assert agent.client.credential == credential_file.read_text()
+    assert not (tmp_path / "agent-state" / "credential").exists()
+
+    node_delete(node_id=node_authenticate(credential_file.read_text()).id, actor="admin")
+    with pytest.raises(Refused, match="On Kubernetes .* delete the pod"):
+        asyncio.run(Agent(config).ensure_credential())
+    assert uses_left(token) == 1
