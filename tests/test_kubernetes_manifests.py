@@ -155,6 +155,10 @@ def test_the_node_credential_is_kept_in_a_secret_made_by_an_init_step():
     assert pod["serviceAccountName"] == "adaptrain-agent"
     assert pod["automountServiceAccountToken"] is False
     enrol = next(c for c in pod["initContainers"] if c.get("args") == ["enrol-kubernetes"])
+    # The args go to the agent image's entrypoint, the agent's command.
+    dockerfile = (DEPLOY.parents[1] / "Dockerfile.agent").read_text()
+    assert 'ENTRYPOINT ["adaptrain-agent"]' in dockerfile and "command" not in enrol
+    assert enrol["image"] == pod["containers"][0]["image"]
     agent = pod["containers"][0]
     volumes = {v["name"]: v for v in pod["volumes"]}
 

@@ -21,7 +21,8 @@ A credential the control plane no longer knows (its node was deleted, or the dat
 another) is replaced by a new enrolment, as the agent does on bare metal. A *revoked*
 node is not enrolled again on its own — the fleet's token would silently undo an admin's
 revocation — the step fails saying how to recover: delete the Secret, then the pod.
-docs/kubernetes.md walks an admin through it.
+docs/kubernetes.md walks an admin through it. ``ADAPTRAIN_SERVICE_ACCOUNT_DIR`` names
+another service-account directory than the one Kubernetes mounts (the tests' stand-in).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -370,4 +371,30 @@ def test_the_agent_container_uses_the_handed_over_credential_and_never_enrols(
     node_delete(node_id=node_authenticate(credential_file.read_text()).id, actor="admin")
     with pytest.raises(Refused, match="On Kubernetes .* delete the pod"):
         asyncio.run(Agent(config).ensure_credential())
+    assert uses_left(token) == 1
+
+
+def test_a_node_enrolled_without_a_secret_here_is_not_taken_over(live_server, kubernetes):
+    """The Secret was deleted while the node is still enrolled (or another machine holds
+    the name): the step does not take the node over and says what the admin does."""
+    from agent.daemon.config import load_config
+    from agent.daemon.kubernetes_enrol import EnrolError, KubernetesApi, KubernetesEnrolment
+
+    _, token = join_token_create(label="fleet", uses=2)
+    node_enrol(join_token=token, name="gpu-node-1", address="10.0.0.7", slots=2, labels={})
+    config = load_config(
+        {
+            "AGENT_SERVER": live_server.url,
+            "AGENT_NAME": "gpu-node-1",
+            "AGENT_ADDRESS": "10.0.0.7",
+            "AGENT_GPUS": "none",
+            "AGENT_JOIN_TOKEN": token,
+        }
+    )
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(kubernetes.port)}
+    api = KubernetesApi.in_cluster(env, kubernetes.account)
+    step = KubernetesEnrolment(config, api, peer_secret_wait_s=1.0, sleep=lambda s: time.sleep(0.05))
+    with pytest.raises(EnrolError, match="revoke or delete node gpu-node-1 in adaptrain"):
+        step.run()
+    assert (NAMESPACE, "adaptrain-node-gpu-node-1") not in kubernetes.secrets
     assert uses_left(token) == 1
