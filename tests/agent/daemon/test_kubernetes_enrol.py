@@ -393,7 +393,9 @@ def test_a_node_enrolled_without_a_secret_here_is_not_taken_over(live_server, ku
     )
     env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(kubernetes.port)}
     api = KubernetesApi.in_cluster(env, kubernetes.account)
-    step = KubernetesEnrolment(config, api, peer_secret_wait_s=1.0, sleep=lambda s: time.sleep(0.05))
+    step = KubernetesEnrolment(
+        config, api, peer_secret_wait_s=1.0, sleep=lambda s: time.sleep(0.05)
+    )
     with pytest.raises(EnrolError, match="revoke or delete node gpu-node-1 in adaptrain"):
         step.run()
     assert (NAMESPACE, "adaptrain-node-gpu-node-1") not in kubernetes.secrets
