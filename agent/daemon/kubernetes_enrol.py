@@ -281,7 +281,7 @@ class KubernetesEnrolment:
     def _enrol(self) -> tuple[str, Any]:
         if not self.config.join_token:
             raise EnrolError(
-                f"node {self.config.name} has no credential in {self.where} and "
+                f"node {self.config.name} has no working credential in {self.where} and "
                 f"AGENT_JOIN_TOKEN is empty: create the Secret adaptrain-join-token holding "
                 f"a join token with a use left for each node to enrol (docs/kubernetes.md, "
                 f"step 4)"
