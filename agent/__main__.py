@@ -1,4 +1,6 @@
-"""``python -m agent``: run the node agent (configuration from ``AGENT_*`` variables)."""
+"""``python -m agent`` (``adaptrain-agent``): run the node agent (configuration from
+``AGENT_*`` variables). ``adaptrain-agent enrol-kubernetes`` is the init step of the
+Kubernetes DaemonSet instead (:mod:`agent.daemon.kubernetes_enrol`)."""
 
 import logging
 import sys
@@ -9,6 +11,15 @@ from agent.daemon.preflight import PreflightError, check_environment
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    if sys.argv[1:2] == ["enrol-kubernetes"]:
+        from agent.daemon.kubernetes_enrol import main as enrol_kubernetes
+
+        sys.exit(enrol_kubernetes())
+    if sys.argv[1:]:
+        sys.exit(
+            f"agent: unknown arguments {' '.join(sys.argv[1:])!r}: the agent is configured "
+            f"by AGENT_* variables; the one subcommand is enrol-kubernetes"
+        )
     try:
         config = load_config()
         check_environment()

@@ -48,6 +48,11 @@ def render(directory: Path) -> list[dict]:
         meta = obj.setdefault("metadata", {})
         if namespace and obj["kind"] != "Namespace":
             meta["namespace"] = namespace
+        if namespace and obj["kind"] == "RoleBinding":
+            # kustomize puts a binding's service accounts in the namespace too.
+            for subject in obj.get("subjects", []):
+                if subject["kind"] == "ServiceAccount" and not subject.get("namespace"):
+                    subject["namespace"] = namespace
         for entry in kustomization.get("labels", []):
             meta.setdefault("labels", {}).update(entry["pairs"])
         for image in kustomization.get("images", []):
@@ -119,7 +124,6 @@ def test_the_control_plane_and_the_gpu_agent_are_deployed_as_the_issue_asks():
     container = agent["containers"][0]
     assert "nvidia.com/gpu" in container["resources"]["limits"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["AGENT_JOIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "adaptrain-join-token"
     assert env["AGENT_ON_EXIT"]["value"] == "leave"
     assert env["AGENT_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 
@@ -140,6 +144,57 @@ def test_the_control_plane_and_the_gpu_agent_are_deployed_as_the_issue_asks():
         text = yaml.safe_dump(obj)
         for ref in yaml.safe_load_all(text):
             _check_refs(ref, configmaps)
+
+
+def test_the_node_credential_is_kept_in_a_secret_made_by_an_init_step():
+    """The init step enrols with the join token and keeps the credential in a Secret; the
+    agent container gets the credential in memory and holds neither the join token nor a
+    Kubernetes token; the account may do no more than keep Secrets."""
+    objects = {(_key(o)[0], _key(o)[2]): o for o in render(DEPLOY / "base")}
+    pod = objects[("DaemonSet", "adaptrain-agent")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "adaptrain-agent"
+    assert pod["automountServiceAccountToken"] is False
+    enrol = next(c for c in pod["initContainers"] if c.get("args") == ["enrol-kubernetes"])
+    # The args go to the agent image's entrypoint, the agent's command.
+    dockerfile = (DEPLOY.parents[1] / "Dockerfile.agent").read_text()
+    assert 'ENTRYPOINT ["adaptrain-agent"]' in dockerfile and "command" not in enrol
+    assert enrol["image"] == pod["containers"][0]["image"]
+    agent = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    init_env = {e["name"]: e for e in enrol["env"]}
+    token_ref = init_env["AGENT_JOIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token_ref["name"] == "adaptrain-join-token" and token_ref["optional"] is True
+    agent_env = {e["name"]: e for e in agent["env"]}
+    assert "AGENT_JOIN_TOKEN" not in agent_env
+    # Both containers name the node and its address alike, and share the credential file.
+    for name in ("AGENT_SERVER", "AGENT_NAME", "AGENT_ADDRESS", "AGENT_LABELS", "AGENT_GPUS"):
+        assert init_env[name] == agent_env[name], name
+    assert init_env["AGENT_CREDENTIAL_FILE"] == agent_env["AGENT_CREDENTIAL_FILE"]
+    credential_dir = init_env["AGENT_CREDENTIAL_FILE"]["value"].rsplit("/", 1)[0]
+    mounts = {m["mountPath"]: m["name"] for m in enrol["volumeMounts"]}
+    assert volumes[mounts[credential_dir]]["emptyDir"]["medium"] == "Memory"
+    assert {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}[credential_dir] == mounts[
+        credential_dir
+    ]
+    # Enrolment sends the node's slots and GPU labels: the init step sees the same GPUs.
+    assert enrol["resources"]["limits"] == agent["resources"]["limits"]
+
+    # The Kubernetes token is mounted into the init container only.
+    api_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert volumes[mounts[api_dir]]["projected"]["sources"][0]["serviceAccountToken"]
+    assert all(m["mountPath"] != api_dir for m in agent["volumeMounts"])
+
+    role = objects[("Role", "adaptrain-agent-node-credentials")]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]}
+    ]
+    binding = objects[("RoleBinding", "adaptrain-agent-node-credentials")]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "adaptrain-agent", "namespace": "adaptrain"}
+    ]
+    assert ("ServiceAccount", "adaptrain-agent") in objects
 
 
 def _check_refs(node, configmaps: set[str]) -> None:

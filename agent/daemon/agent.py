@@ -107,6 +107,13 @@ def _joiners_start(job_id: int, join: JoinPayload) -> StartPayload:
     )
 
 
+# On Kubernetes the credential lives in a Secret (agent.daemon.kubernetes_enrol).
+KUBERNETES_RECOVERY = (
+    " (On Kubernetes: delete the Secret adaptrain-node-<node name>, then the pod: "
+    "docs/kubernetes.md.)"
+)
+
+
 class Refused(Exception):
     """The control plane refused this node for good: the message says why and what to do."""
 
@@ -117,7 +124,7 @@ def _refusal(exc: ApiError) -> str | None:
         return (
             f"this node was revoked by an admin ({exc.message}); the agent stops. To use this "
             f"machine again, delete AGENT_STATE_DIR/credential and start the agent with a new "
-            f"AGENT_JOIN_TOKEN."
+            f"AGENT_JOIN_TOKEN.{KUBERNETES_RECOVERY}"
         )
     if exc.code == rest_errors.ERROR_PROTOCOL_INCOMPATIBLE:
         return f"the control plane refuses this agent's protocol: {exc.message}"
@@ -199,7 +206,9 @@ class Agent:
         if not self.config.join_token:
             raise Refused(
                 "this node is not enrolled: set AGENT_JOIN_TOKEN to a join token (nodes page → "
-                "Add a node, or: python manage.py create_join_token)"
+                "Add a node, or: python manage.py create_join_token). On Kubernetes the agent "
+                "container has no join token: its init step enrols the node; delete the pod "
+                "to run it again (docs/kubernetes.md)."
             )
         enrolment = await self.client.enrol(
             join_token=self.config.join_token,
@@ -529,7 +538,8 @@ class Agent:
             self.stop_for_good(
                 "this node was revoked by an admin (the control plane closed its command "
                 "channel); the agent stops. To use this machine again, delete "
-                "AGENT_STATE_DIR/credential and start the agent with a new AGENT_JOIN_TOKEN.",
+                "AGENT_STATE_DIR/credential and start the agent with a new AGENT_JOIN_TOKEN."
+                + KUBERNETES_RECOVERY,
                 revoked=True,
             )
             return True

@@ -55,6 +55,9 @@ class AgentConfig:
     gpus: GpuInventory = field(default_factory=GpuInventory)
     # Where the code of the jobs this node runs may come from (AGENT_CODE; see _code).
     code: tuple[str, ...] = tuple(v.CODE_KINDS)
+    # Where the node credential is kept (AGENT_CREDENTIAL_FILE; default
+    # state_dir/credential). On Kubernetes an init step puts it there from a Secret.
+    credential_path: Path | None = None
 
     @property
     def ws_url(self) -> str:
@@ -64,7 +67,7 @@ class AgentConfig:
 
     @property
     def credential_file(self) -> Path:
-        return self.state_dir / "credential"
+        return self.credential_path or self.state_dir / "credential"
 
 
 def _positive(env: Mapping[str, str], name: str, default: N, cast: type[N]) -> N:
@@ -249,4 +252,7 @@ def load_config(env: Mapping[str, str] | None = None) -> AgentConfig:
         log_line_max_bytes=_at_least(env, "AGENT_LOG_MAX_LINE_BYTES", 16 << 10, 256),
         gpus=inventory,
         code=_code(env),
+        credential_path=Path(env["AGENT_CREDENTIAL_FILE"])
+        if env.get("AGENT_CREDENTIAL_FILE")
+        else None,
     )

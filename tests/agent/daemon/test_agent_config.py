@@ -106,3 +106,12 @@ def test_agent_code_says_which_kinds_of_code_the_node_runs():
     assert load_config({"AGENT_CODE": " Examples, installed "}).code == ("installed", "examples")
     with pytest.raises(ConfigError, match="AGENT_CODE='bundle': 'bundle' is not a kind of code"):
         load_config({"AGENT_CODE": "bundle"})
+
+
+def test_the_credential_file_defaults_to_the_state_dir_and_may_be_elsewhere(tmp_path):
+    state = tmp_path / "state"
+    assert load_config({"AGENT_STATE_DIR": str(state)}).credential_file == state / "credential"
+    elsewhere = load_config(
+        {"AGENT_STATE_DIR": str(state), "AGENT_CREDENTIAL_FILE": "/run/adaptrain/credential"}
+    )
+    assert str(elsewhere.credential_file) == "/run/adaptrain/credential"
