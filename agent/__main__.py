@@ -15,6 +15,14 @@ def main() -> None:
         from agent.daemon.kubernetes_enrol import main as enrol_kubernetes
 
         sys.exit(enrol_kubernetes())
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(
+            "usage: adaptrain-agent [enrol-kubernetes]\n\n"
+            "Runs the node agent; its settings are AGENT_* environment variables\n"
+            "(docs/configuration.md, docs/agent-install.md). enrol-kubernetes is the\n"
+            "Kubernetes DaemonSet's init step (docs/kubernetes.md)."
+        )
+        return
     if sys.argv[1:]:
         sys.exit(
             f"agent: unknown arguments {' '.join(sys.argv[1:])!r}: the agent is configured "
