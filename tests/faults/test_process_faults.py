@@ -49,7 +49,14 @@ def fault_stack(tmp_path_factory):
         redis.stop()
 
 
-def fault_stack_on(tmp_path_factory, *, redis_url: str, suffix: str, database_url=None):
+def fault_stack_on(
+    tmp_path_factory,
+    *,
+    redis_url: str,
+    suffix: str,
+    database_url=None,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+):
     """Web, Celery and two agents of one slot, whose workers are the stand-in, on Redis
     ``redis_url`` and (when given) the PostgreSQL server of ``database_url``."""
     folder = tmp_path_factory.mktemp("fault-workers")
@@ -63,7 +70,7 @@ def fault_stack_on(tmp_path_factory, *, redis_url: str, suffix: str, database_ur
             "FAULT_WORKER_DIR": str(folder),
             "FAULT_WORKER_STEP_S": "0.01",
             "AGENT_HEARTBEAT_S": "1",
-            "AGENT_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
+            "AGENT_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s),
             "NODE_LOST_GRACE_S": str(GRACE_S),
         }.items():
             mp.setenv(name, value)
