@@ -461,10 +461,11 @@ def test_agents_away_for_60_s_one_jobs_workers_finish_the_others_train_on(fault_
                 train_on.command(0.03 - 0.001 * len(train_on.commands))
                 last_command = time.monotonic()
             time.sleep(1)
-        # Never given up on while its agent was away: only the node was unreachable.
-        assert seen == {"finish": {"running"}, "train on": {"running"}}, seen
-        for run, node in ((finish, "node-2"), (train_on, "node-4")):
-            assert [u["node"] for u in run.job()["unreachable_nodes"]] == [node]
+        # Never given up on while its agent was away: only the node was unreachable. (Job
+        # "finish" may succeed meanwhile: node-1 reports its workers' success, and a job
+        # succeeds when a node's part does; node-2's points come when its agent is back.)
+        assert seen["train on"] == {"running"} and seen["finish"] <= {"running", "succeeded"}
+        assert [u["node"] for u in train_on.job()["unreachable_nodes"]] == ["node-4"]
         assert _node(api, "node-2")["status"] == "unreachable"
         assert finish.finished_on("node-1") and finish.finished_on("node-2")
         assert not train_on.finished_on("node-4")
