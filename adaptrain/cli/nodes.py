@@ -17,8 +17,17 @@ def _node_row(node: dict[str, Any]) -> dict[str, Any]:
         "draining": "yes" if node["draining"] else "",
         "agent": node.get("agent_version") or "",
         "labels": ",".join(f"{k}={v}" for k, v in sorted((node.get("labels") or {}).items())),
-        "reason": node.get("status_reason") or "",
+        "reason": _reason(node),
     }
+
+
+def _reason(node: dict[str, Any]) -> str:
+    """The node's status reason; for an unreachable node first since when, as the job page
+    says it ("unreachable since …")."""
+    reason = node.get("status_reason") or ""
+    if node["status"] == "unreachable" and node.get("unreachable_since"):
+        return f"unreachable since {node['unreachable_since']}" + (f": {reason}" if reason else "")
+    return reason
 
 
 def _node_id(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 MARK_LOST_INTERVAL_S = 10.0  # the beat schedule of jobs.mark_lost_nodes (settings.py)
 _last_mark_lost_ok: float | None = None
+_last_outage: tuple[float, float] | None = None  # (length, when it ended), monotonic
 
 
 @shared_task(name="jobs.place_job", acks_late=True, time_limit=60)
@@ -44,13 +45,26 @@ def mark_lost_nodes() -> None:
     # Silence is measured after the database was last reachable: a gap between two
     # successful checks longer than the schedule (the control plane's own outage) is
     # added to the timeout; a worker process with no history grants one full timeout.
-    global _last_mark_lost_ok
+    global _last_mark_lost_ok, _last_outage
     now = time.monotonic()
     timeout_s = settings.AGENT_HEARTBEAT_TIMEOUT_S
     if _last_mark_lost_ok is None:
         blind_s = timeout_s
     else:
-        blind_s = max(0.0, now - _last_mark_lost_ok - 2 * MARK_LOST_INTERVAL_S)
+        # A gap longer than the schedule is an outage of the control plane (its database):
+        # its whole length is blind time, and stays so while a node's silence may still
+        # span it (a node's last heartbeat may be from just before it, its next one a few
+        # seconds after it). Only the gap beyond two schedules, and only at the first
+        # check after it, once counted: an outage of 30 s then made nodes unreachable with
+        # a short AGENT_HEARTBEAT_TIMEOUT_S (tests/faults/test_database_outage.py).
+        gap_s = now - _last_mark_lost_ok
+        if gap_s > 1.5 * MARK_LOST_INTERVAL_S:
+            _last_outage = (gap_s, now)
+        blind_s = 0.0
+        if _last_outage is not None:
+            length_s, ended = _last_outage
+            if now - ended < timeout_s + settings.NODE_LOST_GRACE_S + length_s:
+                blind_s = length_s
     lost = nodes.nodes_mark_lost(
         timeout_s=timeout_s, grace_s=settings.NODE_LOST_GRACE_S, blind_s=blind_s
     )

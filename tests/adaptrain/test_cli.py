@@ -19,12 +19,7 @@ def cli(live_server, user, tmp_path):
     _, secret = token_create(user=user, name="cli")
 
     def run(*args, token=secret):
-        env = {
-            **os.environ,
-            "XDG_CONFIG_HOME": str(tmp_path),
-            "ADAPTRAIN_SERVER": live_server.url,
-            "ADAPTRAIN_TOKEN": token,
-        }
+        env = {**run.env, "ADAPTRAIN_TOKEN": token}
         return subprocess.run(
             [sys.executable, "-m", "adaptrain", *args],
             env=env,
@@ -33,6 +28,13 @@ def cli(live_server, user, tmp_path):
             timeout=60,
         )
 
+    # The environment the CLI runs in, for a test that starts it itself (``jobs watch``).
+    run.env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "ADAPTRAIN_SERVER": live_server.url,
+        "ADAPTRAIN_TOKEN": secret,
+    }
     return run
 
 

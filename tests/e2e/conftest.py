@@ -79,16 +79,18 @@ def _stack(
     namespaces: bool = False,
     spare_namespaces: int = 0,
     redis_url: str | None = None,
+    database_url: str | None = None,
 ):
     """The stack, on ``redis_url`` when given (a Redis of the test's own), else on the
-    configured one. With ``namespaces``, ``spare_namespaces`` more are made, after the
+    configured one; its database on the server of ``database_url`` when given (a
+    PostgreSQL of the test's own), else on the configured one. With ``namespaces``, ``spare_namespaces`` more are made, after the
     agents' own, for agents a test starts itself."""
     from django.conf import settings
 
     # A database of its own, named after the configured one so parallel runs with
     # different DATABASE_URLs do not collide.
     base_name = urlsplit(settings.DATABASE_URL).path.lstrip("/") or "adaptrain"
-    database_url = recreate_database(settings.DATABASE_URL, f"{base_name}_{suffix}")
+    database_url = recreate_database(database_url or settings.DATABASE_URL, f"{base_name}_{suffix}")
     log_dir = tmp_path_factory.mktemp(f"{suffix}-logs")
     env = {
         "DATABASE_URL": database_url,

@@ -55,6 +55,10 @@ class NodeOutputSerializer(serializers.Serializer):
         "(rank) that own each.",
     )
     last_heartbeat = serializers.DateTimeField(allow_null=True)
+    unreachable_since = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the node was found silent (status unreachable); null otherwise.",
+    )
     created_at = serializers.DateTimeField(help_text="When it enrolled.")
 
 
