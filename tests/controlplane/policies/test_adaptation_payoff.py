@@ -27,9 +27,7 @@ TIMES = [1, 2, 3, 4, 6.28, 7.56, 8.84, 10.12]
 
 def batch_change_series(gns=96.0):
     series = {
-        "throughput": pts(
-            zip(STEPS, [100, 310, 330, 320, 150, 490, 510, 500], TIMES, strict=True)
-        ),
+        "throughput": pts(zip(STEPS, [100, 310, 330, 320, 150, 490, 510, 500], TIMES, strict=True)),
         "batch_size": pts(zip(STEPS, [32] * 4 + [64] * 4, TIMES, strict=True)),
         "workers": constant(STEPS, 2, TIMES),
     }
