@@ -90,6 +90,11 @@ api_v1 = [
         name="job-decisions",
     ),
     path(
+        "jobs/<int:job_id>/adaptations/",
+        policy_apis.JobAdaptationListApi.as_view(),
+        name="job-adaptations",
+    ),
+    path(
         "jobs/<int:job_id>/decisions/<int:decision_id>/approve/",
         policy_apis.DecisionApproveApi.as_view(),
         name="decision-approve",

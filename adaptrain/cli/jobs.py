@@ -346,6 +346,72 @@ def cmd_jobs_events(args: argparse.Namespace) -> None:
     show(args, events, events, ["id", "time", "kind", "step", "actor", "message"])
 
 
+def _pair(before: dict[str, Any] | None, after: dict[str, Any] | None, key: str, fmt: str) -> str:
+    def one(side: dict[str, Any] | None) -> str:
+        value = (side or {}).get(key)
+        return "?" if value is None else format(value, fmt)
+
+    return "" if before is None else f"{one(before)} → {one(after)}"
+
+
+def adaptation_row(a: dict[str, Any]) -> dict[str, Any]:
+    """One change as a table row: "?" where a window had no data (the note says why)."""
+    saved = a.get("time_saved_s")
+    by = (
+        f"{a['decision']['policy']}/{a['decision']['rule']}"
+        if a.get("decision")
+        else a["issued_by"]
+    )
+    before, after = a.get("before"), a.get("after")
+    from_ = "?" if a.get("value_from") is None else a["value_from"]
+    return {
+        "run": a["run"],
+        "step": a["step"],
+        "change": f"{a['action']} {from_} → {a['value_to']}",
+        "by": by,
+        "state": a["state"],
+        "throughput": _pair(before, after, "throughput", ".4g"),
+        "efficiency": _pair(before, after, "efficiency", ".2f"),
+        "goodput": _pair(before, after, "goodput", ".4g"),
+        "saved_s": "" if saved is None else f"{saved:+.1f}",
+        "note": a.get("note") or "",
+    }
+
+
+ADAPTATION_COLUMNS = [
+    "run",
+    "step",
+    "change",
+    "by",
+    "state",
+    "throughput",
+    "efficiency",
+    "goodput",
+    "saved_s",
+    "note",
+]
+
+
+def cmd_jobs_adaptations(args: argparse.Namespace) -> None:
+    query = {"run": args.run, "window": args.window}
+    path = f"/api/v1/jobs/{args.job}/adaptations/"
+    if any(v is not None for v in query.values()):
+        path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+    body = client(args).call("GET", path)
+    rows = [adaptation_row(a) for a in body["adaptations"]]
+    show(args, body, rows, ADAPTATION_COLUMNS)
+    if not args.json:
+        total = body.get("time_saved_s")
+        say(
+            f"M0 (base batch) {body['base_batch']:g}; "
+            + (
+                "no estimate of time saved yet"
+                if total is None
+                else f"time saved in all {total:+.1f} s"
+            )
+        )
+
+
 def cmd_jobs_restart(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {}
     if args.from_scratch:
@@ -476,6 +542,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         if name in ("runs", "events"):
             add_json_flag(p)
         p.set_defaults(func=func)
+
+    p = jobs.add_parser(
+        "adaptations",
+        help="what each change of the job's knobs did: throughput, efficiency and goodput "
+        "before → after, and the time saved (+) or lost (−) against staying put",
+    )
+    p.add_argument("job", type=int)
+    p.add_argument("--run", type=int, help="only this run's changes (its number)")
+    p.add_argument("--window", type=int, help="points per window before and after (default 10)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_jobs_adaptations)
 
     p = jobs.add_parser(
         "delete", help="delete an ended job with its runs, metrics and logs (audited)"

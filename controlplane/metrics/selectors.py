@@ -148,3 +148,20 @@ def job_metric_rows(
         .values_list("run__number", "name", "rank", "step", "value", "time")
         .iterator(chunk_size=5000)
     )
+
+
+def run_whole_job_series(
+    run_id: int, names: list[str]
+) -> dict[str, list[tuple[int, float, datetime]]]:
+    """The whole-job points of each series in ``names`` of one run, as (step, value, time)
+    in step order: what the adaptations view measures its windows on."""
+    out: dict[str, list[tuple[int, float, datetime]]] = {name: [] for name in names}
+    rows = (
+        MetricPoint.objects.filter(run_id=run_id, name__in=names, rank__isnull=True)
+        .order_by("name", "step", "id")
+        .values_list("name", "step", "value", "time")
+        .iterator(chunk_size=5000)
+    )
+    for name, step, value, time in rows:
+        out[name].append((step, value, time))
+    return out

@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 
 from controlplane.api import ERRORS, int_query_param
 from controlplane.jobs import selectors as job_selectors
-from controlplane.policies import selectors, services
+from controlplane.policies import payoff, selectors, services
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 from controlplane.policies.templates import TEMPLATES
 
@@ -165,6 +165,163 @@ class JobDecisionListApi(APIView):
         return Response(
             DecisionOutputSerializer(selectors.job_decisions(job, run=run), many=True).data
         )
+
+
+class AdaptationWindowSerializer(serializers.Serializer):
+    points = serializers.IntegerField(help_text="throughput points in the window (0: none)")
+    first_step = serializers.IntegerField(allow_null=True)
+    last_step = serializers.IntegerField(allow_null=True)
+    throughput = serializers.FloatField(
+        allow_null=True, help_text="median samples/s over the window"
+    )
+    batch_size = serializers.FloatField(allow_null=True, help_text="global batch (median)")
+    workers = serializers.FloatField(allow_null=True)
+    lr = serializers.FloatField(allow_null=True)
+    efficiency = serializers.FloatField(
+        allow_null=True, help_text="statistical efficiency E(M) = (φ + M0)/(φ + M)"
+    )
+    goodput = serializers.FloatField(
+        allow_null=True, help_text="throughput × efficiency, in M0-equivalent samples/s"
+    )
+
+
+class AdaptationDecisionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    policy = serializers.CharField()
+    rule = serializers.CharField()
+    action = serializers.CharField(help_text="what the rule asked (e.g. optimize_goodput)")
+    predicted_gain = serializers.FloatField(
+        allow_null=True, help_text="optimize_goodput's predicted goodput gain (0.2: +20 %)"
+    )
+
+
+class AdaptationSerializer(serializers.Serializer):
+    run = serializers.IntegerField(help_text="the run's number within the job")
+    seq = serializers.IntegerField(help_text="the command's number within the job")
+    action = serializers.CharField()
+    value_from = serializers.JSONField(help_text="the knob's value before (null: not known)")
+    value_to = serializers.JSONField()
+    state = serializers.CharField(help_text="applied, or the command's state if not applied")
+    step = serializers.IntegerField(allow_null=True, help_text="the step it was applied at")
+    issued_by = serializers.CharField(
+        help_text="user:<name>, policy:<policy>/<rule>, provisioning:goodput or scheduler"
+    )
+    decision = AdaptationDecisionSerializer(allow_null=True)
+    created_at = serializers.DateTimeField()
+    before = AdaptationWindowSerializer(allow_null=True)
+    after = AdaptationWindowSerializer(allow_null=True)
+    gns = serializers.FloatField(
+        allow_null=True, help_text="φ used for both sides: median gns over both windows"
+    )
+    span_steps = serializers.IntegerField(
+        allow_null=True, help_text="steps the change was in force (to the next, or the latest)"
+    )
+    span_s = serializers.FloatField(allow_null=True)
+    time_saved_s = serializers.FloatField(
+        allow_null=True,
+        help_text="seconds the span's progress would have taken at the goodput before, less "
+        "span_s: positive saved, negative lost; null when the windows do not say",
+    )
+    note = serializers.CharField(help_text="why figures are missing, in words; empty if none")
+
+
+class JobAdaptationsOutputSerializer(serializers.Serializer):
+    base_batch = serializers.FloatField(help_text="M0: the batch the job was created with")
+    window = serializers.IntegerField(help_text="points per window")
+    time_saved_s = serializers.FloatField(
+        allow_null=True, help_text="the sum of the rows' time_saved_s that are known"
+    )
+    adaptations = AdaptationSerializer(many=True)
+
+
+def _window_out(window, efficiency, good):
+    if window is None:
+        return None
+    return {
+        "points": window.points,
+        "first_step": window.first_step,
+        "last_step": window.last_step,
+        "throughput": window.throughput,
+        "batch_size": window.batch_size,
+        "workers": window.workers,
+        "lr": window.lr,
+        "efficiency": efficiency,
+        "goodput": good,
+    }
+
+
+def _adaptation_out(a: selectors.Adaptation) -> dict:
+    e = a.effect
+    d = a.decision
+    predicted = (d.inputs or {}).get("predicted_gain") if d is not None else None
+    return {
+        "run": a.run,
+        "seq": e.change.key,
+        "action": e.change.action,
+        "value_from": e.value_from,
+        "value_to": e.value_to,
+        "state": e.change.state,
+        "step": e.change.step,
+        "issued_by": a.issued_by,
+        "decision": None
+        if d is None
+        else {
+            "id": d.id,
+            "policy": d.policy.name,
+            "rule": d.rule,
+            "action": (d.action or {}).get("type", ""),
+            "predicted_gain": predicted if isinstance(predicted, (int, float)) else None,
+        },
+        "created_at": a.created_at,
+        "before": _window_out(e.before, e.efficiency_before, e.goodput_before),
+        "after": _window_out(e.after, e.efficiency_after, e.goodput_after),
+        "gns": e.gns,
+        "span_steps": e.span_steps,
+        "span_s": e.span_s,
+        "time_saved_s": e.time_saved_s,
+        "note": e.note,
+    }
+
+
+class JobAdaptationListApi(APIView):
+    @extend_schema(
+        operation_id="job_adaptations",
+        summary="What each change of the job's knobs did: throughput, efficiency and goodput "
+        "before and after, and the time it saved or lost against staying put",
+        description="Every set_batch_size, set_lr, scale_workers, set_strategy and set_topology "
+        "of the job (a user's, a policy's, the allocator's), oldest first. See docs/adaptation.md "
+        "(What adaptation did) for the windows and the estimate.",
+        responses={200: JobAdaptationsOutputSerializer, **ERRORS},
+        parameters=[
+            OpenApiParameter(
+                "run",
+                int,
+                description="only this run's changes (its number: 1, 2, …); default: every run's",
+            ),
+            OpenApiParameter(
+                "window",
+                int,
+                description=f"points per window before and after each change, 1 to "
+                f"{payoff.MAX_WINDOW} (default {payoff.DEFAULT_WINDOW})",
+            ),
+        ],
+    )
+    def get(self, request, job_id: int):
+        job = job_selectors.job_get_for_user(user=request.user, job_id=job_id)
+        number = int_query_param(request, "run", low=1)
+        window = int_query_param(
+            request, "window", default=payoff.DEFAULT_WINDOW, low=1, high=payoff.MAX_WINDOW
+        )
+        run = job_selectors.job_run_get(job, number) if number is not None else None
+        rows = [_adaptation_out(a) for a in selectors.job_adaptations(job, run=run, window=window)]
+        known = [r["time_saved_s"] for r in rows if r["time_saved_s"] is not None]
+        body = {
+            "base_batch": selectors.job_base_batch(job),
+            "window": window,
+            "time_saved_s": sum(known) if known else None,
+            "adaptations": rows,
+        }
+        return Response(JobAdaptationsOutputSerializer(body).data)
 
 
 class DecisionResolveApi(APIView):

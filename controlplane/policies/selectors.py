@@ -1,11 +1,17 @@
-"""Read-only queries over policies (scoped to what a user may see) and their decisions."""
+"""Read-only queries over policies (scoped to what a user may see), their decisions, and
+what the changes to a job's knobs did (``job_adaptations``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db.models import QuerySet
 
+from agent.protocol import vocabulary
 from controlplane.errors import NotFound
-from controlplane.jobs.models import Job, Run
+from controlplane.jobs.models import Command, Job, Run
+from controlplane.metrics import selectors as metric_selectors
+from controlplane.policies import payoff
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 
 
@@ -37,3 +43,127 @@ def job_decision_get(job: Job, *, decision_id: int) -> Decision:
     if decision is None:
         raise NotFound(f"Job {job.id} has no decision {decision_id}.")
     return decision
+
+
+# The commands that change a knob of a running job: what the adaptations view measures.
+ADAPTATION_ACTIONS = (
+    vocabulary.SET_BATCH_SIZE,
+    vocabulary.SET_LR,
+    vocabulary.SCALE_WORKERS,
+    vocabulary.SET_STRATEGY,
+    vocabulary.SET_TOPOLOGY,
+)
+_SERIES = ["throughput", "batch_size", "workers", "lr", "gns"]
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """One change of a job's knobs with what it did (``effect``), the run it was made in
+    and, when a policy rule made it, the decision."""
+
+    run: int
+    effect: payoff.Effect
+    issued_by: str
+    created_at: object
+    decision: Decision | None
+
+
+def _state_of(rows: list[Command]) -> tuple[str, int | None]:
+    """One logical command (its rows, one per node): applied at the earliest step a node
+    applied it (every node applies it at the same step), else in flight, else failed."""
+    applied = [c.applied_step for c in rows if c.state == Command.State.APPLIED]
+    if applied:
+        steps = [s for s in applied if s is not None]
+        return "applied", (min(steps) if steps else None)
+    for state in (*Command.IN_FLIGHT, Command.State.FAILED):
+        if any(c.state == state for c in rows):
+            return str(state), None
+    return str(rows[0].state), None
+
+
+def job_base_batch(job: Job) -> float:
+    """M0: the batch the job was created with (its learning rate was set for it)."""
+    hyper = job.hyperparameters if isinstance(job.hyperparameters, dict) else {}
+    batch = hyper.get("batch_size")
+    if isinstance(batch, (int, float)) and not isinstance(batch, bool) and batch > 0:
+        return float(batch)
+    return float(max(job.batch_size, 1))
+
+
+def job_adaptations(
+    job: Job, *, run: Run | None = None, window: int = payoff.DEFAULT_WINDOW
+) -> list[Adaptation]:
+    """Every change of the job's knobs (a user's, a policy's, the allocator's or the
+    scheduler's ``set_batch_size``, ``set_lr``, ``scale_workers``, ``set_strategy``,
+    ``set_topology``), oldest first — all runs', or ``run``'s — each with its throughput,
+    efficiency and goodput before and after and the time it saved (``payoff``)."""
+    commands = Command.objects.filter(job=job, type__in=ADAPTATION_ACTIONS).select_related("run")
+    if run is not None:
+        commands = commands.filter(run=run)
+    groups: dict[tuple[int, int], list[Command]] = {}
+    for command in commands.order_by("run__number", "seq", "id"):
+        groups.setdefault((command.run.number, command.seq), []).append(command)
+    if not groups:
+        return []
+    decisions = {
+        d.command_id: d
+        for d in Decision.objects.filter(
+            job=job, command_id__in=[c.id for rows in groups.values() for c in rows]
+        ).select_related("policy")
+    }
+    base_batch = job_base_batch(job)
+    out: list[Adaptation] = []
+    by_run: dict[int, list[tuple[int, list[Command]]]] = {}
+    for (number, seq), rows in groups.items():
+        by_run.setdefault(number, []).append((seq, rows))
+    for number, entries in sorted(by_run.items()):
+        run_row = entries[0][1][0].run
+        # Strategy and topology are not metric series: the value before a switch is the
+        # previous applied switch's, or in run 1 the one the job was created with.
+        known = (
+            {
+                vocabulary.SET_STRATEGY: job.strategy_initial,
+                vocabulary.SET_TOPOLOGY: job.topology_initial,
+            }
+            if number == 1
+            else {}
+        )
+        changes = []
+        for seq, rows in entries:
+            first = rows[0]
+            state, step = _state_of(rows)
+            value = first.payload.get("value")
+            changes.append(
+                payoff.Change(
+                    key=seq,
+                    action=first.type,
+                    value=value,
+                    state=state,
+                    step=step,
+                    issued_by=first.issued_by,
+                    value_from=known.get(first.type),
+                )
+            )
+            if state == "applied" and first.type in (
+                vocabulary.SET_STRATEGY,
+                vocabulary.SET_TOPOLOGY,
+            ):
+                known[first.type] = value
+        raw = metric_selectors.run_whole_job_series(run_row.id, _SERIES)
+        series = {
+            name: [payoff.Point(step, value, time.timestamp()) for step, value, time in points]
+            for name, points in raw.items()
+        }
+        effects = payoff.adaptation_effects(changes, series, base_batch=base_batch, window=window)
+        for (_seq, rows), effect in zip(entries, effects, strict=True):
+            decision = next((decisions[c.id] for c in rows if c.id in decisions), None)
+            out.append(
+                Adaptation(
+                    run=number,
+                    effect=effect,
+                    issued_by=rows[0].issued_by,
+                    created_at=rows[0].created_at,
+                    decision=decision,
+                )
+            )
+    return out

@@ -1,5 +1,5 @@
-/* The job page: live charts, worker logs (joblogs.js), event log, workers, runs (with
- * restart), manual commands, approvals.
+/* The job page: live charts, what adaptation did (adaptations.js), worker logs
+ * (joblogs.js), event log, workers, runs (with restart), manual commands, approvals.
  *
  * The charts show one run at a time: the job's current run (they start over when a
  * restart makes a new one), or an earlier run picked in the run selector.
@@ -18,6 +18,7 @@
  */
 
 import { api, del, el, errorMessage, every, formatNumber, get, missing, post } from "./api.js";
+import { Adaptations } from "./adaptations.js";
 import { JobCharts } from "./jobcharts.js";
 import { JobLogs } from "./joblogs.js";
 
@@ -28,7 +29,8 @@ const root = document.getElementById("job");
 const jobId = Number(root.dataset.jobId);
 const charts = new JobCharts(document.getElementById("charts"), jobId);
 const logs = new JobLogs(document.getElementById("logs-card"), jobId);
-window.adaptrain = Object.assign(window.adaptrain || {}, { charts, logs });
+const adaptations = new Adaptations(document.getElementById("adaptations-card"), jobId);
+window.adaptrain = Object.assign(window.adaptrain || {}, { charts, logs, adaptations });
 
 let lastEventId = 0;
 
@@ -344,6 +346,14 @@ function addEvent(e) {
   while (eventList.children.length > MAX_LOG) eventList.lastElementChild.remove();
   charts.addEventMarker(e);
   if (e.kind === "decision") loadApprovals();
+  if (e.kind === "command" || e.kind === "decision") adaptationsSoon();
+}
+
+/* A command or decision event: read the adaptations again (once for a burst of events). */
+let adaptationsTimer = null;
+function adaptationsSoon() {
+  clearTimeout(adaptationsTimer);
+  adaptationsTimer = setTimeout(() => adaptations.load().catch(() => {}), 300);
 }
 
 async function loadEvents() {
@@ -590,9 +600,14 @@ zoomReset.addEventListener("click", () => charts.group.setZoom(null));
 
 setStatus(root.dataset.status);
 logs.load();
+adaptations.load().catch(() => {});
 charts.load().catch(() => {}).then(() => { setStep(charts.lastStep); showRunWindow(); return loadEvents(); })
   .catch(() => {}).finally(() => { connect(); showReplayFromQuery(); });
 every(4000, async () => {
   await refreshDetail();
-  if (!TERMINAL.has(root.dataset.status)) await loadApprovals();
+  if (!TERMINAL.has(root.dataset.status)) {
+    await loadApprovals();
+    // The windows after each change fill in as the job reports: read them again.
+    if (adaptations.count) await adaptations.load();
+  }
 });
