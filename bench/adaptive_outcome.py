@@ -247,6 +247,8 @@ def summarise_batch_run(trace: list[dict], target: float) -> dict:
         "batch_curve": [
             (int(r["samples"]), round(r["train_s"], 2), int(r["batch_size"])) for r in trace
         ],
+        # The measured gradient noise scale as training goes (every 10th report).
+        "gns_curve": [(int(r["samples"]), round(r["gns"], 1)) for r in trace[::10] if "gns" in r],
     }
 
 
@@ -321,6 +323,7 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
                 "per_seed_batch_changes": [r["batch_changes"] for r in runs],
                 "curves": [r["curve"] for r in runs],
                 "batch_curves": [r["batch_curve"] for r in runs],
+                "gns_curves": [r["gns_curve"] for r in runs],
             }
         )
     fixed = [r for r in rows if r["system"] == "fixed"]
@@ -374,10 +377,11 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
         "seed": 0,
         "samples": args.samples,
         "label_noise": args.label_noise,
-        "log_every": 1,
+        "log_every": args.log_every,
         "eval_every_samples": 10**12,  # no evaluations: throughput only
         "monitor_every": 1,
     }
+    common = {**common, "workers": args.nodes}
     rows = []
     per_system: dict[str, list[dict]] = {"no_policy": [], "topology_policy": []}
     with EmulatedNodes(args.nodes) as nodes:
@@ -399,6 +403,12 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                     document["window"] = args.window
                     for rule in document["rules"]:
                         rule["for"] = args.for_
+                        # The share of the peak that counts as interference: the
+                        # template's 0.8, or what --threshold says.
+                        assert "0.8 * peak.throughput" in rule["when"]
+                        rule["when"] = rule["when"].replace(
+                            "0.8 * peak.throughput", f"{args.threshold} * peak.throughput"
+                        )
                     policy = engine.parse_policy(document)
                 state = {"slowed": False, "cleared": False}
 
@@ -439,11 +449,15 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                 run = {
                     "seed": seed,
                     "before": before,
-                    "during": phase_median(trace, args.slow_at + 2, args.slow_until),
+                    "during": phase_median(
+                        trace, args.slow_at + args.log_every + 1, args.slow_until
+                    ),
                     "during_from_visible_plus_10": phase_median(
                         trace, (visible or args.slow_at) + 10, args.slow_until
                     ),
-                    "after": phase_median(trace, args.slow_until + 2, args.steps + 1),
+                    "after": phase_median(
+                        trace, args.slow_until + args.log_every + 1, args.steps + 1
+                    ),
                     "visible_step": visible,
                     "decisions": [(d["step"], d["value"], d["applied_step"]) for d in decisions],
                     "reacted_step": reacted,
@@ -469,7 +483,8 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                 "slow_until": args.slow_until,
                 "policy": None
                 if system == "no_policy"
-                else f"topology-on-interference (window {args.window}, for {args.for_})",
+                else f"topology-on-interference (window {args.window}, for {args.for_}, "
+                f"threshold {args.threshold} of the peak)",
                 **{
                     key: statistics.median(r[key] for r in runs if r[key] is not None)
                     if any(r[key] is not None for r in runs)
@@ -529,6 +544,7 @@ def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
         "eval_every_samples": 10**12,
         "monitor_every": 1,
     }
+    common = {key: value for key, value in common.items() if key != "workers"}
     rows = []
     single = None
     for workers in range(1, args.max_workers + 1):
@@ -630,7 +646,7 @@ def plot(rows: list[dict], directory: Path) -> list[Path]:
     written = []
     batch_rows = [r for r in rows if r.get("experiment") == "batch" and "system" in r]
     if batch_rows:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
         for row in batch_rows:
             label = (
                 f"fixed {row['batch']}"
@@ -659,6 +675,15 @@ def plot(rows: list[dict], directory: Path) -> list[Path]:
         ax2.set_ylabel("global batch (GNS template)")
         ax2.set_title("batch chosen by the policy (seed 0)")
         ax2.legend(fontsize=8)
+        for row in batch_rows:
+            if row["system"] == "fixed" and row.get("gns_curves"):
+                gc = row["gns_curves"][0]
+                ax3.plot([c[0] for c in gc], [c[1] for c in gc], label=f"fixed {row['batch']}")
+        ax3.set_yscale("log")
+        ax3.set_xlabel("samples trained on")
+        ax3.set_ylabel("gradient noise scale (runtime's estimate)")
+        ax3.set_title("the noise scale grows as it trains (seed 0)")
+        ax3.legend(fontsize=8)
         fig.tight_layout()
         path = directory / "adaptive_batch.png"
         fig.savefig(path, dpi=90)
@@ -730,13 +755,16 @@ def main() -> None:
     net = parser.add_argument_group("interference and scaleout")
     net.add_argument("--nodes", type=int, default=4, help="emulated nodes, one worker each")
     net.add_argument("--batch", type=int, default=512, help="global batch (per worker: scaleout)")
-    net.add_argument("--steps", type=int, default=240)
-    net.add_argument("--slow-at", type=int, default=80, help="step at which the path slows")
-    net.add_argument("--slow-until", type=int, default=180, help="step at which it recovers")
+    net.add_argument("--steps", type=int, default=300)
+    net.add_argument("--slow-at", type=int, default=100, help="step at which the path slows")
+    net.add_argument("--slow-until", type=int, default=200, help="step at which it recovers")
     net.add_argument("--slow-rate", default="20mbit", help="the slowed path's rate")
     net.add_argument("--slow-path", default="1,2", help="the two nodes whose path slows")
-    net.add_argument("--window", type=int, default=5, help="the policy's window (reports)")
-    net.add_argument("--for", dest="for_", type=int, default=2, help="the rule's 'for'")
+    net.add_argument("--window", type=int, default=2, help="the policy's window (reports)")
+    net.add_argument("--for", dest="for_", type=int, default=1, help="the rule's 'for'")
+    net.add_argument(
+        "--threshold", type=float, default=0.5, help="share of the peak throughput (template: 0.8)"
+    )
     net.add_argument("--max-workers", type=int, default=4)
     net.add_argument("--scaleout-s", type=float, default=60, help="the policy run's length")
     args = parser.parse_args()
