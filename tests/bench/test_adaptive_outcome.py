@@ -24,7 +24,7 @@ def test_batch_experiment_runs_end_to_end_and_the_policy_grows_the_batch(tmp_pat
     except ImportError:
         pass
     done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]
