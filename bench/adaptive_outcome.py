@@ -22,13 +22,15 @@ Experiments (``--experiment``):
   ``--max-samples`` samples (then the benchmark sends ``stop``); reported per system: wall
   time (training only: evaluation time taken out) and samples to ``--target`` held-out
   accuracy, final accuracy, medians and min–max over ``--seeds``.
-- ``interference`` (KungFu Fig. 5): ``--workers`` emulated nodes (network namespaces,
-  ``bench.netns``, each link shaped by a token bucket to ``--link``); after
-  ``--slow-at`` steps one node's link is cut to ``--slow-link``. The same run with no
-  policy and with the built-in template ``topology-on-interference`` (its ``for`` and
-  cooldown from ``--for`` and ``--cooldown-s``): throughput before, during and after.
-- ``scaleout`` (KungFu Fig. 6): throughput with 1…``--max-workers`` workers at a fixed
-  global batch per worker, and where the built-in template ``scale-out-while-efficient``
+- ``interference`` (KungFu Fig. 5): ``--nodes`` emulated nodes (network namespaces,
+  ``bench.netns``), one worker each, topology ``ring``; from step ``--slow-at`` to
+  ``--slow-until`` the path between the two nodes ``--slow-path`` is cut to
+  ``--slow-rate`` (``EmulatedNodes.slow_path``). The same run with no policy and with the
+  built-in template ``topology-on-interference`` (its ``window``, ``for`` and share of
+  the peak from ``--window``, ``--for`` and ``--threshold``): throughput before, during
+  and after, and the share of the lost throughput recovered.
+- ``scaleout`` (KungFu Fig. 6): throughput with 1…``--max-workers`` workers at the fixed
+  global batch ``--batch``, and where the built-in template ``scale-out-while-efficient``
   (an added worker must add ≥ 50 % of the per-worker throughput) stops adding.
 
 ``--plot DIR`` draws PNGs of the rows just measured (needs matplotlib: the ``bench``
@@ -697,10 +699,10 @@ def plot(rows: list[dict], directory: Path) -> list[Path]:
             ax.plot([s[0] for s in series], [s[1] for s in series], label=row["system"])
             for step, _ in row.get("decisions", []):
                 ax.axvline(step, linestyle="--", linewidth=1, color="grey")
-        ax.axvline(inter[0]["slow_at"], color="red", linewidth=1, label="link slowed")
+        ax.axvline(inter[0]["slow_at"], color="red", linewidth=1, label="path slowed")
         ax.set_xlabel("step")
         ax.set_ylabel("throughput (samples/s)")
-        ax.set_title("one worker's link slowed mid-run")
+        ax.set_title("the path between two workers slowed mid-run")
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = directory / "adaptive_interference.png"
@@ -754,7 +756,7 @@ def main() -> None:
     batch.add_argument("--eval-every", type=int, default=10_000, help="samples between evaluations")
     net = parser.add_argument_group("interference and scaleout")
     net.add_argument("--nodes", type=int, default=4, help="emulated nodes, one worker each")
-    net.add_argument("--batch", type=int, default=512, help="global batch (per worker: scaleout)")
+    net.add_argument("--batch", type=int, default=512, help="global batch")
     net.add_argument("--steps", type=int, default=300)
     net.add_argument("--slow-at", type=int, default=100, help="step at which the path slows")
     net.add_argument("--slow-until", type=int, default=200, help="step at which it recovers")
