@@ -61,9 +61,20 @@ class PolicyDriver:
     """Evaluates a policy on each whole-job report, as the control plane does on ingest
     (latest values, peaks, windows, per-rule hysteresis and cooldown)."""
 
-    def __init__(self, policy: engine.Policy, *, batch_size: int, lr: float, workers: int):
+    def __init__(
+        self,
+        policy: engine.Policy,
+        *,
+        batch_size: int,
+        lr: float,
+        workers: int,
+        strategy: str = "ssgd",
+        topology: str = "ring",
+    ):
         self.policy = policy
         self.batch_size, self.lr, self.workers = batch_size, lr, workers
+        # What the control plane knows from the commands the job applied.
+        self.strategy, self.topology = strategy, topology
         self.latest: dict[str, float] = {}
         self.peak: dict[str, float] = {}
         self.recent: dict[str, deque] = {}
@@ -83,6 +94,8 @@ class PolicyDriver:
             batch_size=int(self.latest.get("batch_size", self.batch_size)),
             lr=float(self.latest.get("lr", self.lr)),
             workers=self.workers,
+            strategy=self.strategy,
+            topology=self.topology,
             seconds_running=max(0.0, now - started),
             metrics=dict(self.latest),
             peak=dict(self.peak),

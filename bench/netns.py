@@ -145,6 +145,34 @@ class EmulatedNodes:
             subprocess.run(argv, capture_output=True, check=False)
         self._made.clear()
 
+    def slow_path(self, a: int, b: int, rate: str) -> None:
+        """Interference on the path between nodes ``a`` and ``b`` only (both directions):
+        traffic from each to the other goes through an htb class of ``rate``, all other
+        traffic as before (a congested route between two hosts, which another topology can
+        avoid; a whole link slowed, as ``rate`` does, cannot be). Needs an unshaped node
+        (no ``rate``/``delay_us``); undone by :meth:`clear_path`."""
+        if self.rate or self.delay_us:
+            raise ValueError("slow_path needs unshaped links (no rate or delay)")
+        rate_bits(rate)  # a clear error for a rate tc would not take
+        for src, dst in ((a, b), (b, a)):
+            ns = self.namespaces[src]
+            for args in (
+                ("qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "10"),
+                ("class", "add", "dev", "eth0", "parent", "1:", "classid", "1:10", "htb",
+                 "rate", "100gbit"),
+                ("class", "add", "dev", "eth0", "parent", "1:", "classid", "1:20", "htb",
+                 "rate", rate, "ceil", rate),
+                ("filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1",
+                 "u32", "match", "ip", "dst", f"{self.address(dst)}/32", "flowid", "1:20"),
+            ):  # fmt: skip
+                _run("ip", "netns", "exec", ns, "tc", *args)
+
+    def clear_path(self, a: int, b: int) -> None:
+        """Undo :meth:`slow_path`."""
+        for node in (a, b):
+            _run("ip", "netns", "exec", self.namespaces[node], "tc", "qdisc", "del", "dev",
+                 "eth0", "root")  # fmt: skip
+
     def popen(self, node: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
         """Start argv inside node's namespace (same user, files and /dev/shm)."""
         return subprocess.Popen(

@@ -53,3 +53,19 @@ def test_bad_rates_are_refused_with_an_example() -> None:
     with pytest.raises(ValueError, match="use e.g. 500mbit"):
         netns.rate_bits("fast")
     assert netns.rate_bits("10gbit") == 10_000_000_000
+
+
+def test_a_slowed_path_slows_only_the_traffic_between_its_two_nodes() -> None:
+    with netns.EmulatedNodes(3) as nodes:
+        nodes.slow_path(0, 1, "40mbit")
+        slowed = netns.link_ceiling(nodes, streams=1, nbytes=2 << 20)
+        # 40 Mbit/s is 5 MB/s; the htb class lets a small burst through.
+        assert slowed < 7e6, slowed
+        nodes.clear_path(0, 1)
+        restored = netns.link_ceiling(nodes, streams=1, nbytes=2 << 20)
+        assert restored > 4 * slowed, (slowed, restored)
+        with pytest.raises(ValueError, match="use e.g. 500mbit"):
+            nodes.slow_path(0, 1, "slow")
+    with netns.EmulatedNodes(2, rate="200mbit") as shaped:
+        with pytest.raises(ValueError, match="unshaped"):
+            shaped.slow_path(0, 1, "40mbit")
