@@ -107,7 +107,15 @@ class TorchElastic:
             "--checkpoint",
             str(self.work / "checkpoint.pt"),
         ]
-        env = {**os.environ, "BENCH_STEP_LOG": str(self.step_log), "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "BENCH_STEP_LOG": str(self.step_log),
+            "PYTHONPATH": str(ROOT),
+            # The opt-out of sharing the rank-0 agent's TCPStore with the workers: with it
+            # (the default since PyTorch 2.4) an agent joining a running job waits forever
+            # for the new round's MASTER_ADDR, which the old rank 0 never publishes again.
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        }
         output = open(self.work / f"agent-{len(self.agents)}.log", "ab")  # noqa: SIM115
         self.agents.append(
             subprocess.Popen(
