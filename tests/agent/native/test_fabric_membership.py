@@ -110,9 +110,7 @@ def _read(sock: socket.socket, n: int, timeout_s: float) -> bytes:
     return data
 
 
-def claim_rank_0(
-    peers: list[str], secret: str, replay: tuple[bytes, bytes] | None = None
-) -> dict:
+def claim_rank_0(peers: list[str], secret: str, replay: tuple[bytes, bytes] | None = None) -> dict:
     """Connect to rank 1 of `peers` as rank 0 would, knowing `secret` (perhaps the
     wrong one), or send `replay` (a recorded hello and confirm). Returns rank 1's
     reply status, its verdict after the confirm (NOT_A_MEMBER, or None when it said
@@ -130,7 +128,9 @@ def claim_rank_0(
         if replay is not None:
             confirm = replay[1]
         else:
-            mac = proof(secret, "initiator", "collective", acceptor_nonce, own_nonce, group, 0, 1, 2)
+            mac = proof(
+                secret, "initiator", "collective", acceptor_nonce, own_nonce, group, 0, 1, 2
+            )
             confirm = CONFIRM.pack(CONFIRM_MAGIC, PROTOCOL, mac)
         sock.sendall(confirm)
         answer = _read(sock, REPLY.size, 2.0)
@@ -196,7 +196,9 @@ def test_a_replayed_handshake_of_a_real_member_is_refused() -> None:
         hello = _read(conn, HELLO.size, 2.0)
         initiator_nonce = HELLO.unpack(hello)[8]
         nonce = os.urandom(16)
-        mac = proof(SECRET, "acceptor", "collective", nonce, initiator_nonce, group_id(peers), 0, 1, 2)
+        mac = proof(
+            SECRET, "acceptor", "collective", nonce, initiator_nonce, group_id(peers), 0, 1, 2
+        )
         conn.sendall(REPLY.pack(HELLO_MAGIC, PROTOCOL, ACCEPTED, 1, 2, 0, VERSION, nonce, mac))
         recorded.extend([hello, _read(conn, CONFIRM.size, 2.0)])
         conn.close()

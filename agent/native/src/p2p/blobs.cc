@@ -223,8 +223,8 @@ void BlobServer::serve() {
       }
       log_fabric_event("rank " + std::to_string(identity_.rank) +
                        "'s blob service dropped a connection from " + found->second.remote +
-                       ": it did not prove membership within " +
-                       std::to_string(kBlobHandshakeMs) + " ms");
+                       ": it did not prove membership within " + std::to_string(kBlobHandshakeMs) +
+                       " ms");
       unproven_.pop_front();
       drop(fd);
     }
@@ -487,8 +487,8 @@ void BlobClient::prove_membership(int fd, int peer, Deadline& deadline) {
   const std::string what = "proving membership to " + who + "'s blob service";
   BlobChallenge challenge{};
   try {
-    move_all(fd, Direction::kReceive, &challenge, sizeof(challenge), deadline, -1,
-             interrupt_check_, what);
+    move_all(fd, Direction::kReceive, &challenge, sizeof(challenge), deadline, -1, interrupt_check_,
+             what);
   } catch (const TimeoutError& e) {
     throw TimeoutError(std::string(e.what()) +
                        ": it sent no challenge (an adaptrain build from before fabric "

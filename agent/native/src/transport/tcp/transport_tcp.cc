@@ -821,10 +821,10 @@ bool TcpTransport::continue_handshake(Incoming& incoming) {
       uint32_t magic = 0, version = 0;
       std::memcpy(&magic, incoming.bytes.data(), 4);
       std::memcpy(&version, incoming.bytes.data() + 4, 4);
-      want = magic != kHelloMagic                ? 8
-             : version == kProtocolVersion       ? sizeof(Hello)
-             : version <= 2 && version >= 1      ? kProtocol2HelloBytes
-                                                 : 8;
+      want = magic != kHelloMagic           ? 8
+             : version == kProtocolVersion  ? sizeof(Hello)
+             : version <= 2 && version >= 1 ? kProtocol2HelloBytes
+                                            : 8;
     }
     if (incoming.received >= want) {
       return incoming.replied ? check_confirm(incoming) : answer_hello(incoming);
@@ -891,8 +891,8 @@ bool TcpTransport::answer_hello(Incoming& incoming) {
       reply.status = kGroupMismatch;
     } else if (hello.receiver_rank != static_cast<uint32_t>(options_.rank)) {
       reply.status = kWrongReceiver;
-    } else if (std::find(expected_.begin(), expected_.end(),
-                         static_cast<int>(hello.sender_rank)) == expected_.end()) {
+    } else if (std::find(expected_.begin(), expected_.end(), static_cast<int>(hello.sender_rank)) ==
+               expected_.end()) {
       reply.status = kUnexpectedSender;
     }
   }
