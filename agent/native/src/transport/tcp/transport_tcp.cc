@@ -545,9 +545,8 @@ void TcpTransport::poll_round(Deadline& deadline) {
       const std::string what =
           incoming.received == 0 && !incoming.replied
               ? ": it sent nothing within " + std::to_string(kAcceptHandshakeMs) +
-                    " ms (an adaptrain build of " + protocol_text(3) +
-                    " waits like this for a challenge; if that is a worker of this job, upgrade "
-                    "adaptrain on its node)"
+                    " ms (an adaptrain build of fabric protocol 3 waits like this for a "
+                    "challenge; if that is a worker of this job, upgrade adaptrain on its node)"
               : ": it sent no complete handshake within " + std::to_string(kAcceptHandshakeMs) +
                     " ms";
       refuse("dropped a connection from " + incoming.connection->peer_address() + what);
