@@ -2,8 +2,8 @@
 bandwidth with the authenticated handshake ("after") against the build before it
 ("before"), in the same run, plus the cost of one proof.
 
-    python -m bench.fabric_handshake --before DIR [--np 2,4,8] [--rounds 2]
-                                     [--formations 5] [--bytes 4M] [--json]
+    python -m bench.fabric_handshake --before DIR [--previous DIR2] [--np 2,4,8]
+                                     [--rounds 2] [--formations 5] [--bytes 4M] [--json]
 
 DIR holds the previous commit's ``agent`` package with its extension built in place
 (``git archive <commit> agent | tar -x -C DIR`` and a CMake build of
@@ -14,6 +14,9 @@ times 20 float32 ring allreduces of ``--bytes``. Prints one JSON line per group 
 median formation time of each build and their difference, the difference per
 connection a rank makes (np - 1), and the busbw of each build and their ratio; and one
 line with the median time of one HMAC-SHA256 proof (each connection computes four).
+With ``--previous`` a third build (another authenticated handshake, e.g. fabric
+protocol 3) takes its turn in each round too, and its median formation time and
+difference to "before" join the line.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bench.allreduce import parse_size
 RANK_SCRIPT = Path(__file__).with_name("_fabric_rank.py")
 
 
-def run_set(n: int, formations: int, nbytes: int, native_root: str) -> dict[str, Any]:
+def run_set(n: int, formations: int, nbytes: int, native_root: str, name: str) -> dict[str, Any]:
     peers = ",".join(peer_list(n))
     processes = [
         subprocess.Popen(
@@ -46,7 +49,7 @@ def run_set(n: int, formations: int, nbytes: int, native_root: str) -> dict[str,
     ]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     if any(p.returncode != 0 for p in processes):
-        raise RuntimeError(f"a rank of the {'before' if native_root else 'after'} set failed")
+        raise RuntimeError(f"a rank of the {name} set failed")
     return json.loads(outputs[0])
 
 
@@ -65,7 +68,12 @@ def proof_cost_s() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="directory with the previous build")
+    parser.add_argument("--before", required=True, help="directory with the build without auth")
+    parser.add_argument(
+        "--previous",
+        default="",
+        help="directory with another authenticated build to time alongside (e.g. protocol 3)",
+    )
     parser.add_argument("--np", default="2,4,8")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--formations", type=int, default=5)
@@ -74,12 +82,15 @@ def main() -> None:
     args = parser.parse_args()
     lines = []
     for n in (int(v) for v in args.np.split(",")):
-        formed: dict[str, list[float]] = {"before": [], "after": []}
-        busbw: dict[str, list[float]] = {"before": [], "after": []}
+        variants = [("before", args.before)]
+        variants += [("previous", args.previous)] if args.previous else []
+        variants += [("after", "")]
+        formed: dict[str, list[float]] = {name: [] for name, _ in variants}
+        busbw: dict[str, list[float]] = {name: [] for name, _ in variants}
         modules = {}
         for _ in range(args.rounds):
-            for variant, root in (("before", args.before), ("after", "")):
-                result = run_set(n, args.formations, args.bytes, root)
+            for variant, root in variants:
+                result = run_set(n, args.formations, args.bytes, root, variant)
                 formed[variant] += result["formation_s"]
                 busbw[variant].append(result["busbw_GBps"])
                 modules[variant] = result["module"]
@@ -89,6 +100,13 @@ def main() -> None:
         after_ms = statistics.median(formed["after"]) * 1e3
         bw_before = statistics.median(busbw["before"])
         bw_after = statistics.median(busbw["after"])
+        previous: dict[str, Any] = {}
+        if args.previous:
+            previous_ms = statistics.median(formed["previous"]) * 1e3
+            previous = {
+                "formation_previous_ms": round(previous_ms, 2),
+                "previous_delta_ms": round(previous_ms - before_ms, 2),
+            }
         lines.append(
             {
                 "bench": "fabric_handshake",
@@ -98,6 +116,7 @@ def main() -> None:
                 "formation_after_ms": round(after_ms, 2),
                 "formation_delta_ms": round(after_ms - before_ms, 2),
                 "delta_per_connection_ms": round((after_ms - before_ms) / (n - 1), 3),
+                **previous,
                 "bytes": args.bytes,
                 "busbw_before_GBps": round(bw_before, 3),
                 "busbw_after_GBps": round(bw_after, 3),

@@ -4,12 +4,13 @@ version, the wire format) tries to join a forming group, replays a member's reco
 handshake, or asks a worker's blob service for the model. Each is refused, and the
 real ranks still form in normal time, allreduce correctly and serve their blobs.
 
-The strangers here speak whichever handshake the library speaks: when the accepting
-side sends no challenge (the library before the handshake proved membership) they send
-the hello or blob request that library accepted, so every test here failed on it (the
-stranger became rank 0 of the group and the real rank 0 was refused; the blob service
-sent the weights). A positive control checks that this file computes the proof as the
-library does, so that the refusals are about the secret and nothing else.
+The strangers here speak the library's handshake (fabric protocol 4: a hello with the
+initiator's nonce, a reply with the acceptor's nonce and proof, a confirm with the
+initiator's proof; transport_tcp.h). On the library before the handshake proved
+membership every test here failed (the stranger became rank 0 of the group and the real
+rank 0 was refused; the blob service sent the weights). A positive control checks that
+this file computes the proof as the library does, so that the refusals are about the
+secret and nothing else.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ TIMEOUT_S = 15.0
 NORMAL_FORMATION_S = 5.0  # a group of two forms in well under this on a busy box
 
 HELLO_MAGIC = 0x4C4F4341
-CHALLENGE_MAGIC = 0x48434341
-CHALLENGE = struct.Struct("=4IQ16s")  # magic, version, responder, size, cluster version, nonce
-HELLO = struct.Struct("=6I2Q16s32s")  # ..., group id, cluster version, nonce, proof
-OLD_HELLO = struct.Struct("=6I2Q")  # the hello of the library before challenges
+CONFIRM_MAGIC = 0x46434341
+PROTOCOL = 4
+HELLO = struct.Struct("=6I2Q16s32s")  # ..., group id, cluster version, nonce, padding
+REPLY = struct.Struct("=6IQ16s32s")  # ..., status, ..., cluster version, nonce, proof
+CONFIRM = struct.Struct("=2I32s")  # magic, version, proof
 ACCEPTED, NOT_A_MEMBER = 0, 8
 
 BLOB_CHALLENGE = struct.Struct("=4I2Q16s")
@@ -108,31 +110,36 @@ def _read(sock: socket.socket, n: int, timeout_s: float) -> bytes:
     return data
 
 
-def claim_rank_0(peers: list[str], secret: str, replay: bytes | None = None) -> dict:
+def claim_rank_0(peers: list[str], secret: str, replay: tuple[bytes, bytes] | None = None) -> dict:
     """Connect to rank 1 of `peers` as rank 0 would, knowing `secret` (perhaps the
-    wrong one), or send `replay` as the hello. Returns what rank 1 answered."""
+    wrong one), or send `replay` (a recorded hello and confirm). Returns rank 1's
+    reply status, its verdict after the confirm (NOT_A_MEMBER, or None when it said
+    nothing: admitted) and the nonces."""
     sock = _connect(peers[1])
-    challenge = _read(sock, CHALLENGE.size, 0.5)
     group = group_id(peers)
     own_nonce = os.urandom(16)
-    challenged = len(challenge) == CHALLENGE.size and challenge[:4] == struct.pack(
-        "=I", CHALLENGE_MAGIC
-    )
-    acceptor_nonce = CHALLENGE.unpack(challenge)[5] if challenged else b""
-    if replay is not None:
-        hello = replay
-    elif challenged:
-        mac = proof(secret, "initiator", "collective", acceptor_nonce, own_nonce, group, 0, 1, 2)
-        hello = HELLO.pack(HELLO_MAGIC, 3, 0, 1, 2, 0, group, VERSION, own_nonce, mac)
-    else:
-        hello = OLD_HELLO.pack(HELLO_MAGIC, 2, 0, 1, 2, 0, group, VERSION)
-    sock.sendall(hello)
-    reply = _read(sock, 64, 5.0)
-    sock.close()
+    hello = HELLO.pack(HELLO_MAGIC, PROTOCOL, 0, 1, 2, 0, group, VERSION, own_nonce, bytes(32))
+    sock.sendall(replay[0] if replay is not None else hello)
+    reply = _read(sock, REPLY.size, 5.0)
     status = struct.unpack_from("=I", reply, 8)[0] if len(reply) >= 12 else None
+    acceptor_nonce = REPLY.unpack(reply)[7] if len(reply) == REPLY.size else b""
+    verdict = None
+    if status == ACCEPTED:
+        if replay is not None:
+            confirm = replay[1]
+        else:
+            mac = proof(
+                secret, "initiator", "collective", acceptor_nonce, own_nonce, group, 0, 1, 2
+            )
+            confirm = CONFIRM.pack(CONFIRM_MAGIC, PROTOCOL, mac)
+        sock.sendall(confirm)
+        answer = _read(sock, REPLY.size, 2.0)
+        if len(answer) == REPLY.size and REPLY.unpack(answer)[0] == HELLO_MAGIC:
+            verdict = REPLY.unpack(answer)[2]
+    sock.close()
     return {
-        "challenged": challenged,
         "status": status,
+        "verdict": verdict,
         "reply": reply,
         "acceptor_nonce": acceptor_nonce,
         "own_nonce": own_nonce,
@@ -167,14 +174,18 @@ def _check_group_formed_without_the_stranger(results: dict) -> None:
 def test_a_stranger_with_a_valid_looking_handshake_but_not_the_secret_is_refused() -> None:
     results = run_ranks(_stranger_first, 2, None, timeout_s=TIMEOUT_S + 30)
     stranger = results[0]["stranger"]
-    assert stranger["status"] == NOT_A_MEMBER, stranger
+    # Its hello's public fields match, so rank 1 answers; its confirm does not prove
+    # membership, so rank 1 refuses it and hangs up.
+    assert stranger["status"] == ACCEPTED, stranger
+    assert stranger["verdict"] == NOT_A_MEMBER, stranger
     _check_group_formed_without_the_stranger(results)
 
 
 def test_a_replayed_handshake_of_a_real_member_is_refused() -> None:
     peers = free_peers(2)
-    # Record the hello a real rank 0 of this run sends, by standing at rank 1's
-    # address and challenging it as rank 1 would.
+    # Record a whole handshake of a real rank 0 of this run (its hello and its
+    # confirm) by standing at rank 1's address and answering as rank 1 would, with
+    # the run's secret: what an eavesdropper on a real formation would have seen.
     host, port = peers[1].rsplit(":", 1)
     listener = socket.create_server((host, int(port)))
     recorded: list[bytes] = []
@@ -182,8 +193,14 @@ def test_a_replayed_handshake_of_a_real_member_is_refused() -> None:
     def record() -> None:
         listener.settimeout(TIMEOUT_S)
         conn, _ = listener.accept()
-        conn.sendall(CHALLENGE.pack(CHALLENGE_MAGIC, 3, 1, 2, VERSION, os.urandom(16)))
-        recorded.append(_read(conn, HELLO.size, 1.0))
+        hello = _read(conn, HELLO.size, 2.0)
+        initiator_nonce = HELLO.unpack(hello)[8]
+        nonce = os.urandom(16)
+        mac = proof(
+            SECRET, "acceptor", "collective", nonce, initiator_nonce, group_id(peers), 0, 1, 2
+        )
+        conn.sendall(REPLY.pack(HELLO_MAGIC, PROTOCOL, ACCEPTED, 1, 2, 0, VERSION, nonce, mac))
+        recorded.extend([hello, _read(conn, CONFIRM.size, 2.0)])
         conn.close()
 
     recorder = threading.Thread(target=record)
@@ -192,11 +209,15 @@ def test_a_replayed_handshake_of_a_real_member_is_refused() -> None:
         Communicator(0, peers, timeout_s=3, cluster_version=VERSION, fabric_secret=SECRET)
     recorder.join()
     listener.close()
-    assert len(recorded[0]) >= OLD_HELLO.size, recorded  # a whole hello was recorded
+    assert [len(m) for m in recorded] == [HELLO.size, CONFIRM.size], recorded  # a whole one
 
-    results = run_ranks(_stranger_first, 2, recorded[0], timeout_s=TIMEOUT_S + 30, peers=peers)
+    replay = (recorded[0], recorded[1])
+    results = run_ranks(_stranger_first, 2, replay, timeout_s=TIMEOUT_S + 30, peers=peers)
     stranger = results[0]["stranger"]
-    assert stranger["status"] == NOT_A_MEMBER, stranger
+    # The replayed confirm proves membership for the recorded exchange's nonce, not
+    # for the one rank 1 chose this time.
+    assert stranger["status"] == ACCEPTED, stranger
+    assert stranger["verdict"] == NOT_A_MEMBER, stranger
     _check_group_formed_without_the_stranger(results)
 
 
@@ -215,7 +236,7 @@ def _member_without_the_group(rank: int, peers: list[str]) -> dict | None:
             1,
             2,
         )
-        attempt["acceptor_proved"] = attempt["reply"][32:64] == expected
+        attempt["acceptor_proved"] = attempt["reply"][48:80] == expected
         return attempt
     try:
         Communicator(1, peers, timeout_s=3, cluster_version=VERSION, fabric_secret=SECRET)
@@ -228,8 +249,10 @@ def test_the_proof_here_is_the_librarys_so_the_refusals_are_about_the_secret() -
     results = run_ranks(_member_without_the_group, 2, timeout_s=TIMEOUT_S + 30)
     attempt = results[0]
     assert attempt["status"] == ACCEPTED, attempt
-    # And rank 1 proved its own membership back, over both nonces.
+    # Rank 1 proved its own membership, over both nonces, and took this file's
+    # confirm (no refusal followed it).
     assert attempt["acceptor_proved"], attempt
+    assert attempt["verdict"] is None, attempt
 
 
 def _impostor_then_group(rank: int, peers: list[str], impostor: dict, ready: object) -> dict:

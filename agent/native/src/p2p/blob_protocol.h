@@ -53,6 +53,9 @@ constexpr size_t kMaxBlobNameBytes = 1024;
 constexpr uint32_t kBlobChallengeMagic = 0x48434C42;  // "BLCH"
 constexpr uint32_t kBlobProofMagic = 0x46504C42;      // "BLPF"
 constexpr uint32_t kBlobWelcomeMagic = 0x43574C42;    // "BLWC"
+// A request's magic ("BLRQ"), the same in every wire version: a requester that
+// sends one before proving itself speaks another version (1: before the proof).
+constexpr uint32_t kBlobRequestMagicOfAnyVersion = 0x51524C42;
 
 struct BlobChallenge {
   uint32_t magic;

@@ -5,7 +5,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,9 +21,12 @@
 namespace adaptrain::collective {
 namespace {
 
-// At most this many requesters keep a connection open to one server; more
-// are accepted and closed at once (they see a broken connection, not a hang).
-constexpr size_t kMaxBlobClients = 1024;
+// At most this many connections may be proving their membership at once; a
+// new one beyond it makes room by dropping the oldest of them (a member proves
+// itself within a round trip, so the oldest is a stranger's), so a flood of
+// idle connections cannot keep a real peer out. Members are not counted: any
+// number may stay connected, up to the process's descriptor limit.
+constexpr size_t kMaxUnprovenBlobClients = 1024;
 
 enum class Direction { kSend, kReceive };
 
@@ -167,6 +172,17 @@ BlobServer::BlobServer(const std::string& host, BlobIdentity identity, const Blo
   port_ = local_port(listener_.get());
   wake_ = Socket(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (wake_.get() < 0) throw IoError(who + ": eventfd failed: " + errno_text(errno));
+  epoll_ = Socket(::epoll_create1(EPOLL_CLOEXEC));
+  if (epoll_.get() < 0) throw IoError(who + ": epoll_create1 failed: " + errno_text(errno));
+  for (int fd : {wake_.get(), listener_.get()}) {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.fd = fd;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) {
+      throw IoError(who + ": epoll_ctl failed: " + errno_text(errno));
+    }
+  }
+  reserve_ = Socket(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   thread_ = std::thread([this] { serve(); });
 }
 
@@ -189,46 +205,75 @@ void BlobServer::serve() {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
 
-  std::vector<pollfd> fds;
+  epoll_event events[64];
   for (;;) {
-    fds.clear();
-    fds.push_back(pollfd{wake_.get(), POLLIN, 0});
-    fds.push_back(pollfd{listener_.get(), POLLIN, 0});
-    int wait_ms = -1;  // members may stay quiet for ever; strangers may not
-    for (const Client& client : clients_) {
-      fds.push_back(pollfd{client.socket.get(), POLLIN, 0});
-      if (!client.member) {
-        const int left = client.deadline.remaining_ms();
-        wait_ms = wait_ms < 0 ? left : std::min(wait_ms, left);
+    // Strangers past their deadline go; the oldest still waiting sets the wait
+    // (members may stay quiet for ever; strangers may not).
+    int wait_ms = -1;
+    while (!unproven_.empty()) {
+      const auto [fd, serial] = unproven_.front();
+      auto found = clients_.find(fd);
+      if (found == clients_.end() || found->second.serial != serial || found->second.member) {
+        unproven_.pop_front();
+        continue;
       }
+      if (!found->second.deadline.expired()) {
+        wait_ms = found->second.deadline.remaining_ms();
+        break;
+      }
+      log_fabric_event("rank " + std::to_string(identity_.rank) +
+                       "'s blob service dropped a connection from " + found->second.remote +
+                       ": it did not prove membership within " + std::to_string(kBlobHandshakeMs) +
+                       " ms");
+      unproven_.pop_front();
+      drop(fd);
     }
-    if (::poll(fds.data(), fds.size(), wait_ms) < 0) {
+    const int ready = ::epoll_wait(epoll_.get(), events, 64, wait_ms);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       return;  // nothing sensible to do; requesters see their connections close
     }
-    if (fds[0].revents != 0) return;
-    // Answer before accepting: the indices of fds and clients still agree.
-    std::vector<Client> kept;
-    for (size_t i = 0; i < clients_.size(); ++i) {
-      Client& client = clients_[i];
-      const bool readable = fds[i + 2].revents != 0;
-      bool keep = true;
-      if (client.member) {
-        keep = !readable || answer(client.socket.get());
-      } else if (readable) {
-        keep = continue_handshake(client);
-      } else if (client.deadline.expired()) {
-        log_fabric_event("rank " + std::to_string(identity_.rank) +
-                         "'s blob service dropped a connection from " + client.remote +
-                         ": it did not prove membership within " +
-                         std::to_string(kBlobHandshakeMs) + " ms");
-        keep = false;
-      }
-      if (keep) kept.push_back(std::move(client));
+    for (int i = 0; i < ready; ++i) {
+      if (events[i].data.fd == wake_.get()) return;
     }
-    clients_ = std::move(kept);
-    if (fds[1].revents & POLLIN) accept_clients();
+    for (int i = 0; i < ready; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == listener_.get()) {
+        accept_clients();
+        continue;
+      }
+      auto found = clients_.find(fd);
+      if (found == clients_.end()) continue;
+      Client& client = found->second;
+      const bool keep = client.member ? answer(fd) : continue_handshake(client);
+      if (!keep) drop(fd);
+    }
   }
+}
+
+void BlobServer::drop(int fd) {
+  auto found = clients_.find(fd);
+  if (found == clients_.end()) return;
+  if (!found->second.member) --unproven_count_;
+  (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  clients_.erase(found);  // closes the socket
+}
+
+bool BlobServer::drop_oldest_stranger(const std::string& why) {
+  while (!unproven_.empty()) {
+    const auto [fd, serial] = unproven_.front();
+    unproven_.pop_front();
+    auto found = clients_.find(fd);
+    if (found == clients_.end() || found->second.serial != serial || found->second.member) {
+      continue;
+    }
+    log_fabric_event("rank " + std::to_string(identity_.rank) +
+                     "'s blob service dropped a connection from " + found->second.remote +
+                     " that had not proved membership yet: " + why);
+    drop(fd);
+    return true;
+  }
+  return false;
 }
 
 void BlobServer::accept_clients() {
@@ -237,16 +282,39 @@ void BlobServer::accept_clients() {
     socklen_t remote_length = sizeof(remote);
     Socket socket(::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&remote), &remote_length,
                             SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (socket.get() < 0) return;  // EAGAIN, or an aborted connection: poll again
-    if (clients_.size() >= kMaxBlobClients) continue;
+    if (socket.get() < 0) {
+      if (errno != EMFILE && errno != ENFILE) return;  // EAGAIN, or an aborted connection
+      // Out of descriptors: a stranger's make room; with none, the newcomer is
+      // turned away (through the spare descriptor, so that it is not left
+      // waiting and the listener does not stay readable for ever).
+      if (drop_oldest_stranger("the process is out of file descriptors")) continue;
+      reserve_.reset();
+      Socket refused(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      refused.reset();
+      reserve_ = Socket(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+      rlimit limit{};
+      ::getrlimit(RLIMIT_NOFILE, &limit);
+      log_fabric_event("rank " + std::to_string(identity_.rank) +
+                       "'s blob service turned a connection away: the process has no file "
+                       "descriptors left (its limit is " +
+                       std::to_string(static_cast<unsigned long long>(limit.rlim_cur)) +
+                       "; raise it with `ulimit -n` for more peers)");
+      return;
+    }
+    if (unproven_count_ >= kMaxUnprovenBlobClients) {
+      drop_oldest_stranger(std::to_string(kMaxUnprovenBlobClients) +
+                           " connections were proving membership at once");
+    }
     set_int_option(socket.get(), IPPROTO_TCP, TCP_NODELAY, 1);
+    const int fd = socket.get();
     Client client{std::move(socket),
                   text_of(remote),
                   false,
                   Deadline::absolute(std::chrono::milliseconds(kBlobHandshakeMs)),
                   random_nonce16(),
                   {},
-                  0};
+                  0,
+                  ++next_serial_};
     BlobChallenge challenge{kBlobChallengeMagic,
                             kBlobWireVersion,
                             static_cast<uint32_t>(identity_.rank),
@@ -256,10 +324,15 @@ void BlobServer::accept_clients() {
                             {}};
     std::memcpy(challenge.nonce, client.nonce.data(), kNonceBytes);
     // A fresh socket's buffer always takes these few bytes at once.
-    const ssize_t sent =
-        ::send(client.socket.get(), &challenge, sizeof(challenge), MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t sent = ::send(fd, &challenge, sizeof(challenge), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (sent != static_cast<ssize_t>(sizeof(challenge))) continue;
-    clients_.push_back(std::move(client));
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.fd = fd;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0) continue;
+    unproven_.emplace_back(fd, client.serial);
+    clients_.emplace(fd, std::move(client));
+    ++unproven_count_;
   }
 }
 
@@ -270,6 +343,21 @@ bool BlobServer::continue_handshake(Client& client) {
   if (got < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) return true;
   if (got <= 0) return false;  // hung up or broke before proving anything
   client.received += static_cast<size_t>(got);
+  if (client.received >= 8 && client.proof.magic == kBlobRequestMagicOfAnyVersion &&
+      client.proof.version != kBlobWireVersion) {
+    // A request without a proof: a requester of an older build (blob protocol 1,
+    // before fabric authentication) or a newer one.
+    log_fabric_event("rank " + std::to_string(identity_.rank) +
+                     "'s blob service refused a connection from " + client.remote +
+                     ": it speaks blob protocol " + std::to_string(client.proof.version) +
+                     (client.proof.version < kBlobWireVersion
+                          ? " (an adaptrain build from before fabric authentication)"
+                          : " (a newer adaptrain build)") +
+                     ", this rank speaks " + std::to_string(kBlobWireVersion) +
+                     ". Every worker of a job must run the same adaptrain: upgrade adaptrain on " +
+                     (client.proof.version < kBlobWireVersion ? "that node" : "this node"));
+    return false;
+  }
   if (client.received < sizeof(client.proof)) return true;
   const BlobProof& proof = client.proof;
   BlobWelcome welcome{kBlobWelcomeMagic, 1, {}};
@@ -300,6 +388,7 @@ bool BlobServer::continue_handshake(Client& client) {
   const ssize_t sent =
       ::send(client.socket.get(), &welcome, sizeof(welcome), MSG_NOSIGNAL | MSG_DONTWAIT);
   if (sent != static_cast<ssize_t>(sizeof(welcome))) return false;
+  if (member) --unproven_count_;
   client.member = member;
   return member;
 }
@@ -397,9 +486,26 @@ void BlobClient::prove_membership(int fd, int peer, Deadline& deadline) {
   const std::string who = describe(peer);
   const std::string what = "proving membership to " + who + "'s blob service";
   BlobChallenge challenge{};
-  move_all(fd, Direction::kReceive, &challenge, sizeof(challenge), deadline, -1, interrupt_check_,
-           what);
-  if (challenge.magic != kBlobChallengeMagic || challenge.version != kBlobWireVersion) {
+  try {
+    move_all(fd, Direction::kReceive, &challenge, sizeof(challenge), deadline, -1, interrupt_check_,
+             what);
+  } catch (const TimeoutError& e) {
+    throw TimeoutError(std::string(e.what()) +
+                       ": it sent no challenge (an adaptrain build from before fabric "
+                       "authentication, blob protocol 1, waits silently like this; every worker "
+                       "of a job must run the same adaptrain: if that node runs an older one, "
+                       "upgrade adaptrain on it)");
+  }
+  if (challenge.magic == kBlobChallengeMagic && challenge.version != kBlobWireVersion) {
+    const bool newer = challenge.version > kBlobWireVersion;
+    throw IoError("the process at " + addresses_[peer] + " (" + who +
+                  "'s blob service) speaks blob protocol " + std::to_string(challenge.version) +
+                  (newer ? " (a newer adaptrain build)" : "") + ", this rank speaks " +
+                  std::to_string(kBlobWireVersion) +
+                  ". Every worker of a job must run the same adaptrain: upgrade adaptrain on " +
+                  (newer ? "this rank's node" : "that node"));
+  }
+  if (challenge.magic != kBlobChallengeMagic) {
     throw IoError("the process at " + addresses_[peer] + " (" + who +
                   "'s blob service) did not answer with the blob handshake of this version");
   }

@@ -26,6 +26,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -95,9 +96,15 @@ class BlobServer {
     Nonce nonce{};
     BlobProof proof{};
     size_t received = 0;
+    uint64_t serial = 0;  // tells a client from a later one on the same descriptor
   };
   void serve();
   void accept_clients();
+  // Closes a client's connection and forgets it.
+  void drop(int fd);
+  // Drops the connection that has been proving its membership longest (a member
+  // proves itself within a round trip); false when there is none.
+  bool drop_oldest_stranger(const std::string& why);
   // Moves a stranger's handshake along; false when it is done with (refused,
   // hung up).
   bool continue_handshake(Client& client);
@@ -108,9 +115,17 @@ class BlobServer {
   const BlobIdentity identity_;
   const BlobStore& store_;
   Socket listener_;
-  Socket wake_;  // eventfd: stop() writes, the thread's poll wakes
+  Socket wake_;     // eventfd: stop() writes, the thread's epoll wakes
+  Socket epoll_;    // the listener, the eventfd and every client
+  Socket reserve_;  // a spare descriptor, to turn a connection away when none are left
   int port_ = 0;
-  std::vector<Client> clients_;  // the server thread's only
+  // The server thread's only. Any number of clients (the process's descriptor
+  // limit is the bound); strangers still proving membership are also kept in
+  // accept order, which is their deadlines' order.
+  std::unordered_map<int, Client> clients_;
+  std::deque<std::pair<int, uint64_t>> unproven_;  // (fd, serial), oldest first
+  size_t unproven_count_ = 0;
+  uint64_t next_serial_ = 0;
   std::mutex stop_mutex_;
   std::thread thread_;
 };

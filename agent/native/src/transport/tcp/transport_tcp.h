@@ -2,20 +2,43 @@
 //
 // Rendezvous: every rank listens on its own address from the peer list, then
 // for each peer its algorithm needs, the lower rank connects and the higher
-// rank accepts, so each pair shares exactly one full-duplex connection. The
-// accepting side speaks first, with a challenge (its rank and a fresh nonce);
-// the connecting side answers with a hello (magic, protocol version, both
-// ranks, group size, a hash of the peer list, the cluster version, its own
-// nonce and its proof of membership: an HMAC keyed by the run's fabric secret,
-// auth/fabric_auth.h) and the accepting side answers accepted, with its own
-// proof, or a reason; a process from another job or run, another cluster
-// version or a wrong peer list is refused with a message that says which of
-// those it was, and the refusal is logged with its address.
+// rank accepts, so each pair shares exactly one full-duplex connection. Each
+// pair's handshake (fabric protocol 4) is three messages:
 //
-// Strangers: each accepted connection is a small state machine with a deadline
-// of its own (kAcceptHandshakeMs); the listener and every half-done handshake
-// are polled together, so an idle, trickling or lying connection is dropped
-// when its deadline passes and never holds up the members still to come.
+//   initiator -> acceptor: hello (magic, protocol version, both ranks, group
+//                size, a hash of the peer list, the cluster version, its fresh
+//                nonce I), sent the moment its connect completes;
+//   acceptor -> initiator: reply (a status; when the public fields match, its
+//                own fresh nonce A and its proof of membership, an HMAC keyed
+//                by the run's fabric secret over A, I and the context:
+//                auth/fabric_auth.h);
+//   initiator -> acceptor: confirm (its proof over the same A and I), sent
+//                once the acceptor's proof checked out.
+//
+// The acceptor admits the link only when the confirm checks out, so a replayed
+// hello and confirm fail (A is new every time) and a stranger without the
+// secret never becomes a member; the initiator takes the link only from a
+// process that proved it holds the secret. A process from another job or run,
+// another cluster version or a wrong peer list is refused with a message that
+// says which of those it was, and the refusal is logged with its address.
+// Compared with a hello and a reply alone, the proofs cost the initiator
+// nothing extra on the wire (the nonces ride on the hello and the reply) and
+// the acceptor one more one-way trip (the confirm).
+//
+// Mixed builds: a peer speaking another fabric protocol (an older adaptrain
+// without fabric authentication, protocol 2; the challenge-first protocol 3;
+// or a newer one) is told so in a reply it understands where possible, and
+// both sides' errors name the two protocol versions and which node to upgrade.
+//
+// All of a rank's handshakes run at once in one poll loop: the connects to
+// every higher rank, the replies to read, the listener and every accepted
+// connection's half-done handshake. Nothing waits for one peer before turning
+// to the next (with more ranks than cores, each such wait costs a time slice),
+// and the loop cannot deadlock whatever order the ranks start in.
+//
+// Strangers: each accepted connection has a deadline of its own
+// (kAcceptHandshakeMs); an idle, trickling or lying connection is dropped when
+// its deadline passes and never holds up the members still to come.
 //
 // Cluster versions (elastic resizing): a connection from another version is
 // refused and never becomes a link. The connecting side of such a refusal
@@ -23,13 +46,6 @@
 // address in its list may still belong to the previous version's process for
 // a moment; if the timeout runs out, the error says that peers at another
 // version were seen.
-//
-// The three phases run in an order that cannot deadlock: (1) connect to all
-// higher peers, wait for each one's challenge and send the hello, serving the
-// lower peers' handshakes while waiting, so every rank challenges at once
-// whatever phase it is in; (2) accept lower peers, challenge them and answer
-// their hellos; (3) read the answers to our own hellos, which every peer sends
-// as soon as it has the hello.
 //
 // Pairs of ranks on one host may move their data to shared memory after the
 // rendezvous (transport/shm/transport_shm.h): their TcpConnection is then wrapped by a
@@ -42,6 +58,7 @@
 #pragma once
 
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <functional>
@@ -136,43 +153,53 @@ class TcpTransport final : public Transport {
 
  private:
   explicit TcpTransport(TcpOptions options);
-  // A connection to a higher rank whose hello is sent and whose answer is due.
+  // A connection to a higher rank, from its connect to the peer's proof.
   struct Outgoing {
-    std::unique_ptr<TcpConnection> connection;
-    Nonce acceptor_nonce{};
+    enum class State { kIdle, kConnecting, kAwaitReply, kDone };
+    int peer = -1;
+    State state = State::kIdle;
+    std::unique_ptr<TcpConnection> connection;  // once connecting
+    std::chrono::steady_clock::time_point retry_at{};
+    int backoff_ms = 10;
+    std::vector<sockaddr_storage> addresses;  // the peer's, resolved; tried in order
+    std::vector<int> families;
+    size_t next_address = 0;
     Nonce own_nonce{};
+    std::vector<uint8_t> reply;
+    size_t received = 0;
+    std::string last_error = "no attempt finished";
   };
-  // A connection accepted from someone claiming to be a lower rank: challenged,
-  // its hello not (completely) read yet.
+  // A connection accepted from someone claiming to be a lower rank.
   struct Incoming {
     std::unique_ptr<TcpConnection> connection;
     Deadline deadline;
-    Nonce nonce{};
-    std::vector<uint8_t> hello;
+    bool replied = false;  // the hello was answered; the confirm is due
+    std::vector<uint8_t> bytes;
     size_t received = 0;
+    HandshakeContext context;  // once replied
   };
 
   void rendezvous();
-  int connect_with_retry(int peer, Deadline& deadline);
-  // Connects to a higher rank, waits for its challenge and sends the hello.
-  Outgoing open_with_hello(int peer, Deadline& deadline);
-  // Reads the answer to our hello: true when accepted (and the peer proved
-  // its membership), false when the process there is at another cluster
-  // version (retry); throws on any other refusal.
-  bool read_reply(Outgoing& outgoing, Deadline& deadline);
-  void note_rejection(std::string text);
-  // Waits up to `poll_until` for a new connection on the listener or bytes
-  // of a half-done handshake, and moves every handshake that can along.
-  // Connect retries wait here too, so a misdirected peer hears why it was
-  // refused at once rather than after this rank has given up on its own
-  // connects.
-  // `also_fd`, when given, is polled too (a connection awaiting its challenge):
-  // the call returns when it is readable.
-  void accept_pending(const Deadline& poll_until, Deadline& deadline, int also_fd = -1);
-  void accept_one();
-  // True when `incoming` is finished with (accepted, refused or dropped).
+  // One poll over the listener and every handshake under way, and whatever
+  // can move afterwards.
+  void poll_round(Deadline& deadline);
+  [[noreturn]] void throw_timeout(const Deadline& deadline);
+  // Outgoing: connect (the next resolved address), on connect send the hello,
+  // read and check the reply, send the confirm.
+  void start_connect(Outgoing& outgoing);
+  void finish_connect(Outgoing& outgoing);
+  void send_hello(Outgoing& outgoing);
+  void schedule_retry(Outgoing& outgoing);
+  void continue_reply(Outgoing& outgoing);
+  void check_reply(Outgoing& outgoing);
+  // Incoming: accept every pending connection; read and answer the hello,
+  // then check the confirm. True when `incoming` is finished with (admitted,
+  // refused or dropped).
+  void accept_all();
   bool continue_handshake(Incoming& incoming);
-  void finish_handshake(Incoming& incoming);
+  bool answer_hello(Incoming& incoming);
+  bool check_confirm(Incoming& incoming);
+  void note_rejection(std::string text);
   // Notes why a connection was turned away and logs it.
   void refuse(const std::string& text);
   std::string rejections_text() const;
@@ -186,6 +213,7 @@ class TcpTransport final : public Transport {
   // Rendezvous state.
   int listener_ = -1;
   std::vector<int> expected_;            // lower ranks that have not connected yet
+  std::vector<Outgoing> outgoing_;       // higher ranks, one each
   std::vector<Incoming> incoming_;       // accepted, handshake under way
   std::vector<std::string> rejections_;  // why strangers were turned away, for timeout messages
   bool saw_other_cluster_version_ = false;
