@@ -24,8 +24,10 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 
 #include "collectives/segments.h"
+#include "core/deadline.h"
 #include "core/errors.h"
 #include "core/types.h"
 #include "transport/transport_view.h"
@@ -62,10 +64,35 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank) {
   return layout;
 }
 
+namespace {
+
+// The header's root field of one ring of the pipeline: phase (1-3), chunk and
+// the number of chunks, so that ranks that cut the buffer differently fail
+// with both calls named instead of exchanging different byte counts.
+uint32_t ring_tag(uint32_t phase, size_t chunk, size_t chunks) {
+  return phase + 4 * static_cast<uint32_t>(chunk + kMaxHierarchicalChunks * chunks);
+}
+
+struct LocalStep {
+  RingKind kind;  // kReduceScatter or kAllgather
+  size_t chunk;
+};
+
+}  // namespace
+
+size_t hierarchical_chunks(size_t rows, size_t row_bytes, size_t ranks, size_t chunk_bytes) {
+  if (chunk_bytes == 0 || ranks == 0) return 1;
+  const size_t wanted = (rows * row_bytes + chunk_bytes - 1) / chunk_bytes;
+  // Every chunk needs a row per rank, so that no ring step is empty.
+  const size_t most = std::min(rows / ranks, kMaxHierarchicalChunks - 1);
+  return std::max<size_t>(1, std::min(wanted, most));
+}
+
 void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options) {
+                            const RingOptions& options, size_t chunk_bytes) {
   if (!layout.hierarchical() || layout.local_members.empty() ||
-      options.count < static_cast<size_t>(transport.size())) {
+      options.count < static_cast<size_t>(transport.size()) || options.scratch == nullptr ||
+      options.row_elements == 0 || options.count % options.row_elements != 0) {
     throw InvalidArgumentError(
         "the hierarchical allreduce needs several nodes with the same number of ranks and at "
         "least one element per rank (internal error: the communicator checks this)");
@@ -73,25 +100,104 @@ void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
   TransportView local(transport, layout.local_members);
   TransportView cross(transport, layout.cross_members);
 
-  RingOptions phase = options;
-  phase.header.root = 1;
-  ring_reduce_scatter(local, phase);
-
-  // The segment this rank owns now: the ring cuts whole rows, as here.
   const size_t rows = options.count / options.row_elements;
   const size_t row_bytes = options.row_elements * element_size(options.dtype);
-  const RowRange own =
-      segment_rows(rows, static_cast<size_t>(local.size()), static_cast<size_t>(local.rank()));
-  RingOptions segment = options;
-  segment.data = static_cast<char*>(options.data) + own.first * row_bytes;
-  segment.count = own.rows * options.row_elements;
-  segment.header.root = 2;
-  // count >= K*N elements (rows of one element, as allreduce cuts them)
-  // gives every segment at least N elements: no ring step is empty.
-  ring_allreduce(cross, segment);
+  const size_t chunks =
+      hierarchical_chunks(rows, row_bytes, static_cast<size_t>(transport.size()), chunk_bytes);
 
-  phase.header.root = 3;
-  ring_allgather(local, phase);
+  // Per chunk: the node's reduce-scatter, this rank's segment's allreduce
+  // across nodes, the node's all-gather. The segment is cut in whole rows, as
+  // the ring cuts it; a chunk of >= K*N rows gives every segment >= N rows.
+  std::vector<char> cross_scratch;  // the cross ring runs beside a local one
+  std::vector<RingOptions> scatter(chunks, options), across(chunks, options),
+      gather(chunks, options);
+  for (size_t c = 0; c < chunks; ++c) {
+    const RowRange part = segment_rows(rows, chunks, c);
+    const RowRange own = segment_rows(part.rows, static_cast<size_t>(local.size()),
+                                      static_cast<size_t>(local.rank()));
+    char* base = static_cast<char*>(options.data) + part.first * row_bytes;
+    scatter[c].data = base;
+    scatter[c].count = part.rows * options.row_elements;
+    scatter[c].header.root = ring_tag(1, c, chunks);
+    gather[c] = scatter[c];
+    gather[c].header.root = ring_tag(3, c, chunks);
+    across[c].data = base + own.first * row_bytes;
+    across[c].count = own.rows * options.row_elements;
+    across[c].header.root = ring_tag(2, c, chunks);
+    across[c].scratch = &cross_scratch;
+  }
+
+  // The node's links carry one ring at a time, in this order on every rank of
+  // the node: the reduce-scatters run two chunks ahead of the all-gathers
+  // (RS0 RS1 AG0 RS2 AG1 ...), so that while the rings between nodes reduce
+  // chunk i, the node already scatters chunk i+1 and gathers chunk i-1. The
+  // order is fixed, never decided by timing, because every rank of a node
+  // must run the same ring on the same links.
+  std::vector<LocalStep> plan;
+  constexpr size_t kAhead = 2;
+  for (size_t c = 0; c < std::min(kAhead, chunks); ++c) {
+    plan.push_back({RingKind::kReduceScatter, c});
+  }
+  for (size_t c = 0; c < chunks; ++c) {
+    plan.push_back({RingKind::kAllgather, c});
+    if (c + kAhead < chunks) plan.push_back({RingKind::kReduceScatter, c + kAhead});
+  }
+
+  size_t next_local = 0;  // index into plan
+  size_t scattered = 0;   // chunks whose reduce-scatter has finished
+  size_t reduced = 0;     // chunks whose cross-node allreduce has finished
+  std::optional<RingTask> local_task;
+  std::optional<RingTask> cross_task;
+  Deadline deadline = Deadline::inactivity(options.timeout);
+  std::vector<WaitRequest> requests;
+  for (;;) {
+    if (!local_task && next_local < plan.size()) {
+      const LocalStep& step = plan[next_local];
+      if (step.kind == RingKind::kReduceScatter) {
+        local_task.emplace(local, scatter[step.chunk], step.kind);
+      } else if (reduced > step.chunk) {
+        local_task.emplace(local, gather[step.chunk], step.kind);
+      }
+    }
+    if (!cross_task && reduced < chunks && scattered > reduced) {
+      cross_task.emplace(cross, across[reduced], RingKind::kAllreduce);
+    }
+    if (!local_task && !cross_task) {
+      if (next_local == plan.size() && reduced == chunks) return;
+      throw IoError("hierarchical allreduce stalled with nothing to run (internal error)");
+    }
+    bool moved = false;
+    if (local_task) {
+      moved = local_task->progress();
+      if (local_task->done()) {
+        if (plan[next_local].kind == RingKind::kReduceScatter) ++scattered;
+        ++next_local;
+        local_task.reset();
+        moved = true;
+      }
+    }
+    if (cross_task) {
+      moved = cross_task->progress() || moved;
+      if (cross_task->done()) {
+        ++reduced;
+        cross_task.reset();
+        moved = true;
+      }
+    }
+    if (moved) {
+      deadline.note_progress();
+      continue;
+    }
+    requests.clear();
+    if (local_task) local_task->add_wait_requests(&requests);
+    if (cross_task) cross_task->add_wait_requests(&requests);
+    if (requests.empty()) {
+      throw IoError("hierarchical allreduce has nothing to wait for (internal error)");
+    }
+    transport.wait(requests.data(), requests.size(), deadline, options.spin_us);
+    if (local_task) local_task->check_strays();
+    if (cross_task) cross_task->check_strays();
+  }
 }
 
 }  // namespace adaptrain::collective

@@ -32,8 +32,18 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank);
 //   2. allreduce of segment i among the ranks with local index i, one per
 //      node (the inter-node links; every rank carries 1/K of the buffer);
 //   3. all-gather among the ranks of each node.
+// The buffer is cut into chunks of about `chunk_bytes`
+// (COLLECTIVE_HIERARCHICAL_CHUNK_BYTES; 0 = one chunk) that go through the
+// phases as a pipeline: while the rings between nodes reduce chunk i, the
+// node scatters chunk i+1 and gathers chunk i-1 over shared memory.
 // Needs layout.hierarchical() and options.count >= the number of ranks.
 void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options);
+                            const RingOptions& options, size_t chunk_bytes);
+
+// How many chunks hierarchical_allreduce cuts `rows` rows into: about one per
+// chunk_bytes, at most one per `ranks` rows (no ring step may be empty) and
+// below kMaxHierarchicalChunks; at least 1.
+constexpr size_t kMaxHierarchicalChunks = 1024;
+size_t hierarchical_chunks(size_t rows, size_t row_bytes, size_t ranks, size_t chunk_bytes);
 
 }  // namespace adaptrain::collective
