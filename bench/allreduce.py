@@ -143,10 +143,9 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
         per_byte = 2 * (args.nodes - 1) / args.nodes if args.nodes > 1 else 1.0
         for round_ in range(args.rounds):
             # The ceiling of this round: one TCP stream and --per-node streams, the better.
-            ceiling = max(
-                link_ceiling(nodes, streams=1),
-                link_ceiling(nodes, streams=max(args.per_node, 1)),
-            )
+            one_stream = link_ceiling(nodes, streams=1)
+            k_streams = link_ceiling(nodes, streams=max(args.per_node, 1))
+            ceiling = max(one_stream, k_streams)
             for spec in algos:
                 algo, _, chunk = spec.partition("@")
                 env = dict(os.environ)
@@ -181,6 +180,8 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
                         delay_us=args.delay_us,
                         round=round_,
                         ceiling_Bps=round(ceiling),
+                        ceiling_1stream_Bps=round(one_stream),
+                        ceiling_kstreams_Bps=round(k_streams),
                         link_bound_algbw_GBps=round(bound, 4),
                         of_link_bound=round(line["algbw_GBps"] / bound, 3),
                     )

@@ -23,9 +23,12 @@
 #include "collectives/allreduce_hierarchical.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <optional>
+#include <utility>
 
+#include "collectives/reduce.h"
 #include "collectives/segments.h"
 #include "core/deadline.h"
 #include "core/errors.h"
@@ -52,6 +55,10 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank) {
     return count == counts.front();
   });
   layout.per_node = uniform ? counts.front() : 0;
+  if (!counts.empty()) {
+    layout.min_per_node = *std::min_element(counts.begin(), counts.end());
+    layout.max_per_node = *std::max_element(counts.begin(), counts.end());
+  }
   if (rank < 0 || rank >= static_cast<int>(hosts.size())) return layout;
   const int node = layout.node_of[static_cast<size_t>(rank)];
   const int index = layout.local_index[static_cast<size_t>(rank)];
@@ -70,8 +77,10 @@ namespace {
 // the number of chunks, so that ranks that cut the buffer differently fail
 // with both calls named instead of exchanging different byte counts.
 uint32_t ring_tag(uint32_t phase, size_t chunk, size_t chunks) {
-  return phase + 4 * static_cast<uint32_t>(chunk + kMaxHierarchicalChunks * chunks);
+  return phase + 8 * static_cast<uint32_t>(chunk + kMaxHierarchicalChunks * chunks);
 }
+constexpr uint32_t kFoldIn = 4;  // phase tags of the fold into a partner, and back
+constexpr uint32_t kFoldOut = 5;
 
 struct LocalStep {
   RingKind kind;  // kReduceScatter or kAllgather
@@ -88,22 +97,20 @@ size_t hierarchical_chunks(size_t rows, size_t row_bytes, size_t ranks, size_t c
   return std::max<size_t>(1, std::min(wanted, most));
 }
 
-void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options, size_t chunk_bytes) {
-  if (!layout.hierarchical() || layout.local_members.empty() ||
-      options.count < static_cast<size_t>(transport.size()) || options.scratch == nullptr ||
-      options.row_elements == 0 || options.count % options.row_elements != 0) {
-    throw InvalidArgumentError(
-        "the hierarchical allreduce needs several nodes with the same number of ranks and at "
-        "least one element per rank (internal error: the communicator checks this)");
-  }
-  TransportView local(transport, layout.local_members);
-  TransportView cross(transport, layout.cross_members);
+namespace {
+
+// The three phases, pipelined, on `local_members` (this node's ranks taking
+// part, the same number on every node) and `cross_members`.
+void pipelined_phases(Transport& transport, const std::vector<int>& local_members,
+                      const std::vector<int>& cross_members, const RingOptions& options,
+                      size_t chunk_bytes) {
+  TransportView local(transport, local_members);
+  TransportView cross(transport, cross_members);
 
   const size_t rows = options.count / options.row_elements;
   const size_t row_bytes = options.row_elements * element_size(options.dtype);
-  const size_t chunks =
-      hierarchical_chunks(rows, row_bytes, static_cast<size_t>(transport.size()), chunk_bytes);
+  const size_t chunks = hierarchical_chunks(
+      rows, row_bytes, static_cast<size_t>(local.size() * cross.size()), chunk_bytes);
 
   // Per chunk: the node's reduce-scatter, this rank's segment's allreduce
   // across nodes, the node's all-gather. The segment is cut in whole rows, as
@@ -197,6 +204,67 @@ void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
     transport.wait(requests.data(), requests.size(), deadline, options.spin_us);
     if (local_task) local_task->check_strays();
     if (cross_task) cross_task->check_strays();
+  }
+}
+
+}  // namespace
+
+void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
+                            const RingOptions& options, size_t chunk_bytes) {
+  if (!layout.hierarchical() || layout.local_members.empty() ||
+      options.count < static_cast<size_t>(transport.size()) || options.scratch == nullptr ||
+      options.row_elements == 0 || options.count % options.row_elements != 0) {
+    throw InvalidArgumentError(
+        "the hierarchical allreduce needs several nodes, one with several ranks, and at least "
+        "one element per rank (internal error: the communicator checks this)");
+  }
+  const int rank = transport.rank();
+  const int index = layout.local_index[static_cast<size_t>(rank)];
+  const int fewest = layout.min_per_node;
+  if (layout.per_node > 0) {  // every node has as many ranks: all take part
+    pipelined_phases(transport, layout.local_members, layout.cross_members, options, chunk_bytes);
+    return;
+  }
+  // Unequal nodes. Local ranks 0..M-1 of every node run the phases; the others
+  // fold into them first and get the result back. Partners and extras walk
+  // their pairs in the same order (extras by local index).
+  std::vector<int> core;                   // this node's ranks 0..M-1
+  std::vector<std::pair<int, int>> folds;  // (partner, extra) pairs this rank is in
+  for (int member : layout.local_members) {
+    const int i = layout.local_index[static_cast<size_t>(member)];
+    if (i < fewest) {
+      core.push_back(member);
+      continue;
+    }
+    const int partner = layout.local_members[static_cast<size_t>(i % fewest)];
+    if (member == rank || partner == rank) folds.emplace_back(partner, member);
+  }
+  RingOptions summed = options;  // a mean is a sum divided once at the end
+  if (options.op == ReduceOp::kMean) summed.op = ReduceOp::kSum;
+  auto fold = [&](uint32_t phase) {
+    for (const auto& [partner, extra] : folds) {
+      TransportView pair(transport, {partner, extra});
+      RingOptions step = summed;
+      step.header.root = ring_tag(phase, 0, 1);
+      if (phase == kFoldOut) {
+        // A copy from the partner, exact to the bit: OR with the extra's zeros.
+        if (rank == extra)
+          std::memset(options.data, 0, options.count * element_size(options.dtype));
+        step.dtype = DataType::kUint8;
+        step.op = ReduceOp::kBitOr;
+        step.count = options.count * element_size(options.dtype);
+        step.row_elements = options.row_elements * element_size(options.dtype);
+      }
+      ring_allreduce(pair, step);
+    }
+  };
+  fold(kFoldIn);
+  // With M = 1 the node's phases have one rank and nothing to do: the node
+  // leaders' rings between nodes carry it all.
+  if (index < fewest) pipelined_phases(transport, core, layout.cross_members, summed, chunk_bytes);
+  fold(kFoldOut);
+  if (options.op == ReduceOp::kMean) {
+    finish_mean(options.data, options.count, options.dtype, static_cast<size_t>(transport.size()));
   }
 }
 

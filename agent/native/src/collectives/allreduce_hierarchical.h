@@ -17,10 +17,12 @@ struct NodeLayout {
   std::vector<int> local_index;  // per rank: its place among its node's ranks
   int nodes = 0;
   int per_node = 0;                // ranks per node when every node has as many, else 0
+  int min_per_node = 0;            // the fewest ranks any node has
+  int max_per_node = 0;            // the most
   std::vector<int> local_members;  // this rank's node, in rank order
   std::vector<int> cross_members;  // ranks with this rank's local index, in node order
-  // More than one node, each with the same number (> 1) of ranks.
-  bool hierarchical() const { return nodes > 1 && per_node > 1; }
+  // More than one node, and some node with several ranks.
+  bool hierarchical() const { return nodes > 1 && max_per_node > 1; }
 };
 
 NodeLayout node_layout(const std::vector<std::string>& hosts, int rank);
@@ -36,6 +38,12 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank);
 // (COLLECTIVE_HIERARCHICAL_CHUNK_BYTES; 0 = one chunk) that go through the
 // phases as a pipeline: while the rings between nodes reduce chunk i, the
 // node scatters chunk i+1 and gathers chunk i-1 over shared memory.
+// Nodes with unequal numbers of ranks (a node that lost one): with M the
+// fewest ranks any node has, a rank whose local index i is M or more first
+// folds its buffer into local rank i mod M (a 2-rank ring allreduce over
+// shared memory), sits out the three phases, which run on local ranks 0..M-1
+// of every node, and gets the result back from the same partner (a copy). A
+// mean is then a sum divided by the group size at the end, on every rank.
 // Needs layout.hierarchical() and options.count >= the number of ranks.
 void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
                             const RingOptions& options, size_t chunk_bytes);
