@@ -11,10 +11,13 @@
 // ring of 8. Phases 1 and 3 stay inside the node, on shared memory.
 //
 // Every phase is the ordinary pipelined ring (allreduce_ring.cc) on a
-// TransportView of the ranks taking part, so timeouts, header checks and the
-// stray-header watch behave as in the flat ring. The phases are told apart on
-// the wire by the header's root field (1, 2, 3), so a rank that mixed up the
-// phases fails with both calls named instead of reducing the wrong bytes.
+// TransportView of the ranks taking part, so header checks and the
+// stray-header watch behave as in the flat ring. The buffer is cut into
+// chunks and the phases run as a pipeline (RingTask: the node's ring and the
+// ring between nodes progress in one loop). The rings are told apart on the
+// wire by the header's root field (phase, chunk, chunk count), so a rank that
+// mixed them up fails with both calls named instead of reducing wrong bytes.
+// Unequal nodes fold their extra ranks into partners (hierarchical_allreduce).
 //
 // Results are bit-identical on every rank: after phase 2 every rank with
 // local index i holds the same bits of segment i (the ring's guarantee), and
