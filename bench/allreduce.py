@@ -3,7 +3,8 @@
     python -m bench.allreduce --np 4 --sizes 4K,256K,4M,32M --json [--algo ring|tree|star|auto]
                               [--transport auto|shm|tcp]
     python -m bench.allreduce --nodes 2 --per-node 4 --link 1gbit [--delay-us 25]
-                              --algos ring,hierarchical --sizes 4M,32M --json
+                              --algos ring,hierarchical,hierarchical@0 --sizes 4M,32M
+                              [--rounds 3] --json
 
 The second form emulates nodes with network namespaces (bench/netns.py, root
 only): each node's ranks share an address and memory, the nodes are joined by
@@ -126,10 +127,13 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
 
     n = args.nodes * args.per_node
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    for spec in algos:
+        name, _, chunk = spec.partition("@")
+        if name not in ALGORITHMS:
+            raise SystemExit(f"--algos: {name!r} is not one of {', '.join(ALGORITHMS)}")
+        if chunk and chunk != "0":
+            parse_size(chunk)  # a bad chunk size fails here, before any namespace is made
     with EmulatedNodes(args.nodes, rate=args.link, delay_us=args.delay_us) as nodes:
-        ceiling = max(
-            link_ceiling(nodes, streams=1), link_ceiling(nodes, streams=max(args.per_node, 1))
-        )
         # Node-major ranks: a flat ring crosses each node boundary once per direction.
         peers = [
             f"{nodes.address(node)}:{29500 + local}"
@@ -137,44 +141,59 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
             for local in range(args.per_node)
         ]
         per_byte = 2 * (args.nodes - 1) / args.nodes if args.nodes > 1 else 1.0
-        for algo in algos:
-            procs = []
-            for rank in range(n):
-                argv = [sys.executable, "-m", "bench.allreduce", "--serve-rank", str(rank)]
-                argv += ["--peers", ",".join(peers), "--sizes", args.sizes, "--algo", algo]
-                if args.repeats:
-                    argv += ["--repeats", str(args.repeats)]
-                procs.append(
-                    nodes.popen(
-                        rank // args.per_node,
-                        argv,
-                        stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+        for round_ in range(args.rounds):
+            # The ceiling of this round: one TCP stream and --per-node streams, the better.
+            one_stream = link_ceiling(nodes, streams=1)
+            k_streams = link_ceiling(nodes, streams=max(args.per_node, 1))
+            ceiling = max(one_stream, k_streams)
+            for spec in algos:
+                algo, _, chunk = spec.partition("@")
+                env = dict(os.environ)
+                if chunk:
+                    env["COLLECTIVE_HIERARCHICAL_CHUNK_BYTES"] = chunk
+                procs = []
+                for rank in range(n):
+                    argv = [sys.executable, "-m", "bench.allreduce", "--serve-rank", str(rank)]
+                    argv += ["--peers", ",".join(peers), "--sizes", args.sizes, "--algo", algo]
+                    if args.repeats:
+                        argv += ["--repeats", str(args.repeats)]
+                    procs.append(
+                        nodes.popen(
+                            rank // args.per_node,
+                            argv,
+                            stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                            env=env,
+                        )
                     )
-                )
-            out, _ = procs[0].communicate(timeout=1800)
-            failed = any(p.wait(timeout=120) != 0 for p in procs)
-            if failed:
-                print(f"a rank failed with --algo {algo}; see above", file=sys.stderr)
-                return 1
-            for text in out.splitlines():
-                line = json.loads(text)
-                bound = ceiling / per_byte / 1e9
-                line.update(
-                    nodes=args.nodes,
-                    per_node=args.per_node,
-                    link=args.link or "unshaped",
-                    delay_us=args.delay_us,
-                    ceiling_Bps=round(ceiling),
-                    link_bound_algbw_GBps=round(bound, 4),
-                    of_link_bound=round(line["algbw_GBps"] / bound, 3),
-                )
-                if args.json:
-                    print(json.dumps(line), flush=True)
-                else:
-                    print(
-                        f"{algo:>13} {line['bytes']:>12} {line['algbw_GBps']:>11.4f} GB/s "
-                        f"{line['of_link_bound']:>6.2f} of the link bound ({bound:.4f} GB/s)"
+                out, _ = procs[0].communicate(timeout=1800)
+                failed = any(p.wait(timeout=120) != 0 for p in procs)
+                if failed:
+                    print(f"a rank failed with --algos {spec}; see above", file=sys.stderr)
+                    return 1
+                for text in out.splitlines():
+                    line = json.loads(text)
+                    bound = ceiling / per_byte / 1e9
+                    line.update(
+                        nodes=args.nodes,
+                        per_node=args.per_node,
+                        link=args.link or "unshaped",
+                        delay_us=args.delay_us,
+                        round=round_,
+                        ceiling_Bps=round(ceiling),
+                        ceiling_1stream_Bps=round(one_stream),
+                        ceiling_kstreams_Bps=round(k_streams),
+                        link_bound_algbw_GBps=round(bound, 4),
+                        of_link_bound=round(line["algbw_GBps"] / bound, 3),
                     )
+                    if chunk:
+                        line["chunk_bytes"] = 0 if chunk == "0" else parse_size(chunk)
+                    if args.json:
+                        print(json.dumps(line), flush=True)
+                    else:
+                        print(
+                            f"{spec:>16} {line['bytes']:>12} {line['algbw_GBps']:>11.4f} GB/s "
+                            f"{line['of_link_bound']:>6.2f} of the link bound ({bound:.4f} GB/s)"
+                        )
     return 0
 
 
@@ -207,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link", default=None, help="tc rate of each node's link, e.g. 1gbit")
     parser.add_argument("--delay-us", type=int, default=0, help="one-way delay added per link")
     parser.add_argument(
-        "--algos", default="ring,hierarchical", help="with --nodes: algorithms to compare"
+        "--algos",
+        default="ring,hierarchical",
+        help="with --nodes: algorithms to compare; hierarchical@4M runs it with "
+        "COLLECTIVE_HIERARCHICAL_CHUNK_BYTES=4M (@0: no pipelining)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --nodes: interleaved rounds (ceiling each)"
     )
     parser.add_argument("--serve-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--peers", default=None, help=argparse.SUPPRESS)

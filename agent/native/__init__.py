@@ -289,10 +289,11 @@ class Communicator:
     reads ``COLLECTIVE_TIMEOUT`` (seconds, default 60).
 
     ``algorithm`` (``"auto"``, ``"ring"``, ``"tree"``, ``"star"`` or ``"hierarchical"``:
-    reduce inside each node first when the group spans hosts with several ranks each,
-    else the ring; ``"auto"`` does the same for large buffers) is used by
-    calls that do not name one; every rank must pass the same, and the ranks
-    check that (and their ``COLLECTIVE_AUTO_*`` settings) before construction
+    reduce inside each node first when the group spans several hosts and some host
+    has several ranks, else the ring; ``"auto"`` does the same for large buffers) is
+    used by calls that do not name one; every rank must pass the same, and the ranks
+    check that (and their ``COLLECTIVE_AUTO_*`` and
+    ``COLLECTIVE_HIERARCHICAL_CHUNK_BYTES`` settings) before construction
     returns, raising ``ValueError`` on every rank otherwise.
 
     ``cluster_version`` (elastic sessions): ranks only connect to processes

@@ -314,7 +314,7 @@ void Communicator::reduce_locked(void* data, size_t count, DataType dtype, Reduc
     ring.scratch = &scratch_;
     ring.spin_us = spin_for(count * element_size(dtype));
     if (algorithm == Algorithm::kHierarchical) {
-      hierarchical_allreduce(*transport_, layout_, ring);
+      hierarchical_allreduce(*transport_, layout_, ring, tunables_.hierarchical_chunk_bytes);
     } else {
       ring_allreduce(*transport_, ring);
     }

@@ -3,6 +3,7 @@
 #include <set>
 #include <vector>
 
+#include "collectives/allreduce_hierarchical.h"
 #include "collectives/segments.h"
 #include "unit_tests.h"
 
@@ -95,4 +96,26 @@ TEST(chains_run_from_the_root_around_the_ring) {
   }
   CHECK_EQ(chain(0, 4, 2).parent, 3);
   CHECK_EQ(chain(1, 4, 2).children, std::vector<int>{});
+}
+
+TEST(hierarchical_chunks_leave_a_row_per_rank) {
+  CHECK_EQ(hierarchical_chunks(1 << 20, 4, 8, 0), size_t{1});        // 0: one chunk
+  CHECK_EQ(hierarchical_chunks(1 << 20, 4, 8, 1 << 20), size_t{4});  // 4 MiB in 1 MiB
+  CHECK_EQ(hierarchical_chunks((1 << 20) + 1, 4, 8, 1 << 20), size_t{5});
+  CHECK_EQ(hierarchical_chunks(20, 4, 8, 4), size_t{2});  // 20 rows, 8 ranks
+  CHECK_EQ(hierarchical_chunks(8, 4, 8, 4), size_t{1});
+  CHECK_EQ(hierarchical_chunks(size_t{1} << 30, 4, 2, 4096), kMaxHierarchicalChunks - 1);
+}
+
+TEST(node_layout_of_unequal_nodes) {
+  const NodeLayout layout = node_layout({"a", "a", "a", "b", "b"}, 4);
+  CHECK_EQ(layout.nodes, 2);
+  CHECK_EQ(layout.per_node, 0);
+  CHECK_EQ(layout.min_per_node, 2);
+  CHECK_EQ(layout.max_per_node, 3);
+  CHECK(layout.hierarchical());
+  CHECK(layout.local_members == (std::vector<int>{3, 4}));
+  CHECK(layout.cross_members == (std::vector<int>{1, 4}));
+  CHECK(!node_layout({"a", "b", "c"}, 0).hierarchical());
+  CHECK(!node_layout({"a", "a"}, 0).hierarchical());
 }

@@ -103,6 +103,19 @@ TEST(algorithm_names_parse_and_print) {
   CHECK_THROWS(parse_algorithm("mesh"), InvalidArgumentError, "\"ring\"");
 }
 
+TEST(hierarchical_chunk_bytes_parse_and_are_agreed) {
+  CHECK_EQ(parse({}).hierarchical_chunk_bytes, size_t{1} << 20);
+  CHECK_EQ(parse({{"COLLECTIVE_HIERARCHICAL_CHUNK_BYTES", "0"}}).hierarchical_chunk_bytes,
+           size_t{0});
+  CHECK_EQ(parse({{"COLLECTIVE_HIERARCHICAL_CHUNK_BYTES", "4M"}}).hierarchical_chunk_bytes,
+           size_t{4} << 20);
+  CHECK(parse({{"COLLECTIVE_HIERARCHICAL_CHUNK_BYTES", "4M"}})
+            .describe()
+            .find("COLLECTIVE_HIERARCHICAL_CHUNK_BYTES=4194304\n") != std::string::npos);
+  CHECK_THROWS(parse({{"COLLECTIVE_HIERARCHICAL_CHUNK_BYTES", "lots"}}), InvalidArgumentError,
+               "COLLECTIVE_HIERARCHICAL_CHUNK_BYTES");
+}
+
 TEST(local_transport_is_auto_shm_or_tcp_and_is_agreed) {
   CHECK_EQ(parse({}).local_transport, LocalTransport::kAuto);
   CHECK_EQ(parse({}).shm_buffer_bytes, size_t{1} << 20);

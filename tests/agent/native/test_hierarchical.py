@@ -53,7 +53,13 @@ CASES = [
 ]
 
 
-def _allreduce_cases(rank: int, peers: list[str], per_node: list[int]) -> dict[str, Any]:
+def _allreduce_cases(
+    rank: int, peers: list[str], per_node: list[int], chunk: str | None = None
+) -> dict[str, Any]:
+    import os
+
+    if chunk is not None:  # read once per process, on the first communicator
+        os.environ["COLLECTIVE_HIERARCHICAL_CHUNK_BYTES"] = chunk
     peers = on_nodes(peers, per_node)
     n = len(peers)
     out: dict[str, Any] = {"chosen": {}, "results": []}
@@ -87,11 +93,29 @@ def _allreduce_cases(rank: int, peers: list[str], per_node: list[int]) -> dict[s
 
 
 @pytest.mark.parametrize(
-    "per_node", [[2, 2], [3, 3], [2, 2, 2], [4, 4]], ids=lambda p: "x".join(map(str, p))
+    ("per_node", "chunk"),
+    [
+        ([2, 2], None),
+        ([3, 3], None),
+        ([2, 2, 2], None),
+        ([4, 4], None),
+        # Many chunks (every odd size cut into 4 KiB pieces through the pipeline).
+        ([2, 2], "4K"),
+        ([3, 3], "4K"),
+        ([2, 2], "0"),  # one chunk: the phases one after another
+        # Unequal nodes (a node that lost a rank): extras fold into a partner.
+        ([3, 2], None),
+        ([4, 3], "4K"),
+        ([2, 1], None),
+        ([2, 1, 3], None),
+    ],
+    ids=lambda p: p if isinstance(p, str) or p is None else "x".join(map(str, p)),
 )
-def test_hierarchical_allreduce_matches_numpy_and_is_bit_identical(per_node: list[int]) -> None:
+def test_hierarchical_allreduce_matches_numpy_and_is_bit_identical(
+    per_node: list[int], chunk: str | None
+) -> None:
     n = sum(per_node)
-    results = run_ranks(_allreduce_cases, n, per_node, timeout_s=120)
+    results = run_ranks(_allreduce_cases, n, per_node, chunk, timeout_s=120)
     first = results[0]
     nodes = tuple(node for node, count in enumerate(per_node) for _ in range(count))
     for rank in range(n):
@@ -129,10 +153,8 @@ def _chosen(rank: int, peers: list[str], per_node: list[int]) -> tuple[str, str]
         )
 
 
-@pytest.mark.parametrize(
-    "per_node", [[4], [1, 1, 1], [2, 1], [3, 2]], ids=lambda p: "x".join(map(str, p))
-)
-def test_one_node_one_rank_per_node_or_unequal_nodes_run_the_flat_ring(per_node: list[int]) -> None:
+@pytest.mark.parametrize("per_node", [[4], [1, 1, 1]], ids=lambda p: "x".join(map(str, p)))
+def test_one_node_or_one_rank_per_node_run_the_flat_ring(per_node: list[int]) -> None:
     results = run_ranks(_chosen, sum(per_node), per_node, timeout_s=60)
     for rank, (asked, auto) in results.items():
         assert asked == "ring", f"rank {rank}"
@@ -177,3 +199,54 @@ def test_a_rank_killed_mid_call_makes_every_survivor_fail_on_both_nodes(victim: 
         assert kind in ("CollectiveError", "CollectiveTimeout"), message
         assert f"allreduce on rank {rank}" in message
         assert elapsed < 4.0 + 1.0
+
+
+def _chunk_settings_differ(rank: int, peers: list[str]) -> str:
+    import os
+
+    os.environ["COLLECTIVE_HIERARCHICAL_CHUNK_BYTES"] = "1M" if rank == 0 else "2M"
+    try:
+        Communicator(rank, on_nodes(peers, [2, 2]), timeout_s=30, algorithm="hierarchical")
+    except ValueError as error:
+        return str(error)
+    raise AssertionError("ranks with different chunk sizes formed a group")
+
+
+def test_ranks_with_different_chunk_sizes_refuse_to_form() -> None:
+    # A different chunk count would cut the buffer differently on each side.
+    results = run_ranks(_chunk_settings_differ, 4, timeout_s=60)
+    for rank, message in results.items():
+        assert "COLLECTIVE_HIERARCHICAL_CHUNK_BYTES" in message, f"rank {rank}: {message}"
+
+
+def _node_loses_a_rank(rank: int, peers: list[str]) -> list[float] | None:
+    """Version 1: nodes of 2 + 2. Rank 1 leaves; version 2 re-forms as 1 + 2 on the
+    same addresses (node 0 now has one rank) and keeps the hierarchical allreduce."""
+    peers = on_nodes(peers, [2, 2])
+    x = np.arange(4099, dtype=np.float32) * (rank + 1)
+    with Communicator(rank, peers, timeout_s=30, algorithm="hierarchical") as comm:
+        assert comm.allreduce_algorithm(x.size) == "hierarchical"
+        comm.allreduce(x, op="mean")
+        np.testing.assert_allclose(x, np.arange(4099) * 2.5, rtol=1e-6)
+    if rank == 1:
+        return None
+    survivors = [peers[0], peers[2], peers[3]]
+    me = survivors.index(peers[rank])
+    y = np.arange(4099, dtype=np.float64) * (me + 1)
+    with Communicator(
+        me, survivors, timeout_s=30, algorithm="hierarchical", cluster_version=2
+    ) as comm:
+        assert comm.nodes == (0, 1, 1)
+        assert comm.allreduce_algorithm(y.size) == "hierarchical"
+        comm.allreduce(y, op="mean")
+        np.testing.assert_array_equal(y, np.arange(4099) * 2.0)
+        z = np.full(1 << 18, me + 1, dtype=np.int64)
+        comm.allreduce(z, op="max")
+        assert (z == 3).all()
+        return [float(y[1]), float(y[-1])]
+
+
+def test_a_node_that_loses_a_rank_reforms_and_stays_hierarchical() -> None:
+    results = run_ranks(_node_loses_a_rank, 4, timeout_s=120)
+    assert results[1] is None
+    assert results[0] == results[2] == results[3] == [2.0, 4098 * 2.0]

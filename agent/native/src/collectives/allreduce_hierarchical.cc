@@ -11,10 +11,13 @@
 // ring of 8. Phases 1 and 3 stay inside the node, on shared memory.
 //
 // Every phase is the ordinary pipelined ring (allreduce_ring.cc) on a
-// TransportView of the ranks taking part, so timeouts, header checks and the
-// stray-header watch behave as in the flat ring. The phases are told apart on
-// the wire by the header's root field (1, 2, 3), so a rank that mixed up the
-// phases fails with both calls named instead of reducing the wrong bytes.
+// TransportView of the ranks taking part, so header checks and the
+// stray-header watch behave as in the flat ring. The buffer is cut into
+// chunks and the phases run as a pipeline (RingTask: the node's ring and the
+// ring between nodes progress in one loop). The rings are told apart on the
+// wire by the header's root field (phase, chunk, chunk count), so a rank that
+// mixed them up fails with both calls named instead of reducing wrong bytes.
+// Unequal nodes fold their extra ranks into partners (hierarchical_allreduce).
 //
 // Results are bit-identical on every rank: after phase 2 every rank with
 // local index i holds the same bits of segment i (the ring's guarantee), and
@@ -23,9 +26,14 @@
 #include "collectives/allreduce_hierarchical.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
+#include <optional>
+#include <utility>
 
+#include "collectives/reduce.h"
 #include "collectives/segments.h"
+#include "core/deadline.h"
 #include "core/errors.h"
 #include "core/types.h"
 #include "transport/transport_view.h"
@@ -50,6 +58,10 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank) {
     return count == counts.front();
   });
   layout.per_node = uniform ? counts.front() : 0;
+  if (!counts.empty()) {
+    layout.min_per_node = *std::min_element(counts.begin(), counts.end());
+    layout.max_per_node = *std::max_element(counts.begin(), counts.end());
+  }
   if (rank < 0 || rank >= static_cast<int>(hosts.size())) return layout;
   const int node = layout.node_of[static_cast<size_t>(rank)];
   const int index = layout.local_index[static_cast<size_t>(rank)];
@@ -62,36 +74,201 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank) {
   return layout;
 }
 
-void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options) {
-  if (!layout.hierarchical() || layout.local_members.empty() ||
-      options.count < static_cast<size_t>(transport.size())) {
-    throw InvalidArgumentError(
-        "the hierarchical allreduce needs several nodes with the same number of ranks and at "
-        "least one element per rank (internal error: the communicator checks this)");
-  }
-  TransportView local(transport, layout.local_members);
-  TransportView cross(transport, layout.cross_members);
+namespace {
 
-  RingOptions phase = options;
-  phase.header.root = 1;
-  ring_reduce_scatter(local, phase);
+// The header's root field of one ring of the pipeline: phase (1-3), chunk and
+// the number of chunks, so that ranks that cut the buffer differently fail
+// with both calls named instead of exchanging different byte counts.
+uint32_t ring_tag(uint32_t phase, size_t chunk, size_t chunks) {
+  return phase + 8 * static_cast<uint32_t>(chunk + kMaxHierarchicalChunks * chunks);
+}
+constexpr uint32_t kFoldIn = 4;  // phase tags of the fold into a partner, and back
+constexpr uint32_t kFoldOut = 5;
 
-  // The segment this rank owns now: the ring cuts whole rows, as here.
+struct LocalStep {
+  RingKind kind;  // kReduceScatter or kAllgather
+  size_t chunk;
+};
+
+}  // namespace
+
+size_t hierarchical_chunks(size_t rows, size_t row_bytes, size_t ranks, size_t chunk_bytes) {
+  if (chunk_bytes == 0 || ranks == 0) return 1;
+  const size_t wanted = (rows * row_bytes + chunk_bytes - 1) / chunk_bytes;
+  // Every chunk needs a row per rank, so that no ring step is empty.
+  const size_t most = std::min(rows / ranks, kMaxHierarchicalChunks - 1);
+  return std::max<size_t>(1, std::min(wanted, most));
+}
+
+namespace {
+
+// The three phases, pipelined, on `local_members` (this node's ranks taking
+// part, the same number on every node) and `cross_members`.
+void pipelined_phases(Transport& transport, const std::vector<int>& local_members,
+                      const std::vector<int>& cross_members, const RingOptions& options,
+                      size_t chunk_bytes) {
+  TransportView local(transport, local_members);
+  TransportView cross(transport, cross_members);
+
   const size_t rows = options.count / options.row_elements;
   const size_t row_bytes = options.row_elements * element_size(options.dtype);
-  const RowRange own =
-      segment_rows(rows, static_cast<size_t>(local.size()), static_cast<size_t>(local.rank()));
-  RingOptions segment = options;
-  segment.data = static_cast<char*>(options.data) + own.first * row_bytes;
-  segment.count = own.rows * options.row_elements;
-  segment.header.root = 2;
-  // count >= K*N elements (rows of one element, as allreduce cuts them)
-  // gives every segment at least N elements: no ring step is empty.
-  ring_allreduce(cross, segment);
+  const size_t chunks = hierarchical_chunks(
+      rows, row_bytes, static_cast<size_t>(local.size() * cross.size()), chunk_bytes);
 
-  phase.header.root = 3;
-  ring_allgather(local, phase);
+  // Per chunk: the node's reduce-scatter, this rank's segment's allreduce
+  // across nodes, the node's all-gather. The segment is cut in whole rows, as
+  // the ring cuts it; a chunk of >= K*N rows gives every segment >= N rows.
+  std::vector<char> cross_scratch;  // the cross ring runs beside a local one
+  std::vector<RingOptions> scatter(chunks, options), across(chunks, options),
+      gather(chunks, options);
+  for (size_t c = 0; c < chunks; ++c) {
+    const RowRange part = segment_rows(rows, chunks, c);
+    const RowRange own = segment_rows(part.rows, static_cast<size_t>(local.size()),
+                                      static_cast<size_t>(local.rank()));
+    char* base = static_cast<char*>(options.data) + part.first * row_bytes;
+    scatter[c].data = base;
+    scatter[c].count = part.rows * options.row_elements;
+    scatter[c].header.root = ring_tag(1, c, chunks);
+    gather[c] = scatter[c];
+    gather[c].header.root = ring_tag(3, c, chunks);
+    across[c].data = base + own.first * row_bytes;
+    across[c].count = own.rows * options.row_elements;
+    across[c].header.root = ring_tag(2, c, chunks);
+    across[c].scratch = &cross_scratch;
+  }
+
+  // The node's links carry one ring at a time, in this order on every rank of
+  // the node: the reduce-scatters run two chunks ahead of the all-gathers
+  // (RS0 RS1 AG0 RS2 AG1 ...), so that while the rings between nodes reduce
+  // chunk i, the node already scatters chunk i+1 and gathers chunk i-1. The
+  // order is fixed, never decided by timing, because every rank of a node
+  // must run the same ring on the same links.
+  std::vector<LocalStep> plan;
+  constexpr size_t kAhead = 2;
+  for (size_t c = 0; c < std::min(kAhead, chunks); ++c) {
+    plan.push_back({RingKind::kReduceScatter, c});
+  }
+  for (size_t c = 0; c < chunks; ++c) {
+    plan.push_back({RingKind::kAllgather, c});
+    if (c + kAhead < chunks) plan.push_back({RingKind::kReduceScatter, c + kAhead});
+  }
+
+  size_t next_local = 0;  // index into plan
+  size_t scattered = 0;   // chunks whose reduce-scatter has finished
+  size_t reduced = 0;     // chunks whose cross-node allreduce has finished
+  std::optional<RingTask> local_task;
+  std::optional<RingTask> cross_task;
+  Deadline deadline = Deadline::inactivity(options.timeout);
+  std::vector<WaitRequest> requests;
+  for (;;) {
+    if (!local_task && next_local < plan.size()) {
+      const LocalStep& step = plan[next_local];
+      if (step.kind == RingKind::kReduceScatter) {
+        local_task.emplace(local, scatter[step.chunk], step.kind);
+      } else if (reduced > step.chunk) {
+        local_task.emplace(local, gather[step.chunk], step.kind);
+      }
+    }
+    if (!cross_task && reduced < chunks && scattered > reduced) {
+      cross_task.emplace(cross, across[reduced], RingKind::kAllreduce);
+    }
+    if (!local_task && !cross_task) {
+      if (next_local == plan.size() && reduced == chunks) return;
+      throw IoError("hierarchical allreduce stalled with nothing to run (internal error)");
+    }
+    bool moved = false;
+    if (local_task) {
+      moved = local_task->progress();
+      if (local_task->done()) {
+        if (plan[next_local].kind == RingKind::kReduceScatter) ++scattered;
+        ++next_local;
+        local_task.reset();
+        moved = true;
+      }
+    }
+    if (cross_task) {
+      moved = cross_task->progress() || moved;
+      if (cross_task->done()) {
+        ++reduced;
+        cross_task.reset();
+        moved = true;
+      }
+    }
+    if (moved) {
+      deadline.note_progress();
+      continue;
+    }
+    requests.clear();
+    if (local_task) local_task->add_wait_requests(&requests);
+    if (cross_task) cross_task->add_wait_requests(&requests);
+    if (requests.empty()) {
+      throw IoError("hierarchical allreduce has nothing to wait for (internal error)");
+    }
+    transport.wait(requests.data(), requests.size(), deadline, options.spin_us);
+    if (local_task) local_task->check_strays();
+    if (cross_task) cross_task->check_strays();
+  }
+}
+
+}  // namespace
+
+void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
+                            const RingOptions& options, size_t chunk_bytes) {
+  if (!layout.hierarchical() || layout.local_members.empty() ||
+      options.count < static_cast<size_t>(transport.size()) || options.scratch == nullptr ||
+      options.row_elements == 0 || options.count % options.row_elements != 0) {
+    throw InvalidArgumentError(
+        "the hierarchical allreduce needs several nodes, one with several ranks, and at least "
+        "one element per rank (internal error: the communicator checks this)");
+  }
+  const int rank = transport.rank();
+  const int index = layout.local_index[static_cast<size_t>(rank)];
+  const int fewest = layout.min_per_node;
+  if (layout.per_node > 0) {  // every node has as many ranks: all take part
+    pipelined_phases(transport, layout.local_members, layout.cross_members, options, chunk_bytes);
+    return;
+  }
+  // Unequal nodes. Local ranks 0..M-1 of every node run the phases; the others
+  // fold into them first and get the result back. Partners and extras walk
+  // their pairs in the same order (extras by local index).
+  std::vector<int> core;                   // this node's ranks 0..M-1
+  std::vector<std::pair<int, int>> folds;  // (partner, extra) pairs this rank is in
+  for (int member : layout.local_members) {
+    const int i = layout.local_index[static_cast<size_t>(member)];
+    if (i < fewest) {
+      core.push_back(member);
+      continue;
+    }
+    const int partner = layout.local_members[static_cast<size_t>(i % fewest)];
+    if (member == rank || partner == rank) folds.emplace_back(partner, member);
+  }
+  RingOptions summed = options;  // a mean is a sum divided once at the end
+  if (options.op == ReduceOp::kMean) summed.op = ReduceOp::kSum;
+  auto fold = [&](uint32_t phase) {
+    for (const auto& [partner, extra] : folds) {
+      TransportView pair(transport, {partner, extra});
+      RingOptions step = summed;
+      step.header.root = ring_tag(phase, 0, 1);
+      if (phase == kFoldOut) {
+        // A copy from the partner, exact to the bit: OR with the extra's zeros.
+        if (rank == extra)
+          std::memset(options.data, 0, options.count * element_size(options.dtype));
+        step.dtype = DataType::kUint8;
+        step.op = ReduceOp::kBitOr;
+        step.count = options.count * element_size(options.dtype);
+        step.row_elements = options.row_elements * element_size(options.dtype);
+      }
+      ring_allreduce(pair, step);
+    }
+  };
+  fold(kFoldIn);
+  // With M = 1 the node's phases have one rank and nothing to do: the node
+  // leaders' rings between nodes carry it all.
+  if (index < fewest) pipelined_phases(transport, core, layout.cross_members, summed, chunk_bytes);
+  fold(kFoldOut);
+  if (options.op == ReduceOp::kMean) {
+    finish_mean(options.data, options.count, options.dtype, static_cast<size_t>(transport.size()));
+  }
 }
 
 }  // namespace adaptrain::collective

@@ -17,10 +17,12 @@ struct NodeLayout {
   std::vector<int> local_index;  // per rank: its place among its node's ranks
   int nodes = 0;
   int per_node = 0;                // ranks per node when every node has as many, else 0
+  int min_per_node = 0;            // the fewest ranks any node has
+  int max_per_node = 0;            // the most
   std::vector<int> local_members;  // this rank's node, in rank order
   std::vector<int> cross_members;  // ranks with this rank's local index, in node order
-  // More than one node, each with the same number (> 1) of ranks.
-  bool hierarchical() const { return nodes > 1 && per_node > 1; }
+  // More than one node, and some node with several ranks.
+  bool hierarchical() const { return nodes > 1 && max_per_node > 1; }
 };
 
 NodeLayout node_layout(const std::vector<std::string>& hosts, int rank);
@@ -32,8 +34,24 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank);
 //   2. allreduce of segment i among the ranks with local index i, one per
 //      node (the inter-node links; every rank carries 1/K of the buffer);
 //   3. all-gather among the ranks of each node.
+// The buffer is cut into chunks of about `chunk_bytes`
+// (COLLECTIVE_HIERARCHICAL_CHUNK_BYTES; 0 = one chunk) that go through the
+// phases as a pipeline: while the rings between nodes reduce chunk i, the
+// node scatters chunk i+1 and gathers chunk i-1 over shared memory.
+// Nodes with unequal numbers of ranks (a node that lost one): with M the
+// fewest ranks any node has, a rank whose local index i is M or more first
+// folds its buffer into local rank i mod M (a 2-rank ring allreduce over
+// shared memory), sits out the three phases, which run on local ranks 0..M-1
+// of every node, and gets the result back from the same partner (a copy). A
+// mean is then a sum divided by the group size at the end, on every rank.
 // Needs layout.hierarchical() and options.count >= the number of ranks.
 void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options);
+                            const RingOptions& options, size_t chunk_bytes);
+
+// How many chunks hierarchical_allreduce cuts `rows` rows into: about one per
+// chunk_bytes, at most one per `ranks` rows (no ring step may be empty) and
+// below kMaxHierarchicalChunks; at least 1.
+constexpr size_t kMaxHierarchicalChunks = 1024;
+size_t hierarchical_chunks(size_t rows, size_t row_bytes, size_t ranks, size_t chunk_bytes);
 
 }  // namespace adaptrain::collective

@@ -70,10 +70,12 @@ struct Segment {
   size_t bytes;
 };
 
-class Ring {
+}  // namespace
+
+class RingEngine {
  public:
-  Ring(Transport& transport, const RingOptions& options, size_t reduce_steps, size_t copy_steps,
-       long long shift)
+  RingEngine(Transport& transport, const RingOptions& options, size_t reduce_steps,
+             size_t copy_steps, long long shift)
       : transport_(transport),
         options_(options),
         rank_(transport.rank()),
@@ -95,6 +97,23 @@ class Ring {
     if (options.scratch->size() < block_bytes_) options.scratch->resize(block_bytes_);
     scratch_ = options.scratch->data();
   }
+
+  // One round without blocking, for callers that drive several rings at
+  // once (RingTask): true when anything moved.
+  bool progress() {
+    bool moved = progress_send();
+    moved = progress_recv() || moved;
+    return moved;
+  }
+  bool done() const { return send_done() && recv_done(); }
+  // What to sleep on when progress() moved nothing (the stray-header watch
+  // included); check_strays() after the wait.
+  void add_wait_requests(std::vector<WaitRequest>* requests) const {
+    if (!send_done() && can_send_now()) requests->push_back(WaitRequest{&next_, true, false});
+    if (!recv_done()) requests->push_back(WaitRequest{&prev_, false, true});
+    stray_.add_requests(*requests);
+  }
+  void check_strays() { stray_.check(); }
 
   void run() {
     for (;;) {
@@ -277,6 +296,8 @@ class Ring {
   size_t scratch_fill_ = 0;    // bytes in scratch not reduced yet (< one element after a reduce)
 };
 
+namespace {
+
 void check(const RingOptions& options) {
   if (options.scratch == nullptr) throw InvalidArgumentError("the ring needs a scratch buffer");
   if (options.row_elements == 0 || options.count % options.row_elements != 0) {
@@ -290,21 +311,51 @@ void ring_allreduce(Transport& transport, const RingOptions& options) {
   if (transport.size() == 1) return;
   check(options);
   const size_t n = static_cast<size_t>(transport.size());
-  Ring(transport, options, n - 1, n - 1, 0).run();
+  RingEngine(transport, options, n - 1, n - 1, 0).run();
 }
 
 void ring_reduce_scatter(Transport& transport, const RingOptions& options) {
   if (transport.size() == 1) return;
   check(options);
   const size_t n = static_cast<size_t>(transport.size());
-  Ring(transport, options, n - 1, 0, -1).run();
+  RingEngine(transport, options, n - 1, 0, -1).run();
 }
 
 void ring_allgather(Transport& transport, const RingOptions& options) {
   if (transport.size() == 1) return;
   check(options);
   const size_t n = static_cast<size_t>(transport.size());
-  Ring(transport, options, 0, n - 1, 0).run();
+  RingEngine(transport, options, 0, n - 1, 0).run();
+}
+
+RingTask::RingTask(Transport& transport, const RingOptions& options, RingKind kind) {
+  if (transport.size() == 1) return;
+  check(options);
+  const size_t n = static_cast<size_t>(transport.size());
+  switch (kind) {
+    case RingKind::kAllreduce:
+      engine_ = std::make_unique<RingEngine>(transport, options, n - 1, n - 1, 0);
+      break;
+    case RingKind::kReduceScatter:
+      engine_ = std::make_unique<RingEngine>(transport, options, n - 1, 0, -1);
+      break;
+    case RingKind::kAllgather:
+      engine_ = std::make_unique<RingEngine>(transport, options, 0, n - 1, 0);
+      break;
+  }
+}
+
+RingTask::~RingTask() = default;
+RingTask::RingTask(RingTask&&) noexcept = default;
+RingTask& RingTask::operator=(RingTask&&) noexcept = default;
+
+bool RingTask::progress() { return engine_ != nullptr && engine_->progress(); }
+bool RingTask::done() const { return engine_ == nullptr || engine_->done(); }
+void RingTask::add_wait_requests(std::vector<WaitRequest>* requests) const {
+  if (engine_ != nullptr && !engine_->done()) engine_->add_wait_requests(requests);
+}
+void RingTask::check_strays() {
+  if (engine_ != nullptr) engine_->check_strays();
 }
 
 }  // namespace adaptrain::collective

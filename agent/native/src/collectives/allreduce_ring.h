@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "collectives/protocol.h"
@@ -39,5 +40,30 @@ void ring_reduce_scatter(Transport& transport, const RingOptions& options);
 // The buffer holds `size` equal segments; rank r's own is segment r. Every
 // rank ends with every segment.
 void ring_allgather(Transport& transport, const RingOptions& options);
+
+// One of the three ring collectives driven by its caller, so that several can
+// run at once on disjoint connections (the hierarchical allreduce overlaps a
+// node's shared-memory rings with the rings between nodes). `options` (and its
+// scratch buffer, which must not be shared with another live task) must
+// outlive the task. The caller loops: progress(); if nothing moved, collect
+// add_wait_requests() of every live task, Transport::wait on them, then
+// check_strays(). The caller keeps the inactivity deadline.
+enum class RingKind { kAllreduce, kReduceScatter, kAllgather };
+class RingEngine;
+class RingTask {
+ public:
+  RingTask(Transport& transport, const RingOptions& options, RingKind kind);
+  ~RingTask();
+  RingTask(RingTask&&) noexcept;
+  RingTask& operator=(RingTask&&) noexcept;
+
+  bool progress();  // moves what can move without blocking; true when anything moved
+  bool done() const;
+  void add_wait_requests(std::vector<WaitRequest>* requests) const;
+  void check_strays();  // throws IoError for a stray header of this call (see protocol.h)
+
+ private:
+  std::unique_ptr<RingEngine> engine_;  // null for a group of one: nothing to do
+};
 
 }  // namespace adaptrain::collective

@@ -70,13 +70,16 @@ Tunables parse_tunables(const std::function<const char*(const char*)>& lookup) {
     throw InvalidArgumentError("COLLECTIVE_SHM_BUFFER_BYTES=" + std::to_string(t.shm_buffer_bytes) +
                                " is not valid: expected a power of two (e.g. 1M, 4M)");
   }
+  t.hierarchical_chunk_bytes =
+      read("COLLECTIVE_HIERARCHICAL_CHUNK_BYTES", 1 << 20, 0, size_t{1} << 40);
   return t;
 }
 
 std::string Tunables::describe() const {
   return "COLLECTIVE_AUTO_RING_MIN_BYTES=" + std::to_string(auto_ring_min_bytes) +
          "\nCOLLECTIVE_AUTO_STAR_MAX_RANKS=" + std::to_string(auto_star_max_ranks) +
-         "\nCOLLECTIVE_LOCAL_TRANSPORT=" + name_of(local_transport) + "\n";
+         "\nCOLLECTIVE_LOCAL_TRANSPORT=" + name_of(local_transport) +
+         "\nCOLLECTIVE_HIERARCHICAL_CHUNK_BYTES=" + std::to_string(hierarchical_chunk_bytes) + "\n";
 }
 
 const char* name_of(LocalTransport transport) {

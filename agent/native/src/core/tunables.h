@@ -68,6 +68,13 @@ struct Tunables {
   // shared-memory pair, a power of two from 64 KiB to 1 GiB. The lower rank
   // of a pair creates the segment, so its value counts. Default 1 MiB.
   size_t shm_buffer_bytes;
+  // COLLECTIVE_HIERARCHICAL_CHUNK_BYTES: the hierarchical allreduce cuts the
+  // buffer into chunks of about this size and pipelines its phases over them
+  // (the rings between nodes reduce one chunk while each node scatters the
+  // next and gathers the previous one). 0 = one chunk, the phases one after
+  // another. Default 1 MiB. Must match across ranks (checked like
+  // COLLECTIVE_AUTO_*).
+  size_t hierarchical_chunk_bytes;
 
   // The values as "NAME=value" lines, for the cross-rank agreement check.
   std::string describe() const;
