@@ -69,5 +69,7 @@ def test_the_adapter_points_every_grad_into_the_tensor_buffer(monkeypatch):
 
 def test_a_bad_setting_says_what_to_use(monkeypatch):
     monkeypatch.setenv(torch_grads.ENV, "gpu")
-    with pytest.raises(ValueError, match="ADAPTRAIN_TORCH_GRADS_ON_DEVICE='gpu'.*auto, off, always"):
+    with pytest.raises(
+        ValueError, match="ADAPTRAIN_TORCH_GRADS_ON_DEVICE='gpu'.*auto, off, always"
+    ):
         torch_grads.mode()
