@@ -143,8 +143,7 @@ class FakeDevice final : public StagingDevice {
 
  private:
   int next_delay() {
-    return max_delay_us_ == 0 ? 0
-                              : std::uniform_int_distribution<int>(0, max_delay_us_)(random_);
+    return max_delay_us_ == 0 ? 0 : std::uniform_int_distribution<int>(0, max_delay_us_)(random_);
   }
 
   const int max_delay_us_;
@@ -215,15 +214,13 @@ TEST(the_next_downloads_are_queued_before_the_host_communicates_a_chunk) {
   const std::vector<std::string> log = fake.log();
   // Before chunk i is communicated, the downloads of chunks up to i + S - 1
   // are queued (slots 0, 1, 2, 0, ...), and the upload of chunk i - 1.
-  std::vector<std::string> expected = {"queue download slot 0", "queue download slot 1",
-                                       "queue download slot 2", "communicate 0",
-                                       "queue upload slot 0",   "queue download slot 0",
-                                       "communicate 1",         "queue upload slot 1",
-                                       "queue download slot 1", "communicate 2",
-                                       "queue upload slot 2",   "queue download slot 2",
-                                       "communicate 3",         "queue upload slot 0",
-                                       "communicate 4",         "queue upload slot 1",
-                                       "communicate 5",         "queue upload slot 2"};
+  std::vector<std::string> expected = {
+      "queue download slot 0", "queue download slot 1", "queue download slot 2",
+      "communicate 0",         "queue upload slot 0",   "queue download slot 0",
+      "communicate 1",         "queue upload slot 1",   "queue download slot 1",
+      "communicate 2",         "queue upload slot 2",   "queue download slot 2",
+      "communicate 3",         "queue upload slot 0",   "communicate 4",
+      "queue upload slot 1",   "communicate 5",         "queue upload slot 2"};
   CHECK_EQ(log, expected);
 }
 

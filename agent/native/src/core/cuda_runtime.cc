@@ -176,7 +176,8 @@ std::string load_cuda_runtime() { return runtime().description; }
 
 CudaStager& CudaStager::for_device(int device) {
   runtime();  // a missing runtime says so before anything else
-  if (device < 0) throw InvalidArgumentError("CUDA device " + std::to_string(device) + " is not valid");
+  if (device < 0)
+    throw InvalidArgumentError("CUDA device " + std::to_string(device) + " is not valid");
   static std::mutex mutex;
   static std::map<int, CudaStager*> stagers;  // never freed: CUDA may be torn down first at exit
   std::lock_guard<std::mutex> lock(mutex);
@@ -192,8 +193,8 @@ CudaStager::CudaStager(int device) : device_(device) {
         "cudaStreamCreateWithFlags", device);
   check(cuda.StreamCreateWithFlags(&upload_stream_, cudaStreamNonBlocking),
         "cudaStreamCreateWithFlags", device);
-  check(cuda.EventCreateWithFlags(&start_event_, cudaEventDisableTiming), "cudaEventCreateWithFlags",
-        device);
+  check(cuda.EventCreateWithFlags(&start_event_, cudaEventDisableTiming),
+        "cudaEventCreateWithFlags", device);
   for (int slot = 0; slot < kStagingSlots; ++slot) {
     check(cuda.EventCreateWithFlags(&downloaded_[slot], cudaEventDisableTiming),
           "cudaEventCreateWithFlags", device);
@@ -202,9 +203,9 @@ CudaStager::CudaStager(int device) : device_(device) {
   }
 }
 
-void CudaStager::run(char* data, size_t bytes, size_t element_bytes, bool download_input,
-                     bool upload_output,
-                     const std::function<void(char* host, size_t offset, size_t bytes)>& communicate) {
+void CudaStager::run(
+    char* data, size_t bytes, size_t element_bytes, bool download_input, bool upload_output,
+    const std::function<void(char* host, size_t offset, size_t bytes)>& communicate) {
   if (bytes == 0) return;
   const CudaRuntime& cuda = runtime();
   std::lock_guard<std::mutex> lock(mutex_);
@@ -230,8 +231,7 @@ void CudaStager::run(char* data, size_t bytes, size_t element_bytes, bool downlo
 void CudaStager::download(int slot, void* host, const void* device, size_t bytes) {
   const CudaRuntime& cuda = runtime();
   // An event never recorded counts as complete, so the first use waits for nothing.
-  check(cuda.StreamWaitEvent(download_stream_, uploaded_[slot], 0), "cudaStreamWaitEvent",
-        device_);
+  check(cuda.StreamWaitEvent(download_stream_, uploaded_[slot], 0), "cudaStreamWaitEvent", device_);
   check(cuda.MemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, download_stream_),
         "cudaMemcpyAsync (device to host)", device_);
   check(cuda.EventRecord(downloaded_[slot], download_stream_), "cudaEventRecord", device_);

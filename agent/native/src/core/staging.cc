@@ -13,18 +13,20 @@ namespace {
 
 constexpr size_t kAlignment = 4096;  // every element size divides it
 
-size_t round_up(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+size_t round_up(size_t value, size_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
 
 }  // namespace
 
 StagingTunables parse_staging_tunables(const std::function<const char*(const char*)>& lookup) {
   StagingTunables tunables{};
-  tunables.chunk_min_bytes = parse_byte_count("COLLECTIVE_CUDA_CHUNK_MIN_BYTES",
-                                              lookup("COLLECTIVE_CUDA_CHUNK_MIN_BYTES"),
-                                              size_t{1} << 20, kAlignment, size_t{1} << 30);
-  tunables.chunk_max_bytes = parse_byte_count("COLLECTIVE_CUDA_CHUNK_MAX_BYTES",
-                                              lookup("COLLECTIVE_CUDA_CHUNK_MAX_BYTES"),
-                                              size_t{16} << 20, kAlignment, size_t{1} << 30);
+  tunables.chunk_min_bytes =
+      parse_byte_count("COLLECTIVE_CUDA_CHUNK_MIN_BYTES", lookup("COLLECTIVE_CUDA_CHUNK_MIN_BYTES"),
+                       size_t{1} << 20, kAlignment, size_t{1} << 30);
+  tunables.chunk_max_bytes =
+      parse_byte_count("COLLECTIVE_CUDA_CHUNK_MAX_BYTES", lookup("COLLECTIVE_CUDA_CHUNK_MAX_BYTES"),
+                       size_t{16} << 20, kAlignment, size_t{1} << 30);
   if (tunables.chunk_max_bytes < tunables.chunk_min_bytes) {
     throw InvalidArgumentError(
         "COLLECTIVE_CUDA_CHUNK_MAX_BYTES must be at least COLLECTIVE_CUDA_CHUNK_MIN_BYTES (" +

@@ -59,7 +59,8 @@ int cuda_device_of(const AnyArray& array, const char* operation) {
   const int32_t type = array.device_type();
   if (type == kDLCPU || type == kDLCUDAHost) return -1;
   if (type == kDLCUDA) return array.device_id();
-  throw InvalidArgumentError(std::string(operation) + " takes host (CPU) or CUDA arrays; this one is in " +
+  throw InvalidArgumentError(std::string(operation) +
+                             " takes host (CPU) or CUDA arrays; this one is in " +
                              device_name(type) + ": copy it to a CUDA device or to the host first");
 }
 
