@@ -208,7 +208,7 @@ class TorchModel:
     def _launch(self, comm: Any, start: int, end: int) -> None:
         if self._on_device is not None:  # reduced where it is (agent/runtime/torch_grads.py)
             if self._monitor:
-                self._local_sq += self._on_device.squared_norm(start, end)
+                self._local_sq += self._on_device.squared_norm_later(start, end)  # type: ignore[assignment]
             self._handles.append(comm.allreduce_async(self._on_device.bucket(start, end), op="sum"))
             return
         part = self._flat_np[start:end]
@@ -322,7 +322,7 @@ class TorchModel:
             self._gather_grads(last_start, n)
         if monitor:
             rest = self._flat_np[last_start:n]
-            self._flat[n + 2] = (self._local_sq + float(np.dot(rest, rest))) * local_scale_sq
+            self._flat[n + 2] = float(self._local_sq + float(np.dot(rest, rest))) * local_scale_sq
         if distributed:
             part = self._flat_np[last_start:]
             try:

@@ -89,8 +89,14 @@ class DeviceGradients:
         return self.flat[start:end]
 
     def squared_norm(self, start: int, end: int) -> float:
+        return float(self.squared_norm_later(start, end))
+
+    def squared_norm_later(self, start: int, end: int) -> torch.Tensor:
+        """The squared norm of ``[start, end)`` as a 0-d tensor on the device, queued on
+        the current stream (ahead of the bucket's allreduce, which is ordered after it):
+        a gradient hook must not wait for the GPU."""
         part = self.flat[start:end]
-        return float(torch.dot(part, part))
+        return torch.dot(part, part)
 
     def to_host(self, host: torch.Tensor, start: int, end: int) -> None:
         """Copy ``[start, end)`` into the host buffer (waits for it)."""

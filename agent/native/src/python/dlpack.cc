@@ -67,6 +67,11 @@ int cuda_device_of(const AnyArray& array, const char* operation) {
 void allreduce_cuda(Communicator& communicator, int device, void* data, size_t count,
                     DataType dtype, ReduceOp op, Algorithm algorithm, uint64_t shape_hash) {
   check_op_supported(dtype, op);  // before any chunk moves
+  if (count == 0) {               // one (empty) collective, as for a host array
+    char nothing = 0;
+    communicator.allreduce(&nothing, 0, dtype, op, algorithm, shape_hash);
+    return;
+  }
   CudaStager& stager = CudaStager::for_device(device);
   const size_t element = element_size(dtype);
   closing_on_cuda_error(communicator, "allreduce", [&] {
@@ -81,6 +86,11 @@ void broadcast_cuda(Communicator& communicator, int device, void* data, size_t c
                     DataType dtype, int root, Algorithm algorithm, uint64_t shape_hash) {
   if (root < 0 || root >= communicator.size()) {
     throw InvalidArgumentError("broadcast: root " + std::to_string(root) + " is out of range");
+  }
+  if (count == 0) {
+    char nothing = 0;
+    communicator.broadcast(&nothing, 0, dtype, root, algorithm, shape_hash);
+    return;
   }
   CudaStager& stager = CudaStager::for_device(device);
   const size_t element = element_size(dtype);
