@@ -13,7 +13,10 @@ chosen by size), :meth:`~Communicator.broadcast`,
 ``*_async`` forms, which return a :class:`Handle` at once. Ranks also share
 named arrays peer to peer (:meth:`~Communicator.publish` and
 :meth:`~Communicator.request`, for pair averaging), without the owner making
-a matching call. Every blocking call releases the GIL and has a timeout: a
+a matching call. :meth:`~Communicator.allreduce` and :meth:`~Communicator.broadcast`
+also take DLPack tensors (torch, CuPy): host ones in place as NumPy arrays, CUDA ones
+staged through pinned host memory in chunks (:mod:`agent.native._dlpack`).
+Every blocking call releases the GIL and has a timeout: a
 peer that dies raises :class:`CollectiveError`, a peer that goes silent raises
 :class:`CollectiveTimeout`, and neither ever hangs the worker.
 After such a failure the communicator is closed; form a new one.
@@ -38,6 +41,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from agent.native import _dlpack
 from agent.native._collective import CollectiveError, CollectiveTimeout
 from agent.native._collective import Communicator as _NativeCommunicator
 from agent.native._collective import segment_rows as _segment_rows
@@ -181,6 +185,15 @@ def _check_array(x: object, operation: str) -> np.ndarray:
     if not x.flags.writeable:
         raise ValueError(f"{operation} works in place and needs a writeable array: pass x.copy()")
     return x
+
+
+def _tensor_dtype(x: Any) -> np.dtype:
+    """A DLPack tensor's dtype for the checks (float32 when NumPy has no such name: the
+    native module then says which dtypes it supports)."""
+    try:
+        return np.dtype(_dlpack.dtype_name(x))
+    except TypeError:
+        return np.dtype("float32")
 
 
 class Handle(Generic[T]):
@@ -421,6 +434,13 @@ class Communicator:
         step; integer sums wrap around like NumPy's. Every rank ends with
         bit-identical results. ``algorithm`` overrides the communicator's for
         this call (every rank must pass the same).
+
+        ``x`` may also be a DLPack tensor (torch, CuPy) of those dtypes: on the host it
+        is reduced in place like a NumPy array; in CUDA memory it is staged through a
+        pinned host buffer in chunks pipelined with the collective, ordered after the
+        work on the producer's current stream, and the result is in device memory when
+        the call returns. Every rank must pass the same kind (all host or all CUDA): a
+        staged call is one collective per chunk. See docs/native.md, "CUDA tensors".
         """
         return self._run_now(self._allreduce_call(x, op, algorithm))
 
@@ -437,7 +457,9 @@ class Communicator:
     def broadcast(
         self, x: npt.NDArray[Any], root: int = 0, algorithm: AlgorithmName | None = None
     ) -> npt.NDArray[Any]:
-        """Overwrite ``x`` on every rank with rank ``root``'s ``x``, in place; return ``x``."""
+        """Overwrite ``x`` on every rank with rank ``root``'s ``x``, in place; return ``x``.
+
+        ``x`` may be a DLPack tensor, host or CUDA, as for :meth:`allreduce`."""
         return self._run_now(self._broadcast_call(x, root, algorithm))
 
     def broadcast_async(
@@ -592,12 +614,18 @@ class Communicator:
     def _allreduce_call(
         self, x: npt.NDArray[Any], op: object, algorithm: object
     ) -> Callable[[], npt.NDArray[Any]]:
-        _check_array(x, "allreduce")
-        checked_op = _check_op(op, x.dtype)
-        checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+        if not isinstance(x, np.ndarray) and _dlpack.is_tensor(x):
+            checked_op = _check_op(op, _tensor_dtype(x))
+            checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+            operand: Any = _dlpack.export(x, "allreduce")  # now: orders the producer's stream
+        else:
+            _check_array(x, "allreduce")
+            checked_op = _check_op(op, x.dtype)
+            checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+            operand = x
 
         def call() -> npt.NDArray[Any]:
-            self._native.allreduce(x, checked_op, checked_algorithm)
+            self._native.allreduce(operand, checked_op, checked_algorithm)
             return x
 
         return call
@@ -605,16 +633,19 @@ class Communicator:
     def _broadcast_call(
         self, x: npt.NDArray[Any], root: object, algorithm: object
     ) -> Callable[[], npt.NDArray[Any]]:
-        _check_array(x, "broadcast")
+        tensor = not isinstance(x, np.ndarray) and _dlpack.is_tensor(x)
+        if not tensor:
+            _check_array(x, "broadcast")
         if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
             raise ValueError(f"root must be an int, not {type(root).__name__}")
         if not 0 <= root < self.size:
             raise ValueError(f"root {root} is out of range: use 0..{self.size - 1}")
         checked_root = int(root)
         checked_algorithm = _check_algorithm(algorithm, allow_none=True)
+        operand = _dlpack.export(x, "broadcast") if tensor else x
 
         def call() -> npt.NDArray[Any]:
-            self._native.broadcast(x, checked_root, checked_algorithm)
+            self._native.broadcast(operand, checked_root, checked_algorithm)
             return x
 
         return call
@@ -622,6 +653,13 @@ class Communicator:
     def _allgather_call(
         self, x: npt.NDArray[Any], algorithm: object
     ) -> Callable[[], npt.NDArray[Any]]:
+        if not isinstance(x, np.ndarray) and _dlpack.is_tensor(x):
+            if _dlpack.device_of(x, "allgather")[0] == _dlpack.KDL_CUDA:
+                raise ValueError(
+                    "allgather takes host arrays; this tensor is in CUDA memory: pass x.cpu() "
+                    "(only allreduce and broadcast stage CUDA tensors)"
+                )
+            x = np.from_dlpack(x)  # a view; allgather only reads it
         x = _check_dtype(x, "allgather")
         x = x if x.flags.c_contiguous else np.ascontiguousarray(x)  # keeps 0-d arrays 0-d
         out = np.empty((self.size, *x.shape), dtype=x.dtype)

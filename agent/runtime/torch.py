@@ -29,9 +29,10 @@ bucket carries the scalars and the command agreement and is reduced by the train
 queued ones, the time it takes is the communication backward did not hide. A small
 model (digits) is one bucket: one allreduce per step.
 
-CUDA tensors: the native library takes host buffers, so a model on a GPU has its
-gradient buffer on the host (one copy each way per step); the GPU-buffer path of the
-collective library replaces that copy when it exists. Only this module imports PyTorch.
+CUDA tensors: for a model on a GPU the buffer is in device memory
+(:mod:`agent.runtime.torch_grads`) and the native library reduces its buckets from there,
+staged through pinned host memory in chunks; only the last bucket, with the scalars,
+goes through the host buffer. Only this module and that one import PyTorch.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.runtime import trainer
+from agent.runtime import torch_grads, trainer
 from agent.runtime.session import Session
 
 # Buckets of at least this many bytes (the last one takes what is left). 1 MB lets the
@@ -99,6 +100,9 @@ class TorchModel:
         self._handles: list[Any] = []
         self._local_sq = 0.0
         self._device = torch.device("cpu")
+        # A model on a GPU: the gradients' flat buffer in device memory (None: .grad is a
+        # view of the host buffer, or a device copy of it with ADAPTRAIN_TORCH_GRADS_ON_DEVICE=off).
+        self._on_device: torch_grads.DeviceGradients | None = None
 
     # -- setup ---------------------------------------------------------------------------
     def build(
@@ -118,6 +122,7 @@ class TorchModel:
         self._n = int(sum(self._sizes))
         self._allreduce = allreduce_in_step
         self._plan_buckets()
+        self._on_device = torch_grads.for_model(self._params, self._device)
         self._ensure_buffer(0)
         self._materialize_optimizer_state()
         for index, p in enumerate(self._params):
@@ -146,7 +151,14 @@ class TorchModel:
         self._extra = extra_slots
         self._point_grads_at_buffer()
 
+    def _apart(self) -> bool:
+        """Whether the .grad tensors live apart from the host buffer (copied to and fro)."""
+        return self._on_device is not None or self._device.type != "cpu"
+
     def _point_grads_at_buffer(self) -> None:
+        if self._on_device is not None:
+            self._on_device.point_grads()
+            return
         on_host = self._device.type == "cpu"
         for p, offset, size in zip(self._params, self._offsets, self._sizes, strict=True):
             view = self._flat[offset : offset + size].view_as(p)
@@ -194,6 +206,11 @@ class TorchModel:
             self._launched += 1
 
     def _launch(self, comm: Any, start: int, end: int) -> None:
+        if self._on_device is not None:  # reduced where it is (agent/runtime/torch_grads.py)
+            if self._monitor:
+                self._local_sq += self._on_device.squared_norm_later(start, end)  # type: ignore[assignment]
+            self._handles.append(comm.allreduce_async(self._on_device.bucket(start, end), op="sum"))
+            return
         part = self._flat_np[start:end]
         if self._device.type != "cpu":
             self._gather_grads(start, end)
@@ -203,13 +220,19 @@ class TorchModel:
 
     def _gather_grads(self, start: int, end: int) -> None:
         """(A model on a GPU.) Copy the device gradients of [start, end) to the host buffer."""
+        if self._on_device is not None:
+            self._on_device.to_host(self._flat, start, end)
+            return
         with torch.no_grad():
             for p, offset, size in zip(self._params, self._offsets, self._sizes, strict=True):
                 if offset >= start and offset + size <= end and p.grad is not None:
                     self._flat[offset : offset + size].copy_(p.grad.reshape(-1))
 
-    def _scatter_grads(self) -> None:
+    def _scatter_grads(self, start: int = 0, end: int | None = None) -> None:
         """(A model on a GPU.) Copy the reduced host gradients back to the device."""
+        if self._on_device is not None:
+            self._on_device.from_host(self._flat, start, self._n if end is None else end)
+            return
         with torch.no_grad():
             for p, offset, size in zip(self._params, self._offsets, self._sizes, strict=True):
                 p.grad.copy_(self._flat[offset : offset + size].view_as(p))
@@ -230,7 +253,9 @@ class TorchModel:
         """Gradients of sum(loss) / global_batch into the buffer, and the loss sum and
         correct count after them."""
         self._flat.zero_()
-        if self._device.type != "cpu":
+        if self._on_device is not None:
+            self._on_device.zero_()
+        elif self._device.type != "cpu":
             for p in self._params:
                 p.grad.zero_()
         n = self._n
@@ -249,7 +274,7 @@ class TorchModel:
     def gradients(self, x: np.ndarray, y: np.ndarray, global_batch: int) -> np.ndarray:
         self._ensure_buffer(self._extra if self._extra >= 0 else 0)
         self._forward_backward(x, y, global_batch)
-        if self._device.type != "cpu":
+        if self._apart():
             self._gather_grads(0, self._n)
         return self._flat_np[: self._n + 3].copy()
 
@@ -257,7 +282,7 @@ class TorchModel:
         if gradients.size != self._n:
             raise ValueError(f"expected {self._n} gradient values, got {gradients.size}")
         self._flat_np[: self._n] = gradients
-        if self._device.type != "cpu":
+        if self._apart():
             self._scatter_grads()
         self.optimizer.step()
 
@@ -293,11 +318,11 @@ class TorchModel:
                 self._pending[bucket] = 0
             self._launch_ready()
         last_start = self._buckets[-1][0] if overlap else 0
-        if self._device.type != "cpu":
+        if self._apart():
             self._gather_grads(last_start, n)
         if monitor:
             rest = self._flat_np[last_start:n]
-            self._flat[n + 2] = (self._local_sq + float(np.dot(rest, rest))) * local_scale_sq
+            self._flat[n + 2] = float(self._local_sq + float(np.dot(rest, rest))) * local_scale_sq
         if distributed:
             part = self._flat_np[last_start:]
             try:
@@ -310,10 +335,14 @@ class TorchModel:
                 raise error
             if reduced is not part:  # reduced in a copy: take the sums back
                 part[:] = reduced
-        grads = self._flat_np[:n]
-        big_sq = float(np.dot(grads, grads)) if monitor else 0.0
-        if self._device.type != "cpu":
-            self._scatter_grads()
+        if self._on_device is not None:  # the other buckets were reduced on the device
+            self._scatter_grads(last_start, n)
+            big_sq = self._on_device.squared_norm(0, n) if monitor else 0.0
+        else:
+            grads = self._flat_np[:n]
+            big_sq = float(np.dot(grads, grads)) if monitor else 0.0
+            if self._device.type != "cpu":
+                self._scatter_grads()
         self.optimizer.step()
         tail = self._flat_np[n : n + 3]
         return np.array([tail[0], tail[1], tail[2], big_sq], np.float32)

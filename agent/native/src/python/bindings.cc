@@ -30,10 +30,12 @@
 #include "communicator.h"
 #include "core/errors.h"
 #include "core/types.h"
+#include "python/dlpack.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 namespace col = adaptrain::collective;
+using col::python::AnyArray;  // allreduce and broadcast: host or CUDA (python/dlpack.h)
 
 namespace {
 
@@ -93,13 +95,14 @@ void check_c_contiguous(const Array& array, const char* operation) {
       throw col::InvalidArgumentError(
           std::string(operation) +
           " needs a C-contiguous array: pass numpy.ascontiguousarray(x) "
-          "and use the returned array");
+          "(a torch tensor: x.contiguous()) and use the returned array");
     }
     expected *= static_cast<int64_t>(array.shape(i));
   }
 }
 
-std::vector<size_t> shape_of(const CpuArray& array) {
+template <typename Array>
+std::vector<size_t> shape_of(const Array& array) {
   std::vector<size_t> shape;
   for (size_t i = 0; i < array.ndim(); ++i) shape.push_back(array.shape(i));
   return shape;
@@ -150,6 +153,8 @@ NB_MODULE(_collective, m) {
       PyErr_SetString(collective_error, e.what());
     }
   });
+
+  col::python::bind_dlpack(m);
 
   m.def(
       "segment_rows",
@@ -213,8 +218,9 @@ NB_MODULE(_collective, m) {
           [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })
       .def(
           "allreduce",
-          [](col::Communicator& self, CpuArray array, const std::string& op,
+          [](col::Communicator& self, AnyArray array, const std::string& op,
              const std::string& algorithm) {
+            const int cuda_device = col::python::cuda_device_of(array, "allreduce");
             const col::DataType dtype = checked(array, "allreduce");
             const col::ReduceOp reduce_op = col::parse_reduce_op(op);
             const col::Algorithm chosen = algorithm_of(algorithm);
@@ -222,18 +228,29 @@ NB_MODULE(_collective, m) {
             void* data = array.data();
             const size_t count = array.size();
             nb::gil_scoped_release release;
+            if (cuda_device >= 0) {
+              col::python::allreduce_cuda(self, cuda_device, data, count, dtype, reduce_op, chosen,
+                                          shape_hash);
+              return;
+            }
             self.allreduce(data, count, dtype, reduce_op, chosen, shape_hash);
           },
           "array"_a, "op"_a = "sum", "algorithm"_a = "")
       .def(
           "broadcast",
-          [](col::Communicator& self, CpuArray array, int root, const std::string& algorithm) {
+          [](col::Communicator& self, AnyArray array, int root, const std::string& algorithm) {
+            const int cuda_device = col::python::cuda_device_of(array, "broadcast");
             const col::DataType dtype = checked(array, "broadcast");
             const col::Algorithm chosen = algorithm_of(algorithm);
             const uint64_t shape_hash = col::hash_shape(shape_of(array));
             void* data = array.data();
             const size_t count = array.size();
             nb::gil_scoped_release release;
+            if (cuda_device >= 0) {
+              col::python::broadcast_cuda(self, cuda_device, data, count, dtype, root, chosen,
+                                          shape_hash);
+              return;
+            }
             self.broadcast(data, count, dtype, root, chosen, shape_hash);
           },
           "array"_a, "root"_a = 0, "algorithm"_a = "")
