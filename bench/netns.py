@@ -16,6 +16,7 @@ node do. Needs root, ``ip`` and ``tc`` (iproute2).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -58,6 +59,9 @@ def _run(*argv: str) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed: {why}")
 
 
+_INSTANCES = itertools.count()
+
+
 class EmulatedNodes:
     def __init__(self, nodes: int, *, rate: str | None = None, delay_us: int = 0) -> None:
         why = available()
@@ -68,8 +72,12 @@ class EmulatedNodes:
         self.count = nodes
         self.rate = rate
         self.delay_us = delay_us
-        tag = f"{os.getpid() % 100000:05d}"
-        self.net = 64 + os.getpid() % 64  # 10.<net>.0.0/24, unlikely to clash with another run
+        # Names and subnet differ per process and per instance: a namespace's veth ends go
+        # away asynchronously after it is deleted, so the next instance of the same
+        # process must not reuse them.
+        serial = next(_INSTANCES) % 10
+        tag = f"{os.getpid() % 100000:05d}{serial}"
+        self.net = 64 + (os.getpid() + serial) % 64  # 10.<net>.0.0/24, unlikely to clash
         self.bridge = f"atb{tag}"
         self.namespaces = [f"adaptrain-{tag}-n{i}" for i in range(nodes)]
         self._made: list[str] = []
