@@ -4,18 +4,23 @@ that its work is still needed and calls one service. Services queue them by name
 
 import logging
 import time
+from datetime import datetime
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 
 from controlplane.jobs.models import Job
 from controlplane.jobs.services import commands, elastic, nodes, scheduling
 
 log = logging.getLogger(__name__)
 
-MARK_LOST_INTERVAL_S = 10.0  # the beat schedule of jobs.mark_lost_nodes (settings.py)
-_last_mark_lost_ok: float | None = None
-_last_outage: tuple[float, float] | None = None  # (length, when it ended), monotonic
+# mark_lost_nodes' memory (one worker process; the devstack's pool is threads): the last
+# check that reached the database, the first that did not since, and the last outage.
+_last_mark_lost_ok: float | None = None  # monotonic
+_db_down_since: float | None = None  # monotonic
+_last_outage: tuple[float, datetime] | None = None  # (its length in s, when it ended)
 
 
 @shared_task(name="jobs.place_job", acks_late=True, time_limit=60)
@@ -42,33 +47,39 @@ def place_pending_jobs() -> None:
 
 @shared_task(name="jobs.mark_lost_nodes", acks_late=True, time_limit=60)
 def mark_lost_nodes() -> None:
-    # Silence is measured after the database was last reachable: a gap between two
-    # successful checks longer than the schedule (the control plane's own outage) is
-    # added to the timeout; a worker process with no history grants one full timeout.
-    global _last_mark_lost_ok, _last_outage
-    now = time.monotonic()
+    """Silence is measured while the control plane could see: time its database was down
+    (this task found it unreachable) is blind time, never a node's silence. A worker
+    process with no history grants one full timeout (it cannot know what came before).
+
+    Only a database error is evidence of an outage. A late check alone is not: Celery
+    busy or the machine loaded delays the schedule while the web server still records
+    every heartbeat, and counting such a gap as blind time (as an earlier version did)
+    kept a dead node online for minutes."""
+    global _last_mark_lost_ok, _db_down_since, _last_outage
+    now, wall = time.monotonic(), timezone.now()
     timeout_s = settings.AGENT_HEARTBEAT_TIMEOUT_S
-    if _last_mark_lost_ok is None:
-        blind_s = timeout_s
+    if _last_mark_lost_ok is None and _db_down_since is None:
+        blind_s, blind_until = timeout_s, None
     else:
-        # A gap longer than the schedule is an outage of the control plane (its database):
-        # its whole length is blind time, and stays so while a node's silence may still
-        # span it (a node's last heartbeat may be from just before it, its next one a few
-        # seconds after it). Only the gap beyond two schedules, and only at the first
-        # check after it, once counted: an outage of 30 s then made nodes unreachable with
-        # a short AGENT_HEARTBEAT_TIMEOUT_S (tests/faults/test_database_outage.py).
-        gap_s = now - _last_mark_lost_ok
-        if gap_s > 1.5 * MARK_LOST_INTERVAL_S:
-            _last_outage = (gap_s, now)
-        blind_s = 0.0
-        if _last_outage is not None:
-            length_s, ended = _last_outage
-            if now - ended < timeout_s + settings.NODE_LOST_GRACE_S + length_s:
-                blind_s = length_s
-    lost = nodes.nodes_mark_lost(
-        timeout_s=timeout_s, grace_s=settings.NODE_LOST_GRACE_S, blind_s=blind_s
-    )
-    _last_mark_lost_ok = now
+        if _db_down_since is not None:
+            # The outage began at the last check that succeeded (or, with none, at the
+            # first that failed) and ended now.
+            began = _last_mark_lost_ok if _last_mark_lost_ok is not None else _db_down_since
+            _last_outage = (now - began, wall)
+        blind_s, blind_until = (0.0, None) if _last_outage is None else _last_outage
+    try:
+        lost = nodes.nodes_mark_lost(
+            timeout_s=timeout_s,
+            grace_s=settings.NODE_LOST_GRACE_S,
+            blind_s=blind_s,
+            blind_until=blind_until,
+        )
+    except (OperationalError, InterfaceError) as exc:
+        if _db_down_since is None:
+            _db_down_since = now
+            log.warning("cannot check node liveness, the database is unreachable: %s", exc)
+        return
+    _last_mark_lost_ok, _db_down_since = now, None
     if lost:
         log.warning("nodes lost: %s", lost)
 

@@ -18,7 +18,7 @@ jobs shrink without them or fail.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -392,7 +392,13 @@ def node_goodbye(*, node: Node, reason: str, detached: list[int]) -> None:
         )
 
 
-def nodes_mark_lost(*, timeout_s: float, grace_s: float = 0.0, blind_s: float = 0.0) -> list[int]:
+def nodes_mark_lost(
+    *,
+    timeout_s: float,
+    grace_s: float = 0.0,
+    blind_s: float = 0.0,
+    blind_until: datetime | None = None,
+) -> list[int]:
     """Silence is a suspicion first, a verdict only after a grace period.
 
     An online node silent for longer than ``timeout_s`` becomes *unreachable*: nothing
@@ -404,17 +410,27 @@ def nodes_mark_lost(*, timeout_s: float, grace_s: float = 0.0, blind_s: float = 
     running there shrinks by that node's workers when at least workers_min remain; other
     jobs fail. Returns the ids of the nodes found lost.
 
-    ``blind_s`` is time the control plane itself could not see (its database was down):
-    it never counts as a node's silence."""
+    ``blind_s`` is time the control plane itself could not see (its database was down),
+    which never counts as a node's silence: it is added to the silence allowed to a node
+    whose last heartbeat came before ``blind_until`` (the outage's end; every node when
+    None). A node heard from after the outage is judged on its own silence."""
     now = timezone.now()
     blind = timedelta(seconds=max(blind_s, 0.0))
-    suspect_cutoff = now - timedelta(seconds=timeout_s) - blind
-    lost_cutoff = suspect_cutoff - timedelta(seconds=max(grace_s, 0.0))
-    for node in Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat__lt=suspect_cutoff):
+
+    def silent_for(seconds: float) -> Q:
+        cutoff = now - timedelta(seconds=seconds)
+        if not blind:
+            return Q(last_heartbeat__lt=cutoff)
+        if blind_until is None:
+            return Q(last_heartbeat__lt=cutoff - blind)
+        spans_outage = Q(last_heartbeat__lt=blind_until) & Q(last_heartbeat__lt=cutoff - blind)
+        return spans_outage | Q(last_heartbeat__gte=blind_until, last_heartbeat__lt=cutoff)
+
+    suspect = silent_for(timeout_s)
+    lost_silence = silent_for(timeout_s + max(grace_s, 0.0))
+    for node in Node.objects.filter(suspect, status=Node.Status.ONLINE):
         if (
-            Node.objects.filter(
-                id=node.id, status=Node.Status.ONLINE, last_heartbeat__lt=suspect_cutoff
-            ).update(
+            Node.objects.filter(suspect, id=node.id, status=Node.Status.ONLINE).update(
                 status=Node.Status.UNREACHABLE,
                 unreachable_since=now,
                 status_reason=f"no heartbeat for {timeout_s:.0f} s; its workers may still be "
@@ -424,7 +440,7 @@ def nodes_mark_lost(*, timeout_s: float, grace_s: float = 0.0, blind_s: float = 
         ):
             log.warning("node %s unreachable (no heartbeat for %.0f s)", node.name, timeout_s)
     lost = []
-    silent = Node.objects.filter(last_heartbeat__lt=lost_cutoff)
+    silent = Node.objects.filter(lost_silence)
     for node in silent.filter(
         Q(status=Node.Status.UNREACHABLE)
         | Q(

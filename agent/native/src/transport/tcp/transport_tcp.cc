@@ -487,6 +487,10 @@ void TcpTransport::rendezvous() {
   };
   while (!complete()) {
     if (deadline.expired()) throw_timeout(deadline);
+    // Every round, not only on EINTR: a signal that arrived while this thread was
+    // between two polls (connecting, handshaking) interrupted no system call, and a
+    // formation waiting for a dead member would otherwise sit out its whole timeout.
+    if (options_.interrupt_check) options_.interrupt_check();
     poll_round(deadline);
   }
   // The listener closes here: the group is complete and its port is free again;
