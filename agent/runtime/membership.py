@@ -192,6 +192,9 @@ class Membership:
         interruptible = threading.current_thread() is threading.main_thread()
         if interruptible:
             signal.signal(SUPERSEDED_SIGNAL, self._on_superseded)
+            # A mask inherited from whatever started this process (the signal mask
+            # survives exec) would hold the signal pending until the collective timeout.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {SUPERSEDED_SIGNAL})
         while True:
             try:
                 with self._changed:
