@@ -453,11 +453,13 @@ def test_agents_away_for_60_s_one_jobs_workers_finish_the_others_train_on(fault_
         # failed, "left before applying it"), and this scenario is about the outage.
         for run in (finish, train_on):
             wait_for(
-                lambda run=run: all(
-                    run.commands[-1] in [s for s, _ in applied]
-                    for applied in _applied(stack.fault_dir, run.id).values()
-                )
-                and len(_applied(stack.fault_dir, run.id)) == 2,
+                lambda run=run: (
+                    all(
+                        run.commands[-1] in [s for s, _ in applied]
+                        for applied in _applied(stack.fault_dir, run.id).values()
+                    )
+                    and len(_applied(stack.fault_dir, run.id)) == 2
+                ),
                 timeout_s=30,
                 what=f"both workers of job {run.id} to apply the command",
             )
