@@ -31,6 +31,7 @@
 #include <optional>
 #include <utility>
 
+#include "collectives/allreduce_tree.h"
 #include "collectives/reduce.h"
 #include "collectives/segments.h"
 #include "core/deadline.h"
@@ -268,6 +269,145 @@ void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
   fold(kFoldOut);
   if (options.op == ReduceOp::kMean) {
     finish_mean(options.data, options.count, options.dtype, static_cast<size_t>(transport.size()));
+  }
+}
+
+// ---- Broadcast and all-gather ----
+
+namespace {
+
+// Per node, its ranks in rank order.
+std::vector<std::vector<int>> members_by_node(const NodeLayout& layout) {
+  std::vector<std::vector<int>> members(static_cast<size_t>(layout.nodes));
+  for (size_t r = 0; r < layout.node_of.size(); ++r) {
+    members[static_cast<size_t>(layout.node_of[r])].push_back(static_cast<int>(r));
+  }
+  return members;
+}
+
+}  // namespace
+
+TreeTopology hierarchical_broadcast_tree(const NodeLayout& layout, int rank, int root) {
+  const std::vector<std::vector<int>> members = members_by_node(layout);
+  const size_t nodes = members.size();
+  const size_t root_node = static_cast<size_t>(layout.node_of[static_cast<size_t>(root)]);
+  const size_t node = static_cast<size_t>(layout.node_of[static_cast<size_t>(rank)]);
+  const std::vector<int>& mine = members[node];
+  // The leader of node j: the root on its own node, else its first rank.
+  auto leader = [&](size_t j) { return j == root_node ? root : members[j].front(); };
+  // This node's chain starts at its leader and wraps around its ranks.
+  const size_t start =
+      static_cast<size_t>(std::find(mine.begin(), mine.end(), leader(node)) - mine.begin());
+  const size_t place =
+      static_cast<size_t>(std::find(mine.begin(), mine.end(), rank) - mine.begin());
+  const size_t k = mine.size();
+  const size_t in_chain = (place + k - start) % k;  // 0 for the leader
+  TreeTopology tree;
+  if (in_chain == 0) {
+    // Leaders: a chain across the nodes in node order from the root's node.
+    const size_t hop = (node + nodes - root_node) % nodes;
+    if (hop > 0) tree.parent = leader((node + nodes - 1) % nodes);
+    if (hop + 1 < nodes) tree.children.push_back(leader((node + 1) % nodes));
+  } else {
+    tree.parent = mine[(start + in_chain - 1) % k];
+  }
+  if (in_chain + 1 < k) tree.children.push_back(mine[(start + in_chain + 1) % k]);
+  return tree;
+}
+
+namespace {
+
+// Header root fields of the all-gather's phases (a broadcast's root field is
+// its root; an all-gather's is otherwise 0).
+constexpr uint32_t kGatherLocal = 1;
+constexpr uint32_t kGatherAcross = 2;
+constexpr uint32_t kGatherDownBefore = 3;
+constexpr uint32_t kGatherDownAfter = 4;
+
+}  // namespace
+
+void hierarchical_allgather(Transport& transport, const NodeLayout& layout,
+                            const RingOptions& options, std::vector<char>* work) {
+  const size_t n = layout.node_of.size();
+  if (!layout.hierarchical() || options.row_elements == 0 || options.scratch == nullptr ||
+      options.count != n * options.row_elements || static_cast<size_t>(transport.size()) != n) {
+    throw InvalidArgumentError(
+        "the hierarchical all-gather needs several nodes, one with several ranks, and a "
+        "non-empty block per rank (internal error: the communicator checks this)");
+  }
+  const int rank = transport.rank();
+  const size_t block = options.row_elements * element_size(options.dtype);
+  const std::vector<std::vector<int>> members = members_by_node(layout);
+  // Blocks in node order: node j's ranks at rows first[j] .. first[j+1].
+  std::vector<size_t> ends;  // per node, its last row + 1
+  std::vector<size_t> place(n);
+  bool identity = true;
+  for (const std::vector<int>& node : members) {
+    const size_t first = ends.empty() ? 0 : ends.back();
+    for (size_t i = 0; i < node.size(); ++i) {
+      place[static_cast<size_t>(node[i])] = first + i;
+      identity = identity && static_cast<size_t>(node[i]) == first + i;
+    }
+    ends.push_back(first + node.size());
+  }
+  char* output = static_cast<char*>(options.data);
+  char* gathered = output;
+  if (!identity) {
+    work->resize(n * block);
+    gathered = work->data();
+    std::memcpy(gathered + place[static_cast<size_t>(rank)] * block,
+                output + static_cast<size_t>(rank) * block, block);
+  }
+  const size_t node = static_cast<size_t>(layout.node_of[static_cast<size_t>(rank)]);
+  const size_t node_first = node == 0 ? 0 : ends[node - 1];
+  const size_t node_end = ends[node];
+  TransportView local(transport, layout.local_members);
+
+  // 1. The node's blocks, among its ranks.
+  RingOptions inside = options;
+  inside.data = gathered + node_first * block;
+  inside.count = (node_end - node_first) * options.row_elements;
+  inside.segment_ends = nullptr;
+  inside.header.root = kGatherLocal;
+  ring_allgather(local, inside);
+
+  // 2. Whole nodes, among the leaders.
+  if (layout.local_index[static_cast<size_t>(rank)] == 0) {
+    std::vector<int> leaders;
+    for (const std::vector<int>& members_of_node : members) leaders.push_back(members_of_node[0]);
+    TransportView across(transport, leaders);
+    RingOptions whole = options;
+    whole.data = gathered;
+    whole.segment_ends = &ends;
+    whole.header.root = kGatherAcross;
+    ring_allgather(across, whole);
+  }
+
+  // 3. The other nodes' blocks, from the leader down the node's chain.
+  if (local.size() > 1) {
+    auto down = [&](size_t first_row, size_t rows, uint32_t tag) {
+      if (rows == 0) return;
+      RootedOptions chained;
+      chained.data = gathered + first_row * block;
+      chained.count = rows * options.row_elements;
+      chained.dtype = options.dtype;
+      chained.reduce = false;
+      chained.broadcast = true;
+      chained.topology = chain(local.rank(), local.size(), 0);
+      chained.header = options.header;
+      chained.header.root = tag;
+      chained.timeout = options.timeout;
+      chained.block_bytes = options.block_bytes;
+      chained.spin_us = options.spin_us;
+      rooted_collective(local, chained);
+    };
+    down(0, node_first, kGatherDownBefore);
+    down(node_end, n - node_end, kGatherDownAfter);
+  }
+
+  if (!identity) {
+    for (size_t r = 0; r < n; ++r)
+      std::memcpy(output + r * block, gathered + place[r] * block, block);
   }
 }
 
