@@ -426,7 +426,8 @@ void Communicator::allgather(const void* input, size_t count, DataType dtype, vo
       ring.scratch = &scratch_;
       ring.spin_us = spin_for(bytes * size_);
       if (chosen == Algorithm::kHierarchical) {
-        hierarchical_allgather(*transport_, layout_, ring, &work_);
+        hierarchical_allgather(*transport_, layout_, ring, &work_,
+                               tunables_.hierarchical_chunk_bytes);
       } else {
         ring_allgather(*transport_, ring);
       }

@@ -40,7 +40,13 @@ def data(rank: int, dtype: str, size: int, seed: int) -> np.ndarray:
     return rng.integers(0, 120, size=size).astype(dtype)
 
 
-def _rooted_cases(rank: int, peers: list[str], node_of: list[int]) -> dict[str, Any]:
+def _rooted_cases(
+    rank: int, peers: list[str], node_of: list[int], chunk: str | None
+) -> dict[str, Any]:
+    import os
+
+    if chunk is not None:  # read once per process, on the first communicator
+        os.environ["COLLECTIVE_HIERARCHICAL_CHUNK_BYTES"] = chunk
     peers = on_hosts(peers, node_of)
     n = len(peers)
     roots = sorted({0, n - 1, n // 2})
@@ -89,24 +95,31 @@ def _rooted_cases(rank: int, peers: list[str], node_of: list[int]) -> dict[str, 
     return out
 
 
-LAYOUTS = {
-    "2x2": [0, 0, 1, 1],
-    "3x3": [0, 0, 0, 1, 1, 1],
-    "2x2x2": [0, 0, 1, 1, 2, 2],
-    "4x4": [0] * 4 + [1] * 4,
-    "1x4": [0, 1, 1, 1, 1],
-    "3x2": [0, 0, 0, 1, 1],
-    "2x1x3": [0, 0, 1, 2, 2, 2],
-    # Ranks not numbered node by node (nodes 0, 1, 0, 1, 2, 1).
-    "interleaved": [0, 1, 0, 1, 2, 1],
+# (node of each rank, COLLECTIVE_HIERARCHICAL_CHUNK_BYTES). Equal nodes run the
+# allgather's rings across nodes per local index, pipelined in chunks; unequal
+# ones its leader scheme.
+LAYOUTS: dict[str, tuple[list[int], str | None]] = {
+    "2x2": ([0, 0, 1, 1], None),
+    "3x3": ([0, 0, 0, 1, 1, 1], None),
+    "2x2x2": ([0, 0, 1, 1, 2, 2], None),
+    "4x4": ([0] * 4 + [1] * 4, None),
+    "2x2-chunks-4K": ([0, 0, 1, 1], "4K"),
+    "3x3-one-chunk": ([0, 0, 0, 1, 1, 1], "0"),
+    "2x2x2-chunks-4K": ([0, 0, 1, 1, 2, 2], "4K"),
+    "1x4": ([0, 1, 1, 1, 1], None),
+    "3x2": ([0, 0, 0, 1, 1], None),
+    "2x1x3": ([0, 0, 1, 2, 2, 2], None),
+    # Ranks not numbered node by node: equal nodes 0, 1, 0, 1 and unequal 0, 1, 0, 1, 2, 1.
+    "interleaved-equal": ([0, 1, 0, 1], "4K"),
+    "interleaved": ([0, 1, 0, 1, 2, 1], None),
 }
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
 def test_hierarchical_broadcast_and_allgather_match_every_rank(layout: str) -> None:
-    node_of = LAYOUTS[layout]
+    node_of, chunk = LAYOUTS[layout]
     n = len(node_of)
-    results = run_ranks(_rooted_cases, n, node_of, timeout_s=180)
+    results = run_ranks(_rooted_cases, n, node_of, chunk, timeout_s=180)
     nodes = tuple({node: None for node in node_of})  # first-seen order
     renumber = {node: i for i, node in enumerate(nodes)}
     for rank in range(n):

@@ -68,7 +68,16 @@ TreeTopology hierarchical_broadcast_tree(const NodeLayout& layout, int rank, int
 
 // Hierarchical all-gather. `options`: data = the output, `size` blocks of
 // row_elements each, this rank's block already in place at rank; count =
-// size * row_elements. Phases (the header's root field carries the phase):
+// size * row_elements.
+// Equal nodes (K ranks each), as NCCL's rings do: the ranks with local index
+// i run a ring all-gather of their blocks across the nodes (each of the
+// node's K connections carries 1/K of its traffic), then the node's ranks
+// all-gather those N-block rows over shared memory; both in chunks of about
+// `chunk_bytes` of output (COLLECTIVE_HIERARCHICAL_CHUNK_BYTES), the node's
+// ring of one chunk beside the rings across nodes of the next. Blocks are
+// gathered in `work` and copied to their places at the end.
+// Unequal nodes, one leader per node (the header's root field carries the
+// phase):
 //   1. all-gather of the node's blocks among its ranks (shared memory);
 //   2. ring all-gather among one leader per node (local rank 0), each
 //      contributing its whole node's blocks: a node's link carries its own
@@ -76,9 +85,10 @@ TreeTopology hierarchical_broadcast_tree(const NodeLayout& layout, int rank, int
 //   3. the leader broadcasts the other nodes' blocks down a chain of its
 //      node's ranks (shared memory).
 // Ranks not numbered node by node gather in node order in `work` and are
-// copied to their places at the end. Any layout, unequal nodes included;
-// needs layout.hierarchical() and row_elements > 0.
+// copied to their places at the end. Either way any rank order works; needs
+// layout.hierarchical() and row_elements > 0.
 void hierarchical_allgather(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options, std::vector<char>* work);
+                            const RingOptions& options, std::vector<char>* work,
+                            size_t chunk_bytes);
 
 }  // namespace adaptrain::collective
