@@ -26,7 +26,8 @@ through an rsh agent that enters that node's namespace (and UTS namespace, so
 each node has its own host name), with `--mca btl tcp,vader,self` on eth0:
 shared memory inside a node, TCP over the shaped link between nodes, and
 mpi_yield_when_idle=1 (unless OMPI_MCA_mpi_yield_when_idle is set), since the
-ranks outnumber the cores here.
+ranks outnumber the cores here. "mpi@han" adds --mca coll_han_priority 100:
+Open MPI's own hierarchical collectives (coll/han) instead of coll/tuned.
 
 spawns N local ranks on this host (their pairs use shared memory or TCP
 loopback, as COLLECTIVE_LOCAL_TRANSPORT or --transport says), runs float32
@@ -207,7 +208,11 @@ class OpenMPI:
             )
         os.chmod(self.agent, 0o755)
 
-    def run(self, collective: str, sizes: list[int], repeats: int | None) -> list[dict[str, Any]]:
+    def run(
+        self, collective: str, sizes: list[int], repeats: int | None, variant: str = ""
+    ) -> list[dict[str, Any]]:
+        """variant "han": Open MPI's hierarchical collectives (coll/han) instead of its
+        default choice (coll/tuned)."""
         import subprocess
 
         n = self.nodes.count * self.per_node
@@ -224,6 +229,7 @@ class OpenMPI:
             "--mca", "btl", "tcp,vader,self",
             "--mca", "btl_tcp_if_include", "eth0",
             "--mca", "oob_tcp_if_include", "eth0",
+            *(["--mca", "coll_han_priority", "100"] if variant == "han" else []),
             self.binary, collective, ",".join(map(str, per_rank)),
         ]  # fmt: skip
         if repeats:
@@ -238,7 +244,8 @@ class OpenMPI:
                 continue
             raw = json.loads(text)
             size = sizes[per_rank.index(raw["bytes"])]
-            line = figures(n, size, [raw["median_s"]], "mpi", "shm+tcp", collective)
+            algo = f"mpi@{variant}" if variant else "mpi"
+            line = figures(n, size, [raw["median_s"]], algo, "shm+tcp", collective)
             line["backend"] = "openmpi"
             lines.append(line)
         return lines
@@ -257,13 +264,16 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
         name, _, chunk = spec.partition("@")
         if name not in (*ALGORITHMS, "mpi"):
             raise SystemExit(f"--algos: {name!r} is not one of {', '.join(ALGORITHMS)}, mpi")
-        if chunk and chunk != "0":
+        if name == "mpi" and chunk not in ("", "han"):
+            raise SystemExit(f"--algos: {spec!r}: use mpi or mpi@han")
+        if name != "mpi" and chunk and chunk != "0":
             parse_size(chunk)  # a bad chunk size fails here, before any namespace is made
     with (
         EmulatedNodes(args.nodes, rate=args.link, delay_us=args.delay_us) as nodes,
         tempfile.TemporaryDirectory(prefix="bench-mpi-") as folder,
     ):
-        mpi = OpenMPI(nodes, args.per_node, folder) if "mpi" in algos else None
+        wants_mpi = any(spec.partition("@")[0] == "mpi" for spec in algos)
+        mpi = OpenMPI(nodes, args.per_node, folder) if wants_mpi else None
         # Node-major ranks: a flat ring crosses each node boundary once per direction.
         peers = [
             f"{nodes.address(node)}:{29500 + local}"
@@ -279,7 +289,7 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
             for spec in algos:
                 algo, _, chunk = spec.partition("@")
                 if mpi is not None and algo == "mpi":
-                    lines = mpi.run(args.collective, sizes, args.repeats)
+                    lines = mpi.run(args.collective, sizes, args.repeats, chunk)
                 else:
                     lines = []
                     env = dict(os.environ)
@@ -320,7 +330,7 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
                         link_bound_algbw_GBps=round(bound, 4),
                         of_link_bound=round(line["algbw_GBps"] / bound, 3),
                     )
-                    if chunk:
+                    if chunk and algo != "mpi":
                         line["chunk_bytes"] = 0 if chunk == "0" else parse_size(chunk)
                     if args.json:
                         print(json.dumps(line), flush=True)
@@ -371,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         "--algos",
         default="ring,hierarchical",
         help="with --nodes: algorithms to compare; hierarchical@4M runs it with "
-        "COLLECTIVE_HIERARCHICAL_CHUNK_BYTES=4M (@0: no pipelining); mpi: Open MPI",
+        "COLLECTIVE_HIERARCHICAL_CHUNK_BYTES=4M (@0: no pipelining); mpi: Open MPI "
+        "(mpi@han: with its hierarchical coll/han)",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="with --nodes: interleaved rounds (ceiling each)"

@@ -89,16 +89,18 @@ def test_hierarchical_broadcast_and_allgather_run_across_namespaces(collective: 
     subprocess.run(["sh", "-c", "command -v mpicc && command -v mpirun"]).returncode != 0,
     reason="Open MPI (openmpi-bin, libopenmpi-dev) is not installed",
 )
-def test_open_mpi_runs_across_namespaces_with_tcp_between_them(tmp_path: Any) -> None:
+@pytest.mark.parametrize("variant", ["", "han"])
+def test_open_mpi_runs_across_namespaces_with_tcp_between_them(tmp_path: Any, variant: str) -> None:
     from bench.allreduce import OpenMPI
 
     with netns.EmulatedNodes(2) as nodes:
         mpi = OpenMPI(nodes, 2, str(tmp_path))
         before = _tx_bytes(nodes, 0)
-        lines = mpi.run("allreduce", [1 << 20], repeats=4)
+        lines = mpi.run("allreduce", [1 << 20], repeats=4, variant=variant)
         sent = _tx_bytes(nodes, 0) - before
     assert [line["bytes"] for line in lines] == [1 << 20]
     assert lines[0]["backend"] == "openmpi" and lines[0]["np"] == 4
+    assert lines[0]["algo"] == ("mpi@han" if variant else "mpi")
     # 7 allreduces of 1 MiB across 2 nodes: node 0 must send at least the buffer per call
     # over eth0; had Open MPI put the two nodes' ranks on shared memory, almost nothing.
     assert sent >= 7 * (1 << 20), sent
