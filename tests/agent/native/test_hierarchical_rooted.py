@@ -189,3 +189,42 @@ def test_ranks_that_disagree_about_the_algorithm_fail_not_hang(collective: str) 
         # Named mismatches, before the 20 s timeout (the test's own limit is 60 s).
         assert kind == "CollectiveError", f"rank {rank}: {message}"
         assert f"{collective} on rank {rank}" in message
+
+
+def _killed_mid_call(rank: int, peers: list[str], collective: str, victim: int) -> Any:
+    import os
+    import signal
+    import threading
+    import time
+
+    from agent.native import CollectiveError
+
+    comm = Communicator(rank, on_hosts(peers, [0, 0, 1, 1]), timeout_s=4.0)
+    x = np.ones(1 << 18, dtype=np.float32)
+    call = {
+        "broadcast": lambda: comm.broadcast(x, root=0, algorithm="hierarchical"),
+        "allgather": lambda: comm.allgather(x, algorithm="hierarchical"),
+    }[collective]
+    call()  # connected and in step
+    if rank == victim:
+        threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGKILL)).start()
+    for _ in range(10_000):
+        started = time.monotonic()
+        try:
+            call()
+        except CollectiveError as error:
+            assert comm.closed
+            return type(error).__name__, str(error), time.monotonic() - started
+    raise AssertionError(f"{collective} kept working after a rank was killed")
+
+
+@pytest.mark.parametrize("collective", ["broadcast", "allgather"])
+def test_a_rank_killed_mid_call_makes_every_survivor_fail(collective: str) -> None:
+    # Rank 3 is on node 1 and no leader: node 0's ranks only hear of it through the
+    # links its failing node-mate closes.
+    results = run_ranks(_killed_mid_call, 4, collective, 3, timeout_s=60)
+    assert sorted(results) == [0, 1, 2]
+    for rank, (kind, message, elapsed) in results.items():
+        assert kind in ("CollectiveError", "CollectiveTimeout"), message
+        assert f"{collective} on rank {rank}" in message
+        assert elapsed < 4.0 + 1.0
