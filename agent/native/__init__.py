@@ -422,6 +422,27 @@ class Communicator:
             int(count), np.dtype(dtype).itemsize, algorithm or ""
         )
 
+    def broadcast_algorithm(
+        self, count: int, dtype: Any = "float32", algorithm: AlgorithmName | None = None
+    ) -> str:
+        """The algorithm a broadcast of ``count`` elements would run ("ring" is a chain
+        from the root; "hierarchical" a chain across nodes and one inside each)."""
+        if algorithm is not None and algorithm not in _ALGORITHMS:
+            raise ValueError(f"algorithm {algorithm!r} is not known: use one of {_ALGORITHMS}")
+        return self._native.broadcast_algorithm(
+            int(count), np.dtype(dtype).itemsize, algorithm or ""
+        )
+
+    def allgather_algorithm(
+        self, count: int, dtype: Any = "float32", algorithm: AlgorithmName | None = None
+    ) -> str:
+        """The algorithm an allgather of ``count`` elements per rank would run."""
+        if algorithm is not None and algorithm not in _ALGORITHMS:
+            raise ValueError(f"algorithm {algorithm!r} is not known: use one of {_ALGORITHMS}")
+        return self._native.allgather_algorithm(
+            int(count), np.dtype(dtype).itemsize, algorithm or ""
+        )
+
     def allreduce(
         self, x: npt.NDArray[Any], op: ReduceOpName = "sum", algorithm: AlgorithmName | None = None
     ) -> npt.NDArray[Any]:

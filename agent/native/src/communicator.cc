@@ -257,6 +257,20 @@ Algorithm Communicator::allreduce_algorithm(size_t count, size_t element_bytes,
   return resolve(requested, count * element_bytes, count, true);
 }
 
+Algorithm Communicator::broadcast_algorithm(size_t count, size_t element_bytes,
+                                            Algorithm requested) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (size_ == 1) return requested == Algorithm::kDefault ? algorithm_ : requested;
+  return resolve(requested, count * element_bytes, std::max<size_t>(count, size_), true);
+}
+
+Algorithm Communicator::allgather_algorithm(size_t count, size_t element_bytes,
+                                            Algorithm requested) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (size_ == 1) return requested == Algorithm::kDefault ? algorithm_ : requested;
+  return resolve(requested, count * element_bytes * size_, count > 0 ? size_ : 0, true);
+}
+
 void Communicator::close() {
   // The blob service first: it must not wait behind a collective in flight.
   stop_blob_service();
@@ -364,7 +378,7 @@ void Communicator::broadcast(void* data, size_t count, DataType dtype, int root,
     // Any count suits a chain, so "ring" (a pipelined chain from the root)
     // never falls back here.
     const Algorithm chosen =
-        resolve(algorithm, count * element_size(dtype), std::max<size_t>(count, size_));
+        resolve(algorithm, count * element_size(dtype), std::max<size_t>(count, size_), true);
     MessageHeader header =
         next_header(CollectiveKind::kBroadcast, count, dtype, 0, chosen, shape_hash);
     header.root = static_cast<uint32_t>(root);
@@ -374,7 +388,9 @@ void Communicator::broadcast(void* data, size_t count, DataType dtype, int root,
     rooted.dtype = dtype;
     rooted.reduce = false;
     rooted.broadcast = true;
-    rooted.topology = topology_for(chosen, rank_, size_, root);
+    rooted.topology = chosen == Algorithm::kHierarchical
+                          ? hierarchical_broadcast_tree(layout_, rank_, root)
+                          : topology_for(chosen, rank_, size_, root);
     rooted.header = header;
     rooted.timeout = timeout_;
     rooted.block_bytes = tunables_.block_bytes;
@@ -395,10 +411,10 @@ void Communicator::allgather(const void* input, size_t count, DataType dtype, vo
     }
     if (size_ == 1) return;
     // The ring needs a non-empty block per rank to check every call.
-    const Algorithm chosen = resolve(algorithm, bytes * size_, count > 0 ? size_ : 0);
+    const Algorithm chosen = resolve(algorithm, bytes * size_, count > 0 ? size_ : 0, true);
     const MessageHeader header =
         next_header(CollectiveKind::kAllgather, count, dtype, 0, chosen, shape_hash);
-    if (chosen == Algorithm::kRing) {
+    if (chosen == Algorithm::kRing || chosen == Algorithm::kHierarchical) {
       RingOptions ring;
       ring.data = output;
       ring.count = count * size_;
@@ -409,7 +425,12 @@ void Communicator::allgather(const void* input, size_t count, DataType dtype, vo
       ring.block_bytes = tunables_.block_bytes;
       ring.scratch = &scratch_;
       ring.spin_us = spin_for(bytes * size_);
-      ring_allgather(*transport_, ring);
+      if (chosen == Algorithm::kHierarchical) {
+        hierarchical_allgather(*transport_, layout_, ring, &work_,
+                               tunables_.hierarchical_chunk_bytes);
+      } else {
+        ring_allgather(*transport_, ring);
+      }
       return;
     }
     // Tree and star: every rank contributes its block into zeros and the

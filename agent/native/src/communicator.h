@@ -74,6 +74,11 @@ class Communicator {
   // would run with `requested` (kDefault: the communicator's); kHierarchical
   // only when the group spans nodes with as many ranks on each.
   Algorithm allreduce_algorithm(size_t count, size_t element_bytes, Algorithm requested) const;
+  // The same for a broadcast of `count` elements and an all-gather of `count`
+  // per rank: kHierarchical when the group spans nodes and some node has
+  // several ranks (any layout: a tree of chains, and leaders across nodes).
+  Algorithm broadcast_algorithm(size_t count, size_t element_bytes, Algorithm requested) const;
+  Algorithm allgather_algorithm(size_t count, size_t element_bytes, Algorithm requested) const;
   // Per rank, the node it is on (0, 1, ... in order of first rank): ranks whose
   // peer addresses share the host part are one node.
   const std::vector<int>& nodes() const { return layout_.node_of; }
@@ -141,8 +146,9 @@ class Communicator {
   // The pieces run() bodies are made of; the lock is held.
   MessageHeader next_header(CollectiveKind kind, uint64_t count, DataType dtype, uint32_t op,
                             Algorithm algorithm, uint64_t shape_hash);
-  // `hierarchical`: the call may run the hierarchical allreduce (allreduce
-  // only); other collectives run the flat ring where it would be chosen.
+  // `hierarchical`: the call has a hierarchical version (allreduce,
+  // broadcast, all-gather); reduce-scatter runs the flat ring where it would
+  // be chosen.
   Algorithm resolve(Algorithm requested, size_t bytes, size_t count,
                     bool hierarchical = false) const;
   // COLLECTIVE_SPIN_US for a latency-bound call of `bytes`, else 0.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,62 @@ def test_a_shaped_link_between_namespaces_carries_the_hierarchical_allreduce() -
     # Nothing is left behind.
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(name in listed for name in nodes.namespaces)
+
+
+def _tx_bytes(nodes: netns.EmulatedNodes, node: int) -> int:
+    argv = ["ip", "netns", "exec", nodes.namespaces[node], "cat"]
+    argv.append("/sys/class/net/eth0/statistics/tx_bytes")
+    return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+@pytest.mark.parametrize("collective", ["broadcast", "allgather"])
+def test_hierarchical_broadcast_and_allgather_run_across_namespaces(collective: str) -> None:
+    # Unshaped: a token bucket drops packets, and retransmissions would blur the count.
+    with netns.EmulatedNodes(2) as nodes:
+        peers = [
+            f"{nodes.address(node)}:{29500 + local}" for node in range(2) for local in range(2)
+        ]
+        before = _tx_bytes(nodes, 0)
+        procs = []
+        for rank in range(4):
+            argv = [sys.executable, "-m", "bench.allreduce", "--serve-rank", str(rank)]
+            argv += ["--peers", ",".join(peers), "--sizes", "1M", "--repeats", "2"]
+            argv += ["--algo", "hierarchical", "--collective", collective]
+            procs.append(
+                nodes.popen(
+                    rank // 2, argv, stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL
+                )
+            )
+        out, _ = procs[0].communicate(timeout=120)
+        assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
+        line = json.loads(out.splitlines()[-1])
+        assert line["op"] == collective and line["algo"] == "hierarchical"
+        # 5 calls (3 warm-up): node 0 sends the 1 MiB buffer (broadcast) or its half of
+        # the 1 MiB output (allgather) over its link each time, and not much more.
+        sent = _tx_bytes(nodes, 0) - before
+        each = (1 << 20) if collective == "broadcast" else (1 << 19)
+        assert 5 * each <= sent < 5 * each * 1.3, sent
+
+
+@pytest.mark.skipif(
+    subprocess.run(["sh", "-c", "command -v mpicc && command -v mpirun"]).returncode != 0,
+    reason="Open MPI (openmpi-bin, libopenmpi-dev) is not installed",
+)
+@pytest.mark.parametrize("variant", ["", "han"])
+def test_open_mpi_runs_across_namespaces_with_tcp_between_them(tmp_path: Any, variant: str) -> None:
+    from bench.allreduce import OpenMPI
+
+    with netns.EmulatedNodes(2) as nodes:
+        mpi = OpenMPI(nodes, 2, str(tmp_path))
+        before = _tx_bytes(nodes, 0)
+        lines = mpi.run("allreduce", [1 << 20], repeats=4, variant=variant)
+        sent = _tx_bytes(nodes, 0) - before
+    assert [line["bytes"] for line in lines] == [1 << 20]
+    assert lines[0]["backend"] == "openmpi" and lines[0]["np"] == 4
+    assert lines[0]["algo"] == ("mpi@han" if variant else "mpi")
+    # 7 allreduces of 1 MiB across 2 nodes: node 0 must send at least the buffer per call
+    # over eth0; had Open MPI put the two nodes' ranks on shared memory, almost nothing.
+    assert sent >= 7 * (1 << 20), sent
 
 
 def test_bad_rates_are_refused_with_an_example() -> None:

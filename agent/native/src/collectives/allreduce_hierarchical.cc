@@ -31,6 +31,7 @@
 #include <optional>
 #include <utility>
 
+#include "collectives/allreduce_tree.h"
 #include "collectives/reduce.h"
 #include "collectives/segments.h"
 #include "core/deadline.h"
@@ -268,6 +269,263 @@ void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
   fold(kFoldOut);
   if (options.op == ReduceOp::kMean) {
     finish_mean(options.data, options.count, options.dtype, static_cast<size_t>(transport.size()));
+  }
+}
+
+// ---- Broadcast and all-gather ----
+
+namespace {
+
+// Per node, its ranks in rank order.
+std::vector<std::vector<int>> members_by_node(const NodeLayout& layout) {
+  std::vector<std::vector<int>> members(static_cast<size_t>(layout.nodes));
+  for (size_t r = 0; r < layout.node_of.size(); ++r) {
+    members[static_cast<size_t>(layout.node_of[r])].push_back(static_cast<int>(r));
+  }
+  return members;
+}
+
+}  // namespace
+
+TreeTopology hierarchical_broadcast_tree(const NodeLayout& layout, int rank, int root) {
+  const std::vector<std::vector<int>> members = members_by_node(layout);
+  const size_t nodes = members.size();
+  const size_t root_node = static_cast<size_t>(layout.node_of[static_cast<size_t>(root)]);
+  const size_t node = static_cast<size_t>(layout.node_of[static_cast<size_t>(rank)]);
+  const std::vector<int>& mine = members[node];
+  // The leader of node j: the root on its own node, else its first rank.
+  auto leader = [&](size_t j) { return j == root_node ? root : members[j].front(); };
+  // This node's chain starts at its leader and wraps around its ranks.
+  const size_t start =
+      static_cast<size_t>(std::find(mine.begin(), mine.end(), leader(node)) - mine.begin());
+  const size_t place =
+      static_cast<size_t>(std::find(mine.begin(), mine.end(), rank) - mine.begin());
+  const size_t k = mine.size();
+  const size_t in_chain = (place + k - start) % k;  // 0 for the leader
+  TreeTopology tree;
+  if (in_chain == 0) {
+    // Leaders: a chain across the nodes in node order from the root's node.
+    const size_t hop = (node + nodes - root_node) % nodes;
+    if (hop > 0) tree.parent = leader((node + nodes - 1) % nodes);
+    if (hop + 1 < nodes) tree.children.push_back(leader((node + 1) % nodes));
+  } else {
+    tree.parent = mine[(start + in_chain - 1) % k];
+  }
+  if (in_chain + 1 < k) tree.children.push_back(mine[(start + in_chain + 1) % k]);
+  return tree;
+}
+
+namespace {
+
+// Header root fields of the all-gather's phases (a broadcast's root field is
+// its root; an all-gather's is otherwise 0).
+constexpr uint32_t kGatherLocal = 1;
+constexpr uint32_t kGatherAcross = 2;
+constexpr uint32_t kGatherDownBefore = 3;
+constexpr uint32_t kGatherDownAfter = 4;
+
+}  // namespace
+
+namespace {
+
+// Equal nodes: K rings across the nodes and the node's ring, pipelined in
+// chunks of every block. The gathered blocks sit in `work` by chunk, then by
+// local index, then by node, so that both rings see contiguous segments:
+// chunk c of every block with local index i forms one row of N segments (the
+// ring across nodes of the ranks with local index i), and the K such rows of
+// chunk c form the node ring's K segments. A final copy puts every block in
+// its rank's place.
+void sharded_allgather(Transport& transport, const NodeLayout& layout, const RingOptions& options,
+                       std::vector<char>* work, size_t chunk_bytes) {
+  const size_t n = layout.node_of.size();
+  const size_t nodes = static_cast<size_t>(layout.nodes);
+  const size_t item = element_size(options.dtype);
+  const size_t count = options.row_elements;  // elements per block
+  const size_t block = count * item;
+  const int rank = transport.rank();
+  const size_t node = static_cast<size_t>(layout.node_of[static_cast<size_t>(rank)]);
+  const size_t index = static_cast<size_t>(layout.local_index[static_cast<size_t>(rank)]);
+  // Chunks of about chunk_bytes of output each, at least one element per block.
+  size_t chunks = chunk_bytes == 0 ? 1 : (n * block + chunk_bytes - 1) / chunk_bytes;
+  chunks = std::max<size_t>(1, std::min({chunks, count, kMaxHierarchicalChunks - 1}));
+
+  work->resize(n * block);
+  char* gathered = work->data();
+  char* output = static_cast<char*>(options.data);
+  auto slot = [&](size_t c, size_t i, size_t j) {  // chunk c of the block of (local i, node j)
+    const RowRange part = segment_rows(count, chunks, c);
+    return gathered + (n * part.first + (i * nodes + j) * part.rows) * item;
+  };
+  TransportView local(transport, layout.local_members);
+  TransportView cross(transport, layout.cross_members);
+  std::vector<char> cross_scratch;
+  std::vector<RingOptions> across(chunks, options), inside(chunks, options);
+  for (size_t c = 0; c < chunks; ++c) {
+    const RowRange part = segment_rows(count, chunks, c);
+    std::memcpy(slot(c, index, node),
+                output + static_cast<size_t>(rank) * block + part.first * item, part.rows * item);
+    RingOptions& a = across[c];
+    a.data = slot(c, index, 0);
+    a.count = nodes * part.rows;
+    a.row_elements = part.rows;
+    a.segment_ends = nullptr;
+    a.scratch = &cross_scratch;
+    a.header.root = ring_tag(6, c, chunks);
+    RingOptions& b = inside[c];
+    b.data = slot(c, 0, 0);
+    b.count = n * part.rows;
+    b.row_elements = nodes * part.rows;
+    b.segment_ends = nullptr;
+    b.header.root = ring_tag(7, c, chunks);
+  }
+
+  // Chunk c goes across the nodes, then around the node; the node's ring of
+  // chunk c runs beside the rings across nodes of chunk c+1.
+  size_t next_cross = 0, crossed = 0, next_local = 0, finished = 0;
+  std::optional<RingTask> cross_task;
+  std::optional<RingTask> local_task;
+  Deadline deadline = Deadline::inactivity(options.timeout);
+  std::vector<WaitRequest> requests;
+  while (finished < chunks) {
+    if (!cross_task && next_cross < chunks) {
+      cross_task.emplace(cross, across[next_cross++], RingKind::kAllgather);
+    }
+    if (!local_task && next_local < crossed) {
+      local_task.emplace(local, inside[next_local++], RingKind::kAllgather);
+    }
+    if (!cross_task && !local_task) {
+      throw IoError("hierarchical allgather stalled with nothing to run (internal error)");
+    }
+    bool moved = false;
+    if (cross_task) {
+      moved = cross_task->progress();
+      if (cross_task->done()) {
+        ++crossed;
+        cross_task.reset();
+        moved = true;
+      }
+    }
+    if (local_task) {
+      moved = local_task->progress() || moved;
+      if (local_task->done()) {
+        ++finished;
+        local_task.reset();
+        moved = true;
+      }
+    }
+    if (moved) {
+      deadline.note_progress();
+      continue;
+    }
+    requests.clear();
+    if (cross_task) cross_task->add_wait_requests(&requests);
+    if (local_task) local_task->add_wait_requests(&requests);
+    if (requests.empty()) {
+      throw IoError("hierarchical allgather has nothing to wait for (internal error)");
+    }
+    transport.wait(requests.data(), requests.size(), deadline, options.spin_us);
+    if (cross_task) cross_task->check_strays();
+    if (local_task) local_task->check_strays();
+  }
+  for (size_t r = 0; r < n; ++r) {
+    const size_t i = static_cast<size_t>(layout.local_index[r]);
+    const size_t j = static_cast<size_t>(layout.node_of[r]);
+    for (size_t c = 0; c < chunks; ++c) {
+      const RowRange part = segment_rows(count, chunks, c);
+      std::memcpy(output + r * block + part.first * item, slot(c, i, j), part.rows * item);
+    }
+  }
+}
+
+}  // namespace
+
+void hierarchical_allgather(Transport& transport, const NodeLayout& layout,
+                            const RingOptions& options, std::vector<char>* work,
+                            size_t chunk_bytes) {
+  const size_t n = layout.node_of.size();
+  if (!layout.hierarchical() || options.row_elements == 0 || options.scratch == nullptr ||
+      options.count != n * options.row_elements || static_cast<size_t>(transport.size()) != n) {
+    throw InvalidArgumentError(
+        "the hierarchical all-gather needs several nodes, one with several ranks, and a "
+        "non-empty block per rank (internal error: the communicator checks this)");
+  }
+  if (layout.per_node > 0) {
+    sharded_allgather(transport, layout, options, work, chunk_bytes);
+    return;
+  }
+  const int rank = transport.rank();
+  const size_t block = options.row_elements * element_size(options.dtype);
+  const std::vector<std::vector<int>> members = members_by_node(layout);
+  // Blocks in node order: node j's ranks at rows first[j] .. first[j+1].
+  std::vector<size_t> ends;  // per node, its last row + 1
+  std::vector<size_t> place(n);
+  bool identity = true;
+  for (const std::vector<int>& node : members) {
+    const size_t first = ends.empty() ? 0 : ends.back();
+    for (size_t i = 0; i < node.size(); ++i) {
+      place[static_cast<size_t>(node[i])] = first + i;
+      identity = identity && static_cast<size_t>(node[i]) == first + i;
+    }
+    ends.push_back(first + node.size());
+  }
+  char* output = static_cast<char*>(options.data);
+  char* gathered = output;
+  if (!identity) {
+    work->resize(n * block);
+    gathered = work->data();
+    std::memcpy(gathered + place[static_cast<size_t>(rank)] * block,
+                output + static_cast<size_t>(rank) * block, block);
+  }
+  const size_t node = static_cast<size_t>(layout.node_of[static_cast<size_t>(rank)]);
+  const size_t node_first = node == 0 ? 0 : ends[node - 1];
+  const size_t node_end = ends[node];
+  TransportView local(transport, layout.local_members);
+
+  // 1. The node's blocks, among its ranks.
+  RingOptions inside = options;
+  inside.data = gathered + node_first * block;
+  inside.count = (node_end - node_first) * options.row_elements;
+  inside.segment_ends = nullptr;
+  inside.header.root = kGatherLocal;
+  ring_allgather(local, inside);
+
+  // 2. Whole nodes, among the leaders.
+  if (layout.local_index[static_cast<size_t>(rank)] == 0) {
+    std::vector<int> leaders;
+    for (const std::vector<int>& members_of_node : members) leaders.push_back(members_of_node[0]);
+    TransportView across(transport, leaders);
+    RingOptions whole = options;
+    whole.data = gathered;
+    whole.segment_ends = &ends;
+    whole.header.root = kGatherAcross;
+    ring_allgather(across, whole);
+  }
+
+  // 3. The other nodes' blocks, from the leader down the node's chain.
+  if (local.size() > 1) {
+    auto down = [&](size_t first_row, size_t rows, uint32_t tag) {
+      if (rows == 0) return;
+      RootedOptions chained;
+      chained.data = gathered + first_row * block;
+      chained.count = rows * options.row_elements;
+      chained.dtype = options.dtype;
+      chained.reduce = false;
+      chained.broadcast = true;
+      chained.topology = chain(local.rank(), local.size(), 0);
+      chained.header = options.header;
+      chained.header.root = tag;
+      chained.timeout = options.timeout;
+      chained.block_bytes = options.block_bytes;
+      chained.spin_us = options.spin_us;
+      rooted_collective(local, chained);
+    };
+    down(0, node_first, kGatherDownBefore);
+    down(node_end, n - node_end, kGatherDownAfter);
+  }
+
+  if (!identity) {
+    for (size_t r = 0; r < n; ++r)
+      std::memcpy(output + r * block, gathered + place[r] * block, block);
   }
 }
 

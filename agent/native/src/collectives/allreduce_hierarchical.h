@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "collectives/allreduce_ring.h"
+#include "collectives/segments.h"
 #include "transport/transport.h"
 
 namespace adaptrain::collective {
@@ -53,5 +54,41 @@ void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
 // below kMaxHierarchicalChunks; at least 1.
 constexpr size_t kMaxHierarchicalChunks = 1024;
 size_t hierarchical_chunks(size_t rows, size_t row_bytes, size_t ranks, size_t chunk_bytes);
+
+// Hierarchical broadcast: this rank's place in a tree of chains rooted at
+// `root`. One leader per node (the root on its node, local rank 0 on the
+// others) forms a chain across the nodes, starting at the root's node; inside
+// each node a chain runs from its leader through the node's other ranks
+// (shared memory). Every inter-node link carries the buffer once, whatever
+// the rank order (a flat chain or binary tree over interleaved ranks crosses
+// between nodes many times). Run with rooted_collective (pipelined in
+// blocks, so the chains across and inside nodes work at once). Any layout,
+// unequal nodes included.
+TreeTopology hierarchical_broadcast_tree(const NodeLayout& layout, int rank, int root);
+
+// Hierarchical all-gather. `options`: data = the output, `size` blocks of
+// row_elements each, this rank's block already in place at rank; count =
+// size * row_elements.
+// Equal nodes (K ranks each), as NCCL's rings do: the ranks with local index
+// i run a ring all-gather of their blocks across the nodes (each of the
+// node's K connections carries 1/K of its traffic), then the node's ranks
+// all-gather those N-block rows over shared memory; both in chunks of about
+// `chunk_bytes` of output (COLLECTIVE_HIERARCHICAL_CHUNK_BYTES), the node's
+// ring of one chunk beside the rings across nodes of the next. Blocks are
+// gathered in `work` and copied to their places at the end.
+// Unequal nodes, one leader per node (the header's root field carries the
+// phase):
+//   1. all-gather of the node's blocks among its ranks (shared memory);
+//   2. ring all-gather among one leader per node (local rank 0), each
+//      contributing its whole node's blocks: a node's link carries its own
+//      blocks out and the other nodes' in, once each;
+//   3. the leader broadcasts the other nodes' blocks down a chain of its
+//      node's ranks (shared memory).
+// Ranks not numbered node by node gather in node order in `work` and are
+// copied to their places at the end. Either way any rank order works; needs
+// layout.hierarchical() and row_elements > 0.
+void hierarchical_allgather(Transport& transport, const NodeLayout& layout,
+                            const RingOptions& options, std::vector<char>* work,
+                            size_t chunk_bytes);
 
 }  // namespace adaptrain::collective

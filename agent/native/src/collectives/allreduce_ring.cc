@@ -142,6 +142,11 @@ class RingEngine {
  private:
   Segment segment(size_t index) const {
     const size_t row_bytes = options_.row_elements * element_size_;
+    if (options_.segment_ends != nullptr) {
+      const std::vector<size_t>& ends = *options_.segment_ends;
+      const size_t first = index == 0 ? 0 : ends[index - 1];
+      return Segment{first * row_bytes, (ends[index] - first) * row_bytes};
+    }
     const RowRange rows = segment_rows(options_.count / options_.row_elements, size_, index);
     return Segment{rows.first * row_bytes, rows.rows * row_bytes};
   }
@@ -298,10 +303,18 @@ class RingEngine {
 
 namespace {
 
-void check(const RingOptions& options) {
+void check(const RingOptions& options, int size) {
   if (options.scratch == nullptr) throw InvalidArgumentError("the ring needs a scratch buffer");
   if (options.row_elements == 0 || options.count % options.row_elements != 0) {
     throw InvalidArgumentError("the ring's row size must divide the element count");
+  }
+  if (options.segment_ends != nullptr) {
+    const std::vector<size_t>& ends = *options.segment_ends;
+    if (ends.size() != static_cast<size_t>(size) ||
+        ends.back() != options.count / options.row_elements ||
+        !std::is_sorted(ends.begin(), ends.end())) {
+      throw InvalidArgumentError("the ring's segment ends must rise to the row count");
+    }
   }
 }
 
@@ -309,28 +322,28 @@ void check(const RingOptions& options) {
 
 void ring_allreduce(Transport& transport, const RingOptions& options) {
   if (transport.size() == 1) return;
-  check(options);
+  check(options, transport.size());
   const size_t n = static_cast<size_t>(transport.size());
   RingEngine(transport, options, n - 1, n - 1, 0).run();
 }
 
 void ring_reduce_scatter(Transport& transport, const RingOptions& options) {
   if (transport.size() == 1) return;
-  check(options);
+  check(options, transport.size());
   const size_t n = static_cast<size_t>(transport.size());
   RingEngine(transport, options, n - 1, 0, -1).run();
 }
 
 void ring_allgather(Transport& transport, const RingOptions& options) {
   if (transport.size() == 1) return;
-  check(options);
+  check(options, transport.size());
   const size_t n = static_cast<size_t>(transport.size());
   RingEngine(transport, options, 0, n - 1, 0).run();
 }
 
 RingTask::RingTask(Transport& transport, const RingOptions& options, RingKind kind) {
   if (transport.size() == 1) return;
-  check(options);
+  check(options, transport.size());
   const size_t n = static_cast<size_t>(transport.size());
   switch (kind) {
     case RingKind::kAllreduce:

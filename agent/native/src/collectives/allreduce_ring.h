@@ -27,6 +27,10 @@ struct RingOptions {
   size_t block_bytes = 256 << 10;            // pipelining unit (COLLECTIVE_RING_BLOCK_BYTES)
   std::vector<char>* scratch = nullptr;      // receive buffer, reused between calls
   int spin_us = 0;                           // see Transport::wait
+  // Where each rank's segment ends, in rows (cumulative, one per rank, the
+  // last equal to the row count); null: segment_rows cuts them. The
+  // hierarchical all-gather gives each node leader its whole node's blocks.
+  const std::vector<size_t>* segment_ends = nullptr;
 };
 
 // Needs connections to rank-1 and rank+1. Throw IoError / TimeoutError; the

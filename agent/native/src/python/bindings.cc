@@ -213,6 +213,22 @@ NB_MODULE(_collective, m) {
                 self.allreduce_algorithm(count, element_bytes, algorithm_of(algorithm))));
           },
           nb::arg("count"), nb::arg("element_bytes"), nb::arg("algorithm"))
+      .def(
+          "broadcast_algorithm",
+          [](const col::Communicator& self, size_t count, size_t element_bytes,
+             const std::string& algorithm) {
+            return std::string(col::name_of(
+                self.broadcast_algorithm(count, element_bytes, algorithm_of(algorithm))));
+          },
+          nb::arg("count"), nb::arg("element_bytes"), nb::arg("algorithm"))
+      .def(
+          "allgather_algorithm",
+          [](const col::Communicator& self, size_t count, size_t element_bytes,
+             const std::string& algorithm) {
+            return std::string(col::name_of(
+                self.allgather_algorithm(count, element_bytes, algorithm_of(algorithm))));
+          },
+          nb::arg("count"), nb::arg("element_bytes"), nb::arg("algorithm"))
       .def_prop_ro(
           "algorithm",
           [](const col::Communicator& self) { return std::string(col::name_of(self.algorithm())); })
