@@ -415,6 +415,10 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                     document["window"] = args.window
                     for rule in document["rules"]:
                         rule["for"] = args.for_
+                        if system == "reroute_policy":
+                            # It fires again while throughput stays low (each firing probes
+                            # the paths anew); the template's 120 s are sized for long jobs.
+                            rule["cooldown_s"] = args.reroute_cooldown_s
                         # The share of the peak that counts as interference: the
                         # template's 0.8, or what --threshold says.
                         assert "0.8 * peak.throughput" in rule["when"]
@@ -457,7 +461,16 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                     None,
                 )
                 decisions = result["decisions"]
-                reacted = next((d["applied_step"] for d in decisions if d["applied_step"]), None)
+                # The first decision applied once the path is slow (one before it, fired on
+                # noise, does not count as a reaction).
+                reacted = next(
+                    (
+                        d["applied_step"]
+                        for d in decisions
+                        if d["applied_step"] and d["applied_step"] >= args.slow_at
+                    ),
+                    None,
+                )
                 run = {
                     "seed": seed,
                     "before": before,
@@ -504,7 +517,12 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                 "policy": None
                 if system == "no_policy"
                 else f"{templates[system]} (window {args.window}, for {args.for_}, "
-                f"threshold {args.threshold} of the peak)",
+                f"threshold {args.threshold} of the peak"
+                + (
+                    f", cooldown_s {args.reroute_cooldown_s})"
+                    if system == "reroute_policy"
+                    else ")"
+                ),
                 **{
                     key: statistics.median(r[key] for r in runs if r[key] is not None)
                     if any(r[key] is not None for r in runs)
@@ -793,6 +811,12 @@ def main() -> None:
         default="no_policy,topology_policy,reroute_policy",
         help="interference: the runs per seed (no_policy, topology_policy: the tree template, "
         "reroute_policy: the routed-ring template)",
+    )
+    net.add_argument(
+        "--reroute-cooldown-s",
+        type=float,
+        default=0.0,
+        help="interference: the routed-ring template's cooldown (template: 120 s)",
     )
     net.add_argument("--max-workers", type=int, default=4)
     net.add_argument("--scaleout-s", type=float, default=60, help="the policy run's length")

@@ -20,8 +20,9 @@ interference (Mai et al., OSDI'20), done here by probing:
 3. **Apply.** :meth:`~agent.native.Communicator.set_ring_order` (collective; the native
    ring runs on a renumbered view of the same connections).
 
-The trainer routes when the topology is switched to ``routed_ring``, in every new
-cluster version, and every ``ring_probe_every`` steps (a hyper-parameter; 0: never
+The trainer routes when the topology is switched to ``routed_ring`` (also when it
+already is: a policy's way to ask for a new probe), in every new cluster version, and
+every ``ring_probe_every`` steps (a hyper-parameter; 0: never
 again), all workers at the same step boundary. Rank 0 reports ``ring_hop_mbps``, the
 slowest hop of the ring now in force as the probe measured it, and
 ``link_mbps_min``, the slowest path measured between any two workers.
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 PROBE_BLOB = "adaptrain.link_probe"
-PROBE_BYTES = 256 << 10
+PROBE_BYTES = 128 << 10
 PROBE_REPEATS = 2
 EXACT_UP_TO = 8
 KEEP_WITHIN = 2.0

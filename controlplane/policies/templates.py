@@ -99,17 +99,18 @@ TEMPLATES: list[dict] = [
             "KungFu's adaptation to network interference: when every throughput report in "
             "the policy's window is under 80 % of the run's best, for 3 evaluations in a row, "
             "switch to the routed ring: the workers time a probe to every peer and pass the "
-            "ring's data in the order whose slowest hop is fastest (re-measured every "
-            "ring_probe_every steps). Unlike the tree it costs nothing when no path is slow; "
-            "it cannot help when a worker's whole link is slow (every ring crosses it)."
+            "ring's data in the order whose slowest hop is fastest. It fires again (after its "
+            "cooldown) while throughput stays low, and each firing probes again, so a slowdown "
+            "that comes after a firing is still routed around; the runtime also re-probes "
+            "every ring_probe_every steps. Unlike the tree it costs nothing when no path is "
+            "slow; it cannot help when a worker's whole link is slow (every ring crosses it)."
         ),
         "dry_run": False,
         "rules": [
             {
                 "name": "route around the slow path",
                 "when": (
-                    "has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput "
-                    "&& topology != 'routed_ring'"
+                    "has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput"
                 ),
                 "for": 3,
                 "cooldown_s": 120,
