@@ -415,10 +415,6 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                     document["window"] = args.window
                     for rule in document["rules"]:
                         rule["for"] = args.for_
-                        if system == "reroute_policy":
-                            # It fires again while throughput stays low (each firing probes
-                            # the paths anew); the template's 120 s are sized for long jobs.
-                            rule["cooldown_s"] = args.reroute_cooldown_s
                         # The share of the peak that counts as interference: the
                         # template's 0.8, or what --threshold says.
                         assert "0.8 * peak.throughput" in rule["when"]
@@ -517,12 +513,7 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                 "policy": None
                 if system == "no_policy"
                 else f"{templates[system]} (window {args.window}, for {args.for_}, "
-                f"threshold {args.threshold} of the peak"
-                + (
-                    f", cooldown_s {args.reroute_cooldown_s})"
-                    if system == "reroute_policy"
-                    else ")"
-                ),
+                f"threshold {args.threshold} of the peak)",
                 **{
                     key: statistics.median(r[key] for r in runs if r[key] is not None)
                     if any(r[key] is not None for r in runs)
@@ -739,9 +730,11 @@ def plot(rows: list[dict], directory: Path) -> list[Path]:
             for step, _ in row.get("decisions", []):
                 ax.axvline(step, linestyle="--", linewidth=1, color=line.get_color())
         ax.axvline(inter[0]["slow_at"], color="red", linewidth=1, label="path slowed")
+        ax.axvline(inter[0]["slow_until"], color="red", linestyle=":", linewidth=1,
+                   label="path restored")  # fmt: skip
         ax.set_xlabel("step")
         ax.set_ylabel("throughput (samples/s)")
-        ax.set_title("the path between two workers slowed mid-run")
+        ax.set_title("the path between two workers slowed mid-run (seed 0; dashed: decisions)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = directory / "adaptive_interference.png"
@@ -811,12 +804,6 @@ def main() -> None:
         default="no_policy,topology_policy,reroute_policy",
         help="interference: the runs per seed (no_policy, topology_policy: the tree template, "
         "reroute_policy: the routed-ring template)",
-    )
-    net.add_argument(
-        "--reroute-cooldown-s",
-        type=float,
-        default=0.0,
-        help="interference: the routed-ring template's cooldown (template: 120 s)",
     )
     net.add_argument("--max-workers", type=int, default=4)
     net.add_argument("--scaleout-s", type=float, default=60, help="the policy run's length")

@@ -21,9 +21,11 @@ interference (Mai et al., OSDI'20), done here by probing:
    ring runs on a renumbered view of the same connections).
 
 The trainer routes when the topology is switched to ``routed_ring`` (also when it
-already is: a policy's way to ask for a new probe), in every new cluster version, and
-every ``ring_probe_every`` steps (a hyper-parameter; 0: never
-again), all workers at the same step boundary. Rank 0 reports ``ring_hop_mbps``, the
+already is), in every new cluster version, every ``ring_probe_every`` steps (a
+hyper-parameter; 0: never again), and when the ring slows down: at every report the
+workers agree (a one-number allreduce) whether any one's communication time per step has
+grown ``REPROBE_AFTER`` times over its least since the last probe — a path that slowed
+after the probe — all workers at the same step boundary. Rank 0 reports ``ring_hop_mbps``, the
 slowest hop of the ring now in force as the probe measured it, and
 ``link_mbps_min``, the slowest path measured between any two workers.
 Framework-neutral: no TensorFlow here.
@@ -42,6 +44,7 @@ PROBE_BYTES = 128 << 10
 PROBE_REPEATS = 2
 EXACT_UP_TO = 8
 KEEP_WITHIN = 2.0
+REPROBE_AFTER = 4.0
 
 
 def probe_links(comm: Any, nbytes: int = PROBE_BYTES, repeats: int = PROBE_REPEATS) -> np.ndarray:

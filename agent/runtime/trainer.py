@@ -62,6 +62,7 @@ class Trainer:
         self.topology = session.params.get("topology") or "auto"
         # routed_ring: the cluster version and step the ring was last routed in (routing).
         self._routed: tuple[int, int] | None = None
+        self._ring_comm_best: float | None = None  # least comm time per step since routing
         self.ring_probe_every = int(hp.get("ring_probe_every", 100) or 0)
         self.sma_alpha = float(hp.get("sma_alpha", 0.1))
         # S-SGD as one compiled call per step (hyper-parameter ``fused_step``; false keeps
@@ -117,8 +118,26 @@ class Trainer:
                 return
         figures = routing.route(comm)
         self._routed = (session.cluster_version, self.step)
+        self._ring_comm_best = None
         if session.rank == 0:
             session.report(figures, step=self.step)
+
+    def _watch_ring(self, comm_per_step: float) -> None:
+        """routed_ring, at every report (all workers at the same step): when any worker's
+        communication time per step has grown ``routing.REPROBE_AFTER`` times over its
+        least since the ring was routed (a path slowed after the probe), probe again at
+        the next boundary. One small allreduce per report; the probe only when needed."""
+        comm = self.session.communicator
+        if self.topology != ROUTED_RING or comm is None or self._routed is None:
+            return
+        best = self._ring_comm_best
+        self._ring_comm_best = comm_per_step if best is None else min(best, comm_per_step)
+        slower = np.array(
+            [float(best is not None and comm_per_step > routing.REPROBE_AFTER * best)]
+        )
+        comm.allreduce(slower, op="max", algorithm="tree")
+        if slower[0] > 0:
+            self._routed = None
 
     # -- checkpoints ---------------------------------------------------------------------
     def checkpoint(self) -> Path | None:
@@ -285,6 +304,7 @@ class Trainer:
                         compute_time=compute_time,
                         comm_time=comm_time,
                     )
+                    self._watch_ring(comm_time / steps_in_window)
                     window_start, window_samples = time.perf_counter(), 0
                     compute_time = comm_time = 0.0
                     loss_sum = correct_sum = 0.0

@@ -99,9 +99,9 @@ TEMPLATES: list[dict] = [
             "KungFu's adaptation to network interference: when every throughput report in "
             "the policy's window is under 80 % of the run's best, for 3 evaluations in a row, "
             "switch to the routed ring: the workers time a probe to every peer and pass the "
-            "ring's data in the order whose slowest hop is fastest. It fires again (after its "
-            "cooldown) while throughput stays low, and each firing probes again, so a slowdown "
-            "that comes after a firing is still routed around; the runtime also re-probes "
+            "ring's data in the order whose slowest hop is fastest. On the routed ring the "
+            "workers probe again by themselves when their communication time per step grows "
+            "4× (a path slowed after the switch, or the switch fired on noise before it) and "
             "every ring_probe_every steps. Unlike the tree it costs nothing when no path is "
             "slow; it cannot help when a worker's whole link is slow (every ring crosses it)."
         ),
@@ -110,7 +110,8 @@ TEMPLATES: list[dict] = [
             {
                 "name": "route around the slow path",
                 "when": (
-                    "has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput"
+                    "has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput "
+                    "&& topology != 'routed_ring'"
                 ),
                 "for": 3,
                 "cooldown_s": 120,
