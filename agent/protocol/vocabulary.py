@@ -58,9 +58,9 @@ TOPOLOGIES = Terms(
         "auto": "the collective library picks per call, by message size, group size and "
         "workers per node",
         "routed_ring": "the ring in an order that avoids the slowest paths between workers: "
-        "they time a probe to every peer when it is chosen, in each new cluster version and "
-        "every ring_probe_every steps (default 100), and take the ring whose slowest hop is "
-        "fastest",
+        "they time a probe to every peer when it is chosen, in each new cluster version, "
+        "every ring_probe_every steps (default 100) and when their communication time per "
+        "step grows 4×, and take the ring whose slowest hop is fastest",
     }
 )
 
