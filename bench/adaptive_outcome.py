@@ -155,6 +155,7 @@ def train(
         else None
     )
     trace: list[dict] = []
+    routes: list[dict] = []
     applied: list[dict] = []
     started = None
     seq = 0
@@ -188,6 +189,8 @@ def train(
             ):
                 started = points[0]["time"]  # the runtime's report just before the first step
             values = {p["name"]: p["value"] for p in points if "rank" not in p}
+            if "ring_hop_mbps" in values:  # routed_ring probed its paths (agent.runtime.routing)
+                routes.append({"step": points[0]["step"], **values})
             if "loss" not in values or stopping:
                 continue
             step, now = points[0]["step"], points[0]["time"]
@@ -226,7 +229,7 @@ def train(
     for number, decision in enumerate(decisions, start=1):
         # Commands are numbered in the order sent; the policy's come first, then the stop.
         decision["applied_step"] = next((a["step"] for a in applied if a["seq"] == number), None)
-    return {"trace": trace, "decisions": decisions}
+    return {"trace": trace, "decisions": decisions, "routes": routes}
 
 
 # -- experiment: adaptive batch vs fixed (KungFu Fig. 4) ---------------------------------
@@ -385,7 +388,16 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
     }
     common = {**common, "workers": args.nodes}
     rows = []
-    per_system: dict[str, list[dict]] = {"no_policy": [], "topology_policy": []}
+    # The systems: no policy, and each template that reacts (its id), with the same fields set.
+    templates = {
+        "topology_policy": "topology-on-interference",
+        "reroute_policy": "reroute-on-interference",
+    }
+    systems = ["no_policy", *(s for s in args.systems.split(",") if s != "no_policy")]
+    unknown = [s for s in systems[1:] if s not in templates]
+    if unknown:
+        raise SystemExit(f"--systems: unknown {unknown}; use no_policy and {sorted(templates)}")
+    per_system: dict[str, list[dict]] = {system: [] for system in systems}
     with EmulatedNodes(args.nodes) as nodes:
         peers = [f"{nodes.address(i)}:{29500 + i}" for i in range(args.nodes)]
 
@@ -396,11 +408,9 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
         for seed in range(args.seeds):
             for system in per_system:
                 policy = None
-                if system == "topology_policy":
+                if system in templates:
                     document = json.loads(
-                        json.dumps(
-                            next(t for t in TEMPLATES if t["id"] == "topology-on-interference")
-                        )
+                        json.dumps(next(t for t in TEMPLATES if t["id"] == templates[system]))
                     )
                     document["window"] = args.window
                     for rule in document["rules"]:
@@ -447,7 +457,16 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                     None,
                 )
                 decisions = result["decisions"]
-                reacted = next((d["applied_step"] for d in decisions if d["applied_step"]), None)
+                # The first decision applied once the path is slow (one before it, fired on
+                # noise, does not count as a reaction).
+                reacted = next(
+                    (
+                        d["applied_step"]
+                        for d in decisions
+                        if d["applied_step"] and d["applied_step"] >= args.slow_at
+                    ),
+                    None,
+                )
                 run = {
                     "seed": seed,
                     "before": before,
@@ -463,6 +482,14 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                     "visible_step": visible,
                     "decisions": [(d["step"], d["value"], d["applied_step"]) for d in decisions],
                     "reacted_step": reacted,
+                    "routes": [
+                        {
+                            k: round(v, 1)
+                            for k, v in r.items()
+                            if k in ("step", "ring_hop_mbps", "link_mbps_min")
+                        }
+                        for r in result["routes"]
+                    ],
                     "series": [(r["step"], round(r["throughput"], 1)) for r in trace],
                 }
                 log(
@@ -485,7 +512,7 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                 "slow_until": args.slow_until,
                 "policy": None
                 if system == "no_policy"
-                else f"topology-on-interference (window {args.window}, for {args.for_}, "
+                else f"{templates[system]} (window {args.window}, for {args.for_}, "
                 f"threshold {args.threshold} of the peak)",
                 **{
                     key: statistics.median(r[key] for r in runs if r[key] is not None)
@@ -498,31 +525,34 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
                 "decisions": [(d[2] or d[0], d[1]) for d in runs[0]["decisions"]],
             }
         )
-    base, pol = per_system["no_policy"], per_system["topology_policy"]
-    recovered = []
-    for plain, adapted in zip(base, pol, strict=True):
-        lost = adapted["before"] - plain["during"]
-        got = (adapted["during_from_visible_plus_10"] or 0) - plain["during"]
-        recovered.append(round(got / lost, 3) if lost > 0 else None)
-    steps = [
-        r["reacted_step"] - r["visible_step"]
-        for r in pol
-        if r["reacted_step"] is not None and r["visible_step"] is not None
-    ]
-    rows.append(
-        {
-            **common,
-            "experiment": "interference",
-            "measure": "share of the lost throughput recovered from 10 steps after the "
-            "slowdown is visible (policy run's throughput then, against the same seed's "
-            "run without the policy during the slowdown, over its loss)",
-            "recovered_share_per_seed": recovered,
-            "recovered_share": statistics.median(r for r in recovered if r is not None)
-            if any(r is not None for r in recovered)
-            else None,
-            "steps_visible_to_switch_per_seed": steps,
-        }
-    )
+    base = per_system["no_policy"]
+    for system in systems[1:]:
+        pol = per_system[system]
+        recovered = []
+        for plain, adapted in zip(base, pol, strict=True):
+            lost = adapted["before"] - plain["during"]
+            got = (adapted["during_from_visible_plus_10"] or 0) - plain["during"]
+            recovered.append(round(got / lost, 3) if lost > 0 else None)
+        steps = [
+            r["reacted_step"] - r["visible_step"]
+            for r in pol
+            if r["reacted_step"] is not None and r["visible_step"] is not None
+        ]
+        rows.append(
+            {
+                **common,
+                "experiment": "interference",
+                "system": system,
+                "measure": "share of the lost throughput recovered from 10 steps after the "
+                "slowdown is visible (policy run's throughput then, against the same seed's "
+                "run without the policy during the slowdown, over its loss)",
+                "recovered_share_per_seed": recovered,
+                "recovered_share": statistics.median(r for r in recovered if r is not None)
+                if any(r is not None for r in recovered)
+                else None,
+                "steps_visible_to_switch_per_seed": steps,
+            }
+        )
     return rows
 
 
@@ -696,13 +726,15 @@ def plot(rows: list[dict], directory: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 4))
         for row in inter:
             series = row["series"]
-            ax.plot([s[0] for s in series], [s[1] for s in series], label=row["system"])
+            line = ax.plot([s[0] for s in series], [s[1] for s in series], label=row["system"])[0]
             for step, _ in row.get("decisions", []):
-                ax.axvline(step, linestyle="--", linewidth=1, color="grey")
+                ax.axvline(step, linestyle="--", linewidth=1, color=line.get_color())
         ax.axvline(inter[0]["slow_at"], color="red", linewidth=1, label="path slowed")
+        ax.axvline(inter[0]["slow_until"], color="red", linestyle=":", linewidth=1,
+                   label="path restored")  # fmt: skip
         ax.set_xlabel("step")
         ax.set_ylabel("throughput (samples/s)")
-        ax.set_title("the path between two workers slowed mid-run")
+        ax.set_title("the path between two workers slowed mid-run (seed 0; dashed: decisions)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = directory / "adaptive_interference.png"
@@ -766,6 +798,12 @@ def main() -> None:
     net.add_argument("--for", dest="for_", type=int, default=1, help="the rule's 'for'")
     net.add_argument(
         "--threshold", type=float, default=0.5, help="share of the peak throughput (template: 0.8)"
+    )
+    net.add_argument(
+        "--systems",
+        default="no_policy,topology_policy,reroute_policy",
+        help="interference: the runs per seed (no_policy, topology_policy: the tree template, "
+        "reroute_policy: the routed-ring template)",
     )
     net.add_argument("--max-workers", type=int, default=4)
     net.add_argument("--scaleout-s", type=float, default=60, help="the policy run's length")

@@ -475,7 +475,9 @@ def _job_spec_arguments(p: argparse.ArgumentParser, *, file: bool) -> None:
     )
     p.add_argument("--policy", help=POLICY_HELP)
     p.add_argument("--strategy", choices=["ssgd", "sma", "pair"])
-    p.add_argument("--topology", choices=["ring", "tree", "star", "hierarchical", "auto"])
+    p.add_argument(
+        "--topology", choices=["ring", "tree", "star", "hierarchical", "auto", "routed_ring"]
+    )
     p.add_argument(
         "--idempotency-key",
         help="retrying with the same key and job returns the job made the first time",

@@ -578,6 +578,30 @@ class Communicator:
         self._drain()
         self._native.set_algorithm(checked)
 
+    def set_ring_order(self, order: Sequence[int]) -> None:
+        """Pass the ring allreduce's data in this order of ranks from the next call on;
+        collective.
+
+        ``order`` names every rank once: rank ``order[i]`` sends to ``order[i + 1]``
+        (and the last to the first), so a ring can avoid a slow path between two
+        ranks. Only the ring allreduce (also grouped) follows it; the ring's
+        all-gather, reduce-scatter and broadcast keep rank order. Every rank must
+        pass the same order (they agree by consensus first); otherwise every rank
+        raises ``ValueError`` and the order stays as it was.
+        """
+        checked = [int(r) for r in order]
+        if sorted(checked) != list(range(self.size)):
+            raise ValueError(
+                f"a ring order names every rank 0..{self.size - 1} once, got {list(order)!r}"
+            )
+        self._drain()
+        self._native.set_ring_order(checked)
+
+    @property
+    def ring_order(self) -> tuple[int, ...]:
+        """The order the ring allreduce passes data in (see set_ring_order)."""
+        return tuple(self._native.ring_order)
+
     def barrier(self) -> None:
         """Return once every rank has called barrier()."""
         self._drain()

@@ -57,6 +57,10 @@ TOPOLOGIES = Terms(
         "then share inside each node (jobs with several workers per node; else the ring)",
         "auto": "the collective library picks per call, by message size, group size and "
         "workers per node",
+        "routed_ring": "the ring in an order that avoids the slowest paths between workers: "
+        "they time a probe to every peer when it is chosen, in each new cluster version, "
+        "every ring_probe_every steps (default 100) and when their communication time per "
+        "step grows 4×, and take the ring whose slowest hop is fastest",
     }
 )
 
@@ -189,6 +193,10 @@ METRICS = Terms(
         "gns": "gradient noise scale (the critical batch size estimate)",
         "grad_variance": "smoothed per-sample gradient variance tr(Σ)",
         "grad_snr": "gradient signal-to-noise ratio |G|² / (tr(Σ) / B)",
+        "ring_hop_mbps": "routed_ring: the slowest hop of the ring in force, Mbit/s as the "
+        "workers' probe measured it (each time they probe)",
+        "link_mbps_min": "routed_ring: the slowest path between any two workers, Mbit/s as "
+        "the probe measured it",
         "gpu_util": "percent of time the worker's GPU was busy (per worker; whole-job: the mean "
         "over the workers on rank 0's node); sampled by the agent with each heartbeat",
         "gpu_mem": "percent of the worker's GPU memory in use (per worker; whole-job as gpu_util)",

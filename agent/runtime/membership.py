@@ -45,6 +45,16 @@ if TYPE_CHECKING:
 
 # Allreduce algorithms of the native library, switched collectively at a step boundary.
 TOPOLOGIES = v.TOPOLOGIES  # a joiner receives the topology as an index into this
+# The ring in an order chosen by probing the paths (agent.runtime.routing): the native
+# ring with a ring order.
+ROUTED_RING = "routed_ring"
+
+
+def native_algorithm(topology: str) -> str:
+    """The native library's algorithm for a topology."""
+    return "ring" if topology == ROUTED_RING else topology
+
+
 # Interrupts the main thread's blocked formation of a communicator that a newer cluster
 # version has superseded (see Membership.form_first_communicator).
 SUPERSEDED_SIGNAL = signal.SIGUSR1
@@ -233,7 +243,7 @@ class Membership:
 def _new_communicator(rank: int, peers: list[str], version: int, algorithm: str):
     from agent.native import Communicator
 
-    algorithm = algorithm if algorithm in TOPOLOGIES else "auto"
+    algorithm = native_algorithm(algorithm) if algorithm in TOPOLOGIES else "auto"
     try:
         return Communicator(
             rank=rank, peers=peers, timeout_s=None, algorithm=algorithm, cluster_version=version
@@ -375,5 +385,5 @@ def transfer_state(trainer: Trainer) -> None:
         trainer.paused = bool(meta[8])
         # The noise estimate too: the adascale rule must give every worker the same lr.
         trainer.noise.load_state(list(meta[11:16]))
-    if comm.algorithm != trainer.topology:
-        comm.set_algorithm(trainer.topology)
+    if comm.algorithm != native_algorithm(trainer.topology):
+        comm.set_algorithm(native_algorithm(trainer.topology))

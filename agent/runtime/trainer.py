@@ -28,10 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.runtime import checkpoint, commands
+from agent.runtime import checkpoint, commands, routing
 from agent.runtime.adapter import ModelAdapter
 from agent.runtime.commands import Agreement
-from agent.runtime.membership import TOPOLOGIES, enter_version, join_as_standby, recover
+from agent.runtime.membership import (
+    ROUTED_RING,
+    TOPOLOGIES,
+    enter_version,
+    join_as_standby,
+    native_algorithm,
+    recover,
+)
 from agent.runtime.monitors import GradientNoiseMonitor
 from agent.runtime.sampler import GlobalBatchSampler
 from agent.runtime.session import Session
@@ -53,6 +60,10 @@ class Trainer:
         self.stopped = False
         self.paused = False
         self.topology = session.params.get("topology") or "auto"
+        # routed_ring: the cluster version and step the ring was last routed in (routing).
+        self._routed: tuple[int, int] | None = None
+        self._ring_comm_best: float | None = None  # least comm time per step since routing
+        self.ring_probe_every = int(hp.get("ring_probe_every", 100) or 0)
         self.sma_alpha = float(hp.get("sma_alpha", 0.1))
         # S-SGD as one compiled call per step (hyper-parameter ``fused_step``; false keeps
         # the two-call path SMA and pair averaging use, for comparison).
@@ -84,10 +95,49 @@ class Trainer:
     def set_topology(self, name: str) -> None:
         if name not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {name!r}")
-        if self.session.communicator is not None:
+        comm = self.session.communicator
+        if comm is not None:
             # Every worker reaches this at the same step, so the collective switch lines up.
-            self.session.communicator.set_algorithm(name)
+            comm.set_algorithm(native_algorithm(name))
+            if name != ROUTED_RING and tuple(comm.ring_order) != tuple(range(comm.size)):
+                comm.set_ring_order(range(comm.size))
         self.topology = name
+        self._routed = None  # routed_ring: probe and order the ring at this boundary
+
+    def _route_ring_if_due(self) -> None:
+        """routed_ring: probe the paths and order the ring when switched to it, in a new
+        cluster version and every ``ring_probe_every`` steps (every worker at the same
+        step boundary; :mod:`agent.runtime.routing`)."""
+        session, comm = self.session, self.session.communicator
+        if self.topology != ROUTED_RING or comm is None:
+            return
+        if self._routed is not None:
+            version, step = self._routed
+            due = self.ring_probe_every and self.step - step >= self.ring_probe_every
+            if version == session.cluster_version and not due:
+                return
+        figures = routing.route(comm)
+        self._routed = (session.cluster_version, self.step)
+        self._ring_comm_best = None
+        if session.rank == 0:
+            session.report(figures, step=self.step)
+
+    def _watch_ring(self, comm_per_step: float) -> None:
+        """routed_ring, at every report (all workers at the same step): when any worker's
+        communication time per step has grown ``routing.REPROBE_AFTER`` times over its
+        least since the ring was routed (a path slowed after the probe), probe again at
+        the next boundary. One small allreduce per report; the probe only when needed."""
+        comm = self.session.communicator
+        if self.topology != ROUTED_RING or comm is None or self._routed is None:
+            return
+        best = self._ring_comm_best
+        self._ring_comm_best = comm_per_step if best is None else min(best, comm_per_step)
+        slower = np.array(
+            [float(best is not None and comm_per_step > routing.REPROBE_AFTER * best)]
+        )
+        comm.allreduce(slower, op="max", algorithm="tree")
+        if slower[0] > 0:
+            self._routed = None
 
     # -- checkpoints ---------------------------------------------------------------------
     def checkpoint(self) -> Path | None:
@@ -216,6 +266,7 @@ class Trainer:
                 if session.cluster_version != version:
                     window_start, window_samples = time.perf_counter(), 0
                     compute_time = comm_time = 0.0
+                self._route_ring_if_due()
                 comm, rank, size = session.communicator, session.rank, session.size
                 if checkpoint_every and self.step and self.step % checkpoint_every == 0:
                     self.checkpoint()
@@ -253,6 +304,7 @@ class Trainer:
                         compute_time=compute_time,
                         comm_time=comm_time,
                     )
+                    self._watch_ring(comm_time / steps_in_window)
                     window_start, window_samples = time.perf_counter(), 0
                     compute_time = comm_time = 0.0
                     loss_sum = correct_sum = 0.0

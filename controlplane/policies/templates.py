@@ -92,4 +92,31 @@ TEMPLATES: list[dict] = [
             }
         ],
     },
+    {
+        "id": "reroute-on-interference",
+        "name": "Route the ring around a slow path",
+        "description": (
+            "KungFu's adaptation to network interference: when every throughput report in "
+            "the policy's window is under 80 % of the run's best, for 3 evaluations in a row, "
+            "switch to the routed ring: the workers time a probe to every peer and pass the "
+            "ring's data in the order whose slowest hop is fastest. On the routed ring the "
+            "workers probe again by themselves when their communication time per step grows "
+            "4× (a path slowed after the switch, or the switch fired on noise before it) and "
+            "every ring_probe_every steps. Unlike the tree it costs nothing when no path is "
+            "slow; it cannot help when a worker's whole link is slow (every ring crosses it)."
+        ),
+        "dry_run": False,
+        "rules": [
+            {
+                "name": "route around the slow path",
+                "when": (
+                    "has(window_max.throughput) && window_max.throughput < 0.8 * peak.throughput "
+                    "&& topology != 'routed_ring'"
+                ),
+                "for": 3,
+                "cooldown_s": 120,
+                "action": {"type": "set_topology", "value": "routed_ring"},
+            }
+        ],
+    },
 ]

@@ -26,7 +26,7 @@ def test_the_control_plane_reads_its_words_from_the_shared_vocabulary():
     assert engine.METRIC_NAMES == frozenset(vocabulary.METRICS)
     assert engine.CHOICE_ACTIONS == {
         "set_strategy": ("ssgd", "sma", "pair"),
-        "set_topology": ("ring", "tree", "star", "hierarchical", "auto"),
+        "set_topology": ("ring", "tree", "star", "hierarchical", "auto", "routed_ring"),
     }
     assert engine.NUMERIC_ACTIONS == {"set_batch_size": int, "set_lr": float, "scale_workers": int}
     assert TEXT_HYPERPARAMETERS["lr_scaling"][0] == tuple(vocabulary.LR_SCALING_RULES)

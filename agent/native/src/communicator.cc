@@ -11,6 +11,7 @@
 #include "core/errors.h"
 #include "transport/shm/transport_shm.h"
 #include "transport/tcp/transport_tcp.h"
+#include "transport/transport_view.h"
 
 namespace adaptrain::collective {
 namespace {
@@ -330,7 +331,7 @@ void Communicator::reduce_locked(void* data, size_t count, DataType dtype, Reduc
     if (algorithm == Algorithm::kHierarchical) {
       hierarchical_allreduce(*transport_, layout_, ring, tunables_.hierarchical_chunk_bytes);
     } else {
-      ring_allreduce(*transport_, ring);
+      ordered_ring_allreduce(ring);
     }
     return;
   }
@@ -532,6 +533,53 @@ void Communicator::set_algorithm(Algorithm algorithm) {
                                ": the ranks asked for different " + "algorithms (this rank: \"" +
                                name + "\"); the algorithm is unchanged");
   }
+}
+
+void Communicator::ordered_ring_allreduce(const RingOptions& ring) {
+  if (ring_order_.empty()) {
+    ring_allreduce(*transport_, ring);
+    return;
+  }
+  TransportView view(*transport_, ring_order_);
+  ring_allreduce(view, ring);
+}
+
+void Communicator::set_ring_order(const std::vector<int>& order) {
+  std::vector<int> seen(static_cast<size_t>(size_), 0);
+  bool identity = true;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int r = order[i];
+    if (r < 0 || r >= size_ || seen[static_cast<size_t>(r)]++) {
+      throw InvalidArgumentError("set_ring_order: the order must name every rank 0.." +
+                                 std::to_string(size_ - 1) + " once");
+    }
+    identity = identity && r == static_cast<int>(i);
+  }
+  if (!order.empty() && order.size() != static_cast<size_t>(size_)) {
+    throw InvalidArgumentError("set_ring_order: the order must name every rank 0.." +
+                               std::to_string(size_ - 1) + " once");
+  }
+  std::string text = "ring_order=";
+  for (int r : order) text += std::to_string(r) + ",";
+  if (identity) text = "ring_order=";
+  const bool agreed = run("set_ring_order", [&] {
+    const bool same = consensus_locked(text.data(), text.size());
+    if (same) ring_order_ = identity ? std::vector<int>() : order;
+    return same;
+  });
+  if (!agreed) {
+    throw InvalidArgumentError("set_ring_order on rank " + std::to_string(rank_) +
+                               ": the ranks asked for different orders (this rank: " + text +
+                               "); the order is unchanged");
+  }
+}
+
+std::vector<int> Communicator::ring_order() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!ring_order_.empty()) return ring_order_;
+  std::vector<int> order(static_cast<size_t>(size_));
+  for (int r = 0; r < size_; ++r) order[static_cast<size_t>(r)] = r;
+  return order;
 }
 
 void Communicator::grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op,

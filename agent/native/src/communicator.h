@@ -22,6 +22,7 @@
 
 #include "collectives/algorithm.h"
 #include "collectives/allreduce_hierarchical.h"
+#include "collectives/allreduce_ring.h"
 #include "collectives/protocol.h"
 #include "core/tunables.h"
 #include "core/types.h"
@@ -113,6 +114,15 @@ class Communicator {
   // must ask for the same one; otherwise every rank raises
   // InvalidArgumentError and the algorithm stays as it was.
   void set_algorithm(Algorithm algorithm);
+  // Collective: the order in which the ring allreduce passes data (rank
+  // order[i] sends to order[i+1]), so that a ring can avoid a slow path
+  // between two ranks; empty means 0, 1, ..., size-1. Only the ring
+  // allreduce (also on fused buffers) follows it; the ring's all-gather,
+  // reduce-scatter and broadcast keep rank order. Every rank must ask for the
+  // same order, a permutation of the ranks; otherwise InvalidArgumentError and
+  // the order stays as it was.
+  void set_ring_order(const std::vector<int>& order);
+  std::vector<int> ring_order() const;
   // Tensor fusion: the buffers of each dtype are packed into one, reduced in
   // one allreduce (per dtype, in order of first appearance) and unpacked.
   void grouped_allreduce(const std::vector<Buffer>& buffers, ReduceOp op,
@@ -153,6 +163,8 @@ class Communicator {
                     bool hierarchical = false) const;
   // COLLECTIVE_SPIN_US for a latency-bound call of `bytes`, else 0.
   int spin_for(size_t bytes) const;
+  // The ring allreduce in ring_order_ (a TransportView when it is set).
+  void ordered_ring_allreduce(const RingOptions& ring);
   void reduce_locked(void* data, size_t count, DataType dtype, ReduceOp op, Algorithm algorithm,
                      const MessageHeader& header);
   bool consensus_locked(const void* data, size_t bytes);
@@ -173,6 +185,7 @@ class Communicator {
   mutable std::mutex mutex_;
   std::unique_ptr<Transport> transport_;  // null for a single rank
   Algorithm algorithm_;
+  std::vector<int> ring_order_;  // empty: rank order (set_ring_order)
   std::vector<std::string> link_kinds_;
   bool closed_ = false;
   std::string failure_;  // why the communicator closed itself

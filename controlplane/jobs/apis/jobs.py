@@ -43,6 +43,7 @@ HYPERPARAMETER_LIMITS = {
     "monitor_every": (int, 0, 10_000, 1),
     "sma_alpha": (float, 1e-6, 1.0, 0.1),
     "checkpoint_every": (int, 0, 10_000_000, 0),
+    "ring_probe_every": (int, 0, 10_000_000, "optional"),  # routed_ring: steps between probes
     "samples": (int, 10, 1_000_000, "optional"),  # examples.synthetic_cnn: data set size
     "bucket_mb": (float, 0.0, 1024.0, "optional"),  # PyTorch runtime: gradient bucket size
 }

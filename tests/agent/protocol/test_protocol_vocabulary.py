@@ -13,7 +13,7 @@ from agent.protocol import vocabulary as v
 
 def test_the_names_are_the_contracts():
     assert v.STRATEGIES == ("ssgd", "sma", "pair")
-    assert v.TOPOLOGIES == ("ring", "tree", "star", "hierarchical", "auto")
+    assert v.TOPOLOGIES == ("ring", "tree", "star", "hierarchical", "auto", "routed_ring")
     assert v.ACTIONS == (
         "set_batch_size",
         "set_lr",
@@ -36,7 +36,9 @@ def test_the_names_are_the_contracts():
         "grad_variance", "grad_snr", "comm_time",
     }  # fmt: skip
     assert contract <= set(v.METRICS)
-    assert set(v.METRICS) - contract == {"val_accuracy", "compute_time", "gpu_util", "gpu_mem"}
+    assert set(v.METRICS) - contract == {
+        "val_accuracy", "compute_time", "gpu_util", "gpu_mem", "ring_hop_mbps", "link_mbps_min",
+    }  # fmt: skip
     assert v.BOOKKEEPING_METRICS == ("checkpoint_step", "param_checksum")
 
 

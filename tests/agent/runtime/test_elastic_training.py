@@ -98,14 +98,27 @@ def reached(step: int):
 FOREVER = {"steps": 10**6, "log_every": 5}
 
 
-def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_path):
+def probed_at(step: int):
+    """routed_ring: rank 0 reported a probe of the paths at ``step`` or later."""
+    return lambda a, m: (
+        m["type"] == "metrics"
+        and any(p["name"] == "ring_hop_mbps" and p["step"] >= step for p in m["points"])
+    )
+
+
+# routed_ring: every member (the joiner too) probes the paths in each new version, at the
+# same step boundary, a collective of its own between agreeing and the step.
+@pytest.mark.parametrize("topology", ["auto", "routed_ring"])
+def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_path, topology):
+    routed = topology == "routed_ring"
     with LocalJob(
         "tests.support.elastic_worker",
-        FOREVER,
+        {**FOREVER, "ring_probe_every": 0},
         workers=2,
         batch_size=BATCH,
         lr=0.05,
         env={"ELASTIC_LOG_DIR": str(tmp_path)},
+        topology=topology,
     ) as job:
         first = list(job.members)
         job.wait_for(reached(20))
@@ -119,6 +132,8 @@ def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_pat
         assert {a for a, _ in rescaled} == set(first + standby)
         assert {m["size"] for _, m in rescaled} == {3}
         grow_step = rescaled[0][1]["step"]
+        if routed:
+            job.wait_for(probed_at(grow_step), already=True)
         job.wait_for(
             lambda a, m: (
                 m["type"] == "metrics"
@@ -129,6 +144,8 @@ def test_grow_from_standby_then_shrink_keeps_data_coverage_and_lock_step(tmp_pat
         _, left = job.wait_for(lambda a, m: m["type"] == "left")
         assert left["version"] == 2
         _, rescaled = job.wait_for(lambda a, m: m["type"] == "rescaled" and m["version"] == 2)
+        if routed:
+            job.wait_for(probed_at(rescaled["step"]), already=True)
         job.wait_for(reached(rescaled["step"] + 30))
         job.command("stop")
         codes = job.wait(300)

@@ -271,3 +271,45 @@ def test_topology_switch_is_applied_by_every_worker_and_training_goes_on():
         assert [p.wait(timeout=60) for p in w.procs] == [0, 0, 0]
     finally:
         w.close()
+
+
+def test_routed_ring_probes_its_paths_reports_them_and_training_goes_on():
+    # Loopback: no path is slow, so the probe finds every ring alike and keeps rank order;
+    # what is checked is that the switch, the probe (a collective of its own) and the
+    # periodic re-probe line up on every worker, and that the models stay equal.
+    w = Workers(
+        3,
+        {
+            "batch_size": 48,
+            "lr": 0.05,
+            "steps": 10_000_000,
+            "log_every": 10,
+            "seed": 5,
+            "ring_probe_every": 30,
+        },
+        topology="ring",
+    )
+    try:
+        w.wait_for(lambda s: any(job_metric([x], "loss") for x in s), timeout=120)
+        steps = w.applied_steps(w.command("set_topology", "routed_ring"))
+        assert len(set(steps.values())) == 1
+        after = steps[0]
+        seen = w.wait_for(
+            lambda s: len([st for st, _ in job_metric(s, "ring_hop_mbps") if st >= after]) >= 2,
+            timeout=120,
+        )
+        probed = [st for st, _ in job_metric(seen, "ring_hop_mbps")]
+        assert probed[0] == after and probed[1] - probed[0] >= 30  # on the switch, then again
+        assert all(v > 0 for _, v in job_metric(seen, "link_mbps_min"))
+        sums = rank_metric(seen, "param_checksum")
+        common = [s for s in sums[0] if s > after and all(s in sums[r] for r in (1, 2))]
+        assert common and all(sums[0][s] == sums[1][s] == sums[2][s] for s in common)
+        back = w.applied_steps(w.command("set_topology", "ring"))
+        assert len(set(back.values())) == 1
+        w.wait_for(
+            lambda s: any(step > back[0] + 10 for step, _ in job_metric(s, "loss")), timeout=120
+        )
+        w.applied_steps(w.command("stop"))
+        assert [p.wait(timeout=60) for p in w.procs] == [0, 0, 0]
+    finally:
+        w.close()

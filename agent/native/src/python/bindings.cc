@@ -334,6 +334,14 @@ NB_MODULE(_collective, m) {
           },
           "name"_a)
       .def(
+          "set_ring_order",
+          [](col::Communicator& self, const std::vector<int>& order) {
+            nb::gil_scoped_release release;
+            self.set_ring_order(order);
+          },
+          "order"_a)
+      .def_prop_ro("ring_order", [](const col::Communicator& self) { return self.ring_order(); })
+      .def(
           "grouped_allreduce",
           [](col::Communicator& self, std::vector<CpuArray> arrays, const std::string& op,
              const std::string& algorithm) {
