@@ -288,14 +288,19 @@ def parse_systems(text: str) -> tuple[str, ...]:
     return names
 
 
-def goodput_policy(*, every_steps: int, min_batch: int, max_batch: int) -> engine.Policy:
+def goodput_policy(
+    *, every_steps: int, min_batch: int, max_batch: int, window: int | None = None
+) -> engine.Policy:
     """The smallest policy a user would write for ``optimize_goodput`` (no built-in
     template has it): one rule that asks for the best batch every ``every_steps`` steps,
     within the range the fixed batches span. As docs/policies.md shows it, with the
-    interval sized for this job (its runs last a few hundred to a few thousand steps)."""
+    interval sized for this job (its runs last a few hundred to a few thousand steps);
+    ``window`` (reports the engine fits from) is the policy's, the engine's default when
+    None."""
     return engine.parse_policy(
         {
             "name": "goodput batch",
+            **({"window": window} if window is not None else {}),
             "rules": [
                 {
                     "name": "tune batch",
@@ -322,16 +327,23 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
             )
             described = f"gns-adaptive-batch (cooldown_s {args.cooldown_s}, max {args.max_batch})"
             systems.append((f"adaptive_{rule}", start, rule, policy, described))
+    windows = [int(w) for w in args.goodput_windows.split(",")]
     for rule in args.lr_scaling.split(","):
-        if "goodput" in families:
+        for window in windows if "goodput" in families else []:
             policy = goodput_policy(
-                every_steps=args.goodput_every, min_batch=start, max_batch=args.max_batch
+                every_steps=args.goodput_every,
+                min_batch=start,
+                max_batch=args.max_batch,
+                window=window,
             )
             described = (
                 f"optimize_goodput when steps_since_fired >= {args.goodput_every} "
-                f"(bounds {start}–{args.max_batch})"
+                f"(bounds {start}–{args.max_batch}, window {window})"
             )
-            systems.append((f"goodput_{rule}", start, rule, policy, described))
+            name = f"goodput_{rule}" + (
+                "" if window == engine.DEFAULT_WINDOW else f"_window{window}"
+            )
+            systems.append((name, start, rule, policy, described))
     rows = []
     for system, batch, rule, policy, described in systems:
         runs = []
@@ -835,6 +847,11 @@ def main() -> None:
     batch.add_argument(
         "--goodput-every", type=int, default=20, help="steps between optimize_goodput asks"
     )
+    batch.add_argument(
+        "--goodput-windows",
+        default=str(engine.DEFAULT_WINDOW),
+        help="the goodput policy's window (reports), one system per value",
+    )
     net = parser.add_argument_group("interference and scaleout")
     net.add_argument("--nodes", type=int, default=4, help="emulated nodes, one worker each")
     net.add_argument("--batch", type=int, default=512, help="global batch")
@@ -857,6 +874,8 @@ def main() -> None:
         parser.error("the gradient noise scale needs at least 2 workers")
     try:
         parse_systems(args.systems)
+        for window in args.goodput_windows.split(","):
+            goodput_policy(every_steps=1, min_batch=1, max_batch=1, window=int(window))
     except ValueError as exc:
         parser.error(str(exc))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

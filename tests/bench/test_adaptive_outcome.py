@@ -99,6 +99,8 @@ def test_goodput_policy_fires_from_the_reports_the_runtime_sends_as_the_engine_s
     # fixed 2 ms of collectives the best batch is √(φ·s·K/b) = √(4000·2e-3·2/1e-5) = 1265,
     # clamped to 4 × 64.
     assert firing.inputs["gns_used"] == pytest.approx(4000.0)
+    assert policy.window == 10  # the engine's default
+    assert goodput_policy(every_steps=20, min_batch=64, max_batch=4096, window=40).window == 40
     # At a bound nothing is asked: 4096 is the policy's max.
     driver = PolicyDriver(policy, batch_size=4096, lr=0.05, workers=2)
     for step in range(5, 60, 5):
