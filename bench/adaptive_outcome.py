@@ -21,7 +21,13 @@ Experiments (``--experiment``):
   template, sized for long jobs; these runs last seconds). Each run trains on
   ``--max-samples`` samples (then the benchmark sends ``stop``); reported per system: wall
   time (training only: evaluation time taken out) and samples to ``--target`` held-out
-  accuracy, final accuracy, medians and min–max over ``--seeds``.
+  accuracy, final accuracy, medians and min–max over ``--seeds``. Also, started at the
+  smallest batch with the same lr rules, the smallest policy a user would write for the
+  built-in action ``optimize_goodput`` (no template has it): ask for the batch with the
+  best goodput every ``--goodput-every`` steps, within the fixed batches' range; the
+  engine fits it from the workers' whole-job ``compute_time``, ``comm_time``,
+  ``step_time``, ``batch_size``, ``workers`` and ``gns``, as the control plane does.
+  ``--systems`` picks among ``fixed``, ``gns`` and ``goodput``.
 - ``interference`` (KungFu Fig. 5): ``--nodes`` emulated nodes (network namespaces,
   ``bench.netns``), one worker each, topology ``ring``; from step ``--slow-at`` to
   ``--slow-until`` the path between the two nodes ``--slow-path`` is cut to
@@ -269,19 +275,80 @@ def spread(values: list) -> list | None:
     return [min(known), max(known)] if known else None
 
 
+# The batch experiment's families of systems (``--systems``).
+BATCH_SYSTEMS = ("fixed", "gns", "goodput")
+
+
+def parse_systems(text: str) -> tuple[str, ...]:
+    """``--systems``: a comma-separated subset of BATCH_SYSTEMS, in the order given."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in BATCH_SYSTEMS]
+    if unknown or not names:
+        raise ValueError(
+            f"--systems takes a comma-separated subset of {', '.join(BATCH_SYSTEMS)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    return names
+
+
+def goodput_policy(
+    *, every_steps: int, min_batch: int, max_batch: int, window: int | None = None
+) -> engine.Policy:
+    """The smallest policy a user would write for ``optimize_goodput`` (no built-in
+    template has it): one rule that asks for the best batch every ``every_steps`` steps,
+    within the range the fixed batches span. As docs/policies.md shows it, with the
+    interval sized for this job (its runs last a few hundred to a few thousand steps);
+    ``window`` (reports the engine fits from) is the policy's, the engine's default when
+    None."""
+    return engine.parse_policy(
+        {
+            "name": "goodput batch",
+            **({"window": window} if window is not None else {}),
+            "rules": [
+                {
+                    "name": "tune batch",
+                    "when": f"steps_since_fired >= {every_steps}",
+                    "action": {"type": "optimize_goodput"},
+                    "bounds": {"min": min_batch, "max": max_batch},
+                }
+            ],
+        }
+    )
+
+
 def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
     batches = sorted(int(b) for b in args.batches.split(","))
     start = batches[0]
-    systems: list[tuple[str, int, str, engine.Policy | None]] = [
-        ("fixed", b, "none", None) for b in batches
-    ]
+    families = parse_systems(args.systems)
+    systems: list[tuple[str, int, str, engine.Policy | None, str | None]] = []
+    if "fixed" in families:
+        systems += [("fixed", b, "none", None, None) for b in batches]
     for rule in args.lr_scaling.split(","):
-        policy = template_policy(
-            "gns-adaptive-batch", cooldown_s=args.cooldown_s, max=args.max_batch
-        )
-        systems.append((f"adaptive_{rule}", start, rule, policy))
+        if "gns" in families:
+            policy = template_policy(
+                "gns-adaptive-batch", cooldown_s=args.cooldown_s, max=args.max_batch
+            )
+            described = f"gns-adaptive-batch (cooldown_s {args.cooldown_s}, max {args.max_batch})"
+            systems.append((f"adaptive_{rule}", start, rule, policy, described))
+    windows = [int(w) for w in args.goodput_windows.split(",")]
+    for rule in args.lr_scaling.split(","):
+        for window in windows if "goodput" in families else []:
+            policy = goodput_policy(
+                every_steps=args.goodput_every,
+                min_batch=start,
+                max_batch=args.max_batch,
+                window=window,
+            )
+            described = (
+                f"optimize_goodput when steps_since_fired >= {args.goodput_every} "
+                f"(bounds {start}–{args.max_batch}, window {window})"
+            )
+            name = f"goodput_{rule}" + (
+                "" if window == engine.DEFAULT_WINDOW else f"_window{window}"
+            )
+            systems.append((name, start, rule, policy, described))
     rows = []
-    for system, batch, rule, policy in systems:
+    for system, batch, rule, policy, described in systems:
         runs = []
         for seed in range(args.seeds):
             hp = {
@@ -295,9 +362,23 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
                 "eval_every_samples": args.eval_every,
                 "monitor_every": 1,
             }
-            result = train(hp=hp, workers=args.workers, policy=policy, max_samples=args.max_samples)
+            predicted: list[float | None] = []
+
+            def note(firing: engine.Firing, predicted: list = predicted) -> bool:
+                predicted.append(firing.inputs.get("predicted_gain"))  # optimize_goodput's
+                return False  # sent to the workers as usual
+
+            result = train(
+                hp=hp,
+                workers=args.workers,
+                policy=policy,
+                max_samples=args.max_samples,
+                on_firing=note,
+            )
             summary = summarise_batch_run(result["trace"], args.target)
             summary["batch_changes"] = [(d["step"], d["value"]) for d in result["decisions"]]
+            if any(gain is not None for gain in predicted):
+                summary["predicted_gains"] = predicted
             runs.append(summary)
             log(
                 f"{system} batch {batch} seed {seed}: "
@@ -313,9 +394,7 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
                 "batch": batch,
                 "lr": round(args.lr * (batch / 64) ** 0.5, 5),
                 "lr_scaling": rule,
-                "policy": None
-                if policy is None
-                else f"gns-adaptive-batch (cooldown_s {args.cooldown_s}, max {args.max_batch})",
+                "policy": described,
                 "seconds_to_target": median_or_none(seconds),
                 "seconds_to_target_range": spread(seconds),
                 "samples_to_target": median_or_none(samples),
@@ -326,6 +405,11 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
                 "per_seed_seconds_to_target": seconds,
                 "per_seed_samples_to_target": samples,
                 "per_seed_batch_changes": [r["batch_changes"] for r in runs],
+                **(
+                    {"per_seed_predicted_gains": [r.get("predicted_gains") for r in runs]}
+                    if any("predicted_gains" in r for r in runs)
+                    else {}
+                ),
                 "curves": [r["curve"] for r in runs],
                 "batch_curves": [r["batch_curve"] for r in runs],
                 "gns_curves": [r["gns_curve"] for r in runs],
@@ -342,7 +426,7 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
         if len(known) >= 2 and len(known) == len(times)
         else None,
         "fixed_best_s": min(known) if known else None,
-        "fixed_median_s": median_or_none(times),
+        "fixed_median_s": median_or_none(times) if times else None,
     }
     for row in rows:
         if row["system"] == "fixed" or row["seconds_to_target"] is None:
@@ -704,7 +788,7 @@ def plot(rows: list[dict], directory: Path) -> list[Path]:
         ax1.legend(fontsize=8)
         ax2.set_yscale("log", base=2)
         ax2.set_xlabel("training seconds")
-        ax2.set_ylabel("global batch (GNS template)")
+        ax2.set_ylabel("global batch (policy's choice)")
         ax2.set_title("batch chosen by the policy (seed 0)")
         ax2.legend(fontsize=8)
         for row in batch_rows:
@@ -786,6 +870,20 @@ def main() -> None:
     batch.add_argument("--cooldown-s", type=float, default=0.0, help="the template's cooldown")
     batch.add_argument("--max-samples", type=int, default=300_000, help="samples per run")
     batch.add_argument("--eval-every", type=int, default=10_000, help="samples between evaluations")
+    batch.add_argument(
+        "--systems",
+        default=",".join(BATCH_SYSTEMS),
+        help="which to run: fixed (the --batches), gns (the gns-adaptive-batch template), "
+        "goodput (a rule asking optimize_goodput); the adaptive ones once per --lr-scaling",
+    )
+    batch.add_argument(
+        "--goodput-every", type=int, default=20, help="steps between optimize_goodput asks"
+    )
+    batch.add_argument(
+        "--goodput-windows",
+        default=str(engine.DEFAULT_WINDOW),
+        help="the goodput policy's window (reports), one system per value",
+    )
     net = parser.add_argument_group("interference and scaleout")
     net.add_argument("--nodes", type=int, default=4, help="emulated nodes, one worker each")
     net.add_argument("--batch", type=int, default=512, help="global batch")
@@ -812,6 +910,12 @@ def main() -> None:
         parser.error("--seeds and --workers must be ≥ 1")
     if args.experiment == "batch" and args.workers < 2:
         parser.error("the gradient noise scale needs at least 2 workers")
+    try:
+        parse_systems(args.systems)
+        for window in args.goodput_windows.split(","):
+            goodput_policy(every_steps=1, min_batch=1, max_batch=1, window=int(window))
+    except ValueError as exc:
+        parser.error(str(exc))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     common = {
         "date": stamp,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -513,6 +514,14 @@ def evaluate_rule(rule: Rule, state: JobState, history: RuleHistory) -> RuleOutc
 GOODPUT_MIN_SAMPLES = 3
 GOODPUT_MIN_GAIN = 0.05
 GOODPUT_MAX_FACTOR = 4.0
+# A report can carry a one-off cost far above the job's steps: a run's first report
+# includes tracing the model (~100× a step's compute on bench.adaptive_outcome's
+# workload), and left in the window it made every batch but the current one look dear
+# until it left (the first decision waited for it: step 55 with a window of 10 reports,
+# 205 with 40). Among at least GOODPUT_MIN_SAMPLES measurements at one local batch and
+# worker count, one whose compute time is above this many times their median is not
+# fitted (load on a shared machine moves a step's time by a few times, not by ten).
+GOODPUT_OUTLIER = 10.0
 
 
 @dataclass(frozen=True)
@@ -552,7 +561,8 @@ def _at(series: list[tuple[int, float]], step: int, default: float) -> float:
 def goodput_samples(state: JobState) -> list[goodput.StepSample]:
     """Step-time measurements from the job's recent window: each step with both compute_time
     and comm_time, at the batch and worker count in force then (one node assumed: the
-    decision is for the job's current layout, so the fit only has to describe that)."""
+    decision is for the job's current layout, so the fit only has to describe that),
+    less one-off outliers (GOODPUT_OUTLIER)."""
     compute = dict(state.recent.get("compute_time", []))
     comm = dict(state.recent.get("comm_time", []))
     total = dict(state.recent.get("step_time", []))
@@ -574,7 +584,22 @@ def goodput_samples(state: JobState) -> list[goodput.StepSample]:
                 step_time=total.get(step),
             )
         )
-    return samples
+    groups: dict[tuple[float, int], list[float]] = {}
+    for sample in samples:
+        groups.setdefault((sample.local_batch, sample.workers), []).append(sample.compute_time)
+    medians = {
+        key: statistics.median(times)
+        for key, times in groups.items()
+        if len(times) >= GOODPUT_MIN_SAMPLES
+    }
+    return [
+        s
+        for s in samples
+        if not (
+            (s.local_batch, s.workers) in medians
+            and s.compute_time > GOODPUT_OUTLIER * medians[(s.local_batch, s.workers)]
+        )
+    ]
 
 
 def goodput_choice(rule: Rule, state: JobState) -> GoodputChoice | None:

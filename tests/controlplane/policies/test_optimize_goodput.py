@@ -97,6 +97,26 @@ def test_with_one_batch_seen_it_assumes_compute_proportional_to_the_batch():
     assert firing.value in (126, 127)
 
 
+def test_a_report_carrying_a_one_off_cost_is_not_fitted():
+    """A run's first report includes tracing the model (~100× a step): left in, it made the
+    batch look dear and nothing fired until it left the window."""
+    clean = recent_window([32] * 5)
+    traced = {name: list(points) for name, points in clean.items()}
+    step, compute = traced["compute_time"][0]
+    traced["compute_time"][0] = (step, compute * 100)
+    traced["step_time"][0] = (step, traced["step_time"][0][1] + compute * 99)
+    assert len(engine.goodput_samples(job_state(32, traced))) == 4
+    firing = evaluate_rule(rule(), job_state(32, traced), RuleHistory()).firing
+    assert firing is not None and firing.value in (126, 127)  # as without it (test above)
+    # Nine times the median is a slow step, not a one-off: it stays in the fit.
+    traced["compute_time"][0] = (step, compute * 9)
+    assert len(engine.goodput_samples(job_state(32, traced))) == 5
+    # With fewer than three measurements at a batch there is no median to judge by.
+    mixed = recent_window([32, 32, 128, 128, 128])
+    mixed["compute_time"][0] = (mixed["compute_time"][0][0], 100.0)
+    assert len(engine.goodput_samples(job_state(128, mixed))) == 5
+
+
 def test_it_stays_put_at_the_optimum_or_without_enough_measurements():
     at_best = recent_window([400] * 5)
     assert evaluate_rule(rule(), job_state(400, at_best), RuleHistory()).firing is None
