@@ -650,7 +650,17 @@ void TcpTransport::finish_connect(Outgoing& outgoing) {
   }
   if (error != 0) {
     outgoing.last_error = errno_text(error);
-    start_connect(outgoing);  // the next address, or a retry later
+    // Refused (the peer is not listening yet) or unreachable: the next
+    // resolved address, or, when every one has failed, a retry after the
+    // backoff. Never a new round of connects at once: a refusal on a loopback
+    // or a LAN comes back within microseconds, and reconnecting on the spot
+    // spun this rank through connects, taking the CPU from the very peers
+    // still starting up (with more ranks than cores).
+    if (outgoing.next_address < outgoing.addresses.size()) {
+      start_connect(outgoing);
+    } else {
+      schedule_retry(outgoing);
+    }
     return;
   }
   send_hello(outgoing);

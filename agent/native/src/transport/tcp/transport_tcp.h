@@ -160,7 +160,10 @@ class TcpTransport final : public Transport {
     State state = State::kIdle;
     std::unique_ptr<TcpConnection> connection;  // once connecting
     std::chrono::steady_clock::time_point retry_at{};
-    int backoff_ms = 10;
+    // The first retry comes soon: the ranks of a group start within a few
+    // milliseconds of each other, and a peer refused for not listening yet
+    // usually is a moment later. Then it doubles up to connect_retry_ms.
+    int backoff_ms = 1;
     std::vector<sockaddr_storage> addresses;  // the peer's, resolved; tried in order
     std::vector<int> families;
     size_t next_address = 0;
