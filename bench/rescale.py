@@ -18,10 +18,15 @@ medians over ``--repeats``: ``{"op","from","to","standby","paused_s","switch_s",
 the same way, and then does the same resizes to TorchElastic: ``torchrun`` agents, one
 worker each, with a c10d rendezvous (``bench/_torchelastic_worker.py``: DDP over gloo,
 a checkpoint after every step, restored by every restarted worker). TorchElastic grows
-when a new agent joins the rendezvous and shrinks when an agent is killed; either way it
-stops and restarts every worker. Its lines have ``"system": "torchelastic"`` (ours
-``"adaptrain"``), ``paused_s`` read the same way from rank 0's step times, and no
-``switch_s``.
+when a new agent joins the rendezvous and shrinks when a node is lost (its agent and
+its worker killed: torchrun puts each worker in a session of its own, so killing only
+the agent's process group would leave the worker training and the job would never
+shrink); either way it stops and restarts every worker. Its lines have ``"system":
+"torchelastic"`` (ours ``"adaptrain"``), ``paused_s`` read the same way from rank 0's
+step times, ``before_restart_s`` (the part of the pause before the restarted rank 0
+process began: noticing the change, the rendezvous, spawning) and no ``switch_s``. Our
+shrink is the control plane's planned removal of the highest rank; TorchElastic has no
+planned removal that spares a restart, so its shrink is a lost node.
 """
 
 from __future__ import annotations
