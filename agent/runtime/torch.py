@@ -52,6 +52,13 @@ from agent.runtime.session import Session
 DEFAULT_BUCKET_BYTES = 1 << 20
 
 
+def _squared_norm(values: torch.Tensor) -> float:
+    """Sum of squares as one PyTorch op (``torch.dot``): on PyTorch's threads, which
+    ``configure_torch_threads`` limits, rather than NumPy's BLAS pool, which starts a
+    thread per core for a large vector and competes with the other workers on the node."""
+    return float(torch.dot(values, values))
+
+
 def _per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
 
@@ -221,7 +228,7 @@ class TorchModel:
         if self._device.type != "cpu":
             self._gather_grads(start, end)
         if self._monitor:
-            self._local_sq += float(np.dot(part, part))
+            self._local_sq += _squared_norm(self._flat[start:end])
         self._handles.append(comm.allreduce_async(part, op="sum"))
 
     def _gather_grads(self, start: int, end: int) -> None:
@@ -333,10 +340,8 @@ class TorchModel:
         if self._apart():
             self._gather_grads(last_start, n)
         if monitor:
-            rest = self._flat_np[last_start:n]
-            self._flat_np[n + 2] = (
-                float(self._local_sq + float(np.dot(rest, rest))) * local_scale_sq
-            )
+            rest = self._flat[last_start:n]
+            self._flat_np[n + 2] = float(self._local_sq + _squared_norm(rest)) * local_scale_sq
         if distributed:
             part = self._flat_np[last_start:]
             try:
@@ -353,8 +358,7 @@ class TorchModel:
             self._scatter_grads(last_start, n)
             big_sq = self._on_device.squared_norm(0, n) if monitor else 0.0
         else:
-            grads = self._flat_np[:n]
-            big_sq = float(np.dot(grads, grads)) if monitor else 0.0
+            big_sq = _squared_norm(self._flat[:n]) if monitor else 0.0
             if self._device.type != "cpu":
                 self._scatter_grads()
         self.optimizer.step()
