@@ -4,8 +4,11 @@
 DDP over gloo on a ``*_torch`` example's model and data, in TorchElastic's documented
 pattern: every (re)started worker builds the model, loads the latest checkpoint (rank 0
 writes one after every step: model, optimizer, step) and trains on. Rank 0 appends
-``{"step", "time", "size", "restart"}`` to ``$BENCH_STEP_LOG`` after every step, which is
-what the pause is read from.
+``{"step", "time", "size", "restart", "started"}`` to ``$BENCH_STEP_LOG`` after every
+step, which is what the pause is read from; ``started`` is when this worker process
+began (from ``/proc``), which splits a pause into the agents' part (noticing the change,
+the rendezvous, spawning) and the restarted worker's (imports, process group, model,
+checkpoint, first step).
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import torch.distributed as dist
 from bench._ddp_worker import load
 
 
+def process_start() -> float:
+    """Wall-clock time at which this process started (Linux ``/proc/self/stat``)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return time.time() - age
+
+
 def main() -> None:
+    started = process_start()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--global-batch", type=int, required=True)
@@ -67,7 +78,15 @@ def main() -> None:
             )
             tmp.replace(checkpoint)
             log.write(
-                json.dumps({"step": step, "time": time.time(), "size": size, "restart": restart})
+                json.dumps(
+                    {
+                        "step": step,
+                        "time": time.time(),
+                        "size": size,
+                        "restart": restart,
+                        "started": started,
+                    }
+                )
                 + "\n"
             )
 

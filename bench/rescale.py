@@ -18,10 +18,15 @@ medians over ``--repeats``: ``{"op","from","to","standby","paused_s","switch_s",
 the same way, and then does the same resizes to TorchElastic: ``torchrun`` agents, one
 worker each, with a c10d rendezvous (``bench/_torchelastic_worker.py``: DDP over gloo,
 a checkpoint after every step, restored by every restarted worker). TorchElastic grows
-when a new agent joins the rendezvous and shrinks when an agent is killed; either way it
-stops and restarts every worker. Its lines have ``"system": "torchelastic"`` (ours
-``"adaptrain"``), ``paused_s`` read the same way from rank 0's step times, and no
-``switch_s``.
+when a new agent joins the rendezvous and shrinks when a node is lost (its agent and
+its worker killed: torchrun puts each worker in a session of its own, so killing only
+the agent's process group would leave the worker training and the job would never
+shrink); either way it stops and restarts every worker. Its lines have ``"system":
+"torchelastic"`` (ours ``"adaptrain"``), ``paused_s`` read the same way from rank 0's
+step times, ``before_restart_s`` (the part of the pause before the restarted rank 0
+process began: noticing the change, the rendezvous, spawning) and no ``switch_s``. Our
+shrink is the control plane's planned removal of the highest rank; TorchElastic has no
+planned removal that spares a restart, so its shrink is a lost node.
 """
 
 from __future__ import annotations
@@ -76,11 +81,38 @@ def _paused(job: LocalJob, version: int, members: int) -> tuple[float, float, in
     return max(gap - statistics.median(after), 0.0), max(r["paused_s"] for r in replies), step
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``), children first."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop(0)
+        children = []
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):  # any thread's
+            try:
+                children += task.read_text().split()
+            except OSError:
+                pass
+        found += [int(c) for c in children]
+        queue += [int(c) for c in children]
+    return found
+
+
+# TorchElastic's rendezvous settings: a 1 s last call (the default 30 s would add 30 s to
+# every grow), and its node heartbeat at 1 s × 3 misses instead of 5 s × 3: a killed
+# node's entry in the finished round is removed only when its heartbeat expires, and
+# the survivors cannot start the next round before that, so the default adds ~15 s to
+# every shrink. Both are TorchElastic's own documented knobs, set in its favour.
+TORCHELASTIC_RDZV_CONF = (
+    "last_call_timeout=1,join_timeout=300,keep_alive_interval=1,keep_alive_max_attempt=3"
+)
+
+
 class TorchElastic:
     """``torchrun`` agents (one worker each) on one c10d rendezvous; rank 0's step log."""
 
-    def __init__(self, model: str, batch: int, work: Path):
+    def __init__(self, model: str, batch: int, work: Path, rdzv_conf: str = TORCHELASTIC_RDZV_CONF):
         self.model, self.batch, self.work = model, batch, work
+        self.rdzv_conf = rdzv_conf
         self.port = free_port()
         self.step_log = work / "steps.jsonl"
         self.agents: list[subprocess.Popen] = []
@@ -95,7 +127,7 @@ class TorchElastic:
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{self.port}",
             "--rdzv-id=bench-rescale",
-            "--rdzv-conf=last_call_timeout=1,join_timeout=300",
+            f"--rdzv-conf={self.rdzv_conf}",
             "--max-restarts=100",
             "--monitor-interval=0.2",
             "-m",
@@ -142,23 +174,35 @@ class TorchElastic:
             time.sleep(0.2)
         raise RuntimeError(f"torchelastic did not train {steps} steps at {size} workers")
 
-    def kill_last_agent(self) -> None:
-        agent = self.agents.pop()
-        os.killpg(agent.pid, signal.SIGKILL)
+    @staticmethod
+    def _kill_node(agent: subprocess.Popen) -> None:
+        """SIGKILL an agent and its workers, as a lost node: torchrun starts each worker
+        in a session of its own, so killing the agent's process group leaves the worker
+        training on as an orphan (and the job never shrinks)."""
+        workers = _descendants(agent.pid)
+        try:
+            os.killpg(agent.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         agent.wait()
+
+    def kill_last_agent(self) -> None:
+        self._kill_node(self.agents.pop())
 
     def close(self) -> None:
         for agent in self.agents:
-            try:
-                os.killpg(agent.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            agent.wait()
+            self._kill_node(agent)
 
 
-def _elastic_pause(records: list[dict], since: int, size: int) -> float:
+def _elastic_pause(records: list[dict], since: int, size: int) -> tuple[float, float]:
     """Between the last step before record ``since`` changed the size and the first step
-    at ``size``, less the median step time at ``size``."""
+    at ``size``, less the median step time at ``size``; and the part of it before the
+    restarted rank 0 worker process started (the agents noticing, rendezvous, spawn)."""
     new = [i for i in range(since, len(records)) if records[i]["size"] == size]
     first = new[0]
     after = [
@@ -167,14 +211,21 @@ def _elastic_pause(records: list[dict], since: int, size: int) -> float:
         if i + 1 < len(records) and records[i + 1]["size"] == size
     ]
     gap = records[first]["time"] - records[first - 1]["time"]
-    return max(gap - statistics.median(after), 0.0)
+    before_start = (
+        records[first].get("started", records[first - 1]["time"]) - records[first - 1]["time"]
+    )
+    return max(gap - statistics.median(after), 0.0), max(before_start, 0.0)
 
 
-def run_torchelastic(model: str, batch: int, repeats: int) -> dict[str, list[float]]:
+def run_torchelastic(
+    model: str, batch: int, repeats: int, rdzv_conf: str = TORCHELASTIC_RDZV_CONF
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """TorchElastic's pauses per operation, and the part of each before the new workers started."""
     pauses: dict[str, list[float]] = {"grow": [], "shrink": []}
+    agents: dict[str, list[float]] = {"grow": [], "shrink": []}
     with tempfile.TemporaryDirectory(prefix="bench-torchelastic-") as work:
         os.environ.get("BENCH_KEEP") and log(f"torchelastic logs in {work}")
-        elastic = TorchElastic(model, batch, Path(work))
+        elastic = TorchElastic(model, batch, Path(work), rdzv_conf)
         try:
             for _ in range(2):
                 elastic.start_agent()
@@ -184,15 +235,19 @@ def run_torchelastic(model: str, batch: int, repeats: int) -> dict[str, list[flo
                 since = len(elastic.steps())
                 elastic.start_agent()
                 elastic.wait_for_size(3, 12)
-                pauses["grow"].append(_elastic_pause(elastic.steps(), since, 3))
+                paused, before = _elastic_pause(elastic.steps(), since, 3)
+                pauses["grow"].append(paused)
+                agents["grow"].append(before)
                 log(f"torchelastic repeat {repeat + 1}/{repeats}: shrink 3→2 (an agent killed)")
                 since = len(elastic.steps())
                 elastic.kill_last_agent()
                 elastic.wait_for_size(2, 12)
-                pauses["shrink"].append(_elastic_pause(elastic.steps(), since, 2))
+                paused, before = _elastic_pause(elastic.steps(), since, 2)
+                pauses["shrink"].append(paused)
+                agents["shrink"].append(before)
         finally:
             elastic.close()
-    return pauses
+    return pauses, agents
 
 
 def main() -> None:
@@ -209,6 +264,11 @@ def main() -> None:
         "--skip-torchelastic",
         action="store_true",
         help="with --framework torch: resize only our runtime, not TorchElastic",
+    )
+    parser.add_argument(
+        "--torchelastic-rdzv-conf",
+        default=TORCHELASTIC_RDZV_CONF,
+        help="torchrun's --rdzv-conf (default: 1 s last call, 1 s × 3 heartbeat)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON lines (the only format)")
     args = parser.parse_args()
@@ -261,7 +321,10 @@ def main() -> None:
         )
 
     if args.framework == "torch" and not args.skip_torchelastic:
-        for op, values in run_torchelastic(args.model, batch, args.repeats).items():
+        pauses, agents = run_torchelastic(
+            args.model, batch, args.repeats, args.torchelastic_rdzv_conf
+        )
+        for op, values in pauses.items():
             emit(
                 {
                     "bench": "rescale",
@@ -272,6 +335,9 @@ def main() -> None:
                     "to": 3 if op == "grow" else 2,
                     "standby": False,
                     "paused_s": round(statistics.median(values), 4),
+                    # Of the pause, the time before the restarted rank 0 process began.
+                    "before_restart_s": round(statistics.median(agents[op]), 4),
+                    "rdzv_conf": args.torchelastic_rdzv_conf,
                     "model": args.model,
                     "repeats": len(values),
                     "runs": json.dumps([round(v, 4) for v in values]),

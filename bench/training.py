@@ -23,9 +23,13 @@ data with the same global batch, each worker a process with one TensorFlow threa
 (``torch.nn.parallel.DistributedDataParallel`` over gloo, ``bench/_ddp_worker.py``), and
 ``plain`` and ``no_comm`` are the same loop in PyTorch without distribution.
 
+``--monitor-off-too`` also runs ours with the gradient-noise monitor off
+(``adaptrain_no_monitor``), interleaved in the same run, for the monitor's overhead.
+
 ``median_step_s`` is the median over post-warm-up windows of ``log_every`` steps of
 the mean step time in the window (the same windows for every system), and
-``samples_per_s`` is ``global_batch / median_step_s``. Lines are JSON with ``--json``;
+``samples_per_s`` is ``global_batch / median_step_s``; with ``--rounds``, the windows of
+all rounds are pooled and ``round_samples_per_s`` lists each round's own figure. Lines are JSON with ``--json``;
 otherwise a table. Progress goes to stderr.
 """
 
@@ -193,13 +197,14 @@ def record(
     workers: int,
     window_times: list[float],
     framework: str = "tensorflow",
+    rounds: list[list[float]] | None = None,
 ) -> dict:
     if not window_times:
         raise RuntimeError(
             f"{system}/{model}/{workers}: no step times after warm-up; raise --steps"
         )
     median = statistics.median(window_times)
-    return {
+    row = {
         "framework": framework,
         "system": system,
         "model": model,
@@ -208,6 +213,11 @@ def record(
         "samples_per_s": round(setup.global_batch / median, 2),
         "median_step_s": round(median, 6),
     }
+    if rounds and len(rounds) > 1:
+        row["round_samples_per_s"] = [
+            round(setup.global_batch / statistics.median(r), 2) for r in rounds if r
+        ]
+    return row
 
 
 def print_table(rows: list[dict], peer: str = "tf_mwms") -> None:
@@ -263,6 +273,12 @@ def main() -> None:
         default="tensorflow",
         help="the runtime to measure: tensorflow (against tf_mwms) or torch (against torch_ddp)",
     )
+    parser.add_argument(
+        "--monitor-off-too",
+        action="store_true",
+        help="also run ours with the gradient-noise monitor off (adaptrain_no_monitor), "
+        "interleaved in the same run",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args()
     framework = args.framework
@@ -281,16 +297,20 @@ def main() -> None:
     # Rounds interleave the systems, so a burst of load from elsewhere on the machine
     # lands on all of them rather than on one; the windows of all rounds are pooled.
     pooled: dict[tuple[str, str, int], list[float]] = {}
+    per_round: dict[tuple[str, str, int], list[list[float]]] = {}
     for round_index in range(args.rounds):
         for model in models:
             setup = models_of[model]
             steps = args.steps or setup.steps
             systems = ("adaptrain", peer, "no_comm") if args.floor else ("adaptrain", peer)
+            if args.monitor_off_too:
+                systems = ("adaptrain", "adaptrain_no_monitor", *systems[1:])
             runs = [("plain", 1)] + [
                 (system, n)
                 for n in worker_counts
                 for system in systems
-                if system != "no_comm" or n > 1
+                # One worker has no floor to measure and never monitors (nothing to average).
+                if system not in ("no_comm", "adaptrain_no_monitor") or n > 1
             ]
             for system, workers in runs:
                 log(
@@ -299,6 +319,8 @@ def main() -> None:
                 )
                 if system == "adaptrain":
                     times = run_ours(setup, workers, steps, args.monitor_every)
+                elif system == "adaptrain_no_monitor":
+                    times = run_ours(setup, workers, steps, 0)
                 elif system == peer:
                     times = run_reference(
                         peer, model, setup, workers, steps, threads=1, framework=framework
@@ -316,9 +338,11 @@ def main() -> None:
                         framework=framework,
                     )
                 pooled.setdefault((model, system, workers), []).extend(times)
+                per_round.setdefault((model, system, workers), []).append(times)
     rows = [
-        record(system, model, models_of[model], workers, times, framework)
-        for (model, system, workers), times in pooled.items()
+        record(system, model, models_of[model], workers, times, framework, per_round[key])
+        for key, times in pooled.items()
+        for (model, system, workers) in [key]
     ]
     log(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:

@@ -52,6 +52,13 @@ from agent.runtime.session import Session
 DEFAULT_BUCKET_BYTES = 1 << 20
 
 
+def _squared_norm(values: torch.Tensor) -> float:
+    """Sum of squares as one PyTorch op (``torch.dot``): on PyTorch's threads, which
+    ``configure_torch_threads`` limits, rather than NumPy's BLAS pool, which starts a
+    thread per core for a large vector and competes with the other workers on the node."""
+    return float(torch.dot(values, values))
+
+
 def _per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
 
@@ -88,6 +95,7 @@ class TorchModel:
         self._extra = -1
         self._flat = torch.zeros(0)
         self._flat_np = np.zeros(0, np.float32)
+        self._scalars = self._flat
         self._allreduce: Callable[[np.ndarray], np.ndarray] = lambda flat: flat
         # Buckets: [start, end) ranges of the buffer; the bucket of each parameter.
         self._buckets: list[tuple[int, int]] = []
@@ -125,8 +133,11 @@ class TorchModel:
         self._on_device = torch_grads.for_model(self._params, self._device)
         self._ensure_buffer(0)
         self._materialize_optimizer_state()
-        for index, p in enumerate(self._params):
-            p.register_post_accumulate_grad_hook(self._hook(index))
+        if len(self._buckets) > 1:
+            # One bucket (a small model) never overlaps: no Python hook per parameter
+            # and step, whose calls from autograd cost more than such a model's backward.
+            for index, p in enumerate(self._params):
+                p.register_post_accumulate_grad_hook(self._hook(index))
 
     def _plan_buckets(self) -> None:
         """Cut the buffer at parameter boundaries into buckets of ≥ bucket_bytes."""
@@ -148,6 +159,8 @@ class TorchModel:
             return
         self._flat = torch.zeros(self._n + 3 + extra_slots, dtype=torch.float32)
         self._flat_np = self._flat.numpy()
+        # The loss sum and the correct count, written by one op per step.
+        self._scalars = self._flat[self._n : self._n + 2]
         self._extra = extra_slots
         self._point_grads_at_buffer()
 
@@ -215,7 +228,7 @@ class TorchModel:
         if self._device.type != "cpu":
             self._gather_grads(start, end)
         if self._monitor:
-            self._local_sq += float(np.dot(part, part))
+            self._local_sq += _squared_norm(self._flat[start:end])
         self._handles.append(comm.allreduce_async(part, op="sum"))
 
     def _gather_grads(self, start: int, end: int) -> None:
@@ -258,18 +271,24 @@ class TorchModel:
         elif self._device.type != "cpu":
             for p in self._params:
                 p.grad.zero_()
-        n = self._n
         if len(x) == 0:  # an empty share: zero gradients, zero counters
             return
-        self.model.train()
-        xs = torch.from_numpy(x).to(self._device)
-        ys = torch.from_numpy(y).to(self._device, torch.int64)
+        if not self.model.training:  # train() walks every submodule: only when needed
+            self.model.train()
+        xs = torch.from_numpy(x)
+        ys = torch.from_numpy(y)
+        if self._device.type != "cpu":
+            xs = xs.to(self._device)
+            ys = ys.to(self._device)
+        if ys.dtype != torch.int64:
+            ys = ys.long()
         logits = self.model(xs)
         loss_sum = self.loss_fn(logits, ys).sum()
         (loss_sum / global_batch).backward()
         with torch.no_grad():
-            self._flat[n] = loss_sum.detach().to("cpu")
-            self._flat[n + 1] = (logits.argmax(dim=1) == ys).sum().to("cpu", torch.float32)
+            # The loss sum and the correct count into the buffer in one op.
+            correct = (logits.argmax(dim=1) == ys).sum()
+            self._scalars.copy_(torch.stack((loss_sum.detach(), correct.to(torch.float32))))
 
     def gradients(self, x: np.ndarray, y: np.ndarray, global_batch: int) -> np.ndarray:
         self._ensure_buffer(self._extra if self._extra >= 0 else 0)
@@ -321,8 +340,8 @@ class TorchModel:
         if self._apart():
             self._gather_grads(last_start, n)
         if monitor:
-            rest = self._flat_np[last_start:n]
-            self._flat[n + 2] = float(self._local_sq + float(np.dot(rest, rest))) * local_scale_sq
+            rest = self._flat[last_start:n]
+            self._flat_np[n + 2] = float(self._local_sq + _squared_norm(rest)) * local_scale_sq
         if distributed:
             part = self._flat_np[last_start:]
             try:
@@ -339,8 +358,7 @@ class TorchModel:
             self._scatter_grads(last_start, n)
             big_sq = self._on_device.squared_norm(0, n) if monitor else 0.0
         else:
-            grads = self._flat_np[:n]
-            big_sq = float(np.dot(grads, grads)) if monitor else 0.0
+            big_sq = _squared_norm(self._flat[:n]) if monitor else 0.0
             if self._device.type != "cpu":
                 self._scatter_grads()
         self.optimizer.step()
