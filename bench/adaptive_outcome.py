@@ -275,6 +275,8 @@ def spread(values: list) -> list | None:
     return [min(known), max(known)] if known else None
 
 
+# The interference experiment's runs per seed (``--systems`` there).
+INTERFERENCE_SYSTEMS = ("no_policy", "topology_policy", "reroute_policy")
 # The batch experiment's families of systems (``--systems``).
 BATCH_SYSTEMS = ("fixed", "gns", "goodput")
 
@@ -870,11 +872,13 @@ def main() -> None:
     batch.add_argument("--cooldown-s", type=float, default=0.0, help="the template's cooldown")
     batch.add_argument("--max-samples", type=int, default=300_000, help="samples per run")
     batch.add_argument("--eval-every", type=int, default=10_000, help="samples between evaluations")
-    batch.add_argument(
+    parser.add_argument(
         "--systems",
-        default=",".join(BATCH_SYSTEMS),
-        help="which to run: fixed (the --batches), gns (the gns-adaptive-batch template), "
-        "goodput (a rule asking optimize_goodput); the adaptive ones once per --lr-scaling",
+        help="batch: which to run: fixed (the --batches), gns (the gns-adaptive-batch "
+        "template), goodput (a rule asking optimize_goodput), the adaptive ones once per "
+        f"--lr-scaling (default {','.join(BATCH_SYSTEMS)}); interference: the runs per seed: "
+        "no_policy, topology_policy (the tree template), reroute_policy (the routed-ring "
+        f"template) (default {','.join(INTERFERENCE_SYSTEMS)})",
     )
     batch.add_argument(
         "--goodput-every", type=int, default=20, help="steps between optimize_goodput asks"
@@ -897,21 +901,20 @@ def main() -> None:
     net.add_argument(
         "--threshold", type=float, default=0.5, help="share of the peak throughput (template: 0.8)"
     )
-    net.add_argument(
-        "--systems",
-        default="no_policy,topology_policy,reroute_policy",
-        help="interference: the runs per seed (no_policy, topology_policy: the tree template, "
-        "reroute_policy: the routed-ring template)",
-    )
     net.add_argument("--max-workers", type=int, default=4)
     net.add_argument("--scaleout-s", type=float, default=60, help="the policy run's length")
     args = parser.parse_args()
+    if args.systems is None:
+        args.systems = ",".join(
+            INTERFERENCE_SYSTEMS if args.experiment == "interference" else BATCH_SYSTEMS
+        )
     if args.seeds < 1 or args.workers < 1:
         parser.error("--seeds and --workers must be ≥ 1")
     if args.experiment == "batch" and args.workers < 2:
         parser.error("the gradient noise scale needs at least 2 workers")
     try:
-        parse_systems(args.systems)
+        if args.experiment == "batch":
+            parse_systems(args.systems)
         for window in args.goodput_windows.split(","):
             goodput_policy(every_steps=1, min_batch=1, max_batch=1, window=int(window))
     except ValueError as exc:

@@ -8,21 +8,27 @@ elastic, running job whose current run has reported ``gns`` and at least
 ``engine.GOODPUT_MIN_SAMPLES`` steps with ``compute_time`` and ``comm_time``; the others
 keep what they have. Slots that pending jobs need to start (their minimum) are left free
 for the scheduler. A change costs the job ``GOODPUT_RESTART_S`` seconds (its workers
-re-form), weighed by the allocator as its restart penalty.
+re-form), weighed by the allocator as its restart penalty. A job the allocator moved is
+held at its count for ``COOLDOWN_ROUNDS`` rounds: its workers re-form and report at the
+new size before it is modelled again, and the slot a shrink frees goes to the job it was
+freed for (re-modelled at once on a loaded machine, the shrunk job could win it back in the
+next round and the two would trade the slot for ever).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from django.db.models import F, Sum
+from django.utils import timezone
 
 from agent.protocol import vocabulary
 from controlplane.errors import ApiError
 from controlplane.jobs import selectors as job_selectors
 from controlplane.jobs.lifecycle import event_record
-from controlplane.jobs.models import Event, Job, Node
+from controlplane.jobs.models import Command, Event, Job, Node
 from controlplane.jobs.services.commands import command_issue
 from controlplane.metrics import selectors as metric_selectors
 from controlplane.policies import allocation, engine, goodput
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 ACTOR = "provisioning:goodput"
 # Measurements the step-time fit reads per job (the latest points of each series).
 WINDOW = 50
+# Rounds a job the allocator moved keeps its new count (see the module's docstring).
+COOLDOWN_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,18 @@ def cluster_allocate(*, interval_s: float, restart_s: float) -> list[Move]:
     demands, slots, slots_per_node = fleet.demands, fleet.slots, fleet.slots_per_node
     if not demands:
         return []
+    recently_moved = set(
+        Command.objects.filter(
+            job_id__in=[d.key for d in demands],
+            type=vocabulary.SCALE_WORKERS,
+            issued_by=ACTOR,
+            created_at__gte=timezone.now() - timedelta(seconds=COOLDOWN_ROUNDS * interval_s),
+        ).values_list("job_id", flat=True)
+    )
+    demands = [
+        replace(d, min_workers=d.current, max_workers=d.current) if d.key in recently_moved else d
+        for d in demands
+    ]
     penalty = min(0.9, restart_s / interval_s) if interval_s > 0 else 0.0
     plan = allocation.allocate(
         demands, slots, slots_per_node=slots_per_node, restart_penalty=penalty
