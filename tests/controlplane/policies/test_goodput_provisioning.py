@@ -97,3 +97,26 @@ def test_the_beat_task_does_nothing_unless_switched_on(user, big_node, settings)
     settings.GOODPUT_ALLOCATOR_INTERVAL_S = 30.0
     tasks.allocate_cluster()
     assert Command.objects.get(job=poor, type="scale_workers").payload == {"value": 1}
+
+
+def test_a_job_the_allocator_just_moved_is_held_at_its_count_for_a_few_rounds(user, big_node):
+    # Round 1 shrinks the poor job for the scalable one, whose grow finds no room yet. The
+    # shrink done, the poor job reports anew and now looks as if it would gain from its
+    # slots back; re-modelled at once it would win them back and the two jobs would trade
+    # them each round. It is held at its count until COOLDOWN_ROUNDS have passed.
+    scalable = start(new_job(user, initial=4, low=1, high=7))
+    poor = start(new_job(user, initial=4, low=1, high=7))
+    report(scalable, SCALABLE, gns=4000.0)
+    report(poor, POOR, gns=10.0)
+    first = provisioning.cluster_allocate(interval_s=60.0, restart_s=0.0)
+    assert {m.job_id: m.workers_to for m in first if m.carried_out}.get(poor.id) == 1, first
+    type(poor).objects.filter(id=poor.id).update(status="running")  # its workers re-formed
+    MetricPoint.objects.filter(job=poor).delete()
+    report(poor, SCALABLE, gns=4000.0)
+    second = provisioning.cluster_allocate(interval_s=60.0, restart_s=0.0)
+    assert poor.id not in {m.job_id for m in second}, second
+    Command.objects.filter(job=poor, type="scale_workers").update(
+        created_at=timezone.now() - timedelta(seconds=provisioning.COOLDOWN_ROUNDS * 60 + 1)
+    )
+    third = provisioning.cluster_allocate(interval_s=60.0, restart_s=0.0)
+    assert poor.id in {m.job_id for m in third}, third
