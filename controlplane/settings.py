@@ -178,7 +178,16 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+# Seconds a database connection is kept for reuse. 0 (the default) closes it at the end of
+# each request: the web server runs under ASGI, where Django gives every request a thread
+# of its own, and a kept connection outlives its thread idle — a stack of the fault tests
+# held 40 after a few minutes of heartbeats and PostgreSQL refused new ones ("too many
+# clients"). Django's docs say the same: disable persistent connections under ASGI and use
+# a pooler (e.g. PgBouncer) if connecting costs too much.
+DATABASE_CONN_MAX_AGE = env_float("DATABASE_CONN_MAX_AGE", 0.0)
+DATABASES = {
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=int(DATABASE_CONN_MAX_AGE))
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {
