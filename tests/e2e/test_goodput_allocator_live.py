@@ -108,14 +108,24 @@ def test_two_elastic_jobs_on_three_agents_get_their_worker_counts_moved(allocato
             if e["kind"] == "decision" and e["actor"] == "provisioning:goodput"
         ]
         assert events and all("speedup_to" in e["data"] for e in events)
-        # The adaptations view lists the applied moves as the allocator's.
-        rows = [
-            a
-            for j in jobs
-            for a in api.get(f"/api/v1/jobs/{j}/adaptations/")[1]["adaptations"]
-            if a["action"] == "scale_workers" and a["state"] == "applied"
-        ]
-        assert len(rows) >= 2 and all(a["issued_by"] == "provisioning:goodput" for a in rows)
+
+        # The adaptations view lists the applied moves as the allocator's (the grow is
+        # applied once its new worker joined: the count above is the wanted size).
+        def applied_moves():
+            return [
+                a
+                for j in jobs
+                for a in api.get(f"/api/v1/jobs/{j}/adaptations/")[1]["adaptations"]
+                if a["action"] == "scale_workers" and a["state"] == "applied"
+            ]
+
+        rows = wait_for(
+            lambda: (r := applied_moves()) and len(r) >= 2 and r,
+            timeout_s=90,
+            what="both moves to be applied",
+            stack=stack,
+        )
+        assert all(a["issued_by"] == "provisioning:goodput" for a in rows), rows
         assert sorted((a["value_from"], a["value_to"]) for a in rows)[:2] == [(2, 1), (2, 3)]
     finally:
         for job_id in jobs:
