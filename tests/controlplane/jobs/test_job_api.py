@@ -89,6 +89,14 @@ def test_unauthenticated_request_gets_401_in_error_shape(client):
             {"hyperparameters": {"batch_size": 32, "lr": 0.1, "checkpoint_every": 50}},
             "checkpoint_every needs checkpoint_dir",
         ),
+        (
+            {"hyperparameters": {"batch_size": 32, "lr": 0.1, "ring_probe_every": "often"}},
+            "ring_probe_every must be an integer",
+        ),
+        (
+            {"hyperparameters": {"batch_size": 32, "lr": 0.1, "ring_probe_every": -5}},
+            "ring_probe_every must be between 0",
+        ),
     ],
 )
 def test_bad_input_is_rejected_with_a_message_that_says_what_to_fix(api, change, fragment):
