@@ -25,7 +25,9 @@ from devtools.devstack import (
 )
 
 
-@pytest.fixture(scope="session")
+# Package-scoped (not session): the stacks end with tests/e2e, before tests/faults starts
+# stacks of its own, so two cores never carry three whole stacks at once.
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory):
     yield from _stack(tmp_path_factory, suffix="e2e", agents=1, slots=4)
 
@@ -52,7 +54,7 @@ def multinode_stack(tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def own_code_stack(tmp_path_factory):
     """One agent with two slots that runs users' own code (AGENT_CODE's default), bundles
     stored in a directory of the test's (``stack.bundle_dir``), heartbeats every second;
