@@ -27,10 +27,8 @@ supervisor does not restart it either. A control plane it cannot reach is tried 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import random
 import signal
 from collections.abc import Awaitable, Callable
@@ -43,6 +41,7 @@ from agent.daemon import gpus
 from agent.daemon.bundles import MAX_ARCHIVE_BYTES, BundleCache, CodeUnavailable, refusal
 from agent.daemon.client import ControlPlaneClient, channel_headers
 from agent.daemon.config import AgentConfig
+from agent.daemon.enrolment import KUBERNETES_RECOVERY, Refused, ensure_credential, node_refusal
 from agent.daemon.gpu_pinning import GpuPool
 from agent.daemon.gpu_telemetry import gpu_points, gpu_stats
 from agent.daemon.logship import LogShipper
@@ -64,7 +63,6 @@ from agent.protocol.control import (
     ErrorFrame,
     ExitedEvent,
     FailedFrame,
-    JoinPayload,
     ReceivedFrame,
     StartPayload,
     StopPayload,
@@ -78,8 +76,6 @@ from agent.protocol.rest import GpuStat, JobReport, WorkerStatus
 log = logging.getLogger("agent")
 
 RENDEZVOUS_TIMEOUT_S = 120.0
-# An unreachable control plane at start-up is tried again, up to this delay between tries.
-START_RETRY_MAX_S = 15.0
 # How long a stopping agent waits for the control plane to take its goodbye.
 GOODBYE_TIMEOUT_S = 5.0
 # The agent's exit status when the control plane no longer knows its node (deleted by an
@@ -87,48 +83,6 @@ GOODBYE_TIMEOUT_S = 5.0
 EXIT_NODE_UNKNOWN = 1
 
 Ack = Callable[[], Awaitable[None]]
-
-
-def _joiners_start(job_id: int, join: JoinPayload) -> StartPayload:
-    """The start parameters of a group begun on this node for a grow's joiners only."""
-    return StartPayload(
-        job=job_id,
-        entrypoint=join.entrypoint,
-        hyperparameters=join.hyperparameters,
-        batch_size=join.batch_size,
-        lr=join.lr,
-        strategy=join.strategy,
-        topology=join.topology,
-        world_size=0,
-        cluster_version=join.cluster_version,
-        workers_min=join.workers_min,
-        ranks=(),
-        bundle=join.bundle,
-    )
-
-
-# On Kubernetes the credential lives in a Secret (agent.daemon.kubernetes_enrol).
-KUBERNETES_RECOVERY = (
-    " (On Kubernetes: delete the Secret adaptrain-node-<node name>, then the pod: "
-    "docs/kubernetes.md.)"
-)
-
-
-class Refused(Exception):
-    """The control plane refused this node for good: the message says why and what to do."""
-
-
-def _refusal(exc: ApiError) -> str | None:
-    """What to tell the operator when ``exc`` refuses the node for good; None otherwise."""
-    if exc.code == rest_errors.ERROR_NODE_REVOKED:
-        return (
-            f"this node was revoked by an admin ({exc.message}); the agent stops. To use this "
-            f"machine again, delete AGENT_STATE_DIR/credential and start the agent with a new "
-            f"AGENT_JOIN_TOKEN.{KUBERNETES_RECOVERY}"
-        )
-    if exc.code == rest_errors.ERROR_PROTOCOL_INCOMPATIBLE:
-        return f"the control plane refuses this agent's protocol: {exc.message}"
-    return None
 
 
 class Agent:
@@ -164,70 +118,9 @@ class Agent:
 
     # -- enrolment ---------------------------------------------------------------------
     async def ensure_credential(self) -> bool:
-        """Check the stored credential, or enrol with the join token; a control plane that
-        does not answer (or fails) is tried again until the agent is asked to stop (then
-        False). :class:`Refused` when it refuses."""
-        delay = 0.5
-        while True:
-            try:
-                await self._ensure_credential_once()
-                return True
-            except ApiError as exc:
-                reason = _refusal(exc)
-                if reason is not None:
-                    raise Refused(reason) from None
-                if exc.status < 500:
-                    raise Refused(
-                        f"the control plane refused this node's enrolment: {exc.message}"
-                    ) from None
-                problem = str(exc)
-            except OSError as exc:
-                problem = str(exc)
-            log.warning("cannot enrol yet (%s); trying again in %.1f s", problem, delay)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
-            if self.stopping.is_set():
-                return False
-            delay = min(delay * 2, START_RETRY_MAX_S)
-
-    async def _ensure_credential_once(self) -> None:
-        path = self.config.credential_file
-        if path.exists():
-            self.client.credential = path.read_text().strip()
-            try:
-                await self.client.heartbeat()
-                return
-            except ApiError as exc:
-                if exc.status != 401 or exc.code == rest_errors.ERROR_NODE_REVOKED:
-                    raise
-                log.warning(
-                    "stored node credential was rejected (%s); enrolling again", exc.message
-                )
-        if not self.config.join_token:
-            raise Refused(
-                "this node is not enrolled: set AGENT_JOIN_TOKEN to a join token (nodes page → "
-                "Add a node, or: python manage.py create_join_token). On Kubernetes the agent "
-                "container has no join token: its init step enrols the node; delete the pod "
-                "to run it again (docs/kubernetes.md)."
-            )
-        enrolment = await self.client.enrol(
-            join_token=self.config.join_token,
-            name=self.config.name,
-            address=self.config.address,
-            slots=self.config.slots,
-            labels=self.config.labels,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(enrolment.credential)
-        self.client.credential = enrolment.credential
-        log.info(
-            "enrolled as node %s (id %s), advertising address %s",
-            enrolment.name,
-            enrolment.node,
-            self.config.address,
-        )
+        """Check the stored credential, or enrol with the join token (see
+        :func:`agent.daemon.enrolment.ensure_credential`)."""
+        return await ensure_credential(self.client, self.config, self.stopping)
 
     def stop_for_good(
         self, reason: str, *, status: int = EXIT_REFUSED, revoked: bool = False
@@ -469,7 +362,7 @@ class Agent:
             await asyncio.sleep(self.config.heartbeat_s)
 
     def _heartbeat_refused(self, exc: ApiError) -> None:
-        reason = _refusal(exc)
+        reason = node_refusal(exc)
         if reason is not None:
             self.stop_for_good(reason, revoked=exc.code == rest_errors.ERROR_NODE_REVOKED)
         elif exc.code == rest_errors.ERROR_NODE_UNKNOWN:
@@ -612,7 +505,7 @@ class Agent:
         join = frame.scale_payload().join
         new = group is None and join is not None
         if group is None and join is not None:
-            group = self._new_group(frame.job, _joiners_start(frame.job, join), frame.seq)
+            group = self._new_group(frame.job, join.joiners_start(frame.job), frame.seq)
         if group is not None:
             if join is not None:
                 group.notes.joins.append(frame)

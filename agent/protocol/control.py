@@ -206,6 +206,23 @@ class JoinPayload(Message):
             topology=self.topology,
         )
 
+    def joiners_start(self, job_id: int) -> StartPayload:
+        """The start parameters of a group begun on a node for a grow's joiners only."""
+        return StartPayload(
+            job=job_id,
+            entrypoint=self.entrypoint,
+            hyperparameters=self.hyperparameters,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            strategy=self.strategy,
+            topology=self.topology,
+            world_size=0,
+            cluster_version=self.cluster_version,
+            workers_min=self.workers_min,
+            ranks=(),
+            bundle=self.bundle,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "cluster_version": self.cluster_version,
