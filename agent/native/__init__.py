@@ -30,21 +30,32 @@ Tunables, read once per process: ``COLLECTIVE_TIMEOUT`` (seconds, used when
 
 from __future__ import annotations
 
-import math
-import os
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.native import _dlpack
+from agent.native._checks import (
+    _ALGORITHMS,
+    _check_algorithm,
+    _check_array,
+    _check_blob_name,
+    _check_cluster_version,
+    _check_dtype,
+    _check_op,
+    _check_peer,
+    _check_peers,
+    _check_timeout,
+    _tensor_dtype,
+)
 from agent.native._collective import CollectiveError, CollectiveTimeout
 from agent.native._collective import Communicator as _NativeCommunicator
 from agent.native._collective import segment_rows as _segment_rows
+from agent.native._handles import Handle, _CallQueue
 
 __all__ = [
     "AlgorithmName",
@@ -55,241 +66,10 @@ __all__ = [
     "ReduceOpName",
 ]
 
-ReduceOpName = Literal["sum", "mean", "min", "max"]
-AlgorithmName = Literal["auto", "ring", "tree", "star", "hierarchical"]
-
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT_S = 60.0
-_MAX_CLUSTER_VERSION = 2**63 - 1
-_REDUCE_OPS: tuple[str, ...] = ("sum", "mean", "min", "max")
-_ALGORITHMS: tuple[str, ...] = ("auto", "ring", "tree", "star", "hierarchical")
-_DTYPES: tuple[np.dtype, ...] = tuple(
-    np.dtype(name) for name in ("float32", "float64", "float16", "int32", "int64")
-)
-
-
-def _timeout_from_env() -> float:
-    raw = os.environ.get("COLLECTIVE_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"COLLECTIVE_TIMEOUT={raw!r} is not valid: set a positive number of seconds"
-        )
-    return value
-
-
-def _check_timeout(timeout_s: float | None) -> float:
-    if timeout_s is None:
-        return _timeout_from_env()
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
-        raise ValueError(
-            f"timeout_s must be a number of seconds or None, not {type(timeout_s).__name__}"
-        )
-    if not math.isfinite(timeout_s) or timeout_s <= 0:
-        raise ValueError(f"timeout_s={timeout_s!r} is not valid: use a positive number of seconds")
-    return float(timeout_s)
-
-
-def _check_peers(rank: int, peers: Sequence[str]) -> list[str]:
-    if isinstance(peers, str) or not isinstance(peers, Sequence):
-        raise ValueError('peers must be a list of "host:port" strings, one per rank')
-    peer_list = list(peers)
-    if not peer_list:
-        raise ValueError('peers is empty: give one "host:port" string per rank')
-    for index, peer in enumerate(peer_list):
-        if not isinstance(peer, str):
-            raise ValueError(
-                f'peers[{index}] must be a "host:port" string, not {type(peer).__name__}'
-            )
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise ValueError(f"rank must be an int, not {type(rank).__name__}")
-    if not 0 <= rank < len(peer_list):
-        raise ValueError(
-            f"rank {rank} is out of range for {len(peer_list)} peers: use 0..{len(peer_list) - 1}"
-        )
-    return peer_list
-
-
-def _check_cluster_version(cluster_version: object) -> int:
-    if isinstance(cluster_version, bool) or not isinstance(cluster_version, (int, np.integer)):
-        raise ValueError(f"cluster_version must be an int, not {type(cluster_version).__name__}")
-    if not 0 <= cluster_version <= _MAX_CLUSTER_VERSION:
-        raise ValueError(f"cluster_version={cluster_version} is not valid: use 0..2**63-1")
-    return int(cluster_version)
-
-
-def _check_peer(peer: object, size: int) -> int:
-    if isinstance(peer, bool) or not isinstance(peer, (int, np.integer)):
-        raise ValueError(f"peer must be an int rank, not {type(peer).__name__}")
-    if not 0 <= peer < size:
-        raise ValueError(f"peer {peer} is out of range: use 0..{size - 1}")
-    return int(peer)
-
-
-def _check_blob_name(name: object) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a blob name must be a non-empty str, not {name!r}")
-    if len(name.encode()) > 1024:
-        raise ValueError("a blob name must be at most 1024 bytes (UTF-8)")
-    return name
-
-
-def _check_op(op: object, dtype: np.dtype) -> str:
-    if op not in _REDUCE_OPS:
-        raise ValueError(
-            f"op={op!r} is not a reduction: use one of {', '.join(map(repr, _REDUCE_OPS))}"
-        )
-    if op == "mean" and dtype.kind == "i":
-        raise ValueError(
-            f'op="mean" is not defined for {dtype} (an integer mean would truncate): '
-            'use op="sum" and divide, or convert to a float type first'
-        )
-    return str(op)
-
-
-def _check_algorithm(algorithm: object, *, allow_none: bool) -> str:
-    if algorithm is None and allow_none:
-        return ""
-    if algorithm not in _ALGORITHMS:
-        raise ValueError(
-            f"algorithm={algorithm!r} is not known: use one of {', '.join(map(repr, _ALGORITHMS))}"
-        )
-    return str(algorithm)
-
-
-def _check_dtype(x: object, operation: str) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{operation} needs a numpy.ndarray, not {type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise ValueError(
-            f"{operation} supports {', '.join(str(d) for d in _DTYPES)} arrays, got {x.dtype}: "
-            "convert with x.astype(...)"
-        )
-    return x
-
-
-def _check_array(x: object, operation: str) -> np.ndarray:
-    """An array the collective works on in place."""
-    x = _check_dtype(x, operation)
-    if not x.flags.c_contiguous:
-        raise ValueError(
-            f"{operation} needs a C-contiguous array (it works in place): "
-            "pass numpy.ascontiguousarray(x) and use the returned array"
-        )
-    if not x.flags.writeable:
-        raise ValueError(f"{operation} works in place and needs a writeable array: pass x.copy()")
-    return x
-
-
-def _tensor_dtype(x: Any) -> np.dtype:
-    """A DLPack tensor's dtype for the checks (float32 when NumPy has no such name: the
-    native module then says which dtypes it supports)."""
-    try:
-        return np.dtype(_dlpack.dtype_name(x))
-    except TypeError:
-        return np.dtype("float32")
-
-
-class Handle(Generic[T]):
-    """The pending result of an asynchronous call (``Communicator.*_async``).
-
-    :meth:`wait` returns what the synchronous call would have returned, or
-    raises what it would have raised. Until then the arrays the call was given
-    belong to it: do not read or write them.
-    """
-
-    def __init__(self, description: str) -> None:
-        self._description = description
-        self._finished = threading.Event()
-        self._result: Any = None
-        self._error: BaseException | None = None
-
-    def done(self) -> bool:
-        """True once the call has finished (successfully or not)."""
-        return self._finished.is_set()
-
-    def wait(self, timeout_s: float | None = None) -> T:
-        """The call's result, waiting up to ``timeout_s`` seconds (None: as long as it takes).
-
-        Raises the call's own exception if it failed, and the built-in
-        ``TimeoutError`` if it is still running after ``timeout_s`` (it keeps
-        running; wait again). The call itself is bounded by the
-        communicator's timeout either way.
-        """
-        if timeout_s is not None:
-            _check_timeout(timeout_s)
-        if not self._finished.wait(timeout_s):
-            raise TimeoutError(
-                f"{self._description} is still running after {timeout_s} s; call wait() again"
-            )
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def _finish(self, result: Any, error: BaseException | None) -> None:
-        self._result, self._error = result, error
-        self._finished.set()
-
-    def __repr__(self) -> str:
-        state = "done" if self.done() else "pending"
-        return f"<Handle {self._description} {state}>"
-
-
-class _CallQueue:
-    """One background thread that runs a communicator's asynchronous calls in submission order.
-
-    One thread is enough: the native calls release the GIL, so Python keeps
-    computing while they move bytes, and one-at-a-time in submission order is
-    exactly what keeps every rank's sequence of collectives the same.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Handle[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._unfinished = 0
-        self._idle = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, call: Callable[[], T], description: str) -> Handle[T]:
-        handle: Handle[T] = Handle(description)
-        with self._idle:
-            self._unfinished += 1
-        self._calls.put((call, handle))
-        return handle
-
-    def drain(self) -> None:
-        """Wait until every call submitted so far has finished."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._unfinished == 0)
-
-    def stop(self) -> None:
-        """Let the calls already queued finish (or fail), then end the thread."""
-        self._calls.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            call, handle = item
-            try:
-                result, error = call(), None
-            except BaseException as caught:  # noqa: BLE001 - handed to wait()
-                result, error = None, caught
-            handle._finish(result, error)
-            with self._idle:
-                self._unfinished -= 1
-                self._idle.notify_all()
+ReduceOpName = Literal["sum", "mean", "min", "max"]
+AlgorithmName = Literal["auto", "ring", "tree", "star", "hierarchical"]
 
 
 class Communicator:
