@@ -181,6 +181,64 @@ class EmulatedNodes:
             _run("ip", "netns", "exec", self.namespaces[node], "tc", "qdisc", "del", "dev",
                  "eth0", "root")  # fmt: skip
 
+    def shape_links(
+        self,
+        link_rate: str,
+        *,
+        slow_path: tuple[int, int] | None = None,
+        slow_node: int | None = None,
+        slow_rate: str | None = None,
+    ) -> None:
+        """A bandwidth-bound network: every node's link at ``link_rate`` in each direction
+        (an htb class on the node's egress and on the bridge's port towards it, as a NIC
+        caps both), and optionally one route slowed — ``slow_path=(a, b)``, the traffic
+        between those two nodes only — or one host's whole link — ``slow_node`` — at
+        ``slow_rate``. Unlike ``rate`` (a token bucket on every link), the classes leave
+        room to slow one path on top. Needs unshaped links; undone by :meth:`unshape`."""
+        if self.rate or self.delay_us:
+            raise ValueError("shape_links needs unshaped links (no rate or delay)")
+        if (slow_path is not None or slow_node is not None) and slow_rate is None:
+            raise ValueError("slow_path and slow_node need slow_rate")
+        for rate in (link_rate, slow_rate):
+            if rate is not None:
+                rate_bits(rate)  # a clear error for a rate tc would not take
+        for node in [*(slow_path or ()), *([] if slow_node is None else [slow_node])]:
+            if not 0 <= node < self.count:
+                raise ValueError(f"node {node} is out of range: use 0..{self.count - 1}")
+
+        def classes(device: tuple[str, ...], default_rate: str, slow_dst: int | None) -> None:
+            def htb(classid: str, rate: str) -> tuple[str, ...]:
+                burst = str(max(rate_bits(rate) // 8 // 1000, 32 << 10))  # ~1 ms at that rate
+                return ("class", "add", "dev", device[-1], "parent", "1:", "classid", classid,
+                        "htb", "rate", rate, "ceil", rate, "burst", burst, "cburst", burst)  # fmt: skip
+
+            prefix = device[:-1]
+            _run(*prefix, "tc", "qdisc", "add", "dev", device[-1], "root", "handle", "1:",
+                 "htb", "default", "10")  # fmt: skip
+            _run(*prefix, "tc", *htb("1:10", default_rate))
+            if slow_dst is not None and slow_rate is not None:
+                _run(*prefix, "tc", *htb("1:20", slow_rate))
+                _run(*prefix, "tc", "filter", "add", "dev", device[-1], "parent", "1:",
+                     "protocol", "ip", "prio", "1", "u32", "match", "ip", "dst",
+                     f"{self.address(slow_dst)}/32", "flowid", "1:20")  # fmt: skip
+
+        for i, ns in enumerate(self.namespaces):
+            rate = slow_rate if i == slow_node and slow_rate else link_rate
+            other = None
+            if slow_path is not None and i in slow_path:
+                other = slow_path[1] if i == slow_path[0] else slow_path[0]
+            classes(("ip", "netns", "exec", ns, "eth0"), rate, other)
+            classes((f"{self.bridge}v{i}",), rate, None)
+
+    def unshape(self) -> None:
+        """Undo :meth:`shape_links`."""
+        for i, ns in enumerate(self.namespaces):
+            for argv in (
+                ("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root"),
+                ("tc", "qdisc", "del", "dev", f"{self.bridge}v{i}", "root"),
+            ):
+                subprocess.run(argv, capture_output=True, check=False)
+
     def popen(self, node: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
         """Start argv inside node's namespace (same user, files and /dev/shm)."""
         return subprocess.Popen(
@@ -188,12 +246,20 @@ class EmulatedNodes:
         )
 
 
-def link_ceiling(nodes: EmulatedNodes, streams: int = 1, nbytes: int = 256 << 20) -> float:
+def link_ceiling(
+    nodes: EmulatedNodes,
+    streams: int = 1,
+    nbytes: int = 256 << 20,
+    *,
+    src: int = 0,
+    dst: int = 1,
+) -> float:
     """Bytes/s one node can send another over `streams` TCP connections (iperf-style):
-    node 1 receives, node 0 sends nbytes split over the streams; wall time of the whole."""
+    node ``dst`` receives, node ``src`` sends nbytes split over the streams; wall time of
+    the whole."""
     receiver = nodes.popen(
-        1,
-        [sys.executable, "-m", "bench.netns", "receive", nodes.address(1), str(streams)],
+        dst,
+        [sys.executable, "-m", "bench.netns", "receive", nodes.address(dst), str(streams)],
         stdout=subprocess.PIPE,
     )
     assert receiver.stdout is not None
@@ -202,8 +268,16 @@ def link_ceiling(nodes: EmulatedNodes, streams: int = 1, nbytes: int = 256 << 20
         receiver.kill()
         raise RuntimeError("the ceiling receiver did not start")
     sender = nodes.popen(
-        0,
-        [sys.executable, "-m", "bench.netns", "send", nodes.address(1), str(streams), str(nbytes)],
+        src,
+        [
+            sys.executable,
+            "-m",
+            "bench.netns",
+            "send",
+            nodes.address(dst),
+            str(streams),
+            str(nbytes),
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
     )
     out, _ = sender.communicate(timeout=600)

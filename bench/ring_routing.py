@@ -8,6 +8,12 @@ speed, then with the path between nodes ``--slow-path`` cut to ``--slow-rate``
 (``EmulatedNodes.slow_path``). No model and no training: what each topology costs when
 nothing is wrong, and what it gains when one path is slow, without the training step's
 compute and its noise. The probe's own time is reported too.
+
+With ``--link-rate R`` the network is bandwidth-bound (``EmulatedNodes.shape_links``:
+every node's link at R each way), and a third phase slows one node's whole link
+(``--slow-node``) instead of one path: where the bytes each algorithm moves through a
+link decide its time — the ring moves 2(n−1)/n of the buffer through every link, a
+binary tree's root the whole buffer to and from each child, and a leaf only once each way.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = {"290K": 290 << 10, "4M": 4 << 20}
+SIZES = {"290K": 290 << 10, "4M": 4 << 20, "32M": 32 << 20}
 
 
 def serve(rank: int, peers: list[str], sizes: list[str], repeats: int) -> None:
@@ -89,6 +95,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slow-path", default="1,2")
     parser.add_argument("--slow-rate", default="20mbit")
+    parser.add_argument(
+        "--link-rate",
+        default=None,
+        help="make every link bandwidth-bound at this rate (e.g. 1gbit) and add a phase "
+        "with one node's whole link slowed",
+    )
+    parser.add_argument("--slow-node", type=int, default=3, help="with --link-rate")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--peers", default=None, help=argparse.SUPPRESS)
@@ -111,18 +124,32 @@ def main() -> None:
     }
     with EmulatedNodes(args.nodes) as nodes:
         peers = [f"{nodes.address(i)}:{29700 + i}" for i in range(args.nodes)]
-        rows = [{**common, "phase": "every path at full speed", **run_phase(nodes, args, peers)}]
-        nodes.slow_path(a, b, args.slow_rate)
-        try:
-            rows.append(
-                {
-                    **common,
-                    "phase": f"path {a}-{b} at {args.slow_rate}",
-                    **run_phase(nodes, args, peers),
-                }
-            )
-        finally:
-            nodes.clear_path(a, b)
+        rows = []
+        if args.link_rate is None:
+            rows.append({**common, "phase": "every path at full speed",
+                         **run_phase(nodes, args, peers)})  # fmt: skip
+            nodes.slow_path(a, b, args.slow_rate)
+            try:
+                rows.append({**common, "phase": f"path {a}-{b} at {args.slow_rate}",
+                             **run_phase(nodes, args, peers)})  # fmt: skip
+            finally:
+                nodes.clear_path(a, b)
+        else:
+            rate, slow = args.link_rate, args.slow_rate
+            phases: list[tuple[str, dict]] = [
+                (f"every link at {rate}", {}),
+                (f"every link at {rate}, path {a}-{b} at {slow}",
+                 {"slow_path": (a, b), "slow_rate": slow}),
+                (f"every link at {rate}, node {args.slow_node}'s link at {slow}",
+                 {"slow_node": args.slow_node, "slow_rate": slow}),
+            ]  # fmt: skip
+            for phase, shape in phases:
+                nodes.shape_links(rate, **shape)
+                try:
+                    rows.append({**common, "link_rate": rate, "phase": phase,
+                                 **run_phase(nodes, args, peers)})  # fmt: skip
+                finally:
+                    nodes.unshape()
     for row in rows:
         print(json.dumps(row), flush=True)
 

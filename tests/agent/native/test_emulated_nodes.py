@@ -126,3 +126,28 @@ def test_a_slowed_path_slows_only_the_traffic_between_its_two_nodes() -> None:
     with netns.EmulatedNodes(2, rate="200mbit") as shaped:
         with pytest.raises(ValueError, match="unshaped"):
             shaped.slow_path(0, 1, "40mbit")
+
+
+def test_shaped_links_with_one_path_or_one_node_slowed() -> None:
+    """Every link at 200 Mbit/s (25 MB/s) each way; then one path, then one node's whole
+    link, at 40 Mbit/s (5 MB/s) on top: only the traffic that crosses it slows."""
+    with netns.EmulatedNodes(3) as nodes:
+
+        def rate(src: int, dst: int) -> float:
+            return netns.link_ceiling(nodes, streams=1, nbytes=4 << 20, src=src, dst=dst)
+
+        nodes.shape_links("200mbit", slow_path=(0, 1), slow_rate="40mbit")
+        assert rate(0, 1) < 7e6 and rate(1, 0) < 7e6
+        assert 15e6 < rate(0, 2) < 27e6 and 15e6 < rate(2, 1) < 27e6
+        nodes.unshape()
+        nodes.shape_links("200mbit", slow_node=2, slow_rate="40mbit")
+        assert rate(0, 2) < 7e6 and rate(2, 1) < 7e6  # into and out of the slow node
+        assert 15e6 < rate(0, 1) < 27e6
+        nodes.unshape()
+        assert rate(0, 2) > 100e6  # veth pairs with nothing in the way
+        with pytest.raises(ValueError, match="need slow_rate"):
+            nodes.shape_links("200mbit", slow_node=1)
+        with pytest.raises(ValueError, match="out of range"):
+            nodes.shape_links("200mbit", slow_node=5, slow_rate="40mbit")
+        with pytest.raises(ValueError, match="use e.g. 500mbit"):
+            nodes.shape_links("fast")
