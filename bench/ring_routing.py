@@ -2,12 +2,14 @@
 
 ``--nodes`` emulated nodes (network namespaces, ``bench.netns``; needs root), one rank
 each. For each buffer size, the allreduce time (median of ``--repeats``) of the ring in
-rank order, the binary tree, and the routed ring (``agent.runtime.routing``: probe every
-path, order the ring so that its slowest hop is fastest), first with every path at full
-speed, then with the path between nodes ``--slow-path`` cut to ``--slow-rate``
-(``EmulatedNodes.slow_path``). No model and no training: what each topology costs when
-nothing is wrong, and what it gains when one path is slow, without the training step's
-compute and its noise. The probe's own time is reported too.
+rank order, the binary tree in rank order, and the routed ring (what
+``agent.runtime.routing`` chose after probing every path: the ring in the order whose
+slowest hop is fastest, or the tree in an order with a slow node as a leaf when a node's
+whole link is slow), first with every path at full speed, then with the path between
+nodes ``--slow-path`` cut to ``--slow-rate`` (``EmulatedNodes.slow_path``). No model and
+no training: what each topology costs when nothing is wrong, and what it gains when one
+path is slow, without the training step's compute and its noise. The probe's own time is
+reported too.
 
 With ``--link-rate R`` the network is bandwidth-bound (``EmulatedNodes.shape_links``:
 every node's link at R each way), and a third phase slows one node's whole link
@@ -44,6 +46,7 @@ def serve(rank: int, peers: list[str], sizes: list[str], repeats: int) -> None:
     figures = routing.route(comm)
     out["probe_s"] = time.perf_counter() - started
     out["order"] = list(comm.ring_order)
+    out["routed_algorithm"] = comm.algorithm  # the tree when a node's whole link is slow
     out.update(figures)
     routed = tuple(comm.ring_order)
     for label in sizes:
@@ -51,7 +54,7 @@ def serve(rank: int, peers: list[str], sizes: list[str], repeats: int) -> None:
         for name, algorithm, order in (
             ("ring", "ring", tuple(range(comm.size))),
             ("tree", "tree", tuple(range(comm.size))),
-            ("routed_ring", "ring", routed),
+            ("routed_ring", out["routed_algorithm"], routed),
         ):
             comm.set_algorithm(algorithm)
             comm.set_ring_order(order)
@@ -85,7 +88,13 @@ def run_phase(nodes, args, peers: list[str]) -> dict:
     reports = [json.loads(o.splitlines()[-1]) for o in outputs]
     # A collective ends for everyone when the slowest rank is done: the slowest rank's time.
     merged = {k: max(r[k] for r in reports) for k in reports[0] if k.endswith("_s")}
-    return {**merged, **{k: reports[0][k] for k in ("order", "ring_hop_mbps", "link_mbps_min")}}
+    return {
+        **merged,
+        **{
+            k: reports[0][k]
+            for k in ("order", "routed_algorithm", "ring_hop_mbps", "link_mbps_min")
+        },
+    }
 
 
 def main() -> None:

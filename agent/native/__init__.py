@@ -364,8 +364,10 @@ class Communicator:
 
         ``order`` names every rank once: rank ``order[i]`` sends to ``order[i + 1]``
         (and the last to the first), so a ring can avoid a slow path between two
-        ranks. Only the ring allreduce (also grouped) follows it; the ring's
-        all-gather, reduce-scatter and broadcast keep rank order. Every rank must
+        ranks. The ring allreduce (also grouped) follows it, and so does the tree
+        allreduce (a binary tree over the order: its root is ``order[0]`` and the last
+        ranks are leaves, so a slow node placed last carries the buffer only once each
+        way); the ring's all-gather, reduce-scatter and broadcast keep rank order. Every rank must
         pass the same order (they agree by consensus first); otherwise every rank
         raises ``ValueError`` and the order stays as it was.
         """

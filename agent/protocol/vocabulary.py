@@ -60,7 +60,8 @@ TOPOLOGIES = Terms(
         "routed_ring": "the ring in an order that avoids the slowest paths between workers: "
         "they time a probe to every peer when it is chosen, in each new cluster version, "
         "every ring_probe_every steps (default 100) and when their communication time per "
-        "step grows 4×, and take the ring whose slowest hop is fastest",
+        "step grows 4×, and take the ring whose slowest hop is fastest (the tree with a "
+        "worker as a leaf while that worker's whole link is slow)",
     }
 )
 

@@ -20,6 +20,13 @@ interference (Mai et al., OSDI'20), done here by probing:
 3. **Apply.** :meth:`~agent.native.Communicator.set_ring_order` (collective; the native
    ring runs on a renumbered view of the same connections).
 
+When a worker's *whole* link is slow (every path to it: :func:`slow_nodes`), no ring order
+helps — every ring crosses that link with 2(n−1)/n of the buffer each way — and the workers
+use the **tree** in an order that puts the slow workers last (:func:`plan`): the last
+ranks of a binary tree are leaves, whose links carry the buffer once each way (measured
+1.67–1.77× faster than any ring with one of four links slowed, docs/adaptation.md). The
+next probe that finds no slow worker goes back to the ring.
+
 The trainer routes when the topology is switched to ``routed_ring`` (also when it
 already is), in every new cluster version, every ``ring_probe_every`` steps (a
 hyper-parameter; 0: never again), and when the ring slows down: at every report the
@@ -34,6 +41,7 @@ Framework-neutral: no TensorFlow here.
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from typing import Any
 
@@ -44,6 +52,10 @@ PROBE_BYTES = 128 << 10
 PROBE_REPEATS = 2
 EXACT_UP_TO = 8
 KEEP_WITHIN = 2.0
+# A worker whose fastest path is this many times the median worker's is slow as a whole
+# (a probe of a fast path on a busy machine varies 2–3×; real interference is 10× and more).
+# Once the tree is in use, KEEP_WITHIN is enough to stay on it.
+SLOW_NODE_FACTOR = 4.0
 REPROBE_AFTER = 4.0
 
 
@@ -118,14 +130,44 @@ def choose_ring(times: np.ndarray, current: tuple[int, ...]) -> tuple[int, ...]:
     return best
 
 
+def slow_nodes(cost: np.ndarray, factor: float = SLOW_NODE_FACTOR) -> list[int]:
+    """Ranks whose *fastest* path is over ``factor`` times the median rank's fastest path —
+    a whole link slow, not one route — when they are few enough to be leaves of a binary
+    tree (at most (n − 1) // 2 of n ≥ 3 ranks); otherwise none."""
+    n = len(cost)
+    if n < 3:
+        return []
+    fastest = np.array([min(float(cost[k, j]) for j in range(n) if j != k) for k in range(n)])
+    slow = [k for k in range(n) if fastest[k] > factor * float(np.median(fastest))]
+    return slow if len(slow) <= (n - 1) // 2 else []
+
+
+def plan(
+    times: np.ndarray, current: tuple[int, ...], algorithm: str = "ring"
+) -> tuple[str, tuple[int, ...]]:
+    """The algorithm and order to use, given the ones in force: the tree with the slow
+    workers last when some workers' whole links are slow (:func:`slow_nodes`; a tree in
+    force stays while they are over ``KEEP_WITHIN``), else the ring (:func:`choose_ring`)."""
+    slow = slow_nodes(hop_costs(times), KEEP_WITHIN if algorithm == "tree" else SLOW_NODE_FACTOR)
+    if slow:
+        return "tree", tuple([r for r in range(len(times)) if r not in slow] + slow)
+    return "ring", choose_ring(times, current)
+
+
 def route(comm: Any) -> dict[str, float]:
-    """Collective: probe every path, put the ring in the best order; the figures to
-    report (Mbit/s as the probe measured)."""
+    """Collective: probe every path, put the ring in the best order (or, when a worker's
+    whole link is slow, the tree with it as a leaf); the figures to report (Mbit/s as the
+    probe measured)."""
     times = probe_links(comm)
     current = tuple(comm.ring_order)
-    order = choose_ring(times, current)
+    algorithm, order = plan(times, current, comm.algorithm)
     if order != current:
         comm.set_ring_order(order)
+    if algorithm != comm.algorithm:
+        comm.set_algorithm(algorithm)
+        if comm.rank == 0:
+            what = "the tree, slow workers as leaves," if algorithm == "tree" else "the ring"
+            print(f"adaptrain: routed_ring: {what} in the order {list(order)}", file=sys.stderr)
     cost = hop_costs(times)
     bits = max(PROBE_BYTES // 4, 1) * 4 * 8
     slowest_hop = ring_cost(cost, order)[0]

@@ -103,7 +103,8 @@ TEMPLATES: list[dict] = [
             "workers probe again by themselves when their communication time per step grows "
             "4× (a path slowed after the switch, or the switch fired on noise before it) and "
             "every ring_probe_every steps. Unlike the tree it costs nothing when no path is "
-            "slow; it cannot help when a worker's whole link is slow (every ring crosses it)."
+            "slow. When a worker's whole link is slow no ring avoids it: the workers then use "
+            "the tree with that worker as a leaf, and the ring again once it has recovered."
         ),
         "dry_run": False,
         "rules": [

@@ -347,8 +347,13 @@ void Communicator::reduce_locked(void* data, size_t count, DataType dtype, Reduc
   rooted.spin_us = spin_for(count * element_size(dtype));
   if (algorithm == Algorithm::kStar) {
     star_allreduce(*transport_, rooted);
-  } else {
+  } else if (ring_order_.empty()) {
     tree_allreduce(*transport_, rooted);
+  } else {
+    // The tree in the routed order: its root is order[0] and the last ranks of the
+    // order are leaves, whose links carry the buffer once each way (a slow node's place).
+    TransportView view(*transport_, ring_order_);
+    tree_allreduce(view, rooted);
   }
 }
 

@@ -116,8 +116,9 @@ class Communicator {
   void set_algorithm(Algorithm algorithm);
   // Collective: the order in which the ring allreduce passes data (rank
   // order[i] sends to order[i+1]), so that a ring can avoid a slow path
-  // between two ranks; empty means 0, 1, ..., size-1. Only the ring
-  // allreduce (also on fused buffers) follows it; the ring's all-gather,
+  // between two ranks; empty means 0, 1, ..., size-1. The ring allreduce
+  // (also on fused buffers) follows it, and so does the tree allreduce (its
+  // root is order[0], the last ranks are leaves); the ring's all-gather,
   // reduce-scatter and broadcast keep rank order. Every rank must ask for the
   // same order, a permutation of the ranks; otherwise InvalidArgumentError and
   // the order stays as it was.

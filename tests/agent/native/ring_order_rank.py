@@ -1,6 +1,7 @@
 """One rank of tests/agent/native/test_ring_order.py's emulated-nodes test, started inside a
 node's network namespace: ``python ring_order_rank.py RANK PEERS`` times a ring allreduce
-in rank order, routes the ring (agent.runtime.routing), times it again and prints JSON."""
+in rank order, routes it (agent.runtime.routing: a ring order, or the tree when a node's
+whole link is slow), times it again and prints JSON."""
 
 from __future__ import annotations
 
@@ -33,13 +34,14 @@ def main() -> None:
     in_rank_order, correct_before = timed_allreduce(comm, rank)
     figures = routing.route(comm)
     routed, correct_after = timed_allreduce(comm, rank)
-    order = list(comm.ring_order)
+    order, algorithm = list(comm.ring_order), comm.algorithm
     comm.close()
     print(
         json.dumps(
             {
                 "rank": rank,
                 "order": order,
+                "algorithm": algorithm,
                 "rank_order_s": in_rank_order,
                 "routed_s": routed,
                 "correct": correct_before and correct_after,

@@ -66,3 +66,30 @@ def test_small_groups_and_large_ones():
     order = routing.best_ring(times)
     assert sorted(order) == list(range(n)) and order[0] == 0
     assert frozenset((0, 1)) not in hops(order)
+
+
+def test_a_whole_slow_link_gives_the_tree_with_that_worker_as_a_leaf():
+    # Rank 1's link is slow to everyone: every ring crosses it twice.
+    times = matrix(4, slow={(1, 0): 0.05, (1, 2): 0.06, (1, 3): 0.05})
+    assert routing.slow_nodes(routing.hop_costs(times)) == [1]
+    assert routing.plan(times, (0, 1, 2, 3)) == ("tree", (0, 2, 3, 1))
+    # One slow path is not a slow worker: the ring goes around it.
+    one_path = matrix(4, slow={(2, 1): 0.1})
+    assert routing.slow_nodes(routing.hop_costs(one_path)) == []
+    assert routing.plan(one_path, (0, 1, 2, 3)) == ("ring", (0, 1, 3, 2))
+    # Recovered: back to the ring, in the order in force (within KEEP_WITHIN of the best).
+    assert routing.plan(matrix(4), (0, 2, 3, 1), "tree") == ("ring", (0, 2, 3, 1))
+    # Probe noise (a worker's paths 3× the others') does not leave the ring, but once on
+    # the tree, a worker still 3× slower keeps it there.
+    noisy = matrix(4, slow={(1, 0): 0.003, (1, 2): 0.003, (1, 3): 0.003})
+    assert routing.plan(noisy, (0, 1, 2, 3), "ring") == ("ring", (0, 1, 2, 3))
+    assert routing.plan(noisy, (0, 2, 3, 1), "tree") == ("tree", (0, 2, 3, 1))
+
+
+def test_slow_workers_only_when_few_enough_to_be_leaves():
+    slow_half = matrix(4, slow={(a, b): 0.05 for a in (2, 3) for b in range(4) if a != b})
+    assert routing.slow_nodes(routing.hop_costs(slow_half)) == []  # 2 of 4: not leaves only
+    eight = matrix(8, slow={(a, b): 0.05 for a in (5, 6) for b in range(8) if a != b})
+    assert routing.slow_nodes(routing.hop_costs(eight)) == [5, 6]
+    assert routing.plan(eight, tuple(range(8)))[1][-2:] == (5, 6)
+    assert routing.slow_nodes(routing.hop_costs(matrix(2, slow={(0, 1): 1.0}))) == []
