@@ -118,7 +118,7 @@ TEST(hierarchical_chunk_bytes_parse_and_are_agreed) {
 
 TEST(local_transport_is_auto_shm_or_tcp_and_is_agreed) {
   CHECK_EQ(parse({}).local_transport, LocalTransport::kAuto);
-  CHECK_EQ(parse({}).shm_buffer_bytes, size_t{1} << 20);
+  CHECK_EQ(parse({}).shm_buffer_bytes, size_t{256} << 10);
   CHECK_EQ(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "shm"}}).local_transport, LocalTransport::kShm);
   CHECK_EQ(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "tcp"}}).local_transport, LocalTransport::kTcp);
   CHECK(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "tcp"}})
@@ -126,7 +126,7 @@ TEST(local_transport_is_auto_shm_or_tcp_and_is_agreed) {
             .find("COLLECTIVE_LOCAL_TRANSPORT=tcp\n") != std::string::npos);
   CHECK_THROWS(parse({{"COLLECTIVE_LOCAL_TRANSPORT", "fast"}}), InvalidArgumentError,
                "auto, shm or tcp");
-  CHECK_EQ(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "256K"}}).shm_buffer_bytes, size_t{256} << 10);
+  CHECK_EQ(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "1M"}}).shm_buffer_bytes, size_t{1} << 20);
   CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "96K"}}), InvalidArgumentError,
                "power of two");
   CHECK_THROWS(parse({{"COLLECTIVE_SHM_BUFFER_BYTES", "4K"}}), InvalidArgumentError,

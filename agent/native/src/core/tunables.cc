@@ -65,7 +65,7 @@ Tunables parse_tunables(const std::function<const char*(const char*)>& lookup) {
     throw InvalidArgumentError("COLLECTIVE_LOCAL_TRANSPORT=" + local_text +
                                " is not valid: expected auto, shm or tcp");
   }
-  t.shm_buffer_bytes = read("COLLECTIVE_SHM_BUFFER_BYTES", 1 << 20, 64 << 10, size_t{1} << 30);
+  t.shm_buffer_bytes = read("COLLECTIVE_SHM_BUFFER_BYTES", 256 << 10, 64 << 10, size_t{1} << 30);
   if ((t.shm_buffer_bytes & (t.shm_buffer_bytes - 1)) != 0) {
     throw InvalidArgumentError("COLLECTIVE_SHM_BUFFER_BYTES=" + std::to_string(t.shm_buffer_bytes) +
                                " is not valid: expected a power of two (e.g. 1M, 4M)");

@@ -66,7 +66,9 @@ struct Tunables {
   LocalTransport local_transport;
   // COLLECTIVE_SHM_BUFFER_BYTES: the ring of each direction of each
   // shared-memory pair, a power of two from 64 KiB to 1 GiB. The lower rank
-  // of a pair creates the segment, so its value counts. Default 1 MiB.
+  // of a pair creates the segment, so its value counts. Default 256 KiB: a
+  // 1 MiB ring spilled the two ranks' working set out of a 2 MiB L2 when the
+  // scheduler put both on one core (docs/native.md, Benchmarks).
   size_t shm_buffer_bytes;
   // COLLECTIVE_HIERARCHICAL_CHUNK_BYTES: the hierarchical allreduce cuts the
   // buffer into chunks of about this size and pipelines its phases over them

@@ -50,10 +50,17 @@ size_t SpscRing::write(const void* data, size_t length) {
   const uint64_t head = control_->head.load(std::memory_order_acquire);
   const size_t n = std::min(length, capacity_ - static_cast<size_t>(tail - head));
   if (n == 0) return 0;
-  const RingSpan span = ring_span(tail, n, capacity_);
-  std::memcpy(data_ + span.offset, data, span.first);
-  if (span.second > 0) std::memcpy(data_, static_cast<const char*>(data) + span.first, span.second);
-  control_->tail.store(tail + n, std::memory_order_release);
+  // Publish every kRingPublishBytes, so the consumer starts on the first
+  // piece while the rest is still being copied in.
+  for (size_t done = 0; done < n;) {
+    const size_t m = std::min(kRingPublishBytes, n - done);
+    const RingSpan span = ring_span(tail + done, m, capacity_);
+    const char* from = static_cast<const char*>(data) + done;
+    std::memcpy(data_ + span.offset, from, span.first);
+    if (span.second > 0) std::memcpy(data_, from + span.first, span.second);
+    done += m;
+    control_->tail.store(tail + done, std::memory_order_release);
+  }
   return n;
 }
 
