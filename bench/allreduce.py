@@ -28,6 +28,9 @@ shared memory inside a node, TCP over the shaped link between nodes, and
 mpi_yield_when_idle=1 (unless OMPI_MCA_mpi_yield_when_idle is set), since the
 ranks outnumber the cores here. "mpi@han" adds --mca coll_han_priority 100:
 Open MPI's own hierarchical collectives (coll/han) instead of coll/tuned.
+"hierarchical@SIZE" sets its chunk (COLLECTIVE_HIERARCHICAL_CHUNK_BYTES) and
+"hierarchical@leader" the leader scheme (COLLECTIVE_HIERARCHICAL_SCHEME=leader:
+one rank per node crosses between nodes, against every rank on its shard).
 
 spawns N local ranks on this host (their pairs use shared memory or TCP
 loopback, as COLLECTIVE_LOCAL_TRANSPORT or --transport says), runs float32
@@ -266,7 +269,7 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
             raise SystemExit(f"--algos: {name!r} is not one of {', '.join(ALGORITHMS)}, mpi")
         if name == "mpi" and chunk not in ("", "han"):
             raise SystemExit(f"--algos: {spec!r}: use mpi or mpi@han")
-        if name != "mpi" and chunk and chunk != "0":
+        if name != "mpi" and chunk and chunk not in ("0", "leader"):
             parse_size(chunk)  # a bad chunk size fails here, before any namespace is made
     with (
         EmulatedNodes(args.nodes, rate=args.link, delay_us=args.delay_us) as nodes,
@@ -293,7 +296,9 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
                 else:
                     lines = []
                     env = dict(os.environ)
-                    if chunk:
+                    if chunk == "leader":  # one rank per node crosses between nodes
+                        env["COLLECTIVE_HIERARCHICAL_SCHEME"] = "leader"
+                    elif chunk:
                         env["COLLECTIVE_HIERARCHICAL_CHUNK_BYTES"] = chunk
                     procs = []
                     for rank in range(n):
@@ -330,7 +335,9 @@ def run_emulated(args: argparse.Namespace, sizes: list[int]) -> int:
                         link_bound_algbw_GBps=round(bound, 4),
                         of_link_bound=round(line["algbw_GBps"] / bound, 3),
                     )
-                    if chunk and algo != "mpi":
+                    if chunk == "leader":
+                        line["scheme"] = "leader"
+                    elif chunk and algo != "mpi":
                         line["chunk_bytes"] = 0 if chunk == "0" else parse_size(chunk)
                     if args.json:
                         print(json.dumps(line), flush=True)

@@ -329,7 +329,8 @@ void Communicator::reduce_locked(void* data, size_t count, DataType dtype, Reduc
     ring.scratch = &scratch_;
     ring.spin_us = spin_for(count * element_size(dtype));
     if (algorithm == Algorithm::kHierarchical) {
-      hierarchical_allreduce(*transport_, layout_, ring, tunables_.hierarchical_chunk_bytes);
+      hierarchical_allreduce(*transport_, layout_, ring, tunables_.hierarchical_chunk_bytes,
+                             tunables_.hierarchical_leader);
     } else {
       ordered_ring_allreduce(ring);
     }

@@ -114,6 +114,14 @@ TEST(hierarchical_chunk_bytes_parse_and_are_agreed) {
             .find("COLLECTIVE_HIERARCHICAL_CHUNK_BYTES=4194304\n") != std::string::npos);
   CHECK_THROWS(parse({{"COLLECTIVE_HIERARCHICAL_CHUNK_BYTES", "lots"}}), InvalidArgumentError,
                "COLLECTIVE_HIERARCHICAL_CHUNK_BYTES");
+  CHECK(!parse({}).hierarchical_leader);
+  CHECK(parse({{"COLLECTIVE_HIERARCHICAL_SCHEME", "leader"}}).hierarchical_leader);
+  CHECK(!parse({{"COLLECTIVE_HIERARCHICAL_SCHEME", "shards"}}).hierarchical_leader);
+  CHECK(parse({{"COLLECTIVE_HIERARCHICAL_SCHEME", "leader"}})
+            .describe()
+            .find("COLLECTIVE_HIERARCHICAL_SCHEME=leader\n") != std::string::npos);
+  CHECK_THROWS(parse({{"COLLECTIVE_HIERARCHICAL_SCHEME", "nearest"}}), InvalidArgumentError,
+               "COLLECTIVE_HIERARCHICAL_SCHEME=nearest is not valid");
 }
 
 TEST(local_transport_is_auto_shm_or_tcp_and_is_agreed) {

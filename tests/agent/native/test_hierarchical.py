@@ -54,12 +54,18 @@ CASES = [
 
 
 def _allreduce_cases(
-    rank: int, peers: list[str], per_node: list[int], chunk: str | None = None
+    rank: int,
+    peers: list[str],
+    per_node: list[int],
+    chunk: str | None = None,
+    scheme: str | None = None,
 ) -> dict[str, Any]:
     import os
 
     if chunk is not None:  # read once per process, on the first communicator
         os.environ["COLLECTIVE_HIERARCHICAL_CHUNK_BYTES"] = chunk
+    if scheme is not None:
+        os.environ["COLLECTIVE_HIERARCHICAL_SCHEME"] = scheme
     peers = on_nodes(peers, per_node)
     n = len(peers)
     out: dict[str, Any] = {"chosen": {}, "results": []}
@@ -114,8 +120,24 @@ def _allreduce_cases(
 def test_hierarchical_allreduce_matches_numpy_and_is_bit_identical(
     per_node: list[int], chunk: str | None
 ) -> None:
+    _check_cases(
+        per_node, run_ranks(_allreduce_cases, sum(per_node), per_node, chunk, timeout_s=120)
+    )
+
+
+@pytest.mark.parametrize(
+    "per_node",
+    [[2, 2], [3, 3], [2, 2, 2], [4, 4], [3, 2]],  # [3, 2]: unequal nodes fold as before
+    ids=lambda p: "x".join(map(str, p)),
+)
+def test_the_leader_scheme_matches_numpy_and_is_bit_identical(per_node: list[int]) -> None:
+    """COLLECTIVE_HIERARCHICAL_SCHEME=leader: one rank per node crosses between nodes."""
     n = sum(per_node)
-    results = run_ranks(_allreduce_cases, n, per_node, chunk, timeout_s=120)
+    _check_cases(per_node, run_ranks(_allreduce_cases, n, per_node, None, "leader", timeout_s=120))
+
+
+def _check_cases(per_node: list[int], results: dict[int, dict[str, Any]]) -> None:
+    n = sum(per_node)
     first = results[0]
     nodes = tuple(node for node, count in enumerate(per_node) for _ in range(count))
     for rank in range(n):
@@ -250,3 +272,23 @@ def test_a_node_that_loses_a_rank_reforms_and_stays_hierarchical() -> None:
     results = run_ranks(_node_loses_a_rank, 4, timeout_s=120)
     assert results[1] is None
     assert results[0] == results[2] == results[3] == [2.0, 4098 * 2.0]
+
+
+def _scheme(rank: int, peers: list[str], schemes: list[str]) -> str:
+    import os
+
+    os.environ["COLLECTIVE_HIERARCHICAL_SCHEME"] = schemes[rank]
+    try:
+        Communicator(rank, on_nodes(peers, [2, 2]), timeout_s=10).close()
+    except ValueError as error:
+        return str(error)
+    return "formed"
+
+
+def test_ranks_with_different_schemes_refuse_to_form_and_a_bad_one_is_named() -> None:
+    mixed = ["leader", "shards", "shards", "shards"]
+    for rank, message in run_ranks(_scheme, 4, mixed, timeout_s=60).items():
+        assert "COLLECTIVE_HIERARCHICAL_SCHEME" in message, f"rank {rank}: {message}"
+    bad = ["nearest"] * 4
+    for message in run_ranks(_scheme, 4, bad, timeout_s=60).values():
+        assert "COLLECTIVE_HIERARCHICAL_SCHEME=nearest is not valid" in message, message

@@ -85,6 +85,8 @@ uint32_t ring_tag(uint32_t phase, size_t chunk, size_t chunks) {
 }
 constexpr uint32_t kFoldIn = 4;  // phase tags of the fold into a partner, and back
 constexpr uint32_t kFoldOut = 5;
+constexpr uint32_t kLeaderLocal = 6;  // the leader scheme: inside the node, and across
+constexpr uint32_t kLeaderCross = 7;
 
 struct LocalStep {
   RingKind kind;  // kReduceScatter or kAllgather
@@ -211,10 +213,47 @@ void pipelined_phases(Transport& transport, const std::vector<int>& local_member
   }
 }
 
+// A copy of `from`'s buffer to every rank of `ranks`, exact to the bit: the
+// others zero theirs and the ranks OR the bytes together in a ring.
+void share_from(Transport& transport, const std::vector<int>& ranks, int from,
+                const RingOptions& options, uint32_t phase) {
+  TransportView view(transport, ranks);
+  if (transport.rank() != from) {
+    std::memset(options.data, 0, options.count * element_size(options.dtype));
+  }
+  RingOptions copy = options;
+  copy.header.root = ring_tag(phase, 1, 2);
+  copy.dtype = DataType::kUint8;
+  copy.op = ReduceOp::kBitOr;
+  copy.count = options.count * element_size(options.dtype);
+  copy.row_elements = options.row_elements * element_size(options.dtype);
+  ring_allreduce(view, copy);
+}
+
+// The leader scheme on equal nodes (see hierarchical_allreduce).
+void leader_phases(Transport& transport, const NodeLayout& layout, const RingOptions& options) {
+  const int leader = layout.local_members.front();
+  RingOptions local = options;
+  local.header.root = ring_tag(kLeaderLocal, 0, 2);
+  TransportView node(transport, layout.local_members);
+  ring_allreduce(node, local);  // a mean: over the node's K ranks
+  if (transport.rank() == leader) {
+    std::vector<int> leaders;  // local rank 0 of every node, in node order
+    for (size_t r = 0; r < layout.local_index.size(); ++r) {
+      if (layout.local_index[r] == 0) leaders.push_back(static_cast<int>(r));
+    }
+    RingOptions cross = options;
+    cross.header.root = ring_tag(kLeaderCross, 0, 1);
+    TransportView across(transport, leaders);
+    ring_allreduce(across, cross);  // a mean: over the N nodes, so over all K * N ranks
+  }
+  share_from(transport, layout.local_members, leader, options, kLeaderLocal);
+}
+
 }  // namespace
 
 void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options, size_t chunk_bytes) {
+                            const RingOptions& options, size_t chunk_bytes, bool leader) {
   if (!layout.hierarchical() || layout.local_members.empty() ||
       options.count < static_cast<size_t>(transport.size()) || options.scratch == nullptr ||
       options.row_elements == 0 || options.count % options.row_elements != 0) {
@@ -225,6 +264,10 @@ void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
   const int rank = transport.rank();
   const int index = layout.local_index[static_cast<size_t>(rank)];
   const int fewest = layout.min_per_node;
+  if (layout.per_node > 0 && leader) {
+    leader_phases(transport, layout, options);
+    return;
+  }
   if (layout.per_node > 0) {  // every node has as many ranks: all take part
     pipelined_phases(transport, layout.local_members, layout.cross_members, options, chunk_bytes);
     return;

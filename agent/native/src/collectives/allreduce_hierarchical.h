@@ -46,8 +46,13 @@ NodeLayout node_layout(const std::vector<std::string>& hosts, int rank);
 // of every node, and gets the result back from the same partner (a copy). A
 // mean is then a sum divided by the group size at the end, on every rank.
 // Needs layout.hierarchical() and options.count >= the number of ranks.
+// With `leader` (COLLECTIVE_HIERARCHICAL_SCHEME=leader) equal nodes cross
+// with one rank each instead: the node allreduces over shared memory, local
+// rank 0 of every node allreduces the whole buffer with the other nodes'
+// local rank 0, then shares the result inside its node (unequal nodes fold
+// as above either way).
 void hierarchical_allreduce(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options, size_t chunk_bytes);
+                            const RingOptions& options, size_t chunk_bytes, bool leader = false);
 
 // How many chunks hierarchical_allreduce cuts `rows` rows into: about one per
 // chunk_bytes, at most one per `ranks` rows (no ring step may be empty) and

@@ -72,6 +72,16 @@ Tunables parse_tunables(const std::function<const char*(const char*)>& lookup) {
   }
   t.hierarchical_chunk_bytes =
       read("COLLECTIVE_HIERARCHICAL_CHUNK_BYTES", 1 << 20, 0, size_t{1} << 40);
+  const char* scheme = lookup("COLLECTIVE_HIERARCHICAL_SCHEME");
+  const std::string scheme_text = scheme == nullptr ? "" : scheme;
+  if (scheme_text.empty() || scheme_text == "shards") {
+    t.hierarchical_leader = false;
+  } else if (scheme_text == "leader") {
+    t.hierarchical_leader = true;
+  } else {
+    throw InvalidArgumentError("COLLECTIVE_HIERARCHICAL_SCHEME=" + scheme_text +
+                               " is not valid: expected shards or leader");
+  }
   return t;
 }
 
@@ -79,7 +89,8 @@ std::string Tunables::describe() const {
   return "COLLECTIVE_AUTO_RING_MIN_BYTES=" + std::to_string(auto_ring_min_bytes) +
          "\nCOLLECTIVE_AUTO_STAR_MAX_RANKS=" + std::to_string(auto_star_max_ranks) +
          "\nCOLLECTIVE_LOCAL_TRANSPORT=" + name_of(local_transport) +
-         "\nCOLLECTIVE_HIERARCHICAL_CHUNK_BYTES=" + std::to_string(hierarchical_chunk_bytes) + "\n";
+         "\nCOLLECTIVE_HIERARCHICAL_CHUNK_BYTES=" + std::to_string(hierarchical_chunk_bytes) +
+         "\nCOLLECTIVE_HIERARCHICAL_SCHEME=" + (hierarchical_leader ? "leader" : "shards") + "\n";
 }
 
 const char* name_of(LocalTransport transport) {

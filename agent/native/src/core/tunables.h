@@ -77,6 +77,14 @@ struct Tunables {
   // another. Default 1 MiB. Must match across ranks (checked like
   // COLLECTIVE_AUTO_*).
   size_t hierarchical_chunk_bytes;
+  // COLLECTIVE_HIERARCHICAL_SCHEME: shards | leader. How the hierarchical
+  // allreduce crosses between equal nodes: "shards" (default) has every rank
+  // of a node reduce its 1/K of the buffer with its peers on the other nodes
+  // (K rings, as NCCL's); "leader" has the node allreduce over shared memory,
+  // one rank per node (the leader) allreduce the whole buffer across nodes,
+  // and the leader share the result inside its node (Horovod's hierarchical
+  // scheme). Must match across ranks (checked like COLLECTIVE_AUTO_*).
+  bool hierarchical_leader;
 
   // The values as "NAME=value" lines, for the cross-rank agreement check.
   std::string describe() const;
