@@ -22,6 +22,7 @@ engine, the cluster allocator and ``bench/provisioning_sim.py`` all use it.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,60 @@ class StepSample:
     compute_time: float
     comm_time: float
     step_time: float | None = None
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    """One configuration's measurements summarised: the median times of its latest
+    ``count`` measurements (as a :class:`StepSample`)."""
+
+    sample: StepSample
+    count: int
+
+
+class StepProfile:
+    """A job's step-time measurements over its whole run, per configuration (local batch,
+    workers, nodes), as Pollux keeps them: a batch size measured once keeps informing the
+    fit after the job has moved on, where a window of recent reports would forget it.
+
+    Bounded: the latest ``keep`` measurements of each configuration and the ``max_configs``
+    configurations seen most recently. Each point is the median of its configuration's
+    times (robust to a report carrying a one-off cost, such as tracing a new batch shape,
+    once a configuration has three or more)."""
+
+    def __init__(self, *, keep: int = 20, max_configs: int = 64):
+        if keep < 1 or max_configs < 1:
+            raise GoodputError(f"keep and max_configs must be ≥ 1, got {keep}, {max_configs}")
+        self.keep, self.max_configs = keep, max_configs
+        # Insertion order is recency order: a configuration seen again moves to the end.
+        self._configs: dict[tuple[float, int, int], list[StepSample]] = {}
+
+    def add(self, sample: StepSample) -> None:
+        key = (float(sample.local_batch), int(sample.workers), int(sample.nodes))
+        kept = self._configs.pop(key, [])
+        kept.append(sample)
+        self._configs[key] = kept[-self.keep :]
+        while len(self._configs) > self.max_configs:
+            del self._configs[next(iter(self._configs))]
+
+    def points(self) -> list[ProfilePoint]:
+        out = []
+        for (local_batch, workers, nodes), kept in self._configs.items():
+            step_times = [s.step_time for s in kept if s.step_time is not None]
+            out.append(
+                ProfilePoint(
+                    StepSample(
+                        local_batch=local_batch,
+                        workers=workers,
+                        nodes=nodes,
+                        compute_time=statistics.median(s.compute_time for s in kept),
+                        comm_time=statistics.median(s.comm_time for s in kept),
+                        step_time=statistics.median(step_times) if step_times else None,
+                    ),
+                    len(kept),
+                )
+            )
+        return out
 
 
 @dataclass(frozen=True)
