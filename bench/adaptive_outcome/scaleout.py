@@ -1,0 +1,125 @@
+"""The scale-out experiment (KungFu Fig. 6): throughput with 1…N workers, and where the
+template ``scale-out-while-efficient`` stops adding workers."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from bench.adaptive_batch import PolicyDriver
+from bench.adaptive_outcome.common import (
+    WORKER,
+    log,
+    template_policy,
+    train,
+)
+
+
+def steady_throughput(trace: list[dict], skip: int = 10) -> float | None:
+    values = [r["throughput"] for r in trace[skip:]]
+    return round(statistics.median(values), 1) if values else None
+
+
+def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
+    """Throughput at a fixed global batch with 1…max workers (separate runs), then one
+    run that starts with one worker and grows while the template says it pays."""
+    from agent.local import LocalJob
+
+    hp = {
+        "batch_size": args.batch,
+        "lr": args.lr * (args.batch / 64) ** 0.5,
+        "seed": 0,
+        "samples": args.samples,
+        "label_noise": args.label_noise,
+        "log_every": args.log_every,
+        "eval_every_samples": 10**12,
+        "monitor_every": 1,
+    }
+    common = {key: value for key, value in common.items() if key != "workers"}
+    rows = []
+    single = None
+    for workers in range(1, args.max_workers + 1):
+        runs = [
+            steady_throughput(
+                train(hp={**hp, "seed": seed}, workers=workers, policy=None, max_steps=args.steps)[
+                    "trace"
+                ]
+            )
+            for seed in range(args.seeds)
+        ]
+        throughput = statistics.median(runs)
+        single = single or throughput
+        rows.append(
+            {
+                **common,
+                "experiment": "scaleout",
+                "system": "fixed workers",
+                "workers": workers,
+                "batch": args.batch,
+                "throughput": throughput,
+                "throughput_per_seed": runs,
+                "efficiency": round(throughput / (workers * single), 3),
+                "speedup": round(throughput / single, 3),
+            }
+        )
+        log(f"scaleout {workers} workers: {rows[-1]['throughput']} samples/s")
+    policy = template_policy(
+        "scale-out-while-efficient", cooldown_s=args.cooldown_s, max=args.max_workers
+    )
+    driver = PolicyDriver(policy, batch_size=args.batch, lr=hp["lr"], workers=1)
+    growths: list[dict] = []
+    series: list[tuple[float, int, float]] = []
+    with LocalJob(WORKER, hp, workers=1) as job:
+        rank0 = job.members[0]
+        started = time.monotonic()
+        deadline = started + args.scaleout_s
+        while time.monotonic() < deadline:
+            _, message = job.wait_for(
+                lambda address, m: (
+                    address == rank0
+                    and m["type"] == "metrics"
+                    and any(p["name"] == "throughput" for p in m["points"])
+                ),
+                timeout_s=120,
+            )
+            points = message["points"]
+            values = {p["name"]: p["value"] for p in points if "rank" not in p}
+            step, now = points[0]["step"], points[0]["time"]
+            series.append(
+                (round(time.monotonic() - started, 2), driver.workers, values["throughput"])
+            )
+            for firing in driver.observe(step, now, now - (time.monotonic() - started), values):
+                if firing.action_type != "scale_workers":
+                    continue
+                add = int(firing.value) - driver.workers
+                growths.append(
+                    {
+                        "at_s": round(time.monotonic() - started, 2),
+                        "step": step,
+                        "to": int(firing.value),
+                        "throughput_before": round(values["throughput"], 1),
+                    }
+                )
+                log(f"scaleout policy: grow to {firing.value} at step {step}")
+                job.grow(add)  # as the agents carry out scale_workers: warm standby, new version
+                driver.workers = int(firing.value)
+        job.command("stop")
+        job.wait(timeout_s=120)
+    final = driver.workers
+    at = {r["workers"]: r for r in rows}
+    rows.append(
+        {
+            **common,
+            "experiment": "scaleout",
+            "system": "scale-out-while-efficient",
+            "policy": f"scale-out-while-efficient (cooldown_s {args.cooldown_s}, "
+            f"max {args.max_workers})",
+            "policy_stops_at": final,
+            "growths": growths,
+            "series": series,
+            "efficiency_at_stop": at[final]["efficiency"] if final in at else None,
+            "efficiency_one_more": at[final + 1]["efficiency"] if final + 1 in at else None,
+        }
+    )
+    return rows
