@@ -171,13 +171,22 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
-def fit_step_time(samples: Sequence[StepSample]) -> StepTimeModel:
+def fit_step_time(
+    samples: Sequence[StepSample], *, single_batch_fixed_share: float = 0.0
+) -> StepTimeModel:
     """Fit a :class:`StepTimeModel` to measurements (least squares).
 
-    With one local batch only, the compute time is taken as proportional to it (no fixed
-    cost): the cautious guess, since it makes a larger batch no cheaper per sample. With
-    one worker count only, the sync time is that count's mean; a layout never seen (one
-    node vs several) borrows the other's coefficients."""
+    With one local batch only, ``single_batch_fixed_share`` of the mean compute time is
+    taken as a fixed cost and the rest as proportional to the batch. 0 (the default) is
+    the cautious guess: a larger batch is no cheaper per sample. Pollux (AdaptDL's
+    ``fit_perf_params``) takes half, optimistic about a larger batch, so that a job
+    started small moves and measures a second batch size. With one worker count only,
+    the sync time is that count's mean; a layout never seen (one node vs several)
+    borrows the other's coefficients."""
+    if not 0.0 <= single_batch_fixed_share < 1.0:
+        raise GoodputError(
+            f"single_batch_fixed_share must be in [0, 1), not {single_batch_fixed_share!r}"
+        )
     if not samples:
         raise GoodputError("no step-time measurements to fit (compute_time and comm_time)")
     for s in samples:
@@ -191,7 +200,8 @@ def fit_step_time(samples: Sequence[StepSample]) -> StepTimeModel:
     m = np.array([s.local_batch for s in samples], dtype=float)
     grad = np.array([s.compute_time for s in samples], dtype=float)
     if len(np.unique(m)) < 2:
-        alpha, beta = 0.0, float(np.mean(grad / m))
+        alpha = single_batch_fixed_share * float(np.mean(grad))
+        beta = float(np.mean(grad - alpha) / m[0])
     else:
         alpha, beta = _line(m, grad)
     within = [s for s in samples if s.workers > 1 and s.nodes <= 1]
