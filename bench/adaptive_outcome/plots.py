@@ -83,18 +83,36 @@ def plot(rows: list[dict], directory: Path) -> list[Path]:
     if scale:
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [r["workers"] for r in scale]
-        ax.plot(xs, [r["throughput"] for r in scale], marker="o", label="throughput")
+        ys = [r["throughput"] for r in scale]
+        if all("throughput_range" in r for r in scale):  # min–max over seeds
+            low = [y - r["throughput_range"][0] for y, r in zip(ys, scale, strict=True)]
+            high = [r["throughput_range"][1] - y for y, r in zip(ys, scale, strict=True)]
+            ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label="throughput")
+        else:
+            ax.plot(xs, ys, marker="o", label="throughput")
         ax.set_xlabel("workers")
         ax.set_ylabel("samples/s")
         ax2 = ax.twinx()
-        ax2.plot(xs, [r["efficiency"] for r in scale], marker="s", color="C1", label="efficiency")
+        effs = [r["efficiency"] for r in scale]
+        if all("efficiency_range" in r for r in scale):
+            low = [e - r["efficiency_range"][0] for e, r in zip(effs, scale, strict=True)]
+            high = [r["efficiency_range"][1] - e for e, r in zip(effs, scale, strict=True)]
+            ax2.errorbar(
+                xs, effs, yerr=[low, high], marker="s", color="C1", capsize=3, label="efficiency"
+            )
+        else:
+            ax2.plot(xs, effs, marker="s", color="C1", label="efficiency")
         ax2.set_ylabel("efficiency (per-worker vs 1 worker)")
         stop = next(
             (r for r in rows if r.get("experiment") == "scaleout" and "policy_stops_at" in r), None
         )
         if stop and stop["policy_stops_at"]:
             ax.axvline(stop["policy_stops_at"], color="grey", linestyle="--", label="policy stops")
-        ax.legend(loc="upper left", fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        handles2, labels2 = ax2.get_legend_handles_labels()
+        ax.legend(handles + handles2, labels + labels2, loc="upper right", fontsize=8)
+        ax.set_xticks(xs)
+        ax.set_title("medians over seeds; bars: min–max", fontsize=9)
         fig.tight_layout()
         path = directory / "adaptive_scaleout.png"
         fig.savefig(path, dpi=90)

@@ -14,6 +14,7 @@ from bench.adaptive_outcome.common import (
     template_policy,
     train,
 )
+from controlplane.policies import engine
 
 
 def steady_throughput(trace: list[dict], skip: int = 10) -> float | None:
@@ -22,10 +23,10 @@ def steady_throughput(trace: list[dict], skip: int = 10) -> float | None:
 
 
 def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
-    """Throughput at a fixed global batch with 1…max workers (separate runs), then one
-    run that starts with one worker and grows while the template says it pays."""
-    from agent.local import LocalJob
-
+    """Throughput at a fixed global batch with 1…max workers (separate runs), then runs
+    that start with one worker and grow while the template says it pays; each seed runs
+    every worker count in turn, so that a seed's efficiencies compare runs close in time
+    (the machine's load drifts), and reports medians over seeds with their range."""
     hp = {
         "batch_size": args.batch,
         "lr": args.lr * (args.batch / 64) ** 0.5,
@@ -37,19 +38,20 @@ def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
         "monitor_every": 1,
     }
     common = {key: value for key, value in common.items() if key != "workers"}
-    rows = []
-    single = None
-    for workers in range(1, args.max_workers + 1):
-        runs = [
-            steady_throughput(
-                train(hp={**hp, "seed": seed}, workers=workers, policy=None, max_steps=args.steps)[
-                    "trace"
-                ]
+    counts = range(1, args.max_workers + 1)
+    measured: dict[int, list[float]] = {workers: [] for workers in counts}
+    for seed in range(args.seeds):
+        for workers in counts:
+            trace = train(
+                hp={**hp, "seed": seed}, workers=workers, policy=None, max_steps=args.steps
             )
-            for seed in range(args.seeds)
-        ]
-        throughput = statistics.median(runs)
-        single = single or throughput
+            measured[workers].append(steady_throughput(trace["trace"]) or 0.0)
+            log(f"scaleout seed {seed} {workers} workers: {measured[workers][-1]} samples/s")
+    rows = []
+    for workers in counts:
+        runs = measured[workers]
+        speedups = [t / one if one else 0.0 for t, one in zip(runs, measured[1], strict=True)]
+        efficiencies = [s / workers for s in speedups]
         rows.append(
             {
                 **common,
@@ -57,16 +59,48 @@ def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
                 "system": "fixed workers",
                 "workers": workers,
                 "batch": args.batch,
-                "throughput": throughput,
+                "throughput": statistics.median(runs),
                 "throughput_per_seed": runs,
-                "efficiency": round(throughput / (workers * single), 3),
-                "speedup": round(throughput / single, 3),
+                "throughput_range": [min(runs), max(runs)],
+                # Each seed's own ratio to its one-worker run, then the median over seeds.
+                "efficiency": round(statistics.median(efficiencies), 3),
+                "efficiency_range": [round(min(efficiencies), 3), round(max(efficiencies), 3)],
+                "speedup": round(statistics.median(speedups), 3),
+                "speedup_range": [round(min(speedups), 3), round(max(speedups), 3)],
             }
         )
-        log(f"scaleout {workers} workers: {rows[-1]['throughput']} samples/s")
     policy = template_policy(
         "scale-out-while-efficient", cooldown_s=args.cooldown_s, max=args.max_workers
     )
+    policy_runs = [policy_run(args, {**hp, "seed": seed}, policy) for seed in range(args.seeds)]
+    stops = [run["policy_stops_at"] for run in policy_runs]
+    final = int(statistics.median_low(stops))
+    at = {r["workers"]: r for r in rows}
+    rows.append(
+        {
+            **common,
+            "experiment": "scaleout",
+            "system": "scale-out-while-efficient",
+            "policy": f"scale-out-while-efficient (cooldown_s {args.cooldown_s}, "
+            f"max {args.max_workers})",
+            "policy_stops_at": final,
+            "policy_stops_at_per_seed": stops,
+            # Seed 0's run (what the plot shows); every seed's growths below.
+            "growths": policy_runs[0]["growths"],
+            "series": policy_runs[0]["series"],
+            "per_seed_growths": [run["growths"] for run in policy_runs],
+            "efficiency_at_stop": at[final]["efficiency"] if final in at else None,
+            "efficiency_one_more": at[final + 1]["efficiency"] if final + 1 in at else None,
+        }
+    )
+    return rows
+
+
+def policy_run(args: argparse.Namespace, hp: dict, policy: engine.Policy) -> dict:
+    """One run that starts with one worker and grows as the policy asks, for
+    ``--scaleout-s`` seconds: where it stopped, its growths and its throughput series."""
+    from agent.local import LocalJob
+
     driver = PolicyDriver(policy, batch_size=args.batch, lr=hp["lr"], workers=1)
     growths: list[dict] = []
     series: list[tuple[float, int, float]] = []
@@ -101,25 +135,9 @@ def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
                         "throughput_before": round(values["throughput"], 1),
                     }
                 )
-                log(f"scaleout policy: grow to {firing.value} at step {step}")
+                log(f"scaleout policy (seed {hp['seed']}): grow to {firing.value} at step {step}")
                 job.grow(add)  # as the agents carry out scale_workers: warm standby, new version
                 driver.workers = int(firing.value)
         job.command("stop")
         job.wait(timeout_s=120)
-    final = driver.workers
-    at = {r["workers"]: r for r in rows}
-    rows.append(
-        {
-            **common,
-            "experiment": "scaleout",
-            "system": "scale-out-while-efficient",
-            "policy": f"scale-out-while-efficient (cooldown_s {args.cooldown_s}, "
-            f"max {args.max_workers})",
-            "policy_stops_at": final,
-            "growths": growths,
-            "series": series,
-            "efficiency_at_stop": at[final]["efficiency"] if final in at else None,
-            "efficiency_one_more": at[final + 1]["efficiency"] if final + 1 in at else None,
-        }
-    )
-    return rows
+    return {"policy_stops_at": driver.workers, "growths": growths, "series": series}
