@@ -95,6 +95,10 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
             described = f"gns-adaptive-batch (cooldown_s {args.cooldown_s}, max {args.max_batch})"
             systems.append((f"adaptive_{rule}", start, rule, policy, described))
     windows = [int(w) for w in args.goodput_windows.split(",")]
+    if args.goodput_max_factor:
+        # This process evaluates the policy (as the control plane would): an experiment
+        # with the engine's limit on one decision's move.
+        engine.GOODPUT_MAX_FACTOR = args.goodput_max_factor
     for rule in args.lr_scaling.split(","):
         for window in windows if "goodput" in families else []:
             policy = goodput_policy(
@@ -105,16 +109,23 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
             )
             described = (
                 f"optimize_goodput when steps_since_fired >= {args.goodput_every} "
-                f"(bounds {start}–{args.max_batch}, window {window})"
+                f"(bounds {start}–{args.max_batch}, window {window}"
+                + (
+                    f", max factor {engine.GOODPUT_MAX_FACTOR:g})"
+                    if args.goodput_max_factor
+                    else ")"
+                )
             )
             name = f"goodput_{rule}" + (
                 "" if window == engine.DEFAULT_WINDOW else f"_window{window}"
             )
             systems.append((name, start, rule, policy, described))
-    rows = []
-    for system, batch, rule, policy, described in systems:
-        runs = []
-        for seed in range(args.seeds):
+    # Seed by seed, every system in turn: the machine's load drifts over an invocation,
+    # and running each system's seeds together gave the systems run first (the fixed
+    # batches) a different load from the last (18:11 UTC: 4096 twice as slow as at 18:05).
+    per_system: list[list[dict]] = [[] for _ in systems]
+    for seed in range(args.seeds):
+        for index, (system, batch, rule, policy, _) in enumerate(systems):
             hp = {
                 "batch_size": batch,
                 "lr": args.lr * (batch / 64) ** 0.5,
@@ -143,11 +154,13 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
             summary["batch_changes"] = [(d["step"], d["value"]) for d in result["decisions"]]
             if any(gain is not None for gain in predicted):
                 summary["predicted_gains"] = predicted
-            runs.append(summary)
+            per_system[index].append(summary)
             log(
                 f"{system} batch {batch} seed {seed}: "
                 + json.dumps({k: v for k, v in summary.items() if "curve" not in k})
             )
+    rows = []
+    for (system, batch, rule, _, described), runs in zip(systems, per_system, strict=True):
         seconds = [r["seconds_to_target"] for r in runs]
         samples = [r["samples_to_target"] for r in runs]
         rows.append(

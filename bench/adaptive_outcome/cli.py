@@ -63,6 +63,13 @@ def main() -> None:
         default=str(engine.DEFAULT_WINDOW),
         help="the goodput policy's window (reports), one system per value",
     )
+    batch.add_argument(
+        "--goodput-max-factor",
+        type=float,
+        help="how far one optimize_goodput decision may move the batch (the engine's "
+        f"GOODPUT_MAX_FACTOR, {engine.GOODPUT_MAX_FACTOR:g}); set in this process, which "
+        "evaluates the policy",
+    )
     net = parser.add_argument_group("interference and scaleout")
     net.add_argument("--nodes", type=int, default=4, help="emulated nodes, one worker each")
     net.add_argument("--batch", type=int, default=512, help="global batch")
