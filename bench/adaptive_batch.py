@@ -38,7 +38,7 @@ from pathlib import Path
 
 from agent import protocol
 from agent.local import peer_list
-from controlplane.policies import engine
+from controlplane.policies import engine, goodput
 from controlplane.policies.templates import TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,9 @@ class PolicyDriver:
         self.histories = {rule.name: engine.RuleHistory() for rule in policy.rules}
         self.fired_at: dict[str, float] = {}
         self.decisions: list[dict] = []
+        # The run's step times per configuration, as the control plane reads them for
+        # optimize_goodput (engine.step_profile over the run's series).
+        self.profile = goodput.StepProfile()
 
     def observe(
         self, step: int, now: float, started: float, values: dict[str, float]
@@ -89,6 +92,15 @@ class PolicyDriver:
             self.latest[name] = value
             self.peak[name] = max(value, self.peak.get(name, value))
             self.recent.setdefault(name, deque(maxlen=self.policy.window)).append((step, value))
+        profiled = engine.uses_profile(self.policy)
+        if profiled:
+            engine.profile_add(
+                self.profile,
+                step,
+                values,
+                batch_size=int(self.latest.get("batch_size", self.batch_size)),
+                workers=int(self.latest.get("workers", self.workers)),
+            )
         state = engine.JobState(
             step=step,
             batch_size=int(self.latest.get("batch_size", self.batch_size)),
@@ -100,6 +112,7 @@ class PolicyDriver:
             metrics=dict(self.latest),
             peak=dict(self.peak),
             recent={k: list(v) for k, v in self.recent.items()},
+            profile=tuple(self.profile.points()) if profiled else (),
         )
         firings = []
         for rule in self.policy.rules:

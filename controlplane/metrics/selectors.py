@@ -86,6 +86,23 @@ def run_whole_job_latest(
     return latest, peak, recent
 
 
+def run_whole_job_latest_series(
+    run_id: int, names: tuple[str, ...], limit: int
+) -> dict[str, list[tuple[int, float]]]:
+    """The last ``limit`` (step, value) points of each whole-job series in ``names`` of one
+    run, oldest first (a series never reported is absent)."""
+    out = {}
+    for name in names:
+        points = list(
+            MetricPoint.objects.filter(run_id=run_id, name=name, rank__isnull=True)
+            .order_by("-step", "-id")
+            .values_list("step", "value")[:limit]
+        )
+        if points:
+            out[name] = points[::-1]
+    return out
+
+
 def run_whole_job_points(run_id: int | None) -> Iterator[tuple[int, str, float, datetime]]:
     """Every whole-job point of one run as (step, name, value, time), in step order
     (nothing for no run: a job never placed recorded nothing)."""

@@ -17,7 +17,8 @@ default 10; slope is the least-squares change per step), and for the rule itself
 
 Besides the actions a user may command, a rule may ask ``optimize_goodput``: the engine
 works out the batch with the highest goodput for the job's current workers from its
-recent step times and noise scale (``goodput.py``) and fires a ``set_batch_size``.
+step times (over the run, per configuration, when the caller gives ``JobState.profile``)
+and recent noise scale (``goodput.py``) and fires a ``set_batch_size``.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ class JobState:
     peak: dict[str, float] = field(default_factory=dict)
     # name → the last ``window`` (step, value) pairs, oldest first
     recent: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # The run's step times per configuration (``step_profile``), what optimize_goodput fits
+    # when given; without it, it fits the window's (``goodput_samples``).
+    profile: tuple[goodput.ProfilePoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -522,6 +526,13 @@ GOODPUT_MAX_FACTOR = 4.0
 # worker count, one whose compute time is above this many times their median is not
 # fitted (load on a shared machine moves a step's time by a few times, not by ten).
 GOODPUT_OUTLIER = 10.0
+# Before a job has measured a second batch size, the share of its compute time taken as a
+# fixed cost (goodput.fit_step_time): Pollux's half. The cautious 0 (no fixed cost) kept
+# bench.adaptive_outcome's runs at their first batch for 105–435 steps (predicted gains
+# under 5 %) while the GNS template had doubled twice.
+GOODPUT_SINGLE_BATCH_FIXED_SHARE = 0.5
+# The whole-job series a step-time measurement is made of (``aligned_samples``).
+STEP_TIME_SERIES = ("compute_time", "comm_time", "step_time", "batch_size", "workers")
 
 
 @dataclass(frozen=True)
@@ -558,20 +569,22 @@ def _at(series: list[tuple[int, float]], step: int, default: float) -> float:
     return value
 
 
-def goodput_samples(state: JobState) -> list[goodput.StepSample]:
-    """Step-time measurements from the job's recent window: each step with both compute_time
-    and comm_time, at the batch and worker count in force then (one node assumed: the
-    decision is for the job's current layout, so the fit only has to describe that),
-    less one-off outliers (GOODPUT_OUTLIER)."""
-    compute = dict(state.recent.get("compute_time", []))
-    comm = dict(state.recent.get("comm_time", []))
-    total = dict(state.recent.get("step_time", []))
-    batches = state.recent.get("batch_size", [])
-    workers = state.recent.get("workers", [])
+def aligned_samples(
+    series: dict[str, list[tuple[int, float]]], *, batch_size: int, workers: int
+) -> list[goodput.StepSample]:
+    """Step-time measurements from whole-job series: each step with both compute_time and
+    comm_time, at the batch and worker count in force then (``batch_size`` and ``workers``
+    before either is reported; one node assumed: the decision is for the job's current
+    layout, so the fit only has to describe that)."""
+    compute = dict(series.get("compute_time", []))
+    comm = dict(series.get("comm_time", []))
+    total = dict(series.get("step_time", []))
+    batches = series.get("batch_size", [])
+    counts = series.get("workers", [])
     samples = []
     for step in sorted(compute.keys() & comm.keys()):
-        k = max(1, int(_at(workers, step, state.workers)))
-        batch = _at(batches, step, state.batch_size)
+        k = max(1, int(_at(counts, step, workers)))
+        batch = _at(batches, step, batch_size)
         if batch <= 0 or not all(math.isfinite(x) for x in (compute[step], comm[step], batch)):
             continue
         samples.append(
@@ -584,6 +597,13 @@ def goodput_samples(state: JobState) -> list[goodput.StepSample]:
                 step_time=total.get(step),
             )
         )
+    return samples
+
+
+def goodput_samples(state: JobState) -> list[goodput.StepSample]:
+    """Step-time measurements from the job's recent window (``aligned_samples``), less
+    one-off outliers (GOODPUT_OUTLIER)."""
+    samples = aligned_samples(state.recent, batch_size=state.batch_size, workers=state.workers)
     groups: dict[tuple[float, int], list[float]] = {}
     for sample in samples:
         groups.setdefault((sample.local_batch, sample.workers), []).append(sample.compute_time)
@@ -602,19 +622,70 @@ def goodput_samples(state: JobState) -> list[goodput.StepSample]:
     ]
 
 
+def step_profile(
+    series: dict[str, list[tuple[int, float]]], *, batch_size: int, workers: int
+) -> tuple[goodput.ProfilePoint, ...]:
+    """The run's step times per configuration (``goodput.StepProfile``) from its whole-job
+    series over the run, for ``JobState.profile``."""
+    profile = goodput.StepProfile()
+    for sample in aligned_samples(series, batch_size=batch_size, workers=workers):
+        profile.add(sample)
+    return tuple(profile.points())
+
+
+def profile_add(
+    profile: goodput.StepProfile,
+    step: int,
+    values: dict[str, float],
+    *,
+    batch_size: int,
+    workers: int,
+) -> None:
+    """Add one whole-job report (``values`` at ``step``) to a run's profile, for callers
+    that read reports as they come (replay, benchmarks) rather than from the store."""
+    series = {name: [(step, values[name])] for name in STEP_TIME_SERIES if name in values}
+    for sample in aligned_samples(series, batch_size=batch_size, workers=workers):
+        profile.add(sample)
+
+
+def uses_profile(policy: Policy) -> bool:
+    """Whether a rule of the policy reads ``JobState.profile`` (optimize_goodput)."""
+    return any(rule.action_type == "optimize_goodput" for rule in policy.rules)
+
+
+def fit_samples(state: JobState) -> list[goodput.StepSample]:
+    """What the step-time model is fitted to: with the run's profile, one point per
+    configuration measured at least GOODPUT_MIN_SAMPLES times (its median times: a
+    configuration's first report, carrying the new shape's tracing, does not decide it),
+    or every configuration while none has been measured that often; without a profile, the
+    window's measurements."""
+    if not state.profile:
+        return goodput_samples(state)
+    settled = [p.sample for p in state.profile if p.count >= GOODPUT_MIN_SAMPLES]
+    if settled:
+        return settled
+    if sum(p.count for p in state.profile) >= GOODPUT_MIN_SAMPLES:
+        return [p.sample for p in state.profile]
+    return []
+
+
 def goodput_choice(rule: Rule, state: JobState) -> GoodputChoice | None:
     """The batch with the highest goodput for the job's current workers (within the rule's
     bounds and a factor GOODPUT_MAX_FACTOR of the current batch), or None when the job has
     not reported enough to say (no gns, fewer than GOODPUT_MIN_SAMPLES step times) or the
     best is not GOODPUT_MIN_GAIN better than staying put."""
     noise = [v for _, v in state.recent.get("gns", []) if math.isfinite(v) and v >= 0]
-    samples = goodput_samples(state)
-    if not noise or len(samples) < GOODPUT_MIN_SAMPLES or state.batch_size < 1:
+    samples = fit_samples(state)
+    enough = bool(samples) if state.profile else len(samples) >= GOODPUT_MIN_SAMPLES
+    if not noise or not enough or state.batch_size < 1:
         return None
     workers = max(1, state.workers)
     gns = sum(noise) / len(noise)
     try:
-        model = goodput.JobModel(goodput.fit_step_time(samples), gns, float(state.batch_size))
+        fit = goodput.fit_step_time(
+            samples, single_batch_fixed_share=GOODPUT_SINGLE_BATCH_FIXED_SHARE
+        )
+        model = goodput.JobModel(fit, gns, float(state.batch_size))
         high = state.batch_size * GOODPUT_MAX_FACTOR
         low = state.batch_size / GOODPUT_MAX_FACTOR
         if rule.bound_max is not None:

@@ -22,6 +22,7 @@ engine, the cluster allocator and ``bench/provisioning_sim.py`` all use it.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,60 @@ class StepSample:
     compute_time: float
     comm_time: float
     step_time: float | None = None
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    """One configuration's measurements summarised: the median times of its latest
+    ``count`` measurements (as a :class:`StepSample`)."""
+
+    sample: StepSample
+    count: int
+
+
+class StepProfile:
+    """A job's step-time measurements over its whole run, per configuration (local batch,
+    workers, nodes), as Pollux keeps them: a batch size measured once keeps informing the
+    fit after the job has moved on, where a window of recent reports would forget it.
+
+    Bounded: the latest ``keep`` measurements of each configuration and the ``max_configs``
+    configurations seen most recently. Each point is the median of its configuration's
+    times (robust to a report carrying a one-off cost, such as tracing a new batch shape,
+    once a configuration has three or more)."""
+
+    def __init__(self, *, keep: int = 20, max_configs: int = 64):
+        if keep < 1 or max_configs < 1:
+            raise GoodputError(f"keep and max_configs must be ≥ 1, got {keep}, {max_configs}")
+        self.keep, self.max_configs = keep, max_configs
+        # Insertion order is recency order: a configuration seen again moves to the end.
+        self._configs: dict[tuple[float, int, int], list[StepSample]] = {}
+
+    def add(self, sample: StepSample) -> None:
+        key = (float(sample.local_batch), int(sample.workers), int(sample.nodes))
+        kept = self._configs.pop(key, [])
+        kept.append(sample)
+        self._configs[key] = kept[-self.keep :]
+        while len(self._configs) > self.max_configs:
+            del self._configs[next(iter(self._configs))]
+
+    def points(self) -> list[ProfilePoint]:
+        out = []
+        for (local_batch, workers, nodes), kept in self._configs.items():
+            step_times = [s.step_time for s in kept if s.step_time is not None]
+            out.append(
+                ProfilePoint(
+                    StepSample(
+                        local_batch=local_batch,
+                        workers=workers,
+                        nodes=nodes,
+                        compute_time=statistics.median(s.compute_time for s in kept),
+                        comm_time=statistics.median(s.comm_time for s in kept),
+                        step_time=statistics.median(step_times) if step_times else None,
+                    ),
+                    len(kept),
+                )
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -116,13 +171,22 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
-def fit_step_time(samples: Sequence[StepSample]) -> StepTimeModel:
+def fit_step_time(
+    samples: Sequence[StepSample], *, single_batch_fixed_share: float = 0.0
+) -> StepTimeModel:
     """Fit a :class:`StepTimeModel` to measurements (least squares).
 
-    With one local batch only, the compute time is taken as proportional to it (no fixed
-    cost): the cautious guess, since it makes a larger batch no cheaper per sample. With
-    one worker count only, the sync time is that count's mean; a layout never seen (one
-    node vs several) borrows the other's coefficients."""
+    With one local batch only, ``single_batch_fixed_share`` of the mean compute time is
+    taken as a fixed cost and the rest as proportional to the batch. 0 (the default) is
+    the cautious guess: a larger batch is no cheaper per sample. Pollux (AdaptDL's
+    ``fit_perf_params``) takes half, optimistic about a larger batch, so that a job
+    started small moves and measures a second batch size. With one worker count only,
+    the sync time is that count's mean; a layout never seen (one node vs several)
+    borrows the other's coefficients."""
+    if not 0.0 <= single_batch_fixed_share < 1.0:
+        raise GoodputError(
+            f"single_batch_fixed_share must be in [0, 1), not {single_batch_fixed_share!r}"
+        )
     if not samples:
         raise GoodputError("no step-time measurements to fit (compute_time and comm_time)")
     for s in samples:
@@ -136,7 +200,8 @@ def fit_step_time(samples: Sequence[StepSample]) -> StepTimeModel:
     m = np.array([s.local_batch for s in samples], dtype=float)
     grad = np.array([s.compute_time for s in samples], dtype=float)
     if len(np.unique(m)) < 2:
-        alpha, beta = 0.0, float(np.mean(grad / m))
+        alpha = single_batch_fixed_share * float(np.mean(grad))
+        beta = float(np.mean(grad - alpha) / m[0])
     else:
         alpha, beta = _line(m, grad)
     within = [s for s in samples if s.workers > 1 and s.nodes <= 1]

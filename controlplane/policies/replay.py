@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.policies import engine
+from controlplane.policies import engine, goodput
 
 
 @dataclass
@@ -43,6 +43,9 @@ def replay(
     latest: dict[str, float] = {}
     peak: dict[str, float] = {}
     recent: dict[str, deque[tuple[int, float]]] = {}
+    # optimize_goodput's step times over the run, as the control plane builds them.
+    profile = goodput.StepProfile()
+    profiled = engine.uses_profile(policy)
     histories = {rule.name: engine.RuleHistory() for rule in policy.rules}
     fired_at: dict[str, float] = {}
     decisions = []
@@ -52,6 +55,14 @@ def replay(
             latest[name] = value
             peak[name] = max(value, peak.get(name, value))
             recent.setdefault(name, deque(maxlen=policy.window)).append((tick.step, value))
+        if profiled:
+            engine.profile_add(
+                profile,
+                tick.step,
+                tick.values,
+                batch_size=int(latest.get("batch_size", defaults.batch_size)),
+                workers=int(latest.get("workers", defaults.workers)),
+            )
         if index % stride and index != len(ticks) - 1:
             continue
         evaluations += 1
@@ -64,6 +75,7 @@ def replay(
             metrics=dict(latest),
             peak=dict(peak),
             recent={k: list(v) for k, v in recent.items()},
+            profile=tuple(profile.points()) if profiled else (),
             strategy=defaults.strategy,
             topology=defaults.topology,
         )

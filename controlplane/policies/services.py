@@ -16,10 +16,14 @@ from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import Command, Event, Job, Run
 from controlplane.jobs.services.commands import command_issue
 from controlplane.metrics import selectors as metric_selectors
-from controlplane.policies import engine, replay
+from controlplane.policies import engine, goodput, replay
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 
 log = logging.getLogger(__name__)
+
+# The latest points of each step-time series read for optimize_goodput's profile of a run
+# (the profile keeps 20 per configuration; this bounds the read on a long run).
+PROFILE_POINTS = 2000
 
 
 def policy_validate(document: Any) -> engine.Policy:
@@ -267,6 +271,15 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         job.policy_version = policy.version
     parsed = engine.parse_policy(policy.definition)
     latest, peak, recent = metric_selectors.run_whole_job_latest(job.current_run_id, parsed.window)
+    profile: tuple[goodput.ProfilePoint, ...] = ()
+    if engine.uses_profile(parsed):
+        # Its step-time fit reads the run's measurements of every batch size, not the window.
+        history = metric_selectors.run_whole_job_latest_series(
+            job.current_run_id, engine.STEP_TIME_SERIES, PROFILE_POINTS
+        )
+        profile = engine.step_profile(
+            history, batch_size=job.batch_size, workers=job.workers_current
+        )
     state = engine.JobState(
         step=job.last_step,
         batch_size=job.batch_size,
@@ -276,6 +289,7 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
         metrics=latest,
         peak=peak,
         recent=recent,
+        profile=profile,
         strategy=job.strategy,
         topology=job.topology,
     )

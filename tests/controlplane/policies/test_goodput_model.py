@@ -109,6 +109,19 @@ def test_with_one_batch_and_one_worker_count_the_fit_is_cautious():
     assert fitted.step_time(64, 4, 1) == pytest.approx(0.128 + 0.03)
 
 
+def test_with_one_batch_pollux_takes_half_the_compute_as_a_fixed_cost():
+    # AdaptDL's fit_perf_params with one local batch: alpha_c = mean(compute) / 2.
+    samples = [StepSample(32, 4, 1, 0.060, 0.02), StepSample(32, 4, 1, 0.068, 0.04)]
+    fitted = fit_step_time(samples, single_batch_fixed_share=0.5)
+    assert fitted.alpha == pytest.approx(0.032) and fitted.beta == pytest.approx(0.001)
+    assert fitted.compute_time(64) == pytest.approx(0.096)  # not 0.128: cheaper per sample
+    # With two batch sizes the share plays no part: the fit is the least-squares line.
+    two = [StepSample(16, 4, 1, 0.03, 0.02), StepSample(32, 4, 1, 0.05, 0.02)]
+    assert fit_step_time(two, single_batch_fixed_share=0.5) == fit_step_time(two)
+    with pytest.raises(GoodputError, match="single_batch_fixed_share"):
+        fit_step_time(samples, single_batch_fixed_share=1.0)
+
+
 def test_the_fit_refuses_unusable_measurements():
     with pytest.raises(GoodputError, match="no step-time"):
         fit_step_time([])

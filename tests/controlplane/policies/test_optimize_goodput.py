@@ -89,28 +89,29 @@ def test_one_decision_moves_the_batch_at_most_fourfold_and_within_the_rule_bound
     assert evaluate_rule(bounded, job_state(32, recent), RuleHistory()).firing.value == 100
 
 
-def test_with_one_batch_seen_it_assumes_compute_proportional_to_the_batch():
-    # compute 0.024 s at local batch 8: b = 0.003, no fixed cost; sync 0.03:
-    # best batch sqrt(400 · 0.03 · 4 / 0.003) = 126.5 (not the true 400: cautious).
-    recent = recent_window([32] * 5)
-    firing = evaluate_rule(rule(), job_state(32, recent), RuleHistory()).firing
-    assert firing.value in (126, 127)
+def test_with_one_batch_seen_it_takes_half_the_compute_as_a_fixed_cost_as_pollux_does():
+    # compute 0.036 s at local batch 32: a = 0.018 and b = 0.018 / 32 (AdaptDL's half);
+    # sync 0.03: best batch sqrt(400 · 0.048 · 4 / 0.0005625) = 369.5 (the true optimum is
+    # 400; the cautious no-fixed-cost guess said sqrt(400 · 0.03 · 4 / 0.001125) = 206.6).
+    recent = recent_window([128] * 5)
+    firing = evaluate_rule(rule(), job_state(128, recent), RuleHistory()).firing
+    assert firing.value in (369, 370)
 
 
 def test_a_report_carrying_a_one_off_cost_is_not_fitted():
     """A run's first report includes tracing the model (~100× a step): left in, it made the
     batch look dear and nothing fired until it left the window."""
-    clean = recent_window([32] * 5)
+    clean = recent_window([128] * 5)
     traced = {name: list(points) for name, points in clean.items()}
     step, compute = traced["compute_time"][0]
     traced["compute_time"][0] = (step, compute * 100)
     traced["step_time"][0] = (step, traced["step_time"][0][1] + compute * 99)
-    assert len(engine.goodput_samples(job_state(32, traced))) == 4
-    firing = evaluate_rule(rule(), job_state(32, traced), RuleHistory()).firing
-    assert firing is not None and firing.value in (126, 127)  # as without it (test above)
+    assert len(engine.goodput_samples(job_state(128, traced))) == 4
+    firing = evaluate_rule(rule(), job_state(128, traced), RuleHistory()).firing
+    assert firing is not None and firing.value in (369, 370)  # as without it (test above)
     # Nine times the median is a slow step, not a one-off: it stays in the fit.
     traced["compute_time"][0] = (step, compute * 9)
-    assert len(engine.goodput_samples(job_state(32, traced))) == 5
+    assert len(engine.goodput_samples(job_state(128, traced))) == 5
     # With fewer than three measurements at a batch there is no median to judge by.
     mixed = recent_window([32, 32, 128, 128, 128])
     mixed["compute_time"][0] = (mixed["compute_time"][0][0], 100.0)

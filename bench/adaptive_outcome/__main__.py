@@ -1,0 +1,5 @@
+"""``python -m bench.adaptive_outcome``."""
+
+from bench.adaptive_outcome.cli import main
+
+main()
