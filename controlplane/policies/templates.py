@@ -52,7 +52,10 @@ TEMPLATES: list[dict] = [
         "description": (
             "Add a worker every minute while the throughput gained by the last added worker "
             "stays above 50 % of the per-worker throughput before it (the job must be elastic: "
-            "workers min < max; a scale beyond max or the free slots is skipped with the reason)."
+            "workers min < max; a scale beyond max or the free slots is skipped with the reason). "
+            "The condition must hold for 3 evaluations in a row, so that neither the first "
+            "report of a run nor the one after a grow (both slowed by tracing the model) is "
+            "taken for the throughput to beat."
         ),
         "dry_run": False,
         "rules": [
@@ -62,6 +65,7 @@ TEMPLATES: list[dict] = [
                     "has(metrics.throughput) && (size(last_fire) == 0 || "
                     "throughput - last_fire.throughput >= 0.5 * last_fire.throughput / double(last_fire.workers))"
                 ),
+                "for": 3,
                 "cooldown_s": 60,
                 "action": {"type": "scale_workers", "value": "workers + 1"},
                 "bounds": {"max": 16},

@@ -147,8 +147,8 @@ def test_scale_out_template_adds_a_worker_to_an_elastic_job(stack):
     )
     job_id = job["id"]
     try:
-        # The rule's first firing needs only a throughput figure (it has no last_fire yet);
-        # its 60 s cooldown keeps it from firing again within this test.
+        # The rule's first firing needs only a throughput figure (it has no last_fire yet),
+        # for 3 evaluations; its 60 s cooldown keeps it from firing again within this test.
         job = wait_for_job(
             api,
             job_id,

@@ -49,18 +49,32 @@ def test_gns_template_doubles_batch_only_after_noise_scale_stays_high():
 
 
 def test_scale_out_template_stops_when_the_last_worker_did_not_pay():
-    ticks = stream(
-        {
-            10: {"throughput": 100.0, "workers": 1.0},
-            100: {"throughput": 190.0, "workers": 2.0},
-            200: {"throughput": 200.0, "workers": 3.0},
-        },
-        dt=61.0,
-    )
+    values = {10: {"throughput": 20.0, "workers": 1.0}}  # the first report: tracing
+    values.update({s: {"throughput": 100.0, "workers": 1.0} for s in range(20, 70, 10)})
+    values.update({s: {"throughput": 190.0, "workers": 2.0} for s in range(70, 200, 10)})
+    values.update({s: {"throughput": 200.0, "workers": 3.0} for s in range(200, 400, 10)})
     result = replay.replay(
-        template("scale-out-while-efficient"), ticks, start_time=990.0, defaults=KNOBS
-    )
-    assert [(d["step"], d["action"]["value"]) for d in result["decisions"]] == [(10, 2), (100, 3)]
+        template("scale-out-while-efficient"), stream(values, dt=10.0), start_time=990.0,
+        defaults=KNOBS,
+    )  # fmt: skip
+    # for: 3 → the third evaluation (30); the next after the 60 s cooldown, its condition
+    # true for 3 evaluations by then (70, 80, 90); 3 workers gain 10 < 47.5.
+    decisions = [(d["step"], d["action"]["value"]) for d in result["decisions"]]
+    assert decisions == [(30, 2), (90, 3)]
+    assert result["decisions"][0]["inputs"]["throughput"] == 100.0
+
+
+def test_scale_out_template_does_not_take_the_tracing_report_for_its_baseline():
+    # One worker's first report is slowed by tracing; a second worker adds only 20 %.
+    values = {10: {"throughput": 20.0, "workers": 1.0}}
+    values.update({s: {"throughput": 100.0, "workers": 1.0} for s in range(20, 70, 10)})
+    values.update({s: {"throughput": 120.0, "workers": 2.0} for s in range(70, 300, 10)})
+    result = replay.replay(
+        template("scale-out-while-efficient"), stream(values, dt=10.0), start_time=990.0,
+        defaults=KNOBS,
+    )  # fmt: skip
+    # Firing on the first report would make 120 look like a gain of 100 over 20.
+    assert [(d["step"], d["action"]["value"]) for d in result["decisions"]] == [(30, 2)]
 
 
 def test_topology_template_fires_after_sustained_interference():
