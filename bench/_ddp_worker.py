@@ -8,6 +8,12 @@ compares against.
   share of the global batch; DDP averages the gradients, which gives the gradient of the
   mean loss over the global batch — the same arithmetic as our S-SGD.
 - ``--system plain``: one process, no distribution, the whole batch it is given per step.
+- ``--system limit``: ``plain``'s loop on this worker's share plus, after backward, one
+  allreduce (sum) of the gradients through our native library and nothing else of our
+  runtime: every ``.grad`` is a view of one flat float32 buffer with the same 3 scalar
+  and 4-per-rank agreement slots as ours, so the allreduce moves exactly the bytes ours
+  moves, in place (peers from ``LIMIT_PEERS``, rank from ``RANK``). The least any
+  synchronous data-parallel system can take a step here, with our collective.
 
 Model, data, optimizer (SGD, momentum 0.9) and batch sampling are those of the
 ``*_torch`` examples and of ``agent.runtime``. Rank 0 (every process, for ``plain``)
@@ -43,7 +49,7 @@ def load(model: str, seed: int, samples: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", choices=("torch_ddp", "plain"), required=True)
+    parser.add_argument("--system", choices=("torch_ddp", "plain", "limit"), required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--global-batch", type=int, required=True)
     parser.add_argument("--steps", type=int, required=True)
@@ -65,6 +71,23 @@ def main() -> None:
         model = torch.nn.parallel.DistributedDataParallel(model)
     else:
         rank, size = 0, 1
+    comm, flat, flat_np = None, None, None
+    if args.system == "limit":
+        import os
+
+        from agent.native import Communicator
+
+        peers = os.environ["LIMIT_PEERS"].split(",")
+        rank, size = int(os.environ["RANK"]), len(peers)
+        comm = Communicator(rank, peers)
+        params = [p for p in model.parameters() if p.requires_grad]
+        n_grads = sum(p.numel() for p in params)
+        flat = torch.zeros(n_grads + 3 + 4 * size)  # our buffer's layout and size
+        flat_np = flat.numpy()
+        offset = 0
+        for p in reversed(params):
+            p.grad = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     x_all, y_all = torch.from_numpy(x), torch.from_numpy(y).long()
 
@@ -79,6 +102,17 @@ def main() -> None:
         position += len(batch)
         mine = torch.from_numpy(batch[rank::size])
         t0 = time.perf_counter()
+        if comm is not None:  # limit: the gradients of sum(loss) / B, summed over ranks
+            flat.zero_()
+            loss_sum = torch.nn.functional.cross_entropy(
+                model(x_all[mine]), y_all[mine], reduction="sum"
+            )
+            (loss_sum / len(batch)).backward()
+            comm.allreduce(flat_np, op="sum")
+            optimizer.step()
+            losses.append(float(loss_sum.detach()) * size / len(batch))  # this rank's share
+            times.append(time.perf_counter() - t0)
+            continue
         optimizer.zero_grad()
         loss_sum = torch.nn.functional.cross_entropy(
             model(x_all[mine]), y_all[mine], reduction="sum"
@@ -102,6 +136,8 @@ def main() -> None:
         )
     if args.system == "torch_ddp":
         torch.distributed.destroy_process_group()
+    if comm is not None:
+        comm.close()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ data with the same global batch, each worker a process with one TensorFlow threa
   communicating. A synchronous step waits for every worker, so the per-window maximum
   over the processes is the compute floor of any data-parallel system on this machine:
   ``no_comm`` ÷ ``tf_mwms`` is the most any system could reach against MWMS in that run.
+- ``limit`` (with ``--floor`` and ``--framework torch``, at 2 or more workers): the
+  ``no_comm`` loop with one allreduce of the gradient buffer (ours: the same size and
+  layout) through our native library added after backward, and nothing else of our
+  runtime (``bench/_ddp_worker.py --system limit``): the least a synchronous step can
+  take on this machine with our collective, so ours ÷ ``limit`` is how close the runtime
+  comes to what is physically possible here.
 
 ``--framework torch`` measures the PyTorch runtime the same way: ``adaptrain`` runs the
 ``*_torch`` examples (``agent.runtime.torch``), the peer is ``torch_ddp``
@@ -25,6 +31,12 @@ data with the same global batch, each worker a process with one TensorFlow threa
 
 ``--monitor-off-too`` also runs ours with the gradient-noise monitor off
 (``adaptrain_no_monitor``), interleaved in the same run, for the monitor's overhead.
+
+Rounds run the systems in alternating order (ABBA: odd rounds in reverse), so a system
+that always followed another (ours with the monitor, straight after the one-worker runs)
+does not carry a bias of its place in the run. Ours' rows also give ``median_comm_s``,
+the median per-step time it spent in the step's last (synchronous) allreduce, which
+includes waiting for the gradient buckets that backward did not hide.
 
 ``median_step_s`` is the median over post-warm-up windows of ``log_every`` steps of
 the mean step time in the window (the same windows for every system), and
@@ -93,7 +105,10 @@ def warmup_steps(steps: int, log_every: int) -> int:
     return max(log_every, -(-steps // 5 // log_every) * log_every)
 
 
-def run_ours(setup: ModelSetup, workers: int, steps: int, monitor_every: int) -> list[float]:
+def run_ours(
+    setup: ModelSetup, workers: int, steps: int, monitor_every: int
+) -> tuple[list[float], list[float]]:
+    """Our per-window step times and per-step communication times, after warm-up."""
     hp = {
         "batch_size": setup.global_batch,
         "lr": setup.lr,
@@ -103,9 +118,15 @@ def run_ours(setup: ModelSetup, workers: int, steps: int, monitor_every: int) ->
         "seed": 0,
     }
     messages = run_workers(workers, hp, module=setup.module, timeout_s=1200)
-    series = job_series(messages[0], "step_time")
     skip = warmup_steps(steps, setup.log_every)
-    return [t for step, t in sorted(series.items()) if step > skip and step % setup.log_every == 0]
+
+    def measured(name: str) -> list[float]:
+        series = job_series(messages[0], name)
+        return [
+            t for step, t in sorted(series.items()) if step > skip and step % setup.log_every == 0
+        ]
+
+    return measured("step_time"), measured("comm_time")
 
 
 def run_reference(
@@ -143,6 +164,8 @@ def run_reference(
             env["TF_CONFIG"] = json.dumps(
                 {"cluster": {"worker": peers}, "task": {"type": "worker", "index": rank}}
             )
+        elif system == "limit":
+            env.update(LIMIT_PEERS=",".join(peers), RANK=str(rank))
         elif system == "torch_ddp":
             env.update(
                 MASTER_ADDR="127.0.0.1",
@@ -198,6 +221,7 @@ def record(
     window_times: list[float],
     framework: str = "tensorflow",
     rounds: list[list[float]] | None = None,
+    comm_times: list[float] | None = None,
 ) -> dict:
     if not window_times:
         raise RuntimeError(
@@ -213,6 +237,8 @@ def record(
         "samples_per_s": round(setup.global_batch / median, 2),
         "median_step_s": round(median, 6),
     }
+    if comm_times:
+        row["median_comm_s"] = round(statistics.median(comm_times), 6)
     if rounds and len(rounds) > 1:
         row["round_samples_per_s"] = [
             round(setup.global_batch / statistics.median(r), 2) for r in rounds if r
@@ -265,7 +291,8 @@ def main() -> None:
         "--floor",
         action="store_true",
         help="also run no_comm: N independent single-threaded processes on their shares "
-        "of each batch, the compute floor of any N-worker system",
+        "of each batch, the compute floor of any N-worker system; and with --framework "
+        "torch, limit: that loop plus one native allreduce of the gradients per step",
     )
     parser.add_argument(
         "--framework",
@@ -298,29 +325,39 @@ def main() -> None:
     # lands on all of them rather than on one; the windows of all rounds are pooled.
     pooled: dict[tuple[str, str, int], list[float]] = {}
     per_round: dict[tuple[str, str, int], list[list[float]]] = {}
+    comm_pooled: dict[tuple[str, str, int], list[float]] = {}
     for round_index in range(args.rounds):
         for model in models:
             setup = models_of[model]
             steps = args.steps or setup.steps
-            systems = ("adaptrain", peer, "no_comm") if args.floor else ("adaptrain", peer)
+            systems: tuple[str, ...] = ("adaptrain", peer)
+            if args.floor:
+                systems += ("no_comm", "limit") if framework == "torch" else ("no_comm",)
             if args.monitor_off_too:
                 systems = ("adaptrain", "adaptrain_no_monitor", *systems[1:])
+            if round_index % 2:  # ABBA: every other round in reverse order
+                systems = systems[::-1]
             runs = [("plain", 1)] + [
                 (system, n)
                 for n in worker_counts
                 for system in systems
-                # One worker has no floor to measure and never monitors (nothing to average).
-                if system not in ("no_comm", "adaptrain_no_monitor") or n > 1
+                # One worker has no floor or limit to measure and never monitors
+                # (nothing to average).
+                if system not in ("no_comm", "limit", "adaptrain_no_monitor") or n > 1
             ]
             for system, workers in runs:
                 log(
                     f"round {round_index + 1}/{args.rounds}, {model}: {system} with {workers} worker(s), "
                     f"{steps} steps ({time.perf_counter() - started:.0f} s so far)"
                 )
-                if system == "adaptrain":
-                    times = run_ours(setup, workers, steps, args.monitor_every)
-                elif system == "adaptrain_no_monitor":
-                    times = run_ours(setup, workers, steps, 0)
+                if system in ("adaptrain", "adaptrain_no_monitor"):
+                    every = args.monitor_every if system == "adaptrain" else 0
+                    times, comm = run_ours(setup, workers, steps, every)
+                    comm_pooled.setdefault((model, system, workers), []).extend(comm)
+                elif system == "limit":
+                    times = run_reference(
+                        "limit", model, setup, workers, steps, threads=1, framework=framework
+                    )
                 elif system == peer:
                     times = run_reference(
                         peer, model, setup, workers, steps, threads=1, framework=framework
@@ -340,7 +377,16 @@ def main() -> None:
                 pooled.setdefault((model, system, workers), []).extend(times)
                 per_round.setdefault((model, system, workers), []).append(times)
     rows = [
-        record(system, model, models_of[model], workers, times, framework, per_round[key])
+        record(
+            system,
+            model,
+            models_of[model],
+            workers,
+            times,
+            framework,
+            per_round[key],
+            comm_pooled.get(key),
+        )
         for key, times in pooled.items()
         for (model, system, workers) in [key]
     ]

@@ -156,17 +156,22 @@ class Agreement:
         buf = flat if flat.flags.writeable and flat.flags.c_contiguous else flat.copy()
         slots = buf[buf.size - SLOTS_PER_RANK * size :]
         seq, version = self._inbox.received_seq(), self._membership.latest_cluster_version()
-        slots[:] = 0.0
-        slots[4 * rank : 4 * rank + 4] = (
-            seq >> 20,
-            seq & 0xFFFFF,
-            version >> 20,
-            version & 0xFFFFF,
-        )
+        # Scalar writes and one tolist() below: on a small model this runs in every
+        # step's critical path, where a dozen NumPy calls on 4·size values cost more than
+        # the allreduce of the whole buffer.
+        slots.fill(0.0)
+        at = SLOTS_PER_RANK * rank
+        slots[at] = seq >> 20
+        slots[at + 1] = seq & 0xFFFFF
+        slots[at + 2] = version >> 20
+        slots[at + 3] = version & 0xFFFFF
         comm.allreduce(buf, op="sum")
-        agreed = slots.reshape(size, 4).astype(np.int64)
-        seqs, versions = (agreed[:, 0] << 20) | agreed[:, 1], (agreed[:, 2] << 20) | agreed[:, 3]
-        self._ahead = (session.cluster_version, int(seqs.min()), int(versions.min()))
+        v = [int(x) for x in slots.tolist()]
+        self._ahead = (
+            session.cluster_version,
+            min((v[i] << 20) | v[i + 1] for i in range(0, len(v), SLOTS_PER_RANK)),
+            min((v[i + 2] << 20) | v[i + 3] for i in range(0, len(v), SLOTS_PER_RANK)),
+        )
         self.step_comm_s = time.perf_counter() - t0
         return buf
 

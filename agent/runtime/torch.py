@@ -52,11 +52,21 @@ from agent.runtime.session import Session
 DEFAULT_BUCKET_BYTES = 1 << 20
 
 
-def _squared_norm(values: torch.Tensor) -> float:
-    """Sum of squares as one PyTorch op (``torch.dot``): on PyTorch's threads, which
+# Up to this many values a squared norm is NumPy's dot product: OpenBLAS computes a dot
+# product of at most 10,000 values on the calling thread, and NumPy's call costs a
+# quarter of PyTorch's (0.8 µs against 3.3 µs on digits' 4,810 gradients).
+_NUMPY_DOT_MAX = 8192
+
+
+def _squared_norm(values: np.ndarray) -> float:
+    """Sum of squares of a host float32 vector. A small one with NumPy's ``dot``; a large
+    one as one PyTorch op (``torch.dot``), on PyTorch's threads, which
     ``configure_torch_threads`` limits, rather than NumPy's BLAS pool, which starts a
     thread per core for a large vector and competes with the other workers on the node."""
-    return float(torch.dot(values, values))
+    if values.size <= _NUMPY_DOT_MAX:
+        return float(np.dot(values, values))
+    tensor = torch.from_numpy(values)
+    return float(torch.dot(tensor, tensor))
 
 
 def _per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -228,7 +238,7 @@ class TorchModel:
         if self._device.type != "cpu":
             self._gather_grads(start, end)
         if self._monitor:
-            self._local_sq += _squared_norm(self._flat[start:end])
+            self._local_sq += _squared_norm(part)
         self._handles.append(comm.allreduce_async(part, op="sum"))
 
     def _gather_grads(self, start: int, end: int) -> None:
@@ -276,19 +286,22 @@ class TorchModel:
         if not self.model.training:  # train() walks every submodule: only when needed
             self.model.train()
         xs = torch.from_numpy(x)
-        ys = torch.from_numpy(y)
+        ys = torch.from_numpy(y.astype(np.int64, copy=False))
         if self._device.type != "cpu":
             xs = xs.to(self._device)
             ys = ys.to(self._device)
-        if ys.dtype != torch.int64:
-            ys = ys.long()
         logits = self.model(xs)
         loss_sum = self.loss_fn(logits, ys).sum()
         (loss_sum / global_batch).backward()
         with torch.no_grad():
-            # The loss sum and the correct count into the buffer in one op.
-            correct = (logits.argmax(dim=1) == ys).sum()
-            self._scalars.copy_(torch.stack((loss_sum.detach(), correct.to(torch.float32))))
+            if self._device.type == "cpu":
+                # Through NumPy: a third of the PyTorch ops' cost on a small model.
+                self._flat_np[self._n] = loss_sum.item()
+                predicted = logits.detach().numpy().argmax(axis=1)
+                self._flat_np[self._n + 1] = np.count_nonzero(predicted == y)
+            else:  # the loss sum and the correct count into the buffer in one op
+                correct = (logits.argmax(dim=1) == ys).sum()
+                self._scalars.copy_(torch.stack((loss_sum.detach(), correct.to(torch.float32))))
 
     def gradients(self, x: np.ndarray, y: np.ndarray, global_batch: int) -> np.ndarray:
         self._ensure_buffer(self._extra if self._extra >= 0 else 0)
@@ -340,7 +353,7 @@ class TorchModel:
         if self._apart():
             self._gather_grads(last_start, n)
         if monitor:
-            rest = self._flat[last_start:n]
+            rest = self._flat_np[last_start:n]
             self._flat_np[n + 2] = float(self._local_sq + _squared_norm(rest)) * local_scale_sq
         if distributed:
             part = self._flat_np[last_start:]
@@ -358,7 +371,7 @@ class TorchModel:
             self._scatter_grads(last_start, n)
             big_sq = self._on_device.squared_norm(0, n) if monitor else 0.0
         else:
-            big_sq = _squared_norm(self._flat[:n]) if monitor else 0.0
+            big_sq = _squared_norm(self._flat_np[:n]) if monitor else 0.0
             if self._device.type != "cpu":
                 self._scatter_grads()
         self.optimizer.step()

@@ -92,3 +92,13 @@ def test_a_negative_bucket_size_is_refused_with_what_to_use():
     model = build_model(0)
     with pytest.raises(ValueError, match="bucket_bytes must be 0"):
         TorchModel(model, torch.optim.SGD(model.parameters(), lr=0.1), bucket_bytes=-1)
+
+
+@pytest.mark.parametrize("size", [10, 4810, 8192, 8193, 100_000])
+def test_squared_norms_are_the_sum_of_squares_on_either_side_of_the_numpy_limit(size):
+    from agent.runtime.torch import _squared_norm
+
+    values = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+    assert _squared_norm(values) == pytest.approx(
+        float(np.sum(values.astype(np.float64) ** 2)), rel=1e-4
+    )
