@@ -434,7 +434,7 @@ void Communicator::allgather(const void* input, size_t count, DataType dtype, vo
       ring.spin_us = spin_for(bytes * size_);
       if (chosen == Algorithm::kHierarchical) {
         hierarchical_allgather(*transport_, layout_, ring, &work_,
-                               tunables_.hierarchical_chunk_bytes);
+                               tunables_.hierarchical_chunk_bytes, tunables_.hierarchical_leader);
       } else {
         ring_allgather(*transport_, ring);
       }

@@ -45,7 +45,9 @@ def _rooted_cases(
 ) -> dict[str, Any]:
     import os
 
-    if chunk is not None:  # read once per process, on the first communicator
+    if chunk == "leader":  # the leader scheme on equal nodes too
+        os.environ["COLLECTIVE_HIERARCHICAL_SCHEME"] = "leader"
+    elif chunk is not None:  # read once per process, on the first communicator
         os.environ["COLLECTIVE_HIERARCHICAL_CHUNK_BYTES"] = chunk
     peers = on_hosts(peers, node_of)
     n = len(peers)
@@ -95,9 +97,10 @@ def _rooted_cases(
     return out
 
 
-# (node of each rank, COLLECTIVE_HIERARCHICAL_CHUNK_BYTES). Equal nodes run the
-# allgather's rings across nodes per local index, pipelined in chunks; unequal
-# ones its leader scheme.
+# (node of each rank, COLLECTIVE_HIERARCHICAL_CHUNK_BYTES or "leader" for
+# COLLECTIVE_HIERARCHICAL_SCHEME=leader). Equal nodes run the allgather's rings
+# across nodes per local index, pipelined in chunks; unequal ones, and equal ones
+# with "leader", its leader scheme.
 LAYOUTS: dict[str, tuple[list[int], str | None]] = {
     "2x2": ([0, 0, 1, 1], None),
     "3x3": ([0, 0, 0, 1, 1, 1], None),
@@ -112,6 +115,10 @@ LAYOUTS: dict[str, tuple[list[int], str | None]] = {
     # Ranks not numbered node by node: equal nodes 0, 1, 0, 1 and unequal 0, 1, 0, 1, 2, 1.
     "interleaved-equal": ([0, 1, 0, 1], "4K"),
     "interleaved": ([0, 1, 0, 1, 2, 1], None),
+    "2x2-leader": ([0, 0, 1, 1], "leader"),
+    "3x3-leader": ([0, 0, 0, 1, 1, 1], "leader"),
+    "2x2x2-leader": ([0, 0, 1, 1, 2, 2], "leader"),
+    "interleaved-equal-leader": ([0, 1, 0, 1], "leader"),
 }
 
 

@@ -483,8 +483,8 @@ void sharded_allgather(Transport& transport, const NodeLayout& layout, const Rin
 }  // namespace
 
 void hierarchical_allgather(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options, std::vector<char>* work,
-                            size_t chunk_bytes) {
+                            const RingOptions& options, std::vector<char>* work, size_t chunk_bytes,
+                            bool leader) {
   const size_t n = layout.node_of.size();
   if (!layout.hierarchical() || options.row_elements == 0 || options.scratch == nullptr ||
       options.count != n * options.row_elements || static_cast<size_t>(transport.size()) != n) {
@@ -492,7 +492,7 @@ void hierarchical_allgather(Transport& transport, const NodeLayout& layout,
         "the hierarchical all-gather needs several nodes, one with several ranks, and a "
         "non-empty block per rank (internal error: the communicator checks this)");
   }
-  if (layout.per_node > 0) {
+  if (layout.per_node > 0 && !leader) {
     sharded_allgather(transport, layout, options, work, chunk_bytes);
     return;
   }

@@ -81,8 +81,8 @@ TreeTopology hierarchical_broadcast_tree(const NodeLayout& layout, int rank, int
 // `chunk_bytes` of output (COLLECTIVE_HIERARCHICAL_CHUNK_BYTES), the node's
 // ring of one chunk beside the rings across nodes of the next. Blocks are
 // gathered in `work` and copied to their places at the end.
-// Unequal nodes, one leader per node (the header's root field carries the
-// phase):
+// Unequal nodes, and equal ones with `leader` (COLLECTIVE_HIERARCHICAL_SCHEME=
+// leader), one leader per node (the header's root field carries the phase):
 //   1. all-gather of the node's blocks among its ranks (shared memory);
 //   2. ring all-gather among one leader per node (local rank 0), each
 //      contributing its whole node's blocks: a node's link carries its own
@@ -93,7 +93,7 @@ TreeTopology hierarchical_broadcast_tree(const NodeLayout& layout, int rank, int
 // copied to their places at the end. Either way any rank order works; needs
 // layout.hierarchical() and row_elements > 0.
 void hierarchical_allgather(Transport& transport, const NodeLayout& layout,
-                            const RingOptions& options, std::vector<char>* work,
-                            size_t chunk_bytes);
+                            const RingOptions& options, std::vector<char>* work, size_t chunk_bytes,
+                            bool leader = false);
 
 }  // namespace adaptrain::collective

@@ -78,7 +78,7 @@ struct Tunables {
   // COLLECTIVE_AUTO_*).
   size_t hierarchical_chunk_bytes;
   // COLLECTIVE_HIERARCHICAL_SCHEME: shards | leader. How the hierarchical
-  // allreduce crosses between equal nodes: "shards" (default) has every rank
+  // allreduce (and all-gather) crosses between equal nodes: "shards" (default) has every rank
   // of a node reduce its 1/K of the buffer with its peers on the other nodes
   // (K rings, as NCCL's); "leader" has the node allreduce over shared memory,
   // one rank per node (the leader) allreduce the whole buffer across nodes,
