@@ -3,6 +3,7 @@ the benchmark playing the control plane (``train``), and medians over seeds."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -203,3 +204,18 @@ def median_or_none(values: list) -> float | None:
 def spread(values: list) -> list | None:
     known = [v for v in values if v is not None]
     return [min(known), max(known)] if known else None
+
+
+def throughput_hyperparameters(args: argparse.Namespace) -> dict:
+    """The runs of the interference and scale-out experiments: ``--batch`` with lr scaled
+    by √(batch/64), no evaluations (throughput only), the noise monitor every step."""
+    return {
+        "batch_size": args.batch,
+        "lr": args.lr * (args.batch / 64) ** 0.5,
+        "seed": 0,
+        "samples": args.samples,
+        "label_noise": args.label_noise,
+        "log_every": args.log_every,
+        "eval_every_samples": 10**12,  # no evaluations: throughput only
+        "monitor_every": 1,
+    }

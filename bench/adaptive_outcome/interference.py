@@ -9,6 +9,7 @@ import statistics
 
 from bench.adaptive_outcome.common import (
     log,
+    throughput_hyperparameters,
     train,
 )
 from controlplane.policies import engine
@@ -31,16 +32,7 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
         raise SystemExit("--slow-path names two different nodes below --nodes")
     if not 0 < args.slow_at < args.slow_until < args.steps:
         raise SystemExit("need 0 < --slow-at < --slow-until < --steps")
-    hp = {
-        "batch_size": args.batch,
-        "lr": args.lr * (args.batch / 64) ** 0.5,
-        "seed": 0,
-        "samples": args.samples,
-        "label_noise": args.label_noise,
-        "log_every": args.log_every,
-        "eval_every_samples": 10**12,  # no evaluations: throughput only
-        "monitor_every": 1,
-    }
+    hp = throughput_hyperparameters(args)
     common = {**common, "workers": args.nodes}
     rows = []
     # The systems: no policy, and each template that reacts (its id), with the same fields set.

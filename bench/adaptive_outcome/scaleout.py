@@ -12,6 +12,7 @@ from bench.adaptive_outcome.common import (
     WORKER,
     log,
     template_policy,
+    throughput_hyperparameters,
     train,
 )
 from controlplane.policies import engine
@@ -27,16 +28,7 @@ def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
     that start with one worker and grow while the template says it pays; each seed runs
     every worker count in turn, so that a seed's efficiencies compare runs close in time
     (the machine's load drifts), and reports medians over seeds with their range."""
-    hp = {
-        "batch_size": args.batch,
-        "lr": args.lr * (args.batch / 64) ** 0.5,
-        "seed": 0,
-        "samples": args.samples,
-        "label_noise": args.label_noise,
-        "log_every": args.log_every,
-        "eval_every_samples": 10**12,
-        "monitor_every": 1,
-    }
+    hp = throughput_hyperparameters(args)
     common = {key: value for key, value in common.items() if key != "workers"}
     counts = range(1, args.max_workers + 1)
     measured: dict[int, list[float]] = {workers: [] for workers in counts}
