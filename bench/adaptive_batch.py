@@ -38,7 +38,7 @@ from pathlib import Path
 
 from agent import protocol
 from agent.local import peer_list
-from controlplane.policies import engine, goodput
+from controlplane.policies import engine, goodput, goodput_choice, rules
 from controlplane.policies.templates import TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def gns_policy(cooldown_s: float) -> engine.Policy:
+def gns_policy(cooldown_s: float) -> rules.Policy:
     document = json.loads(json.dumps(next(t for t in TEMPLATES if t["id"] == TEMPLATE_ID)))
     for rule in document["rules"]:
         rule["cooldown_s"] = cooldown_s
@@ -63,7 +63,7 @@ class PolicyDriver:
 
     def __init__(
         self,
-        policy: engine.Policy,
+        policy: rules.Policy,
         *,
         batch_size: int,
         lr: float,
@@ -78,30 +78,30 @@ class PolicyDriver:
         self.latest: dict[str, float] = {}
         self.peak: dict[str, float] = {}
         self.recent: dict[str, deque] = {}
-        self.histories = {rule.name: engine.RuleHistory() for rule in policy.rules}
+        self.histories = {rule.name: rules.RuleHistory() for rule in policy.rules}
         self.fired_at: dict[str, float] = {}
         self.decisions: list[dict] = []
         # The run's step times per configuration, as the control plane reads them for
-        # optimize_goodput (engine.step_profile over the run's series).
+        # optimize_goodput (goodput_choice.step_profile over the run's series).
         self.profile = goodput.StepProfile()
 
     def observe(
         self, step: int, now: float, started: float, values: dict[str, float]
-    ) -> list[engine.Firing]:
+    ) -> list[rules.Firing]:
         for name, value in values.items():
             self.latest[name] = value
             self.peak[name] = max(value, self.peak.get(name, value))
             self.recent.setdefault(name, deque(maxlen=self.policy.window)).append((step, value))
-        profiled = engine.uses_profile(self.policy)
+        profiled = goodput_choice.uses_profile(self.policy)
         if profiled:
-            engine.profile_add(
+            goodput_choice.profile_add(
                 self.profile,
                 step,
                 values,
                 batch_size=int(self.latest.get("batch_size", self.batch_size)),
                 workers=int(self.latest.get("workers", self.workers)),
             )
-        state = engine.JobState(
+        state = rules.JobState(
             step=step,
             batch_size=int(self.latest.get("batch_size", self.batch_size)),
             lr=float(self.latest.get("lr", self.lr)),
@@ -118,7 +118,7 @@ class PolicyDriver:
         for rule in self.policy.rules:
             history = self.histories[rule.name]
             if rule.name in self.fired_at:
-                history = engine.RuleHistory(
+                history = rules.RuleHistory(
                     last_fired_step=history.last_fired_step,
                     last_fired_age_s=now - self.fired_at[rule.name],
                     consecutive_true=history.consecutive_true,
@@ -126,7 +126,7 @@ class PolicyDriver:
                 )
             outcome = engine.evaluate_rule(rule, state, history)
             if outcome.firing is None:
-                self.histories[rule.name] = engine.RuleHistory(
+                self.histories[rule.name] = rules.RuleHistory(
                     last_fired_step=history.last_fired_step,
                     last_fired_age_s=history.last_fired_age_s,
                     consecutive_true=outcome.consecutive_true,
@@ -134,7 +134,7 @@ class PolicyDriver:
                 )
                 continue
             self.fired_at[rule.name] = now
-            self.histories[rule.name] = engine.RuleHistory(
+            self.histories[rule.name] = rules.RuleHistory(
                 last_fired_step=step,
                 last_fired_age_s=0.0,
                 consecutive_true=0,
@@ -165,7 +165,7 @@ def run(
     log_every: int,
     seed: int,
     workers: int,
-    policy: engine.Policy | None,
+    policy: rules.Policy | None,
     timeout_s: float,
 ) -> dict:
     """One training run; rank 0's reports are read as they come and, with a policy,

@@ -14,7 +14,7 @@ from bench.adaptive_outcome.common import (
     template_policy,
     train,
 )
-from controlplane.policies import engine
+from controlplane.policies import engine, goodput_choice, rules
 
 
 def summarise_batch_run(trace: list[dict], target: float) -> dict:
@@ -57,7 +57,7 @@ def parse_systems(text: str) -> tuple[str, ...]:
 
 def goodput_policy(
     *, every_steps: int, min_batch: int, max_batch: int, window: int | None = None
-) -> engine.Policy:
+) -> rules.Policy:
     """The smallest policy a user would write for ``optimize_goodput`` (no built-in
     template has it): one rule that asks for the best batch every ``every_steps`` steps,
     within the range the fixed batches span. As docs/policies.md shows it, with the
@@ -84,7 +84,7 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
     batches = sorted(int(b) for b in args.batches.split(","))
     start = batches[0]
     families = parse_systems(args.systems)
-    systems: list[tuple[str, int, str, engine.Policy | None, str | None]] = []
+    systems: list[tuple[str, int, str, rules.Policy | None, str | None]] = []
     if "fixed" in families:
         systems += [("fixed", b, "none", None, None) for b in batches]
     for rule in args.lr_scaling.split(","):
@@ -98,7 +98,7 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
     if args.goodput_max_factor:
         # This process evaluates the policy (as the control plane would): an experiment
         # with the engine's limit on one decision's move.
-        engine.GOODPUT_MAX_FACTOR = args.goodput_max_factor
+        goodput_choice.GOODPUT_MAX_FACTOR = args.goodput_max_factor
     for rule in args.lr_scaling.split(","):
         for window in windows if "goodput" in families else []:
             policy = goodput_policy(
@@ -111,13 +111,13 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
                 f"optimize_goodput when steps_since_fired >= {args.goodput_every} "
                 f"(bounds {start}–{args.max_batch}, window {window}"
                 + (
-                    f", max factor {engine.GOODPUT_MAX_FACTOR:g})"
+                    f", max factor {goodput_choice.GOODPUT_MAX_FACTOR:g})"
                     if args.goodput_max_factor
                     else ")"
                 )
             )
             name = f"goodput_{rule}" + (
-                "" if window == engine.DEFAULT_WINDOW else f"_window{window}"
+                "" if window == rules.DEFAULT_WINDOW else f"_window{window}"
             )
             systems.append((name, start, rule, policy, described))
     # Seed by seed, every system in turn: the machine's load drifts over an invocation,
@@ -139,7 +139,7 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
             }
             predicted: list[float | None] = []
 
-            def note(firing: engine.Firing, predicted: list = predicted) -> bool:
+            def note(firing: rules.Firing, predicted: list = predicted) -> bool:
                 predicted.append(firing.inputs.get("predicted_gain"))  # optimize_goodput's
                 return False  # sent to the workers as usual
 

@@ -21,7 +21,7 @@ from bench.adaptive_outcome.common import log
 from bench.adaptive_outcome.interference import INTERFERENCE_SYSTEMS, experiment_interference
 from bench.adaptive_outcome.plots import plot
 from bench.adaptive_outcome.scaleout import experiment_scaleout
-from controlplane.policies import engine
+from controlplane.policies import goodput_choice, rules
 
 
 def main() -> None:
@@ -60,14 +60,14 @@ def main() -> None:
     )
     batch.add_argument(
         "--goodput-windows",
-        default=str(engine.DEFAULT_WINDOW),
+        default=str(rules.DEFAULT_WINDOW),
         help="the goodput policy's window (reports), one system per value",
     )
     batch.add_argument(
         "--goodput-max-factor",
         type=float,
         help="how far one optimize_goodput decision may move the batch (the engine's "
-        f"GOODPUT_MAX_FACTOR, {engine.GOODPUT_MAX_FACTOR:g}); set in this process, which "
+        f"GOODPUT_MAX_FACTOR, {goodput_choice.GOODPUT_MAX_FACTOR:g}); set in this process, which "
         "evaluates the policy",
     )
     net = parser.add_argument_group("interference and scaleout")

@@ -16,7 +16,7 @@ from pathlib import Path
 from agent import protocol
 from agent.local import peer_list
 from bench.adaptive_batch import PolicyDriver
-from controlplane.policies import engine
+from controlplane.policies import engine, rules
 from controlplane.policies.templates import TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def template_policy(template_id: str, **overrides) -> engine.Policy:
+def template_policy(template_id: str, **overrides) -> rules.Policy:
     """A built-in template as a user would copy it, with rule fields replaced
     (``cooldown_s``, ``for``, ``bounds``: what a user tunes per job)."""
     document = json.loads(json.dumps(next(t for t in TEMPLATES if t["id"] == template_id)))
@@ -49,14 +49,14 @@ def train(
     *,
     hp: dict,
     workers: int,
-    policy: engine.Policy | None,
+    policy: rules.Policy | None,
     max_samples: int | None = None,
     max_steps: int | None = None,
     timeout_s: float = 600,
     popen: Callable[..., subprocess.Popen] | None = None,
     peers: list[str] | None = None,
     on_report: Callable[[int, dict], None] | None = None,
-    on_firing: Callable[[engine.Firing], bool] | None = None,
+    on_firing: Callable[[rules.Firing], bool] | None = None,
     topology: str | None = None,
 ) -> dict:
     """One run of the workload as ``workers`` processes. Rank 0's whole-job reports are

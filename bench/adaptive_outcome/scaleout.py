@@ -15,7 +15,7 @@ from bench.adaptive_outcome.common import (
     throughput_hyperparameters,
     train,
 )
-from controlplane.policies import engine
+from controlplane.policies import rules
 
 
 def steady_throughput(trace: list[dict], skip: int = 10) -> float | None:
@@ -88,7 +88,7 @@ def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
     return rows
 
 
-def policy_run(args: argparse.Namespace, hp: dict, policy: engine.Policy) -> dict:
+def policy_run(args: argparse.Namespace, hp: dict, policy: rules.Policy) -> dict:
     """One run that starts with one worker and grows as the policy asks, for
     ``--scaleout-s`` seconds: where it stopped, its growths and its throughput series."""
     from agent.local import LocalJob

@@ -5,7 +5,7 @@ harmonic mean of their speedups is highest (``allocation.allocate``), through th
 Run by the ``policies.allocate_cluster`` beat task every ``GOODPUT_ALLOCATOR_INTERVAL_S``
 seconds when that is set (off by default). Only jobs that can be modelled take part: an
 elastic, running job whose current run has reported ``gns`` and at least
-``engine.GOODPUT_MIN_SAMPLES`` steps with ``compute_time`` and ``comm_time``; the others
+``goodput_choice.GOODPUT_MIN_SAMPLES`` steps with ``compute_time`` and ``comm_time``; the others
 keep what they have. Slots that pending jobs need to start (their minimum) are left free
 for the scheduler. A change costs the job ``GOODPUT_RESTART_S`` seconds (its workers
 re-form), weighed by the allocator as its restart penalty. A job the allocator moved is
@@ -31,7 +31,7 @@ from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import Command, Event, Job, Node
 from controlplane.jobs.services.commands import command_issue
 from controlplane.metrics import selectors as metric_selectors
-from controlplane.policies import allocation, engine, goodput
+from controlplane.policies import allocation, goodput, goodput_choice, rules
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def job_demand(job: Job) -> allocation.JobDemand | None:
     if job.current_run_id is None:
         return None
     latest, peak, recent = metric_selectors.run_whole_job_latest(job.current_run_id, WINDOW)
-    state = engine.JobState(
+    state = rules.JobState(
         step=job.last_step,
         batch_size=job.batch_size,
         lr=job.learning_rate,
@@ -68,8 +68,8 @@ def job_demand(job: Job) -> allocation.JobDemand | None:
         recent=recent,
     )
     noise = [v for _, v in recent.get("gns", []) if v >= 0]
-    samples = engine.goodput_samples(state)
-    if not noise or len(samples) < engine.GOODPUT_MIN_SAMPLES or job.batch_size < 1:
+    samples = goodput_choice.goodput_samples(state)
+    if not noise or len(samples) < goodput_choice.GOODPUT_MIN_SAMPLES or job.batch_size < 1:
         return None
     try:
         model = goodput.JobModel(
@@ -85,8 +85,8 @@ def job_demand(job: Job) -> allocation.JobDemand | None:
         max_workers=job.workers_max,
         # The batch the job would run at with each count: its best within a factor of now
         # (what optimize_goodput may move it to), never below one sample per worker.
-        min_batch=max(1, int(job.batch_size / engine.GOODPUT_MAX_FACTOR)),
-        max_batch=int(job.batch_size * engine.GOODPUT_MAX_FACTOR),
+        min_batch=max(1, int(job.batch_size / goodput_choice.GOODPUT_MAX_FACTOR)),
+        max_batch=int(job.batch_size * goodput_choice.GOODPUT_MAX_FACTOR),
     )
 
 

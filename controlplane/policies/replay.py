@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.policies import engine, goodput
+from controlplane.policies import engine, goodput, goodput_choice, rules
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Knobs:
 
 
 def replay(
-    policy: engine.Policy,
+    policy: rules.Policy,
     ticks: list[Tick],
     *,
     start_time: float,
@@ -45,8 +45,8 @@ def replay(
     recent: dict[str, deque[tuple[int, float]]] = {}
     # optimize_goodput's step times over the run, as the control plane builds them.
     profile = goodput.StepProfile()
-    profiled = engine.uses_profile(policy)
-    histories = {rule.name: engine.RuleHistory() for rule in policy.rules}
+    profiled = goodput_choice.uses_profile(policy)
+    histories = {rule.name: rules.RuleHistory() for rule in policy.rules}
     fired_at: dict[str, float] = {}
     decisions = []
     evaluations = 0
@@ -56,7 +56,7 @@ def replay(
             peak[name] = max(value, peak.get(name, value))
             recent.setdefault(name, deque(maxlen=policy.window)).append((tick.step, value))
         if profiled:
-            engine.profile_add(
+            goodput_choice.profile_add(
                 profile,
                 tick.step,
                 tick.values,
@@ -66,7 +66,7 @@ def replay(
         if index % stride and index != len(ticks) - 1:
             continue
         evaluations += 1
-        state = engine.JobState(
+        state = rules.JobState(
             step=tick.step,
             batch_size=int(latest.get("batch_size", defaults.batch_size)),
             lr=float(latest.get("lr", defaults.lr)),
@@ -82,7 +82,7 @@ def replay(
         for rule in policy.rules:
             history = histories[rule.name]
             if rule.name in fired_at:
-                history = engine.RuleHistory(
+                history = rules.RuleHistory(
                     last_fired_step=history.last_fired_step,
                     last_fired_age_s=tick.time - fired_at[rule.name],
                     consecutive_true=history.consecutive_true,
@@ -90,7 +90,7 @@ def replay(
                 )
             outcome = engine.evaluate_rule(rule, state, history)
             if outcome.firing is None:
-                histories[rule.name] = engine.RuleHistory(
+                histories[rule.name] = rules.RuleHistory(
                     last_fired_step=history.last_fired_step,
                     last_fired_age_s=history.last_fired_age_s,
                     consecutive_true=outcome.consecutive_true,
@@ -98,7 +98,7 @@ def replay(
                 )
                 continue
             fired_at[rule.name] = tick.time
-            histories[rule.name] = engine.RuleHistory(
+            histories[rule.name] = rules.RuleHistory(
                 last_fired_step=tick.step,
                 last_fired_age_s=0.0,
                 consecutive_true=0,

@@ -16,7 +16,7 @@ from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import Command, Event, Job, Run
 from controlplane.jobs.services.commands import command_issue
 from controlplane.metrics import selectors as metric_selectors
-from controlplane.policies import engine, goodput, replay
+from controlplane.policies import engine, goodput, goodput_choice, replay, rules
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 PROFILE_POINTS = 2000
 
 
-def policy_validate(document: Any) -> engine.Policy:
+def policy_validate(document: Any) -> rules.Policy:
     try:
         return engine.parse_policy(document)
     except engine.PolicyError as exc:
@@ -199,7 +199,7 @@ def job_policy_set(*, job: Job, policy: Policy | None, user) -> Job:
     return job
 
 
-def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
+def _histories(job: Job, policy: Policy) -> dict[str, rules.RuleHistory]:
     """Each rule's past in the job's current run: a restart starts every rule afresh
     (no cooldown, ``last_fire`` or ``max_per_hour`` count carried over from a run before)."""
     now = timezone.now()
@@ -210,7 +210,7 @@ def _histories(job: Job, policy: Policy) -> dict[str, engine.RuleHistory]:
             run_id=job.current_run_id, policy=policy, rule=name
         ).exclude(outcome__in=[Decision.Outcome.SKIPPED, Decision.Outcome.REJECTED])
         last = fired.order_by("-id").first()
-        histories[name] = engine.RuleHistory(
+        histories[name] = rules.RuleHistory(
             fired_last_hour=fired.filter(created_at__gte=now - timedelta(hours=1)).count(),
             last_fired_step=last.step if last else None,
             last_fired_age_s=(now - last.created_at).total_seconds() if last else None,
@@ -272,15 +272,15 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
     parsed = engine.parse_policy(policy.definition)
     latest, peak, recent = metric_selectors.run_whole_job_latest(job.current_run_id, parsed.window)
     profile: tuple[goodput.ProfilePoint, ...] = ()
-    if engine.uses_profile(parsed):
+    if goodput_choice.uses_profile(parsed):
         # Its step-time fit reads the run's measurements of every batch size, not the window.
         history = metric_selectors.run_whole_job_latest_series(
-            job.current_run_id, engine.STEP_TIME_SERIES, PROFILE_POINTS
+            job.current_run_id, goodput_choice.STEP_TIME_SERIES, PROFILE_POINTS
         )
-        profile = engine.step_profile(
+        profile = goodput_choice.step_profile(
             history, batch_size=job.batch_size, workers=job.workers_current
         )
-    state = engine.JobState(
+    state = rules.JobState(
         step=job.last_step,
         batch_size=job.batch_size,
         lr=job.learning_rate,
@@ -399,13 +399,13 @@ def policy_replay(*, policy: Policy, job: Job, run: Run | None) -> dict[str, Any
     }
 
 
-def definition_replay(*, policy: engine.Policy, job: Job, run: Run | None) -> dict[str, Any]:
+def definition_replay(*, policy: rules.Policy, job: Job, run: Run | None) -> dict[str, Any]:
     """The same for a definition that is not saved (the editor's draft): already parsed,
     so that a bad definition is refused before the job is looked at."""
     return {"policy": None, "version": None, **replay_on_job(policy=policy, job=job, run=run)}
 
 
-def replay_on_job(*, policy: engine.Policy, job: Job, run: Run | None) -> dict[str, Any]:
+def replay_on_job(*, policy: rules.Policy, job: Job, run: Run | None) -> dict[str, Any]:
     """What ``policy`` would have decided on the recorded whole-job metrics of ``run`` of
     ``job`` (None: the job has no run yet, so nothing was recorded).
 

@@ -1,5 +1,5 @@
 """optimize_goodput fits its step-time model on the run's whole history, per configuration
-(goodput.StepProfile, engine.step_profile), as Pollux does: a batch size the job measured
+(goodput.StepProfile, goodput_choice.step_profile), as Pollux does: a batch size the job measured
 once keeps informing the fit after the policy's window has moved past it. Before, the fit
 saw only the window; once the window held one batch size again it fell back to the
 cautious no-fixed-cost guess and the policy stepped back (bench.adaptive_outcome,
@@ -14,9 +14,10 @@ from django.utils import timezone
 
 from controlplane.jobs.models import Job
 from controlplane.metrics.models import MetricPoint
-from controlplane.policies import engine, goodput, replay
-from controlplane.policies.engine import JobState, RuleHistory, evaluate_rule, parse_policy
+from controlplane.policies import goodput, goodput_choice, replay
+from controlplane.policies.engine import evaluate_rule, parse_policy
 from controlplane.policies.goodput import StepProfile, StepSample, StepTimeModel
+from controlplane.policies.rules import JobState, RuleHistory
 from controlplane.policies.services import job_policy_evaluate, policy_create
 from tests.controlplane.policies.policy_steps import running_job
 
@@ -41,7 +42,7 @@ RULE = parse_policy(POLICY).rules[0]
 def series(batches, workers=4, gns=400.0, rng=None, noise=0.0):
     """Whole-job series over a run, one report every 10 steps per batch in ``batches``
     (times from TRUTH, times a factor 1 ± ``noise`` when ``rng`` is given)."""
-    out = {n: [] for n in (*engine.STEP_TIME_SERIES, "gns")}
+    out = {n: [] for n in (*goodput_choice.STEP_TIME_SERIES, "gns")}
     for i, batch in enumerate(batches):
         step = 10 + 10 * i
         m = batch / workers
@@ -59,10 +60,11 @@ def state_of(run, batch, workers=4, *, window=10, profiled=True):
     """The engine's view at the end of ``run``: its last ``window`` reports, and the
     whole run's profile when ``profiled`` (else the windowed fit, as before)."""
     recent = {name: points[-window:] for name, points in run.items()}
+    profile = goodput_choice.step_profile(run, batch_size=batch, workers=workers)
     return JobState(
         step=run["batch_size"][-1][0], batch_size=batch, lr=0.1, workers=workers,
         seconds_running=60.0, metrics={n: p[-1][1] for n, p in recent.items()}, recent=recent,
-        profile=engine.step_profile(run, batch_size=batch, workers=workers) if profiled else (),
+        profile=profile if profiled else (),
     )  # fmt: skip
 
 
@@ -93,12 +95,12 @@ def test_the_profile_is_bounded_and_forgets_the_configuration_seen_longest_ago()
 def test_the_fit_on_a_run_profile_recovers_the_known_parameters():
     # Exactly without noise; within 5 % with ±3 % noise on each report.
     run = series([64] * 6 + [256] * 6 + [1024] * 6)
-    fitted = goodput.fit_step_time(engine.fit_samples(state_of(run, 1024)))
+    fitted = goodput.fit_step_time(goodput_choice.fit_samples(state_of(run, 1024)))
     assert (fitted.alpha, fitted.beta) == (pytest.approx(0.02), pytest.approx(0.0005))
     assert fitted.sync_alpha == pytest.approx(0.03)
     rng = np.random.default_rng(7)
     noisy = series([64] * 8 + [256] * 8 + [1024] * 8, rng=rng, noise=0.03)
-    fitted = goodput.fit_step_time(engine.fit_samples(state_of(noisy, 1024)))
+    fitted = goodput.fit_step_time(goodput_choice.fit_samples(state_of(noisy, 1024)))
     for batch in (64, 256, 400, 1024, 2048):
         m = batch / 4
         assert fitted.step_time(m, 4, 1) == pytest.approx(TRUTH.step_time(m, 4, 1), rel=0.05)
@@ -119,7 +121,7 @@ def test_a_configuration_enters_the_fit_once_measured_three_times():
     # Two reports at 400 so far (the first carries tracing): the fit is the earlier batches'.
     run = series([128] * 5 + [256] * 5 + [400] * 2)
     run["compute_time"][-2] = (run["compute_time"][-2][0], 1.0)
-    samples = engine.fit_samples(state_of(run, 400))
+    samples = goodput_choice.fit_samples(state_of(run, 400))
     assert sorted(s.local_batch for s in samples) == [32.0, 64.0]
     # Nothing measured three times yet: no decision.
     assert evaluate_rule(RULE, state_of(series([128] * 2), 128), RuleHistory()).firing is None

@@ -2,7 +2,8 @@
 whole-job metric: a rule that grows the batch while the GPUs idle fires on them, and a
 job without GPUs (no such series) leaves it quiet."""
 
-from controlplane.policies.engine import JobState, RuleHistory, evaluate_rule, parse_policy
+from controlplane.policies.engine import evaluate_rule, parse_policy
+from controlplane.policies.rules import JobState, RuleHistory
 
 GROW_WHILE_IDLE = {
     "name": "fill the GPUs",

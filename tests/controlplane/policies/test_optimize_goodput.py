@@ -12,9 +12,10 @@ from django.utils import timezone
 from agent.protocol import vocabulary
 from controlplane.jobs.models import Job
 from controlplane.metrics.models import MetricPoint
-from controlplane.policies import engine, replay
-from controlplane.policies.engine import JobState, RuleHistory, evaluate_rule, parse_policy
+from controlplane.policies import goodput_choice, replay
+from controlplane.policies.engine import evaluate_rule, parse_policy
 from controlplane.policies.goodput import StepTimeModel
+from controlplane.policies.rules import JobState, RuleHistory
 from controlplane.policies.services import job_policy_evaluate, policy_create
 from tests.controlplane.policies.policy_steps import running_job
 
@@ -106,16 +107,16 @@ def test_a_report_carrying_a_one_off_cost_is_not_fitted():
     step, compute = traced["compute_time"][0]
     traced["compute_time"][0] = (step, compute * 100)
     traced["step_time"][0] = (step, traced["step_time"][0][1] + compute * 99)
-    assert len(engine.goodput_samples(job_state(128, traced))) == 4
+    assert len(goodput_choice.goodput_samples(job_state(128, traced))) == 4
     firing = evaluate_rule(rule(), job_state(128, traced), RuleHistory()).firing
     assert firing is not None and firing.value in (369, 370)  # as without it (test above)
     # Nine times the median is a slow step, not a one-off: it stays in the fit.
     traced["compute_time"][0] = (step, compute * 9)
-    assert len(engine.goodput_samples(job_state(128, traced))) == 5
+    assert len(goodput_choice.goodput_samples(job_state(128, traced))) == 5
     # With fewer than three measurements at a batch there is no median to judge by.
     mixed = recent_window([32, 32, 128, 128, 128])
     mixed["compute_time"][0] = (mixed["compute_time"][0][0], 100.0)
-    assert len(engine.goodput_samples(job_state(128, mixed))) == 5
+    assert len(goodput_choice.goodput_samples(job_state(128, mixed))) == 5
 
 
 def test_it_stays_put_at_the_optimum_or_without_enough_measurements():
@@ -180,7 +181,7 @@ def test_on_a_running_job_it_becomes_a_decision_and_a_set_batch_size_command(use
     MetricPoint.objects.bulk_create(points)
     [decision] = job_policy_evaluate(job_id=job.id)
     decision.refresh_from_db()
-    expected = engine.goodput_choice(
+    expected = goodput_choice.goodput_choice(
         rule(), job_state(32, recent_window([32, 32, 48, 48, 48], workers=2), workers=2)
     )
     assert decision.action == {"type": "set_batch_size", "value": expected.batch}

@@ -3,13 +3,12 @@
 import pytest
 
 from controlplane.policies.engine import (
-    JobState,
     PolicyError,
-    RuleHistory,
     evaluate_policy,
     evaluate_rule,
     parse_policy,
 )
+from controlplane.policies.rules import JobState, RuleHistory
 
 DOUBLING = {
     "name": "double",
