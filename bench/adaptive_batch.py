@@ -28,20 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import threading
-from collections import deque
-from pathlib import Path
 
-from agent import protocol
-from agent.local import peer_list
-from controlplane.policies import engine, goodput, goodput_choice, rules
+from bench.policy_driver import train
+from controlplane.policies import engine, rules
 from controlplane.policies.templates import TEMPLATES
 
-ROOT = Path(__file__).resolve().parent.parent
+WORKER = "bench._digits_eval_worker"
 TARGET = 0.95
 TEMPLATE_ID = "gns-adaptive-batch"
 
@@ -57,106 +51,6 @@ def gns_policy(cooldown_s: float) -> rules.Policy:
     return engine.parse_policy(document)
 
 
-class PolicyDriver:
-    """Evaluates a policy on each whole-job report, as the control plane does on ingest
-    (latest values, peaks, windows, per-rule hysteresis and cooldown)."""
-
-    def __init__(
-        self,
-        policy: rules.Policy,
-        *,
-        batch_size: int,
-        lr: float,
-        workers: int,
-        strategy: str = "ssgd",
-        topology: str = "ring",
-    ):
-        self.policy = policy
-        self.batch_size, self.lr, self.workers = batch_size, lr, workers
-        # What the control plane knows from the commands the job applied.
-        self.strategy, self.topology = strategy, topology
-        self.latest: dict[str, float] = {}
-        self.peak: dict[str, float] = {}
-        self.recent: dict[str, deque] = {}
-        self.histories = {rule.name: rules.RuleHistory() for rule in policy.rules}
-        self.fired_at: dict[str, float] = {}
-        self.decisions: list[dict] = []
-        # The run's step times per configuration, as the control plane reads them for
-        # optimize_goodput (goodput_choice.step_profile over the run's series).
-        self.profile = goodput.StepProfile()
-
-    def observe(
-        self, step: int, now: float, started: float, values: dict[str, float]
-    ) -> list[rules.Firing]:
-        for name, value in values.items():
-            self.latest[name] = value
-            self.peak[name] = max(value, self.peak.get(name, value))
-            self.recent.setdefault(name, deque(maxlen=self.policy.window)).append((step, value))
-        profiled = goodput_choice.uses_profile(self.policy)
-        if profiled:
-            goodput_choice.profile_add(
-                self.profile,
-                step,
-                values,
-                batch_size=int(self.latest.get("batch_size", self.batch_size)),
-                workers=int(self.latest.get("workers", self.workers)),
-            )
-        state = rules.JobState(
-            step=step,
-            batch_size=int(self.latest.get("batch_size", self.batch_size)),
-            lr=float(self.latest.get("lr", self.lr)),
-            workers=self.workers,
-            strategy=self.strategy,
-            topology=self.topology,
-            seconds_running=max(0.0, now - started),
-            metrics=dict(self.latest),
-            peak=dict(self.peak),
-            recent={k: list(v) for k, v in self.recent.items()},
-            profile=tuple(self.profile.points()) if profiled else (),
-        )
-        firings = []
-        for rule in self.policy.rules:
-            history = self.histories[rule.name]
-            if rule.name in self.fired_at:
-                history = rules.RuleHistory(
-                    last_fired_step=history.last_fired_step,
-                    last_fired_age_s=now - self.fired_at[rule.name],
-                    consecutive_true=history.consecutive_true,
-                    last_fire=history.last_fire,
-                )
-            outcome = engine.evaluate_rule(rule, state, history)
-            if outcome.firing is None:
-                self.histories[rule.name] = rules.RuleHistory(
-                    last_fired_step=history.last_fired_step,
-                    last_fired_age_s=history.last_fired_age_s,
-                    consecutive_true=outcome.consecutive_true,
-                    last_fire=history.last_fire,
-                )
-                continue
-            self.fired_at[rule.name] = now
-            self.histories[rule.name] = rules.RuleHistory(
-                last_fired_step=step,
-                last_fired_age_s=0.0,
-                consecutive_true=0,
-                last_fire=dict(outcome.firing.inputs),
-            )
-            self.decisions.append(
-                {
-                    "step": step,
-                    "action": outcome.firing.action_type,
-                    "value": outcome.firing.value,
-                    "gns": self.latest.get("gns"),
-                }
-            )
-            firings.append(outcome.firing)
-        return firings
-
-
-def _drain(stream, sink: list[str]) -> None:
-    for line in stream:
-        sink.append(line)
-
-
 def run(
     *,
     batch: int,
@@ -169,7 +63,8 @@ def run(
     timeout_s: float,
 ) -> dict:
     """One training run; rank 0's reports are read as they come and, with a policy,
-    answered with commands. Returns the per-report trace and the policy's decisions."""
+    answered with commands. Returns the per-report trace, when training started and the
+    policy's decisions."""
     hp = {
         "batch_size": batch,
         "lr": lr,
@@ -178,88 +73,7 @@ def run(
         "seed": seed,
         "monitor_every": 1,
     }
-    peers = ",".join(peer_list(workers))
-    procs = []
-    for rank in range(workers):
-        env = {
-            **os.environ,
-            protocol.ENV_JOB: "1",
-            protocol.ENV_RANK: str(rank),
-            protocol.ENV_PEERS: peers,
-            protocol.ENV_PARAMS: json.dumps({"hyperparameters": hp}),
-            protocol.ENV_FIRST_SEQ: "0",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        }
-        env.setdefault("COLLECTIVE_TIMEOUT", "60")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "bench._digits_eval_worker"],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                bufsize=1,
-            )
-        )
-    errors: list[list[str]] = [[] for _ in procs]
-    drains = [
-        threading.Thread(target=_drain, args=(p.stderr, errors[r]), daemon=True)
-        for r, p in enumerate(procs)
-    ]
-    drains += [threading.Thread(target=_drain, args=(p.stdout, []), daemon=True) for p in procs[1:]]
-    for t in drains:
-        t.start()
-    timer = threading.Timer(timeout_s, lambda: [p.kill() for p in procs])
-    timer.start()
-    driver = PolicyDriver(policy, batch_size=batch, lr=lr, workers=workers) if policy else None
-    trace: list[dict] = []
-    started = None
-    seq = 0
-    try:
-        for line in procs[0].stdout:
-            if not line.startswith(protocol.PREFIX):
-                continue
-            message = json.loads(line[len(protocol.PREFIX) :])
-            if message.get("type") != "metrics":
-                continue
-            points = message["points"]
-            if started is None and any(
-                p["name"] == "batch_size" and p["step"] == 0 for p in points
-            ):
-                started = points[0]["time"]  # the runtime's report just before the first step
-            values = {p["name"]: p["value"] for p in points if "rank" not in p}
-            if "test_accuracy" not in values:
-                continue
-            step, now = points[0]["step"], points[0]["time"]
-            trace.append({"step": step, "time": now, **values})
-            if driver is None:
-                continue
-            for firing in driver.observe(step, now, started or now, values):
-                seq += 1
-                command = {
-                    "type": "command",
-                    "id": seq,
-                    "seq": seq,
-                    "action": firing.action_type,
-                    "payload": {"value": firing.value},
-                }
-                for proc in procs:
-                    proc.stdin.write(json.dumps(command) + "\n")
-                    proc.stdin.flush()
-        for rank, proc in enumerate(procs):
-            proc.stdin.close()
-            if proc.wait() != 0:
-                raise RuntimeError(
-                    f"worker {rank} exited with {proc.returncode}:\n{''.join(errors[rank])[-3000:]}"
-                )
-    finally:
-        timer.cancel()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return {"trace": trace, "started": started, "decisions": driver.decisions if driver else []}
+    return train(worker=WORKER, hp=hp, workers=workers, policy=policy, timeout_s=timeout_s)
 
 
 def summarise(result: dict) -> dict:

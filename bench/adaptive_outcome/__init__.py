@@ -5,7 +5,7 @@ label noise) trained by adaptrain's runtime, ``--workers`` processes (native all
 S-SGD, momentum 0.9), through ``bench/_teacher_student_eval_worker.py`` (the example plus
 held-out accuracy every ``--eval-every`` samples). This process plays the control plane:
 on every whole-job report of rank 0 it evaluates the policy with the product's engine
-(``controlplane.policies.engine``, through ``bench.adaptive_batch.PolicyDriver``: latest
+(``controlplane.policies.engine``, through ``bench.policy_driver``: latest
 values, peaks, windows, hysteresis, cooldown, as the control plane does on ingest) and
 writes each firing to every worker's stdin as the same ``command`` line the agent
 forwards; the workers apply it together at a step boundary. Nothing is scheduled by the
@@ -42,8 +42,10 @@ Experiments (``--experiment``):
 ``--plot DIR`` draws PNGs of the rows just measured (needs matplotlib: the ``bench``
 extra).
 
-Modules: ``common`` (one run, the benchmark as the control plane), one per experiment
-(``batch``, ``interference``, ``scaleout``), ``plots`` and ``cli`` (the command line).
+Modules: ``common`` (the workload, templates, hyper-parameters and medians; one run with
+the benchmark as the control plane is ``bench.policy_driver``'s, shared with
+``bench.adaptive_batch``), one per experiment (``batch``, ``interference``,
+``scaleout``), ``plots`` and ``cli`` (the command line).
 """
 
 from __future__ import annotations

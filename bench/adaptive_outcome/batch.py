@@ -8,12 +8,13 @@ import json
 import statistics
 
 from bench.adaptive_outcome.common import (
+    WORKER,
     log,
     median_or_none,
     spread,
     template_policy,
-    train,
 )
+from bench.policy_driver import train
 from controlplane.policies import engine, goodput_choice, rules
 
 
@@ -144,6 +145,7 @@ def experiment_batch(args: argparse.Namespace, common: dict) -> list[dict]:
                 return False  # sent to the workers as usual
 
             result = train(
+                worker=WORKER,
                 hp=hp,
                 workers=args.workers,
                 policy=policy,

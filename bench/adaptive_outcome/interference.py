@@ -8,10 +8,11 @@ import json
 import statistics
 
 from bench.adaptive_outcome.common import (
+    WORKER,
     log,
     throughput_hyperparameters,
-    train,
 )
+from bench.policy_driver import train
 from controlplane.policies import engine
 from controlplane.policies.templates import TEMPLATES
 
@@ -81,6 +82,7 @@ def experiment_interference(args: argparse.Namespace, common: dict) -> list[dict
 
                 try:
                     result = train(
+                        worker=WORKER,
                         hp={**hp, "seed": seed},
                         workers=args.nodes,
                         policy=policy,

@@ -7,14 +7,13 @@ import argparse
 import statistics
 import time
 
-from bench.adaptive_batch import PolicyDriver
 from bench.adaptive_outcome.common import (
     WORKER,
     log,
     template_policy,
     throughput_hyperparameters,
-    train,
 )
+from bench.policy_driver import PolicyDriver, train
 from controlplane.policies import rules
 
 
@@ -35,7 +34,11 @@ def experiment_scaleout(args: argparse.Namespace, common: dict) -> list[dict]:
     for seed in range(args.seeds):
         for workers in counts:
             trace = train(
-                hp={**hp, "seed": seed}, workers=workers, policy=None, max_steps=args.steps
+                worker=WORKER,
+                hp={**hp, "seed": seed},
+                workers=workers,
+                policy=None,
+                max_steps=args.steps,
             )
             measured[workers].append(steady_throughput(trace["trace"]) or 0.0)
             log(f"scaleout seed {seed} {workers} workers: {measured[workers][-1]} samples/s")

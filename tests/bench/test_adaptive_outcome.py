@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.adaptive_batch import PolicyDriver
 from bench.adaptive_outcome import goodput_policy, parse_systems
+from bench.policy_driver import PolicyDriver
 
 ROOT = Path(__file__).resolve().parents[2]
 
