@@ -118,21 +118,19 @@ class Agreement:
     def agree(self) -> tuple[list[CommandLine], int]:
         """The commands to apply now (in order) and the newest cluster version every worker knows."""
         session = self.session
-        received = [
-            float(self._inbox.received_seq()),
-            float(self._membership.latest_cluster_version()),
-        ]
-        comm = session.communicator
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == session.cluster_version:
             # Agreed in the last step's gradient allreduce (same version, so every member
             # carried the same slots and reads the same minimum).
-            received = [float(ahead[1]), float(ahead[2])]
-        elif comm is not None:
-            buf = np.array(received, dtype=np.float64)
-            comm.allreduce(buf, op="min")
-            received = [float(v) for v in buf]
-        seq, version = int(received[0]), int(received[1])
+            seq, version = ahead[1], ahead[2]
+        else:
+            seq = self._inbox.received_seq()
+            version = self._membership.latest_cluster_version()
+            comm = session.communicator
+            if comm is not None:
+                buf = np.array([seq, version], dtype=np.float64)
+                comm.allreduce(buf, op="min")
+                seq, version = int(buf[0]), int(buf[1])
         commands = self._inbox.take(seq) if seq > self.applied_seq else []
         self.applied_seq = max(self.applied_seq, seq)
         return commands, version

@@ -53,6 +53,30 @@ def test_a_step_through_the_adapter_is_plain_pytorchs_step_on_the_mean_loss(kind
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("custom_loss", [False, True])
+def test_gradients_are_those_of_the_summed_loss_over_the_global_batch_bit_for_bit(custom_loss):
+    """The adapter starts backward from 1/B (and sums the default loss in the loss op):
+    bit for bit the gradients of ``(sum of per-sample losses) / B`` through a division,
+    also for a global batch that is not a power of two and for a loss of the user's."""
+
+    def per_sample(logits, labels):
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+
+    global_batch = 96  # 1/96 is not exact in float32
+    ours, reference = build_model(3), build_model(3)
+    adapter = TorchModel(
+        ours, torch.optim.SGD(ours.parameters(), lr=0.1), per_sample if custom_loss else None
+    )
+    x, y = batch(5, n=40)
+    adapter.build(x, lambda flat: flat)
+    flat = adapter.gradients(x, y, global_batch)
+    logits = reference(torch.from_numpy(x))
+    (per_sample(logits, torch.from_numpy(y).long()).sum() / global_batch).backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in reversed(list(reference.parameters()))])
+    np.testing.assert_array_equal(flat[: expected.numel()], expected.numpy())
+    assert flat[-3] == pytest.approx(float(per_sample(logits, torch.from_numpy(y).long()).sum()))
+
+
 def test_optimizer_state_exists_from_the_start_and_a_copied_state_continues_bit_for_bit():
     model = build_model(2)
     adapter = adapter_for(model, torch.optim.Adam(model.parameters(), lr=0.01))
