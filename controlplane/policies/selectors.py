@@ -17,7 +17,12 @@ from controlplane.policies.models import Decision, Policy, PolicyVersion
 
 # The latest points of each step-time series (goodput_choice.STEP_TIME_SERIES) read for a
 # run's profile: the profile keeps 20 per configuration; this bounds the read on a long run
-# (5 × 2,000 points per job each time optimize_goodput or the allocator models it).
+# (5 × 2,000 points per job each time optimize_goodput or the allocator models it: ~30 ms
+# to read and ~10 ms to align on the test database). Read afresh each time, not cached
+# between evaluations: they run in whichever worker process takes the task, and a cache
+# that reads only steps after the last one it saw would keep missing points stored late
+# with lower steps (an agent posting its spool after being cut off while another node's
+# agent posted later steps), so its profile could differ from a fresh read's.
 PROFILE_POINTS = 2000
 
 
