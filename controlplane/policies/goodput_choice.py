@@ -6,11 +6,13 @@ The policy engine asks :func:`goodput_choice` when a rule whose action is
 come from the job's whole-job series: its recent window (:func:`goodput_samples`), or over
 the run, per configuration, when the caller gives ``JobState.profile``
 (:func:`step_profile`, :func:`profile_add`); the model itself is ``goodput.py``'s.
-The cluster allocator (``provisioning``) reads the window's samples the same way.
+The cluster allocator (``provisioning``) models each job the same way (:func:`job_model`
+over the run's profile), with the cautious guess from one batch size.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from dataclasses import dataclass
@@ -66,14 +68,11 @@ class GoodputChoice:
         }
 
 
-def _at(series: list[tuple[int, float]], step: int, default: float) -> float:
-    """The series' value at ``step``: its last point at or before it (else ``default``)."""
-    value = default
-    for s, v in series:
-        if s > step:
-            break
-        value = v
-    return value
+def _at(series: list[tuple[int, float]], steps: list[int], step: int, default: float) -> float:
+    """The series' value at ``step``: its last point at or before it (else ``default``);
+    ``steps`` are the series' steps (a bisection, not a scan: a profile aligns 2,000 steps)."""
+    i = bisect.bisect_right(steps, step)
+    return series[i - 1][1] if i else default
 
 
 def aligned_samples(
@@ -88,10 +87,12 @@ def aligned_samples(
     total = dict(series.get("step_time", []))
     batches = series.get("batch_size", [])
     counts = series.get("workers", [])
+    batch_steps = [s for s, _ in batches]
+    count_steps = [s for s, _ in counts]
     samples = []
     for step in sorted(compute.keys() & comm.keys()):
-        k = max(1, int(_at(counts, step, workers)))
-        batch = _at(batches, step, batch_size)
+        k = max(1, int(_at(counts, count_steps, step, workers)))
+        batch = _at(batches, batch_steps, step, batch_size)
         if batch <= 0 or not all(math.isfinite(x) for x in (compute[step], comm[step], batch)):
             continue
         samples.append(
@@ -176,23 +177,35 @@ def fit_samples(state: JobState) -> list[goodput.StepSample]:
     return []
 
 
-def goodput_choice(rule: Rule, state: JobState) -> GoodputChoice | None:
-    """The batch with the highest goodput for the job's current workers (within the rule's
-    bounds and a factor GOODPUT_MAX_FACTOR of the current batch), or None when the job has
+def job_model(state: JobState, *, single_batch_fixed_share: float) -> goodput.JobModel | None:
+    """The job's goodput model: step times fitted to :func:`fit_samples` (with
+    ``single_batch_fixed_share``, see ``goodput.fit_step_time``), the window's mean ``gns``,
+    and the current batch as the one the learning rate is set for; None when the job has
     not reported enough to say (no gns, fewer than GOODPUT_MIN_SAMPLES step times) or the
-    best is not GOODPUT_MIN_GAIN better than staying put."""
+    fit fails."""
     noise = [v for _, v in state.recent.get("gns", []) if math.isfinite(v) and v >= 0]
     samples = fit_samples(state)
     enough = bool(samples) if state.profile else len(samples) >= GOODPUT_MIN_SAMPLES
     if not noise or not enough or state.batch_size < 1:
         return None
-    workers = max(1, state.workers)
-    gns = sum(noise) / len(noise)
     try:
-        fit = goodput.fit_step_time(
-            samples, single_batch_fixed_share=GOODPUT_SINGLE_BATCH_FIXED_SHARE
-        )
-        model = goodput.JobModel(fit, gns, float(state.batch_size))
+        fit = goodput.fit_step_time(samples, single_batch_fixed_share=single_batch_fixed_share)
+    except goodput.GoodputError:
+        return None
+    return goodput.JobModel(fit, sum(noise) / len(noise), float(state.batch_size))
+
+
+def goodput_choice(rule: Rule, state: JobState) -> GoodputChoice | None:
+    """The batch with the highest goodput for the job's current workers (within the rule's
+    bounds and a factor GOODPUT_MAX_FACTOR of the current batch), or None when the job has
+    not reported enough to say (:func:`job_model`) or the best is not GOODPUT_MIN_GAIN
+    better than staying put."""
+    model = job_model(state, single_batch_fixed_share=GOODPUT_SINGLE_BATCH_FIXED_SHARE)
+    if model is None:
+        return None
+    workers = max(1, state.workers)
+    gns = model.gns
+    try:
         high = state.batch_size * GOODPUT_MAX_FACTOR
         low = state.batch_size / GOODPUT_MAX_FACTOR
         if rule.bound_max is not None:

@@ -6,7 +6,10 @@ Run by the ``policies.allocate_cluster`` beat task every ``GOODPUT_ALLOCATOR_INT
 seconds when that is set (off by default). Only jobs that can be modelled take part: an
 elastic, running job whose current run has reported ``gns`` and at least
 ``goodput_choice.GOODPUT_MIN_SAMPLES`` steps with ``compute_time`` and ``comm_time``; the others
-keep what they have. Slots that pending jobs need to start (their minimum) are left free
+keep what they have. Each is modelled as ``optimize_goodput`` models it
+(``goodput_choice.job_model``): step times from the run's profile per configuration
+(``selectors.run_step_profile``, so a worker count or batch the job has left still informs
+the fit), the noise scale from its latest ``WINDOW`` reports. Slots that pending jobs need to start (their minimum) are left free
 for the scheduler. A change costs the job ``GOODPUT_RESTART_S`` seconds (its workers
 re-form), weighed by the allocator as its restart penalty. A job the allocator moved is
 held at its count for ``COOLDOWN_ROUNDS`` rounds: its workers re-form and report at the
@@ -31,12 +34,14 @@ from controlplane.jobs.lifecycle import event_record
 from controlplane.jobs.models import Command, Event, Job, Node
 from controlplane.jobs.services.commands import command_issue
 from controlplane.metrics import selectors as metric_selectors
-from controlplane.policies import allocation, goodput, goodput_choice, rules
+from controlplane.policies import allocation, goodput_choice, rules
+from controlplane.policies import selectors as policy_selectors
 
 log = logging.getLogger(__name__)
 
 ACTOR = "provisioning:goodput"
-# Measurements the step-time fit reads per job (the latest points of each series).
+# The latest gns points whose mean is a job's noise scale (the step times come from the
+# run's profile: selectors.PROFILE_POINTS points of each series).
 WINDOW = 50
 # Rounds a job the allocator moved keeps its new count (see the module's docstring).
 COOLDOWN_ROUNDS = 3
@@ -56,26 +61,26 @@ def job_demand(job: Job) -> allocation.JobDemand | None:
     reported enough to model it."""
     if job.current_run_id is None:
         return None
-    latest, peak, recent = metric_selectors.run_whole_job_latest(job.current_run_id, WINDOW)
     state = rules.JobState(
         step=job.last_step,
         batch_size=job.batch_size,
         lr=job.learning_rate,
         workers=job.workers_current,
         seconds_running=0.0,
-        metrics=latest,
-        peak=peak,
-        recent=recent,
+        metrics={},
+        peak={},
+        recent=metric_selectors.run_whole_job_latest_series(job.current_run_id, ("gns",), WINDOW),
+        profile=policy_selectors.run_step_profile(
+            job.current_run_id, batch_size=job.batch_size, workers=job.workers_current
+        ),
     )
-    noise = [v for _, v in recent.get("gns", []) if v >= 0]
-    samples = goodput_choice.goodput_samples(state)
-    if not noise or len(samples) < goodput_choice.GOODPUT_MIN_SAMPLES or job.batch_size < 1:
+    if not state.profile:
         return None
-    try:
-        model = goodput.JobModel(
-            goodput.fit_step_time(samples), sum(noise) / len(noise), float(job.batch_size)
-        )
-    except goodput.GoodputError:
+    # From one batch size, the cautious guess (no fixed cost): the allocator moves workers,
+    # not batches, so the prior's optimism (which makes optimize_goodput try a second batch
+    # size) would go uncorrected here.
+    model = goodput_choice.job_model(state, single_batch_fixed_share=0.0)
+    if model is None:
         return None
     return allocation.JobDemand(
         key=job.id,

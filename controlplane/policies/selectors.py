@@ -1,5 +1,6 @@
-"""Read-only queries over policies (scoped to what a user may see), their decisions, and
-what the changes to a job's knobs did (``job_adaptations``)."""
+"""Read-only queries over policies (scoped to what a user may see), their decisions, what
+the changes to a job's knobs did (``job_adaptations``), and a run's step-time profile (what
+``optimize_goodput`` and the goodput allocator fit)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from agent.protocol import vocabulary
 from controlplane.errors import NotFound
 from controlplane.jobs.models import Command, Job, Run
 from controlplane.metrics import selectors as metric_selectors
-from controlplane.policies import payoff
+from controlplane.policies import goodput, goodput_choice, payoff
 from controlplane.policies.models import Decision, Policy, PolicyVersion
+
+# The latest points of each step-time series (goodput_choice.STEP_TIME_SERIES) read for a
+# run's profile: the profile keeps 20 per configuration; this bounds the read on a long run
+# (5 × 2,000 points per job each time optimize_goodput or the allocator models it: ~30 ms
+# to read and ~10 ms to align on the test database). Read afresh each time, not cached
+# between evaluations: they run in whichever worker process takes the task, and a cache
+# that reads only steps after the last one it saw would keep missing points stored late
+# with lower steps (an agent posting its spool after being cut off while another node's
+# agent posted later steps), so its profile could differ from a fresh read's.
+PROFILE_POINTS = 2000
 
 
 def policies_visible_to(user) -> QuerySet[Policy]:
@@ -167,3 +178,15 @@ def job_adaptations(
                 )
             )
     return out
+
+
+def run_step_profile(
+    run_id: int, *, batch_size: int, workers: int
+) -> tuple[goodput.ProfilePoint, ...]:
+    """The run's step times per configuration (``goodput_choice.step_profile``) from the
+    latest PROFILE_POINTS points of each step-time series; ``batch_size`` and ``workers``
+    (the job's now) stand for those series before they are first reported."""
+    history = metric_selectors.run_whole_job_latest_series(
+        run_id, goodput_choice.STEP_TIME_SERIES, PROFILE_POINTS
+    )
+    return goodput_choice.step_profile(history, batch_size=batch_size, workers=workers)

@@ -17,13 +17,10 @@ from controlplane.jobs.models import Command, Event, Job, Run
 from controlplane.jobs.services.commands import command_issue
 from controlplane.metrics import selectors as metric_selectors
 from controlplane.policies import engine, goodput, goodput_choice, replay, rules
+from controlplane.policies import selectors as policy_selectors
 from controlplane.policies.models import Decision, Policy, PolicyVersion
 
 log = logging.getLogger(__name__)
-
-# The latest points of each step-time series read for optimize_goodput's profile of a run
-# (the profile keeps 20 per configuration; this bounds the read on a long run).
-PROFILE_POINTS = 2000
 
 
 def policy_validate(document: Any) -> rules.Policy:
@@ -274,11 +271,8 @@ def _job_policy_evaluate_locked(job_id: int) -> list[Decision]:
     profile: tuple[goodput.ProfilePoint, ...] = ()
     if goodput_choice.uses_profile(parsed):
         # Its step-time fit reads the run's measurements of every batch size, not the window.
-        history = metric_selectors.run_whole_job_latest_series(
-            job.current_run_id, goodput_choice.STEP_TIME_SERIES, PROFILE_POINTS
-        )
-        profile = goodput_choice.step_profile(
-            history, batch_size=job.batch_size, workers=job.workers_current
+        profile = policy_selectors.run_step_profile(
+            job.current_run_id, batch_size=job.batch_size, workers=job.workers_current
         )
     state = rules.JobState(
         step=job.last_step,

@@ -120,3 +120,38 @@ def test_a_job_the_allocator_just_moved_is_held_at_its_count_for_a_few_rounds(us
     )
     third = provisioning.cluster_allocate(interval_s=60.0, restart_s=0.0)
     assert poor.id in {m.job_id for m in third}, third
+
+
+def test_a_job_is_modelled_on_its_whole_run_not_only_its_latest_reports(user, big_node):
+    # The job ran 10 steps with 2 workers at batch 16, then 60 with 4 workers at batch 64:
+    # its latest 50 reports are all at one configuration. Fitted on them alone (as the
+    # allocator once was), compute would look proportional to the batch and sync the same
+    # for any worker count; the run's profile keeps the first configuration in the fit.
+    truth = StepTimeModel(0.05, 0.002, 0.01, 0.02, 0.01, 0.02)
+    job = start(new_job(user, initial=4, low=1, high=7))
+    now = timezone.now()
+    points = []
+    for step in range(1, 71):
+        workers, batch = (2, 16) if step <= 10 else (4, 64)
+        values = {
+            "compute_time": truth.compute_time(batch / workers),
+            "comm_time": truth.sync_time(workers, 1),
+            "batch_size": batch,
+            "workers": workers,
+            "gns": 1000.0,
+        }
+        points += [
+            MetricPoint(
+                job=job, run_id=job.current_run_id, name=name, rank=None, step=step,
+                value=value, time=now - timedelta(seconds=100 - step),
+            )
+            for name, value in values.items()
+        ]  # fmt: skip
+    MetricPoint.objects.bulk_create(points)
+    demand = provisioning.job_demand(job)
+    assert demand is not None
+    fitted = demand.model.step_time
+    for local_batch in (8, 16):
+        assert fitted.compute_time(local_batch) == pytest.approx(truth.compute_time(local_batch))
+    for workers in (2, 4, 6):
+        assert fitted.sync_time(workers, 1) == pytest.approx(truth.sync_time(workers, 1))
