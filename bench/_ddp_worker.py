@@ -17,7 +17,8 @@ compares against.
 
 Model, data, optimizer (SGD, momentum 0.9) and batch sampling are those of the
 ``*_torch`` examples and of ``agent.runtime``. Rank 0 (every process, for ``plain``)
-prints one JSON line with every step's wall time (the loss is read back each step).
+prints one JSON line with every step's wall time, from the end of the step before (batch
+drawing included, as in ours' reported step times; the loss is read back each step).
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ def main() -> None:
     n, epoch, position = len(x), 0, 0
     perm = np.random.default_rng(args.seed).permutation(n)
     times, losses = [], []
+    # Each step's wall time from the end of the one before: batch drawing included, as
+    # ours' reported step times include everything its loop does.
+    last = time.perf_counter()
     for _ in range(args.steps):
         if position >= n:
             epoch, position = epoch + 1, 0
@@ -101,7 +105,6 @@ def main() -> None:
         batch = perm[position : min(position + args.global_batch, n)]
         position += len(batch)
         mine = torch.from_numpy(batch[rank::size])
-        t0 = time.perf_counter()
         if comm is not None:  # limit: the gradients of sum(loss) / B, summed over ranks
             flat.zero_()
             loss_sum = torch.nn.functional.cross_entropy(
@@ -111,7 +114,9 @@ def main() -> None:
             comm.allreduce(flat_np, op="sum")
             optimizer.step()
             losses.append(float(loss_sum.detach()) * size / len(batch))  # this rank's share
-            times.append(time.perf_counter() - t0)
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
             continue
         optimizer.zero_grad()
         loss_sum = torch.nn.functional.cross_entropy(
@@ -120,7 +125,9 @@ def main() -> None:
         (loss_sum * (size / len(batch))).backward()
         optimizer.step()
         losses.append(float(loss_sum) / len(batch))
-        times.append(time.perf_counter() - t0)
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     if rank == 0:
         print(

@@ -64,7 +64,7 @@ def _squared_norm(values: np.ndarray) -> float:
     ``configure_torch_threads`` limits, rather than NumPy's BLAS pool, which starts a
     thread per core for a large vector and competes with the other workers on the node."""
     if values.size <= _NUMPY_DOT_MAX:
-        return float(np.dot(values, values))
+        return float(values.dot(values))
     tensor = torch.from_numpy(values)
     return float(torch.dot(tensor, tensor))
 
